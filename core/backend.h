@@ -1,0 +1,187 @@
+/* backend.h: the contract between the core and a backend (cpu, vulkan,
+ * opencl), in the spirit of sqlite3_vfs and ggml's backend interface. The
+ * core reaches a backend only through mha_backend_iface; a backend reaches
+ * the core only through the mha_host services declared at the bottom. */
+#ifndef MHA_CORE_BACKEND_H
+#define MHA_CORE_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mha.h"
+
+/* ---- ops ------------------------------------------------------------------
+ * X(NAME, "name", number of sources). Every tensor is 4-D, outermost first;
+ * B batch, H heads, L queries, S' keys (S real ones plus appended rows),
+ * d head size, K/N feature counts.
+ *
+ * PROJECTION    Y[b,0,t,n] = sum_k X[b,0,t,k] W[0,0,n,k] + bias[0,0,0,n]
+ *               src X [B,1,T,K], W [1,1,N,K], bias [1,1,1,N] (optional)
+ * FILL_ROWS     dst [B,1,R,N] = src row [1,1,1,N] broadcast, or 0 when the
+ *               source is absent (bias_k/bias_v rows, add_zero_attn rows)
+ * SPLIT_HEADS   dst = src, both [B,H,T,d], different strides (a permuting
+ *               copy; the planner normally makes it a view)
+ * SCORES        A[b,h,i,j] = scale * Q[b,h,i,:].K[b,h,j,:]
+ *                            + mask[b,h,i,j] + kpm[b,h,i,j]   (j < mask_cols)
+ *               causal: j > i and j < mask_cols is -inf.
+ *               src Q [B,H,L,d], K [B,H,S',d], mask and kpm [B,H,L,S]
+ *               (additive f32, broadcast by zero strides, optional)
+ * SOFTMAX       rows of [B,H,L,S']; max-subtracted; a row that is all -inf
+ *               becomes all 0 (libmha's documented choice), NaN propagates
+ * WEIGHTED_SUM  O[b,h,i,:] = sum_j P[b,h,i,j] V[b,h,j,:]
+ *               src P [B,H,L,S'], V [B,H,S',d]
+ * CONCAT        dst = src, [B,H,L,d] to the [B,L,E] layout (a copy, or a view)
+ * ATTENTION     fused SCORES + SOFTMAX + WEIGHTED_SUM without the L x S'
+ *               matrix; same sources as SCORES plus V; same params
+ * MEAN_HEADS    dst [B,1,L,S'] = mean over h of src [B,H,L,S']
+ */
+#define MHA_OP_LIST(X)                      \
+    X(PROJECTION, "projection", 3)          \
+    X(FILL_ROWS, "fill_rows", 1)            \
+    X(SPLIT_HEADS, "split_heads", 1)        \
+    X(SCORES, "scores", 4)                  \
+    X(SOFTMAX, "softmax", 1)                \
+    X(WEIGHTED_SUM, "weighted_sum", 2)      \
+    X(CONCAT, "concat", 1)                  \
+    X(ATTENTION, "attention", 5)            \
+    X(MEAN_HEADS, "mean_heads", 1)
+
+typedef enum mha_op {
+#define MHA_OP_ENUM_(name, text, nsrc) MHA_OP_##name,
+    MHA_OP_LIST(MHA_OP_ENUM_)
+#undef MHA_OP_ENUM_
+    MHA_OP_COUNT
+} mha_op;
+
+/* Source slots of SCORES and ATTENTION. */
+enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
+       MHA_SRC_V = 4 };
+
+#define MHA_MAX_SRC 5
+
+const char *mha_op_name(mha_op op);
+int mha_op_source_count(mha_op op);
+
+/* ---- tensors and nodes -------------------------------------------------- */
+
+/* A view of a backend buffer: element (i0,i1,i2,i3) lives at byte
+ * offset + (i0*nb[0] + i1*nb[1] + i2*nb[2] + i3*nb[3]) * element size.
+ * A stride of 0 broadcasts. buf == NULL means "absent" (optional source). */
+typedef struct mha_tdesc {
+    mha_dtype dtype; /* MHA_F32 or MHA_F16; masks are always MHA_F32 */
+    int64_t ne[4];
+    int64_t nb[4];   /* in elements */
+    void *buf;       /* the backend's buffer handle */
+    size_t offset;   /* in bytes */
+} mha_tdesc;
+
+typedef struct mha_op_params {
+    float scale;       /* SCORES, ATTENTION */
+    int32_t causal;    /* SCORES, ATTENTION */
+    int64_t mask_cols; /* SCORES, ATTENTION: S, columns past it are the
+                          appended bias/zero rows and are never masked */
+} mha_op_params;
+
+typedef struct mha_node {
+    mha_op op;
+    mha_tdesc src[MHA_MAX_SRC];
+    mha_tdesc dst;
+    mha_op_params params;
+} mha_node;
+
+/* ---- devices ------------------------------------------------------------- */
+
+/* What a backend's probe reports for each device: mha_device_info without
+ * the fields the core fills (backend, indices, score, default). */
+typedef struct mha_device_desc {
+    mha_device_kind kind;
+    char vendor[64];
+    char name[128];
+    char driver[128];
+    uint64_t memory_bytes;
+    uint64_t max_buffer_bytes;
+    uint32_t features;
+    uint32_t compute_units;
+    uint32_t max_workgroup_size;
+    uint32_t shared_memory_bytes;
+    uint32_t subgroup_size;
+    char details[256];
+} mha_device_desc;
+
+/* ---- the interface ------------------------------------------------------- */
+
+#define MHA_BACKEND_IFACE_VERSION 1
+
+typedef struct mha_host mha_host; /* core services, see below */
+
+/* Methods are only ever appended; version says how many exist. Unless
+ * marked optional, a method must be present. "state" is the backend's
+ * per-context state (loaded runtime, instance), "dev" an open device. */
+typedef struct mha_backend_iface {
+    int version; /* MHA_BACKEND_IFACE_VERSION the backend was built for */
+    const char *name;
+
+    /* Loads the runtime and lists devices into descs (at most cap); sets
+     * *count. A missing runtime is *count = 0 and MHA_OK, with the reason
+     * logged. *state may be set even when *count is 0. */
+    mha_status (*init)(mha_host *host, void **state, mha_device_desc *descs,
+                       int cap, int *count);
+    void (*fini)(void *state);
+
+    mha_status (*open)(void *state, int index,
+                       const mha_device_options *options, void **dev);
+    void (*close)(void *dev);
+
+    /* Buffers: size in bytes, contents undefined after alloc. */
+    mha_status (*buffer_alloc)(void *dev, size_t size, void **buf);
+    void (*buffer_free)(void *dev, void *buf);
+    /* write/read are ordered with enqueued work: read waits for it. */
+    mha_status (*buffer_write)(void *dev, void *buf, size_t offset,
+                               const void *src, size_t size);
+    mha_status (*buffer_read)(void *dev, void *buf, size_t offset,
+                              void *dst, size_t size);
+
+    /* Whether run() can execute this node (shapes, strides, dtypes). The
+     * planner asks before it has buffers: a present tensor's buf may be a
+     * placeholder, so look only at whether it is NULL. */
+    bool (*supports)(void *dev, const mha_node *node);
+    /* Enqueues (or records) one node; nodes run in the order given. */
+    mha_status (*run)(void *dev, const mha_node *node);
+    /* Submits what was enqueued and waits for it. */
+    mha_status (*sync)(void *dev);
+} mha_backend_iface;
+
+/* ---- core services for backends ------------------------------------------ */
+
+/* Host memory through the context's allocator (may return NULL). */
+void *mha_host_malloc(mha_host *host, size_t size);
+void *mha_host_calloc(mha_host *host, size_t count, size_t size);
+void mha_host_free(mha_host *host, void *ptr);
+
+/* Sets the context's message (printf format) and returns status, so a
+ * backend writes: return mha_host_error(host, MHA_DEVICE_ERROR,
+ * "vkCreateBuffer failed: %s", name); */
+mha_status mha_host_error(mha_host *host, mha_status status, const char *fmt,
+                          ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+void mha_host_log(mha_host *host, mha_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Environment lookup, so tests and users can steer backends. */
+const char *mha_host_getenv(mha_host *host, const char *name);
+
+/* ---- the registry ----------------------------------------------------- */
+
+/* Compiled-in backends, in registry order (ties in ranking go to the
+ * earlier one). NULL-terminated. */
+extern const mha_backend_iface *const mha_backend_registry[];
+
+#endif /* MHA_CORE_BACKEND_H */

@@ -1,0 +1,94 @@
+/* context.h: the private form of mha_context, mha_device, mha_tensor and the
+ * core services (mha_host) that backends reach the context through. Shared by
+ * the core's files only; backends see core/backend.h. */
+#ifndef MHA_CORE_CONTEXT_H
+#define MHA_CORE_CONTEXT_H
+
+#include "backend.h"
+
+#define MHA_ERRMSG_SIZE 1024
+#define MHA_MAX_DEVICES 64
+
+/* The services backends get: allocator, log and the context's message. */
+struct mha_host {
+    mha_allocator alloc;
+    mha_log_fn log;
+    void *log_user;
+    mha_log_level log_level;
+    char errmsg[MHA_ERRMSG_SIZE];
+};
+
+typedef struct mha_backend_slot {
+    const mha_backend_iface *iface;
+    void *state; /* from iface->init, NULL if init failed */
+} mha_backend_slot;
+
+typedef struct mha_device_entry {
+    int backend; /* index into mha_context.backends */
+    int backend_index;
+    mha_device_desc desc;
+    int score;
+} mha_device_entry;
+
+struct mha_context {
+    mha_host host; /* first: a context is its own host */
+    mha_backend_slot *backends;
+    int backend_count;
+    mha_device_entry devices[MHA_MAX_DEVICES]; /* ranked, best first */
+    int device_count;
+    int open_objects; /* devices open on this context */
+};
+
+struct mha_device {
+    mha_context *ctx;
+    const mha_backend_iface *iface;
+    void *dev;
+    int index; /* in ctx->devices */
+    int open_objects; /* layers and tensors on this device */
+};
+
+struct mha_tensor {
+    mha_device *device;
+    mha_dtype dtype;    /* as the user sees it */
+    int ndim;
+    int64_t shape[MHA_MAX_DIMS];
+    size_t count;       /* elements */
+    void *buf;          /* backend buffer; MHA_BOOL is stored as additive
+                           f32 (0 or -inf) so every backend sees one mask
+                           format */
+};
+
+/* Services for the core itself. */
+mha_status mha_error(mha_context *ctx, mha_status status, const char *fmt,
+                     ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void mha_clear_error(mha_context *ctx);
+
+/* Bytes of one element as stored on a device (MHA_BOOL masks are f32). */
+size_t mha_dtype_storage_size(mha_dtype dtype);
+const char *mha_dtype_name(mha_dtype dtype);
+
+/* a * b and a + b for sizes; return 0 on overflow. */
+int mha_mul_size(size_t a, size_t b, size_t *out);
+int mha_add_size(size_t a, size_t b, size_t *out);
+
+/* Formats a shape as "[4,2,64]" into buf (at least 96 bytes). */
+const char *mha_shape_str(char *buf, size_t size, int ndim,
+                          const int64_t *shape);
+
+/* Wrappers through which the core reaches a backend (SQLite's sqlite3Os*):
+ * they check the method exists and name the failing call. */
+mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf);
+void mha_dev_free(mha_device *device, void *buf);
+mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,
+                         const void *src, size_t size);
+mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,
+                        void *dst, size_t size);
+bool mha_dev_supports(mha_device *device, const mha_node *node);
+mha_status mha_dev_run(mha_device *device, const mha_node *node);
+mha_status mha_dev_sync(mha_device *device);
+
+#endif /* MHA_CORE_CONTEXT_H */

@@ -1,0 +1,372 @@
+/* device.c: probing every backend, ranking the devices (discrete GPU >
+ * integrated GPU > native CPU > software GPU implementations), opening one by
+ * index or by name ("vulkan:1", MHA_DEVICE), and the thin wrappers through
+ * which the rest of the core calls a backend. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+
+static int kind_score(mha_device_kind kind)
+{
+    switch (kind) {
+    case MHA_DEVICE_DISCRETE_GPU: return 400;
+    case MHA_DEVICE_INTEGRATED_GPU: return 300;
+    case MHA_DEVICE_VIRTUAL_GPU: return 250;
+    case MHA_DEVICE_CPU: return 200;
+    case MHA_DEVICE_SOFTWARE: return 100;
+    case MHA_DEVICE_OTHER: return 50;
+    }
+    return 0;
+}
+
+static int registry_size(void)
+{
+    int n = 0;
+    while (mha_backend_registry[n])
+        n++;
+    return n;
+}
+
+/* Adds one backend's devices; a backend that fails to start is skipped with
+ * its reason logged, except when memory runs out. */
+static mha_status probe_backend(mha_context *ctx, int slot)
+{
+    const mha_backend_iface *iface = mha_backend_registry[slot];
+    ctx->backends[slot].iface = iface;
+    if (iface->version != MHA_BACKEND_IFACE_VERSION || !iface->init) {
+        mha_host_log(&ctx->host, MHA_LOG_WARN,
+                     "backend %s built for interface version %d, libmha "
+                     "has %d: skipped",
+                     iface->name, iface->version, MHA_BACKEND_IFACE_VERSION);
+        return MHA_OK;
+    }
+    int room = MHA_MAX_DEVICES - ctx->device_count, count = 0;
+    mha_device_desc *descs = mha_host_calloc(&ctx->host, (size_t)room + 1,
+                                             sizeof *descs);
+    if (!descs)
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_context_create: out of memory probing %s",
+                         iface->name);
+    void *state = NULL;
+    mha_status st = iface->init(&ctx->host, &state, descs, room, &count);
+    ctx->backends[slot].state = state;
+    if (st == MHA_OUT_OF_MEMORY) {
+        mha_host_free(&ctx->host, descs);
+        return st;
+    }
+    if (st != MHA_OK) {
+        mha_host_log(&ctx->host, MHA_LOG_WARN, "backend %s skipped: %s",
+                     iface->name, ctx->host.errmsg);
+        count = 0;
+    }
+    for (int i = 0; i < count && i < room; i++) {
+        mha_device_entry *e = &ctx->devices[ctx->device_count++];
+        e->backend = slot;
+        e->backend_index = i;
+        e->desc = descs[i];
+        e->score = kind_score(descs[i].kind);
+    }
+    mha_host_free(&ctx->host, descs);
+    return MHA_OK;
+}
+
+/* Stable insertion sort by score: ties keep registry and backend order. */
+static void rank_devices(mha_context *ctx)
+{
+    for (int i = 1; i < ctx->device_count; i++) {
+        mha_device_entry e = ctx->devices[i];
+        int j = i;
+        while (j > 0 && ctx->devices[j - 1].score < e.score) {
+            ctx->devices[j] = ctx->devices[j - 1];
+            j--;
+        }
+        ctx->devices[j] = e;
+    }
+}
+
+mha_status mha_probe_devices(mha_context *ctx)
+{
+    ctx->backend_count = registry_size();
+    ctx->backends = mha_host_calloc(&ctx->host, (size_t)ctx->backend_count,
+                                    sizeof *ctx->backends);
+    if (!ctx->backends)
+        return MHA_OUT_OF_MEMORY;
+    for (int slot = 0; slot < ctx->backend_count; slot++) {
+        mha_status st = probe_backend(ctx, slot);
+        if (st != MHA_OK)
+            return st;
+    }
+    rank_devices(ctx);
+    mha_clear_error(ctx);
+    return MHA_OK;
+}
+
+void mha_release_backends(mha_context *ctx)
+{
+    if (!ctx->backends)
+        return;
+    for (int slot = 0; slot < ctx->backend_count; slot++) {
+        mha_backend_slot *b = &ctx->backends[slot];
+        if (b->iface && b->state && b->iface->fini)
+            b->iface->fini(b->state);
+    }
+    mha_host_free(&ctx->host, ctx->backends);
+    ctx->backends = NULL;
+}
+
+/* ---- listing ---------------------------------------------------------------- */
+
+mha_status mha_device_count(mha_context *ctx, int *count)
+{
+    if (!ctx || !count)
+        return MHA_INVALID_ARGUMENT;
+    *count = ctx->device_count;
+    return MHA_OK;
+}
+
+static void fill_info(const mha_context *ctx, int index, mha_device_info *info)
+{
+    const mha_device_entry *e = &ctx->devices[index];
+    const mha_device_desc *d = &e->desc;
+    memset(info, 0, sizeof *info);
+    snprintf(info->backend, sizeof info->backend, "%s",
+             ctx->backends[e->backend].iface->name);
+    info->backend_index = e->backend_index;
+    info->index = index;
+    info->kind = d->kind;
+    memcpy(info->vendor, d->vendor, sizeof info->vendor);
+    memcpy(info->name, d->name, sizeof info->name);
+    memcpy(info->driver, d->driver, sizeof info->driver);
+    info->vendor[sizeof info->vendor - 1] = '\0';
+    info->name[sizeof info->name - 1] = '\0';
+    info->driver[sizeof info->driver - 1] = '\0';
+    info->memory_bytes = d->memory_bytes;
+    info->max_buffer_bytes = d->max_buffer_bytes;
+    info->features = d->features;
+    info->compute_units = d->compute_units;
+    info->max_workgroup_size = d->max_workgroup_size;
+    info->shared_memory_bytes = d->shared_memory_bytes;
+    info->subgroup_size = d->subgroup_size;
+    info->score = e->score;
+    info->is_default = index == 0;
+    memcpy(info->details, d->details, sizeof info->details);
+    info->details[sizeof info->details - 1] = '\0';
+}
+
+mha_status mha_device_get_info(mha_context *ctx, int index,
+                               mha_device_info *info)
+{
+    if (!ctx || !info)
+        return MHA_INVALID_ARGUMENT;
+    if (index < 0 || index >= ctx->device_count)
+        return mha_error(ctx, MHA_NO_DEVICE,
+                         "mha_device_get_info: index %d out of range; "
+                         "%d device(s) found",
+                         index, ctx->device_count);
+    fill_info(ctx, index, info);
+    return MHA_OK;
+}
+
+/* ---- opening ----------------------------------------------------------------- */
+
+mha_status mha_device_options_init(mha_device_options *options)
+{
+    if (!options)
+        return MHA_INVALID_ARGUMENT;
+    memset(options, 0, sizeof *options);
+    return MHA_OK;
+}
+
+mha_status mha_device_open_index(mha_context *ctx, int index,
+                                 const mha_device_options *options,
+                                 mha_device **out)
+{
+    if (!ctx || !out)
+        return MHA_INVALID_ARGUMENT;
+    if (index < 0 || index >= ctx->device_count)
+        return mha_error(ctx, MHA_NO_DEVICE,
+                         "mha_device_open_index: index %d out of range; "
+                         "%d device(s) found",
+                         index, ctx->device_count);
+    mha_device_options defaults;
+    mha_device_options_init(&defaults);
+    if (!options)
+        options = &defaults;
+    if (options->threads < 0)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_open: threads %d is negative",
+                         options->threads);
+    const mha_device_entry *e = &ctx->devices[index];
+    const mha_backend_slot *b = &ctx->backends[e->backend];
+    mha_device *device = mha_host_calloc(&ctx->host, 1, sizeof *device);
+    if (!device)
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_device_open: out of memory");
+    mha_status st = b->iface->open(b->state, e->backend_index, options,
+                                   &device->dev);
+    if (st != MHA_OK) {
+        mha_host_free(&ctx->host, device);
+        return st;
+    }
+    device->ctx = ctx;
+    device->iface = b->iface;
+    device->index = index;
+    ctx->open_objects++;
+    mha_clear_error(ctx);
+    *out = device;
+    return MHA_OK;
+}
+
+/* The ranked index of the best device of backend name, or of device
+ * backend_index of it; -1 when there is none. */
+static int find_device(const mha_context *ctx, const char *name,
+                       int backend_index)
+{
+    for (int i = 0; i < ctx->device_count; i++) {
+        const mha_device_entry *e = &ctx->devices[i];
+        if (strcmp(ctx->backends[e->backend].iface->name, name) != 0)
+            continue;
+        if (backend_index < 0 || e->backend_index == backend_index)
+            return i;
+    }
+    return -1;
+}
+
+/* Parses "best", "cpu", "vulkan:1" into a ranked index. */
+static mha_status resolve_spec(mha_context *ctx, const char *spec,
+                               const char *origin, int *index)
+{
+    if (strcmp(spec, "best") == 0) {
+        if (ctx->device_count == 0)
+            return mha_error(ctx, MHA_NO_DEVICE,
+                             "mha_device_open: no device found");
+        *index = 0;
+        return MHA_OK;
+    }
+    char name[32];
+    size_t len = strcspn(spec, ":");
+    int backend_index = -1;
+    if (len == 0 || len >= sizeof name)
+        goto bad;
+    memcpy(name, spec, len);
+    name[len] = '\0';
+    if (spec[len] == ':') {
+        char *end;
+        const char *num = spec + len + 1;
+        long v = strtol(num, &end, 10);
+        if (*num < '0' || *num > '9' || *end || v > 1000000)
+            goto bad;
+        backend_index = (int)v;
+    }
+    int known = 0;
+    for (int s = 0; s < ctx->backend_count; s++)
+        known |= strcmp(ctx->backends[s].iface->name, name) == 0;
+    if (!known)
+        goto bad;
+    *index = find_device(ctx, name, backend_index);
+    if (*index < 0)
+        return mha_error(ctx, MHA_NO_DEVICE,
+                         "mha_device_open: %s \"%s\" names no device found "
+                         "on this machine (run mha-info to list them)",
+                         origin, spec);
+    return MHA_OK;
+bad:
+    return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                     "mha_device_open: %s \"%s\" is not a device name; "
+                     "expected best, cpu, vulkan, opencl or one of them "
+                     "with :index (for example vulkan:0)",
+                     origin, spec);
+}
+
+mha_status mha_device_open(mha_context *ctx, const char *spec,
+                           const mha_device_options *options,
+                           mha_device **out)
+{
+    if (!ctx || !out)
+        return MHA_INVALID_ARGUMENT;
+    const char *origin = "spec";
+    if (!spec) {
+        spec = getenv("MHA_DEVICE");
+        origin = "MHA_DEVICE";
+        if (!spec || !*spec) {
+            spec = "best";
+            origin = "spec";
+        }
+    }
+    int index;
+    mha_status st = resolve_spec(ctx, spec, origin, &index);
+    if (st != MHA_OK)
+        return st;
+    return mha_device_open_index(ctx, index, options, out);
+}
+
+mha_status mha_device_info_of(mha_device *device, mha_device_info *info)
+{
+    if (!device || !info)
+        return MHA_INVALID_ARGUMENT;
+    fill_info(device->ctx, device->index, info);
+    return MHA_OK;
+}
+
+mha_status mha_device_destroy(mha_device *device)
+{
+    if (!device)
+        return MHA_OK;
+    mha_context *ctx = device->ctx;
+    if (device->open_objects)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_destroy: %d layer(s) or tensor(s) "
+                         "still exist on this device; destroy them first",
+                         device->open_objects);
+    device->iface->close(device->dev);
+    ctx->open_objects--;
+    mha_host_free(&ctx->host, device);
+    return MHA_OK;
+}
+
+/* ---- wrappers ------------------------------------------------------------------ */
+
+mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf)
+{
+    return device->iface->buffer_alloc(device->dev, size ? size : 4, buf);
+}
+
+void mha_dev_free(mha_device *device, void *buf)
+{
+    if (buf)
+        device->iface->buffer_free(device->dev, buf);
+}
+
+mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,
+                         const void *src, size_t size)
+{
+    if (!size)
+        return MHA_OK;
+    return device->iface->buffer_write(device->dev, buf, offset, src, size);
+}
+
+mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,
+                        void *dst, size_t size)
+{
+    if (!size)
+        return MHA_OK;
+    return device->iface->buffer_read(device->dev, buf, offset, dst, size);
+}
+
+bool mha_dev_supports(mha_device *device, const mha_node *node)
+{
+    return device->iface->supports && device->iface->supports(device->dev,
+                                                              node);
+}
+
+mha_status mha_dev_run(mha_device *device, const mha_node *node)
+{
+    return device->iface->run(device->dev, node);
+}
+
+mha_status mha_dev_sync(mha_device *device)
+{
+    return device->iface->sync(device->dev);
+}

@@ -1,0 +1,482 @@
+/* forward.c: the forward entry points. Validates every argument against the
+ * layer (PyTorch's shape rules), finds or makes the plan for the call shape,
+ * binds buffers and runs it; the host-memory forward stages arrays through
+ * device buffers that the plan keeps, so repeated calls allocate nothing. */
+#include <stdio.h>
+#include <string.h>
+
+#include "plan.h"
+
+mha_status mha_check_shape(mha_context *ctx, const char *fn, const char *what,
+                           int ndim, const int64_t *shape,
+                           size_t *count);                   /* tensor.c */
+mha_status mha_upload_bool_mask(mha_device *device, void *buf, size_t first,
+                                const uint8_t *src, size_t count); /* tensor.c */
+
+/* One argument as validation sees it, from a device tensor or host array. */
+typedef struct arg_view {
+    const char *name;
+    int present;
+    mha_dtype dtype;
+    int ndim;
+    const int64_t *shape;
+} arg_view;
+
+static mha_status bad_shape(mha_context *ctx, const char *fn,
+                            const arg_view *a, const char *expected)
+{
+    char got[96];
+    return mha_error(ctx, MHA_SHAPE_MISMATCH, "%s: %s has shape %s; expected %s",
+                     fn, a->name, mha_shape_str(got, sizeof got, a->ndim, a->shape),
+                     expected);
+}
+
+static mha_status check_dims(mha_context *ctx, const char *fn,
+                             const arg_view *a, int ndim, const int64_t *want,
+                             const char *what)
+{
+    char buf[160], w[96];
+    int ok = a->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = a->shape[i] == want[i];
+    if (ok)
+        return MHA_OK;
+    snprintf(buf, sizeof buf, "%s %s", mha_shape_str(w, sizeof w, ndim, want),
+             what);
+    return bad_shape(ctx, fn, a, buf);
+}
+
+static mha_status check_input_dtype(mha_context *ctx, const char *fn,
+                                    const arg_view *a, int mask)
+{
+    if (mask ? (a->dtype == MHA_BOOL || a->dtype == MHA_F32)
+             : a->dtype == MHA_F32)
+        return MHA_OK;
+    return mha_error(ctx, MHA_DTYPE_MISMATCH, "%s: %s has dtype %s; expected %s",
+                     fn, a->name, mha_dtype_name(a->dtype),
+                     mask ? "bool or f32" : "f32");
+}
+
+/* Reads N, L, S from query, key and value and checks their features. */
+static mha_status check_qkv(const mha_layer *layer, const char *fn,
+                            const arg_view qkv[3], mha_call *call)
+{
+    mha_context *ctx = layer->device->ctx;
+    const mha_layer_config *c = &layer->cfg;
+    int64_t feat[3] = {c->embed_dim, c->kdim, c->vdim};
+    static const char *const feat_name[3] = {"embed_dim", "kdim", "vdim"};
+    size_t count;
+    for (int i = 0; i < 3; i++) {
+        if (!qkv[i].present)
+            return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: %s is NULL", fn,
+                             qkv[i].name);
+        mha_status st = check_input_dtype(ctx, fn, &qkv[i], 0);
+        if (st == MHA_OK)
+            st = mha_check_shape(ctx, fn, qkv[i].name, qkv[i].ndim,
+                                 qkv[i].shape, &count);
+        if (st != MHA_OK)
+            return st;
+    }
+    int nd = qkv[0].ndim;
+    if (nd != 2 && nd != 3)
+        return bad_shape(ctx, fn, &qkv[0],
+                         c->batch_first ? "(N, L, E) or unbatched (L, E)"
+                                        : "(L, N, E) or unbatched (L, E)");
+    int seq = nd == 3 && c->batch_first ? 1 : 0, bat = nd == 3 ? 1 - seq : -1;
+    call->batched = nd == 3;
+    call->batch = nd == 3 ? qkv[0].shape[bat] : 1;
+    call->tgt_len = qkv[0].shape[seq];
+    call->src_len = qkv[1].ndim == nd ? qkv[1].shape[seq] : -1;
+    for (int i = 0; i < 3; i++) {
+        int64_t want[3];
+        int64_t len = i == 0 ? call->tgt_len : call->src_len;
+        if (nd == 3) {
+            want[seq] = len;
+            want[bat] = call->batch;
+        } else {
+            want[0] = len;
+        }
+        want[nd - 1] = feat[i];
+        char what[64];
+        snprintf(what, sizeof what, "(last dimension %s)", feat_name[i]);
+        mha_status st = check_dims(ctx, fn, &qkv[i], nd, want,
+                                   i == 2 ? "(value must match key in length "
+                                            "and batch; last dimension vdim)"
+                                          : what);
+        if (st != MHA_OK)
+            return st;
+    }
+    return MHA_OK;
+}
+
+static mha_status check_masks(const mha_layer *layer, const char *fn,
+                              const arg_view *kpm, const arg_view *mask,
+                              mha_call *call)
+{
+    mha_context *ctx = layer->device->ctx;
+    int64_t N = call->batch, L = call->tgt_len, S = call->src_len;
+    int64_t H = layer->cfg.num_heads;
+    mha_status st;
+    if (kpm->present) {
+        int64_t want[2] = {N, S};
+        if ((st = check_input_dtype(ctx, fn, kpm, 1)) != MHA_OK ||
+            (st = call->batched
+                      ? check_dims(ctx, fn, kpm, 2, want, "(N, S)")
+                      : check_dims(ctx, fn, kpm, 1, want + 1,
+                                   "(S) for unbatched input")) != MHA_OK)
+            return st;
+        call->has_kpm = 1;
+    }
+    if (mask->present) {
+        if ((st = check_input_dtype(ctx, fn, mask, 1)) != MHA_OK)
+            return st;
+        int64_t want2[2] = {L, S}, want3[3] = {N * H, L, S};
+        call->mask_per_head = mask->ndim == 3;
+        st = mask->ndim == 3
+                 ? check_dims(ctx, fn, mask, 3, want3, "(N*num_heads, L, S)")
+                 : check_dims(ctx, fn, mask, 2, want2,
+                              "(L, S) or (N*num_heads, L, S)");
+        if (st != MHA_OK)
+            return st;
+        call->has_mask = 1;
+    }
+    return MHA_OK;
+}
+
+static mha_status check_weights_set(const mha_layer *layer, const char *fn)
+{
+    mha_weight_spec specs[8];
+    int n = mha_layer_weight_specs(layer, specs);
+    for (int i = 0; i < n; i++) {
+        unsigned bits = ((1u << specs[i].slots) - 1u) << specs[i].first;
+        if ((layer->set & bits) != bits)
+            return mha_error(layer->device->ctx, MHA_MISSING_WEIGHT,
+                             "%s: weight \"%s\" was not set", fn,
+                             specs[i].name);
+    }
+    return MHA_OK;
+}
+
+/* Everything a forward needs to know about its arguments, checked. */
+static mha_status make_call(const mha_layer *layer, const char *fn,
+                            const arg_view args[5], int causal,
+                            int need_weights, int average, mha_call *call)
+{
+    memset(call, 0, sizeof *call);
+    mha_status st = check_weights_set(layer, fn);
+    if (st == MHA_OK)
+        st = check_qkv(layer, fn, args, call);
+    if (st == MHA_OK)
+        st = check_masks(layer, fn, &args[3], &args[4], call);
+    call->causal = causal != 0;
+    call->need_weights = need_weights != 0;
+    call->average = need_weights && average != 0;
+    return st;
+}
+
+/* Shapes of the results, PyTorch's. */
+static void result_shapes(const mha_layer *layer, const mha_call *call,
+                          int *out_nd, int64_t out_shape[3], int *w_nd,
+                          int64_t w_shape[4])
+{
+    int64_t N = call->batch, L = call->tgt_len, E = layer->cfg.embed_dim;
+    int64_t S2 = mha_call_keys(layer, call), H = layer->cfg.num_heads;
+    *out_nd = call->batched ? 3 : 2;
+    if (!call->batched) {
+        out_shape[0] = L;
+        out_shape[1] = E;
+    } else if (layer->cfg.batch_first) {
+        out_shape[0] = N, out_shape[1] = L, out_shape[2] = E;
+    } else {
+        out_shape[0] = L, out_shape[1] = N, out_shape[2] = E;
+    }
+    int64_t full[4] = {N, H, L, S2};
+    int skip_n = !call->batched, skip_h = call->average;
+    *w_nd = 0;
+    for (int i = 0; i < 4; i++)
+        if (!(i == 0 && skip_n) && !(i == 1 && skip_h))
+            w_shape[(*w_nd)++] = full[i];
+}
+
+static size_t shape_count(int nd, const int64_t *shape)
+{
+    size_t n = 1;
+    for (int i = 0; i < nd; i++)
+        n *= (size_t)shape[i];
+    return n;
+}
+
+/* The cached plan for call, made (evicting the least recently used) when
+ * missing. */
+static mha_status get_plan(mha_layer *layer, const mha_call *call,
+                           mha_plan **out)
+{
+    int slot = 0;
+    layer->clock++;
+    for (int i = 0; i < MHA_PLAN_CACHE; i++) {
+        mha_plan *p = layer->plans[i];
+        if (p && memcmp(&p->call, call, sizeof *call) == 0) {
+            p->last_used = layer->clock;
+            *out = p;
+            return MHA_OK;
+        }
+        mha_plan *best = layer->plans[slot];
+        if (best && (!p || p->last_used < best->last_used))
+            slot = i;
+    }
+    mha_plan *plan;
+    mha_status st = mha_plan_create(layer, call, &plan);
+    if (st != MHA_OK)
+        return st;
+    mha_plan_destroy(layer, layer->plans[slot]);
+    plan->last_used = layer->clock;
+    layer->plans[slot] = plan;
+    *out = plan;
+    return MHA_OK;
+}
+
+void mha_plan_destroy(mha_layer *layer, mha_plan *plan)
+{
+    if (!plan)
+        return;
+    for (int r = 0; r < MHA_BUF_EXTERNAL_COUNT; r++)
+        mha_dev_free(layer->device, plan->staging[r]);
+    mha_dev_free(layer->device, plan->arena);
+    mha_host_free(&layer->device->ctx->host, plan);
+}
+
+/* ---- device-tensor forward ------------------------------------------------- */
+
+mha_status mha_forward_args_init(mha_forward_args *args)
+{
+    if (!args)
+        return MHA_INVALID_ARGUMENT;
+    memset(args, 0, sizeof *args);
+    args->average_attn_weights = 1;
+    return MHA_OK;
+}
+
+static arg_view tensor_view(const char *name, const mha_tensor *t)
+{
+    arg_view v = {name, t != NULL, t ? t->dtype : MHA_F32, t ? t->ndim : 0,
+                  t ? t->shape : NULL};
+    return v;
+}
+
+static mha_status check_result_tensor(mha_layer *layer, const char *fn,
+                                      const char *name, const mha_tensor *t,
+                                      int nd, const int64_t *shape)
+{
+    mha_context *ctx = layer->device->ctx;
+    if (!t)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: %s is NULL", fn,
+                         name);
+    arg_view v = tensor_view(name, t);
+    mha_status st = check_input_dtype(ctx, fn, &v, 0);
+    if (st != MHA_OK)
+        return st;
+    return check_dims(ctx, fn, &v, nd, shape, "");
+}
+
+static mha_status check_same_device(mha_layer *layer, const char *fn,
+                                    const mha_tensor *const t[7],
+                                    const char *const names[7])
+{
+    for (int i = 0; i < 7; i++)
+        if (t[i] && t[i]->device != layer->device)
+            return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
+                             "%s: %s lives on another device than the layer",
+                             fn, names[i]);
+    return MHA_OK;
+}
+
+mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
+{
+    static const char fn[] = "mha_layer_forward";
+    static const char *const names[7] = {"query", "key", "value",
+                                         "key_padding_mask", "attn_mask",
+                                         "output", "weights"};
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = layer->device->ctx;
+    if (!a)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: args is NULL", fn);
+    const mha_tensor *t[7] = {a->query, a->key, a->value, a->key_padding_mask,
+                              a->attn_mask, a->output, a->weights};
+    arg_view views[5];
+    for (int i = 0; i < 5; i++)
+        views[i] = tensor_view(names[i], t[i]);
+    mha_call call;
+    mha_status st = make_call(layer, fn, views, a->is_causal, a->need_weights,
+                              a->average_attn_weights, &call);
+    if (st == MHA_OK)
+        st = check_same_device(layer, fn, t, names);
+    int out_nd, w_nd;
+    int64_t out_shape[3], w_shape[4];
+    result_shapes(layer, &call, &out_nd, out_shape, &w_nd, w_shape);
+    if (st == MHA_OK)
+        st = check_result_tensor(layer, fn, "output", a->output, out_nd,
+                                 out_shape);
+    if (st == MHA_OK && call.need_weights)
+        st = check_result_tensor(layer, fn, "weights", a->weights, w_nd,
+                                 w_shape);
+    mha_plan *plan;
+    if (st == MHA_OK)
+        st = get_plan(layer, &call, &plan);
+    if (st != MHA_OK)
+        return st;
+    void *ext[MHA_BUF_EXTERNAL_COUNT] = {NULL};
+    for (int i = 0; i < 7; i++)
+        ext[i] = t[i] ? t[i]->buf : NULL;
+    st = mha_plan_execute(layer, plan, ext);
+    if (st == MHA_OK)
+        mha_clear_error(ctx);
+    return st;
+}
+
+/* ---- host-memory forward ---------------------------------------------------- */
+
+mha_status mha_host_forward_args_init(mha_host_forward_args *args)
+{
+    if (!args)
+        return MHA_INVALID_ARGUMENT;
+    memset(args, 0, sizeof *args);
+    args->average_attn_weights = 1;
+    return MHA_OK;
+}
+
+static arg_view array_view(const char *name, const mha_host_array *a)
+{
+    arg_view v = {name, a->data != NULL, a->dtype, a->ndim, a->shape};
+    return v;
+}
+
+static mha_status host_call(mha_layer *layer, const char *fn,
+                            const mha_host_forward_args *a, mha_call *call)
+{
+    const mha_host_array *arr[5] = {&a->query, &a->key, &a->value,
+                                    &a->key_padding_mask, &a->attn_mask};
+    static const char *const names[5] = {"query", "key", "value",
+                                         "key_padding_mask", "attn_mask"};
+    arg_view views[5];
+    for (int i = 0; i < 5; i++)
+        views[i] = array_view(names[i], arr[i]);
+    return make_call(layer, fn, views, a->is_causal, a->need_weights,
+                     a->average_attn_weights, call);
+}
+
+mha_status mha_layer_output_size(mha_layer *layer,
+                                 const mha_host_forward_args *args,
+                                 size_t *output_count, size_t *weights_count)
+{
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    if (!args || !output_count || !weights_count)
+        return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
+                         "mha_layer_output_size: an argument is NULL");
+    mha_call call;
+    mha_status st = host_call(layer, "mha_layer_output_size", args, &call);
+    if (st != MHA_OK)
+        return st;
+    int out_nd, w_nd;
+    int64_t out_shape[3], w_shape[4];
+    result_shapes(layer, &call, &out_nd, out_shape, &w_nd, w_shape);
+    *output_count = shape_count(out_nd, out_shape);
+    *weights_count = call.need_weights ? shape_count(w_nd, w_shape) : 0;
+    return MHA_OK;
+}
+
+/* Device buffers for the host forward, sized by the plan's graph. */
+static mha_status make_staging(mha_layer *layer, mha_plan *plan)
+{
+    const mha_graph *g = &plan->graph;
+    for (int b = 0; b < g->nbufs; b++) {
+        mha_buf_role role = g->bufs[b].role;
+        if (role >= MHA_BUF_EXTERNAL_COUNT || role == MHA_BUF_PARAMS ||
+            plan->staging[role])
+            continue;
+        mha_status st = mha_dev_alloc(layer->device, g->bufs[b].bytes,
+                                      &plan->staging[role]);
+        if (st != MHA_OK)
+            return st;
+    }
+    plan->has_staging = 1;
+    return MHA_OK;
+}
+
+static mha_status upload_array(mha_device *device, void *buf,
+                               const mha_host_array *a)
+{
+    size_t n = shape_count(a->ndim, a->shape);
+    if (a->dtype == MHA_BOOL)
+        return mha_upload_bool_mask(device, buf, 0, a->data, n);
+    return mha_dev_write(device, buf, 0, a->data, n * 4);
+}
+
+static mha_status check_capacity(mha_context *ctx, const char *what,
+                                 const float *ptr, size_t have, size_t need)
+{
+    if (!ptr)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_layer_forward_host: %s is NULL", what);
+    if (have < need)
+        return mha_error(ctx, MHA_BUFFER_TOO_SMALL,
+                         "mha_layer_forward_host: %s holds %zu floats; the "
+                         "result has %zu",
+                         what, have, need);
+    return MHA_OK;
+}
+
+static mha_status stage_and_run(mha_layer *layer, mha_plan *plan,
+                                const mha_host_forward_args *a,
+                                size_t out_count, size_t w_count)
+{
+    mha_device *dev = layer->device;
+    const mha_host_array *arr[5] = {&a->query, &a->key, &a->value,
+                                    &a->key_padding_mask, &a->attn_mask};
+    mha_status st = plan->has_staging ? MHA_OK : make_staging(layer, plan);
+    for (int i = 0; i < 5 && st == MHA_OK; i++)
+        if (arr[i]->data && plan->staging[i])
+            st = upload_array(dev, plan->staging[i], arr[i]);
+    if (st == MHA_OK)
+        st = mha_plan_execute(layer, plan, plan->staging);
+    if (st == MHA_OK)
+        st = mha_dev_read(dev, plan->staging[MHA_BUF_OUTPUT], 0, a->output,
+                          out_count * 4);
+    if (st == MHA_OK && w_count)
+        st = mha_dev_read(dev, plan->staging[MHA_BUF_WEIGHTS], 0, a->weights,
+                          w_count * 4);
+    return st;
+}
+
+mha_status mha_layer_forward_host(mha_layer *layer,
+                                  const mha_host_forward_args *a)
+{
+    static const char fn[] = "mha_layer_forward_host";
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = layer->device->ctx;
+    if (!a)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: args is NULL", fn);
+    mha_call call;
+    mha_status st = host_call(layer, fn, a, &call);
+    if (st != MHA_OK)
+        return st;
+    int out_nd, w_nd;
+    int64_t out_shape[3], w_shape[4];
+    result_shapes(layer, &call, &out_nd, out_shape, &w_nd, w_shape);
+    size_t out_count = shape_count(out_nd, out_shape);
+    size_t w_count = call.need_weights ? shape_count(w_nd, w_shape) : 0;
+    st = check_capacity(ctx, "output", a->output, a->output_count, out_count);
+    if (st == MHA_OK && w_count)
+        st = check_capacity(ctx, "weights", a->weights, a->weights_count,
+                            w_count);
+    mha_plan *plan;
+    if (st == MHA_OK)
+        st = get_plan(layer, &call, &plan);
+    if (st == MHA_OK)
+        st = stage_and_run(layer, plan, a, out_count, w_count);
+    if (st == MHA_OK)
+        mha_clear_error(ctx);
+    return st;
+}

@@ -1,0 +1,297 @@
+/* layer.c: layers from an nn.MultiheadAttention-shaped config, and their
+ * weights in PyTorch's own names and layouts, held in one device buffer. */
+#include <string.h>
+
+#include "half.h"
+#include "layer.h"
+
+#define CHUNK 4096 /* fp16 conversion goes through the stack in chunks */
+
+mha_status mha_layer_config_init(mha_layer_config *config, int64_t embed_dim,
+                                 int64_t num_heads)
+{
+    if (!config)
+        return MHA_INVALID_ARGUMENT;
+    memset(config, 0, sizeof *config);
+    config->embed_dim = embed_dim;
+    config->num_heads = num_heads;
+    config->bias = 1;
+    config->dtype = MHA_F32;
+    return MHA_OK;
+}
+
+/* Dimensions are capped so every size the layer derives fits comfortably
+ * in 64 bits and in a device's int32 index space per row. */
+#define MAX_DIM (1 << 20)
+
+static mha_status check_dim(mha_context *ctx, const char *name, int64_t v,
+                            int zero_ok)
+{
+    if ((v == 0 && zero_ok) || (v > 0 && v <= MAX_DIM))
+        return MHA_OK;
+    if (v > MAX_DIM)
+        return mha_error(ctx, MHA_OVERFLOW,
+                         "mha_layer_create: %s %lld is larger than %d", name,
+                         (long long)v, MAX_DIM);
+    return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                     "mha_layer_create: %s %lld; expected > 0%s", name,
+                     (long long)v, zero_ok ? " (or 0 for embed_dim)" : "");
+}
+
+static mha_status check_config(mha_device *device, const mha_layer_config *c)
+{
+    mha_context *ctx = device->ctx;
+    mha_status st;
+    if ((st = check_dim(ctx, "embed_dim", c->embed_dim, 0)) != MHA_OK ||
+        (st = check_dim(ctx, "num_heads", c->num_heads, 0)) != MHA_OK ||
+        (st = check_dim(ctx, "kdim", c->kdim, 1)) != MHA_OK ||
+        (st = check_dim(ctx, "vdim", c->vdim, 1)) != MHA_OK)
+        return st;
+    if (c->embed_dim % c->num_heads)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_layer_create: embed_dim %lld is not divisible "
+                         "by num_heads %lld",
+                         (long long)c->embed_dim, (long long)c->num_heads);
+    if (c->dropout != 0.0f)
+        return mha_error(ctx, MHA_UNSUPPORTED,
+                         "mha_layer_create: dropout %g: dropout is a "
+                         "training-time operation and libmha runs inference; "
+                         "pass 0 (a module in eval mode ignores it)",
+                         (double)c->dropout);
+    if (c->dtype != MHA_F32 && c->dtype != MHA_F16)
+        return mha_error(ctx, MHA_DTYPE_MISMATCH,
+                         "mha_layer_create: dtype %s; expected f32 or f16",
+                         mha_dtype_name(c->dtype));
+    if (c->dtype == MHA_F16) {
+        mha_device_info info;
+        mha_device_info_of(device, &info);
+        if (!(info.features & MHA_FEATURE_FP16_STORAGE))
+            return mha_error(ctx, MHA_UNSUPPORTED,
+                             "mha_layer_create: dtype f16 needs fp16 "
+                             "storage, which %s:%d (%s) does not have",
+                             info.backend, info.backend_index, info.name);
+    }
+    return MHA_OK;
+}
+
+/* Lays the slots out in one buffer; returns the total element count. */
+static size_t layout_slots(mha_layer *layer)
+{
+    int64_t E = layer->cfg.embed_dim, kd = layer->cfg.kdim,
+            vd = layer->cfg.vdim;
+    size_t len[MHA_WSLOT_COUNT] = {
+        [MHA_W_Q] = (size_t)(E * E), [MHA_W_K] = (size_t)(E * kd),
+        [MHA_W_V] = (size_t)(E * vd), [MHA_B_Q] = (size_t)E,
+        [MHA_B_K] = (size_t)E, [MHA_B_V] = (size_t)E,
+        [MHA_W_O] = (size_t)(E * E), [MHA_B_O] = (size_t)E,
+        [MHA_BIAS_K] = (size_t)E, [MHA_BIAS_V] = (size_t)E,
+    };
+    size_t at = 0;
+    for (int s = 0; s < MHA_WSLOT_COUNT; s++) {
+        layer->woff[s] = at;
+        layer->wlen[s] = len[s];
+        at += len[s];
+    }
+    return at;
+}
+
+mha_status mha_layer_create(mha_device *device, const mha_layer_config *config,
+                            mha_layer **out)
+{
+    if (!device || !config || !out)
+        return device ? mha_error(device->ctx, MHA_INVALID_ARGUMENT,
+                                  "mha_layer_create: %s is NULL",
+                                  !config ? "config" : "out")
+                      : MHA_INVALID_ARGUMENT;
+    mha_context *ctx = device->ctx;
+    mha_status st = check_config(device, config);
+    if (st != MHA_OK)
+        return st;
+    mha_layer *layer = mha_host_calloc(&ctx->host, 1, sizeof *layer);
+    if (!layer)
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_layer_create: out of memory");
+    layer->device = device;
+    layer->cfg = *config;
+    if (!layer->cfg.kdim)
+        layer->cfg.kdim = config->embed_dim;
+    if (!layer->cfg.vdim)
+        layer->cfg.vdim = config->embed_dim;
+    layer->cfg.bias = config->bias != 0;
+    layer->cfg.add_bias_kv = config->add_bias_kv != 0;
+    layer->cfg.add_zero_attn = config->add_zero_attn != 0;
+    layer->cfg.batch_first = config->batch_first != 0;
+    layer->head_dim = config->embed_dim / config->num_heads;
+    size_t elems = layout_slots(layer);
+    st = mha_dev_alloc(device, elems * mha_dtype_storage_size(config->dtype),
+                       &layer->wbuf);
+    if (st != MHA_OK) {
+        mha_host_free(&ctx->host, layer);
+        return st;
+    }
+    device->open_objects++;
+    mha_clear_error(ctx);
+    *out = layer;
+    return MHA_OK;
+}
+
+mha_status mha_layer_destroy(mha_layer *layer)
+{
+    if (!layer)
+        return MHA_OK;
+    mha_device *device = layer->device;
+    for (int i = 0; i < MHA_PLAN_CACHE; i++)
+        mha_plan_destroy(layer, layer->plans[i]);
+    mha_dev_free(device, layer->wbuf);
+    device->open_objects--;
+    mha_host_free(&device->ctx->host, layer);
+    return MHA_OK;
+}
+
+/* ---- weights --------------------------------------------------------------- */
+
+static const char *const all_weight_names[] = {
+    "in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+    "in_proj_bias",   "out_proj.weight", "out_proj.bias", "bias_k",
+    "bias_v",
+};
+
+int mha_is_mha_weight_name(const char *name)
+{
+    for (size_t i = 0; i < sizeof all_weight_names / sizeof *all_weight_names;
+         i++)
+        if (strcmp(all_weight_names[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static mha_weight_spec spec(const char *name, mha_wslot first, int slots,
+                            int ndim, int64_t d0, int64_t d1, int64_t d2)
+{
+    mha_weight_spec s = {name, first, slots, ndim, {d0, d1, d2}};
+    return s;
+}
+
+int mha_layer_weight_specs(const mha_layer *layer, mha_weight_spec *specs)
+{
+    const mha_layer_config *c = &layer->cfg;
+    int64_t E = c->embed_dim;
+    int n = 0;
+    if (c->kdim == E && c->vdim == E) {
+        specs[n++] = spec("in_proj_weight", MHA_W_Q, 3, 2, 3 * E, E, 0);
+    } else {
+        specs[n++] = spec("q_proj_weight", MHA_W_Q, 1, 2, E, E, 0);
+        specs[n++] = spec("k_proj_weight", MHA_W_K, 1, 2, E, c->kdim, 0);
+        specs[n++] = spec("v_proj_weight", MHA_W_V, 1, 2, E, c->vdim, 0);
+    }
+    if (c->bias)
+        specs[n++] = spec("in_proj_bias", MHA_B_Q, 3, 1, 3 * E, 0, 0);
+    specs[n++] = spec("out_proj.weight", MHA_W_O, 1, 2, E, E, 0);
+    if (c->bias)
+        specs[n++] = spec("out_proj.bias", MHA_B_O, 1, 1, E, 0, 0);
+    if (c->add_bias_kv) {
+        specs[n++] = spec("bias_k", MHA_BIAS_K, 1, 3, 1, 1, E);
+        specs[n++] = spec("bias_v", MHA_BIAS_V, 1, 3, 1, 1, E);
+    }
+    return n;
+}
+
+mha_status mha_layer_write_weight(mha_layer *layer, mha_wslot first,
+                                  size_t offset, const float *data,
+                                  size_t count)
+{
+    mha_device *device = layer->device;
+    size_t at = layer->woff[first] + offset;
+    if (layer->cfg.dtype == MHA_F32)
+        return mha_dev_write(device, layer->wbuf, at * 4, data, count * 4);
+    uint16_t chunk[CHUNK];
+    for (size_t done = 0; done < count;) {
+        size_t n = count - done < CHUNK ? count - done : CHUNK;
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = mha_f32_to_f16(data[done + i]);
+        mha_status st = mha_dev_write(device, layer->wbuf, (at + done) * 2,
+                                      chunk, n * 2);
+        if (st != MHA_OK)
+            return st;
+        done += n;
+    }
+    return MHA_OK;
+}
+
+/* bias_k and bias_v are (1, 1, E) in PyTorch; (E) is accepted too. */
+static int shape_matches(const mha_weight_spec *s, int ndim,
+                         const int64_t *shape)
+{
+    if (s->ndim == 3 && ndim == 1)
+        return shape[0] == s->shape[2];
+    if (ndim != s->ndim)
+        return 0;
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] != s->shape[i])
+            return 0;
+    return 1;
+}
+
+mha_status mha_find_weight_spec(mha_layer *layer, const char *fn,
+                                const char *name, mha_weight_spec *out)
+{
+    mha_context *ctx = layer->device->ctx;
+    mha_weight_spec specs[8];
+    int n = mha_layer_weight_specs(layer, specs);
+    for (int i = 0; i < n; i++) {
+        if (strcmp(specs[i].name, name) == 0) {
+            *out = specs[i];
+            return MHA_OK;
+        }
+    }
+    if (mha_is_mha_weight_name(name))
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: \"%s\" is not a weight of this layer "
+                         "(embed_dim=%lld kdim=%lld vdim=%lld bias=%d "
+                         "add_bias_kv=%d)",
+                         fn, name, (long long)layer->cfg.embed_dim,
+                         (long long)layer->cfg.kdim,
+                         (long long)layer->cfg.vdim, layer->cfg.bias,
+                         layer->cfg.add_bias_kv);
+    return mha_error(ctx, MHA_NOT_FOUND,
+                     "%s: \"%s\" is not an nn.MultiheadAttention weight name",
+                     fn, name);
+}
+
+mha_status mha_layer_set_weight(mha_layer *layer, const char *name,
+                                const float *data, int ndim,
+                                const int64_t *shape)
+{
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = layer->device->ctx;
+    if (!name || !data || !shape)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_layer_set_weight: %s is NULL",
+                         !name ? "name" : !data ? "data" : "shape");
+    mha_weight_spec s;
+    mha_status st = mha_find_weight_spec(layer, "mha_layer_set_weight", name,
+                                         &s);
+    if (st != MHA_OK)
+        return st;
+    if (ndim < 1 || ndim > MHA_MAX_DIMS || !shape_matches(&s, ndim, shape)) {
+        char got[96], want[96];
+        return mha_error(ctx, MHA_SHAPE_MISMATCH,
+                         "mha_layer_set_weight: %s has shape %s; expected %s",
+                         name,
+                         ndim >= 1 && ndim <= MHA_MAX_DIMS
+                             ? mha_shape_str(got, sizeof got, ndim, shape)
+                             : "with a bad dimension count",
+                         mha_shape_str(want, sizeof want, s.ndim, s.shape));
+    }
+    size_t count = 0;
+    for (int i = 0; i < s.slots; i++)
+        count += layer->wlen[s.first + i];
+    st = mha_layer_write_weight(layer, s.first, 0, data, count);
+    if (st != MHA_OK)
+        return st;
+    for (int i = 0; i < s.slots; i++)
+        layer->set |= 1u << (s.first + i);
+    mha_clear_error(ctx);
+    return MHA_OK;
+}

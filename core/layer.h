@@ -1,0 +1,65 @@
+/* layer.h: the private form of mha_layer and its weight slots, shared by
+ * layer.c (config, weights), safetensors_load.c and forward.c. */
+#ifndef MHA_CORE_LAYER_H
+#define MHA_CORE_LAYER_H
+
+#include "context.h"
+
+/* Slots of the layer's weight buffer, in buffer order: q, k and v weights
+ * and biases are adjacent so PyTorch's packed in_proj_weight and
+ * in_proj_bias are each one contiguous write. */
+typedef enum mha_wslot {
+    MHA_W_Q, MHA_W_K, MHA_W_V,
+    MHA_B_Q, MHA_B_K, MHA_B_V,
+    MHA_W_O, MHA_B_O,
+    MHA_BIAS_K, MHA_BIAS_V,
+    MHA_WSLOT_COUNT
+} mha_wslot;
+
+/* One state_dict entry: which slots it fills and its PyTorch shape. */
+typedef struct mha_weight_spec {
+    const char *name;
+    mha_wslot first;
+    int slots;
+    int ndim;
+    int64_t shape[3];
+} mha_weight_spec;
+
+#define MHA_PLAN_CACHE 4
+
+typedef struct mha_plan mha_plan;
+
+struct mha_layer {
+    mha_device *device;
+    mha_layer_config cfg;  /* kdim and vdim resolved */
+    int64_t head_dim;
+    void *wbuf;
+    size_t woff[MHA_WSLOT_COUNT]; /* elements */
+    size_t wlen[MHA_WSLOT_COUNT]; /* elements */
+    unsigned set;                 /* bit per slot that has been written */
+    mha_plan *plans[MHA_PLAN_CACHE];
+    uint64_t clock;               /* for least-recently-used eviction */
+};
+
+/* The state_dict entries this layer needs, in a fixed order; returns the
+ * count (at most 8). */
+int mha_layer_weight_specs(const mha_layer *layer, mha_weight_spec *specs);
+
+/* Every state_dict name nn.MultiheadAttention can have, for messages about
+ * names that exist in PyTorch but not for this configuration. */
+int mha_is_mha_weight_name(const char *name);
+
+/* Finds the spec of a state_dict name for this layer, or fails with a
+ * message that says why the name does not apply (fn names the caller). */
+mha_status mha_find_weight_spec(mha_layer *layer, const char *fn,
+                                const char *name, mha_weight_spec *out);
+
+/* Writes count fp32 values into the weight slots starting at first, at
+ * element offset within them, converting to the layer's dtype. */
+mha_status mha_layer_write_weight(mha_layer *layer, mha_wslot first,
+                                  size_t offset, const float *data,
+                                  size_t count);
+
+void mha_plan_destroy(mha_layer *layer, mha_plan *plan); /* forward.c */
+
+#endif /* MHA_CORE_LAYER_H */

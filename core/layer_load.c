@@ -1,0 +1,152 @@
+/* layer_load.c: mha_layer_load_safetensors, weights straight from a
+ * PyTorch state_dict saved with safetensors. Every needed key is checked
+ * (present, float, right shape) before any is written, so a bad file leaves
+ * the layer as it was. */
+#include <stdio.h>
+#include <string.h>
+
+#include "layer.h"
+#include "safetensors.h"
+
+#define MAX_KEY 512
+
+static mha_status full_key(mha_context *ctx, const char *prefix,
+                           const char *name, char key[MAX_KEY])
+{
+    if ((size_t)snprintf(key, MAX_KEY, "%s%s", prefix, name) >= MAX_KEY)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_layer_load_safetensors: prefix \"%s\" is too "
+                         "long",
+                         prefix);
+    return MHA_OK;
+}
+
+static int entry_matches(const mha_weight_spec *s, const mha_st_entry *e)
+{
+    if (s->ndim == 3 && e->ndim == 1) /* bias_k as (E) */
+        return e->shape[0] == s->shape[2];
+    if (e->ndim != s->ndim)
+        return 0;
+    for (int i = 0; i < s->ndim; i++)
+        if (e->shape[i] != s->shape[i])
+            return 0;
+    return 1;
+}
+
+static mha_status check_entry(mha_context *ctx, const char *path,
+                              const char *key, const mha_weight_spec *s,
+                              const mha_st_entry *e)
+{
+    static const char fn[] = "mha_layer_load_safetensors";
+    char got[96], want[96];
+    if (!e)
+        return mha_error(ctx, MHA_MISSING_WEIGHT,
+                         "%s: %s has no tensor \"%s\"", fn, path, key);
+    if (!mha_st_is_float(e))
+        return mha_error(ctx, MHA_DTYPE_MISMATCH,
+                         "%s: tensor \"%s\" in %s has dtype %s; expected F32, "
+                         "F16, BF16 or F64",
+                         fn, key, path, e->dtype);
+    if (e->ndim > MHA_MAX_DIMS || !entry_matches(s, e))
+        return mha_error(ctx, MHA_SHAPE_MISMATCH,
+                         "%s: tensor \"%s\" in %s has shape %s; expected %s",
+                         fn, key, path,
+                         mha_shape_str(got, sizeof got, e->ndim, e->shape),
+                         mha_shape_str(want, sizeof want, s->ndim, s->shape));
+    return MHA_OK;
+}
+
+/* A key nn.MultiheadAttention would have, but not with this config (a
+ * bias=False layer meeting a file with biases): refuse rather than ignore. */
+static mha_status check_unexpected(mha_layer *layer, mha_st_file *file,
+                                   const char *path, const char *prefix,
+                                   const mha_weight_spec *specs, int n)
+{
+    mha_context *ctx = layer->device->ctx;
+    size_t plen = strlen(prefix);
+    for (int i = 0; i < mha_st_count(file); i++) {
+        const char *name = mha_st_entry_at(file, i)->name;
+        if (strncmp(name, prefix, plen) != 0 ||
+            !mha_is_mha_weight_name(name + plen))
+            continue;
+        int needed = 0;
+        for (int j = 0; j < n; j++)
+            needed |= strcmp(specs[j].name, name + plen) == 0;
+        if (!needed) {
+            mha_weight_spec unused;
+            mha_status st = mha_find_weight_spec(
+                layer, "mha_layer_load_safetensors", name + plen, &unused);
+            return mha_error(ctx, st,
+                             "mha_layer_load_safetensors: %s has \"%s\", "
+                             "which this layer's config does not: %s",
+                             path, name, mha_context_errmsg(ctx));
+        }
+    }
+    return MHA_OK;
+}
+
+static mha_status load_entry(mha_layer *layer, mha_st_file *file,
+                             const mha_weight_spec *s, const mha_st_entry *e)
+{
+    mha_context *ctx = layer->device->ctx;
+    float *data = mha_host_malloc(&ctx->host, (size_t)e->count * sizeof *data);
+    if (!data)
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_layer_load_safetensors: out of memory reading "
+                         "\"%s\"",
+                         e->name);
+    mha_status st = mha_st_read_f32(file, e, data);
+    if (st == MHA_OK)
+        st = mha_layer_write_weight(layer, s->first, 0, data,
+                                    (size_t)e->count);
+    mha_host_free(&ctx->host, data);
+    return st;
+}
+
+static mha_status load_all(mha_layer *layer, mha_st_file *file,
+                           const char *path, const char *prefix)
+{
+    mha_context *ctx = layer->device->ctx;
+    mha_weight_spec specs[8];
+    const mha_st_entry *entries[8];
+    char key[MAX_KEY];
+    int n = mha_layer_weight_specs(layer, specs);
+    for (int i = 0; i < n; i++) {
+        mha_status st = full_key(ctx, prefix, specs[i].name, key);
+        if (st != MHA_OK)
+            return st;
+        entries[i] = mha_st_find(file, key);
+        st = check_entry(ctx, path, key, &specs[i], entries[i]);
+        if (st != MHA_OK)
+            return st;
+    }
+    mha_status st = check_unexpected(layer, file, path, prefix, specs, n);
+    for (int i = 0; i < n && st == MHA_OK; i++)
+        st = load_entry(layer, file, &specs[i], entries[i]);
+    if (st != MHA_OK)
+        return st;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < specs[i].slots; k++)
+            layer->set |= 1u << (specs[i].first + k);
+    return MHA_OK;
+}
+
+mha_status mha_layer_load_safetensors(mha_layer *layer, const char *path,
+                                      const char *prefix)
+{
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = layer->device->ctx;
+    if (!path)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_layer_load_safetensors: path is NULL");
+    mha_st_file *file;
+    mha_status st = mha_st_open(&ctx->host, path, &file);
+    if (st != MHA_OK)
+        return st;
+    st = load_all(layer, file, path, prefix ? prefix : "");
+    mha_st_close(file);
+    if (st == MHA_OK)
+        mha_clear_error(ctx);
+    return st;
+}

@@ -1,0 +1,232 @@
+/* plan.c: the planner and the executor. Planning happens once per layer and
+ * call shape; executing binds buffers and hands each node to the backend in
+ * order, then waits once. */
+#include <string.h>
+
+#include "plan.h"
+
+#define ARENA_ALIGN 256 /* keeps every intermediate SIMD- and cache-aligned */
+
+static void remove_node(mha_graph *g, int node) { g->nodes[node].removed = 1; }
+
+/* Split heads and concat become strided views: the consumer reads the
+ * projection's [N,T,E] rows as [N,H,T,d], the weighted sum writes straight
+ * into the [N,L,E] layout of the output projection's input. */
+static void make_views(mha_graph *g)
+{
+    for (int i = 0; i < 3; i++) {
+        mha_gnode *split = &g->nodes[g->split[i]];
+        g->tensors[split->dst] = g->tensors[split->src[0]];
+        remove_node(g, g->split[i]);
+    }
+    mha_gnode *concat = &g->nodes[g->concat];
+    g->tensors[concat->src[0]] = g->tensors[concat->dst];
+    remove_node(g, g->concat);
+}
+
+static mha_tdesc describe(const mha_graph *g, int tensor, void *buf,
+                          size_t base)
+{
+    mha_tdesc d;
+    memset(&d, 0, sizeof d);
+    if (tensor == MHA_NO_TENSOR)
+        return d;
+    const mha_gtensor *t = &g->tensors[tensor];
+    d.dtype = t->dtype;
+    memcpy(d.ne, t->ne, sizeof d.ne);
+    memcpy(d.nb, t->nb, sizeof d.nb);
+    d.buf = buf;
+    d.offset = base + t->offset;
+    return d;
+}
+
+/* The node as a backend sees it; buffers come from bind(). */
+static void lower_node(const mha_graph *g, const mha_gnode *n,
+                       void *const bufs[], const size_t base[],
+                       mha_node *out)
+{
+    memset(out, 0, sizeof *out);
+    out->op = n->op;
+    out->params = n->params;
+    for (int s = 0; s < MHA_MAX_SRC; s++) {
+        int t = n->src[s];
+        if (t != MHA_NO_TENSOR)
+            out->src[s] = describe(g, t, bufs[g->tensors[t].buf],
+                                   base[g->tensors[t].buf]);
+    }
+    out->dst = describe(g, n->dst, bufs[g->tensors[n->dst].buf],
+                        base[g->tensors[n->dst].buf]);
+}
+
+/* Placeholders: supports() looks only at whether buf is NULL. */
+static void placeholder_bufs(const mha_plan *plan, void *bufs[],
+                             size_t base[])
+{
+    for (int b = 0; b < MHA_GRAPH_MAX_BUFS; b++) {
+        bufs[b] = (void *)plan;
+        base[b] = 0;
+    }
+}
+
+/* Replaces scores, softmax and weighted sum by one ATTENTION node when the
+ * weights are not wanted and the backend can run it for this shape. */
+static void fuse_attention(mha_device *device, mha_plan *plan)
+{
+    mha_graph *g = &plan->graph;
+    if (plan->call.need_weights)
+        return;
+    mha_gnode fused = g->nodes[g->scores];
+    fused.op = MHA_OP_ATTENTION;
+    fused.src[MHA_SRC_V] = g->nodes[g->weighted_sum].src[1];
+    fused.dst = g->nodes[g->weighted_sum].dst;
+    void *bufs[MHA_GRAPH_MAX_BUFS];
+    size_t base[MHA_GRAPH_MAX_BUFS];
+    placeholder_bufs(plan, bufs, base);
+    mha_node node;
+    lower_node(g, &fused, bufs, base, &node);
+    if (!mha_dev_supports(device, &node))
+        return;
+    g->nodes[g->scores] = fused;
+    remove_node(g, g->softmax);
+    remove_node(g, g->weighted_sum);
+    plan->fused = 1;
+}
+
+static void note_use(mha_graph *g, int tensor, int node)
+{
+    if (tensor == MHA_NO_TENSOR)
+        return;
+    mha_gbuf *b = &g->bufs[g->tensors[tensor].buf];
+    if (b->first_use < 0)
+        b->first_use = node;
+    b->last_use = node;
+}
+
+static int lifetimes_overlap(const mha_gbuf *a, const mha_gbuf *b)
+{
+    return a->first_use <= b->last_use && b->first_use <= a->last_use;
+}
+
+static size_t align_up(size_t v) { return (v + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
+
+/* First fit, largest first: an intermediate goes at the lowest offset that
+ * no buffer alive at the same time occupies. */
+static size_t place_in_arena(mha_graph *g)
+{
+    int order[MHA_GRAPH_MAX_BUFS], n = 0;
+    for (int b = 0; b < g->nbufs; b++)
+        if (g->bufs[b].role == MHA_BUF_ARENA && g->bufs[b].first_use >= 0)
+            order[n++] = b;
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && g->bufs[order[j]].bytes >
+                                     g->bufs[order[j - 1]].bytes; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        mha_gbuf *b = &g->bufs[order[i]];
+        size_t at = 0;
+        for (int moved = 1; moved;) {
+            moved = 0;
+            for (int j = 0; j < i; j++) {
+                const mha_gbuf *o = &g->bufs[order[j]];
+                if (lifetimes_overlap(b, o) && at < o->arena_offset + o->bytes &&
+                    o->arena_offset < at + b->bytes) {
+                    at = align_up(o->arena_offset + o->bytes);
+                    moved = 1;
+                }
+            }
+        }
+        b->arena_offset = at;
+        if (at + b->bytes > total)
+            total = at + b->bytes;
+    }
+    return total;
+}
+
+static mha_status check_supported(mha_layer *layer, mha_plan *plan)
+{
+    mha_graph *g = &plan->graph;
+    void *bufs[MHA_GRAPH_MAX_BUFS];
+    size_t base[MHA_GRAPH_MAX_BUFS];
+    placeholder_bufs(plan, bufs, base);
+    for (int i = 0; i < g->nnodes; i++) {
+        if (g->nodes[i].removed)
+            continue;
+        mha_node node;
+        lower_node(g, &g->nodes[i], bufs, base, &node);
+        if (!mha_dev_supports(layer->device, &node)) {
+            mha_device_info info;
+            mha_device_info_of(layer->device, &info);
+            return mha_error(layer->device->ctx, MHA_UNSUPPORTED,
+                             "mha_layer_forward: %s:%d (%s) cannot run op "
+                             "%s for this shape and dtype %s",
+                             info.backend, info.backend_index, info.name,
+                             mha_op_name(node.op),
+                             mha_dtype_name(layer->cfg.dtype));
+        }
+    }
+    return MHA_OK;
+}
+
+mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
+                           mha_plan **out)
+{
+    mha_context *ctx = layer->device->ctx;
+    mha_plan *plan = mha_host_calloc(&ctx->host, 1, sizeof *plan);
+    if (!plan)
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_layer_forward: out of memory planning");
+    plan->call = *call;
+    mha_graph *g = &plan->graph;
+    mha_graph_build(layer, call, g);
+    make_views(g);
+    fuse_attention(layer->device, plan);
+    mha_status st = check_supported(layer, plan);
+    if (st != MHA_OK) {
+        mha_host_free(&ctx->host, plan);
+        return st;
+    }
+    for (int i = 0; i < g->nnodes; i++) {
+        if (g->nodes[i].removed)
+            continue;
+        for (int s = 0; s < MHA_MAX_SRC; s++)
+            note_use(g, g->nodes[i].src[s], i);
+        note_use(g, g->nodes[i].dst, i);
+    }
+    plan->arena_bytes = place_in_arena(g);
+    st = mha_dev_alloc(layer->device, plan->arena_bytes, &plan->arena);
+    if (st != MHA_OK) {
+        mha_host_free(&ctx->host, plan);
+        return st;
+    }
+    *out = plan;
+    return MHA_OK;
+}
+
+mha_status mha_plan_execute(mha_layer *layer, const mha_plan *plan,
+                            void *const external[MHA_BUF_EXTERNAL_COUNT])
+{
+    const mha_graph *g = &plan->graph;
+    void *bufs[MHA_GRAPH_MAX_BUFS];
+    size_t base[MHA_GRAPH_MAX_BUFS];
+    for (int b = 0; b < g->nbufs; b++) {
+        mha_buf_role role = g->bufs[b].role;
+        bufs[b] = role == MHA_BUF_ARENA ? plan->arena
+                  : role == MHA_BUF_PARAMS ? layer->wbuf
+                                           : external[role];
+        base[b] = role == MHA_BUF_ARENA ? g->bufs[b].arena_offset : 0;
+    }
+    for (int i = 0; i < g->nnodes; i++) {
+        if (g->nodes[i].removed)
+            continue;
+        mha_node node;
+        lower_node(g, &g->nodes[i], bufs, base, &node);
+        mha_status st = mha_dev_run(layer->device, &node);
+        if (st != MHA_OK)
+            return st;
+    }
+    return mha_dev_sync(layer->device);
+}

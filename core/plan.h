@@ -1,0 +1,30 @@
+/* plan.h: a graph made ready for one device and call shape: views instead
+ * of split/concat copies, the fused attention node where the backend has it
+ * and weights are not asked for, and every intermediate placed in one arena
+ * so that a forward of a planned shape allocates nothing. */
+#ifndef MHA_CORE_PLAN_H
+#define MHA_CORE_PLAN_H
+
+#include "graph.h"
+
+struct mha_plan {
+    mha_call call;
+    uint64_t last_used;
+    mha_graph graph;
+    int fused;
+    void *arena;
+    size_t arena_bytes;
+    /* device buffers for the host-memory forward, made on its first use */
+    void *staging[MHA_BUF_EXTERNAL_COUNT];
+    int has_staging;
+};
+
+mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
+                           mha_plan **out);
+
+/* Runs the plan with the caller's buffers bound by role (MHA_BUF_PARAMS is
+ * the layer's own) and waits for the result. */
+mha_status mha_plan_execute(mha_layer *layer, const mha_plan *plan,
+                            void *const external[MHA_BUF_EXTERNAL_COUNT]);
+
+#endif /* MHA_CORE_PLAN_H */

@@ -1,0 +1,179 @@
+/* tensor.c: device-resident tensors, so data can stay on a device between
+ * forward calls and between layers. Boolean masks are stored as additive f32
+ * (0 or -inf): every backend then reads one mask format. */
+#include <math.h>
+#include <string.h>
+
+#include "context.h"
+
+#define CHUNK_FLOATS 4096 /* conversion of bool masks goes through the stack */
+
+/* Checks a user shape and computes its element count. */
+mha_status mha_check_shape(mha_context *ctx, const char *fn, const char *what,
+                           int ndim, const int64_t *shape, size_t *count)
+{
+    if (!shape && ndim > 0)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: %s shape is NULL",
+                         fn, what);
+    if (ndim < 1 || ndim > MHA_MAX_DIMS)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: %s has %d dimensions; expected 1 to %d", fn,
+                         what, ndim, MHA_MAX_DIMS);
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] <= 0)
+            return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                             "%s: %s dimension %d is %lld; expected > 0", fn,
+                             what, i, (long long)shape[i]);
+        if ((uint64_t)shape[i] > SIZE_MAX || !mha_mul_size(n, (size_t)shape[i], &n))
+            return mha_error(ctx, MHA_OVERFLOW,
+                             "%s: %s has more elements than size_t holds", fn,
+                             what);
+    }
+    size_t bytes;
+    if (!mha_mul_size(n, 4, &bytes) || n > (size_t)INT64_MAX / 4)
+        return mha_error(ctx, MHA_OVERFLOW,
+                         "%s: %s needs more bytes than size_t holds", fn,
+                         what);
+    *count = n;
+    return MHA_OK;
+}
+
+mha_status mha_tensor_create(mha_device *device, mha_dtype dtype, int ndim,
+                             const int64_t *shape, mha_tensor **out)
+{
+    if (!device || !out)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = device->ctx;
+    if (dtype != MHA_F32 && dtype != MHA_F16 && dtype != MHA_BOOL)
+        return mha_error(ctx, MHA_DTYPE_MISMATCH,
+                         "mha_tensor_create: dtype %d is not a mha_dtype",
+                         (int)dtype);
+    size_t count;
+    mha_status st = mha_check_shape(ctx, "mha_tensor_create", "tensor", ndim,
+                                    shape, &count);
+    if (st != MHA_OK)
+        return st;
+    mha_tensor *t = mha_host_calloc(&ctx->host, 1, sizeof *t);
+    if (!t)
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_tensor_create: out of memory");
+    st = mha_dev_alloc(device, count * mha_dtype_storage_size(dtype), &t->buf);
+    if (st != MHA_OK) {
+        mha_host_free(&ctx->host, t);
+        return st;
+    }
+    t->device = device;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->count = count;
+    device->open_objects++;
+    *out = t;
+    return MHA_OK;
+}
+
+static size_t tensor_user_bytes(const mha_tensor *t)
+{
+    return t->count * (t->dtype == MHA_BOOL ? 1 : mha_dtype_storage_size(t->dtype));
+}
+
+/* Writes count bool bytes as additive f32 at element offset first. */
+mha_status mha_upload_bool_mask(mha_device *device, void *buf, size_t first,
+                                const uint8_t *src, size_t count)
+{
+    float chunk[CHUNK_FLOATS];
+    for (size_t done = 0; done < count;) {
+        size_t n = count - done < CHUNK_FLOATS ? count - done : CHUNK_FLOATS;
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = src[done + i] ? -INFINITY : 0.0f;
+        mha_status st = mha_dev_write(device, buf, (first + done) * 4, chunk,
+                                      n * 4);
+        if (st != MHA_OK)
+            return st;
+        done += n;
+    }
+    return MHA_OK;
+}
+
+static mha_status download_bool_mask(const mha_tensor *t, uint8_t *dst)
+{
+    float chunk[CHUNK_FLOATS];
+    for (size_t done = 0; done < t->count;) {
+        size_t n = t->count - done < CHUNK_FLOATS ? t->count - done
+                                                  : CHUNK_FLOATS;
+        mha_status st = mha_dev_read(t->device, t->buf, done * 4, chunk,
+                                     n * 4);
+        if (st != MHA_OK)
+            return st;
+        for (size_t i = 0; i < n; i++)
+            dst[done + i] = chunk[i] == -INFINITY;
+        done += n;
+    }
+    return MHA_OK;
+}
+
+mha_status mha_tensor_upload(mha_tensor *tensor, const void *src, size_t size)
+{
+    if (!tensor)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = tensor->device->ctx;
+    if (!src)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_tensor_upload: src is NULL");
+    if (size != tensor_user_bytes(tensor))
+        return mha_error(ctx, MHA_SHAPE_MISMATCH,
+                         "mha_tensor_upload: size %zu bytes; expected %zu "
+                         "(%zu elements of %s)",
+                         size, tensor_user_bytes(tensor), tensor->count,
+                         mha_dtype_name(tensor->dtype));
+    if (tensor->dtype == MHA_BOOL)
+        return mha_upload_bool_mask(tensor->device, tensor->buf, 0, src,
+                                    tensor->count);
+    return mha_dev_write(tensor->device, tensor->buf, 0, src, size);
+}
+
+mha_status mha_tensor_download(const mha_tensor *tensor, void *dst,
+                               size_t size)
+{
+    if (!tensor)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = tensor->device->ctx;
+    if (!dst)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_tensor_download: dst is NULL");
+    if (size < tensor_user_bytes(tensor))
+        return mha_error(ctx, MHA_BUFFER_TOO_SMALL,
+                         "mha_tensor_download: size %zu bytes; the tensor "
+                         "holds %zu",
+                         size, tensor_user_bytes(tensor));
+    if (tensor->dtype == MHA_BOOL)
+        return download_bool_mask(tensor, dst);
+    return mha_dev_read(tensor->device, tensor->buf, 0, dst,
+                        tensor_user_bytes(tensor));
+}
+
+mha_status mha_tensor_get_shape(const mha_tensor *tensor, mha_dtype *dtype,
+                                int *ndim, int64_t *shape)
+{
+    if (!tensor)
+        return MHA_INVALID_ARGUMENT;
+    if (dtype)
+        *dtype = tensor->dtype;
+    if (ndim)
+        *ndim = tensor->ndim;
+    if (shape)
+        memcpy(shape, tensor->shape, (size_t)tensor->ndim * sizeof *shape);
+    return MHA_OK;
+}
+
+mha_status mha_tensor_destroy(mha_tensor *tensor)
+{
+    if (!tensor)
+        return MHA_OK;
+    mha_device *device = tensor->device;
+    mha_dev_free(device, tensor->buf);
+    device->open_objects--;
+    mha_host_free(&device->ctx->host, tensor);
+    return MHA_OK;
+}

@@ -1,0 +1,379 @@
+/* mha.h: the one public header of libmha, multi-head attention on Vulkan,
+ * OpenCL and CPU SIMD devices, with torch.nn.MultiheadAttention semantics.
+ *
+ * C99, standard headers only. Every object is an opaque handle; every call
+ * returns an mha_status (accessors that cannot fail return their value).
+ * A context and everything created from it is used by one thread at a time.
+ * On failure a call leaves its outputs untouched and mha_context_errmsg()
+ * names the function, the argument, the value and what was expected. */
+#ifndef MHA_H
+#define MHA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MHA_VERSION_MAJOR 0
+#define MHA_VERSION_MINOR 1
+#define MHA_VERSION_PATCH 0
+#define MHA_VERSION_STRING "0.1.0"
+
+#if defined(_WIN32) && defined(MHA_BUILD_SHARED)
+#define MHA_API __declspec(dllexport)
+#elif defined(_WIN32) && defined(MHA_USE_SHARED)
+#define MHA_API __declspec(dllimport)
+#elif defined(__GNUC__)
+#define MHA_API __attribute__((visibility("default")))
+#else
+#define MHA_API
+#endif
+
+/* ---- status codes ------------------------------------------------------ */
+
+/* X(name, fixed description). Codes are stable; new ones are appended. */
+#define MHA_STATUS_LIST(X)                                                   \
+    X(OK, "success")                                                         \
+    X(INVALID_ARGUMENT, "invalid argument")                                  \
+    X(SHAPE_MISMATCH, "tensor shape does not match")                         \
+    X(DTYPE_MISMATCH, "tensor dtype does not match")                         \
+    X(OUT_OF_MEMORY, "out of memory")                                        \
+    X(OVERFLOW, "size overflows")                                            \
+    X(NOT_FOUND, "not found")                                                \
+    X(UNSUPPORTED, "not supported")                                          \
+    X(MISSING_WEIGHT, "a required weight was not set")                       \
+    X(IO, "input/output error")                                              \
+    X(CORRUPT_FILE, "file is corrupt or not in the expected format")         \
+    X(NO_DEVICE, "no such device")                                           \
+    X(DEVICE_ERROR, "device or driver error")                                \
+    X(DEVICE_LOST, "device lost")                                            \
+    X(BUFFER_TOO_SMALL, "output buffer is too small")
+
+typedef enum mha_status {
+#define MHA_STATUS_ENUM_(name, text) MHA_##name,
+    MHA_STATUS_LIST(MHA_STATUS_ENUM_)
+#undef MHA_STATUS_ENUM_
+    MHA_STATUS_COUNT
+} mha_status;
+
+/* Fixed English text of a status; never NULL, static storage. */
+MHA_API const char *mha_status_str(mha_status status);
+
+/* "MAJOR.MINOR.PATCH" of the library actually linked; static storage. */
+MHA_API const char *mha_version(void);
+
+/* ---- element types ----------------------------------------------------- */
+
+typedef enum mha_dtype {
+    MHA_F32 = 0, /* IEEE binary32 */
+    MHA_F16 = 1, /* IEEE binary16: device storage, fp32 arithmetic */
+    MHA_BOOL = 2 /* one byte, 0 or 1: masks, where true means "masked out" */
+} mha_dtype;
+
+#define MHA_MAX_DIMS 4
+
+/* ---- context ----------------------------------------------------------- */
+
+typedef struct mha_context mha_context;
+typedef struct mha_device mha_device;
+typedef struct mha_layer mha_layer;
+typedef struct mha_tensor mha_tensor;
+
+/* Host memory hooks (Lua's lua_Alloc idea). Every host allocation of the
+ * library goes through them, so an engine can budget memory and tests can
+ * make the Nth allocation fail. malloc may return NULL; the call that needed
+ * the memory then returns MHA_OUT_OF_MEMORY and frees what it took.
+ * Exception: the safetensors loader's JSON parser (cJSON) uses the C heap. */
+typedef struct mha_allocator {
+    void *(*malloc)(void *user, size_t size);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} mha_allocator;
+
+typedef enum mha_log_level {
+    MHA_LOG_ERROR = 0,
+    MHA_LOG_WARN = 1,
+    MHA_LOG_INFO = 2,
+    MHA_LOG_DEBUG = 3
+} mha_log_level;
+
+/* Called for messages at or below the context's log level; msg lives for
+ * the duration of the call. */
+typedef void (*mha_log_fn)(void *user, mha_log_level level, const char *msg);
+
+typedef struct mha_context_options {
+    const mha_allocator *allocator; /* NULL: the C heap; copied */
+    mha_log_fn log;                 /* NULL: silent unless MHA_LOG is set,
+                                       then lines go to stderr */
+    void *log_user;
+    mha_log_level log_level;        /* default MHA_LOG_WARN */
+} mha_context_options;
+
+/* Fills *options with the defaults. */
+MHA_API mha_status mha_context_options_init(mha_context_options *options);
+
+/* Creates a context and probes every compiled-in backend for devices. A
+ * backend whose runtime is missing (no libvulkan.so.1, no OpenCL ICD)
+ * contributes no devices; that is not an error. options may be NULL. */
+MHA_API mha_status mha_context_create(const mha_context_options *options,
+                                      mha_context **out);
+
+/* Destroys the context. Every device, layer and tensor created from it must
+ * have been destroyed first. NULL does nothing. */
+MHA_API mha_status mha_context_destroy(mha_context *ctx);
+
+/* The message of the last failed call on ctx or on an object created from
+ * it ("" after success). Owned by ctx, valid until its next call. */
+MHA_API const char *mha_context_errmsg(const mha_context *ctx);
+
+/* ---- devices ----------------------------------------------------------- */
+
+typedef enum mha_device_kind {
+    MHA_DEVICE_DISCRETE_GPU = 0,
+    MHA_DEVICE_INTEGRATED_GPU = 1,
+    MHA_DEVICE_VIRTUAL_GPU = 2,
+    MHA_DEVICE_CPU = 3,      /* libmha's native CPU backend */
+    MHA_DEVICE_SOFTWARE = 4, /* a CPU implementation of a GPU API
+                                (Mesa lavapipe/llvmpipe, PoCL on CPU) */
+    MHA_DEVICE_OTHER = 5
+} mha_device_kind;
+
+/* Feature bits of mha_device_info.features. */
+#define MHA_FEATURE_FP16_STORAGE (1u << 0) /* fp16 tensors supported */
+#define MHA_FEATURE_FP16_MATH (1u << 1)    /* native fp16 arithmetic */
+#define MHA_FEATURE_SUBGROUPS (1u << 2)
+#define MHA_FEATURE_FUSED_ATTENTION (1u << 3)
+#define MHA_FEATURE_AVX2 (1u << 4) /* CPU: AVX2+FMA kernels usable */
+#define MHA_FEATURE_NEON (1u << 5) /* CPU: NEON kernels usable */
+#define MHA_FEATURE_AVX512 (1u << 6)
+
+typedef struct mha_device_info {
+    char backend[16];     /* "cpu", "vulkan", "opencl" */
+    int backend_index;    /* index within its backend: "vulkan:1" */
+    int index;            /* index in the context's ranked list */
+    mha_device_kind kind;
+    char vendor[64];
+    char name[128];
+    char driver[128];     /* driver name and version, or "" */
+    uint64_t memory_bytes;        /* device-local memory (host RAM: CPU) */
+    uint64_t max_buffer_bytes;    /* largest single buffer */
+    uint32_t features;            /* MHA_FEATURE_* bits */
+    uint32_t compute_units;       /* cores, CUs or SMs */
+    uint32_t max_workgroup_size;  /* 0 where not applicable */
+    uint32_t shared_memory_bytes; /* per workgroup; 0 where n/a */
+    uint32_t subgroup_size;       /* 0 where n/a or unknown */
+    int score;     /* ranking score: higher is preferred, 0 unusable */
+    int is_default;/* 1 for the device mha_device_open(ctx, NULL, ...)
+                      picks when MHA_DEVICE is unset */
+    char details[256]; /* backend-specific facts, human-readable */
+} mha_device_info;
+
+/* Number of devices found at context creation, over all backends. */
+MHA_API mha_status mha_device_count(mha_context *ctx, int *count);
+
+/* Describes device number index (0 = best ranked) into *info. */
+MHA_API mha_status mha_device_get_info(mha_context *ctx, int index,
+                                       mha_device_info *info);
+
+typedef struct mha_device_options {
+    int threads;         /* CPU backend: worker threads, 0 = one per core */
+    const char *cpu_isa; /* CPU backend: "scalar", "avx2", "avx512", "neon",
+                            or NULL for the best the CPU runs; MHA_CPU_ISA
+                            overrides NULL. Copied. */
+    const char *cache_dir; /* GPU backends: where compiled pipelines and
+                              program binaries are cached; NULL means
+                              MHA_CACHE_DIR, else $XDG_CACHE_HOME/libmha,
+                              else ~/.cache/libmha; "" disables. Copied. */
+} mha_device_options;
+
+MHA_API mha_status mha_device_options_init(mha_device_options *options);
+
+/* Opens a device named by spec: "best", a backend ("cpu", "vulkan",
+ * "opencl": its best device), or a backend and index ("vulkan:1").
+ * spec NULL means the MHA_DEVICE environment variable, or "best" when it is
+ * unset. options may be NULL. The device belongs to ctx; destroy it with
+ * mha_device_destroy before the context. */
+MHA_API mha_status mha_device_open(mha_context *ctx, const char *spec,
+                                   const mha_device_options *options,
+                                   mha_device **out);
+
+/* Opens device number index of the ranked list. */
+MHA_API mha_status mha_device_open_index(mha_context *ctx, int index,
+                                         const mha_device_options *options,
+                                         mha_device **out);
+
+/* Describes an open device (info->index is its place in the list). */
+MHA_API mha_status mha_device_info_of(mha_device *device,
+                                      mha_device_info *info);
+
+/* Destroys the device. Layers and tensors on it must be destroyed first.
+ * NULL does nothing. */
+MHA_API mha_status mha_device_destroy(mha_device *device);
+
+/* ---- device-resident tensors --------------------------------------------- */
+
+/* A tensor lives in the device's memory, so data can stay on a GPU between
+ * calls and between layers. MHA_BOOL tensors hold masks. */
+MHA_API mha_status mha_tensor_create(mha_device *device, mha_dtype dtype,
+                                     int ndim, const int64_t *shape,
+                                     mha_tensor **out);
+
+/* Copies size bytes from host memory; size must equal the tensor's bytes
+ * (elements x element size). The caller keeps src. */
+MHA_API mha_status mha_tensor_upload(mha_tensor *tensor, const void *src,
+                                     size_t size);
+
+/* Copies the tensor to host memory; waits for pending work on the device.
+ * size must be at least the tensor's bytes. */
+MHA_API mha_status mha_tensor_download(const mha_tensor *tensor, void *dst,
+                                       size_t size);
+
+/* Shape and dtype of a tensor; shape must hold MHA_MAX_DIMS entries. Any
+ * output pointer may be NULL. */
+MHA_API mha_status mha_tensor_get_shape(const mha_tensor *tensor,
+                                        mha_dtype *dtype, int *ndim,
+                                        int64_t *shape);
+
+/* NULL does nothing. */
+MHA_API mha_status mha_tensor_destroy(mha_tensor *tensor);
+
+/* ---- layers -------------------------------------------------------------- */
+
+/* Mirrors torch.nn.MultiheadAttention(embed_dim, num_heads, dropout=0.0,
+ * bias=True, add_bias_kv=False, add_zero_attn=False, kdim=None, vdim=None,
+ * batch_first=False). Dropout is a training-time operation: libmha is for
+ * inference, so dropout must be 0 (a module in eval mode ignores it; pass 0
+ * whatever the module was built with). */
+typedef struct mha_layer_config {
+    int64_t embed_dim;  /* E, > 0 */
+    int64_t num_heads;  /* H, > 0, divides E */
+    float dropout;      /* must be 0 */
+    int bias;           /* in_proj_bias and out_proj.bias exist; default 1 */
+    int add_bias_kv;    /* bias_k and bias_v exist */
+    int add_zero_attn;  /* a zero key/value row is appended */
+    int64_t kdim;       /* key features; 0 means E */
+    int64_t vdim;       /* value features; 0 means E */
+    int batch_first;    /* (N, L, E) instead of (L, N, E) */
+    mha_dtype dtype;    /* MHA_F32, or MHA_F16 storage where the device has
+                           MHA_FEATURE_FP16_STORAGE */
+} mha_layer_config;
+
+/* Fills *config with PyTorch's defaults for embed_dim and num_heads. */
+MHA_API mha_status mha_layer_config_init(mha_layer_config *config,
+                                         int64_t embed_dim,
+                                         int64_t num_heads);
+
+/* Creates a layer on device. Its weights start unset; a forward before every
+ * weight the config needs is set fails with MHA_MISSING_WEIGHT. */
+MHA_API mha_status mha_layer_create(mha_device *device,
+                                    const mha_layer_config *config,
+                                    mha_layer **out);
+
+/* Sets one weight from host fp32 data, by its name in the module's
+ * state_dict, in PyTorch's layout:
+ *   in_proj_weight [3E, E]      (only when kdim == vdim == E)
+ *   q_proj_weight [E, E], k_proj_weight [E, kdim], v_proj_weight [E, vdim]
+ *                               (only when kdim or vdim differs from E)
+ *   in_proj_bias [3E], out_proj.weight [E, E], out_proj.bias [E]  (bias)
+ *   bias_k [1, 1, E], bias_v [1, 1, E]                      (add_bias_kv)
+ * The caller keeps data. */
+MHA_API mha_status mha_layer_set_weight(mha_layer *layer, const char *name,
+                                        const float *data, int ndim,
+                                        const int64_t *shape);
+
+/* Loads every weight the layer needs from a .safetensors file holding a
+ * module's state_dict (F32, F16, BF16 or F64 tensors, converted to fp32).
+ * prefix (NULL or "") is prepended to each name, so a whole model's file can
+ * be used: "encoder.layers.3.self_attn.". A missing, misshapen or wrongly
+ * typed tensor is an error naming the key; other keys are ignored. */
+MHA_API mha_status mha_layer_load_safetensors(mha_layer *layer,
+                                              const char *path,
+                                              const char *prefix);
+
+/* NULL does nothing. */
+MHA_API mha_status mha_layer_destroy(mha_layer *layer);
+
+/* ---- forward --------------------------------------------------------------- */
+
+/* Shapes (PyTorch's): with N the batch, L the target and S the source
+ * length, query (L, N, E), key (S, N, kdim), value (S, N, vdim); (N, L, E)
+ * etc. when batch_first; or unbatched (L, E), (S, kdim), (S, vdim).
+ * key_padding_mask: (N, S), or (S) unbatched. attn_mask: (L, S) or
+ * (N*H, L, S). A mask is MHA_BOOL (true = may not attend) or MHA_F32
+ * (added to the scores). is_causal applies the mask "key j > query i may not
+ * be attended", combined with any attn_mask given (PyTorch >= 2.0 instead
+ * requires attn_mask with is_causal and treats it as a hint).
+ * Output: like query, with E features. Weights (need_weights): (N, L, S') if
+ * average_attn_weights, else (N, H, L, S'); (L, S') or (H, L, S') unbatched;
+ * S' = S + add_bias_kv + add_zero_attn.
+ * Differences from PyTorch: a query row whose keys are all masked attends
+ * to nothing: its per-head attention result is 0, so its output row is
+ * out_proj.bias (0 without bias), and its weights row is 0 (PyTorch gives
+ * NaN on its general path and 0 on its fast path); dropout is not applied.
+ * NaN and Inf in inputs propagate as in PyTorch. */
+typedef struct mha_forward_args {
+    const mha_tensor *query;
+    const mha_tensor *key;
+    const mha_tensor *value;
+    const mha_tensor *key_padding_mask; /* optional */
+    const mha_tensor *attn_mask;        /* optional */
+    int is_causal;
+    int need_weights;         /* PyTorch's default is 1; here 0 means the
+                                 fused kernel may be used */
+    int average_attn_weights; /* default 1 */
+    mha_tensor *output;       /* required, created by the caller */
+    mha_tensor *weights;      /* required iff need_weights */
+} mha_forward_args;
+
+/* Fills *args with PyTorch's defaults (need_weights = 0, see above). */
+MHA_API mha_status mha_forward_args_init(mha_forward_args *args);
+
+/* Runs the layer on device tensors of the layer's device. Returns when the
+ * results are in output and weights. Repeated calls with the same shapes
+ * allocate nothing. */
+MHA_API mha_status mha_layer_forward(mha_layer *layer,
+                                     const mha_forward_args *args);
+
+/* A host array: data, dtype and shape, for the host-memory forward. */
+typedef struct mha_host_array {
+    const void *data;
+    mha_dtype dtype;
+    int ndim;
+    int64_t shape[MHA_MAX_DIMS];
+} mha_host_array;
+
+typedef struct mha_host_forward_args {
+    mha_host_array query, key, value; /* MHA_F32 */
+    mha_host_array key_padding_mask;  /* data NULL: none */
+    mha_host_array attn_mask;         /* data NULL: none */
+    int is_causal;
+    int need_weights;
+    int average_attn_weights;
+    float *output;          /* receives the output, fp32 */
+    size_t output_count;    /* capacity of output in floats */
+    float *weights;         /* receives the weights when need_weights */
+    size_t weights_count;   /* capacity of weights in floats */
+} mha_host_forward_args;
+
+MHA_API mha_status mha_host_forward_args_init(mha_host_forward_args *args);
+
+/* The convenience forward on host memory: copies the inputs to the device,
+ * runs mha_layer_forward and copies the results back. The caller keeps
+ * every array. A capacity below the result's size is MHA_BUFFER_TOO_SMALL;
+ * mha_layer_output_size tells the sizes. */
+MHA_API mha_status mha_layer_forward_host(mha_layer *layer,
+                                          const mha_host_forward_args *args);
+
+/* Element counts of the output and of the weights (0 when need_weights is
+ * 0) for the given query and key shapes. */
+MHA_API mha_status mha_layer_output_size(mha_layer *layer,
+                                         const mha_host_forward_args *args,
+                                         size_t *output_count,
+                                         size_t *weights_count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MHA_H */

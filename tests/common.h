@@ -1,0 +1,49 @@
+/* common.h: what the suites share: the list of devices to run on (every
+ * device of every backend, and every ISA the CPU backend can run here), a
+ * seeded random source, and result comparison with NaN/Inf awareness. */
+#ifndef MHA_TEST_COMMON_H
+#define MHA_TEST_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mha.h"
+
+#define TEST_MAX_DEVICES 16
+
+typedef struct test_device {
+    char label[48]; /* "cpu/avx2", "vulkan:0", "opencl:0" */
+    int index;      /* in the context's ranked list */
+    const char *isa; /* CPU only, else NULL */
+} test_device;
+
+/* Every device and CPU ISA of ctx, filtered by MHA_TEST_DEVICE (a
+ * comma-separated list of label prefixes) when it is set. */
+int test_devices(mha_context *ctx, test_device *out, int cap);
+
+/* Opens td or fails the test with the context's message. */
+mha_device *test_open(mha_context *ctx, const test_device *td);
+
+/* Fails the test when a backend required by MHA_REQUIRE (a comma list such
+ * as "vulkan,opencl") has no device, so CI can never skip one silently. */
+void test_require_backends(mha_context *ctx);
+
+typedef struct test_rng {
+    uint64_t state;
+} test_rng;
+
+float test_uniform(test_rng *r); /* [0, 1) */
+float test_normal(test_rng *r);
+
+typedef struct test_diff {
+    double max_abs;   /* over finite expected values */
+    double nmse;      /* sum (got-want)^2 / sum want^2 */
+    size_t worst;     /* index of max_abs */
+    size_t nonfinite_mismatch; /* NaN/Inf that differ, first at worst_nf */
+    size_t worst_nf;
+} test_diff;
+
+/* Compares got[i*got_stride...] with want (contiguous doubles). */
+test_diff test_compare(const float *got, const double *want, size_t n);
+
+#endif

@@ -1,0 +1,179 @@
+/* reference.c: the double-precision reference ops. Slow and obvious on
+ * purpose: loops that read like the formulas in core/backend.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "reference.h"
+
+static double get(const mha_tdesc *t, int64_t i0, int64_t i1, int64_t i2,
+                  int64_t i3)
+{
+    const float *p = (const float *)((const char *)t->buf + t->offset);
+    return p[i0 * t->nb[0] + i1 * t->nb[1] + i2 * t->nb[2] + i3 * t->nb[3]];
+}
+
+static size_t idx(const mha_tdesc *t, int64_t i0, int64_t i1, int64_t i2,
+                  int64_t i3)
+{
+    return (size_t)(((i0 * t->ne[1] + i1) * t->ne[2] + i2) * t->ne[3] + i3);
+}
+
+static void projection(const mha_node *n, double *out)
+{
+    const mha_tdesc *x = &n->src[0], *w = &n->src[1], *b = &n->src[2];
+    const mha_tdesc *y = &n->dst;
+    for (int64_t i0 = 0; i0 < y->ne[0]; i0++)
+        for (int64_t t = 0; t < y->ne[2]; t++)
+            for (int64_t o = 0; o < y->ne[3]; o++) {
+                double s = b->buf ? get(b, 0, 0, 0, o) : 0.0;
+                for (int64_t k = 0; k < x->ne[3]; k++)
+                    s += get(x, i0, 0, t, k) * get(w, 0, 0, o, k);
+                out[idx(y, i0, 0, t, o)] = s;
+            }
+}
+
+static void copy(const mha_node *n, double *out)
+{
+    const mha_tdesc *s = &n->src[0], *d = &n->dst;
+    int fill = n->op == MHA_OP_FILL_ROWS;
+    for (int64_t a = 0; a < d->ne[0]; a++)
+        for (int64_t b = 0; b < d->ne[1]; b++)
+            for (int64_t c = 0; c < d->ne[2]; c++)
+                for (int64_t e = 0; e < d->ne[3]; e++)
+                    out[idx(d, a, b, c, e)] =
+                        !s->buf ? 0.0
+                        : fill  ? get(s, 0, 0, 0, e)
+                                : get(s, a, b, c, e);
+}
+
+/* Scores of one (b, h, i) row into row[0..S'). */
+static void score_row(const mha_node *n, int64_t b, int64_t h, int64_t i,
+                      double *row)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    const mha_tdesc *mask = &n->src[MHA_SRC_MASK], *kpm = &n->src[MHA_SRC_KPM];
+    for (int64_t j = 0; j < k->ne[2]; j++) {
+        double s = 0;
+        for (int64_t c = 0; c < q->ne[3]; c++)
+            s += get(q, b, h, i, c) * get(k, b, h, j, c);
+        s *= n->params.scale;
+        if (j < n->params.mask_cols) {
+            if (mask->buf)
+                s += get(mask, b, h, i, j);
+            if (kpm->buf)
+                s += get(kpm, b, h, i, j);
+            if (n->params.causal && j > i)
+                s = -INFINITY;
+        }
+        row[j] = s;
+    }
+}
+
+static void softmax_row(double *row, int64_t n)
+{
+    double m = -INFINITY;
+    int nan = 0;
+    for (int64_t j = 0; j < n; j++) {
+        nan |= isnan(row[j]);
+        if (row[j] > m)
+            m = row[j];
+    }
+    if (nan || m == -INFINITY) {
+        for (int64_t j = 0; j < n; j++)
+            row[j] = nan ? NAN : 0.0;
+        return;
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < n; j++)
+        sum += row[j] = exp(row[j] - m);
+    for (int64_t j = 0; j < n; j++)
+        row[j] /= sum;
+}
+
+static void scores(const mha_node *n, double *out, int normalise)
+{
+    const mha_tdesc *d = &n->dst;
+    for (int64_t b = 0; b < d->ne[0]; b++)
+        for (int64_t h = 0; h < d->ne[1]; h++)
+            for (int64_t i = 0; i < d->ne[2]; i++) {
+                double *row = out + idx(d, b, h, i, 0);
+                score_row(n, b, h, i, row);
+                if (normalise)
+                    softmax_row(row, d->ne[3]);
+            }
+}
+
+static void softmax(const mha_node *n, double *out)
+{
+    const mha_tdesc *s = &n->src[0], *d = &n->dst;
+    for (int64_t b = 0; b < d->ne[0]; b++)
+        for (int64_t h = 0; h < d->ne[1]; h++)
+            for (int64_t i = 0; i < d->ne[2]; i++) {
+                double *row = out + idx(d, b, h, i, 0);
+                for (int64_t j = 0; j < d->ne[3]; j++)
+                    row[j] = get(s, b, h, i, j);
+                softmax_row(row, d->ne[3]);
+            }
+}
+
+/* O = P V with P either a tensor or (fused) the softmax of the scores. */
+static void weighted(const mha_node *n, const double *probs,
+                     const mha_tdesc *p, const mha_tdesc *v, double *out)
+{
+    const mha_tdesc *o = &n->dst;
+    int64_t keys = v->ne[2];
+    for (int64_t b = 0; b < o->ne[0]; b++)
+        for (int64_t h = 0; h < o->ne[1]; h++)
+            for (int64_t i = 0; i < o->ne[2]; i++)
+                for (int64_t c = 0; c < o->ne[3]; c++) {
+                    double s = 0;
+                    for (int64_t j = 0; j < keys; j++) {
+                        double w = probs ? probs[((b * o->ne[1] + h) * o->ne[2] + i) * keys + j]
+                                         : get(p, b, h, i, j);
+                        s += w * get(v, b, h, j, c);
+                    }
+                    out[idx(o, b, h, i, c)] = s;
+                }
+}
+
+static void attention(const mha_node *n, double *out)
+{
+    const mha_tdesc *o = &n->dst, *k = &n->src[MHA_SRC_K];
+    size_t count = (size_t)(o->ne[0] * o->ne[1] * o->ne[2] * k->ne[2]);
+    double *probs = malloc(count * sizeof *probs);
+    mha_node s = *n;
+    s.dst.ne[3] = k->ne[2];
+    scores(&s, probs, 1);
+    weighted(n, probs, NULL, &n->src[MHA_SRC_V], out);
+    free(probs);
+}
+
+static void mean_heads(const mha_node *n, double *out)
+{
+    const mha_tdesc *s = &n->src[0], *d = &n->dst;
+    for (int64_t b = 0; b < d->ne[0]; b++)
+        for (int64_t i = 0; i < d->ne[2]; i++)
+            for (int64_t j = 0; j < d->ne[3]; j++) {
+                double sum = 0;
+                for (int64_t h = 0; h < s->ne[1]; h++)
+                    sum += get(s, b, h, i, j);
+                out[idx(d, b, 0, i, j)] = sum / (double)s->ne[1];
+            }
+}
+
+void ref_run(const mha_node *n, double *out)
+{
+    switch (n->op) {
+    case MHA_OP_PROJECTION: projection(n, out); break;
+    case MHA_OP_FILL_ROWS:
+    case MHA_OP_SPLIT_HEADS:
+    case MHA_OP_CONCAT: copy(n, out); break;
+    case MHA_OP_SCORES: scores(n, out, 0); break;
+    case MHA_OP_SOFTMAX: softmax(n, out); break;
+    case MHA_OP_WEIGHTED_SUM: weighted(n, NULL, &n->src[0], &n->src[1], out); break;
+    case MHA_OP_ATTENTION: attention(n, out); break;
+    case MHA_OP_MEAN_HEADS: mean_heads(n, out); break;
+    case MHA_OP_COUNT: break;
+    }
+}

@@ -1,0 +1,513 @@
+/* test_cpu_kernels.c: checks every CPU kernel table the build has (scalar,
+ * avx2, avx512, neon) against double-precision references computed here,
+ * over a table of awkward sizes with padded leading dimensions. A table the
+ * running CPU cannot execute is reported as skipped, never as a pass. Each
+ * test is named <isa>::<kernel>_<case> so a failure can be rerun alone
+ * (--filter 'avx2/gemm_nt_M7_N8_K9').
+ *
+ * Tolerances are worst-case rounding bounds, not tuned constants, so they
+ * can neither flake nor hide a missing term:
+ *  - a dot product of K terms in fp32, in any summation order and with or
+ *    without FMA, is within gamma_K * sum|a_k b_k| of the exact value
+ *    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1), with
+ *    gamma_K ~ K u, u = 2^-24. The checks allow (K + 2) * 2u * sum|terms|
+ *    (bias and C's old value counted as terms): twice the bound. A dropped
+ *    or doubled term is of size sum|terms| / K on average, far above it.
+ *  - exp: 2e-6 relative per element for arguments in [-87, 0] (the
+ *    contract in kernels.h is 1e-6 against expf, which is itself within an
+ *    ulp); below -87 the kernels may flush, so only |y - e^x| <= FLT_MIN.
+ *    The sum adds n u relative for fp32 accumulation and FLT_MIN for each
+ *    flushable term.
+ *  - max is exact; scale is one rounding; axpy and scale_add two. */
+#include <criterion/criterion.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_features.h"
+#include "kernels.h"
+#include "mha.h"
+
+typedef const mha_cpu_kernels *(*table_getter)(void);
+
+#define UNIT_ROUNDOFF (FLT_EPSILON / 2.0)
+#define GUARD 16          /* sentinel floats after every array */
+#define SENTINEL 777.25f  /* marks memory a kernel must not write */
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static const mha_cpu_kernels *table_or_skip(table_getter get, const char *isa)
+{
+    const mha_cpu_kernels *k = get();
+    if (!k)
+        cr_skip_test("%s kernels are not available on this CPU or build",
+                     isa);
+    cr_assert_str_eq(k->isa, isa);
+    return k;
+}
+
+/* xorshift64*: deterministic inputs, state kept by the caller. */
+static float rnd(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    uint64_t r = *s * 2685821657736338717ull;
+    return (float)((double)(r >> 40) / (double)(1u << 24) * 2.0 - 1.0);
+}
+
+/* rows x ld floats plus GUARD, all set to fill. */
+static float *alloc_filled(int64_t rows, int64_t ld, float fill)
+{
+    size_t count = (size_t)(rows * ld) + GUARD;
+    float *p = malloc(count * sizeof(float));
+    cr_assert_not_null(p);
+    for (size_t i = 0; i < count; i++)
+        p[i] = fill;
+    return p;
+}
+
+static void fill_random(float *p, int64_t rows, int64_t cols, int64_t ld,
+                        uint64_t *s)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            p[r * ld + c] = rnd(s);
+}
+
+/* Every float outside the rows x cols window (row padding and the guard)
+ * must still hold SENTINEL. */
+static void check_untouched(const float *p, int64_t rows, int64_t cols,
+                            int64_t ld, const char *what)
+{
+    size_t count = (size_t)(rows * ld) + GUARD;
+    for (size_t i = 0; i < count; i++) {
+        int64_t r = (int64_t)i / ld, c = (int64_t)i % ld;
+        if (r < rows && c < cols)
+            continue;
+        cr_assert(memcmp(&p[i], &(float){SENTINEL}, sizeof(float)) == 0,
+                  "%s: float %zu outside the result was written (%g)", what,
+                  i, (double)p[i]);
+    }
+}
+
+/* A vector of n floats that starts one float into its allocation, so SIMD
+ * loads are misaligned, with SENTINEL before it and GUARD + 1 after it.
+ * Free with free(v - 1). */
+static float *alloc_vector(int64_t n)
+{
+    return alloc_filled(1, n + 2, SENTINEL) + 1;
+}
+
+static void check_vector_guards(const float *v, int64_t n, const char *what)
+{
+    cr_assert(memcmp(&v[-1], &(float){SENTINEL}, sizeof(float)) == 0,
+              "%s: the float before the vector was written", what);
+    for (int64_t i = n; i < n + 1 + GUARD; i++)
+        cr_assert(memcmp(&v[i], &(float){SENTINEL}, sizeof(float)) == 0,
+                  "%s: float %lld past the end (n=%lld) was written", what,
+                  (long long)(i - n), (long long)n);
+}
+
+/* ---- gemm ------------------------------------------------------------------- */
+
+/* Padding of A and B is NaN: a kernel that reads past a row's K (or N)
+ * values into the computation gets NaN and fails. C starts NaN inside the
+ * window for gemm_nt (it must overwrite, never read) and SENTINEL outside. */
+static void run_gemm_nt(table_getter get, const char *isa, int64_t M,
+                        int64_t N, int64_t K, int with_bias)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0x9E3779B97F4A7C15ull ^ (uint64_t)(M * 1000003 + N * 1009 + K);
+    const int64_t lda = K + 1 + M % 3, ldb = K + 2, ldc = N + 3;
+    float *A = alloc_filled(M, lda, NAN);
+    float *B = alloc_filled(N, ldb, NAN);
+    float *C = alloc_filled(M, ldc, SENTINEL);
+    float *bias = with_bias ? alloc_filled(1, N, NAN) : NULL;
+    fill_random(A, M, K, lda, &s);
+    fill_random(B, N, K, ldb, &s);
+    if (bias)
+        fill_random(bias, 1, N, N, &s);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++)
+            C[m * ldc + n] = NAN;
+    kt->gemm_nt(M, N, K, A, lda, B, ldb, bias, C, ldc);
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t n = 0; n < N; n++) {
+            double ref = bias ? bias[n] : 0.0, mag = fabs(ref);
+            for (int64_t k = 0; k < K; k++) {
+                double t = (double)A[m * lda + k] * B[n * ldb + k];
+                ref += t;
+                mag += fabs(t);
+            }
+            double got = C[m * ldc + n];
+            double tol = (double)(K + 2) * 2.0 * UNIT_ROUNDOFF * mag;
+            cr_assert(fabs(got - ref) <= tol,
+                      "%s gemm_nt M=%lld N=%lld K=%lld bias=%d: C[%lld][%lld]"
+                      " = %.9g, expected %.9g (tolerance %.3g)",
+                      isa, (long long)M, (long long)N, (long long)K,
+                      with_bias, (long long)m, (long long)n, got, ref, tol);
+        }
+    }
+    check_untouched(C, M, N, ldc, "gemm_nt C");
+    free(A), free(B), free(C), free(bias);
+}
+
+/* C starts random inside the window: gemm_nn_acc must add to it. */
+static void run_gemm_nn(table_getter get, const char *isa, int64_t M,
+                        int64_t N, int64_t K)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0xD1B54A32D192ED03ull ^ (uint64_t)(M * 1000003 + N * 1009 + K);
+    const int64_t lda = K + 2, ldb = N + 1 + K % 3, ldc = N + 3;
+    float *A = alloc_filled(M, lda, NAN);
+    float *B = alloc_filled(K, ldb, NAN);
+    float *C = alloc_filled(M, ldc, SENTINEL);
+    float *C0 = alloc_filled(M, ldc, SENTINEL);
+    fill_random(A, M, K, lda, &s);
+    fill_random(B, K, N, ldb, &s);
+    fill_random(C, M, N, ldc, &s);
+    memcpy(C0, C, ((size_t)(M * ldc) + GUARD) * sizeof(float));
+    kt->gemm_nn_acc(M, N, K, A, lda, B, ldb, C, ldc);
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t n = 0; n < N; n++) {
+            double ref = C0[m * ldc + n], mag = fabs(ref);
+            for (int64_t k = 0; k < K; k++) {
+                double t = (double)A[m * lda + k] * B[k * ldb + n];
+                ref += t;
+                mag += fabs(t);
+            }
+            double got = C[m * ldc + n];
+            double tol = (double)(K + 2) * 2.0 * UNIT_ROUNDOFF * mag;
+            cr_assert(fabs(got - ref) <= tol,
+                      "%s gemm_nn_acc M=%lld N=%lld K=%lld: C[%lld][%lld] = "
+                      "%.9g, expected %.9g (tolerance %.3g)",
+                      isa, (long long)M, (long long)N, (long long)K,
+                      (long long)m, (long long)n, got, ref, tol);
+        }
+    }
+    check_untouched(C, M, N, ldc, "gemm_nn_acc C");
+    free(A), free(B), free(C), free(C0);
+}
+
+/* ---- elementwise ------------------------------------------------------------ */
+
+enum elementwise { EW_SCALE, EW_AXPY, EW_SCALE_ADD };
+
+/* Misaligned vectors with guards that must stay untouched. */
+static void run_elementwise(table_getter get, const char *isa,
+                            enum elementwise op, int64_t n)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0x2545F4914F6CDD1Dull ^ (uint64_t)(n * 7 + op);
+    float *x = alloc_vector(n), *y = alloc_vector(n), *y0 = alloc_vector(n);
+    fill_random(x, 1, n, n, &s);
+    fill_random(y, 1, n, n, &s);
+    memcpy(y0, y, (size_t)n * sizeof(float));
+    const float alpha = -1.37f;
+    static const char *const names[] = {"scale", "axpy", "scale_add"};
+    if (op == EW_SCALE)
+        kt->scale(n, alpha, y);
+    else if (op == EW_AXPY)
+        kt->axpy(n, alpha, x, y);
+    else
+        kt->scale_add(n, alpha, x, y);
+    for (int64_t i = 0; i < n; i++) {
+        double yo = y0[i], ref, mag;
+        if (op == EW_SCALE)
+            ref = alpha * yo, mag = fabs(ref);
+        else if (op == EW_AXPY)
+            ref = yo + (double)alpha * x[i], mag = fabs(yo) + fabs(alpha * x[i]);
+        else
+            ref = (double)alpha * yo + x[i], mag = fabs(alpha * yo) + fabs(x[i]);
+        double tol = 2.0 * 2.0 * UNIT_ROUNDOFF * mag;
+        cr_assert(fabs(y[i] - ref) <= tol,
+                  "%s %s n=%lld: y[%lld] = %.9g, expected %.9g", isa,
+                  names[op], (long long)n, (long long)i, (double)y[i], ref);
+    }
+    check_vector_guards(y, n, names[op]);
+    free(x - 1), free(y - 1), free(y0 - 1);
+}
+
+/* ---- max ---------------------------------------------------------------------- */
+
+static float call_max(const mha_cpu_kernels *kt, int64_t n, const float *x)
+{
+    return kt->max(n, x);
+}
+
+/* Random values with the maximum planted at position pos. */
+static void run_max(table_getter get, const char *isa, int64_t n)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    if (n == 0) {
+        float dummy = 1.0f;
+        cr_assert(call_max(kt, 0, &dummy) == -INFINITY);
+        return;
+    }
+    uint64_t s = 0x94D049BB133111EBull ^ (uint64_t)n;
+    float *x = alloc_vector(n);
+    for (int64_t pos = 0; pos < n; pos += (n > 40 ? 13 : 1)) {
+        fill_random(x, 1, n, n, &s);
+        x[pos] = 2.5f;
+        float got = call_max(kt, n, x);
+        cr_assert(got == 2.5f, "%s max n=%lld, max at %lld: got %g", isa,
+                  (long long)n, (long long)pos, (double)got);
+        x[n - 1] = 3.0f; /* the tail must be looked at too */
+        got = call_max(kt, n, x);
+        cr_assert(got == 3.0f, "%s max n=%lld, max last: got %g", isa,
+                  (long long)n, (double)got);
+    }
+    free(x - 1);
+}
+
+/* NaN is ignored wherever it sits, including beside the maximum and in the
+ * tail; rows of only -inf and NaN give -inf; +inf wins. */
+static void run_max_special(table_getter get, const char *isa)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    enum { N = 37 };
+    float x[N];
+    uint64_t s = 42;
+    for (int pos = 0; pos < N; pos++) {
+        for (int i = 0; i < N; i++)
+            x[i] = rnd(&s);
+        x[(pos * 7) % N] = 1.5f;
+        x[pos] = NAN;
+        x[N - 1 - pos] = NAN;
+        float want = (pos * 7) % N == pos || (pos * 7) % N == N - 1 - pos
+                         ? -2.0f : 1.5f;
+        float got = call_max(kt, N, x);
+        if (want == -2.0f) /* the planted max was overwritten by NaN */
+            cr_assert(got <= 1.0f && !isnan(got));
+        else
+            cr_assert(got == want, "%s max with NaN at %d: got %g", isa, pos,
+                      (double)got);
+    }
+    for (int i = 0; i < N; i++)
+        x[i] = -INFINITY;
+    cr_assert(call_max(kt, N, x) == -INFINITY, "all -inf");
+    for (int i = 0; i < N; i++)
+        x[i] = NAN;
+    cr_assert(call_max(kt, N, x) == -INFINITY, "all NaN");
+    for (int i = 0; i < N; i++)
+        x[i] = (i % 3) ? -INFINITY : NAN;
+    cr_assert(call_max(kt, N, x) == -INFINITY, "NaN and -inf");
+    x[N - 2] = INFINITY;
+    cr_assert(call_max(kt, N, x) == INFINITY, "+inf");
+    for (int n = 1; n <= 9; n++) { /* a lone NaN in a short tail */
+        for (int i = 0; i < n; i++)
+            x[i] = -1.0f - (float)i;
+        x[n - 1] = NAN;
+        float want = n == 1 ? -INFINITY : -1.0f;
+        cr_assert(call_max(kt, n, x) == want, "NaN last of %d", n);
+    }
+}
+
+/* ---- exp_sum ------------------------------------------------------------------ */
+
+/* Checks y = exp(x0 - m) element by element and the returned sum against
+ * double references; the argument is rounded to float first, as the kernel
+ * sees it. */
+static void check_exp(const char *isa, const char *what, int64_t n, float m,
+                      const float *x0, const float *y, float sum)
+{
+    double ref_sum = 0.0, flushable = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        float arg = x0[i] - m;
+        double ref = exp((double)arg);
+        ref_sum += ref;
+        flushable += arg < -87.0f ? FLT_MIN : 0.0;
+        if (arg >= -87.0f)
+            cr_assert(fabs(y[i] - ref) <= 2e-6 * ref,
+                      "%s %s: exp(%.9g) = %.9g, expected %.9g (rel err %.3g)",
+                      isa, what, (double)arg, (double)y[i], ref,
+                      fabs(y[i] - ref) / ref);
+        else
+            cr_assert(y[i] >= 0.0f && fabs(y[i] - ref) <= FLT_MIN,
+                      "%s %s: exp(%.9g) = %.9g, expected %.9g or 0", isa,
+                      what, (double)arg, (double)y[i], ref);
+    }
+    double tol = (2e-6 + (double)(n + 1) * UNIT_ROUNDOFF) * ref_sum +
+                 flushable;
+    cr_assert(fabs(sum - ref_sum) <= tol,
+              "%s %s n=%lld: sum %.9g, expected %.9g", isa, what,
+              (long long)n, (double)sum, ref_sum);
+}
+
+static float *copy_of(const float *x, int64_t n)
+{
+    float *c = malloc(((size_t)n + 1) * sizeof(float));
+    cr_assert_not_null(c);
+    memcpy(c, x, (size_t)n * sizeof(float));
+    return c;
+}
+
+/* Random arguments in [-12, 0] at every size, with guards. */
+static void run_exp_sum(table_getter get, const char *isa, int64_t n)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0xBF58476D1CE4E5B9ull ^ (uint64_t)n;
+    float *x = alloc_vector(n);
+    const float m = 0.75f;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = m + 6.0f * (rnd(&s) - 1.0f);
+    float *x0 = copy_of(x, n);
+    float sum = kt->exp_sum(n, m, x);
+    check_exp(isa, "exp_sum", n, m, x0, x, sum);
+    check_vector_guards(x, n, "exp_sum");
+    free(x - 1), free(x0);
+}
+
+/* The accuracy contract: a dense sweep of [-87, 0] (2^20 + 1 points, both
+ * ends included), then [-120, -87) where flushing to 0 is allowed. */
+static void run_exp_accuracy(table_getter get, const char *isa)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    const int64_t n = (1 << 20) + 1;
+    float *x = malloc((size_t)n * sizeof(float));
+    cr_assert_not_null(x);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (float)(-87.0 * (double)i / (double)(n - 1));
+    float *x0 = copy_of(x, n);
+    float sum = kt->exp_sum(n, 0.0f, x);
+    check_exp(isa, "exp accuracy [-87, 0]", n, 0.0f, x0, x, sum);
+    for (int64_t i = 0; i < n; i++)
+        x0[i] = x[i] = (float)(-87.0 - 33.0 * (double)i / (double)n);
+    sum = kt->exp_sum(n, 0.0f, x);
+    check_exp(isa, "exp below -87", n, 0.0f, x0, x, sum);
+    free(x), free(x0);
+}
+
+/* exp(-inf) is exactly 0, NaN propagates to its element and to the sum;
+ * with m = +inf, finite arguments give 0 and +inf - +inf gives NaN. */
+static void run_exp_special(table_getter get, const char *isa)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    enum { N = 21 };
+    float x[N];
+    for (int i = 0; i < N; i++)
+        x[i] = (i % 4 == 1) ? -INFINITY : -0.5f * (float)i;
+    float sum = kt->exp_sum(N, 0.0f, x);
+    double ref = 0.0;
+    for (int i = 0; i < N; i++) {
+        if (i % 4 == 1)
+            cr_assert(x[i] == 0.0f, "%s exp(-inf) = %g", isa, (double)x[i]);
+        else
+            ref += exp(-0.5 * i);
+    }
+    cr_assert(fabs(sum - ref) <= 1e-5 * ref, "%s sum with -inf", isa);
+
+    for (int pos = 0; pos < N; pos += 5) { /* NaN in body and tail */
+        for (int i = 0; i < N; i++)
+            x[i] = -0.25f * (float)i;
+        x[pos] = NAN;
+        sum = kt->exp_sum(N, 0.0f, x);
+        cr_assert(isnan(x[pos]), "%s exp(NaN) at %d = %g", isa, pos,
+                  (double)x[pos]);
+        cr_assert(isnan(sum), "%s NaN must reach the sum", isa);
+        cr_assert(x[(pos + 1) % N] > 0.0f && !isnan(x[(pos + 1) % N]));
+    }
+
+    for (int i = 0; i < N; i++)
+        x[i] = (i == 3 || i == 19) ? INFINITY : (float)i - 10.0f;
+    x[7] = -INFINITY;
+    sum = kt->exp_sum(N, INFINITY, x);
+    for (int i = 0; i < N; i++) {
+        if (i == 3 || i == 19)
+            cr_assert(isnan(x[i]), "%s exp(inf - inf) = %g", isa, (double)x[i]);
+        else
+            cr_assert(x[i] == 0.0f, "%s exp(x - inf) = %g", isa, (double)x[i]);
+    }
+    cr_assert(isnan(sum));
+
+    float dummy = SENTINEL;
+    cr_assert(kt->exp_sum(0, 0.0f, &dummy) == 0.0f && dummy == SENTINEL);
+}
+
+/* ---- the test table ------------------------------------------------------------ */
+
+#define ISA_LIST(X) X(scalar) X(avx2) X(avx512) X(neon)
+
+/* (M, N, K): empty, single, sizes around every SIMD width (4, 8, 16) and
+ * micro-tile (6, 8, 16, 32), and K past one cache block (128). */
+#define GEMM_CASES(X, isa)                                                  \
+    X(isa, 0, 0, 0) X(isa, 0, 5, 3) X(isa, 5, 0, 3) X(isa, 4, 5, 0)        \
+    X(isa, 1, 1, 1) X(isa, 1, 1, 257) X(isa, 2, 3, 1) X(isa, 3, 2, 7)      \
+    X(isa, 7, 8, 9) X(isa, 8, 7, 16) X(isa, 9, 16, 8) X(isa, 15, 17, 31)   \
+    X(isa, 16, 16, 16) X(isa, 17, 15, 33) X(isa, 31, 33, 17)               \
+    X(isa, 33, 31, 64) X(isa, 6, 16, 128) X(isa, 12, 32, 256)              \
+    X(isa, 64, 64, 64) X(isa, 1, 100, 64) X(isa, 100, 1, 64)               \
+    X(isa, 7, 257, 3) X(isa, 257, 7, 100) X(isa, 100, 100, 257)            \
+    X(isa, 13, 33, 300) X(isa, 2, 64, 129) X(isa, 64, 2, 1)
+
+#define VEC_SIZES(X, isa)                                                   \
+    X(isa, 0) X(isa, 1) X(isa, 2) X(isa, 3) X(isa, 4) X(isa, 5) X(isa, 7)  \
+    X(isa, 8) X(isa, 9) X(isa, 15) X(isa, 16) X(isa, 17) X(isa, 31)        \
+    X(isa, 33) X(isa, 64) X(isa, 100) X(isa, 257)
+
+#define GEMM_TESTS(isa, M, N, K)                                            \
+    Test(isa, gemm_nt_M##M##_N##N##_K##K)                                   \
+    {                                                                       \
+        run_gemm_nt(mha_cpu_kernels_##isa, #isa, M, N, K, 0);              \
+    }                                                                       \
+    Test(isa, gemm_nt_bias_M##M##_N##N##_K##K)                              \
+    {                                                                       \
+        run_gemm_nt(mha_cpu_kernels_##isa, #isa, M, N, K, 1);              \
+    }                                                                       \
+    Test(isa, gemm_nn_acc_M##M##_N##N##_K##K)                               \
+    {                                                                       \
+        run_gemm_nn(mha_cpu_kernels_##isa, #isa, M, N, K);                 \
+    }
+
+#define VEC_TESTS(isa, n)                                                   \
+    Test(isa, scale_n##n)                                                   \
+    {                                                                       \
+        run_elementwise(mha_cpu_kernels_##isa, #isa, EW_SCALE, n);         \
+    }                                                                       \
+    Test(isa, axpy_n##n)                                                    \
+    {                                                                       \
+        run_elementwise(mha_cpu_kernels_##isa, #isa, EW_AXPY, n);          \
+    }                                                                       \
+    Test(isa, scale_add_n##n)                                               \
+    {                                                                       \
+        run_elementwise(mha_cpu_kernels_##isa, #isa, EW_SCALE_ADD, n);     \
+    }                                                                       \
+    Test(isa, max_n##n) { run_max(mha_cpu_kernels_##isa, #isa, n); }        \
+    Test(isa, exp_sum_n##n) { run_exp_sum(mha_cpu_kernels_##isa, #isa, n); }
+
+#define ISA_TESTS(isa)                                                      \
+    GEMM_CASES(GEMM_TESTS, isa)                                             \
+    VEC_SIZES(VEC_TESTS, isa)                                               \
+    Test(isa, max_nan_inf) { run_max_special(mha_cpu_kernels_##isa, #isa); } \
+    Test(isa, exp_accuracy)                                                 \
+    {                                                                       \
+        run_exp_accuracy(mha_cpu_kernels_##isa, #isa);                     \
+    }                                                                       \
+    Test(isa, exp_special) { run_exp_special(mha_cpu_kernels_##isa, #isa); }
+
+ISA_LIST(ISA_TESTS)
+
+/* The tables handed out agree with the detected features, and the scalar
+ * reference is always there. */
+Test(cpu, features_match_tables)
+{
+    unsigned f = mha_cpu_features();
+    cr_assert_not_null(mha_cpu_kernels_scalar());
+    cr_assert_geq(mha_cpu_core_count(), 1);
+    if (!(f & MHA_FEATURE_AVX2))
+        cr_assert_null(mha_cpu_kernels_avx2());
+    if (!(f & MHA_FEATURE_AVX512))
+        cr_assert_null(mha_cpu_kernels_avx512());
+    if (!(f & MHA_FEATURE_NEON))
+        cr_assert_null(mha_cpu_kernels_neon());
+#if defined(__aarch64__)
+    cr_assert(f & MHA_FEATURE_NEON);
+#endif
+    cr_log_info("cpu features 0x%x: avx2 %s, avx512 %s, neon %s; %d cores", f,
+                mha_cpu_kernels_avx2() ? "yes" : "no",
+                mha_cpu_kernels_avx512() ? "yes" : "no",
+                mha_cpu_kernels_neon() ? "yes" : "no", mha_cpu_core_count());
+}

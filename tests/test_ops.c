@@ -1,0 +1,365 @@
+/* test_ops.c: every op of core/backend.h, on every device and CPU ISA the
+ * build has, against the double-precision reference (ggml's
+ * test-backend-ops idea). One table of cases; each case is a Criterion test
+ * named for its parameters, so `test_ops --filter 'ops/scores_mask3d*'`
+ * reruns one, and MHA_TEST_DEVICE=cpu/avx2 picks a device. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "context.h"
+#include "reference.h"
+
+enum {
+    F_BIAS = 1 << 0,     /* projection bias present */
+    F_SEQMAJOR = 1 << 1, /* (L, N, E) input/output layout */
+    F_MASK2D = 1 << 2,
+    F_MASK3D = 1 << 3,
+    F_KPM = 1 << 4,
+    F_CAUSAL = 1 << 5,
+    F_SEPARATE = 1 << 6, /* softmax into another buffer */
+    F_FULLMASK = 1 << 7, /* a row of only -inf */
+    F_NANROW = 1 << 8,   /* a row with a NaN */
+    F_ZERO = 1 << 9,     /* fill rows with zeros (no source) */
+};
+
+typedef struct op_case {
+    const char *name;
+    mha_op op;
+    int64_t B, H, L, S, X, d, K, N; /* X: appended keys past S */
+    int flags;
+} op_case;
+
+/* A tensor of a case: its descriptor over a host copy and a device copy. */
+typedef struct host_tensor {
+    mha_tdesc desc; /* buf: host memory */
+    float *host;
+    size_t span;    /* floats the strides reach */
+    void *dev;
+} host_tensor;
+
+#define MAX_T 8
+
+typedef struct op_setup {
+    host_tensor t[MAX_T];
+    int n;
+    mha_node node; /* buf fields point at host memory */
+} op_setup;
+
+static size_t span_of(const int64_t ne[4], const int64_t nb[4])
+{
+    size_t s = 1;
+    for (int i = 0; i < 4; i++)
+        s += (size_t)((ne[i] - 1) * nb[i]);
+    return s;
+}
+
+/* A tensor with shape ne and strides nb (over a buffer of `floats`, 0 means
+ * just what the strides reach), filled by fill(). */
+static mha_tdesc *add(op_setup *s, int64_t n0, int64_t n1, int64_t n2,
+                      int64_t n3, int64_t b0, int64_t b1, int64_t b2,
+                      int64_t b3, size_t offset, size_t floats)
+{
+    host_tensor *t = &s->t[s->n++];
+    int64_t ne[4] = {n0, n1, n2, n3}, nb[4] = {b0, b1, b2, b3};
+    t->span = floats ? floats : span_of(ne, nb) + offset;
+    t->host = calloc(t->span, sizeof(float));
+    t->desc.dtype = MHA_F32;
+    memcpy(t->desc.ne, ne, sizeof ne);
+    memcpy(t->desc.nb, nb, sizeof nb);
+    t->desc.buf = t->host;
+    t->desc.offset = offset * sizeof(float);
+    return &t->desc;
+}
+
+static mha_tdesc *contiguous(op_setup *s, int64_t n0, int64_t n1, int64_t n2,
+                             int64_t n3)
+{
+    return add(s, n0, n1, n2, n3, n1 * n2 * n3, n2 * n3, n3, 1, 0, 0);
+}
+
+/* The [B,H,T,d] head view of a [B,T,H*d] buffer (split heads as a view). */
+static mha_tdesc *heads(op_setup *s, const op_case *c, int64_t T)
+{
+    int64_t E = c->H * c->d;
+    return add(s, c->B, c->H, T, c->d, T * E, c->d, E, 1, 0, 0);
+}
+
+static void fill_normal(host_tensor *t, test_rng *r, float scale)
+{
+    for (size_t i = 0; i < t->span; i++)
+        t->host[i] = test_normal(r) * scale;
+}
+
+/* Additive mask values: some -inf, the rest small. */
+static void fill_mask(host_tensor *t, test_rng *r, float masked)
+{
+    for (size_t i = 0; i < t->span; i++)
+        t->host[i] = test_uniform(r) < masked ? -INFINITY
+                                              : 0.5f * test_normal(r);
+}
+
+/* The tensor whose host memory a (copied) descriptor points at. */
+static host_tensor *tensor_of(op_setup *s, const mha_tdesc *d)
+{
+    for (int i = 0; i < s->n; i++)
+        if (s->t[i].host == d->buf)
+            return &s->t[i];
+    return NULL;
+}
+
+static void setup_masks(op_setup *s, const op_case *c, test_rng *r)
+{
+    mha_node *n = &s->node;
+    int64_t B = c->B, H = c->H, L = c->L, S = c->S;
+    if (c->flags & F_MASK2D)
+        n->src[MHA_SRC_MASK] = *add(s, B, H, L, S, 0, 0, S, 1, 0, 0);
+    if (c->flags & F_MASK3D)
+        n->src[MHA_SRC_MASK] = *add(s, B, H, L, S, H * L * S, L * S, S, 1, 0, 0);
+    if (c->flags & F_KPM)
+        n->src[MHA_SRC_KPM] = *add(s, B, H, L, S, S, 0, 0, 1, 0, 0);
+    if (c->flags & (F_MASK2D | F_MASK3D))
+        fill_mask(tensor_of(s, &n->src[MHA_SRC_MASK]), r, 0.25f);
+    if (c->flags & F_KPM)
+        fill_mask(tensor_of(s, &n->src[MHA_SRC_KPM]), r, 0.25f);
+    n->params.scale = (float)(1.0 / sqrt((double)c->d));
+    n->params.causal = (c->flags & F_CAUSAL) != 0;
+    n->params.mask_cols = S;
+}
+
+static void setup(op_setup *s, const op_case *c, test_rng *r)
+{
+    mha_node *n = &s->node;
+    int64_t B = c->B, H = c->H, L = c->L, S2 = c->S + c->X;
+    int64_t K = c->K, N = c->N;
+    int seq = (c->flags & F_SEQMAJOR) != 0;
+    memset(s, 0, sizeof *s);
+    n->op = c->op;
+    switch (c->op) {
+    case MHA_OP_PROJECTION:
+        n->src[0] = *add(s, B, 1, L, K, seq ? K : L * K, 0, seq ? B * K : K, 1, 0, 0);
+        n->src[1] = *contiguous(s, 1, 1, N, K);
+        if (c->flags & F_BIAS)
+            n->src[2] = *contiguous(s, 1, 1, 1, N);
+        n->dst = *add(s, B, 1, L, N, seq ? N : L * N, 0, seq ? B * N : N, 1, 0, 0);
+        break;
+    case MHA_OP_FILL_ROWS:
+        if (!(c->flags & F_ZERO))
+            n->src[0] = *contiguous(s, 1, 1, 1, N);
+        n->dst = *add(s, B, 1, 2, N, (L + 2) * N, 0, N, 1, (size_t)(L * N),
+                      (size_t)(B * (L + 2) * N));
+        break;
+    case MHA_OP_SPLIT_HEADS:
+        n->src[0] = *heads(s, c, L);
+        n->dst = *contiguous(s, B, H, L, c->d);
+        break;
+    case MHA_OP_CONCAT:
+        n->src[0] = *contiguous(s, B, H, L, c->d);
+        n->dst = *heads(s, c, L);
+        break;
+    case MHA_OP_SCORES:
+    case MHA_OP_ATTENTION:
+        n->src[MHA_SRC_Q] = *heads(s, c, L);
+        n->src[MHA_SRC_K] = *heads(s, c, S2);
+        if (c->op == MHA_OP_ATTENTION) {
+            n->src[MHA_SRC_V] = *heads(s, c, S2);
+            n->dst = *heads(s, c, L);
+        } else {
+            n->dst = *contiguous(s, B, H, L, S2);
+        }
+        break;
+    case MHA_OP_SOFTMAX:
+        n->src[0] = *contiguous(s, B, H, L, S2);
+        n->dst = c->flags & F_SEPARATE ? *contiguous(s, B, H, L, S2) : n->src[0];
+        break;
+    case MHA_OP_WEIGHTED_SUM:
+        n->src[0] = *contiguous(s, B, H, L, S2);
+        n->src[1] = *heads(s, c, S2);
+        n->dst = *heads(s, c, L);
+        break;
+    case MHA_OP_MEAN_HEADS:
+        n->src[0] = *contiguous(s, B, H, L, S2);
+        n->dst = *contiguous(s, B, 1, L, S2);
+        break;
+    case MHA_OP_COUNT:
+        break;
+    }
+    for (int i = 0; i < s->n; i++)
+        fill_normal(&s->t[i], r, c->op == MHA_OP_PROJECTION && i == 1
+                                     ? 1.0f / sqrtf((float)K) : 1.0f);
+    if (c->op == MHA_OP_WEIGHTED_SUM || c->op == MHA_OP_MEAN_HEADS)
+        for (size_t i = 0; i < s->t[0].span; i++)
+            s->t[0].host[i] = test_uniform(r);
+    if (c->op == MHA_OP_SOFTMAX) {
+        host_tensor *a = &s->t[0];
+        fill_mask(a, r, 0.2f);
+        for (size_t i = 0; i < a->span; i++)
+            a->host[i] = isinf(a->host[i]) ? a->host[i] : 3.0f * test_normal(r);
+        if (c->flags & F_FULLMASK)
+            for (int64_t j = 0; j < S2; j++)
+                a->host[j] = -INFINITY;
+        if (c->flags & F_NANROW)
+            a->host[S2 + 1] = NAN;
+    }
+    if (c->op == MHA_OP_SCORES || c->op == MHA_OP_ATTENTION)
+        setup_masks(s, c, r);
+}
+
+/* Device buffers mirroring the host tensors; the node then points at them. */
+static void upload(op_setup *s, mha_device *dev, mha_node *dn)
+{
+    *dn = s->node;
+    for (int i = 0; i < s->n; i++) {
+        host_tensor *t = &s->t[i];
+        cr_assert_eq(mha_dev_alloc(dev, t->span * 4, &t->dev), MHA_OK);
+        cr_assert_eq(mha_dev_write(dev, t->dev, 0, t->host, t->span * 4),
+                     MHA_OK);
+    }
+    for (int k = -1; k < MHA_MAX_SRC; k++) {
+        mha_tdesc *d = k < 0 ? &dn->dst : &dn->src[k];
+        for (int i = 0; i < s->n && d->buf; i++)
+            if (d->buf == s->t[i].host) {
+                d->buf = s->t[i].dev;
+                break;
+            }
+    }
+}
+
+static void release(op_setup *s, mha_device *dev)
+{
+    for (int i = 0; i < s->n; i++) {
+        if (dev)
+            mha_dev_free(dev, s->t[i].dev);
+        s->t[i].dev = NULL;
+    }
+}
+
+static size_t count_of(const mha_tdesc *d)
+{
+    return (size_t)(d->ne[0] * d->ne[1] * d->ne[2] * d->ne[3]);
+}
+
+/* The dst elements of a downloaded buffer, in logical order. */
+static void gather(const mha_tdesc *d, const float *buf, float *out)
+{
+    size_t k = 0;
+    const float *base = buf + d->offset / sizeof(float);
+    for (int64_t a = 0; a < d->ne[0]; a++)
+        for (int64_t b = 0; b < d->ne[1]; b++)
+            for (int64_t c = 0; c < d->ne[2]; c++)
+                for (int64_t e = 0; e < d->ne[3]; e++)
+                    out[k++] = base[a * d->nb[0] + b * d->nb[1] +
+                                    c * d->nb[2] + e * d->nb[3]];
+}
+
+static void check_on_device(const op_case *c, const test_device *td,
+                            mha_context *ctx, op_setup *s, const double *want)
+{
+    mha_device *dev = test_open(ctx, td);
+    mha_node dn;
+    upload(s, dev, &dn);
+    cr_assert(mha_dev_supports(dev, &dn), "%s on %s: op %s (f32) is not "
+              "supported", c->name, td->label, mha_op_name(c->op));
+    cr_assert_eq(mha_dev_run(dev, &dn), MHA_OK, "%s on %s: %s", c->name,
+                 td->label, mha_context_errmsg(ctx));
+    cr_assert_eq(mha_dev_sync(dev), MHA_OK, "%s on %s: %s", c->name,
+                 td->label, mha_context_errmsg(ctx));
+    host_tensor *dt = tensor_of(s, &s->node.dst);
+    float *raw = malloc(dt->span * sizeof *raw);
+    size_t n = count_of(&dn.dst);
+    float *got = malloc(n * sizeof *got);
+    cr_assert_eq(mha_dev_read(dev, dt->dev, 0, raw, dt->span * 4), MHA_OK);
+    gather(&dn.dst, raw, got);
+    test_diff d = test_compare(got, want, n);
+    double scale = 1.0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(want[i]) && fabs(want[i]) > scale)
+            scale = fabs(want[i]);
+    cr_expect_eq(d.nonfinite_mismatch, 0, "%s on %s: %zu NaN/Inf mismatches, "
+                 "first at %zu: got %g want %g", c->name, td->label,
+                 d.nonfinite_mismatch, d.worst_nf, got[d.worst_nf],
+                 want[d.worst_nf]);
+    cr_expect_leq(d.max_abs, 1e-4 * scale, "%s on %s: max abs error %g at %zu "
+                  "(got %g want %g)", c->name, td->label, d.max_abs, d.worst,
+                  got[d.worst], want[d.worst]);
+    cr_expect_leq(d.nmse, 1e-7, "%s on %s: NMSE %g", c->name, td->label,
+                  d.nmse);
+    free(raw);
+    free(got);
+    release(s, dev);
+    mha_device_destroy(dev);
+}
+
+static void run_case(const op_case *c)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_require_backends(ctx);
+    test_rng r = {0x5eed0000u + (uint64_t)c->op};
+    op_setup s;
+    setup(&s, c, &r);
+    size_t n = count_of(&s.node.dst);
+    double *want = malloc(n * sizeof *want);
+    ref_run(&s.node, want);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    for (int i = 0; i < nd; i++)
+        check_on_device(c, &devs[i], ctx, &s, want);
+    free(want);
+    for (int i = 0; i < s.n; i++)
+        free(s.t[i].host);
+    mha_context_destroy(ctx);
+}
+
+/* name, op, B, H, L, S, X, d, K, N, flags */
+#define OP_CASES(X)                                                          \
+    X(projection_bias, PROJECTION, 2, 1, 7, 0, 0, 0, 24, 36, F_BIAS)          \
+    X(projection_nobias_seqmajor, PROJECTION, 3, 1, 5, 0, 0, 0, 17, 9,       \
+      F_SEQMAJOR)                                                            \
+    X(projection_large, PROJECTION, 1, 1, 130, 0, 0, 0, 96, 300, F_BIAS)     \
+    X(projection_one_row, PROJECTION, 1, 1, 1, 0, 0, 0, 5, 3, F_BIAS)        \
+    X(fill_rows_bias, FILL_ROWS, 3, 1, 4, 0, 0, 0, 0, 20, 0)                 \
+    X(fill_rows_zero, FILL_ROWS, 2, 1, 3, 0, 0, 0, 0, 12, F_ZERO)            \
+    X(split_heads, SPLIT_HEADS, 2, 3, 5, 0, 0, 8, 0, 0, 0)                   \
+    X(concat, CONCAT, 2, 4, 3, 0, 0, 6, 0, 0, 0)                             \
+    X(scores_plain, SCORES, 2, 2, 5, 7, 0, 8, 0, 0, 0)                       \
+    X(scores_mask2d, SCORES, 2, 3, 4, 6, 0, 8, 0, 0, F_MASK2D)               \
+    X(scores_mask3d_kpm, SCORES, 2, 2, 5, 6, 0, 4, 0, 0, F_MASK3D | F_KPM)   \
+    X(scores_causal_extra, SCORES, 1, 2, 6, 6, 2, 8, 0, 0,                   \
+      F_CAUSAL | F_KPM)                                                      \
+    X(softmax_inplace, SOFTMAX, 2, 2, 4, 9, 0, 0, 0, 0, F_FULLMASK)          \
+    X(softmax_separate_nan, SOFTMAX, 1, 2, 3, 17, 0, 0, 0, 0,                \
+      F_SEPARATE | F_FULLMASK | F_NANROW)                                    \
+    X(softmax_wide, SOFTMAX, 1, 1, 3, 1000, 0, 0, 0, 0, 0)                   \
+    X(weighted_sum, WEIGHTED_SUM, 2, 3, 5, 7, 1, 8, 0, 0, 0)                 \
+    X(mean_heads, MEAN_HEADS, 2, 4, 3, 6, 0, 0, 0, 0, 0)                     \
+    X(attention_plain, ATTENTION, 2, 2, 5, 7, 0, 8, 0, 0, 0)                 \
+    X(attention_masks, ATTENTION, 2, 3, 6, 9, 0, 8, 0, 0,                    \
+      F_MASK3D | F_KPM)                                                      \
+    X(attention_causal_extra, ATTENTION, 1, 2, 40, 40, 2, 16, 0, 0,          \
+      F_CAUSAL | F_MASK2D)                                                   \
+    X(attention_long, ATTENTION, 1, 2, 70, 300, 1, 32, 0, 0, F_KPM)          \
+    X(attention_head64, ATTENTION, 1, 1, 33, 65, 0, 64, 0, 0, F_CAUSAL)      \
+    X(attention_one_query, ATTENTION, 2, 2, 1, 5, 0, 8, 0, 0, F_MASK2D)      \
+    X(attention_one_key, ATTENTION, 1, 2, 4, 1, 0, 4, 0, 0, 0)
+
+#define DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)    \
+    Test(ops, name)                                                          \
+    {                                                                        \
+        op_case c = {#name, MHA_OP_##op_, B_, H_, L_, S_, X_, d_, K_, N_,    \
+                     flags_};                                                \
+        run_case(&c);                                                        \
+    }
+OP_CASES(DEFINE_OP_TEST)
+
+/* The table covers every op: a new op cannot be added without a case. */
+#define COUNT_OP(name, op_, ...) | (1u << MHA_OP_##op_)
+Test(ops, every_op_has_a_case)
+{
+    unsigned covered = 0 OP_CASES(COUNT_OP);
+    cr_assert_eq(covered, (1u << MHA_OP_COUNT) - 1,
+                 "ops without a case: mask %#x",
+                 ((1u << MHA_OP_COUNT) - 1) & ~covered);
+}

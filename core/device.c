@@ -166,6 +166,7 @@ mha_status mha_device_get_info(mha_context *ctx, int index,
                          "%d device(s) found",
                          index, ctx->device_count);
     fill_info(ctx, index, info);
+    mha_clear_error(ctx);
     return MHA_OK;
 }
 
@@ -272,12 +273,17 @@ static mha_status resolve_spec(mha_context *ctx, const char *spec,
                          "on this machine (run mha-info to list them)",
                          origin, spec);
     return MHA_OK;
-bad:
+bad:;
+    char names[96] = "";
+    size_t used = 0;
+    for (int s = 0; s < ctx->backend_count && used < sizeof names; s++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s",
+                                 s ? ", " : "", ctx->backends[s].iface->name);
     return mha_error(ctx, MHA_INVALID_ARGUMENT,
                      "mha_device_open: %s \"%s\" is not a device name; "
-                     "expected best, cpu, vulkan, opencl or one of them "
-                     "with :index (for example vulkan:0)",
-                     origin, spec);
+                     "expected best, or a backend of this build (%s), "
+                     "optionally with :index (for example %s:0)",
+                     origin, spec, names, ctx->backends[0].iface->name);
 }
 
 mha_status mha_device_open(mha_context *ctx, const char *spec,

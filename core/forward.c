@@ -52,8 +52,9 @@ static mha_status check_input_dtype(mha_context *ctx, const char *fn,
     if (mask ? (a->dtype == MHA_BOOL || a->dtype == MHA_F32)
              : a->dtype == MHA_F32)
         return MHA_OK;
-    return mha_error(ctx, MHA_DTYPE_MISMATCH, "%s: %s has dtype %s; expected %s",
-                     fn, a->name, mha_dtype_name(a->dtype),
+    return mha_error(ctx, MHA_DTYPE_MISMATCH,
+                     "%s: %s has dtype %d (%s); expected %s", fn, a->name,
+                     (int)a->dtype, mha_dtype_name(a->dtype),
                      mask ? "bool or f32" : "f32");
 }
 
@@ -82,6 +83,12 @@ static mha_status check_qkv(const mha_layer *layer, const char *fn,
         return bad_shape(ctx, fn, &qkv[0],
                          c->batch_first ? "(N, L, E) or unbatched (L, E)"
                                         : "(L, N, E) or unbatched (L, E)");
+    for (int i = 1; i < 3; i++)
+        if (qkv[i].ndim != nd)
+            return bad_shape(ctx, fn, &qkv[i],
+                             nd == 3 ? "3 dimensions like the batched query"
+                                     : "2 dimensions like the unbatched "
+                                       "query");
     int seq = nd == 3 && c->batch_first ? 1 : 0, bat = nd == 3 ? 1 - seq : -1;
     call->batched = nd == 3;
     call->batch = nd == 3 ? qkv[0].shape[bat] : 1;
@@ -171,6 +178,19 @@ static mha_status make_call(const mha_layer *layer, const char *fn,
     call->causal = causal != 0;
     call->need_weights = need_weights != 0;
     call->average = need_weights && average != 0;
+    if (st == MHA_OK) {
+        /* every size the call derives: output, weights (per head), scores */
+        size_t n = 1;
+        int64_t f[5] = {call->batch, layer->cfg.num_heads, call->tgt_len,
+                        mha_call_keys(layer, call), 4};
+        for (int i = 0; i < 5; i++)
+            if (!mha_mul_size(n, (size_t)f[i], &n))
+                return mha_error(layer->device->ctx, MHA_OVERFLOW,
+                                 "%s: the attention weights of %lld x %lld "
+                                 "x %lld x %lld overflow size_t",
+                                 fn, (long long)f[0], (long long)f[1],
+                                 (long long)f[2], (long long)f[3]);
+    }
     return st;
 }
 
@@ -383,6 +403,7 @@ mha_status mha_layer_output_size(mha_layer *layer,
     result_shapes(layer, &call, &out_nd, out_shape, &w_nd, w_shape);
     *output_count = shape_count(out_nd, out_shape);
     *weights_count = call.need_weights ? shape_count(w_nd, w_shape) : 0;
+    mha_clear_error(layer->device->ctx);
     return MHA_OK;
 }
 

@@ -60,8 +60,9 @@ static mha_status check_config(mha_device *device, const mha_layer_config *c)
                          (double)c->dropout);
     if (c->dtype != MHA_F32 && c->dtype != MHA_F16)
         return mha_error(ctx, MHA_DTYPE_MISMATCH,
-                         "mha_layer_create: dtype %s; expected f32 or f16",
-                         mha_dtype_name(c->dtype));
+                         "mha_layer_create: dtype %d (%s); expected f32 or "
+                         "f16",
+                         (int)c->dtype, mha_dtype_name(c->dtype));
     if (c->dtype == MHA_F16) {
         mha_device_info info;
         mha_device_info_of(device, &info);

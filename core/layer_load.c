@@ -76,31 +76,15 @@ static mha_status check_unexpected(mha_layer *layer, mha_st_file *file,
             mha_weight_spec unused;
             mha_status st = mha_find_weight_spec(
                 layer, "mha_layer_load_safetensors", name + plen, &unused);
+            char why[MHA_ERRMSG_SIZE];
+            snprintf(why, sizeof why, "%s", mha_context_errmsg(ctx));
             return mha_error(ctx, st,
                              "mha_layer_load_safetensors: %s has \"%s\", "
                              "which this layer's config does not: %s",
-                             path, name, mha_context_errmsg(ctx));
+                             path, name, why);
         }
     }
     return MHA_OK;
-}
-
-static mha_status load_entry(mha_layer *layer, mha_st_file *file,
-                             const mha_weight_spec *s, const mha_st_entry *e)
-{
-    mha_context *ctx = layer->device->ctx;
-    float *data = mha_host_malloc(&ctx->host, (size_t)e->count * sizeof *data);
-    if (!data)
-        return mha_error(ctx, MHA_OUT_OF_MEMORY,
-                         "mha_layer_load_safetensors: out of memory reading "
-                         "\"%s\"",
-                         e->name);
-    mha_status st = mha_st_read_f32(file, e, data);
-    if (st == MHA_OK)
-        st = mha_layer_write_weight(layer, s->first, 0, data,
-                                    (size_t)e->count);
-    mha_host_free(&ctx->host, data);
-    return st;
 }
 
 static mha_status load_all(mha_layer *layer, mha_st_file *file,
@@ -121,8 +105,20 @@ static mha_status load_all(mha_layer *layer, mha_st_file *file,
             return st;
     }
     mha_status st = check_unexpected(layer, file, path, prefix, specs, n);
+    float *data[8] = {NULL};
+    for (int i = 0; i < n && st == MHA_OK; i++) {
+        data[i] = mha_host_malloc(&ctx->host,
+                                  (size_t)entries[i]->count * sizeof(float));
+        st = data[i] ? mha_st_read_f32(file, entries[i], data[i])
+                     : mha_error(ctx, MHA_OUT_OF_MEMORY,
+                                 "mha_layer_load_safetensors: out of memory "
+                                 "reading \"%s\"", entries[i]->name);
+    }
     for (int i = 0; i < n && st == MHA_OK; i++)
-        st = load_entry(layer, file, &specs[i], entries[i]);
+        st = mha_layer_write_weight(layer, specs[i].first, 0, data[i],
+                                    (size_t)entries[i]->count);
+    for (int i = 0; i < n; i++)
+        mha_host_free(&ctx->host, data[i]);
     if (st != MHA_OK)
         return st;
     for (int i = 0; i < n; i++)

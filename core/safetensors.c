@@ -130,6 +130,8 @@ static mha_status parse_metadata(mha_st_file *f, const cJSON *meta)
 {
     if (!cJSON_IsObject(meta))
         return corrupt(f, NULL, "\"__metadata__\" is not an object");
+    if (f->meta)
+        return corrupt(f, NULL, "\"__metadata__\" appears more than once");
     int n = cJSON_GetArraySize(meta);
     f->meta = mha_host_calloc(f->host, (size_t)n + 1, sizeof *f->meta);
     if (!f->meta)
@@ -182,7 +184,11 @@ static mha_status read_header(mha_st_file *f)
                               "seek", f->path);
     long size = ftell(f->fp);
     rewind(f->fp);
-    if (size < 8 || fread(len_bytes, 1, 8, f->fp) != 8)
+    if (size < 0 || (size >= 8 && fread(len_bytes, 1, 8, f->fp) != 8 &&
+                     ferror(f->fp)))
+        return mha_host_error(f->host, MHA_IO, "safetensors file %s: cannot "
+                              "read (not a regular file?)", f->path);
+    if (size < 8 || feof(f->fp))
         return corrupt(f, NULL, "shorter than the 8-byte header length");
     uint64_t len = 0;
     for (int i = 7; i >= 0; i--)

@@ -69,6 +69,7 @@ mha_status mha_tensor_create(mha_device *device, mha_dtype dtype, int ndim,
     memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     t->count = count;
     device->open_objects++;
+    mha_clear_error(ctx);
     *out = t;
     return MHA_OK;
 }
@@ -127,10 +128,14 @@ mha_status mha_tensor_upload(mha_tensor *tensor, const void *src, size_t size)
                          "(%zu elements of %s)",
                          size, tensor_user_bytes(tensor), tensor->count,
                          mha_dtype_name(tensor->dtype));
-    if (tensor->dtype == MHA_BOOL)
-        return mha_upload_bool_mask(tensor->device, tensor->buf, 0, src,
-                                    tensor->count);
-    return mha_dev_write(tensor->device, tensor->buf, 0, src, size);
+    mha_status st =
+        tensor->dtype == MHA_BOOL
+            ? mha_upload_bool_mask(tensor->device, tensor->buf, 0, src,
+                                   tensor->count)
+            : mha_dev_write(tensor->device, tensor->buf, 0, src, size);
+    if (st == MHA_OK)
+        mha_clear_error(ctx);
+    return st;
 }
 
 mha_status mha_tensor_download(const mha_tensor *tensor, void *dst,
@@ -147,10 +152,13 @@ mha_status mha_tensor_download(const mha_tensor *tensor, void *dst,
                          "mha_tensor_download: size %zu bytes; the tensor "
                          "holds %zu",
                          size, tensor_user_bytes(tensor));
-    if (tensor->dtype == MHA_BOOL)
-        return download_bool_mask(tensor, dst);
-    return mha_dev_read(tensor->device, tensor->buf, 0, dst,
-                        tensor_user_bytes(tensor));
+    mha_status st = tensor->dtype == MHA_BOOL
+                        ? download_bool_mask(tensor, dst)
+                        : mha_dev_read(tensor->device, tensor->buf, 0, dst,
+                                       tensor_user_bytes(tensor));
+    if (st == MHA_OK)
+        mha_clear_error(ctx);
+    return st;
 }
 
 mha_status mha_tensor_get_shape(const mha_tensor *tensor, mha_dtype *dtype,

@@ -1,0 +1,244 @@
+/* cache.c: the on-disk VkPipelineCache, for fast start. One file per device
+ * and driver, named by vendor, device, driver version and pipelineCacheUUID,
+ * in mha_device_options.cache_dir, else MHA_CACHE_DIR, else
+ * $XDG_CACHE_HOME/libmha, else ~/.cache/libmha ("" disables). The file is our
+ * header (magic, size, FNV-1a checksum) followed by the driver's data; a
+ * file that is short, corrupt or made for another device (the driver's own
+ * VkPipelineCacheHeaderVersionOne is checked too) is ignored, never given to
+ * the driver. Writes go to a temporary name and are renamed into place. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#include <direct.h>
+#define mkdir_one(p) _mkdir(p)
+#else
+#include <sys/stat.h>
+#define mkdir_one(p) mkdir(p, 0755)
+#endif
+
+#include "vk_internal.h"
+
+#define CACHE_MAGIC "MHAVKPC1"
+#define HEADER_BYTES 24 /* magic[8], u64 size, u64 checksum */
+#define MAX_CACHE_BYTES ((size_t)256 << 20)
+
+static uint64_t fnv1a(const unsigned char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; ++i)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; ++i)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+/* mkdir -p of dir (which it may modify temporarily). */
+static void make_dirs(char *dir)
+{
+    for (char *p = dir + 1; *p; ++p) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        mkdir_one(dir);
+        *p = '/';
+    }
+    mkdir_one(dir);
+}
+
+/* The cache directory by the documented precedence, or NULL (disabled). */
+static mha_status resolve_dir(mha_vk_device *d,
+                              const mha_device_options *options, char *buf,
+                              size_t size, bool *enabled)
+{
+    const char *dir = options ? options->cache_dir : NULL;
+    const char *suffix = "";
+    if (!dir)
+        dir = mha_host_getenv(d->host, "MHA_CACHE_DIR");
+    if (!dir) {
+        const char *xdg = mha_host_getenv(d->host, "XDG_CACHE_HOME");
+        const char *home = mha_host_getenv(d->host, "HOME");
+        if (xdg && xdg[0]) {
+            dir = xdg;
+            suffix = "/libmha";
+        } else if (home && home[0]) {
+            dir = home;
+            suffix = "/.cache/libmha";
+        }
+    }
+    *enabled = dir && dir[0];
+    if (!*enabled)
+        return MHA_OK;
+    if ((size_t)snprintf(buf, size, "%s%s", dir, suffix) >= size)
+        return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
+                              "vulkan: cache directory path is too long");
+    return MHA_OK;
+}
+
+static mha_status make_path(mha_vk_device *d,
+                            const mha_device_options *options)
+{
+    char dir[1024];
+    bool enabled;
+    mha_status s = resolve_dir(d, options, dir, sizeof dir, &enabled);
+    if (s != MHA_OK || !enabled)
+        return s;
+    make_dirs(dir);
+    const VkPhysicalDeviceProperties *p = &d->phys->props;
+    char uuid[2 * VK_UUID_SIZE + 1];
+    for (int i = 0; i < (int)VK_UUID_SIZE; ++i)
+        snprintf(uuid + 2 * i, 3, "%02x", p->pipelineCacheUUID[i]);
+    size_t n = strlen(dir) + 96;
+    d->cache_path = mha_host_malloc(d->host, n);
+    if (!d->cache_path)
+        return mha_host_error(d->host, MHA_OUT_OF_MEMORY,
+                              "vulkan: out of host memory");
+    snprintf(d->cache_path, n, "%s/vk-%04x-%04x-%08x-%s.bin", dir,
+             p->vendorID, p->deviceID, p->driverVersion, uuid);
+    return MHA_OK;
+}
+
+/* Whether data is a pipeline cache this device wrote (Vulkan's header). */
+static bool header_matches(const mha_vk_device *d, const unsigned char *data,
+                           size_t size)
+{
+    const VkPhysicalDeviceProperties *p = &d->phys->props;
+    if (size < 16 + VK_UUID_SIZE)
+        return false;
+    uint32_t hlen = get_u32(data), version = get_u32(data + 4);
+    return hlen >= 16 + VK_UUID_SIZE && hlen <= size &&
+           version == VK_PIPELINE_CACHE_HEADER_VERSION_ONE &&
+           get_u32(data + 8) == p->vendorID &&
+           get_u32(data + 12) == p->deviceID &&
+           memcmp(data + 16, p->pipelineCacheUUID, VK_UUID_SIZE) == 0;
+}
+
+/* Reads and checks the file; returns its driver data (to free) or NULL. */
+static unsigned char *load_file(mha_vk_device *d, size_t *size)
+{
+    FILE *f = fopen(d->cache_path, "rb");
+    if (!f)
+        return NULL;
+    unsigned char head[HEADER_BYTES];
+    unsigned char *data = NULL;
+    const char *why = "short header";
+    if (fread(head, 1, HEADER_BYTES, f) == HEADER_BYTES) {
+        uint64_t n = get_u64(head + 8);
+        why = "bad magic or size";
+        if (memcmp(head, CACHE_MAGIC, 8) == 0 && n && n <= MAX_CACHE_BYTES &&
+            (data = mha_host_malloc(d->host, (size_t)n))) {
+            why = "truncated, corrupt or for another device";
+            if (fread(data, 1, (size_t)n, f) != n ||
+                fnv1a(data, (size_t)n) != get_u64(head + 16) ||
+                !header_matches(d, data, (size_t)n)) {
+                mha_host_free(d->host, data);
+                data = NULL;
+            } else {
+                *size = (size_t)n;
+            }
+        }
+    }
+    fclose(f);
+    if (!data)
+        mha_host_log(d->host, MHA_LOG_WARN,
+                     "vulkan: ignoring pipeline cache %s (%s)", d->cache_path,
+                     why);
+    return data;
+}
+
+mha_status mha_vk_cache_open(mha_vk_device *d,
+                             const mha_device_options *options)
+{
+    mha_status s = make_path(d, options);
+    if (s != MHA_OK)
+        return s;
+    size_t size = 0;
+    unsigned char *data = d->cache_path ? load_file(d, &size) : NULL;
+    d->cache_loaded = data ? fnv1a(data, size) : 0;
+    VkPipelineCacheCreateInfo ci = {
+        .sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO,
+        .initialDataSize = data ? size : 0,
+        .pInitialData = data,
+    };
+    VkResult r = d->vk.vkCreatePipelineCache(d->dev, &ci, NULL, &d->cache);
+    mha_host_free(d->host, data);
+    if (r != VK_SUCCESS) {
+        d->cache = VK_NULL_HANDLE;
+        return mha_vk_fail(d->host, d, r, "vkCreatePipelineCache");
+    }
+    if (data)
+        mha_host_log(d->host, MHA_LOG_DEBUG,
+                     "vulkan: loaded %zu bytes of pipeline cache from %s",
+                     size, d->cache_path);
+    return MHA_OK;
+}
+
+static void save_file(mha_vk_device *d, const unsigned char *data,
+                      size_t size)
+{
+    size_t n = strlen(d->cache_path) + 8;
+    char *tmp = mha_host_malloc(d->host, n);
+    if (!tmp)
+        return;
+    snprintf(tmp, n, "%s.tmp", d->cache_path);
+    unsigned char head[HEADER_BYTES];
+    memcpy(head, CACHE_MAGIC, 8);
+    put_u64(head + 8, size);
+    put_u64(head + 16, fnv1a(data, size));
+    FILE *f = fopen(tmp, "wb");
+    bool ok = f && fwrite(head, 1, HEADER_BYTES, f) == HEADER_BYTES &&
+              fwrite(data, 1, size, f) == size;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (ok)
+        ok = rename(tmp, d->cache_path) == 0;
+    if (!ok) {
+        remove(tmp);
+        mha_host_log(d->host, MHA_LOG_WARN,
+                     "vulkan: could not write pipeline cache %s: %s",
+                     d->cache_path, strerror(errno));
+    }
+    mha_host_free(d->host, tmp);
+}
+
+void mha_vk_cache_close(mha_vk_device *d)
+{
+    if (!d->cache)
+        return;
+    size_t size = 0;
+    if (d->cache_path && !d->lost && d->pipe_count &&
+        d->vk.vkGetPipelineCacheData(d->dev, d->cache, &size, NULL) ==
+            VK_SUCCESS &&
+        size && size <= MAX_CACHE_BYTES) {
+        unsigned char *data = mha_host_malloc(d->host, size);
+        /* rewritten only when the driver's data changed */
+        if (data &&
+            d->vk.vkGetPipelineCacheData(d->dev, d->cache, &size, data) ==
+                VK_SUCCESS &&
+            fnv1a(data, size) != d->cache_loaded)
+            save_file(d, data, size);
+        mha_host_free(d->host, data);
+    }
+    d->vk.vkDestroyPipelineCache(d->dev, d->cache, NULL);
+    d->cache = VK_NULL_HANDLE;
+}

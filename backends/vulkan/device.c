@@ -1,0 +1,426 @@
+/* device.c: probing physical devices (kind, vendor, driver, memory, the
+ * compute limits kernels are specialised from, fp16 support), the
+ * MHA_VULKAN_LIMITS caps that let lavapipe stand in for mobile-class GPUs,
+ * and opening/closing a logical device with its own volk device table. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vk_internal.h"
+
+/* ---- VkResult translation --------------------------------------------- */
+
+const char *mha_vk_result_name(VkResult r)
+{
+    switch (r) {
+#define R_(x) case x: return #x;
+    R_(VK_SUCCESS) R_(VK_NOT_READY) R_(VK_TIMEOUT) R_(VK_INCOMPLETE)
+    R_(VK_ERROR_OUT_OF_HOST_MEMORY) R_(VK_ERROR_OUT_OF_DEVICE_MEMORY)
+    R_(VK_ERROR_INITIALIZATION_FAILED) R_(VK_ERROR_DEVICE_LOST)
+    R_(VK_ERROR_MEMORY_MAP_FAILED) R_(VK_ERROR_LAYER_NOT_PRESENT)
+    R_(VK_ERROR_EXTENSION_NOT_PRESENT) R_(VK_ERROR_FEATURE_NOT_PRESENT)
+    R_(VK_ERROR_INCOMPATIBLE_DRIVER) R_(VK_ERROR_TOO_MANY_OBJECTS)
+    R_(VK_ERROR_FORMAT_NOT_SUPPORTED) R_(VK_ERROR_FRAGMENTED_POOL)
+    R_(VK_ERROR_UNKNOWN) R_(VK_ERROR_OUT_OF_POOL_MEMORY)
+    R_(VK_ERROR_INVALID_SHADER_NV)
+#undef R_
+    default: return "VkResult";
+    }
+}
+
+mha_status mha_vk_fail(mha_host *host, mha_vk_device *d, VkResult r,
+                       const char *call)
+{
+    mha_status s = MHA_DEVICE_ERROR;
+    if (r == VK_ERROR_OUT_OF_HOST_MEMORY || r == VK_ERROR_OUT_OF_DEVICE_MEMORY)
+        s = MHA_OUT_OF_MEMORY;
+    else if (r == VK_ERROR_DEVICE_LOST)
+        s = MHA_DEVICE_LOST;
+    if (d && r == VK_ERROR_DEVICE_LOST)
+        d->lost = true;
+    return mha_host_error(host, s, "%s failed: %s (%d)", call,
+                          mha_vk_result_name(r), (int)r);
+}
+
+/* Copies src into dst (size bytes), truncating. */
+static void copy_str(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= size)
+        n = size - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* ---- limits ------------------------------------------------------------ */
+
+/* MHA_VULKAN_LIMITS="shared=16384,workgroup=128,fp16=0": lowers (never
+ * raises) the limits kernels are specialised from, so lavapipe can run the
+ * variants mobile GPUs get. Also "range=N" (a smaller
+ * maxStorageBufferRange) and "mapped=0" (transfers through a staging
+ * buffer, as on a discrete GPU). */
+static void apply_limit_caps(mha_host *host, mha_vk_limits *lim)
+{
+    const char *env = mha_host_getenv(host, "MHA_VULKAN_LIMITS");
+    if (!env)
+        return;
+    const char *p = env;
+    while (*p) {
+        char key[32];
+        size_t n = strcspn(p, "=,");
+        if (n >= sizeof key || p[n] != '=') {
+            mha_host_log(host, MHA_LOG_WARN,
+                         "vulkan: MHA_VULKAN_LIMITS: cannot parse \"%s\"", p);
+            return;
+        }
+        memcpy(key, p, n);
+        key[n] = '\0';
+        char *end;
+        unsigned long long v = strtoull(p + n + 1, &end, 0);
+        if (strcmp(key, "shared") == 0 && v < lim->shared_bytes)
+            lim->shared_bytes = (uint32_t)v;
+        else if (strcmp(key, "workgroup") == 0 && v < lim->max_wg)
+            lim->max_wg = (uint32_t)v;
+        else if (strcmp(key, "fp16") == 0 && v == 0)
+            lim->fp16_storage = lim->fp16_math = false;
+        else if (strcmp(key, "range") == 0 && v < lim->max_range)
+            lim->max_range = v;
+        else if (strcmp(key, "mapped") == 0 && v == 0)
+            lim->map_tensors = false;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            break;
+    }
+    if (lim->max_wg_x > lim->max_wg)
+        lim->max_wg_x = lim->max_wg;
+}
+
+static bool has_ext(const VkExtensionProperties *e, uint32_t n,
+                    const char *name)
+{
+    for (uint32_t i = 0; i < n; ++i)
+        if (strcmp(e[i].extensionName, name) == 0)
+            return true;
+    return false;
+}
+
+/* ---- probing ----------------------------------------------------------- */
+
+static const char *vendor_name(uint32_t id)
+{
+    switch (id) {
+    case 0x1002: return "AMD";
+    case 0x10DE: return "NVIDIA";
+    case 0x8086: return "Intel";
+    case 0x5143: return "Qualcomm";
+    case 0x13B5: return "ARM";
+    case 0x1010: return "Imagination";
+    case 0x106B: return "Apple";
+    case 0x14E4: return "Broadcom";
+    case 0x10005: return "Mesa";
+    default: return NULL;
+    }
+}
+
+static mha_device_kind kind_of(VkPhysicalDeviceType t)
+{
+    switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return MHA_DEVICE_DISCRETE_GPU;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU:
+        return MHA_DEVICE_INTEGRATED_GPU;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return MHA_DEVICE_VIRTUAL_GPU;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return MHA_DEVICE_SOFTWARE;
+    default: return MHA_DEVICE_OTHER;
+    }
+}
+
+static void driver_version_str(const VkPhysicalDeviceProperties *p, char *buf,
+                               size_t size)
+{
+    uint32_t v = p->driverVersion;
+    if (p->vendorID == 0x10DE)
+        snprintf(buf, size, "%u.%u.%u.%u", (v >> 22) & 0x3ff,
+                 (v >> 14) & 0xff, (v >> 6) & 0xff, v & 0x3f);
+    else
+        snprintf(buf, size, "%u.%u.%u", VK_API_VERSION_MAJOR(v),
+                 VK_API_VERSION_MINOR(v), VK_API_VERSION_PATCH(v));
+}
+
+static int find_compute_queue(mha_vk_state *st, VkPhysicalDevice pd,
+                              uint32_t *family)
+{
+    VkQueueFamilyProperties q[16];
+    uint32_t n = 16;
+    st->fn.GetPhysicalDeviceQueueFamilyProperties(pd, &n, q);
+    int best = -1;
+    for (uint32_t i = 0; i < n; ++i) {
+        if (!(q[i].queueFlags & VK_QUEUE_COMPUTE_BIT) || !q[i].queueCount)
+            continue;
+        /* prefer a compute-only family (async compute) */
+        if (best < 0 || !(q[i].queueFlags & VK_QUEUE_GRAPHICS_BIT))
+            best = (int)i;
+    }
+    if (best < 0)
+        return 0;
+    *family = (uint32_t)best;
+    return 1;
+}
+
+/* The memory heaps as "2048L+256" (MiB, L: device-local) into buf. */
+static void heaps_str(const VkPhysicalDeviceMemoryProperties *mp, char *buf,
+                      size_t size)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (uint32_t i = 0; i < mp->memoryHeapCount && n + 1 < size; ++i) {
+        int w = snprintf(buf + n, size - n, "%s%" PRIu64 "%s", i ? "+" : "",
+                         (uint64_t)(mp->memoryHeaps[i].size >> 20),
+                         mp->memoryHeaps[i].flags &
+                                 VK_MEMORY_HEAP_DEVICE_LOCAL_BIT
+                             ? "L"
+                             : "");
+        if (w < 0)
+            break;
+        n += (size_t)w;
+    }
+}
+
+/* Fills ph->lim, the driver and heap strings; returns the device-local
+ * bytes. */
+static uint64_t query_device(mha_vk_state *st, mha_vk_phys *ph, char *driver,
+                             size_t driver_size, char *heaps,
+                             size_t heaps_size)
+{
+    uint32_t api = ph->props.apiVersion;
+    VkExtensionProperties ext[512];
+    uint32_t next = 512;
+    if (st->fn.EnumerateDeviceExtensionProperties(ph->pd, NULL, &next, ext) <
+        0)
+        next = 0;
+    bool driver_props = api >= VK_API_VERSION_1_2 ||
+                        has_ext(ext, next, "VK_KHR_driver_properties");
+    ph->has_fp16_ext = api < VK_API_VERSION_1_2 &&
+                       has_ext(ext, next, "VK_KHR_shader_float16_int8");
+    bool f16_feature = api >= VK_API_VERSION_1_2 || ph->has_fp16_ext;
+
+    VkPhysicalDeviceDriverProperties drv = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+    VkPhysicalDeviceSubgroupProperties sub = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES,
+        .pNext = driver_props ? &drv : NULL};
+    VkPhysicalDeviceProperties2 p2 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+        .pNext = &sub};
+    st->fn.GetPhysicalDeviceProperties2(ph->pd, &p2);
+
+    VkPhysicalDeviceShaderFloat16Int8Features f16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES};
+    VkPhysicalDevice16BitStorageFeatures s16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
+        .pNext = f16_feature ? &f16 : NULL};
+    VkPhysicalDeviceFeatures2 f2 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &s16};
+    st->fn.GetPhysicalDeviceFeatures2(ph->pd, &f2);
+
+    const VkPhysicalDeviceLimits *l = &ph->props.limits;
+    mha_vk_limits *lim = &ph->lim;
+    lim->shared_bytes = l->maxComputeSharedMemorySize;
+    lim->max_wg = l->maxComputeWorkGroupInvocations;
+    lim->max_wg_x = l->maxComputeWorkGroupSize[0];
+    for (int i = 0; i < 3; ++i)
+        lim->max_groups[i] = l->maxComputeWorkGroupCount[i];
+    lim->subgroup_size = sub.subgroupSize;
+    lim->max_range = l->maxStorageBufferRange;
+    lim->offset_align = l->minStorageBufferOffsetAlignment;
+    lim->push_bytes = l->maxPushConstantsSize;
+    lim->fp16_storage = s16.storageBuffer16BitAccess;
+    lim->fp16_math = f16_feature && f16.shaderFloat16;
+    lim->map_tensors = true;
+    apply_limit_caps(st->host, lim);
+
+    char ver[32], text[VK_MAX_DRIVER_NAME_SIZE + VK_MAX_DRIVER_INFO_SIZE + 40];
+    driver_version_str(&ph->props, ver, sizeof ver);
+    if (driver_props)
+        snprintf(text, sizeof text, "%s %s (%s)", drv.driverName, ver,
+                 drv.driverInfo);
+    else
+        snprintf(text, sizeof text, "%s", ver);
+    copy_str(driver, driver_size, text);
+
+    VkPhysicalDeviceMemoryProperties mp;
+    st->fn.GetPhysicalDeviceMemoryProperties(ph->pd, &mp);
+    heaps_str(&mp, heaps, heaps_size);
+    uint64_t local = 0;
+    for (uint32_t i = 0; i < mp.memoryHeapCount; ++i)
+        if (mp.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+            local += mp.memoryHeaps[i].size;
+    return local;
+}
+
+static void describe(const mha_vk_phys *ph, uint64_t local,
+                     const char *driver, const char *heaps,
+                     mha_device_desc *d)
+{
+    const mha_vk_limits *lim = &ph->lim;
+    const VkPhysicalDeviceProperties *p = &ph->props;
+    memset(d, 0, sizeof *d);
+    d->kind = kind_of(p->deviceType);
+    const char *vn = vendor_name(p->vendorID);
+    if (vn)
+        snprintf(d->vendor, sizeof d->vendor, "%s", vn);
+    else
+        snprintf(d->vendor, sizeof d->vendor, "0x%04x", p->vendorID);
+    copy_str(d->name, sizeof d->name, p->deviceName);
+    copy_str(d->driver, sizeof d->driver, driver);
+    d->memory_bytes = local;
+    d->max_buffer_bytes = lim->max_range;
+    d->features = MHA_FEATURE_FUSED_ATTENTION;
+    if (lim->subgroup_size)
+        d->features |= MHA_FEATURE_SUBGROUPS;
+    if (lim->fp16_storage)
+        d->features |= MHA_FEATURE_FP16_STORAGE;
+    if (lim->fp16_math)
+        d->features |= MHA_FEATURE_FP16_MATH;
+    d->max_workgroup_size = lim->max_wg;
+    d->shared_memory_bytes = lim->shared_bytes;
+    d->subgroup_size = lim->subgroup_size;
+    snprintf(d->details, sizeof d->details,
+             "Vulkan %u.%u.%u, id %04x:%04x, heaps %s MiB, subgroup %u, shared %u B, workgroup %u, storage range "
+             "%" PRIu64 " MiB, offset align %" PRIu64
+             ", fp16 storage %s, fp16 math %s",
+             VK_API_VERSION_MAJOR(p->apiVersion),
+             VK_API_VERSION_MINOR(p->apiVersion),
+             VK_API_VERSION_PATCH(p->apiVersion), p->vendorID, p->deviceID,
+             heaps, lim->subgroup_size, lim->shared_bytes, lim->max_wg,
+             lim->max_range >> 20, lim->offset_align,
+             lim->fp16_storage ? "yes" : "no", lim->fp16_math ? "yes" : "no");
+}
+
+mha_status mha_vk_probe(mha_vk_state *st, mha_device_desc *descs, int cap,
+                        int *count)
+{
+    VkPhysicalDevice pds[MHA_VK_MAX_DEVICES];
+    uint32_t n = MHA_VK_MAX_DEVICES;
+    VkResult r = st->fn.EnumeratePhysicalDevices(st->instance, &n, pds);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE) {
+        mha_host_log(st->host, MHA_LOG_INFO,
+                     "vulkan: vkEnumeratePhysicalDevices failed: %s (%d); "
+                     "no devices",
+                     mha_vk_result_name(r), (int)r);
+        n = 0;
+    }
+    st->count = 0;
+    for (uint32_t i = 0; i < n && st->count < cap; ++i) {
+        mha_vk_phys *ph = &st->phys[st->count];
+        memset(ph, 0, sizeof *ph);
+        ph->pd = pds[i];
+        st->fn.GetPhysicalDeviceProperties(ph->pd, &ph->props);
+        if (ph->props.apiVersion < VK_API_VERSION_1_1) {
+            mha_host_log(st->host, MHA_LOG_INFO,
+                         "vulkan: skipping %s: Vulkan 1.0 only",
+                         ph->props.deviceName);
+            continue;
+        }
+        if (!find_compute_queue(st, ph->pd, &ph->queue_family)) {
+            mha_host_log(st->host, MHA_LOG_INFO,
+                         "vulkan: skipping %s: no compute queue",
+                         ph->props.deviceName);
+            continue;
+        }
+        char driver[128], heaps[48];
+        uint64_t local = query_device(st, ph, driver, sizeof driver, heaps,
+                                      sizeof heaps);
+        describe(ph, local, driver, heaps, &descs[st->count]);
+        st->count++;
+    }
+    if (!st->count)
+        mha_host_log(st->host, MHA_LOG_INFO,
+                     "vulkan: no Vulkan 1.1 device with a compute queue");
+    *count = st->count;
+    return MHA_OK;
+}
+
+/* ---- open/close --------------------------------------------------------- */
+
+static mha_status create_device(mha_vk_state *st, mha_vk_device *d)
+{
+    const mha_vk_phys *ph = d->phys;
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qi = {
+        .sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+        .queueFamilyIndex = ph->queue_family,
+        .queueCount = 1,
+        .pQueuePriorities = &prio,
+    };
+    VkPhysicalDevice16BitStorageFeatures s16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
+        .storageBuffer16BitAccess = ph->lim.fp16_storage,
+    };
+    VkDeviceCreateInfo ci = {
+        .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+        .pNext = &s16,
+        .queueCreateInfoCount = 1,
+        .pQueueCreateInfos = &qi,
+    };
+    VkResult r = st->fn.CreateDevice(ph->pd, &ci, NULL, &d->dev);
+    if (r != VK_SUCCESS) {
+        d->dev = VK_NULL_HANDLE;
+        return mha_vk_fail(st->host, d, r, "vkCreateDevice");
+    }
+    volkLoadDeviceTable(&d->vk, d->dev);
+    d->vk.vkGetDeviceQueue(d->dev, ph->queue_family, 0, &d->queue);
+    return MHA_OK;
+}
+
+mha_status mha_vk_open(mha_vk_state *st, int index,
+                       const mha_device_options *options,
+                       mha_vk_device **out)
+{
+    if (index < 0 || index >= st->count)
+        return mha_host_error(st->host, MHA_NO_DEVICE,
+                              "vulkan: no device %d (%d found)", index,
+                              st->count);
+    mha_vk_device *d = mha_host_calloc(st->host, 1, sizeof *d);
+    if (!d)
+        return mha_host_error(st->host, MHA_OUT_OF_MEMORY,
+                              "vulkan: out of host memory opening device %d",
+                              index);
+    d->st = st;
+    d->host = st->host;
+    d->phys = &st->phys[index];
+    mha_status s = create_device(st, d);
+    if (s == MHA_OK)
+        s = mha_vk_memory_init(d);
+    if (s == MHA_OK)
+        s = mha_vk_cache_open(d, options);
+    if (s == MHA_OK)
+        s = mha_vk_pipelines_init(d);
+    if (s == MHA_OK)
+        s = mha_vk_submit_init(d);
+    if (s == MHA_OK)
+        s = mha_vk_take_validation_error(st);
+    if (s != MHA_OK) {
+        mha_vk_close(d);
+        return s;
+    }
+    *out = d;
+    return MHA_OK;
+}
+
+void mha_vk_close(mha_vk_device *d)
+{
+    if (!d)
+        return;
+    if (d->dev) {
+        if (!d->lost)
+            d->vk.vkDeviceWaitIdle(d->dev);
+        mha_vk_submit_fini(d);
+        mha_vk_cache_close(d); /* saves what the pipelines put in it */
+        mha_vk_pipelines_fini(d);
+        mha_vk_memory_fini(d);
+        d->vk.vkDestroyDevice(d->dev, NULL);
+    }
+    mha_host_free(d->host, d->cache_path);
+    mha_host_free(d->host, d);
+}

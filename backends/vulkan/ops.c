@@ -1,0 +1,666 @@
+/* ops.c: every graph op as one or more dispatches of the five kernels.
+ * PROJECTION, SCORES and WEIGHTED_SUM are the tiled matmul with different
+ * operand strides and epilogues; SPLIT_HEADS, CONCAT and FILL_ROWS are the
+ * strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels.
+ * Each tensor is bound as the byte range of its block it spans (from a
+ * 256-byte aligned start), with its element offset in that range and its
+ * element strides in push constants; run() checks that every element of every
+ * view lies inside its buffer, so a kernel never reads out of bounds.
+ * Kernel variants (tiles, workgroup, head size) are specialisation
+ * constants chosen here from the device's (possibly capped) limits. fp16
+ * tensors (projections, heads, attention output) use the kernels' fp16
+ * builds where the device has 16-bit storage; scores, probabilities and
+ * masks stay fp32. */
+#include <string.h>
+
+#include "vk_internal.h"
+
+#define COPY_WG 64u
+
+/* ---- tensor checks and conversions --------------------------------------- */
+
+static bool present(const mha_tdesc *t) { return t->buf != NULL; }
+
+/* Stride of dim in elements, 0 where the dimension has one element (so a
+ * [1,...] operand broadcasts over the batch). */
+static uint32_t st(const mha_tdesc *t, int dim)
+{
+    return t->ne[dim] == 1 ? 0u : (uint32_t)t->nb[dim];
+}
+
+static size_t esize(const mha_tdesc *t)
+{
+    return t->dtype == MHA_F16 ? 2 : 4;
+}
+
+/* Kernels see each tensor through its own binding, which starts at the
+ * tensor's first byte rounded down to BIND_ALIGN (256, the largest
+ * minStorageBufferOffsetAlignment Vulkan allows, so valid everywhere) and
+ * ends after its last element; the push constants hold the element offset
+ * within that binding. Barriers and the validation layers then see exactly
+ * the bytes each dispatch may touch. */
+#define BIND_ALIGN 256u
+
+static VkDeviceSize first_byte(const mha_tdesc *t)
+{
+    const mha_vk_buffer *b = t->buf;
+    return b->offset + t->offset;
+}
+
+static uint32_t eoff(const mha_tdesc *t)
+{
+    return (uint32_t)(first_byte(t) % BIND_ALIGN / esize(t));
+}
+
+/* An fp32 (or, with f16, fp16) view whose offsets and strides fit the
+ * kernels' 32-bit indices. Looks only at the descriptor: the planner asks
+ * supports() with placeholder buffer handles, so buf is only tested for
+ * NULL here. */
+static bool tensor_ok_dt(const mha_tdesc *t, bool f16)
+{
+    if (!t->buf || !(t->dtype == MHA_F32 || (f16 && t->dtype == MHA_F16)) ||
+        t->offset % esize(t))
+        return false;
+    uint64_t last = t->offset / esize(t);
+    for (int i = 0; i < 4; ++i) {
+        if (t->ne[i] < 0 || t->ne[i] > UINT32_MAX || t->nb[i] < 0 ||
+            t->nb[i] > UINT32_MAX)
+            return false;
+        if (t->ne[i])
+            last += (uint64_t)(t->ne[i] - 1) * (uint64_t)t->nb[i];
+    }
+    return last < UINT32_MAX;
+}
+
+static bool tensor_ok(const mha_tdesc *t) { return tensor_ok_dt(t, false); }
+
+/* fp16 is accepted where the device has 16-bit storage (and the caps of
+ * MHA_VULKAN_LIMITS leave it on). */
+static bool data_ok(const mha_vk_device *d, const mha_tdesc *t)
+{
+    return tensor_ok_dt(t, d->phys->lim.fp16_storage);
+}
+
+/* At run time: every element of t lies inside its buffer, so a kernel never
+ * reads or writes out of bounds. */
+static mha_status in_bounds(mha_vk_device *d, const mha_tdesc *t)
+{
+    const mha_vk_buffer *b = t->buf;
+    size_t es = esize(t);
+    uint64_t last = t->offset / es;
+    for (int i = 0; i < 4; ++i) {
+        if (t->ne[i] == 0)
+            return MHA_OK; /* empty: nothing is touched */
+        last += (uint64_t)(t->ne[i] - 1) * (uint64_t)t->nb[i];
+    }
+    if ((last + 1) * es <= b->size && b->offset / es + last < UINT32_MAX)
+        return MHA_OK;
+    return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
+                          "vulkan: a tensor view reaches element %llu of a "
+                          "buffer of %llu bytes",
+                          (unsigned long long)last,
+                          (unsigned long long)b->size);
+}
+
+static bool inner_contiguous(const mha_tdesc *t)
+{
+    return t->ne[3] <= 1 || t->nb[3] == 1;
+}
+
+static bool optional_ok(const mha_tdesc *t)
+{
+    return !present(t) || (tensor_ok(t) && inner_contiguous(t));
+}
+
+static int64_t count(const mha_tdesc *t)
+{
+    return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+}
+
+/* Splits n groups over x and y within the device's group-count limits. */
+static bool split_groups(const mha_vk_device *d, uint64_t n, uint32_t g[3])
+{
+    uint64_t gx = n < d->phys->lim.max_groups[0] ? n
+                                                 : d->phys->lim.max_groups[0];
+    if (!gx)
+        gx = 1;
+    uint64_t gy = (n + gx - 1) / gx;
+    if (gy > d->phys->lim.max_groups[1])
+        return false;
+    g[0] = (uint32_t)gx;
+    g[1] = (uint32_t)gy;
+    g[2] = 1;
+    return true;
+}
+
+static uint32_t pow2_floor(uint32_t v)
+{
+    uint32_t p = 1;
+    while (p * 2 <= v)
+        p *= 2;
+    return p;
+}
+
+static uint32_t max_wg(const mha_vk_device *d)
+{
+    const mha_vk_limits *l = &d->phys->lim;
+    return l->max_wg < l->max_wg_x ? l->max_wg : l->max_wg_x;
+}
+
+/* ---- kernel configurations ------------------------------------------- */
+
+typedef struct mm_config {
+    uint32_t wg, tm, tn, tk, rm, rn;
+} mm_config;
+
+static bool mm_pick(const mha_vk_device *d, mm_config *c)
+{
+    static const mm_config options[] = {
+        {256, 64, 64, 16, 4, 4}, {128, 64, 32, 16, 4, 4},
+        {64, 32, 32, 16, 4, 4},  {32, 32, 16, 16, 4, 2},
+        {16, 16, 16, 8, 4, 4},   {4, 8, 8, 8, 4, 4},
+    };
+    for (size_t i = 0; i < sizeof options / sizeof *options; ++i) {
+        const mm_config *o = &options[i];
+        uint32_t smem = (o->tm + 1 + o->tn + 1) * o->tk * 4; /* padded */
+        if (o->wg <= max_wg(d) && smem <= d->phys->lim.shared_bytes) {
+            *c = *o;
+            return true;
+        }
+    }
+    return false;
+}
+
+typedef struct att_config {
+    uint32_t wg, dh, br, bc, tpr;
+} att_config;
+
+static bool att_pick(const mha_vk_device *d, uint32_t dh, att_config *c)
+{
+    if (dh == 0 || dh > 512)
+        return false;
+    uint32_t target = pow2_floor(max_wg(d) < 128 ? max_wg(d) : 128);
+    uint32_t dh2 = pow2_floor(dh) < dh ? pow2_floor(dh) * 2 : dh;
+    for (uint32_t br = 32; br >= 1; br /= 2) {
+        uint32_t bc = br;
+        uint64_t smem =
+            ((uint64_t)(br + 2 * bc) * dh + bc /* K padding */ + br * bc) * 4;
+        if (br > target || smem > d->phys->lim.shared_bytes)
+            continue;
+        uint32_t tpr = target / br;
+        if (tpr > dh2)
+            tpr = dh2;
+        *c = (att_config){br * tpr, dh, br, bc, tpr};
+        return true;
+    }
+    return false;
+}
+
+static uint32_t softmax_wg(const mha_vk_device *d)
+{
+    uint32_t m = max_wg(d);
+    return pow2_floor(m < 128 ? m : 128);
+}
+
+/* ---- push constant blocks (std430 layout: 4-byte scalars in order) ---- */
+
+typedef struct copy_push {
+    uint32_t src_off, dst_off, ne[4], src_nb[4], dst_nb[4], flags, total;
+} copy_push;
+
+typedef struct mean_push {
+    uint32_t src_off, dst_off, ne[4], src_nb[4], dst_nb[4], total;
+} mean_push;
+
+typedef struct softmax_push {
+    uint32_t src_off, dst_off, ne[4], src_nb[3], dst_nb[3], rows;
+} softmax_push;
+
+typedef struct mm_push {
+    uint32_t a_off, b_off, c_off, bias_off, mask_off, kpm_off;
+    uint32_t M, N, K, H;
+    uint32_t a_sb, a_sh, a_sr;
+    uint32_t b_sb, b_sh, b_sj, b_sk;
+    uint32_t c_sb, c_sh, c_sr;
+    uint32_t m_sb, m_sh, m_sr;
+    uint32_t k_sb, k_sh, k_sr;
+    float scale;
+    uint32_t flags;
+    uint32_t mask_cols;
+} mm_push;
+
+typedef struct att_push {
+    uint32_t q_off, k_off, o_off, v_off, mask_off, kpm_off;
+    uint32_t L, S, H;
+    uint32_t q_sb, q_sh, q_sr;
+    uint32_t k_sb, k_sh, k_sr;
+    uint32_t v_sb, v_sh, v_sr;
+    uint32_t o_sb, o_sh, o_sr;
+    uint32_t m_sb, m_sh, m_sr;
+    uint32_t p_sb, p_sh, p_sr;
+    float scale;
+    uint32_t flags;
+    uint32_t mask_cols;
+} att_push;
+
+_Static_assert(sizeof(mm_push) <= MHA_VK_PUSH_BYTES, "push constants");
+_Static_assert(sizeof(att_push) <= MHA_VK_PUSH_BYTES, "push constants");
+
+enum { F_BIAS = 1, F_MASK = 2, F_KPM = 4, F_CAUSAL = 8 };
+#define DT_F16(binding) (1u << (16 + (binding))) /* as in dtype.glsl */
+
+/* ---- dispatch helpers ---------------------------------------------------- */
+
+/* The DT_F16 bits of the tensors bound at each binding (NULL: none). */
+static uint32_t f16_bits(const mha_tdesc *const ts[MHA_VK_BINDINGS])
+{
+    uint32_t bits = 0;
+    for (int i = 0; i < MHA_VK_BINDINGS; ++i)
+        if (ts[i] && ts[i]->dtype == MHA_F16)
+            bits |= DT_F16(i);
+    return bits;
+}
+
+/* The binding of t (see BIND_ALIGN); t is in bounds (see in_bounds). */
+static mha_vk_access binding_of(const mha_tdesc *t, bool write)
+{
+    const mha_vk_buffer *b = t->buf;
+    uint64_t last = 0;
+    for (int i = 0; i < 4; ++i)
+        last += (uint64_t)(t->ne[i] - 1) * (uint64_t)t->nb[i];
+    VkDeviceSize lo = first_byte(t);
+    return (mha_vk_access){b->block->buf, lo - lo % BIND_ALIGN,
+                           lo + (last + 1) * esize(t), write};
+}
+
+/* Kernels write exactly one binding: the copy, mean and softmax kernels
+ * binding 1, matmul and attention binding 2. */
+static int output_binding(int kernel)
+{
+    return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ? 2 : 1;
+}
+
+/* Binds the tensors' buffers (ts[i] NULL: the dummy) and dispatches the
+ * kernel's fp16 build when f16 (the push constants carry the same bits). */
+static mha_status dispatch(mha_vk_device *d, int kernel, bool f16,
+                           const uint32_t *spec, int nspec,
+                           const mha_tdesc *const ts[MHA_VK_BINDINGS],
+                           const void *push, uint32_t push_size,
+                           const uint32_t groups[3])
+{
+    if (!groups[0] || !groups[1] || !groups[2])
+        return MHA_OK;
+    mha_vk_access bind[MHA_VK_BINDINGS] = {{0}};
+    for (int i = 0; i < MHA_VK_BINDINGS; ++i)
+        if (ts[i] && count(ts[i]) > 0) /* empty: the dummy */
+            bind[i] = binding_of(ts[i], i == output_binding(kernel));
+    VkPipeline pipe;
+    mha_status s = mha_vk_pipeline_get(d, kernel, f16, spec, nspec, &pipe);
+    if (s != MHA_OK)
+        return s;
+    return mha_vk_dispatch(d, pipe, bind, push, push_size, groups);
+}
+
+static mha_status groups_error(mha_vk_device *d, const char *op)
+{
+    return mha_host_error(d->host, MHA_UNSUPPORTED,
+                          "vulkan: %s needs more workgroups than %s allows",
+                          op, d->phys->props.deviceName);
+}
+
+/* dst = src over 4-D (src absent: zeros). */
+static mha_status run_copy(mha_vk_device *d, const mha_tdesc *src,
+                           const mha_tdesc *dst)
+{
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {present(src) ? src : NULL, dst};
+    uint32_t f16 = f16_bits(ts);
+    copy_push p = {.dst_off = eoff(dst), .flags = present(src) | f16};
+    for (int i = 0; i < 4; ++i) {
+        p.ne[i] = (uint32_t)dst->ne[i];
+        p.dst_nb[i] = st(dst, i);
+        p.src_nb[i] = present(src) ? st(src, i) : 0;
+    }
+    if (present(src))
+        p.src_off = eoff(src);
+    p.total = (uint32_t)count(dst);
+    uint32_t g[3], spec[1] = {COPY_WG};
+    if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "copy");
+    return dispatch(d, MHA_VK_K_COPY, f16 != 0, spec, 1, ts, &p, sizeof p,
+                    g);
+}
+
+static mha_status run_mean_heads(mha_vk_device *d, const mha_tdesc *src,
+                                 const mha_tdesc *dst)
+{
+    mean_push p = {.src_off = eoff(src), .dst_off = eoff(dst)};
+    for (int i = 0; i < 4; ++i) {
+        p.ne[i] = (uint32_t)src->ne[i];
+        p.src_nb[i] = st(src, i);
+        p.dst_nb[i] = st(dst, i);
+    }
+    p.total = (uint32_t)(src->ne[0] * src->ne[2] * src->ne[3]);
+    uint32_t g[3], spec[1] = {COPY_WG};
+    if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "mean_heads");
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {src, dst};
+    return dispatch(d, MHA_VK_K_MEAN_HEADS, false, spec, 1, ts, &p, sizeof p,
+                    g);
+}
+
+static mha_status run_softmax(mha_vk_device *d, const mha_tdesc *src,
+                              const mha_tdesc *dst)
+{
+    softmax_push p = {.src_off = eoff(src), .dst_off = eoff(dst)};
+    for (int i = 0; i < 4; ++i)
+        p.ne[i] = (uint32_t)src->ne[i];
+    for (int i = 0; i < 3; ++i) {
+        p.src_nb[i] = st(src, i);
+        p.dst_nb[i] = st(dst, i);
+    }
+    p.rows = (uint32_t)(src->ne[0] * src->ne[1] * src->ne[2]);
+    if (!src->ne[3])
+        return MHA_OK;
+    uint32_t g[3], spec[1] = {softmax_wg(d)};
+    if (!split_groups(d, p.rows, g))
+        return groups_error(d, "softmax");
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {src, dst};
+    return dispatch(d, MHA_VK_K_SOFTMAX, false, spec, 1, ts, &p, sizeof p, g);
+}
+
+/* Fills the operand fields shared by the three matmul uses. */
+static void mm_operands(mm_push *p, const mha_tdesc *a, const mha_tdesc *c)
+{
+    p->a_off = eoff(a);
+    p->c_off = eoff(c);
+    p->a_sb = st(a, 0);
+    p->a_sh = st(a, 1);
+    p->a_sr = st(a, 2);
+    p->c_sb = st(c, 0);
+    p->c_sh = st(c, 1);
+    p->c_sr = st(c, 2);
+    p->H = (uint32_t)c->ne[1];
+    p->M = (uint32_t)c->ne[2];
+    p->N = (uint32_t)c->ne[3];
+    p->scale = 1.0f;
+}
+
+static void mm_masks(mm_push *p, const mha_node *n, const mha_tdesc *ts[])
+{
+    const mha_tdesc *m = &n->src[MHA_SRC_MASK], *k = &n->src[MHA_SRC_KPM];
+    if (present(m)) {
+        p->flags |= F_MASK;
+        p->mask_off = eoff(m);
+        p->m_sb = st(m, 0);
+        p->m_sh = st(m, 1);
+        p->m_sr = st(m, 2);
+        ts[4] = m;
+    }
+    if (present(k)) {
+        p->flags |= F_KPM;
+        p->kpm_off = eoff(k);
+        p->k_sb = st(k, 0);
+        p->k_sh = st(k, 1);
+        p->k_sr = st(k, 2);
+        ts[5] = k;
+    }
+    if (n->params.causal)
+        p->flags |= F_CAUSAL;
+    int64_t mc = n->params.mask_cols;
+    p->mask_cols = mc < 0 ? 0 : mc > UINT32_MAX ? UINT32_MAX : (uint32_t)mc;
+}
+
+static mha_status mm_dispatch(mha_vk_device *d, mm_push *p,
+                              const mha_tdesc *const ts[], uint32_t batch)
+{
+    mm_config c;
+    if (!mm_pick(d, &c))
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "vulkan: no matmul tile fits %s's limits",
+                              d->phys->props.deviceName);
+    uint32_t spec[6] = {c.wg, c.tm, c.tn, c.tk, c.rm, c.rn};
+    uint32_t g[3] = {(p->N + c.tn - 1) / c.tn, (p->M + c.tm - 1) / c.tm,
+                     batch};
+    const mha_vk_limits *l = &d->phys->lim;
+    if (g[0] > l->max_groups[0] || g[1] > l->max_groups[1] ||
+        g[2] > l->max_groups[2])
+        return groups_error(d, "matmul");
+    uint32_t f16 = f16_bits(ts);
+    p->flags |= f16;
+    return dispatch(d, MHA_VK_K_MATMUL, f16 != 0, spec, 6, ts, p, sizeof *p,
+                    g);
+}
+
+/* Whether the rows of [B,1,T,N] are one evenly strided sequence. */
+static bool rows_flat(const mha_tdesc *t)
+{
+    return t->ne[2] == 1 || t->nb[0] == t->ne[2] * t->nb[2];
+}
+
+static uint32_t row_stride(const mha_tdesc *t)
+{
+    return (uint32_t)(t->ne[2] == 1 ? t->nb[0] : t->nb[2]);
+}
+
+static mha_status run_projection(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[0], *w = &n->src[1], *b = &n->src[2];
+    const mha_tdesc *y = &n->dst;
+    mm_push p = {0};
+    mm_operands(&p, x, y);
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {x, w, y};
+    p.b_off = eoff(w);
+    p.b_sj = st(w, 2);
+    p.b_sk = 1;
+    p.K = (uint32_t)x->ne[3];
+    if (present(b)) {
+        p.flags |= F_BIAS;
+        p.bias_off = eoff(b);
+        ts[3] = b;
+    }
+    uint32_t batch = (uint32_t)y->ne[0];
+    /* Rows evenly strided over the batch: one [B*T, N] product. */
+    if (batch > 1 && rows_flat(x) && rows_flat(y)) {
+        p.M *= batch;
+        p.a_sr = row_stride(x);
+        p.c_sr = row_stride(y);
+        p.a_sb = p.c_sb = 0;
+        batch = 1;
+    }
+    p.H = 1;
+    return mm_dispatch(d, &p, ts, batch);
+}
+
+static mha_status run_scores(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    mm_push p = {0};
+    mm_operands(&p, q, &n->dst);
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {q, k, &n->dst};
+    p.b_off = eoff(k);
+    p.b_sb = st(k, 0);
+    p.b_sh = st(k, 1);
+    p.b_sj = st(k, 2);
+    p.b_sk = 1;
+    p.K = (uint32_t)q->ne[3];
+    p.scale = n->params.scale;
+    mm_masks(&p, n, ts);
+    return mm_dispatch(d, &p, ts, (uint32_t)(n->dst.ne[0] * n->dst.ne[1]));
+}
+
+static mha_status run_weighted_sum(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *pm = &n->src[0], *v = &n->src[1];
+    mm_push p = {0};
+    mm_operands(&p, pm, &n->dst);
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {pm, v, &n->dst};
+    p.b_off = eoff(v);
+    p.b_sb = st(v, 0);
+    p.b_sh = st(v, 1);
+    p.b_sj = 1;           /* j runs over the head dimension */
+    p.b_sk = st(v, 2);    /* k over the keys */
+    p.K = (uint32_t)pm->ne[3];
+    p.mask_cols = 0;
+    return mm_dispatch(d, &p, ts, (uint32_t)(n->dst.ne[0] * n->dst.ne[1]));
+}
+
+static mha_status run_attention(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    const mha_tdesc *v = &n->src[MHA_SRC_V], *o = &n->dst;
+    att_config c;
+    if (!att_pick(d, (uint32_t)q->ne[3], &c))
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "vulkan: attention with head size %lld does "
+                              "not fit %s's shared memory",
+                              (long long)q->ne[3], d->phys->props.deviceName);
+    mm_push mp = {0};
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {q, k, o, v};
+    mm_masks(&mp, n, ts);
+    uint32_t f16 = f16_bits(ts);
+    att_push p = {
+        .q_off = eoff(q), .k_off = eoff(k), .o_off = eoff(o), .v_off = eoff(v),
+        .mask_off = mp.mask_off, .kpm_off = mp.kpm_off,
+        .L = (uint32_t)q->ne[2], .S = (uint32_t)k->ne[2],
+        .H = (uint32_t)o->ne[1],
+        .q_sb = st(q, 0), .q_sh = st(q, 1), .q_sr = st(q, 2),
+        .k_sb = st(k, 0), .k_sh = st(k, 1), .k_sr = st(k, 2),
+        .v_sb = st(v, 0), .v_sh = st(v, 1), .v_sr = st(v, 2),
+        .o_sb = st(o, 0), .o_sh = st(o, 1), .o_sr = st(o, 2),
+        .m_sb = mp.m_sb, .m_sh = mp.m_sh, .m_sr = mp.m_sr,
+        .p_sb = mp.k_sb, .p_sh = mp.k_sh, .p_sr = mp.k_sr,
+        .scale = n->params.scale, .flags = mp.flags | f16,
+        .mask_cols = mp.mask_cols,
+    };
+    uint32_t spec[5] = {c.wg, c.dh, c.br, c.bc, c.tpr};
+    uint32_t g[3] = {(p.L + c.br - 1) / c.br, (uint32_t)o->ne[1],
+                     (uint32_t)o->ne[0]};
+    const mha_vk_limits *l = &d->phys->lim;
+    if (g[0] > l->max_groups[0] || g[1] > l->max_groups[1] ||
+        g[2] > l->max_groups[2])
+        return groups_error(d, "attention");
+    return dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 5, ts, &p,
+                    sizeof p, g);
+}
+
+/* ---- supports / run ----------------------------------------------------- */
+
+static bool supports_matmul(const mha_vk_device *d, const mha_node *n)
+{
+    mm_config c;
+    if (!mm_pick(d, &c))
+        return false;
+    const mha_tdesc *a = &n->src[0], *b = &n->src[1];
+    if (!data_ok(d, a) || !data_ok(d, b) || !data_ok(d, &n->dst) ||
+        !inner_contiguous(a) || !inner_contiguous(&n->dst))
+        return false;
+    if (n->op == MHA_OP_PROJECTION)
+        return inner_contiguous(b) && a->ne[1] == 1 &&
+               (!present(&n->src[2]) ||
+                (data_ok(d, &n->src[2]) && inner_contiguous(&n->src[2])));
+    if (n->op == MHA_OP_SCORES)
+        return inner_contiguous(b) && optional_ok(&n->src[MHA_SRC_MASK]) &&
+               optional_ok(&n->src[MHA_SRC_KPM]);
+    return true; /* WEIGHTED_SUM: V is read with any strides */
+}
+
+static bool supports_attention(const mha_vk_device *d, const mha_node *n)
+{
+    att_config c;
+    const mha_tdesc *q = &n->src[MHA_SRC_Q];
+    if (!att_pick(d, (uint32_t)q->ne[3], &c) || q->ne[3] > UINT32_MAX)
+        return false;
+    const mha_tdesc *t[] = {q, &n->src[MHA_SRC_K], &n->src[MHA_SRC_V],
+                            &n->dst};
+    for (int i = 0; i < 4; ++i)
+        if (!data_ok(d, t[i]) || !inner_contiguous(t[i]))
+            return false;
+    return optional_ok(&n->src[MHA_SRC_MASK]) &&
+           optional_ok(&n->src[MHA_SRC_KPM]);
+}
+
+static bool supports_op(mha_vk_device *d, const mha_node *n);
+
+static void log_tensor(mha_vk_device *d, const char *what, const mha_tdesc *t)
+{
+    mha_host_log(d->host, MHA_LOG_DEBUG,
+                 "  %s dtype %d ne [%lld,%lld,%lld,%lld] nb [%lld,%lld,%lld,"
+                 "%lld] offset %zu",
+                 what, (int)t->dtype, (long long)t->ne[0], (long long)t->ne[1],
+                 (long long)t->ne[2], (long long)t->ne[3], (long long)t->nb[0],
+                 (long long)t->nb[1], (long long)t->nb[2], (long long)t->nb[3],
+                 t->offset);
+}
+
+bool mha_vk_supports(mha_vk_device *d, const mha_node *n)
+{
+    if (supports_op(d, n))
+        return true;
+    mha_host_log(d->host, MHA_LOG_DEBUG, "vulkan: declining a %s node:",
+                 mha_op_name(n->op));
+    for (int i = 0; i < mha_op_source_count(n->op); ++i)
+        if (present(&n->src[i]))
+            log_tensor(d, "src", &n->src[i]);
+    log_tensor(d, "dst", &n->dst);
+    return false;
+}
+
+static bool supports_op(mha_vk_device *d, const mha_node *n)
+{
+    switch (n->op) {
+    case MHA_OP_PROJECTION:
+    case MHA_OP_SCORES:
+    case MHA_OP_WEIGHTED_SUM:
+        return supports_matmul(d, n);
+    case MHA_OP_ATTENTION:
+        return supports_attention(d, n);
+    case MHA_OP_FILL_ROWS:
+        return data_ok(d, &n->dst) && count(&n->dst) <= UINT32_MAX &&
+               (!present(&n->src[0]) || data_ok(d, &n->src[0]));
+    case MHA_OP_SPLIT_HEADS:
+    case MHA_OP_CONCAT:
+        return data_ok(d, &n->src[0]) && data_ok(d, &n->dst) &&
+               count(&n->dst) <= UINT32_MAX;
+    case MHA_OP_MEAN_HEADS:
+        return tensor_ok(&n->src[0]) && tensor_ok(&n->dst) &&
+               count(&n->dst) <= UINT32_MAX;
+    case MHA_OP_SOFTMAX:
+        return tensor_ok(&n->src[0]) && tensor_ok(&n->dst) &&
+               inner_contiguous(&n->src[0]) && inner_contiguous(&n->dst);
+    default:
+        return false;
+    }
+}
+
+mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
+{
+    mha_status s = mha_vk_check(d);
+    if (s != MHA_OK)
+        return s;
+    if (!mha_vk_supports(d, n))
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "vulkan: %s node not supported on %s (dtype, "
+                              "strides or size)",
+                              mha_op_name(n->op), d->phys->props.deviceName);
+    for (int i = 0; i < MHA_MAX_SRC && s == MHA_OK; ++i)
+        if (i < mha_op_source_count(n->op) && present(&n->src[i]))
+            s = in_bounds(d, &n->src[i]);
+    if (s == MHA_OK)
+        s = in_bounds(d, &n->dst);
+    if (s != MHA_OK)
+        return s;
+    switch (n->op) {
+    case MHA_OP_PROJECTION: return run_projection(d, n);
+    case MHA_OP_SCORES: return run_scores(d, n);
+    case MHA_OP_WEIGHTED_SUM: return run_weighted_sum(d, n);
+    case MHA_OP_ATTENTION: return run_attention(d, n);
+    case MHA_OP_FILL_ROWS:
+    case MHA_OP_SPLIT_HEADS:
+    case MHA_OP_CONCAT: return run_copy(d, &n->src[0], &n->dst);
+    case MHA_OP_MEAN_HEADS: return run_mean_heads(d, &n->src[0], &n->dst);
+    case MHA_OP_SOFTMAX: return run_softmax(d, &n->src[0], &n->dst);
+    default:
+        return mha_host_error(d->host, MHA_UNSUPPORTED, "vulkan: op %d",
+                              (int)n->op);
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# install-deps.sh main|test: installs the Debian 12 packages libmha needs
+# that are missing: "main" to build and run it on every backend, "test"
+# also for the whole test suite (Criterion, validation layers, PyTorch for
+# live fixtures, the AArch64 cross toolchain and qemu, valgrind).
+set -euo pipefail
+
+main_pkgs=(cmake gcc make pkg-config libcjson-dev
+           libvulkan-dev libvulkan-volk-dev glslc libvulkan1 mesa-vulkan-drivers
+           opencl-c-headers ocl-icd-libopencl1 pocl-opencl-icd)
+test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
+           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind)
+
+case "${1:-main}" in
+  main) wanted=("${main_pkgs[@]}") ;;
+  test) wanted=("${main_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: install-deps.sh main|test" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || {
+    echo "install-deps.sh: run as root to install: ${missing[*]}" >&2; exit 1; }
+  sudo=(sudo)
+fi
+echo "installing: ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+  --no-install-recommends "${missing[@]}" >/dev/null

@@ -432,7 +432,9 @@ static void run_exp_special(table_getter get, const char *isa)
 #define ISA_LIST(X) X(scalar) X(avx2) X(avx512) X(neon)
 
 /* (M, N, K): empty, single, sizes around every SIMD width (4, 8, 16) and
- * micro-tile (6, 8, 16, 32), and K past one cache block (128). */
+ * micro-tile (6, 8, 16, 32), K past one cache block (128), and M on both
+ * sides of the SIMD tables' switches from dot products or streamed rows
+ * to tiles (M < 6 or 8 and M <= 8). */
 #define GEMM_CASES(X, isa)                                                  \
     X(isa, 0, 0, 0) X(isa, 0, 5, 3) X(isa, 5, 0, 3) X(isa, 4, 5, 0)        \
     X(isa, 1, 1, 1) X(isa, 1, 1, 257) X(isa, 2, 3, 1) X(isa, 3, 2, 7)      \
@@ -441,7 +443,8 @@ static void run_exp_special(table_getter get, const char *isa)
     X(isa, 33, 31, 64) X(isa, 6, 16, 128) X(isa, 12, 32, 256)              \
     X(isa, 64, 64, 64) X(isa, 1, 100, 64) X(isa, 100, 1, 64)               \
     X(isa, 7, 257, 3) X(isa, 257, 7, 100) X(isa, 100, 100, 257)            \
-    X(isa, 13, 33, 300) X(isa, 2, 64, 129) X(isa, 64, 2, 1)
+    X(isa, 13, 33, 300) X(isa, 2, 64, 129) X(isa, 64, 2, 1)                \
+    X(isa, 23, 40, 129) X(isa, 20, 16, 5) X(isa, 18, 31, 2)
 
 #define VEC_SIZES(X, isa)                                                   \
     X(isa, 0) X(isa, 1) X(isa, 2) X(isa, 3) X(isa, 4) X(isa, 5) X(isa, 7)  \

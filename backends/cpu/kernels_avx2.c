@@ -10,11 +10,14 @@
  * rows and multiplies it into an NR-wide row of B (FMA). For gemm_nt, B's
  * rows are C's columns, so a KC x NR panel of B is packed transposed into a
  * stack buffer first and reused for every row tile; for gemm_nn_acc the
- * rows of B are already NR-wide rows and are read in place (only a ragged
- * last column panel is copied, zero-padded, so no load passes a row end).
+ * rows of B are already NR-wide rows and a KC x NR panel of them is copied
+ * to a contiguous, zero-padded buffer (see pack_b for why).
  * Row tails repeat the last valid row (results discarded), column tails are
- * masked at write-back, so any M, N, K and leading dimension work. No heap
- * memory is used: the largest scratch is the 8 KiB packed panel. */
+ * masked at write-back, so any M, N, K and leading dimension work. With
+ * fewer rows than a tile, packing does not pay: gemm_nt then computes dot
+ * products on B in place (gemm_nt_dot) and gemm_nn_acc streams rows of B
+ * into rows of C (gemm_nn_rows). No heap memory is used: the largest
+ * scratch is the 8 KiB packed panel. */
 #include <stddef.h>
 
 #include "cpu_features.h"
@@ -33,6 +36,13 @@ enum { MR = 6, NR = 16, KC = 128 };
 static int64_t min_i64(int64_t a, int64_t b)
 {
     return a < b ? a : b;
+}
+
+/* Lane mask with the first r (0..8) lanes set, for maskload/maskstore. */
+static __m256i tail_mask(int64_t r)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), lanes);
 }
 
 /* ---- gemm ---------------------------------------------------------------- */
@@ -105,30 +115,80 @@ static void write_tile(const float *t, int64_t mr, int64_t nr,
     }
 }
 
+/* Writes the transpose of the 8 x 8 block at src (rows ld apart) to dst
+ * (rows NR apart): dst[i][j] = src[j][i]. Unpack, shuffle, then swap
+ * 128-bit halves: 24 shuffles instead of 64 scalar moves. */
+static void transpose_8x8(const float *src, int64_t ld, float *dst)
+{
+    const __m256 r0 = _mm256_loadu_ps(src + 0 * ld);
+    const __m256 r1 = _mm256_loadu_ps(src + 1 * ld);
+    const __m256 r2 = _mm256_loadu_ps(src + 2 * ld);
+    const __m256 r3 = _mm256_loadu_ps(src + 3 * ld);
+    const __m256 r4 = _mm256_loadu_ps(src + 4 * ld);
+    const __m256 r5 = _mm256_loadu_ps(src + 5 * ld);
+    const __m256 r6 = _mm256_loadu_ps(src + 6 * ld);
+    const __m256 r7 = _mm256_loadu_ps(src + 7 * ld);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+    const __m256 u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+    const __m256 u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+    const __m256 u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+    const __m256 u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
 /* bp[k][j] = B[j][k] (rows j of B, stride ldb) for j < nr, 0 beyond: a
- * KC x NR panel of B^T, so the micro-kernel reads B^T rows contiguously. */
+ * KC x NR panel of B^T, so the micro-kernel reads B^T rows contiguously.
+ * A full panel goes by 8 x 8 transposes, the K remainder and a ragged
+ * panel element by element. */
 static void pack_bt(const float *B, int64_t ldb, int64_t nr, int64_t kc,
                     float *bp)
 {
+    int64_t k0 = 0;
+    if (nr == NR) {
+        for (; k0 + 8 <= kc; k0 += 8)
+            for (int64_t j = 0; j < NR; j += 8)
+                transpose_8x8(B + j * ldb + k0, ldb, bp + k0 * NR + j);
+    }
     for (int64_t j = 0; j < NR; j++) {
         const float *row = B + j * ldb;
-        if (j < nr)
-            for (int64_t k = 0; k < kc; k++)
-                bp[k * NR + j] = row[k];
-        else
-            for (int64_t k = 0; k < kc; k++)
-                bp[k * NR + j] = 0.0f;
+        for (int64_t k = k0; k < kc; k++)
+            bp[k * NR + j] = j < nr ? row[k] : 0.0f;
     }
 }
 
-/* bp[k][j] = B[k][j] for j < nr, 0 beyond: the ragged last column panel of
- * gemm_nn_acc, copied so full-width loads never pass the end of a row. */
-static void pack_b_tail(const float *B, int64_t ldb, int64_t nr, int64_t kc,
-                        float *bp)
+/* bp[k][j] = B[k][j] for j < nr, 0 beyond: a KC x NR panel of gemm_nn_acc's
+ * B made contiguous. Read in place, the panel's rows sit ldb apart, and
+ * with a power-of-two ldb (512 floats) they fall into a few cache sets and
+ * evict each other (a 4x slowdown measured at 512^3); a ragged panel is
+ * zero-padded so full-width loads never pass the end of a row. */
+static void pack_b(const float *B, int64_t ldb, int64_t nr, int64_t kc,
+                   float *bp)
 {
-    for (int64_t k = 0; k < kc; k++)
-        for (int64_t j = 0; j < NR; j++)
-            bp[k * NR + j] = j < nr ? B[k * ldb + j] : 0.0f;
+    for (int64_t k = 0; k < kc; k++) {
+        const float *row = B + k * ldb;
+        float *dst = bp + k * NR;
+        if (nr == NR) {
+            _mm256_store_ps(dst, _mm256_loadu_ps(row));
+            _mm256_store_ps(dst + 8, _mm256_loadu_ps(row + 8));
+        } else {
+            for (int64_t j = 0; j < NR; j++)
+                dst[j] = j < nr ? row[j] : 0.0f;
+        }
+    }
 }
 
 /* K == 0: the product is empty and C is just the bias (or zero). */
@@ -140,6 +200,104 @@ static void fill_bias(int64_t M, int64_t N, const float *bias, float *C,
             C[m * ldc + n] = bias ? bias[n] : 0.0f;
 }
 
+/* ---- small-M gemm_nt: dot products --------------------------------------- */
+
+/* With fewer rows of A than one micro-tile, the tile path computes empty
+ * rows and packs B^T for little use, so gemm_nt below MR rows works on B in
+ * place instead: 2 rows x 4 columns of dot products at a time, 8 partial
+ * sums each, reduced at the end. Measured on Zen 4 (N = 512..1024,
+ * K = 64..512): 45-50 GFLOP/s for any M against 20 (M = 2) to 60 (M = 6)
+ * for the tiles, which win from M = 8 on. */
+enum { DOT_MAX_M = MR - 1 };
+
+/* [sum(s0), sum(s1), sum(s2), sum(s3)] */
+static __m128 reduce4(__m256 s0, __m256 s1, __m256 s2, __m256 s3)
+{
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1),
+                                    _mm256_hadd_ps(s2, s3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* r0[j] = a0 . b_j, r1[j] = a1 . b_j over K, for j < 4; the K tail is read
+ * with masked loads so no row is read past its end. */
+static void dot_2x4(int64_t K, const float *a0, const float *a1,
+                    const float *const *b, __m128 *r0, __m128 *r1)
+{
+    __m256 s00 = _mm256_setzero_ps(), s01 = _mm256_setzero_ps();
+    __m256 s02 = _mm256_setzero_ps(), s03 = _mm256_setzero_ps();
+    __m256 s10 = _mm256_setzero_ps(), s11 = _mm256_setzero_ps();
+    __m256 s12 = _mm256_setzero_ps(), s13 = _mm256_setzero_ps();
+#define MHA_DOT_COL(j, load)                                              \
+    do {                                                                  \
+        const __m256 y = load(b[j] + k);                                  \
+        s0##j = _mm256_fmadd_ps(x0, y, s0##j);                            \
+        s1##j = _mm256_fmadd_ps(x1, y, s1##j);                            \
+    } while (0)
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const __m256 x0 = _mm256_loadu_ps(a0 + k);
+        const __m256 x1 = _mm256_loadu_ps(a1 + k);
+        MHA_DOT_COL(0, _mm256_loadu_ps);
+        MHA_DOT_COL(1, _mm256_loadu_ps);
+        MHA_DOT_COL(2, _mm256_loadu_ps);
+        MHA_DOT_COL(3, _mm256_loadu_ps);
+    }
+    if (k < K) {
+        const __m256i mask = tail_mask(K - k);
+#define MHA_MASKED_LOAD(p) _mm256_maskload_ps((p), mask)
+        const __m256 x0 = MHA_MASKED_LOAD(a0 + k);
+        const __m256 x1 = MHA_MASKED_LOAD(a1 + k);
+        MHA_DOT_COL(0, MHA_MASKED_LOAD);
+        MHA_DOT_COL(1, MHA_MASKED_LOAD);
+        MHA_DOT_COL(2, MHA_MASKED_LOAD);
+        MHA_DOT_COL(3, MHA_MASKED_LOAD);
+#undef MHA_MASKED_LOAD
+    }
+#undef MHA_DOT_COL
+    *r0 = reduce4(s00, s01, s02, s03);
+    *r1 = reduce4(s10, s11, s12, s13);
+}
+
+/* C[i][j] = r[j] + bias4[j] for j < nc. */
+static void store_dot(__m128 r, const float *bias4, int64_t nc, float *c)
+{
+    r = _mm_add_ps(r, _mm_loadu_ps(bias4));
+    if (nc == 4) {
+        _mm_storeu_ps(c, r);
+        return;
+    }
+    float tmp[4];
+    _mm_storeu_ps(tmp, r);
+    for (int64_t j = 0; j < nc; j++)
+        c[j] = tmp[j];
+}
+
+/* gemm_nt for 0 < M <= DOT_MAX_M, K > 0. Rows and columns past the edge
+ * repeat the last valid one (results discarded), as in the tile path. */
+static void gemm_nt_dot(int64_t M, int64_t N, int64_t K, const float *A,
+                        int64_t lda, const float *B, int64_t ldb,
+                        const float *bias, float *C, int64_t ldc)
+{
+    for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        const float *a0 = A + m0 * lda;
+        const float *a1 = A + min_i64(m0 + 1, M - 1) * lda;
+        for (int64_t n0 = 0; n0 < N; n0 += 4) {
+            const int64_t nc = min_i64(4, N - n0);
+            const float *b[4];
+            float bias4[4];
+            for (int64_t j = 0; j < 4; j++) {
+                b[j] = B + min_i64(n0 + j, N - 1) * ldb;
+                bias4[j] = (bias && j < nc) ? bias[n0 + j] : 0.0f;
+            }
+            __m128 r0, r1;
+            dot_2x4(K, a0, a1, b, &r0, &r1);
+            store_dot(r0, bias4, nc, C + m0 * ldc + n0);
+            if (m0 + 1 < M)
+                store_dot(r1, bias4, nc, C + (m0 + 1) * ldc + n0);
+        }
+    }
+}
+
 static void avx2_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
                          int64_t lda, const float *B, int64_t ldb,
                          const float *bias, float *C, int64_t ldc)
@@ -148,6 +306,10 @@ static void avx2_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
         return;
     if (K <= 0) {
         fill_bias(M, N, bias, C, ldc);
+        return;
+    }
+    if (M <= DOT_MAX_M) {
+        gemm_nt_dot(M, N, K, A, lda, B, ldb, bias, C, ldc);
         return;
     }
     _Alignas(32) float bp[KC * NR];
@@ -170,28 +332,96 @@ static void avx2_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
     }
 }
 
+/* ---- small-M gemm_nn_acc: streaming rows ---------------------------------- */
+
+/* With few rows of A, the tile path spends its time packing B and filling
+ * tile rows that do not exist. Up to ROWS_MAX_M rows, each row of C is
+ * instead updated in place from 4 rows of B at a time (the C row stays in
+ * L1, B streams with unit stride): about 45 GFLOP/s on Zen 4 whatever M,
+ * 4-5x the tile path at M = 1; the tile path overtakes it between M = 5
+ * and 16 depending on N and K, hence 8. */
+enum { ROWS_MAX_M = 8 };
+
+/* c[n] += x0 b0[n] + x1 b1[n] + x2 b2[n] + x3 b3[n] for n < N, the last
+ * partial vector by masked loads and stores. */
+static void nn_row_step4(int64_t N, const float *x, const float *b0,
+                         int64_t ldb, float *c)
+{
+    const float *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+    const __m256 x0 = _mm256_set1_ps(x[0]), x1 = _mm256_set1_ps(x[1]);
+    const __m256 x2 = _mm256_set1_ps(x[2]), x3 = _mm256_set1_ps(x[3]);
+    int64_t n = 0;
+    for (; n + 8 <= N; n += 8) {
+        __m256 v = _mm256_loadu_ps(c + n);
+        v = _mm256_fmadd_ps(x0, _mm256_loadu_ps(b0 + n), v);
+        v = _mm256_fmadd_ps(x1, _mm256_loadu_ps(b1 + n), v);
+        v = _mm256_fmadd_ps(x2, _mm256_loadu_ps(b2 + n), v);
+        v = _mm256_fmadd_ps(x3, _mm256_loadu_ps(b3 + n), v);
+        _mm256_storeu_ps(c + n, v);
+    }
+    if (n < N) {
+        const __m256i mask = tail_mask(N - n);
+        __m256 v = _mm256_maskload_ps(c + n, mask);
+        v = _mm256_fmadd_ps(x0, _mm256_maskload_ps(b0 + n, mask), v);
+        v = _mm256_fmadd_ps(x1, _mm256_maskload_ps(b1 + n, mask), v);
+        v = _mm256_fmadd_ps(x2, _mm256_maskload_ps(b2 + n, mask), v);
+        v = _mm256_fmadd_ps(x3, _mm256_maskload_ps(b3 + n, mask), v);
+        _mm256_maskstore_ps(c + n, mask, v);
+    }
+}
+
+/* c[n] += x b[n] for n < N: the last K % 4 rows of B. */
+static void nn_row_step1(int64_t N, float x, const float *b, float *c)
+{
+    const __m256 vx = _mm256_set1_ps(x);
+    int64_t n = 0;
+    for (; n + 8 <= N; n += 8)
+        _mm256_storeu_ps(c + n, _mm256_fmadd_ps(vx, _mm256_loadu_ps(b + n),
+                                                _mm256_loadu_ps(c + n)));
+    if (n < N) {
+        const __m256i mask = tail_mask(N - n);
+        const __m256 v = _mm256_fmadd_ps(vx, _mm256_maskload_ps(b + n, mask),
+                                         _mm256_maskload_ps(c + n, mask));
+        _mm256_maskstore_ps(c + n, mask, v);
+    }
+}
+
+/* gemm_nn_acc for 0 < M <= ROWS_MAX_M. */
+static void gemm_nn_rows(int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float *C,
+                         int64_t ldc)
+{
+    for (int64_t m = 0; m < M; m++) {
+        const float *a = A + m * lda;
+        float *c = C + m * ldc;
+        int64_t k = 0;
+        for (; k + 4 <= K; k += 4)
+            nn_row_step4(N, a + k, B + k * ldb, ldb, c);
+        for (; k < K; k++)
+            nn_row_step1(N, a[k], B + k * ldb, c);
+    }
+}
+
 static void avx2_gemm_nn_acc(int64_t M, int64_t N, int64_t K,
                              const float *A, int64_t lda, const float *B,
                              int64_t ldb, float *C, int64_t ldc)
 {
     if (M <= 0 || N <= 0 || K <= 0)
         return;
+    if (M <= ROWS_MAX_M) {
+        gemm_nn_rows(M, N, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
     _Alignas(32) float bp[KC * NR];
     _Alignas(32) float t[MR * NR];
     for (int64_t n0 = 0; n0 < N; n0 += NR) {
         const int64_t nr = min_i64(NR, N - n0);
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = min_i64(KC, K - k0);
-            const float *panel = B + k0 * ldb + n0;
-            int64_t ldp = ldb;
-            if (nr < NR) {
-                pack_b_tail(panel, ldb, nr, kc, bp);
-                panel = bp;
-                ldp = NR;
-            }
+            pack_b(B + k0 * ldb + n0, ldb, nr, kc, bp);
             for (int64_t m0 = 0; m0 < M; m0 += MR) {
                 const int64_t mr = min_i64(MR, M - m0);
-                tile_6x16(kc, A + m0 * lda + k0, lda, mr, panel, ldp, t);
+                tile_6x16(kc, A + m0 * lda + k0, lda, mr, bp, NR, t);
                 write_tile(t, mr, nr, NULL, C + m0 * ldc + n0, ldc);
             }
         }
@@ -199,13 +429,6 @@ static void avx2_gemm_nn_acc(int64_t M, int64_t N, int64_t K,
 }
 
 /* ---- vector helpers -------------------------------------------------------- */
-
-/* Lane mask with the first r (0..8) lanes set, for maskload/maskstore. */
-static __m256i tail_mask(int64_t r)
-{
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), lanes);
-}
 
 static float hsum(__m256 v)
 {

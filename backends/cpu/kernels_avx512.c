@@ -119,24 +119,66 @@ static void write_tile(const float *t, int64_t mr, int64_t nr,
     }
 }
 
-/* bp[k][j] = B[j][k] for j < nr, 0 beyond: a KC x NR panel of B^T. */
+/* Writes the transpose of the 8 x 8 block at src (rows ld apart) to dst
+ * (rows NR apart): dst[i][j] = src[j][i]. Unpack, shuffle, then swap
+ * 128-bit halves: 24 shuffles instead of 64 scalar moves. (AVX2 code: the
+ * 256-bit form needs fewer shuffles than a 16 x 16 one would.) */
+static void transpose_8x8(const float *src, int64_t ld, float *dst)
+{
+    const __m256 r0 = _mm256_loadu_ps(src + 0 * ld);
+    const __m256 r1 = _mm256_loadu_ps(src + 1 * ld);
+    const __m256 r2 = _mm256_loadu_ps(src + 2 * ld);
+    const __m256 r3 = _mm256_loadu_ps(src + 3 * ld);
+    const __m256 r4 = _mm256_loadu_ps(src + 4 * ld);
+    const __m256 r5 = _mm256_loadu_ps(src + 5 * ld);
+    const __m256 r6 = _mm256_loadu_ps(src + 6 * ld);
+    const __m256 r7 = _mm256_loadu_ps(src + 7 * ld);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+    const __m256 u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+    const __m256 u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+    const __m256 u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+    const __m256 u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* bp[k][j] = B[j][k] (rows j of B, stride ldb) for j < nr, 0 beyond: a
+ * KC x NR panel of B^T, so the micro-kernel reads B^T rows contiguously.
+ * A full panel goes by 8 x 8 transposes, the K remainder and a ragged
+ * panel element by element. */
 static void pack_bt(const float *B, int64_t ldb, int64_t nr, int64_t kc,
                     float *bp)
 {
+    int64_t k0 = 0;
+    if (nr == NR) {
+        for (; k0 + 8 <= kc; k0 += 8)
+            for (int64_t j = 0; j < NR; j += 8)
+                transpose_8x8(B + j * ldb + k0, ldb, bp + k0 * NR + j);
+    }
     for (int64_t j = 0; j < NR; j++) {
         const float *row = B + j * ldb;
-        if (j < nr)
-            for (int64_t k = 0; k < kc; k++)
-                bp[k * NR + j] = row[k];
-        else
-            for (int64_t k = 0; k < kc; k++)
-                bp[k * NR + j] = 0.0f;
+        for (int64_t k = k0; k < kc; k++)
+            bp[k * NR + j] = j < nr ? row[k] : 0.0f;
     }
 }
 
-/* bp[k][j] = B[k][j] for j < nr, 0 beyond, by masked loads: the ragged
- * last column panel of gemm_nn_acc. */
-static void pack_b_tail(const float *B, int64_t ldb, int64_t nr, int64_t kc,
+/* bp[k][j] = B[k][j] for j < nr, 0 beyond, by masked loads: gemm_nn_acc's
+ * B panel made contiguous, as rows ldb apart can collide in the cache (see
+ * pack_b in kernels_avx2.c). */
+static void pack_b(const float *B, int64_t ldb, int64_t nr, int64_t kc,
                         float *bp)
 {
     const __mmask16 k0 = lanes(nr), k1 = lanes(nr - 16);
@@ -155,6 +197,98 @@ static void fill_bias(int64_t M, int64_t N, const float *bias, float *C,
             C[m * ldc + n] = bias ? bias[n] : 0.0f;
 }
 
+/* ---- small-M gemm_nt: dot products --------------------------------------- */
+
+/* Below one micro-tile of rows, gemm_nt works on B in place: 2 rows x 4
+ * columns of dot products at a time, 16 partial sums each (see
+ * kernels_avx2.c; measured crossover on Zen 4 near M = 8 here too). */
+enum { DOT_MAX_M = MR - 1 };
+
+/* Sum of the two 256-bit halves (AVX-512F only: no DQ extract). */
+static __m256 fold(__m512 v)
+{
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(
+        _mm512_castps_pd(v), 1));
+    return _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+}
+
+/* [sum(s0), sum(s1), sum(s2), sum(s3)] */
+static __m128 reduce4(__m512 s0, __m512 s1, __m512 s2, __m512 s3)
+{
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(fold(s0), fold(s1)),
+                                    _mm256_hadd_ps(fold(s2), fold(s3)));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* r0[j] = a0 . b_j, r1[j] = a1 . b_j over K, for j < 4; the K tail uses
+ * masked loads, so no row is read past its end. */
+static void dot_2x4(int64_t K, const float *a0, const float *a1,
+                    const float *const *b, __m128 *r0, __m128 *r1)
+{
+    __m512 s00 = _mm512_setzero_ps(), s01 = _mm512_setzero_ps();
+    __m512 s02 = _mm512_setzero_ps(), s03 = _mm512_setzero_ps();
+    __m512 s10 = _mm512_setzero_ps(), s11 = _mm512_setzero_ps();
+    __m512 s12 = _mm512_setzero_ps(), s13 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 m = lanes(K - k);
+        const __m512 x0 = _mm512_maskz_loadu_ps(m, a0 + k);
+        const __m512 x1 = _mm512_maskz_loadu_ps(m, a1 + k);
+#define MHA_DOT_COL(j)                                                    \
+    do {                                                                  \
+        const __m512 y = _mm512_maskz_loadu_ps(m, b[j] + k);              \
+        s0##j = _mm512_fmadd_ps(x0, y, s0##j);                            \
+        s1##j = _mm512_fmadd_ps(x1, y, s1##j);                            \
+    } while (0)
+        MHA_DOT_COL(0);
+        MHA_DOT_COL(1);
+        MHA_DOT_COL(2);
+        MHA_DOT_COL(3);
+#undef MHA_DOT_COL
+    }
+    *r0 = reduce4(s00, s01, s02, s03);
+    *r1 = reduce4(s10, s11, s12, s13);
+}
+
+/* C[i][j] = r[j] + bias4[j] for j < nc. */
+static void store_dot(__m128 r, const float *bias4, int64_t nc, float *c)
+{
+    r = _mm_add_ps(r, _mm_loadu_ps(bias4));
+    if (nc == 4) {
+        _mm_storeu_ps(c, r);
+        return;
+    }
+    float tmp[4];
+    _mm_storeu_ps(tmp, r);
+    for (int64_t j = 0; j < nc; j++)
+        c[j] = tmp[j];
+}
+
+/* gemm_nt for 0 < M <= DOT_MAX_M, K > 0. Rows and columns past the edge
+ * repeat the last valid one (results discarded), as in the tile path. */
+static void gemm_nt_dot(int64_t M, int64_t N, int64_t K, const float *A,
+                        int64_t lda, const float *B, int64_t ldb,
+                        const float *bias, float *C, int64_t ldc)
+{
+    for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        const float *a0 = A + m0 * lda;
+        const float *a1 = A + min_i64(m0 + 1, M - 1) * lda;
+        for (int64_t n0 = 0; n0 < N; n0 += 4) {
+            const int64_t nc = min_i64(4, N - n0);
+            const float *b[4];
+            float bias4[4];
+            for (int64_t j = 0; j < 4; j++) {
+                b[j] = B + min_i64(n0 + j, N - 1) * ldb;
+                bias4[j] = (bias && j < nc) ? bias[n0 + j] : 0.0f;
+            }
+            __m128 r0, r1;
+            dot_2x4(K, a0, a1, b, &r0, &r1);
+            store_dot(r0, bias4, nc, C + m0 * ldc + n0);
+            if (m0 + 1 < M)
+                store_dot(r1, bias4, nc, C + (m0 + 1) * ldc + n0);
+        }
+    }
+}
+
 static void avx512_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
                            int64_t lda, const float *B, int64_t ldb,
                            const float *bias, float *C, int64_t ldc)
@@ -163,6 +297,10 @@ static void avx512_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
         return;
     if (K <= 0) {
         fill_bias(M, N, bias, C, ldc);
+        return;
+    }
+    if (M <= DOT_MAX_M) {
+        gemm_nt_dot(M, N, K, A, lda, B, ldb, bias, C, ldc);
         return;
     }
     _Alignas(64) float bp[KC * NR];
@@ -185,28 +323,79 @@ static void avx512_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
     }
 }
 
+/* ---- small-M gemm_nn_acc: streaming rows ---------------------------------- */
+
+/* With few rows of A, each row of C is updated in place from 4 rows of B
+ * at a time instead of through packed tiles (see kernels_avx2.c). */
+enum { ROWS_MAX_M = 8 };
+
+/* c[n] += x[0] b0[n] + ... + x[3] b3[n] for n < N, b_i = b0 + i ldb; the
+ * last partial vector under a lane mask. */
+static void nn_row_step4(int64_t N, const float *x, const float *b0,
+                         int64_t ldb, float *c)
+{
+    const float *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+    const __m512 x0 = _mm512_set1_ps(x[0]), x1 = _mm512_set1_ps(x[1]);
+    const __m512 x2 = _mm512_set1_ps(x[2]), x3 = _mm512_set1_ps(x[3]);
+    for (int64_t n = 0; n < N; n += 16) {
+        const __mmask16 k = lanes(N - n);
+        __m512 v = _mm512_maskz_loadu_ps(k, c + n);
+        v = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(k, b0 + n), v);
+        v = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(k, b1 + n), v);
+        v = _mm512_fmadd_ps(x2, _mm512_maskz_loadu_ps(k, b2 + n), v);
+        v = _mm512_fmadd_ps(x3, _mm512_maskz_loadu_ps(k, b3 + n), v);
+        _mm512_mask_storeu_ps(c + n, k, v);
+    }
+}
+
+/* c[n] += x b[n] for n < N: the last K % 4 rows of B. */
+static void nn_row_step1(int64_t N, float x, const float *b, float *c)
+{
+    const __m512 vx = _mm512_set1_ps(x);
+    for (int64_t n = 0; n < N; n += 16) {
+        const __mmask16 k = lanes(N - n);
+        const __m512 v = _mm512_fmadd_ps(vx, _mm512_maskz_loadu_ps(k, b + n),
+                                         _mm512_maskz_loadu_ps(k, c + n));
+        _mm512_mask_storeu_ps(c + n, k, v);
+    }
+}
+
+/* gemm_nn_acc for 0 < M <= ROWS_MAX_M. */
+static void gemm_nn_rows(int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float *C,
+                         int64_t ldc)
+{
+    for (int64_t m = 0; m < M; m++) {
+        const float *a = A + m * lda;
+        float *c = C + m * ldc;
+        int64_t k = 0;
+        for (; k + 4 <= K; k += 4)
+            nn_row_step4(N, a + k, B + k * ldb, ldb, c);
+        for (; k < K; k++)
+            nn_row_step1(N, a[k], B + k * ldb, c);
+    }
+}
+
 static void avx512_gemm_nn_acc(int64_t M, int64_t N, int64_t K,
                                const float *A, int64_t lda, const float *B,
                                int64_t ldb, float *C, int64_t ldc)
 {
     if (M <= 0 || N <= 0 || K <= 0)
         return;
+    if (M <= ROWS_MAX_M) {
+        gemm_nn_rows(M, N, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
     _Alignas(64) float bp[KC * NR];
     _Alignas(64) float t[MR * NR];
     for (int64_t n0 = 0; n0 < N; n0 += NR) {
         const int64_t nr = min_i64(NR, N - n0);
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = min_i64(KC, K - k0);
-            const float *panel = B + k0 * ldb + n0;
-            int64_t ldp = ldb;
-            if (nr < NR) {
-                pack_b_tail(panel, ldb, nr, kc, bp);
-                panel = bp;
-                ldp = NR;
-            }
+            pack_b(B + k0 * ldb + n0, ldb, nr, kc, bp);
             for (int64_t m0 = 0; m0 < M; m0 += MR) {
                 const int64_t mr = min_i64(MR, M - m0);
-                tile_8x32(kc, A + m0 * lda + k0, lda, mr, panel, ldp, t);
+                tile_8x32(kc, A + m0 * lda + k0, lda, mr, bp, NR, t);
                 write_tile(t, mr, nr, NULL, C + m0 * ldc + n0, ldc);
             }
         }

@@ -1,0 +1,203 @@
+/* cl_internal.h: private types of the OpenCL backend: the run-time loaded
+ * entry-point table, the per-context state, the open device with its built
+ * programs, and the functions the backend's files share. Nothing here is
+ * seen outside backends/opencl/. */
+#ifndef MHA_CL_INTERNAL_H
+#define MHA_CL_INTERNAL_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#endif
+#define CL_USE_DEPRECATED_OPENCL_1_2_APIS
+#include <CL/cl.h>
+#include <CL/cl_ext.h>
+
+#include "backend.h"
+
+#if defined(__GNUC__)
+#define MHA_CL_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define MHA_CL_HIDDEN
+#endif
+
+/* ---- entry points ----------------------------------------------------------
+ * X(name). Each is resolved with dlsym into mha_cl_api (per
+ * context, no globals); a missing one means the runtime is unusable. The
+ * optional 2.x entry point below the list may be NULL. */
+#define MHA_CL_API_LIST(X)                  \
+    X(clGetPlatformIDs)                  \
+    X(clGetPlatformInfo)                 \
+    X(clGetDeviceIDs)                    \
+    X(clGetDeviceInfo)                   \
+    X(clCreateContext)                   \
+    X(clReleaseContext)                  \
+    X(clCreateCommandQueue)              \
+    X(clReleaseCommandQueue)             \
+    X(clCreateBuffer)                    \
+    X(clReleaseMemObject)                \
+    X(clCreateProgramWithSource)         \
+    X(clCreateProgramWithBinary)         \
+    X(clBuildProgram)                    \
+    X(clGetProgramInfo)                  \
+    X(clGetProgramBuildInfo)             \
+    X(clReleaseProgram)                  \
+    X(clCreateKernel)                    \
+    X(clReleaseKernel)                   \
+    X(clSetKernelArg)                    \
+    X(clGetKernelWorkGroupInfo)          \
+    X(clEnqueueNDRangeKernel)            \
+    X(clEnqueueWriteBuffer)              \
+    X(clEnqueueReadBuffer)               \
+    X(clFlush)                           \
+    X(clFinish)
+
+/* OpenCL 2.1's subgroup count query, hidden by the headers at 1.2; asked
+ * only of 3.0 devices. */
+#define MHA_CL_DEVICE_MAX_NUM_SUB_GROUPS 0x105C
+
+/* OpenCL 2.0's queue constructor, declared here because the headers hide it
+ * at target version 1.2; used when the device reports 2.0 or later. */
+typedef cl_command_queue(CL_API_CALL *mha_cl_create_queue_props_fn)(
+    cl_context, cl_device_id, const cl_ulong *, cl_int *);
+
+typedef struct mha_cl_api {
+#define MHA_CL_API_FIELD_(name) __typeof__(&name) name;
+    MHA_CL_API_LIST(MHA_CL_API_FIELD_)
+#undef MHA_CL_API_FIELD_
+    mha_cl_create_queue_props_fn clCreateCommandQueueWithProperties;
+} mha_cl_api;
+
+/* ---- limits the kernels are specialised from ---------------------------- */
+
+typedef struct mha_cl_limits {
+    size_t local_mem;      /* bytes of local memory per workgroup */
+    size_t max_workgroup;  /* work items per workgroup */
+    int fp16;              /* cl_khr_fp16: native half arithmetic */
+    int fp16_storage;      /* half buffers through vload_half/vstore_half,
+                              which OpenCL C 1.2 has without cl_khr_fp16;
+                              MHA_OPENCL_LIMITS fp16=0 turns both off */
+    int capped;            /* MHA_OPENCL_LIMITS applied: specialise as for
+                              a GPU with these limits, even on a CPU */
+} mha_cl_limits;
+
+/* One device found by init. */
+typedef struct mha_cl_devrec {
+    cl_platform_id platform;
+    cl_device_id device;
+    mha_cl_limits limits;
+    uint64_t max_alloc;
+    int version_major, version_minor; /* CL_DEVICE_VERSION */
+    int c_version;                    /* OpenCL C, 12 for 1.2 */
+    int is_cpu;                       /* CL_DEVICE_TYPE_CPU */
+    char name[128];
+    char key[512]; /* platform, device, driver: part of the cache key */
+} mha_cl_devrec;
+
+/* Per-context state: the loaded runtime and the device list. */
+typedef struct mha_cl_state {
+    mha_host *host;
+    void *lib; /* dlopen handle of the ICD loader */
+    mha_cl_api api;
+    int count;
+    mha_cl_devrec *devs;
+} mha_cl_state;
+
+/* ---- programs ---------------------------------------------------------------
+ * A program is one kind of source built with one set of -D constants. The
+ * device keeps every program it built, so each is built (or loaded from the
+ * binary cache) once per open device. */
+typedef enum mha_cl_prog_kind {
+    MHA_CL_PROG_OPS = 0,      /* gemm, softmax, copy, mean_heads */
+    MHA_CL_PROG_ATTENTION = 1 /* fused attention, per head-size bucket */
+} mha_cl_prog_kind;
+
+typedef enum mha_cl_kernel_id {
+    MHA_CL_K_GEMM = 0,
+    MHA_CL_K_SOFTMAX,
+    MHA_CL_K_COPY,
+    MHA_CL_K_MEAN_HEADS,
+    MHA_CL_K_ATTENTION,
+    MHA_CL_K_COUNT
+} mha_cl_kernel_id;
+
+typedef struct mha_cl_program {
+    mha_cl_prog_kind kind;
+    int d_max; /* ATTENTION: head-size bucket; 0 otherwise */
+    int bc;    /* ATTENTION: keys per local-memory tile */
+    int br;    /* ATTENTION: queries (work items) per workgroup */
+    cl_program program;
+    cl_kernel kernels[MHA_CL_K_COUNT]; /* those this kind defines */
+} mha_cl_program;
+
+#define MHA_CL_MAX_PROGRAMS 32
+
+/* An open device. */
+typedef struct mha_cl_device {
+    mha_cl_state *st;
+    mha_host *host;
+    const mha_cl_api *api;
+    const mha_cl_devrec *rec;
+    cl_context context;
+    cl_command_queue queue;
+    char *cache_dir; /* NULL: cache disabled */
+    int tile;        /* gemm workgroup edge (tile x tile items) */
+    int wpt;         /* gemm outputs per item along each dimension */
+    int row_wg;      /* softmax / copy workgroup size */
+    int nprograms;
+    mha_cl_program programs[MHA_CL_MAX_PROGRAMS];
+} mha_cl_device;
+
+typedef struct mha_cl_buffer {
+    cl_mem mem;
+    size_t size;
+} mha_cl_buffer;
+
+/* ---- shared functions --------------------------------------------------- */
+
+/* "CL_OUT_OF_RESOURCES" for -5; "CL_UNKNOWN_ERROR" for an unknown code. */
+MHA_CL_HIDDEN const char *mha_cl_error_name(cl_int code);
+
+/* Sets the context's message "<call> failed: <NAME> (<code>)" and returns
+ * the mha_status the code maps to. */
+MHA_CL_HIDDEN mha_status mha_cl_fail(mha_host *host, const char *call,
+                                     cl_int code);
+
+/* Loads the ICD loader and resolves the entry points; MHA_NOT_FOUND (with
+ * the reason logged, no error set) when there is none. */
+MHA_CL_HIDDEN mha_status mha_cl_load(mha_cl_state *st);
+MHA_CL_HIDDEN void mha_cl_unload(mha_cl_state *st);
+
+/* The program of a kind built for this device (built on first use, from
+ * the binary cache where a valid entry exists). d is the head size for
+ * ATTENTION, ignored otherwise. Kernels take f32 and f16 tensors alike
+ * (a halfmask argument), so there is no per-dtype variant. */
+MHA_CL_HIDDEN mha_status mha_cl_program_get(mha_cl_device *dev,
+                                            mha_cl_prog_kind kind, int d,
+                                            mha_cl_program **out);
+MHA_CL_HIDDEN void mha_cl_programs_release(mha_cl_device *dev);
+
+/* The cache directory the options and environment select, as a string from
+ * mha_host_malloc, or NULL when caching is disabled. */
+MHA_CL_HIDDEN char *mha_cl_cache_dir(mha_host *host,
+                                     const mha_device_options *options);
+
+/* Ops (ops.c). */
+MHA_CL_HIDDEN bool mha_cl_supports(void *dev, const mha_node *node);
+MHA_CL_HIDDEN mha_status mha_cl_run(void *dev, const mha_node *node);
+
+/* Buffers (buffer.c). */
+MHA_CL_HIDDEN mha_status mha_cl_buffer_alloc(void *dev, size_t size,
+                                             void **buf);
+MHA_CL_HIDDEN void mha_cl_buffer_free(void *dev, void *buf);
+MHA_CL_HIDDEN mha_status mha_cl_buffer_write(void *dev, void *buf,
+                                             size_t offset, const void *src,
+                                             size_t size);
+MHA_CL_HIDDEN mha_status mha_cl_buffer_read(void *dev, void *buf,
+                                            size_t offset, void *dst,
+                                            size_t size);
+MHA_CL_HIDDEN mha_status mha_cl_sync(void *dev);
+
+/* Bounded string copy that always terminates dst. */
+MHA_CL_HIDDEN void mha_cl_strlcpy(char *dst, const char *src, size_t cap);
+
+#endif /* MHA_CL_INTERNAL_H */

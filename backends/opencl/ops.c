@@ -1,0 +1,360 @@
+/* ops.c: the OpenCL backend's ops: which nodes it takes (supports) and how
+ * each is enqueued (run) as one kernel of the programs in program.c. Every
+ * tensor is passed as (cl_mem, element offset, int4 strides); run never
+ * waits, the in-order queue orders the kernels. */
+#include <limits.h>
+#include <string.h>
+
+#include "cl_internal.h"
+
+/* Largest head size the fused attention kernel takes (its private arrays
+ * grow with it); larger ones use SCORES + SOFTMAX + WEIGHTED_SUM. */
+#define MHA_CL_MAX_HEAD 256
+
+/* ---- checks ------------------------------------------------------------- */
+
+static size_t elem_size(mha_dtype t)
+{
+    return t == MHA_F16 ? 2 : 4;
+}
+
+static int is_mask_slot(mha_op op, int slot)
+{
+    return (op == MHA_OP_SCORES || op == MHA_OP_ATTENTION) &&
+           (slot == MHA_SRC_MASK || slot == MHA_SRC_KPM);
+}
+
+/* Whether t can be indexed with 32-bit element offsets. */
+static int fits_int32(const mha_tdesc *t)
+{
+    size_t es = elem_size(t->dtype);
+    if (t->offset % es != 0)
+        return 0;
+    int64_t last = (int64_t)(t->offset / es), count = 1;
+    for (int i = 0; i < 4; i++) {
+        if (t->ne[i] < 0 || t->nb[i] < 0)
+            return 0;
+        if (t->ne[i] == 0)
+            return 1;
+        if (t->ne[i] > INT_MAX || t->nb[i] > INT_MAX)
+            return 0;
+        last += (t->ne[i] - 1) * t->nb[i];
+        count *= t->ne[i];
+        if (last > INT_MAX || count > INT_MAX)
+            return 0;
+    }
+    return 1;
+}
+
+static int tensor_ok(const mha_cl_device *dev, const mha_tdesc *t,
+                     int f32_only)
+{
+    if (!t->buf)
+        return 1;
+    if (t->dtype != MHA_F32 &&
+        (t->dtype != MHA_F16 || f32_only || !dev->rec->limits.fp16_storage))
+        return 0;
+    return fits_int32(t);
+}
+
+/* Every tensor may be f32 or f16 on its own (an f16 layer mixes them);
+ * masks are f32. */
+bool mha_cl_supports(void *d, const mha_node *node)
+{
+    const mha_cl_device *dev = d;
+    if (node->op < 0 || node->op >= MHA_OP_COUNT)
+        return false;
+    if (!node->dst.buf || !tensor_ok(dev, &node->dst, 0))
+        return false;
+    for (int s = 0; s < mha_op_source_count(node->op) && s < MHA_MAX_SRC; s++)
+        if (!tensor_ok(dev, &node->src[s], is_mask_slot(node->op, s)))
+            return false;
+    if (node->op == MHA_OP_ATTENTION &&
+        (node->dst.ne[3] > MHA_CL_MAX_HEAD ||
+         node->src[MHA_SRC_Q].ne[3] != node->dst.ne[3] ||
+         node->src[MHA_SRC_K].ne[3] != node->dst.ne[3] ||
+         node->src[MHA_SRC_V].ne[3] != node->dst.ne[3]))
+        return false;
+    return true;
+}
+
+/* ---- kernel arguments --------------------------------------------------- */
+
+typedef struct kargs {
+    const mha_cl_api *api;
+    cl_kernel k;
+    cl_uint i;
+    cl_int err;
+    cl_uint failed_at;
+} kargs;
+
+static void arg(kargs *a, size_t size, const void *value)
+{
+    if (a->err == CL_SUCCESS) {
+        a->err = a->api->clSetKernelArg(a->k, a->i, size, value);
+        a->failed_at = a->i;
+    }
+    a->i++;
+}
+
+static void arg_int(kargs *a, int v)
+{
+    cl_int x = v;
+    arg(a, sizeof x, &x);
+}
+
+static void arg_int4(kargs *a, int x, int y, int z, int w)
+{
+    cl_int4 v;
+    v.s[0] = x, v.s[1] = y, v.s[2] = z, v.s[3] = w;
+    arg(a, sizeof v, &v);
+}
+
+/* Stride of dim i, 0 where the tensor has extent 1 (it broadcasts). */
+static int stride(const mha_tdesc *t, int i)
+{
+    return t->ne[i] == 1 ? 0 : (int)t->nb[i];
+}
+
+/* A tensor as (buffer, offset, strides in the order dims[0..3]); an absent
+ * one as (NULL, -1, 0). */
+static void arg_tensor_dims(kargs *a, const mha_tdesc *t, int d0, int d1,
+                            int d2, int d3)
+{
+    cl_mem mem = t->buf ? ((const mha_cl_buffer *)t->buf)->mem : NULL;
+    arg(a, sizeof mem, &mem);
+    if (!t->buf) {
+        arg_int(a, -1);
+        arg_int4(a, 0, 0, 0, 0);
+        return;
+    }
+    arg_int(a, (int)(t->offset / elem_size(t->dtype)));
+    arg_int4(a, stride(t, d0), stride(t, d1), stride(t, d2), stride(t, d3));
+}
+
+static void arg_tensor(kargs *a, const mha_tdesc *t)
+{
+    arg_tensor_dims(a, t, 0, 1, 2, 3);
+}
+
+static size_t round_up(int64_t n, size_t m)
+{
+    return ((size_t)n + m - 1) / m * m;
+}
+
+static mha_status enqueue(mha_cl_device *dev, kargs *a, const char *name,
+                          const size_t global[3], const size_t local[3])
+{
+    if (a->err != CL_SUCCESS)
+        return mha_host_error(dev->host, MHA_DEVICE_ERROR,
+                              "clSetKernelArg(%s, %u) failed: %s (%d)", name,
+                              (unsigned)a->failed_at,
+                              mha_cl_error_name(a->err), (int)a->err);
+    if (global[0] == 0 || global[1] == 0 || global[2] == 0)
+        return MHA_OK;
+    cl_int err = dev->api->clEnqueueNDRangeKernel(dev->queue, a->k, 3, NULL,
+                                                  global, local, 0, NULL,
+                                                  NULL);
+    if (err != CL_SUCCESS)
+        return mha_host_error(dev->host, MHA_DEVICE_ERROR,
+                              "clEnqueueNDRangeKernel(%s) failed: %s (%d)",
+                              name, mha_cl_error_name(err), (int)err);
+    return MHA_OK;
+}
+
+/* A kernel of the ops program (built at open, so this only looks it up). */
+static mha_status kernel_of(mha_cl_device *dev, mha_cl_kernel_id id,
+                            kargs *a)
+{
+    mha_cl_program *p = NULL;
+    mha_status s = mha_cl_program_get(dev, MHA_CL_PROG_OPS, 0, &p);
+    if (s != MHA_OK)
+        return s;
+    memset(a, 0, sizeof *a);
+    a->api = dev->api;
+    a->k = p->kernels[id];
+    return MHA_OK;
+}
+
+/* The kernels' halfmask: bit i set when tensor i is present and f16. */
+static int halfmask(const mha_tdesc *const *t, int n)
+{
+    int mask = 0;
+    for (int i = 0; i < n; i++)
+        if (t[i] && t[i]->buf && t[i]->dtype == MHA_F16)
+            mask |= 1 << i;
+    return mask;
+}
+
+/* ---- ops ---------------------------------------------------------------- */
+
+/* The batched product of gemm.cl: C = alpha A B^T (+ X1, X2, X3), B given
+ * with its (n, k) dims named by bn, bk. */
+typedef struct gemm_call {
+    const mha_tdesc *a, *b, *c, *x1, *x2, *x3;
+    int bn, bk;
+    int64_t m, n, k;
+    float alpha;
+    int causal, add_cols;
+} gemm_call;
+
+static mha_status run_gemm(mha_cl_device *dev, const gemm_call *g)
+{
+    static const mha_tdesc none;
+    kargs a;
+    mha_status s = kernel_of(dev, MHA_CL_K_GEMM, &a);
+    if (s != MHA_OK)
+        return s;
+    arg_tensor(&a, g->a);
+    arg_tensor_dims(&a, g->b, 0, 1, g->bn, g->bk);
+    arg_tensor(&a, g->c);
+    arg_tensor(&a, g->x1 ? g->x1 : &none);
+    arg_tensor(&a, g->x2 ? g->x2 : &none);
+    arg_tensor(&a, g->x3 ? g->x3 : &none);
+    arg_int4(&a, (int)g->c->ne[1], (int)g->m, (int)g->n, (int)g->k);
+    arg(&a, sizeof(cl_float), &g->alpha);
+    arg_int(&a, g->causal);
+    arg_int(&a, g->add_cols);
+    const mha_tdesc *t[4] = {g->a, g->b, g->c, g->x1};
+    arg_int(&a, halfmask(t, 4));
+    /* Each TS x TS workgroup covers TM x TM outputs. */
+    const size_t ts = (size_t)dev->tile, tm = ts * (size_t)dev->wpt;
+    const size_t global[3] = {round_up(g->n, tm) / tm * ts,
+                              round_up(g->m, tm) / tm * ts,
+                              (size_t)(g->c->ne[0] * g->c->ne[1])};
+    const size_t local[3] = {ts, ts, 1};
+    return enqueue(dev, &a, "gemm", global, local);
+}
+
+static mha_status run_projection(mha_cl_device *dev, const mha_node *n)
+{
+    const gemm_call g = {.a = &n->src[0], .b = &n->src[1], .c = &n->dst,
+                         .x1 = &n->src[2], .bn = 2, .bk = 3,
+                         .m = n->dst.ne[2], .n = n->dst.ne[3],
+                         .k = n->src[0].ne[3], .alpha = 1.0f};
+    return run_gemm(dev, &g);
+}
+
+static int clamp_cols(int64_t cols)
+{
+    return cols > INT_MAX ? INT_MAX : cols < 0 ? 0 : (int)cols;
+}
+
+static mha_status run_scores(mha_cl_device *dev, const mha_node *n)
+{
+    const gemm_call g = {.a = &n->src[MHA_SRC_Q], .b = &n->src[MHA_SRC_K],
+                         .c = &n->dst, .x2 = &n->src[MHA_SRC_MASK],
+                         .x3 = &n->src[MHA_SRC_KPM], .bn = 2, .bk = 3,
+                         .m = n->dst.ne[2], .n = n->dst.ne[3],
+                         .k = n->src[MHA_SRC_Q].ne[3],
+                         .alpha = n->params.scale,
+                         .causal = n->params.causal != 0,
+                         .add_cols = clamp_cols(n->params.mask_cols)};
+    return run_gemm(dev, &g);
+}
+
+static mha_status run_weighted_sum(mha_cl_device *dev, const mha_node *n)
+{
+    const gemm_call g = {.a = &n->src[0], .b = &n->src[1], .c = &n->dst,
+                         .bn = 3, .bk = 2, .m = n->dst.ne[2],
+                         .n = n->dst.ne[3], .k = n->src[0].ne[3],
+                         .alpha = 1.0f};
+    return run_gemm(dev, &g);
+}
+
+static mha_status run_softmax(mha_cl_device *dev, const mha_node *n)
+{
+    kargs a;
+    mha_status s = kernel_of(dev, MHA_CL_K_SOFTMAX, &a);
+    if (s != MHA_OK)
+        return s;
+    arg_tensor(&a, &n->src[0]);
+    arg_tensor(&a, &n->dst);
+    arg_int4(&a, (int)n->dst.ne[1], (int)n->dst.ne[2], (int)n->dst.ne[3], 0);
+    const mha_tdesc *t[2] = {&n->src[0], &n->dst};
+    arg_int(&a, halfmask(t, 2));
+    const size_t global[3] = {(size_t)dev->row_wg, (size_t)n->dst.ne[2],
+                              (size_t)(n->dst.ne[0] * n->dst.ne[1])};
+    const size_t local[3] = {(size_t)dev->row_wg, 1, 1};
+    return enqueue(dev, &a, "softmax", global, local);
+}
+
+/* copy4d over dst's extents (SPLIT_HEADS, CONCAT, FILL_ROWS) or mean_heads
+ * over src's extents. */
+static mha_status run_elementwise(mha_cl_device *dev, const mha_node *n,
+                                  mha_cl_kernel_id id, const int64_t ne[4])
+{
+    kargs a;
+    mha_status s = kernel_of(dev, id, &a);
+    if (s != MHA_OK)
+        return s;
+    int64_t total = ne[0] * ne[1] * ne[2] * ne[3];
+    if (id == MHA_CL_K_MEAN_HEADS)
+        total /= ne[1] ? ne[1] : 1;
+    arg_tensor(&a, &n->src[0]);
+    arg_tensor(&a, &n->dst);
+    arg_int4(&a, (int)ne[0], (int)ne[1], (int)ne[2], (int)ne[3]);
+    arg_int(&a, (int)total);
+    const mha_tdesc *t[2] = {&n->src[0], &n->dst};
+    arg_int(&a, halfmask(t, 2));
+    const size_t global[3] = {round_up(total, (size_t)dev->row_wg), 1, 1};
+    const size_t local[3] = {(size_t)dev->row_wg, 1, 1};
+    return enqueue(dev, &a, id == MHA_CL_K_COPY ? "copy4d" : "mean_heads",
+                   global, local);
+}
+
+static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
+{
+    mha_cl_program *p = NULL;
+    mha_status s = mha_cl_program_get(dev, MHA_CL_PROG_ATTENTION,
+                                      (int)n->dst.ne[3], &p);
+    if (s != MHA_OK)
+        return s;
+    kargs a = {.api = dev->api, .k = p->kernels[MHA_CL_K_ATTENTION]};
+    arg_tensor(&a, &n->src[MHA_SRC_Q]);
+    arg_tensor(&a, &n->src[MHA_SRC_K]);
+    arg_tensor(&a, &n->src[MHA_SRC_V]);
+    arg_tensor(&a, &n->dst);
+    arg_tensor(&a, &n->src[MHA_SRC_MASK]);
+    arg_tensor(&a, &n->src[MHA_SRC_KPM]);
+    arg_int4(&a, (int)n->dst.ne[1], (int)n->dst.ne[2],
+             (int)n->src[MHA_SRC_K].ne[2], (int)n->dst.ne[3]);
+    arg(&a, sizeof(cl_float), &n->params.scale);
+    arg_int(&a, n->params.causal != 0);
+    arg_int(&a, clamp_cols(n->params.mask_cols));
+    const mha_tdesc *t[4] = {&n->src[MHA_SRC_Q], &n->src[MHA_SRC_K],
+                             &n->src[MHA_SRC_V], &n->dst};
+    arg_int(&a, halfmask(t, 4));
+    const size_t br = (size_t)p->br;
+    const size_t global[3] = {round_up(n->dst.ne[2], br),
+                              (size_t)(n->dst.ne[0] * n->dst.ne[1]), 1};
+    const size_t local[3] = {br, 1, 1};
+    return enqueue(dev, &a, "attention", global, local);
+}
+
+mha_status mha_cl_run(void *d, const mha_node *node)
+{
+    mha_cl_device *dev = d;
+    switch (node->op) {
+    case MHA_OP_PROJECTION:
+        return run_projection(dev, node);
+    case MHA_OP_SCORES:
+        return run_scores(dev, node);
+    case MHA_OP_WEIGHTED_SUM:
+        return run_weighted_sum(dev, node);
+    case MHA_OP_SOFTMAX:
+        return run_softmax(dev, node);
+    case MHA_OP_FILL_ROWS:
+    case MHA_OP_SPLIT_HEADS:
+    case MHA_OP_CONCAT:
+        return run_elementwise(dev, node, MHA_CL_K_COPY, node->dst.ne);
+    case MHA_OP_MEAN_HEADS:
+        return run_elementwise(dev, node, MHA_CL_K_MEAN_HEADS,
+                               node->src[0].ne);
+    case MHA_OP_ATTENTION:
+        return run_attention(dev, node);
+    default:
+        return mha_host_error(dev->host, MHA_UNSUPPORTED,
+                              "opencl: op %d is not supported", (int)node->op);
+    }
+}

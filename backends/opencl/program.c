@@ -1,0 +1,505 @@
+/* program.c: builds the embedded OpenCL C sources (shaders/opencl) for
+ * one device, specialised by -D constants chosen from its limits, keeps each
+ * built program and its kernels in the device, and caches program binaries
+ * on disk keyed by platform, device, driver, options and source hash. A
+ * cache entry whose header, checksum or key does not match, or that the
+ * driver refuses, is rebuilt from source and rewritten, never trusted. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(_WIN32)
+#include <direct.h>
+#include <process.h>
+#define mha_cl_mkdir(p) _mkdir(p)
+#define mha_cl_getpid() _getpid()
+#else
+#include <sys/stat.h>
+#include <unistd.h>
+#define mha_cl_mkdir(p) mkdir((p), 0755)
+#define mha_cl_getpid() getpid()
+#endif
+
+#include "cl_internal.h"
+#include "mha_cl_sources.h"
+
+/* ---- what each program kind is made of ---------------------------------- */
+
+typedef struct kind_spec {
+    const char *files[4];
+    int nfiles;
+    const char *kernels[MHA_CL_K_COUNT]; /* by mha_cl_kernel_id, or NULL */
+} kind_spec;
+
+static const kind_spec kind_specs[] = {
+    [MHA_CL_PROG_OPS] = {{"common.cl", "gemm.cl", "softmax.cl", "copy.cl"},
+                         4,
+                         {[MHA_CL_K_GEMM] = "gemm",
+                          [MHA_CL_K_SOFTMAX] = "softmax",
+                          [MHA_CL_K_COPY] = "copy4d",
+                          [MHA_CL_K_MEAN_HEADS] = "mean_heads"}},
+    [MHA_CL_PROG_ATTENTION] = {{"common.cl", "attention.cl"},
+                               2,
+                               {[MHA_CL_K_ATTENTION] = "attention"}},
+};
+
+static const mha_embedded_file *find_source(const char *name)
+{
+    for (size_t i = 0; i < mha_cl_sources_count; i++)
+        if (strcmp(mha_cl_sources[i].name, name) == 0)
+            return &mha_cl_sources[i];
+    return NULL;
+}
+
+/* ---- hashing and timing ------------------------------------------------- */
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+#define FNV_SEED 0xcbf29ce484222325ull
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    if (timespec_get(&ts, TIME_UTC) != TIME_UTC)
+        return 0.0;
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* ---- the cache directory ------------------------------------------------ */
+
+static char *str_join(mha_host *host, const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    char *s = mha_host_malloc(host, na + nb + 1);
+    if (s) {
+        memcpy(s, a, na);
+        memcpy(s + na, b, nb + 1);
+    }
+    return s;
+}
+
+char *mha_cl_cache_dir(mha_host *host, const mha_device_options *options)
+{
+    const char *dir = options ? options->cache_dir : NULL;
+    if (!dir)
+        dir = mha_host_getenv(host, "MHA_CACHE_DIR");
+    if (dir)
+        return dir[0] ? str_join(host, dir, "") : NULL;
+    const char *base = mha_host_getenv(host, "XDG_CACHE_HOME");
+    if (base && base[0])
+        return str_join(host, base, "/libmha");
+#if defined(_WIN32)
+    base = mha_host_getenv(host, "LOCALAPPDATA");
+    if (base && base[0])
+        return str_join(host, base, "\\libmha");
+#endif
+    base = mha_host_getenv(host, "HOME");
+    if (base && base[0])
+        return str_join(host, base, "/.cache/libmha");
+    return NULL;
+}
+
+/* mkdir -p; returns 0 when the directory exists afterwards. */
+static int make_dirs(char *path)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/' && *p != '\\')
+            continue;
+        char c = *p;
+        *p = '\0';
+        mha_cl_mkdir(path);
+        *p = c;
+    }
+    return mha_cl_mkdir(path) == 0 || errno == EEXIST ? 0 : -1;
+}
+
+/* ---- cache files ----------------------------------------------------------
+ * "MHACLB1\n", key hash, payload size, payload hash (host-endian u64; the
+ * key names the machine's device anyway), then the driver's binary. */
+
+static const char cache_magic[8] = {'M', 'H', 'A', 'C', 'L', 'B', '1', '\n'};
+
+typedef struct cache_header {
+    char magic[8];
+    uint64_t key;
+    uint64_t size;
+    uint64_t hash;
+} cache_header;
+
+/* Reads a valid entry into *bin (host memory, caller frees); NULL when the
+ * file is missing or fails any check (reason logged). */
+static unsigned char *cache_load(mha_cl_device *dev, const char *path,
+                                 uint64_t key, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    cache_header hd;
+    unsigned char *bin = NULL;
+    const char *why = NULL;
+    if (fread(&hd, sizeof hd, 1, f) != 1 ||
+        memcmp(hd.magic, cache_magic, sizeof cache_magic) != 0)
+        why = "bad header";
+    else if (hd.key != key)
+        why = "key mismatch";
+    else if (hd.size == 0 || hd.size > ((uint64_t)1 << 30))
+        why = "bad size";
+    else if (!(bin = mha_host_malloc(dev->host, (size_t)hd.size)))
+        why = "out of memory";
+    else if (fread(bin, 1, (size_t)hd.size, f) != hd.size || fgetc(f) != EOF)
+        why = "truncated or oversized";
+    else if (fnv1a(FNV_SEED, bin, (size_t)hd.size) != hd.hash)
+        why = "checksum mismatch";
+    fclose(f);
+    if (why) {
+        mha_host_log(dev->host, MHA_LOG_WARN,
+                     "opencl: cache entry %s ignored (%s); rebuilding", path,
+                     why);
+        mha_host_free(dev->host, bin);
+        return NULL;
+    }
+    *size = (size_t)hd.size;
+    return bin;
+}
+
+/* Writes the entry through a temporary file and a rename, so a reader in
+ * another process never sees half a file. Failures are logged only. */
+static void cache_store(mha_cl_device *dev, const char *path, uint64_t key,
+                        const unsigned char *bin, size_t size)
+{
+    char tmp[1200];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)mha_cl_getpid());
+    cache_header hd;
+    memcpy(hd.magic, cache_magic, sizeof hd.magic);
+    hd.key = key;
+    hd.size = size;
+    hd.hash = fnv1a(FNV_SEED, bin, size);
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(&hd, sizeof hd, 1, f) == 1 &&
+             fwrite(bin, 1, size, f) == size;
+    if (f && fclose(f) != 0)
+        ok = 0;
+#if defined(_WIN32)
+    remove(path);
+#endif
+    if (ok && rename(tmp, path) == 0) {
+        mha_host_log(dev->host, MHA_LOG_DEBUG, "opencl: cached %s (%zu B)",
+                     path, size);
+        return;
+    }
+    remove(tmp);
+    mha_host_log(dev->host, MHA_LOG_WARN, "opencl: cannot write cache %s",
+                 path);
+}
+
+/* The built program's binary (host memory, caller frees), or NULL. */
+static unsigned char *program_binary(mha_cl_device *dev, cl_program p,
+                                     size_t *size)
+{
+    size_t n = 0;
+    if (dev->api->clGetProgramInfo(p, CL_PROGRAM_BINARY_SIZES, sizeof n, &n,
+                                   NULL) != CL_SUCCESS || n == 0)
+        return NULL;
+    unsigned char *bin = mha_host_malloc(dev->host, n);
+    if (!bin)
+        return NULL;
+    if (dev->api->clGetProgramInfo(p, CL_PROGRAM_BINARIES, sizeof bin, &bin,
+                                   NULL) != CL_SUCCESS) {
+        mha_host_free(dev->host, bin);
+        return NULL;
+    }
+    *size = n;
+    return bin;
+}
+
+/* ---- building ----------------------------------------------------------- */
+
+/* Sets the error of a failed build: call, code, options and the head of
+ * the compiler's log (the whole log goes to the log callback). */
+static mha_status build_error(mha_cl_device *dev, cl_program p,
+                              const char *what, const char *options,
+                              cl_int err)
+{
+    size_t n = 0;
+    char *log = NULL;
+    if (dev->api->clGetProgramBuildInfo(p, dev->rec->device,
+                                        CL_PROGRAM_BUILD_LOG, 0, NULL,
+                                        &n) == CL_SUCCESS && n > 0)
+        log = mha_host_malloc(dev->host, n + 1);
+    if (log && dev->api->clGetProgramBuildInfo(p, dev->rec->device,
+                                               CL_PROGRAM_BUILD_LOG, n, log,
+                                               NULL) != CL_SUCCESS)
+        n = 0;
+    if (log)
+        log[n] = '\0';
+    mha_host_log(dev->host, MHA_LOG_ERROR,
+                 "opencl: building %s for %s failed (%s):\n%s", what,
+                 dev->rec->name, options, log ? log : "(no log)");
+    mha_status s = mha_host_error(
+        dev->host, MHA_DEVICE_ERROR,
+        "clBuildProgram failed: %s (%d) building %s for %s with \"%.160s\"; "
+        "build log: %.600s",
+        mha_cl_error_name(err), (int)err, what, dev->rec->name, options,
+        log ? log : "(none)");
+    mha_host_free(dev->host, log);
+    return s;
+}
+
+static cl_program build_from_source(mha_cl_device *dev, const kind_spec *ks,
+                                    const char *what, const char *options,
+                                    mha_status *status)
+{
+    const char *srcs[4];
+    size_t lens[4];
+    for (int i = 0; i < ks->nfiles; i++) {
+        const mha_embedded_file *f = find_source(ks->files[i]);
+        if (!f) {
+            *status = mha_host_error(dev->host, MHA_NOT_FOUND,
+                                     "opencl: kernel source %s not embedded",
+                                     ks->files[i]);
+            return NULL;
+        }
+        srcs[i] = (const char *)f->data;
+        lens[i] = f->size;
+    }
+    cl_int err = CL_SUCCESS;
+    cl_program p = dev->api->clCreateProgramWithSource(
+        dev->context, (cl_uint)ks->nfiles, srcs, lens, &err);
+    if (!p) {
+        *status = mha_cl_fail(dev->host, "clCreateProgramWithSource", err);
+        return NULL;
+    }
+    err = dev->api->clBuildProgram(p, 1, &dev->rec->device, options, NULL,
+                                   NULL);
+    if (err != CL_SUCCESS) {
+        *status = build_error(dev, p, what, options, err);
+        dev->api->clReleaseProgram(p);
+        return NULL;
+    }
+    *status = MHA_OK;
+    return p;
+}
+
+static cl_program build_from_binary(mha_cl_device *dev,
+                                    const unsigned char *bin, size_t size,
+                                    const char *options)
+{
+    cl_int err = CL_SUCCESS, bstatus = CL_SUCCESS;
+    cl_program p = dev->api->clCreateProgramWithBinary(
+        dev->context, 1, &dev->rec->device, &size, &bin, &bstatus, &err);
+    if (!p)
+        return NULL;
+    if (bstatus != CL_SUCCESS ||
+        dev->api->clBuildProgram(p, 1, &dev->rec->device, options, NULL,
+                                 NULL) != CL_SUCCESS) {
+        dev->api->clReleaseProgram(p);
+        return NULL;
+    }
+    return p;
+}
+
+static uint64_t cache_key(const mha_cl_device *dev, const kind_spec *ks,
+                          const char *options)
+{
+    uint64_t h = fnv1a(FNV_SEED, dev->rec->key, strlen(dev->rec->key) + 1);
+    h = fnv1a(h, options, strlen(options) + 1);
+    for (int i = 0; i < ks->nfiles; i++) {
+        const mha_embedded_file *f = find_source(ks->files[i]);
+        if (f)
+            h = fnv1a(h, f->data, f->size);
+    }
+    return h;
+}
+
+/* Builds p->program: from a valid cache entry, else from source (and then
+ * stores the binary). */
+static mha_status build_program(mha_cl_device *dev, mha_cl_program *p,
+                                const char *what, const char *options)
+{
+    const kind_spec *ks = &kind_specs[p->kind];
+    uint64_t key = cache_key(dev, ks, options);
+    char path[1024] = "";
+    double t0 = now_ms();
+    if (dev->cache_dir && make_dirs(dev->cache_dir) == 0) {
+        snprintf(path, sizeof path, "%s/opencl-%016llx.bin", dev->cache_dir,
+                 (unsigned long long)key);
+        size_t size = 0;
+        unsigned char *bin = cache_load(dev, path, key, &size);
+        if (bin) {
+            p->program = build_from_binary(dev, bin, size, options);
+            mha_host_free(dev->host, bin);
+            if (p->program) {
+                mha_host_log(dev->host, MHA_LOG_INFO,
+                             "opencl: %s loaded from cache %s in %.1f ms",
+                             what, path, now_ms() - t0);
+                return MHA_OK;
+            }
+            mha_host_log(dev->host, MHA_LOG_WARN,
+                         "opencl: cache entry %s refused by the driver; "
+                         "rebuilding", path);
+        }
+    }
+    mha_status s = MHA_OK;
+    p->program = build_from_source(dev, ks, what, options, &s);
+    if (!p->program)
+        return s;
+    mha_host_log(dev->host, MHA_LOG_INFO,
+                 "opencl: %s built from source in %.1f ms (%s)", what,
+                 now_ms() - t0, options);
+    if (path[0]) {
+        size_t size = 0;
+        unsigned char *bin = program_binary(dev, p->program, &size);
+        if (bin)
+            cache_store(dev, path, key, bin, size);
+        mha_host_free(dev->host, bin);
+    }
+    return MHA_OK;
+}
+
+/* Creates the kernels of p and checks each can run the workgroup size the
+ * host will use; where one cannot, *allowed is its limit (else 0). */
+static mha_status create_kernels(mha_cl_device *dev, mha_cl_program *p,
+                                 size_t *allowed)
+{
+    const kind_spec *ks = &kind_specs[p->kind];
+    *allowed = 0;
+    for (int k = 0; k < MHA_CL_K_COUNT; k++) {
+        if (!ks->kernels[k])
+            continue;
+        cl_int err = CL_SUCCESS;
+        p->kernels[k] = dev->api->clCreateKernel(p->program, ks->kernels[k],
+                                                 &err);
+        if (!p->kernels[k])
+            return mha_host_error(dev->host, MHA_DEVICE_ERROR,
+                                  "clCreateKernel(%s) failed: %s (%d)",
+                                  ks->kernels[k], mha_cl_error_name(err),
+                                  (int)err);
+        size_t need = k == MHA_CL_K_GEMM ? (size_t)(dev->tile * dev->tile)
+                      : k == MHA_CL_K_ATTENTION ? (size_t)p->br
+                                                : (size_t)dev->row_wg;
+        size_t max = 0;
+        err = dev->api->clGetKernelWorkGroupInfo(
+            p->kernels[k], dev->rec->device, CL_KERNEL_WORK_GROUP_SIZE,
+            sizeof max, &max, NULL);
+        if (err == CL_SUCCESS && max < need) {
+            *allowed = max;
+            return mha_host_error(dev->host, MHA_UNSUPPORTED,
+                                  "opencl: kernel %s on %s allows %zu work "
+                                  "items per group (CL_KERNEL_WORK_GROUP_SIZE),"
+                                  " needs %zu",
+                                  ks->kernels[k], dev->rec->name, max, need);
+        }
+    }
+    return MHA_OK;
+}
+
+/* ---- the device's program table ----------------------------------------- */
+
+/* Attention specialisation for head size d: D_MAX the power of two >= d
+ * (>= 4), BR query rows per group, BC keys per tile so that K and V tiles
+ * (2 * BC * D_MAX floats) fit the local memory. */
+static void attention_shape(const mha_cl_device *dev, int d, mha_cl_program *p)
+{
+    const mha_cl_limits *lim = &dev->rec->limits;
+    p->d_max = 4;
+    while (p->d_max < d)
+        p->d_max *= 2;
+    p->br = dev->row_wg < 64 ? dev->row_wg : 64;
+    while ((size_t)p->br > lim->max_workgroup && p->br > 1)
+        p->br /= 2;
+    p->bc = 64;
+    while (p->bc > 1 && (size_t)(2 * p->bc * p->d_max) * 4 > lim->local_mem)
+        p->bc /= 2;
+}
+
+static void format_options(const mha_cl_device *dev, const mha_cl_program *p,
+                           char *out, size_t cap)
+{
+    const char *extra = mha_host_getenv(dev->host, "MHA_OPENCL_BUILD_OPTIONS");
+    int n = snprintf(out, cap, "-cl-std=CL1.2 -D TS=%d -D WPT=%d -D ROW_WG=%d",
+                     dev->tile, dev->wpt, dev->row_wg);
+    if (p->kind == MHA_CL_PROG_ATTENTION && n > 0 && (size_t)n < cap)
+        n += snprintf(out + n, cap - (size_t)n,
+                      " -D D_MAX=%d -D BR=%d -D BC=%d", p->d_max, p->br,
+                      p->bc);
+    if (extra && extra[0] && n > 0 && (size_t)n < cap)
+        snprintf(out + n, cap - (size_t)n, " %s", extra);
+}
+
+static void program_release(const mha_cl_api *api, mha_cl_program *p)
+{
+    for (int k = 0; k < MHA_CL_K_COUNT; k++)
+        if (p->kernels[k])
+            api->clReleaseKernel(p->kernels[k]);
+    if (p->program)
+        api->clReleaseProgram(p->program);
+    memset(p, 0, sizeof *p);
+}
+
+void mha_cl_programs_release(mha_cl_device *dev)
+{
+    for (int i = 0; i < dev->nprograms; i++)
+        program_release(dev->api, &dev->programs[i]);
+    dev->nprograms = 0;
+}
+
+mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
+                              int d, mha_cl_program **out)
+{
+    mha_cl_program want;
+    memset(&want, 0, sizeof want);
+    want.kind = kind;
+    if (kind == MHA_CL_PROG_ATTENTION)
+        attention_shape(dev, d, &want);
+    for (int i = 0; i < dev->nprograms; i++) {
+        mha_cl_program *p = &dev->programs[i];
+        if (p->kind == kind && p->d_max == want.d_max) {
+            *out = p;
+            return MHA_OK;
+        }
+    }
+    if (dev->nprograms == MHA_CL_MAX_PROGRAMS)
+        return mha_host_error(dev->host, MHA_UNSUPPORTED,
+                              "opencl: more than %d program variants",
+                              MHA_CL_MAX_PROGRAMS);
+    char what[64];
+    if (kind == MHA_CL_PROG_OPS)
+        snprintf(what, sizeof what, "ops program");
+    else
+        snprintf(what, sizeof what, "attention program (D_MAX %d)",
+                 want.d_max);
+    mha_cl_program *p = &dev->programs[dev->nprograms];
+    mha_status s;
+    for (;;) {
+        char options[512];
+        size_t allowed = 0;
+        *p = want;
+        format_options(dev, p, options, sizeof options);
+        s = build_program(dev, p, what, options);
+        if (s == MHA_OK)
+            s = create_kernels(dev, p, &allowed);
+        if (s == MHA_OK)
+            break;
+        program_release(dev->api, p);
+        /* Registers can cap a kernel's workgroup below the device's; the
+         * attention kernel then takes fewer query rows per group. */
+        if (kind != MHA_CL_PROG_ATTENTION || allowed == 0 || want.br <= 1)
+            return s;
+        while ((size_t)want.br > allowed && want.br > 1)
+            want.br /= 2;
+        mha_host_log(dev->host, MHA_LOG_INFO,
+                     "opencl: %s retried with BR %d", what, want.br);
+    }
+    dev->nprograms++;
+    *out = p;
+    return MHA_OK;
+}

@@ -1,0 +1,74 @@
+# opencl.cmake: the OpenCL backend's tests, included from tests/CMakeLists.txt
+# when MHA_OPENCL is ON. test_opencl is its Criterion suite (device found,
+# agreement with the CPU backend, binary cache cold/warm/corrupt, build log in
+# the error, allocation limit, several contexts, MHA_OPENCL_LIMITS variants);
+# test_opencl_valgrind runs the host code under valgrind with PoCL/ICD-loader
+# noise suppressed (tests/valgrind-pocl.supp). The generic suites under
+# mobile-GPU caps are tests/CMakeLists.txt's *_small_device tests.
+# Set MHA_REQUIRE_OPENCL=1 in the environment to turn "no device" into a
+# failure. MHA_CACHE_DIR (set by CI) keeps PoCL builds warm between tests.
+add_executable(test_opencl ${CMAKE_CURRENT_LIST_DIR}/test_opencl.c)
+target_link_libraries(test_opencl PRIVATE mha_static PkgConfig::CRITERION m)
+target_include_directories(test_opencl PRIVATE ${PROJECT_SOURCE_DIR}/include)
+
+set(MHA_OPENCL_TEST_TMP ${CMAKE_CURRENT_BINARY_DIR}/opencl-tmp)
+file(MAKE_DIRECTORY ${MHA_OPENCL_TEST_TMP})
+add_test(NAME test_opencl COMMAND test_opencl)
+set(MHA_OPENCL_TEST_ENV ${MHA_TEST_ENV}
+    "MHA_TEST_TMPDIR=${MHA_OPENCL_TEST_TMP}")
+set_tests_properties(test_opencl PROPERTIES
+    ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"
+    TIMEOUT 600)
+
+find_program(MHA_VALGRIND valgrind)
+if(MHA_VALGRIND)
+  # One forward per path (fused and not) through the whole host code. The
+  # Criterion runner re-executes itself for the test, so children are
+  # traced (the linker PoCL runs is not) and each process writes its own
+  # log; the script fails on any log with errors, since Criterion ignores
+  # the exit status valgrind gives a passing worker.
+  set(MHA_CL_VG_DIR ${CMAKE_CURRENT_BINARY_DIR}/opencl-valgrind)
+  set(MHA_CL_VG_SCRIPT ${CMAKE_CURRENT_BINARY_DIR}/opencl_valgrind.cmake)
+  file(WRITE ${MHA_CL_VG_SCRIPT} [=[
+file(REMOVE_RECURSE "${DIR}")
+file(MAKE_DIRECTORY "${DIR}")
+execute_process(
+  COMMAND "${VALGRIND}" --trace-children=yes "--trace-children-skip=/usr/*"
+          --leak-check=full --errors-for-leak-kinds=definite --num-callers=40
+          "--suppressions=${SUPP}" "--log-file=${DIR}/vg.%p.log"
+          "${EXE}" --jobs=1 --filter=opencl/forward_matches_cpu
+  RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "test_opencl under valgrind exited with ${rc}")
+endif()
+file(GLOB logs "${DIR}/vg.*.log")
+set(clean 0)
+foreach(log IN LISTS logs)
+  file(READ "${log}" text)
+  if(text MATCHES "ERROR SUMMARY: [1-9]")
+    message(FATAL_ERROR "valgrind found errors (${log}):\n${text}")
+  elseif(text MATCHES "ERROR SUMMARY: 0 errors")
+    math(EXPR clean "${clean} + 1")
+  endif()
+  # A log with no summary is a fork that exec'd an untraced program (the
+  # linker PoCL runs).
+endforeach()
+if(clean LESS 2)
+  message(FATAL_ERROR "valgrind: expected the runner's and the test's "
+                      "summaries, found ${clean} in ${DIR}")
+endif()
+message(STATUS "valgrind: ${clean} processes checked, no errors")
+]=])
+  add_test(NAME test_opencl_valgrind
+           COMMAND ${CMAKE_COMMAND} -DVALGRIND=${MHA_VALGRIND}
+                   -DEXE=$<TARGET_FILE:test_opencl>
+                   -DSUPP=${CMAKE_CURRENT_LIST_DIR}/valgrind-pocl.supp
+                   -DDIR=${MHA_CL_VG_DIR} -P ${MHA_CL_VG_SCRIPT})
+  # PoCL's LLVM under valgrind is slow: about 5 minutes on 2 cores while
+  # the program-binary cache is cold, 10 s warm.
+  set_tests_properties(test_opencl_valgrind PROPERTIES
+      ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"
+      TIMEOUT 900
+      LABELS "valgrind;slow")
+endif()
+

@@ -33,6 +33,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "tools"))
+from export_safetensors import ST_DTYPES as _ST_DTYPES  # noqa: E402
+from export_safetensors import write_safetensors  # noqa: E402
+
 try:
     import torch
     import torch.nn as nn
@@ -270,38 +275,6 @@ case("nan_key", special="nan_key", self_attn=False, S=4, L=3,
 # ---------------------------------------------------------------------------
 # safetensors
 # ---------------------------------------------------------------------------
-
-_ST_DTYPES = {"F32": ("<f4", 4), "F64": ("<f8", 8), "BOOL": ("|u1", 1),
-              "F16": ("<f2", 2), "U8": ("|u1", 1), "I64": ("<i8", 8)}
-
-
-def write_safetensors(path, tensors, metadata):
-    """tensors: list of (name, dtype_str, np.ndarray) in file order."""
-    header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
-    blobs = []
-    off = 0
-    for name, dt, arr in tensors:
-        npdt, _ = _ST_DTYPES[dt]
-        if dt == "BOOL":
-            data = np.ascontiguousarray(arr, dtype=np.uint8)
-            assert data.size == 0 or data.max() <= 1
-        else:
-            data = np.ascontiguousarray(arr, dtype=npdt)
-        b = data.tobytes()
-        header[name] = {"dtype": dt, "shape": [int(s) for s in arr.shape],
-                        "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hj += b" " * ((8 - len(hj) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hj)))
-        f.write(hj)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-
 
 def read_safetensors(path):
     with open(path, "rb") as f:

@@ -23,4 +23,8 @@ set(ENV{PKG_CONFIG_SYSROOT_DIR} "${MHA_ARM64_SYSROOT}")
 set(CMAKE_EXE_LINKER_FLAGS_INIT "-Wl,-rpath-link,${_lib} -Wl,-rpath-link,${MHA_ARM64_SYSROOT}/lib/aarch64-linux-gnu")
 set(CMAKE_SHARED_LINKER_FLAGS_INIT "${CMAKE_EXE_LINKER_FLAGS_INIT}")
 # Tests run through qemu; the guest's loader finds the sysroot's libraries.
-set(CMAKE_CROSSCOMPILING_EMULATOR env "LD_LIBRARY_PATH=${_lib}:${MHA_ARM64_SYSROOT}/lib/aarch64-linux-gnu" qemu-aarch64 -L /usr/aarch64-linux-gnu)
+# The loader is the cross toolchain's (-L), so its libc must be too: without
+# /usr/aarch64-linux-gnu/lib first, a host that has libc6:arm64 installed
+# hands ld.so that (different) build of libc.so.6 through /etc/ld.so.cache,
+# and pthread_create then loops forever in the mismatched loader's data.
+set(CMAKE_CROSSCOMPILING_EMULATOR env "LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib:${_lib}:${MHA_ARM64_SYSROOT}/lib/aarch64-linux-gnu" qemu-aarch64 -L /usr/aarch64-linux-gnu)

@@ -69,9 +69,13 @@ mha_cpu_kernel_flags()
 
 # The test compiles the kernel sources itself rather than linking libmha:
 # the library exports only the public API, and the kernels are internal.
+# A caller may define PkgConfig::MHA_CRITERION itself beforehand (the cross
+# build's tests/CMakeLists.txt does, with a stand-in for Criterion).
 function(mha_add_cpu_kernel_test)
-  find_package(PkgConfig REQUIRED)
-  pkg_check_modules(MHA_CRITERION REQUIRED IMPORTED_TARGET criterion)
+  if(NOT TARGET PkgConfig::MHA_CRITERION)
+    find_package(PkgConfig REQUIRED)
+    pkg_check_modules(MHA_CRITERION REQUIRED IMPORTED_TARGET criterion)
+  endif()
   mha_cpu_kernel_flags()
   add_executable(test_cpu_kernels
     "${MHA_CPU_KERNEL_ROOT}/tests/test_cpu_kernels.c"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # quickstart.sh: the README's first command. Installs what is missing,
 # builds libmha in build/, lists the devices it finds (mha-info) and runs
-# the example forward on the default device against the CPU reference.
+# the quick preset of mha-bench on every device, each result checked
+# against the CPU reference, with OpenBLAS and PyTorch rows when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh main
@@ -9,4 +10,4 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMHA_BUILD_TESTS=OFF >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 ./build/mha-info
 echo
-./build/example-forward
+./build/mha-bench --preset quick

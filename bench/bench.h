@@ -1,0 +1,132 @@
+/* bench.h: the pieces of mha-bench that tests reach: cases and presets, the
+ * FLOP and byte formulas, the argument parser, the result check against the
+ * CPU reference, and the table, JSON, CSV and --compare writers. They are
+ * compiled into the static library mha_bench_core, used by mha-bench and by
+ * tests/test_bench.c. */
+#ifndef MHA_BENCH_H
+#define MHA_BENCH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "mha.h"
+
+#define BENCH_MAX_CASES 64
+#define BENCH_MAX_DEVICES 16
+#define BENCH_ERRLEN 256
+
+/* Exit statuses of mha-bench. */
+#define BENCH_EXIT_OK 0
+#define BENCH_EXIT_FAIL 1  /* a result over tolerance or a device error */
+#define BENCH_EXIT_USAGE 2 /* a bad flag or an unreadable --compare file */
+
+/* One attention shape: torch.nn.MultiheadAttention(E, H, kdim, vdim) run on
+ * query (L, B, E), key (S, B, kdim), value (S, B, vdim). */
+typedef struct bench_case {
+    char name[48];
+    int64_t embed_dim, heads, batch, tgt_len, src_len, kdim, vdim;
+    int causal;
+    mha_dtype dtype; /* layer storage: MHA_F32 or MHA_F16 */
+} bench_case;
+
+/* Appends the cases of preset name ("all": every preset but quick) to
+ * cases[*count..max). Returns 0, or -1 for an unknown name or no room. */
+int bench_preset_add(const char *name, bench_case *cases, int *count, int max);
+/* The names of the presets, NULL-terminated. */
+extern const char *const bench_preset_names[];
+
+/* FLOPs of one forward, all batch items:
+ * B * (2LE^2 + 2S*kdim*E + 2S*vdim*E + 4LSE + 2LE^2). */
+double bench_flops(const bench_case *c);
+/* Bytes moved if every input, output and weight is read or written once:
+ * 4 * B * (L*E + S*kdim + S*vdim)   query, key, value (fp32)
+ * + 4 * B * L*E                      output (fp32)
+ * + w * (2E^2 + E*kdim + E*vdim + 4E) weights and biases, w = 4 (f32) or
+ *                                    2 (f16 storage). */
+double bench_bytes(const bench_case *c);
+
+typedef struct bench_options {
+    char devices[BENCH_MAX_DEVICES][32]; /* specs; none means "all" */
+    int ndevices;
+    bench_case cases[BENCH_MAX_CASES];
+    int ncases;
+    int threads;     /* CPU backend and peers; 0 = one per core */
+    int warmup;      /* default 2 */
+    int repeat;      /* at least this many timed runs; default 10 */
+    double min_time; /* and at least this many seconds; default 0.5 */
+    const char *json_path, *csv_path;
+    const char *compare_old, *compare_new;
+    int peers; /* run the OpenBLAS and PyTorch peers; default 1 */
+    int help;
+} bench_options;
+
+/* Parses argv into *opts (defaults first). Returns 0 (check opts->help), or
+ * BENCH_EXIT_USAGE with a one-line message in err. Never exits. Without
+ * --preset or a custom shape flag the quick preset is used. */
+int bench_parse_args(int argc, char **argv, bench_options *opts, char *err,
+                     size_t errlen);
+extern const char bench_usage[];
+
+/* Error of an output against the reference. */
+typedef struct bench_check {
+    double max_abs; /* max |out - ref| */
+    double max_rel; /* max_abs / max|ref| (0 when ref is all zero) */
+    double tol;     /* 1e-4 * max(1, max|ref|) for f32, 1e-2 * the same
+                       for f16 */
+    int pass;       /* max_abs <= tol and no NaN */
+} bench_check;
+
+bench_check bench_compare_output(const float *out, const float *ref,
+                                 size_t n, mha_dtype dtype);
+
+/* One row: a case on a device (or on a peer). */
+typedef struct bench_result {
+    bench_case c;
+    char device[32];       /* "cpu:0", "vulkan:0", "openblas", "torch" */
+    char device_name[128];
+    char backend[16];
+    char status[8];        /* "ok", "FAIL", "skip", "error" */
+    char note[160];
+    int runs;
+    double median_ms, p95_ms, first_ms;
+    double gflops, gbps;
+    double ratio;          /* median / median of the best libmha CPU row
+                              of the same case; 0 if none */
+    double max_abs, max_rel, tol;
+    int checked;
+    double peak_rss_mib;   /* process peak RSS after the case */
+    double device_mem_mib; /* < 0: n/a */
+} bench_result;
+
+typedef struct bench_device_desc {
+    char spec[32];
+    mha_device_info info;
+} bench_device_desc;
+
+typedef struct bench_report {
+    char version[32];
+    char cpu_model[128];
+    int cores;
+    char uname[256];
+    int threads;
+    bench_device_desc *devices;
+    int ndevices;
+    bench_result *results;
+    int nresults;
+} bench_report;
+
+/* Fills version, cpu_model, cores and uname from the running system. */
+void bench_machine_info(bench_report *r);
+/* Median and 95th percentile (nearest rank) of times[0..n); sorts times. */
+void bench_stats(double *times, int n, double *median, double *p95);
+
+void bench_print_table(FILE *out, const bench_report *r);
+/* Return 0, or -1 with errno-style failure to write. */
+int bench_write_json(const char *path, const bench_report *r);
+int bench_write_csv(const char *path, const bench_report *r);
+/* Prints speedup OLD median / NEW median per case and device found in both
+ * files. Returns 0, or BENCH_EXIT_USAGE with a message in err. */
+int bench_compare_files(const char *old_path, const char *new_path,
+                        FILE *out, char *err, size_t errlen);
+
+#endif /* MHA_BENCH_H */

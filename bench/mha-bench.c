@@ -1,0 +1,348 @@
+/* mha-bench: the cross-vendor attention benchmark. For every device x case
+ * it builds a layer with fixed-seed random weights, checks one output
+ * against the CPU backend's scalar kernels, warms up, then times forwards
+ * until --repeat runs and --min-time seconds are both reached. The parser,
+ * formulas and writers live in args.c, cases.c and report.c, the case data
+ * and the host forward in data.c, the OpenBLAS and PyTorch rows in peers.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "peers.h"
+
+static int progress;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double peak_rss_mib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* Linux: KiB */
+}
+
+static void set_error(bench_result *r, const char *status, mha_context *ctx,
+                      const char *what, mha_status st)
+{
+    snprintf(r->status, sizeof r->status, "%s", status);
+    snprintf(r->note, sizeof r->note, "%s: %s%s%s", what, mha_status_str(st),
+             mha_context_errmsg(ctx)[0] ? ": " : "", mha_context_errmsg(ctx));
+}
+
+static mha_status make_tensor(mha_device *dev, int64_t a, int64_t b,
+                              int64_t c, const float *src, mha_tensor **out)
+{
+    int64_t shape[3] = {a, b, c};
+    mha_status st = mha_tensor_create(dev, MHA_F32, 3, shape, out);
+    if (st == MHA_OK && src)
+        st = mha_tensor_upload(*out, src, (size_t)(a * b * c) * sizeof(float));
+    return st;
+}
+
+/* Times the case on one device into r: first call (layer build, upload,
+ * pipeline/kernel build, forward, download), check, warm-up, timed loop on
+ * device-resident tensors. */
+static void run_device_case(mha_context *ctx, mha_device *dev,
+                            const bench_options *o, const bench_case *c,
+                            const bench_case_data *d, bench_result *r)
+{
+    mha_device_info info;
+    mha_device_info_of(dev, &info);
+    if (c->dtype == MHA_F16 && !(info.features & MHA_FEATURE_FP16_STORAGE)) {
+        snprintf(r->status, sizeof r->status, "skip");
+        snprintf(r->note, sizeof r->note, "no fp16 storage");
+        return;
+    }
+    float *out = malloc(d->nq * sizeof(float));
+    if (!out) {
+        snprintf(r->status, sizeof r->status, "error");
+        snprintf(r->note, sizeof r->note, "out of host memory");
+        return;
+    }
+    double t0 = now_s();
+    mha_status st = bench_forward_host(dev, c, c->dtype, d, out);
+    r->first_ms = 1e3 * (now_s() - t0);
+    if (st != MHA_OK) {
+        set_error(r, st == MHA_UNSUPPORTED ? "skip" : "error", ctx,
+                  "forward", st);
+        free(out);
+        return;
+    }
+    bench_check chk = bench_compare_output(out, d->ref, d->nq, c->dtype);
+    free(out);
+    r->checked = 1;
+    r->max_abs = chk.max_abs;
+    r->max_rel = chk.max_rel;
+    r->tol = chk.tol;
+    snprintf(r->status, sizeof r->status, "%s", chk.pass ? "ok" : "FAIL");
+
+    mha_layer_config cfg;
+    mha_layer_config_init(&cfg, c->embed_dim, c->heads);
+    cfg.kdim = c->kdim;
+    cfg.vdim = c->vdim;
+    cfg.dtype = c->dtype;
+    mha_layer *layer = NULL;
+    mha_tensor *q = NULL, *k = NULL, *v = NULL, *y = NULL;
+    double *times = NULL;
+    if ((st = mha_layer_create(dev, &cfg, &layer)) ||
+        (st = bench_set_weights(layer, c, d)) ||
+        (st = make_tensor(dev, c->tgt_len, c->batch, c->embed_dim, d->q, &q)) ||
+        (st = make_tensor(dev, c->src_len, c->batch, c->kdim, d->k, &k)) ||
+        (st = make_tensor(dev, c->src_len, c->batch, c->vdim, d->v, &v)) ||
+        (st = make_tensor(dev, c->tgt_len, c->batch, c->embed_dim, NULL, &y))) {
+        set_error(r, "error", ctx, "setup", st);
+        goto done;
+    }
+    mha_forward_args a;
+    mha_forward_args_init(&a);
+    a.query = q;
+    a.key = k;
+    a.value = v;
+    a.output = y;
+    a.is_causal = c->causal;
+    for (int i = 0; i < o->warmup; i++)
+        if ((st = mha_layer_forward(layer, &a))) {
+            set_error(r, "error", ctx, "warm-up", st);
+            goto done;
+        }
+    int cap = o->repeat > 64 ? o->repeat : 64, n = 0;
+    times = malloc((size_t)cap * sizeof *times);
+    double start = now_s();
+    while (times && (n < o->repeat || now_s() - start < o->min_time)) {
+        if (n == cap) {
+            double *t2 = realloc(times, 2 * (size_t)cap * sizeof *times);
+            if (!t2)
+                break;
+            times = t2;
+            cap *= 2;
+        }
+        double s0 = now_s();
+        if ((st = mha_layer_forward(layer, &a))) {
+            set_error(r, "error", ctx, "forward", st);
+            goto done;
+        }
+        times[n++] = 1e3 * (now_s() - s0);
+    }
+    r->runs = n;
+    bench_stats(times, n, &r->median_ms, &r->p95_ms);
+    if (r->median_ms > 0) {
+        r->gflops = bench_flops(c) / (r->median_ms * 1e6);
+        r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
+    }
+done:
+    free(times);
+    mha_tensor_destroy(q);
+    mha_tensor_destroy(k);
+    mha_tensor_destroy(v);
+    mha_tensor_destroy(y);
+    mha_layer_destroy(layer);
+}
+
+static void init_result(bench_result *r, const bench_case *c)
+{
+    memset(r, 0, sizeof *r);
+    r->c = *c;
+    r->device_mem_mib = -1;
+}
+
+/* The devices to run: each spec opened once (a device named twice, as by
+ * "best" and "cpu", is run twice). */
+static int open_devices(mha_context *ctx, const bench_options *o,
+                        mha_device ***devs, bench_device_desc **descs)
+{
+    int count = 0;
+    mha_device_count(ctx, &count);
+    int all = o->ndevices == 0;
+    for (int i = 0; i < o->ndevices; i++)
+        all |= !strcmp(o->devices[i], "all");
+    int max = (all ? count : 0) + o->ndevices;
+    *devs = calloc((size_t)max + 1, sizeof **devs);
+    *descs = calloc((size_t)max + 1, sizeof **descs);
+    if (!*devs || !*descs) {
+        fprintf(stderr, "mha-bench: out of host memory\n");
+        return -1;
+    }
+    int n = 0;
+    mha_device_options dopt;
+    mha_device_options_init(&dopt);
+    dopt.threads = o->threads;
+    for (int i = 0; all && i < count; i++) {
+        if (mha_device_open_index(ctx, i, &dopt, &(*devs)[n])) {
+            fprintf(stderr, "mha-bench: device %d: %s\n", i,
+                    mha_context_errmsg(ctx));
+            continue;
+        }
+        n++;
+    }
+    for (int i = 0; i < o->ndevices; i++) {
+        if (!strcmp(o->devices[i], "all"))
+            continue;
+        if (mha_device_open(ctx, o->devices[i], &dopt, &(*devs)[n])) {
+            fprintf(stderr, "mha-bench: --device %s: %s\n", o->devices[i],
+                    mha_context_errmsg(ctx));
+            return -1;
+        }
+        n++;
+    }
+    for (int i = 0; i < n; i++) {
+        mha_device_info_of((*devs)[i], &(*descs)[i].info);
+        snprintf((*descs)[i].spec, sizeof (*descs)[i].spec, "%s:%d",
+                 (*descs)[i].info.backend, (*descs)[i].info.backend_index);
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    bench_options o;
+    char err[BENCH_ERRLEN];
+    if (bench_parse_args(argc, argv, &o, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return BENCH_EXIT_USAGE;
+    }
+    if (o.help) {
+        fputs(bench_usage, stdout);
+        return 0;
+    }
+    if (o.compare_old) {
+        int rc = bench_compare_files(o.compare_old, o.compare_new, stdout, err,
+                                     sizeof err);
+        if (rc)
+            fprintf(stderr, "%s\n", err);
+        return rc;
+    }
+    progress = isatty(2);
+
+    mha_context *ctx = NULL;
+    if (mha_context_create(NULL, &ctx)) {
+        fprintf(stderr, "mha-bench: cannot create a libmha context\n");
+        return BENCH_EXIT_FAIL;
+    }
+    mha_device **devs = NULL;
+    bench_report rep;
+    memset(&rep, 0, sizeof rep);
+    bench_machine_info(&rep);
+    rep.threads = o.threads;
+    int ndev = open_devices(ctx, &o, &devs, &rep.devices);
+    int rc = BENCH_EXIT_OK;
+    mha_device *ref_dev = NULL;
+    mha_device_options ropt;
+    mha_device_options_init(&ropt);
+    ropt.threads = o.threads;
+    ropt.cpu_isa = "scalar";
+    if (ndev < 0) {
+        rc = BENCH_EXIT_USAGE;
+        goto out;
+    }
+    rep.ndevices = ndev;
+    if (mha_device_open(ctx, "cpu", &ropt, &ref_dev)) {
+        fprintf(stderr, "mha-bench: no scalar CPU reference: %s\n",
+                mha_context_errmsg(ctx));
+        rc = BENCH_EXIT_FAIL;
+        goto out;
+    }
+    bench_peers peers;
+    if (progress && o.peers)
+        fprintf(stderr, "PyTorch peer (all cases, one python3 run)...\n");
+    bench_peers_init(&peers, &o);
+    int maxres = o.ncases * (ndev + BENCH_PEER_COUNT);
+    rep.results = calloc((size_t)maxres + 1, sizeof *rep.results);
+    if (!rep.results) {
+        fprintf(stderr, "mha-bench: out of host memory\n");
+        rc = BENCH_EXIT_FAIL;
+        goto out;
+    }
+    for (int ci = 0; ci < o.ncases; ci++) {
+        const bench_case *c = &o.cases[ci];
+        bench_case_data d;
+        if (bench_case_data_make(c, &d)) {
+            fprintf(stderr, "mha-bench: %s: out of host memory\n", c->name);
+            rc = BENCH_EXIT_FAIL;
+            continue;
+        }
+        if (progress)
+            fprintf(stderr, "[%d/%d] %s: scalar reference...\n", ci + 1,
+                    o.ncases, c->name);
+        mha_status st = bench_forward_host(ref_dev, c, MHA_F32, &d, d.ref);
+        if (st != MHA_OK) {
+            fprintf(stderr, "mha-bench: %s: reference failed: %s\n", c->name,
+                    mha_context_errmsg(ctx));
+            rc = BENCH_EXIT_FAIL;
+            bench_case_data_free(&d);
+            continue;
+        }
+        int first_row = rep.nresults;
+        for (int di = 0; di < ndev; di++) {
+            bench_result *r = &rep.results[rep.nresults++];
+            init_result(r, c);
+            const mha_device_info *inf = &rep.devices[di].info;
+            snprintf(r->device, sizeof r->device, "%s", rep.devices[di].spec);
+            snprintf(r->device_name, sizeof r->device_name, "%s", inf->name);
+            snprintf(r->backend, sizeof r->backend, "%s", inf->backend);
+            if (progress)
+                fprintf(stderr, "[%d/%d] %s on %s (%s)...\n", ci + 1,
+                        o.ncases, c->name, r->device, inf->name);
+            run_device_case(ctx, devs[di], &o, c, &d, r);
+            r->peak_rss_mib = peak_rss_mib();
+            if (!strcmp(r->status, "FAIL") || !strcmp(r->status, "error"))
+                rc = BENCH_EXIT_FAIL;
+        }
+        for (int pi = 0; pi < BENCH_PEER_COUNT; pi++) {
+            bench_result *r = &rep.results[rep.nresults];
+            init_result(r, c);
+            if (!bench_peer_run(&peers, pi, &o, ci, &d, r))
+                continue;
+            if (progress)
+                fprintf(stderr, "[%d/%d] %s on %s done\n", ci + 1, o.ncases,
+                        c->name, r->device);
+            if (r->median_ms > 0) {
+                r->gflops = bench_flops(c) / (r->median_ms * 1e6);
+                r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
+            }
+            r->peak_rss_mib = peak_rss_mib();
+            if (!strcmp(r->status, "FAIL"))
+                rc = BENCH_EXIT_FAIL;
+            rep.nresults++;
+        }
+        /* ratio: time over the libmha CPU backend's time for this case. */
+        double cpu_ms = 0;
+        for (int i = first_row; i < rep.nresults; i++)
+            if (!strcmp(rep.results[i].backend, "cpu") &&
+                rep.results[i].median_ms > 0 &&
+                (cpu_ms == 0 || rep.results[i].median_ms < cpu_ms))
+                cpu_ms = rep.results[i].median_ms;
+        for (int i = first_row; cpu_ms > 0 && i < rep.nresults; i++)
+            if (rep.results[i].median_ms > 0)
+                rep.results[i].ratio = rep.results[i].median_ms / cpu_ms;
+        bench_case_data_free(&d);
+    }
+    bench_peers_notes(&peers, stderr);
+
+    bench_print_table(stdout, &rep);
+    if (o.json_path && bench_write_json(o.json_path, &rep)) {
+        fprintf(stderr, "mha-bench: cannot write --json %s\n", o.json_path);
+        rc = BENCH_EXIT_FAIL;
+    }
+    if (o.csv_path && bench_write_csv(o.csv_path, &rep)) {
+        fprintf(stderr, "mha-bench: cannot write --csv %s\n", o.csv_path);
+        rc = BENCH_EXIT_FAIL;
+    }
+out:
+    free(rep.results);
+    for (int i = 0; devs && devs[i]; i++)
+        mha_device_destroy(devs[i]);
+    free(devs);
+    free(rep.devices);
+    mha_device_destroy(ref_dev);
+    mha_context_destroy(ctx);
+    return rc;
+}

@@ -1,0 +1,66 @@
+/* peers.h: the rows mha-bench adds beside libmha's own devices: attention
+ * composed from OpenBLAS sgemm calls (when the build found OpenBLAS) and
+ * PyTorch's nn.MultiheadAttention through bench/torch_peer.py (when
+ * /usr/bin/python3 imports torch). A missing peer is a note, not an error. */
+#ifndef MHA_BENCH_PEERS_H
+#define MHA_BENCH_PEERS_H
+
+#include "bench.h"
+
+/* The inputs and weights of one case (fixed seed) and the scalar CPU
+ * reference output. Layout as PyTorch: q (L, B, E), k (S, B, kdim),
+ * v (S, B, vdim); w_q [E, E], w_k [E, kdim], w_v [E, vdim], b_in [3E],
+ * w_o [E, E], b_o [E]; ref like q. */
+typedef struct bench_case_data {
+    float *q, *k, *v, *w_q, *w_k, *w_v, *b_in, *w_o, *b_o, *ref;
+    size_t nq, nk, nv;
+} bench_case_data;
+
+/* Allocates and fills *d for case c (fixed seed; ref allocated, not
+ * filled). 0, or -1 when memory runs out (nothing kept). */
+int bench_case_data_make(const bench_case *c, bench_case_data *d);
+void bench_case_data_free(bench_case_data *d);
+/* Sets d's weights on a layer made for c. */
+mha_status bench_set_weights(mha_layer *layer, const bench_case *c,
+                             const bench_case_data *d);
+/* Creates a layer of storage dtype on dev, sets d's weights, runs the case
+ * through mha_layer_forward_host into out (d->nq floats), destroys the
+ * layer. */
+mha_status bench_forward_host(mha_device *dev, const bench_case *c,
+                              mha_dtype dtype, const bench_case_data *d,
+                              float *out);
+
+#define BENCH_PEER_COUNT 2 /* 0: openblas, 1: torch */
+#define BENCH_PEER_MAX_CASES BENCH_MAX_CASES
+
+typedef struct bench_peers {
+    int enabled;
+    int threads;
+    int have_openblas;
+    int have_torch;
+    char torch_note[160];
+    /* torch results, one per case, filled by bench_peers_init */
+    double torch_median[BENCH_PEER_MAX_CASES], torch_p95[BENCH_PEER_MAX_CASES],
+        torch_first[BENCH_PEER_MAX_CASES];
+    int torch_runs[BENCH_PEER_MAX_CASES];
+    char torch_case_note[BENCH_PEER_MAX_CASES][96]; /* per-case error */
+    char torch_version[32];
+} bench_peers;
+
+/* Finds the peers; runs the PyTorch peer for every case of o up front (one
+ * python3 process, one JSON line per case) so it never shares the CPU with
+ * a libmha timing. */
+void bench_peers_init(bench_peers *p, const bench_options *o);
+/* Fills r for peer number peer on case number ci; returns 0 when that peer
+ * is missing (r untouched). */
+int bench_peer_run(bench_peers *p, int peer, const bench_options *o, int ci,
+                   const bench_case_data *d, bench_result *r);
+/* Prints a line for each missing peer. */
+void bench_peers_notes(const bench_peers *p, FILE *out);
+
+/* The OpenBLAS-composed forward into out (like q); 0, or -1 when OpenBLAS
+ * was not built in or memory ran out. */
+int bench_openblas_forward(const bench_case *c, const bench_case_data *d,
+                           float *out);
+
+#endif

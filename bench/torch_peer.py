@@ -1,0 +1,72 @@
+#!/usr/bin/python3
+"""torch_peer.py: the PyTorch row of mha-bench. Times
+torch.nn.MultiheadAttention (eval, CPU, need_weights=False) for each case
+given as E,H,B,L,S,KDIM,VDIM,CAUSAL,DTYPE and prints one JSON line per case:
+{"case": i, "median_ms", "p95_ms", "first_ms", "runs", "torch"}, or
+{"error": "..."} once when torch cannot be imported. mha-bench runs it with
+popen; it can also be run by hand."""
+import argparse
+import json
+import math
+import sys
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--min-time", type=float, default=0.5)
+    ap.add_argument("cases", nargs="*")
+    a = ap.parse_args()
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001 - any import failure is "no peer"
+        print(json.dumps({"error": "torch not importable: %s" % e}), flush=True)
+        return 0
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    for i, spec in enumerate(a.cases):
+        e, h, b, l, s, kd, vd, causal, dt = spec.split(",")
+        e, h, b, l, s, kd, vd, causal = map(int, (e, h, b, l, s, kd, vd, causal))
+        dtype = torch.float16 if dt == "f16" else torch.float32
+        try:
+            t0 = time.perf_counter()
+            m = torch.nn.MultiheadAttention(e, h, kdim=kd, vdim=vd).eval().to(dtype)
+            q = torch.rand(l, b, e, dtype=dtype) * 2 - 1
+            k = torch.rand(s, b, kd, dtype=dtype) * 2 - 1
+            v = torch.rand(s, b, vd, dtype=dtype) * 2 - 1
+            mask = None
+            if causal:
+                mask = torch.triu(torch.ones(l, s, dtype=torch.bool), 1)
+
+            def fwd():
+                with torch.inference_mode():
+                    # attn_mask only: is_causal needs torch >= 2.0
+                    return m(q, k, v, need_weights=False, attn_mask=mask)[0]
+            fwd()
+            first = (time.perf_counter() - t0) * 1e3
+            for _ in range(a.warmup):
+                fwd()
+            times = []
+            start = time.perf_counter()
+            while len(times) < a.repeat or time.perf_counter() - start < a.min_time:
+                s0 = time.perf_counter()
+                fwd()
+                times.append((time.perf_counter() - s0) * 1e3)
+            times.sort()
+            n = len(times)
+            med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+            p95 = times[max(0, math.ceil(0.95 * n) - 1)]
+            print(json.dumps({"case": i, "median_ms": med, "p95_ms": p95,
+                              "first_ms": first, "runs": n,
+                              "torch": torch.__version__}), flush=True)
+        except Exception as ex:  # noqa: BLE001 - reported per case
+            print(json.dumps({"case": i, "error": str(ex)[:150]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

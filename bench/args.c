@@ -33,7 +33,7 @@ const char bench_usage[] =
     "  --min-time SEC     and at least SEC seconds of them (default 0.5)\n"
     "  --json FILE        write every figure and the machine as JSON\n"
     "  --csv FILE         write the rows as CSV\n"
-    "  --no-peers         skip the OpenBLAS and PyTorch rows\n"
+    "  --no-peers         skip the OpenBLAS, CLBlast and PyTorch rows\n"
     "  --compare OLD NEW  print the speedup NEW vs OLD of two JSON files\n"
     "  --help             print this text\n"
     "\n"

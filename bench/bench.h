@@ -56,7 +56,7 @@ typedef struct bench_options {
     double min_time; /* and at least this many seconds; default 0.5 */
     const char *json_path, *csv_path;
     const char *compare_old, *compare_new;
-    int peers; /* run the OpenBLAS and PyTorch peers; default 1 */
+    int peers; /* run the OpenBLAS, CLBlast and PyTorch peers; default 1 */
     int help;
 } bench_options;
 
@@ -82,7 +82,8 @@ bench_check bench_compare_output(const float *out, const float *ref,
 /* One row: a case on a device (or on a peer). */
 typedef struct bench_result {
     bench_case c;
-    char device[32];       /* "cpu:0", "vulkan:0", "openblas", "torch" */
+    char device[32];       /* "cpu:0", "vulkan:0", "openblas", "clblast:0",
+                              "torch" */
     char device_name[128];
     char backend[16];
     char status[8];        /* "ok", "FAIL", "skip", "error" */
@@ -119,6 +120,19 @@ typedef struct bench_report {
 void bench_machine_info(bench_report *r);
 /* Median and 95th percentile (nearest rank) of times[0..n); sorts times. */
 void bench_stats(double *times, int n, double *median, double *p95);
+
+/* Seconds on a monotonic clock. */
+double bench_now(void);
+
+/* Calls run(arg) until opts->repeat calls and opts->min_time seconds are
+ * both reached, and fills r->runs, r->median_ms and r->p95_ms. Returns
+ * run's first non-zero result (the statistics then cover the calls before
+ * it), or -1 when memory for the times runs out before any call. */
+int bench_time_runs(const bench_options *opts, int (*run)(void *arg),
+                    void *arg, bench_result *r);
+
+/* Records an output check in r: errors, tolerance and "ok" or "FAIL". */
+void bench_record_check(bench_result *r, bench_check chk);
 
 void bench_print_table(FILE *out, const bench_report *r);
 /* Return 0, or -1 with errno-style failure to write. */

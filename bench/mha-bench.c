@@ -3,7 +3,8 @@
  * against the CPU backend's scalar kernels, warms up, then times forwards
  * until --repeat runs and --min-time seconds are both reached. The parser,
  * formulas and writers live in args.c, cases.c and report.c, the case data
- * and the host forward in data.c, the OpenBLAS and PyTorch rows in peers.c. */
+ * and the host forward in data.c, the OpenBLAS and PyTorch rows in peers.c,
+ * the CLBlast row in peer_clblast.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,11 +17,16 @@
 
 static int progress;
 
-static double now_s(void)
+/* One timed forward on device tensors, for bench_time_runs. */
+typedef struct layer_run {
+    mha_layer *layer;
+    const mha_forward_args *args;
+} layer_run;
+
+static int layer_once(void *arg)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    layer_run *run = arg;
+    return (int)mha_layer_forward(run->layer, run->args);
 }
 
 static double peak_rss_mib(void)
@@ -68,22 +74,17 @@ static void run_device_case(mha_context *ctx, mha_device *dev,
         snprintf(r->note, sizeof r->note, "out of host memory");
         return;
     }
-    double t0 = now_s();
+    double t0 = bench_now();
     mha_status st = bench_forward_host(dev, c, c->dtype, d, out);
-    r->first_ms = 1e3 * (now_s() - t0);
+    r->first_ms = 1e3 * (bench_now() - t0);
     if (st != MHA_OK) {
         set_error(r, st == MHA_UNSUPPORTED ? "skip" : "error", ctx,
                   "forward", st);
         free(out);
         return;
     }
-    bench_check chk = bench_compare_output(out, d->ref, d->nq, c->dtype);
+    bench_record_check(r, bench_compare_output(out, d->ref, d->nq, c->dtype));
     free(out);
-    r->checked = 1;
-    r->max_abs = chk.max_abs;
-    r->max_rel = chk.max_rel;
-    r->tol = chk.tol;
-    snprintf(r->status, sizeof r->status, "%s", chk.pass ? "ok" : "FAIL");
 
     mha_layer_config cfg;
     mha_layer_config_init(&cfg, c->embed_dim, c->heads);
@@ -92,7 +93,6 @@ static void run_device_case(mha_context *ctx, mha_device *dev,
     cfg.dtype = c->dtype;
     mha_layer *layer = NULL;
     mha_tensor *q = NULL, *k = NULL, *v = NULL, *y = NULL;
-    double *times = NULL;
     if ((st = mha_layer_create(dev, &cfg, &layer)) ||
         (st = bench_set_weights(layer, c, d)) ||
         (st = make_tensor(dev, c->tgt_len, c->batch, c->embed_dim, d->q, &q)) ||
@@ -114,32 +114,22 @@ static void run_device_case(mha_context *ctx, mha_device *dev,
             set_error(r, "error", ctx, "warm-up", st);
             goto done;
         }
-    int cap = o->repeat > 64 ? o->repeat : 64, n = 0;
-    times = malloc((size_t)cap * sizeof *times);
-    double start = now_s();
-    while (times && (n < o->repeat || now_s() - start < o->min_time)) {
-        if (n == cap) {
-            double *t2 = realloc(times, 2 * (size_t)cap * sizeof *times);
-            if (!t2)
-                break;
-            times = t2;
-            cap *= 2;
-        }
-        double s0 = now_s();
-        if ((st = mha_layer_forward(layer, &a))) {
-            set_error(r, "error", ctx, "forward", st);
-            goto done;
-        }
-        times[n++] = 1e3 * (now_s() - s0);
+    layer_run run = {layer, &a};
+    int rc = bench_time_runs(o, layer_once, &run, r);
+    if (rc > 0) {
+        set_error(r, "error", ctx, "forward", (mha_status)rc);
+        goto done;
     }
-    r->runs = n;
-    bench_stats(times, n, &r->median_ms, &r->p95_ms);
+    if (rc < 0) {
+        snprintf(r->status, sizeof r->status, "error");
+        snprintf(r->note, sizeof r->note, "out of host memory");
+        goto done;
+    }
     if (r->median_ms > 0) {
         r->gflops = bench_flops(c) / (r->median_ms * 1e6);
         r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
     }
 done:
-    free(times);
     mha_tensor_destroy(q);
     mha_tensor_destroy(k);
     mha_tensor_destroy(v);
@@ -254,7 +244,8 @@ int main(int argc, char **argv)
     if (progress && o.peers)
         fprintf(stderr, "PyTorch peer (all cases, one python3 run)...\n");
     bench_peers_init(&peers, &o);
-    int maxres = o.ncases * (ndev + BENCH_PEER_COUNT);
+    /* a CLBlast row may follow each OpenCL device */
+    int maxres = o.ncases * (2 * ndev + BENCH_PEER_COUNT);
     rep.results = calloc((size_t)maxres + 1, sizeof *rep.results);
     if (!rep.results) {
         fprintf(stderr, "mha-bench: out of host memory\n");
@@ -292,6 +283,29 @@ int main(int argc, char **argv)
                 fprintf(stderr, "[%d/%d] %s on %s (%s)...\n", ci + 1,
                         o.ncases, c->name, r->device, inf->name);
             run_device_case(ctx, devs[di], &o, c, &d, r);
+            r->peak_rss_mib = peak_rss_mib();
+            if (!strcmp(r->status, "FAIL") || !strcmp(r->status, "error"))
+                rc = BENCH_EXIT_FAIL;
+            if (!peers.enabled || !peers.have_clblast ||
+                strcmp(inf->backend, "opencl"))
+                continue;
+            /* CLBlast peer on the same OpenCL device (matched by name). */
+            r = &rep.results[rep.nresults++];
+            init_result(r, c);
+            const char *colon = strchr(rep.devices[di].spec, ':');
+            snprintf(r->device, sizeof r->device, "clblast:%s",
+                     colon ? colon + 1 : "0");
+            snprintf(r->device_name, sizeof r->device_name,
+                     "CLBlast on %.100s", inf->name);
+            snprintf(r->backend, sizeof r->backend, "peer");
+            if (progress)
+                fprintf(stderr, "[%d/%d] %s on %s (CLBlast)...\n", ci + 1,
+                        o.ncases, c->name, r->device);
+            bench_clblast_run(inf->name, &o, c, &d, r);
+            if (r->median_ms > 0) {
+                r->gflops = bench_flops(c) / (r->median_ms * 1e6);
+                r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
+            }
             r->peak_rss_mib = peak_rss_mib();
             if (!strcmp(r->status, "FAIL") || !strcmp(r->status, "error"))
                 rc = BENCH_EXIT_FAIL;
@@ -337,6 +351,7 @@ int main(int argc, char **argv)
         rc = BENCH_EXIT_FAIL;
     }
 out:
+    bench_clblast_release();
     free(rep.results);
     for (int i = 0; devs && devs[i]; i++)
         mha_device_destroy(devs[i]);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "peers.h"
 
@@ -16,15 +17,75 @@ void bench_openblas_threads(int n);
 #define MHA_BENCH_SOURCE_DIR "bench"
 #endif
 
-static double now_s(void)
+
+/* Writes case i's inputs and weights to dir/in<i>.f32 in the order
+ * torch_peer.py reads them. 0 or -1. */
+static int write_case_data(const char *dir, int i, const bench_case *c)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    bench_case_data d;
+    if (bench_case_data_make(c, &d))
+        return -1;
+    size_t e = (size_t)c->embed_dim;
+    struct {
+        const float *p;
+        size_t n;
+    } parts[] = {{d.q, d.nq},
+                 {d.k, d.nk},
+                 {d.v, d.nv},
+                 {d.w_q, e * e},
+                 {d.w_k, e * (size_t)c->kdim},
+                 {d.w_v, e * (size_t)c->vdim},
+                 {d.b_in, 3 * e},
+                 {d.w_o, e * e},
+                 {d.b_o, e}};
+    char path[1100];
+    snprintf(path, sizeof path, "%s/in%d.f32", dir, i);
+    FILE *f = fopen(path, "wb");
+    int rc = f ? 0 : -1;
+    for (size_t j = 0; f && !rc && j < sizeof parts / sizeof *parts; j++)
+        if (fwrite(parts[j].p, sizeof(float), parts[j].n, f) != parts[j].n)
+            rc = -1;
+    if (f && fclose(f))
+        rc = -1;
+    bench_case_data_free(&d);
+    return rc;
+}
+
+/* Reads dir/out<i>.f32 into p->torch_out[i]; removes dir/in<i>.f32 and
+ * dir/out<i>.f32. */
+static void read_torch_out(bench_peers *p, const char *dir, int i)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/in%d.f32", dir, i);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/out%d.f32", dir, i);
+    FILE *f = fopen(path, "rb");
+    if (f && !fseek(f, 0, SEEK_END)) {
+        long n = ftell(f);
+        float *buf = n > 0 ? malloc((size_t)n) : NULL;
+        rewind(f);
+        if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
+            p->torch_out[i] = buf;
+            p->torch_nout[i] = (size_t)n / sizeof(float);
+        } else {
+            free(buf);
+        }
+    }
+    if (f)
+        fclose(f);
+    unlink(path);
 }
 
 static void run_torch(bench_peers *p, const bench_options *o)
 {
+    /* The inputs and weights of every case go to a temporary directory so
+     * that PyTorch runs on the same data as the libmha rows. */
+    char dir[] = "/tmp/mha-bench-torch-XXXXXX";
+    int have_dir = mkdtemp(dir) != NULL;
+    for (int i = 0; have_dir == 1 && i < o->ncases; i++)
+        if (write_case_data(dir, i, &o->cases[i]))
+            have_dir = -1; /* no --data-dir; the files are still removed */
+
     const char *script = getenv("MHA_BENCH_TORCH_PEER");
     char path[1024];
     if (!script) {
@@ -39,6 +100,8 @@ static void run_torch(bench_peers *p, const bench_options *o)
                      "/usr/bin/python3 '%s' --threads %d --warmup %d "
                      "--repeat %d --min-time %g",
                      script, o->threads, o->warmup, o->repeat, o->min_time);
+    if (have_dir == 1)
+        n += snprintf(cmd + n, cap - (size_t)n, " --data-dir '%s'", dir);
     for (int i = 0; i < o->ncases && n > 0 && (size_t)n < cap; i++) {
         const bench_case *c = &o->cases[i];
         n += snprintf(cmd + n, cap - (size_t)n,
@@ -55,10 +118,9 @@ static void run_torch(bench_peers *p, const bench_options *o)
     free(cmd);
     if (!f) {
         snprintf(p->torch_note, sizeof p->torch_note, "cannot run python3");
-        return;
     }
     char line[4096];
-    while (fgets(line, sizeof line, f)) {
+    while (f && fgets(line, sizeof line, f)) {
         cJSON *j = cJSON_Parse(line);
         if (!j)
             continue;
@@ -93,7 +155,12 @@ static void run_torch(bench_peers *p, const bench_options *o)
         }
         cJSON_Delete(j);
     }
-    int status = pclose(f);
+    int status = f ? pclose(f) : -1;
+    if (have_dir) {
+        for (int i = 0; i < o->ncases; i++)
+            read_torch_out(p, dir, i);
+        rmdir(dir);
+    }
     if (!p->have_torch && !p->torch_note[0])
         snprintf(p->torch_note, sizeof p->torch_note,
                  "PyTorch peer gave no result (python3 status %d)", status);
@@ -110,7 +177,20 @@ void bench_peers_init(bench_peers *p, const bench_options *o)
     p->have_openblas = 1;
     bench_openblas_threads(o->threads);
 #endif
+    p->have_clblast = bench_clblast_built();
     run_torch(p, o);
+}
+
+typedef struct openblas_run {
+    const bench_case *c;
+    const bench_case_data *d;
+    float *out;
+} openblas_run;
+
+static int openblas_once(void *arg)
+{
+    openblas_run *run = arg;
+    return bench_openblas_forward(run->c, run->d, run->out);
 }
 
 static int run_openblas(const bench_options *o, const bench_case *c,
@@ -126,39 +206,19 @@ static int run_openblas(const bench_options *o, const bench_case *c,
         return 1;
     }
     float *out = malloc(d->nq * sizeof(float));
-    double t0 = now_s();
+    double t0 = bench_now();
     if (!out || bench_openblas_forward(c, d, out)) {
         free(out);
         snprintf(r->status, sizeof r->status, "error");
         snprintf(r->note, sizeof r->note, "out of host memory");
         return 1;
     }
-    r->first_ms = 1e3 * (now_s() - t0);
-    bench_check chk = bench_compare_output(out, d->ref, d->nq, c->dtype);
-    r->checked = 1;
-    r->max_abs = chk.max_abs;
-    r->max_rel = chk.max_rel;
-    r->tol = chk.tol;
-    snprintf(r->status, sizeof r->status, "%s", chk.pass ? "ok" : "FAIL");
+    r->first_ms = 1e3 * (bench_now() - t0);
+    bench_record_check(r, bench_compare_output(out, d->ref, d->nq, c->dtype));
     for (int i = 0; i < o->warmup; i++)
         bench_openblas_forward(c, d, out);
-    int cap = o->repeat > 64 ? o->repeat : 64, n = 0;
-    double *t = malloc((size_t)cap * sizeof *t), start = now_s();
-    while (t && (n < o->repeat || now_s() - start < o->min_time)) {
-        if (n == cap) {
-            double *t2 = realloc(t, 2 * (size_t)cap * sizeof *t);
-            if (!t2)
-                break;
-            t = t2;
-            cap *= 2;
-        }
-        double s0 = now_s();
-        bench_openblas_forward(c, d, out);
-        t[n++] = 1e3 * (now_s() - s0);
-    }
-    r->runs = n;
-    bench_stats(t, n, &r->median_ms, &r->p95_ms);
-    free(t);
+    openblas_run run = {c, d, out};
+    bench_time_runs(o, openblas_once, &run, r);
     free(out);
     return 1;
 }
@@ -188,18 +248,38 @@ int bench_peer_run(bench_peers *p, int peer, const bench_options *o, int ci,
         r->first_ms = p->torch_first[ci];
         r->runs = p->torch_runs[ci];
         snprintf(r->status, sizeof r->status, "ok");
-        snprintf(r->note, sizeof r->note, "own random data, not checked");
+        if (p->torch_out[ci] && p->torch_nout[ci] == d->nq) {
+            bench_check chk =
+                bench_compare_output(p->torch_out[ci], d->ref, d->nq, c->dtype);
+            r->checked = 1;
+            r->max_abs = chk.max_abs;
+            r->max_rel = chk.max_rel;
+            r->tol = chk.tol;
+            if (!chk.pass)
+                snprintf(r->status, sizeof r->status, "FAIL");
+        } else {
+            snprintf(r->note, sizeof r->note, "own random data, not checked");
+        }
+        free(p->torch_out[ci]);
+        p->torch_out[ci] = NULL;
         return 1;
     }
     return 0;
 }
 
-void bench_peers_notes(const bench_peers *p, FILE *out)
+void bench_peers_notes(bench_peers *p, FILE *out)
 {
+    for (int i = 0; i < BENCH_PEER_MAX_CASES; i++) {
+        free(p->torch_out[i]);
+        p->torch_out[i] = NULL;
+    }
     if (!p->enabled)
         return;
     if (!p->have_openblas)
         fprintf(out, "mha-bench: note: OpenBLAS peer not built (no openblas "
+                     "found at configure time)\n");
+    if (!p->have_clblast)
+        fprintf(out, "mha-bench: note: CLBlast peer not built (no clblast "
                      "found at configure time)\n");
     if (!p->have_torch)
         fprintf(out, "mha-bench: note: no PyTorch peer: %s\n",

@@ -1,5 +1,6 @@
 /* peers.h: the rows mha-bench adds beside libmha's own devices: attention
- * composed from OpenBLAS sgemm calls (when the build found OpenBLAS) and
+ * composed from OpenBLAS sgemm calls (when the build found OpenBLAS), from
+ * CLBlast sgemms on each OpenCL device (when the build found CLBlast), and
  * PyTorch's nn.MultiheadAttention through bench/torch_peer.py (when
  * /usr/bin/python3 imports torch). A missing peer is a note, not an error. */
 #ifndef MHA_BENCH_PEERS_H
@@ -37,6 +38,7 @@ typedef struct bench_peers {
     int enabled;
     int threads;
     int have_openblas;
+    int have_clblast;
     int have_torch;
     char torch_note[160];
     /* torch results, one per case, filled by bench_peers_init */
@@ -45,6 +47,10 @@ typedef struct bench_peers {
     int torch_runs[BENCH_PEER_MAX_CASES];
     char torch_case_note[BENCH_PEER_MAX_CASES][96]; /* per-case error */
     char torch_version[32];
+    /* torch's first output per case on mha-bench's own inputs and weights
+     * (NULL when it gave none), checked and freed by bench_peer_run */
+    float *torch_out[BENCH_PEER_MAX_CASES];
+    size_t torch_nout[BENCH_PEER_MAX_CASES];
 } bench_peers;
 
 /* Finds the peers; runs the PyTorch peer for every case of o up front (one
@@ -55,12 +61,31 @@ void bench_peers_init(bench_peers *p, const bench_options *o);
  * is missing (r untouched). */
 int bench_peer_run(bench_peers *p, int peer, const bench_options *o, int ci,
                    const bench_case_data *d, bench_result *r);
-/* Prints a line for each missing peer. */
-void bench_peers_notes(const bench_peers *p, FILE *out);
+/* Prints a line for each missing peer; frees what bench_peer_run left. */
+void bench_peers_notes(bench_peers *p, FILE *out);
 
 /* The OpenBLAS-composed forward into out (like q); 0, or -1 when OpenBLAS
  * was not built in or memory ran out. */
 int bench_openblas_forward(const bench_case *c, const bench_case_data *d,
                            float *out);
+
+/* 1 when mha-bench was built with the CLBlast peer. */
+int bench_clblast_built(void);
+/* The CLBlast-composed forward on the first OpenCL device whose
+ * CL_DEVICE_NAME is device_name (libmha's mha_device_info name of an opencl
+ * device) into out (like q). 0; 1 when the case does not fit the device
+ * (skip); -1 when CLBlast was not built in or OpenCL failed. err gets the
+ * reason. */
+int bench_clblast_forward(const char *device_name, const bench_case *c,
+                          const bench_case_data *d, float *out, char *err,
+                          size_t errlen);
+/* Times the CLBlast-composed forward on that device like run_openblas:
+ * fills r's status, note, first_ms, the check and the timings (not the
+ * device fields). 0, or -1 on an error (status "error"). */
+int bench_clblast_run(const char *device_name, const bench_options *o,
+                      const bench_case *c, const bench_case_data *d,
+                      bench_result *r);
+/* Releases the OpenCL contexts the CLBlast peer kept across cases. */
+void bench_clblast_release(void);
 
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -37,6 +38,48 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int bench_time_runs(const bench_options *o, int (*run)(void *arg), void *arg,
+                    bench_result *r)
+{
+    int cap = o->repeat > 64 ? o->repeat : 64, n = 0, rc = 0;
+    double *t = malloc((size_t)cap * sizeof *t), start = bench_now();
+    if (!t)
+        return -1;
+    while (n < o->repeat || bench_now() - start < o->min_time) {
+        if (n == cap) {
+            double *t2 = realloc(t, 2 * (size_t)cap * sizeof *t);
+            if (!t2)
+                break;
+            t = t2;
+            cap *= 2;
+        }
+        double s0 = bench_now();
+        if ((rc = run(arg)) != 0)
+            break;
+        t[n++] = 1e3 * (bench_now() - s0);
+    }
+    r->runs = n;
+    bench_stats(t, n, &r->median_ms, &r->p95_ms);
+    free(t);
+    return rc;
+}
+
+void bench_record_check(bench_result *r, bench_check chk)
+{
+    r->checked = 1;
+    r->max_abs = chk.max_abs;
+    r->max_rel = chk.max_rel;
+    r->tol = chk.tol;
+    snprintf(r->status, sizeof r->status, "%s", chk.pass ? "ok" : "FAIL");
 }
 
 void bench_stats(double *t, int n, double *median, double *p95)

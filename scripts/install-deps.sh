@@ -3,7 +3,8 @@
 # that are missing: "main" to build and run it on every backend (OpenBLAS
 # only as mha-bench's peer, never a dependency of the library), "test"
 # also for the whole test suite (Criterion, validation layers, PyTorch for
-# live fixtures, the AArch64 cross toolchain and qemu, valgrind).
+# live fixtures, the AArch64 cross toolchain and qemu, valgrind, and CLBlast
+# for mha-bench's optional CLBlast peer and its test).
 set -euo pipefail
 
 main_pkgs=(cmake gcc make pkg-config libcjson-dev
@@ -11,7 +12,8 @@ main_pkgs=(cmake gcc make pkg-config libcjson-dev
            opencl-c-headers ocl-icd-libopencl1 pocl-opencl-icd
            libopenblas-dev)
 test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
-           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind)
+           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind
+           libclblast-dev)
 
 case "${1:-main}" in
   main) wanted=("${main_pkgs[@]}") ;;

@@ -2,8 +2,8 @@
  * parser (good flags and every exit-2 path, as return codes), the FLOP and
  * byte formulas against hand-computed values, the output check's FAIL path
  * on a deliberately wrong output, the JSON and CSV writers read back,
- * --compare on two small reports, and the case data and OpenBLAS peer
- * against the scalar CPU reference. */
+ * --compare on two small reports, and the case data and the OpenBLAS,
+ * CLBlast and PyTorch peers against the scalar CPU reference. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
@@ -502,6 +502,99 @@ Test(peers, reference_openblas_and_a_wrong_output)
     free(out);
     bench_case_data_free(&d);
     mha_device_destroy(cpu);
+    mha_device_destroy(ref_dev);
+    mha_context_destroy(ctx);
+}
+
+/* The CLBlast peer on the first OpenCL device libmha finds, against the
+ * scalar reference, plain and causal (L != S, batch 2); skipped when the
+ * peer is not built or there is no OpenCL device. */
+Test(peers, clblast_matches_reference, .timeout = 120)
+{
+    if (!bench_clblast_built())
+        cr_skip_test("CLBlast peer not built (no clblast at configure time)");
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    int n = 0;
+    mha_device_info inf, cl;
+    int found = 0;
+    cr_assert_eq(mha_device_count(ctx, &n), MHA_OK);
+    for (int i = 0; i < n && !found; i++) {
+        cr_assert_eq(mha_device_get_info(ctx, i, &inf), MHA_OK);
+        if (!strcmp(inf.backend, "opencl")) {
+            cl = inf;
+            found = 1;
+        }
+    }
+    if (!found) {
+        mha_context_destroy(ctx);
+        cr_skip_test("no OpenCL device");
+    }
+    mha_device_options so;
+    mha_device_options_init(&so);
+    so.cpu_isa = "scalar";
+    mha_device *ref_dev;
+    cr_assert_eq(mha_device_open(ctx, "cpu", &so, &ref_dev), MHA_OK);
+    for (int causal = 0; causal < 2; causal++) {
+        bench_case c = mk(32, 4, 2, 5, 7, 12, 20, MHA_F32);
+        c.causal = causal;
+        bench_case_data d;
+        cr_assert_eq(bench_case_data_make(&c, &d), 0);
+        cr_assert_eq(bench_forward_host(ref_dev, &c, MHA_F32, &d, d.ref),
+                     MHA_OK, "%s", mha_context_errmsg(ctx));
+        float *out = calloc(d.nq, sizeof(float));
+        char err[128] = "";
+        cr_assert_eq(bench_clblast_forward(cl.name, &c, &d, out, err,
+                                           sizeof err),
+                     0, "CLBlast on %s: %s", cl.name, err);
+        bench_check k = bench_compare_output(out, d.ref, d.nq, MHA_F32);
+        cr_assert(k.pass, "clblast (causal %d) vs scalar: %g > %g", causal,
+                  k.max_abs, k.tol);
+        free(out);
+        bench_case_data_free(&d);
+    }
+    bench_clblast_release();
+    mha_device_destroy(ref_dev);
+    mha_context_destroy(ctx);
+}
+
+/* The PyTorch peer runs on the case's own inputs and weights (written to a
+ * temporary directory) and its output is checked against the scalar
+ * reference; kdim and vdim differ from E so the separate q/k/v projection
+ * weights are used. Skipped when /usr/bin/python3 cannot import torch. */
+Test(peers, torch_checked_against_reference, .timeout = 120)
+{
+    bench_options o;
+    char err[BENCH_ERRLEN];
+    const char *a[] = {"--embed-dim", "32", "--heads", "4", "--batch", "2",
+                       "--tgt-len", "5", "--src-len", "7", "--kdim", "12",
+                       "--vdim", "20", "--warmup", "0", "--repeat", "1",
+                       "--min-time", "0", "--threads", "1", NULL};
+    cr_assert_eq(parse(&o, err, a), 0, "%s", err);
+    cr_assert_eq(o.ncases, 1);
+    bench_peers p;
+    bench_peers_init(&p, &o);
+    if (!p.have_torch)
+        cr_skip_test("no PyTorch peer: %s", p.torch_note);
+    bench_case_data d;
+    cr_assert_eq(bench_case_data_make(&o.cases[0], &d), 0);
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    mha_device_options so;
+    mha_device_options_init(&so);
+    so.cpu_isa = "scalar";
+    mha_device *ref_dev;
+    cr_assert_eq(mha_device_open(ctx, "cpu", &so, &ref_dev), MHA_OK);
+    cr_assert_eq(bench_forward_host(ref_dev, &o.cases[0], MHA_F32, &d, d.ref),
+                 MHA_OK, "%s", mha_context_errmsg(ctx));
+    bench_result r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(bench_peer_run(&p, 1, &o, 0, &d, &r), 1);
+    cr_assert(r.checked, "torch row not checked: %s %s", r.status, r.note);
+    cr_assert_str_eq(r.status, "ok", "torch vs scalar: %g > %g (%s)",
+                     r.max_abs, r.tol, r.note);
+    bench_peers_notes(&p, stderr);
+    bench_case_data_free(&d);
     mha_device_destroy(ref_dev);
     mha_context_destroy(ctx);
 }

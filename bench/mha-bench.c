@@ -57,9 +57,10 @@ static mha_status make_tensor(mha_device *dev, int64_t a, int64_t b,
 /* Times the case on one device into r: first call (layer build, upload,
  * pipeline/kernel build, forward, download), check, warm-up, timed loop on
  * device-resident tensors. */
-static void run_device_case(mha_context *ctx, mha_device *dev,
-                            const bench_options *o, const bench_case *c,
-                            const bench_case_data *d, bench_result *r)
+static void run_device_case_timed(mha_context *ctx, mha_device *dev,
+                                  const bench_options *o,
+                                  const bench_case *c,
+                                  const bench_case_data *d, bench_result *r)
 {
     mha_device_info info;
     mha_device_info_of(dev, &info);
@@ -135,6 +136,19 @@ done:
     mha_tensor_destroy(v);
     mha_tensor_destroy(y);
     mha_layer_destroy(layer);
+}
+
+/* The case on one device, with the peak of libmha's device memory during
+ * it (layer weights, tensors, arena, staging). */
+static void run_device_case(mha_context *ctx, mha_device *dev,
+                            const bench_options *o, const bench_case *c,
+                            const bench_case_data *d, bench_result *r)
+{
+    uint64_t peak = 0;
+    mha_device_reset_peak_memory(dev);
+    run_device_case_timed(ctx, dev, o, c, d, r);
+    if (mha_device_memory_usage(dev, NULL, &peak) == MHA_OK)
+        r->device_mem_mib = (double)peak / (1024.0 * 1024.0);
 }
 
 static void init_result(bench_result *r, const bench_case *c)

@@ -45,6 +45,8 @@ struct mha_device {
     void *dev;
     int index; /* in ctx->devices */
     int open_objects; /* layers and tensors on this device */
+    uint64_t mem_in_use; /* bytes of buffers allocated through mha_dev_alloc */
+    uint64_t mem_peak;
 };
 
 struct mha_tensor {
@@ -82,7 +84,8 @@ const char *mha_shape_str(char *buf, size_t size, int ndim,
 /* Wrappers through which the core reaches a backend (SQLite's sqlite3Os*):
  * they check the method exists and name the failing call. */
 mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf);
-void mha_dev_free(mha_device *device, void *buf);
+/* size must be the size the buffer was allocated with (memory accounting). */
+void mha_dev_free(mha_device *device, void *buf, size_t size);
 mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,
                          const void *src, size_t size);
 mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,

@@ -336,13 +336,42 @@ mha_status mha_device_destroy(mha_device *device)
 
 mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf)
 {
-    return device->iface->buffer_alloc(device->dev, size ? size : 4, buf);
+    mha_status st = device->iface->buffer_alloc(device->dev, size ? size : 4,
+                                                buf);
+    if (st == MHA_OK) {
+        device->mem_in_use += size;
+        if (device->mem_in_use > device->mem_peak)
+            device->mem_peak = device->mem_in_use;
+    }
+    return st;
 }
 
-void mha_dev_free(mha_device *device, void *buf)
+void mha_dev_free(mha_device *device, void *buf, size_t size)
 {
-    if (buf)
-        device->iface->buffer_free(device->dev, buf);
+    if (!buf)
+        return;
+    device->iface->buffer_free(device->dev, buf);
+    device->mem_in_use -= size;
+}
+
+mha_status mha_device_memory_usage(mha_device *device, uint64_t *in_use,
+                                   uint64_t *peak)
+{
+    if (!device)
+        return MHA_INVALID_ARGUMENT;
+    if (in_use)
+        *in_use = device->mem_in_use;
+    if (peak)
+        *peak = device->mem_peak;
+    return MHA_OK;
+}
+
+mha_status mha_device_reset_peak_memory(mha_device *device)
+{
+    if (!device)
+        return MHA_INVALID_ARGUMENT;
+    device->mem_peak = device->mem_in_use;
+    return MHA_OK;
 }
 
 mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,

@@ -260,8 +260,9 @@ void mha_plan_destroy(mha_layer *layer, mha_plan *plan)
     if (!plan)
         return;
     for (int r = 0; r < MHA_BUF_EXTERNAL_COUNT; r++)
-        mha_dev_free(layer->device, plan->staging[r]);
-    mha_dev_free(layer->device, plan->arena);
+        mha_dev_free(layer->device, plan->staging[r],
+                     plan->staging_bytes[r]);
+    mha_dev_free(layer->device, plan->arena, plan->arena_bytes);
     mha_host_free(&layer->device->ctx->host, plan);
 }
 
@@ -420,6 +421,7 @@ static mha_status make_staging(mha_layer *layer, mha_plan *plan)
                                       &plan->staging[role]);
         if (st != MHA_OK)
             return st;
+        plan->staging_bytes[role] = g->bufs[b].bytes;
     }
     plan->has_staging = 1;
     return MHA_OK;

@@ -123,9 +123,9 @@ mha_status mha_layer_create(mha_device *device, const mha_layer_config *config,
     layer->cfg.add_zero_attn = config->add_zero_attn != 0;
     layer->cfg.batch_first = config->batch_first != 0;
     layer->head_dim = config->embed_dim / config->num_heads;
-    size_t elems = layout_slots(layer);
-    st = mha_dev_alloc(device, elems * mha_dtype_storage_size(config->dtype),
-                       &layer->wbuf);
+    layer->wbytes = layout_slots(layer) *
+                    mha_dtype_storage_size(config->dtype);
+    st = mha_dev_alloc(device, layer->wbytes, &layer->wbuf);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, layer);
         return st;
@@ -143,7 +143,7 @@ mha_status mha_layer_destroy(mha_layer *layer)
     mha_device *device = layer->device;
     for (int i = 0; i < MHA_PLAN_CACHE; i++)
         mha_plan_destroy(layer, layer->plans[i]);
-    mha_dev_free(device, layer->wbuf);
+    mha_dev_free(device, layer->wbuf, layer->wbytes);
     device->open_objects--;
     mha_host_free(&device->ctx->host, layer);
     return MHA_OK;

@@ -34,6 +34,7 @@ struct mha_layer {
     mha_layer_config cfg;  /* kdim and vdim resolved */
     int64_t head_dim;
     void *wbuf;
+    size_t wbytes;
     size_t woff[MHA_WSLOT_COUNT]; /* elements */
     size_t wlen[MHA_WSLOT_COUNT]; /* elements */
     unsigned set;                 /* bit per slot that has been written */

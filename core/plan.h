@@ -16,6 +16,7 @@ struct mha_plan {
     size_t arena_bytes;
     /* device buffers for the host-memory forward, made on its first use */
     void *staging[MHA_BUF_EXTERNAL_COUNT];
+    size_t staging_bytes[MHA_BUF_EXTERNAL_COUNT];
     int has_staging;
 };
 

@@ -180,7 +180,8 @@ mha_status mha_tensor_destroy(mha_tensor *tensor)
     if (!tensor)
         return MHA_OK;
     mha_device *device = tensor->device;
-    mha_dev_free(device, tensor->buf);
+    mha_dev_free(device, tensor->buf,
+                 tensor->count * mha_dtype_storage_size(tensor->dtype));
     device->open_objects--;
     mha_host_free(&device->ctx->host, tensor);
     return MHA_OK;

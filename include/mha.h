@@ -208,6 +208,17 @@ MHA_API mha_status mha_device_open_index(mha_context *ctx, int index,
 MHA_API mha_status mha_device_info_of(mha_device *device,
                                       mha_device_info *info);
 
+/* Bytes of device memory libmha holds on this device (tensors, layer
+ * weights, plan arenas, host-forward staging; not the driver's or the
+ * backend's own internal allocations), now and at the peak since the device
+ * was opened or the last mha_device_reset_peak_memory. Either output may be
+ * NULL. */
+MHA_API mha_status mha_device_memory_usage(mha_device *device,
+                                           uint64_t *in_use, uint64_t *peak);
+
+/* Starts a new peak measurement at the current use. */
+MHA_API mha_status mha_device_reset_peak_memory(mha_device *device);
+
 /* Destroys the device. Layers and tensors on it must be destroyed first.
  * NULL does nothing. */
 MHA_API mha_status mha_device_destroy(mha_device *device);

@@ -1693,3 +1693,31 @@ Test(api, errors_print_nothing_without_a_log, .init = redirect_stderr)
     fflush(stderr);
     cr_expect_stderr_eq_str("");
 }
+
+/* Device memory accounting: a tensor adds its bytes, destroying it gives
+ * them back, the peak remembers, and a reset starts from the current use. */
+Test(api, device_memory_usage_counts_tensors_and_peak)
+{
+    mha_context *ctx = new_context();
+    mha_device *dev = open_cpu(ctx);
+    uint64_t base = 1, peak = 0, now = 0;
+    cr_assert_eq(mha_device_memory_usage(dev, &base, NULL), MHA_OK);
+    mha_tensor *t;
+    const int64_t shape[2] = {100, 30};
+    cr_assert_eq(mha_tensor_create(dev, MHA_F32, 2, shape, &t), MHA_OK);
+    cr_assert_eq(mha_device_memory_usage(dev, &now, &peak), MHA_OK);
+    cr_expect_eq(now, base + 100 * 30 * 4);
+    cr_expect_eq(peak, now);
+    cr_assert_eq(mha_tensor_destroy(t), MHA_OK);
+    cr_assert_eq(mha_device_memory_usage(dev, &now, &peak), MHA_OK);
+    cr_expect_eq(now, base);
+    cr_expect_eq(peak, base + 100 * 30 * 4);
+    cr_assert_eq(mha_device_reset_peak_memory(dev), MHA_OK);
+    cr_assert_eq(mha_device_memory_usage(dev, NULL, &peak), MHA_OK);
+    cr_expect_eq(peak, base);
+    cr_expect_eq(mha_device_memory_usage(NULL, &now, &peak),
+                 MHA_INVALID_ARGUMENT);
+    cr_expect_eq(mha_device_reset_peak_memory(NULL), MHA_INVALID_ARGUMENT);
+    mha_device_destroy(dev);
+    mha_context_destroy(ctx);
+}

@@ -231,7 +231,7 @@ static void release(op_setup *s, mha_device *dev)
 {
     for (int i = 0; i < s->n; i++) {
         if (dev)
-            mha_dev_free(dev, s->t[i].dev);
+            mha_dev_free(dev, s->t[i].dev, s->t[i].span * 4);
         s->t[i].dev = NULL;
     }
 }

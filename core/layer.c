@@ -219,9 +219,8 @@ mha_status mha_layer_write_weight(mha_layer *layer, mha_wslot first,
     return MHA_OK;
 }
 
-/* bias_k and bias_v are (1, 1, E) in PyTorch; (E) is accepted too. */
-static int shape_matches(const mha_weight_spec *s, int ndim,
-                         const int64_t *shape)
+int mha_weight_shape_matches(const mha_weight_spec *s, int ndim,
+                             const int64_t *shape)
 {
     if (s->ndim == 3 && ndim == 1)
         return shape[0] == s->shape[2];
@@ -275,7 +274,7 @@ mha_status mha_layer_set_weight(mha_layer *layer, const char *name,
                                          &s);
     if (st != MHA_OK)
         return st;
-    if (ndim < 1 || ndim > MHA_MAX_DIMS || !shape_matches(&s, ndim, shape)) {
+    if (ndim < 1 || ndim > MHA_MAX_DIMS || !mha_weight_shape_matches(&s, ndim, shape)) {
         char got[96], want[96];
         return mha_error(ctx, MHA_SHAPE_MISMATCH,
                          "mha_layer_set_weight: %s has shape %s; expected %s",

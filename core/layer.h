@@ -50,6 +50,11 @@ int mha_layer_weight_specs(const mha_layer *layer, mha_weight_spec *specs);
  * names that exist in PyTorch but not for this configuration. */
 int mha_is_mha_weight_name(const char *name);
 
+/* Whether a tensor of this shape fits spec. bias_k and bias_v are
+ * (1, 1, E) in PyTorch; (E) is accepted too. */
+int mha_weight_shape_matches(const mha_weight_spec *spec, int ndim,
+                             const int64_t *shape);
+
 /* Finds the spec of a state_dict name for this layer, or fails with a
  * message that says why the name does not apply (fn names the caller). */
 mha_status mha_find_weight_spec(mha_layer *layer, const char *fn,

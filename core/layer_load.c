@@ -21,18 +21,6 @@ static mha_status full_key(mha_context *ctx, const char *prefix,
     return MHA_OK;
 }
 
-static int entry_matches(const mha_weight_spec *s, const mha_st_entry *e)
-{
-    if (s->ndim == 3 && e->ndim == 1) /* bias_k as (E) */
-        return e->shape[0] == s->shape[2];
-    if (e->ndim != s->ndim)
-        return 0;
-    for (int i = 0; i < s->ndim; i++)
-        if (e->shape[i] != s->shape[i])
-            return 0;
-    return 1;
-}
-
 static mha_status check_entry(mha_context *ctx, const char *path,
                               const char *key, const mha_weight_spec *s,
                               const mha_st_entry *e)
@@ -47,7 +35,7 @@ static mha_status check_entry(mha_context *ctx, const char *path,
                          "%s: tensor \"%s\" in %s has dtype %s; expected F32, "
                          "F16, BF16 or F64",
                          fn, key, path, e->dtype);
-    if (e->ndim > MHA_MAX_DIMS || !entry_matches(s, e))
+    if (e->ndim > MHA_MAX_DIMS || !mha_weight_shape_matches(s, e->ndim, e->shape))
         return mha_error(ctx, MHA_SHAPE_MISMATCH,
                          "%s: tensor \"%s\" in %s has shape %s; expected %s",
                          fn, key, path,

@@ -19,30 +19,35 @@ static void dev_str(const mha_cl_api *api, cl_device_id d, cl_device_info what,
     out[cap - 1] = '\0';
 }
 
+/* A fixed-size device property into out; 0 when the query fails. */
+static void dev_info(const mha_cl_api *api, cl_device_id d,
+                     cl_device_info what, void *out, size_t size)
+{
+    if (api->clGetDeviceInfo(d, what, size, out, NULL) != CL_SUCCESS)
+        memset(out, 0, size);
+}
+
 static cl_ulong dev_ulong(const mha_cl_api *api, cl_device_id d,
                           cl_device_info what)
 {
-    cl_ulong v = 0;
-    if (api->clGetDeviceInfo(d, what, sizeof v, &v, NULL) != CL_SUCCESS)
-        v = 0;
+    cl_ulong v;
+    dev_info(api, d, what, &v, sizeof v);
     return v;
 }
 
 static cl_uint dev_uint(const mha_cl_api *api, cl_device_id d,
                         cl_device_info what)
 {
-    cl_uint v = 0;
-    if (api->clGetDeviceInfo(d, what, sizeof v, &v, NULL) != CL_SUCCESS)
-        v = 0;
+    cl_uint v;
+    dev_info(api, d, what, &v, sizeof v);
     return v;
 }
 
 static size_t dev_size(const mha_cl_api *api, cl_device_id d,
                        cl_device_info what)
 {
-    size_t v = 0;
-    if (api->clGetDeviceInfo(d, what, sizeof v, &v, NULL) != CL_SUCCESS)
-        v = 0;
+    size_t v;
+    dev_info(api, d, what, &v, sizeof v);
     return v;
 }
 

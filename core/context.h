@@ -43,7 +43,8 @@ struct mha_device {
     mha_context *ctx;
     const mha_backend_iface *iface;
     void *dev;
-    int index; /* in ctx->devices */
+    int index; /* in ctx->devices; -1 for a device adopted from an engine */
+    mha_device_entry entry; /* what mha_device_info_of reports */
     int open_objects; /* layers and tensors on this device */
     uint64_t mem_in_use; /* bytes of buffers allocated through mha_dev_alloc */
     uint64_t mem_peak;
@@ -58,6 +59,8 @@ struct mha_tensor {
     void *buf;          /* backend buffer; MHA_BOOL is stored as additive
                            f32 (0 or -inf) so every backend sees one mask
                            format */
+    int wrapped;        /* buf wraps the caller's memory: not counted in
+                           the device's memory use */
 };
 
 /* Services for the core itself. */
@@ -68,6 +71,9 @@ mha_status mha_error(mha_context *ctx, mha_status status, const char *fmt,
 #endif
     ;
 void mha_clear_error(mha_context *ctx);
+
+/* Ranking weight of a device kind (discrete GPU first). */
+int mha_device_kind_score(mha_device_kind kind);
 
 /* Bytes of one element as stored on a device (MHA_BOOL masks are f32). */
 size_t mha_dtype_storage_size(mha_dtype dtype);

@@ -8,7 +8,7 @@
 
 #include "context.h"
 
-static int kind_score(mha_device_kind kind)
+int mha_device_kind_score(mha_device_kind kind)
 {
     switch (kind) {
     case MHA_DEVICE_DISCRETE_GPU: return 400;
@@ -66,7 +66,7 @@ static mha_status probe_backend(mha_context *ctx, int slot)
         e->backend = slot;
         e->backend_index = i;
         e->desc = descs[i];
-        e->score = kind_score(descs[i].kind);
+        e->score = mha_device_kind_score(descs[i].kind);
     }
     mha_host_free(&ctx->host, descs);
     return MHA_OK;
@@ -126,9 +126,10 @@ mha_status mha_device_count(mha_context *ctx, int *count)
     return MHA_OK;
 }
 
-static void fill_info(const mha_context *ctx, int index, mha_device_info *info)
+/* index is the entry's place in the ranked list, -1 for an adopted device. */
+static void fill_info(const mha_context *ctx, const mha_device_entry *e,
+                      int index, mha_device_info *info)
 {
-    const mha_device_entry *e = &ctx->devices[index];
     const mha_device_desc *d = &e->desc;
     memset(info, 0, sizeof *info);
     snprintf(info->backend, sizeof info->backend, "%s",
@@ -165,7 +166,7 @@ mha_status mha_device_get_info(mha_context *ctx, int index,
                          "mha_device_get_info: index %d out of range; "
                          "%d device(s) found",
                          index, ctx->device_count);
-    fill_info(ctx, index, info);
+    fill_info(ctx, &ctx->devices[index], index, info);
     mha_clear_error(ctx);
     return MHA_OK;
 }
@@ -214,6 +215,7 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
     device->ctx = ctx;
     device->iface = b->iface;
     device->index = index;
+    device->entry = *e;
     ctx->open_objects++;
     mha_clear_error(ctx);
     *out = device;
@@ -312,7 +314,7 @@ mha_status mha_device_info_of(mha_device *device, mha_device_info *info)
 {
     if (!device || !info)
         return MHA_INVALID_ARGUMENT;
-    fill_info(device->ctx, device->index, info);
+    fill_info(device->ctx, &device->entry, device->index, info);
     return MHA_OK;
 }
 

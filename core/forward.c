@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "interop.h"
 #include "plan.h"
 
 mha_status mha_check_shape(mha_context *ctx, const char *fn, const char *what,
@@ -226,12 +227,12 @@ static size_t shape_count(int nd, const int64_t *shape)
     return n;
 }
 
-/* The cached plan for call, made (evicting the least recently used) when
- * missing. */
-static mha_status get_plan(mha_layer *layer, const mha_call *call,
-                           mha_plan **out)
+/* The cached plan for call, made when missing in a free slot or in place
+ * of the least recently used plan that is not pinned. */
+static mha_status get_plan(mha_layer *layer, const char *fn,
+                           const mha_call *call, mha_plan **out)
 {
-    int slot = 0;
+    int slot = -1;
     layer->clock++;
     for (int i = 0; i < MHA_PLAN_CACHE; i++) {
         mha_plan *p = layer->plans[i];
@@ -240,10 +241,19 @@ static mha_status get_plan(mha_layer *layer, const mha_call *call,
             *out = p;
             return MHA_OK;
         }
-        mha_plan *best = layer->plans[slot];
-        if (best && (!p || p->last_used < best->last_used))
+        if (p && p->pinned)
+            continue;
+        if (slot < 0 || (layer->plans[slot] &&
+                         (!p || p->last_used < layer->plans[slot]->last_used)))
             slot = i;
     }
+    if (slot < 0)
+        return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
+                         "%s: this layer already holds %d shapes whose "
+                         "forwards were enqueued or recorded, and their "
+                         "scratch must live as long as the layer; use fixed "
+                         "shapes (pad with key_padding_mask) or another layer",
+                         fn, MHA_PLAN_CACHE);
     mha_plan *plan;
     mha_status st = mha_plan_create(layer, call, &plan);
     if (st != MHA_OK)
@@ -311,14 +321,13 @@ static mha_status check_same_device(mha_layer *layer, const char *fn,
     return MHA_OK;
 }
 
-mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
+/* Checks the call, finds its plan and hands every node to the backend. */
+static mha_status enqueue_forward(mha_layer *layer, const char *fn,
+                                  const mha_forward_args *a, mha_plan **plan)
 {
-    static const char fn[] = "mha_layer_forward";
     static const char *const names[7] = {"query", "key", "value",
                                          "key_padding_mask", "attn_mask",
                                          "output", "weights"};
-    if (!layer)
-        return MHA_INVALID_ARGUMENT;
     mha_context *ctx = layer->device->ctx;
     if (!a)
         return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: args is NULL", fn);
@@ -341,17 +350,38 @@ mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
     if (st == MHA_OK && call.need_weights)
         st = check_result_tensor(layer, fn, "weights", a->weights, w_nd,
                                  w_shape);
-    mha_plan *plan;
     if (st == MHA_OK)
-        st = get_plan(layer, &call, &plan);
+        st = get_plan(layer, fn, &call, plan);
     if (st != MHA_OK)
         return st;
     void *ext[MHA_BUF_EXTERNAL_COUNT] = {NULL};
     for (int i = 0; i < 7; i++)
         ext[i] = t[i] ? t[i]->buf : NULL;
-    st = mha_plan_execute(layer, plan, ext);
+    return mha_plan_enqueue(layer, *plan, ext);
+}
+
+mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
+{
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_plan *plan;
+    mha_status st = enqueue_forward(layer, "mha_layer_forward", a, &plan);
     if (st == MHA_OK)
-        mha_clear_error(ctx);
+        st = mha_dev_sync(layer->device);
+    if (st == MHA_OK)
+        mha_clear_error(layer->device->ctx);
+    return st;
+}
+
+mha_status mha_layer_forward_enqueue(mha_layer *layer, const char *fn,
+                                     const mha_forward_args *a)
+{
+    mha_plan *plan = NULL;
+    mha_status st = enqueue_forward(layer, fn, a, &plan);
+    if (plan)
+        plan->pinned = 1;
+    if (st == MHA_OK)
+        mha_clear_error(layer->device->ctx);
     return st;
 }
 
@@ -462,7 +492,9 @@ static mha_status stage_and_run(mha_layer *layer, mha_plan *plan,
         if (arr[i]->data && plan->staging[i])
             st = upload_array(dev, plan->staging[i], arr[i]);
     if (st == MHA_OK)
-        st = mha_plan_execute(layer, plan, plan->staging);
+        st = mha_plan_enqueue(layer, plan, plan->staging);
+    if (st == MHA_OK)
+        st = mha_dev_sync(dev);
     if (st == MHA_OK)
         st = mha_dev_read(dev, plan->staging[MHA_BUF_OUTPUT], 0, a->output,
                           out_count * 4);
@@ -496,7 +528,7 @@ mha_status mha_layer_forward_host(mha_layer *layer,
                             w_count);
     mha_plan *plan;
     if (st == MHA_OK)
-        st = get_plan(layer, &call, &plan);
+        st = get_plan(layer, fn, &call, &plan);
     if (st == MHA_OK)
         st = stage_and_run(layer, plan, a, out_count, w_count);
     if (st == MHA_OK)

@@ -206,7 +206,7 @@ mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
     return MHA_OK;
 }
 
-mha_status mha_plan_execute(mha_layer *layer, const mha_plan *plan,
+mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
                             void *const external[MHA_BUF_EXTERNAL_COUNT])
 {
     const mha_graph *g = &plan->graph;
@@ -228,5 +228,5 @@ mha_status mha_plan_execute(mha_layer *layer, const mha_plan *plan,
         if (st != MHA_OK)
             return st;
     }
-    return mha_dev_sync(layer->device);
+    return MHA_OK;
 }

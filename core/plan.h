@@ -18,14 +18,15 @@ struct mha_plan {
     void *staging[MHA_BUF_EXTERNAL_COUNT];
     size_t staging_bytes[MHA_BUF_EXTERNAL_COUNT];
     int has_staging;
+    int pinned; /* enqueued without a wait: never evicted (see interop.h) */
 };
 
 mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
                            mha_plan **out);
 
-/* Runs the plan with the caller's buffers bound by role (MHA_BUF_PARAMS is
- * the layer's own) and waits for the result. */
-mha_status mha_plan_execute(mha_layer *layer, const mha_plan *plan,
+/* Hands the plan's nodes to the backend with the caller's buffers bound by
+ * role (MHA_BUF_PARAMS is the layer's own); the caller syncs. */
+mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
                             void *const external[MHA_BUF_EXTERNAL_COUNT]);
 
 #endif /* MHA_CORE_PLAN_H */

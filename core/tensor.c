@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "interop.h"
 
 #define CHUNK_FLOATS 4096 /* conversion of bool masks goes through the stack */
 
@@ -39,39 +40,89 @@ mha_status mha_check_shape(mha_context *ctx, const char *fn, const char *what,
     return MHA_OK;
 }
 
-mha_status mha_tensor_create(mha_device *device, mha_dtype dtype, int ndim,
-                             const int64_t *shape, mha_tensor **out)
+/* Checks dtype and shape and makes the tensor without its buffer. */
+static mha_status new_tensor(mha_device *device, const char *fn,
+                             mha_dtype dtype, int ndim, const int64_t *shape,
+                             mha_tensor **out)
 {
-    if (!device || !out)
-        return MHA_INVALID_ARGUMENT;
     mha_context *ctx = device->ctx;
     if (dtype != MHA_F32 && dtype != MHA_F16 && dtype != MHA_BOOL)
         return mha_error(ctx, MHA_DTYPE_MISMATCH,
-                         "mha_tensor_create: dtype %d is not a mha_dtype",
-                         (int)dtype);
+                         "%s: dtype %d is not a mha_dtype", fn, (int)dtype);
     size_t count;
-    mha_status st = mha_check_shape(ctx, "mha_tensor_create", "tensor", ndim,
-                                    shape, &count);
+    mha_status st = mha_check_shape(ctx, fn, "tensor", ndim, shape, &count);
     if (st != MHA_OK)
         return st;
     mha_tensor *t = mha_host_calloc(&ctx->host, 1, sizeof *t);
     if (!t)
-        return mha_error(ctx, MHA_OUT_OF_MEMORY,
-                         "mha_tensor_create: out of memory");
-    st = mha_dev_alloc(device, count * mha_dtype_storage_size(dtype), &t->buf);
-    if (st != MHA_OK) {
-        mha_host_free(&ctx->host, t);
-        return st;
-    }
+        return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
     t->device = device;
     t->dtype = dtype;
     t->ndim = ndim;
     memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     t->count = count;
-    device->open_objects++;
-    mha_clear_error(ctx);
     *out = t;
     return MHA_OK;
+}
+
+static size_t tensor_storage_bytes(const mha_tensor *t)
+{
+    return t->count * mha_dtype_storage_size(t->dtype);
+}
+
+static mha_status attach(mha_tensor *t, mha_tensor **out)
+{
+    t->device->open_objects++;
+    mha_clear_error(t->device->ctx);
+    *out = t;
+    return MHA_OK;
+}
+
+mha_status mha_tensor_create(mha_device *device, mha_dtype dtype, int ndim,
+                             const int64_t *shape, mha_tensor **out)
+{
+    if (!device || !out)
+        return MHA_INVALID_ARGUMENT;
+    mha_tensor *t = NULL;
+    mha_status st = new_tensor(device, "mha_tensor_create", dtype, ndim,
+                               shape, &t);
+    if (st == MHA_OK)
+        st = mha_dev_alloc(device, tensor_storage_bytes(t), &t->buf);
+    if (st != MHA_OK) {
+        mha_host_free(&device->ctx->host, t);
+        return st;
+    }
+    return attach(t, out);
+}
+
+mha_status mha_tensor_adopt(mha_device *device, const char *fn,
+                            mha_dtype dtype, int ndim, const int64_t *shape,
+                            void *buf, size_t capacity, mha_tensor **out)
+{
+    mha_context *ctx = device->ctx;
+    mha_tensor *t = NULL;
+    mha_status st = MHA_OK;
+    if (dtype == MHA_BOOL)
+        st = mha_error(ctx, MHA_DTYPE_MISMATCH,
+                       "%s: a wrapped buffer cannot hold a bool mask (libmha "
+                       "stores masks as additive f32: 0 keeps, -inf masks); "
+                       "wrap it as MHA_F32",
+                       fn);
+    if (st == MHA_OK)
+        st = new_tensor(device, fn, dtype, ndim, shape, &t);
+    if (st == MHA_OK && tensor_storage_bytes(t) > capacity)
+        st = mha_error(ctx, MHA_BUFFER_TOO_SMALL,
+                       "%s: the tensor needs %zu bytes; the buffer range "
+                       "holds %zu",
+                       fn, tensor_storage_bytes(t), capacity);
+    if (st != MHA_OK) {
+        device->iface->buffer_free(device->dev, buf);
+        mha_host_free(&ctx->host, t);
+        return st;
+    }
+    t->buf = buf;
+    t->wrapped = 1;
+    return attach(t, out);
 }
 
 static size_t tensor_user_bytes(const mha_tensor *t)
@@ -180,8 +231,10 @@ mha_status mha_tensor_destroy(mha_tensor *tensor)
     if (!tensor)
         return MHA_OK;
     mha_device *device = tensor->device;
-    mha_dev_free(device, tensor->buf,
-                 tensor->count * mha_dtype_storage_size(tensor->dtype));
+    if (tensor->wrapped)
+        device->iface->buffer_free(device->dev, tensor->buf);
+    else
+        mha_dev_free(device, tensor->buf, tensor_storage_bytes(tensor));
     device->open_objects--;
     mha_host_free(&device->ctx->host, tensor);
     return MHA_OK;

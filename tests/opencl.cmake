@@ -8,7 +8,7 @@
 # Set MHA_REQUIRE_OPENCL=1 in the environment to turn "no device" into a
 # failure. MHA_CACHE_DIR (set by CI) keeps PoCL builds warm between tests.
 add_executable(test_opencl ${CMAKE_CURRENT_LIST_DIR}/test_opencl.c)
-target_link_libraries(test_opencl PRIVATE mha_static PkgConfig::CRITERION m)
+target_link_libraries(test_opencl PRIVATE mha_internal PkgConfig::CRITERION m)
 target_include_directories(test_opencl PRIVATE ${PROJECT_SOURCE_DIR}/include)
 
 set(MHA_OPENCL_TEST_TMP ${CMAKE_CURRENT_BINARY_DIR}/opencl-tmp)

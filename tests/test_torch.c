@@ -229,7 +229,7 @@ static void run_device(fixture *f, mha_device *dev, mha_layer *layer,
 static void run_on_device(fixture *f, const test_device *td, mha_dtype dtype)
 {
     char label[64];
-    snprintf(label, sizeof label, "%s/%s", td->label,
+    snprintf(label, sizeof label, "%.48s/%s", td->label,
              dtype == MHA_F16 ? "f16" : "f32");
     double tolerance = f->tolerance;
     f->cfg.dtype = dtype;

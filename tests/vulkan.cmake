@@ -8,7 +8,7 @@
 # discrete GPU) under validation.
 # MHA_REQUIRE_VULKAN=1 in the environment turns "no device" into a failure.
 add_executable(test_vulkan ${CMAKE_CURRENT_LIST_DIR}/test_vulkan.c)
-target_link_libraries(test_vulkan PRIVATE mha_static PkgConfig::CRITERION m)
+target_link_libraries(test_vulkan PRIVATE mha_internal PkgConfig::CRITERION m)
 target_include_directories(test_vulkan PRIVATE
   ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/core
   ${PROJECT_SOURCE_DIR}/backends/vulkan)

@@ -207,8 +207,8 @@ mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
                            const void *push, uint32_t push_size,
                            const uint32_t groups[3])
 {
-    VkCommandBuffer cmd;
-    VkDescriptorSet set;
+    VkCommandBuffer cmd = VK_NULL_HANDLE;
+    VkDescriptorSet set = VK_NULL_HANDLE;
     mha_status s = mha_vk_record(d, &cmd);
     if (s == MHA_OK)
         s = alloc_set(d, &set);

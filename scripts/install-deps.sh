@@ -9,7 +9,7 @@ set -euo pipefail
 
 main_pkgs=(cmake gcc make pkg-config libcjson-dev
            libvulkan-dev libvulkan-volk-dev glslc libvulkan1 mesa-vulkan-drivers
-           opencl-c-headers ocl-icd-libopencl1 pocl-opencl-icd
+           opencl-c-headers ocl-icd-libopencl1 ocl-icd-opencl-dev pocl-opencl-icd
            libopenblas-dev)
 test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
            gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind

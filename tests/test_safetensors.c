@@ -382,12 +382,19 @@ static void expect_load(fx *f, const char *path, const char *prefix,
                   needles[i]);
 }
 
+/* Every test gets the reference weights and a fresh scratch directory. */
+static void suite_init(void)
+{
+    make_weights();
+    make_tmpdir();
+}
+
+TestSuite(safetensors, .init = suite_init, .fini = remove_tmpdir);
+
 /* ---- good files ---------------------------------------------------------- */
 
 Test(safetensors, f32_file_loads_and_matches_set_weight_exactly)
 {
-    make_weights();
-    make_tmpdir();
     float want[OUT_N];
     reference_output(want);
     st_tensor t[4];
@@ -404,13 +411,10 @@ Test(safetensors, f32_file_loads_and_matches_set_weight_exactly)
         expect_output(&f, want, "good F32 file");
         fx_fini(&f);
     }
-    remove_tmpdir();
 }
 
 Test(safetensors, f16_bf16_f64_and_mixed_dtypes_convert_exactly)
 {
-    make_weights();
-    make_tmpdir();
     float want[OUT_N];
     reference_output(want);
     const char *dtypes[] = {"F16", "BF16", "F64"};
@@ -432,13 +436,10 @@ Test(safetensors, f16_bf16_f64_and_mixed_dtypes_convert_exactly)
         expect_output(&f, want, what);
         fx_fini(&f);
     }
-    remove_tmpdir();
 }
 
 Test(safetensors, prefix_picks_one_layer_and_ignores_other_keys)
 {
-    make_weights();
-    make_tmpdir();
     float want[OUT_N];
     reference_output(want);
     static const float junk[64] = {9, 9, 9, 9};
@@ -468,7 +469,6 @@ Test(safetensors, prefix_picks_one_layer_and_ignores_other_keys)
                 MHA_SHAPE_MISMATCH, needles, 2, "prefixed layer 2");
     expect_output(&f, want, "after the failed layer 2 load");
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 Test(safetensors, pytorch_fixture_loads_with_its_prefix)
@@ -495,8 +495,6 @@ Test(safetensors, pytorch_fixture_loads_with_its_prefix)
 
 Test(safetensors, bias_k_loads_as_1_1_e_or_as_e)
 {
-    make_weights();
-    make_tmpdir();
     static float bk[E], bv[E];
     fill(bk, E, 8);
     fill(bv, E, 9);
@@ -514,7 +512,6 @@ Test(safetensors, bias_k_loads_as_1_1_e_or_as_e)
     cr_expect_eq(forward(f.layer, got), MHA_OK, "%s",
                  mha_context_errmsg(f.ctx));
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 /* ---- key errors ---------------------------------------------------------- */
@@ -532,14 +529,17 @@ static void load_good(fx *f, float *want)
     expect_output(f, want, "first good load");
 }
 
+static void start_loaded(fx *f, float *want)
+{
+    fx_init(f);
+    load_good(f, want);
+}
+
 Test(safetensors, missing_key_is_missing_weight_naming_the_full_key)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     for (int drop = 0; drop < 4; drop++) {
         st_tensor t[4], kept[3];
         char names[4][128];
@@ -557,17 +557,13 @@ Test(safetensors, missing_key_is_missing_weight_naming_the_full_key)
         expect_output(&f, want, names[drop]);
     }
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 Test(safetensors, non_float_dtype_is_dtype_mismatch_naming_key_and_dtype)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     const char *bad[] = {"I64", "BOOL", "I32", "U8", "I8", "U16"};
     for (size_t d = 0; d < sizeof bad / sizeof *bad; d++) {
         st_tensor t[4];
@@ -581,17 +577,13 @@ Test(safetensors, non_float_dtype_is_dtype_mismatch_naming_key_and_dtype)
         expect_output(&f, want, bad[d]);
     }
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 Test(safetensors, wrong_shape_is_shape_mismatch_naming_key_and_shape)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     static const float big[3 * E * E + 64];
     struct {
         int which, ndim;
@@ -619,13 +611,10 @@ Test(safetensors, wrong_shape_is_shape_mismatch_naming_key_and_shape)
         expect_output(&f, want, what);
     }
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 Test(safetensors, key_the_config_does_not_have_is_refused_and_named)
 {
-    make_weights();
-    make_tmpdir();
     struct {
         const char *name;
         int bias, bias_kv;
@@ -668,17 +657,13 @@ Test(safetensors, key_the_config_does_not_have_is_refused_and_named)
                   msg);
         fx_fini(&f);
     }
-    remove_tmpdir();
 }
 
 Test(safetensors, overlong_prefix_is_invalid_argument)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     char prefix[700];
     memset(prefix, 'a', sizeof prefix - 1);
     prefix[sizeof prefix - 1] = '\0';
@@ -687,7 +672,6 @@ Test(safetensors, overlong_prefix_is_invalid_argument)
                 needles, 1, "700-byte prefix");
     expect_output(&f, want, "700-byte prefix");
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 /* ---- corrupt files ------------------------------------------------------- */
@@ -798,12 +782,9 @@ static void write_corrupt(const char *path, const corrupt_case *c)
 
 Test(safetensors, corrupt_files_table)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     for (size_t i = 0; i < sizeof corrupt_cases / sizeof *corrupt_cases;
          i++) {
         const corrupt_case *c = &corrupt_cases[i];
@@ -819,19 +800,15 @@ Test(safetensors, corrupt_files_table)
         expect_output(&f, want, c->name);
     }
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 /* The same key twice in a header; also "__metadata__" twice, the second
  * smaller than the first: any status, but no crash, leak or overrun. */
 Test(safetensors, duplicate_keys_do_not_crash_or_leak)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     const char *headers[] = {
         "{\"__metadata__\":{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\",\"d\":\"4\"},"
         "\"__metadata__\":{\"e\":\"5\"}}",
@@ -849,17 +826,13 @@ Test(safetensors, duplicate_keys_do_not_crash_or_leak)
         expect_output(&f, want, headers[i]);
     }
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 Test(safetensors, deeply_nested_json_is_corrupt_not_a_stack_overflow)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     size_t depth = 200000;
     char *json = malloc(depth * 2 + 16);
     cr_assert_not_null(json);
@@ -875,17 +848,13 @@ Test(safetensors, deeply_nested_json_is_corrupt_not_a_stack_overflow)
     cr_expect_eq(st, MHA_CORRUPT_FILE, "%s", mha_context_errmsg(f.ctx));
     expect_output(&f, want, "nested JSON");
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 Test(safetensors, missing_or_unreadable_path_is_io_error)
 {
-    make_weights();
-    make_tmpdir();
     fx f;
-    fx_init(&f);
     float want[OUT_N];
-    load_good(&f, want);
+    start_loaded(&f, want);
     const char *missing = tmp_path("none.safetensors");
     char path[128];
     snprintf(path, sizeof path, "%s", missing);
@@ -908,7 +877,6 @@ Test(safetensors, missing_or_unreadable_path_is_io_error)
         expect_output(&f, want, "unreadable file");
     }
     fx_fini(&f);
-    remove_tmpdir();
 }
 
 /* ---- random mutations ---------------------------------------------------- */
@@ -931,8 +899,6 @@ static int known_error(mha_status st)
 Test(safetensors, random_mutations_never_crash_and_keep_weights_on_error,
      .timeout = 120)
 {
-    make_weights();
-    make_tmpdir();
     st_tensor t[4];
     char names[4][128];
     layer_tensors(t, names, "", "F32");
@@ -989,5 +955,4 @@ Test(safetensors, random_mutations_never_crash_and_keep_weights_on_error,
     cr_log_info("random mutations: %d loaded, %d refused", loaded, refused);
     cr_expect_gt(refused, 500);
     fx_fini(&f);
-    remove_tmpdir();
 }

@@ -35,6 +35,11 @@ const char bench_usage[] =
     "  --csv FILE         write the rows as CSV\n"
     "  --no-peers         skip the OpenBLAS, CLBlast and PyTorch rows\n"
     "  --compare OLD NEW  print the speedup NEW vs OLD of two JSON files\n"
+    "  --targets          measure the CPU backend's targets in one run (sgemm\n"
+    "                     and copy references, prefill, attention part,\n"
+    "                     small shapes, causal, 32k, decode, threads) and\n"
+    "                     print target | measured | goal | met; honours\n"
+    "                     --threads only (about 2 minutes on 2 cores)\n"
     "  --help             print this text\n"
     "\n"
     "Exit status: 0; 1 when a result is over tolerance (FAIL) or a device\n"
@@ -136,6 +141,8 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
             have_custom = 1;
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             o->help = 1;
+        } else if (!strcmp(a, "--targets")) {
+            o->targets = 1;
         } else if (!strcmp(a, "--no-peers")) {
             o->peers = 0;
         } else if (!strcmp(a, "--dtype")) {

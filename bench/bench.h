@@ -57,6 +57,7 @@ typedef struct bench_options {
     const char *json_path, *csv_path;
     const char *compare_old, *compare_new;
     int peers; /* run the OpenBLAS, CLBlast and PyTorch peers; default 1 */
+    int targets; /* --targets: the CPU targets table (targets.c) instead */
     int help;
 } bench_options;
 

@@ -3,153 +3,20 @@
  * against the CPU backend's scalar kernels, warms up, then times forwards
  * until --repeat runs and --min-time seconds are both reached. The parser,
  * formulas and writers live in args.c, cases.c and report.c, the case data
- * and the host forward in data.c, the OpenBLAS and PyTorch rows in peers.c,
- * the CLBlast row in peer_clblast.c. */
+ * and the host forward in data.c, one case on one device in device_run.c,
+ * the OpenBLAS and PyTorch rows in peers.c, the CLBlast row in
+ * peer_clblast.c, and --targets (the CPU backend's targets table) in
+ * targets.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
 #include "peers.h"
+#include "targets.h"
 
 static int progress;
-
-/* One timed forward on device tensors, for bench_time_runs. */
-typedef struct layer_run {
-    mha_layer *layer;
-    const mha_forward_args *args;
-} layer_run;
-
-static int layer_once(void *arg)
-{
-    layer_run *run = arg;
-    return (int)mha_layer_forward(run->layer, run->args);
-}
-
-static double peak_rss_mib(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0; /* Linux: KiB */
-}
-
-static void set_error(bench_result *r, const char *status, mha_context *ctx,
-                      const char *what, mha_status st)
-{
-    snprintf(r->status, sizeof r->status, "%s", status);
-    snprintf(r->note, sizeof r->note, "%s: %s%s%s", what, mha_status_str(st),
-             mha_context_errmsg(ctx)[0] ? ": " : "", mha_context_errmsg(ctx));
-}
-
-static mha_status make_tensor(mha_device *dev, int64_t a, int64_t b,
-                              int64_t c, const float *src, mha_tensor **out)
-{
-    int64_t shape[3] = {a, b, c};
-    mha_status st = mha_tensor_create(dev, MHA_F32, 3, shape, out);
-    if (st == MHA_OK && src)
-        st = mha_tensor_upload(*out, src, (size_t)(a * b * c) * sizeof(float));
-    return st;
-}
-
-/* Times the case on one device into r: first call (layer build, upload,
- * pipeline/kernel build, forward, download), check, warm-up, timed loop on
- * device-resident tensors. */
-static void run_device_case_timed(mha_context *ctx, mha_device *dev,
-                                  const bench_options *o,
-                                  const bench_case *c,
-                                  const bench_case_data *d, bench_result *r)
-{
-    mha_device_info info;
-    mha_device_info_of(dev, &info);
-    if (c->dtype == MHA_F16 && !(info.features & MHA_FEATURE_FP16_STORAGE)) {
-        snprintf(r->status, sizeof r->status, "skip");
-        snprintf(r->note, sizeof r->note, "no fp16 storage");
-        return;
-    }
-    float *out = malloc(d->nq * sizeof(float));
-    if (!out) {
-        snprintf(r->status, sizeof r->status, "error");
-        snprintf(r->note, sizeof r->note, "out of host memory");
-        return;
-    }
-    double t0 = bench_now();
-    mha_status st = bench_forward_host(dev, c, c->dtype, d, out);
-    r->first_ms = 1e3 * (bench_now() - t0);
-    if (st != MHA_OK) {
-        set_error(r, st == MHA_UNSUPPORTED ? "skip" : "error", ctx,
-                  "forward", st);
-        free(out);
-        return;
-    }
-    bench_record_check(r, bench_compare_output(out, d->ref, d->nq, c->dtype));
-    free(out);
-
-    mha_layer_config cfg;
-    mha_layer_config_init(&cfg, c->embed_dim, c->heads);
-    cfg.kdim = c->kdim;
-    cfg.vdim = c->vdim;
-    cfg.dtype = c->dtype;
-    mha_layer *layer = NULL;
-    mha_tensor *q = NULL, *k = NULL, *v = NULL, *y = NULL;
-    if ((st = mha_layer_create(dev, &cfg, &layer)) ||
-        (st = bench_set_weights(layer, c, d)) ||
-        (st = make_tensor(dev, c->tgt_len, c->batch, c->embed_dim, d->q, &q)) ||
-        (st = make_tensor(dev, c->src_len, c->batch, c->kdim, d->k, &k)) ||
-        (st = make_tensor(dev, c->src_len, c->batch, c->vdim, d->v, &v)) ||
-        (st = make_tensor(dev, c->tgt_len, c->batch, c->embed_dim, NULL, &y))) {
-        set_error(r, "error", ctx, "setup", st);
-        goto done;
-    }
-    mha_forward_args a;
-    mha_forward_args_init(&a);
-    a.query = q;
-    a.key = k;
-    a.value = v;
-    a.output = y;
-    a.is_causal = c->causal;
-    for (int i = 0; i < o->warmup; i++)
-        if ((st = mha_layer_forward(layer, &a))) {
-            set_error(r, "error", ctx, "warm-up", st);
-            goto done;
-        }
-    layer_run run = {layer, &a};
-    int rc = bench_time_runs(o, layer_once, &run, r);
-    if (rc > 0) {
-        set_error(r, "error", ctx, "forward", (mha_status)rc);
-        goto done;
-    }
-    if (rc < 0) {
-        snprintf(r->status, sizeof r->status, "error");
-        snprintf(r->note, sizeof r->note, "out of host memory");
-        goto done;
-    }
-    if (r->median_ms > 0) {
-        r->gflops = bench_flops(c) / (r->median_ms * 1e6);
-        r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
-    }
-done:
-    mha_tensor_destroy(q);
-    mha_tensor_destroy(k);
-    mha_tensor_destroy(v);
-    mha_tensor_destroy(y);
-    mha_layer_destroy(layer);
-}
-
-/* The case on one device, with the peak of libmha's device memory during
- * it (layer weights, tensors, arena, staging). */
-static void run_device_case(mha_context *ctx, mha_device *dev,
-                            const bench_options *o, const bench_case *c,
-                            const bench_case_data *d, bench_result *r)
-{
-    uint64_t peak = 0;
-    mha_device_reset_peak_memory(dev);
-    run_device_case_timed(ctx, dev, o, c, d, r);
-    if (mha_device_memory_usage(dev, NULL, &peak) == MHA_OK)
-        r->device_mem_mib = (double)peak / (1024.0 * 1024.0);
-}
 
 static void init_result(bench_result *r, const bench_case *c)
 {
@@ -224,6 +91,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s\n", err);
         return rc;
     }
+    if (o.targets)
+        return bench_targets_run(&o, stdout);
     progress = isatty(2);
 
     mha_context *ctx = NULL;
@@ -296,8 +165,8 @@ int main(int argc, char **argv)
             if (progress)
                 fprintf(stderr, "[%d/%d] %s on %s (%s)...\n", ci + 1,
                         o.ncases, c->name, r->device, inf->name);
-            run_device_case(ctx, devs[di], &o, c, &d, r);
-            r->peak_rss_mib = peak_rss_mib();
+            bench_device_case(ctx, devs[di], &o, c, &d, r);
+            r->peak_rss_mib = bench_peak_rss_mib();
             if (!strcmp(r->status, "FAIL") || !strcmp(r->status, "error"))
                 rc = BENCH_EXIT_FAIL;
             if (!peers.enabled || !peers.have_clblast ||
@@ -320,7 +189,7 @@ int main(int argc, char **argv)
                 r->gflops = bench_flops(c) / (r->median_ms * 1e6);
                 r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
             }
-            r->peak_rss_mib = peak_rss_mib();
+            r->peak_rss_mib = bench_peak_rss_mib();
             if (!strcmp(r->status, "FAIL") || !strcmp(r->status, "error"))
                 rc = BENCH_EXIT_FAIL;
         }
@@ -336,7 +205,7 @@ int main(int argc, char **argv)
                 r->gflops = bench_flops(c) / (r->median_ms * 1e6);
                 r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
             }
-            r->peak_rss_mib = peak_rss_mib();
+            r->peak_rss_mib = bench_peak_rss_mib();
             if (!strcmp(r->status, "FAIL"))
                 rc = BENCH_EXIT_FAIL;
             rep.nresults++;

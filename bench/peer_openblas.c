@@ -80,7 +80,52 @@ done:
     free(p);
     return rc;
 }
+typedef struct sgemm_run {
+    int n;
+    const float *a, *b;
+    float *c;
+} sgemm_run;
+
+static int sgemm_once(void *arg)
+{
+    sgemm_run *r = arg;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r->n, r->n, r->n,
+                1.0f, r->a, r->n, r->b, r->n, 0.0f, r->c, r->n);
+    return 0;
+}
+
+double bench_openblas_sgemm_gflops(int n, const bench_options *o)
+{
+    size_t count = (size_t)n * (size_t)n;
+    float *a = malloc(count * sizeof *a), *b = malloc(count * sizeof *b);
+    float *c = malloc(count * sizeof *c);
+    double gflops = -1;
+    if (a && b && c) {
+        for (size_t i = 0; i < count; i++) {
+            a[i] = (float)(i % 97) / 97.0f - 0.5f;
+            b[i] = (float)(i % 89) / 89.0f - 0.5f;
+        }
+        bench_openblas_threads(o->threads);
+        sgemm_run run = {n, a, b, c};
+        for (int i = 0; i < o->warmup; i++)
+            sgemm_once(&run);
+        bench_result r;
+        if (bench_time_runs(o, sgemm_once, &run, &r) == 0 && r.median_ms > 0)
+            gflops = 2.0 * n * (double)n * n / (r.median_ms * 1e6);
+    }
+    free(a);
+    free(b);
+    free(c);
+    return gflops;
+}
 #else
+double bench_openblas_sgemm_gflops(int n, const bench_options *o)
+{
+    (void)n;
+    (void)o;
+    return -1;
+}
+
 int bench_openblas_forward(const bench_case *c, const bench_case_data *d,
                            float *out)
 {

@@ -31,6 +31,16 @@ mha_status bench_forward_host(mha_device *dev, const bench_case *c,
                               mha_dtype dtype, const bench_case_data *d,
                               float *out);
 
+/* Times case c on dev into r (status, note, first_ms, the check, timings,
+ * GFLOP/s, GB/s and the device's peak memory; not the device fields): the
+ * first call is checked against d->ref (skipped when d->ref is NULL), then
+ * o->warmup forwards, then timed ones on device-resident tensors. */
+void bench_device_case(mha_context *ctx, mha_device *dev,
+                       const bench_options *o, const bench_case *c,
+                       const bench_case_data *d, bench_result *r);
+/* The process's peak resident set so far, MiB. */
+double bench_peak_rss_mib(void);
+
 #define BENCH_PEER_COUNT 2 /* 0: openblas, 1: torch */
 #define BENCH_PEER_MAX_CASES BENCH_MAX_CASES
 
@@ -68,6 +78,12 @@ void bench_peers_notes(bench_peers *p, FILE *out);
  * was not built in or memory ran out. */
 int bench_openblas_forward(const bench_case *c, const bench_case_data *d,
                            float *out);
+
+/* The GFLOP/s of OpenBLAS cblas_sgemm on n x n x n (C = A B^T) with
+ * o->threads threads (0: OpenBLAS's default): the median of the runs
+ * bench_time_runs makes after o->warmup. -1 when OpenBLAS was not built in
+ * or memory ran out. */
+double bench_openblas_sgemm_gflops(int n, const bench_options *o);
 
 /* 1 when mha-bench was built with the CLBlast peer. */
 int bench_clblast_built(void);

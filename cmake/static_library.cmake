@@ -18,6 +18,9 @@ if(UNIX AND NOT APPLE AND CMAKE_OBJCOPY AND CMAKE_LINKER)
     VERBATIM)
   add_library(mha_static STATIC "${_merged}")
   set_target_properties(mha_static PROPERTIES LINKER_LANGUAGE C)
+  # File-level DEPENDS on another target's objects do not order the build:
+  # the object libraries must be built before the merge runs.
+  add_dependencies(mha_static mha_objects ${MHA_BACKEND_TARGETS})
 else()
   add_library(mha_static STATIC ${_mha_objs})
 endif()

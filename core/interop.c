@@ -75,3 +75,8 @@ mha_context *mha_device_context(const mha_device *device)
 mha_device *mha_layer_device(const mha_layer *layer) { return layer->device; }
 
 void *mha_tensor_buffer(const mha_tensor *tensor) { return tensor->buf; }
+
+mha_device *mha_tensor_device(const mha_tensor *tensor)
+{
+    return tensor->device;
+}

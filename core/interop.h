@@ -38,6 +38,7 @@ mha_status mha_tensor_adopt(mha_device *device, const char *fn,
                             mha_dtype dtype, int ndim, const int64_t *shape,
                             void *buf, size_t capacity, mha_tensor **out);
 void *mha_tensor_buffer(const mha_tensor *tensor);
+mha_device *mha_tensor_device(const mha_tensor *tensor);
 
 /* mha_layer_forward without the wait: the plan's nodes go to the backend's
  * run() in order and nothing is synced. The plan is pinned from then on

@@ -66,6 +66,13 @@ static mha_status check_config(mha_device *device, const mha_layer_config *c)
     if (c->dtype == MHA_F16) {
         mha_device_info info;
         mha_device_info_of(device, &info);
+        /* An adopted device's details say which feature was not enabled. */
+        if (!(info.features & MHA_FEATURE_FP16_STORAGE) && info.index < 0)
+            return mha_error(ctx, MHA_UNSUPPORTED,
+                             "mha_layer_create: dtype f16 needs fp16 "
+                             "storage, which the adopted %s device (%s) "
+                             "does not have: %s",
+                             info.backend, info.name, info.details);
         if (!(info.features & MHA_FEATURE_FP16_STORAGE))
             return mha_error(ctx, MHA_UNSUPPORTED,
                              "mha_layer_create: dtype f16 needs fp16 "

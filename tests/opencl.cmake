@@ -2,9 +2,12 @@
 # when MHA_OPENCL is ON. test_opencl is its Criterion suite (device found,
 # agreement with the CPU backend, binary cache cold/warm/corrupt, build log in
 # the error, allocation limit, several contexts, MHA_OPENCL_LIMITS variants);
-# test_opencl_valgrind runs the host code under valgrind with PoCL/ICD-loader
-# noise suppressed (tests/valgrind-pocl.supp). The generic suites under
-# mobile-GPU caps are tests/CMakeLists.txt's *_small_device tests.
+# test_opencl_interop drives mha_opencl.h from the test's own context and
+# queues (it links the ICD loader, as an application does), and
+# example_opencl_engine runs examples/opencl_engine.c. The *_valgrind tests
+# run the host code under valgrind with PoCL/ICD-loader noise suppressed
+# (tests/valgrind-pocl.supp). The generic suites under mobile-GPU caps are
+# tests/CMakeLists.txt's *_small_device tests.
 # Set MHA_REQUIRE_OPENCL=1 in the environment to turn "no device" into a
 # failure. MHA_CACHE_DIR (set by CI) keeps PoCL builds warm between tests.
 add_executable(test_opencl ${CMAKE_CURRENT_LIST_DIR}/test_opencl.c)
@@ -20,14 +23,31 @@ set_tests_properties(test_opencl PROPERTIES
     ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"
     TIMEOUT 600)
 
+# The application side of interop links the ICD loader (ocl-icd-opencl-dev).
+find_package(OpenCL REQUIRED)
+add_executable(test_opencl_interop
+               ${CMAKE_CURRENT_LIST_DIR}/test_opencl_interop.c)
+target_link_libraries(test_opencl_interop PRIVATE mha_test_common
+                      OpenCL::OpenCL)
+target_compile_definitions(test_opencl_interop PRIVATE
+                           CL_TARGET_OPENCL_VERSION=120)
+add_test(NAME test_opencl_interop COMMAND test_opencl_interop --jobs 2)
+set_tests_properties(test_opencl_interop PROPERTIES
+    ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"
+    TIMEOUT 600)
+if(TARGET example-opencl-engine)
+  add_test(NAME example_opencl_engine COMMAND example-opencl-engine)
+  set_tests_properties(example_opencl_engine PROPERTIES
+      ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"
+      TIMEOUT 300)
+endif()
+
 find_program(MHA_VALGRIND valgrind)
 if(MHA_VALGRIND)
-  # One forward per path (fused and not) through the whole host code. The
-  # Criterion runner re-executes itself for the test, so children are
+  # The Criterion runner re-executes itself for each test, so children are
   # traced (the linker PoCL runs is not) and each process writes its own
   # log; the script fails on any log with errors, since Criterion ignores
   # the exit status valgrind gives a passing worker.
-  set(MHA_CL_VG_DIR ${CMAKE_CURRENT_BINARY_DIR}/opencl-valgrind)
   set(MHA_CL_VG_SCRIPT ${CMAKE_CURRENT_BINARY_DIR}/opencl_valgrind.cmake)
   file(WRITE ${MHA_CL_VG_SCRIPT} [=[
 file(REMOVE_RECURSE "${DIR}")
@@ -35,11 +55,12 @@ file(MAKE_DIRECTORY "${DIR}")
 execute_process(
   COMMAND "${VALGRIND}" --trace-children=yes "--trace-children-skip=/usr/*"
           --leak-check=full --errors-for-leak-kinds=definite --num-callers=40
-          "--suppressions=${SUPP}" "--log-file=${DIR}/vg.%p.log"
-          "${EXE}" --jobs=1 --filter=opencl/forward_matches_cpu
+          "--suppressions=${SUPP}"
+          "--log-file=${DIR}/vg.%p.log"
+          "${EXE}" --jobs=1 "--filter=${FILTER}"
   RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "test_opencl under valgrind exited with ${rc}")
+  message(FATAL_ERROR "${EXE} under valgrind exited with ${rc}")
 endif()
 file(GLOB logs "${DIR}/vg.*.log")
 set(clean 0)
@@ -59,16 +80,29 @@ if(clean LESS 2)
 endif()
 message(STATUS "valgrind: ${clean} processes checked, no errors")
 ]=])
-  add_test(NAME test_opencl_valgrind
-           COMMAND ${CMAKE_COMMAND} -DVALGRIND=${MHA_VALGRIND}
-                   -DEXE=$<TARGET_FILE:test_opencl>
-                   -DSUPP=${CMAKE_CURRENT_LIST_DIR}/valgrind-pocl.supp
-                   -DDIR=${MHA_CL_VG_DIR} -P ${MHA_CL_VG_SCRIPT})
-  # PoCL's LLVM under valgrind is slow: about 5 minutes on 2 cores while
-  # the program-binary cache is cold, 10 s warm.
-  set_tests_properties(test_opencl_valgrind PROPERTIES
-      ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"
-      TIMEOUT 900
-      LABELS "valgrind;slow")
+  # mha_cl_valgrind_test(NAME TARGET FILTER): one CTest test running the
+  # Criterion tests of TARGET that match FILTER under valgrind.
+  function(mha_cl_valgrind_test name target filter)
+    add_test(NAME ${name}
+             COMMAND ${CMAKE_COMMAND} -DVALGRIND=${MHA_VALGRIND}
+                     -DEXE=$<TARGET_FILE:${target}> -DFILTER=${filter}
+                     -DSUPP=${CMAKE_CURRENT_FUNCTION_LIST_DIR}/valgrind-pocl.supp
+                     -DDIR=${CMAKE_CURRENT_BINARY_DIR}/${name}
+                     -P ${MHA_CL_VG_SCRIPT})
+    # PoCL's LLVM under valgrind is slow: about 5 minutes on 2 cores while
+    # the program-binary cache is cold, 10 s warm.
+    set_tests_properties(${name} PROPERTIES
+        ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"
+        TIMEOUT 900
+        LABELS "valgrind;slow")
+  endfunction()
+  # One forward per path (fused and not) through the whole host code.
+  mha_cl_valgrind_test(test_opencl_valgrind test_opencl
+                       opencl/forward_matches_cpu)
+  # Every interop test: adopt, wrap, the event chains, the refusals (about
+  # 80 s on 2 cores with warm caches).
+  if(TARGET test_opencl_interop)
+    mha_cl_valgrind_test(test_opencl_interop_valgrind test_opencl_interop
+                         opencl_interop/*)
+  endif()
 endif()
-

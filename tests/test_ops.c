@@ -2,7 +2,9 @@
  * build has, against the double-precision reference (ggml's
  * test-backend-ops idea). One table of cases; each case is a Criterion test
  * named for its parameters, so `test_ops --filter 'ops/scores_mask3d*'`
- * reruns one, and MHA_TEST_DEVICE=cpu/avx2 picks a device. */
+ * reruns one, and MHA_TEST_DEVICE=cpu/avx2 picks a device. The threads
+ * suite checks that every CPU ISA gives the same bits for any thread
+ * count. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -254,24 +256,34 @@ static void gather(const mha_tdesc *d, const float *buf, float *out)
                                     c * d->nb[2] + e * d->nb[3]];
 }
 
+/* Runs the case's node on dev and returns the destination buffer's raw
+ * floats (the caller frees them); the device copies are released. */
+static float *run_node(const op_case *c, const char *label, mha_context *ctx,
+                       mha_device *dev, op_setup *s)
+{
+    mha_node dn;
+    upload(s, dev, &dn);
+    cr_assert(mha_dev_supports(dev, &dn), "%s on %s: op %s (f32) is not "
+              "supported", c->name, label, mha_op_name(c->op));
+    cr_assert_eq(mha_dev_run(dev, &dn), MHA_OK, "%s on %s: %s", c->name,
+                 label, mha_context_errmsg(ctx));
+    cr_assert_eq(mha_dev_sync(dev), MHA_OK, "%s on %s: %s", c->name, label,
+                 mha_context_errmsg(ctx));
+    host_tensor *dt = tensor_of(s, &s->node.dst);
+    float *raw = malloc(dt->span * sizeof *raw);
+    cr_assert_eq(mha_dev_read(dev, dt->dev, 0, raw, dt->span * 4), MHA_OK);
+    release(s, dev);
+    return raw;
+}
+
 static void check_on_device(const op_case *c, const test_device *td,
                             mha_context *ctx, op_setup *s, const double *want)
 {
     mha_device *dev = test_open(ctx, td);
-    mha_node dn;
-    upload(s, dev, &dn);
-    cr_assert(mha_dev_supports(dev, &dn), "%s on %s: op %s (f32) is not "
-              "supported", c->name, td->label, mha_op_name(c->op));
-    cr_assert_eq(mha_dev_run(dev, &dn), MHA_OK, "%s on %s: %s", c->name,
-                 td->label, mha_context_errmsg(ctx));
-    cr_assert_eq(mha_dev_sync(dev), MHA_OK, "%s on %s: %s", c->name,
-                 td->label, mha_context_errmsg(ctx));
-    host_tensor *dt = tensor_of(s, &s->node.dst);
-    float *raw = malloc(dt->span * sizeof *raw);
-    size_t n = count_of(&dn.dst);
+    float *raw = run_node(c, td->label, ctx, dev, s);
+    size_t n = count_of(&s->node.dst);
     float *got = malloc(n * sizeof *got);
-    cr_assert_eq(mha_dev_read(dev, dt->dev, 0, raw, dt->span * 4), MHA_OK);
-    gather(&dn.dst, raw, got);
+    gather(&s->node.dst, raw, got);
     test_diff d = test_compare(got, want, n);
     double scale = 1.0;
     for (size_t i = 0; i < n; i++)
@@ -288,8 +300,14 @@ static void check_on_device(const op_case *c, const test_device *td,
                   d.nmse);
     free(raw);
     free(got);
-    release(s, dev);
     mha_device_destroy(dev);
+}
+
+static void teardown(op_setup *s, mha_context *ctx)
+{
+    for (int i = 0; i < s->n; i++)
+        free(s->t[i].host);
+    mha_context_destroy(ctx);
 }
 
 static void run_case(const op_case *c)
@@ -308,9 +326,7 @@ static void run_case(const op_case *c)
     for (int i = 0; i < nd; i++)
         check_on_device(c, &devs[i], ctx, &s, want);
     free(want);
-    for (int i = 0; i < s.n; i++)
-        free(s.t[i].host);
-    mha_context_destroy(ctx);
+    teardown(&s, ctx);
 }
 
 /* name, op, B, H, L, S, X, d, K, N, flags */
@@ -343,7 +359,18 @@ static void run_case(const op_case *c)
     X(attention_long, ATTENTION, 1, 2, 70, 300, 1, 32, 0, 0, F_KPM)          \
     X(attention_head64, ATTENTION, 1, 1, 33, 65, 0, 64, 0, 0, F_CAUSAL)      \
     X(attention_one_query, ATTENTION, 2, 2, 1, 5, 0, 8, 0, 0, F_MASK2D)      \
-    X(attention_one_key, ATTENTION, 1, 2, 4, 1, 0, 4, 0, 0, 0)
+    X(attention_one_key, ATTENTION, 1, 2, 4, 1, 0, 4, 0, 0, 0)               \
+    X(projection_packed_seqmajor, PROJECTION, 2, 1, 45, 0, 0, 0, 130, 333,   \
+      F_BIAS | F_SEQMAJOR)                                                   \
+    X(scores_row_blocks_causal, SCORES, 1, 2, 130, 140, 1, 8, 0, 0,          \
+      F_CAUSAL | F_MASK2D)                                                   \
+    X(weighted_sum_row_blocks, WEIGHTED_SUM, 1, 2, 131, 70, 0, 12, 0, 0, 0)  \
+    X(attention_tiles_masks, ATTENTION, 2, 3, 100, 260, 0, 20, 0, 0,         \
+      F_MASK3D | F_KPM)                                                      \
+    X(attention_causal_blocks, ATTENTION, 1, 2, 300, 300, 2, 24, 0, 0,       \
+      F_CAUSAL | F_KPM)                                                      \
+    X(attention_cross_causal, ATTENTION, 1, 1, 70, 200, 0, 64, 0, 0,         \
+      F_CAUSAL)
 
 #define DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)    \
     Test(ops, name)                                                          \
@@ -363,3 +390,69 @@ Test(ops, every_op_has_a_case)
                  "ops without a case: mask %#x",
                  ((1u << MHA_OP_COUNT) - 1) & ~covered);
 }
+
+/* ---- the same bits for every thread count ------------------------------------ */
+
+/* dst of case c (raw floats of its buffer, freed by the caller) on CPU
+ * device td opened with threads threads. */
+static float *run_with_threads(const op_case *c, const test_device *td,
+                               mha_context *ctx, op_setup *s, int threads)
+{
+    mha_device_options o;
+    mha_device_options_init(&o);
+    o.cpu_isa = td->isa;
+    o.threads = threads;
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open_index(ctx, td->index, &o, &dev), MHA_OK,
+                 "%s: %s", td->label, mha_context_errmsg(ctx));
+    float *raw = run_node(c, td->label, ctx, dev, s);
+    mha_device_destroy(dev);
+    return raw;
+}
+
+/* Tasks are cut by the shape, never by the thread count, so every CPU ISA
+ * gives the same bits with 1, 2, 3 or 8 threads. */
+static void run_threads_case(const op_case *c)
+{
+    static const int counts[] = {1, 2, 3, 8};
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_rng r = {0x7e57000u + (uint64_t)c->op};
+    op_setup s;
+    setup(&s, c, &r);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    size_t span = tensor_of(&s, &s.node.dst)->span;
+    for (int i = 0; i < nd; i++) {
+        if (!devs[i].isa)
+            continue;
+        float *first = run_with_threads(c, &devs[i], ctx, &s, counts[0]);
+        for (size_t k = 1; k < sizeof counts / sizeof *counts; k++) {
+            float *got = run_with_threads(c, &devs[i], ctx, &s, counts[k]);
+            cr_expect(memcmp(first, got, span * sizeof *got) == 0,
+                      "%s on %s: %d threads differ from 1 thread", c->name,
+                      devs[i].label, counts[k]);
+            free(got);
+        }
+        free(first);
+    }
+    teardown(&s, ctx);
+}
+
+/* name, op, B, H, L, S, X, d, K, N, flags: shapes with many tasks */
+#define THREAD_CASES(X)                                                      \
+    X(projection, PROJECTION, 2, 1, 150, 0, 0, 0, 200, 300, F_BIAS)          \
+    X(scores, SCORES, 2, 2, 130, 90, 1, 16, 0, 0, F_CAUSAL | F_KPM)          \
+    X(softmax, SOFTMAX, 2, 2, 40, 300, 0, 0, 0, 0, 0)                        \
+    X(weighted_sum, WEIGHTED_SUM, 2, 2, 130, 90, 0, 16, 0, 0, 0)             \
+    X(attention, ATTENTION, 2, 3, 150, 300, 1, 32, 0, 0, F_MASK3D | F_KPM)   \
+    X(attention_causal, ATTENTION, 1, 4, 200, 200, 0, 64, 0, 0, F_CAUSAL)
+
+#define DEFINE_THREAD_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_) \
+    Test(threads, name)                                                      \
+    {                                                                        \
+        op_case c = {"threads_" #name, MHA_OP_##op_, B_, H_, L_, S_, X_, d_, \
+                     K_, N_, flags_};                                        \
+        run_threads_case(&c);                                                \
+    }
+THREAD_CASES(DEFINE_THREAD_TEST)

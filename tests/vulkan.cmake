@@ -5,7 +5,8 @@
 # test_vulkan_validation reruns it under the Khronos validation layer with
 # synchronization validation, test_vulkan_limits with mobile-class caps,
 # test_vulkan_staging with every transfer through a staging buffer (as on a
-# discrete GPU) under validation.
+# discrete GPU) under validation. test_vulkan_interop and the
+# vulkan_engine example cover engine interop (include/mha_vulkan.h), below.
 # MHA_REQUIRE_VULKAN=1 in the environment turns "no device" into a failure.
 add_executable(test_vulkan ${CMAKE_CURRENT_LIST_DIR}/test_vulkan.c)
 target_link_libraries(test_vulkan PRIVATE mha_internal PkgConfig::CRITERION m)
@@ -42,17 +43,58 @@ set_tests_properties(test_vulkan_limits PROPERTIES
 
 find_program(MHA_VALGRIND valgrind)
 set(MHA_VULKAN_SUPP ${PROJECT_SOURCE_DIR}/backends/vulkan/valgrind.supp)
-if(MHA_VALGRIND)
-  # The host code of both paths (fused and not) under memcheck; Criterion
-  # re-executes itself per test, so children are followed.
-  add_test(NAME test_vulkan_valgrind
+# mha_vulkan_valgrind_test(<name> <target> <filter>): the target's tests
+# matching filter under memcheck; Criterion re-executes itself per test, so
+# children are followed.
+function(mha_vulkan_valgrind_test name target filter)
+  if(NOT MHA_VALGRIND)
+    return()
+  endif()
+  add_test(NAME ${name}
            COMMAND ${MHA_VALGRIND} --trace-children=yes --error-exitcode=99
                    --leak-check=full --errors-for-leak-kinds=definite
                    --suppressions=${MHA_VULKAN_SUPP}
-                   $<TARGET_FILE:test_vulkan> --jobs=1
-                   --filter=vulkan/forward_*)
-  set_tests_properties(test_vulkan_valgrind PROPERTIES
+                   $<TARGET_FILE:${target}> --jobs=1 --filter=${filter})
+  set_tests_properties(${name} PROPERTIES
       ENVIRONMENT "${MHA_VULKAN_TEST_ENV}"
       TIMEOUT 900
       LABELS "valgrind;slow")
+endfunction()
+
+# The host code of both paths (fused and not).
+mha_vulkan_valgrind_test(test_vulkan_valgrind test_vulkan vulkan/forward_*)
+
+# test_vulkan_interop: libmha inside an engine's Vulkan device
+# (include/mha_vulkan.h), through the engine of examples/vulkan_engine.c
+# that it compiles in, under the validation layer and synchronization
+# validation of the engine's own instance. Linked as an engine is: libmha
+# statically (mha_static), libvulkan directly. The example itself runs as
+# vulkan_engine_example (77: no device, skipped).
+find_library(MHA_LIBVULKAN NAMES vulkan vulkan-1)
+if(MHA_LIBVULKAN)
+  mha_glslc(${PROJECT_SOURCE_DIR}/examples/shaders/affine.comp affine.spv)
+  add_executable(test_vulkan_interop
+                 ${CMAKE_CURRENT_LIST_DIR}/test_vulkan_interop.c
+                 ${CMAKE_CURRENT_BINARY_DIR}/affine.spv)
+  target_include_directories(test_vulkan_interop PRIVATE
+    ${PROJECT_SOURCE_DIR}/examples ${MHA_VULKAN_HEADERS})
+  target_compile_definitions(test_vulkan_interop PRIVATE _DEFAULT_SOURCE
+    MHA_ENGINE_SHADER="${CMAKE_CURRENT_BINARY_DIR}/affine.spv")
+  target_link_libraries(test_vulkan_interop PRIVATE mha_static
+                        ${MHA_LIBVULKAN} PkgConfig::CRITERION m)
+  if(MHA_SANITIZE) # see sanitizer/keep_modules.c
+    target_sources(test_vulkan_interop PRIVATE
+                   ${CMAKE_CURRENT_LIST_DIR}/sanitizer/keep_modules.c)
+  endif()
+  add_test(NAME test_vulkan_interop COMMAND test_vulkan_interop --jobs 2)
+  set_tests_properties(test_vulkan_interop PROPERTIES
+    ENVIRONMENT "${MHA_VULKAN_TEST_ENV}" TIMEOUT 600)
+  # The host side of recording (wrapped buffers, set cache, eviction).
+  mha_vulkan_valgrind_test(test_vulkan_interop_valgrind test_vulkan_interop
+                           vulkan_interop/steady*)
+endif()
+if(TARGET example-vulkan-engine)
+  add_test(NAME vulkan_engine_example COMMAND example-vulkan-engine)
+  set_tests_properties(vulkan_engine_example PROPERTIES
+    ENVIRONMENT "${MHA_VULKAN_TEST_ENV}" SKIP_RETURN_CODE 77 TIMEOUT 300)
 endif()

@@ -40,6 +40,11 @@ static const mha_cpu_kernels *best_table(void)
     return mha_cpu_kernels_scalar();
 }
 
+const mha_cpu_kernels *mha_cpu_kernels_named(const char *isa)
+{
+    return isa && *isa ? isa_table(isa) : best_table();
+}
+
 static void available_isas(char *buf, size_t size)
 {
     static const char *const all[] = {"scalar", "avx2", "avx512", "neon"};
@@ -154,11 +159,10 @@ static mha_status cpu_open(void *state, int index,
     if (!d)
         return mha_host_error(s->host, MHA_OUT_OF_MEMORY,
                               "cpu: out of memory");
-    d->exec.host = s->host;
-    d->exec.k = table;
     int threads = options->threads ? options->threads : mha_cpu_core_count();
-    st = mha_cpu_pool_create(s->host, threads, &d->exec.pool);
+    st = mha_cpu_exec_init(&d->exec, s->host, table, threads);
     if (st != MHA_OK) {
+        mha_cpu_exec_fini(&d->exec);
         mha_host_free(s->host, d);
         return st;
     }
@@ -170,8 +174,7 @@ static void cpu_close(void *dev)
 {
     cpu_device *d = dev;
     mha_host *host = d->exec.host;
-    mha_cpu_pool_destroy(d->exec.pool);
-    mha_host_free(host, d->exec.scratch.data);
+    mha_cpu_exec_fini(&d->exec);
     mha_host_free(host, d);
 }
 

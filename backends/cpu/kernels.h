@@ -1,7 +1,8 @@
 /* kernels.h: the CPU backend's primitive kernels, one table per ISA. ops.c
- * composes every graph op from these, so an ISA is added by filling one
- * table in a file compiled with that ISA's flags; the scalar table is always
- * built and is the reference the others are tested against. */
+ * and attention.c compose every graph op from these, so an ISA is added by
+ * filling one table in a file compiled with that ISA's flags; the scalar
+ * table is always built and is the reference the others are tested against.
+ * The SIMD tables share their code through kernels_simd.h. */
 #ifndef MHA_CPU_KERNELS_H
 #define MHA_CPU_KERNELS_H
 
@@ -9,9 +10,23 @@
 
 /* All matrices are row-major with unit stride in the innermost dimension;
  * ld* are row strides in floats. Sizes may be any value >= 0 (no multiple-of
- * requirement); pointers need only float alignment. */
+ * requirement); pointers need only float alignment.
+ *
+ * Packed operands. A GEMM's B operand can be packed once and reused by many
+ * calls (every row block of a projection, every query tile of attention).
+ * A packed B of K rows and N columns is ceil(N/nr) panels; panel p holds
+ * columns [p*nr, p*nr + nr) as ldp rows of nr floats (row k at
+ * panel + k*nr), zero past column N. ldp >= K is the packer's K, so rows
+ * [k0, k0 + kc) of a packed block are the packed B at Bp + k0*nr with the
+ * same ldp. The arithmetic of gemm_packed depends only on M, N, K and the
+ * data, never on where the caller cut its tasks, so results are the same
+ * for every thread count. */
 typedef struct mha_cpu_kernels {
     const char *isa; /* "scalar", "avx2", "avx512", "neon" */
+
+    /* Rows of A per register tile and floats per packed panel: callers size
+     * their row and column blocks in multiples of these. */
+    int mr, nr;
 
     /* C[m][n] = sum_k A[m][k] * B[n][k] + (bias ? bias[n] : 0)
      * for m < M, n < N: "A times B transposed", the projection and scores
@@ -24,6 +39,26 @@ typedef struct mha_cpu_kernels {
      * Accumulates into C. */
     void (*gemm_nn_acc)(int64_t M, int64_t N, int64_t K, const float *A,
                         int64_t lda, const float *B, int64_t ldb, float *C,
+                        int64_t ldc);
+
+    /* Packs B^T, scaled: the packed operand (K rows, N columns, ldp = K)
+     * whose element [k][n] is alpha * B[n][k] (B is N x K, stride ldb).
+     * Writes ceil(N/nr) * nr * K floats to out. */
+    void (*pack_nt)(int64_t N, int64_t K, const float *B, int64_t ldb,
+                    float alpha, float *out);
+
+    /* Packs B as is: element [k][n] of the packed operand (K rows, N
+     * columns, ldp = K) is B[k][n] (B is K x N, stride ldb). Writes
+     * ceil(N/nr) * nr * K floats to out. */
+    void (*pack_nn)(int64_t K, int64_t N, const float *B, int64_t ldb,
+                    float *out);
+
+    /* C[m][n] = init + sum_{k < K} A[m][k] * Bp[k][n] for m < M, n < N, with
+     * Bp packed (see above, panel row stride ldp), where init is C[m][n]
+     * when accumulate is set, else bias[n] (0 without a bias). */
+    void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const float *A,
+                        int64_t lda, const float *Bp, int64_t ldp,
+                        const float *bias, int accumulate, float *C,
                         int64_t ldc);
 
     /* y[i] = alpha * y[i] */

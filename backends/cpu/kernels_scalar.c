@@ -39,6 +39,45 @@ static void scalar_gemm_nn_acc(int64_t M, int64_t N, int64_t K,
     }
 }
 
+/* Panel width and tile rows of the scalar "tiles": any value is correct;
+ * small ones keep the zero padding of packed panels small. */
+enum { SCALAR_MR = 4, SCALAR_NR = 4 };
+
+static void scalar_pack_nt(int64_t N, int64_t K, const float *B, int64_t ldb,
+                           float alpha, float *out)
+{
+    for (int64_t n0 = 0; n0 < N; n0 += SCALAR_NR)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t j = 0; j < SCALAR_NR; j++)
+                *out++ = n0 + j < N ? alpha * B[(n0 + j) * ldb + k] : 0.0f;
+}
+
+static void scalar_pack_nn(int64_t K, int64_t N, const float *B, int64_t ldb,
+                           float *out)
+{
+    for (int64_t n0 = 0; n0 < N; n0 += SCALAR_NR)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t j = 0; j < SCALAR_NR; j++)
+                *out++ = n0 + j < N ? B[k * ldb + n0 + j] : 0.0f;
+}
+
+static void scalar_gemm_packed(int64_t M, int64_t N, int64_t K,
+                               const float *A, int64_t lda, const float *Bp,
+                               int64_t ldp, const float *bias, int accumulate,
+                               float *C, int64_t ldc)
+{
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t n = 0; n < N; n++) {
+            const float *b = Bp + n / SCALAR_NR * ldp * SCALAR_NR +
+                             n % SCALAR_NR;
+            float acc = accumulate ? C[m * ldc + n] : bias ? bias[n] : 0.0f;
+            for (int64_t k = 0; k < K; k++)
+                acc += A[m * lda + k] * b[k * SCALAR_NR];
+            C[m * ldc + n] = acc;
+        }
+    }
+}
+
 static void scalar_scale(int64_t n, float alpha, float *y)
 {
     for (int64_t i = 0; i < n; i++)
@@ -81,8 +120,13 @@ static float scalar_exp_sum(int64_t n, float m, float *x)
 
 static const mha_cpu_kernels scalar_table = {
     .isa = "scalar",
+    .mr = SCALAR_MR,
+    .nr = SCALAR_NR,
     .gemm_nt = scalar_gemm_nt,
     .gemm_nn_acc = scalar_gemm_nn_acc,
+    .pack_nt = scalar_pack_nt,
+    .pack_nn = scalar_pack_nn,
+    .gemm_packed = scalar_gemm_packed,
     .scale = scalar_scale,
     .axpy = scalar_axpy,
     .scale_add = scalar_scale_add,

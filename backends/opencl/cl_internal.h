@@ -49,7 +49,18 @@
     X(clEnqueueWriteBuffer)              \
     X(clEnqueueReadBuffer)               \
     X(clFlush)                           \
-    X(clFinish)
+    X(clFinish)                          \
+    X(clRetainContext)                   \
+    X(clRetainCommandQueue)              \
+    X(clRetainDevice)                    \
+    X(clReleaseDevice)                   \
+    X(clRetainMemObject)                 \
+    X(clGetCommandQueueInfo)             \
+    X(clGetMemObjectInfo)                \
+    X(clEnqueueMarkerWithWaitList)       \
+    X(clGetEventInfo)                    \
+    X(clRetainEvent)                     \
+    X(clReleaseEvent)
 
 /* OpenCL 2.1's subgroup count query, hidden by the headers at 1.2; asked
  * only of 3.0 devices. */
@@ -131,14 +142,27 @@ typedef struct mha_cl_program {
 
 #define MHA_CL_MAX_PROGRAMS 32
 
-/* An open device. */
+/* An open device: one libmha opened (its own context and in-order queue)
+ * or one adopted from the application (interop.c): then context, queue and
+ * the device are the caller's, retained once by libmha and released once. */
 typedef struct mha_cl_device {
     mha_cl_state *st;
     mha_host *host;
     const mha_cl_api *api;
-    const mha_cl_devrec *rec;
+    const mha_cl_devrec *rec; /* into st->devs, or &own_rec when adopted */
+    mha_cl_devrec own_rec;
     cl_context context;
     cl_command_queue queue;
+    int adopted;      /* the queue is the caller's: close never waits on it */
+    /* Ordering of libmha's commands on the queue (queue.c). An in-order
+     * queue orders them by itself; on an out-of-order one each command
+     * waits for the previous one's event, tail. wait_list is the caller's
+     * mha_opencl_layer_enqueue wait list while that call runs, to be added
+     * to the wait list of its first command. */
+    int out_of_order;
+    cl_event tail;
+    cl_uint wait_count;
+    const cl_event *wait_list;
     char *cache_dir; /* NULL: cache disabled */
     int tile;        /* gemm workgroup edge (tile x tile items) */
     int wpt;         /* gemm outputs per item along each dimension */
@@ -147,12 +171,33 @@ typedef struct mha_cl_device {
     mha_cl_program programs[MHA_CL_MAX_PROGRAMS];
 } mha_cl_device;
 
+/* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from
+ * base on (mha_opencl_tensor_wrap). size counts bytes from base. */
 typedef struct mha_cl_buffer {
     cl_mem mem;
     size_t size;
+    size_t base;
+    cl_mem_flags flags; /* kernels may not write CL_MEM_READ_ONLY memory
+                           nor read CL_MEM_WRITE_ONLY memory */
 } mha_cl_buffer;
 
+/* ---- command ordering (queue.c) ---------------------------------------------
+ * Every command libmha enqueues takes its wait list and event from
+ * mha_cl_order_begin and reports to mha_cl_order_end whether the enqueue
+ * succeeded (then the caller's wait list counts as consumed and, on an
+ * out-of-order queue, the new event becomes the tail). */
+typedef struct mha_cl_order {
+    cl_uint count;
+    const cl_event *list;
+    cl_event *event; /* NULL on an in-order queue */
+    cl_event made;   /* what event points to */
+    cl_event joined; /* marker joining the caller's list with the tail */
+    cl_event pair[2];
+} mha_cl_order;
+
 /* ---- shared functions --------------------------------------------------- */
+
+extern const mha_backend_iface mha_opencl_backend;
 
 /* "CL_OUT_OF_RESOURCES" for -5; "CL_UNKNOWN_ERROR" for an unknown code. */
 MHA_CL_HIDDEN const char *mha_cl_error_name(cl_int code);
@@ -196,6 +241,22 @@ MHA_CL_HIDDEN mha_status mha_cl_buffer_read(void *dev, void *buf,
                                             size_t offset, void *dst,
                                             size_t size);
 MHA_CL_HIDDEN mha_status mha_cl_sync(void *dev);
+
+/* Queue ordering (queue.c, see mha_cl_order above). */
+MHA_CL_HIDDEN mha_status mha_cl_order_begin(mha_cl_device *dev,
+                                            mha_cl_order *o);
+MHA_CL_HIDDEN void mha_cl_order_end(mha_cl_device *dev, mha_cl_order *o,
+                                    cl_int err);
+
+/* Device setup shared by open and adopt (device.c). */
+MHA_CL_HIDDEN mha_status mha_cl_describe(mha_cl_state *st,
+                                         cl_platform_id plat, cl_device_id d,
+                                         mha_cl_devrec *rec,
+                                         mha_device_desc *desc);
+/* Chooses the kernel shapes from dev->rec, the cache directory, and builds
+ * the ops program, once context and queue are set. */
+MHA_CL_HIDDEN mha_status mha_cl_device_ready(mha_cl_device *dev,
+                                             const mha_device_options *options);
 
 /* Bounded string copy that always terminates dst. */
 MHA_CL_HIDDEN void mha_cl_strlcpy(char *dst, const char *src, size_t cap);

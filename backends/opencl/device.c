@@ -1,7 +1,8 @@
 /* device.c: the OpenCL backend's entry points for the core: probing every
  * platform and device (facts, kind, the limits kernels are specialised
- * from), opening a device (context, one in-order queue, the first program),
- * and the mha_opencl_backend interface table itself. */
+ * from), opening a device (context, one in-order queue, the first program;
+ * interop.c adopts the application's instead), and the mha_opencl_backend
+ * interface table itself. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,7 +199,7 @@ static int describe_features(const mha_cl_api *api, cl_device_id d,
 }
 
 /* Fills one device's record and description. MHA_OUT_OF_MEMORY only. */
-static mha_status describe(mha_cl_state *st, cl_platform_id plat,
+mha_status mha_cl_describe(mha_cl_state *st, cl_platform_id plat,
                            cl_device_id d, mha_cl_devrec *rec,
                            mha_device_desc *desc)
 {
@@ -278,8 +279,8 @@ static mha_status probe_platform(mha_cl_state *st, cl_platform_id plat,
     err = st->api.clGetDeviceIDs(plat, CL_DEVICE_TYPE_ALL, n, ids, NULL);
     mha_status s = MHA_OK;
     for (cl_uint i = 0; err == CL_SUCCESS && i < n && st->count < cap; i++) {
-        s = describe(st, plat, ids[i], &st->devs[st->count],
-                     &descs[st->count]);
+        s = mha_cl_describe(st, plat, ids[i], &st->devs[st->count],
+                            &descs[st->count]);
         if (s != MHA_OK)
             break;
         if (st->devs[st->count].c_version < 12) {
@@ -362,18 +363,25 @@ static int choose_tile(const mha_cl_limits *lim, int max, int wpt)
     return t;
 }
 
+/* Releases libmha's references only. An adopted queue is never waited on
+ * (the caller may hold it behind a user event); OpenCL keeps the kernels
+ * and memory that enqueued commands use alive until those finish. */
 static void cl_close(void *d)
 {
     mha_cl_device *dev = d;
     if (!dev)
         return;
-    if (dev->queue)
+    if (dev->queue && !dev->adopted)
         dev->api->clFinish(dev->queue);
     mha_cl_programs_release(dev);
+    if (dev->tail)
+        dev->api->clReleaseEvent(dev->tail);
     if (dev->queue)
         dev->api->clReleaseCommandQueue(dev->queue);
     if (dev->context)
         dev->api->clReleaseContext(dev->context);
+    if (dev->adopted)
+        dev->api->clReleaseDevice(dev->rec->device);
     mha_host_free(dev->host, dev->cache_dir);
     mha_host_free(dev->host, dev);
 }
@@ -395,6 +403,36 @@ static mha_status create_queue(mha_cl_device *dev)
     return MHA_OK;
 }
 
+mha_status mha_cl_device_ready(mha_cl_device *dev,
+                               const mha_device_options *options)
+{
+    /* A CPU runtime (PoCL) runs a workgroup as loops between barriers:
+     * small groups with more work per item cost less there (measured on
+     * PoCL: softmax 4x, scores 3x, projection 1.5-2x faster). GPUs get
+     * 16 x 16 groups of 4 x 4 outputs, and 256-wide rows; so does a CPU
+     * under MHA_OPENCL_LIMITS, which emulates a (mobile) GPU's limits. */
+    const int cpu = dev->rec->is_cpu && !dev->rec->limits.capped;
+    dev->wpt = cpu ? 8 : 4;
+    dev->tile = choose_tile(&dev->rec->limits, cpu ? 8 : 16, dev->wpt);
+    dev->row_wg = pow2_floor(dev->rec->limits.max_workgroup);
+    if (dev->row_wg > (cpu ? 64 : 256))
+        dev->row_wg = cpu ? 64 : 256;
+    dev->cache_dir = mha_cl_cache_dir(dev->host, options);
+    /* Build the common program now, so a device whose compiler fails is
+     * refused at open with the build log, not midway through a forward. */
+    mha_cl_program *prog = NULL;
+    mha_status s = mha_cl_program_get(dev, MHA_CL_PROG_OPS, 0, &prog);
+    if (s != MHA_OK)
+        return s;
+    mha_host_log(dev->host, MHA_LOG_INFO,
+                 "opencl: %s %s (gemm tile %d, wpt %d, row workgroup %d, "
+                 "cache %s)",
+                 dev->adopted ? "adopted" : "opened", dev->rec->name,
+                 dev->tile, dev->wpt, dev->row_wg,
+                 dev->cache_dir ? dev->cache_dir : "off");
+    return MHA_OK;
+}
+
 static mha_status cl_open(void *state, int index,
                           const mha_device_options *options, void **out)
 {
@@ -413,18 +451,6 @@ static mha_status cl_open(void *state, int index,
     dev->host = st->host;
     dev->api = &st->api;
     dev->rec = &st->devs[index];
-    /* A CPU runtime (PoCL) runs a workgroup as loops between barriers:
-     * small groups with more work per item cost less there (measured on
-     * PoCL: softmax 4x, scores 3x, projection 1.5-2x faster). GPUs get
-     * 16 x 16 groups of 4 x 4 outputs, and 256-wide rows; so does a CPU
-     * under MHA_OPENCL_LIMITS, which emulates a (mobile) GPU's limits. */
-    const int cpu = dev->rec->is_cpu && !dev->rec->limits.capped;
-    dev->wpt = cpu ? 8 : 4;
-    dev->tile = choose_tile(&dev->rec->limits, cpu ? 8 : 16, dev->wpt);
-    dev->row_wg = pow2_floor(dev->rec->limits.max_workgroup);
-    if (dev->row_wg > (cpu ? 64 : 256))
-        dev->row_wg = cpu ? 64 : 256;
-
     cl_context_properties props[] = {
         CL_CONTEXT_PLATFORM, (cl_context_properties)dev->rec->platform, 0};
     cl_int err = CL_SUCCESS;
@@ -435,21 +461,11 @@ static mha_status cl_open(void *state, int index,
     if (s == MHA_OK)
         s = create_queue(dev);
     if (s == MHA_OK)
-        dev->cache_dir = mha_cl_cache_dir(st->host, options);
-    /* Build the common program now, so a device whose compiler fails is
-     * refused at open with the build log, not midway through a forward. */
-    mha_cl_program *prog = NULL;
-    if (s == MHA_OK)
-        s = mha_cl_program_get(dev, MHA_CL_PROG_OPS, 0, &prog);
+        s = mha_cl_device_ready(dev, options);
     if (s != MHA_OK) {
         cl_close(dev);
         return s;
     }
-    mha_host_log(st->host, MHA_LOG_INFO,
-                 "opencl: opened %s (gemm tile %d, wpt %d, row workgroup %d, "
-                 "cache %s)",
-                 dev->rec->name, dev->tile, dev->wpt, dev->row_wg,
-                 dev->cache_dir ? dev->cache_dir : "off");
     *out = dev;
     return MHA_OK;
 }

@@ -1,7 +1,7 @@
 /* ops.c: the OpenCL backend's ops: which nodes it takes (supports) and how
  * each is enqueued (run) as one kernel of the programs in program.c. Every
  * tensor is passed as (cl_mem, element offset, int4 strides); run never
- * waits, the in-order queue orders the kernels. */
+ * waits, the queue orders the kernels (queue.c). */
 #include <limits.h>
 #include <string.h>
 
@@ -121,14 +121,15 @@ static int stride(const mha_tdesc *t, int i)
 static void arg_tensor_dims(kargs *a, const mha_tdesc *t, int d0, int d1,
                             int d2, int d3)
 {
-    cl_mem mem = t->buf ? ((const mha_cl_buffer *)t->buf)->mem : NULL;
+    const mha_cl_buffer *b = t->buf;
+    cl_mem mem = b ? b->mem : NULL;
     arg(a, sizeof mem, &mem);
-    if (!t->buf) {
+    if (!b) {
         arg_int(a, -1);
         arg_int4(a, 0, 0, 0, 0);
         return;
     }
-    arg_int(a, (int)(t->offset / elem_size(t->dtype)));
+    arg_int(a, (int)((b->base + t->offset) / elem_size(t->dtype)));
     arg_int4(a, stride(t, d0), stride(t, d1), stride(t, d2), stride(t, d3));
 }
 
@@ -152,9 +153,14 @@ static mha_status enqueue(mha_cl_device *dev, kargs *a, const char *name,
                               mha_cl_error_name(a->err), (int)a->err);
     if (global[0] == 0 || global[1] == 0 || global[2] == 0)
         return MHA_OK;
+    mha_cl_order o;
+    mha_status s = mha_cl_order_begin(dev, &o);
+    if (s != MHA_OK)
+        return s;
     cl_int err = dev->api->clEnqueueNDRangeKernel(dev->queue, a->k, 3, NULL,
-                                                  global, local, 0, NULL,
-                                                  NULL);
+                                                  global, local, o.count,
+                                                  o.list, o.event);
+    mha_cl_order_end(dev, &o, err);
     if (err != CL_SUCCESS)
         return mha_host_error(dev->host, MHA_DEVICE_ERROR,
                               "clEnqueueNDRangeKernel(%s) failed: %s (%d)",
@@ -332,9 +338,36 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
     return enqueue(dev, &a, "attention", global, local);
 }
 
+/* A wrapped cl_mem's flags say what kernels may do with it (reading
+ * CL_MEM_WRITE_ONLY memory or writing CL_MEM_READ_ONLY memory is undefined
+ * in OpenCL); libmha's own buffers are CL_MEM_READ_WRITE. */
+static mha_status check_access(mha_cl_device *dev, const mha_node *node)
+{
+    const char *op = mha_op_name(node->op);
+    if (((const mha_cl_buffer *)node->dst.buf)->flags & CL_MEM_READ_ONLY)
+        return mha_host_error(dev->host, MHA_INVALID_ARGUMENT,
+                              "opencl: %s writes a cl_mem created with "
+                              "CL_MEM_READ_ONLY (a wrapped output or weights "
+                              "tensor); wrap a writable buffer",
+                              op);
+    for (int s = 0; s < mha_op_source_count(node->op) && s < MHA_MAX_SRC; s++) {
+        const mha_cl_buffer *b = node->src[s].buf;
+        if (b && (b->flags & CL_MEM_WRITE_ONLY))
+            return mha_host_error(dev->host, MHA_INVALID_ARGUMENT,
+                                  "opencl: %s reads a cl_mem created with "
+                                  "CL_MEM_WRITE_ONLY (a wrapped input "
+                                  "tensor); wrap a readable buffer",
+                                  op);
+    }
+    return MHA_OK;
+}
+
 mha_status mha_cl_run(void *d, const mha_node *node)
 {
     mha_cl_device *dev = d;
+    mha_status s = check_access(dev, node);
+    if (s != MHA_OK)
+        return s;
     switch (node->op) {
     case MHA_OP_PROJECTION:
         return run_projection(dev, node);

@@ -1,12 +1,15 @@
 /* device.c: probing physical devices (kind, vendor, driver, memory, the
  * compute limits kernels are specialised from, fp16 support), the
  * MHA_VULKAN_LIMITS caps that let lavapipe stand in for mobile-class GPUs,
- * and opening/closing a logical device with its own volk device table. */
+ * opening/closing a logical device with its own volk device table, and
+ * adopting an application's device (mha_vulkan.h), where only what the
+ * application enabled is used. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "mha_vulkan.h"
 #include "vk_internal.h"
 
 /* ---- VkResult translation --------------------------------------------- */
@@ -41,6 +44,26 @@ mha_status mha_vk_fail(mha_host *host, mha_vk_device *d, VkResult r,
         d->lost = true;
     return mha_host_error(host, s, "%s failed: %s (%d)", call,
                           mha_vk_result_name(r), (int)r);
+}
+
+void *mha_vk_grow(mha_host *host, void *arr, int count, int *cap, int need,
+                  size_t elem)
+{
+    if (need <= *cap)
+        return arr;
+    int grown = *cap ? *cap : 16;
+    while (grown < need)
+        grown *= 2;
+    void *p = mha_host_calloc(host, (size_t)grown, elem);
+    if (!p) {
+        mha_host_error(host, MHA_OUT_OF_MEMORY, "vulkan: out of host memory");
+        return NULL;
+    }
+    if (count)
+        memcpy(p, arr, (size_t)count * elem);
+    mha_host_free(host, arr);
+    *cap = grown;
+    return p;
 }
 
 /* Copies src into dst (size bytes), truncating. */
@@ -188,15 +211,15 @@ static void heaps_str(const VkPhysicalDeviceMemoryProperties *mp, char *buf,
 
 /* Fills ph->lim, the driver and heap strings; returns the device-local
  * bytes. */
-static uint64_t query_device(mha_vk_state *st, mha_vk_phys *ph, char *driver,
+static uint64_t query_device(const mha_vk_ifns *fn, mha_host *host,
+                             mha_vk_phys *ph, char *driver,
                              size_t driver_size, char *heaps,
                              size_t heaps_size)
 {
     uint32_t api = ph->props.apiVersion;
     VkExtensionProperties ext[512];
     uint32_t next = 512;
-    if (st->fn.EnumerateDeviceExtensionProperties(ph->pd, NULL, &next, ext) <
-        0)
+    if (fn->EnumerateDeviceExtensionProperties(ph->pd, NULL, &next, ext) < 0)
         next = 0;
     bool driver_props = api >= VK_API_VERSION_1_2 ||
                         has_ext(ext, next, "VK_KHR_driver_properties");
@@ -212,7 +235,7 @@ static uint64_t query_device(mha_vk_state *st, mha_vk_phys *ph, char *driver,
     VkPhysicalDeviceProperties2 p2 = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
         .pNext = &sub};
-    st->fn.GetPhysicalDeviceProperties2(ph->pd, &p2);
+    fn->GetPhysicalDeviceProperties2(ph->pd, &p2);
 
     VkPhysicalDeviceShaderFloat16Int8Features f16 = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES};
@@ -221,7 +244,7 @@ static uint64_t query_device(mha_vk_state *st, mha_vk_phys *ph, char *driver,
         .pNext = f16_feature ? &f16 : NULL};
     VkPhysicalDeviceFeatures2 f2 = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &s16};
-    st->fn.GetPhysicalDeviceFeatures2(ph->pd, &f2);
+    fn->GetPhysicalDeviceFeatures2(ph->pd, &f2);
 
     const VkPhysicalDeviceLimits *l = &ph->props.limits;
     mha_vk_limits *lim = &ph->lim;
@@ -237,7 +260,7 @@ static uint64_t query_device(mha_vk_state *st, mha_vk_phys *ph, char *driver,
     lim->fp16_storage = s16.storageBuffer16BitAccess;
     lim->fp16_math = f16_feature && f16.shaderFloat16;
     lim->map_tensors = true;
-    apply_limit_caps(st->host, lim);
+    apply_limit_caps(host, lim);
 
     char ver[32], text[VK_MAX_DRIVER_NAME_SIZE + VK_MAX_DRIVER_INFO_SIZE + 40];
     driver_version_str(&ph->props, ver, sizeof ver);
@@ -249,7 +272,7 @@ static uint64_t query_device(mha_vk_state *st, mha_vk_phys *ph, char *driver,
     copy_str(driver, driver_size, text);
 
     VkPhysicalDeviceMemoryProperties mp;
-    st->fn.GetPhysicalDeviceMemoryProperties(ph->pd, &mp);
+    fn->GetPhysicalDeviceMemoryProperties(ph->pd, &mp);
     heaps_str(&mp, heaps, heaps_size);
     uint64_t local = 0;
     for (uint32_t i = 0; i < mp.memoryHeapCount; ++i)
@@ -329,8 +352,8 @@ mha_status mha_vk_probe(mha_vk_state *st, mha_device_desc *descs, int cap,
             continue;
         }
         char driver[128], heaps[48];
-        uint64_t local = query_device(st, ph, driver, sizeof driver, heaps,
-                                      sizeof heaps);
+        uint64_t local = query_device(&st->fn, st->host, ph, driver,
+                                      sizeof driver, heaps, sizeof heaps);
         describe(ph, local, driver, heaps, &descs[st->count]);
         st->count++;
     }
@@ -368,9 +391,26 @@ static mha_status create_device(mha_vk_state *st, mha_vk_device *d)
         d->dev = VK_NULL_HANDLE;
         return mha_vk_fail(st->host, d, r, "vkCreateDevice");
     }
-    volkLoadDeviceTable(&d->vk, d->dev);
+    mha_vk_load_device_table(&d->vk, d->dev, st->fn.GetDeviceProcAddr);
     d->vk.vkGetDeviceQueue(d->dev, ph->queue_family, 0, &d->queue);
     return MHA_OK;
+}
+
+/* What both opened and adopted devices set up once dev and the table
+ * exist; on failure the caller closes d. */
+static mha_status init_device(mha_vk_device *d,
+                              const mha_device_options *options)
+{
+    mha_status s = mha_vk_memory_init(d);
+    if (s == MHA_OK)
+        s = mha_vk_cache_open(d, options);
+    if (s == MHA_OK)
+        s = mha_vk_pipelines_init(d);
+    if (s == MHA_OK)
+        s = mha_vk_submit_init(d);
+    if (s == MHA_OK)
+        s = mha_vk_take_validation_error(d->st);
+    return s;
 }
 
 mha_status mha_vk_open(mha_vk_state *st, int index,
@@ -388,22 +428,171 @@ mha_status mha_vk_open(mha_vk_state *st, int index,
                               index);
     d->st = st;
     d->host = st->host;
+    d->fn = &st->fn;
     d->phys = &st->phys[index];
     mha_status s = create_device(st, d);
     if (s == MHA_OK)
-        s = mha_vk_memory_init(d);
-    if (s == MHA_OK)
-        s = mha_vk_cache_open(d, options);
-    if (s == MHA_OK)
-        s = mha_vk_pipelines_init(d);
-    if (s == MHA_OK)
-        s = mha_vk_submit_init(d);
-    if (s == MHA_OK)
-        s = mha_vk_take_validation_error(st);
+        s = init_device(d, options);
     if (s != MHA_OK) {
         mha_vk_close(d);
         return s;
     }
+    *out = d;
+    return MHA_OK;
+}
+
+/* ---- adopting the application's device ------------------------------- */
+
+static bool lists_ext(const mha_vulkan_device_info *info, const char *name)
+{
+    for (uint32_t i = 0; i < info->enabled_extension_count; ++i)
+        if (info->enabled_extensions[i] &&
+            strcmp(info->enabled_extensions[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* The features libmha can use that the application's VkDeviceCreateInfo
+ * pNext chain enables (the structs it does not know are skipped). */
+static void enabled_features(const mha_vulkan_device_info *info, bool *s16,
+                             bool *f16)
+{
+    *s16 = *f16 = false;
+    for (const VkBaseInStructure *p = info->enabled_features; p;
+         p = p->pNext) {
+        const void *f = p;
+        const VkPhysicalDevice16BitStorageFeatures *storage16 = f;
+        const VkPhysicalDeviceVulkan11Features *v11 = f;
+        const VkPhysicalDeviceShaderFloat16Int8Features *float16 = f;
+        const VkPhysicalDeviceVulkan12Features *v12 = f;
+        switch (p->sType) {
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES:
+            *s16 |= storage16->storageBuffer16BitAccess != VK_FALSE;
+            break;
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES:
+            *s16 |= v11->storageBuffer16BitAccess != VK_FALSE;
+            break;
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES:
+            *f16 |= float16->shaderFloat16 != VK_FALSE;
+            break;
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES:
+            *f16 |= v12->shaderFloat16 != VK_FALSE;
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static mha_status adopt_error(mha_host *host, const char *what)
+{
+    return mha_host_error(host, MHA_INVALID_ARGUMENT,
+                          "mha_vulkan_device_adopt: %s", what);
+}
+
+/* Fills d->own_phys from the application's physical device, limited to
+ * what it enabled, and checks what libmha cannot do without. */
+static mha_status adopt_phys(mha_vk_device *d,
+                             const mha_vulkan_device_info *info, char *driver,
+                             size_t driver_size, char *heaps,
+                             size_t heaps_size, uint64_t *local)
+{
+    mha_vk_phys *ph = &d->own_phys;
+    ph->pd = info->physical_device;
+    d->fn->GetPhysicalDeviceProperties(ph->pd, &ph->props);
+    uint32_t api = info->api_version < ph->props.apiVersion
+                       ? info->api_version
+                       : ph->props.apiVersion;
+    if (api < VK_API_VERSION_1_1)
+        return mha_host_error(
+            d->host, MHA_UNSUPPORTED,
+            "mha_vulkan_device_adopt: api_version %u.%u (of the instance, "
+            "capped by %s's %u.%u); libmha's kernels need Vulkan 1.1",
+            VK_API_VERSION_MAJOR(api), VK_API_VERSION_MINOR(api),
+            ph->props.deviceName, VK_API_VERSION_MAJOR(ph->props.apiVersion),
+            VK_API_VERSION_MINOR(ph->props.apiVersion));
+    VkQueueFamilyProperties q[32];
+    uint32_t n = 32;
+    d->fn->GetPhysicalDeviceQueueFamilyProperties(ph->pd, &n, q);
+    if (info->queue_family_index >= n ||
+        !(q[info->queue_family_index].queueFlags & VK_QUEUE_COMPUTE_BIT))
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "mha_vulkan_device_adopt: queue family %u of "
+                              "%s has no VK_QUEUE_COMPUTE_BIT (%u families)",
+                              info->queue_family_index, ph->props.deviceName,
+                              n);
+    ph->queue_family = info->queue_family_index;
+    *local = query_device(d->fn, d->host, ph, driver, driver_size, heaps,
+                          heaps_size);
+    bool s16, f16;
+    enabled_features(info, &s16, &f16);
+    /* shaderFloat16 needs VK_KHR_shader_float16_int8 below Vulkan 1.2 */
+    f16 = f16 && (api >= VK_API_VERSION_1_2 ||
+                  lists_ext(info, "VK_KHR_shader_float16_int8"));
+    ph->lim.fp16_storage = ph->lim.fp16_storage && s16;
+    ph->lim.fp16_math = ph->lim.fp16_math && f16;
+    return MHA_OK;
+}
+
+/* The details the core prints: that the device is adopted, and when fp16
+ * tensors are off, why, so mha_layer_create's "needs fp16 storage" message
+ * names the feature to enable. */
+static void adopted_details(const mha_vk_device *d, mha_device_desc *desc)
+{
+    char details[sizeof desc->details + 80]; /* copy_str truncates */
+    snprintf(details, sizeof details, "adopted VkDevice, %s queue%s; %s",
+             d->queue ? "with a" : "no",
+             d->phys->lim.fp16_storage
+                 ? ""
+                 : ", storageBuffer16BitAccess not enabled",
+             desc->details);
+    copy_str(desc->details, sizeof desc->details, details);
+}
+
+mha_status mha_vk_adopt(mha_vk_state *st, mha_host *host,
+                        const mha_vulkan_device_info *info,
+                        const mha_device_options *options,
+                        mha_vk_device **out, mha_device_desc *desc)
+{
+    if (!info->instance || !info->physical_device || !info->device)
+        return adopt_error(host, "instance, physical_device and device must "
+                                 "be the application's handles");
+    if (!info->get_instance_proc_addr)
+        return adopt_error(host, "get_instance_proc_addr is NULL");
+    if (info->enabled_extension_count && !info->enabled_extensions)
+        return adopt_error(host, "enabled_extensions is NULL but "
+                                 "enabled_extension_count is not 0");
+    mha_vk_device *d = mha_host_calloc(host, 1, sizeof *d);
+    if (!d)
+        return mha_host_error(host, MHA_OUT_OF_MEMORY,
+                              "vulkan: out of host memory adopting a device");
+    d->st = st;
+    d->host = host;
+    d->adopted = true;
+    d->fn = &d->own_fn;
+    d->phys = &d->own_phys;
+    char driver[128], heaps[48];
+    uint64_t local = 0;
+    mha_status s = mha_vk_load_ifns(host, &d->own_fn, info->instance,
+                                    info->get_instance_proc_addr, false);
+    if (s == MHA_OK)
+        s = adopt_phys(d, info, driver, sizeof driver, heaps, sizeof heaps,
+                       &local);
+    if (s == MHA_OK) {
+        PFN_vkGetDeviceProcAddr gdpa = info->get_device_proc_addr
+                                           ? info->get_device_proc_addr
+                                           : d->own_fn.GetDeviceProcAddr;
+        d->dev = info->device;
+        d->queue = info->queue;
+        mha_vk_load_device_table(&d->vk, d->dev, gdpa);
+        s = init_device(d, options);
+    }
+    if (s != MHA_OK) {
+        mha_vk_close(d);
+        return s;
+    }
+    describe(d->phys, local, driver, heaps, desc);
+    adopted_details(d, desc);
     *out = d;
     return MHA_OK;
 }
@@ -413,13 +602,16 @@ void mha_vk_close(mha_vk_device *d)
     if (!d)
         return;
     if (d->dev) {
-        if (!d->lost)
+        /* Our own work is always waited for (mha_vk_flush); an adopted
+         * device's other queues are the application's, not ours to idle. */
+        if (!d->lost && !d->adopted)
             d->vk.vkDeviceWaitIdle(d->dev);
         mha_vk_submit_fini(d);
         mha_vk_cache_close(d); /* saves what the pipelines put in it */
         mha_vk_pipelines_fini(d);
         mha_vk_memory_fini(d);
-        d->vk.vkDestroyDevice(d->dev, NULL);
+        if (!d->adopted)
+            d->vk.vkDestroyDevice(d->dev, NULL);
     }
     mha_host_free(d->host, d->cache_path);
     mha_host_free(d->host, d);

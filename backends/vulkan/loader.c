@@ -4,23 +4,17 @@
  * points in a per-instance table.
  *
  * volk's process-wide state, and how it is handled: volk keeps the loader's
- * module handle and every entry point in global variables. We use three kinds
- * of them, all set once and identical for every caller in the process:
- *  - volkInitialize() stores the loader module, vkGetInstanceProcAddr and the
- *    global-level commands (vkCreateInstance, vkEnumerateInstance*). It runs
- *    exactly once per process (pthread_once / InitOnceExecuteOnce) and its
- *    result is remembered, so concurrent contexts never race on it.
- *  - vkGetDeviceProcAddr, the only instance-level global volk reads itself
- *    (volkLoadDeviceTable calls through it). The first instance sets it,
- *    under a process-wide lock, and later ones find it set. The loader
- *    returns its own trampoline for it, which dispatches on the VkDevice
- *    handle, so it is the same pointer for every instance and every layer
- *    configuration.
- *  - Nothing else: we never call volkLoadInstance/volkLoadDevice (which would
- *    overwrite the globals with one instance's or device's pointers). Each
- *    instance gets its own mha_vk_ifns from vkGetInstanceProcAddr, and each
- *    VkDevice its own VolkDeviceTable (volkLoadDeviceTable), so several
- *    contexts, instances and devices work side by side. */
+ * module handle and every entry point in global variables. We use only the
+ * ones volkInitialize() sets: the loader module, vkGetInstanceProcAddr and
+ * the global-level commands (vkCreateInstance, vkEnumerateInstance*). It
+ * runs exactly once per process (pthread_once / InitOnceExecuteOnce) and its
+ * result is remembered, so concurrent contexts never race on it. We never
+ * call volkLoadInstance/volkLoadDevice (which would overwrite the globals
+ * with one instance's or device's pointers): each instance gets its own
+ * mha_vk_ifns from vkGetInstanceProcAddr, and each VkDevice its own
+ * VolkDeviceTable through that instance's vkGetDeviceProcAddr
+ * (volk_impl.c), so several contexts, instances and devices work side by
+ * side, and an adopted device uses the application's entry points only. */
 #include <stdio.h>
 #include <string.h>
 
@@ -54,14 +48,8 @@ static BOOL CALLBACK load_volk_once_win(PINIT_ONCE once, PVOID param,
     load_volk_once();
     return TRUE;
 }
-static SRWLOCK g_gdpa_lock = SRWLOCK_INIT;
-static void gdpa_lock(void) { AcquireSRWLockExclusive(&g_gdpa_lock); }
-static void gdpa_unlock(void) { ReleaseSRWLockExclusive(&g_gdpa_lock); }
 #else
 static pthread_once_t g_volk_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t g_gdpa_lock = PTHREAD_MUTEX_INITIALIZER;
-static void gdpa_lock(void) { pthread_mutex_lock(&g_gdpa_lock); }
-static void gdpa_unlock(void) { pthread_mutex_unlock(&g_gdpa_lock); }
 #endif
 
 mha_status mha_vk_load_runtime(mha_host *host)
@@ -116,7 +104,7 @@ on_debug_message(VkDebugUtilsMessageSeverityFlagBitsEXT severity,
 
 mha_status mha_vk_take_validation_error(mha_vk_state *st)
 {
-    if (st->vmsg[0] == '\0')
+    if (!st || st->vmsg[0] == '\0')
         return MHA_OK;
     mha_status s = mha_host_error(st->host, MHA_DEVICE_ERROR,
                                   "vulkan validation layer reported: %s",
@@ -150,38 +138,51 @@ static bool wants_validation(mha_host *host)
     return v && v[0] && strcmp(v, "0") != 0;
 }
 
-#define LOAD_IFN(st, name)                                                   \
-    ((st)->fn.name = (PFN_vk##name)vkGetInstanceProcAddr((st)->instance,     \
-                                                         "vk" #name))
+#define LOAD_IFN(name)                                                       \
+    (fn->name = (PFN_vk##name)gipa(instance, "vk" #name))
+
+mha_status mha_vk_load_ifns(mha_host *host, mha_vk_ifns *fn,
+                            VkInstance instance,
+                            PFN_vkGetInstanceProcAddr gipa, bool debug)
+{
+    memset(fn, 0, sizeof *fn);
+    LOAD_IFN(DestroyInstance);
+    LOAD_IFN(EnumeratePhysicalDevices);
+    LOAD_IFN(GetPhysicalDeviceProperties);
+    LOAD_IFN(GetPhysicalDeviceProperties2);
+    LOAD_IFN(GetPhysicalDeviceFeatures2);
+    LOAD_IFN(GetPhysicalDeviceMemoryProperties);
+    LOAD_IFN(GetPhysicalDeviceQueueFamilyProperties);
+    LOAD_IFN(EnumerateDeviceExtensionProperties);
+    LOAD_IFN(CreateDevice);
+    LOAD_IFN(GetDeviceProcAddr);
+    if (debug) {
+        LOAD_IFN(CreateDebugUtilsMessengerEXT);
+        LOAD_IFN(DestroyDebugUtilsMessengerEXT);
+    }
+    if (!fn->GetPhysicalDeviceProperties || !fn->GetPhysicalDeviceProperties2 ||
+        !fn->GetPhysicalDeviceFeatures2 ||
+        !fn->GetPhysicalDeviceMemoryProperties ||
+        !fn->GetPhysicalDeviceQueueFamilyProperties ||
+        !fn->EnumerateDeviceExtensionProperties || !fn->GetDeviceProcAddr)
+        return mha_host_error(host, MHA_DEVICE_ERROR,
+                              "vulkan: vkGetInstanceProcAddr gives no Vulkan "
+                              "1.1 physical-device commands (is the instance "
+                              "made with apiVersion 1.1 or later?)");
+    return MHA_OK;
+}
 
 static mha_status load_instance_fns(mha_vk_state *st)
 {
-    LOAD_IFN(st, DestroyInstance);
-    LOAD_IFN(st, EnumeratePhysicalDevices);
-    LOAD_IFN(st, GetPhysicalDeviceProperties);
-    LOAD_IFN(st, GetPhysicalDeviceProperties2);
-    LOAD_IFN(st, GetPhysicalDeviceFeatures2);
-    LOAD_IFN(st, GetPhysicalDeviceMemoryProperties);
-    LOAD_IFN(st, GetPhysicalDeviceQueueFamilyProperties);
-    LOAD_IFN(st, EnumerateDeviceExtensionProperties);
-    LOAD_IFN(st, CreateDevice);
-    LOAD_IFN(st, GetDeviceProcAddr);
-    if (st->validation) {
-        LOAD_IFN(st, CreateDebugUtilsMessengerEXT);
-        LOAD_IFN(st, DestroyDebugUtilsMessengerEXT);
-    }
-    if (!st->fn.DestroyInstance || !st->fn.EnumeratePhysicalDevices ||
-        !st->fn.GetPhysicalDeviceProperties2 || !st->fn.CreateDevice ||
-        !st->fn.GetDeviceProcAddr)
-        return mha_host_error(st->host, MHA_DEVICE_ERROR,
-                              "vulkan: the loader lacks Vulkan 1.1 "
-                              "instance commands");
-    /* See the file comment: the only instance-level volk global we use. */
-    gdpa_lock();
-    if (!vkGetDeviceProcAddr)
-        vkGetDeviceProcAddr = st->fn.GetDeviceProcAddr;
-    gdpa_unlock();
-    return MHA_OK;
+    mha_status s = mha_vk_load_ifns(st->host, &st->fn, st->instance,
+                                    vkGetInstanceProcAddr, st->validation);
+    if (s == MHA_OK && (!st->fn.DestroyInstance ||
+                        !st->fn.EnumeratePhysicalDevices ||
+                        !st->fn.CreateDevice))
+        s = mha_host_error(st->host, MHA_DEVICE_ERROR,
+                           "vulkan: the loader lacks Vulkan 1.1 instance "
+                           "commands");
+    return s;
 }
 
 static void fill_messenger_info(mha_vk_state *st,

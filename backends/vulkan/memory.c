@@ -7,7 +7,9 @@
  * host-visible device-local type is used and mapped, so uploads and
  * downloads are plain copies; otherwise a host-visible staging buffer and
  * vkCmdCopyBuffer carry the data. Every VkDeviceMemory comes from
- * alloc_memory, the one place device allocation can fail. */
+ * alloc_memory, the one place device allocation can fail. Buffers that wrap
+ * the application's VkBuffers live in external blocks of their own
+ * (mha_vk_buffer_wrap). */
 #include <inttypes.h>
 #include <string.h>
 
@@ -81,7 +83,7 @@ static mha_status alloc_memory(mha_vk_device *d, VkDeviceSize size,
     VkMemoryRequirements req;
     d->vk.vkGetBufferMemoryRequirements(d->dev, *buf, &req);
     VkPhysicalDeviceMemoryProperties mp;
-    d->st->fn.GetPhysicalDeviceMemoryProperties(d->phys->pd, &mp);
+    d->fn->GetPhysicalDeviceMemoryProperties(d->phys->pd, &mp);
     int type = staging ? pick_staging_type(&mp, req.memoryTypeBits)
                        : pick_tensor_type(d, &mp, req.memoryTypeBits);
     mha_status s = MHA_OK;
@@ -154,20 +156,28 @@ static mha_status block_create(mha_vk_device *d, VkDeviceSize size,
         return s;
     }
     b->size = size;
+    b->usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
+               VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+               VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+    b->bind_align = RANGE_ALIGN;
     b->next = d->blocks;
     d->blocks = b;
     *out = b;
     return MHA_OK;
 }
 
+/* Unlinks b, forgets the descriptor sets that bind its VkBuffer and frees
+ * what is ours (an external block's VkBuffer is the application's). */
 static void block_destroy(mha_vk_device *d, mha_vk_block *b)
 {
-    mha_vk_block **p = &d->blocks;
+    mha_vk_block **p = b->external ? &d->ext_blocks : &d->blocks;
     while (*p && *p != b)
         p = &(*p)->next;
     if (*p)
         *p = b->next;
-    free_memory(d, b->buf, b->mem);
+    mha_vk_set_cache_evict(d, b->buf);
+    if (!b->external)
+        free_memory(d, b->buf, b->mem);
     mha_host_free(d->host, b);
 }
 
@@ -233,6 +243,57 @@ mha_status mha_vk_buffer_alloc(mha_vk_device *d, size_t size,
     return MHA_OK;
 }
 
+/* The external block of the application's buffer, made on first use. */
+static mha_status external_block(mha_vk_device *d, VkBuffer buf,
+                                 VkBufferUsageFlags usage,
+                                 mha_vk_block **out)
+{
+    for (mha_vk_block *b = d->ext_blocks; b; b = b->next)
+        if (b->buf == buf) {
+            b->usage |= usage;
+            *out = b;
+            return MHA_OK;
+        }
+    mha_vk_block *b = mha_host_calloc(d->host, 1, sizeof *b);
+    if (!b)
+        return mha_host_error(d->host, MHA_OUT_OF_MEMORY,
+                              "vulkan: out of host memory");
+    b->buf = buf;
+    b->external = true;
+    b->usage = usage;
+    b->bind_align = d->phys->lim.offset_align ? d->phys->lim.offset_align : 1;
+    b->next = d->ext_blocks;
+    d->ext_blocks = b;
+    *out = b;
+    return MHA_OK;
+}
+
+mha_status mha_vk_buffer_wrap(mha_vk_device *d, VkBuffer buf,
+                              VkDeviceSize offset, VkDeviceSize size,
+                              VkBufferUsageFlags usage, mha_vk_buffer **out)
+{
+    mha_vk_buffer *w = mha_host_calloc(d->host, 1, sizeof *w);
+    mha_vk_block *b = NULL;
+    mha_status s = w ? external_block(d, buf, usage, &b)
+                     : mha_host_error(d->host, MHA_OUT_OF_MEMORY,
+                                      "vulkan: out of host memory");
+    if (s != MHA_OK) {
+        mha_host_free(d->host, w);
+        return s;
+    }
+    w->block = b;
+    w->offset = offset;
+    w->size = size;
+    w->next = b->first;
+    if (b->first)
+        b->first->prev = w;
+    b->first = w;
+    if (offset + size > b->size)
+        b->size = offset + size;
+    *out = w;
+    return MHA_OK;
+}
+
 void mha_vk_buffer_free(mha_vk_device *d, mha_vk_buffer *buf)
 {
     if (!buf)
@@ -275,14 +336,27 @@ static mha_status staging_reserve(mha_vk_device *d, VkDeviceSize size)
     return MHA_OK;
 }
 
+/* The range is inside b, and an unmapped b allows the staged copy
+ * (usage is the transfer bit the copy needs). */
 static mha_status check_range(mha_vk_device *d, const mha_vk_buffer *b,
-                              size_t offset, size_t size, const char *what)
+                              size_t offset, size_t size, const char *what,
+                              VkBufferUsageFlags usage)
 {
     if (offset > b->size || size > b->size - offset)
         return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
                               "vulkan: %s of %zu bytes at %zu is past the "
                               "buffer's %" PRIu64 " bytes",
                               what, size, offset, (uint64_t)b->size);
+    if (!b->block->map && !(b->block->usage & usage))
+        return mha_host_error(
+            d->host, MHA_UNSUPPORTED,
+            "vulkan: a %s of a wrapped VkBuffer copies through a staging "
+            "buffer and needs %s in the usage it was created (and wrapped) "
+            "with",
+            what,
+            usage == VK_BUFFER_USAGE_TRANSFER_DST_BIT
+                ? "VK_BUFFER_USAGE_TRANSFER_DST_BIT"
+                : "VK_BUFFER_USAGE_TRANSFER_SRC_BIT");
     return MHA_OK;
 }
 
@@ -320,7 +394,8 @@ mha_status mha_vk_buffer_write(mha_vk_device *d, mha_vk_buffer *b,
 {
     mha_status s = mha_vk_check(d);
     if (s == MHA_OK)
-        s = check_range(d, b, offset, size, "write");
+        s = check_range(d, b, offset, size, "write",
+                        VK_BUFFER_USAGE_TRANSFER_DST_BIT);
     if (s != MHA_OK || !size)
         return s;
     /* Work recorded before this write must see the old contents. */
@@ -341,7 +416,8 @@ mha_status mha_vk_buffer_read(mha_vk_device *d, mha_vk_buffer *b,
 {
     mha_status s = mha_vk_check(d);
     if (s == MHA_OK)
-        s = check_range(d, b, offset, size, "read");
+        s = check_range(d, b, offset, size, "read",
+                        VK_BUFFER_USAGE_TRANSFER_SRC_BIT);
     if (s != MHA_OK || !size)
         return s;
     if (b->block->map) {
@@ -367,10 +443,10 @@ mha_status mha_vk_memory_init(mha_vk_device *d)
     return mha_vk_buffer_alloc(d, RANGE_ALIGN, &d->dummy);
 }
 
-void mha_vk_memory_fini(mha_vk_device *d)
+static void free_blocks(mha_vk_device *d, mha_vk_block *const *list)
 {
-    while (d->blocks) {
-        mha_vk_block *b = d->blocks;
+    while (*list) {
+        mha_vk_block *b = *list;
         while (b->first) {
             mha_vk_buffer *buf = b->first;
             b->first = buf->next;
@@ -378,6 +454,12 @@ void mha_vk_memory_fini(mha_vk_device *d)
         }
         block_destroy(d, b);
     }
+}
+
+void mha_vk_memory_fini(mha_vk_device *d)
+{
+    free_blocks(d, &d->blocks);
+    free_blocks(d, &d->ext_blocks);
     d->dummy = NULL;
     free_memory(d, d->staging.buf, d->staging.mem);
     memset(&d->staging, 0, sizeof d->staging);

@@ -34,22 +34,28 @@ static size_t esize(const mha_tdesc *t)
 }
 
 /* Kernels see each tensor through its own binding, which starts at the
- * tensor's first byte rounded down to BIND_ALIGN (256, the largest
- * minStorageBufferOffsetAlignment Vulkan allows, so valid everywhere) and
- * ends after its last element; the push constants hold the element offset
- * within that binding. Barriers and the validation layers then see exactly
- * the bytes each dispatch may touch. */
-#define BIND_ALIGN 256u
-
+ * tensor's first byte rounded down to its block's bind_align (256 for our
+ * memory, valid for any minStorageBufferOffsetAlignment; the device's
+ * alignment for the application's buffers, whose offsets are only element
+ * aligned) and ends after its last element; the push constants hold the
+ * element offset within that binding. Barriers and the validation layers
+ * then see exactly the bytes each dispatch may touch. */
 static VkDeviceSize first_byte(const mha_tdesc *t)
 {
     const mha_vk_buffer *b = t->buf;
     return b->offset + t->offset;
 }
 
+static VkDeviceSize bind_start(const mha_tdesc *t)
+{
+    const mha_vk_buffer *b = t->buf;
+    VkDeviceSize lo = first_byte(t);
+    return lo - lo % b->block->bind_align;
+}
+
 static uint32_t eoff(const mha_tdesc *t)
 {
-    return (uint32_t)(first_byte(t) % BIND_ALIGN / esize(t));
+    return (uint32_t)((first_byte(t) - bind_start(t)) / esize(t));
 }
 
 /* An fp32 (or, with f16, fp16) view whose offsets and strides fit the
@@ -261,16 +267,15 @@ static uint32_t f16_bits(const mha_tdesc *const ts[MHA_VK_BINDINGS])
     return bits;
 }
 
-/* The binding of t (see BIND_ALIGN); t is in bounds (see in_bounds). */
+/* The binding of t (see bind_start); t is in bounds (see in_bounds). */
 static mha_vk_access binding_of(const mha_tdesc *t, bool write)
 {
     const mha_vk_buffer *b = t->buf;
     uint64_t last = 0;
     for (int i = 0; i < 4; ++i)
         last += (uint64_t)(t->ne[i] - 1) * (uint64_t)t->nb[i];
-    VkDeviceSize lo = first_byte(t);
-    return (mha_vk_access){b->block->buf, lo - lo % BIND_ALIGN,
-                           lo + (last + 1) * esize(t), write};
+    return (mha_vk_access){b->block->buf, bind_start(t),
+                           first_byte(t) + (last + 1) * esize(t), write};
 }
 
 /* Kernels write exactly one binding: the copy, mean and softmax kernels

@@ -179,18 +179,12 @@ mha_status mha_vk_pipeline_get(mha_vk_device *d, int kernel, bool f16,
             *out = d->pipes[i].pipe;
             return MHA_OK;
         }
-    if (d->pipe_count == d->pipe_cap) {
-        int cap = d->pipe_cap ? d->pipe_cap * 2 : 16;
-        mha_vk_pipeline *p = mha_host_malloc(d->host, (size_t)cap * sizeof *p);
-        if (!p)
-            return mha_host_error(d->host, MHA_OUT_OF_MEMORY,
-                                  "vulkan: out of host memory");
-        if (d->pipe_count)
-            memcpy(p, d->pipes, (size_t)d->pipe_count * sizeof *p);
-        mha_host_free(d->host, d->pipes);
-        d->pipes = p;
-        d->pipe_cap = cap;
-    }
+    mha_vk_pipeline *p = mha_vk_grow(d->host, d->pipes, d->pipe_count,
+                                     &d->pipe_cap, d->pipe_count + 1,
+                                     sizeof *p);
+    if (!p)
+        return MHA_OUT_OF_MEMORY;
+    d->pipes = p;
     VkPipeline pipe;
     mha_status s = create_pipeline(d, kernel, f16, spec, count, &pipe);
     if (s != MHA_OK)

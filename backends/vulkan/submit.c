@@ -4,68 +4,76 @@
  * not overtake recorded work) submit and wait on a fence. Descriptor sets
  * come from pools that are reset after each wait, one set per dispatch; all
  * kernels share one set layout of MHA_VK_BINDINGS storage buffers and one
- * MHA_VK_PUSH_BYTES push-constant range. */
+ * MHA_VK_PUSH_BYTES push-constant range. While mha_vulkan_layer_record
+ * runs, dispatches go to the application's command buffer instead, with
+ * the cached, never-reset sets of set_cache.c, and nothing is submitted. */
 #include <string.h>
 
 #include "vk_internal.h"
 
 #define SETS_PER_POOL 256
 
-static mha_status add_desc_pool(mha_vk_device *d)
+mha_status mha_vk_desc_pools_add(mha_vk_device *d, mha_vk_desc_pools *pools,
+                                 uint32_t sets,
+                                 VkDescriptorPoolCreateFlags flags)
 {
-    if (d->desc_pool_count == d->desc_pool_cap) {
-        int cap = d->desc_pool_cap ? d->desc_pool_cap * 2 : 4;
-        VkDescriptorPool *p =
-            mha_host_malloc(d->host, (size_t)cap * sizeof *p);
-        if (!p)
-            return mha_host_error(d->host, MHA_OUT_OF_MEMORY,
-                                  "vulkan: out of host memory");
-        if (d->desc_pool_count)
-            memcpy(p, d->desc_pools,
-                   (size_t)d->desc_pool_count * sizeof *p);
-        mha_host_free(d->host, d->desc_pools);
-        d->desc_pools = p;
-        d->desc_pool_cap = cap;
-    }
+    mha_vk_desc_pool *p = mha_vk_grow(d->host, pools->at, pools->count,
+                                      &pools->cap, pools->count + 1,
+                                      sizeof *p);
+    if (!p)
+        return MHA_OUT_OF_MEMORY;
+    pools->at = p;
     VkDescriptorPoolSize ps = {
         .type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-        .descriptorCount = SETS_PER_POOL * MHA_VK_BINDINGS,
+        .descriptorCount = sets * MHA_VK_BINDINGS,
     };
     VkDescriptorPoolCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
-        .maxSets = SETS_PER_POOL,
+        .flags = flags,
+        .maxSets = sets,
         .poolSizeCount = 1,
         .pPoolSizes = &ps,
     };
-    VkResult r = d->vk.vkCreateDescriptorPool(
-        d->dev, &ci, NULL, &d->desc_pools[d->desc_pool_count]);
+    mha_vk_desc_pool *pool = &pools->at[pools->count];
+    VkResult r = d->vk.vkCreateDescriptorPool(d->dev, &ci, NULL, &pool->pool);
     if (r != VK_SUCCESS)
         return mha_vk_fail(d->host, d, r, "vkCreateDescriptorPool");
-    d->desc_pool_count++;
+    pool->room = sets;
+    pools->count++;
     return MHA_OK;
 }
 
+void mha_vk_desc_pools_destroy(mha_vk_device *d, mha_vk_desc_pools *pools)
+{
+    for (int i = 0; i < pools->count; ++i)
+        d->vk.vkDestroyDescriptorPool(d->dev, pools->at[i].pool, NULL);
+    mha_host_free(d->host, pools->at);
+    memset(pools, 0, sizeof *pools);
+}
+
+/* One set from the per-batch pools: the last one in use, or the next. */
 static mha_status alloc_set(mha_vk_device *d, VkDescriptorSet *set)
 {
-    if (!d->desc_pool_used || d->desc_sets_in_pool == SETS_PER_POOL) {
-        if (d->desc_pool_used == d->desc_pool_count) {
-            mha_status s = add_desc_pool(d);
+    mha_vk_desc_pools *pools = &d->batch_pools;
+    if (!d->batch_pools_used || !pools->at[d->batch_pools_used - 1].room) {
+        if (d->batch_pools_used == pools->count) {
+            mha_status s = mha_vk_desc_pools_add(d, pools, SETS_PER_POOL, 0);
             if (s != MHA_OK)
                 return s;
         }
-        d->desc_pool_used++;
-        d->desc_sets_in_pool = 0;
+        d->batch_pools_used++;
     }
+    mha_vk_desc_pool *pool = &pools->at[d->batch_pools_used - 1];
     VkDescriptorSetAllocateInfo ai = {
         .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-        .descriptorPool = d->desc_pools[d->desc_pool_used - 1],
+        .descriptorPool = pool->pool,
         .descriptorSetCount = 1,
         .pSetLayouts = &d->set_layout,
     };
     VkResult r = d->vk.vkAllocateDescriptorSets(d->dev, &ai, set);
     if (r != VK_SUCCESS)
         return mha_vk_fail(d->host, d, r, "vkAllocateDescriptorSets");
-    d->desc_sets_in_pool++;
+    pool->room--;
     return MHA_OK;
 }
 
@@ -96,19 +104,17 @@ mha_status mha_vk_submit_init(mha_vk_device *d)
         d->fence = VK_NULL_HANDLE;
         return mha_vk_fail(d->host, d, r, "vkCreateFence");
     }
-    return add_desc_pool(d);
+    return mha_vk_desc_pools_add(d, &d->batch_pools, SETS_PER_POOL, 0);
 }
 
 void mha_vk_submit_fini(mha_vk_device *d)
 {
-    for (int i = 0; i < d->desc_pool_count; ++i)
-        d->vk.vkDestroyDescriptorPool(d->dev, d->desc_pools[i], NULL);
-    mha_host_free(d->host, d->desc_pools);
-    d->desc_pools = NULL;
+    mha_vk_set_cache_fini(d);
+    mha_vk_desc_pools_destroy(d, &d->batch_pools);
+    d->batch_pools_used = 0;
     mha_host_free(d->host, d->since_barrier);
     d->since_barrier = NULL;
     d->since_count = d->since_cap = 0;
-    d->desc_pool_count = d->desc_pool_cap = 0;
     if (d->fence)
         d->vk.vkDestroyFence(d->dev, d->fence, NULL);
     if (d->cmd_pool)
@@ -128,6 +134,10 @@ mha_status mha_vk_check(mha_vk_device *d)
 
 mha_status mha_vk_record(mha_vk_device *d, VkCommandBuffer *cmd)
 {
+    if (d->ext_cmd) {
+        *cmd = d->ext_cmd;
+        return MHA_OK;
+    }
     if (!d->recording) {
         VkCommandBufferBeginInfo bi = {
             .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
@@ -182,50 +192,23 @@ static mha_status order_accesses(mha_vk_device *d, VkCommandBuffer cmd,
         d->since_count = 0;
         d->barriers++;
     }
-    if (d->since_count + nacc > d->since_cap) {
-        int cap = d->since_cap ? d->since_cap * 2 : 64;
-        while (cap < d->since_count + nacc)
-            cap *= 2;
-        mha_vk_access *p = mha_host_malloc(d->host, (size_t)cap * sizeof *p);
-        if (!p)
-            return mha_host_error(d->host, MHA_OUT_OF_MEMORY,
-                                  "vulkan: out of host memory");
-        if (d->since_count)
-            memcpy(p, d->since_barrier, (size_t)d->since_count * sizeof *p);
-        mha_host_free(d->host, d->since_barrier);
-        d->since_barrier = p;
-        d->since_cap = cap;
-    }
+    mha_vk_access *p =
+        mha_vk_grow(d->host, d->since_barrier, d->since_count,
+                    &d->since_cap, d->since_count + nacc, sizeof *p);
+    if (!p)
+        return MHA_OUT_OF_MEMORY;
+    d->since_barrier = p;
     for (int i = 0; i < nacc; ++i)
         if (acc[i].buf)
             d->since_barrier[d->since_count++] = acc[i];
     return MHA_OK;
 }
 
-mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
-                           const mha_vk_access bind[MHA_VK_BINDINGS],
-                           const void *push, uint32_t push_size,
-                           const uint32_t groups[3])
+void mha_vk_write_set(mha_vk_device *d, VkDescriptorSet set,
+                      const VkDescriptorBufferInfo *info)
 {
-    VkCommandBuffer cmd = VK_NULL_HANDLE;
-    VkDescriptorSet set = VK_NULL_HANDLE;
-    mha_status s = mha_vk_record(d, &cmd);
-    if (s == MHA_OK)
-        s = alloc_set(d, &set);
-    if (s == MHA_OK)
-        s = order_accesses(d, cmd, bind, MHA_VK_BINDINGS);
-    if (s != MHA_OK)
-        return s;
-    VkDescriptorBufferInfo info[MHA_VK_BINDINGS];
     VkWriteDescriptorSet w[MHA_VK_BINDINGS];
-    for (int i = 0; i < MHA_VK_BINDINGS; ++i) {
-        if (bind[i].buf)
-            info[i] = (VkDescriptorBufferInfo){bind[i].buf, bind[i].lo,
-                                               bind[i].hi - bind[i].lo};
-        else
-            info[i] = (VkDescriptorBufferInfo){d->dummy->block->buf,
-                                               d->dummy->offset,
-                                               d->dummy->size};
+    for (int i = 0; i < MHA_VK_BINDINGS; ++i)
         w[i] = (VkWriteDescriptorSet){
             .sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
             .dstSet = set,
@@ -234,8 +217,48 @@ mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
             .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
             .pBufferInfo = &info[i],
         };
-    }
     d->vk.vkUpdateDescriptorSets(d->dev, MHA_VK_BINDINGS, w, 0, NULL);
+}
+
+/* A set with these bindings: a fresh one from the per-batch pools, or the
+ * cached one while recording into the application's command buffer (which
+ * may still be pending when our pools are next reset). */
+static mha_status set_for(mha_vk_device *d,
+                          const VkDescriptorBufferInfo *info,
+                          VkDescriptorSet *set)
+{
+    if (d->ext_cmd)
+        return mha_vk_set_cache_get(d, info, set);
+    mha_status s = alloc_set(d, set);
+    if (s == MHA_OK)
+        mha_vk_write_set(d, *set, info);
+    return s;
+}
+
+mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
+                           const mha_vk_access bind[MHA_VK_BINDINGS],
+                           const void *push, uint32_t push_size,
+                           const uint32_t groups[3])
+{
+    VkDescriptorBufferInfo info[MHA_VK_BINDINGS];
+    for (int i = 0; i < MHA_VK_BINDINGS; ++i) {
+        if (bind[i].buf)
+            info[i] = (VkDescriptorBufferInfo){bind[i].buf, bind[i].lo,
+                                               bind[i].hi - bind[i].lo};
+        else
+            info[i] = (VkDescriptorBufferInfo){d->dummy->block->buf,
+                                               d->dummy->offset,
+                                               d->dummy->size};
+    }
+    VkCommandBuffer cmd = VK_NULL_HANDLE;
+    VkDescriptorSet set = VK_NULL_HANDLE;
+    mha_status s = mha_vk_record(d, &cmd);
+    if (s == MHA_OK)
+        s = set_for(d, info, &set);
+    if (s == MHA_OK)
+        s = order_accesses(d, cmd, bind, MHA_VK_BINDINGS);
+    if (s != MHA_OK)
+        return s;
     d->vk.vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
     d->vk.vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
                                   d->layout, 0, 1, &set, 0, NULL);
@@ -246,12 +269,39 @@ mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
     return MHA_OK;
 }
 
+mha_status mha_vk_redirect(mha_vk_device *d, VkCommandBuffer cmd)
+{
+    /* Work of ours still unsubmitted (left by a call that failed halfway)
+     * must not get mixed into the application's command buffer. */
+    mha_status s = d->recording ? mha_vk_flush(d) : mha_vk_check(d);
+    if (s != MHA_OK)
+        return s;
+    d->ext_cmd = cmd;
+    /* dispatches == 0: the first dispatch gets the leading barrier, which
+     * orders it (and the reuse of the layer's scratch) after every earlier
+     * compute and transfer command of the queue, ours and the
+     * application's. */
+    d->dispatches = 0;
+    d->barriers = 0;
+    d->since_count = 0;
+    return MHA_OK;
+}
+
+void mha_vk_redirect_end(mha_vk_device *d)
+{
+    d->ext_cmd = VK_NULL_HANDLE;
+    d->dispatches = 0;
+    d->barriers = 0;
+    d->since_count = 0;
+}
+
 static void reset_batch(mha_vk_device *d)
 {
-    for (int i = 0; i < d->desc_pool_used; ++i)
-        d->vk.vkResetDescriptorPool(d->dev, d->desc_pools[i], 0);
-    d->desc_pool_used = 0;
-    d->desc_sets_in_pool = 0;
+    for (int i = 0; i < d->batch_pools_used; ++i) {
+        d->vk.vkResetDescriptorPool(d->dev, d->batch_pools.at[i].pool, 0);
+        d->batch_pools.at[i].room = SETS_PER_POOL;
+    }
+    d->batch_pools_used = 0;
     d->recording = false;
     d->dispatches = 0;
     d->barriers = 0;
@@ -266,6 +316,16 @@ mha_status mha_vk_flush(mha_vk_device *d)
     if (d->lost) {
         reset_batch(d);
         return mha_vk_check(d);
+    }
+    if (!d->queue) {
+        reset_batch(d);
+        return mha_host_error(
+            d->host, MHA_UNSUPPORTED,
+            "vulkan: this device was adopted without a VkQueue, so libmha "
+            "cannot submit; mha_layer_forward, mha_layer_forward_host and "
+            "transfers through staging memory need one (give "
+            "mha_vulkan_device_adopt a queue, or record the forward with "
+            "mha_vulkan_layer_record)");
     }
     /* Make every device write visible to host reads after the wait. */
     VkMemoryBarrier mb = {

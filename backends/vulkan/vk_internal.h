@@ -1,7 +1,8 @@
 /* vk_internal.h: private types of the Vulkan backend, shared by its files
- * (loader.c, device.c, memory.c, pipeline.c, cache.c, ops.c, backend.c).
- * Nothing here is visible outside backends/vulkan/ except the one iface
- * symbol, mha_vulkan_backend. */
+ * (loader.c, volk_impl.c, device.c, memory.c, pipeline.c, cache.c,
+ * submit.c, set_cache.c, ops.c, backend.c, interop.c). Nothing here is
+ * visible outside backends/vulkan/ except the iface symbol,
+ * mha_vulkan_backend, and the mha_vulkan_* API of include/mha_vulkan.h. */
 #ifndef MHA_VK_INTERNAL_H
 #define MHA_VK_INTERNAL_H
 
@@ -19,7 +20,9 @@
 #define MHA_VK_MSG_SIZE 768
 
 /* Instance-level entry points, loaded per VkInstance (see loader.c for why
- * volk's global instance pointers are not used). */
+ * volk's global instance pointers are not used): libmha's own instance's,
+ * or an adopted device's, loaded through the application's
+ * vkGetInstanceProcAddr. */
 typedef struct mha_vk_ifns {
     PFN_vkDestroyInstance DestroyInstance;
     PFN_vkEnumeratePhysicalDevices EnumeratePhysicalDevices;
@@ -77,18 +80,28 @@ typedef struct mha_vk_state {
 
 /* A VkDeviceMemory block bound to one VkBuffer over its whole size; tensor
  * buffers are 256-byte aligned ranges of it. Kernels bind a tensor's range
- * from a 256-byte aligned start (valid for any
- * minStorageBufferOffsetAlignment) and get element offsets in push
+ * from a bind_align-aligned start and get element offsets in push
  * constants; block size <= maxStorageBufferRange keeps every range
- * bindable. */
+ * bindable. An external block stands for an application's VkBuffer that
+ * wrapped tensors (mha_vulkan_tensor_wrap) point into: no memory of ours,
+ * ranges at the application's offsets (unsorted, may overlap), gone with
+ * its last range. */
 typedef struct mha_vk_buffer mha_vk_buffer;
 typedef struct mha_vk_block {
-    VkDeviceMemory mem;
+    VkDeviceMemory mem; /* VK_NULL_HANDLE when external */
     VkBuffer buf;
     VkDeviceSize size;
     void *map; /* persistently mapped when host-visible, else NULL */
-    mha_vk_buffer *first; /* live ranges sorted by offset */
+    mha_vk_buffer *first; /* live ranges, sorted by offset unless external */
     struct mha_vk_block *next;
+    bool external;
+    VkBufferUsageFlags usage;
+    /* Bindings start at a multiple of this: 256 for our blocks (their
+     * ranges are 256-aligned, valid for any minStorageBufferOffsetAlignment),
+     * the device's minStorageBufferOffsetAlignment for external ones, so a
+     * binding reaches as little as possible before the application's
+     * offset. */
+    VkDeviceSize bind_align;
 } mha_vk_block;
 
 struct mha_vk_buffer {
@@ -129,18 +142,52 @@ typedef struct mha_vk_pipeline {
     VkPipeline pipe;
 } mha_vk_pipeline;
 
+/* Descriptor sets of recorded forwards, by their exact bindings (see
+ * set_cache.c). */
+typedef struct mha_vk_set_key {
+    VkBuffer buf[MHA_VK_BINDINGS];
+    VkDeviceSize offset[MHA_VK_BINDINGS];
+    VkDeviceSize range[MHA_VK_BINDINGS];
+} mha_vk_set_key;
+
+typedef struct mha_vk_set_entry {
+    mha_vk_set_key key;
+    VkDescriptorSet set; /* VK_NULL_HANDLE: empty slot */
+    int pool;            /* index into set_pools.at */
+} mha_vk_set_entry;
+
+/* Descriptor pools for sets of the kernels' one layout. */
+typedef struct mha_vk_desc_pool {
+    VkDescriptorPool pool;
+    uint32_t room; /* sets it can still allocate */
+} mha_vk_desc_pool;
+
+typedef struct mha_vk_desc_pools {
+    mha_vk_desc_pool *at;
+    int count, cap;
+} mha_vk_desc_pools;
+
 typedef struct mha_vk_device {
-    mha_vk_state *st;
+    mha_vk_state *st; /* NULL for an adopted device when the context's own
+                         Vulkan instance could not be made */
     mha_host *host;
-    const mha_vk_phys *phys;
+    const mha_vk_ifns *fn;    /* st->fn, or own_fn when adopted */
+    const mha_vk_phys *phys;  /* in st->phys, or own_phys when adopted */
     VkDevice dev;
     struct VolkDeviceTable vk;
-    VkQueue queue;
+    VkQueue queue; /* VK_NULL_HANDLE: adopted without one, nothing submits */
     bool lost;
+    /* Adopted from the application (mha_vulkan_device_adopt): dev and
+     * queue are its and never destroyed, waited idle or used outside
+     * libmha's submit-and-wait calls. */
+    bool adopted;
+    mha_vk_ifns own_fn;
+    mha_vk_phys own_phys;
 
     /* memory */
     VkDeviceSize block_size;
     mha_vk_block *blocks;
+    mha_vk_block *ext_blocks; /* the application's VkBuffers */
     mha_vk_buffer *dummy;   /* bound where a kernel's source is absent */
     mha_vk_staging staging;
     /* Fault injection for tests: when > 0, counts device allocations down
@@ -169,18 +216,36 @@ typedef struct mha_vk_device {
      * write) gets a barrier first; independent ones run back to back */
     mha_vk_access *since_barrier;
     int since_count, since_cap;
-    VkDescriptorPool *desc_pools;
-    int desc_pool_count, desc_pool_cap, desc_pool_used;
-    uint32_t desc_sets_in_pool; /* allocated from desc_pools[used-1] */
+    mha_vk_desc_pools batch_pools; /* reset after each wait */
+    int batch_pools_used;
+
+    /* recording into the application's command buffer
+     * (mha_vulkan_layer_record): set only during that call */
+    VkCommandBuffer ext_cmd;
+    mha_vk_set_entry *sets; /* open addressing, capacity a power of 2 */
+    int set_count, set_cap;
+    mha_vk_desc_pools set_pools; /* FREE_DESCRIPTOR_SET_BIT ones */
 } mha_vk_device;
 
 /* ---- loader.c ---- */
 mha_status mha_vk_load_runtime(mha_host *host);
 mha_status mha_vk_create_instance(mha_vk_state *st);
 void mha_vk_destroy_instance(mha_vk_state *st);
+/* Loads fn for instance through gipa (debug: the debug-utils commands too);
+ * MHA_DEVICE_ERROR when the Vulkan 1.1 physical-device commands are
+ * absent. */
+mha_status mha_vk_load_ifns(mha_host *host, mha_vk_ifns *fn,
+                            VkInstance instance,
+                            PFN_vkGetInstanceProcAddr gipa, bool debug);
 /* Returns MHA_DEVICE_ERROR with the recorded validation message (and
- * clears it), or MHA_OK when the layers reported nothing. */
+ * clears it), or MHA_OK when the layers reported nothing (or st is NULL). */
 mha_status mha_vk_take_validation_error(mha_vk_state *st);
+
+/* ---- volk_impl.c ---- */
+/* Loads every device-level entry point of dev through gdpa (volk's
+ * volkLoadDeviceTable would go through the loader's global one). */
+void mha_vk_load_device_table(struct VolkDeviceTable *table, VkDevice dev,
+                              PFN_vkGetDeviceProcAddr gdpa);
 
 /* ---- device.c ---- */
 mha_status mha_vk_probe(mha_vk_state *st, mha_device_desc *descs, int cap,
@@ -188,18 +253,37 @@ mha_status mha_vk_probe(mha_vk_state *st, mha_device_desc *descs, int cap,
 mha_status mha_vk_open(mha_vk_state *st, int index,
                        const mha_device_options *options,
                        mha_vk_device **out);
+/* A device on the application's handles (see mha_vulkan.h); *desc is what
+ * mha_device_info_of reports. st may be NULL (no instance of our own). */
+struct mha_vulkan_device_info;
+mha_status mha_vk_adopt(mha_vk_state *st, mha_host *host,
+                        const struct mha_vulkan_device_info *info,
+                        const mha_device_options *options,
+                        mha_vk_device **out, mha_device_desc *desc);
 void mha_vk_close(mha_vk_device *d);
 /* Translates a VkResult into a status with a message naming the call;
  * marks the device lost on VK_ERROR_DEVICE_LOST. d may be NULL. */
 mha_status mha_vk_fail(mha_host *host, mha_vk_device *d, VkResult r,
                        const char *call);
 const char *mha_vk_result_name(VkResult r);
+/* Room for need elements of size elem in arr, which holds count of them
+ * in *cap (capacity doubles, from 16; the context's allocator has no
+ * realloc): returns arr itself or its zero-filled copy (arr freed, *cap
+ * updated), or NULL with an out-of-memory message and arr kept. */
+void *mha_vk_grow(mha_host *host, void *arr, int count, int *cap, int need,
+                  size_t elem);
 
 /* ---- memory.c ---- */
 mha_status mha_vk_memory_init(mha_vk_device *d);
 void mha_vk_memory_fini(mha_vk_device *d);
 mha_status mha_vk_buffer_alloc(mha_vk_device *d, size_t size,
                                mha_vk_buffer **out);
+/* A buffer over [offset, offset + size) of the application's buffer (its
+ * usage flags tell which transfers it allows); freed like any other, which
+ * leaves buf itself alone. */
+mha_status mha_vk_buffer_wrap(mha_vk_device *d, VkBuffer buf,
+                              VkDeviceSize offset, VkDeviceSize size,
+                              VkBufferUsageFlags usage, mha_vk_buffer **out);
 void mha_vk_buffer_free(mha_vk_device *d, mha_vk_buffer *b);
 mha_status mha_vk_buffer_write(mha_vk_device *d, mha_vk_buffer *b,
                                size_t offset, const void *src, size_t size);
@@ -226,8 +310,13 @@ void mha_vk_cache_close(mha_vk_device *d);
 /* ---- submit.c ---- */
 mha_status mha_vk_submit_init(mha_vk_device *d);
 void mha_vk_submit_fini(mha_vk_device *d);
-/* Begins recording if needed and returns the command buffer. */
+/* Begins recording if needed and returns the command buffer (the
+ * application's between mha_vk_redirect and mha_vk_redirect_end). */
 mha_status mha_vk_record(mha_vk_device *d, VkCommandBuffer *cmd);
+/* Dispatches from now on go to the application's cmd, with cached
+ * descriptor sets, the first one behind a barrier; nothing is submitted. */
+mha_status mha_vk_redirect(mha_vk_device *d, VkCommandBuffer cmd);
+void mha_vk_redirect_end(mha_vk_device *d);
 /* Binds pipe and the ranges (buf VK_NULL_HANDLE: the dummy buffer),
  * pushes the constants and dispatches; a barrier first orders it behind
  * earlier work whose ranges conflict with its own. */
@@ -235,10 +324,30 @@ mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
                            const mha_vk_access bind[MHA_VK_BINDINGS],
                            const void *push, uint32_t push_size,
                            const uint32_t groups[3]);
+/* Appends a pool of sets sets to pools (flags: its create flags). */
+mha_status mha_vk_desc_pools_add(mha_vk_device *d, mha_vk_desc_pools *pools,
+                                 uint32_t sets,
+                                 VkDescriptorPoolCreateFlags flags);
+void mha_vk_desc_pools_destroy(mha_vk_device *d, mha_vk_desc_pools *pools);
 /* Submits what was recorded and waits; resets per-batch resources. */
 mha_status mha_vk_flush(mha_vk_device *d);
 /* Checks the device is usable (not lost, no pending validation message). */
 mha_status mha_vk_check(mha_vk_device *d);
+
+/* ---- set_cache.c ---- */
+void mha_vk_set_cache_fini(mha_vk_device *d);
+/* The set whose bindings are info, made and written on first use, then
+ * reused unchanged (so it may sit in any number of pending command
+ * buffers). */
+mha_status mha_vk_set_cache_get(mha_vk_device *d,
+                                const VkDescriptorBufferInfo *info,
+                                VkDescriptorSet *set);
+/* Frees the sets that bind buf, before buf goes away or stops being ours
+ * to bind (no pending work may use them: see mha_vulkan.h). */
+void mha_vk_set_cache_evict(mha_vk_device *d, VkBuffer buf);
+/* Writes the storage-buffer descriptors of info into set. */
+void mha_vk_write_set(mha_vk_device *d, VkDescriptorSet set,
+                      const VkDescriptorBufferInfo *info);
 
 /* ---- ops.c ---- */
 bool mha_vk_supports(mha_vk_device *d, const mha_node *node);

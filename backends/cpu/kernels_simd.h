@@ -1,0 +1,508 @@
+/* kernels_simd.h: the body of every SIMD kernel table (kernels_avx2.c,
+ * kernels_avx512.c, kernels_neon.c), written once over a small vector
+ * vocabulary that each of those files defines before including this
+ * header. Only the vocabulary is ISA code; the blocking, packing, tails and
+ * the exp live here, so the three tables cannot drift apart. Include it
+ * once, from a file compiled with the ISA's flags.
+ *
+ * The including file defines:
+ *   MHA_SIMD_ISA       the table's name ("avx2", ...)
+ *   vf, VL             the vector type and its floats
+ *   MR, NV             register tile: MR rows x NV vectors, NR = NV * VL
+ *   KC                 k block of the packed GEMM, so that one KC x NR
+ *                      panel (16 KiB) stays in L1 while a block of A
+ *                      streams past it
+ *   TB                 side of the square block transpose_block handles
+ *   vf_zero() vf_set1(x) vf_load(p) vf_store(p, v)    unaligned
+ *   vf_load_n(p, n)    lanes < n from p, others 0; n in [0, VL); never
+ *                      touches memory at or past p + n
+ *   vf_store_n(p, v, n) stores lanes < n only
+ *   vf_add vf_sub vf_mul, vf_fma(a, b, c) = a*b + c, vf_fnma = c - a*b
+ *   vf_min(a, b), vf_max(a, b): a NaN in b must come out (exp's clamp)
+ *   vf_max_keep(v, acc): max of the two, a NaN in v ignored
+ *   vf_hsum(v), vf_hmax(v)
+ *   vf_round(v)        to nearest, ties to even
+ *   vf_ldexp(y, n)     y * 2^n for integral n (a vf), 0 at n = -127 or
+ *                      below, as the ISA can
+ *   EXP_LO, EXP_HI     clamp of exp's argument (see simd_exp)
+ *   transpose_block(src, lds, dst, ldd): dst[i*ldd + j] = src[j*lds + i]
+ *                      for i, j < TB
+ *
+ * GEMM scheme: C is cut into MR x NR tiles computed by one register-
+ * blocked micro-kernel that, for each k, broadcasts A[i][k] of MR rows and
+ * multiplies it into an NR-wide row of the packed B (FMA); accumulators
+ * start from zero, the bias row or C itself, so the bias add and the
+ * accumulation are the tile's epilogue, not another pass. A is read in
+ * place (row tails repeat the last valid row, results discarded); B is
+ * packed into panels (kernels.h). Edge tiles go through a stack copy, so
+ * any M, N, K and leading dimension work. gemm_nt and gemm_nn_acc pack one
+ * KC x NR panel at a time into a stack buffer; callers that reuse B pack
+ * it once with pack_nt / pack_nn and call gemm_packed. With fewer rows than
+ * a tile packing does not pay: gemm_nt then takes dot products on B in
+ * place and gemm_nn_acc streams rows of B into rows of C. */
+#ifndef MHA_CPU_KERNELS_SIMD_H
+#define MHA_CPU_KERNELS_SIMD_H
+
+#include <math.h>
+#include <stddef.h>
+
+#include "kernels.h"
+
+#define NR (NV * VL)
+
+/* Full unrolling of the constant tile loops lets the compiler keep the
+ * MR x NV accumulators in registers. */
+#define MHA_UNROLL _Pragma("GCC unroll 16")
+
+static int64_t min_i64(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* ---- elementwise ------------------------------------------------------------- */
+
+/* Each loop's last, partial vector goes through vf_load_n / vf_store_n, so
+ * the tail uses the same arithmetic as the body. */
+static void simd_scale(int64_t n, float alpha, float *y)
+{
+    const vf va = vf_set1(alpha);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL)
+        vf_store(y + i, vf_mul(va, vf_load(y + i)));
+    if (i < n)
+        vf_store_n(y + i, vf_mul(va, vf_load_n(y + i, n - i)), n - i);
+}
+
+/* y[i] = alpha * a[i] + b[i]: axpy and scale_add, with y aliasing a or b. */
+static void fma_arrays(int64_t n, float alpha, const float *a, const float *b,
+                       float *y)
+{
+    const vf va = vf_set1(alpha);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL)
+        vf_store(y + i, vf_fma(va, vf_load(a + i), vf_load(b + i)));
+    if (i < n)
+        vf_store_n(y + i,
+                   vf_fma(va, vf_load_n(a + i, n - i), vf_load_n(b + i, n - i)),
+                   n - i);
+}
+
+static void simd_axpy(int64_t n, float alpha, const float *x, float *y)
+{
+    fma_arrays(n, alpha, x, y, y);
+}
+
+static void simd_scale_add(int64_t n, float alpha, const float *x, float *y)
+{
+    fma_arrays(n, alpha, y, x, y);
+}
+
+/* The vector maximum never takes a NaN (vf_max_keep), and the scalar tail
+ * compares with >, false for any NaN: NaNs are ignored throughout. */
+static float simd_max(int64_t n, const float *x)
+{
+    vf acc = vf_set1(-INFINITY);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL)
+        acc = vf_max_keep(vf_load(x + i), acc);
+    float m = vf_hmax(acc);
+    for (; i < n; i++)
+        if (x[i] > m)
+            m = x[i];
+    return m;
+}
+
+/* exp(x), Cephes expf style: n = round(x / ln2), r = x - n ln2 (ln2 split
+ * in two so n * hi is exact), exp(r) by a degree-6 polynomial on
+ * |r| <= ln2/2, then scaled by 2^n. Relative error is a few ulp (the
+ * contract is 1e-6, swept over [-87, 0] by tests/test_cpu_kernels.c).
+ * x is first clamped to [EXP_LO, EXP_HI] with x as the clamps' second
+ * operand, so a NaN passes through and the polynomial propagates it; the
+ * ISA file says where its clamp flushes to 0 and overflows to +inf. */
+static vf simd_exp(vf x)
+{
+    x = vf_max(vf_set1(EXP_LO), x);
+    x = vf_min(vf_set1(EXP_HI), x);
+    const vf n = vf_round(vf_mul(x, vf_set1(1.44269504088896341f)));
+    vf r = vf_fnma(n, vf_set1(0.693359375f), x);
+    r = vf_fnma(n, vf_set1(-2.12194440e-4f), r);
+    vf p = vf_set1(1.9875691500e-4f);
+    p = vf_fma(p, r, vf_set1(1.3981999507e-3f));
+    p = vf_fma(p, r, vf_set1(8.3334519073e-3f));
+    p = vf_fma(p, r, vf_set1(4.1665795894e-2f));
+    p = vf_fma(p, r, vf_set1(1.6666665459e-1f));
+    p = vf_fma(p, r, vf_set1(5.0000001201e-1f));
+    vf y = vf_fma(p, vf_mul(r, r), r);
+    y = vf_add(y, vf_set1(1.0f));
+    return vf_ldexp(y, n);
+}
+
+/* The tail's exp is computed on a zero-padded vector; only its real lanes
+ * are stored and summed. */
+static float simd_exp_sum(int64_t n, float m, float *x)
+{
+    const vf vm = vf_set1(m);
+    vf acc = vf_zero();
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        const vf e = simd_exp(vf_sub(vf_load(x + i), vm));
+        vf_store(x + i, e);
+        acc = vf_add(acc, e);
+    }
+    float sum = vf_hsum(acc);
+    if (i < n) {
+        _Alignas(64) float t[VL];
+        vf_store(t, simd_exp(vf_sub(vf_load_n(x + i, n - i), vm)));
+        for (int64_t j = 0; j < n - i; j++) {
+            x[i + j] = t[j];
+            sum += t[j];
+        }
+    }
+    return sum;
+}
+
+/* ---- micro-kernel ---------------------------------------------------------- */
+
+enum tile_init { INIT_ZERO, INIT_ROW, INIT_C };
+
+/* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < MR, j < NR,
+ * where a_i is row i of a (stride lda) for i < mr and the last valid row
+ * beyond (so only A's own memory is read), and init is 0, row[j] or
+ * c[i][j]. Writes all MR x NR of c. */
+static void micro_tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
+                       const float *bp, float *c, int64_t ldc,
+                       enum tile_init init, const float *row)
+{
+    const float *ar[MR];
+    vf acc[MR][NV];
+    MHA_UNROLL
+    for (int i = 0; i < MR; i++)
+        ar[i] = a + (i < mr ? i : mr - 1) * lda;
+    MHA_UNROLL
+    for (int i = 0; i < MR; i++) {
+        MHA_UNROLL
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = init == INIT_C     ? vf_load(c + i * ldc + v * VL)
+                        : init == INIT_ROW ? vf_load(row + v * VL)
+                                           : vf_zero();
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        vf b[NV];
+        MHA_UNROLL
+        for (int v = 0; v < NV; v++)
+            b[v] = vf_load(bp + k * NR + v * VL);
+        MHA_UNROLL
+        for (int i = 0; i < MR; i++) {
+            const vf x = vf_set1(ar[i][k]);
+            MHA_UNROLL
+            for (int v = 0; v < NV; v++)
+                acc[i][v] = vf_fma(x, b[v], acc[i][v]);
+        }
+    }
+    MHA_UNROLL
+    for (int i = 0; i < MR; i++) {
+        MHA_UNROLL
+        for (int v = 0; v < NV; v++)
+            vf_store(c + i * ldc + v * VL, acc[i][v]);
+    }
+}
+
+/* One mr x nr tile of C (ldc): a full tile straight from the registers, an
+ * edge tile through a zero-padded stack copy so nothing past C's window is
+ * read or written. */
+static void tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
+                 const float *bp, int64_t nr, int init_c, const float *row,
+                 float *c, int64_t ldc)
+{
+    if (mr == MR && nr == NR) {
+        micro_tile(kc, a, lda, MR, bp, c, ldc,
+                   init_c ? INIT_C : row ? INIT_ROW : INIT_ZERO, row);
+        return;
+    }
+    _Alignas(64) float t[MR * NR];
+    for (int64_t i = 0; i < MR; i++)
+        for (int64_t j = 0; j < NR; j++)
+            t[i * NR + j] = i >= mr || j >= nr ? 0.0f
+                            : init_c           ? c[i * ldc + j]
+                            : row              ? row[j]
+                                               : 0.0f;
+    micro_tile(kc, a, lda, mr, bp, t, NR, INIT_C, NULL);
+    for (int64_t i = 0; i < mr; i++)
+        for (int64_t j = 0; j < nr; j++)
+            c[i * ldc + j] = t[i * NR + j];
+}
+
+/* Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
+ * order), then panels of B, each reused from L1 by every row tile. */
+static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
+                             int64_t lda, const float *Bp, int64_t ldp,
+                             const float *bias, int accumulate, float *C,
+                             int64_t ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    int64_t k0 = 0;
+    do {
+        const int64_t kc = min_i64(KC, K - k0);
+        const int init_c = accumulate || k0 > 0;
+        for (int64_t n0 = 0; n0 < N; n0 += NR) {
+            const float *row = !init_c && bias ? bias + n0 : NULL;
+            for (int64_t m0 = 0; m0 < M; m0 += MR)
+                tile(kc, A + m0 * lda + k0, lda, min_i64(MR, M - m0),
+                     Bp + n0 * ldp + k0 * NR, min_i64(NR, N - n0), init_c,
+                     row, C + m0 * ldc + n0, ldc);
+        }
+        k0 += kc;
+    } while (k0 < K);
+}
+
+/* ---- packing --------------------------------------------------------------- */
+
+/* One panel of pack_nt: out[k][j] = B[j][k] for j < nr, 0 beyond, TB x TB
+ * blocks by transposes, the ragged rest element by element. */
+static void pack_nt_panel(int64_t nr, int64_t K, const float *B, int64_t ldb,
+                          float *out)
+{
+    const int64_t jfull = nr / TB * TB, kfull = K / TB * TB;
+    for (int64_t k0 = 0; k0 < kfull; k0 += TB)
+        for (int64_t j = 0; j < jfull; j += TB)
+            transpose_block(B + j * ldb + k0, ldb, out + k0 * NR + j, NR);
+    for (int64_t j = 0; j < NR; j++)
+        for (int64_t k = j < jfull ? kfull : 0; k < K; k++)
+            out[k * NR + j] = j < nr ? B[j * ldb + k] : 0.0f;
+}
+
+
+static void simd_pack_nt(int64_t N, int64_t K, const float *B, int64_t ldb,
+                         float alpha, float *out)
+{
+    for (int64_t n0 = 0; n0 < N; n0 += NR)
+        pack_nt_panel(min_i64(NR, N - n0), K, B + n0 * ldb, ldb,
+                      out + n0 * K);
+    if (alpha != 1.0f)
+        simd_scale((N + NR - 1) / NR * NR * K, alpha, out);
+}
+
+/* One panel of pack_nn: out[k][j] = B[k][j] for j < nr, 0 beyond. Rows of
+ * B sit ldb apart, and with a power-of-two ldb they fall into a few cache
+ * sets and evict each other (a 4x slowdown measured at 512^3), hence the
+ * copy even where no transpose is needed. */
+static void pack_nn_panel(int64_t K, int64_t nr, const float *B, int64_t ldb,
+                          float *out)
+{
+    for (int64_t k = 0; k < K; k++) {
+        const float *src = B + k * ldb;
+        float *dst = out + k * NR;
+        MHA_UNROLL
+        for (int v = 0; v < NV; v++) {
+            const int64_t cnt = nr - v * VL;
+            vf_store(dst + v * VL,
+                     cnt >= VL ? vf_load(src + v * VL)
+                     : cnt > 0 ? vf_load_n(src + v * VL, cnt)
+                               : vf_zero());
+        }
+    }
+}
+
+static void simd_pack_nn(int64_t K, int64_t N, const float *B, int64_t ldb,
+                         float *out)
+{
+    for (int64_t n0 = 0; n0 < N; n0 += NR)
+        pack_nn_panel(K, min_i64(NR, N - n0), B + n0, ldb, out + n0 * K);
+}
+
+/* C = bias + A B^T (nt: B is N x K) or C += A B (B is K x N) with B read in
+ * place, one KC x NR panel packed at a time into a stack buffer and used by
+ * every row tile. */
+static void gemm_by_panels(int nt, int64_t M, int64_t N, int64_t K,
+                           const float *A, int64_t lda, const float *B,
+                           int64_t ldb, const float *bias, float *C,
+                           int64_t ldc)
+{
+    _Alignas(64) float bp[KC * NR];
+    for (int64_t n0 = 0; n0 < N; n0 += NR) {
+        const int64_t nr = min_i64(NR, N - n0);
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = min_i64(KC, K - k0);
+            if (nt)
+                pack_nt_panel(nr, kc, B + n0 * ldb + k0, ldb, bp);
+            else
+                pack_nn_panel(kc, nr, B + k0 * ldb + n0, ldb, bp);
+            simd_gemm_packed(M, nr, kc, A + k0, lda, bp, kc,
+                             bias ? bias + n0 : NULL, !nt || k0 > 0, C + n0,
+                             ldc);
+        }
+    }
+}
+
+/* ---- gemm_nt ----------------------------------------------------------------- */
+
+/* With fewer rows of A than one micro-tile, the tile path computes empty
+ * rows and packs B^T for little use, so gemm_nt below MR rows works on B in
+ * place: 2 rows x 4 columns of dot products at a time, VL partial sums
+ * each, reduced at the end. Measured on Zen 4 (N = 512..1024, K = 64..512):
+ * 45-50 GFLOP/s for any M against 20 (M = 2) to 60 (M = 6) for the tiles,
+ * which win from M = 8 on. */
+enum { DOT_MAX_M = MR - 1 };
+
+/* r0[j] = a0 . b[j], r1[j] = a1 . b[j] over K, for j < 4. */
+static void dot_2x4(int64_t K, const float *a0, const float *a1,
+                    const float *const *b, float *r0, float *r1)
+{
+    vf s0[4], s1[4];
+    MHA_UNROLL
+    for (int j = 0; j < 4; j++)
+        s0[j] = s1[j] = vf_zero();
+    for (int64_t k = 0; k < K; k += VL) {
+        const int64_t cnt = min_i64(VL, K - k);
+        const vf x0 = cnt == VL ? vf_load(a0 + k) : vf_load_n(a0 + k, cnt);
+        const vf x1 = cnt == VL ? vf_load(a1 + k) : vf_load_n(a1 + k, cnt);
+        MHA_UNROLL
+        for (int j = 0; j < 4; j++) {
+            const vf y = cnt == VL ? vf_load(b[j] + k)
+                                   : vf_load_n(b[j] + k, cnt);
+            s0[j] = vf_fma(x0, y, s0[j]);
+            s1[j] = vf_fma(x1, y, s1[j]);
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        r0[j] = vf_hsum(s0[j]);
+        r1[j] = vf_hsum(s1[j]);
+    }
+}
+
+/* gemm_nt for 0 < M <= DOT_MAX_M, K > 0. Rows and columns past the edge
+ * repeat the last valid one (results discarded), as in the tile path. */
+static void gemm_nt_dot(int64_t M, int64_t N, int64_t K, const float *A,
+                        int64_t lda, const float *B, int64_t ldb,
+                        const float *bias, float *C, int64_t ldc)
+{
+    for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        const float *a0 = A + m0 * lda;
+        const float *a1 = A + min_i64(m0 + 1, M - 1) * lda;
+        for (int64_t n0 = 0; n0 < N; n0 += 4) {
+            const float *b[4];
+            float r0[4], r1[4];
+            for (int64_t j = 0; j < 4; j++)
+                b[j] = B + min_i64(n0 + j, N - 1) * ldb;
+            dot_2x4(K, a0, a1, b, r0, r1);
+            for (int64_t j = 0; j < min_i64(4, N - n0); j++) {
+                const float add = bias ? bias[n0 + j] : 0.0f;
+                C[m0 * ldc + n0 + j] = r0[j] + add;
+                if (m0 + 1 < M)
+                    C[(m0 + 1) * ldc + n0 + j] = r1[j] + add;
+            }
+        }
+    }
+}
+
+/* K == 0: the product is empty and C is just the bias (or zero). */
+static void fill_bias(int64_t M, int64_t N, const float *bias, float *C,
+                      int64_t ldc)
+{
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++)
+            C[m * ldc + n] = bias ? bias[n] : 0.0f;
+}
+
+static void simd_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t lda, const float *B, int64_t ldb,
+                         const float *bias, float *C, int64_t ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        fill_bias(M, N, bias, C, ldc);
+        return;
+    }
+    if (M <= DOT_MAX_M) {
+        gemm_nt_dot(M, N, K, A, lda, B, ldb, bias, C, ldc);
+        return;
+    }
+    gemm_by_panels(1, M, N, K, A, lda, B, ldb, bias, C, ldc);
+}
+
+/* ---- gemm_nn_acc --------------------------------------------------------------- */
+
+/* With few rows of A, the tile path spends its time packing B and filling
+ * tile rows that do not exist. Up to ROWS_MAX_M rows, each row of C is
+ * instead updated in place from 4 rows of B at a time (the C row stays in
+ * L1, B streams with unit stride): about 45 GFLOP/s on Zen 4 whatever M,
+ * 4-5x the tile path at M = 1; the tile path overtakes it between M = 5
+ * and 16 depending on N and K, hence 8. */
+enum { ROWS_MAX_M = 8 };
+
+/* c[n] += x[0] b0[n] + x[1] b1[n] + x[2] b2[n] + x[3] b3[n] for n < N,
+ * b_i = b0 + i ldb: one pass over c per 4 rows of B. */
+static void nn_row_step4(int64_t N, const float *x, const float *b0,
+                         int64_t ldb, float *c)
+{
+    const float *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+    const vf x0 = vf_set1(x[0]), x1 = vf_set1(x[1]);
+    const vf x2 = vf_set1(x[2]), x3 = vf_set1(x[3]);
+    int64_t n = 0;
+    for (; n + VL <= N; n += VL) {
+        vf v = vf_load(c + n);
+        v = vf_fma(x0, vf_load(b0 + n), v);
+        v = vf_fma(x1, vf_load(b1 + n), v);
+        v = vf_fma(x2, vf_load(b2 + n), v);
+        v = vf_fma(x3, vf_load(b3 + n), v);
+        vf_store(c + n, v);
+    }
+    if (n < N) {
+        const int64_t r = N - n;
+        vf v = vf_load_n(c + n, r);
+        v = vf_fma(x0, vf_load_n(b0 + n, r), v);
+        v = vf_fma(x1, vf_load_n(b1 + n, r), v);
+        v = vf_fma(x2, vf_load_n(b2 + n, r), v);
+        v = vf_fma(x3, vf_load_n(b3 + n, r), v);
+        vf_store_n(c + n, v, r);
+    }
+}
+
+/* gemm_nn_acc for 0 < M <= ROWS_MAX_M. */
+static void gemm_nn_rows(int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float *C,
+                         int64_t ldc)
+{
+    for (int64_t m = 0; m < M; m++) {
+        const float *a = A + m * lda;
+        float *c = C + m * ldc;
+        int64_t k = 0;
+        for (; k + 4 <= K; k += 4)
+            nn_row_step4(N, a + k, B + k * ldb, ldb, c);
+        for (; k < K; k++) /* the last K % 4 rows of B */
+            simd_axpy(N, a[k], B + k * ldb, c);
+    }
+}
+
+static void simd_gemm_nn_acc(int64_t M, int64_t N, int64_t K,
+                             const float *A, int64_t lda, const float *B,
+                             int64_t ldb, float *C, int64_t ldc)
+{
+    if (M <= 0 || N <= 0 || K <= 0)
+        return;
+    if (M <= ROWS_MAX_M) {
+        gemm_nn_rows(M, N, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+    gemm_by_panels(0, M, N, K, A, lda, B, ldb, NULL, C, ldc);
+}
+
+static const mha_cpu_kernels simd_table = {
+    .isa = MHA_SIMD_ISA,
+    .mr = MR,
+    .nr = NR,
+    .gemm_nt = simd_gemm_nt,
+    .gemm_nn_acc = simd_gemm_nn_acc,
+    .pack_nt = simd_pack_nt,
+    .pack_nn = simd_pack_nn,
+    .gemm_packed = simd_gemm_packed,
+    .scale = simd_scale,
+    .axpy = simd_axpy,
+    .scale_add = simd_scale_add,
+    .max = simd_max,
+    .exp_sum = simd_exp_sum,
+};
+
+#endif /* MHA_CPU_KERNELS_SIMD_H */

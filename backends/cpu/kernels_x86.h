@@ -1,0 +1,57 @@
+/* kernels_x86.h: the part of kernels_simd.h's vocabulary that the two x86
+ * tables (kernels_avx2.c and kernels_avx512.c) share: the operations whose
+ * intrinsics differ only by their _mm256_ / _mm512_ prefix, and the 8 x 8
+ * transpose. Each file defines vf and MHA_X86(name) (its prefix pasted to
+ * name) and includes this before kernels_simd.h, compiled with at least
+ * -mavx2 -mfma. */
+#ifndef MHA_CPU_KERNELS_X86_H
+#define MHA_CPU_KERNELS_X86_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+static vf vf_zero(void) { return MHA_X86(setzero_ps)(); }
+static vf vf_set1(float x) { return MHA_X86(set1_ps)(x); }
+static vf vf_load(const float *p) { return MHA_X86(loadu_ps)(p); }
+static void vf_store(float *p, vf v) { MHA_X86(storeu_ps)(p, v); }
+static vf vf_add(vf a, vf b) { return MHA_X86(add_ps)(a, b); }
+static vf vf_sub(vf a, vf b) { return MHA_X86(sub_ps)(a, b); }
+static vf vf_mul(vf a, vf b) { return MHA_X86(mul_ps)(a, b); }
+static vf vf_fma(vf a, vf b, vf c) { return MHA_X86(fmadd_ps)(a, b, c); }
+static vf vf_fnma(vf a, vf b, vf c) { return MHA_X86(fnmadd_ps)(a, b, c); }
+/* MINPS/MAXPS return the second operand when either is NaN: NaN in b comes
+ * out of the clamps, and a NaN v never replaces the running maximum. */
+static vf vf_min(vf a, vf b) { return MHA_X86(min_ps)(a, b); }
+static vf vf_max(vf a, vf b) { return MHA_X86(max_ps)(a, b); }
+static vf vf_max_keep(vf v, vf acc) { return MHA_X86(max_ps)(v, acc); }
+
+/* Writes the transpose of the 8 x 8 block at src (rows lds apart) to dst
+ * (rows ldd apart): dst[i][j] = src[j][i]. Unpack, shuffle, then swap
+ * 128-bit halves: 24 shuffles instead of 64 scalar moves. 256-bit code for
+ * both tables: a 16 x 16 transpose in ZMM registers needs more shuffles
+ * per float. */
+static void transpose_block(const float *src, int64_t lds, float *dst,
+                            int64_t ldd)
+{
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = _mm256_loadu_ps(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + i * ldd,
+                         _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * ldd,
+                         _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+#endif /* MHA_CPU_KERNELS_X86_H */

@@ -1,0 +1,449 @@
+/* targets.c: mha-bench --targets. Measures, in one run and with one thread
+ * count for everyone (--threads, default one per core), what issue 7 asks
+ * of the CPU backend, and prints "target | measured | goal | met":
+ *  - OpenBLAS cblas_sgemm 1024^3 GFLOP/s and a STREAM-style copy bandwidth,
+ *    the two references;
+ *  - the forward (E512 H8 B1, L = S in {512, 2048, 4096}) against sgemm and
+ *    PyTorch; the attention part alone (the fused attention op timed
+ *    through the backend's internal entry point, attention_part.c) against
+ *    sgemm; small shapes against PyTorch; causal against non-causal time
+ *    at L = S = 2048 (forward and attention part);
+ *  - L = S = 32768: completes, working memory beyond inputs, outputs and
+ *    weights (device peak and resident set);
+ *  - decode (L1 S4096 E4096 H32) against the time to read K, V and the
+ *    weights once at the copy bandwidth, and against its FLOPs at the
+ *    sgemm rate;
+ *  - 1 thread against --threads on the prefill cases.
+ * Every forward but the 32k and decode ones is checked against the
+ * OpenBLAS-composed forward first. Timing is reported, never a pass/fail:
+ * the exit status is 1 only when a measurement fails or a check is over
+ * tolerance. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "peers.h"
+#include "targets.h"
+
+/* The cases, in the order they run. */
+enum { P512, P2048, P4096, SMALL, BERT, CAUSAL, LONG, DECODE, NCASES };
+
+typedef struct target_case {
+    const char *name;
+    int64_t e, h, b, l, s;
+    int causal;
+    int warmup, repeat;
+    double min_time;
+    int torch;   /* also run by the PyTorch peer */
+    int checked; /* checked against the OpenBLAS forward */
+} target_case;
+
+static const target_case cases[NCASES] = {
+    [P512] = {"E512 H8 B1 L=S=512", 512, 8, 1, 512, 512, 0, 2, 10, 0.3, 1, 1},
+    [P2048] = {"E512 H8 B1 L=S=2048", 512, 8, 1, 2048, 2048, 0, 1, 5, 0, 1, 1},
+    [P4096] = {"E512 H8 B1 L=S=4096", 512, 8, 1, 4096, 4096, 0, 1, 3, 0, 1, 1},
+    [SMALL] = {"E512 H8 B1 L=S=128", 512, 8, 1, 128, 128, 0, 5, 50, 0.3, 1, 1},
+    [BERT] = {"E768 H12 B8 L=S=128", 768, 12, 8, 128, 128, 0, 2, 10, 0.3, 1,
+              1},
+    [CAUSAL] = {"causal E512 H8 L=S=2048", 512, 8, 1, 2048, 2048, 1, 1, 5, 0,
+                0, 1},
+    [LONG] = {"E512 H8 B1 L=S=32768", 512, 8, 1, 32768, 32768, 0, 0, 1, 0, 0,
+              0},
+    [DECODE] = {"decode E4096 H32 L=1 S=4096", 4096, 32, 1, 1, 4096, 0, 1, 3,
+                0, 0, 0},
+};
+
+#define MAX_ROWS 32
+
+typedef struct target_row {
+    char target[64], measured[96], goal[24];
+    const char *met; /* "yes", "no", "-" */
+} target_row;
+
+typedef struct targets {
+    const bench_options *o;
+    int threads;
+    int progress;
+    mha_context *ctx;
+    mha_device *dev, *dev1; /* o->threads threads, 1 thread */
+    bench_case bc[NCASES];
+    bench_result fwd[NCASES], fwd1[NCASES], attn[NCASES];
+    double torch_ms[NCASES];
+    double sgemm, stream;   /* GFLOP/s, GB/s */
+    double long_dev_mib, long_rss_mib; /* 32k working memory */
+    int failed;
+    target_row rows[MAX_ROWS];
+    int nrows;
+} targets;
+
+static void say(const targets *t, const char *fmt, ...)
+{
+    if (!t->progress)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
+static bench_options with_reps(const targets *t, const target_case *tc)
+{
+    bench_options o = *t->o;
+    o.threads = t->threads;
+    o.warmup = tc->warmup;
+    o.repeat = tc->repeat;
+    o.min_time = tc->min_time;
+    return o;
+}
+
+static void make_cases(targets *t)
+{
+    for (int i = 0; i < NCASES; i++) {
+        const target_case *tc = &cases[i];
+        bench_case *c = &t->bc[i];
+        memset(c, 0, sizeof *c);
+        snprintf(c->name, sizeof c->name, "%s", tc->name);
+        c->embed_dim = c->kdim = c->vdim = tc->e;
+        c->heads = tc->h;
+        c->batch = tc->b;
+        c->tgt_len = tc->l;
+        c->src_len = tc->s;
+        c->causal = tc->causal;
+        c->dtype = MHA_F32;
+    }
+}
+
+/* ---- measurements ------------------------------------------------------------- */
+
+/* PyTorch on its cases first, in one python3 run, so it never shares the
+ * CPU with a libmha timing. */
+static void run_torch(targets *t)
+{
+    bench_options o = *t->o;
+    int map[NCASES] = {0};
+    o.threads = t->threads;
+    o.warmup = 1;
+    o.repeat = 3;
+    o.min_time = 0.3;
+    o.ncases = 0;
+    for (int i = 0; i < NCASES; i++)
+        if (cases[i].torch) {
+            map[o.ncases] = i;
+            o.cases[o.ncases++] = t->bc[i];
+        }
+    say(t, "PyTorch peer (%d cases)...\n", o.ncases);
+    bench_peers peers;
+    bench_peers_init(&peers, &o);
+    for (int k = 0; k < o.ncases; k++)
+        t->torch_ms[map[k]] = peers.torch_median[k];
+    if (!peers.have_torch)
+        fprintf(stderr, "mha-bench: note: no PyTorch peer: %s\n",
+                peers.torch_note[0] ? peers.torch_note : "torch not importable");
+    peers.enabled = 0; /* notes printed above; only free the outputs */
+    bench_peers_notes(&peers, stderr);
+}
+
+static void run_references(targets *t)
+{
+    bench_options o = *t->o;
+    o.threads = t->threads;
+    o.warmup = 3;
+    o.repeat = 20;
+    o.min_time = 0.5;
+    say(t, "OpenBLAS sgemm 1024^3 and STREAM copy...\n");
+    t->sgemm = bench_openblas_sgemm_gflops(1024, &o);
+    t->stream = bench_stream_copy_gbs(t->threads);
+}
+
+/* The OpenBLAS-composed forward as the check's reference, or none. */
+static int make_data(targets *t, int i, bench_case_data *d)
+{
+    if (bench_case_data_make(&t->bc[i], d))
+        return -1;
+    if (!cases[i].checked || bench_openblas_forward(&t->bc[i], d, d->ref)) {
+        free(d->ref);
+        d->ref = NULL;
+    }
+    return 0;
+}
+
+static void note_failure(targets *t, const bench_result *r, const char *what)
+{
+    if (!strcmp(r->status, "ok"))
+        return;
+    fprintf(stderr, "mha-bench: %s: %s %s\n", what, r->status, r->note);
+    t->failed = 1;
+}
+
+/* The forward of case i on dev (into r); with a resident-set probe for the
+ * 32k case: RSS before the layer exists, peak RSS after. */
+static void time_forward(targets *t, int i, mha_device *dev,
+                         const bench_case_data *d, bench_result *r,
+                         double *rss_before)
+{
+    bench_options o = with_reps(t, &cases[i]);
+    memset(r, 0, sizeof *r);
+    r->c = t->bc[i];
+    if (rss_before) {
+        long pages = 0, resident = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        if (f && fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        if (f)
+            fclose(f);
+        *rss_before = (double)resident * (double)sysconf(_SC_PAGESIZE) /
+                      (1024.0 * 1024.0);
+    }
+    bench_device_case(t->ctx, dev, &o, &t->bc[i], d, r);
+    note_failure(t, r, cases[i].name);
+}
+
+static void time_attention(targets *t, int i)
+{
+    bench_options o = with_reps(t, &cases[i]);
+    memset(&t->attn[i], 0, sizeof t->attn[i]);
+    if (bench_attention_part(t->ctx, &o, &t->bc[i], &t->attn[i])) {
+        fprintf(stderr, "mha-bench: attention part of %s failed\n",
+                cases[i].name);
+        t->failed = 1;
+    }
+}
+
+/* Input, output and weight bytes of the 32k case, MiB. */
+static double io_weight_mib(const bench_case *c)
+{
+    double e = (double)c->embed_dim, l = (double)c->tgt_len,
+           s = (double)c->src_len;
+    return 4.0 * (2 * l * e + 2 * s * e + 4 * e * e + 4 * e) /
+           (1024.0 * 1024.0);
+}
+
+static void run_case(targets *t, int i)
+{
+    bench_case_data d;
+    say(t, "%s: data%s...\n", cases[i].name,
+        cases[i].checked ? " and OpenBLAS reference" : "");
+    if (make_data(t, i, &d)) {
+        fprintf(stderr, "mha-bench: %s: out of host memory\n", cases[i].name);
+        t->failed = 1;
+        return;
+    }
+    double rss_before = 0;
+    say(t, "%s: forward, %d threads...\n", cases[i].name, t->threads);
+    time_forward(t, i, t->dev, &d, &t->fwd[i], i == LONG ? &rss_before : NULL);
+    if (i == LONG) {
+        double io = io_weight_mib(&t->bc[i]);
+        t->long_dev_mib = t->fwd[i].device_mem_mib - io;
+        t->long_rss_mib = bench_peak_rss_mib() - rss_before - io;
+    }
+    if (i <= P4096 && t->threads > 1) {
+        say(t, "%s: forward, 1 thread...\n", cases[i].name);
+        time_forward(t, i, t->dev1, &d, &t->fwd1[i], NULL);
+    }
+    if (i <= P4096 || i == CAUSAL) {
+        say(t, "%s: attention part...\n", cases[i].name);
+        time_attention(t, i);
+    }
+    bench_case_data_free(&d);
+}
+
+/* ---- the table -------------------------------------------------------------- */
+
+static void add_row(targets *t, const char *met, const char *goal,
+                    const char *target, const char *fmt, ...)
+{
+    if (t->nrows >= MAX_ROWS)
+        return;
+    target_row *r = &t->rows[t->nrows++];
+    snprintf(r->target, sizeof r->target, "%s", target);
+    snprintf(r->goal, sizeof r->goal, "%s", goal);
+    r->met = met;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->measured, sizeof r->measured, fmt, ap);
+    va_end(ap);
+}
+
+static const char *met(int measured, int ok)
+{
+    return !measured ? "n/a" : ok ? "yes" : "no";
+}
+
+static double gflops_of(const bench_case *c, double ms)
+{
+    return ms > 0 ? bench_flops(c) / (ms * 1e6) : 0;
+}
+
+/* FLOPs of the attention part (scores and weighted sum): 4 L S E. */
+static double attention_gflops(const bench_case *c, double ms)
+{
+    return ms > 0 ? 4.0 * (double)c->tgt_len * (double)c->src_len *
+                        (double)c->embed_dim / (ms * 1e6)
+                  : 0;
+}
+
+static void prefill_rows(targets *t)
+{
+    char name[64];
+    for (int i = P512; i <= P4096; i++) {
+        const bench_case *c = &t->bc[i];
+        double g = gflops_of(c, t->fwd[i].median_ms), r = g / t->sgemm;
+        snprintf(name, sizeof name, "forward L=S=%lld / sgemm",
+                 (long long)c->tgt_len);
+        add_row(t, met(g > 0 && t->sgemm > 0, r >= 0.75), ">= 0.75x", name,
+                "%.1f GFLOP/s = %.2fx", g, r);
+        double tg = gflops_of(c, t->torch_ms[i]);
+        snprintf(name, sizeof name, "forward L=S=%lld / PyTorch",
+                 (long long)c->tgt_len);
+        add_row(t, met(g > 0 && tg > 0, g >= 2.5 * tg), ">= 2.5x", name,
+                "%.2fx (PyTorch %.1f GFLOP/s)", tg > 0 ? g / tg : 0, tg);
+    }
+    for (int i = P512; i <= P4096; i++) {
+        const bench_case *c = &t->bc[i];
+        double g = attention_gflops(c, t->attn[i].median_ms);
+        snprintf(name, sizeof name, "attention part L=S=%lld / sgemm",
+                 (long long)c->tgt_len);
+        add_row(t, met(g > 0 && t->sgemm > 0, g >= 0.7 * t->sgemm),
+                ">= 0.7x", name, "%.1f GFLOP/s = %.2fx", g, g / t->sgemm);
+    }
+}
+
+static void small_rows(targets *t)
+{
+    for (int i = SMALL; i <= BERT; i++) {
+        const bench_case *c = &t->bc[i];
+        double g = gflops_of(c, t->fwd[i].median_ms);
+        double tg = gflops_of(c, t->torch_ms[i]);
+        char name[64];
+        snprintf(name, sizeof name, "%s / PyTorch", cases[i].name);
+        add_row(t, met(g > 0 && tg > 0, g >= 4 * tg), ">= 4x", name,
+                "%.2fx (%.1f vs %.1f GFLOP/s)", tg > 0 ? g / tg : 0, g, tg);
+    }
+}
+
+static void causal_rows(targets *t)
+{
+    double f = t->fwd[CAUSAL].median_ms, fn = t->fwd[P2048].median_ms;
+    double a = t->attn[CAUSAL].median_ms, an = t->attn[P2048].median_ms;
+    add_row(t, met(f > 0 && fn > 0, f <= 0.6 * fn), "<= 0.6",
+            "causal/full time, forward L=S=2048", "%.2f (%.1f / %.1f ms)",
+            fn > 0 ? f / fn : 0, f, fn);
+    add_row(t, met(a > 0 && an > 0, a <= 0.6 * an), "<= 0.6",
+            "causal/full time, attention L=S=2048", "%.2f (%.1f / %.1f ms)",
+            an > 0 ? a / an : 0, a, an);
+}
+
+static void long_rows(targets *t)
+{
+    const bench_result *r = &t->fwd[LONG];
+    int ok = r->median_ms > 0;
+    double worst = t->long_dev_mib > t->long_rss_mib ? t->long_dev_mib
+                                                      : t->long_rss_mib;
+    add_row(t, met(ok, worst < 512), "< 512 MiB",
+            "L=S=32768 working memory",
+            "%.0f MiB device, %.0f MiB RSS; %.1f s", t->long_dev_mib,
+            t->long_rss_mib, r->median_ms / 1e3);
+}
+
+static void decode_rows(targets *t)
+{
+    const bench_case *c = &t->bc[DECODE];
+    double ms = t->fwd[DECODE].median_ms;
+    double e = (double)c->embed_dim, s = (double)c->src_len;
+    double bytes = 4.0 * (2 * s * e + 4 * e * e + 4 * e);
+    double mem_ms = t->stream > 0 ? bytes / (t->stream * 1e6) : 0;
+    double flop_ms = t->sgemm > 0 ? bench_flops(c) / (t->sgemm * 1e6) : 0;
+    add_row(t, met(ms > 0 && mem_ms > 0, ms <= 1.5 * mem_ms), "<= 1.5x",
+            "decode / (K,V,W bytes / copy BW)", "%.2fx (%.1f ms vs %.1f ms)",
+            mem_ms > 0 ? ms / mem_ms : 0, ms, mem_ms);
+    add_row(t, "-", "roofline", "decode / (FLOPs / sgemm rate)",
+            "%.2fx (%.1f ms vs %.1f ms)", flop_ms > 0 ? ms / flop_ms : 0, ms,
+            flop_ms);
+}
+
+static void thread_rows(targets *t)
+{
+    char name[64], goal[24];
+    snprintf(goal, sizeof goal, ">= %.1fx", 0.9 * t->threads);
+    for (int i = P512; i <= P4096; i++) {
+        double one = t->fwd1[i].median_ms, many = t->fwd[i].median_ms;
+        snprintf(name, sizeof name, "1 vs %d threads, L=S=%lld", t->threads,
+                 (long long)t->bc[i].tgt_len);
+        add_row(t, met(one > 0 && many > 0, one >= 0.9 * t->threads * many),
+                goal, name, "%.2fx (%.1f / %.1f ms)",
+                many > 0 ? one / many : 0, one, many);
+    }
+}
+
+static void print_table(targets *t, FILE *out)
+{
+    fprintf(out, "libmha CPU targets (issue 7), %d threads for libmha, "
+                 "OpenBLAS and PyTorch\n",
+            t->threads);
+    add_row(t, "-", "reference", "OpenBLAS sgemm 1024^3", "%.1f GFLOP/s",
+            t->sgemm);
+    add_row(t, "-", "reference", "STREAM-style copy", "%.1f GB/s",
+            t->stream);
+    prefill_rows(t);
+    small_rows(t);
+    causal_rows(t);
+    long_rows(t);
+    decode_rows(t);
+    thread_rows(t);
+    fprintf(out, "%-38s | %-36s | %-9s | %s\n", "target", "measured", "goal",
+            "met");
+    for (int i = 0; i < t->nrows; i++)
+        fprintf(out, "%-38s | %-36s | %-9s | %s\n", t->rows[i].target,
+                t->rows[i].measured, t->rows[i].goal, t->rows[i].met);
+    fprintf(out, "FLOPs as in DESIGN.md; the attention part is the fused "
+                 "attention op alone (4LSE FLOPs),\ntimed through the CPU "
+                 "backend's internal entry point; medians of each case's "
+                 "runs.\n");
+}
+
+/* ---- driver -------------------------------------------------------------------- */
+
+static int open_devices(targets *t)
+{
+    mha_device_options o;
+    mha_device_options_init(&o);
+    o.threads = t->threads;
+    if (mha_context_create(NULL, &t->ctx) ||
+        mha_device_open(t->ctx, "cpu", &o, &t->dev))
+        return -1;
+    o.threads = 1;
+    return mha_device_open(t->ctx, "cpu", &o, &t->dev1) ? -1 : 0;
+}
+
+int bench_targets_run(const bench_options *o, FILE *out)
+{
+    targets *t = calloc(1, sizeof *t);
+    if (!t) {
+        fprintf(stderr, "mha-bench: out of host memory\n");
+        return BENCH_EXIT_FAIL;
+    }
+    t->o = o;
+    t->progress = isatty(2);
+    t->threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    make_cases(t);
+    int rc = BENCH_EXIT_OK;
+    if (open_devices(t)) {
+        fprintf(stderr, "mha-bench: cannot open the CPU device: %s\n",
+                t->ctx ? mha_context_errmsg(t->ctx) : "no context");
+        rc = BENCH_EXIT_FAIL;
+    } else {
+        run_torch(t);
+        run_references(t);
+        for (int i = 0; i < NCASES; i++)
+            run_case(t, i);
+        print_table(t, out);
+        rc = t->failed ? BENCH_EXIT_FAIL : BENCH_EXIT_OK;
+    }
+    mha_device_destroy(t->dev);
+    mha_device_destroy(t->dev1);
+    mha_context_destroy(t->ctx);
+    free(t);
+    return rc;
+}

@@ -1,0 +1,28 @@
+/* targets.h: mha-bench --targets, the CPU backend's performance targets
+ * (issue 7) measured in one run and printed as "target | measured | goal |
+ * met", and the measurements only it needs: the fused attention op alone,
+ * OpenBLAS sgemm and a STREAM-style copy. */
+#ifndef MHA_BENCH_TARGETS_H
+#define MHA_BENCH_TARGETS_H
+
+#include <stdio.h>
+
+#include "bench.h"
+
+/* Times the CPU backend's fused attention op alone (best ISA, o->threads
+ * threads) on random Q, K, V for case c (batch 1): r->runs, median_ms and
+ * p95_ms as bench_time_runs fills them. 0, or non-zero on a failure. */
+int bench_attention_part(mha_context *ctx, const bench_options *o,
+                         const bench_case *c, bench_result *r);
+
+/* Memory bandwidth in GB/s (bytes read + written per second, the best of
+ * a few passes) of a STREAM-style copy of two 256 MiB arrays with threads
+ * threads; -1 when memory or threads run out. */
+double bench_stream_copy_gbs(int threads);
+
+/* Runs every target and prints the table to out. Returns BENCH_EXIT_OK, or
+ * BENCH_EXIT_FAIL when a measurement could not be made (an unmet target is
+ * reported, not a failure: timing is never a pass/fail). */
+int bench_targets_run(const bench_options *o, FILE *out);
+
+#endif

@@ -70,29 +70,27 @@ mha_vulkan_valgrind_test(test_vulkan_valgrind test_vulkan vulkan/forward_*)
 # validation of the engine's own instance. Linked as an engine is: libmha
 # statically (mha_static), libvulkan directly. The example itself runs as
 # vulkan_engine_example (77: no device, skipped).
-find_library(MHA_LIBVULKAN NAMES vulkan vulkan-1)
-if(MHA_LIBVULKAN)
-  mha_glslc(${PROJECT_SOURCE_DIR}/examples/shaders/affine.comp affine.spv)
-  add_executable(test_vulkan_interop
-                 ${CMAKE_CURRENT_LIST_DIR}/test_vulkan_interop.c
-                 ${CMAKE_CURRENT_BINARY_DIR}/affine.spv)
-  target_include_directories(test_vulkan_interop PRIVATE
-    ${PROJECT_SOURCE_DIR}/examples ${MHA_VULKAN_HEADERS})
-  target_compile_definitions(test_vulkan_interop PRIVATE _DEFAULT_SOURCE
-    MHA_ENGINE_SHADER="${CMAKE_CURRENT_BINARY_DIR}/affine.spv")
-  target_link_libraries(test_vulkan_interop PRIVATE mha_static
-                        ${MHA_LIBVULKAN} PkgConfig::CRITERION m)
-  if(MHA_SANITIZE) # see sanitizer/keep_modules.c
-    target_sources(test_vulkan_interop PRIVATE
-                   ${CMAKE_CURRENT_LIST_DIR}/sanitizer/keep_modules.c)
-  endif()
-  add_test(NAME test_vulkan_interop COMMAND test_vulkan_interop --jobs 2)
-  set_tests_properties(test_vulkan_interop PROPERTIES
-    ENVIRONMENT "${MHA_VULKAN_TEST_ENV}" TIMEOUT 600)
-  # The host side of recording (wrapped buffers, set cache, eviction).
-  mha_vulkan_valgrind_test(test_vulkan_interop_valgrind test_vulkan_interop
-                           vulkan_interop/steady*)
+find_library(MHA_LIBVULKAN NAMES vulkan vulkan-1 REQUIRED)
+mha_glslc(${PROJECT_SOURCE_DIR}/examples/shaders/affine.comp affine.spv)
+add_executable(test_vulkan_interop
+               ${CMAKE_CURRENT_LIST_DIR}/test_vulkan_interop.c
+               ${CMAKE_CURRENT_BINARY_DIR}/affine.spv)
+target_include_directories(test_vulkan_interop PRIVATE
+  ${PROJECT_SOURCE_DIR}/examples ${MHA_VULKAN_HEADERS})
+target_compile_definitions(test_vulkan_interop PRIVATE _DEFAULT_SOURCE
+  MHA_ENGINE_SHADER="${CMAKE_CURRENT_BINARY_DIR}/affine.spv")
+target_link_libraries(test_vulkan_interop PRIVATE mha_static
+                      ${MHA_LIBVULKAN} PkgConfig::CRITERION m)
+if(MHA_SANITIZE) # see sanitizer/keep_modules.c
+  target_sources(test_vulkan_interop PRIVATE
+                 ${CMAKE_CURRENT_LIST_DIR}/sanitizer/keep_modules.c)
 endif()
+add_test(NAME test_vulkan_interop COMMAND test_vulkan_interop --jobs 2)
+set_tests_properties(test_vulkan_interop PROPERTIES
+  ENVIRONMENT "${MHA_VULKAN_TEST_ENV}" TIMEOUT 600)
+# The host side of recording (wrapped buffers, set cache, eviction).
+mha_vulkan_valgrind_test(test_vulkan_interop_valgrind test_vulkan_interop
+                         vulkan_interop/steady*)
 if(TARGET example-vulkan-engine)
   add_test(NAME vulkan_engine_example COMMAND example-vulkan-engine)
   set_tests_properties(vulkan_engine_example PROPERTIES

@@ -38,8 +38,10 @@ const char bench_usage[] =
     "  --targets          measure the CPU backend's targets in one run (sgemm\n"
     "                     and copy references, prefill, attention part,\n"
     "                     small shapes, causal, 32k, decode, threads) and\n"
-    "                     print target | measured | goal | met; honours\n"
-    "                     --threads only (about 2 minutes on 2 cores)\n"
+    "                     print target | measured | goal | met; --threads\n"
+    "                     sets the thread count; --warmup, --repeat and\n"
+    "                     --min-time do not apply (about a minute on 2\n"
+    "                     cores)\n"
     "  --help             print this text\n"
     "\n"
     "Exit status: 0; 1 when a result is over tolerance (FAIL) or a device\n"
@@ -233,6 +235,14 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
             return fail(err, errlen, "mha-bench: too many cases");
         o->cases[o->ncases++] = custom;
     }
+    if (o->targets && (have_custom || have_preset || have_dtype ||
+                       o->ndevices || o->json_path || o->csv_path ||
+                       o->compare_old))
+        return fail(err, errlen,
+                    "mha-bench: --targets runs its own cases on the CPU "
+                    "and prints a table: it cannot be combined with "
+                    "--device, --preset, a custom case, --dtype, --json, "
+                    "--csv or --compare");
     if (!have_custom && !have_preset)
         bench_preset_add("quick", o->cases, &o->ncases, BENCH_MAX_CASES);
     if (have_dtype)

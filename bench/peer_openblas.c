@@ -11,7 +11,6 @@
 #ifdef MHA_BENCH_OPENBLAS
 #include <cblas.h>
 
-void bench_openblas_threads(int n);
 void bench_openblas_threads(int n)
 {
     if (n > 0)
@@ -119,6 +118,11 @@ double bench_openblas_sgemm_gflops(int n, const bench_options *o)
     return gflops;
 }
 #else
+void bench_openblas_threads(int n)
+{
+    (void)n;
+}
+
 double bench_openblas_sgemm_gflops(int n, const bench_options *o)
 {
     (void)n;

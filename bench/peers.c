@@ -9,9 +9,6 @@
 
 #include "peers.h"
 
-#ifdef MHA_BENCH_OPENBLAS
-void bench_openblas_threads(int n);
-#endif
 
 #ifndef MHA_BENCH_SOURCE_DIR
 #define MHA_BENCH_SOURCE_DIR "bench"
@@ -175,8 +172,8 @@ void bench_peers_init(bench_peers *p, const bench_options *o)
         return;
 #ifdef MHA_BENCH_OPENBLAS
     p->have_openblas = 1;
-    bench_openblas_threads(o->threads);
 #endif
+    bench_openblas_threads(o->threads);
     p->have_clblast = bench_clblast_built();
     run_torch(p, o);
 }

@@ -79,6 +79,10 @@ void bench_peers_notes(bench_peers *p, FILE *out);
 int bench_openblas_forward(const bench_case *c, const bench_case_data *d,
                            float *out);
 
+/* OpenBLAS's thread count for the calls that follow (n > 0; no-op without
+ * OpenBLAS). */
+void bench_openblas_threads(int n);
+
 /* The GFLOP/s of OpenBLAS cblas_sgemm on n x n x n (C = A B^T) with
  * o->threads threads (0: OpenBLAS's default): the median of the runs
  * bench_time_runs makes after o->warmup. -1 when OpenBLAS was not built in

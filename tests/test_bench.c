@@ -120,6 +120,10 @@ Test(args, help_and_compare)
     cr_assert_eq(parse(&o, err, c), 0);
     cr_assert_str_eq(o.compare_old, "a.json");
     cr_assert_str_eq(o.compare_new, "b.json");
+    const char *t[] = {"--targets", "--threads", "1", NULL};
+    cr_assert_eq(parse(&o, err, t), 0, "%s", err);
+    cr_assert_eq(o.targets, 1);
+    cr_assert_eq(o.threads, 1);
 }
 
 typedef struct bad_args {
@@ -147,6 +151,9 @@ Test(args, bad_flags_return_2_with_a_message)
         {{"--causal", "--tgt-len", "4", "--src-len", "8"}, "--causal"},
         {{"--compare", "old.json"}, "--compare"},
         {{"--embed-dim", "0"}, "--embed-dim"},
+        {{"--targets", "--device", "cpu"}, "--targets"},
+        {{"--targets", "--json", "t.json"}, "--targets"},
+        {{"--preset", "bert-base", "--targets"}, "--targets"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         bench_options o;

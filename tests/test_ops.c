@@ -365,8 +365,10 @@ static void run_case(const op_case *c)
     X(scores_row_blocks_causal, SCORES, 1, 2, 130, 140, 1, 8, 0, 0,          \
       F_CAUSAL | F_MASK2D)                                                   \
     X(weighted_sum_row_blocks, WEIGHTED_SUM, 1, 2, 131, 70, 0, 12, 0, 0, 0)  \
-    X(attention_tiles_masks, ATTENTION, 2, 3, 100, 260, 0, 20, 0, 0,         \
+    X(attention_tiles_masks, ATTENTION, 2, 3, 100, 260, 0, 40, 0, 0,         \
       F_MASK3D | F_KPM)                                                      \
+    X(projection_two_slabs, PROJECTION, 1, 1, 9, 0, 0, 0, 2100, 2050,       \
+      F_BIAS)                                                                \
     X(attention_causal_blocks, ATTENTION, 1, 2, 300, 300, 2, 24, 0, 0,       \
       F_CAUSAL | F_KPM)                                                      \
     X(attention_cross_causal, ATTENTION, 1, 1, 70, 200, 0, 64, 0, 0,         \

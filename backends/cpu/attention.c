@@ -152,7 +152,8 @@ static void block_scores(const attn_job *j, flash_tile *t, int64_t b,
         k->scale(cnt, n->params.scale, t->s + r * KEY_BLOCK);
 }
 
-/* acc += P V for the block's probabilities. */
+/* acc += P V for the probabilities of keys [j0, j0 + cnt); the packed V
+ * block may hold more keys (its panels have that many rows). */
 static void block_values(const attn_job *j, flash_tile *t, int64_t b,
                          int64_t h, int64_t rows, int64_t j0, int64_t cnt)
 {
@@ -162,8 +163,8 @@ static void block_values(const attn_job *j, flash_tile *t, int64_t b,
         const float *vp = j->vp + (size_t)(b * j->H + h - j->head0) *
                                       vp_head_floats(j) +
                           (size_t)(j0 * j->dpad);
-        k->gemm_packed(rows, j->d, cnt, t->s, KEY_BLOCK, vp, cnt, NULL, 1,
-                       t->acc, j->d);
+        k->gemm_packed(rows, j->d, cnt, t->s, KEY_BLOCK, vp,
+                       min64(KEY_BLOCK, j->S2 - j0), NULL, 1, t->acc, j->d);
         return;
     }
     k->gemm_nn_acc(rows, j->d, cnt, t->s, KEY_BLOCK, at(v, b, h, j0),
@@ -184,28 +185,30 @@ static void flash_block(const attn_job *j, flash_tile *t, int64_t b,
     block_values(j, t, b, h, rows, j0, cnt);
 }
 
-/* Causal: keys of [end, S) are masked for every row of the tile, so a
- * block inside that range is skipped, not computed. Appended keys (from S
- * on) are never masked. */
-static int block_needed(const attn_job *j, int64_t end, int64_t j0,
-                        int64_t cnt)
+/* How many keys of the block [j0, j0 + cnt) the tile computes. With
+ * causal, keys [end, S) are masked for every row of the tile, so a block
+ * inside that range is skipped, not computed, and one that reaches into it
+ * is cut short there; a block holding appended keys (from S on, never
+ * masked) is computed whole. */
+static int64_t block_keys(const attn_job *j, int64_t end, int64_t j0,
+                          int64_t cnt)
 {
-    return j0 < end || j0 + cnt > j->S;
+    if (j0 + cnt > j->S)
+        return cnt;
+    return j0 >= end ? 0 : min64(cnt, end - j0);
 }
 
 /* task -> (head, query tile): the tiles of one head follow each other,
- * so its packed K and V are still in cache for the next. With causal, the
- * order is (query tile, head) from the last tile (the most keys) down
- * instead, so the heaviest tasks start first and the pool ends balanced. */
+ * so its packed K and V are still in cache for the next. With causal the
+ * tiles of a head run from the last (the most keys) down, so each thread's
+ * last tasks are light ones and the pool ends balanced. */
 static void attention_task(void *arg, int64_t task, int thread)
 {
     const attn_job *j = arg;
     const mha_node *n = j->node;
     int64_t qt = task % j->qtiles, bh = j->head0 + task / j->qtiles;
-    if (n->params.causal) {
-        qt = j->qtiles - 1 - task / j->nheads;
-        bh = j->head0 + task % j->nheads;
-    }
+    if (n->params.causal)
+        qt = j->qtiles - 1 - qt;
     int64_t b = bh / j->H, h = bh % j->H, i0 = qt * j->qrows;
     int64_t rows = min64(j->qrows, j->L - i0), d = j->d;
     flash_tile t = tile_of(j, thread);
@@ -216,8 +219,8 @@ static void attention_task(void *arg, int64_t task, int thread)
     memset(t.acc, 0, (size_t)(rows * d) * sizeof *t.acc);
     int64_t end = n->params.causal ? min64(i0 + rows, j->S) : j->S;
     for (int64_t j0 = 0; j0 < j->S2; j0 += KEY_BLOCK) {
-        int64_t cnt = min64(KEY_BLOCK, j->S2 - j0);
-        if (block_needed(j, end, j0, cnt))
+        int64_t cnt = block_keys(j, end, j0, min64(KEY_BLOCK, j->S2 - j0));
+        if (cnt > 0)
             flash_block(j, &t, b, h, i0, rows, j0, cnt);
     }
     const mha_tdesc *o = &n->dst;

@@ -30,7 +30,7 @@ add_executable(test_opencl_interop
 target_link_libraries(test_opencl_interop PRIVATE mha_test_common
                       OpenCL::OpenCL)
 target_compile_definitions(test_opencl_interop PRIVATE
-                           CL_TARGET_OPENCL_VERSION=120)
+                           _DEFAULT_SOURCE CL_TARGET_OPENCL_VERSION=120)
 add_test(NAME test_opencl_interop COMMAND test_opencl_interop --jobs 2)
 set_tests_properties(test_opencl_interop PROPERTIES
     ENVIRONMENT "${MHA_OPENCL_TEST_ENV}"

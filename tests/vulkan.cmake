@@ -81,10 +81,6 @@ target_compile_definitions(test_vulkan_interop PRIVATE _DEFAULT_SOURCE
   MHA_ENGINE_SHADER="${CMAKE_CURRENT_BINARY_DIR}/affine.spv")
 target_link_libraries(test_vulkan_interop PRIVATE mha_static
                       ${MHA_LIBVULKAN} PkgConfig::CRITERION m)
-if(MHA_SANITIZE) # see sanitizer/keep_modules.c
-  target_sources(test_vulkan_interop PRIVATE
-                 ${CMAKE_CURRENT_LIST_DIR}/sanitizer/keep_modules.c)
-endif()
 add_test(NAME test_vulkan_interop COMMAND test_vulkan_interop --jobs 2)
 set_tests_properties(test_vulkan_interop PROPERTIES
   ENVIRONMENT "${MHA_VULKAN_TEST_ENV}" TIMEOUT 600)

@@ -1,6 +1,6 @@
 /* targets.c: mha-bench --targets. Measures, in one run and with one thread
- * count for everyone (--threads, default one per core), what issue 7 asks
- * of the CPU backend, and prints "target | measured | goal | met":
+ * count for everyone (--threads, default one per core), what the CPU
+ * backend is held to, and prints "target | measured | goal | met":
  *  - OpenBLAS cblas_sgemm 1024^3 GFLOP/s and a STREAM-style copy bandwidth,
  *    the two references;
  *  - the forward (E512 H8 B1, L = S in {512, 2048, 4096}) against sgemm and
@@ -387,7 +387,7 @@ static void thread_rows(targets *t)
 
 static void print_table(targets *t, FILE *out)
 {
-    fprintf(out, "libmha CPU targets (issue 7), %d threads for libmha, "
+    fprintf(out, "libmha CPU targets, %d threads for libmha, "
                  "OpenBLAS and PyTorch\n",
             t->threads);
     add_row(t, "-", "reference", "OpenBLAS sgemm 1024^3", "%.1f GFLOP/s",

@@ -1,11 +1,14 @@
-/* mha.h: the one public header of libmha, multi-head attention on Vulkan,
+/* mha.h: the public header of libmha, multi-head attention on Vulkan,
  * OpenCL and CPU SIMD devices, with torch.nn.MultiheadAttention semantics.
  *
  * C99, standard headers only. Every object is an opaque handle; every call
  * returns an mha_status (accessors that cannot fail return their value).
  * A context and everything created from it is used by one thread at a time.
  * On failure a call leaves its outputs untouched and mha_context_errmsg()
- * names the function, the argument, the value and what was expected. */
+ * names the function, the argument, the value and what was expected.
+ * Engines that own their device include mha_vulkan.h or mha_opencl.h too:
+ * devices adopted from their handles, tensors over their buffers, and a
+ * forward recorded into their command buffer or enqueued on their queue. */
 #ifndef MHA_H
 #define MHA_H
 
@@ -343,7 +346,11 @@ MHA_API mha_status mha_forward_args_init(mha_forward_args *args);
 
 /* Runs the layer on device tensors of the layer's device. Returns when the
  * results are in output and weights. Repeated calls with the same shapes
- * allocate nothing. */
+ * allocate nothing: a layer keeps the scratch of its 4 most recently used
+ * call shapes. Shapes recorded or enqueued into an application's own
+ * command stream (mha_vulkan.h, mha_opencl.h) keep theirs until the layer
+ * is destroyed, since that work may still be pending; a fifth such shape
+ * is MHA_INVALID_ARGUMENT. */
 MHA_API mha_status mha_layer_forward(mha_layer *layer,
                                      const mha_forward_args *args);
 

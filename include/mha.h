@@ -349,8 +349,9 @@ MHA_API mha_status mha_forward_args_init(mha_forward_args *args);
  * allocate nothing: a layer keeps the scratch of its 4 most recently used
  * call shapes. Shapes recorded or enqueued into an application's own
  * command stream (mha_vulkan.h, mha_opencl.h) keep theirs until the layer
- * is destroyed, since that work may still be pending; a fifth such shape
- * is MHA_INVALID_ARGUMENT. */
+ * is destroyed, since that work may still be pending; once a layer holds
+ * 4 such shapes, a call with any other shape (this one included) is
+ * MHA_INVALID_ARGUMENT. */
 MHA_API mha_status mha_layer_forward(mha_layer *layer,
                                      const mha_forward_args *args);
 

@@ -257,6 +257,56 @@ Test(vulkan_interop, engine_keeps_working_after_libmha_is_destroyed)
     finish(&e, &s);
 }
 
+/* A second wrap of the ranges the frames use, recorded with and then
+ * destroyed: the descriptor sets it shared with the scene's live tensors
+ * stay, so the frames replay without a validation message. And a wrap of
+ * libmha's own buffer is refused (its sets would have two owners). */
+Test(vulkan_interop, destroying_a_wrap_keeps_other_tensors_records_valid)
+{
+    engine e;
+    scene s;
+    start(&e, &s, NULL, MHA_F32, true);
+    run_frames(&e, &s);
+    const int64_t shape[3] = {TOKENS, BATCH, EMBED};
+    mha_tensor *twin[2] = {NULL, NULL};
+    for (int i = 0; i < 2; ++i) {
+        mha_vulkan_buffer range = {s.acts.buffer, act_offset(i) * 4ull,
+                                   ACT_BYTES, BUFFER_USAGE};
+        cr_assert_eq(mha_vulkan_tensor_wrap(s.device, &range, MHA_F32, 3,
+                                            shape, &twin[i]), MHA_OK);
+    }
+    mha_forward_args a;
+    mha_forward_args_init(&a);
+    a.query = a.key = a.value = twin[0];
+    a.output = twin[1];
+    VkCommandBufferBeginInfo bi = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    VkCommandBuffer spare = s.cmd[FRAMES - 1];
+    cr_assert_eq(vkBeginCommandBuffer(spare, &bi), VK_SUCCESS);
+    cr_assert_eq(mha_vulkan_layer_record(s.layers[0], &a, spare), MHA_OK);
+    cr_assert_eq(vkEndCommandBuffer(spare), VK_SUCCESS);
+    mha_tensor_destroy(twin[0]);
+    mha_tensor_destroy(twin[1]);
+    cr_assert(scene_record(&e, &s, FRAMES - 1), "%s",
+              mha_context_errmsg(s.ctx));
+    memset(s.readback.map, 0, ACT_BYTES * FRAMES);
+    cr_assert(engine_submit(&e, s.cmd, FRAMES));
+    assert_matches(&s, s.layers, 1e-4);
+
+    mha_tensor *own = NULL, *again = NULL;
+    mha_vulkan_buffer range;
+    cr_assert_eq(mha_tensor_create(s.device, MHA_F32, 3, shape, &own),
+                 MHA_OK);
+    cr_assert_eq(mha_vulkan_tensor_buffer(own, &range), MHA_OK);
+    assert_error(s.ctx,
+                 mha_vulkan_tensor_wrap(s.device, &range, MHA_F32, 3, shape,
+                                        &again),
+                 MHA_INVALID_ARGUMENT, "libmha's own");
+    cr_assert_null(again);
+    mha_tensor_destroy(own);
+    finish(&e, &s);
+}
+
 Test(vulkan_interop, wrap_checks_its_arguments)
 {
     engine e;

@@ -78,7 +78,7 @@ static mha_status check_wrap(mha_vk_device *d, const mha_vulkan_buffer *b,
                               "%s: range %llu; expected the byte count of "
                               "the tensor's range (not VK_WHOLE_SIZE)",
                               fn, (unsigned long long)b->range);
-    if (b->offset % align + b->range > lim->max_range)
+    if (b->range > lim->max_range - b->offset % align)
         return mha_host_error(
             d->host, MHA_UNSUPPORTED,
             "%s: range %llu bytes (bound from offset %llu rounded down to "

@@ -272,6 +272,19 @@ mha_status mha_vk_buffer_wrap(mha_vk_device *d, VkBuffer buf,
                               VkDeviceSize offset, VkDeviceSize size,
                               VkBufferUsageFlags usage, mha_vk_buffer **out)
 {
+    /* A second handle on our memory would give its ranges two owners (the
+     * descriptor sets of one freed with the other). */
+    for (const mha_vk_block *own = d->blocks; own; own = own->next)
+        if (own->buf == buf)
+            return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
+                                  "mha_vulkan_tensor_wrap: the buffer is "
+                                  "libmha's own (from "
+                                  "mha_vulkan_tensor_buffer); use the tensor "
+                                  "it came from");
+    if (offset > UINT64_MAX - size)
+        return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
+                              "mha_vulkan_tensor_wrap: offset + range "
+                              "overflows");
     mha_vk_buffer *w = mha_host_calloc(d->host, 1, sizeof *w);
     mha_vk_block *b = NULL;
     mha_status s = w ? external_block(d, buf, usage, &b)
@@ -305,14 +318,21 @@ void mha_vk_buffer_free(mha_vk_device *d, mha_vk_buffer *buf)
         b->first = buf->next;
     if (buf->next)
         buf->next->prev = buf->prev;
-    mha_host_free(d->host, buf);
-    /* Blocks are released when empty; pending work that used the range
-     * must finish first, so wait when something is recorded. */
+    /* Unsubmitted work here was left by a failed call (see
+     * mha_vk_redirect) and may use the range: drop it, never submit from
+     * a destroy. */
+    mha_vk_discard(d);
     if (!b->first) {
-        if (d->recording)
-            mha_vk_flush(d);
+        mha_host_free(d->host, buf);
         block_destroy(d, b);
+        return;
     }
+    /* The block lives on: forget the sets of this range only, so the set
+     * cache does not grow with every tensor made and destroyed. */
+    VkDeviceSize lo = buf->offset - buf->offset % b->bind_align;
+    VkDeviceSize hi = buf->offset + buf->size;
+    mha_host_free(d->host, buf);
+    mha_vk_set_cache_evict_range(d, b, lo, hi);
 }
 
 /* ---- staging and transfers ---------------------------------------------- */

@@ -5,11 +5,12 @@
  * own, written once and never changed, that every later record with the
  * same bindings reuses: in steady state a record looks sets up in this hash
  * table and creates nothing. The sets live in pools made with
- * FREE_DESCRIPTOR_SET_BIT and are freed when a VkBuffer they bind goes away
- * (a block of ours is destroyed, or the last tensor wrapping an application
- * buffer), which the ownership rules of mha_vulkan.h place after the GPU
- * work that used them; that also keeps a recycled VkBuffer handle from
- * matching a stale set. Push descriptors (VK_KHR_push_descriptor) would
+ * FREE_DESCRIPTOR_SET_BIT and are freed when a range they bind goes away
+ * (a tensor destroyed: its bytes, unless another live tensor covers the
+ * binding; a block of ours or the last wrap of an application buffer: the
+ * whole VkBuffer), which the ownership rules of mha_vulkan.h place after
+ * the GPU work that used them; that bounds the cache by the live tensors
+ * and keeps a recycled VkBuffer handle from matching a stale set. Push descriptors (VK_KHR_push_descriptor) would
  * need no sets at all, but an extension the application may not enable and
  * a second pipeline layout, so a second build of every pipeline. */
 #include <string.h>
@@ -160,11 +161,38 @@ static void remove_slot(mha_vk_device *d, int i)
     memset(&d->sets[i], 0, sizeof d->sets[i]);
 }
 
-void mha_vk_set_cache_evict(mha_vk_device *d, VkBuffer buf)
+/* Whether a live range of b covers [lo, hi): some tensor still there may
+ * be what the binding was made for. */
+static bool covered(const mha_vk_block *b, VkDeviceSize lo, VkDeviceSize hi)
+{
+    for (const mha_vk_buffer *r = b->first; r; r = r->next)
+        if (r->offset - r->offset % b->bind_align <= lo &&
+            hi <= r->offset + r->size)
+            return true;
+    return false;
+}
+
+/* Whether k binds bytes of [lo, hi) of b that no live range covers. */
+static bool binds_freed(const mha_vk_set_key *k, const mha_vk_block *b,
+                        VkDeviceSize lo, VkDeviceSize hi)
+{
+    for (int i = 0; i < MHA_VK_BINDINGS; ++i) {
+        VkDeviceSize end = k->offset[i] + k->range[i];
+        if (k->buf[i] == b->buf && k->offset[i] < hi && lo < end &&
+            !covered(b, k->offset[i], end))
+            return true;
+    }
+    return false;
+}
+
+/* Frees every set for which stale(key) holds. */
+static void evict_where(mha_vk_device *d,
+                        bool (*stale)(const mha_vk_set_key *, const void *),
+                        const void *arg)
 {
     for (int i = 0; i < d->set_cap;) {
         mha_vk_set_entry *e = &d->sets[i];
-        if (!e->set || !binds(&e->key, buf)) {
+        if (!e->set || !stale(&e->key, arg)) {
             ++i;
             continue;
         }
@@ -174,6 +202,34 @@ void mha_vk_set_cache_evict(mha_vk_device *d, VkBuffer buf)
         d->set_count--;
         remove_slot(d, i); /* slot i may now hold another entry: recheck */
     }
+}
+
+static bool binds_buffer(const mha_vk_set_key *k, const void *arg)
+{
+    return binds(k, *(const VkBuffer *)arg);
+}
+
+void mha_vk_set_cache_evict(mha_vk_device *d, VkBuffer buf)
+{
+    evict_where(d, binds_buffer, &buf);
+}
+
+typedef struct freed_range {
+    const mha_vk_block *block;
+    VkDeviceSize lo, hi;
+} freed_range;
+
+static bool binds_range(const mha_vk_set_key *k, const void *arg)
+{
+    const freed_range *f = arg;
+    return binds_freed(k, f->block, f->lo, f->hi);
+}
+
+void mha_vk_set_cache_evict_range(mha_vk_device *d, const mha_vk_block *b,
+                                  VkDeviceSize lo, VkDeviceSize hi)
+{
+    freed_range f = {b, lo, hi};
+    evict_where(d, binds_range, &f);
 }
 
 void mha_vk_set_cache_fini(mha_vk_device *d)

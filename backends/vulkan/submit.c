@@ -271,9 +271,12 @@ mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
 
 mha_status mha_vk_redirect(mha_vk_device *d, VkCommandBuffer cmd)
 {
-    /* Work of ours still unsubmitted (left by a call that failed halfway)
-     * must not get mixed into the application's command buffer. */
-    mha_status s = d->recording ? mha_vk_flush(d) : mha_vk_check(d);
+    /* Work of ours still unsubmitted was left by a call that failed
+     * halfway (every call that succeeds submits what it recorded): drop
+     * it, since recording must neither mix it into the application's
+     * command buffer nor touch the queue. */
+    mha_vk_discard(d);
+    mha_status s = mha_vk_check(d);
     if (s != MHA_OK)
         return s;
     d->ext_cmd = cmd;
@@ -307,6 +310,12 @@ static void reset_batch(mha_vk_device *d)
     d->barriers = 0;
     d->since_count = 0;
     d->vk.vkResetCommandBuffer(d->cmd, 0);
+}
+
+void mha_vk_discard(mha_vk_device *d)
+{
+    if (d->recording)
+        reset_batch(d);
 }
 
 mha_status mha_vk_flush(mha_vk_device *d)

@@ -316,6 +316,8 @@ mha_status mha_vk_record(mha_vk_device *d, VkCommandBuffer *cmd);
 /* Dispatches from now on go to the application's cmd, with cached
  * descriptor sets, the first one behind a barrier; nothing is submitted. */
 mha_status mha_vk_redirect(mha_vk_device *d, VkCommandBuffer cmd);
+/* Drops recorded, unsubmitted work (what a failed call left behind). */
+void mha_vk_discard(mha_vk_device *d);
 void mha_vk_redirect_end(mha_vk_device *d);
 /* Binds pipe and the ranges (buf VK_NULL_HANDLE: the dummy buffer),
  * pushes the constants and dispatches; a barrier first orders it behind
@@ -345,6 +347,10 @@ mha_status mha_vk_set_cache_get(mha_vk_device *d,
 /* Frees the sets that bind buf, before buf goes away or stops being ours
  * to bind (no pending work may use them: see mha_vulkan.h). */
 void mha_vk_set_cache_evict(mha_vk_device *d, VkBuffer buf);
+/* Frees the sets with a binding in block's bytes [lo, hi) that no live
+ * range of the block still covers (range of a freed tensor). */
+void mha_vk_set_cache_evict_range(mha_vk_device *d, const mha_vk_block *b,
+                                  VkDeviceSize lo, VkDeviceSize hi);
 /* Writes the storage-buffer descriptors of info into set. */
 void mha_vk_write_set(mha_vk_device *d, VkDescriptorSet set,
                       const VkDescriptorBufferInfo *info);

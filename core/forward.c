@@ -228,9 +228,11 @@ static size_t shape_count(int nd, const int64_t *shape)
 }
 
 /* The cached plan for call, made when missing in a free slot or in place
- * of the least recently used plan that is not pinned. */
+ * of the least recently used plan that is not pinned. When every slot is
+ * pinned, a call that waits for its result gets a transient plan of its
+ * own (release_transient frees it); one that only enqueues is refused. */
 static mha_status get_plan(mha_layer *layer, const char *fn,
-                           const mha_call *call, mha_plan **out)
+                           const mha_call *call, int waits, mha_plan **out)
 {
     int slot = -1;
     layer->clock++;
@@ -247,7 +249,7 @@ static mha_status get_plan(mha_layer *layer, const char *fn,
                          (!p || p->last_used < layer->plans[slot]->last_used)))
             slot = i;
     }
-    if (slot < 0)
+    if (slot < 0 && !waits)
         return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
                          "%s: this layer already holds %d shapes whose "
                          "forwards were enqueued or recorded, and their "
@@ -258,11 +260,20 @@ static mha_status get_plan(mha_layer *layer, const char *fn,
     mha_status st = mha_plan_create(layer, call, &plan);
     if (st != MHA_OK)
         return st;
-    mha_plan_destroy(layer, layer->plans[slot]);
     plan->last_used = layer->clock;
-    layer->plans[slot] = plan;
+    plan->transient = slot < 0;
+    if (slot >= 0) {
+        mha_plan_destroy(layer, layer->plans[slot]);
+        layer->plans[slot] = plan;
+    }
     *out = plan;
     return MHA_OK;
+}
+
+static void release_transient(mha_layer *layer, mha_plan *plan)
+{
+    if (plan && plan->transient)
+        mha_plan_destroy(layer, plan);
 }
 
 void mha_plan_destroy(mha_layer *layer, mha_plan *plan)
@@ -323,7 +334,8 @@ static mha_status check_same_device(mha_layer *layer, const char *fn,
 
 /* Checks the call, finds its plan and hands every node to the backend. */
 static mha_status enqueue_forward(mha_layer *layer, const char *fn,
-                                  const mha_forward_args *a, mha_plan **plan)
+                                  const mha_forward_args *a, int waits,
+                                  mha_plan **plan)
 {
     static const char *const names[7] = {"query", "key", "value",
                                          "key_padding_mask", "attn_mask",
@@ -351,7 +363,7 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
         st = check_result_tensor(layer, fn, "weights", a->weights, w_nd,
                                  w_shape);
     if (st == MHA_OK)
-        st = get_plan(layer, fn, &call, plan);
+        st = get_plan(layer, fn, &call, waits, plan);
     if (st != MHA_OK)
         return st;
     void *ext[MHA_BUF_EXTERNAL_COUNT] = {NULL};
@@ -364,10 +376,11 @@ mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
 {
     if (!layer)
         return MHA_INVALID_ARGUMENT;
-    mha_plan *plan;
-    mha_status st = enqueue_forward(layer, "mha_layer_forward", a, &plan);
+    mha_plan *plan = NULL;
+    mha_status st = enqueue_forward(layer, "mha_layer_forward", a, 1, &plan);
     if (st == MHA_OK)
         st = mha_dev_sync(layer->device);
+    release_transient(layer, plan);
     if (st == MHA_OK)
         mha_clear_error(layer->device->ctx);
     return st;
@@ -377,7 +390,7 @@ mha_status mha_layer_forward_enqueue(mha_layer *layer, const char *fn,
                                      const mha_forward_args *a)
 {
     mha_plan *plan = NULL;
-    mha_status st = enqueue_forward(layer, fn, a, &plan);
+    mha_status st = enqueue_forward(layer, fn, a, 0, &plan);
     if (plan)
         plan->pinned = 1;
     if (st == MHA_OK)
@@ -526,11 +539,12 @@ mha_status mha_layer_forward_host(mha_layer *layer,
     if (st == MHA_OK && w_count)
         st = check_capacity(ctx, "weights", a->weights, a->weights_count,
                             w_count);
-    mha_plan *plan;
+    mha_plan *plan = NULL;
     if (st == MHA_OK)
-        st = get_plan(layer, fn, &call, &plan);
+        st = get_plan(layer, fn, &call, 1, &plan);
     if (st == MHA_OK)
         st = stage_and_run(layer, plan, a, out_count, w_count);
+    release_transient(layer, plan);
     if (st == MHA_OK)
         mha_clear_error(ctx);
     return st;

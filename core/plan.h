@@ -19,6 +19,7 @@ struct mha_plan {
     size_t staging_bytes[MHA_BUF_EXTERNAL_COUNT];
     int has_staging;
     int pinned; /* enqueued without a wait: never evicted (see interop.h) */
+    int transient; /* not in the layer's cache: freed after its call */
 };
 
 mha_status mha_plan_create(mha_layer *layer, const mha_call *call,

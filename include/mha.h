@@ -350,8 +350,9 @@ MHA_API mha_status mha_forward_args_init(mha_forward_args *args);
  * call shapes. Shapes recorded or enqueued into an application's own
  * command stream (mha_vulkan.h, mha_opencl.h) keep theirs until the layer
  * is destroyed, since that work may still be pending; once a layer holds
- * 4 such shapes, a call with any other shape (this one included) is
- * MHA_INVALID_ARGUMENT. */
+ * 4 such shapes, recording or enqueueing another shape is
+ * MHA_INVALID_ARGUMENT, and this call with another shape makes (and frees)
+ * its scratch every time. */
 MHA_API mha_status mha_layer_forward(mha_layer *layer,
                                      const mha_forward_args *args);
 

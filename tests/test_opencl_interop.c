@@ -437,6 +437,49 @@ Test(opencl_interop, destroy_while_pending_leaves_app_objects_usable,
     app_close(&r.app);
 }
 
+/* A layer keeps the scratch of every shape it enqueued (the queue may still
+ * run it): after 4 such shapes a fifth enqueue is refused, while the
+ * blocking host forward still serves any shape, with scratch of its own,
+ * and gives the result it gave before the shapes were pinned. */
+Test(opencl_interop, enqueued_shapes_are_pinned_and_host_forward_still_works,
+     .timeout = HANG_TIMEOUT)
+{
+    rig r;
+    rig_open(&r, 0);
+    static float in[COUNT], before[COUNT], after[COUNT];
+    frame_input(0, in);
+    host_forward(&r, in, before);
+    cl_mem xm = app_buffer(&r.app, CL_MEM_READ_WRITE, BYTES);
+    cl_mem ym = app_buffer(&r.app, CL_MEM_READ_WRITE, BYTES);
+    for (int64_t len = 1; len <= L; len++) {
+        const int64_t shape[3] = {len, N, E};
+        mha_tensor *x = NULL, *y = NULL;
+        cr_assert_eq(mha_opencl_tensor_wrap(r.dev, xm, 0, MHA_F32, 3, shape,
+                                            &x), MHA_OK);
+        cr_assert_eq(mha_opencl_tensor_wrap(r.dev, ym, 0, MHA_F32, 3, shape,
+                                            &y), MHA_OK);
+        mha_forward_args a = self_args(x, y);
+        mha_status st = mha_opencl_layer_enqueue(r.layer[0], &a, 0, NULL,
+                                                 NULL);
+        if (len < L)
+            cr_assert_eq(st, MHA_OK, "%s", mha_context_errmsg(r.ctx));
+        else
+            cr_assert(st == MHA_INVALID_ARGUMENT &&
+                          strstr(mha_context_errmsg(r.ctx), "already holds 4"),
+                      "a fifth enqueued shape: %s, %s", mha_status_str(st),
+                      mha_context_errmsg(r.ctx));
+        mha_tensor_destroy(x);
+        mha_tensor_destroy(y);
+    }
+    host_forward(&r, in, after);
+    cr_assert_arr_eq(before, after, sizeof before);
+    check_cl(clFinish(r.app.queue), "clFinish");
+    rig_destroy_libmha(&r);
+    clReleaseMemObject(xm);
+    clReleaseMemObject(ym);
+    app_close(&r.app);
+}
+
 /* mha.h's blocking calls on an adopted device and wrapped tensors: upload
  * and download go to the wrapped range, mha_layer_forward waits. */
 Test(opencl_interop, blocking_calls_work_on_adopted_device)

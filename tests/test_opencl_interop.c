@@ -377,13 +377,14 @@ static cl_uint refs(ref_kind kind, void *obj)
     return n;
 }
 
-/* The reference count of obj once it reaches want, or its value after
- * two seconds: PoCL drops the reference its last command held on the
- * queue from a worker thread, a little after clFinish returns. */
+/* The reference count of obj once it is down to want, or its value after
+ * a second: PoCL holds a reference on the queue for its last command and
+ * drops it from a worker thread at a time of its own, so the count the
+ * application sees is its own plus 0 or 1 of PoCL's. */
 static cl_uint settled_refs(ref_kind kind, void *obj, cl_uint want)
 {
     cl_uint n = refs(kind, obj);
-    for (int i = 0; i < 2000 && n != want; i++) {
+    for (int i = 0; i < 1000 && n > want; i++) {
         nanosleep(&(struct timespec){0, 1000000}, NULL);
         n = refs(kind, obj);
     }
@@ -393,9 +394,9 @@ static cl_uint settled_refs(ref_kind kind, void *obj, cl_uint want)
 /* libmha is torn down while its forward waits on the user event; the
  * forward still completes, and the test's queue, context and buffers work
  * afterwards, also for a second libmha device adopted on them. In the end
- * the queue and context have the reference counts they had before libmha
- * (taken after a command of the test's own: PoCL keeps one on the queue
- * for its last command). */
+ * the queue and context have no more references than before libmha (PoCL's
+ * own reference for a last command may be there or gone; see
+ * settled_refs). */
 Test(opencl_interop, destroy_while_pending_leaves_app_objects_usable,
      .timeout = HANG_TIMEOUT)
 {
@@ -409,7 +410,7 @@ Test(opencl_interop, destroy_while_pending_leaves_app_objects_usable,
                                   0, NULL, NULL),
              "clEnqueueWriteBuffer");
     clReleaseMemObject(probe);
-    const cl_uint queue_refs = refs(REF_QUEUE, r.app.queue);
+    const cl_uint queue_refs = settled_refs(REF_QUEUE, r.app.queue, 1);
     const cl_uint context_refs = refs(REF_CONTEXT, r.app.context);
     rig_adopt(&r);
     enqueue_pending(&r, &p);
@@ -430,10 +431,12 @@ Test(opencl_interop, destroy_while_pending_leaves_app_objects_usable,
     check_cl(clFinish(r.app.queue), "clFinish after libmha");
     clReleaseMemObject(p.xm);
     clReleaseMemObject(p.ym);
-    cr_assert_eq(settled_refs(REF_QUEUE, r.app.queue, queue_refs),
-                 queue_refs);
-    cr_assert_eq(settled_refs(REF_CONTEXT, r.app.context, context_refs),
-                 context_refs);
+    cl_uint q = settled_refs(REF_QUEUE, r.app.queue, 1);
+    cl_uint c = settled_refs(REF_CONTEXT, r.app.context, context_refs);
+    cr_assert(q <= queue_refs && c <= context_refs,
+              "libmha kept references: queue %u (before libmha %u), "
+              "context %u (%u)",
+              q, queue_refs, c, context_refs);
     app_close(&r.app);
 }
 

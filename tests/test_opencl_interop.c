@@ -454,6 +454,9 @@ Test(opencl_interop, enqueued_shapes_are_pinned_and_host_forward_still_works,
     host_forward(&r, in, before);
     cl_mem xm = app_buffer(&r.app, CL_MEM_READ_WRITE, BYTES);
     cl_mem ym = app_buffer(&r.app, CL_MEM_READ_WRITE, BYTES);
+    check_cl(clEnqueueWriteBuffer(r.app.queue, xm, CL_TRUE, 0, BYTES, in, 0,
+                                  NULL, NULL),
+             "clEnqueueWriteBuffer");
     for (int64_t len = 1; len <= L; len++) {
         const int64_t shape[3] = {len, N, E};
         mha_tensor *x = NULL, *y = NULL;

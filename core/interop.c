@@ -2,8 +2,6 @@
  * device a backend opened on the application's handles, and the accessors
  * a backend's interop entry points use to reach their own objects behind
  * the opaque public handles. */
-#include <string.h>
-
 #include "interop.h"
 
 #include "context.h"
@@ -19,14 +17,18 @@ static int slot_of(const mha_context *ctx, const mha_backend_iface *iface)
     return -1;
 }
 
+static mha_status not_built(mha_context *ctx, const mha_backend_iface *iface)
+{
+    return mha_error(ctx, MHA_NO_DEVICE,
+                     "the %s backend is not part of this build", iface->name);
+}
+
 mha_status mha_backend_state(mha_context *ctx, const mha_backend_iface *iface,
                              void **state)
 {
     int slot = slot_of(ctx, iface);
     if (slot < 0)
-        return mha_error(ctx, MHA_NO_DEVICE,
-                         "the %s backend is not part of this build",
-                         iface->name);
+        return not_built(ctx, iface);
     *state = ctx->backends[slot].state;
     return MHA_OK;
 }
@@ -41,9 +43,7 @@ mha_status mha_device_adopt(mha_context *ctx, const mha_backend_iface *iface,
     if (!device) {
         iface->close(dev);
         if (slot < 0)
-            return mha_error(ctx, MHA_NO_DEVICE,
-                             "the %s backend is not part of this build",
-                             iface->name);
+            return not_built(ctx, iface);
         return mha_error(ctx, MHA_OUT_OF_MEMORY,
                          "%s: out of memory adopting a device", iface->name);
     }

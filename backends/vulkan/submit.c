@@ -132,6 +132,15 @@ mha_status mha_vk_check(mha_vk_device *d)
     return mha_vk_take_validation_error(d->st);
 }
 
+/* Forgets what was recorded since the last barrier: the next dispatch
+ * starts with the leading barrier (see order_accesses). */
+static void restart_ordering(mha_vk_device *d)
+{
+    d->dispatches = 0;
+    d->barriers = 0;
+    d->since_count = 0;
+}
+
 mha_status mha_vk_record(mha_vk_device *d, VkCommandBuffer *cmd)
 {
     if (d->ext_cmd) {
@@ -147,8 +156,7 @@ mha_status mha_vk_record(mha_vk_device *d, VkCommandBuffer *cmd)
         if (r != VK_SUCCESS)
             return mha_vk_fail(d->host, d, r, "vkBeginCommandBuffer");
         d->recording = true;
-        d->dispatches = 0;
-        d->barriers = 0;
+        restart_ordering(d);
     }
     *cmd = d->cmd;
     return MHA_OK;
@@ -280,22 +288,17 @@ mha_status mha_vk_redirect(mha_vk_device *d, VkCommandBuffer cmd)
     if (s != MHA_OK)
         return s;
     d->ext_cmd = cmd;
-    /* dispatches == 0: the first dispatch gets the leading barrier, which
-     * orders it (and the reuse of the layer's scratch) after every earlier
-     * compute and transfer command of the queue, ours and the
-     * application's. */
-    d->dispatches = 0;
-    d->barriers = 0;
-    d->since_count = 0;
+    /* The first dispatch gets the leading barrier, which orders it (and
+     * the reuse of the layer's scratch) after every earlier compute and
+     * transfer command of the queue, ours and the application's. */
+    restart_ordering(d);
     return MHA_OK;
 }
 
 void mha_vk_redirect_end(mha_vk_device *d)
 {
     d->ext_cmd = VK_NULL_HANDLE;
-    d->dispatches = 0;
-    d->barriers = 0;
-    d->since_count = 0;
+    restart_ordering(d);
 }
 
 static void reset_batch(mha_vk_device *d)
@@ -306,9 +309,7 @@ static void reset_batch(mha_vk_device *d)
     }
     d->batch_pools_used = 0;
     d->recording = false;
-    d->dispatches = 0;
-    d->barriers = 0;
-    d->since_count = 0;
+    restart_ordering(d);
     d->vk.vkResetCommandBuffer(d->cmd, 0);
 }
 

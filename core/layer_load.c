@@ -21,15 +21,63 @@ static mha_status full_key(mha_context *ctx, const char *prefix,
     return MHA_OK;
 }
 
-static mha_status check_entry(mha_context *ctx, const char *path,
-                              const char *key, const mha_weight_spec *s,
-                              const mha_st_entry *e)
+/* The part of name before an nn.MultiheadAttention weight name
+ * ("encoder.layers.0.self_attn." of "encoder.layers.0.self_attn.bias_k"),
+ * its length, or -1 when name ends in none. */
+static int attention_prefix_len(const char *name)
+{
+    for (int k = 0; name[k]; k++)
+        if ((k == 0 || name[k - 1] == '.') && mha_is_mha_weight_name(name + k))
+            return k;
+    return -1;
+}
+
+/* Lists in buf the first few distinct attention prefixes the file holds
+ * ("a.", "b.", ...), so a wrong prefix's message shows the right ones. */
+static void list_prefixes(const mha_st_file *file, char *buf, size_t size)
+{
+    enum { SHOWN = 4 };
+    const char *seen[SHOWN];
+    int lens[SHOWN], n = 0, more = 0;
+    for (int i = 0; i < mha_st_count(file); i++) {
+        const char *name = mha_st_entry_at(file, i)->name;
+        int len = attention_prefix_len(name), dup = 0;
+        for (int j = 0; len >= 0 && j < n; j++)
+            dup |= lens[j] == len && strncmp(seen[j], name, (size_t)len) == 0;
+        if (len < 0 || dup)
+            continue;
+        if (n == SHOWN) {
+            more = 1;
+            break;
+        }
+        seen[n] = name;
+        lens[n++] = len;
+    }
+    size_t used = (size_t)snprintf(buf, size, n ? "; attention prefixes in "
+                                                  "the file:"
+                                                : "; the file holds no "
+                                                  "nn.MultiheadAttention "
+                                                  "weights");
+    for (int j = 0; j < n && used < size; j++)
+        used += (size_t)snprintf(buf + used, size - used, "%s \"%.*s\"",
+                                 j ? "," : "", lens[j], seen[j]);
+    if (more && used < size)
+        snprintf(buf + used, size - used, ", ...");
+}
+
+static mha_status check_entry(mha_context *ctx, const mha_st_file *file,
+                              const char *path, const char *key,
+                              const mha_weight_spec *s, const mha_st_entry *e)
 {
     static const char fn[] = "mha_layer_load_safetensors";
     char got[96], want[96];
-    if (!e)
+    if (!e) {
+        char prefixes[400];
+        list_prefixes(file, prefixes, sizeof prefixes);
         return mha_error(ctx, MHA_MISSING_WEIGHT,
-                         "%s: %s has no tensor \"%s\"", fn, path, key);
+                         "%s: %s has no tensor \"%s\"%s", fn, path, key,
+                         prefixes);
+    }
     if (!mha_st_is_float(e))
         return mha_error(ctx, MHA_DTYPE_MISMATCH,
                          "%s: tensor \"%s\" in %s has dtype %s; expected F32, "
@@ -88,7 +136,7 @@ static mha_status load_all(mha_layer *layer, mha_st_file *file,
         if (st != MHA_OK)
             return st;
         entries[i] = mha_st_find(file, key);
-        st = check_entry(ctx, path, key, &specs[i], entries[i]);
+        st = check_entry(ctx, file, path, key, &specs[i], entries[i]);
         if (st != MHA_OK)
             return st;
     }

@@ -2,6 +2,7 @@
  * JSON header) and stdio (the data, read per tensor so a model-sized file
  * is never loaded whole). Every length and offset is checked before use. */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,25 @@ static mha_status corrupt(mha_st_file *f, const char *key, const char *what)
                           "safetensors file %s: %s%s%s%s", f->path,
                           key ? "tensor \"" : "", key ? key : "",
                           key ? "\": " : "", what);
+}
+
+/* The usual mistake: a torch.save file (a zip archive since PyTorch 1.6, a
+ * bare pickle before) given where a .safetensors file belongs. Only asked
+ * once the file has failed as safetensors: a valid header length can start
+ * with the pickle protocol byte 0x80 too. */
+static int looks_like_torch_save(const unsigned char first[8])
+{
+    return memcmp(first, "PK\x03\x04", 4) == 0 || first[0] == 0x80;
+}
+
+static mha_status torch_save_file(mha_st_file *f)
+{
+    return corrupt(f, NULL, "this looks like a PyTorch torch.save file "
+                            "(zip or pickle), not safetensors; convert it "
+                            "with export_safetensors.py (tools/ in the "
+                            "source, share/libmha/ once installed): "
+                            "python3 export_safetensors.py MODEL.pt "
+                            "MODEL.safetensors");
 }
 
 /* A JSON number that is a non-negative integer below 2^53 (exact). */
@@ -187,12 +207,15 @@ static mha_status read_header(mha_st_file *f)
     if (size < 0 || (size >= 8 && fread(len_bytes, 1, 8, f->fp) != 8 &&
                      ferror(f->fp)))
         return mha_host_error(f->host, MHA_IO, "safetensors file %s: cannot "
-                              "read (not a regular file?)", f->path);
+                              "read: %s", f->path, strerror(errno));
     if (size < 8 || feof(f->fp))
         return corrupt(f, NULL, "shorter than the 8-byte header length");
     uint64_t len = 0;
     for (int i = 7; i >= 0; i--)
         len = (len << 8) | len_bytes[i];
+    if ((len > MAX_HEADER || len > (uint64_t)size - 8) &&
+        looks_like_torch_save(len_bytes))
+        return torch_save_file(f);
     if (len > MAX_HEADER || len > (uint64_t)size - 8)
         return corrupt(f, NULL, "header length is larger than the file "
                                 "(truncated?) or than 100 MiB");
@@ -226,9 +249,11 @@ mha_status mha_st_open(mha_host *host, const char *path, mha_st_file **out)
     }
     f->fp = fopen(path, "rb");
     if (!f->fp) {
+        int err = errno;
         mha_st_close(f);
         return mha_host_error(host, MHA_IO,
-                              "safetensors file %s cannot be opened", path);
+                              "safetensors file %s cannot be opened: %s",
+                              path, strerror(err));
     }
     mha_status st = read_header(f);
     if (st != MHA_OK) {

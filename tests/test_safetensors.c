@@ -7,6 +7,7 @@
  * each one, so leaks and heap overruns fail the test without a sanitizer.
  * After every failed load the layer must still hold its previous weights. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -954,5 +955,82 @@ Test(safetensors, random_mutations_never_crash_and_keep_weights_on_error,
     }
     cr_log_info("random mutations: %d loaded, %d refused", loaded, refused);
     cr_expect_gt(refused, 500);
+    fx_fini(&f);
+}
+
+/* ---- messages a new user meets ------------------------------------------- */
+
+/* torch.save writes a zip archive (PyTorch >= 1.6) or a bare pickle (before,
+ * or with _use_new_zipfile_serialization=False); either given to the loader
+ * must say what it is and how to convert it. */
+Test(safetensors, torch_save_file_is_named_with_how_to_convert)
+{
+    static const unsigned char zip[] = "PK\x03\x04\x14\x00\x00\x00\x08\x00"
+                                       "archive/data.pkl";
+    /* protocol 2, then torch's magic number as a pickled long */
+    static const unsigned char pickle[] = "\x80\x02\x8a\x0a"
+                                          "l\xfc\x9c" "F\xf9 j\xa8P\x19.";
+    const struct {
+        const unsigned char *bytes;
+        size_t n;
+        const char *what;
+    } files[] = {{zip, sizeof zip - 1, "zip"}, {pickle, sizeof pickle - 1,
+                                                "pickle"}};
+    const char *needles[2] = {"PyTorch", "export_safetensors.py"};
+    fx f;
+    float want[OUT_N];
+    start_loaded(&f, want);
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        write_bytes(tmp_path("f.safetensors"), files[i].bytes, files[i].n);
+        expect_load(&f, tmp_path("f.safetensors"), NULL, MHA_CORRUPT_FILE,
+                    needles, 2, files[i].what);
+        expect_output(&f, want, files[i].what);
+    }
+    fx_fini(&f);
+}
+
+Test(safetensors, missing_file_message_gives_the_os_reason)
+{
+    fx f;
+    float want[OUT_N];
+    start_loaded(&f, want);
+    char path[128];
+    snprintf(path, sizeof path, "%s", tmp_path("none.safetensors"));
+    const char *needles[2] = {path, strerror(ENOENT)};
+    expect_load(&f, path, NULL, MHA_IO, needles, 2, "missing file");
+    fx_fini(&f);
+}
+
+/* A whole model's file loaded with a prefix it does not hold: the message
+ * lists the attention prefixes it does hold, a few of them. */
+Test(safetensors, wrong_prefix_lists_the_prefixes_the_file_holds)
+{
+    fx f;
+    float want[OUT_N];
+    start_loaded(&f, want);
+    st_tensor t[24];
+    char names[24][128];
+    char prefixes[6][64];
+    for (int layer = 0; layer < 6; layer++) {
+        snprintf(prefixes[layer], sizeof prefixes[layer],
+                 "encoder.layers.%d.self_attn.", layer);
+        layer_tensors(t + 4 * layer, names + 4 * layer, prefixes[layer],
+                      "F32");
+    }
+    write_st(tmp_path("f.safetensors"), t, 24);
+    const char *needles[3] = {"\"encoder.layers.0.self_attn.\"",
+                              "\"encoder.layers.3.self_attn.\"", "..."};
+    expect_load(&f, tmp_path("f.safetensors"), "layers.1.self_attn.",
+                MHA_MISSING_WEIGHT, needles, 3, "wrong prefix");
+    cr_expect_not(contains(mha_context_errmsg(f.ctx), "layers.5."),
+                  "more than a few prefixes listed: %s",
+                  mha_context_errmsg(f.ctx));
+    /* a file with no attention weights at all says so */
+    st_tensor other = {"linear.weight", "F32", 2, {2, 2}, w_in};
+    write_st(tmp_path("f.safetensors"), &other, 1);
+    const char *none[1] = {"no nn.MultiheadAttention weights"};
+    expect_load(&f, tmp_path("f.safetensors"), "", MHA_MISSING_WEIGHT, none,
+                1, "no attention weights");
+    expect_output(&f, want, "wrong prefix");
     fx_fini(&f);
 }

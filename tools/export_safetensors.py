@@ -53,8 +53,14 @@ def write_safetensors(path, tensors, metadata):
 
 
 def export(checkpoint, out):
+    with open(checkpoint, "rb"):  # an unreadable input fails before torch loads
+        pass
+    import pickle
     import torch
-    obj = torch.load(checkpoint, map_location="cpu")
+    try:
+        obj = torch.load(checkpoint, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{checkpoint}: not a torch.save file ({e})")
     state = obj.state_dict() if hasattr(obj, "state_dict") else obj
     tensors = []
     for name, t in state.items():
@@ -75,7 +81,15 @@ def main(argv):
     if len(argv) != 3 or argv[1] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if len(argv) == 2 else 2
-    n = export(argv[1], argv[2])
+    try:
+        n = export(argv[1], argv[2])
+    except OSError as e:  # a missing input or unwritable output: one line
+        print(f"export_safetensors.py: {e.filename or argv[1]}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"export_safetensors.py: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {n} tensors to {argv[2]}")
     return 0
 

@@ -13,6 +13,44 @@
 #ifndef MHA_BENCH_SOURCE_DIR
 #define MHA_BENCH_SOURCE_DIR "bench"
 #endif
+#ifndef MHA_BENCH_BIN_TO_DATA
+#define MHA_BENCH_BIN_TO_DATA "../share/libmha"
+#endif
+
+/* Finds torch_peer.py: MHA_BENCH_TORCH_PEER, else the installed copy
+ * relative to this program (bindir/../share/libmha), else the source
+ * folder the build tree's program was built from. 0, or -1 with the places
+ * looked in written to p->torch_note. */
+static int find_torch_peer(bench_peers *p, char *path, size_t size)
+{
+    const char *env = getenv("MHA_BENCH_TORCH_PEER");
+    if (env) {
+        snprintf(path, size, "%s", env);
+        return 0;
+    }
+    char exe[1024], installed[1100] = "";
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+        snprintf(installed, sizeof installed, "%s/%s/torch_peer.py", exe,
+                 MHA_BENCH_BIN_TO_DATA);
+        if (access(installed, R_OK) == 0) {
+            snprintf(path, size, "%s", installed);
+            return 0;
+        }
+    }
+    snprintf(path, size, "%s/torch_peer.py", MHA_BENCH_SOURCE_DIR);
+    if (access(path, R_OK) == 0)
+        return 0;
+    snprintf(p->torch_note, sizeof p->torch_note,
+             "torch_peer.py not found in %.200s or %.200s (set "
+             "MHA_BENCH_TORCH_PEER)",
+             installed[0] ? installed : "the program's share/libmha", path);
+    return -1;
+}
 
 
 /* Writes case i's inputs and weights to dir/in<i>.f32 in the order
@@ -75,6 +113,9 @@ static void read_torch_out(bench_peers *p, const char *dir, int i)
 
 static void run_torch(bench_peers *p, const bench_options *o)
 {
+    char script[1100];
+    if (find_torch_peer(p, script, sizeof script))
+        return;
     /* The inputs and weights of every case go to a temporary directory so
      * that PyTorch runs on the same data as the libmha rows. */
     char dir[] = "/tmp/mha-bench-torch-XXXXXX";
@@ -83,12 +124,6 @@ static void run_torch(bench_peers *p, const bench_options *o)
         if (write_case_data(dir, i, &o->cases[i]))
             have_dir = -1; /* no --data-dir; the files are still removed */
 
-    const char *script = getenv("MHA_BENCH_TORCH_PEER");
-    char path[1024];
-    if (!script) {
-        snprintf(path, sizeof path, "%s/torch_peer.py", MHA_BENCH_SOURCE_DIR);
-        script = path;
-    }
     size_t cap = 4096 + (size_t)o->ncases * 96;
     char *cmd = malloc(cap);
     if (!cmd)

@@ -50,7 +50,7 @@ typedef struct bench_peers {
     int have_openblas;
     int have_clblast;
     int have_torch;
-    char torch_note[160];
+    char torch_note[512];
     /* torch results, one per case, filled by bench_peers_init */
     double torch_median[BENCH_PEER_MAX_CASES], torch_p95[BENCH_PEER_MAX_CASES],
         torch_first[BENCH_PEER_MAX_CASES];

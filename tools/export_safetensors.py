@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """export_safetensors.py: saves a PyTorch checkpoint's tensors as a
 .safetensors file that mha_layer_load_safetensors reads, for machines without
 the `safetensors` package (Debian 12 does not ship it).

@@ -405,8 +405,9 @@ static void print_table(targets *t, FILE *out)
     for (int i = 0; i < t->nrows; i++)
         fprintf(out, "%-38s | %-36s | %-9s | %s\n", t->rows[i].target,
                 t->rows[i].measured, t->rows[i].goal, t->rows[i].met);
-    fprintf(out, "FLOPs as in DESIGN.md; the attention part is the fused "
-                 "attention op alone (4LSE FLOPs),\ntimed through the CPU "
+    fprintf(out, "FLOPs as in design.md (docs/ in the source, "
+                 "share/doc/libmha/ installed); the attention part is the "
+                 "fused\nattention op alone (4LSE FLOPs), timed through the CPU "
                  "backend's internal entry point; medians of each case's "
                  "runs.\n");
 }

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # install-deps.sh main|test: installs the Debian 12 packages libmha needs
 # that are missing: "main" to build and run it on every backend (OpenBLAS
-# only as mha-bench's peer, never a dependency of the library), "test"
-# also for the whole test suite (Criterion, validation layers, PyTorch for
-# live fixtures, the AArch64 cross toolchain and qemu, valgrind, and CLBlast
-# for mha-bench's optional CLBlast peer and its test).
+# only as mha-bench's peer, never a dependency of the library; matplotlib
+# for bench/plot.py), "test" also for the whole test suite (Criterion,
+# validation layers, PyTorch for live fixtures, the AArch64 cross toolchain
+# and qemu, valgrind, and CLBlast for mha-bench's optional CLBlast peer and
+# its test).
 set -euo pipefail
 
 main_pkgs=(cmake gcc make pkg-config libcjson-dev
            libvulkan-dev libvulkan-volk-dev glslc libvulkan1 mesa-vulkan-drivers
            opencl-c-headers ocl-icd-libopencl1 ocl-icd-opencl-dev pocl-opencl-icd
-           libopenblas-dev)
+           libopenblas-dev python3-matplotlib)
 test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
            gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind
            libclblast-dev)

@@ -224,7 +224,7 @@ static void run_device(fixture *f, mha_device *dev, mha_layer *layer,
         mha_tensor_destroy(t[i]);
 }
 
-/* One device, one storage dtype. fp16 storage is held to DESIGN.md's 1e-2
+/* One device, one storage dtype. fp16 storage is held to docs/design.md's 1e-2
  * on unit-scale data, the fp32 tolerance scaled by 100 in general. */
 static void run_on_device(fixture *f, const test_device *td, mha_dtype dtype)
 {

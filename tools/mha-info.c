@@ -18,7 +18,10 @@ static const char usage[] =
     "(best, cpu, vulkan, opencl, or backend:index such as vulkan:0) when it\n"
     "is set, else the best ranked.\n"
     "\n"
-    "  --json   print a JSON object {version, default, devices: [...]}\n"
+    "  --json   print a JSON object {version, default, devices: [...]};\n"
+    "           each device has a spec (\"vulkan:0\") that MHA_DEVICE\n"
+    "           accepts, features as an array of names and, for the CPU\n"
+    "           backend, cpu_isa {available: [best first], best}\n"
     "  --help   print this text\n"
     "\n"
     "MHA_LOG=info shows why a backend found no device.\n"
@@ -33,26 +36,62 @@ static const char *kind_name(mha_device_kind kind)
     return (unsigned)kind <= MHA_DEVICE_OTHER ? names[kind] : "unknown";
 }
 
+static const struct {
+    uint32_t bit;
+    const char *name;
+} feature_names[] = {
+    {MHA_FEATURE_FP16_STORAGE, "fp16-storage"},
+    {MHA_FEATURE_FP16_MATH, "fp16-math"},
+    {MHA_FEATURE_SUBGROUPS, "subgroups"},
+    {MHA_FEATURE_FUSED_ATTENTION, "fused-attention"},
+    {MHA_FEATURE_AVX2, "avx2"},
+    {MHA_FEATURE_AVX512, "avx512"},
+    {MHA_FEATURE_NEON, "neon"},
+};
+enum { FEATURE_COUNT = sizeof feature_names / sizeof *feature_names };
+
 static void feature_list(uint32_t f, char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < FEATURE_COUNT && used < size; i++)
+        if (f & feature_names[i].bit)
+            used += (size_t)snprintf(buf + used, size - used, "%s%s",
+                                     used ? " " : "", feature_names[i].name);
+}
+
+static cJSON *feature_array(uint32_t f)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < FEATURE_COUNT; i++)
+        if (f & feature_names[i].bit)
+            cJSON_AddItemToArray(arr,
+                                 cJSON_CreateString(feature_names[i].name));
+    return arr;
+}
+
+/* A CPU device's kernel sets from its feature bits (scalar always runs),
+ * best first in the backend's own order, and the one it uses unless
+ * MHA_CPU_ISA or the cpu_isa option picks another. */
+static cJSON *cpu_isa_json(uint32_t f)
 {
     static const struct {
         uint32_t bit;
         const char *name;
-    } names[] = {
-        {MHA_FEATURE_FP16_STORAGE, "fp16-storage"},
-        {MHA_FEATURE_FP16_MATH, "fp16-math"},
-        {MHA_FEATURE_SUBGROUPS, "subgroups"},
-        {MHA_FEATURE_FUSED_ATTENTION, "fused-attention"},
-        {MHA_FEATURE_AVX2, "avx2"},
-        {MHA_FEATURE_AVX512, "avx512"},
-        {MHA_FEATURE_NEON, "neon"},
-    };
-    size_t used = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < sizeof names / sizeof *names && used < size; i++)
-        if (f & names[i].bit)
-            used += (size_t)snprintf(buf + used, size - used, "%s%s",
-                                     used ? " " : "", names[i].name);
+    } isas[] = {{MHA_FEATURE_AVX512, "avx512"},
+                {MHA_FEATURE_AVX2, "avx2"},
+                {MHA_FEATURE_NEON, "neon"},
+                {0, "scalar"}};
+    cJSON *o = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(o, "available");
+    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+        if (isas[i].bit && !(f & isas[i].bit))
+            continue;
+        if (!cJSON_GetObjectItem(o, "best"))
+            cJSON_AddStringToObject(o, "best", isas[i].name);
+        cJSON_AddItemToArray(arr, cJSON_CreateString(isas[i].name));
+    }
+    return o;
 }
 
 /* The index mha_device_open(ctx, NULL, ...) picks, or -1 with a message. */
@@ -91,10 +130,11 @@ static void print_text(const mha_device_info *d, int is_default)
 
 static cJSON *device_json(const mha_device_info *d, int is_default)
 {
-    char features[160];
-    feature_list(d->features, features, sizeof features);
+    char spec[48];
+    snprintf(spec, sizeof spec, "%s:%d", d->backend, d->backend_index);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "index", d->index);
+    cJSON_AddStringToObject(o, "spec", spec);
     cJSON_AddStringToObject(o, "backend", d->backend);
     cJSON_AddNumberToObject(o, "backend_index", d->backend_index);
     cJSON_AddStringToObject(o, "kind", kind_name(d->kind));
@@ -107,7 +147,9 @@ static cJSON *device_json(const mha_device_info *d, int is_default)
     cJSON_AddNumberToObject(o, "max_workgroup_size", d->max_workgroup_size);
     cJSON_AddNumberToObject(o, "shared_memory_bytes", d->shared_memory_bytes);
     cJSON_AddNumberToObject(o, "subgroup_size", d->subgroup_size);
-    cJSON_AddStringToObject(o, "features", features);
+    cJSON_AddItemToObject(o, "features", feature_array(d->features));
+    if (d->kind == MHA_DEVICE_CPU && strcmp(d->backend, "cpu") == 0)
+        cJSON_AddItemToObject(o, "cpu_isa", cpu_isa_json(d->features));
     cJSON_AddNumberToObject(o, "score", d->score);
     cJSON_AddBoolToObject(o, "default", is_default);
     cJSON_AddStringToObject(o, "details", d->details);

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# test-install.sh [BUILD_DIR]: what a new user does after building, checked:
+# installs BUILD_DIR (default build/) into a temporary prefix, moves the
+# prefix elsewhere (an install must not depend on where it was made), then,
+# with no libmha, test or loader variables set, runs the installed mha-info,
+# mha-bench --preset quick (with a PyTorch row when /usr/bin/python3 has
+# torch) and plot.py, and builds and runs examples/readme.c against the
+# prefix twice: through find_package(mha) and through pkg-config. Any
+# failing step fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+src=$PWD
+build=$(cd "${1:-build}" && pwd)
+tmp=$(mktemp -d /tmp/mha-install-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+cmake --install "$build" --prefix "$tmp/staged" >/dev/null
+mv "$tmp/staged" "$tmp/prefix"
+prefix=$tmp/prefix
+mkdir "$tmp/work"
+cd "$tmp/work"
+# a fresh login's environment: nothing of libmha's, no LD_LIBRARY_PATH
+user() { env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$HOME" "$@"; }
+say() { printf -- '-- %s\n' "$*"; }
+
+say "installed mha-info"
+user "$prefix/bin/mha-info"
+
+say "installed mha-bench --preset quick"
+user "$prefix/bin/mha-bench" --preset quick --warmup 1 --repeat 2 \
+     --min-time 0 --json run.json
+if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  grep -q '"device":[[:space:]]*"torch"' run.json || {
+    echo "test-install.sh: torch imports, but the installed mha-bench" \
+         "wrote no PyTorch row" >&2; exit 1; }
+fi
+
+say "installed plot.py"
+user /usr/bin/python3 "$prefix/share/libmha/plot.py" run.json -o run.png
+test -s run.png
+
+say "CMake consumer: find_package(mha) + target_link_libraries(app mha::mha)"
+mkdir cmake-app
+cp "$src/examples/readme.c" cmake-app/app.c
+cat > cmake-app/CMakeLists.txt <<'CMAKE'
+cmake_minimum_required(VERSION 3.18)
+project(app C)
+find_package(mha CONFIG REQUIRED)
+add_executable(app app.c)
+target_link_libraries(app PRIVATE mha::mha)
+CMAKE
+user cmake -S cmake-app -B cmake-app/build -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+user cmake --build cmake-app/build >/dev/null
+user cmake-app/build/app
+
+say "pkg-config consumer: cc app.c \$(pkg-config --cflags --libs mha)"
+pc() { user PKG_CONFIG_PATH="$(dirname "$(find "$prefix" -name mha.pc)")" \
+            pkg-config "$@" mha; }
+# shellcheck disable=SC2046 # pkg-config's flags are meant to split
+user cc -o pc-app "$src/examples/readme.c" $(pc --cflags --libs) \
+     -Wl,-rpath,"$(pc --variable=libdir)"
+user ./pc-app
+say "install checks passed"

@@ -59,7 +59,7 @@ arm64() {
         -DMHA_BUILD_TESTS=ON -DMHA_VULKAN=OFF -DMHA_OPENCL=OFF \
         -DMHA_BUILD_TOOLS=OFF >/dev/null
   cmake --build build-arm64 -j"$jobs" >/dev/null
-  MHA_REQUIRE= run_ctest build-arm64 3
+  MHA_REQUIRE='' run_ctest build-arm64 3
 }
 
 step "native build" native

@@ -173,11 +173,11 @@ mha_status mha_device_get_info(mha_context *ctx, int index,
 
 /* ---- opening ----------------------------------------------------------------- */
 
-mha_status mha_device_options_init(mha_device_options *options)
+mha_status mha_device_options_init_sized(mha_device_options *options,
+                                        size_t struct_size)
 {
-    if (!options)
+    if (mha_struct_init(options, struct_size, sizeof *options) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
-    memset(options, 0, sizeof *options);
     return MHA_OK;
 }
 
@@ -196,6 +196,9 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
     mha_device_options_init(&defaults);
     if (!options)
         options = &defaults;
+    if (mha_struct_check(&ctx->host, "mha_device_open", "mha_device_options",
+                         options, sizeof *options) != MHA_OK)
+        return MHA_INVALID_ARGUMENT;
     if (options->threads < 0)
         return mha_error(ctx, MHA_INVALID_ARGUMENT,
                          "mha_device_open: threads %d is negative",
@@ -324,7 +327,7 @@ mha_status mha_device_destroy(mha_device *device)
         return MHA_OK;
     mha_context *ctx = device->ctx;
     if (device->open_objects)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+        return mha_error(ctx, MHA_BAD_STATE,
                          "mha_device_destroy: %d layer(s) or tensor(s) "
                          "still exist on this device; destroy them first",
                          device->open_objects);

@@ -18,6 +18,7 @@ step "native build"
 cmake -S . -B build -DMHA_WERROR=ON >/dev/null
 cmake --build build -j"$jobs" >/dev/null
 ctest --test-dir build --output-on-failure -j"$jobs"
+step "ABI against tests/abi/libmha.abi" && bash scripts/check-abi.sh build
 
 step "AddressSanitizer + UBSan build"
 cmake -S . -B build-asan -DMHA_SANITIZE=ON -DMHA_WERROR=ON \

@@ -146,7 +146,10 @@ mha_status mha_opencl_device_adopt(mha_context *ctx, cl_context context,
     mha_cl_device *dev = NULL;
     mha_device_desc desc;
     int out_of_order = 0;
-    mha_status s = runtime_of(ctx, fn, &st);
+    mha_status s = mha_struct_check(host, fn, "mha_device_options", options,
+                                    sizeof *options);
+    if (s == MHA_OK)
+        s = runtime_of(ctx, fn, &st);
     if (s == MHA_OK)
         s = check_queue(st, fn, context, device, queue, &out_of_order);
     if (s == MHA_OK)

@@ -339,10 +339,31 @@ mha_status mha_device_destroy(mha_device *device)
 
 /* ---- wrappers ------------------------------------------------------------------ */
 
+mha_status mha_dev_usable(mha_device *device)
+{
+    if (!device->lost)
+        return MHA_OK;
+    return mha_error(device->ctx, MHA_DEVICE_LOST,
+                     "the %s device %s was lost and refuses all work; "
+                     "destroy its layers and tensors and the device, and "
+                     "open another",
+                     device->iface->name, device->entry.desc.name);
+}
+
+/* A backend call's status; MHA_DEVICE_LOST makes the loss sticky. */
+static mha_status noted(mha_device *device, mha_status st)
+{
+    if (st == MHA_DEVICE_LOST)
+        device->lost = 1;
+    return st;
+}
+
 mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf)
 {
-    mha_status st = device->iface->buffer_alloc(device->dev, size ? size : 4,
-                                                buf);
+    mha_status st = mha_dev_usable(device);
+    if (st == MHA_OK)
+        st = noted(device, device->iface->buffer_alloc(
+                               device->dev, size ? size : 4, buf));
     if (st == MHA_OK) {
         device->mem_in_use += size;
         if (device->mem_in_use > device->mem_peak)
@@ -382,17 +403,21 @@ mha_status mha_device_reset_peak_memory(mha_device *device)
 mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,
                          const void *src, size_t size)
 {
-    if (!size)
-        return MHA_OK;
-    return device->iface->buffer_write(device->dev, buf, offset, src, size);
+    mha_status st = mha_dev_usable(device);
+    if (st != MHA_OK || !size)
+        return st;
+    return noted(device, device->iface->buffer_write(device->dev, buf, offset,
+                                                    src, size));
 }
 
 mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,
                         void *dst, size_t size)
 {
-    if (!size)
-        return MHA_OK;
-    return device->iface->buffer_read(device->dev, buf, offset, dst, size);
+    mha_status st = mha_dev_usable(device);
+    if (st != MHA_OK || !size)
+        return st;
+    return noted(device, device->iface->buffer_read(device->dev, buf, offset,
+                                                    dst, size));
 }
 
 bool mha_dev_supports(mha_device *device, const mha_node *node)
@@ -403,10 +428,13 @@ bool mha_dev_supports(mha_device *device, const mha_node *node)
 
 mha_status mha_dev_run(mha_device *device, const mha_node *node)
 {
-    return device->iface->run(device->dev, node);
+    mha_status st = mha_dev_usable(device);
+    return st != MHA_OK ? st : noted(device, device->iface->run(device->dev,
+                                                                node));
 }
 
 mha_status mha_dev_sync(mha_device *device)
 {
-    return device->iface->sync(device->dev);
+    mha_status st = mha_dev_usable(device);
+    return st != MHA_OK ? st : noted(device, device->iface->sync(device->dev));
 }

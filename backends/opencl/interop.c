@@ -318,7 +318,7 @@ static mha_status enqueue_done(mha_cl_device *dev, cl_event *event_out)
         dev->queue, o.count, o.list, o.event ? o.event : event_out);
     mha_cl_order_end(dev, &o, err);
     if (err != CL_SUCCESS)
-        return mha_cl_fail(dev->host, "clEnqueueMarkerWithWaitList", err);
+        return mha_cl_queue_fail(dev, "clEnqueueMarkerWithWaitList", err);
     if (o.event && event_out) {
         dev->api->clRetainEvent(dev->tail);
         *event_out = dev->tail;

@@ -6,6 +6,8 @@
 #      Khronos validation layers, plus fixtures regenerated live by PyTorch;
 #   2. the same under AddressSanitizer and UBSan;
 #   3. an AArch64 cross build run under qemu-aarch64, for the NEON kernels.
+# Between them: the ABI check (scripts/check-abi.sh) and 20 s of each
+# libFuzzer harness (scripts/test-fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh test
@@ -27,6 +29,8 @@ cmake --build build-asan -j"$jobs" >/dev/null
 ASAN_OPTIONS=detect_leaks=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs" -LE valgrind
+
+step "libFuzzer harnesses, 20 s each" && bash scripts/test-fuzz.sh
 
 step "AArch64 cross build under qemu"
 bash scripts/arm64-sysroot.sh build-arm64/sysroot

@@ -28,13 +28,15 @@ extern "C" {
  * its *_init macro to the caller's sizeof, so a struct can grow at its end
  * without breaking binaries built against an older mha.h (Vulkan's sType
  * idea). The library refuses 0 or a size below the struct's first version
- * (MHA_INVALID_ARGUMENT, the message names the struct) and ignores bytes
- * past the fields it knows. Each *_init macro calls the exported
- * *_init_sized function with that size; bindings call it directly. The
- * soname is libmha.so.0.MINOR while the major version is 0 (any 0.x minor
- * may break the ABI), libmha.so.MAJOR from 1.0 on. mha_host_array and
- * mha_allocator are embedded or copied whole and never grow: new members go
- * at the end of the struct that holds them. */
+ * (MHA_INVALID_ARGUMENT, the message names the struct; mha_context_create
+ * has no context to hold one yet) and ignores bytes past the fields it
+ * knows. Each *_init macro calls the exported *_init_sized function with
+ * that size; bindings call it directly. The soname is libmha.so.0.MINOR
+ * while the major version is 0 (any 0.x minor may break the ABI),
+ * libmha.so.MAJOR from 1.0 on. mha_host_array and mha_allocator (embedded
+ * or copied whole) and mha_device_info (which the library fills) have no
+ * struct_size and never grow within a soname: new members go at the end of
+ * a struct that has one. */
 
 #if defined(_WIN32) && defined(MHA_BUILD_SHARED)
 #define MHA_API __declspec(dllexport)

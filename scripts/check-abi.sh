@@ -19,6 +19,14 @@ build=${1:-build}
 committed=tests/abi/libmha.abi
 lib=$build/libmha.so
 
+# mha.h's version is the one the soname is made from.
+header=$(sed -n 's/^#define MHA_VERSION_STRING "\(.*\)"/\1/p' include/mha.h)
+project=$(sed -n 's/^project(libmha VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
+if [[ $header != "$project" ]]; then
+  echo "check-abi: mha.h says $header, CMakeLists.txt's project() $project"
+  exit 1
+fi
+
 current=$(mktemp)
 trap 'rm -f "$current" "$current.layout"' EXIT
 cc -std=c11 -Wall -Wextra -Werror -Iinclude tests/abi/layout.c \

@@ -26,19 +26,6 @@ static mha_context *context(void)
     return ctx;
 }
 
-static int has_backend(mha_context *ctx, const char *backend)
-{
-    int n = 0;
-    mha_device_count(ctx, &n);
-    for (int i = 0; i < n; i++) {
-        mha_device_info info;
-        if (mha_device_get_info(ctx, i, &info) == MHA_OK &&
-            strcmp(info.backend, backend) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* The backend's best device, pipeline and binary caches off so every build
  * happens (and can fail) here; NULL when the build or machine has none. */
 static mha_device *open_dev(mha_context *ctx, const char *backend)
@@ -115,6 +102,19 @@ static void reference(mha_context *ctx, float want[L * E])
     mha_device_destroy(cpu);
 }
 
+/* A context, the reference output and the backend's device; NULL (and
+ * nothing left open) when there is no such device. */
+static mha_device *start(const char *backend, mha_context **ctx,
+                         float want[L * E])
+{
+    *ctx = context();
+    reference(*ctx, want);
+    mha_device *dev = open_dev(*ctx, backend);
+    if (!dev)
+        mha_context_destroy(*ctx);
+    return dev;
+}
+
 /* layer computes the reference again. */
 static void expect_works(mha_context *ctx, mha_layer *layer,
                          const float want[L * E], const char *what)
@@ -146,6 +146,20 @@ static uint64_t in_use(mha_device *dev)
     return n;
 }
 
+#ifdef MHA_TEST_OPENCL
+static int has_backend(mha_context *ctx, const char *backend)
+{
+    int n = 0;
+    mha_device_count(ctx, &n);
+    for (int i = 0; i < n; i++) {
+        mha_device_info info;
+        if (mha_device_get_info(ctx, i, &info) == MHA_OK &&
+            strcmp(info.backend, backend) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Layer creation, weights and a forward with the n-th device allocation
  * failing, for n = 1, 2, ... until one runs without reaching it: every
  * failure is MHA_OUT_OF_MEMORY naming the call, frees what it took, and
@@ -154,14 +168,11 @@ static uint64_t in_use(mha_device *dev)
 static void allocation_failures(const char *backend, fault_fn point,
                                 const char *call)
 {
-    mha_context *ctx = context();
     float want[L * E];
-    reference(ctx, want);
-    mha_device *dev = open_dev(ctx, backend);
-    if (!dev) {
-        mha_context_destroy(ctx);
+    mha_context *ctx = NULL;
+    mha_device *dev = start(backend, &ctx, want);
+    if (!dev)
         return;
-    }
     int *countdown = point(dev, "alloc");
     cr_assert_not_null(countdown);
     int failures = 0;
@@ -197,7 +208,6 @@ static void allocation_failures(const char *backend, fault_fn point,
     mha_context_destroy(ctx);
 }
 
-#ifdef MHA_TEST_OPENCL
 Test(faults, opencl_buffer_allocation_failure)
 {
     allocation_failures("opencl", test_fault_opencl, "clCreateBuffer");
@@ -241,14 +251,11 @@ static void build_failure_in_forward(const char *backend, int *(*arm)(
                                          mha_context *, mha_device *),
                                      const char *call)
 {
-    mha_context *ctx = context();
     float want[L * E];
-    reference(ctx, want);
-    mha_device *dev = open_dev(ctx, backend);
-    if (!dev) {
-        mha_context_destroy(ctx);
+    mha_context *ctx = NULL;
+    mha_device *dev = start(backend, &ctx, want);
+    if (!dev)
         return;
-    }
     mha_layer *layer = NULL;
     cr_assert_eq(make_layer(dev, &layer), MHA_OK);
     *arm(ctx, dev) = 1;
@@ -327,14 +334,11 @@ static void expect_refused(mha_context *ctx, mha_device *dev,
 static void device_lost(const char *backend, fault_fn point,
                         const char *where, const char *code)
 {
-    mha_context *ctx = context();
     float want[L * E];
-    reference(ctx, want);
-    mha_device *dev = open_dev(ctx, backend);
-    if (!dev) {
-        mha_context_destroy(ctx);
+    mha_context *ctx = NULL;
+    mha_device *dev = start(backend, &ctx, want);
+    if (!dev)
         return;
-    }
     mha_device *cpu = open_dev(ctx, "cpu");
     mha_device *twin = open_dev(ctx, backend);
     mha_layer *layer = NULL, *cpu_layer = NULL, *twin_layer = NULL;

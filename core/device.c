@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "interop.h"
 
 int mha_device_kind_score(mha_device_kind kind)
 {
@@ -350,8 +351,7 @@ mha_status mha_dev_usable(mha_device *device)
                      device->iface->name, device->entry.desc.name);
 }
 
-/* A backend call's status; MHA_DEVICE_LOST makes the loss sticky. */
-static mha_status noted(mha_device *device, mha_status st)
+mha_status mha_device_note(mha_device *device, mha_status st)
 {
     if (st == MHA_DEVICE_LOST)
         device->lost = 1;
@@ -362,8 +362,8 @@ mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf)
 {
     mha_status st = mha_dev_usable(device);
     if (st == MHA_OK)
-        st = noted(device, device->iface->buffer_alloc(
-                               device->dev, size ? size : 4, buf));
+        st = mha_device_note(device, device->iface->buffer_alloc(
+                                         device->dev, size ? size : 4, buf));
     if (st == MHA_OK) {
         device->mem_in_use += size;
         if (device->mem_in_use > device->mem_peak)
@@ -406,8 +406,8 @@ mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,
     mha_status st = mha_dev_usable(device);
     if (st != MHA_OK || !size)
         return st;
-    return noted(device, device->iface->buffer_write(device->dev, buf, offset,
-                                                    src, size));
+    return mha_device_note(device, device->iface->buffer_write(
+                                       device->dev, buf, offset, src, size));
 }
 
 mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,
@@ -416,8 +416,8 @@ mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,
     mha_status st = mha_dev_usable(device);
     if (st != MHA_OK || !size)
         return st;
-    return noted(device, device->iface->buffer_read(device->dev, buf, offset,
-                                                    dst, size));
+    return mha_device_note(device, device->iface->buffer_read(
+                                       device->dev, buf, offset, dst, size));
 }
 
 bool mha_dev_supports(mha_device *device, const mha_node *node)
@@ -429,12 +429,15 @@ bool mha_dev_supports(mha_device *device, const mha_node *node)
 mha_status mha_dev_run(mha_device *device, const mha_node *node)
 {
     mha_status st = mha_dev_usable(device);
-    return st != MHA_OK ? st : noted(device, device->iface->run(device->dev,
-                                                                node));
+    if (st != MHA_OK)
+        return st;
+    return mha_device_note(device, device->iface->run(device->dev, node));
 }
 
 mha_status mha_dev_sync(mha_device *device)
 {
     mha_status st = mha_dev_usable(device);
-    return st != MHA_OK ? st : noted(device, device->iface->sync(device->dev));
+    if (st != MHA_OK)
+        return st;
+    return mha_device_note(device, device->iface->sync(device->dev));
 }

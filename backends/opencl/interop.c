@@ -348,7 +348,8 @@ mha_status mha_opencl_layer_enqueue(mha_layer *layer,
     dev->wait_list = event_wait_list;
     s = mha_layer_forward_enqueue(layer, fn, args);
     if (s == MHA_OK)
-        s = enqueue_done(dev, event_out);
+        s = mha_device_note(mha_layer_device(layer),
+                            enqueue_done(dev, event_out));
     dev->wait_count = 0;
     dev->wait_list = NULL;
     return s;

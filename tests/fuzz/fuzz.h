@@ -23,4 +23,8 @@ uint8_t fuzz_u8(fuzz_in *in);
 /* A dimension or count: mostly small, sometimes an edge (0, -1, huge). */
 int64_t fuzz_dim(fuzz_in *in);
 
+/* FNV-1a, the checksum of both cache formats, so the cache harnesses can
+ * make a file whose checksum holds. */
+uint64_t fuzz_fnv1a(const uint8_t *p, size_t n);
+
 #endif

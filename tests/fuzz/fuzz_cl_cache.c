@@ -8,16 +8,9 @@
 #include <string.h>
 
 #include "cl_internal.h"
+#include "fuzz.h"
 
 #define KEY 0x0123456789abcdefull /* the key of the seeds */
-
-static uint64_t fnv1a(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -34,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(bin, data + head, n);
     if (size > head + n) {
-        uint64_t h = fnv1a(bin, n);
+        uint64_t h = fuzz_fnv1a(bin, n);
         memcpy(hd + 24, &h, 8);
     }
     (void)mha_cl_cache_payload_ok(hd, bin, n);

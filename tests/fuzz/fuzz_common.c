@@ -49,3 +49,11 @@ int64_t fuzz_dim(fuzz_in *in)
         return edges[b - 0xf8];
     return b & 0x0f;
 }
+
+uint64_t fuzz_fnv1a(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}

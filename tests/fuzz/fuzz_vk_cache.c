@@ -7,15 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "vk_internal.h"
-
-static uint64_t fnv1a(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; ++i)
-        h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -35,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = mha_vk_cache_blob_size(copy);
     if (n && n <= size - head) {
         if (size > head + n) {
-            uint64_t h = fnv1a(copy + head, n);
+            uint64_t h = fuzz_fnv1a(copy + head, n);
             for (int i = 0; i < 8; i++)
                 copy[16 + i] = (uint8_t)(h >> (8 * i));
         }

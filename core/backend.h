@@ -169,6 +169,25 @@ mha_status mha_host_error(mha_host *host, mha_status status, const char *fmt,
 #endif
     ;
 
+/* A backend's fault-injection point for tests (SQLite's countdown): while
+ * *countdown > 0 each call counts it down, and the call that brings it to
+ * 0 must fail as the backend documents for that point. */
+static inline bool mha_fault_due(int *countdown)
+{
+    return *countdown > 0 && --*countdown == 0;
+}
+
+/* The struct_size of a struct the caller filled (mha.h, "ABI"): s is NULL
+ * or starts with it. 0 or less than min (the first version's size) is
+ * MHA_INVALID_ARGUMENT with a message naming fn and type; host may be NULL
+ * where no context exists yet. NULL s is MHA_OK (the caller checks). */
+mha_status mha_struct_check(mha_host *host, const char *fn, const char *type,
+                            const void *s, size_t min);
+
+/* The start of every *_init_sized: zeroes size bytes of s and sets its
+ * struct_size; MHA_INVALID_ARGUMENT for NULL or a size below min. */
+mha_status mha_struct_init(void *s, size_t size, size_t min);
+
 void mha_host_log(mha_host *host, mha_log_level level, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))

@@ -151,11 +151,11 @@ static int parse_log_level(const char *text, mha_log_level *level)
 
 /* ---- the context ---------------------------------------------------------- */
 
-mha_status mha_context_options_init(mha_context_options *options)
+mha_status mha_context_options_init_sized(mha_context_options *options,
+                                         size_t struct_size)
 {
-    if (!options)
+    if (mha_struct_init(options, struct_size, sizeof *options) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
-    memset(options, 0, sizeof *options);
     options->log_level = MHA_LOG_WARN;
     return MHA_OK;
 }
@@ -165,6 +165,9 @@ void mha_release_backends(mha_context *ctx);    /* device.c */
 
 static mha_status check_options(const mha_context_options *o)
 {
+    if (mha_struct_check(NULL, "mha_context_create", "mha_context_options", o,
+                         sizeof *o) != MHA_OK)
+        return MHA_INVALID_ARGUMENT;
     if (o->allocator && (!o->allocator->malloc || !o->allocator->free))
         return MHA_INVALID_ARGUMENT;
     if ((unsigned)o->log_level > MHA_LOG_DEBUG)
@@ -209,7 +212,7 @@ mha_status mha_context_destroy(mha_context *ctx)
     if (!ctx)
         return MHA_OK;
     if (ctx->open_objects)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+        return mha_error(ctx, MHA_BAD_STATE,
                          "mha_context_destroy: %d device(s) still open; "
                          "destroy them first",
                          ctx->open_objects);

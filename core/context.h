@@ -48,6 +48,8 @@ struct mha_device {
     int open_objects; /* layers and tensors on this device */
     uint64_t mem_in_use; /* bytes of buffers allocated through mha_dev_alloc */
     uint64_t mem_peak;
+    int lost; /* a backend call returned MHA_DEVICE_LOST: the wrappers
+                 refuse all further work with it (sticky) */
 };
 
 struct mha_tensor {
@@ -89,6 +91,9 @@ const char *mha_shape_str(char *buf, size_t size, int ndim,
 
 /* Wrappers through which the core reaches a backend (SQLite's sqlite3Os*):
  * they check the method exists and name the failing call. */
+/* Every wrapper that does work first refuses a lost device (mha_dev_usable)
+ * and marks the device lost when the backend reports MHA_DEVICE_LOST. */
+mha_status mha_dev_usable(mha_device *device);
 mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf);
 /* size must be the size the buffer was allocated with (memory accounting). */
 void mha_dev_free(mha_device *device, void *buf, size_t size);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "interop.h"
 
 int mha_device_kind_score(mha_device_kind kind)
 {
@@ -173,11 +174,11 @@ mha_status mha_device_get_info(mha_context *ctx, int index,
 
 /* ---- opening ----------------------------------------------------------------- */
 
-mha_status mha_device_options_init(mha_device_options *options)
+mha_status mha_device_options_init_sized(mha_device_options *options,
+                                        size_t struct_size)
 {
-    if (!options)
+    if (mha_struct_init(options, struct_size, sizeof *options) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
-    memset(options, 0, sizeof *options);
     return MHA_OK;
 }
 
@@ -196,6 +197,9 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
     mha_device_options_init(&defaults);
     if (!options)
         options = &defaults;
+    if (mha_struct_check(&ctx->host, "mha_device_open", "mha_device_options",
+                         options, sizeof *options) != MHA_OK)
+        return MHA_INVALID_ARGUMENT;
     if (options->threads < 0)
         return mha_error(ctx, MHA_INVALID_ARGUMENT,
                          "mha_device_open: threads %d is negative",
@@ -324,7 +328,7 @@ mha_status mha_device_destroy(mha_device *device)
         return MHA_OK;
     mha_context *ctx = device->ctx;
     if (device->open_objects)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+        return mha_error(ctx, MHA_BAD_STATE,
                          "mha_device_destroy: %d layer(s) or tensor(s) "
                          "still exist on this device; destroy them first",
                          device->open_objects);
@@ -336,10 +340,30 @@ mha_status mha_device_destroy(mha_device *device)
 
 /* ---- wrappers ------------------------------------------------------------------ */
 
+mha_status mha_dev_usable(mha_device *device)
+{
+    if (!device->lost)
+        return MHA_OK;
+    return mha_error(device->ctx, MHA_DEVICE_LOST,
+                     "the %s device %s was lost and refuses all work; "
+                     "destroy its layers and tensors and the device, and "
+                     "open another",
+                     device->iface->name, device->entry.desc.name);
+}
+
+mha_status mha_device_note(mha_device *device, mha_status st)
+{
+    if (st == MHA_DEVICE_LOST)
+        device->lost = 1;
+    return st;
+}
+
 mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf)
 {
-    mha_status st = device->iface->buffer_alloc(device->dev, size ? size : 4,
-                                                buf);
+    mha_status st = mha_dev_usable(device);
+    if (st == MHA_OK)
+        st = mha_device_note(device, device->iface->buffer_alloc(
+                                         device->dev, size ? size : 4, buf));
     if (st == MHA_OK) {
         device->mem_in_use += size;
         if (device->mem_in_use > device->mem_peak)
@@ -379,17 +403,21 @@ mha_status mha_device_reset_peak_memory(mha_device *device)
 mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,
                          const void *src, size_t size)
 {
-    if (!size)
-        return MHA_OK;
-    return device->iface->buffer_write(device->dev, buf, offset, src, size);
+    mha_status st = mha_dev_usable(device);
+    if (st != MHA_OK || !size)
+        return st;
+    return mha_device_note(device, device->iface->buffer_write(
+                                       device->dev, buf, offset, src, size));
 }
 
 mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,
                         void *dst, size_t size)
 {
-    if (!size)
-        return MHA_OK;
-    return device->iface->buffer_read(device->dev, buf, offset, dst, size);
+    mha_status st = mha_dev_usable(device);
+    if (st != MHA_OK || !size)
+        return st;
+    return mha_device_note(device, device->iface->buffer_read(
+                                       device->dev, buf, offset, dst, size));
 }
 
 bool mha_dev_supports(mha_device *device, const mha_node *node)
@@ -400,10 +428,16 @@ bool mha_dev_supports(mha_device *device, const mha_node *node)
 
 mha_status mha_dev_run(mha_device *device, const mha_node *node)
 {
-    return device->iface->run(device->dev, node);
+    mha_status st = mha_dev_usable(device);
+    if (st != MHA_OK)
+        return st;
+    return mha_device_note(device, device->iface->run(device->dev, node));
 }
 
 mha_status mha_dev_sync(mha_device *device)
 {
-    return device->iface->sync(device->dev);
+    mha_status st = mha_dev_usable(device);
+    if (st != MHA_OK)
+        return st;
+    return mha_device_note(device, device->iface->sync(device->dev));
 }

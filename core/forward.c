@@ -250,7 +250,7 @@ static mha_status get_plan(mha_layer *layer, const char *fn,
             slot = i;
     }
     if (slot < 0 && !waits)
-        return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
+        return mha_error(layer->device->ctx, MHA_LIMIT_REACHED,
                          "%s: this layer already holds %d shapes whose "
                          "forwards were enqueued or recorded, and their "
                          "scratch must live as long as the layer; use fixed "
@@ -289,11 +289,11 @@ void mha_plan_destroy(mha_layer *layer, mha_plan *plan)
 
 /* ---- device-tensor forward ------------------------------------------------- */
 
-mha_status mha_forward_args_init(mha_forward_args *args)
+mha_status mha_forward_args_init_sized(mha_forward_args *args,
+                                       size_t struct_size)
 {
-    if (!args)
+    if (mha_struct_init(args, struct_size, sizeof *args) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
-    memset(args, 0, sizeof *args);
     args->average_attn_weights = 1;
     return MHA_OK;
 }
@@ -343,14 +343,18 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
     mha_context *ctx = layer->device->ctx;
     if (!a)
         return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: args is NULL", fn);
+    mha_status st = mha_struct_check(&ctx->host, fn, "mha_forward_args", a,
+                                     sizeof *a);
+    if (st != MHA_OK)
+        return st;
     const mha_tensor *t[7] = {a->query, a->key, a->value, a->key_padding_mask,
                               a->attn_mask, a->output, a->weights};
     arg_view views[5];
     for (int i = 0; i < 5; i++)
         views[i] = tensor_view(names[i], t[i]);
     mha_call call;
-    mha_status st = make_call(layer, fn, views, a->is_causal, a->need_weights,
-                              a->average_attn_weights, &call);
+    st = make_call(layer, fn, views, a->is_causal, a->need_weights,
+               a->average_attn_weights, &call);
     if (st == MHA_OK)
         st = check_same_device(layer, fn, t, names);
     int out_nd, w_nd;
@@ -400,11 +404,11 @@ mha_status mha_layer_forward_enqueue(mha_layer *layer, const char *fn,
 
 /* ---- host-memory forward ---------------------------------------------------- */
 
-mha_status mha_host_forward_args_init(mha_host_forward_args *args)
+mha_status mha_host_forward_args_init_sized(mha_host_forward_args *args,
+                                            size_t struct_size)
 {
-    if (!args)
+    if (mha_struct_init(args, struct_size, sizeof *args) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
-    memset(args, 0, sizeof *args);
     args->average_attn_weights = 1;
     return MHA_OK;
 }
@@ -422,6 +426,10 @@ static mha_status host_call(mha_layer *layer, const char *fn,
                                     &a->key_padding_mask, &a->attn_mask};
     static const char *const names[5] = {"query", "key", "value",
                                          "key_padding_mask", "attn_mask"};
+    mha_status st = mha_struct_check(&layer->device->ctx->host, fn,
+                                     "mha_host_forward_args", a, sizeof *a);
+    if (st != MHA_OK)
+        return st;
     arg_view views[5];
     for (int i = 0; i < 5; i++)
         views[i] = array_view(names[i], arr[i]);

@@ -27,6 +27,9 @@ mha_status mha_device_adopt(mha_context *ctx, const mha_backend_iface *iface,
 void *mha_device_backend(const mha_device *device,
                          const mha_backend_iface *iface);
 mha_context *mha_device_context(const mha_device *device);
+/* st from a backend call made outside the core's wrappers: MHA_DEVICE_LOST
+ * makes the device's loss sticky, as for the wrappers' own calls. */
+mha_status mha_device_note(mha_device *device, mha_status st);
 mha_device *mha_layer_device(const mha_layer *layer);
 
 /* A tensor around buf, a backend buffer handle over the caller's memory of

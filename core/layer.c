@@ -7,12 +7,12 @@
 
 #define CHUNK 4096 /* fp16 conversion goes through the stack in chunks */
 
-mha_status mha_layer_config_init(mha_layer_config *config, int64_t embed_dim,
-                                 int64_t num_heads)
+mha_status mha_layer_config_init_sized(mha_layer_config *config,
+                                       size_t struct_size, int64_t embed_dim,
+                                       int64_t num_heads)
 {
-    if (!config)
+    if (mha_struct_init(config, struct_size, sizeof *config) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
-    memset(config, 0, sizeof *config);
     config->embed_dim = embed_dim;
     config->num_heads = num_heads;
     config->bias = 1;
@@ -41,8 +41,10 @@ static mha_status check_dim(mha_context *ctx, const char *name, int64_t v,
 static mha_status check_config(mha_device *device, const mha_layer_config *c)
 {
     mha_context *ctx = device->ctx;
-    mha_status st;
-    if ((st = check_dim(ctx, "embed_dim", c->embed_dim, 0)) != MHA_OK ||
+    mha_status st = mha_struct_check(&ctx->host, "mha_layer_create",
+                                     "mha_layer_config", c, sizeof *c);
+    if (st != MHA_OK ||
+        (st = check_dim(ctx, "embed_dim", c->embed_dim, 0)) != MHA_OK ||
         (st = check_dim(ctx, "num_heads", c->num_heads, 0)) != MHA_OK ||
         (st = check_dim(ctx, "kdim", c->kdim, 1)) != MHA_OK ||
         (st = check_dim(ctx, "vdim", c->vdim, 1)) != MHA_OK)
@@ -121,6 +123,7 @@ mha_status mha_layer_create(mha_device *device, const mha_layer_config *config,
                          "mha_layer_create: out of memory");
     layer->device = device;
     layer->cfg = *config;
+    layer->cfg.struct_size = sizeof layer->cfg;
     if (!layer->cfg.kdim)
         layer->cfg.kdim = config->embed_dim;
     if (!layer->cfg.vdim)

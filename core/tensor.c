@@ -101,8 +101,8 @@ mha_status mha_tensor_adopt(mha_device *device, const char *fn,
 {
     mha_context *ctx = device->ctx;
     mha_tensor *t = NULL;
-    mha_status st = MHA_OK;
-    if (dtype == MHA_BOOL)
+    mha_status st = mha_dev_usable(device);
+    if (st == MHA_OK && dtype == MHA_BOOL)
         st = mha_error(ctx, MHA_DTYPE_MISMATCH,
                        "%s: a wrapped buffer cannot hold a bool mask (libmha "
                        "stores masks as additive f32: 0 keeps, -inf masks); "

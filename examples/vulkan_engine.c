@@ -301,7 +301,7 @@ static void engine_destroy(engine *e)
 static mha_vulkan_device_info engine_share(const engine *e, bool queue)
 {
     mha_vulkan_device_info info;
-    memset(&info, 0, sizeof info);
+    mha_vulkan_device_info_init(&info);
     info.instance = e->instance;
     info.physical_device = e->gpu;
     info.device = e->device;
@@ -544,8 +544,12 @@ static bool scene_create(engine *e, scene *s,
         return false;
     const int64_t shape[3] = {TOKENS, BATCH, EMBED};
     for (int i = 0; i <= LAYERS; ++i) {
-        mha_vulkan_buffer range = {s->acts.buffer, act_offset(i) * 4ull,
-                                   ACT_BYTES, BUFFER_USAGE};
+        mha_vulkan_buffer range;
+        mha_vulkan_buffer_init(&range);
+        range.buffer = s->acts.buffer;
+        range.offset = act_offset(i) * 4ull;
+        range.range = ACT_BYTES;
+        range.usage = BUFFER_USAGE;
         if (!mha_ok(s->ctx, mha_vulkan_tensor_wrap(s->device, &range, MHA_F32,
                                                    3, shape, &s->act[i]),
                     "mha_vulkan_tensor_wrap"))

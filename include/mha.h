@@ -24,6 +24,20 @@ extern "C" {
 #define MHA_VERSION_PATCH 0
 #define MHA_VERSION_STRING "0.1.0"
 
+/* ABI. Every struct the caller fills starts with size_t struct_size, set by
+ * its *_init macro to the caller's sizeof, so a struct can grow at its end
+ * without breaking binaries built against an older mha.h (Vulkan's sType
+ * idea). The library refuses 0 or a size below the struct's first version
+ * (MHA_INVALID_ARGUMENT, the message names the struct; mha_context_create
+ * has no context to hold one yet) and ignores bytes past the fields it
+ * knows. Each *_init macro calls the exported *_init_sized function with
+ * that size; bindings call it directly. The soname is libmha.so.0.MINOR
+ * while the major version is 0 (any 0.x minor may break the ABI),
+ * libmha.so.MAJOR from 1.0 on. mha_host_array and mha_allocator (embedded
+ * or copied whole) and mha_device_info (which the library fills) have no
+ * struct_size and never grow within a soname: new members go at the end of
+ * a struct that has one. */
+
 #if defined(_WIN32) && defined(MHA_BUILD_SHARED)
 #define MHA_API __declspec(dllexport)
 #elif defined(_WIN32) && defined(MHA_USE_SHARED)
@@ -52,7 +66,9 @@ extern "C" {
     X(NO_DEVICE, "no such device")                                           \
     X(DEVICE_ERROR, "device or driver error")                                \
     X(DEVICE_LOST, "device lost")                                            \
-    X(BUFFER_TOO_SMALL, "output buffer is too small")
+    X(BUFFER_TOO_SMALL, "output buffer is too small")                       \
+    X(LIMIT_REACHED, "a fixed limit of the library was reached")            \
+    X(BAD_STATE, "the object is not in a state that allows this call")
 
 typedef enum mha_status {
 #define MHA_STATUS_ENUM_(name, text) MHA_##name,
@@ -107,6 +123,7 @@ typedef enum mha_log_level {
 typedef void (*mha_log_fn)(void *user, mha_log_level level, const char *msg);
 
 typedef struct mha_context_options {
+    size_t struct_size;             /* sizeof, set by the init macro */
     const mha_allocator *allocator; /* NULL: the C heap; copied */
     mha_log_fn log;                 /* NULL: silent unless MHA_LOG is set,
                                        then lines go to stderr */
@@ -114,8 +131,11 @@ typedef struct mha_context_options {
     mha_log_level log_level;        /* default MHA_LOG_WARN */
 } mha_context_options;
 
-/* Fills *options with the defaults. */
-MHA_API mha_status mha_context_options_init(mha_context_options *options);
+/* Fills *options with the defaults and sets struct_size (see "ABI"). */
+MHA_API mha_status mha_context_options_init_sized(mha_context_options *options,
+                                                  size_t struct_size);
+#define mha_context_options_init(options)                                    \
+    mha_context_options_init_sized((options), sizeof *(options))
 
 /* Creates a context and probes every compiled-in backend for devices. A
  * backend whose runtime is missing (no libvulkan.so.1, no OpenCL ICD)
@@ -124,7 +144,8 @@ MHA_API mha_status mha_context_create(const mha_context_options *options,
                                       mha_context **out);
 
 /* Destroys the context. Every device, layer and tensor created from it must
- * have been destroyed first. NULL does nothing. */
+ * have been destroyed first (MHA_BAD_STATE otherwise, and the context stays
+ * usable). NULL does nothing. */
 MHA_API mha_status mha_context_destroy(mha_context *ctx);
 
 /* The message of the last failed call on ctx or on an object created from
@@ -181,6 +202,7 @@ MHA_API mha_status mha_device_get_info(mha_context *ctx, int index,
                                        mha_device_info *info);
 
 typedef struct mha_device_options {
+    size_t struct_size;  /* sizeof, set by the init macro */
     int threads;         /* CPU backend: worker threads, 0 = one per core */
     const char *cpu_isa; /* CPU backend: "scalar", "avx2", "avx512", "neon",
                             or NULL for the best the CPU runs; MHA_CPU_ISA
@@ -191,7 +213,10 @@ typedef struct mha_device_options {
                               else ~/.cache/libmha; "" disables. Copied. */
 } mha_device_options;
 
-MHA_API mha_status mha_device_options_init(mha_device_options *options);
+MHA_API mha_status mha_device_options_init_sized(mha_device_options *options,
+                                                 size_t struct_size);
+#define mha_device_options_init(options)                                     \
+    mha_device_options_init_sized((options), sizeof *(options))
 
 /* Opens a device named by spec: "best", a backend ("cpu", "vulkan",
  * "opencl": its best device), or a backend and index ("vulkan:1").
@@ -222,8 +247,9 @@ MHA_API mha_status mha_device_memory_usage(mha_device *device,
 /* Starts a new peak measurement at the current use. */
 MHA_API mha_status mha_device_reset_peak_memory(mha_device *device);
 
-/* Destroys the device. Layers and tensors on it must be destroyed first.
- * NULL does nothing. */
+/* Destroys the device. Layers and tensors on it must be destroyed first
+ * (MHA_BAD_STATE otherwise, and the device stays usable). NULL does
+ * nothing. */
 MHA_API mha_status mha_device_destroy(mha_device *device);
 
 /* ---- device-resident tensors --------------------------------------------- */
@@ -261,6 +287,7 @@ MHA_API mha_status mha_tensor_destroy(mha_tensor *tensor);
  * inference, so dropout must be 0 (a module in eval mode ignores it; pass 0
  * whatever the module was built with). */
 typedef struct mha_layer_config {
+    size_t struct_size; /* sizeof, set by the init macro */
     int64_t embed_dim;  /* E, > 0 */
     int64_t num_heads;  /* H, > 0, divides E */
     float dropout;      /* must be 0 */
@@ -275,9 +302,13 @@ typedef struct mha_layer_config {
 } mha_layer_config;
 
 /* Fills *config with PyTorch's defaults for embed_dim and num_heads. */
-MHA_API mha_status mha_layer_config_init(mha_layer_config *config,
-                                         int64_t embed_dim,
-                                         int64_t num_heads);
+MHA_API mha_status mha_layer_config_init_sized(mha_layer_config *config,
+                                               size_t struct_size,
+                                               int64_t embed_dim,
+                                               int64_t num_heads);
+#define mha_layer_config_init(config, embed_dim, num_heads)                  \
+    mha_layer_config_init_sized((config), sizeof *(config), (embed_dim),     \
+                                (num_heads))
 
 /* Creates a layer on device. Its weights start unset; a forward before every
  * weight the config needs is set fails with MHA_MISSING_WEIGHT. */
@@ -328,6 +359,7 @@ MHA_API mha_status mha_layer_destroy(mha_layer *layer);
  * NaN on its general path and 0 on its fast path); dropout is not applied.
  * NaN and Inf in inputs propagate as in PyTorch. */
 typedef struct mha_forward_args {
+    size_t struct_size; /* sizeof, set by the init macro */
     const mha_tensor *query;
     const mha_tensor *key;
     const mha_tensor *value;
@@ -342,7 +374,10 @@ typedef struct mha_forward_args {
 } mha_forward_args;
 
 /* Fills *args with PyTorch's defaults (need_weights = 0, see above). */
-MHA_API mha_status mha_forward_args_init(mha_forward_args *args);
+MHA_API mha_status mha_forward_args_init_sized(mha_forward_args *args,
+                                               size_t struct_size);
+#define mha_forward_args_init(args)                                          \
+    mha_forward_args_init_sized((args), sizeof *(args))
 
 /* Runs the layer on device tensors of the layer's device. Returns when the
  * results are in output and weights. Repeated calls with the same shapes
@@ -351,7 +386,7 @@ MHA_API mha_status mha_forward_args_init(mha_forward_args *args);
  * command stream (mha_vulkan.h, mha_opencl.h) keep theirs until the layer
  * is destroyed, since that work may still be pending; once a layer holds
  * 4 such shapes, recording or enqueueing another shape is
- * MHA_INVALID_ARGUMENT, and this call with another shape makes (and frees)
+ * MHA_LIMIT_REACHED, and this call with another shape makes (and frees)
  * its scratch every time. */
 MHA_API mha_status mha_layer_forward(mha_layer *layer,
                                      const mha_forward_args *args);
@@ -365,6 +400,7 @@ typedef struct mha_host_array {
 } mha_host_array;
 
 typedef struct mha_host_forward_args {
+    size_t struct_size;               /* sizeof, set by the init macro */
     mha_host_array query, key, value; /* MHA_F32 */
     mha_host_array key_padding_mask;  /* data NULL: none */
     mha_host_array attn_mask;         /* data NULL: none */
@@ -377,7 +413,10 @@ typedef struct mha_host_forward_args {
     size_t weights_count;   /* capacity of weights in floats */
 } mha_host_forward_args;
 
-MHA_API mha_status mha_host_forward_args_init(mha_host_forward_args *args);
+MHA_API mha_status mha_host_forward_args_init_sized(mha_host_forward_args *args,
+                                                    size_t struct_size);
+#define mha_host_forward_args_init(args)                                     \
+    mha_host_forward_args_init_sized((args), sizeof *(args))
 
 /* The convenience forward on host memory: copies the inputs to the device,
  * runs mha_layer_forward and copies the results back. The caller keeps

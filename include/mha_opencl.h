@@ -113,7 +113,7 @@ MHA_API mha_status mha_opencl_tensor_wrap(mha_device *device, cl_mem mem,
  *     again; on an in-order queue later commands follow it anyway.
  *
  * The layer keeps the scratch memory of every shape enqueued this way until
- * it is destroyed (at most 4 shapes per layer; more is MHA_INVALID_ARGUMENT,
+ * it is destroyed (at most 4 shapes per layer; more is MHA_LIMIT_REACHED,
  * see mha.h). Errors in the arguments (shapes, dtypes, devices, the wait
  * list) are found before anything is enqueued; a buffer-flag violation
  * (see mha_opencl_tensor_wrap) or a driver error is found at the command

@@ -69,9 +69,11 @@
 extern "C" {
 #endif
 
-/* The engine's device, as mha_vulkan_device_adopt takes it. Zero every
- * field before filling it ({0} or memset): zero means "not given". */
+/* The engine's device, as mha_vulkan_device_adopt takes it. Start with
+ * mha_vulkan_device_info_init, which zeroes every field ("not given") and
+ * sets struct_size (see "ABI" in mha.h). */
 typedef struct mha_vulkan_device_info {
+    size_t struct_size;               /* sizeof, set by the init macro */
     VkInstance instance;              /* required */
     VkPhysicalDevice physical_device; /* required */
     VkDevice device;                  /* required */
@@ -112,6 +114,11 @@ typedef struct mha_vulkan_device_info {
     const void *enabled_features;
 } mha_vulkan_device_info;
 
+MHA_API mha_status mha_vulkan_device_info_init_sized(
+    mha_vulkan_device_info *info, size_t struct_size);
+#define mha_vulkan_device_info_init(info)                                    \
+    mha_vulkan_device_info_init_sized((info), sizeof *(info))
+
 /* Makes *out, a libmha device on the engine's handles, which libmha keeps
  * by value and never destroys. options (may be NULL) gives the pipeline
  * cache directory as for mha_device_open. Works whether or not this
@@ -127,8 +134,10 @@ MHA_API mha_status mha_vulkan_device_adopt(mha_context *ctx,
                                            const mha_device_options *options,
                                            mha_device **out);
 
-/* A range of the engine's buffer, for mha_vulkan_tensor_wrap. */
+/* A range of the engine's buffer, for mha_vulkan_tensor_wrap (and what
+ * mha_vulkan_tensor_buffer reports). Start with mha_vulkan_buffer_init. */
 typedef struct mha_vulkan_buffer {
+    size_t struct_size; /* sizeof, set by the init macro */
     VkBuffer buffer;
     VkDeviceSize offset; /* a multiple of the element size (4 for MHA_F32,
                             2 for MHA_F16); any alignment beyond that */
@@ -140,6 +149,11 @@ typedef struct mha_vulkan_buffer {
      * adopted queue and need TRANSFER_DST and TRANSFER_SRC. */
     VkBufferUsageFlags usage;
 } mha_vulkan_buffer;
+
+MHA_API mha_status mha_vulkan_buffer_init_sized(mha_vulkan_buffer *buffer,
+                                                size_t struct_size);
+#define mha_vulkan_buffer_init(buffer)                                       \
+    mha_vulkan_buffer_init_sized((buffer), sizeof *(buffer))
 
 /* Makes *out, a tensor of dtype (MHA_F32 or MHA_F16; masks as additive
  * MHA_F32: 0 keeps, -inf masks) and shape,
@@ -158,7 +172,8 @@ MHA_API mha_status mha_vulkan_tensor_wrap(mha_device *device,
 
 /* Where a tensor of a Vulkan device lives, libmha's memory (made by
  * mha_tensor_create) or a wrapped range, so the engine can bind it in its
- * own passes: *out gets buffer, offset, range and usage. The handle stays
+ * own passes: *out (struct_size set by mha_vulkan_buffer_init) gets
+ * buffer, offset, range and usage. The handle stays
  * libmha's and lives as long as the tensor. */
 MHA_API mha_status mha_vulkan_tensor_buffer(const mha_tensor *tensor,
                                             mha_vulkan_buffer *out);
@@ -178,7 +193,7 @@ MHA_API mha_status mha_vulkan_tensor_buffer(const mha_tensor *tensor,
  * and tensors allocate no host memory and create no Vulkan objects. A
  * layer keeps the scratch of every shape it has recorded until it is
  * destroyed (cmd may run at any later time), so it can record at most 4
- * different call shapes (MHA_INVALID_ARGUMENT after that: use a layer per
+ * different call shapes (MHA_LIMIT_REACHED after that: use a layer per
  * shape, or pad). Every recorded forward of the layer reuses the same
  * scratch: they must run in recording order (see above). cmd may be
  * submitted any number of times while layer, its weights and the tensors

@@ -4,8 +4,8 @@
 # only as mha-bench's peer, never a dependency of the library; matplotlib
 # for bench/plot.py), "test" also for the whole test suite (Criterion,
 # validation layers, PyTorch for live fixtures, the AArch64 cross toolchain
-# and qemu, valgrind, and CLBlast for mha-bench's optional CLBlast peer and
-# its test).
+# and qemu, valgrind, CLBlast for mha-bench's optional CLBlast peer and its
+# test, and clang with libFuzzer for the fuzz harnesses).
 set -euo pipefail
 
 main_pkgs=(cmake gcc make pkg-config libcjson-dev
@@ -14,7 +14,7 @@ main_pkgs=(cmake gcc make pkg-config libcjson-dev
            libopenblas-dev python3-matplotlib)
 test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
            gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind
-           libclblast-dev)
+           libclblast-dev clang-14 libclang-rt-14-dev)
 
 case "${1:-main}" in
   main) wanted=("${main_pkgs[@]}") ;;

@@ -8,6 +8,9 @@
 #      by PyTorch, the README's example built and run;
 #   asan: the same under AddressSanitizer and UBSan;
 #   arm64: an AArch64 cross build run under qemu-aarch64, for the NEON kernels;
+#   abi: exported symbols and public struct layouts against
+#      tests/abi/libmha.abi (scripts/check-abi.sh);
+#   fuzz: 20 s of each libFuzzer harness (scripts/test-fuzz.sh);
 #   install: the native build installed to a temporary prefix, its tools run
 #      and consumed from CMake and pkg-config (scripts/test-install.sh).
 # Each CTest run fails when it finds no tests (--no-tests=error) or fewer
@@ -63,6 +66,8 @@ arm64() {
 }
 
 step "native build" native
+step "ABI against tests/abi/libmha.abi" bash scripts/check-abi.sh build
 step "AddressSanitizer + UBSan build" asan
+step "libFuzzer harnesses, 20 s each" bash scripts/test-fuzz.sh
 step "AArch64 cross build under qemu" arm64
 step "install to a temporary prefix" bash scripts/test-install.sh build

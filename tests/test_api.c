@@ -254,11 +254,11 @@ Test(api, null_handles_and_out_pointers_are_invalid_argument)
     mha_forward_args_init(&fa);
     mha_host_forward_args_init(&ha);
 
-    cr_expect_eq(mha_context_options_init(NULL), I);
-    cr_expect_eq(mha_device_options_init(NULL), I);
-    cr_expect_eq(mha_layer_config_init(NULL, 8, 2), I);
-    cr_expect_eq(mha_forward_args_init(NULL), I);
-    cr_expect_eq(mha_host_forward_args_init(NULL), I);
+    cr_expect_eq(mha_context_options_init((mha_context_options *)NULL), I);
+    cr_expect_eq(mha_device_options_init((mha_device_options *)NULL), I);
+    cr_expect_eq(mha_layer_config_init((mha_layer_config *)NULL, 8, 2), I);
+    cr_expect_eq(mha_forward_args_init((mha_forward_args *)NULL), I);
+    cr_expect_eq(mha_host_forward_args_init((mha_host_forward_args *)NULL), I);
     cr_expect_eq(mha_context_create(NULL, NULL), I);
     cr_expect_not_null(mha_context_errmsg(NULL));
     cr_expect_eq(mha_device_count(NULL, &count), I);
@@ -1269,7 +1269,7 @@ Test(api, destroying_a_device_with_a_live_tensor_is_refused)
     cr_assert_eq(mha_tensor_create(dev, MHA_F32, 1, shape, &t), MHA_OK);
     const char *needles[1] = {"1 layer(s) or tensor(s)"};
     expect_error(ctx, "device with a tensor", mha_device_destroy(dev),
-                 MHA_INVALID_ARGUMENT, needles, 1);
+                 MHA_BAD_STATE, needles, 1);
     /* the device and tensor still work */
     float v[4] = {1, 2, 3, 4}, w[4];
     cr_expect_eq(mha_tensor_upload(t, v, sizeof v), MHA_OK);
@@ -1284,8 +1284,8 @@ Test(api, destroying_a_device_with_a_live_layer_is_refused)
 {
     fx f;
     fx_init(&f, 0, 0);
-    cr_expect_eq(mha_device_destroy(f.dev), MHA_INVALID_ARGUMENT);
-    cr_expect_eq(mha_context_destroy(f.ctx), MHA_INVALID_ARGUMENT);
+    cr_expect_eq(mha_device_destroy(f.dev), MHA_BAD_STATE);
+    cr_expect_eq(mha_context_destroy(f.ctx), MHA_BAD_STATE);
     expect_forward_ok(&f, "refused destroys");
     fx_fini(&f);
 }
@@ -1296,7 +1296,7 @@ Test(api, destroying_a_context_with_an_open_device_is_refused)
     mha_device *dev = open_cpu(ctx);
     const char *needles[1] = {"1 device(s)"};
     expect_error(ctx, "context with a device", mha_context_destroy(ctx),
-                 MHA_INVALID_ARGUMENT, needles, 1);
+                 MHA_BAD_STATE, needles, 1);
     mha_device_info info;
     cr_expect_eq(mha_device_info_of(dev, &info), MHA_OK);
     cr_expect_eq(mha_device_destroy(dev), MHA_OK);

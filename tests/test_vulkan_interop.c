@@ -23,6 +23,9 @@
 #define MHA_ENGINE_NO_MAIN
 #include "vulkan_engine.c"
 
+/* struct_size of an mha_vulkan_buffer written as an initializer */
+#define VKB sizeof(mha_vulkan_buffer)
+
 /* ---- helpers ------------------------------------------------------------ */
 
 /* Makes the engine, or skips when there is no Vulkan device (fails when
@@ -270,7 +273,7 @@ Test(vulkan_interop, destroying_a_wrap_keeps_other_tensors_records_valid)
     const int64_t shape[3] = {TOKENS, BATCH, EMBED};
     mha_tensor *twin[2] = {NULL, NULL};
     for (int i = 0; i < 2; ++i) {
-        mha_vulkan_buffer range = {s.acts.buffer, act_offset(i) * 4ull,
+        mha_vulkan_buffer range = {VKB, s.acts.buffer, act_offset(i) * 4ull,
                                    ACT_BYTES, BUFFER_USAGE};
         cr_assert_eq(mha_vulkan_tensor_wrap(s.device, &range, MHA_F32, 3,
                                             shape, &twin[i]), MHA_OK);
@@ -295,6 +298,7 @@ Test(vulkan_interop, destroying_a_wrap_keeps_other_tensors_records_valid)
 
     mha_tensor *own = NULL, *again = NULL;
     mha_vulkan_buffer range;
+    mha_vulkan_buffer_init(&range);
     cr_assert_eq(mha_tensor_create(s.device, MHA_F32, 3, shape, &own),
                  MHA_OK);
     cr_assert_eq(mha_vulkan_tensor_buffer(own, &range), MHA_OK);
@@ -315,20 +319,20 @@ Test(vulkan_interop, wrap_checks_its_arguments)
     mha_context *ctx = s.ctx;
     const int64_t shape[3] = {TOKENS, BATCH, EMBED};
     mha_tensor *t = NULL;
-    mha_vulkan_buffer b = {s.acts.buffer, 2, ACT_BYTES, BUFFER_USAGE};
+    mha_vulkan_buffer b = {VKB, s.acts.buffer, 2, ACT_BYTES, BUFFER_USAGE};
     assert_error(ctx, mha_vulkan_tensor_wrap(s.device, &b, MHA_F32, 3, shape,
                                              &t),
                  MHA_INVALID_ARGUMENT, "multiple of the element size");
-    b = (mha_vulkan_buffer){s.acts.buffer, 4, ACT_BYTES,
+    b = (mha_vulkan_buffer){VKB, s.acts.buffer, 4, ACT_BYTES,
                             VK_BUFFER_USAGE_TRANSFER_DST_BIT};
     assert_error(ctx, mha_vulkan_tensor_wrap(s.device, &b, MHA_F32, 3, shape,
                                              &t),
                  MHA_INVALID_ARGUMENT, "STORAGE_BUFFER");
-    b = (mha_vulkan_buffer){s.acts.buffer, 4, VK_WHOLE_SIZE, BUFFER_USAGE};
+    b = (mha_vulkan_buffer){VKB, s.acts.buffer, 4, VK_WHOLE_SIZE, BUFFER_USAGE};
     assert_error(ctx, mha_vulkan_tensor_wrap(s.device, &b, MHA_F32, 3, shape,
                                              &t),
                  MHA_INVALID_ARGUMENT, "VK_WHOLE_SIZE");
-    b = (mha_vulkan_buffer){s.acts.buffer, 4, ACT_BYTES - 4, BUFFER_USAGE};
+    b = (mha_vulkan_buffer){VKB, s.acts.buffer, 4, ACT_BYTES - 4, BUFFER_USAGE};
     assert_error(ctx, mha_vulkan_tensor_wrap(s.device, &b, MHA_F32, 3, shape,
                                              &t),
                  MHA_BUFFER_TOO_SMALL, "needs");
@@ -342,7 +346,7 @@ Test(vulkan_interop, wrap_checks_its_arguments)
      * tensor wraps it yet) declared without transfer usage */
     uint64_t before = 0, after = 0;
     mha_device_memory_usage(s.device, &before, NULL);
-    mha_vulkan_buffer storage = {s.emb.buffer, 0, ACT_BYTES,
+    mha_vulkan_buffer storage = {VKB, s.emb.buffer, 0, ACT_BYTES,
                                  VK_BUFFER_USAGE_STORAGE_BUFFER_BIT};
     cr_assert_eq(mha_vulkan_tensor_wrap(s.device, &storage, MHA_F32, 3, shape,
                                         &t),
@@ -365,6 +369,7 @@ Test(vulkan_interop, wrap_checks_its_arguments)
     cr_assert_eq(mha_tensor_download(t, back, sizeof back), MHA_OK);
     cr_assert_arr_eq(back, data, sizeof data);
     mha_vulkan_buffer where;
+    mha_vulkan_buffer_init(&where);
     cr_assert_eq(mha_vulkan_tensor_buffer(t, &where), MHA_OK);
     cr_assert(where.buffer == s.acts.buffer && where.offset == 4 &&
               where.range == ACT_BYTES);
@@ -441,7 +446,7 @@ Test(vulkan_interop, bert_base_record_cost, .timeout = 600)
     cr_assert(engine_buffer_create(&e, bytes * (DEPTH + 1), &buf));
     const int64_t shape[3] = {L, 1, E};
     for (int i = 0; i <= DEPTH; ++i) {
-        mha_vulkan_buffer b = {buf.buffer, bytes * (VkDeviceSize)i, bytes,
+        mha_vulkan_buffer b = {VKB, buf.buffer, bytes * (VkDeviceSize)i, bytes,
                                BUFFER_USAGE};
         cr_assert_eq(mha_vulkan_tensor_wrap(dev, &b, MHA_F32, 3, shape,
                                             &act[i]), MHA_OK);

@@ -22,8 +22,11 @@ mha_status mha_cl_buffer_alloc(void *d, size_t size, void **out)
     /* A zero-sized cl_mem is invalid; keep one element so views work. */
     b->size = size;
     b->flags = CL_MEM_READ_WRITE;
-    b->mem = dev->api->clCreateBuffer(dev->context, b->flags,
-                                      size ? size : 4, NULL, &err);
+    if (mha_fault_due(&dev->fault_alloc))
+        err = CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    else
+        b->mem = dev->api->clCreateBuffer(dev->context, b->flags,
+                                          size ? size : 4, NULL, &err);
     if (!b->mem) {
         mha_host_free(dev->host, b);
         return mha_cl_fail(dev->host, "clCreateBuffer", err);
@@ -78,9 +81,8 @@ static mha_status transfer(mha_cl_device *dev, mha_cl_buffer *b,
                                             o.count, o.list, o.event);
     mha_cl_order_end(dev, &o, err);
     if (err != CL_SUCCESS)
-        return mha_cl_fail(dev->host,
-                           src ? "clEnqueueWriteBuffer" : "clEnqueueReadBuffer",
-                           err);
+        return mha_cl_queue_fail(
+            dev, src ? "clEnqueueWriteBuffer" : "clEnqueueReadBuffer", err);
     return MHA_OK;
 }
 
@@ -100,6 +102,5 @@ mha_status mha_cl_sync(void *d)
 {
     mha_cl_device *dev = d;
     cl_int err = dev->api->clFinish(dev->queue);
-    return err == CL_SUCCESS ? MHA_OK
-                             : mha_cl_fail(dev->host, "clFinish", err);
+    return err == CL_SUCCESS ? MHA_OK : mha_cl_queue_fail(dev, "clFinish", err);
 }

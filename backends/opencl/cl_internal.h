@@ -111,6 +111,10 @@ typedef struct mha_cl_state {
     mha_cl_api api;
     int count;
     mha_cl_devrec *devs;
+    /* Fault injection for tests (mha_fault_due): program builds from
+     * source on any device of the context fail as CL_BUILD_PROGRAM_FAILURE
+     * (at open for the common program, at first use for the others). */
+    int fault_build;
 } mha_cl_state;
 
 /* ---- programs ---------------------------------------------------------------
@@ -169,6 +173,11 @@ typedef struct mha_cl_device {
     int row_wg;      /* softmax / copy workgroup size */
     int nprograms;
     mha_cl_program programs[MHA_CL_MAX_PROGRAMS];
+    /* Fault injection for tests (mha_fault_due): buffer creations fail as
+     * CL_MEM_OBJECT_ALLOCATION_FAILURE, kernel enqueues as
+     * CL_OUT_OF_RESOURCES (a lost device, see mha_cl_queue_fail). */
+    int fault_alloc;
+    int fault_enqueue;
 } mha_cl_device;
 
 /* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from
@@ -198,6 +207,27 @@ typedef struct mha_cl_order {
 /* ---- shared functions --------------------------------------------------- */
 
 extern const mha_backend_iface mha_opencl_backend;
+
+/* The checks of a program-binary cache entry (program.c), pure so
+ * tests/fuzz can drive them. head is the entry's first
+ * MHA_CL_CACHE_HEADER_BYTES: NULL when its magic, key and size are right
+ * (*size: the payload's bytes), else why not. */
+#define MHA_CL_CACHE_HEADER_BYTES 32
+MHA_CL_HIDDEN const char *mha_cl_cache_header_check(const unsigned char *head,
+                                                    uint64_t key,
+                                                    size_t *size);
+/* Whether the payload (size bytes after head) has head's size and hash. */
+MHA_CL_HIDDEN bool mha_cl_cache_payload_ok(const unsigned char *head,
+                                           const unsigned char *bin,
+                                           size_t size);
+
+/* The status of a failed command-queue call (an enqueue, clFinish), with
+ * the message of mha_cl_fail. OpenCL has no "device lost" code: drivers
+ * report a device that faulted or was reset as CL_OUT_OF_RESOURCES on the
+ * queue, so that is MHA_DEVICE_LOST here (and the core then refuses all
+ * further work on the device). */
+MHA_CL_HIDDEN mha_status mha_cl_queue_fail(mha_cl_device *dev,
+                                           const char *call, cl_int code);
 
 /* "CL_OUT_OF_RESOURCES" for -5; "CL_UNKNOWN_ERROR" for an unknown code. */
 MHA_CL_HIDDEN const char *mha_cl_error_name(cl_int code);

@@ -146,7 +146,10 @@ mha_status mha_opencl_device_adopt(mha_context *ctx, cl_context context,
     mha_cl_device *dev = NULL;
     mha_device_desc desc;
     int out_of_order = 0;
-    mha_status s = runtime_of(ctx, fn, &st);
+    mha_status s = mha_struct_check(host, fn, "mha_device_options", options,
+                                    sizeof *options);
+    if (s == MHA_OK)
+        s = runtime_of(ctx, fn, &st);
     if (s == MHA_OK)
         s = check_queue(st, fn, context, device, queue, &out_of_order);
     if (s == MHA_OK)
@@ -315,7 +318,7 @@ static mha_status enqueue_done(mha_cl_device *dev, cl_event *event_out)
         dev->queue, o.count, o.list, o.event ? o.event : event_out);
     mha_cl_order_end(dev, &o, err);
     if (err != CL_SUCCESS)
-        return mha_cl_fail(dev->host, "clEnqueueMarkerWithWaitList", err);
+        return mha_cl_queue_fail(dev, "clEnqueueMarkerWithWaitList", err);
     if (o.event && event_out) {
         dev->api->clRetainEvent(dev->tail);
         *event_out = dev->tail;
@@ -345,7 +348,8 @@ mha_status mha_opencl_layer_enqueue(mha_layer *layer,
     dev->wait_list = event_wait_list;
     s = mha_layer_forward_enqueue(layer, fn, args);
     if (s == MHA_OK)
-        s = enqueue_done(dev, event_out);
+        s = mha_device_note(mha_layer_device(layer),
+                            enqueue_done(dev, event_out));
     dev->wait_count = 0;
     dev->wait_list = NULL;
     return s;

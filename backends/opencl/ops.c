@@ -3,6 +3,7 @@
  * tensor is passed as (cl_mem, element offset, int4 strides); run never
  * waits, the queue orders the kernels (queue.c). */
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cl_internal.h"
@@ -157,14 +158,17 @@ static mha_status enqueue(mha_cl_device *dev, kargs *a, const char *name,
     mha_status s = mha_cl_order_begin(dev, &o);
     if (s != MHA_OK)
         return s;
-    cl_int err = dev->api->clEnqueueNDRangeKernel(dev->queue, a->k, 3, NULL,
-                                                  global, local, o.count,
-                                                  o.list, o.event);
+    cl_int err = mha_fault_due(&dev->fault_enqueue)
+                     ? CL_OUT_OF_RESOURCES
+                     : dev->api->clEnqueueNDRangeKernel(
+                           dev->queue, a->k, 3, NULL, global, local, o.count,
+                           o.list, o.event);
     mha_cl_order_end(dev, &o, err);
-    if (err != CL_SUCCESS)
-        return mha_host_error(dev->host, MHA_DEVICE_ERROR,
-                              "clEnqueueNDRangeKernel(%s) failed: %s (%d)",
-                              name, mha_cl_error_name(err), (int)err);
+    if (err != CL_SUCCESS) {
+        char call[64];
+        snprintf(call, sizeof call, "clEnqueueNDRangeKernel(%s)", name);
+        return mha_cl_queue_fail(dev, call, err);
+    }
     return MHA_OK;
 }
 

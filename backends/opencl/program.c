@@ -134,6 +134,31 @@ typedef struct cache_header {
     uint64_t size;
     uint64_t hash;
 } cache_header;
+_Static_assert(sizeof(cache_header) == MHA_CL_CACHE_HEADER_BYTES,
+               "the header is read as bytes");
+
+const char *mha_cl_cache_header_check(const unsigned char *head,
+                                      uint64_t key, size_t *size)
+{
+    cache_header hd;
+    memcpy(&hd, head, sizeof hd);
+    if (memcmp(hd.magic, cache_magic, sizeof cache_magic) != 0)
+        return "bad header";
+    if (hd.key != key)
+        return "key mismatch";
+    if (hd.size == 0 || hd.size > ((uint64_t)1 << 30))
+        return "bad size";
+    *size = (size_t)hd.size;
+    return NULL;
+}
+
+bool mha_cl_cache_payload_ok(const unsigned char *head,
+                             const unsigned char *bin, size_t size)
+{
+    cache_header hd;
+    memcpy(&hd, head, sizeof hd);
+    return hd.size == size && fnv1a(FNV_SEED, bin, size) == hd.hash;
+}
 
 /* Reads a valid entry into *bin (host memory, caller frees); NULL when the
  * file is missing or fails any check (reason logged). */
@@ -143,21 +168,19 @@ static unsigned char *cache_load(mha_cl_device *dev, const char *path,
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
-    cache_header hd;
+    unsigned char head[MHA_CL_CACHE_HEADER_BYTES];
     unsigned char *bin = NULL;
+    size_t n = 0;
     const char *why = NULL;
-    if (fread(&hd, sizeof hd, 1, f) != 1 ||
-        memcmp(hd.magic, cache_magic, sizeof cache_magic) != 0)
+    if (fread(head, sizeof head, 1, f) != 1)
         why = "bad header";
-    else if (hd.key != key)
-        why = "key mismatch";
-    else if (hd.size == 0 || hd.size > ((uint64_t)1 << 30))
-        why = "bad size";
-    else if (!(bin = mha_host_malloc(dev->host, (size_t)hd.size)))
+    else if ((why = mha_cl_cache_header_check(head, key, &n)) != NULL)
+        ;
+    else if (!(bin = mha_host_malloc(dev->host, n)))
         why = "out of memory";
-    else if (fread(bin, 1, (size_t)hd.size, f) != hd.size || fgetc(f) != EOF)
+    else if (fread(bin, 1, n, f) != n || fgetc(f) != EOF)
         why = "truncated or oversized";
-    else if (fnv1a(FNV_SEED, bin, (size_t)hd.size) != hd.hash)
+    else if (!mha_cl_cache_payload_ok(head, bin, n))
         why = "checksum mismatch";
     fclose(f);
     if (why) {
@@ -167,7 +190,7 @@ static unsigned char *cache_load(mha_cl_device *dev, const char *path,
         mha_host_free(dev->host, bin);
         return NULL;
     }
-    *size = (size_t)hd.size;
+    *size = n;
     return bin;
 }
 
@@ -278,8 +301,10 @@ static cl_program build_from_source(mha_cl_device *dev, const kind_spec *ks,
         *status = mha_cl_fail(dev->host, "clCreateProgramWithSource", err);
         return NULL;
     }
-    err = dev->api->clBuildProgram(p, 1, &dev->rec->device, options, NULL,
-                                   NULL);
+    err = mha_fault_due(&dev->st->fault_build)
+              ? CL_BUILD_PROGRAM_FAILURE
+              : dev->api->clBuildProgram(p, 1, &dev->rec->device, options,
+                                         NULL, NULL);
     if (err != CL_SUCCESS) {
         *status = build_error(dev, p, what, options, err);
         dev->api->clReleaseProgram(p);

@@ -13,7 +13,7 @@ static mha_status join_tail(mha_cl_device *dev, mha_cl_order *o)
     cl_int err = dev->api->clEnqueueMarkerWithWaitList(
         dev->queue, dev->wait_count, dev->wait_list, &o->joined);
     if (err != CL_SUCCESS)
-        return mha_cl_fail(dev->host, "clEnqueueMarkerWithWaitList", err);
+        return mha_cl_queue_fail(dev, "clEnqueueMarkerWithWaitList", err);
     o->pair[0] = o->joined;
     o->pair[1] = dev->tail;
     o->list = o->pair;
@@ -53,4 +53,16 @@ void mha_cl_order_end(mha_cl_device *dev, mha_cl_order *o, cl_int err)
     if (dev->tail)
         dev->api->clReleaseEvent(dev->tail);
     dev->tail = o->made;
+}
+
+mha_status mha_cl_queue_fail(mha_cl_device *dev, const char *call,
+                             cl_int code)
+{
+    if (code != CL_OUT_OF_RESOURCES)
+        return mha_cl_fail(dev->host, call, code);
+    return mha_host_error(dev->host, MHA_DEVICE_LOST,
+                          "%s failed: %s (%d): %s is treated as lost (a "
+                          "fault or reset on the device); destroy it",
+                          call, mha_cl_error_name(code), (int)code,
+                          dev->rec->name);
 }

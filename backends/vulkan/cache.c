@@ -22,7 +22,8 @@
 #include "vk_internal.h"
 
 #define CACHE_MAGIC "MHAVKPC1"
-#define HEADER_BYTES 24 /* magic[8], u64 size, u64 checksum */
+#define HEADER_BYTES MHA_VK_CACHE_HEADER_BYTES /* magic[8], u64 size,
+                                                  u64 checksum */
 #define MAX_CACHE_BYTES ((size_t)256 << 20)
 
 static uint64_t fnv1a(const unsigned char *p, size_t n)
@@ -119,10 +120,9 @@ static mha_status make_path(mha_vk_device *d,
 }
 
 /* Whether data is a pipeline cache this device wrote (Vulkan's header). */
-static bool header_matches(const mha_vk_device *d, const unsigned char *data,
-                           size_t size)
+static bool header_matches(const VkPhysicalDeviceProperties *p,
+                           const unsigned char *data, size_t size)
 {
-    const VkPhysicalDeviceProperties *p = &d->phys->props;
     if (size < 16 + VK_UUID_SIZE)
         return false;
     uint32_t hlen = get_u32(data), version = get_u32(data + 4);
@@ -131,6 +131,23 @@ static bool header_matches(const mha_vk_device *d, const unsigned char *data,
            get_u32(data + 8) == p->vendorID &&
            get_u32(data + 12) == p->deviceID &&
            memcmp(data + 16, p->pipelineCacheUUID, VK_UUID_SIZE) == 0;
+}
+
+size_t mha_vk_cache_blob_size(const unsigned char *head)
+{
+    uint64_t n = get_u64(head + 8);
+    return memcmp(head, CACHE_MAGIC, 8) == 0 && n && n <= MAX_CACHE_BYTES
+               ? (size_t)n
+               : 0;
+}
+
+bool mha_vk_cache_blob_valid(const unsigned char *head,
+                             const unsigned char *data, size_t size,
+                             const VkPhysicalDeviceProperties *p)
+{
+    return size == mha_vk_cache_blob_size(head) &&
+           fnv1a(data, size) == get_u64(head + 16) &&
+           header_matches(p, data, size);
 }
 
 /* Reads and checks the file; returns its driver data (to free) or NULL. */
@@ -143,18 +160,16 @@ static unsigned char *load_file(mha_vk_device *d, size_t *size)
     unsigned char *data = NULL;
     const char *why = "short header";
     if (fread(head, 1, HEADER_BYTES, f) == HEADER_BYTES) {
-        uint64_t n = get_u64(head + 8);
+        size_t n = mha_vk_cache_blob_size(head);
         why = "bad magic or size";
-        if (memcmp(head, CACHE_MAGIC, 8) == 0 && n && n <= MAX_CACHE_BYTES &&
-            (data = mha_host_malloc(d->host, (size_t)n))) {
+        if (n && (data = mha_host_malloc(d->host, n))) {
             why = "truncated, corrupt or for another device";
-            if (fread(data, 1, (size_t)n, f) != n ||
-                fnv1a(data, (size_t)n) != get_u64(head + 16) ||
-                !header_matches(d, data, (size_t)n)) {
+            if (fread(data, 1, n, f) != n ||
+                !mha_vk_cache_blob_valid(head, data, n, &d->phys->props)) {
                 mha_host_free(d->host, data);
                 data = NULL;
             } else {
-                *size = (size_t)n;
+                *size = n;
             }
         }
     }

@@ -28,6 +28,18 @@ static mha_vk_device *vk_device(mha_device *device, const char *fn,
     return d;
 }
 
+mha_status mha_vulkan_device_info_init_sized(mha_vulkan_device_info *info,
+                                             size_t struct_size)
+{
+    return mha_struct_init(info, struct_size, sizeof *info);
+}
+
+mha_status mha_vulkan_buffer_init_sized(mha_vulkan_buffer *buffer,
+                                        size_t struct_size)
+{
+    return mha_struct_init(buffer, struct_size, sizeof *buffer);
+}
+
 mha_status mha_vulkan_device_adopt(mha_context *ctx,
                                    const mha_vulkan_device_info *info,
                                    const mha_device_options *options,
@@ -40,7 +52,14 @@ mha_status mha_vulkan_device_adopt(mha_context *ctx,
         return mha_host_error(host, MHA_INVALID_ARGUMENT,
                               "mha_vulkan_device_adopt: info is NULL");
     void *state = NULL;
-    mha_status s = mha_backend_state(ctx, &mha_vulkan_backend, &state);
+    mha_status s = mha_struct_check(host, "mha_vulkan_device_adopt",
+                                    "mha_vulkan_device_info", info,
+                                    sizeof *info);
+    if (s == MHA_OK)
+        s = mha_struct_check(host, "mha_vulkan_device_adopt",
+                             "mha_device_options", options, sizeof *options);
+    if (s == MHA_OK)
+        s = mha_backend_state(ctx, &mha_vulkan_backend, &state);
     mha_vk_device *d = NULL;
     mha_device_desc desc;
     if (s == MHA_OK)
@@ -101,7 +120,10 @@ mha_status mha_vulkan_tensor_wrap(mha_device *device,
     if (!d)
         return MHA_INVALID_ARGUMENT;
     mha_vk_buffer *b = NULL;
-    mha_status s = check_wrap(d, buffer, dtype);
+    mha_status s = mha_struct_check(d->host, fn, "mha_vulkan_buffer", buffer,
+                                    sizeof *buffer);
+    if (s == MHA_OK)
+        s = check_wrap(d, buffer, dtype);
     if (s == MHA_OK)
         s = mha_vk_buffer_wrap(d, buffer->buffer, buffer->offset,
                                buffer->range, buffer->usage, &b);
@@ -123,6 +145,11 @@ mha_status mha_vulkan_tensor_buffer(const mha_tensor *tensor,
         return mha_host_error(host_of(mha_tensor_device(tensor)),
                               MHA_INVALID_ARGUMENT,
                               "mha_vulkan_tensor_buffer: out is NULL");
+    mha_status s = mha_struct_check(host_of(mha_tensor_device(tensor)),
+                                    "mha_vulkan_tensor_buffer",
+                                    "mha_vulkan_buffer", out, sizeof *out);
+    if (s != MHA_OK)
+        return s;
     const mha_vk_buffer *b = mha_tensor_buffer(tensor);
     out->buffer = b->block->buf;
     out->offset = b->offset;

@@ -98,7 +98,7 @@ static mha_status alloc_memory(mha_vk_device *d, VkDeviceSize size,
         .allocationSize = req.size,
         .memoryTypeIndex = (uint32_t)type,
     };
-    if (d->fault_countdown > 0 && --d->fault_countdown == 0)
+    if (mha_fault_due(&d->fault_countdown))
         r = VK_ERROR_OUT_OF_DEVICE_MEMORY;
     else
         r = d->vk.vkAllocateMemory(d->dev, &ai, NULL, mem);

@@ -148,8 +148,10 @@ static mha_status create_pipeline(mha_vk_device *d, int kernel, bool f16,
         },
         .layout = d->layout,
     };
-    VkResult r = d->vk.vkCreateComputePipelines(d->dev, d->cache, 1, &ci,
-                                                NULL, out);
+    VkResult r = mha_fault_due(&d->fault_pipeline)
+                     ? VK_ERROR_INITIALIZATION_FAILED
+                     : d->vk.vkCreateComputePipelines(d->dev, d->cache, 1,
+                                                      &ci, NULL, out);
     if (r != VK_SUCCESS) {
         *out = VK_NULL_HANDLE;
         if (r == VK_ERROR_DEVICE_LOST)

@@ -362,7 +362,9 @@ mha_status mha_vk_flush(mha_vk_device *d)
         .pCommandBuffers = &d->cmd,
     };
     const char *call = "vkQueueSubmit";
-    r = d->vk.vkQueueSubmit(d->queue, 1, &si, d->fence);
+    r = mha_fault_due(&d->fault_submit)
+            ? VK_ERROR_DEVICE_LOST
+            : d->vk.vkQueueSubmit(d->queue, 1, &si, d->fence);
     if (r == VK_SUCCESS) {
         call = "vkWaitForFences";
         r = d->vk.vkWaitForFences(d->dev, 1, &d->fence, VK_TRUE, UINT64_MAX);

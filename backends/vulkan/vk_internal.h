@@ -190,9 +190,12 @@ typedef struct mha_vk_device {
     mha_vk_block *ext_blocks; /* the application's VkBuffers */
     mha_vk_buffer *dummy;   /* bound where a kernel's source is absent */
     mha_vk_staging staging;
-    /* Fault injection for tests: when > 0, counts device allocations down
-     * and the one that reaches 0 fails as VK_ERROR_OUT_OF_DEVICE_MEMORY. */
+    /* Fault injection for tests (mha_fault_due): device allocations fail
+     * as VK_ERROR_OUT_OF_DEVICE_MEMORY, pipeline creations as
+     * VK_ERROR_INITIALIZATION_FAILED, queue submits as VK_ERROR_DEVICE_LOST. */
     int fault_countdown;
+    int fault_pipeline;
+    int fault_submit;
 
     /* pipelines */
     VkDescriptorSetLayout set_layout;
@@ -306,6 +309,16 @@ mha_status mha_vk_cache_open(mha_vk_device *d,
                              const mha_device_options *options);
 /* Writes the cache back to disk (best effort, logged) and destroys it. */
 void mha_vk_cache_close(mha_vk_device *d);
+/* The checks of a cache file, pure so tests/fuzz can drive them. head is
+ * the file's first MHA_VK_CACHE_HEADER_BYTES: the size of the driver data
+ * that follows when the magic is libmha's and the size plausible, else 0. */
+#define MHA_VK_CACHE_HEADER_BYTES 24
+size_t mha_vk_cache_blob_size(const unsigned char *head);
+/* Whether data (size bytes, after head) has head's size and checksum and
+ * is a VkPipelineCache of the device p describes (Vulkan's own header). */
+bool mha_vk_cache_blob_valid(const unsigned char *head,
+                             const unsigned char *data, size_t size,
+                             const VkPhysicalDeviceProperties *p);
 
 /* ---- submit.c ---- */
 mha_status mha_vk_submit_init(mha_vk_device *d);

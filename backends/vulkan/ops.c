@@ -1,7 +1,6 @@
 /* ops.c: every graph op as one or more dispatches of the five kernels.
  * PROJECTION, SCORES and WEIGHTED_SUM are the tiled matmul with different
- * operand strides and epilogues; SPLIT_HEADS, CONCAT and FILL_ROWS are the
- * strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels.
+ * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels.
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -622,19 +621,16 @@ static bool supports_op(mha_vk_device *d, const mha_node *n)
     case MHA_OP_FILL_ROWS:
         return data_ok(d, &n->dst) && count(&n->dst) <= UINT32_MAX &&
                (!present(&n->src[0]) || data_ok(d, &n->src[0]));
-    case MHA_OP_SPLIT_HEADS:
-    case MHA_OP_CONCAT:
-        return data_ok(d, &n->src[0]) && data_ok(d, &n->dst) &&
-               count(&n->dst) <= UINT32_MAX;
     case MHA_OP_MEAN_HEADS:
         return tensor_ok(&n->src[0]) && tensor_ok(&n->dst) &&
                count(&n->dst) <= UINT32_MAX;
     case MHA_OP_SOFTMAX:
         return tensor_ok(&n->src[0]) && tensor_ok(&n->dst) &&
                inner_contiguous(&n->src[0]) && inner_contiguous(&n->dst);
-    default:
-        return false;
+    case MHA_OP_COUNT:
+        break;
     }
+    return false;
 }
 
 mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
@@ -659,13 +655,12 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
     case MHA_OP_SCORES: return run_scores(d, n);
     case MHA_OP_WEIGHTED_SUM: return run_weighted_sum(d, n);
     case MHA_OP_ATTENTION: return run_attention(d, n);
-    case MHA_OP_FILL_ROWS:
-    case MHA_OP_SPLIT_HEADS:
-    case MHA_OP_CONCAT: return run_copy(d, &n->src[0], &n->dst);
+    case MHA_OP_FILL_ROWS: return run_copy(d, &n->src[0], &n->dst);
     case MHA_OP_MEAN_HEADS: return run_mean_heads(d, &n->src[0], &n->dst);
     case MHA_OP_SOFTMAX: return run_softmax(d, &n->src[0], &n->dst);
-    default:
-        return mha_host_error(d->host, MHA_UNSUPPORTED, "vulkan: op %d",
-                              (int)n->op);
+    case MHA_OP_COUNT:
+        break;
     }
+    return mha_host_error(d->host, MHA_UNSUPPORTED, "vulkan: op %d",
+                          (int)n->op);
 }

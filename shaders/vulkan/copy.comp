@@ -1,6 +1,5 @@
-// copy.comp: dst = src for 4-D strided tensors: SPLIT_HEADS and CONCAT (a
-// permuting copy between the [B,T,E] and [B,H,T,d] layouts) and FILL_ROWS
-// (a broadcast row, source strides 0, or zeros when there is no source).
+// copy.comp: dst = src for 4-D strided tensors: FILL_ROWS (a broadcast row,
+// source strides 0, or zeros when there is no source).
 // One invocation per element; strides are in elements, offsets in elements
 // of whole bound buffers (so minStorageBufferOffsetAlignment never matters).
 #version 450

@@ -21,8 +21,8 @@ struct mha_host {
 
 typedef struct mha_backend_slot {
     const mha_backend_iface *iface;
-    void *state; /* from iface->init, NULL if init failed */
-    int usable;  /* passed mha_backend_check: init ran, fini will */
+    void *state; /* from iface->init; NULL if init failed, found no
+                    runtime state, or mha_backend_check refused iface */
 } mha_backend_slot;
 
 typedef struct mha_device_entry {

@@ -38,10 +38,8 @@ static mha_status probe_backend(mha_context *ctx, int slot)
     char why[160];
     if (!mha_backend_check(iface, why, sizeof why)) {
         mha_host_log(&ctx->host, MHA_LOG_WARN, "%s: skipped", why);
-        b->usable = 0;
-        return MHA_OK;
+        return MHA_OK; /* state stays NULL: never initialised or finished */
     }
-    b->usable = 1;
     int room = MHA_MAX_DEVICES - ctx->device_count, count = 0;
     mha_device_desc *descs = mha_host_calloc(&ctx->host, (size_t)room + 1,
                                              sizeof *descs);
@@ -106,8 +104,7 @@ void mha_release_backends(mha_context *ctx)
     if (!ctx->backends)
         return;
     for (int slot = 0; slot < ctx->backend_count; slot++)
-        if (ctx->backends[slot].usable)
-            mha_backend_fini(&ctx->backends[slot]);
+        mha_backend_fini(&ctx->backends[slot]);
     mha_host_free(&ctx->host, ctx->backends);
     ctx->backends = NULL;
 }

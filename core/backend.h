@@ -14,14 +14,14 @@
 /* ---- ops ------------------------------------------------------------------
  * X(NAME, "name", number of sources). Every tensor is 4-D, outermost first;
  * B batch, H heads, L queries, S' keys (S real ones plus appended rows),
- * d head size, K/N feature counts.
+ * d head size, K/N feature counts. Splitting into heads and concatenating
+ * them back are no ops: a [B,H,T,d] head tensor is a strided view of the
+ * [B,1,T,E] rows a projection writes or reads.
  *
  * PROJECTION    Y[b,0,t,n] = sum_k X[b,0,t,k] W[0,0,n,k] + bias[0,0,0,n]
  *               src X [B,1,T,K], W [1,1,N,K], bias [1,1,1,N] (optional)
  * FILL_ROWS     dst [B,1,R,N] = src row [1,1,1,N] broadcast, or 0 when the
  *               source is absent (bias_k/bias_v rows, add_zero_attn rows)
- * SPLIT_HEADS   dst = src, both [B,H,T,d], different strides (a permuting
- *               copy; the planner normally makes it a view)
  * SCORES        A[b,h,i,j] = scale * Q[b,h,i,:].K[b,h,j,:]
  *                            + mask[b,h,i,j] + kpm[b,h,i,j]   (j < mask_cols)
  *               causal: j > i and j < mask_cols is -inf.
@@ -31,7 +31,6 @@
  *               becomes all 0 (libmha's documented choice), NaN propagates
  * WEIGHTED_SUM  O[b,h,i,:] = sum_j P[b,h,i,j] V[b,h,j,:]
  *               src P [B,H,L,S'], V [B,H,S',d]
- * CONCAT        dst = src, [B,H,L,d] to the [B,L,E] layout (a copy, or a view)
  * ATTENTION     fused SCORES + SOFTMAX + WEIGHTED_SUM without the L x S'
  *               matrix; same sources as SCORES plus V; same params
  * MEAN_HEADS    dst [B,1,L,S'] = mean over h of src [B,H,L,S']
@@ -39,11 +38,9 @@
 #define MHA_OP_LIST(X)                      \
     X(PROJECTION, "projection", 3)          \
     X(FILL_ROWS, "fill_rows", 1)            \
-    X(SPLIT_HEADS, "split_heads", 1)        \
     X(SCORES, "scores", 4)                  \
     X(SOFTMAX, "softmax", 1)                \
     X(WEIGHTED_SUM, "weighted_sum", 2)      \
-    X(CONCAT, "concat", 1)                  \
     X(ATTENTION, "attention", 5)            \
     X(MEAN_HEADS, "mean_heads", 1)
 
@@ -115,9 +112,10 @@ typedef struct mha_device_desc {
 
 typedef struct mha_host mha_host; /* core services, see below */
 
-/* Methods are only ever appended; version says how many exist. Unless
- * marked optional, a method must be present. "state" is the backend's
- * per-context state (loaded runtime, instance), "dev" an open device. */
+/* Methods are only ever appended; version says how many exist. Every
+ * method is required (a context refuses a backend that lacks one, see
+ * MHA_BACKEND_METHODS). "state" is the backend's per-context state (loaded
+ * runtime, instance), "dev" an open device. */
 typedef struct mha_backend_iface {
     int version; /* MHA_BACKEND_IFACE_VERSION the backend was built for */
     const char *name;
@@ -151,6 +149,31 @@ typedef struct mha_backend_iface {
     /* Submits what was enqueued and waits for it. */
     mha_status (*sync)(void *dev);
 } mha_backend_iface;
+
+/* X(method, version that added it): every method above, in order. A
+ * context refuses a backend whose version lacks one of them; a method
+ * added in version N is called only when the backend's version is >= N
+ * (a wrapper in core/backend.c applies its default otherwise), so a
+ * backend built for an older interface keeps working. */
+#define MHA_BACKEND_METHODS(X)                                              \
+    X(init, 1)                                                              \
+    X(fini, 1)                                                              \
+    X(open, 1)                                                              \
+    X(close, 1)                                                             \
+    X(buffer_alloc, 1)                                                      \
+    X(buffer_free, 1)                                                       \
+    X(buffer_write, 1)                                                      \
+    X(buffer_read, 1)                                                       \
+    X(supports, 1)                                                          \
+    X(run, 1)                                                               \
+    X(sync, 1)
+
+/* Whether the core can use iface: its version is one libmha knows (1 to
+ * MHA_BACKEND_IFACE_VERSION) and every method that version has is set.
+ * Returns 0 with why (naming the backend and the version or method) filled
+ * in otherwise. */
+int mha_backend_check(const mha_backend_iface *iface, char *why,
+                      size_t size);
 
 /* ---- core services for backends ------------------------------------------ */
 

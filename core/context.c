@@ -52,14 +52,6 @@ int mha_mul_size(size_t a, size_t b, size_t *out)
     return 1;
 }
 
-int mha_add_size(size_t a, size_t b, size_t *out)
-{
-    if (a > SIZE_MAX - b)
-        return 0;
-    *out = a + b;
-    return 1;
-}
-
 /* ---- messages and log ---------------------------------------------------- */
 
 static void host_vlog(mha_host *host, mha_log_level level, const char *fmt,
@@ -159,9 +151,6 @@ mha_status mha_context_options_init_sized(mha_context_options *options,
     options->log_level = MHA_LOG_WARN;
     return MHA_OK;
 }
-
-mha_status mha_probe_devices(mha_context *ctx); /* device.c */
-void mha_release_backends(mha_context *ctx);    /* device.c */
 
 static mha_status check_options(const mha_context_options *o)
 {

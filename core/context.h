@@ -1,6 +1,7 @@
-/* context.h: the private form of mha_context, mha_device, mha_tensor and the
- * core services (mha_host) that backends reach the context through. Shared by
- * the core's files only; backends see core/backend.h. */
+/* context.h: the private form of mha_context and mha_device, the core
+ * services (mha_host) that backends reach the context through, and the
+ * wrappers through which the core calls a backend. Shared by the core's files
+ * only; backends see core/backend.h. */
 #ifndef MHA_CORE_CONTEXT_H
 #define MHA_CORE_CONTEXT_H
 
@@ -20,7 +21,8 @@ struct mha_host {
 
 typedef struct mha_backend_slot {
     const mha_backend_iface *iface;
-    void *state; /* from iface->init, NULL if init failed */
+    void *state; /* from iface->init; NULL if init failed, found no
+                    runtime state, or mha_backend_check refused iface */
 } mha_backend_slot;
 
 typedef struct mha_device_entry {
@@ -52,19 +54,6 @@ struct mha_device {
                  refuse all further work with it (sticky) */
 };
 
-struct mha_tensor {
-    mha_device *device;
-    mha_dtype dtype;    /* as the user sees it */
-    int ndim;
-    int64_t shape[MHA_MAX_DIMS];
-    size_t count;       /* elements */
-    void *buf;          /* backend buffer; MHA_BOOL is stored as additive
-                           f32 (0 or -inf) so every backend sees one mask
-                           format */
-    int wrapped;        /* buf wraps the caller's memory: not counted in
-                           the device's memory use */
-};
-
 /* Services for the core itself. */
 mha_status mha_error(mha_context *ctx, mha_status status, const char *fmt,
                      ...)
@@ -81,21 +70,37 @@ int mha_device_kind_score(mha_device_kind kind);
 size_t mha_dtype_storage_size(mha_dtype dtype);
 const char *mha_dtype_name(mha_dtype dtype);
 
-/* a * b and a + b for sizes; return 0 on overflow. */
+/* a * b for sizes; returns 0 on overflow. */
 int mha_mul_size(size_t a, size_t b, size_t *out);
-int mha_add_size(size_t a, size_t b, size_t *out);
 
 /* Formats a shape as "[4,2,64]" into buf (at least 96 bytes). */
 const char *mha_shape_str(char *buf, size_t size, int ndim,
                           const int64_t *shape);
 
-/* Wrappers through which the core reaches a backend (SQLite's sqlite3Os*):
- * they check the method exists and name the failing call. */
+/* Probing (device.c): mha_context_create's backends and devices, and their
+ * release. */
+mha_status mha_probe_devices(mha_context *ctx);
+void mha_release_backends(mha_context *ctx);
+
+/* The wrappers (backend.c) through which the core, and nothing else in it,
+ * calls a backend (SQLite's sqlite3Os*). A context uses only backends that
+ * passed mha_backend_check, so every method their version has is present;
+ * a method added in a later version gets a wrapper that calls it only when
+ * iface->version is at least that version and otherwise applies the
+ * method's documented default. */
+mha_status mha_backend_init(mha_host *host, mha_backend_slot *b,
+                            mha_device_desc *descs, int cap, int *count);
+void mha_backend_fini(mha_backend_slot *b); /* nothing when state is NULL */
+mha_status mha_backend_open(const mha_backend_slot *b, int index,
+                            const mha_device_options *options, void **dev);
+void mha_backend_close(const mha_backend_iface *iface, void *dev);
+
 /* Every wrapper that does work first refuses a lost device (mha_dev_usable)
  * and marks the device lost when the backend reports MHA_DEVICE_LOST. */
 mha_status mha_dev_usable(mha_device *device);
 mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf);
-/* size must be the size the buffer was allocated with (memory accounting). */
+/* size must be the size the buffer was allocated with (memory accounting),
+ * 0 for a handle around the caller's memory, which is not counted. */
 void mha_dev_free(mha_device *device, void *buf, size_t size);
 mha_status mha_dev_write(mha_device *device, void *buf, size_t offset,
                          const void *src, size_t size);

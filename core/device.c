@@ -1,7 +1,6 @@
 /* device.c: probing every backend, ranking the devices (discrete GPU >
  * integrated GPU > native CPU > software GPU implementations), opening one by
- * index or by name ("vulkan:1", MHA_DEVICE), and the thin wrappers through
- * which the rest of the core calls a backend. */
+ * index or by name ("vulkan:1", MHA_DEVICE), and its memory accounting. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,13 +34,12 @@ static int registry_size(void)
 static mha_status probe_backend(mha_context *ctx, int slot)
 {
     const mha_backend_iface *iface = mha_backend_registry[slot];
-    ctx->backends[slot].iface = iface;
-    if (iface->version != MHA_BACKEND_IFACE_VERSION || !iface->init) {
-        mha_host_log(&ctx->host, MHA_LOG_WARN,
-                     "backend %s built for interface version %d, libmha "
-                     "has %d: skipped",
-                     iface->name, iface->version, MHA_BACKEND_IFACE_VERSION);
-        return MHA_OK;
+    mha_backend_slot *b = &ctx->backends[slot];
+    b->iface = iface;
+    char why[160];
+    if (!mha_backend_check(iface, why, sizeof why)) {
+        mha_host_log(&ctx->host, MHA_LOG_WARN, "%s: skipped", why);
+        return MHA_OK; /* state stays NULL: never initialised or finished */
     }
     int room = MHA_MAX_DEVICES - ctx->device_count, count = 0;
     mha_device_desc *descs = mha_host_calloc(&ctx->host, (size_t)room + 1,
@@ -50,9 +48,7 @@ static mha_status probe_backend(mha_context *ctx, int slot)
         return mha_error(ctx, MHA_OUT_OF_MEMORY,
                          "mha_context_create: out of memory probing %s",
                          iface->name);
-    void *state = NULL;
-    mha_status st = iface->init(&ctx->host, &state, descs, room, &count);
-    ctx->backends[slot].state = state;
+    mha_status st = mha_backend_init(&ctx->host, b, descs, room, &count);
     if (st == MHA_OUT_OF_MEMORY) {
         mha_host_free(&ctx->host, descs);
         return st;
@@ -108,11 +104,8 @@ void mha_release_backends(mha_context *ctx)
 {
     if (!ctx->backends)
         return;
-    for (int slot = 0; slot < ctx->backend_count; slot++) {
-        mha_backend_slot *b = &ctx->backends[slot];
-        if (b->iface && b->state && b->iface->fini)
-            b->iface->fini(b->state);
-    }
+    for (int slot = 0; slot < ctx->backend_count; slot++)
+        mha_backend_fini(&ctx->backends[slot]);
     mha_host_free(&ctx->host, ctx->backends);
     ctx->backends = NULL;
 }
@@ -210,8 +203,8 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
     if (!device)
         return mha_error(ctx, MHA_OUT_OF_MEMORY,
                          "mha_device_open: out of memory");
-    mha_status st = b->iface->open(b->state, e->backend_index, options,
-                                   &device->dev);
+    mha_status st = mha_backend_open(b, e->backend_index, options,
+                                     &device->dev);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, device);
         return st;
@@ -332,7 +325,7 @@ mha_status mha_device_destroy(mha_device *device)
                          "mha_device_destroy: %d layer(s) or tensor(s) "
                          "still exist on this device; destroy them first",
                          device->open_objects);
-    device->iface->close(device->dev);
+    mha_backend_close(device->iface, device->dev);
     ctx->open_objects--;
     mha_host_free(&ctx->host, device);
     return MHA_OK;
@@ -356,28 +349,6 @@ mha_status mha_device_note(mha_device *device, mha_status st)
     if (st == MHA_DEVICE_LOST)
         device->lost = 1;
     return st;
-}
-
-mha_status mha_dev_alloc(mha_device *device, size_t size, void **buf)
-{
-    mha_status st = mha_dev_usable(device);
-    if (st == MHA_OK)
-        st = mha_device_note(device, device->iface->buffer_alloc(
-                                         device->dev, size ? size : 4, buf));
-    if (st == MHA_OK) {
-        device->mem_in_use += size;
-        if (device->mem_in_use > device->mem_peak)
-            device->mem_peak = device->mem_in_use;
-    }
-    return st;
-}
-
-void mha_dev_free(mha_device *device, void *buf, size_t size)
-{
-    if (!buf)
-        return;
-    device->iface->buffer_free(device->dev, buf);
-    device->mem_in_use -= size;
 }
 
 mha_status mha_device_memory_usage(mha_device *device, uint64_t *in_use,

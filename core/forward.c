@@ -1,18 +1,13 @@
 /* forward.c: the forward entry points. Validates every argument against the
- * layer (PyTorch's shape rules), finds or makes the plan for the call shape,
- * binds buffers and runs it; the host-memory forward stages arrays through
- * device buffers that the plan keeps, so repeated calls allocate nothing. */
+ * layer (PyTorch's shape rules), gets the plan for the call shape from the
+ * layer's cache (plan_cache.c) and runs it on the caller's device tensors,
+ * or on host arrays staged through the plan's device buffers (staging.c). */
 #include <stdio.h>
 #include <string.h>
 
 #include "interop.h"
 #include "plan.h"
-
-mha_status mha_check_shape(mha_context *ctx, const char *fn, const char *what,
-                           int ndim, const int64_t *shape,
-                           size_t *count);                   /* tensor.c */
-mha_status mha_upload_bool_mask(mha_device *device, void *buf, size_t first,
-                                const uint8_t *src, size_t count); /* tensor.c */
+#include "tensor.h"
 
 /* One argument as validation sees it, from a device tensor or host array. */
 typedef struct arg_view {
@@ -227,66 +222,6 @@ static size_t shape_count(int nd, const int64_t *shape)
     return n;
 }
 
-/* The cached plan for call, made when missing in a free slot or in place
- * of the least recently used plan that is not pinned. When every slot is
- * pinned, a call that waits for its result gets a transient plan of its
- * own (release_transient frees it); one that only enqueues is refused. */
-static mha_status get_plan(mha_layer *layer, const char *fn,
-                           const mha_call *call, int waits, mha_plan **out)
-{
-    int slot = -1;
-    layer->clock++;
-    for (int i = 0; i < MHA_PLAN_CACHE; i++) {
-        mha_plan *p = layer->plans[i];
-        if (p && memcmp(&p->call, call, sizeof *call) == 0) {
-            p->last_used = layer->clock;
-            *out = p;
-            return MHA_OK;
-        }
-        if (p && p->pinned)
-            continue;
-        if (slot < 0 || (layer->plans[slot] &&
-                         (!p || p->last_used < layer->plans[slot]->last_used)))
-            slot = i;
-    }
-    if (slot < 0 && !waits)
-        return mha_error(layer->device->ctx, MHA_LIMIT_REACHED,
-                         "%s: this layer already holds %d shapes whose "
-                         "forwards were enqueued or recorded, and their "
-                         "scratch must live as long as the layer; use fixed "
-                         "shapes (pad with key_padding_mask) or another layer",
-                         fn, MHA_PLAN_CACHE);
-    mha_plan *plan;
-    mha_status st = mha_plan_create(layer, call, &plan);
-    if (st != MHA_OK)
-        return st;
-    plan->last_used = layer->clock;
-    plan->transient = slot < 0;
-    if (slot >= 0) {
-        mha_plan_destroy(layer, layer->plans[slot]);
-        layer->plans[slot] = plan;
-    }
-    *out = plan;
-    return MHA_OK;
-}
-
-static void release_transient(mha_layer *layer, mha_plan *plan)
-{
-    if (plan && plan->transient)
-        mha_plan_destroy(layer, plan);
-}
-
-void mha_plan_destroy(mha_layer *layer, mha_plan *plan)
-{
-    if (!plan)
-        return;
-    for (int r = 0; r < MHA_BUF_EXTERNAL_COUNT; r++)
-        mha_dev_free(layer->device, plan->staging[r],
-                     plan->staging_bytes[r]);
-    mha_dev_free(layer->device, plan->arena, plan->arena_bytes);
-    mha_host_free(&layer->device->ctx->host, plan);
-}
-
 /* ---- device-tensor forward ------------------------------------------------- */
 
 mha_status mha_forward_args_init_sized(mha_forward_args *args,
@@ -367,7 +302,7 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
         st = check_result_tensor(layer, fn, "weights", a->weights, w_nd,
                                  w_shape);
     if (st == MHA_OK)
-        st = get_plan(layer, fn, &call, waits, plan);
+        st = mha_plan_get(layer, fn, &call, waits, plan);
     if (st != MHA_OK)
         return st;
     void *ext[MHA_BUF_EXTERNAL_COUNT] = {NULL};
@@ -384,7 +319,7 @@ mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
     mha_status st = enqueue_forward(layer, "mha_layer_forward", a, 1, &plan);
     if (st == MHA_OK)
         st = mha_dev_sync(layer->device);
-    release_transient(layer, plan);
+    mha_plan_release(layer, plan);
     if (st == MHA_OK)
         mha_clear_error(layer->device->ctx);
     return st;
@@ -459,34 +394,6 @@ mha_status mha_layer_output_size(mha_layer *layer,
     return MHA_OK;
 }
 
-/* Device buffers for the host forward, sized by the plan's graph. */
-static mha_status make_staging(mha_layer *layer, mha_plan *plan)
-{
-    const mha_graph *g = &plan->graph;
-    for (int b = 0; b < g->nbufs; b++) {
-        mha_buf_role role = g->bufs[b].role;
-        if (role >= MHA_BUF_EXTERNAL_COUNT || role == MHA_BUF_PARAMS ||
-            plan->staging[role])
-            continue;
-        mha_status st = mha_dev_alloc(layer->device, g->bufs[b].bytes,
-                                      &plan->staging[role]);
-        if (st != MHA_OK)
-            return st;
-        plan->staging_bytes[role] = g->bufs[b].bytes;
-    }
-    plan->has_staging = 1;
-    return MHA_OK;
-}
-
-static mha_status upload_array(mha_device *device, void *buf,
-                               const mha_host_array *a)
-{
-    size_t n = shape_count(a->ndim, a->shape);
-    if (a->dtype == MHA_BOOL)
-        return mha_upload_bool_mask(device, buf, 0, a->data, n);
-    return mha_dev_write(device, buf, 0, a->data, n * 4);
-}
-
 static mha_status check_capacity(mha_context *ctx, const char *what,
                                  const float *ptr, size_t have, size_t need)
 {
@@ -499,30 +406,6 @@ static mha_status check_capacity(mha_context *ctx, const char *what,
                          "result has %zu",
                          what, have, need);
     return MHA_OK;
-}
-
-static mha_status stage_and_run(mha_layer *layer, mha_plan *plan,
-                                const mha_host_forward_args *a,
-                                size_t out_count, size_t w_count)
-{
-    mha_device *dev = layer->device;
-    const mha_host_array *arr[5] = {&a->query, &a->key, &a->value,
-                                    &a->key_padding_mask, &a->attn_mask};
-    mha_status st = plan->has_staging ? MHA_OK : make_staging(layer, plan);
-    for (int i = 0; i < 5 && st == MHA_OK; i++)
-        if (arr[i]->data && plan->staging[i])
-            st = upload_array(dev, plan->staging[i], arr[i]);
-    if (st == MHA_OK)
-        st = mha_plan_enqueue(layer, plan, plan->staging);
-    if (st == MHA_OK)
-        st = mha_dev_sync(dev);
-    if (st == MHA_OK)
-        st = mha_dev_read(dev, plan->staging[MHA_BUF_OUTPUT], 0, a->output,
-                          out_count * 4);
-    if (st == MHA_OK && w_count)
-        st = mha_dev_read(dev, plan->staging[MHA_BUF_WEIGHTS], 0, a->weights,
-                          w_count * 4);
-    return st;
 }
 
 mha_status mha_layer_forward_host(mha_layer *layer,
@@ -549,10 +432,10 @@ mha_status mha_layer_forward_host(mha_layer *layer,
                             w_count);
     mha_plan *plan = NULL;
     if (st == MHA_OK)
-        st = get_plan(layer, fn, &call, 1, &plan);
+        st = mha_plan_get(layer, fn, &call, 1, &plan);
     if (st == MHA_OK)
-        st = stage_and_run(layer, plan, a, out_count, w_count);
-    release_transient(layer, plan);
+        st = mha_plan_run_host(layer, plan, a, out_count, w_count);
+    mha_plan_release(layer, plan);
     if (st == MHA_OK)
         mha_clear_error(ctx);
     return st;

@@ -1,6 +1,7 @@
 /* graph.c: builds the unfused MHA graph of one call shape, following
  * F.multi_head_attention_forward step by step so each node maps to one line
- * of PyTorch's math. The planner (plan.c) then fuses and makes views. */
+ * of PyTorch's math (its head split and concat are strided views here).
+ * The planner (plan.c) then fuses attention where it can. */
 #include <math.h>
 #include <string.h>
 
@@ -182,15 +183,10 @@ void mha_graph_build(const mha_layer *layer, const mha_call *call,
     int v = project_kv(g, layer, call, params, xv, MHA_W_V, MHA_B_V,
                        MHA_BIAS_V, c->vdim);
 
-    /* split heads: copies into [N,H,T,d] that the planner turns into views */
+    /* heads: [N,H,T,d] views of the projections' rows, no copies */
     int qkv[3] = {q, k, v}, heads[3];
-    for (int i = 0; i < 3; i++) {
-        int64_t T = i == 0 ? L : S2;
-        heads[i] = add_contiguous(g, MHA_BUF_ARENA, c->dtype, N, H, T, d);
-        g->split[i] = add_node(g, MHA_OP_SPLIT_HEADS, heads[i],
-                               heads_of(g, qkv[i], H), MHA_NO_TENSOR,
-                               MHA_NO_TENSOR, MHA_NO_TENSOR, MHA_NO_TENSOR);
-    }
+    for (int i = 0; i < 3; i++)
+        heads[i] = heads_of(g, qkv[i], H);
 
     /* scaled scores, softmax, weighted sum */
     int kpm, mask = add_masks(g, call, H, &kpm);
@@ -204,16 +200,15 @@ void mha_graph_build(const mha_layer *layer, const mha_call *call,
         probs = add_contiguous(g, MHA_BUF_WEIGHTS, MHA_F32, N, H, L, S2);
     g->softmax = add_node(g, MHA_OP_SOFTMAX, probs, scores, MHA_NO_TENSOR,
                           MHA_NO_TENSOR, MHA_NO_TENSOR, MHA_NO_TENSOR);
-    int oh = add_contiguous(g, MHA_BUF_ARENA, c->dtype, N, H, L, d);
-    g->weighted_sum = add_node(g, MHA_OP_WEIGHTED_SUM, oh, probs, heads[2],
+    /* the weighted sum writes each head's columns of the [N,L,E] rows that
+     * the output projection reads (concatenating heads is this view) */
+    int o = add_contiguous(g, MHA_BUF_ARENA, c->dtype, N, 1, L, E);
+    g->weighted_sum = add_node(g, MHA_OP_WEIGHTED_SUM, heads_of(g, o, H),
+                               probs, heads[2],
                                MHA_NO_TENSOR, MHA_NO_TENSOR, MHA_NO_TENSOR);
     g->nodes[g->weighted_sum].params = p;
 
-    /* concat and output projection */
-    int o = add_contiguous(g, MHA_BUF_ARENA, c->dtype, N, 1, L, E);
-    g->concat = add_node(g, MHA_OP_CONCAT, heads_of(g, o, H), oh,
-                         MHA_NO_TENSOR, MHA_NO_TENSOR, MHA_NO_TENSOR,
-                         MHA_NO_TENSOR);
+    /* head-averaged weights and output projection */
     if (call->need_weights && call->average)
         add_node(g, MHA_OP_MEAN_HEADS,
                  add_contiguous(g, MHA_BUF_WEIGHTS, MHA_F32, N, 1, L, S2),

@@ -1,7 +1,7 @@
 /* graph.h: the MHA computation of one call shape as a small graph of ops
- * (projection, split heads, scores, softmax, weighted sum, concat, output
- * projection, plus the fill and head-mean ops PyTorch's options need), over
- * tensors that are views of a few buffers. graph.c builds it; plan.c turns
+ * (projections, scores, softmax, weighted sum, output projection, plus the
+ * fill and head-mean ops PyTorch's options need), over tensors that are
+ * views of a few buffers (heads are strided views of projected rows). graph.c builds it; plan.c turns
  * it into what a backend runs. */
 #ifndef MHA_CORE_GRAPH_H
 #define MHA_CORE_GRAPH_H
@@ -48,7 +48,7 @@ typedef struct mha_gnode {
     int src[MHA_MAX_SRC]; /* tensor indices or MHA_NO_TENSOR */
     int dst;
     mha_op_params params;
-    int removed; /* turned into a view or fused away by the planner */
+    int removed; /* fused away by the planner */
 } mha_gnode;
 
 #define MHA_GRAPH_MAX_BUFS 24
@@ -63,8 +63,7 @@ typedef struct mha_graph {
     mha_gnode nodes[MHA_GRAPH_MAX_NODES];
     int nnodes;
     /* indices the planner needs */
-    int split[3];  /* SPLIT_HEADS nodes of q, k, v */
-    int scores, softmax, weighted_sum, concat;
+    int scores, softmax, weighted_sum;
 } mha_graph;
 
 /* Builds the unfused graph of layer for call. */

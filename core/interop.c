@@ -6,6 +6,7 @@
 
 #include "context.h"
 #include "layer.h"
+#include "tensor.h"
 
 mha_host *mha_context_host(mha_context *ctx) { return &ctx->host; }
 
@@ -41,7 +42,7 @@ mha_status mha_device_adopt(mha_context *ctx, const mha_backend_iface *iface,
     mha_device *device =
         slot < 0 ? NULL : mha_host_calloc(&ctx->host, 1, sizeof *device);
     if (!device) {
-        iface->close(dev);
+        mha_backend_close(iface, dev);
         if (slot < 0)
             return not_built(ctx, iface);
         return mha_error(ctx, MHA_OUT_OF_MEMORY,

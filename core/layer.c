@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "half.h"
-#include "layer.h"
+#include "plan.h"
 
 #define CHUNK 4096 /* fp16 conversion goes through the stack in chunks */
 

@@ -1,5 +1,5 @@
 /* layer.h: the private form of mha_layer and its weight slots, shared by
- * layer.c (config, weights), safetensors_load.c and forward.c. */
+ * layer.c (config, weights), layer_load.c, the planner and forward.c. */
 #ifndef MHA_CORE_LAYER_H
 #define MHA_CORE_LAYER_H
 
@@ -65,7 +65,5 @@ mha_status mha_find_weight_spec(mha_layer *layer, const char *fn,
 mha_status mha_layer_write_weight(mha_layer *layer, mha_wslot first,
                                   size_t offset, const float *data,
                                   size_t count);
-
-void mha_plan_destroy(mha_layer *layer, mha_plan *plan); /* forward.c */
 
 #endif /* MHA_CORE_LAYER_H */

@@ -9,21 +9,6 @@
 
 static void remove_node(mha_graph *g, int node) { g->nodes[node].removed = 1; }
 
-/* Split heads and concat become strided views: the consumer reads the
- * projection's [N,T,E] rows as [N,H,T,d], the weighted sum writes straight
- * into the [N,L,E] layout of the output projection's input. */
-static void make_views(mha_graph *g)
-{
-    for (int i = 0; i < 3; i++) {
-        mha_gnode *split = &g->nodes[g->split[i]];
-        g->tensors[split->dst] = g->tensors[split->src[0]];
-        remove_node(g, g->split[i]);
-    }
-    mha_gnode *concat = &g->nodes[g->concat];
-    g->tensors[concat->src[0]] = g->tensors[concat->dst];
-    remove_node(g, g->concat);
-}
-
 static mha_tdesc describe(const mha_graph *g, int tensor, void *buf,
                           size_t base)
 {
@@ -182,7 +167,6 @@ mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
     plan->call = *call;
     mha_graph *g = &plan->graph;
     mha_graph_build(layer, call, g);
-    make_views(g);
     fuse_attention(layer->device, plan);
     mha_status st = check_supported(layer, plan);
     if (st != MHA_OK) {

@@ -1,7 +1,8 @@
-/* plan.h: a graph made ready for one device and call shape: views instead
- * of split/concat copies, the fused attention node where the backend has it
- * and weights are not asked for, and every intermediate placed in one arena
- * so that a forward of a planned shape allocates nothing. */
+/* plan.h: a graph made ready for one device and call shape: the fused
+ * attention node where the backend has it and weights are not asked for,
+ * and every intermediate placed in one arena so that a forward of a planned
+ * shape allocates nothing; the layer's cache of plans and the host-memory
+ * forward's staging. */
 #ifndef MHA_CORE_PLAN_H
 #define MHA_CORE_PLAN_H
 
@@ -29,5 +30,28 @@ mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
  * role (MHA_BUF_PARAMS is the layer's own); the caller syncs. */
 mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
                             void *const external[MHA_BUF_EXTERNAL_COUNT]);
+
+/* ---- the layer's plan cache (plan_cache.c) ---- */
+
+/* The cached plan for call, made when missing in a free slot or in place
+ * of the least recently used plan that is not pinned. When every slot is
+ * pinned, a call that waits for its result (waits) gets a transient plan of
+ * its own, which mha_plan_release frees; one that only enqueues is refused
+ * (fn names the caller in the message). */
+mha_status mha_plan_get(mha_layer *layer, const char *fn,
+                        const mha_call *call, int waits, mha_plan **out);
+/* Frees plan after its call when it is transient; NULL does nothing. */
+void mha_plan_release(mha_layer *layer, mha_plan *plan);
+/* Frees plan, its arena and its staging buffers; NULL does nothing. */
+void mha_plan_destroy(mha_layer *layer, mha_plan *plan);
+
+/* ---- host staging (staging.c) ---- */
+
+/* Runs plan on the host arrays of a (validated against the plan's call):
+ * uploads them into the plan's staging buffers (made on first use), runs,
+ * waits, and reads out_count output and w_count weight floats back. */
+mha_status mha_plan_run_host(mha_layer *layer, mha_plan *plan,
+                             const mha_host_forward_args *a,
+                             size_t out_count, size_t w_count);
 
 #endif /* MHA_CORE_PLAN_H */

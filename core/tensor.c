@@ -4,8 +4,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "context.h"
 #include "interop.h"
+#include "tensor.h"
 
 #define CHUNK_FLOATS 4096 /* conversion of bool masks goes through the stack */
 
@@ -116,7 +116,7 @@ mha_status mha_tensor_adopt(mha_device *device, const char *fn,
                        "holds %zu",
                        fn, tensor_storage_bytes(t), capacity);
     if (st != MHA_OK) {
-        device->iface->buffer_free(device->dev, buf);
+        mha_dev_free(device, buf, 0); /* wrapped: never counted */
         mha_host_free(&ctx->host, t);
         return st;
     }
@@ -231,10 +231,8 @@ mha_status mha_tensor_destroy(mha_tensor *tensor)
     if (!tensor)
         return MHA_OK;
     mha_device *device = tensor->device;
-    if (tensor->wrapped)
-        device->iface->buffer_free(device->dev, tensor->buf);
-    else
-        mha_dev_free(device, tensor->buf, tensor_storage_bytes(tensor));
+    mha_dev_free(device, tensor->buf,
+                 tensor->wrapped ? 0 : tensor_storage_bytes(tensor));
     device->open_objects--;
     mha_host_free(&device->ctx->host, tensor);
     return MHA_OK;

@@ -33,18 +33,15 @@ static void projection(const mha_node *n, double *out)
             }
 }
 
-static void copy(const mha_node *n, double *out)
+static void fill_rows(const mha_node *n, double *out)
 {
     const mha_tdesc *s = &n->src[0], *d = &n->dst;
-    int fill = n->op == MHA_OP_FILL_ROWS;
     for (int64_t a = 0; a < d->ne[0]; a++)
         for (int64_t b = 0; b < d->ne[1]; b++)
             for (int64_t c = 0; c < d->ne[2]; c++)
                 for (int64_t e = 0; e < d->ne[3]; e++)
                     out[idx(d, a, b, c, e)] =
-                        !s->buf ? 0.0
-                        : fill  ? get(s, 0, 0, 0, e)
-                                : get(s, a, b, c, e);
+                        s->buf ? get(s, 0, 0, 0, e) : 0.0;
 }
 
 /* Scores of one (b, h, i) row into row[0..S'). */
@@ -166,9 +163,7 @@ void ref_run(const mha_node *n, double *out)
 {
     switch (n->op) {
     case MHA_OP_PROJECTION: projection(n, out); break;
-    case MHA_OP_FILL_ROWS:
-    case MHA_OP_SPLIT_HEADS:
-    case MHA_OP_CONCAT: copy(n, out); break;
+    case MHA_OP_FILL_ROWS: fill_rows(n, out); break;
     case MHA_OP_SCORES: scores(n, out, 0); break;
     case MHA_OP_SOFTMAX: softmax(n, out); break;
     case MHA_OP_WEIGHTED_SUM: weighted(n, NULL, &n->src[0], &n->src[1], out); break;

@@ -7,7 +7,7 @@
 
 /* node's tensors have buf pointing at host f32 memory; writes the result in
  * dst's logical shape, contiguous, into out (ne0*ne1*ne2*ne3 doubles).
- * FILL_ROWS/SPLIT/CONCAT results are written the same way. */
+ * FILL_ROWS results are written the same way. */
 void ref_run(const mha_node *node, double *out);
 
 #endif

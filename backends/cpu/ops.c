@@ -87,14 +87,12 @@ static bool unit_inner(const mha_tdesc *t)
 
 bool mha_cpu_op_supported(const mha_node *node)
 {
-    int copies = node->op == MHA_OP_SPLIT_HEADS || node->op == MHA_OP_CONCAT ||
-                 node->op == MHA_OP_FILL_ROWS;
     if (node->dst.dtype != MHA_F32)
         return false;
     for (int s = 0; s < MHA_MAX_SRC; s++)
         if (present(&node->src[s]) && node->src[s].dtype != MHA_F32)
             return false;
-    if (copies)
+    if (node->op == MHA_OP_FILL_ROWS) /* any strides */
         return true;
     for (int s = 0; s < MHA_MAX_SRC; s++)
         if (!unit_inner(&node->src[s]))
@@ -201,18 +199,16 @@ static mha_status run_projection(mha_cpu_exec *e, const mha_node *n)
     return MHA_OK;
 }
 
-/* ---- copies ------------------------------------------------------------------ */
+/* ---- fill rows --------------------------------------------------------------- */
 
-static void copy_task(void *arg, int64_t task, int thread)
+static void fill_rows_task(void *arg, int64_t task, int thread)
 {
     const job *j = arg;
     const mha_tdesc *s = &j->node->src[0], *d = &j->node->dst;
-    int fill = j->node->op == MHA_OP_FILL_ROWS;
     int64_t i0 = task / (d->ne[1] * d->ne[2]);
     int64_t i1 = task / d->ne[2] % d->ne[1], i2 = task % d->ne[2];
     float *out = at(d, i0, i1, i2);
-    const float *in = !present(s) ? NULL : fill ? at(s, 0, 0, 0)
-                                                : at(s, i0, i1, i2);
+    const float *in = present(s) ? at(s, 0, 0, 0) : NULL;
     (void)thread;
     for (int64_t c = 0; c < d->ne[3]; c++)
         out[c * d->nb[3]] = in ? in[c * s->nb[3]] : 0.0f;
@@ -352,10 +348,8 @@ mha_status mha_cpu_op_run(mha_cpu_exec *e, const mha_node *n)
     case MHA_OP_PROJECTION:
         return run_projection(e, n);
     case MHA_OP_FILL_ROWS:
-    case MHA_OP_SPLIT_HEADS:
-    case MHA_OP_CONCAT:
-        mha_cpu_pool_run(e->pool, d->ne[0] * d->ne[1] * d->ne[2], copy_task,
-                         &j);
+        mha_cpu_pool_run(e->pool, d->ne[0] * d->ne[1] * d->ne[2],
+                         fill_rows_task, &j);
         return MHA_OK;
     case MHA_OP_SCORES:
         run_row_blocks(e, n, scores_task);

@@ -289,7 +289,7 @@ static mha_status run_softmax(mha_cl_device *dev, const mha_node *n)
     return enqueue(dev, &a, "softmax", global, local);
 }
 
-/* copy4d over dst's extents (SPLIT_HEADS, CONCAT, FILL_ROWS) or mean_heads
+/* copy4d over dst's extents (FILL_ROWS) or mean_heads
  * over src's extents. */
 static mha_status run_elementwise(mha_cl_device *dev, const mha_node *n,
                                   mha_cl_kernel_id id, const int64_t ne[4])
@@ -382,16 +382,15 @@ mha_status mha_cl_run(void *d, const mha_node *node)
     case MHA_OP_SOFTMAX:
         return run_softmax(dev, node);
     case MHA_OP_FILL_ROWS:
-    case MHA_OP_SPLIT_HEADS:
-    case MHA_OP_CONCAT:
         return run_elementwise(dev, node, MHA_CL_K_COPY, node->dst.ne);
     case MHA_OP_MEAN_HEADS:
         return run_elementwise(dev, node, MHA_CL_K_MEAN_HEADS,
                                node->src[0].ne);
     case MHA_OP_ATTENTION:
         return run_attention(dev, node);
-    default:
-        return mha_host_error(dev->host, MHA_UNSUPPORTED,
-                              "opencl: op %d is not supported", (int)node->op);
+    case MHA_OP_COUNT:
+        break;
     }
+    return mha_host_error(dev->host, MHA_UNSUPPORTED,
+                          "opencl: op %d is not supported", (int)node->op);
 }

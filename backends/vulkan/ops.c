@@ -1,7 +1,6 @@
 /* ops.c: every graph op as one or more dispatches of the five kernels.
  * PROJECTION, SCORES and WEIGHTED_SUM are the tiled matmul with different
- * operand strides and epilogues; SPLIT_HEADS, CONCAT and FILL_ROWS are the
- * strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels.
+ * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels.
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -13,6 +12,7 @@
  * masks stay fp32. */
 #include <string.h>
 
+#include "push.h"
 #include "vk_internal.h"
 
 #define COPY_WG 64u
@@ -208,52 +208,20 @@ static uint32_t softmax_wg(const mha_vk_device *d)
     return pow2_floor(m < 128 ? m : 128);
 }
 
-/* ---- push constant blocks (std430 layout: 4-byte scalars in order) ---- */
+/* ---- push constant blocks (push.h, shared with the kernels) ---------- */
 
-typedef struct copy_push {
-    uint32_t src_off, dst_off, ne[4], src_nb[4], dst_nb[4], flags, total;
-} copy_push;
+MHA_PUSH_BLOCK(copy_push, MHA_COPY_PUSH)
+MHA_PUSH_BLOCK(mean_push, MHA_MEAN_PUSH)
+MHA_PUSH_BLOCK(softmax_push, MHA_SOFTMAX_PUSH)
+MHA_PUSH_BLOCK(matmul_push, MHA_MATMUL_PUSH)
+MHA_PUSH_BLOCK(attention_push, MHA_ATTENTION_PUSH)
 
-typedef struct mean_push {
-    uint32_t src_off, dst_off, ne[4], src_nb[4], dst_nb[4], total;
-} mean_push;
-
-typedef struct softmax_push {
-    uint32_t src_off, dst_off, ne[4], src_nb[3], dst_nb[3], rows;
-} softmax_push;
-
-typedef struct mm_push {
-    uint32_t a_off, b_off, c_off, bias_off, mask_off, kpm_off;
-    uint32_t M, N, K, H;
-    uint32_t a_sb, a_sh, a_sr;
-    uint32_t b_sb, b_sh, b_sj, b_sk;
-    uint32_t c_sb, c_sh, c_sr;
-    uint32_t m_sb, m_sh, m_sr;
-    uint32_t k_sb, k_sh, k_sr;
-    float scale;
-    uint32_t flags;
-    uint32_t mask_cols;
-} mm_push;
-
-typedef struct att_push {
-    uint32_t q_off, k_off, o_off, v_off, mask_off, kpm_off;
-    uint32_t L, S, H;
-    uint32_t q_sb, q_sh, q_sr;
-    uint32_t k_sb, k_sh, k_sr;
-    uint32_t v_sb, v_sh, v_sr;
-    uint32_t o_sb, o_sh, o_sr;
-    uint32_t m_sb, m_sh, m_sr;
-    uint32_t p_sb, p_sh, p_sr;
-    float scale;
-    uint32_t flags;
-    uint32_t mask_cols;
-} att_push;
-
-_Static_assert(sizeof(mm_push) <= MHA_VK_PUSH_BYTES, "push constants");
-_Static_assert(sizeof(att_push) <= MHA_VK_PUSH_BYTES, "push constants");
-
-enum { F_BIAS = 1, F_MASK = 2, F_KPM = 4, F_CAUSAL = 8 };
-#define DT_F16(binding) (1u << (16 + (binding))) /* as in dtype.glsl */
+_Static_assert(sizeof(copy_push) <= MHA_VK_PUSH_BYTES, "push constants");
+_Static_assert(sizeof(mean_push) <= MHA_VK_PUSH_BYTES, "push constants");
+_Static_assert(sizeof(softmax_push) <= MHA_VK_PUSH_BYTES, "push constants");
+_Static_assert(sizeof(matmul_push) <= MHA_VK_PUSH_BYTES, "push constants");
+_Static_assert(sizeof(attention_push) <= MHA_VK_PUSH_BYTES,
+               "push constants");
 
 /* ---- dispatch helpers ---------------------------------------------------- */
 
@@ -319,7 +287,8 @@ static mha_status run_copy(mha_vk_device *d, const mha_tdesc *src,
 {
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {present(src) ? src : NULL, dst};
     uint32_t f16 = f16_bits(ts);
-    copy_push p = {.dst_off = eoff(dst), .flags = present(src) | f16};
+    copy_push p = {.dst_off = eoff(dst),
+                   .flags = (present(src) ? MHA_VK_F_SRC : 0u) | f16};
     for (int i = 0; i < 4; ++i) {
         p.ne[i] = (uint32_t)dst->ne[i];
         p.dst_nb[i] = st(dst, i);
@@ -374,7 +343,7 @@ static mha_status run_softmax(mha_vk_device *d, const mha_tdesc *src,
 }
 
 /* Fills the operand fields shared by the three matmul uses. */
-static void mm_operands(mm_push *p, const mha_tdesc *a, const mha_tdesc *c)
+static void mm_operands(matmul_push *p, const mha_tdesc *a, const mha_tdesc *c)
 {
     p->a_off = eoff(a);
     p->c_off = eoff(c);
@@ -390,32 +359,32 @@ static void mm_operands(mm_push *p, const mha_tdesc *a, const mha_tdesc *c)
     p->scale = 1.0f;
 }
 
-static void mm_masks(mm_push *p, const mha_node *n, const mha_tdesc *ts[])
+static void mm_masks(matmul_push *p, const mha_node *n, const mha_tdesc *ts[])
 {
     const mha_tdesc *m = &n->src[MHA_SRC_MASK], *k = &n->src[MHA_SRC_KPM];
     if (present(m)) {
-        p->flags |= F_MASK;
+        p->flags |= MHA_VK_F_MASK;
         p->mask_off = eoff(m);
-        p->m_sb = st(m, 0);
-        p->m_sh = st(m, 1);
-        p->m_sr = st(m, 2);
+        p->mask_sb = st(m, 0);
+        p->mask_sh = st(m, 1);
+        p->mask_sr = st(m, 2);
         ts[4] = m;
     }
     if (present(k)) {
-        p->flags |= F_KPM;
+        p->flags |= MHA_VK_F_KPM;
         p->kpm_off = eoff(k);
-        p->k_sb = st(k, 0);
-        p->k_sh = st(k, 1);
-        p->k_sr = st(k, 2);
+        p->kpm_sb = st(k, 0);
+        p->kpm_sh = st(k, 1);
+        p->kpm_sr = st(k, 2);
         ts[5] = k;
     }
     if (n->params.causal)
-        p->flags |= F_CAUSAL;
+        p->flags |= MHA_VK_F_CAUSAL;
     int64_t mc = n->params.mask_cols;
     p->mask_cols = mc < 0 ? 0 : mc > UINT32_MAX ? UINT32_MAX : (uint32_t)mc;
 }
 
-static mha_status mm_dispatch(mha_vk_device *d, mm_push *p,
+static mha_status mm_dispatch(mha_vk_device *d, matmul_push *p,
                               const mha_tdesc *const ts[], uint32_t batch)
 {
     mm_config c;
@@ -451,7 +420,7 @@ static mha_status run_projection(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *x = &n->src[0], *w = &n->src[1], *b = &n->src[2];
     const mha_tdesc *y = &n->dst;
-    mm_push p = {0};
+    matmul_push p = {0};
     mm_operands(&p, x, y);
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {x, w, y};
     p.b_off = eoff(w);
@@ -459,7 +428,7 @@ static mha_status run_projection(mha_vk_device *d, const mha_node *n)
     p.b_sk = 1;
     p.K = (uint32_t)x->ne[3];
     if (present(b)) {
-        p.flags |= F_BIAS;
+        p.flags |= MHA_VK_F_BIAS;
         p.bias_off = eoff(b);
         ts[3] = b;
     }
@@ -479,7 +448,7 @@ static mha_status run_projection(mha_vk_device *d, const mha_node *n)
 static mha_status run_scores(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
-    mm_push p = {0};
+    matmul_push p = {0};
     mm_operands(&p, q, &n->dst);
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {q, k, &n->dst};
     p.b_off = eoff(k);
@@ -496,7 +465,7 @@ static mha_status run_scores(mha_vk_device *d, const mha_node *n)
 static mha_status run_weighted_sum(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *pm = &n->src[0], *v = &n->src[1];
-    mm_push p = {0};
+    matmul_push p = {0};
     mm_operands(&p, pm, &n->dst);
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {pm, v, &n->dst};
     p.b_off = eoff(v);
@@ -519,11 +488,11 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
                               "vulkan: attention with head size %lld does "
                               "not fit %s's shared memory",
                               (long long)q->ne[3], d->phys->props.deviceName);
-    mm_push mp = {0};
+    matmul_push mp = {0};
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {q, k, o, v};
     mm_masks(&mp, n, ts);
     uint32_t f16 = f16_bits(ts);
-    att_push p = {
+    attention_push p = {
         .q_off = eoff(q), .k_off = eoff(k), .o_off = eoff(o), .v_off = eoff(v),
         .mask_off = mp.mask_off, .kpm_off = mp.kpm_off,
         .L = (uint32_t)q->ne[2], .S = (uint32_t)k->ne[2],
@@ -532,8 +501,8 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         .k_sb = st(k, 0), .k_sh = st(k, 1), .k_sr = st(k, 2),
         .v_sb = st(v, 0), .v_sh = st(v, 1), .v_sr = st(v, 2),
         .o_sb = st(o, 0), .o_sh = st(o, 1), .o_sr = st(o, 2),
-        .m_sb = mp.m_sb, .m_sh = mp.m_sh, .m_sr = mp.m_sr,
-        .p_sb = mp.k_sb, .p_sh = mp.k_sh, .p_sr = mp.k_sr,
+        .mask_sb = mp.mask_sb, .mask_sh = mp.mask_sh, .mask_sr = mp.mask_sr,
+        .kpm_sb = mp.kpm_sb, .kpm_sh = mp.kpm_sh, .kpm_sr = mp.kpm_sr,
         .scale = n->params.scale, .flags = mp.flags | f16,
         .mask_cols = mp.mask_cols,
     };
@@ -622,19 +591,16 @@ static bool supports_op(mha_vk_device *d, const mha_node *n)
     case MHA_OP_FILL_ROWS:
         return data_ok(d, &n->dst) && count(&n->dst) <= UINT32_MAX &&
                (!present(&n->src[0]) || data_ok(d, &n->src[0]));
-    case MHA_OP_SPLIT_HEADS:
-    case MHA_OP_CONCAT:
-        return data_ok(d, &n->src[0]) && data_ok(d, &n->dst) &&
-               count(&n->dst) <= UINT32_MAX;
     case MHA_OP_MEAN_HEADS:
         return tensor_ok(&n->src[0]) && tensor_ok(&n->dst) &&
                count(&n->dst) <= UINT32_MAX;
     case MHA_OP_SOFTMAX:
         return tensor_ok(&n->src[0]) && tensor_ok(&n->dst) &&
                inner_contiguous(&n->src[0]) && inner_contiguous(&n->dst);
-    default:
-        return false;
+    case MHA_OP_COUNT:
+        break;
     }
+    return false;
 }
 
 mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
@@ -659,13 +625,12 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
     case MHA_OP_SCORES: return run_scores(d, n);
     case MHA_OP_WEIGHTED_SUM: return run_weighted_sum(d, n);
     case MHA_OP_ATTENTION: return run_attention(d, n);
-    case MHA_OP_FILL_ROWS:
-    case MHA_OP_SPLIT_HEADS:
-    case MHA_OP_CONCAT: return run_copy(d, &n->src[0], &n->dst);
+    case MHA_OP_FILL_ROWS: return run_copy(d, &n->src[0], &n->dst);
     case MHA_OP_MEAN_HEADS: return run_mean_heads(d, &n->src[0], &n->dst);
     case MHA_OP_SOFTMAX: return run_softmax(d, &n->src[0], &n->dst);
-    default:
-        return mha_host_error(d->host, MHA_UNSUPPORTED, "vulkan: op %d",
-                              (int)n->op);
+    case MHA_OP_COUNT:
+        break;
     }
+    return mha_host_error(d->host, MHA_UNSUPPORTED, "vulkan: op %d",
+                          (int)n->op);
 }

@@ -1,6 +1,6 @@
 /* copy.cl: element-wise kernels over strided 4-D tensors: copy4d serves
- * SPLIT_HEADS and CONCAT (a permuting copy) and FILL_ROWS (a broadcast
- * source with zero strides, or zeros when the source is absent);
+ * FILL_ROWS (a broadcast source with zero strides, or zeros when the source
+ * is absent);
  * mean_heads averages attention weights over heads. One work item per
  * output element, ROW_WG per workgroup. halfmask: 0 X, 1 Y. */
 #ifndef ROW_WG

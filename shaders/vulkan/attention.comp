@@ -12,6 +12,7 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "dtype.glsl"
+#include "push.h"
 
 layout(constant_id = 0) const uint WG = 128u; // == BR * TPR
 layout(constant_id = 1) const uint D = 64u;   // head size
@@ -28,21 +29,7 @@ IN_BUFFER(3, v)
 layout(std430, binding = 4) readonly buffer BufMask { float mask[]; };
 layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
 
-const uint F_MASK = 2u, F_KPM = 4u, F_CAUSAL = 8u;
-
-layout(push_constant) uniform Params {
-    uint q_off, k_off, o_off, v_off, mask_off, kpm_off;
-    uint L, S, H;                // S is S' (all key rows)
-    uint q_sb, q_sh, q_sr;
-    uint k_sb, k_sh, k_sr;
-    uint v_sb, v_sh, v_sr;
-    uint o_sb, o_sh, o_sr;
-    uint m_sb, m_sh, m_sr;
-    uint p_sb, p_sh, p_sr;
-    float scale;
-    uint flags; // F_* and DT_F16 bits
-    uint mask_cols;
-} p;
+MHA_PUSH_BLOCK(attention_push, MHA_ATTENTION_PUSH)
 
 #define FLAGS p.flags
 
@@ -72,11 +59,13 @@ float score(uint b, uint h, uint r, uint i, uint jj, uint j)
     for (uint e = 0u; e < D; ++e)
         s = fma(Qs[r * D + e], Ks[jj * KS + e], s);
     if (j < p.mask_cols) {
-        if ((p.flags & F_MASK) != 0u)
-            s += mask[p.mask_off + b * p.m_sb + h * p.m_sh + i * p.m_sr + j];
-        if ((p.flags & F_KPM) != 0u)
-            s += kpm[p.kpm_off + b * p.p_sb + h * p.p_sh + i * p.p_sr + j];
-        if ((p.flags & F_CAUSAL) != 0u && j > i)
+        if ((p.flags & MHA_VK_F_MASK) != 0u)
+            s += mask[p.mask_off + b * p.mask_sb + h * p.mask_sh +
+                      i * p.mask_sr + j];
+        if ((p.flags & MHA_VK_F_KPM) != 0u)
+            s += kpm[p.kpm_off + b * p.kpm_sb + h * p.kpm_sh +
+                     i * p.kpm_sr + j];
+        if ((p.flags & MHA_VK_F_CAUSAL) != 0u && j > i)
             s = NEG_INF;
     }
     return s;

@@ -1,26 +1,18 @@
-// copy.comp: dst = src for 4-D strided tensors: SPLIT_HEADS and CONCAT (a
-// permuting copy between the [B,T,E] and [B,H,T,d] layouts) and FILL_ROWS
-// (a broadcast row, source strides 0, or zeros when there is no source).
+// copy.comp: dst = src for 4-D strided tensors: FILL_ROWS (a broadcast row,
+// source strides 0, or zeros when there is no source).
 // One invocation per element; strides are in elements, offsets in elements
 // of whole bound buffers (so minStorageBufferOffsetAlignment never matters).
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "dtype.glsl"
+#include "push.h"
 
 layout(local_size_x_id = 0) in;
 
 IN_BUFFER(0, src)
 OUT_BUFFER(1, dst)
 
-layout(push_constant) uniform Params {
-    uint src_off;
-    uint dst_off;
-    uint ne[4];
-    uint src_nb[4];
-    uint dst_nb[4];
-    uint flags; // bit 0: a source is given; DT_F16 bits
-    uint total;
-} p;
+MHA_PUSH_BLOCK(copy_push, MHA_COPY_PUSH)
 
 #define FLAGS p.flags
 
@@ -37,7 +29,7 @@ void main()
     uint i1 = r % p.ne[1];
     uint i0 = r / p.ne[1];
     float v = 0.0;
-    if ((p.flags & 1u) != 0u)
+    if ((p.flags & MHA_VK_F_SRC) != 0u)
         v = LOAD(0, src, p.src_off + i0 * p.src_nb[0] + i1 * p.src_nb[1] +
                              i2 * p.src_nb[2] + i3 * p.src_nb[3]);
     STORE(1, dst, p.dst_off + i0 * p.dst_nb[0] + i1 * p.dst_nb[1] +

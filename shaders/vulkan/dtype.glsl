@@ -2,14 +2,15 @@
 // tensors. Each kernel is compiled twice: MHA_F16 == 0 (fp32 only, runs on
 // every device) and MHA_F16 == 1 (needs storageBuffer16BitAccess), where
 // each binding is also declared as float16_t[] (descriptor aliasing) and the
-// push-constant word FLAGS says, one bit per binding (DT_F16(b)), whether
-// that operand is stored as fp16. Arithmetic is fp32 in both variants:
+// push-constant word FLAGS says, one bit per binding (DT_F16(b), push.h),
+// whether that operand is stored as fp16. Arithmetic is fp32 in both variants:
 // values are widened on load and rounded to fp16 only on store.
 #ifndef MHA_F16
 #define MHA_F16 0
 #endif
 
-#define DT_F16(binding) (1u << (16u + (binding)))
+#extension GL_GOOGLE_include_directive : require
+#include "push.h"
 
 #if MHA_F16
 #extension GL_EXT_shader_16bit_storage : require

@@ -9,6 +9,7 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "dtype.glsl"
+#include "push.h"
 
 layout(constant_id = 0) const uint WG = 256u; // == (TM/RM) * (TN/RN)
 layout(constant_id = 1) const uint TM = 64u;
@@ -26,20 +27,7 @@ IN_BUFFER(3, bias)
 layout(std430, binding = 4) readonly buffer BufMask { float mask[]; };
 layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
 
-const uint F_BIAS = 1u, F_MASK = 2u, F_KPM = 4u, F_CAUSAL = 8u;
-
-layout(push_constant) uniform Params {
-    uint a_off, b_off, c_off, bias_off, mask_off, kpm_off;
-    uint M, N, K, H;
-    uint a_sb, a_sh, a_sr;       // A[z][i][k] (k stride 1)
-    uint b_sb, b_sh, b_sj, b_sk; // B[z][j][k]
-    uint c_sb, c_sh, c_sr;       // C[z][i][j] (j stride 1)
-    uint m_sb, m_sh, m_sr;       // mask[z][i][j] (j stride 1)
-    uint k_sb, k_sh, k_sr;       // key padding mask, same
-    float scale;
-    uint flags; // F_* and DT_F16 bits
-    uint mask_cols;
-} p;
+MHA_PUSH_BLOCK(matmul_push, MHA_MATMUL_PUSH)
 
 #define FLAGS p.flags
 
@@ -82,14 +70,16 @@ void load_tiles(uint a0, uint b0, uint row0, uint col0, uint k0)
 float epilogue(float v, uint zb, uint zh, uint i, uint j)
 {
     v *= p.scale;
-    if ((p.flags & F_BIAS) != 0u)
+    if ((p.flags & MHA_VK_F_BIAS) != 0u)
         v += LOAD(3, bias, p.bias_off + j);
     if (j < p.mask_cols) {
-        if ((p.flags & F_MASK) != 0u)
-            v += mask[p.mask_off + zb * p.m_sb + zh * p.m_sh + i * p.m_sr + j];
-        if ((p.flags & F_KPM) != 0u)
-            v += kpm[p.kpm_off + zb * p.k_sb + zh * p.k_sh + i * p.k_sr + j];
-        if ((p.flags & F_CAUSAL) != 0u && j > i)
+        if ((p.flags & MHA_VK_F_MASK) != 0u)
+            v += mask[p.mask_off + zb * p.mask_sb + zh * p.mask_sh +
+                      i * p.mask_sr + j];
+        if ((p.flags & MHA_VK_F_KPM) != 0u)
+            v += kpm[p.kpm_off + zb * p.kpm_sb + zh * p.kpm_sh +
+                     i * p.kpm_sr + j];
+        if ((p.flags & MHA_VK_F_CAUSAL) != 0u && j > i)
             v = NEG_INF;
     }
     return v;

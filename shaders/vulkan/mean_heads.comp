@@ -2,20 +2,15 @@
 // attention weights (average_attn_weights). One invocation per output element,
 // summing in fp32 in head order like the CPU reference.
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "push.h"
 
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 0) readonly buffer Src { float src[]; };
 layout(std430, binding = 1) writeonly buffer Dst { float dst[]; };
 
-layout(push_constant) uniform Params {
-    uint src_off;
-    uint dst_off;
-    uint ne[4];     // B, H, L, S' of the source
-    uint src_nb[4];
-    uint dst_nb[4]; // dst_nb[1] unused
-    uint total;     // B * L * S'
-} p;
+MHA_PUSH_BLOCK(mean_push, MHA_MEAN_PUSH)
 
 void main()
 {

@@ -3,20 +3,15 @@
 // entries are all -inf becomes all 0 (libmha's documented choice); a NaN
 // anywhere makes the whole row NaN (the maximum propagates it).
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "push.h"
 
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 0) readonly buffer Src { float src[]; };
 layout(std430, binding = 1) buffer Dst { float dst[]; };
 
-layout(push_constant) uniform Params {
-    uint src_off;
-    uint dst_off;
-    uint ne[4];     // B, H, L, S'
-    uint src_nb[3]; // innermost stride is 1
-    uint dst_nb[3];
-    uint rows;      // B * H * L
-} p;
+MHA_PUSH_BLOCK(softmax_push, MHA_SOFTMAX_PUSH)
 
 shared float red[gl_WorkGroupSize.x];
 

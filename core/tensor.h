@@ -1,0 +1,33 @@
+/* tensor.h: the private form of mha_tensor and what tensor.c offers the
+ * rest of the core: the shape check every entry point uses and the upload
+ * of bool masks as libmha's one mask format (additive f32). */
+#ifndef MHA_CORE_TENSOR_H
+#define MHA_CORE_TENSOR_H
+
+#include "context.h"
+
+struct mha_tensor {
+    mha_device *device;
+    mha_dtype dtype;    /* as the user sees it */
+    int ndim;
+    int64_t shape[MHA_MAX_DIMS];
+    size_t count;       /* elements */
+    void *buf;          /* backend buffer; MHA_BOOL is stored as additive
+                           f32 (0 or -inf) so every backend sees one mask
+                           format */
+    int wrapped;        /* buf wraps the caller's memory: not counted in
+                           the device's memory use */
+};
+
+/* Checks a user shape (1 to MHA_MAX_DIMS positive dimensions whose bytes fit
+ * size_t) and computes its element count; fn and what name the caller and
+ * the argument in the message. */
+mha_status mha_check_shape(mha_context *ctx, const char *fn, const char *what,
+                           int ndim, const int64_t *shape, size_t *count);
+
+/* Writes count bool bytes (nonzero: masked) into buf as additive f32 (0 or
+ * -inf), starting at element first. */
+mha_status mha_upload_bool_mask(mha_device *device, void *buf, size_t first,
+                                const uint8_t *src, size_t count);
+
+#endif /* MHA_CORE_TENSOR_H */

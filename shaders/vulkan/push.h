@@ -1,0 +1,88 @@
+/* push.h: the push-constant blocks of the Vulkan kernels and their flag
+ * bits, declared once for both sides: each kernel includes it (glslc's
+ * GL_GOOGLE_include_directive) and declares its own block with
+ * MHA_PUSH_BLOCK, and backends/vulkan/ops.c includes it from C and gets the
+ * same fields as structs. Every member is a 32-bit scalar or an array of
+ * them, so std430's layout and C's are the same, member for member.
+ *
+ * Offsets (_off) are in elements of the operand's binding; strides are in
+ * elements, _sb, _sh and _sr the batch, head and row strides of an operand
+ * whose innermost stride is 1. mask_* is attn_mask, kpm_* the key padding
+ * mask; q_, k_, v_, o_ are query, key, value and output. */
+#ifndef MHA_VK_PUSH_H
+#define MHA_VK_PUSH_H
+
+#ifdef __STDC__ /* C; glslc defines no __STDC__ */
+#include <stdint.h>
+#define MHA_PUSH_U_(name) uint32_t name;
+#define MHA_PUSH_F_(name) float name;
+#define MHA_PUSH_BLOCK(type, fields)                                         \
+    typedef struct type {                                                    \
+        fields(MHA_PUSH_U_, MHA_PUSH_F_)                                     \
+    } type;
+#else
+#define MHA_PUSH_U_(name) uint name;
+#define MHA_PUSH_F_(name) float name;
+#define MHA_PUSH_BLOCK(type, fields)                                         \
+    layout(push_constant) uniform type {                                     \
+        fields(MHA_PUSH_U_, MHA_PUSH_F_)                                     \
+    } p;
+#endif
+
+/* flags of matmul and attention */
+#define MHA_VK_F_BIAS 1u
+#define MHA_VK_F_MASK 2u
+#define MHA_VK_F_KPM 4u
+#define MHA_VK_F_CAUSAL 8u
+/* flags of copy: a source is given (else the kernel writes zeros) */
+#define MHA_VK_F_SRC 1u
+/* flags of every kernel with fp16 builds: the operand at binding b is
+ * stored as fp16 (dtype.glsl) */
+#define DT_F16(binding) (1u << (16u + (binding)))
+
+/* copy.comp: dst = src over ne (dst's extents); FILL_ROWS. */
+#define MHA_COPY_PUSH(U, F)                                                  \
+    U(src_off) U(dst_off) U(ne[4]) U(src_nb[4]) U(dst_nb[4])                 \
+    U(flags) /* MHA_VK_F_SRC, DT_F16 bits */                                 \
+    U(total) /* elements of dst */
+
+/* mean_heads.comp: ne is the source's B, H, L, S'; dst_nb[1] unused. */
+#define MHA_MEAN_PUSH(U, F)                                                  \
+    U(src_off) U(dst_off) U(ne[4]) U(src_nb[4]) U(dst_nb[4])                 \
+    U(total) /* B * L * S' */
+
+/* softmax.comp: rows of [B,H,L,S'] (ne); innermost strides are 1. */
+#define MHA_SOFTMAX_PUSH(U, F)                                               \
+    U(src_off) U(dst_off) U(ne[4]) U(src_nb[3]) U(dst_nb[3])                 \
+    U(rows) /* B * H * L */
+
+/* matmul.comp: C[z][i][j] = scale * sum_k A[z][i][k] B[z][j][k] (+ bias[j])
+ * (+ masks), z = b * H + h; B is read at j * b_sj + k * b_sk. */
+#define MHA_MATMUL_PUSH(U, F)                                                \
+    U(a_off) U(b_off) U(c_off) U(bias_off) U(mask_off) U(kpm_off)            \
+    U(M) U(N) U(K) U(H)                                                      \
+    U(a_sb) U(a_sh) U(a_sr)                                                  \
+    U(b_sb) U(b_sh) U(b_sj) U(b_sk)                                          \
+    U(c_sb) U(c_sh) U(c_sr)                                                  \
+    U(mask_sb) U(mask_sh) U(mask_sr)                                         \
+    U(kpm_sb) U(kpm_sh) U(kpm_sr)                                            \
+    F(scale)                                                                 \
+    U(flags) /* MHA_VK_F_* and DT_F16 bits */                                \
+    U(mask_cols) /* masks and causal apply to columns j < mask_cols */
+
+/* attention.comp: O = softmax(scale Q K^T + masks) V per (b, h); S is S'
+ * (every key row). */
+#define MHA_ATTENTION_PUSH(U, F)                                             \
+    U(q_off) U(k_off) U(o_off) U(v_off) U(mask_off) U(kpm_off)               \
+    U(L) U(S) U(H)                                                           \
+    U(q_sb) U(q_sh) U(q_sr)                                                  \
+    U(k_sb) U(k_sh) U(k_sr)                                                  \
+    U(v_sb) U(v_sh) U(v_sr)                                                  \
+    U(o_sb) U(o_sh) U(o_sr)                                                  \
+    U(mask_sb) U(mask_sh) U(mask_sr)                                         \
+    U(kpm_sb) U(kpm_sh) U(kpm_sr)                                            \
+    F(scale)                                                                 \
+    U(flags) /* MHA_VK_F_MASK, _KPM, _CAUSAL and DT_F16 bits */              \
+    U(mask_cols)
+
+#endif /* MHA_VK_PUSH_H */

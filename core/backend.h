@@ -32,7 +32,27 @@
  * WEIGHTED_SUM  O[b,h,i,:] = sum_j P[b,h,i,j] V[b,h,j,:]
  *               src P [B,H,L,S'], V [B,H,S',d]
  * ATTENTION     fused SCORES + SOFTMAX + WEIGHTED_SUM without the L x S'
- *               matrix; same sources as SCORES plus V; same params
+ *               matrix; same sources as SCORES plus V; same params. It is
+ *               also the attention core (mha_attention, decoder layers),
+ *               with these extensions, each off when its param is 0 or its
+ *               source absent, so nn.MHA's nodes never use them:
+ *   GQA/MQA     K and V have Hkv = H / kv_group heads: query head h reads
+ *               kv head h / kv_group (ne[1] of K and V is Hkv)
+ *   positions   query i of batch b sits at position p = i + off_b, where
+ *               off_b = 0 for MHA_CAUSAL_TOP_LEFT (and no causal) and
+ *               off_b = len_b - L for MHA_CAUSAL_BOTTOM_RIGHT; len_b is
+ *               KV_LEN[b] when present, else mask_cols (S)
+ *   score       s = scale * q.k; softcap > 0: s = softcap * tanh(s / softcap);
+ *               then s += ALIBI[h] * (j - p) (ALIBI present), then + mask
+ *               + kpm (j < mask_cols), as for SCORES
+ *   masks       -inf where j >= len_b (KV_LEN present; those keys are never
+ *               read), where causal and j > p, where window > 0 and
+ *               j <= p - window; only for j < mask_cols
+ *   softmax     SINKS present: the row's denominator also holds
+ *               exp(SINKS[h]) (in the same max-subtracted frame), which
+ *               carries no value; a row with nothing attendable is 0
+ *   sources     SINKS [1,1,1,H] f32, ALIBI [1,1,1,H] f32 (slopes),
+ *               KV_LEN [1,1,1,B] MHA_I32; Q/K/V/dst f32 or f16
  * MEAN_HEADS    dst [B,1,L,S'] = mean over h of src [B,H,L,S']
  */
 #define MHA_OP_LIST(X)                      \
@@ -41,7 +61,7 @@
     X(SCORES, "scores", 4)                  \
     X(SOFTMAX, "softmax", 1)                \
     X(WEIGHTED_SUM, "weighted_sum", 2)      \
-    X(ATTENTION, "attention", 5)            \
+    X(ATTENTION, "attention", 8)            \
     X(MEAN_HEADS, "mean_heads", 1)
 
 typedef enum mha_op {
@@ -53,9 +73,14 @@ typedef enum mha_op {
 
 /* Source slots of SCORES and ATTENTION. */
 enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
-       MHA_SRC_V = 4 };
+       MHA_SRC_V = 4, MHA_SRC_SINKS = 5, MHA_SRC_ALIBI = 6,
+       MHA_SRC_KV_LEN = 7 };
 
-#define MHA_MAX_SRC 5
+#define MHA_MAX_SRC 8
+
+/* mha_op_params.causal */
+enum { MHA_CAUSAL_NONE = 0, MHA_CAUSAL_TOP_LEFT = 1,
+       MHA_CAUSAL_BOTTOM_RIGHT = 2 };
 
 const char *mha_op_name(mha_op op);
 int mha_op_source_count(mha_op op);
@@ -75,9 +100,14 @@ typedef struct mha_tdesc {
 
 typedef struct mha_op_params {
     float scale;       /* SCORES, ATTENTION */
-    int32_t causal;    /* SCORES, ATTENTION */
+    int32_t causal;    /* SCORES, ATTENTION: MHA_CAUSAL_* (SCORES: top-left
+                          only) */
     int64_t mask_cols; /* SCORES, ATTENTION: S, columns past it are the
                           appended bias/zero rows and are never masked */
+    /* ATTENTION only: the attention core's extensions (see the op list) */
+    int32_t kv_group;  /* H / Hkv; 0 and 1 both mean K/V have H heads */
+    int32_t window;    /* sliding window W, 0 = none */
+    float softcap;     /* logit softcap c, 0 = none */
 } mha_op_params;
 
 typedef struct mha_node {
@@ -86,6 +116,16 @@ typedef struct mha_node {
     mha_tdesc dst;
     mha_op_params params;
 } mha_node;
+
+/* Whether an ATTENTION node uses none of the attention core's extensions
+ * (a backend that has not implemented them declines such nodes). */
+static inline bool mha_attention_is_plain(const mha_node *n)
+{
+    return n->params.causal != MHA_CAUSAL_BOTTOM_RIGHT &&
+           n->params.kv_group <= 1 && n->params.window == 0 &&
+           n->params.softcap == 0.0f && !n->src[MHA_SRC_SINKS].buf &&
+           !n->src[MHA_SRC_ALIBI].buf && !n->src[MHA_SRC_KV_LEN].buf;
+}
 
 /* ---- devices ------------------------------------------------------------- */
 

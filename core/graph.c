@@ -51,8 +51,9 @@ static int add_node(mha_graph *g, mha_op op, int dst, int s0, int s1, int s2,
     memset(n, 0, sizeof *n);
     n->op = op;
     n->dst = dst;
-    int src[MHA_MAX_SRC] = {s0, s1, s2, s3, s4};
-    memcpy(n->src, src, sizeof src);
+    int src[5] = {s0, s1, s2, s3, s4};
+    for (int s = 0; s < MHA_MAX_SRC; s++)
+        n->src[s] = s < 5 ? src[s] : MHA_NO_TENSOR;
     return g->nnodes++;
 }
 
@@ -193,7 +194,10 @@ void mha_graph_build(const mha_layer *layer, const mha_call *call,
     int scores = add_contiguous(g, MHA_BUF_ARENA, MHA_F32, N, H, L, S2);
     g->scores = add_node(g, MHA_OP_SCORES, scores, heads[0], heads[1], mask,
                          kpm, MHA_NO_TENSOR);
-    mha_op_params p = {(float)(1.0 / sqrt((double)d)), call->causal != 0, S};
+    mha_op_params p = {.scale = (float)(1.0 / sqrt((double)d)),
+                       .causal = call->causal ? MHA_CAUSAL_TOP_LEFT
+                                              : MHA_CAUSAL_NONE,
+                       .mask_cols = S};
     g->nodes[g->scores].params = p;
     int probs = scores;
     if (call->need_weights && !call->average)

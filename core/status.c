@@ -51,6 +51,7 @@ const char *mha_dtype_name(mha_dtype dtype)
     case MHA_F32: return "f32";
     case MHA_F16: return "f16";
     case MHA_BOOL: return "bool";
+    case MHA_I32: return "i32";
     }
     return "unknown dtype";
 }

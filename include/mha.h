@@ -88,7 +88,8 @@ MHA_API const char *mha_version(void);
 typedef enum mha_dtype {
     MHA_F32 = 0, /* IEEE binary32 */
     MHA_F16 = 1, /* IEEE binary16: device storage, fp32 arithmetic */
-    MHA_BOOL = 2 /* one byte, 0 or 1: masks, where true means "masked out" */
+    MHA_BOOL = 2, /* one byte, 0 or 1: masks, where true means "masked out" */
+    MHA_I32 = 3   /* int32: sequence lengths and token positions */
 } mha_dtype;
 
 #define MHA_MAX_DIMS 4

@@ -89,6 +89,8 @@ bool mha_cpu_op_supported(const mha_node *node)
 {
     if (node->dst.dtype != MHA_F32)
         return false;
+    if (node->op == MHA_OP_ATTENTION && !mha_attention_is_plain(node))
+        return false;
     for (int s = 0; s < MHA_MAX_SRC; s++)
         if (present(&node->src[s]) && node->src[s].dtype != MHA_F32)
             return false;

@@ -71,7 +71,7 @@ bool mha_cl_supports(void *d, const mha_node *node)
         if (!tensor_ok(dev, &node->src[s], is_mask_slot(node->op, s)))
             return false;
     if (node->op == MHA_OP_ATTENTION &&
-        (node->dst.ne[3] > MHA_CL_MAX_HEAD ||
+        (!mha_attention_is_plain(node) || node->dst.ne[3] > MHA_CL_MAX_HEAD ||
          node->src[MHA_SRC_Q].ne[3] != node->dst.ne[3] ||
          node->src[MHA_SRC_K].ne[3] != node->dst.ne[3] ||
          node->src[MHA_SRC_V].ne[3] != node->dst.ne[3]))

@@ -542,6 +542,8 @@ static bool supports_attention(const mha_vk_device *d, const mha_node *n)
 {
     att_config c;
     const mha_tdesc *q = &n->src[MHA_SRC_Q];
+    if (!mha_attention_is_plain(n))
+        return false;
     if (!att_pick(d, (uint32_t)q->ne[3], &c) || q->ne[3] > UINT32_MAX)
         return false;
     const mha_tdesc *t[] = {q, &n->src[MHA_SRC_K], &n->src[MHA_SRC_V],

@@ -119,6 +119,7 @@ static void constants(void)
     CONST(MHA_F32);
     CONST(MHA_F16);
     CONST(MHA_BOOL);
+    CONST(MHA_I32);
     CONST(MHA_MAX_DIMS);
     CONST(MHA_LOG_ERROR);
     CONST(MHA_LOG_WARN);

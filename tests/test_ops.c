@@ -29,6 +29,7 @@ enum {
     F_NANK = 1 << 11,    /* a NaN in key S-1 of the last batch and head */
     F_NANMASK = 1 << 12, /* a NaN mask entry (row 2, key 3) */
     F_INFMASK = 1 << 13, /* a +inf mask entry (row 3, key S-1) */
+    F_LARGE = 1 << 14,   /* first input x100: exp overflows unless shifted */
 };
 
 typedef struct op_case {
@@ -124,10 +125,13 @@ static void plant(op_setup *s, const mha_tdesc *d, int64_t i0, int64_t i1,
                           i1 * d->nb[1] + i2 * d->nb[2] + i3 * d->nb[3]] = x;
 }
 
-/* The NaN and Inf of the F_NAN* and F_INFMASK flags (special cases). */
+/* The NaN, Inf and large values of F_NAN*, F_INFMASK and F_LARGE. */
 static void plant_specials(op_setup *s, const op_case *c)
 {
     const mha_node *n = &s->node;
+    if (c->flags & F_LARGE)
+        for (size_t i = 0; i < s->t[0].span; i++)
+            s->t[0].host[i] *= 100.0f;
     if (c->flags & F_NANQ)
         plant(s, &n->src[MHA_SRC_Q], 0, 0, 1, 0, NAN);
     if (c->flags & F_NANK)
@@ -156,7 +160,6 @@ static void setup_masks(op_setup *s, const op_case *c, test_rng *r)
     n->params.scale = (float)(1.0 / sqrt((double)c->d));
     n->params.causal = (c->flags & F_CAUSAL) != 0;
     n->params.mask_cols = S;
-    plant_specials(s, c);
 }
 
 static void setup(op_setup *s, const op_case *c, test_rng *r)
@@ -235,6 +238,7 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
     }
     if (c->op == MHA_OP_SCORES || c->op == MHA_OP_ATTENTION)
         setup_masks(s, c, r);
+    plant_specials(s, c);
 }
 
 /* Device buffers mirroring the host tensors; the node then points at them. */
@@ -413,7 +417,9 @@ OP_CASES(DEFINE_OP_TEST)
 
 /* NaN and Inf through the fused attention: a NaN query, key or mask entry
  * and a +inf mask entry make NaN rows as in PyTorch, on the packed (L of a
- * register tile or more) and in-place paths, behind causal and after it.
+ * register tile or more) and in-place paths, behind causal and after it;
+ * and softmax of scores in the hundreds, whose exp overflows unless the row
+ * max is subtracted.
  * name, op, B, H, L, S, X, d, K, N, flags */
 #define SPECIAL_CASES(X)                                                     \
     X(attention_nan_query, ATTENTION, 2, 2, 40, 150, 0, 16, 0, 0, F_NANQ)   \
@@ -426,7 +432,8 @@ OP_CASES(DEFINE_OP_TEST)
     X(attention_nan_inf_mask2d, ATTENTION, 2, 2, 10, 20, 0, 8, 0, 0,        \
       F_MASK2D | F_NANMASK | F_INFMASK)                                      \
     X(attention_nan_inf_mask3d_long, ATTENTION, 1, 2, 40, 200, 2, 16, 0, 0, \
-      F_MASK3D | F_NANMASK | F_INFMASK)
+      F_MASK3D | F_NANMASK | F_INFMASK)                                      \
+    X(softmax_large_scores, SOFTMAX, 1, 2, 3, 40, 0, 0, 0, 0, F_LARGE)
 SPECIAL_CASES(DEFINE_OP_TEST)
 
 /* The table covers every op: a new op cannot be added without a case. */

@@ -7,7 +7,7 @@
 # with the reason.
 #
 #   scripts/mutate.sh                 every mutant of the list
-#   scripts/mutate.sh NAME|GLOB...    those mutants (cpu_*, vk_causal_off_by_one)
+#   scripts/mutate.sh NAME|GLOB...    those mutants (cpu_*, vk_attention_causal_off_by_one)
 #   scripts/mutate.sh --check         only check that every pattern matches
 #   scripts/mutate.sh --list          names and descriptions
 #
@@ -29,7 +29,7 @@ export MHA_REQUIRE=${MHA_REQUIRE-vulkan,opencl}
 export MHA_REQUIRE_VULKAN=${MHA_REQUIRE_VULKAN-1}
 export MHA_REQUIRE_OPENCL=${MHA_REQUIRE_OPENCL-1}
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # ---- the list -------------------------------------------------------------
 

@@ -129,13 +129,13 @@ occurrences() {
 run_mutant() {
     local i=$1 path=$src/${files[$1]} log=$logs/${names[$1]}.log text count
     if [[ ! -f $path ]]; then
-        result=no-match
+        result="no-match"
         return
     fi
     IFS= read -r -d '' text <"$path" || true
     count=$(occurrences "$text" "${finds[i]}")
     if ((count != 1)); then
-        result=no-match
+        result="no-match"
         echo "pattern found $count times in ${files[i]}" >"$log"
         return
     fi
@@ -145,7 +145,7 @@ run_mutant() {
     fi
     printf '%s' "${text/"${finds[i]}"/"${repls[i]}"}" >"$path"
     if ! cmake --build "$build" -j"$jobs" >"$log" 2>&1; then
-        result=build-error
+        result="build-error"
     else
         local cache=$work/cache-${names[i]} regex
         rm -rf "$cache" "$build/cache"

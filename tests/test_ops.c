@@ -29,6 +29,11 @@ enum {
     F_NANROW = 1 << 8,   /* a row with a NaN */
     F_ZERO = 1 << 9,     /* fill rows with zeros (no source) */
     F_F16 = 1 << 10,     /* the tensors an fp16 layer stores in fp16 */
+    F_NANQ = 1 << 11,    /* a NaN in query row 1 */
+    F_NANK = 1 << 12,    /* a NaN in key S-1 of the last batch and head */
+    F_NANMASK = 1 << 13, /* a NaN mask entry (row 2, key 3) */
+    F_INFMASK = 1 << 14, /* a +inf mask entry (row 3, key S-1) */
+    F_LARGE = 1 << 15,   /* first input x100: exp overflows unless shifted */
 };
 
 /* Tolerances (STYLE.md): max abs error relative to the largest expected
@@ -122,6 +127,32 @@ static host_tensor *tensor_of(op_setup *s, const mha_tdesc *d)
         if (s->t[i].host == d->buf)
             return &s->t[i];
     return NULL;
+}
+
+/* The element (i0, i1, i2, i3) of the host copy of d, set to x. */
+static void plant(op_setup *s, const mha_tdesc *d, int64_t i0, int64_t i1,
+                  int64_t i2, int64_t i3, float x)
+{
+    tensor_of(s, d)->host[d->offset / sizeof(float) + i0 * d->nb[0] +
+                          i1 * d->nb[1] + i2 * d->nb[2] + i3 * d->nb[3]] = x;
+}
+
+/* The NaN, Inf and large values of F_NAN*, F_INFMASK and F_LARGE. */
+static void plant_specials(op_setup *s, const op_case *c)
+{
+    const mha_node *n = &s->node;
+    if (c->flags & F_LARGE)
+        for (size_t i = 0; i < s->t[0].span; i++)
+            s->t[0].host[i] *= 100.0f;
+    if (c->flags & F_NANQ)
+        plant(s, &n->src[MHA_SRC_Q], 0, 0, 1, 0, NAN);
+    if (c->flags & F_NANK)
+        plant(s, &n->src[MHA_SRC_K], c->B - 1, c->H - 1, c->S - 1, c->d - 1,
+              NAN);
+    if (c->flags & F_NANMASK)
+        plant(s, &n->src[MHA_SRC_MASK], 0, 0, 2, 3, NAN);
+    if (c->flags & F_INFMASK)
+        plant(s, &n->src[MHA_SRC_MASK], 0, 0, 3, c->S - 1, INFINITY);
 }
 
 static void setup_masks(op_setup *s, const op_case *c, test_rng *r)
@@ -254,6 +285,7 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
         setup_masks(s, c, r);
     if (c->flags & F_F16)
         to_f16(s, f16_slots(c->op));
+    plant_specials(s, c);
 }
 
 /* Device buffers mirroring the host tensors (fp16 ones converted); the
@@ -467,6 +499,27 @@ static void run_case(const op_case *c)
         run_case(&c);                                                        \
     }
 OP_CASES(DEFINE_OP_TEST)
+
+/* NaN and Inf through the fused attention: a NaN query, key or mask entry
+ * and a +inf mask entry make NaN rows as in PyTorch, on the packed (L of a
+ * register tile or more) and in-place paths, behind causal and after it;
+ * and softmax of scores in the hundreds, whose exp overflows unless the row
+ * max is subtracted.
+ * name, op, B, H, L, S, X, d, K, N, flags */
+#define SPECIAL_CASES(X)                                                     \
+    X(attention_nan_query, ATTENTION, 2, 2, 40, 150, 0, 16, 0, 0, F_NANQ)   \
+    X(attention_nan_query_causal, ATTENTION, 1, 2, 3, 5, 1, 8, 0, 0,        \
+      F_NANQ | F_CAUSAL | F_MASK2D)                                          \
+    X(attention_nan_key, ATTENTION, 2, 3, 40, 150, 1, 16, 0, 0,             \
+      F_NANK | F_KPM)                                                        \
+    X(attention_nan_key_causal, ATTENTION, 1, 2, 40, 40, 1, 8, 0, 0,        \
+      F_NANK | F_CAUSAL)                                                     \
+    X(attention_nan_inf_mask2d, ATTENTION, 2, 2, 10, 20, 0, 8, 0, 0,        \
+      F_MASK2D | F_NANMASK | F_INFMASK)                                      \
+    X(attention_nan_inf_mask3d_long, ATTENTION, 1, 2, 40, 200, 2, 16, 0, 0, \
+      F_MASK3D | F_NANMASK | F_INFMASK)                                      \
+    X(softmax_large_scores, SOFTMAX, 1, 2, 3, 40, 0, 0, 0, 0, F_LARGE)
+SPECIAL_CASES(DEFINE_OP_TEST)
 
 /* The table covers every op: a new op cannot be added without a case. */
 #define COUNT_OP(name, op_, ...) | (1u << MHA_OP_##op_)

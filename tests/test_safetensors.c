@@ -702,6 +702,8 @@ static const corrupt_case corrupt_cases[] = {
     {"header length 0", 1, 0, "{}", 0, MHA_CORRUPT_FILE},
     {"truncated data: offsets past the end", 0, 0,
      ENTRY("\"F32\"", "[4]", "[0,16]"), 8, MHA_CORRUPT_FILE},
+    {"truncated data: one byte short", 0, 0, ENTRY("\"F32\"", "[4]", "[0,16]"),
+     15, MHA_CORRUPT_FILE},
     {"invalid JSON", 0, 0, "{\"t\":{\"dtype\":", 0, MHA_CORRUPT_FILE},
     {"JSON that is an array", 0, 0, "[1,2,3]", 0, MHA_CORRUPT_FILE},
     {"JSON that is a string", 0, 0, "\"abc\"", 0, MHA_CORRUPT_FILE},

@@ -10,10 +10,10 @@
  * (kernels.h), K transposed and pre-multiplied by the scale: every query
  * tile of the head then runs both products on packed operands, where
  * packing per tile would redo that work L / QUERY_ROWS times. The packed
- * copies are made for a group of heads at a time, bounded by
- * PACK_BUDGET_FLOATS, so memory stays O(S) whatever the head count. With
- * fewer queries than a register tile (decode) packing does not pay, and
- * the products run on K and V in place. */
+ * copies are made for a group of heads at a time, bounded by the exec's
+ * pack_budget (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever
+ * the head count. With fewer queries than a register tile (decode)
+ * packing does not pay, and the products run on K and V in place. */
 #include <math.h>
 #include <string.h>
 
@@ -25,9 +25,6 @@ enum {
     KEY_BLOCK = 128, /* keys per step: a multiple of every table's nr */
     QUERY_ROWS = 32  /* queries per task, rounded up to the tile rows */
 };
-/* Packed K and V of the heads in flight: 32 MiB, two heads of 32k keys at
- * head size 64. */
-#define PACK_BUDGET_FLOATS ((size_t)8 << 20)
 
 typedef struct attn_job {
     mha_cpu_exec *exec;
@@ -252,12 +249,12 @@ static void job_init(attn_job *j, mha_cpu_exec *e, const mha_node *n)
     j->packed = j->L >= k->mr && j->S2 > 0;
 }
 
-/* Heads per round: as many as PACK_BUDGET_FLOATS holds, at least one. */
+/* Heads per round: as many as the pack budget holds, at least one. */
 static int64_t heads_per_round(const attn_job *j, int64_t heads)
 {
     if (!j->packed)
         return heads;
-    int64_t fit = (int64_t)(PACK_BUDGET_FLOATS /
+    int64_t fit = (int64_t)(j->exec->pack_budget /
                             (kp_head_floats(j) + vp_head_floats(j)));
     return fit < 1 ? 1 : fit < heads ? fit : heads;
 }

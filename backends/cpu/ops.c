@@ -67,6 +67,7 @@ mha_status mha_cpu_exec_init(mha_cpu_exec *e, mha_host *host,
     memset(e, 0, sizeof *e);
     e->host = host;
     e->k = k;
+    e->pack_budget = MHA_CPU_PACK_BUDGET_FLOATS;
     return mha_cpu_pool_create(host, threads, &e->pool);
 }
 

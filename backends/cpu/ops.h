@@ -23,7 +23,14 @@ typedef struct mha_cpu_exec {
     mha_cpu_pool *pool;
     mha_cpu_scratch scratch; /* per thread: attention tiles */
     mha_cpu_scratch packed;  /* shared: packed GEMM operands of one op */
+    size_t pack_budget;      /* floats of packed K and V per attention
+                                round (MHA_CPU_PACK_BUDGET_FLOATS); tests
+                                lower it to force several rounds */
 } mha_cpu_exec;
+
+/* Packed K and V of the attention heads in flight: 32 MiB, two heads of
+ * 32k keys at head size 64. */
+#define MHA_CPU_PACK_BUDGET_FLOATS ((size_t)8 << 20)
 
 /* The table for isa ("scalar", "avx2", "avx512", "neon"), or NULL when this
  * build or CPU lacks it; NULL or "" gives the best table the CPU runs. */

@@ -10,6 +10,8 @@
 #   arm64: an AArch64 cross build run under qemu-aarch64, for the NEON kernels;
 #   abi: exported symbols and public struct layouts against
 #      tests/abi/libmha.abi (scripts/check-abi.sh);
+#   mutants: every pattern of scripts/mutants.txt still matches the code
+#      (the mutation run itself is scripts/mutate.sh, too long for CI);
 #   fuzz: 20 s of each libFuzzer harness (scripts/test-fuzz.sh);
 #   install: the native build installed to a temporary prefix, its tools run
 #      and consumed from CMake and pkg-config (scripts/test-install.sh).
@@ -67,6 +69,8 @@ arm64() {
 
 step "native build" native
 step "ABI against tests/abi/libmha.abi" bash scripts/check-abi.sh build
+step "every mutant of scripts/mutants.txt still applies" \
+  bash scripts/mutate.sh --check
 step "AddressSanitizer + UBSan build" asan
 step "libFuzzer harnesses, 20 s each" bash scripts/test-fuzz.sh
 step "AArch64 cross build under qemu" arm64

@@ -44,30 +44,76 @@ static void fill_rows(const mha_node *n, double *out)
                         s->buf ? get(s, 0, 0, 0, e) : 0.0;
 }
 
-/* Scores of one (b, h, i) row into row[0..S'). */
+/* Keys of batch item b that exist: KV_LEN[b], else S. */
+static int64_t key_len(const mha_node *n, int64_t b)
+{
+    const mha_tdesc *l = &n->src[MHA_SRC_KV_LEN];
+    if (!l->buf)
+        return n->params.mask_cols;
+    const int32_t *p = (const int32_t *)((const char *)l->buf + l->offset);
+    return p[b * l->nb[3]];
+}
+
+/* Position of query i of batch item b (core/backend.h, "positions"). */
+static int64_t query_pos(const mha_node *n, int64_t b, int64_t i)
+{
+    int64_t L = n->src[MHA_SRC_Q].ne[2];
+    return n->params.causal == MHA_CAUSAL_BOTTOM_RIGHT ? i + key_len(n, b) - L
+                                                       : i;
+}
+
+/* Whether key j is masked out of query position p's row. */
+static int key_masked(const mha_node *n, int64_t b, int64_t p, int64_t j)
+{
+    const mha_op_params *a = &n->params;
+    if (j >= a->mask_cols)
+        return 0;
+    return (n->src[MHA_SRC_KV_LEN].buf && j >= key_len(n, b)) ||
+           (a->causal && j > p) || (a->window > 0 && j <= p - a->window);
+}
+
+static int64_t kv_head(const mha_node *n, int64_t h)
+{
+    return n->params.kv_group > 1 ? h / n->params.kv_group : h;
+}
+
+/* Scores of one (b, h, i) row into row[0..S'), in the order core/backend.h
+ * gives: scale, softcap, ALiBi, mask and kpm, then the masks. A masked key
+ * is never read. */
 static void score_row(const mha_node *n, int64_t b, int64_t h, int64_t i,
                       double *row)
 {
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
     const mha_tdesc *mask = &n->src[MHA_SRC_MASK], *kpm = &n->src[MHA_SRC_KPM];
+    const mha_tdesc *alibi = &n->src[MHA_SRC_ALIBI];
+    double cap = n->params.softcap;
+    int64_t p = query_pos(n, b, i), hk = kv_head(n, h);
     for (int64_t j = 0; j < k->ne[2]; j++) {
+        if (key_masked(n, b, p, j)) {
+            row[j] = -INFINITY;
+            continue;
+        }
         double s = 0;
         for (int64_t c = 0; c < q->ne[3]; c++)
-            s += get(q, b, h, i, c) * get(k, b, h, j, c);
+            s += get(q, b, h, i, c) * get(k, b, hk, j, c);
         s *= n->params.scale;
+        if (cap > 0)
+            s = cap * tanh(s / cap);
+        if (alibi->buf)
+            s += get(alibi, 0, 0, 0, h) * (double)(j - p);
         if (j < n->params.mask_cols) {
             if (mask->buf)
                 s += get(mask, b, h, i, j);
             if (kpm->buf)
                 s += get(kpm, b, h, i, j);
-            if (n->params.causal && j > i)
-                s = -INFINITY;
         }
         row[j] = s;
     }
 }
 
-static void softmax_row(double *row, int64_t n)
+/* Softmax of a row whose denominator also holds exp(sink) (sink = -inf:
+ * none). A row with nothing attendable is 0; a NaN makes it all NaN. */
+static void softmax_row_sink(double *row, int64_t n, double sink)
 {
     double m = -INFINITY;
     int nan = 0;
@@ -81,23 +127,32 @@ static void softmax_row(double *row, int64_t n)
             row[j] = nan ? NAN : 0.0;
         return;
     }
-    double sum = 0;
+    if (sink > m)
+        m = sink;
+    double sum = exp(sink - m);
     for (int64_t j = 0; j < n; j++)
         sum += row[j] = exp(row[j] - m);
     for (int64_t j = 0; j < n; j++)
         row[j] /= sum;
 }
 
+static void softmax_row(double *row, int64_t n)
+{
+    softmax_row_sink(row, n, -INFINITY);
+}
+
 static void scores(const mha_node *n, double *out, int normalise)
 {
-    const mha_tdesc *d = &n->dst;
+    const mha_tdesc *d = &n->dst, *sinks = &n->src[MHA_SRC_SINKS];
     for (int64_t b = 0; b < d->ne[0]; b++)
         for (int64_t h = 0; h < d->ne[1]; h++)
             for (int64_t i = 0; i < d->ne[2]; i++) {
                 double *row = out + idx(d, b, h, i, 0);
                 score_row(n, b, h, i, row);
                 if (normalise)
-                    softmax_row(row, d->ne[3]);
+                    softmax_row_sink(row, d->ne[3],
+                                     sinks->buf ? get(sinks, 0, 0, 0, h)
+                                                : -INFINITY);
             }
 }
 
@@ -114,7 +169,8 @@ static void softmax(const mha_node *n, double *out)
             }
 }
 
-/* O = P V with P either a tensor or (fused) the softmax of the scores. */
+/* O = P V with P either a tensor or (fused) the softmax of the scores;
+ * keys of probability 0 are never read (they may be past KV_LEN). */
 static void weighted(const mha_node *n, const double *probs,
                      const mha_tdesc *p, const mha_tdesc *v, double *out)
 {
@@ -128,7 +184,8 @@ static void weighted(const mha_node *n, const double *probs,
                     for (int64_t j = 0; j < keys; j++) {
                         double w = probs ? probs[((b * o->ne[1] + h) * o->ne[2] + i) * keys + j]
                                          : get(p, b, h, i, j);
-                        s += w * get(v, b, h, j, c);
+                        if (w != 0.0 || !probs)
+                            s += w * get(v, b, kv_head(n, h), j, c);
                     }
                     out[idx(o, b, h, i, c)] = s;
                 }

@@ -34,6 +34,16 @@ enum {
     F_NANMASK = 1 << 13, /* a NaN mask entry (row 2, key 3) */
     F_INFMASK = 1 << 14, /* a +inf mask entry (row 3, key S-1) */
     F_LARGE = 1 << 15,   /* first input x100: exp overflows unless shifted */
+    /* the attention core's extensions (core/backend.h) */
+    F_GQA = 1 << 16,     /* kv_group 2: K and V have H / 2 heads */
+    F_MQA = 1 << 17,     /* kv_group H: one K/V head */
+    F_BOTTOM_RIGHT = 1 << 18, /* causal aligned to the last key */
+    F_WINDOW = 1 << 19,  /* sliding window of 6 keys */
+    F_SOFTCAP = 1 << 20, /* logit softcap 0.7 */
+    F_ALIBI = 1 << 21,   /* ALiBi slopes 2^(-8(h+1)/H) */
+    F_SINKS = 1 << 22,   /* a sink logit per head */
+    F_KVLEN = 1 << 23,   /* per-sequence key lengths max(L, S - 5b); the
+                            keys past them hold NaN, so reading one fails */
 };
 
 /* Tolerances (STYLE.md): max abs error relative to the largest expected
@@ -99,11 +109,24 @@ static mha_tdesc *contiguous(op_setup *s, int64_t n0, int64_t n1, int64_t n2,
     return add(s, n0, n1, n2, n3, n1 * n2 * n3, n2 * n3, n3, 1, 0, 0);
 }
 
-/* The [B,H,T,d] head view of a [B,T,H*d] buffer (split heads as a view). */
+/* The [B,H,T,d] head view of a [B,T,H*d] buffer (split heads as a view),
+ * with H heads, or fewer (K and V of grouped-query attention). */
+static mha_tdesc *heads_of(op_setup *s, const op_case *c, int64_t T,
+                           int64_t H)
+{
+    int64_t E = H * c->d;
+    return add(s, c->B, H, T, c->d, T * E, c->d, E, 1, 0, 0);
+}
+
 static mha_tdesc *heads(op_setup *s, const op_case *c, int64_t T)
 {
-    int64_t E = c->H * c->d;
-    return add(s, c->B, c->H, T, c->d, T * E, c->d, E, 1, 0, 0);
+    return heads_of(s, c, T, c->H);
+}
+
+/* Query heads per K/V head. */
+static int32_t kv_group(const op_case *c)
+{
+    return c->flags & F_MQA ? (int32_t)c->H : c->flags & F_GQA ? 2 : 1;
 }
 
 static void fill_normal(host_tensor *t, test_rng *r, float scale)
@@ -174,6 +197,52 @@ static void setup_masks(op_setup *s, const op_case *c, test_rng *r)
     n->params.mask_cols = S;
 }
 
+/* Per-sequence key lengths as MHA_I32 (their bits in the float copy), and
+ * NaN in every K and V row past them. */
+static void setup_kv_len(op_setup *s, const op_case *c)
+{
+    mha_node *n = &s->node;
+    mha_tdesc *l = add(s, 1, 1, 1, c->B, 0, 0, 0, 1, 0, 0);
+    l->dtype = MHA_I32;
+    n->src[MHA_SRC_KV_LEN] = *l;
+    int32_t *len = (int32_t *)tensor_of(s, l)->host;
+    for (int64_t b = 0; b < c->B; b++) {
+        len[b] = (int32_t)(c->S - 5 * b > c->L ? c->S - 5 * b : c->L);
+        for (int64_t h = 0; h < n->src[MHA_SRC_K].ne[1]; h++)
+            for (int64_t j = len[b]; j < c->S; j++)
+                for (int64_t e = 0; e < c->d; e++) {
+                    plant(s, &n->src[MHA_SRC_K], b, h, j, e, NAN);
+                    plant(s, &n->src[MHA_SRC_V], b, h, j, e, NAN);
+                }
+    }
+}
+
+/* The attention core's extensions a case's flags ask for. */
+static void setup_core(op_setup *s, const op_case *c)
+{
+    mha_node *n = &s->node;
+    mha_op_params *p = &n->params;
+    p->kv_group = kv_group(c);
+    if (c->flags & F_BOTTOM_RIGHT)
+        p->causal = MHA_CAUSAL_BOTTOM_RIGHT;
+    p->window = c->flags & F_WINDOW ? 6 : 0;
+    p->softcap = c->flags & F_SOFTCAP ? 0.7f : 0.0f;
+    if (c->flags & F_ALIBI) {
+        n->src[MHA_SRC_ALIBI] = *contiguous(s, 1, 1, 1, c->H);
+        for (int64_t h = 0; h < c->H; h++)
+            plant(s, &n->src[MHA_SRC_ALIBI], 0, 0, 0, h,
+                  exp2f(-8.0f * (float)(h + 1) / (float)c->H));
+    }
+    if (c->flags & F_SINKS) {
+        n->src[MHA_SRC_SINKS] = *contiguous(s, 1, 1, 1, c->H);
+        for (int64_t h = 0; h < c->H; h++)
+            plant(s, &n->src[MHA_SRC_SINKS], 0, 0, 0, h,
+                  0.5f * (float)h - 0.5f);
+    }
+    if (c->flags & F_KVLEN)
+        setup_kv_len(s, c);
+}
+
 /* The slots (bit DST_SLOT: dst) an fp16 layer's graph stores in fp16: its
  * weights and head data; inputs, masks, scores and probabilities stay f32. */
 static unsigned f16_slots(mha_op op)
@@ -240,9 +309,9 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
     case MHA_OP_SCORES:
     case MHA_OP_ATTENTION:
         n->src[MHA_SRC_Q] = *heads(s, c, L);
-        n->src[MHA_SRC_K] = *heads(s, c, S2);
+        n->src[MHA_SRC_K] = *heads_of(s, c, S2, c->H / kv_group(c));
         if (c->op == MHA_OP_ATTENTION) {
-            n->src[MHA_SRC_V] = *heads(s, c, S2);
+            n->src[MHA_SRC_V] = *heads_of(s, c, S2, c->H / kv_group(c));
             n->dst = *heads(s, c, L);
         } else {
             n->dst = *contiguous(s, B, H, L, S2);
@@ -283,6 +352,8 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
     }
     if (c->op == MHA_OP_SCORES || c->op == MHA_OP_ATTENTION)
         setup_masks(s, c, r);
+    if (c->op == MHA_OP_ATTENTION)
+        setup_core(s, c);
     if (c->flags & F_F16)
         to_f16(s, f16_slots(c->op));
     plant_specials(s, c);
@@ -520,6 +591,38 @@ OP_CASES(DEFINE_OP_TEST)
       F_MASK3D | F_NANMASK | F_INFMASK)                                      \
     X(softmax_large_scores, SOFTMAX, 1, 2, 3, 40, 0, 0, 0, 0, F_LARGE)
 SPECIAL_CASES(DEFINE_OP_TEST)
+
+/* The attention core's extensions, alone and together; every backend must
+ * run them (none may decline). */
+#define CORE_CASES(X)                                                        \
+    X(core_gqa, ATTENTION, 2, 4, 9, 13, 0, 16, 0, 0, F_GQA)                 \
+    X(core_mqa_causal, ATTENTION, 1, 4, 20, 20, 0, 8, 0, 0,                 \
+      F_MQA | F_CAUSAL)                                                      \
+    X(core_bottom_right, ATTENTION, 2, 2, 5, 17, 0, 16, 0, 0,               \
+      F_CAUSAL | F_BOTTOM_RIGHT)                                             \
+    X(core_window, ATTENTION, 1, 2, 40, 40, 0, 16, 0, 0,                    \
+      F_CAUSAL | F_WINDOW)                                                   \
+    X(core_window_bottom_right, ATTENTION, 2, 2, 4, 30, 0, 8, 0, 0,         \
+      F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW)                                  \
+    X(core_softcap, ATTENTION, 2, 2, 7, 11, 0, 16, 0, 0, F_SOFTCAP)         \
+    X(core_alibi_causal, ATTENTION, 1, 3, 12, 12, 0, 8, 0, 0,               \
+      F_ALIBI | F_CAUSAL)                                                    \
+    X(core_sinks_causal, ATTENTION, 2, 3, 6, 6, 0, 8, 0, 0,                 \
+      F_SINKS | F_CAUSAL)                                                    \
+    X(core_kv_len, ATTENTION, 3, 2, 1, 19, 0, 16, 0, 0,                     \
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT)                                   \
+    X(core_kv_len_prefill, ATTENTION, 3, 2, 6, 23, 0, 16, 0, 0,             \
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_KPM)                           \
+    X(core_decode_long_gqa, ATTENTION, 2, 8, 1, 700, 0, 64, 0, 0,           \
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT)                           \
+    X(core_head128_gqa, ATTENTION, 1, 4, 3, 33, 0, 128, 0, 0,               \
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT)                                     \
+    X(core_everything, ATTENTION, 3, 4, 5, 40, 0, 16, 0, 0,                 \
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
+      F_SINKS | F_KVLEN | F_MASK2D)                                          \
+    X(core_f16_gqa_kv_len, ATTENTION, 2, 4, 3, 30, 0, 32, 0, 0,             \
+      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
+CORE_CASES(DEFINE_OP_TEST)
 
 /* The table covers every op: a new op cannot be added without a case. */
 #define COUNT_OP(name, op_, ...) | (1u << MHA_OP_##op_)

@@ -110,7 +110,9 @@ static mha_status adopt_handles(mha_cl_state *st, const char *fn,
     dev->host = st->host;
     dev->api = &st->api;
     dev->rec = &dev->own_rec;
+    mha_cl_icd_lock();
     mha_status s = mha_cl_describe(st, plat, device, &dev->own_rec, desc);
+    mha_cl_icd_unlock();
     if (s != MHA_OK) {
         mha_host_free(st->host, dev);
         return mha_host_error(st->host, s, "%s: out of memory", fn);

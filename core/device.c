@@ -123,6 +123,7 @@ mha_status mha_device_count(mha_context *ctx, int *count)
     if (!ctx || !count)
         return MHA_INVALID_ARGUMENT;
     *count = ctx->device_count;
+    mha_clear_error(ctx);
     return MHA_OK;
 }
 
@@ -181,16 +182,14 @@ mha_status mha_device_options_init(mha_device_options *options)
     return MHA_OK;
 }
 
-mha_status mha_device_open_index(mha_context *ctx, int index,
-                                 const mha_device_options *options,
-                                 mha_device **out)
+/* Opens ranked device index for the public call fn. */
+static mha_status open_index(mha_context *ctx, const char *fn, int index,
+                             const mha_device_options *options,
+                             mha_device **out)
 {
-    if (!ctx || !out)
-        return MHA_INVALID_ARGUMENT;
     if (index < 0 || index >= ctx->device_count)
         return mha_error(ctx, MHA_NO_DEVICE,
-                         "mha_device_open_index: index %d out of range; "
-                         "%d device(s) found",
+                         "%s: index %d out of range; %d device(s) found", fn,
                          index, ctx->device_count);
     mha_device_options defaults;
     mha_device_options_init(&defaults);
@@ -198,19 +197,17 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
         options = &defaults;
     if (options->threads < 0)
         return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "mha_device_open: threads %d is negative",
-                         options->threads);
+                         "%s: threads %d is negative", fn, options->threads);
     const mha_device_entry *e = &ctx->devices[index];
     const mha_backend_slot *b = &ctx->backends[e->backend];
     mha_device *device = mha_host_calloc(&ctx->host, 1, sizeof *device);
     if (!device)
-        return mha_error(ctx, MHA_OUT_OF_MEMORY,
-                         "mha_device_open: out of memory");
+        return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
     mha_status st = b->iface->open(b->state, e->backend_index, options,
                                    &device->dev);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, device);
-        return st;
+        return mha_host_finish(&ctx->host, fn, st);
     }
     device->ctx = ctx;
     device->iface = b->iface;
@@ -220,6 +217,15 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
     mha_clear_error(ctx);
     *out = device;
     return MHA_OK;
+}
+
+mha_status mha_device_open_index(mha_context *ctx, int index,
+                                 const mha_device_options *options,
+                                 mha_device **out)
+{
+    if (!ctx || !out)
+        return MHA_INVALID_ARGUMENT;
+    return open_index(ctx, "mha_device_open_index", index, options, out);
 }
 
 /* The ranked index of the best device of backend name, or of device
@@ -303,11 +309,11 @@ mha_status mha_device_open(mha_context *ctx, const char *spec,
             origin = "spec";
         }
     }
-    int index;
+    int index = -1;
     mha_status st = resolve_spec(ctx, spec, origin, &index);
     if (st != MHA_OK)
         return st;
-    return mha_device_open_index(ctx, index, options, out);
+    return open_index(ctx, "mha_device_open", index, options, out);
 }
 
 mha_status mha_device_info_of(mha_device *device, mha_device_info *info)
@@ -315,6 +321,7 @@ mha_status mha_device_info_of(mha_device *device, mha_device_info *info)
     if (!device || !info)
         return MHA_INVALID_ARGUMENT;
     fill_info(device->ctx, &device->entry, device->index, info);
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }
 
@@ -331,6 +338,7 @@ mha_status mha_device_destroy(mha_device *device)
     device->iface->close(device->dev);
     ctx->open_objects--;
     mha_host_free(&ctx->host, device);
+    mha_clear_error(ctx);
     return MHA_OK;
 }
 
@@ -365,6 +373,7 @@ mha_status mha_device_memory_usage(mha_device *device, uint64_t *in_use,
         *in_use = device->mem_in_use;
     if (peak)
         *peak = device->mem_peak;
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }
 
@@ -373,6 +382,7 @@ mha_status mha_device_reset_peak_memory(mha_device *device)
     if (!device)
         return MHA_INVALID_ARGUMENT;
     device->mem_peak = device->mem_in_use;
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }
 

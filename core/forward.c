@@ -125,6 +125,15 @@ static mha_status check_masks(const mha_layer *layer, const char *fn,
     int64_t N = call->batch, L = call->tgt_len, S = call->src_len;
     int64_t H = layer->cfg.num_heads;
     mha_status st;
+    size_t count;
+    /* ndim first: a host array's shape holds MHA_MAX_DIMS entries, and
+     * nothing (messages included) may read past them */
+    for (int i = 0; i < 2; i++) {
+        const arg_view *m = i ? mask : kpm;
+        if (m->present && (st = mha_check_shape(ctx, fn, m->name, m->ndim,
+                                                m->shape, &count)) != MHA_OK)
+            return st;
+    }
     if (kpm->present) {
         int64_t want[2] = {N, S};
         if ((st = check_input_dtype(ctx, fn, kpm, 1)) != MHA_OK ||
@@ -257,7 +266,7 @@ static mha_status get_plan(mha_layer *layer, const char *fn,
                          "shapes (pad with key_padding_mask) or another layer",
                          fn, MHA_PLAN_CACHE);
     mha_plan *plan;
-    mha_status st = mha_plan_create(layer, call, &plan);
+    mha_status st = mha_plan_create(layer, fn, call, &plan);
     if (st != MHA_OK)
         return st;
     plan->last_used = layer->clock;
@@ -374,16 +383,15 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
 
 mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
 {
+    static const char fn[] = "mha_layer_forward";
     if (!layer)
         return MHA_INVALID_ARGUMENT;
     mha_plan *plan = NULL;
-    mha_status st = enqueue_forward(layer, "mha_layer_forward", a, 1, &plan);
+    mha_status st = enqueue_forward(layer, fn, a, 1, &plan);
     if (st == MHA_OK)
         st = mha_dev_sync(layer->device);
     release_transient(layer, plan);
-    if (st == MHA_OK)
-        mha_clear_error(layer->device->ctx);
-    return st;
+    return mha_host_finish(&layer->device->ctx->host, fn, st);
 }
 
 mha_status mha_layer_forward_enqueue(mha_layer *layer, const char *fn,
@@ -393,9 +401,7 @@ mha_status mha_layer_forward_enqueue(mha_layer *layer, const char *fn,
     mha_status st = enqueue_forward(layer, fn, a, 0, &plan);
     if (plan)
         plan->pinned = 1;
-    if (st == MHA_OK)
-        mha_clear_error(layer->device->ctx);
-    return st;
+    return mha_host_finish(&layer->device->ctx->host, fn, st);
 }
 
 /* ---- host-memory forward ---------------------------------------------------- */
@@ -545,7 +551,5 @@ mha_status mha_layer_forward_host(mha_layer *layer,
     if (st == MHA_OK)
         st = stage_and_run(layer, plan, a, out_count, w_count);
     release_transient(layer, plan);
-    if (st == MHA_OK)
-        mha_clear_error(ctx);
-    return st;
+    return mha_host_finish(&ctx->host, fn, st);
 }

@@ -429,6 +429,10 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
     if (dev->row_wg > (cpu ? 64 : 256))
         dev->row_wg = cpu ? 64 : 256;
     dev->cache_dir = mha_cl_cache_dir(dev->host, options);
+    if (dev->cache_dir && !mha_cache_dir_ready(dev->host, dev->cache_dir)) {
+        mha_host_free(dev->host, dev->cache_dir);
+        dev->cache_dir = NULL;
+    }
     /* Build the common program now, so a device whose compiler fails is
      * refused at open with the build log, not midway through a forward. */
     mha_cl_program *prog = NULL;

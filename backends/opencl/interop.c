@@ -154,7 +154,7 @@ mha_status mha_opencl_device_adopt(mha_context *ctx, cl_context context,
     if (s == MHA_OK)
         s = adopt_handles(st, fn, context, device, queue, &desc, &dev);
     if (s != MHA_OK)
-        return s;
+        return mha_host_finish(host, fn, s);
     dev->out_of_order = out_of_order;
     if (dev->rec->c_version < 12)
         s = mha_host_error(host, MHA_UNSUPPORTED,
@@ -166,9 +166,10 @@ mha_status mha_opencl_device_adopt(mha_context *ctx, cl_context context,
         s = mha_cl_device_ready(dev, options);
     if (s != MHA_OK) {
         mha_opencl_backend.close(dev);
-        return s;
+        return mha_host_finish(host, fn, s);
     }
-    return mha_device_adopt(ctx, &mha_opencl_backend, dev, &desc, out);
+    s = mha_device_adopt(ctx, &mha_opencl_backend, dev, &desc, out);
+    return mha_host_finish(host, fn, s);
 }
 
 /* ---- wrapping buffers ------------------------------------------------------- */
@@ -264,7 +265,7 @@ mha_status mha_opencl_tensor_wrap(mha_device *device, cl_mem mem,
     if (s == MHA_OK)
         s = mha_tensor_adopt(device, fn, dtype, ndim, shape, b, b->size, out);
     if (s != MHA_OK || fits_kernel_index(offset, elem, ndim, shape))
-        return s;
+        return mha_host_finish(dev->host, fn, s);
     mha_tensor_destroy(*out);
     *out = NULL;
     return mha_host_error(dev->host, MHA_UNSUPPORTED,
@@ -350,5 +351,5 @@ mha_status mha_opencl_layer_enqueue(mha_layer *layer,
         s = enqueue_done(dev, event_out);
     dev->wait_count = 0;
     dev->wait_list = NULL;
-    return s;
+    return mha_host_finish(dev->host, fn, s);
 }

@@ -185,8 +185,9 @@ mha_status mha_context_options_init(mha_context_options *options)
     return MHA_OK;
 }
 
-mha_status mha_probe_devices(mha_context *ctx); /* device.c */
-void mha_release_backends(mha_context *ctx);    /* device.c */
+/* device.c; backends NULL probes all */
+mha_status mha_probe_devices(mha_context *ctx, const char *backends);
+void mha_release_backends(mha_context *ctx);
 
 static mha_status check_options(const mha_context_options *o)
 {
@@ -219,7 +220,10 @@ mha_status mha_context_create(const mha_context_options *options,
     const char *env = getenv("MHA_LOG");
     if (!o->log && env && parse_log_level(env, &ctx->host.log_level))
         ctx->host.log = stderr_log;
-    mha_status st = mha_probe_devices(ctx);
+    const char *backends = o->backends ? o->backends : getenv("MHA_BACKENDS");
+    if (!o->backends && backends && !*backends)
+        backends = NULL; /* MHA_BACKENDS= is unset */
+    mha_status st = mha_probe_devices(ctx, backends);
     if (st != MHA_OK) {
         mha_release_backends(ctx);
         alloc.free(alloc.user, ctx);

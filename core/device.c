@@ -29,12 +29,68 @@ static int registry_size(void)
     return n;
 }
 
+/* "cpu, vulkan, opencl": the backends of this build, for messages. */
+static const char *backend_names(char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int s = 0; mha_backend_registry[s] && used < size; s++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%s",
+                                 s ? ", " : "", mha_backend_registry[s]->name);
+    return buf;
+}
+
+/* The length of list's first comma-separated name, 0 when list names
+ * nothing or not a backend of this build. */
+static size_t known_name(const char *list)
+{
+    size_t len = strcspn(list, ",");
+    for (int s = 0; mha_backend_registry[s]; s++)
+        if (strlen(mha_backend_registry[s]->name) == len &&
+            strncmp(list, mha_backend_registry[s]->name, len) == 0)
+            return len;
+    return 0;
+}
+
+/* Checks that list names one or more backends of this build. */
+static mha_status check_backend_list(mha_context *ctx, const char *list)
+{
+    for (const char *p = list;; p++) {
+        size_t len = known_name(p);
+        if (!len) {
+            char names[96];
+            mha_error(ctx, MHA_INVALID_ARGUMENT,
+                      "mha_context_create: backends \"%s\" names \"%.*s\", "
+                      "not a backend of this build (%s)",
+                      list, (int)strcspn(p, ","), p,
+                      backend_names(names, sizeof names));
+            mha_host_log(&ctx->host, MHA_LOG_ERROR, "%s", ctx->host.errmsg);
+            return MHA_INVALID_ARGUMENT;
+        }
+        p += len;
+        if (!*p)
+            return MHA_OK;
+    }
+}
+
+/* Whether the checked list names backend name. */
+static bool list_names(const char *list, const char *name)
+{
+    for (const char *p = list;; p++) {
+        size_t len = known_name(p);
+        if (len == strlen(name) && strncmp(p, name, len) == 0)
+            return true;
+        p += len;
+        if (!*p)
+            return false;
+    }
+}
+
 /* Adds one backend's devices; a backend that fails to start is skipped with
  * its reason logged, except when memory runs out. */
 static mha_status probe_backend(mha_context *ctx, int slot)
 {
     const mha_backend_iface *iface = mha_backend_registry[slot];
-    ctx->backends[slot].iface = iface;
     if (iface->version != MHA_BACKEND_IFACE_VERSION || !iface->init) {
         mha_host_log(&ctx->host, MHA_LOG_WARN,
                      "backend %s built for interface version %d, libmha "
@@ -86,14 +142,25 @@ static void rank_devices(mha_context *ctx)
     }
 }
 
-mha_status mha_probe_devices(mha_context *ctx)
+mha_status mha_probe_devices(mha_context *ctx, const char *backends)
 {
+    if (backends && check_backend_list(ctx, backends) != MHA_OK)
+        return MHA_INVALID_ARGUMENT;
     ctx->backend_count = registry_size();
     ctx->backends = mha_host_calloc(&ctx->host, (size_t)ctx->backend_count,
                                     sizeof *ctx->backends);
     if (!ctx->backends)
         return MHA_OUT_OF_MEMORY;
     for (int slot = 0; slot < ctx->backend_count; slot++) {
+        const mha_backend_iface *iface = mha_backend_registry[slot];
+        /* left out: known (adoption finds it) but never started */
+        ctx->backends[slot].iface = iface;
+        if (backends && !list_names(backends, iface->name)) {
+            mha_host_log(&ctx->host, MHA_LOG_INFO,
+                         "backend %s not probed (backends \"%s\")",
+                         iface->name, backends);
+            continue;
+        }
         mha_status st = probe_backend(ctx, slot);
         if (st != MHA_OK)
             return st;
@@ -282,16 +349,13 @@ static mha_status resolve_spec(mha_context *ctx, const char *spec,
                          origin, spec);
     return MHA_OK;
 bad:;
-    char names[96] = "";
-    size_t used = 0;
-    for (int s = 0; s < ctx->backend_count && used < sizeof names; s++)
-        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s",
-                                 s ? ", " : "", ctx->backends[s].iface->name);
+    char names[96];
     return mha_error(ctx, MHA_INVALID_ARGUMENT,
                      "mha_device_open: %s \"%s\" is not a device name; "
                      "expected best, or a backend of this build (%s), "
                      "optionally with :index (for example %s:0)",
-                     origin, spec, names, ctx->backends[0].iface->name);
+                     origin, spec, backend_names(names, sizeof names),
+                     ctx->backends[0].iface->name);
 }
 
 mha_status mha_device_open(mha_context *ctx, const char *spec,

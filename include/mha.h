@@ -112,14 +112,24 @@ typedef struct mha_context_options {
                                        then lines go to stderr */
     void *log_user;
     mha_log_level log_level;        /* default MHA_LOG_WARN */
+    const char *backends; /* backends to probe, comma-separated ("cpu",
+                             "cpu,vulkan"); NULL means MHA_BACKENDS, else
+                             all. A backend left out loads no runtime and
+                             lists no devices: an engine that adopts its
+                             own VkDevice passes "cpu", so libmha makes no
+                             VkInstance and loads no OpenCL ICD
+                             (mha_opencl_device_adopt needs "opencl").
+                             A name not in this build is
+                             MHA_INVALID_ARGUMENT. Read during create. */
 } mha_context_options;
 
 /* Fills *options with the defaults. */
 MHA_API mha_status mha_context_options_init(mha_context_options *options);
 
-/* Creates a context and probes every compiled-in backend for devices. A
- * backend whose runtime is missing (no libvulkan.so.1, no OpenCL ICD)
- * contributes no devices; that is not an error. options may be NULL. */
+/* Creates a context and probes every compiled-in backend for devices (or
+ * those options->backends names). A backend whose runtime is missing (no
+ * libvulkan.so.1, no OpenCL ICD) contributes no devices; that is not an
+ * error. options may be NULL. */
 MHA_API mha_status mha_context_create(const mha_context_options *options,
                                       mha_context **out);
 

@@ -14,6 +14,7 @@ main_pkgs=(cmake gcc make pkg-config libcjson-dev
 test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
            gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind
            libclblast-dev)
+test_pkgs+=(clang) # scripts/test-tsan.sh: the ThreadSanitizer build
 
 case "${1:-main}" in
   main) wanted=("${main_pkgs[@]}") ;;

@@ -34,3 +34,4 @@ cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
       -DMHA_VULKAN=OFF -DMHA_OPENCL=OFF -DMHA_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-arm64 -j"$jobs" >/dev/null
 MHA_REQUIRE= ctest --test-dir build-arm64 --output-on-failure -j"$jobs"
+step "ThreadSanitizer build: the threads suite"; bash scripts/test-tsan.sh

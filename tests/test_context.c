@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mha.h"
+#include "common.h"
 
 enum { E = 16, H = 2, L = 3, S = 4 };
 
@@ -35,33 +35,15 @@ static void plain_free(void *user, void *ptr)
 
 static const mha_allocator g_failing = {failing_malloc, plain_free, NULL};
 
-typedef struct log_buf {
-    char text[4096];
-    size_t len;
-} log_buf;
-
-static void capture(void *user, mha_log_level level, const char *msg)
-{
-    log_buf *b = user;
-    (void)level;
-    int n = snprintf(b->text + b->len, sizeof b->text - b->len, "%s\n", msg);
-    if (n > 0 && b->len + (size_t)n < sizeof b->text)
-        b->len += (size_t)n;
-}
-
-static mha_status create_with(const char *backends, log_buf *log,
+static mha_status create_with(const char *backends, test_log *log,
                               mha_context **ctx)
 {
     mha_context_options o;
     mha_context_options_init(&o);
     o.backends = backends;
     o.allocator = &g_failing;
-    if (log) {
-        memset(log, 0, sizeof *log);
-        o.log = capture;
-        o.log_user = log;
-        o.log_level = MHA_LOG_INFO;
-    }
+    if (log)
+        test_log_to(&o, log);
     *ctx = NULL;
     return mha_context_create(&o, ctx);
 }
@@ -133,7 +115,7 @@ Test(context, unknown_backend_name_is_invalid_argument)
                                       ",cpu", "cpu,,vulkan", "CPU",
                                       "cpu vulkan"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        log_buf log;
+        test_log log;
         mha_context *ctx = NULL;
         cr_expect_eq(create_with(bad[i], &log, &ctx), MHA_INVALID_ARGUMENT,
                      "backends \"%s\"", bad[i]);
@@ -265,21 +247,33 @@ Test(context, every_successful_call_clears_the_message)
     teardown(&f);
 }
 
+/* Query, key (also the value) and output tensors on f's device, and the
+ * forward arguments over them. */
+static mha_forward_args make_tensors(fx *f, mha_tensor *t[3])
+{
+    int64_t qs[2] = {L, E}, ks[2] = {S, E};
+    cr_assert_eq(mha_tensor_create(f->dev, MHA_F32, 2, qs, &t[0]), MHA_OK);
+    cr_assert_eq(mha_tensor_create(f->dev, MHA_F32, 2, ks, &t[1]), MHA_OK);
+    cr_assert_eq(mha_tensor_create(f->dev, MHA_F32, 2, qs, &t[2]), MHA_OK);
+    mha_forward_args a;
+    mha_forward_args_init(&a);
+    a.query = t[0], a.key = t[1], a.value = t[1], a.output = t[2];
+    return a;
+}
+
+static void destroy_tensors(mha_tensor *t[3])
+{
+    for (int i = 0; i < 3; i++)
+        mha_tensor_destroy(t[i]);
+}
+
 Test(context, device_tensor_forward_clears_the_message)
 {
     fx f = setup();
-    int64_t qs[2] = {L, E}, ks[2] = {S, E};
-    mha_tensor *q, *k, *o;
-    cr_assert_eq(mha_tensor_create(f.dev, MHA_F32, 2, qs, &q), MHA_OK);
-    cr_assert_eq(mha_tensor_create(f.dev, MHA_F32, 2, ks, &k), MHA_OK);
-    cr_assert_eq(mha_tensor_create(f.dev, MHA_F32, 2, qs, &o), MHA_OK);
-    mha_forward_args a;
-    mha_forward_args_init(&a);
-    a.query = q, a.key = k, a.value = k, a.output = o;
+    mha_tensor *t[3];
+    mha_forward_args a = make_tensors(&f, t);
     EXPECT_CLEARS(f.ctx, mha_layer_forward(f.layer, &a));
-    mha_tensor_destroy(q);
-    mha_tensor_destroy(k);
-    mha_tensor_destroy(o);
+    destroy_tensors(t);
     teardown(&f);
 }
 
@@ -308,14 +302,8 @@ Test(context, failures_deep_inside_name_the_called_function)
     cr_expect(strstr(mha_context_errmsg(ctx), "out of memory"), "%s",
               mha_context_errmsg(ctx));
 
-    int64_t qs[2] = {L, E}, ks[2] = {S, E};
-    mha_tensor *q, *k, *o;
-    cr_assert_eq(mha_tensor_create(f.dev, MHA_F32, 2, qs, &q), MHA_OK);
-    cr_assert_eq(mha_tensor_create(f.dev, MHA_F32, 2, ks, &k), MHA_OK);
-    cr_assert_eq(mha_tensor_create(f.dev, MHA_F32, 2, qs, &o), MHA_OK);
-    mha_forward_args a;
-    mha_forward_args_init(&a);
-    a.query = q, a.key = k, a.value = k, a.output = o;
+    mha_tensor *t[3];
+    mha_forward_args a = make_tensors(&f, t);
     g_fail = 1;
     st = mha_layer_forward(f.layer, &a);
     g_fail = 0;
@@ -323,8 +311,9 @@ Test(context, failures_deep_inside_name_the_called_function)
 
     /* the backend refuses a buffer */
     mha_tensor *big = NULL;
+    int64_t shape[1] = {E};
     g_fail = 1;
-    st = mha_tensor_create(f.dev, MHA_F32, 2, qs, &big);
+    st = mha_tensor_create(f.dev, MHA_F32, 1, shape, &big);
     g_fail = 0;
     expect_named(ctx, st, "mha_tensor_create");
 
@@ -344,8 +333,6 @@ Test(context, failures_deep_inside_name_the_called_function)
                                             NULL),
                  "mha_layer_load_safetensors");
 
-    mha_tensor_destroy(q);
-    mha_tensor_destroy(k);
-    mha_tensor_destroy(o);
+    destroy_tensors(t);
     teardown(&f);
 }

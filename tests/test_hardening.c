@@ -7,46 +7,27 @@
  * symlink planted at the temporary names they used to write through; and a
  * cache directory that another user owns or that group or others can write
  * is not used. */
-#define _XOPEN_SOURCE 700 /* mkdtemp, mkfifo, symlink, lstat, nftw */
+#define _XOPEN_SOURCE 700 /* mkfifo, symlink, lstat, chown */
 #include <criterion/criterion.h>
 #include <dirent.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "mha.h"
+#include "common.h"
 
 enum { E = 16, H = 2, L = 3, S = 4 };
 
 /* ---- helpers ------------------------------------------------------------ */
 
-typedef struct log_buf {
-    char text[1 << 15];
-    size_t len;
-} log_buf;
-
-static void capture(void *user, mha_log_level level, const char *msg)
-{
-    log_buf *b = user;
-    (void)level;
-    int n = snprintf(b->text + b->len, sizeof b->text - b->len, "%s\n", msg);
-    if (n > 0 && b->len + (size_t)n < sizeof b->text)
-        b->len += (size_t)n;
-}
-
-static mha_context *new_context(log_buf *log)
+static mha_context *new_context(test_log *log)
 {
     mha_context_options o;
     mha_context_options_init(&o);
-    if (log) {
-        memset(log, 0, sizeof *log);
-        o.log = capture;
-        o.log_user = log;
-        o.log_level = MHA_LOG_INFO;
-    }
+    if (log)
+        test_log_to(&o, log);
     mha_context *ctx = NULL;
     cr_assert_eq(mha_context_create(&o, &ctx), MHA_OK);
     return ctx;
@@ -83,26 +64,6 @@ static mha_host_forward_args host_args(void)
     a.output = g_out;
     a.output_count = L * E;
     return a;
-}
-
-static void make_temp_dir(char *path, size_t cap)
-{
-    const char *base = getenv("TMPDIR");
-    snprintf(path, cap, "%s/mha-hardening-XXXXXX", base ? base : "/tmp");
-    cr_assert_not_null(mkdtemp(path));
-}
-
-static int remove_one(const char *path, const struct stat *sb, int flag,
-                      struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void remove_tree(const char *dir)
-{
-    nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* The cache entries (prefix*.bin) in dir, as full paths; returns the count. */
@@ -177,7 +138,7 @@ Test(hardening, mask_ndim_out_of_range_is_refused_before_its_shape_is_read)
 Test(hardening, safetensors_fifo_or_directory_is_an_io_error, .timeout = 20)
 {
     char dir[512], fifo[600];
-    make_temp_dir(dir, sizeof dir);
+    test_temp_dir(dir, sizeof dir);
     snprintf(fifo, sizeof fifo, "%s/weights.safetensors", dir);
     cr_assert_eq(mkfifo(fifo, 0600), 0);
     mha_context *ctx = new_context(NULL);
@@ -197,7 +158,7 @@ Test(hardening, safetensors_fifo_or_directory_is_an_io_error, .timeout = 20)
     mha_layer_destroy(layer);
     mha_device_destroy(dev);
     mha_context_destroy(ctx);
-    remove_tree(dir);
+    test_remove_tree(dir);
 }
 
 /* ---- defects 3 and 4: the GPU caches ---------------------------------------- */
@@ -233,7 +194,7 @@ static void require_device(mha_context *ctx, const char *backend)
 
 /* Opens the backend's best device with cache dir, runs both forward paths
  * (so every pipeline or program is made), and closes everything. */
-static void cached_run(const cache_kind *k, const char *dir, log_buf *log)
+static void cached_run(const cache_kind *k, const char *dir, test_log *log)
 {
     mha_context *ctx = new_context(log);
     require_device(ctx, k->spec);
@@ -264,13 +225,13 @@ static void cached_run(const cache_kind *k, const char *dir, log_buf *log)
 static void planted_symlinks_not_followed(const cache_kind *k)
 {
     char dir[512], victim[600], entries[16][600];
-    make_temp_dir(dir, sizeof dir);
+    test_temp_dir(dir, sizeof dir);
     snprintf(victim, sizeof victim, "%s.victim", dir);
     FILE *f = fopen(victim, "w");
     cr_assert_not_null(f);
     fputs("precious", f);
     fclose(f);
-    log_buf *log = calloc(1, sizeof *log);
+    test_log *log = calloc(1, sizeof *log);
     cached_run(k, dir, log);
     int n = list_entries(dir, k->prefix, entries, 16);
     cr_assert(n >= 1 && n <= 16, "%d entries\n%s", n, log->text);
@@ -295,7 +256,7 @@ static void planted_symlinks_not_followed(const cache_kind *k)
                   "%s is not a private regular file", entries[i]);
     }
     remove(victim);
-    remove_tree(dir);
+    test_remove_tree(dir);
     free(log);
 }
 
@@ -306,7 +267,7 @@ Test(hardening, vulkan_cache_writer_does_not_follow_planted_symlink,
 }
 
 Test(hardening, opencl_cache_writer_does_not_follow_planted_symlink,
-     .timeout = 300)
+     .timeout = 180)
 {
     planted_symlinks_not_followed(&opencl_cache);
 }
@@ -316,7 +277,7 @@ Test(hardening, opencl_cache_writer_does_not_follow_planted_symlink,
 static void unsafe_dir_not_used(const cache_kind *k, int other_owner)
 {
     char dir[512], entries[4][600];
-    make_temp_dir(dir, sizeof dir);
+    test_temp_dir(dir, sizeof dir);
     if (other_owner) {
         if (geteuid() != 0)
             cr_skip_test("giving a directory to another user needs root");
@@ -324,7 +285,7 @@ static void unsafe_dir_not_used(const cache_kind *k, int other_owner)
     } else {
         cr_assert_eq(chmod(dir, 0777), 0);
     }
-    log_buf *log = calloc(1, sizeof *log);
+    test_log *log = calloc(1, sizeof *log);
     cached_run(k, dir, log);
     cr_expect_eq(list_entries(dir, k->prefix, entries, 4), 0,
                  "cache written to an unsafe directory");
@@ -332,7 +293,7 @@ static void unsafe_dir_not_used(const cache_kind *k, int other_owner)
                                              ? "owned by another user"
                                              : "writable by group or others"),
                        "%s", log->text);
-    remove_tree(dir);
+    test_remove_tree(dir);
     free(log);
 }
 
@@ -346,12 +307,12 @@ Test(hardening, vulkan_cache_refuses_other_users_dir, .timeout = 120)
     unsafe_dir_not_used(&vulkan_cache, 1);
 }
 
-Test(hardening, opencl_cache_refuses_world_writable_dir, .timeout = 300)
+Test(hardening, opencl_cache_refuses_world_writable_dir, .timeout = 180)
 {
     unsafe_dir_not_used(&opencl_cache, 0);
 }
 
-Test(hardening, opencl_cache_refuses_other_users_dir, .timeout = 300)
+Test(hardening, opencl_cache_refuses_other_users_dir, .timeout = 180)
 {
     unsafe_dir_not_used(&opencl_cache, 1);
 }
@@ -361,8 +322,8 @@ Test(hardening, opencl_cache_refuses_other_users_dir, .timeout = 300)
 static void fifo_entry_skipped(const cache_kind *k)
 {
     char dir[512], entries[16][600];
-    make_temp_dir(dir, sizeof dir);
-    log_buf *log = calloc(1, sizeof *log);
+    test_temp_dir(dir, sizeof dir);
+    test_log *log = calloc(1, sizeof *log);
     cached_run(k, dir, log);
     int n = list_entries(dir, k->prefix, entries, 16);
     cr_assert(n >= 1 && n <= 16, "%d entries", n);
@@ -378,7 +339,7 @@ static void fifo_entry_skipped(const cache_kind *k)
         cr_expect(lstat(entries[i], &sb) == 0 && S_ISREG(sb.st_mode),
                   "%s was not rewritten as a regular file", entries[i]);
     }
-    remove_tree(dir);
+    test_remove_tree(dir);
     free(log);
 }
 
@@ -387,7 +348,7 @@ Test(hardening, vulkan_cache_fifo_is_skipped, .timeout = 60)
     fifo_entry_skipped(&vulkan_cache);
 }
 
-Test(hardening, opencl_cache_fifo_is_skipped, .timeout = 300)
+Test(hardening, opencl_cache_fifo_is_skipped, .timeout = 180)
 {
     fifo_entry_skipped(&opencl_cache);
 }

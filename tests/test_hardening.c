@@ -260,14 +260,12 @@ static void planted_symlinks_not_followed(const cache_kind *k)
     free(log);
 }
 
-Test(hardening, vulkan_cache_writer_does_not_follow_planted_symlink,
-     .timeout = 120)
+Test(hardening, vulkan_cache_writer_does_not_follow_planted_symlink)
 {
     planted_symlinks_not_followed(&vulkan_cache);
 }
 
-Test(hardening, opencl_cache_writer_does_not_follow_planted_symlink,
-     .timeout = 180)
+Test(hardening, opencl_cache_writer_does_not_follow_planted_symlink)
 {
     planted_symlinks_not_followed(&opencl_cache);
 }
@@ -297,22 +295,22 @@ static void unsafe_dir_not_used(const cache_kind *k, int other_owner)
     free(log);
 }
 
-Test(hardening, vulkan_cache_refuses_world_writable_dir, .timeout = 120)
+Test(hardening, vulkan_cache_refuses_world_writable_dir)
 {
     unsafe_dir_not_used(&vulkan_cache, 0);
 }
 
-Test(hardening, vulkan_cache_refuses_other_users_dir, .timeout = 120)
+Test(hardening, vulkan_cache_refuses_other_users_dir)
 {
     unsafe_dir_not_used(&vulkan_cache, 1);
 }
 
-Test(hardening, opencl_cache_refuses_world_writable_dir, .timeout = 180)
+Test(hardening, opencl_cache_refuses_world_writable_dir)
 {
     unsafe_dir_not_used(&opencl_cache, 0);
 }
 
-Test(hardening, opencl_cache_refuses_other_users_dir, .timeout = 180)
+Test(hardening, opencl_cache_refuses_other_users_dir)
 {
     unsafe_dir_not_used(&opencl_cache, 1);
 }

@@ -44,7 +44,8 @@ FILE *mha_file_open_regular(const char *path, bool follow, const char **why)
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC |
                             (follow ? 0 : O_NOFOLLOW));
     if (fd < 0) {
-        *why = errno == ELOOP ? "a symbolic link" : strerror(errno);
+        *why = !follow && errno == ELOOP ? "a symbolic link"
+                                         : strerror(errno);
         return NULL;
     }
     struct stat sb;
@@ -99,7 +100,7 @@ bool mha_cache_dir_ready(mha_host *host, char *dir)
 #endif
     if (why)
         mha_host_log(host, MHA_LOG_WARN,
-                     "cache directory %s is %s: caching is off (use a "
+                     "cache directory %s: %s; caching is off (use a "
                      "private directory, mode 0700)",
                      dir, why);
     return why == NULL;

@@ -6,7 +6,7 @@
  * runs under a timeout, so a hang fails); the cache writers never follow a
  * symlink planted at the temporary names they used to write through; and a
  * cache directory that another user owns or that group or others can write
- * is not used. */
+ * is not used, and one that is missing is made mode 0700. */
 #define _XOPEN_SOURCE 700 /* mkfifo, symlink, lstat, chown */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -349,4 +349,37 @@ Test(hardening, vulkan_cache_fifo_is_skipped, .timeout = 60)
 Test(hardening, opencl_cache_fifo_is_skipped, .timeout = 180)
 {
     fifo_entry_skipped(&opencl_cache);
+}
+
+/* A cache directory that does not exist is made, parents included, mode
+ * 0700. */
+static void missing_dir_made_private(const cache_kind *k)
+{
+    char base[512], dir[600], parent[600];
+    test_temp_dir(base, sizeof base);
+    snprintf(parent, sizeof parent, "%s/made", base);
+    snprintf(dir, sizeof dir, "%s/made/cache", base);
+    test_log *log = calloc(1, sizeof *log);
+    cached_run(k, dir, log);
+    const char *made[2] = {parent, dir};
+    for (int i = 0; i < 2; i++) {
+        struct stat sb;
+        cr_expect(stat(made[i], &sb) == 0 && (sb.st_mode & 0777) == 0700,
+                  "%s: mode %o", made[i], (unsigned)sb.st_mode & 0777);
+    }
+    char entries[4][600];
+    cr_expect_geq(list_entries(dir, k->prefix, entries, 4), 1, "%s",
+                  log->text);
+    test_remove_tree(base);
+    free(log);
+}
+
+Test(hardening, vulkan_cache_dir_is_made_mode_0700)
+{
+    missing_dir_made_private(&vulkan_cache);
+}
+
+Test(hardening, opencl_cache_dir_is_made_mode_0700)
+{
+    missing_dir_made_private(&opencl_cache);
 }

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "mha.h"
 
@@ -251,6 +252,12 @@ mha_status mha_struct_check(mha_host *host, const char *fn, const char *type,
  * struct_size; MHA_INVALID_ARGUMENT for NULL or a size below min. */
 mha_status mha_struct_init(void *s, size_t size, size_t min);
 
+/* Ends a public call fn: on success clears the context's message (mha.h's
+ * promise); on failure makes the message start with "fn: ", so a message
+ * set deeper down (a backend's "vkQueueSubmit failed: ...") still names
+ * the function the caller called. Returns status. */
+mha_status mha_host_finish(mha_host *host, const char *fn, mha_status status);
+
 void mha_host_log(mha_host *host, mha_log_level level, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
@@ -259,6 +266,30 @@ void mha_host_log(mha_host *host, mha_log_level level, const char *fmt, ...)
 
 /* Environment lookup, so tests and users can steer backends. */
 const char *mha_host_getenv(mha_host *host, const char *name);
+
+/* ---- files someone else may control (core/file.c) ------------------------ */
+
+/* Opens path for reading ("rb") only if it is a regular file, without ever
+ * blocking (a FIFO is refused, not waited on). follow false refuses a
+ * symbolic link too. NULL on failure, with errno set (ENOENT when there is
+ * no such file) and *why saying what was wrong, in words. */
+FILE *mha_file_open_regular(const char *path, bool follow, const char **why);
+
+/* A cache file to read, as mha_file_open_regular (no symlinks); a file that
+ * exists but is refused is logged (WARN) and NULL, like a missing one. */
+FILE *mha_cache_file_open(mha_host *host, const char *path);
+
+/* Creates dir (and missing parents) with mode 0700 and tells whether it is
+ * private: owned by this user and not writable by group or others. When
+ * not, the reason is logged (WARN) and the caller caches nothing. dir is
+ * modified during the call and restored. */
+bool mha_cache_dir_ready(mha_host *host, char *dir);
+
+/* Writes head then data to path through a new temporary file beside it
+ * (created with O_EXCL, mode 0600: a name someone planted, symlink or not,
+ * is never opened), renamed over path. 0 or an errno value. */
+int mha_cache_file_write(const char *path, const void *head, size_t head_size,
+                         const void *data, size_t size);
 
 /* ---- the registry ----------------------------------------------------- */
 

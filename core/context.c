@@ -98,6 +98,31 @@ mha_status mha_error(mha_context *ctx, mha_status status, const char *fmt,
 
 void mha_clear_error(mha_context *ctx) { ctx->host.errmsg[0] = '\0'; }
 
+mha_status mha_host_finish(mha_host *host, const char *fn, mha_status status)
+{
+    char *msg = host->errmsg;
+    size_t n = strlen(fn);
+    if (status == MHA_OK) {
+        msg[0] = '\0';
+        return status;
+    }
+    if (strncmp(msg, fn, n) == 0 && msg[n] == ':')
+        return status;
+    if (!msg[0])
+        snprintf(msg, MHA_ERRMSG_SIZE, "%s", mha_status_str(status));
+    /* shift the message right by "fn: ", cutting its end if need be */
+    size_t len = strlen(msg), shift = n + 2;
+    if (shift >= MHA_ERRMSG_SIZE)
+        return status;
+    if (len > MHA_ERRMSG_SIZE - 1 - shift)
+        len = MHA_ERRMSG_SIZE - 1 - shift;
+    memmove(msg + shift, msg, len);
+    msg[shift + len] = '\0';
+    memcpy(msg, fn, n);
+    memcpy(msg + n, ": ", 2);
+    return status;
+}
+
 const char *mha_host_getenv(mha_host *host, const char *name)
 {
     (void)host;
@@ -186,7 +211,10 @@ mha_status mha_context_create(const mha_context_options *options,
     const char *env = getenv("MHA_LOG");
     if (!o->log && env && parse_log_level(env, &ctx->host.log_level))
         ctx->host.log = stderr_log;
-    mha_status st = mha_probe_devices(ctx);
+    const char *backends = o->backends ? o->backends : getenv("MHA_BACKENDS");
+    if (!o->backends && backends && !*backends)
+        backends = NULL; /* MHA_BACKENDS= is unset */
+    mha_status st = mha_probe_devices(ctx, backends);
     if (st != MHA_OK) {
         mha_release_backends(ctx);
         alloc.free(alloc.user, ctx);

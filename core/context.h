@@ -77,9 +77,10 @@ int mha_mul_size(size_t a, size_t b, size_t *out);
 const char *mha_shape_str(char *buf, size_t size, int ndim,
                           const int64_t *shape);
 
-/* Probing (device.c): mha_context_create's backends and devices, and their
+/* Probing (device.c): mha_context_create's backends and devices (backends:
+ * a comma-separated list of names, NULL for every one), and their
  * release. */
-mha_status mha_probe_devices(mha_context *ctx);
+mha_status mha_probe_devices(mha_context *ctx, const char *backends);
 void mha_release_backends(mha_context *ctx);
 
 /* The wrappers (backend.c) through which the core, and nothing else in it,

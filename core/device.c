@@ -29,6 +29,63 @@ static int registry_size(void)
     return n;
 }
 
+/* "cpu, vulkan, opencl": the backends of this build, for messages. */
+static const char *backend_names(char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int s = 0; mha_backend_registry[s] && used < size; s++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%s",
+                                 s ? ", " : "", mha_backend_registry[s]->name);
+    return buf;
+}
+
+/* The length of list's first comma-separated name, 0 when list names
+ * nothing or not a backend of this build. */
+static size_t known_name(const char *list)
+{
+    size_t len = strcspn(list, ",");
+    for (int s = 0; mha_backend_registry[s]; s++)
+        if (strlen(mha_backend_registry[s]->name) == len &&
+            strncmp(list, mha_backend_registry[s]->name, len) == 0)
+            return len;
+    return 0;
+}
+
+/* Checks that list names one or more backends of this build. */
+static mha_status check_backend_list(mha_context *ctx, const char *list)
+{
+    for (const char *p = list;; p++) {
+        size_t len = known_name(p);
+        if (!len) {
+            char names[96];
+            mha_error(ctx, MHA_INVALID_ARGUMENT,
+                      "mha_context_create: backends \"%s\" names \"%.*s\", "
+                      "not a backend of this build (%s)",
+                      list, (int)strcspn(p, ","), p,
+                      backend_names(names, sizeof names));
+            mha_host_log(&ctx->host, MHA_LOG_ERROR, "%s", ctx->host.errmsg);
+            return MHA_INVALID_ARGUMENT;
+        }
+        p += len;
+        if (!*p)
+            return MHA_OK;
+    }
+}
+
+/* Whether the checked list names backend name. */
+static bool list_names(const char *list, const char *name)
+{
+    for (const char *p = list;; p++) {
+        size_t len = known_name(p);
+        if (len == strlen(name) && strncmp(p, name, len) == 0)
+            return true;
+        p += len;
+        if (!*p)
+            return false;
+    }
+}
+
 /* Adds one backend's devices; a backend that fails to start is skipped with
  * its reason logged, except when memory runs out. */
 static mha_status probe_backend(mha_context *ctx, int slot)
@@ -83,14 +140,25 @@ static void rank_devices(mha_context *ctx)
     }
 }
 
-mha_status mha_probe_devices(mha_context *ctx)
+mha_status mha_probe_devices(mha_context *ctx, const char *backends)
 {
+    if (backends && check_backend_list(ctx, backends) != MHA_OK)
+        return MHA_INVALID_ARGUMENT;
     ctx->backend_count = registry_size();
     ctx->backends = mha_host_calloc(&ctx->host, (size_t)ctx->backend_count,
                                     sizeof *ctx->backends);
     if (!ctx->backends)
         return MHA_OUT_OF_MEMORY;
     for (int slot = 0; slot < ctx->backend_count; slot++) {
+        const mha_backend_iface *iface = mha_backend_registry[slot];
+        /* left out: known (adoption finds it) but never started */
+        ctx->backends[slot].iface = iface;
+        if (backends && !list_names(backends, iface->name)) {
+            mha_host_log(&ctx->host, MHA_LOG_INFO,
+                         "backend %s not probed (backends \"%s\")",
+                         iface->name, backends);
+            continue;
+        }
         mha_status st = probe_backend(ctx, slot);
         if (st != MHA_OK)
             return st;
@@ -117,6 +185,7 @@ mha_status mha_device_count(mha_context *ctx, int *count)
     if (!ctx || !count)
         return MHA_INVALID_ARGUMENT;
     *count = ctx->device_count;
+    mha_clear_error(ctx);
     return MHA_OK;
 }
 
@@ -175,39 +244,35 @@ mha_status mha_device_options_init_sized(mha_device_options *options,
     return MHA_OK;
 }
 
-mha_status mha_device_open_index(mha_context *ctx, int index,
-                                 const mha_device_options *options,
-                                 mha_device **out)
+/* Opens ranked device index for the public call fn. */
+static mha_status open_index(mha_context *ctx, const char *fn, int index,
+                             const mha_device_options *options,
+                             mha_device **out)
 {
-    if (!ctx || !out)
-        return MHA_INVALID_ARGUMENT;
     if (index < 0 || index >= ctx->device_count)
         return mha_error(ctx, MHA_NO_DEVICE,
-                         "mha_device_open_index: index %d out of range; "
-                         "%d device(s) found",
+                         "%s: index %d out of range; %d device(s) found", fn,
                          index, ctx->device_count);
     mha_device_options defaults;
     mha_device_options_init(&defaults);
     if (!options)
         options = &defaults;
-    if (mha_struct_check(&ctx->host, "mha_device_open", "mha_device_options",
-                         options, sizeof *options) != MHA_OK)
+    if (mha_struct_check(&ctx->host, fn, "mha_device_options", options,
+                         sizeof *options) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
     if (options->threads < 0)
         return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "mha_device_open: threads %d is negative",
-                         options->threads);
+                         "%s: threads %d is negative", fn, options->threads);
     const mha_device_entry *e = &ctx->devices[index];
     const mha_backend_slot *b = &ctx->backends[e->backend];
     mha_device *device = mha_host_calloc(&ctx->host, 1, sizeof *device);
     if (!device)
-        return mha_error(ctx, MHA_OUT_OF_MEMORY,
-                         "mha_device_open: out of memory");
+        return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
     mha_status st = mha_backend_open(b, e->backend_index, options,
                                      &device->dev);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, device);
-        return st;
+        return mha_host_finish(&ctx->host, fn, st);
     }
     device->ctx = ctx;
     device->iface = b->iface;
@@ -217,6 +282,15 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
     mha_clear_error(ctx);
     *out = device;
     return MHA_OK;
+}
+
+mha_status mha_device_open_index(mha_context *ctx, int index,
+                                 const mha_device_options *options,
+                                 mha_device **out)
+{
+    if (!ctx || !out)
+        return MHA_INVALID_ARGUMENT;
+    return open_index(ctx, "mha_device_open_index", index, options, out);
 }
 
 /* The ranked index of the best device of backend name, or of device
@@ -273,16 +347,13 @@ static mha_status resolve_spec(mha_context *ctx, const char *spec,
                          origin, spec);
     return MHA_OK;
 bad:;
-    char names[96] = "";
-    size_t used = 0;
-    for (int s = 0; s < ctx->backend_count && used < sizeof names; s++)
-        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s",
-                                 s ? ", " : "", ctx->backends[s].iface->name);
+    char names[96];
     return mha_error(ctx, MHA_INVALID_ARGUMENT,
                      "mha_device_open: %s \"%s\" is not a device name; "
                      "expected best, or a backend of this build (%s), "
                      "optionally with :index (for example %s:0)",
-                     origin, spec, names, ctx->backends[0].iface->name);
+                     origin, spec, backend_names(names, sizeof names),
+                     ctx->backends[0].iface->name);
 }
 
 mha_status mha_device_open(mha_context *ctx, const char *spec,
@@ -300,11 +371,11 @@ mha_status mha_device_open(mha_context *ctx, const char *spec,
             origin = "spec";
         }
     }
-    int index;
+    int index = -1;
     mha_status st = resolve_spec(ctx, spec, origin, &index);
     if (st != MHA_OK)
         return st;
-    return mha_device_open_index(ctx, index, options, out);
+    return open_index(ctx, "mha_device_open", index, options, out);
 }
 
 mha_status mha_device_info_of(mha_device *device, mha_device_info *info)
@@ -312,6 +383,7 @@ mha_status mha_device_info_of(mha_device *device, mha_device_info *info)
     if (!device || !info)
         return MHA_INVALID_ARGUMENT;
     fill_info(device->ctx, &device->entry, device->index, info);
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }
 
@@ -328,6 +400,7 @@ mha_status mha_device_destroy(mha_device *device)
     mha_backend_close(device->iface, device->dev);
     ctx->open_objects--;
     mha_host_free(&ctx->host, device);
+    mha_clear_error(ctx);
     return MHA_OK;
 }
 
@@ -360,6 +433,7 @@ mha_status mha_device_memory_usage(mha_device *device, uint64_t *in_use,
         *in_use = device->mem_in_use;
     if (peak)
         *peak = device->mem_peak;
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }
 
@@ -368,5 +442,6 @@ mha_status mha_device_reset_peak_memory(mha_device *device)
     if (!device)
         return MHA_INVALID_ARGUMENT;
     device->mem_peak = device->mem_in_use;
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }

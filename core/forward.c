@@ -120,6 +120,15 @@ static mha_status check_masks(const mha_layer *layer, const char *fn,
     int64_t N = call->batch, L = call->tgt_len, S = call->src_len;
     int64_t H = layer->cfg.num_heads;
     mha_status st;
+    size_t count;
+    /* ndim first: a host array's shape holds MHA_MAX_DIMS entries, and
+     * nothing (messages included) may read past them */
+    for (int i = 0; i < 2; i++) {
+        const arg_view *m = i ? mask : kpm;
+        if (m->present && (st = mha_check_shape(ctx, fn, m->name, m->ndim,
+                                                m->shape, &count)) != MHA_OK)
+            return st;
+    }
     if (kpm->present) {
         int64_t want[2] = {N, S};
         if ((st = check_input_dtype(ctx, fn, kpm, 1)) != MHA_OK ||
@@ -313,16 +322,15 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
 
 mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
 {
+    static const char fn[] = "mha_layer_forward";
     if (!layer)
         return MHA_INVALID_ARGUMENT;
     mha_plan *plan = NULL;
-    mha_status st = enqueue_forward(layer, "mha_layer_forward", a, 1, &plan);
+    mha_status st = enqueue_forward(layer, fn, a, 1, &plan);
     if (st == MHA_OK)
         st = mha_dev_sync(layer->device);
     mha_plan_release(layer, plan);
-    if (st == MHA_OK)
-        mha_clear_error(layer->device->ctx);
-    return st;
+    return mha_host_finish(&layer->device->ctx->host, fn, st);
 }
 
 mha_status mha_layer_forward_enqueue(mha_layer *layer, const char *fn,
@@ -332,9 +340,7 @@ mha_status mha_layer_forward_enqueue(mha_layer *layer, const char *fn,
     mha_status st = enqueue_forward(layer, fn, a, 0, &plan);
     if (plan)
         plan->pinned = 1;
-    if (st == MHA_OK)
-        mha_clear_error(layer->device->ctx);
-    return st;
+    return mha_host_finish(&layer->device->ctx->host, fn, st);
 }
 
 /* ---- host-memory forward ---------------------------------------------------- */
@@ -436,7 +442,5 @@ mha_status mha_layer_forward_host(mha_layer *layer,
     if (st == MHA_OK)
         st = mha_plan_run_host(layer, plan, a, out_count, w_count);
     mha_plan_release(layer, plan);
-    if (st == MHA_OK)
-        mha_clear_error(ctx);
-    return st;
+    return mha_host_finish(&ctx->host, fn, st);
 }

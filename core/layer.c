@@ -138,7 +138,7 @@ mha_status mha_layer_create(mha_device *device, const mha_layer_config *config,
     st = mha_dev_alloc(device, layer->wbytes, &layer->wbuf);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, layer);
-        return st;
+        return mha_host_finish(&ctx->host, "mha_layer_create", st);
     }
     device->open_objects++;
     mha_clear_error(ctx);
@@ -156,6 +156,7 @@ mha_status mha_layer_destroy(mha_layer *layer)
     mha_dev_free(device, layer->wbuf, layer->wbytes);
     device->open_objects--;
     mha_host_free(&device->ctx->host, layer);
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }
 
@@ -299,7 +300,7 @@ mha_status mha_layer_set_weight(mha_layer *layer, const char *name,
         count += layer->wlen[s.first + i];
     st = mha_layer_write_weight(layer, s.first, 0, data, count);
     if (st != MHA_OK)
-        return st;
+        return mha_host_finish(&ctx->host, "mha_layer_set_weight", st);
     for (int i = 0; i < s.slots; i++)
         layer->set |= 1u << (s.first + i);
     mha_clear_error(ctx);

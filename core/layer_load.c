@@ -174,11 +174,9 @@ mha_status mha_layer_load_safetensors(mha_layer *layer, const char *path,
                          "mha_layer_load_safetensors: path is NULL");
     mha_st_file *file;
     mha_status st = mha_st_open(&ctx->host, path, &file);
-    if (st != MHA_OK)
-        return st;
-    st = load_all(layer, file, path, prefix ? prefix : "");
-    mha_st_close(file);
-    if (st == MHA_OK)
-        mha_clear_error(ctx);
-    return st;
+    if (st == MHA_OK) {
+        st = load_all(layer, file, path, prefix ? prefix : "");
+        mha_st_close(file);
+    }
+    return mha_host_finish(&ctx->host, "mha_layer_load_safetensors", st);
 }

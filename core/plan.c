@@ -131,7 +131,8 @@ static size_t place_in_arena(mha_graph *g)
     return total;
 }
 
-static mha_status check_supported(mha_layer *layer, mha_plan *plan)
+static mha_status check_supported(mha_layer *layer, const char *fn,
+                                  mha_plan *plan)
 {
     mha_graph *g = &plan->graph;
     void *bufs[MHA_GRAPH_MAX_BUFS];
@@ -146,9 +147,9 @@ static mha_status check_supported(mha_layer *layer, mha_plan *plan)
             mha_device_info info;
             mha_device_info_of(layer->device, &info);
             return mha_error(layer->device->ctx, MHA_UNSUPPORTED,
-                             "mha_layer_forward: %s:%d (%s) cannot run op "
-                             "%s for this shape and dtype %s",
-                             info.backend, info.backend_index, info.name,
+                             "%s: %s:%d (%s) cannot run op %s for this "
+                             "shape and dtype %s",
+                             fn, info.backend, info.backend_index, info.name,
                              mha_op_name(node.op),
                              mha_dtype_name(layer->cfg.dtype));
         }
@@ -156,19 +157,19 @@ static mha_status check_supported(mha_layer *layer, mha_plan *plan)
     return MHA_OK;
 }
 
-mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
-                           mha_plan **out)
+mha_status mha_plan_create(mha_layer *layer, const char *fn,
+                           const mha_call *call, mha_plan **out)
 {
     mha_context *ctx = layer->device->ctx;
     mha_plan *plan = mha_host_calloc(&ctx->host, 1, sizeof *plan);
     if (!plan)
         return mha_error(ctx, MHA_OUT_OF_MEMORY,
-                         "mha_layer_forward: out of memory planning");
+                         "%s: out of memory planning", fn);
     plan->call = *call;
     mha_graph *g = &plan->graph;
     mha_graph_build(layer, call, g);
     fuse_attention(layer->device, plan);
-    mha_status st = check_supported(layer, plan);
+    mha_status st = check_supported(layer, fn, plan);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, plan);
         return st;

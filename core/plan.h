@@ -23,8 +23,9 @@ struct mha_plan {
     int transient; /* not in the layer's cache: freed after its call */
 };
 
-mha_status mha_plan_create(mha_layer *layer, const mha_call *call,
-                           mha_plan **out);
+/* Plans call for layer; fn names the public caller in messages. */
+mha_status mha_plan_create(mha_layer *layer, const char *fn,
+                           const mha_call *call, mha_plan **out);
 
 /* Hands the plan's nodes to the backend with the caller's buffers bound by
  * role (MHA_BUF_PARAMS is the layer's own); the caller syncs. */

@@ -32,7 +32,7 @@ mha_status mha_plan_get(mha_layer *layer, const char *fn,
                          "shapes (pad with key_padding_mask) or another layer",
                          fn, MHA_PLAN_CACHE);
     mha_plan *plan;
-    mha_status st = mha_plan_create(layer, call, &plan);
+    mha_status st = mha_plan_create(layer, fn, call, &plan);
     if (st != MHA_OK)
         return st;
     plan->last_used = layer->clock;

@@ -1,6 +1,7 @@
 /* safetensors.c: parses and validates .safetensors files with cJSON (the
  * JSON header) and stdio (the data, read per tensor so a model-sized file
- * is never loaded whole). Every length and offset is checked before use. */
+ * is never loaded whole), from a regular file only (core/file.c). Every
+ * length and offset is checked before use. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -247,13 +248,13 @@ mha_status mha_st_open(mha_host *host, const char *path, mha_st_file **out)
         return mha_host_error(host, MHA_OUT_OF_MEMORY,
                               "safetensors: out of memory");
     }
-    f->fp = fopen(path, "rb");
+    const char *why = "";
+    f->fp = mha_file_open_regular(path, true, &why);
     if (!f->fp) {
-        int err = errno;
         mha_st_close(f);
         return mha_host_error(host, MHA_IO,
                               "safetensors file %s cannot be opened: %s",
-                              path, strerror(err));
+                              path, why);
     }
     mha_status st = read_header(f);
     if (st != MHA_OK) {

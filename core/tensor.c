@@ -90,7 +90,7 @@ mha_status mha_tensor_create(mha_device *device, mha_dtype dtype, int ndim,
         st = mha_dev_alloc(device, tensor_storage_bytes(t), &t->buf);
     if (st != MHA_OK) {
         mha_host_free(&device->ctx->host, t);
-        return st;
+        return mha_host_finish(&device->ctx->host, "mha_tensor_create", st);
     }
     return attach(t, out);
 }
@@ -184,9 +184,7 @@ mha_status mha_tensor_upload(mha_tensor *tensor, const void *src, size_t size)
             ? mha_upload_bool_mask(tensor->device, tensor->buf, 0, src,
                                    tensor->count)
             : mha_dev_write(tensor->device, tensor->buf, 0, src, size);
-    if (st == MHA_OK)
-        mha_clear_error(ctx);
-    return st;
+    return mha_host_finish(&ctx->host, "mha_tensor_upload", st);
 }
 
 mha_status mha_tensor_download(const mha_tensor *tensor, void *dst,
@@ -207,9 +205,7 @@ mha_status mha_tensor_download(const mha_tensor *tensor, void *dst,
                         ? download_bool_mask(tensor, dst)
                         : mha_dev_read(tensor->device, tensor->buf, 0, dst,
                                        tensor_user_bytes(tensor));
-    if (st == MHA_OK)
-        mha_clear_error(ctx);
-    return st;
+    return mha_host_finish(&ctx->host, "mha_tensor_download", st);
 }
 
 mha_status mha_tensor_get_shape(const mha_tensor *tensor, mha_dtype *dtype,
@@ -223,6 +219,7 @@ mha_status mha_tensor_get_shape(const mha_tensor *tensor, mha_dtype *dtype,
         *ndim = tensor->ndim;
     if (shape)
         memcpy(shape, tensor->shape, (size_t)tensor->ndim * sizeof *shape);
+    mha_clear_error(tensor->device->ctx);
     return MHA_OK;
 }
 
@@ -235,5 +232,6 @@ mha_status mha_tensor_destroy(mha_tensor *tensor)
                  tensor->wrapped ? 0 : tensor_storage_bytes(tensor));
     device->open_objects--;
     mha_host_free(&device->ctx->host, tensor);
+    mha_clear_error(device->ctx);
     return MHA_OK;
 }

@@ -3,7 +3,15 @@
  *
  * C99, standard headers only. Every object is an opaque handle; every call
  * returns an mha_status (accessors that cannot fail return their value).
- * A context and everything created from it is used by one thread at a time.
+ * Threads: calls on different contexts (and their devices, layers and
+ * tensors) may run at the same time on different threads (the only state
+ * libmha shares between contexts is the Vulkan loader, loaded once, and a
+ * lock that serialises OpenCL device probing).
+ * Calls on one context or on anything created from it (errmsg included)
+ * must not overlap: one thread at a time, in any order of threads; the
+ * caller serialises them. Hooks (allocator, log) run on the calling thread
+ * and must be thread-safe if shared by contexts. mha_status_str,
+ * mha_version and the *_init functions are safe anywhere.
  * On failure a call leaves its outputs untouched and mha_context_errmsg()
  * names the function, the argument, the value and what was expected.
  * Engines that own their device include mha_vulkan.h or mha_opencl.h too:
@@ -130,6 +138,15 @@ typedef struct mha_context_options {
                                        then lines go to stderr */
     void *log_user;
     mha_log_level log_level;        /* default MHA_LOG_WARN */
+    const char *backends; /* backends to probe, comma-separated ("cpu",
+                             "cpu,vulkan"); NULL means MHA_BACKENDS, else
+                             all. A backend left out loads no runtime and
+                             lists no devices: an engine that adopts its
+                             own VkDevice passes "cpu", so libmha makes no
+                             VkInstance and loads no OpenCL ICD
+                             (mha_opencl_device_adopt needs "opencl").
+                             A name not in this build is
+                             MHA_INVALID_ARGUMENT. Read during create. */
 } mha_context_options;
 
 /* Fills *options with the defaults and sets struct_size (see "ABI"). */
@@ -138,9 +155,10 @@ MHA_API mha_status mha_context_options_init_sized(mha_context_options *options,
 #define mha_context_options_init(options)                                    \
     mha_context_options_init_sized((options), sizeof *(options))
 
-/* Creates a context and probes every compiled-in backend for devices. A
- * backend whose runtime is missing (no libvulkan.so.1, no OpenCL ICD)
- * contributes no devices; that is not an error. options may be NULL. */
+/* Creates a context and probes every compiled-in backend for devices (or
+ * those options->backends names). A backend whose runtime is missing (no
+ * libvulkan.so.1, no OpenCL ICD) contributes no devices; that is not an
+ * error. options may be NULL. */
 MHA_API mha_status mha_context_create(const mha_context_options *options,
                                       mha_context **out);
 
@@ -211,7 +229,10 @@ typedef struct mha_device_options {
     const char *cache_dir; /* GPU backends: where compiled pipelines and
                               program binaries are cached; NULL means
                               MHA_CACHE_DIR, else $XDG_CACHE_HOME/libmha,
-                              else ~/.cache/libmha; "" disables. Copied. */
+                              else ~/.cache/libmha; "" disables. Created
+                              mode 0700; one another user owns or group
+                              or others can write is not used (logged,
+                              no caching). Copied. */
 } mha_device_options;
 
 MHA_API mha_status mha_device_options_init_sized(mha_device_options *options,
@@ -333,7 +354,8 @@ MHA_API mha_status mha_layer_set_weight(mha_layer *layer, const char *name,
  * module's state_dict (F32, F16, BF16 or F64 tensors, converted to fp32).
  * prefix (NULL or "") is prepended to each name, so a whole model's file can
  * be used: "encoder.layers.3.self_attn.". A missing, misshapen or wrongly
- * typed tensor is an error naming the key; other keys are ignored. */
+ * typed tensor is an error naming the key; other keys are ignored. A path
+ * that is not a regular file (a FIFO, a directory) is MHA_IO at once. */
 MHA_API mha_status mha_layer_load_safetensors(mha_layer *layer,
                                               const char *path,
                                               const char *prefix);

@@ -14,7 +14,8 @@ main_pkgs=(cmake gcc make pkg-config libcjson-dev
            libopenblas-dev python3-matplotlib)
 test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
            gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind
-           libclblast-dev clang-14 libclang-rt-14-dev)
+           libclblast-dev clang-14 libclang-rt-14-dev
+           clang) # clang: the fuzz and ThreadSanitizer builds
 
 case "${1:-main}" in
   main) wanted=("${main_pkgs[@]}") ;;

@@ -74,4 +74,5 @@ step "every mutant of scripts/mutants.txt still applies" \
 step "AddressSanitizer + UBSan build" asan
 step "libFuzzer harnesses, 20 s each" bash scripts/test-fuzz.sh
 step "AArch64 cross build under qemu" arm64
+step "ThreadSanitizer build: the threads suite" bash scripts/test-tsan.sh
 step "install to a temporary prefix" bash scripts/test-install.sh build

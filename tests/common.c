@@ -1,6 +1,8 @@
-/* common.c: device enumeration, random numbers and comparison for the
- * Criterion suites. */
+/* common.c: device enumeration, random numbers, comparison, log capture
+ * and temporary directories for the Criterion suites. */
+#define _XOPEN_SOURCE 700 /* mkdtemp, nftw */
 #include <criterion/criterion.h>
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,4 +145,42 @@ test_diff test_compare(const float *got, const double *want, size_t n)
     }
     d.nmse = ref2 > 0 ? err2 / ref2 : err2;
     return d;
+}
+
+static void collect(void *user, mha_log_level level, const char *msg)
+{
+    test_log *b = user;
+    (void)level;
+    int n = snprintf(b->text + b->len, sizeof b->text - b->len, "%s\n", msg);
+    if (n > 0 && b->len + (size_t)n < sizeof b->text)
+        b->len += (size_t)n;
+}
+
+void test_log_to(mha_context_options *o, test_log *log)
+{
+    log->len = 0;
+    log->text[0] = '\0';
+    o->log = collect;
+    o->log_user = log;
+    o->log_level = MHA_LOG_INFO;
+}
+
+void test_temp_dir(char *path, size_t cap)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(path, cap, "%s/mha-test-XXXXXX", base ? base : "/tmp");
+    cr_assert_not_null(mkdtemp(path));
+}
+
+static int remove_one(const char *path, const struct stat *sb, int flag,
+                      struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void test_remove_tree(const char *dir)
+{
+    nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }

@@ -1,6 +1,7 @@
 /* common.h: what the suites share: the list of devices to run on (every
  * device of every backend, and every ISA the CPU backend can run here), a
- * seeded random source, and result comparison with NaN/Inf awareness. */
+ * seeded random source, result comparison with NaN/Inf awareness, a log
+ * collector and temporary directories. */
 #ifndef MHA_TEST_COMMON_H
 #define MHA_TEST_COMMON_H
 
@@ -27,6 +28,19 @@ mha_device *test_open(mha_context *ctx, const test_device *td);
 /* Fails the test when a backend required by MHA_REQUIRE (a comma list such
  * as "vulkan,opencl") has no device, so CI can never skip one silently. */
 void test_require_backends(mha_context *ctx);
+
+/* Log lines of a context (INFO and up), collected for assertions. */
+typedef struct test_log {
+    char text[1 << 15];
+    size_t len;
+} test_log;
+
+/* Sets o's log hook to collect into log, which it clears. */
+void test_log_to(mha_context_options *o, test_log *log);
+
+/* A new empty directory under $TMPDIR (else /tmp) into path, and rm -r. */
+void test_temp_dir(char *path, size_t cap);
+void test_remove_tree(const char *dir);
 
 typedef struct test_rng {
     uint64_t state;

@@ -13,7 +13,8 @@
  * device, queue and buffers keep working after libmha is destroyed; the
  * checks of mha_vulkan_tensor_wrap; a steady-state record allocates no
  * host memory; and the per-frame CPU cost of recording a 12-layer
- * BERT-base stack (printed, not asserted). Linked like an engine: libmha
+ * BERT-base stack (printed, not asserted); adoption in a context that
+ * probes no Vulkan itself (backends "cpu"). Linked like an engine: libmha
  * statically, libvulkan directly. */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
@@ -505,4 +506,28 @@ Test(vulkan_interop, bert_base_record_cost, .timeout = 600)
     mha_context_destroy(ctx);
     engine_buffer_destroy(&e, &buf);
     engine_destroy(&e);
+}
+
+/* An engine adopting its own VkDevice can keep libmha from probing Vulkan:
+ * with backends "cpu" libmha makes no VkInstance of its own (its device
+ * list holds the cpu only), and the adopted device still records frames
+ * that match the host forward. */
+Test(vulkan_interop, adopted_device_needs_no_vulkan_probe)
+{
+    engine e;
+    scene s;
+    mha_context_options o;
+    mha_context_options_init(&o);
+    o.backends = "cpu";
+    start(&e, &s, &o, MHA_F32, true);
+    int n = 0;
+    cr_assert_eq(mha_device_count(s.ctx, &n), MHA_OK);
+    for (int i = 0; i < n; i++) {
+        mha_device_info info;
+        cr_assert_eq(mha_device_get_info(s.ctx, i, &info), MHA_OK);
+        cr_expect_str_eq(info.backend, "cpu");
+    }
+    run_frames(&e, &s);
+    assert_matches(&s, s.layers, 1e-4);
+    finish(&e, &s);
 }

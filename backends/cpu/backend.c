@@ -141,7 +141,7 @@ static mha_status pick_table(mha_host *host, const mha_device_options *o,
     char isas[64];
     available_isas(isas, sizeof isas);
     return mha_host_error(host, MHA_UNSUPPORTED,
-                          "mha_device_open: %s \"%s\" is not available on "
+                          "cpu: %s \"%s\" is not available on "
                           "this CPU; available: %s",
                           origin, isa, isas);
 }

@@ -242,6 +242,11 @@ MHA_CL_HIDDEN mha_status mha_cl_fail(mha_host *host, const char *call,
 MHA_CL_HIDDEN mha_status mha_cl_load(mha_cl_state *st);
 MHA_CL_HIDDEN void mha_cl_unload(mha_cl_state *st);
 
+/* The process-wide lock every probe of platforms and devices holds
+ * (loader.c says why). */
+MHA_CL_HIDDEN void mha_cl_icd_lock(void);
+MHA_CL_HIDDEN void mha_cl_icd_unlock(void);
+
 /* The program of a kind built for this device (built on first use, from
  * the binary cache where a valid entry exists). d is the head size for
  * ATTENTION, ignored otherwise. Kernels take f32 and f16 tensors alike

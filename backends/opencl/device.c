@@ -300,16 +300,11 @@ static mha_status probe_platform(mha_cl_state *st, cl_platform_id plat,
     return s;
 }
 
-static mha_status cl_init(mha_host *host, void **state, mha_device_desc *descs,
-                          int cap, int *count)
+/* Loads the runtime and lists the devices; cl_init holds the ICD lock. */
+static mha_status probe_locked(mha_cl_state *st, mha_device_desc *descs,
+                               int cap, int *count)
 {
-    *count = 0;
-    mha_cl_state *st = mha_host_calloc(host, 1, sizeof *st);
-    if (!st)
-        return mha_host_error(host, MHA_OUT_OF_MEMORY,
-                              "opencl: out of memory in init");
-    st->host = host;
-    *state = st;
+    mha_host *host = st->host;
     if (mha_cl_load(st) != MHA_OK)
         return MHA_OK; /* no runtime: no devices, reason logged */
 
@@ -338,6 +333,22 @@ static mha_status cl_init(mha_host *host, void **state, mha_device_desc *descs,
         return mha_host_error(host, s, "opencl: out of memory in init");
     *count = st->count;
     return MHA_OK;
+}
+
+static mha_status cl_init(mha_host *host, void **state, mha_device_desc *descs,
+                          int cap, int *count)
+{
+    *count = 0;
+    mha_cl_state *st = mha_host_calloc(host, 1, sizeof *st);
+    if (!st)
+        return mha_host_error(host, MHA_OUT_OF_MEMORY,
+                              "opencl: out of memory in init");
+    st->host = host;
+    *state = st;
+    mha_cl_icd_lock();
+    mha_status s = probe_locked(st, descs, cap, count);
+    mha_cl_icd_unlock();
+    return s;
 }
 
 /* ---- open / close ------------------------------------------------------- */
@@ -418,6 +429,10 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
     if (dev->row_wg > (cpu ? 64 : 256))
         dev->row_wg = cpu ? 64 : 256;
     dev->cache_dir = mha_cl_cache_dir(dev->host, options);
+    if (dev->cache_dir && !mha_cache_dir_ready(dev->host, dev->cache_dir)) {
+        mha_host_free(dev->host, dev->cache_dir);
+        dev->cache_dir = NULL;
+    }
     /* Build the common program now, so a device whose compiler fails is
      * refused at open with the build log, not midway through a forward. */
     mha_cl_program *prog = NULL;

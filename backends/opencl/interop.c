@@ -110,7 +110,9 @@ static mha_status adopt_handles(mha_cl_state *st, const char *fn,
     dev->host = st->host;
     dev->api = &st->api;
     dev->rec = &dev->own_rec;
+    mha_cl_icd_lock();
     mha_status s = mha_cl_describe(st, plat, device, &dev->own_rec, desc);
+    mha_cl_icd_unlock();
     if (s != MHA_OK) {
         mha_host_free(st->host, dev);
         return mha_host_error(st->host, s, "%s: out of memory", fn);
@@ -155,7 +157,7 @@ mha_status mha_opencl_device_adopt(mha_context *ctx, cl_context context,
     if (s == MHA_OK)
         s = adopt_handles(st, fn, context, device, queue, &desc, &dev);
     if (s != MHA_OK)
-        return s;
+        return mha_host_finish(host, fn, s);
     dev->out_of_order = out_of_order;
     if (dev->rec->c_version < 12)
         s = mha_host_error(host, MHA_UNSUPPORTED,
@@ -167,9 +169,10 @@ mha_status mha_opencl_device_adopt(mha_context *ctx, cl_context context,
         s = mha_cl_device_ready(dev, options);
     if (s != MHA_OK) {
         mha_opencl_backend.close(dev);
-        return s;
+        return mha_host_finish(host, fn, s);
     }
-    return mha_device_adopt(ctx, &mha_opencl_backend, dev, &desc, out);
+    s = mha_device_adopt(ctx, &mha_opencl_backend, dev, &desc, out);
+    return mha_host_finish(host, fn, s);
 }
 
 /* ---- wrapping buffers ------------------------------------------------------- */
@@ -265,7 +268,7 @@ mha_status mha_opencl_tensor_wrap(mha_device *device, cl_mem mem,
     if (s == MHA_OK)
         s = mha_tensor_adopt(device, fn, dtype, ndim, shape, b, b->size, out);
     if (s != MHA_OK || fits_kernel_index(offset, elem, ndim, shape))
-        return s;
+        return mha_host_finish(dev->host, fn, s);
     mha_tensor_destroy(*out);
     *out = NULL;
     return mha_host_error(dev->host, MHA_UNSUPPORTED,
@@ -352,5 +355,5 @@ mha_status mha_opencl_layer_enqueue(mha_layer *layer,
                             enqueue_done(dev, event_out));
     dev->wait_count = 0;
     dev->wait_list = NULL;
-    return s;
+    return mha_host_finish(dev->host, fn, s);
 }

@@ -1,13 +1,15 @@
 /* loader.c: loads the OpenCL ICD loader at run time (no link-time
  * dependency on libOpenCL, so one build runs on machines without OpenCL),
- * resolves the entry points into the context's table, and turns cl_int
- * error codes into named mha_status errors. */
+ * resolves the entry points into the context's table, serialises what the
+ * ICD stack cannot run concurrently, and turns cl_int error codes into
+ * named mha_status errors. */
 #include <string.h>
 
 #if defined(_WIN32)
 #include <windows.h>
 #else
 #include <dlfcn.h>
+#include <pthread.h>
 #endif
 
 #include "cl_internal.h"
@@ -88,6 +90,26 @@ void mha_cl_unload(mha_cl_state *st)
     st->lib = NULL;
     memset(&st->api, 0, sizeof st->api);
 }
+
+/* ---- the process-wide ICD lock --------------------------------------------
+ * Probing is not safe from two threads at once: four contexts created on
+ * four threads crashed inside PoCL's clGetDeviceInfo (as did four threads
+ * doing nothing but dlopen, clGetPlatformIDs and clGetDeviceInfo), since
+ * the ICD loader and the driver set up process-wide state on first use.
+ * So every probe of platforms and devices holds this one lock: the global
+ * state DESIGN.md allows for a driver that is not thread-safe. It is
+ * statically initialised (no once-call needed) and never destroyed. What
+ * follows a probe (contexts, queues, programs, buffers) belongs to one
+ * mha_device and runs unlocked, as the OpenCL spec allows. */
+#if defined(_WIN32)
+static SRWLOCK g_icd_lock = SRWLOCK_INIT;
+void mha_cl_icd_lock(void) { AcquireSRWLockExclusive(&g_icd_lock); }
+void mha_cl_icd_unlock(void) { ReleaseSRWLockExclusive(&g_icd_lock); }
+#else
+static pthread_mutex_t g_icd_lock = PTHREAD_MUTEX_INITIALIZER;
+void mha_cl_icd_lock(void) { pthread_mutex_lock(&g_icd_lock); }
+void mha_cl_icd_unlock(void) { pthread_mutex_unlock(&g_icd_lock); }
+#endif
 
 /* ---- error names -------------------------------------------------------- */
 

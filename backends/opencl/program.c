@@ -3,23 +3,11 @@
  * built program and its kernels in the device, and caches program binaries
  * on disk keyed by platform, device, driver, options and source hash. A
  * cache entry whose header, checksum or key does not match, or that the
- * driver refuses, is rebuilt from source and rewritten, never trusted. */
-#include <errno.h>
+ * driver refuses, is rebuilt from source and rewritten, never trusted; the
+ * directory must be private and entries regular files (core/file.c). */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-
-#if defined(_WIN32)
-#include <direct.h>
-#include <process.h>
-#define mha_cl_mkdir(p) _mkdir(p)
-#define mha_cl_getpid() _getpid()
-#else
-#include <sys/stat.h>
-#include <unistd.h>
-#define mha_cl_mkdir(p) mkdir((p), 0755)
-#define mha_cl_getpid() getpid()
-#endif
 
 #include "cl_internal.h"
 #include "mha_cl_sources.h"
@@ -108,20 +96,6 @@ char *mha_cl_cache_dir(mha_host *host, const mha_device_options *options)
     return NULL;
 }
 
-/* mkdir -p; returns 0 when the directory exists afterwards. */
-static int make_dirs(char *path)
-{
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/' && *p != '\\')
-            continue;
-        char c = *p;
-        *p = '\0';
-        mha_cl_mkdir(path);
-        *p = c;
-    }
-    return mha_cl_mkdir(path) == 0 || errno == EEXIST ? 0 : -1;
-}
-
 /* ---- cache files ----------------------------------------------------------
  * "MHACLB1\n", key hash, payload size, payload hash (host-endian u64; the
  * key names the machine's device anyway), then the driver's binary. */
@@ -165,7 +139,7 @@ bool mha_cl_cache_payload_ok(const unsigned char *head,
 static unsigned char *cache_load(mha_cl_device *dev, const char *path,
                                  uint64_t key, size_t *size)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = mha_cache_file_open(dev->host, path);
     if (!f)
         return NULL;
     unsigned char head[MHA_CL_CACHE_HEADER_BYTES];
@@ -199,29 +173,19 @@ static unsigned char *cache_load(mha_cl_device *dev, const char *path,
 static void cache_store(mha_cl_device *dev, const char *path, uint64_t key,
                         const unsigned char *bin, size_t size)
 {
-    char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)mha_cl_getpid());
     cache_header hd;
     memcpy(hd.magic, cache_magic, sizeof hd.magic);
     hd.key = key;
     hd.size = size;
     hd.hash = fnv1a(FNV_SEED, bin, size);
-    FILE *f = fopen(tmp, "wb");
-    int ok = f && fwrite(&hd, sizeof hd, 1, f) == 1 &&
-             fwrite(bin, 1, size, f) == size;
-    if (f && fclose(f) != 0)
-        ok = 0;
-#if defined(_WIN32)
-    remove(path);
-#endif
-    if (ok && rename(tmp, path) == 0) {
+    int err = mha_cache_file_write(path, &hd, sizeof hd, bin, size);
+    if (!err)
         mha_host_log(dev->host, MHA_LOG_DEBUG, "opencl: cached %s (%zu B)",
                      path, size);
-        return;
-    }
-    remove(tmp);
-    mha_host_log(dev->host, MHA_LOG_WARN, "opencl: cannot write cache %s",
-                 path);
+    else
+        mha_host_log(dev->host, MHA_LOG_WARN,
+                     "opencl: cannot write cache %s: %s", path,
+                     strerror(err));
 }
 
 /* The built program's binary (host memory, caller frees), or NULL. */
@@ -354,7 +318,7 @@ static mha_status build_program(mha_cl_device *dev, mha_cl_program *p,
     uint64_t key = cache_key(dev, ks, options);
     char path[1024] = "";
     double t0 = now_ms();
-    if (dev->cache_dir && make_dirs(dev->cache_dir) == 0) {
+    if (dev->cache_dir) {
         snprintf(path, sizeof path, "%s/opencl-%016llx.bin", dev->cache_dir,
                  (unsigned long long)key);
         size_t size = 0;

@@ -5,19 +5,11 @@
  * header (magic, size, FNV-1a checksum) followed by the driver's data; a
  * file that is short, corrupt or made for another device (the driver's own
  * VkPipelineCacheHeaderVersionOne is checked too) is ignored, never given to
- * the driver. Writes go to a temporary name and are renamed into place. */
-#include <errno.h>
+ * the driver. The directory must be private and the file a regular one
+ * (core/file.c); writes go to a new temporary file renamed into place. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-
-#if defined(_WIN32)
-#include <direct.h>
-#define mkdir_one(p) _mkdir(p)
-#else
-#include <sys/stat.h>
-#define mkdir_one(p) mkdir(p, 0755)
-#endif
 
 #include "vk_internal.h"
 
@@ -52,19 +44,6 @@ static uint32_t get_u32(const unsigned char *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
            (uint32_t)p[3] << 24;
-}
-
-/* mkdir -p of dir (which it may modify temporarily). */
-static void make_dirs(char *dir)
-{
-    for (char *p = dir + 1; *p; ++p) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        mkdir_one(dir);
-        *p = '/';
-    }
-    mkdir_one(dir);
 }
 
 /* The cache directory by the documented precedence, or NULL (disabled). */
@@ -102,9 +81,8 @@ static mha_status make_path(mha_vk_device *d,
     char dir[1024];
     bool enabled;
     mha_status s = resolve_dir(d, options, dir, sizeof dir, &enabled);
-    if (s != MHA_OK || !enabled)
+    if (s != MHA_OK || !enabled || !mha_cache_dir_ready(d->host, dir))
         return s;
-    make_dirs(dir);
     const VkPhysicalDeviceProperties *p = &d->phys->props;
     char uuid[2 * VK_UUID_SIZE + 1];
     for (int i = 0; i < (int)VK_UUID_SIZE; ++i)
@@ -153,7 +131,7 @@ bool mha_vk_cache_blob_valid(const unsigned char *head,
 /* Reads and checks the file; returns its driver data (to free) or NULL. */
 static unsigned char *load_file(mha_vk_device *d, size_t *size)
 {
-    FILE *f = fopen(d->cache_path, "rb");
+    FILE *f = mha_cache_file_open(d->host, d->cache_path);
     if (!f)
         return NULL;
     unsigned char head[HEADER_BYTES];
@@ -211,29 +189,16 @@ mha_status mha_vk_cache_open(mha_vk_device *d,
 static void save_file(mha_vk_device *d, const unsigned char *data,
                       size_t size)
 {
-    size_t n = strlen(d->cache_path) + 8;
-    char *tmp = mha_host_malloc(d->host, n);
-    if (!tmp)
-        return;
-    snprintf(tmp, n, "%s.tmp", d->cache_path);
     unsigned char head[HEADER_BYTES];
     memcpy(head, CACHE_MAGIC, 8);
     put_u64(head + 8, size);
     put_u64(head + 16, fnv1a(data, size));
-    FILE *f = fopen(tmp, "wb");
-    bool ok = f && fwrite(head, 1, HEADER_BYTES, f) == HEADER_BYTES &&
-              fwrite(data, 1, size, f) == size;
-    if (f && fclose(f) != 0)
-        ok = false;
-    if (ok)
-        ok = rename(tmp, d->cache_path) == 0;
-    if (!ok) {
-        remove(tmp);
+    int err = mha_cache_file_write(d->cache_path, head, HEADER_BYTES, data,
+                                   size);
+    if (err)
         mha_host_log(d->host, MHA_LOG_WARN,
                      "vulkan: could not write pipeline cache %s: %s",
-                     d->cache_path, strerror(errno));
-    }
-    mha_host_free(d->host, tmp);
+                     d->cache_path, strerror(err));
 }
 
 void mha_vk_cache_close(mha_vk_device *d)

@@ -64,9 +64,9 @@ mha_status mha_vulkan_device_adopt(mha_context *ctx,
     mha_device_desc desc;
     if (s == MHA_OK)
         s = mha_vk_adopt(state, host, info, options, &d, &desc);
-    if (s != MHA_OK)
-        return s;
-    return mha_device_adopt(ctx, &mha_vulkan_backend, d, &desc, out);
+    if (s == MHA_OK)
+        s = mha_device_adopt(ctx, &mha_vulkan_backend, d, &desc, out);
+    return mha_host_finish(host, "mha_vulkan_device_adopt", s);
 }
 
 /* What a range must be so that kernels can bind it (see mha_vulkan.h). */
@@ -127,10 +127,10 @@ mha_status mha_vulkan_tensor_wrap(mha_device *device,
     if (s == MHA_OK)
         s = mha_vk_buffer_wrap(d, buffer->buffer, buffer->offset,
                                buffer->range, buffer->usage, &b);
-    if (s != MHA_OK)
-        return s;
-    return mha_tensor_adopt(device, fn, dtype, ndim, shape, b,
-                            (size_t)buffer->range, out);
+    if (s == MHA_OK)
+        s = mha_tensor_adopt(device, fn, dtype, ndim, shape, b,
+                             (size_t)buffer->range, out);
+    return mha_host_finish(d->host, fn, s);
 }
 
 mha_status mha_vulkan_tensor_buffer(const mha_tensor *tensor,
@@ -155,7 +155,8 @@ mha_status mha_vulkan_tensor_buffer(const mha_tensor *tensor,
     out->offset = b->offset;
     out->range = b->size;
     out->usage = b->block->usage;
-    return MHA_OK;
+    return mha_host_finish(host_of(mha_tensor_device(tensor)),
+                           "mha_vulkan_tensor_buffer", MHA_OK);
 }
 
 mha_status mha_vulkan_layer_record(mha_layer *layer,
@@ -174,7 +175,7 @@ mha_status mha_vulkan_layer_record(mha_layer *layer,
                               "%s: cmd is VK_NULL_HANDLE", fn);
     mha_status s = mha_vk_redirect(d, cmd);
     if (s != MHA_OK)
-        return s;
+        return mha_host_finish(d->host, fn, s);
     s = mha_layer_forward_enqueue(layer, fn, args);
     mha_vk_redirect_end(d);
     return s;

@@ -22,6 +22,7 @@ static void grows(void)
     FIELD(mha_context_options, log);
     FIELD(mha_context_options, log_user);
     FIELD(mha_context_options, log_level);
+    FIELD(mha_context_options, backends);
     FIELD(mha_device_options, struct_size);
     FIELD(mha_device_options, threads);
     FIELD(mha_device_options, cpu_isa);

@@ -4,9 +4,10 @@
  * qemu-user on the CI host (Debian 12, qemu 7.2: even a trivial Criterion
  * test aborts with "Could not spawn test instance: Protocol error"), and the
  * AArch64 cross build must run those suites under qemu-aarch64 to test the
- * NEON kernels. Only that build uses it
+ * NEON kernels. Only that build and the ThreadSanitizer build (whose
+ * shadow memory Criterion's runner collides with) use it
  * (tests/CMakeLists.txt puts tests/qemu on the include path when
- * CMAKE_CROSSCOMPILING); native builds use the real Criterion.
+ * CMAKE_CROSSCOMPILING or MHA_TSAN); native builds use the real Criterion.
  *
  * What it does: Test(suite, name, options...) registers the test from a
  * constructor; main() runs the tests one after another in this process, in

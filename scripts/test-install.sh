@@ -7,7 +7,9 @@
 # torch) and plot.py, and builds and runs examples/readme.c against the
 # prefix twice: through find_package(mha) and through pkg-config; and, when
 # the build installs the Python package (MHA_PYTHON), imports it from the
-# prefix and runs one forward. Any failing step fails the script.
+# prefix and runs one forward, and `pip install ./python` into a venv runs
+# the README's first Python example against the prefix's library. Any
+# failing step fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=$PWD
@@ -80,5 +82,14 @@ assert np.allclose(out, x), out
 print("libmha", libmha.version(), "from", libmha.library_path(), "on",
       attn.device.spec)
 PY
+
+  say "pip install ./python into a venv, offline; the README's first Python example"
+  user /usr/bin/python3 -m venv --system-site-packages venv
+  cp -r "$src/python" pysrc # pip's legacy build writes beside setup.py
+  user venv/bin/pip install --no-index --quiet ./pysrc
+  awk '/^## Python/{p=1} p && /^```python/{f=1; next} f && /^```/{exit} f' \
+      "$src/README.md" >readme_example.py
+  user MHA_LIBRARY="$(find "$prefix" -name 'libmha.so.*.*' | head -n1)" \
+       venv/bin/python3 -c "exec(open('readme_example.py').read()); print('out', out.shape)"
 fi
 say "install checks passed"

@@ -3,10 +3,9 @@ libmha.devices() (the ranked device list, as ``mha-info --json`` prints it).
 
 A libmha context and everything made from it is used by one thread at a
 time (mha.h), so each Device owns its own context and a lock that every
-call on it, its layers and its tensors takes; the lock is released around
-nothing but is held while the C call runs with the GIL released, so
-threads on *different* Devices run in parallel and threads sharing one
-Device take turns.
+call on it, its layers and its tensors holds. The C call itself runs with
+the GIL released (ctypes), so threads on *different* Devices run in
+parallel, and threads sharing one Device take turns.
 """
 import ctypes
 import os
@@ -14,7 +13,8 @@ import threading
 import weakref
 
 from . import _capi
-from .errors import BadStateError, error_for
+from ._handle import Handle
+from .errors import error_for
 
 
 def _check(ctx, status, fallback=""):
@@ -109,7 +109,7 @@ def devices():
         lib.mha_context_destroy(ctx)
 
 
-class Device:
+class Device(Handle):
     """An open libmha device: ``Device("vulkan:0")``.
 
     spec: "best" or None (MHA_DEVICE, else the best ranked), a backend
@@ -124,8 +124,9 @@ class Device:
     ``with`` block) closes every layer and tensor made on it, then the
     device; the garbage collector does the same."""
 
+    _noun = "device"
+
     def __init__(self, spec=None, threads=0, cpu_isa=None, cache_dir=None):
-        self._ptr = None
         self._ctx = None
         self.lock = threading.RLock()
         self._children = weakref.WeakSet()
@@ -158,12 +159,6 @@ class Device:
         context, with its message. Call it while holding ``lock``."""
         _check(self._ctx, status)
 
-    def handle(self, what="Device"):
-        """The open mha_device pointer, or BadStateError when closed."""
-        if self._ptr is None:
-            raise BadStateError("%s: the device is closed" % what, 16)
-        return self._ptr
-
     def adopt(self, child):
         """Registers a layer or tensor to be closed with the device."""
         self._children.add(child)
@@ -184,11 +179,6 @@ class Device:
     def fp16(self):
         """True when the device stores fp16 (layers with dtype="float16")."""
         return "fp16-storage" in self._info["features"]
-
-    @property
-    def closed(self):
-        """True once close() ran."""
-        return self._ptr is None
 
     def memory_usage(self):
         """(in_use, peak) bytes of device memory libmha holds on it."""
@@ -211,18 +201,6 @@ class Device:
             if self._ctx is not None:
                 self._lib.mha_context_destroy(self._ctx)
                 self._ctx = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing left to report to
-            pass
 
     def __repr__(self):
         state = "closed" if self.closed else self._info["name"]

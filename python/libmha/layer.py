@@ -15,7 +15,8 @@ import numpy as np
 
 from . import _capi
 from .device import resolve
-from .errors import BadStateError, InvalidArgumentError, MissingWeightError
+from ._handle import DeviceChild
+from .errors import InvalidArgumentError, MissingWeightError
 from .tensor import Tensor, c_dtype, shape_array
 
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
@@ -64,7 +65,7 @@ def _fill(arr, a, code=None):
         arr.shape[i] = s
 
 
-class MultiheadAttention:
+class MultiheadAttention(DeviceChild):
     """torch.nn.MultiheadAttention on a libmha device (inference only).
 
     ``MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True,
@@ -81,10 +82,11 @@ class MultiheadAttention:
     the layer (also done by the garbage collector and by closing its
     Device)."""
 
+    _noun = "layer"
+
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True,
                  add_bias_kv=False, add_zero_attn=False, kdim=None, vdim=None,
                  batch_first=False, device=None, dtype="float32"):
-        self._ptr = None
         self.device = resolve(device)
         self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
         self.kdim = int(kdim) if kdim is not None else self.embed_dim
@@ -131,11 +133,6 @@ class MultiheadAttention:
         """embed_dim // num_heads."""
         return self.embed_dim // self.num_heads
 
-    @property
-    def closed(self):
-        """True once close() ran."""
-        return self._ptr is None
-
     def weight_names(self):
         """The state_dict keys this configuration needs, PyTorch's names."""
         same = self.kdim == self.embed_dim and self.vdim == self.embed_dim
@@ -150,12 +147,6 @@ class MultiheadAttention:
             names.append("out_proj.bias")
         return names
 
-    def _handle(self, what):
-        if self._ptr is None:
-            raise BadStateError("%s: the layer is closed" % what, 16)
-        self.device.handle(what)
-        return self._ptr
-
     def set_weight(self, name, value):
         """Sets one weight (NumPy array or torch tensor, PyTorch's layout)
         by its state_dict name (mha_layer_set_weight)."""
@@ -163,7 +154,7 @@ class MultiheadAttention:
         dev = self.device
         with dev.lock:
             dev.check(dev._lib.mha_layer_set_weight(
-                self._handle("MultiheadAttention.set_weight"), name.encode(),
+                self.handle("MultiheadAttention.set_weight"), name.encode(),
                 a.ctypes.data, a.ndim, shape_array(a.shape)))
 
     def load_state_dict(self, state_dict, strict=True):
@@ -191,7 +182,7 @@ class MultiheadAttention:
         dev = self.device
         with dev.lock:
             dev.check(dev._lib.mha_layer_load_safetensors(
-                self._handle("MultiheadAttention.load_safetensors"),
+                self.handle("MultiheadAttention.load_safetensors"),
                 str(path).encode(), (prefix or "").encode()))
 
     def _result_shapes(self, qshape, kshape, need_weights, average):
@@ -261,7 +252,7 @@ class MultiheadAttention:
         a.average_attn_weights = bool(average)
         dev = self.device
         with dev.lock:
-            ptr = self._handle("MultiheadAttention.forward")
+            ptr = self.handle("MultiheadAttention.forward")
             # Shapes libmha rejects get placeholder results: the call below
             # fails on its checks of the inputs, with libmha's message.
             out_shape, w_shape = self._result_shapes(q.shape, k.shape,
@@ -296,44 +287,24 @@ class MultiheadAttention:
             a = _capi.ForwardArgs()
             lib = dev._lib
             lib.mha_forward_args_init_sized(ctypes.byref(a), ctypes.sizeof(a))
-            a.query, a.key, a.value = (q.handle(), k.handle(), v.handle())
-            a.key_padding_mask = kpm.handle() if kpm is not None else None
-            a.attn_mask = mask.handle() if mask is not None else None
+            fn = "MultiheadAttention.forward"
+            a.query, a.key, a.value = q.handle(fn), k.handle(fn), v.handle(fn)
+            a.key_padding_mask = kpm.handle(fn) if kpm is not None else None
+            a.attn_mask = mask.handle(fn) if mask is not None else None
             a.is_causal, a.need_weights = bool(is_causal), bool(need_weights)
             a.average_attn_weights = bool(average)
-            a.output = out.handle()
-            a.weights = w.handle() if w is not None else None
+            a.output = out.handle(fn)
+            a.weights = w.handle(fn) if w is not None else None
             with dev.lock:
-                dev.check(lib.mha_layer_forward(
-                    self._handle("MultiheadAttention.forward"),
-                    ctypes.byref(a)))
+                dev.check(lib.mha_layer_forward(self.handle(fn),
+                                                ctypes.byref(a)))
             return out, w
         finally:
             for t in temps:
                 t.close()
 
-    def close(self):
-        """Frees the layer; closing twice does nothing."""
-        ptr = getattr(self, "_ptr", None)
-        if ptr is None:
-            return
-        dev = self.device
-        with dev.lock:
-            self._ptr = None
-            dev._children.discard(self)
-            dev.check(dev._lib.mha_layer_destroy(ptr))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
+    def _destroy(self, lib, ptr):
+        return lib.mha_layer_destroy(ptr)
 
     def __repr__(self):
         return ("libmha.MultiheadAttention(embed_dim=%d, num_heads=%d, "

@@ -6,7 +6,8 @@ import numpy as np
 
 from . import _capi
 from .device import resolve
-from .errors import BadStateError, DtypeMismatchError
+from ._handle import DeviceChild
+from .errors import DtypeMismatchError
 
 _TO_C = {np.dtype(np.float32): _capi.F32, np.dtype(np.float16): _capi.F16,
          np.dtype(np.bool_): _capi.BOOL, np.dtype(np.int32): _capi.I32}
@@ -28,7 +29,7 @@ def shape_array(shape):
     return (ctypes.c_int64 * max(len(shape), 1))(*shape)
 
 
-class Tensor:
+class Tensor(DeviceChild):
     """A device-resident tensor: ``libmha.Tensor(array, device)``.
 
     array is anything ``numpy.asarray`` takes (float64 becomes float32;
@@ -38,6 +39,8 @@ class Tensor:
     the host. A forward given Tensors returns Tensors on the same device,
     so chained layers never copy through the host. ``close()`` frees the
     device memory (also done by the garbage collector)."""
+
+    _noun = "tensor"
 
     def __init__(self, array, device=None):
         a = np.asarray(array)
@@ -54,7 +57,6 @@ class Tensor:
         return t
 
     def _make(self, shape, dtype, device):
-        self._ptr = None
         self.device = resolve(device)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
@@ -67,13 +69,6 @@ class Tensor:
                 shape_array(self.shape), ctypes.byref(ptr)))
             self._ptr = ptr
             dev.adopt(self)
-
-    def handle(self, what="Tensor"):
-        """The open mha_tensor pointer; BadStateError when closed."""
-        if self._ptr is None:
-            raise BadStateError(
-                "%s: the tensor is closed" % what, 16)
-        return self._ptr
 
     def upload(self, array):
         """Copies array (same shape; converted to the tensor's dtype) in."""
@@ -101,33 +96,8 @@ class Tensor:
         """Number of dimensions."""
         return len(self.shape)
 
-    @property
-    def closed(self):
-        """True once close() ran."""
-        return self._ptr is None
-
-    def close(self):
-        """Frees the tensor's device memory; closing twice does nothing."""
-        ptr = getattr(self, "_ptr", None)
-        if ptr is None:
-            return
-        dev = self.device
-        with dev.lock:
-            self._ptr = None
-            dev._children.discard(self)
-            dev.check(dev._lib.mha_tensor_destroy(ptr))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
+    def _destroy(self, lib, ptr):
+        return lib.mha_tensor_destroy(ptr)
 
     def __repr__(self):
         return "libmha.Tensor(shape=%s, dtype=%s, device=%r%s)" % (

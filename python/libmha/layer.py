@@ -94,7 +94,8 @@ class MultiheadAttention(DeviceChild):
         self.bias, self.add_bias_kv = bool(bias), bool(add_bias_kv)
         self.add_zero_attn, self.batch_first = bool(add_zero_attn), bool(
             batch_first)
-        self.dtype = "float16" if _dtype_code(dtype) == _capi.F16 else "float32"
+        code = _dtype_code(dtype)
+        self.dtype = "float16" if code == _capi.F16 else "float32"
         dev = self.device
         lib = dev._lib
         cfg = _capi.LayerConfig()
@@ -107,7 +108,7 @@ class MultiheadAttention(DeviceChild):
             cfg.add_zero_attn = self.add_zero_attn
             cfg.kdim, cfg.vdim = self.kdim, self.vdim
             cfg.batch_first = self.batch_first
-            cfg.dtype = _dtype_code(dtype)
+            cfg.dtype = code
             ptr = ctypes.c_void_p()
             dev.check(lib.mha_layer_create(dev.handle("MultiheadAttention"),
                                            ctypes.byref(cfg),
@@ -283,7 +284,8 @@ class MultiheadAttention(DeviceChild):
             out_shape, w_shape = self._result_shapes(q.shape, k.shape,
                                                      need_weights, average)
             out = Tensor.empty(out_shape, np.float32, dev)
-            w = Tensor.empty(w_shape, np.float32, dev) if need_weights else None
+            w = (Tensor.empty(w_shape, np.float32, dev) if need_weights
+                 else None)
             a = _capi.ForwardArgs()
             lib = dev._lib
             lib.mha_forward_args_init_sized(ctypes.byref(a), ctypes.sizeof(a))

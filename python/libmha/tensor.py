@@ -7,7 +7,7 @@ import numpy as np
 from . import _capi
 from .device import resolve
 from ._handle import DeviceChild
-from .errors import DtypeMismatchError
+from .errors import DtypeMismatchError, ShapeMismatchError
 
 _TO_C = {np.dtype(np.float32): _capi.F32, np.dtype(np.float16): _capi.F16,
          np.dtype(np.bool_): _capi.BOOL, np.dtype(np.int32): _capi.I32}
@@ -73,6 +73,10 @@ class Tensor(DeviceChild):
     def upload(self, array):
         """Copies array (same shape; converted to the tensor's dtype) in."""
         a = np.ascontiguousarray(array, dtype=self.dtype)
+        if a.shape != self.shape:
+            raise ShapeMismatchError(
+                "Tensor.upload: array has shape %s; the tensor %s"
+                % (list(a.shape), list(self.shape)), 2)
         dev = self.device
         with dev.lock:
             dev.check(dev._lib.mha_tensor_upload(

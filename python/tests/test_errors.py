@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import libmha
-from conftest import get_device
 
 E, H = 8, 2
 
@@ -34,6 +33,8 @@ def test_bad_shape(device):
     with pytest.raises(libmha.ShapeMismatchError,
                        match=r"mha_layer_forward: key has shape \[4,2,9\]"):
         layer(libmha.Tensor(q, device), t, t)
+    with pytest.raises(libmha.ShapeMismatchError, match="Tensor.upload"):
+        t.upload(q)
     # the error is also a ValueError, and carries its status
     with pytest.raises(ValueError) as info:
         layer(q, k, k)
@@ -139,8 +140,9 @@ def test_create_forward_destroy_keeps_rss_flat():
     """10,000 rounds of a tiny layer on the CPU: after a warm-up of 1,000
     (allocator pools, plan caches), the next 9,000 add less than 1 MiB;
     one leaked plan or weight block per round would add several MiB."""
-    dev = get_device("cpu")
-    w = {"in_proj_weight": np.eye(3 * 4, 4, dtype=np.float32),
+    # one thread: no worker hand-offs, which a loaded machine makes slow
+    dev = libmha.Device("cpu", threads=1)
+    w = {"in_proj_weight": np.tile(np.eye(4, dtype=np.float32), (3, 1)),
          "in_proj_bias": np.zeros(12, np.float32),
          "out_proj.weight": np.eye(4, dtype=np.float32),
          "out_proj.bias": np.zeros(4, np.float32)}
@@ -153,9 +155,11 @@ def test_create_forward_destroy_keeps_rss_flat():
             out, _ = layer(x, x, x)
             layer.close()
         assert out.shape == (2, 4)
+        np.testing.assert_allclose(out, x, atol=1e-6)
 
     rounds(1000)
     before = _rss_bytes()
     rounds(9000)
     grown = _rss_bytes() - before
+    dev.close()
     assert grown < 1 << 20, "RSS grew by %d bytes over 9,000 rounds" % grown

@@ -1,7 +1,7 @@
 """_capi: the ctypes mirror of include/mha.h and the loading of libmha.so.
 
-Every struct here copies its C layout field for field (tests/test_abi.py
-holds them to tests/abi/libmha.abi); a struct with a leading struct_size is
+Every struct here copies its C layout field for field
+(python/tests/test_abi.py holds them to tests/abi/libmha.abi); a struct with a leading struct_size is
 filled by the exported ``*_init_sized`` function with ``ctypes.sizeof`` of
 the mirror, as mha.h's ``*_init`` macros do for C callers. The library is
 found, in order, at ``$MHA_LIBRARY``, beside the installed package (the

@@ -1,14 +1,14 @@
 """_capi: the ctypes mirror of include/mha.h and the loading of libmha.so.
 
 Every struct here copies its C layout field for field
-(python/tests/test_abi.py holds them to tests/abi/libmha.abi); a struct with a leading struct_size is
-filled by the exported ``*_init_sized`` function with ``ctypes.sizeof`` of
-the mirror, as mha.h's ``*_init`` macros do for C callers. The library is
-found, in order, at ``$MHA_LIBRARY``, beside the installed package (the
-relative path that ``cmake --install`` writes into ``_install_paths.py``),
-in a build tree next to the source checkout (``build/libmha.so``), and by
-its soname through the dynamic loader's search path (ldconfig,
-``LD_LIBRARY_PATH``).
+(python/tests/test_abi.py holds them to tests/abi/libmha.abi); a struct
+with a leading struct_size is filled by the exported ``*_init_sized``
+function with ``ctypes.sizeof`` of the mirror, as mha.h's ``*_init`` macros
+do for C callers. The library is found, in order, at ``$MHA_LIBRARY``,
+beside the installed package (the relative path that ``cmake --install``
+writes into ``_install_paths.py``), in the build tree of the source
+checkout (``build/libmha.so.0.1``), and by its soname through the dynamic
+loader's search path (ldconfig, ``LD_LIBRARY_PATH``).
 """
 import ctypes
 import os

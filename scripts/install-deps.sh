@@ -5,7 +5,8 @@
 # for bench/plot.py), "test" also for the whole test suite (Criterion,
 # validation layers, PyTorch for live fixtures, the AArch64 cross toolchain
 # and qemu, valgrind, CLBlast for mha-bench's optional CLBlast peer and its
-# test, and clang with libFuzzer for the fuzz harnesses).
+# test, clang with libFuzzer for the fuzz harnesses, and pytest, setuptools,
+# wheel and venv for the Python package's tests and `pip install ./python`).
 set -euo pipefail
 
 main_pkgs=(cmake gcc make pkg-config libcjson-dev
@@ -15,7 +16,8 @@ main_pkgs=(cmake gcc make pkg-config libcjson-dev
 test_pkgs=(libcriterion-dev vulkan-validationlayers python3-torch python3-numpy
            gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user valgrind
            libclblast-dev clang-14 libclang-rt-14-dev
-           clang) # clang: the fuzz and ThreadSanitizer builds
+           clang # the fuzz and ThreadSanitizer builds
+           python3-pytest python3-setuptools python3-wheel python3-venv)
 
 case "${1:-main}" in
   main) wanted=("${main_pkgs[@]}") ;;

@@ -5,7 +5,10 @@
 # with no libmha, test or loader variables set, runs the installed mha-info,
 # mha-bench --preset quick (with a PyTorch row when /usr/bin/python3 has
 # torch) and plot.py, and builds and runs examples/readme.c against the
-# prefix twice: through find_package(mha) and through pkg-config. Any
+# prefix twice: through find_package(mha) and through pkg-config; and, when
+# the build installs the Python package (MHA_PYTHON), imports it from the
+# prefix and runs one forward, and `pip install ./python` into a venv runs
+# the README's first Python example against the prefix's library. Any
 # failing step fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,4 +63,33 @@ pc() { user PKG_CONFIG_PATH="$(dirname "$(find "$prefix" -name mha.pc)")" \
 user cc -o pc-app "$src/examples/readme.c" $(pc --cflags --libs) \
      -Wl,-rpath,"$(pc --variable=libdir)"
 user ./pc-app
+pydir=$(find "$prefix" -type d -name libmha -path '*-packages/libmha' | head -n1)
+if [ -n "$pydir" ]; then
+  say "installed Python package: import libmha from $(dirname "$pydir"), one forward"
+  user PYTHONPATH="$(dirname "$pydir")" /usr/bin/python3 - "$prefix" <<'PY'
+import sys
+import numpy as np
+import libmha
+assert libmha.library_path().startswith(sys.argv[1]), libmha.library_path()
+attn = libmha.MultiheadAttention(8, 2, batch_first=True)
+attn.load_state_dict({"in_proj_weight": np.tile(np.eye(8, dtype=np.float32), (3, 1)),
+                      "in_proj_bias": np.zeros(24, np.float32),
+                      "out_proj.weight": np.eye(8, dtype=np.float32),
+                      "out_proj.bias": np.zeros(8, np.float32)})
+x = np.ones((1, 4, 8), np.float32)
+out, _ = attn(x, x, x, need_weights=False)
+assert np.allclose(out, x), out
+print("libmha", libmha.version(), "from", libmha.library_path(), "on",
+      attn.device.spec)
+PY
+
+  say "pip install ./python into a venv, offline; the README's first Python example"
+  user /usr/bin/python3 -m venv --system-site-packages venv
+  cp -r "$src/python" pysrc # pip's legacy build writes beside setup.py
+  user venv/bin/pip install --no-index --quiet ./pysrc
+  awk '/^## Python/{p=1} p && /^```python/{f=1; next} f && /^```/{exit} f' \
+      "$src/README.md" >readme_example.py
+  user MHA_LIBRARY="$(find "$prefix" -name 'libmha.so.*.*' | head -n1)" \
+       venv/bin/python3 -c "exec(open('readme_example.py').read()); print('out', out.shape)"
+fi
 say "install checks passed"

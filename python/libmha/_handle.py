@@ -1,0 +1,66 @@
+"""_handle: what Device, Tensor and MultiheadAttention share as owners of
+one libmha handle: close() on leaving a ``with`` block and on garbage
+collection, ``closed``, and BadStateError for a call on a closed object."""
+from .errors import BadStateError
+
+
+class Handle:
+    """An object owning one libmha handle in ``_ptr`` (None once closed)."""
+
+    _ptr = None
+    _noun = "object"
+
+    @property
+    def closed(self):
+        """True once close() ran."""
+        return self._ptr is None
+
+    def handle(self, what):
+        """The open handle, or BadStateError naming the call (what)."""
+        if self._ptr is None:
+            raise BadStateError("%s: the %s is closed" % (what, self._noun),
+                                16)
+        return self._ptr
+
+    def close(self):
+        """Frees the handle; closing twice does nothing."""
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to report to
+            pass
+
+
+class DeviceChild(Handle):
+    """A handle made on a Device (a tensor or a layer): its calls hold the
+    device's lock, and the device closes it when it closes first."""
+
+    device = None
+
+    def _destroy(self, lib, ptr):
+        """The C call that frees ptr; returns its status."""
+        raise NotImplementedError
+
+    def handle(self, what):
+        """The open handle; BadStateError when it or its device is closed."""
+        ptr = super().handle(what)
+        self.device.handle(what)
+        return ptr
+
+    def close(self):
+        """Frees the handle; closing twice does nothing."""
+        if self._ptr is None:
+            return
+        dev = self.device
+        with dev.lock:
+            ptr, self._ptr = self._ptr, None
+            dev._children.discard(self)
+            dev.check(self._destroy(dev._lib, ptr))

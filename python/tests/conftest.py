@@ -1,0 +1,66 @@
+"""conftest: the devices the suite runs on and the shared helpers.
+
+Every device libmha finds is tested (cpu, vulkan:0, opencl:0 here). A
+backend named by MHA_REQUIRE (scripts/test.sh sets vulkan,opencl) that has
+no device fails the run instead of shrinking it, so a broken driver setup
+cannot pass as "fewer devices"."""
+import os
+
+import numpy as np
+import pytest
+
+import libmha
+
+
+def _specs():
+    specs = [d["spec"] for d in libmha.devices()]
+    # One device per backend: its first (the suite's cost grows per device).
+    seen, out = set(), []
+    for s in specs:
+        backend = s.split(":")[0]
+        if backend not in seen:
+            seen.add(backend)
+            out.append(s)
+    return out
+
+
+SPECS = _specs()
+FP16_SPECS = [d["spec"] for d in libmha.devices()
+              if d["spec"] in SPECS and "fp16-storage" in d["features"]]
+
+
+def pytest_sessionstart(session):
+    required = [b for b in os.environ.get("MHA_REQUIRE", "").split(",") if b]
+    missing = [b for b in required
+               if not any(s.startswith(b + ":") for s in SPECS)]
+    if missing:
+        raise pytest.UsageError(
+            "MHA_REQUIRE names %s, but libmha (%s) found no such device; "
+            "found: %s" % (",".join(missing), libmha.library_path(),
+                           ", ".join(SPECS)))
+
+
+_devices = {}
+
+
+def get_device(spec):
+    """One open libmha.Device per spec for the whole session."""
+    if spec not in _devices:
+        _devices[spec] = libmha.Device(spec)
+    return _devices[spec]
+
+
+@pytest.fixture(params=SPECS)
+def device(request):
+    """Each tested device, open."""
+    return get_device(request.param)
+
+
+def tolerance(dtype):
+    """DESIGN.md's bounds: fp32 1e-4, fp16 storage 1e-2."""
+    return 1e-4 if dtype == "float32" else 1e-2
+
+
+def rng(seed=0):
+    """A fixed-seed NumPy generator."""
+    return np.random.default_rng(seed)

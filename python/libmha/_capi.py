@@ -45,7 +45,8 @@ class ContextOptions(ctypes.Structure):
                 ("allocator", ctypes.c_void_p),
                 ("log", ctypes.c_void_p),
                 ("log_user", ctypes.c_void_p),
-                ("log_level", ctypes.c_int)]
+                ("log_level", ctypes.c_int),
+                ("backends", ctypes.c_char_p)]
 
 
 class DeviceOptions(ctypes.Structure):

@@ -629,7 +629,7 @@ SPECIAL_CASES(DEFINE_OP_TEST)
     X(core_f16_gqa_kv_len, ATTENTION, 2, 4, 3, 30, 0, 32, 0, 0,             \
       F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)         \
     X(core_decode_chunks_sinks, ATTENTION, 2, 8, 1, 1100, 0, 64, 0, 0,      \
-      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS | F_WINDOW)
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
 #define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
     DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
                    (flags_) | F_REQUIRED)

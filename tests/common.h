@@ -42,6 +42,11 @@ void test_log_to(mha_context_options *o, test_log *log);
 void test_temp_dir(char *path, size_t cap);
 void test_remove_tree(const char *dir);
 
+/* Whether td's backend implements the attention core, so that it may not
+ * decline an attention-core case (test_ops' CORE_CASES, test_attention):
+ * the backends in the list in common.c; a backend joins it when it lands. */
+int test_core_required(const test_device *td);
+
 typedef struct test_rng {
     uint64_t state;
 } test_rng;

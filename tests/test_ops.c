@@ -44,6 +44,8 @@ enum {
     F_SINKS = 1 << 22,   /* a sink logit per head */
     F_KVLEN = 1 << 23,   /* per-sequence key lengths max(L, S - 5b); the
                             keys past them hold NaN, so reading one fails */
+    F_REQUIRED = 1 << 24, /* a device of a backend in test_core_required's
+                             list may not decline it */
 };
 
 /* Tolerances (STYLE.md): max abs error relative to the largest expected
@@ -454,6 +456,9 @@ static int check_on_device(const op_case *c, const test_device *td,
 {
     mha_device *dev = test_open(ctx, td);
     if (!mha_dev_supports(dev, &s->node)) {
+        cr_expect(!(c->flags & F_REQUIRED) || !test_core_required(td),
+                  "%s: %s declines it, but its backend implements the "
+                  "attention core", c->name, td->label);
         cr_log_info("%s: skipped on %s, which declines it", c->name,
                     td->label);
         mha_device_destroy(dev);
@@ -593,7 +598,8 @@ OP_CASES(DEFINE_OP_TEST)
 SPECIAL_CASES(DEFINE_OP_TEST)
 
 /* The attention core's extensions, alone and together; every backend must
- * run them (none may decline). */
+ * run them: a device of a backend in test_core_required's list that
+ * declines one fails (the others are skipped until their backend lands). */
 #define CORE_CASES(X)                                                        \
     X(core_gqa, ATTENTION, 2, 4, 9, 13, 0, 16, 0, 0, F_GQA)                 \
     X(core_mqa_causal, ATTENTION, 1, 4, 20, 20, 0, 8, 0, 0,                 \
@@ -621,8 +627,13 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
       F_SINKS | F_KVLEN | F_MASK2D)                                          \
     X(core_f16_gqa_kv_len, ATTENTION, 2, 4, 3, 30, 0, 32, 0, 0,             \
-      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
-CORE_CASES(DEFINE_OP_TEST)
+      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)         \
+    X(core_decode_chunks_sinks, ATTENTION, 2, 8, 1, 1100, 0, 64, 0, 0,      \
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
+#define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
+    DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
+                   (flags_) | F_REQUIRED)
+CORE_CASES(DEFINE_CORE_TEST)
 
 /* The table covers every op: a new op cannot be added without a case. */
 #define COUNT_OP(name, op_, ...) | (1u << MHA_OP_##op_)
@@ -689,7 +700,11 @@ static void run_threads_case(const op_case *c)
     X(softmax, SOFTMAX, 2, 2, 40, 300, 0, 0, 0, 0, 0)                        \
     X(weighted_sum, WEIGHTED_SUM, 2, 2, 130, 90, 0, 16, 0, 0, 0)             \
     X(attention, ATTENTION, 2, 3, 150, 300, 1, 32, 0, 0, F_MASK3D | F_KPM)   \
-    X(attention_causal, ATTENTION, 1, 4, 200, 200, 0, 64, 0, 0, F_CAUSAL)
+    X(attention_causal, ATTENTION, 1, 4, 200, 200, 0, 64, 0, 0, F_CAUSAL)   \
+    X(attention_decode_chunks, ATTENTION, 2, 8, 1, 1100, 0, 64, 0, 0,        \
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                 \
+    X(attention_core_prefill, ATTENTION, 1, 4, 100, 300, 0, 32, 0, 0,       \
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_ALIBI | F_SOFTCAP)
 
 #define DEFINE_THREAD_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_) \
     Test(threads, name)                                                      \

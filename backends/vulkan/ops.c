@@ -10,6 +10,7 @@
  * tensors (projections, heads, attention output) use the kernels' fp16
  * builds where the device has 16-bit storage; scores, probabilities and
  * masks stay fp32. */
+#include <math.h>
 #include <string.h>
 
 #include "push.h"
@@ -58,14 +59,13 @@ static uint32_t eoff(const mha_tdesc *t)
     return (uint32_t)((first_byte(t) - bind_start(t)) / esize(t));
 }
 
-/* An fp32 (or, with f16, fp16) view whose offsets and strides fit the
- * kernels' 32-bit indices. Looks only at the descriptor: the planner asks
+/* A present view of dtype whose offsets and strides fit the kernels'
+ * 32-bit indices. Looks only at the descriptor: the planner asks
  * supports() with placeholder buffer handles, so buf is only tested for
  * NULL here. */
-static bool tensor_ok_dt(const mha_tdesc *t, bool f16)
+static bool view_ok(const mha_tdesc *t, mha_dtype dtype)
 {
-    if (!t->buf || !(t->dtype == MHA_F32 || (f16 && t->dtype == MHA_F16)) ||
-        t->offset % esize(t))
+    if (!t->buf || t->dtype != dtype || t->offset % esize(t))
         return false;
     uint64_t last = t->offset / esize(t);
     for (int i = 0; i < 4; ++i) {
@@ -76,6 +76,12 @@ static bool tensor_ok_dt(const mha_tdesc *t, bool f16)
             last += (uint64_t)(t->ne[i] - 1) * (uint64_t)t->nb[i];
     }
     return last < UINT32_MAX;
+}
+
+/* An fp32 (or, with f16, fp16) view (view_ok). */
+static bool tensor_ok_dt(const mha_tdesc *t, bool f16)
+{
+    return view_ok(t, MHA_F32) || (f16 && view_ok(t, MHA_F16));
 }
 
 static bool tensor_ok(const mha_tdesc *t) { return tensor_ok_dt(t, false); }
@@ -113,9 +119,15 @@ static bool inner_contiguous(const mha_tdesc *t)
     return t->ne[3] <= 1 || t->nb[3] == 1;
 }
 
+/* An absent source, or a contiguous one of dtype. */
+static bool optional_ok_dt(const mha_tdesc *t, mha_dtype dtype)
+{
+    return !present(t) || (view_ok(t, dtype) && inner_contiguous(t));
+}
+
 static bool optional_ok(const mha_tdesc *t)
 {
-    return !present(t) || (tensor_ok(t) && inner_contiguous(t));
+    return optional_ok_dt(t, MHA_F32);
 }
 
 static int64_t count(const mha_tdesc *t)
@@ -181,23 +193,33 @@ typedef struct att_config {
     uint32_t wg, dh, br, bc, tpr;
 } att_config;
 
-static bool att_pick(const mha_vk_device *d, uint32_t dh, att_config *c)
+/* Tiles for rows (query, head) rows of head size dh: BR rows per
+ * workgroup, no more than the rows there are (rounded up to a power of 2,
+ * so a decode loop or chunked prefill meets a few variants, not one per
+ * length), and BC keys per tile, up to 32 even when BR is smaller, so the
+ * invocations of a narrow (decode) workgroup share out a wide key tile. */
+static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
+                     att_config *c)
 {
     if (dh == 0 || dh > 512)
         return false;
     uint32_t target = pow2_floor(max_wg(d) < 128 ? max_wg(d) : 128);
     uint32_t dh2 = pow2_floor(dh) < dh ? pow2_floor(dh) * 2 : dh;
-    for (uint32_t br = 32; br >= 1; br /= 2) {
-        uint32_t bc = br;
-        uint64_t smem =
-            ((uint64_t)(br + 2 * bc) * dh + bc /* K padding */ + br * bc) * 4;
-        if (br > target || smem > d->phys->lim.shared_bytes)
-            continue;
-        uint32_t tpr = target / br;
-        if (tpr > dh2)
-            tpr = dh2;
-        *c = (att_config){br * tpr, dh, br, bc, tpr};
-        return true;
+    uint32_t top = rows >= 32 ? 32 : pow2_floor((uint32_t)rows);
+    if (top < rows && top < 32)
+        top *= 2;
+    for (uint32_t br = top; br >= 1; br /= 2) {
+        for (uint32_t bc = br > 32 ? br : 32; bc >= br; bc /= 2) {
+            uint64_t smem = ((uint64_t)(br + 2 * bc) * dh +
+                             bc /* K padding */ + br * bc) * 4;
+            if (br > target || smem > d->phys->lim.shared_bytes)
+                continue;
+            uint32_t tpr = target / br;
+            if (tpr > dh2)
+                tpr = dh2;
+            *c = (att_config){br * tpr, dh, br, bc, tpr};
+            return true;
+        }
     }
     return false;
 }
@@ -478,12 +500,46 @@ static mha_status run_weighted_sum(mha_vk_device *d, const mha_node *n)
     return mm_dispatch(d, &p, ts, (uint32_t)(n->dst.ne[0] * n->dst.ne[1]));
 }
 
+/* Query heads per K/V head (kv_group 0 and 1 both mean one). */
+static uint32_t att_group(const mha_node *n)
+{
+    return n->params.kv_group > 1 ? (uint32_t)n->params.kv_group : 1u;
+}
+
+/* The rows of attention's workgroups: (query, head of the K/V group). */
+static uint64_t att_rows(const mha_node *n)
+{
+    return (uint64_t)n->src[MHA_SRC_Q].ne[2] * att_group(n);
+}
+
+/* The attention core's sources (SINKS, ALIBI, KV_LEN) into p and ts. */
+static void att_core_sources(attention_push *p, const mha_node *n,
+                             const mha_tdesc *ts[])
+{
+    static const struct { int src; uint32_t flag; } core[] = {
+        {MHA_SRC_SINKS, MHA_VK_F_SINKS},
+        {MHA_SRC_ALIBI, MHA_VK_F_ALIBI},
+        {MHA_SRC_KV_LEN, MHA_VK_F_KV_LEN},
+    };
+    uint32_t *offs[] = {&p->sinks_off, &p->alibi_off, &p->len_off};
+    for (int i = 0; i < 3; ++i) {
+        const mha_tdesc *t = &n->src[core[i].src];
+        if (present(t)) {
+            p->flags |= core[i].flag;
+            *offs[i] = eoff(t);
+            ts[6 + i] = t;
+        }
+    }
+    if (n->params.causal == MHA_CAUSAL_BOTTOM_RIGHT)
+        p->flags |= MHA_VK_F_BOTTOM_RIGHT;
+}
+
 static mha_status run_attention(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
     const mha_tdesc *v = &n->src[MHA_SRC_V], *o = &n->dst;
     att_config c;
-    if (!att_pick(d, (uint32_t)q->ne[3], &c))
+    if (!att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
         return mha_host_error(d->host, MHA_UNSUPPORTED,
                               "vulkan: attention with head size %lld does "
                               "not fit %s's shared memory",
@@ -496,7 +552,6 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         .q_off = eoff(q), .k_off = eoff(k), .o_off = eoff(o), .v_off = eoff(v),
         .mask_off = mp.mask_off, .kpm_off = mp.kpm_off,
         .L = (uint32_t)q->ne[2], .S = (uint32_t)k->ne[2],
-        .H = (uint32_t)o->ne[1],
         .q_sb = st(q, 0), .q_sh = st(q, 1), .q_sr = st(q, 2),
         .k_sb = st(k, 0), .k_sh = st(k, 1), .k_sr = st(k, 2),
         .v_sb = st(v, 0), .v_sh = st(v, 1), .v_sr = st(v, 2),
@@ -506,14 +561,19 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         .scale = n->params.scale, .flags = mp.flags | f16,
         .mask_cols = mp.mask_cols,
     };
-    uint32_t spec[5] = {c.wg, c.dh, c.br, c.bc, c.tpr};
-    uint32_t g[3] = {(p.L + c.br - 1) / c.br, (uint32_t)o->ne[1],
-                     (uint32_t)o->ne[0]};
+    att_core_sources(&p, n, ts);
+    uint32_t softcap;
+    memcpy(&softcap, &n->params.softcap, sizeof softcap);
+    uint32_t spec[8] = {c.wg, c.dh, c.br, c.bc, c.tpr, att_group(n),
+                        (uint32_t)n->params.window,
+                        n->params.softcap > 0.0f ? softcap : 0u};
+    uint32_t g[3] = {(uint32_t)((att_rows(n) + c.br - 1) / c.br),
+                     (uint32_t)k->ne[1], (uint32_t)o->ne[0]};
     const mha_vk_limits *l = &d->phys->lim;
     if (g[0] > l->max_groups[0] || g[1] > l->max_groups[1] ||
         g[2] > l->max_groups[2])
         return groups_error(d, "attention");
-    return dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 5, ts, &p,
+    return dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 8, ts, &p,
                     sizeof p, g);
 }
 
@@ -538,13 +598,27 @@ static bool supports_matmul(const mha_vk_device *d, const mha_node *n)
     return true; /* WEIGHTED_SUM: V is read with any strides */
 }
 
+/* The attention core's parameters and sources: K/V heads that divide the
+ * query heads by kv_group, contiguous SINKS/ALIBI (f32) and KV_LEN (i32). */
+static bool supports_attention_core(const mha_node *n)
+{
+    const mha_op_params *a = &n->params;
+    uint32_t g = att_group(n);
+    int64_t hkv = n->src[MHA_SRC_K].ne[1];
+    return a->window >= 0 && !(a->softcap < 0.0f) && isfinite(a->softcap) &&
+           hkv * g == n->dst.ne[1] && n->src[MHA_SRC_V].ne[1] == hkv &&
+           att_rows(n) <= UINT32_MAX &&
+           optional_ok_dt(&n->src[MHA_SRC_SINKS], MHA_F32) &&
+           optional_ok_dt(&n->src[MHA_SRC_ALIBI], MHA_F32) &&
+           optional_ok_dt(&n->src[MHA_SRC_KV_LEN], MHA_I32);
+}
+
 static bool supports_attention(const mha_vk_device *d, const mha_node *n)
 {
     att_config c;
     const mha_tdesc *q = &n->src[MHA_SRC_Q];
-    if (!mha_attention_is_plain(n))
-        return false;
-    if (!att_pick(d, (uint32_t)q->ne[3], &c) || q->ne[3] > UINT32_MAX)
+    if (q->ne[3] > UINT32_MAX || !supports_attention_core(n) ||
+        !att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
         return false;
     const mha_tdesc *t[] = {q, &n->src[MHA_SRC_K], &n->src[MHA_SRC_V],
                             &n->dst};

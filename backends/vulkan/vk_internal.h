@@ -14,9 +14,9 @@
 #include "backend.h"
 
 #define MHA_VK_MAX_DEVICES 16
-#define MHA_VK_BINDINGS 6    /* storage buffers per dispatch, all kernels */
+#define MHA_VK_BINDINGS 9    /* storage buffers per dispatch, all kernels */
 #define MHA_VK_PUSH_BYTES 128 /* the guaranteed minimum maxPushConstantsSize */
-#define MHA_VK_MAX_SPEC 6
+#define MHA_VK_MAX_SPEC 8
 #define MHA_VK_MSG_SIZE 768
 
 /* Instance-level entry points, loaded per VkInstance (see loader.c for why

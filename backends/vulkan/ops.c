@@ -1,6 +1,8 @@
-/* ops.c: every graph op as one or more dispatches of the five kernels.
+/* ops.c: every graph op as one or more dispatches of the six kernels.
  * PROJECTION, SCORES and WEIGHTED_SUM are the tiled matmul with different
- * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels.
+ * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels
+ * (ATTENTION with too few workgroups, as in decode, is split over the keys
+ * and combined by a second kernel, through a scratch buffer of the device).
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -237,6 +239,7 @@ MHA_PUSH_BLOCK(mean_push, MHA_MEAN_PUSH)
 MHA_PUSH_BLOCK(softmax_push, MHA_SOFTMAX_PUSH)
 MHA_PUSH_BLOCK(matmul_push, MHA_MATMUL_PUSH)
 MHA_PUSH_BLOCK(attention_push, MHA_ATTENTION_PUSH)
+MHA_PUSH_BLOCK(combine_push, MHA_COMBINE_PUSH)
 
 _Static_assert(sizeof(copy_push) <= MHA_VK_PUSH_BYTES, "push constants");
 _Static_assert(sizeof(mean_push) <= MHA_VK_PUSH_BYTES, "push constants");
@@ -244,6 +247,7 @@ _Static_assert(sizeof(softmax_push) <= MHA_VK_PUSH_BYTES, "push constants");
 _Static_assert(sizeof(matmul_push) <= MHA_VK_PUSH_BYTES, "push constants");
 _Static_assert(sizeof(attention_push) <= MHA_VK_PUSH_BYTES,
                "push constants");
+_Static_assert(sizeof(combine_push) <= MHA_VK_PUSH_BYTES, "push constants");
 
 /* ---- dispatch helpers ---------------------------------------------------- */
 
@@ -272,7 +276,10 @@ static mha_vk_access binding_of(const mha_tdesc *t, bool write)
  * binding 1, matmul and attention binding 2. */
 static int output_binding(int kernel)
 {
-    return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ? 2 : 1;
+    return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ||
+                   kernel == MHA_VK_K_ATTENTION_COMBINE
+               ? 2
+               : 1;
 }
 
 /* Binds the tensors' buffers (ts[i] NULL: the dummy) and dispatches the
@@ -534,6 +541,82 @@ static void att_core_sources(attention_push *p, const mha_node *n,
         p->flags |= MHA_VK_F_BOTTOM_RIGHT;
 }
 
+/* Workgroups a split-K attention aims for: more than small devices have
+ * compute units, few enough that each split still walks several tiles. */
+#define ATT_SPLIT_GROUPS 128u
+#define ATT_MAX_SPLITS 32u
+
+/* Key splits for an attention of `groups` workgroups over `keys` keys in
+ * tiles of bc: a power of 2 (a few pipeline variants, whatever the shape),
+ * 1 while there are workgroups enough, and never while recording into an
+ * application's command buffer (whose replays could outlive the scratch). */
+static uint32_t att_splits(const mha_vk_device *d, uint64_t groups,
+                           uint64_t keys, uint32_t bc)
+{
+    uint32_t ns = 1;
+    if (d->ext_cmd)
+        return 1;
+    while (ns < ATT_MAX_SPLITS && groups * ns * 2 <= ATT_SPLIT_GROUPS &&
+           keys >= (uint64_t)ns * 4 * bc)
+        ns *= 2;
+    return ns;
+}
+
+/* d->scratch with room for bytes: a bigger one replaces it after the work
+ * recorded so far (which may use the old one) has run. */
+static mha_status scratch_reserve(mha_vk_device *d, size_t bytes)
+{
+    if (d->scratch && d->scratch->size >= bytes)
+        return MHA_OK;
+    mha_status s = mha_vk_flush(d);
+    if (s != MHA_OK)
+        return s;
+    if (d->scratch)
+        mha_vk_buffer_free(d, d->scratch);
+    d->scratch = NULL;
+    return mha_vk_buffer_alloc(d, bytes, &d->scratch);
+}
+
+/* The second pass of a split-K attention: partials part -> n's dst. */
+static mha_status run_combine(mha_vk_device *d, const mha_node *n,
+                              const mha_tdesc *part, uint32_t ns,
+                              const attention_push *ap)
+{
+    const mha_tdesc *o = &n->dst;
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {part, NULL, o};
+    ts[6] = present(&n->src[MHA_SRC_SINKS]) ? &n->src[MHA_SRC_SINKS] : NULL;
+    uint32_t f16 = f16_bits(ts);
+    combine_push p = {
+        .part_off = eoff(part), .o_off = eoff(o), .sinks_off = ap->sinks_off,
+        .o_sb = st(o, 0), .o_sh = st(o, 1), .o_sr = st(o, 2),
+        .H = (uint32_t)o->ne[1], .L = (uint32_t)o->ne[2],
+        .total = (uint32_t)count(o),
+        .flags = (ap->flags & MHA_VK_F_SINKS) | f16,
+    };
+    uint32_t g[3], spec[3] = {COPY_WG, (uint32_t)o->ne[3], ns};
+    if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "attention");
+    return dispatch(d, MHA_VK_K_ATTENTION_COMBINE, f16 != 0, spec, 3, ts, &p,
+                    sizeof p, g);
+}
+
+/* The partials of a split-K attention of n: [B,H,L,ns*(D+2)] in
+ * d->scratch, as the output of its first pass. */
+static mha_status att_partials(mha_vk_device *d, const mha_node *n,
+                               uint32_t ns, mha_tdesc *part)
+{
+    const mha_tdesc *o = &n->dst;
+    int64_t w = (int64_t)ns * (o->ne[3] + 2);
+    mha_status s = scratch_reserve(d, (size_t)(count(o) / o->ne[3] * w) * 4);
+    if (s != MHA_OK)
+        return s;
+    *part = (mha_tdesc){.dtype = MHA_F32,
+                        .ne = {o->ne[0], o->ne[1], o->ne[2], w},
+                        .nb = {o->ne[1] * o->ne[2] * w, o->ne[2] * w, w, 1},
+                        .buf = d->scratch};
+    return MHA_OK;
+}
+
 static mha_status run_attention(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
@@ -562,19 +645,35 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         .mask_cols = mp.mask_cols,
     };
     att_core_sources(&p, n, ts);
-    uint32_t softcap;
-    memcpy(&softcap, &n->params.softcap, sizeof softcap);
-    uint32_t spec[8] = {c.wg, c.dh, c.br, c.bc, c.tpr, att_group(n),
-                        (uint32_t)n->params.window,
-                        n->params.softcap > 0.0f ? softcap : 0u};
-    uint32_t g[3] = {(uint32_t)((att_rows(n) + c.br - 1) / c.br),
-                     (uint32_t)k->ne[1], (uint32_t)o->ne[0]};
+    uint64_t blocks = (att_rows(n) + c.br - 1) / c.br;
+    uint32_t ns = att_splits(d, blocks * (uint64_t)k->ne[1] * o->ne[0], p.S,
+                             c.bc);
+    uint32_t g[3] = {(uint32_t)(blocks * ns), (uint32_t)k->ne[1],
+                     (uint32_t)o->ne[0]};
     const mha_vk_limits *l = &d->phys->lim;
-    if (g[0] > l->max_groups[0] || g[1] > l->max_groups[1] ||
+    if (blocks * ns > l->max_groups[0] || g[1] > l->max_groups[1] ||
         g[2] > l->max_groups[2])
         return groups_error(d, "attention");
-    return dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 8, ts, &p,
-                    sizeof p, g);
+    mha_tdesc part;
+    if (ns > 1) {
+        mha_status s = att_partials(d, n, ns, &part);
+        if (s != MHA_OK)
+            return s;
+        ts[2] = &part; /* the first pass writes partials, in fp32 */
+        p.flags &= ~DT_F16(2);
+        p.o_off = eoff(&part);
+        p.o_sb = st(&part, 0);
+        p.o_sh = st(&part, 1);
+        p.o_sr = st(&part, 2);
+    }
+    uint32_t softcap;
+    memcpy(&softcap, &n->params.softcap, sizeof softcap);
+    uint32_t spec[9] = {c.wg, c.dh, c.br, c.bc, c.tpr, att_group(n),
+                        (uint32_t)n->params.window,
+                        n->params.softcap > 0.0f ? softcap : 0u, ns};
+    mha_status s = dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 9, ts, &p,
+                            sizeof p, g);
+    return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);
 }
 
 /* ---- supports / run ----------------------------------------------------- */

@@ -16,6 +16,12 @@
 // the bounds are neither loaded nor read. A row with nothing attendable
 // yields zeros. Each row is served by TPR invocations, each owning the head
 // dimensions c, c + TPR, ... (DPT of them).
+// Split-K (flash-decoding, NS > 1): when (b, kv head, row block) leave too
+// few workgroups, as in decode, NS workgroups share each row block, split
+// s taking keys [s * chunk, (s + 1) * chunk) of the same bounds, and each
+// leaves its unnormalised output, maximum and sum in the partials (bound
+// as the output, fp32) for attention_combine.comp, which also adds the
+// sink. NS depends on shapes only (S is the keys' capacity, not a length).
 // D, BR, BC, TPR are specialization constants chosen from the device's
 // shared memory and workgroup limits (BR from the rows there are, so decode
 // gets a narrow variant whose invocations split a wide key tile instead of
@@ -23,6 +29,7 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "dtype.glsl"
+#include "online.glsl"
 #include "push.h"
 
 layout(constant_id = 0) const uint WG = 128u;  // == BR * TPR
@@ -33,6 +40,7 @@ layout(constant_id = 4) const uint TPR = 8u;   // invocations per row
 layout(constant_id = 5) const uint G = 1u;     // query heads per K/V head
 layout(constant_id = 6) const uint WINDOW = 0u;  // sliding window, 0: none
 layout(constant_id = 7) const uint SOFTCAP = 0u; // its float bits, 0: none
+layout(constant_id = 8) const uint NS = 1u;    // key splits (split-K)
 
 layout(local_size_x_id = 0) in;
 
@@ -60,20 +68,12 @@ shared float Ks[BC * KS];
 shared float Vs[BC * D];
 shared float Ss[BR * BC];
 
-#define NEG_INF uintBitsToFloat(0xff800000u)
-
 // The workgroup's (b, kv head), first row and query offset (positions).
 uint b, hk, R0;
 int off;
 // This invocation's row state.
 float m, l;
 float acc[DPT];
-
-// max that propagates NaN: a NaN score makes its row NaN, as in SOFTMAX
-float nmax(float a, float b)
-{
-    return isnan(a) ? a : isnan(b) ? b : (a > b ? a : b);
-}
 
 bool flag(uint f) { return (p.flags & f) != 0u; }
 
@@ -171,12 +171,26 @@ void add_sink(uint h)
 {
     if (!flag(MHA_VK_F_SINKS) || m == NEG_INF)
         return; // nothing attendable: the row stays 0
-    float sk = sinks[p.sinks_off + h];
-    float mx = nmax(m, sk);
-    float alpha = exp(m - mx);
-    l = l * alpha + exp(sk - mx);
+    float alpha = fold_sink(m, l, sinks[p.sinks_off + h]);
     for (uint x = 0u; x < DPT; ++x)
         acc[x] *= alpha;
+}
+
+// Split-K: this split's unnormalised output, maximum and sum for the
+// combine pass (attention_combine.comp), at split s of the row's partials.
+void store_partial(uint R, uint s, uint lane)
+{
+    uint pb = p.o_off + b * p.o_sb + head_of(R) * p.o_sh +
+              query_of(R) * p.o_sr + s * (D + 2u);
+    for (uint x = 0u; x < DPT; ++x) {
+        uint c = lane + x * TPR;
+        if (c < D)
+            o[pb + c] = acc[x];
+    }
+    if (lane == 0u) {
+        o[pb + D] = m;
+        o[pb + D + 1u] = l;
+    }
 }
 
 void main()
@@ -184,7 +198,12 @@ void main()
     uint t = gl_LocalInvocationID.x;
     hk = gl_WorkGroupID.y;
     b = gl_WorkGroupID.z;
-    R0 = gl_WorkGroupID.x * BR;
+    uint blocks = (rows() + BR - 1u) / BR;
+    uint split = gl_WorkGroupID.x / blocks;
+    R0 = gl_WorkGroupID.x % blocks * BR;
+    // this split's keys of [0, S'): [k0, k1), whole tiles but the last
+    uint chunk = ((p.S + NS - 1u) / NS + BC - 1u) / BC * BC;
+    uint k0 = min(split * chunk, p.S), k1 = min(k0 + chunk, p.S);
     // keys of this sequence among the real ones, clamped to [0, mask_cols]
     int len = int(p.mask_cols);
     if (flag(MHA_VK_F_KV_LEN))
@@ -212,14 +231,20 @@ void main()
     if (flag(MHA_VK_F_CAUSAL))
         hi = min(hi, pos_of(last) + 1);
     int lo = WINDOW > 0u ? max(pos_of(R0) - int(WINDOW) + 1, 0) : 0;
+    lo = max(lo, int(k0));
+    hi = min(hi, int(k1));
     for (int j0 = lo; j0 < hi; j0 += int(BC))
         tile(uint(j0), uint(hi), row, lane);
-    for (uint j0 = p.mask_cols; j0 < p.S; j0 += BC)
-        tile(j0, p.S, row, lane);
+    for (uint j0 = max(p.mask_cols, k0); j0 < k1; j0 += BC)
+        tile(j0, k1, row, lane);
 
     uint R = R0 + row;
     if (R >= rows())
         return;
+    if (NS > 1u) {
+        store_partial(R, split, lane);
+        return;
+    }
     add_sink(head_of(R));
     float inv = l == 0.0 ? 0.0 : 1.0 / l; // all masked: zeros; NaN stays NaN
     uint ob = p.o_off + b * p.o_sb + head_of(R) * p.o_sh +

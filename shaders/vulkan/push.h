@@ -95,4 +95,12 @@
     U(flags) /* MHA_VK_F_* and DT_F16 bits */                                \
     U(mask_cols)
 
+/* attention_combine.comp: the partials [B,H,L,NS,D+2] (contiguous) of a
+ * split-K attention into O [B,H,L,D]; total is B * H * L * D. */
+#define MHA_COMBINE_PUSH(U, F)                                               \
+    U(part_off) U(o_off) U(sinks_off)                                        \
+    U(o_sb) U(o_sh) U(o_sr)                                                  \
+    U(H) U(L) U(total)                                                       \
+    U(flags) /* MHA_VK_F_SINKS and DT_F16 bits */
+
 #endif /* MHA_VK_PUSH_H */

@@ -629,7 +629,12 @@ SPECIAL_CASES(DEFINE_OP_TEST)
     X(core_f16_gqa_kv_len, ATTENTION, 2, 4, 3, 30, 0, 32, 0, 0,             \
       F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)         \
     X(core_decode_chunks_sinks, ATTENTION, 2, 8, 1, 1100, 0, 64, 0, 0,      \
-      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                 \
+    X(core_decode_long_everything, ATTENTION, 2, 4, 2, 500, 0, 32, 0, 0,    \
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
+      F_SINKS | F_KVLEN | F_MASK2D)                                          \
+    X(core_f16_decode_long_mqa_sinks, ATTENTION, 1, 8, 1, 400, 0, 64, 0, 0, \
+      F_F16 | F_MQA | F_SINKS | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT)
 #define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
     DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
                    (flags_) | F_REQUIRED)
@@ -714,3 +719,35 @@ static void run_threads_case(const op_case *c)
         run_threads_case(&c);                                                \
     }
 THREAD_CASES(DEFINE_THREAD_TEST)
+
+/* ---- the same bits on every run ------------------------------------------ */
+
+/* A device may split a long key range over workgroups (flash-decoding);
+ * combining the parts in a fixed order gives the same bits every run. */
+Test(ops, core_decode_deterministic)
+{
+    op_case c = {"core_decode_deterministic", MHA_OP_ATTENTION, 2, 8, 1, 900,
+                 0, 64, 0, 0, F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT |
+                 F_SINKS};
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_rng r = {0xde7e0000u};
+    op_setup s;
+    setup(&s, &c, &r);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    size_t span = tensor_of(&s, &s.node.dst)->span;
+    for (int i = 0; i < nd; i++) {
+        mha_device *dev = test_open(ctx, &devs[i]);
+        if (mha_dev_supports(dev, &s.node)) {
+            float *first = run_node(&c, devs[i].label, ctx, dev, &s);
+            float *again = run_node(&c, devs[i].label, ctx, dev, &s);
+            cr_expect(memcmp(first, again, span * sizeof *first) == 0,
+                      "%s: two runs differ", devs[i].label);
+            free(first);
+            free(again);
+        }
+        mha_device_destroy(dev);
+    }
+    teardown(&s, ctx);
+}

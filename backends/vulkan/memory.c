@@ -481,6 +481,7 @@ void mha_vk_memory_fini(mha_vk_device *d)
     free_blocks(d, &d->blocks);
     free_blocks(d, &d->ext_blocks);
     d->dummy = NULL;
+    d->scratch = NULL;
     free_memory(d, d->staging.buf, d->staging.mem);
     memset(&d->staging, 0, sizeof d->staging);
 }

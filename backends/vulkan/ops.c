@@ -1,6 +1,8 @@
-/* ops.c: every graph op as one or more dispatches of the five kernels.
+/* ops.c: every graph op as one or more dispatches of the six kernels.
  * PROJECTION, SCORES and WEIGHTED_SUM are the tiled matmul with different
- * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels.
+ * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels
+ * (ATTENTION with too few workgroups, as in decode, is split over the keys
+ * and combined by a second kernel, through a scratch buffer of the device).
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -10,6 +12,7 @@
  * tensors (projections, heads, attention output) use the kernels' fp16
  * builds where the device has 16-bit storage; scores, probabilities and
  * masks stay fp32. */
+#include <math.h>
 #include <string.h>
 
 #include "push.h"
@@ -58,14 +61,13 @@ static uint32_t eoff(const mha_tdesc *t)
     return (uint32_t)((first_byte(t) - bind_start(t)) / esize(t));
 }
 
-/* An fp32 (or, with f16, fp16) view whose offsets and strides fit the
- * kernels' 32-bit indices. Looks only at the descriptor: the planner asks
+/* A present view of dtype whose offsets and strides fit the kernels'
+ * 32-bit indices. Looks only at the descriptor: the planner asks
  * supports() with placeholder buffer handles, so buf is only tested for
  * NULL here. */
-static bool tensor_ok_dt(const mha_tdesc *t, bool f16)
+static bool view_ok(const mha_tdesc *t, mha_dtype dtype)
 {
-    if (!t->buf || !(t->dtype == MHA_F32 || (f16 && t->dtype == MHA_F16)) ||
-        t->offset % esize(t))
+    if (!t->buf || t->dtype != dtype || t->offset % esize(t))
         return false;
     uint64_t last = t->offset / esize(t);
     for (int i = 0; i < 4; ++i) {
@@ -76,6 +78,12 @@ static bool tensor_ok_dt(const mha_tdesc *t, bool f16)
             last += (uint64_t)(t->ne[i] - 1) * (uint64_t)t->nb[i];
     }
     return last < UINT32_MAX;
+}
+
+/* An fp32 (or, with f16, fp16) view (view_ok). */
+static bool tensor_ok_dt(const mha_tdesc *t, bool f16)
+{
+    return view_ok(t, MHA_F32) || (f16 && view_ok(t, MHA_F16));
 }
 
 static bool tensor_ok(const mha_tdesc *t) { return tensor_ok_dt(t, false); }
@@ -113,9 +121,15 @@ static bool inner_contiguous(const mha_tdesc *t)
     return t->ne[3] <= 1 || t->nb[3] == 1;
 }
 
+/* An absent source, or a contiguous one of dtype. */
+static bool optional_ok_dt(const mha_tdesc *t, mha_dtype dtype)
+{
+    return !present(t) || (view_ok(t, dtype) && inner_contiguous(t));
+}
+
 static bool optional_ok(const mha_tdesc *t)
 {
-    return !present(t) || (tensor_ok(t) && inner_contiguous(t));
+    return optional_ok_dt(t, MHA_F32);
 }
 
 static int64_t count(const mha_tdesc *t)
@@ -181,23 +195,33 @@ typedef struct att_config {
     uint32_t wg, dh, br, bc, tpr;
 } att_config;
 
-static bool att_pick(const mha_vk_device *d, uint32_t dh, att_config *c)
+/* Tiles for rows (query, head) rows of head size dh: BR rows per
+ * workgroup, no more than the rows there are (rounded up to a power of 2,
+ * so a decode loop or chunked prefill meets a few variants, not one per
+ * length), and BC keys per tile, up to 32 even when BR is smaller, so the
+ * invocations of a narrow (decode) workgroup share out a wide key tile. */
+static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
+                     att_config *c)
 {
     if (dh == 0 || dh > 512)
         return false;
     uint32_t target = pow2_floor(max_wg(d) < 128 ? max_wg(d) : 128);
     uint32_t dh2 = pow2_floor(dh) < dh ? pow2_floor(dh) * 2 : dh;
-    for (uint32_t br = 32; br >= 1; br /= 2) {
-        uint32_t bc = br;
-        uint64_t smem =
-            ((uint64_t)(br + 2 * bc) * dh + bc /* K padding */ + br * bc) * 4;
-        if (br > target || smem > d->phys->lim.shared_bytes)
-            continue;
-        uint32_t tpr = target / br;
-        if (tpr > dh2)
-            tpr = dh2;
-        *c = (att_config){br * tpr, dh, br, bc, tpr};
-        return true;
+    uint32_t top = rows >= 32 ? 32 : pow2_floor((uint32_t)rows);
+    if (top < rows && top < 32)
+        top *= 2;
+    for (uint32_t br = top; br >= 1; br /= 2) {
+        for (uint32_t bc = br > 32 ? br : 32; bc >= br; bc /= 2) {
+            uint64_t smem = ((uint64_t)(br + 2 * bc) * dh +
+                             bc /* K padding */ + br * bc) * 4;
+            if (br > target || smem > d->phys->lim.shared_bytes)
+                continue;
+            uint32_t tpr = target / br;
+            if (tpr > dh2)
+                tpr = dh2;
+            *c = (att_config){br * tpr, dh, br, bc, tpr};
+            return true;
+        }
     }
     return false;
 }
@@ -215,6 +239,7 @@ MHA_PUSH_BLOCK(mean_push, MHA_MEAN_PUSH)
 MHA_PUSH_BLOCK(softmax_push, MHA_SOFTMAX_PUSH)
 MHA_PUSH_BLOCK(matmul_push, MHA_MATMUL_PUSH)
 MHA_PUSH_BLOCK(attention_push, MHA_ATTENTION_PUSH)
+MHA_PUSH_BLOCK(combine_push, MHA_COMBINE_PUSH)
 
 _Static_assert(sizeof(copy_push) <= MHA_VK_PUSH_BYTES, "push constants");
 _Static_assert(sizeof(mean_push) <= MHA_VK_PUSH_BYTES, "push constants");
@@ -222,6 +247,7 @@ _Static_assert(sizeof(softmax_push) <= MHA_VK_PUSH_BYTES, "push constants");
 _Static_assert(sizeof(matmul_push) <= MHA_VK_PUSH_BYTES, "push constants");
 _Static_assert(sizeof(attention_push) <= MHA_VK_PUSH_BYTES,
                "push constants");
+_Static_assert(sizeof(combine_push) <= MHA_VK_PUSH_BYTES, "push constants");
 
 /* ---- dispatch helpers ---------------------------------------------------- */
 
@@ -250,7 +276,10 @@ static mha_vk_access binding_of(const mha_tdesc *t, bool write)
  * binding 1, matmul and attention binding 2. */
 static int output_binding(int kernel)
 {
-    return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ? 2 : 1;
+    return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ||
+                   kernel == MHA_VK_K_ATTENTION_COMBINE
+               ? 2
+               : 1;
 }
 
 /* Binds the tensors' buffers (ts[i] NULL: the dummy) and dispatches the
@@ -478,12 +507,122 @@ static mha_status run_weighted_sum(mha_vk_device *d, const mha_node *n)
     return mm_dispatch(d, &p, ts, (uint32_t)(n->dst.ne[0] * n->dst.ne[1]));
 }
 
+/* Query heads per K/V head (kv_group 0 and 1 both mean one). */
+static uint32_t att_group(const mha_node *n)
+{
+    return n->params.kv_group > 1 ? (uint32_t)n->params.kv_group : 1u;
+}
+
+/* The rows of attention's workgroups: (query, head of the K/V group). */
+static uint64_t att_rows(const mha_node *n)
+{
+    return (uint64_t)n->src[MHA_SRC_Q].ne[2] * att_group(n);
+}
+
+/* The attention core's sources (SINKS, ALIBI, KV_LEN) into p and ts. */
+static void att_core_sources(attention_push *p, const mha_node *n,
+                             const mha_tdesc *ts[])
+{
+    static const struct { int src; uint32_t flag; } core[] = {
+        {MHA_SRC_SINKS, MHA_VK_F_SINKS},
+        {MHA_SRC_ALIBI, MHA_VK_F_ALIBI},
+        {MHA_SRC_KV_LEN, MHA_VK_F_KV_LEN},
+    };
+    uint32_t *offs[] = {&p->sinks_off, &p->alibi_off, &p->len_off};
+    for (int i = 0; i < 3; ++i) {
+        const mha_tdesc *t = &n->src[core[i].src];
+        if (present(t)) {
+            p->flags |= core[i].flag;
+            *offs[i] = eoff(t);
+            ts[6 + i] = t;
+        }
+    }
+    if (n->params.causal == MHA_CAUSAL_BOTTOM_RIGHT)
+        p->flags |= MHA_VK_F_BOTTOM_RIGHT;
+}
+
+/* Workgroups a split-K attention aims for: more than small devices have
+ * compute units, few enough that each split still walks several tiles. */
+#define ATT_SPLIT_GROUPS 128u
+#define ATT_MAX_SPLITS 32u
+
+/* Key splits for an attention of `groups` workgroups over `keys` keys in
+ * tiles of bc: a power of 2 (a few pipeline variants, whatever the shape),
+ * 1 while there are workgroups enough, and never while recording into an
+ * application's command buffer (whose replays could outlive the scratch). */
+static uint32_t att_splits(const mha_vk_device *d, uint64_t groups,
+                           uint64_t keys, uint32_t bc)
+{
+    uint32_t ns = 1;
+    if (d->ext_cmd)
+        return 1;
+    while (ns < ATT_MAX_SPLITS && groups * ns * 2 <= ATT_SPLIT_GROUPS &&
+           keys >= (uint64_t)ns * 4 * bc)
+        ns *= 2;
+    return ns;
+}
+
+/* d->scratch with room for bytes: a bigger one replaces it after the work
+ * recorded so far (which may use the old one) has run. */
+static mha_status scratch_reserve(mha_vk_device *d, size_t bytes)
+{
+    if (d->scratch && d->scratch->size >= bytes)
+        return MHA_OK;
+    mha_status s = mha_vk_flush(d);
+    if (s != MHA_OK)
+        return s;
+    if (d->scratch)
+        mha_vk_buffer_free(d, d->scratch);
+    d->scratch = NULL;
+    return mha_vk_buffer_alloc(d, bytes, &d->scratch);
+}
+
+/* The second pass of a split-K attention: partials part -> n's dst. */
+static mha_status run_combine(mha_vk_device *d, const mha_node *n,
+                              const mha_tdesc *part, uint32_t ns,
+                              const attention_push *ap)
+{
+    const mha_tdesc *o = &n->dst;
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {part, NULL, o};
+    ts[6] = present(&n->src[MHA_SRC_SINKS]) ? &n->src[MHA_SRC_SINKS] : NULL;
+    uint32_t f16 = f16_bits(ts);
+    combine_push p = {
+        .part_off = eoff(part), .o_off = eoff(o), .sinks_off = ap->sinks_off,
+        .o_sb = st(o, 0), .o_sh = st(o, 1), .o_sr = st(o, 2),
+        .H = (uint32_t)o->ne[1], .L = (uint32_t)o->ne[2],
+        .total = (uint32_t)count(o),
+        .flags = (ap->flags & MHA_VK_F_SINKS) | f16,
+    };
+    uint32_t g[3], spec[3] = {COPY_WG, (uint32_t)o->ne[3], ns};
+    if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "attention");
+    return dispatch(d, MHA_VK_K_ATTENTION_COMBINE, f16 != 0, spec, 3, ts, &p,
+                    sizeof p, g);
+}
+
+/* The partials of a split-K attention of n: [B,H,L,ns*(D+2)] in
+ * d->scratch, as the output of its first pass. */
+static mha_status att_partials(mha_vk_device *d, const mha_node *n,
+                               uint32_t ns, mha_tdesc *part)
+{
+    const mha_tdesc *o = &n->dst;
+    int64_t w = (int64_t)ns * (o->ne[3] + 2);
+    mha_status s = scratch_reserve(d, (size_t)(count(o) / o->ne[3] * w) * 4);
+    if (s != MHA_OK)
+        return s;
+    *part = (mha_tdesc){.dtype = MHA_F32,
+                        .ne = {o->ne[0], o->ne[1], o->ne[2], w},
+                        .nb = {o->ne[1] * o->ne[2] * w, o->ne[2] * w, w, 1},
+                        .buf = d->scratch};
+    return MHA_OK;
+}
+
 static mha_status run_attention(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
     const mha_tdesc *v = &n->src[MHA_SRC_V], *o = &n->dst;
     att_config c;
-    if (!att_pick(d, (uint32_t)q->ne[3], &c))
+    if (!att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
         return mha_host_error(d->host, MHA_UNSUPPORTED,
                               "vulkan: attention with head size %lld does "
                               "not fit %s's shared memory",
@@ -496,7 +635,6 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         .q_off = eoff(q), .k_off = eoff(k), .o_off = eoff(o), .v_off = eoff(v),
         .mask_off = mp.mask_off, .kpm_off = mp.kpm_off,
         .L = (uint32_t)q->ne[2], .S = (uint32_t)k->ne[2],
-        .H = (uint32_t)o->ne[1],
         .q_sb = st(q, 0), .q_sh = st(q, 1), .q_sr = st(q, 2),
         .k_sb = st(k, 0), .k_sh = st(k, 1), .k_sr = st(k, 2),
         .v_sb = st(v, 0), .v_sh = st(v, 1), .v_sr = st(v, 2),
@@ -506,15 +644,36 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         .scale = n->params.scale, .flags = mp.flags | f16,
         .mask_cols = mp.mask_cols,
     };
-    uint32_t spec[5] = {c.wg, c.dh, c.br, c.bc, c.tpr};
-    uint32_t g[3] = {(p.L + c.br - 1) / c.br, (uint32_t)o->ne[1],
+    att_core_sources(&p, n, ts);
+    uint64_t blocks = (att_rows(n) + c.br - 1) / c.br;
+    uint32_t ns = att_splits(d, blocks * (uint64_t)k->ne[1] * o->ne[0], p.S,
+                             c.bc);
+    uint32_t g[3] = {(uint32_t)(blocks * ns), (uint32_t)k->ne[1],
                      (uint32_t)o->ne[0]};
     const mha_vk_limits *l = &d->phys->lim;
-    if (g[0] > l->max_groups[0] || g[1] > l->max_groups[1] ||
+    if (blocks * ns > l->max_groups[0] || g[1] > l->max_groups[1] ||
         g[2] > l->max_groups[2])
         return groups_error(d, "attention");
-    return dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 5, ts, &p,
-                    sizeof p, g);
+    mha_tdesc part;
+    if (ns > 1) {
+        mha_status s = att_partials(d, n, ns, &part);
+        if (s != MHA_OK)
+            return s;
+        ts[2] = &part; /* the first pass writes partials, in fp32 */
+        p.flags &= ~DT_F16(2);
+        p.o_off = eoff(&part);
+        p.o_sb = st(&part, 0);
+        p.o_sh = st(&part, 1);
+        p.o_sr = st(&part, 2);
+    }
+    uint32_t softcap;
+    memcpy(&softcap, &n->params.softcap, sizeof softcap);
+    uint32_t spec[9] = {c.wg, c.dh, c.br, c.bc, c.tpr, att_group(n),
+                        (uint32_t)n->params.window,
+                        n->params.softcap > 0.0f ? softcap : 0u, ns};
+    mha_status s = dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 9, ts, &p,
+                            sizeof p, g);
+    return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);
 }
 
 /* ---- supports / run ----------------------------------------------------- */
@@ -538,13 +697,27 @@ static bool supports_matmul(const mha_vk_device *d, const mha_node *n)
     return true; /* WEIGHTED_SUM: V is read with any strides */
 }
 
+/* The attention core's parameters and sources: K/V heads that divide the
+ * query heads by kv_group, contiguous SINKS/ALIBI (f32) and KV_LEN (i32). */
+static bool supports_attention_core(const mha_node *n)
+{
+    const mha_op_params *a = &n->params;
+    uint32_t g = att_group(n);
+    int64_t hkv = n->src[MHA_SRC_K].ne[1];
+    return a->window >= 0 && !(a->softcap < 0.0f) && isfinite(a->softcap) &&
+           hkv * g == n->dst.ne[1] && n->src[MHA_SRC_V].ne[1] == hkv &&
+           att_rows(n) <= UINT32_MAX &&
+           optional_ok_dt(&n->src[MHA_SRC_SINKS], MHA_F32) &&
+           optional_ok_dt(&n->src[MHA_SRC_ALIBI], MHA_F32) &&
+           optional_ok_dt(&n->src[MHA_SRC_KV_LEN], MHA_I32);
+}
+
 static bool supports_attention(const mha_vk_device *d, const mha_node *n)
 {
     att_config c;
     const mha_tdesc *q = &n->src[MHA_SRC_Q];
-    if (!mha_attention_is_plain(n))
-        return false;
-    if (!att_pick(d, (uint32_t)q->ne[3], &c) || q->ne[3] > UINT32_MAX)
+    if (q->ne[3] > UINT32_MAX || !supports_attention_core(n) ||
+        !att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
         return false;
     const mha_tdesc *t[] = {q, &n->src[MHA_SRC_K], &n->src[MHA_SRC_V],
                             &n->dst};

@@ -14,9 +14,9 @@
 #include "backend.h"
 
 #define MHA_VK_MAX_DEVICES 16
-#define MHA_VK_BINDINGS 6    /* storage buffers per dispatch, all kernels */
+#define MHA_VK_BINDINGS 9    /* storage buffers per dispatch, all kernels */
 #define MHA_VK_PUSH_BYTES 128 /* the guaranteed minimum maxPushConstantsSize */
-#define MHA_VK_MAX_SPEC 6
+#define MHA_VK_MAX_SPEC 9
 #define MHA_VK_MSG_SIZE 768
 
 /* Instance-level entry points, loaded per VkInstance (see loader.c for why
@@ -124,6 +124,7 @@ enum mha_vk_kernel {
     MHA_VK_K_SOFTMAX,
     MHA_VK_K_MATMUL,
     MHA_VK_K_ATTENTION,
+    MHA_VK_K_ATTENTION_COMBINE,
     MHA_VK_K_COUNT
 };
 
@@ -189,6 +190,9 @@ typedef struct mha_vk_device {
     mha_vk_block *blocks;
     mha_vk_block *ext_blocks; /* the application's VkBuffers */
     mha_vk_buffer *dummy;   /* bound where a kernel's source is absent */
+    /* The partial results of split-K attention (ops.c), grown on demand
+     * and kept until close; NULL until first needed. */
+    mha_vk_buffer *scratch;
     mha_vk_staging staging;
     /* Fault injection for tests (mha_fault_due): device allocations fail
      * as VK_ERROR_OUT_OF_DEVICE_MEMORY, pipeline creations as

@@ -34,6 +34,11 @@
 #define MHA_VK_F_MASK 2u
 #define MHA_VK_F_KPM 4u
 #define MHA_VK_F_CAUSAL 8u
+/* more flags of attention: the attention core's extensions */
+#define MHA_VK_F_BOTTOM_RIGHT 16u /* causal aligned to the last key */
+#define MHA_VK_F_SINKS 32u
+#define MHA_VK_F_ALIBI 64u
+#define MHA_VK_F_KV_LEN 128u
 /* flags of copy: a source is given (else the kernel writes zeros) */
 #define MHA_VK_F_SRC 1u
 /* flags of every kernel with fp16 builds: the operand at binding b is
@@ -71,10 +76,15 @@
     U(mask_cols) /* masks and causal apply to columns j < mask_cols */
 
 /* attention.comp: O = softmax(scale Q K^T + masks) V per (b, h); S is S'
- * (every key row). */
+ * (every key row). sinks_off, alibi_off and len_off are the SINKS, ALIBI
+ * and KV_LEN sources, read only under their flags and contiguous. The
+ * block is exactly the 128 bytes every device has: the layer's kv_group,
+ * window and softcap are specialisation constants instead (attention.comp),
+ * and a sequence's length is data in the KV_LEN buffer. */
 #define MHA_ATTENTION_PUSH(U, F)                                             \
     U(q_off) U(k_off) U(o_off) U(v_off) U(mask_off) U(kpm_off)               \
-    U(L) U(S) U(H)                                                           \
+    U(sinks_off) U(alibi_off) U(len_off)                                     \
+    U(L) U(S)                                                                \
     U(q_sb) U(q_sh) U(q_sr)                                                  \
     U(k_sb) U(k_sh) U(k_sr)                                                  \
     U(v_sb) U(v_sh) U(v_sr)                                                  \
@@ -82,7 +92,15 @@
     U(mask_sb) U(mask_sh) U(mask_sr)                                         \
     U(kpm_sb) U(kpm_sh) U(kpm_sr)                                            \
     F(scale)                                                                 \
-    U(flags) /* MHA_VK_F_MASK, _KPM, _CAUSAL and DT_F16 bits */              \
+    U(flags) /* MHA_VK_F_* and DT_F16 bits */                                \
     U(mask_cols)
+
+/* attention_combine.comp: the partials [B,H,L,NS,D+2] (contiguous) of a
+ * split-K attention into O [B,H,L,D]; total is B * H * L * D. */
+#define MHA_COMBINE_PUSH(U, F)                                               \
+    U(part_off) U(o_off) U(sinks_off)                                        \
+    U(o_sb) U(o_sh) U(o_sr)                                                  \
+    U(H) U(L) U(total)                                                       \
+    U(flags) /* MHA_VK_F_SINKS and DT_F16 bits */
 
 #endif /* MHA_VK_PUSH_H */

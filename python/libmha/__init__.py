@@ -9,13 +9,17 @@ A thin ctypes layer over the libmha shared library (no compiled extension):
     out, weights = attn(x, x, x, is_causal=True)
 
 ``libmha.devices()`` lists the devices, ``libmha.Device(spec)`` opens one,
-``libmha.Tensor`` keeps data on a device, ``libmha.torch.replace_attention``
+``libmha.Tensor`` keeps data on a device (``Tensor.view`` without a copy),
+``libmha.attention`` runs the attention core over projected heads (GQA,
+causal, window, softcap, ALiBi, sinks, key lengths),
+``libmha.torch.replace_attention``
 runs a PyTorch model's attention on libmha. Errors are ``libmha.Error``
 subclasses, one per libmha status. The library is found at $MHA_LIBRARY,
 beside an installed package, in the source tree's build/, or through the
 dynamic loader (``libmha.library_path()`` says which).
 """
 from ._capi import library_path
+from .attention import attention
 from .device import Device, devices
 from .errors import (BadStateError, BufferTooSmallError, CorruptFileError,
                      DeviceError, DeviceLostError, DtypeMismatchError, Error,
@@ -43,5 +47,5 @@ __all__ = [
     "LimitReachedError", "MissingWeightError", "MultiheadAttention",
     "NoDeviceError", "NotFoundError", "OutOfMemoryError",
     "ShapeMismatchError", "SizeOverflowError", "Tensor", "UnsupportedError",
-    "devices", "library_path", "version",
+    "attention", "devices", "library_path", "version",
 ]

@@ -35,6 +35,9 @@ FEATURES = (
     (1 << 3, "fused-attention"), (1 << 4, "avx2"), (1 << 6, "avx512"),
     (1 << 5, "neon"))
 FEATURE_FP16_STORAGE = 1 << 0
+# mha_layout, mha_causal
+LAYOUTS = {"bthd": 0, "bhtd": 1}
+CAUSALS = {None: 0, False: 0, True: 1, "top_left": 1, "bottom_right": 2}
 
 _c_int64_p = ctypes.POINTER(ctypes.c_int64)
 
@@ -133,6 +136,25 @@ class HostForwardArgs(ctypes.Structure):
                 ("weights_count", ctypes.c_size_t)]
 
 
+class AttentionArgs(ctypes.Structure):
+    """mha_attention_args."""
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("q", ctypes.c_void_p),
+                ("k", ctypes.c_void_p),
+                ("v", ctypes.c_void_p),
+                ("out", ctypes.c_void_p),
+                ("layout", ctypes.c_int),
+                ("scale", ctypes.c_float),
+                ("causal", ctypes.c_int),
+                ("window", ctypes.c_int64),
+                ("softcap", ctypes.c_float),
+                ("alibi", ctypes.c_int),
+                ("alibi_slopes", ctypes.c_void_p),
+                ("sinks", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p),
+                ("kv_lens", ctypes.c_void_p)]
+
+
 #: The C structs mirrored here, by their C names (for the ABI test).
 STRUCTS = {
     "mha_context_options": ContextOptions,
@@ -142,6 +164,7 @@ STRUCTS = {
     "mha_forward_args": ForwardArgs,
     "mha_host_array": HostArray,
     "mha_host_forward_args": HostForwardArgs,
+    "mha_attention_args": AttentionArgs,
 }
 
 _vp = ctypes.c_void_p
@@ -168,6 +191,8 @@ _PROTOTYPES = {
     "mha_tensor_upload": (_st, [_vp, _vp, ctypes.c_size_t]),
     "mha_tensor_download": (_st, [_vp, _vp, ctypes.c_size_t]),
     "mha_tensor_destroy": (_st, [_vp]),
+    "mha_tensor_view": (_st, [_vp, ctypes.c_size_t, ctypes.c_int, _c_int64_p,
+                              _c_int64_p, _pp]),
     "mha_layer_config_init_sized": (_st, [_vp, ctypes.c_size_t,
                                           ctypes.c_int64, ctypes.c_int64]),
     "mha_layer_create": (_st, [_vp, _vp, _pp]),
@@ -183,6 +208,8 @@ _PROTOTYPES = {
     "mha_layer_output_size": (_st, [_vp, _vp,
                                     ctypes.POINTER(ctypes.c_size_t),
                                     ctypes.POINTER(ctypes.c_size_t)]),
+    "mha_attention_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
+    "mha_attention": (_st, [_vp, _vp]),
 }
 
 _here = os.path.dirname(os.path.abspath(__file__))

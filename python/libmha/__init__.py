@@ -12,6 +12,8 @@ A thin ctypes layer over the libmha shared library (no compiled extension):
 ``libmha.Tensor`` keeps data on a device (``Tensor.view`` without a copy),
 ``libmha.attention`` runs the attention core over projected heads (GQA,
 causal, window, softcap, ALiBi, sinks, key lengths),
+``libmha.DecoderAttention`` and ``libmha.KVCache`` are a decoder model's
+self-attention layer (RoPE, GQA) over a KV cache (prefill and decode),
 ``libmha.torch.replace_attention``
 runs a PyTorch model's attention on libmha. Errors are ``libmha.Error``
 subclasses, one per libmha status. The library is found at $MHA_LIBRARY,
@@ -20,6 +22,7 @@ dynamic loader (``libmha.library_path()`` says which).
 """
 from ._capi import library_path
 from .attention import attention
+from .decoder import DecoderAttention, KVCache
 from .device import Device, devices
 from .errors import (BadStateError, BufferTooSmallError, CorruptFileError,
                      DeviceError, DeviceLostError, DtypeMismatchError, Error,
@@ -41,9 +44,11 @@ def version():
 
 
 __all__ = [
-    "BadStateError", "BufferTooSmallError", "CorruptFileError", "Device",
+    "BadStateError", "BufferTooSmallError", "CorruptFileError",
+    "DecoderAttention", "Device",
     "DeviceError", "DeviceLostError", "DtypeMismatchError", "Error",
-    "InputOutputError", "InvalidArgumentError", "LibraryNotFoundError",
+    "InputOutputError", "InvalidArgumentError", "KVCache",
+    "LibraryNotFoundError",
     "LimitReachedError", "MissingWeightError", "MultiheadAttention",
     "NoDeviceError", "NotFoundError", "OutOfMemoryError",
     "ShapeMismatchError", "SizeOverflowError", "Tensor", "UnsupportedError",

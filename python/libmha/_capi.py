@@ -37,6 +37,8 @@ FEATURES = (
 FEATURE_FP16_STORAGE = 1 << 0
 # mha_layout, mha_causal
 LAYOUTS = {"bthd": 0, "bhtd": 1}
+# mha_rope_style
+ROPE_STYLES = {None: 0, "none": 0, "neox": 1, "gptj": 2}
 CAUSALS = {None: 0, False: 0, True: 1, "top_left": 1, "bottom_right": 2}
 
 _c_int64_p = ctypes.POINTER(ctypes.c_int64)
@@ -155,6 +157,46 @@ class AttentionArgs(ctypes.Structure):
                 ("kv_lens", ctypes.c_void_p)]
 
 
+class KVCacheConfig(ctypes.Structure):
+    """mha_kv_cache_config."""
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("capacity", ctypes.c_int64),
+                ("num_sequences", ctypes.c_int64),
+                ("num_kv_heads", ctypes.c_int64),
+                ("head_dim", ctypes.c_int64),
+                ("dtype", ctypes.c_int),
+                ("window", ctypes.c_int64)]
+
+
+class DecoderConfig(ctypes.Structure):
+    """mha_decoder_config."""
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("embed_dim", ctypes.c_int64),
+                ("num_heads", ctypes.c_int64),
+                ("num_kv_heads", ctypes.c_int64),
+                ("head_dim", ctypes.c_int64),
+                ("rope_style", ctypes.c_int),
+                ("rope_dims", ctypes.c_int64),
+                ("rope_theta", ctypes.c_float),
+                ("rope_scaling", ctypes.c_float),
+                ("window", ctypes.c_int64),
+                ("alibi", ctypes.c_int),
+                ("softcap", ctypes.c_float),
+                ("sinks", ctypes.c_int),
+                ("qkv_bias", ctypes.c_int),
+                ("o_bias", ctypes.c_int),
+                ("scale", ctypes.c_float)]
+
+
+class DecoderForwardArgs(ctypes.Structure):
+    """mha_decoder_forward_args."""
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("x", ctypes.c_void_p),
+                ("positions", ctypes.c_void_p),
+                ("cache", ctypes.c_void_p),
+                ("output", ctypes.c_void_p)]
+
+
 #: The C structs mirrored here, by their C names (for the ABI test).
 STRUCTS = {
     "mha_context_options": ContextOptions,
@@ -165,7 +207,14 @@ STRUCTS = {
     "mha_host_array": HostArray,
     "mha_host_forward_args": HostForwardArgs,
     "mha_attention_args": AttentionArgs,
+    "mha_kv_cache_config": KVCacheConfig,
+    "mha_decoder_config": DecoderConfig,
+    "mha_decoder_forward_args": DecoderForwardArgs,
 }
+#: Structs of an API a 0.1 library may predate (the decoder layer): the ABI
+#: test holds them to tests/abi/libmha.abi where it records them.
+LATER_STRUCTS = ("mha_kv_cache_config", "mha_decoder_config",
+                 "mha_decoder_forward_args")
 
 _vp = ctypes.c_void_p
 _pp = ctypes.POINTER(ctypes.c_void_p)
@@ -211,6 +260,27 @@ _PROTOTYPES = {
     "mha_attention_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
     "mha_attention": (_st, [_vp, _vp]),
 }
+# The decoder layer and KV cache: declared where the library has them
+# (DecoderAttention and KVCache raise UnsupportedError where it does not).
+_LATER_PROTOTYPES = {
+    "mha_kv_cache_config_init_sized": (_st, [_vp, ctypes.c_size_t]),
+    "mha_kv_cache_create": (_st, [_vp, _vp, _pp]),
+    "mha_kv_cache_append": (_st, [_vp, ctypes.c_int64, _vp, _vp]),
+    "mha_kv_cache_length": (_st, [_vp, ctypes.c_int64, _c_int64_p]),
+    "mha_kv_cache_truncate": (_st, [_vp, ctypes.c_int64, ctypes.c_int64]),
+    "mha_kv_cache_clear": (_st, [_vp]),
+    "mha_kv_cache_destroy": (_st, [_vp]),
+    "mha_decoder_config_init_sized": (_st, [_vp, ctypes.c_size_t,
+                                            ctypes.c_int64, ctypes.c_int64]),
+    "mha_decoder_create": (_st, [_vp, _vp, _pp]),
+    "mha_decoder_set_weight": (_st, [_vp, ctypes.c_char_p, _vp, ctypes.c_int,
+                                     _c_int64_p]),
+    "mha_decoder_load_safetensors": (_st, [_vp, ctypes.c_char_p,
+                                           ctypes.c_char_p]),
+    "mha_decoder_forward_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
+    "mha_decoder_forward": (_st, [_vp, _vp]),
+    "mha_decoder_destroy": (_st, [_vp]),
+}
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _loaded = None
@@ -236,11 +306,17 @@ def _candidates():
 
 
 def _declare(lib):
-    for name, (restype, argtypes) in _PROTOTYPES.items():
+    later = {n: p for n, p in _LATER_PROTOTYPES.items() if hasattr(lib, n)}
+    for name, (restype, argtypes) in {**_PROTOTYPES, **later}.items():
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
     return lib
+
+
+def has(name):
+    """True when the loaded library exports name (a later API's call)."""
+    return hasattr(lib(), name)
 
 
 def library_path():

@@ -4,7 +4,9 @@ Every device libmha finds is tested (cpu, vulkan:0, opencl:0 here). A
 backend named by MHA_REQUIRE (scripts/test.sh sets vulkan,opencl) that has
 no device fails the run instead of shrinking it, so a broken driver setup
 cannot pass as "fewer devices"."""
+import json
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -64,3 +66,17 @@ def tolerance(dtype):
 def rng(seed=0):
     """A fixed-seed NumPy generator."""
     return np.random.default_rng(seed)
+
+
+def write_safetensors(path, tensors):
+    """A .safetensors file (8-byte header length, JSON header, data)."""
+    header, blobs, offset = {}, [], 0
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a, np.float32)
+        header[name] = {"dtype": "F32", "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        blobs.append(a.tobytes())
+        offset += a.nbytes
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))

@@ -12,52 +12,7 @@ import torch
 import libmha
 
 from conftest import FP16_SPECS, SPECS, get_device, rng
-
-
-def alibi_slopes(hq):
-    """The standard slopes for a power-of-two head count."""
-    return 2.0 ** (-8.0 * np.arange(1, hq + 1) / hq)
-
-
-def reference(q, k, v, scale=None, causal=None, window=0, softcap=0.0,
-              slopes=None, sinks=None, bias=None, kv_lens=None):
-    """mha.h's mha_attention in float64, q [B,L,Hq,d], k/v [B,S,Hkv,d]."""
-    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    B, L, Hq, d = q.shape
-    S, Hkv = k.shape[1], k.shape[2]
-    g = Hq // Hkv
-    k, v = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
-    s = np.einsum("blhd,bshd->bhls", q, k) * (scale or 1 / np.sqrt(d))
-    if softcap:
-        s = softcap * np.tanh(s / softcap)
-    lens = np.full(B, S) if kv_lens is None else np.asarray(kv_lens)
-    i = np.arange(L)[None, :, None]
-    j = np.arange(S)[None, None, :]
-    p = i + (lens[:, None, None] - L if causal == "bottom_right" else 0)
-    if slopes is not None:
-        s += np.asarray(slopes, np.float64)[None, :, None, None] * \
-            (j - p)[:, None]
-    masked = np.zeros((B, 1, L, S), bool)
-    if bias is not None and np.asarray(bias).dtype == np.bool_:
-        masked = masked | np.broadcast_to(bias, s.shape)
-    elif bias is not None:
-        s = s + np.asarray(bias, np.float64)
-    masked = masked | (j >= lens[:, None, None])[:, None]
-    if causal:
-        masked = masked | (j > p)[:, None]
-    if window:
-        masked = masked | (j <= p - window)[:, None]
-    s = np.where(masked, -np.inf, s)
-    m = np.max(s, axis=-1, keepdims=True)
-    if sinks is not None:
-        m = np.maximum(m, np.asarray(sinks, np.float64)[None, :, None, None])
-    m = np.where(np.isfinite(m), m, 0)
-    e = np.exp(s - m)
-    den = e.sum(-1, keepdims=True)
-    if sinks is not None:
-        den = den + np.exp(np.asarray(sinks)[None, :, None, None] - m)
-    w = np.where(den > 0, e / np.where(den > 0, den, 1), 0)
-    return np.einsum("bhls,bshd->blhd", w, v)
+from reference import alibi_slopes, reference
 
 
 B, L, S, HQ, HKV, D = 2, 5, 9, 4, 2, 8

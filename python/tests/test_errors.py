@@ -1,15 +1,15 @@
 """Errors raise the libmha.Error subclass of their status with libmha's
 message; closed objects refuse calls; 10,000 create/forward/destroy rounds
 keep the process's memory flat; load_safetensors and load_state_dict."""
-import json
 import os
-import struct
 
 import numpy as np
 import pytest
 import torch
 
 import libmha
+
+from conftest import write_safetensors
 
 E, H = 8, 2
 
@@ -100,24 +100,10 @@ def test_closed_objects():
         libmha.Tensor(x, dev)
 
 
-def _write_safetensors(path, tensors):
-    """A .safetensors file (8-byte header length, JSON header, data)."""
-    header, blobs, offset = {}, [], 0
-    for name, a in tensors.items():
-        a = np.ascontiguousarray(a, np.float32)
-        header[name] = {"dtype": "F32", "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
-        blobs.append(a.tobytes())
-        offset += a.nbytes
-    text = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
-
 def test_load_safetensors(tmp_path, device):
     m, want = _layer(device)
     path = tmp_path / "model.safetensors"
-    _write_safetensors(path, {"enc.attn." + k: v.numpy()
+    write_safetensors(path, {"enc.attn." + k: v.numpy()
                               for k, v in m.state_dict().items()})
     layer = libmha.MultiheadAttention(E, H, device=device)
     layer.load_safetensors(path, prefix="enc.attn.")

@@ -1,0 +1,293 @@
+"""decoder: libmha.KVCache (mha_kv_cache) and libmha.DecoderAttention
+(mha_decoder), a decoder model's self-attention layer (Hugging Face's
+LlamaAttention and relatives) over a KV cache: prefill and decode are the
+same call.
+
+The cache and the layer live on one Device; x and the output are NumPy
+arrays, torch tensors or libmha.Tensors as for MultiheadAttention.
+"""
+import ctypes
+
+import numpy as np
+
+from . import _capi
+from .attention import _numpy, _torch_tensor
+from .device import resolve
+from ._handle import DeviceChild
+from .errors import InvalidArgumentError, MissingWeightError, UnsupportedError
+from .layer import IncompatibleKeys, _dtype_code
+from .tensor import Tensor, shape_array
+
+
+def _require(what):
+    """UnsupportedError where the loaded libmha predates the decoder API."""
+    if not _capi.has("mha_decoder_create"):
+        raise UnsupportedError(
+            "%s: the libmha at %s has no decoder layer or KV cache (it "
+            "predates them)" % (what, _capi.library_path()), 7)
+
+
+def _on_device(x, dev, temps, dtype=None):
+    """x as a Tensor on dev (a temporary one, added to temps, for host
+    data)."""
+    if x is None or isinstance(x, Tensor):
+        return x
+    t = Tensor(_numpy(x, dtype), dev)
+    temps.append(t)
+    return t
+
+
+class KVCache(DeviceChild):
+    """The keys and values of num_sequences sequences of up to capacity
+    tokens each, on a device (mha_kv_cache):
+    ``KVCache(capacity, num_kv_heads, head_dim, num_sequences=1,
+    dtype="float32", device=None)``; dtype "float16" halves what a decode
+    step reads. DecoderAttention's forward appends to it; ``append(seq,
+    key, value)`` appends keys and values computed elsewhere ([T,
+    num_kv_heads, head_dim]). ``length(seq)``, ``truncate(seq, length)``
+    (rollback, e.g. of rejected speculative tokens) and ``clear()``. Past
+    capacity is LimitReachedError and changes nothing."""
+
+    _noun = "KV cache"
+
+    def __init__(self, capacity, num_kv_heads, head_dim, num_sequences=1,
+                 dtype="float32", device=None):
+        _require("KVCache")
+        self.device = dev = resolve(device)
+        self.capacity, self.num_sequences = int(capacity), int(num_sequences)
+        self.num_kv_heads, self.head_dim = int(num_kv_heads), int(head_dim)
+        code = _dtype_code(dtype)
+        self.dtype = "float16" if code == _capi.F16 else "float32"
+        cfg = _capi.KVCacheConfig()
+        lib = dev._lib
+        with dev.lock:
+            dev.check(lib.mha_kv_cache_config_init_sized(ctypes.byref(cfg),
+                                                         ctypes.sizeof(cfg)))
+            cfg.capacity, cfg.num_sequences = self.capacity, self.num_sequences
+            cfg.num_kv_heads, cfg.head_dim = self.num_kv_heads, self.head_dim
+            cfg.dtype = code
+            ptr = ctypes.c_void_p()
+            dev.check(lib.mha_kv_cache_create(dev.handle("KVCache"),
+                                              ctypes.byref(cfg),
+                                              ctypes.byref(ptr)))
+            self._ptr = ptr
+            dev.adopt(self)
+
+    def append(self, seq, key, value):
+        """Appends T tokens' keys and values ([T, num_kv_heads, head_dim]:
+        arrays, torch tensors or Tensors on the cache's device) to
+        sequence seq."""
+        dev, temps = self.device, []
+        try:
+            k = _on_device(key, dev, temps)
+            v = _on_device(value, dev, temps)
+            with dev.lock:
+                fn = "KVCache.append"
+                dev.check(dev._lib.mha_kv_cache_append(
+                    self.handle(fn), int(seq), k.handle(fn), v.handle(fn)))
+        finally:
+            for t in temps:
+                t.close()
+
+    def length(self, seq=0):
+        """Tokens held by sequence seq."""
+        dev = self.device
+        n = ctypes.c_int64()
+        with dev.lock:
+            dev.check(dev._lib.mha_kv_cache_length(
+                self.handle("KVCache.length"), int(seq), ctypes.byref(n)))
+        return n.value
+
+    def truncate(self, seq, length):
+        """Keeps the first length tokens of sequence seq (length at most
+        the current one)."""
+        dev = self.device
+        with dev.lock:
+            dev.check(dev._lib.mha_kv_cache_truncate(
+                self.handle("KVCache.truncate"), int(seq), int(length)))
+
+    def clear(self):
+        """Empties every sequence."""
+        dev = self.device
+        with dev.lock:
+            dev.check(dev._lib.mha_kv_cache_clear(
+                self.handle("KVCache.clear")))
+
+    def _destroy(self, lib, ptr):
+        return lib.mha_kv_cache_destroy(ptr)
+
+    def __repr__(self):
+        return ("libmha.KVCache(capacity=%d, num_kv_heads=%d, head_dim=%d, "
+                "num_sequences=%d, dtype=%r, device=%r%s)" % (
+                    self.capacity, self.num_kv_heads, self.head_dim,
+                    self.num_sequences, self.dtype, self.device.spec,
+                    ", closed" if self.closed else ""))
+
+
+class DecoderAttention(DeviceChild):
+    """A decoder model's self-attention (HF LlamaAttention, Mistral, Qwen2,
+    Gemma 2, gpt-oss) on a libmha device (mha_decoder).
+
+    ``DecoderAttention(embed_dim, num_heads, num_kv_heads=None,
+    head_dim=None, rope="neox", rope_dims=0, rope_theta=10000.0,
+    rope_scaling=1.0, window=0, alibi=False, softcap=0.0, sinks=False,
+    qkv_bias=False, o_bias=False, scale=None, device=None)``: num_kv_heads
+    None is num_heads (GQA/MQA when fewer), head_dim None is embed_dim //
+    num_heads; rope "neox" (HF's rotate_half), "gptj" (interleaved) or
+    None, rotating the first rope_dims features (0: all) at positions
+    divided by rope_scaling; window, softcap, alibi and sinks as in
+    libmha.attention (sinks=True: a learned "sinks" weight [num_heads]);
+    scale None is 1/sqrt(head_dim).
+
+    Weights under Hugging Face's names (``weight_names()``), set by
+    ``load_state_dict(state_dict, prefix="")`` (e.g. a whole model's
+    state_dict with prefix "model.layers.7.self_attn.") or
+    ``load_safetensors(path, prefix="")``. ``forward(x, positions=None,
+    cache=cache)`` (also the call) runs new tokens through the layer."""
+
+    _noun = "decoder layer"
+
+    def __init__(self, embed_dim, num_heads, num_kv_heads=None,
+                 head_dim=None, rope="neox", rope_dims=0, rope_theta=10000.0,
+                 rope_scaling=1.0, window=0, alibi=False, softcap=0.0,
+                 sinks=False, qkv_bias=False, o_bias=False, scale=None,
+                 device=None):
+        _require("DecoderAttention")
+        self.device = dev = resolve(device)
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.num_kv_heads = int(num_kv_heads or num_heads)
+        self.head_dim = int(head_dim or self.embed_dim // self.num_heads)
+        self.qkv_bias, self.o_bias = bool(qkv_bias), bool(o_bias)
+        self.sinks = bool(sinks)
+        try:
+            style = _capi.ROPE_STYLES[rope]
+        except (KeyError, TypeError):
+            raise InvalidArgumentError(
+                "DecoderAttention: rope %r; expected \"neox\", \"gptj\" or "
+                "None" % (rope,), 1) from None
+        cfg = _capi.DecoderConfig()
+        lib = dev._lib
+        with dev.lock:
+            dev.check(lib.mha_decoder_config_init_sized(
+                ctypes.byref(cfg), ctypes.sizeof(cfg), self.embed_dim,
+                self.num_heads))
+            cfg.num_kv_heads, cfg.head_dim = self.num_kv_heads, self.head_dim
+            cfg.rope_style, cfg.rope_dims = style, int(rope_dims)
+            cfg.rope_theta, cfg.rope_scaling = rope_theta, rope_scaling
+            cfg.window, cfg.alibi = int(window), bool(alibi)
+            cfg.softcap, cfg.sinks = float(softcap), self.sinks
+            cfg.qkv_bias, cfg.o_bias = self.qkv_bias, self.o_bias
+            cfg.scale = 0.0 if scale is None else float(scale)
+            ptr = ctypes.c_void_p()
+            dev.check(lib.mha_decoder_create(dev.handle("DecoderAttention"),
+                                             ctypes.byref(cfg),
+                                             ctypes.byref(ptr)))
+            self._ptr = ptr
+            dev.adopt(self)
+
+    def weight_names(self):
+        """The weights this configuration needs, Hugging Face's names."""
+        names = ["q_proj.weight", "k_proj.weight", "v_proj.weight",
+                 "o_proj.weight"]
+        if self.qkv_bias:
+            names += ["q_proj.bias", "k_proj.bias", "v_proj.bias"]
+        if self.o_bias:
+            names.append("o_proj.bias")
+        if self.sinks:
+            names.append("sinks")
+        return names
+
+    def set_weight(self, name, value):
+        """Sets one weight (NumPy array or torch tensor, HF's layout) by
+        its name (mha_decoder_set_weight)."""
+        a = _numpy(value, np.float32)
+        dev = self.device
+        with dev.lock:
+            dev.check(dev._lib.mha_decoder_set_weight(
+                self.handle("DecoderAttention.set_weight"), name.encode(),
+                a.ctypes.data, a.ndim, shape_array(a.shape)))
+
+    def load_state_dict(self, state_dict, prefix="", strict=True):
+        """Sets every needed weight from state_dict[prefix + name]; other
+        keys are ignored when they do not start with prefix (so a whole
+        model's state_dict loads one layer), else reported. strict: a
+        missing weight is MissingWeightError. Returns (missing_keys,
+        unexpected_keys)."""
+        needed = self.weight_names()
+        ours = {k[len(prefix):]: v for k, v in state_dict.items()
+                if k.startswith(prefix)}
+        missing = [prefix + n for n in needed if n not in ours]
+        unexpected = [prefix + n for n in ours if n not in needed]
+        if strict and missing:
+            raise MissingWeightError(
+                "DecoderAttention.load_state_dict: missing %s"
+                % ", ".join(missing), 8)
+        for name in needed:
+            if name in ours:
+                self.set_weight(name, ours[name])
+        return IncompatibleKeys(missing, unexpected)
+
+    def load_safetensors(self, path, prefix=""):
+        """Loads every needed weight from a .safetensors file, each name
+        prefixed by prefix, e.g. "model.layers.7.self_attn."
+        (mha_decoder_load_safetensors; F32, F16, BF16 or F64)."""
+        dev = self.device
+        with dev.lock:
+            dev.check(dev._lib.mha_decoder_load_safetensors(
+                self.handle("DecoderAttention.load_safetensors"),
+                str(path).encode(), (prefix or "").encode()))
+
+    def __call__(self, x, positions=None, cache=None):
+        """Runs new tokens x [B, T, embed_dim] of sequences 0 .. B-1 of
+        cache: projects them, rotates q and k at positions ([B, T] ints;
+        None: each sequence's length + t), appends k and v to the cache,
+        attends over each sequence's cached prefix and projects the
+        result. Prefill (T > 1) and decode (T = 1) are the same call.
+        Returns [B, T, embed_dim] float32 like x: NumPy, torch or a
+        libmha.Tensor on the layer's device. On failure the cache is
+        unchanged."""
+        if not isinstance(cache, KVCache):
+            raise InvalidArgumentError(
+                "DecoderAttention.forward: cache must be a libmha.KVCache, "
+                "not %s" % type(cache).__name__, 1)
+        dev, temps = self.device, []
+        try:
+            tx = _on_device(x, dev, temps, np.float32)
+            tp = _on_device(positions, dev, temps, np.int32)
+            out = Tensor.empty(tx.shape[:-1] + (self.embed_dim,), np.float32,
+                               dev)
+            if not isinstance(x, Tensor):
+                temps.append(out)
+            a = _capi.DecoderForwardArgs()
+            lib = dev._lib
+            lib.mha_decoder_forward_args_init_sized(ctypes.byref(a),
+                                                    ctypes.sizeof(a))
+            fn = "DecoderAttention.forward"
+            a.x, a.output = tx.handle(fn), out.handle(fn)
+            a.positions = tp.handle(fn) if tp is not None else None
+            a.cache = cache.handle(fn)
+            with dev.lock:
+                dev.check(lib.mha_decoder_forward(self.handle(fn),
+                                                  ctypes.byref(a)))
+            if isinstance(x, Tensor):
+                return out
+            result = out.numpy()
+            if _torch_tensor(x):
+                import torch
+                return torch.from_numpy(result).to(device=x.device)
+            return result
+        finally:
+            for t in temps:
+                t.close()
+
+    forward = __call__
+
+    def _destroy(self, lib, ptr):
+        return lib.mha_decoder_destroy(ptr)
+
+    def __repr__(self):
+        return ("libmha.DecoderAttention(embed_dim=%d, num_heads=%d, "
+                "num_kv_heads=%d, head_dim=%d, device=%r%s)" % (
+                    self.embed_dim, self.num_heads, self.num_kv_heads,
+                    self.head_dim, self.device.spec,
+                    ", closed" if self.closed else ""))

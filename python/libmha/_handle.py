@@ -1,6 +1,8 @@
 """_handle: what Device, Tensor and MultiheadAttention share as owners of
 one libmha handle: close() on leaving a ``with`` block and on garbage
 collection, ``closed``, and BadStateError for a call on a closed object."""
+import ctypes
+
 from .errors import BadStateError
 
 
@@ -54,6 +56,17 @@ class DeviceChild(Handle):
         ptr = super().handle(what)
         self.device.handle(what)
         return ptr
+
+    def _own(self, create, what, *args):
+        """Makes this object's handle with create(device, *args, &handle)
+        (holding the device's lock), so the device closes it with itself;
+        what names the call in errors."""
+        dev = self.device
+        with dev.lock:
+            ptr = ctypes.c_void_p()
+            dev.check(create(dev.handle(what), *args, ctypes.byref(ptr)))
+            self._ptr = ptr
+            dev.adopt(self)
 
     def close(self):
         """Frees the handle; closing twice does nothing."""

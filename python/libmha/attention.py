@@ -8,19 +8,14 @@ torch tensors a torch tensor, libmha.Tensors (or their views) a
 libmha.Tensor on their device, nothing copied through the host.
 """
 import ctypes
-import sys
 
 import numpy as np
 
 from . import _capi
 from .device import resolve
 from .errors import InvalidArgumentError
+from .layer import _torch_tensor
 from .tensor import Tensor
-
-
-def _torch_tensor(x):
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _numpy(x, dtype=None):

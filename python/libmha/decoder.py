@@ -11,11 +11,12 @@ import ctypes
 import numpy as np
 
 from . import _capi
-from .attention import _numpy, _torch_tensor
+from .attention import _numpy
 from .device import resolve
 from ._handle import DeviceChild
-from .errors import InvalidArgumentError, MissingWeightError, UnsupportedError
-from .layer import IncompatibleKeys, _dtype_code
+from .errors import (InvalidArgumentError, MissingWeightError,
+                     UnsupportedError)
+from .layer import IncompatibleKeys, _dtype_code, _torch_tensor
 from .tensor import Tensor, shape_array
 
 
@@ -66,12 +67,7 @@ class KVCache(DeviceChild):
             cfg.capacity, cfg.num_sequences = self.capacity, self.num_sequences
             cfg.num_kv_heads, cfg.head_dim = self.num_kv_heads, self.head_dim
             cfg.dtype = code
-            ptr = ctypes.c_void_p()
-            dev.check(lib.mha_kv_cache_create(dev.handle("KVCache"),
-                                              ctypes.byref(cfg),
-                                              ctypes.byref(ptr)))
-            self._ptr = ptr
-            dev.adopt(self)
+            self._own(lib.mha_kv_cache_create, "KVCache", ctypes.byref(cfg))
 
     def append(self, seq, key, value):
         """Appends T tokens' keys and values ([T, num_kv_heads, head_dim]:
@@ -178,12 +174,8 @@ class DecoderAttention(DeviceChild):
             cfg.softcap, cfg.sinks = float(softcap), self.sinks
             cfg.qkv_bias, cfg.o_bias = self.qkv_bias, self.o_bias
             cfg.scale = 0.0 if scale is None else float(scale)
-            ptr = ctypes.c_void_p()
-            dev.check(lib.mha_decoder_create(dev.handle("DecoderAttention"),
-                                             ctypes.byref(cfg),
-                                             ctypes.byref(ptr)))
-            self._ptr = ptr
-            dev.adopt(self)
+            self._own(lib.mha_decoder_create, "DecoderAttention",
+                      ctypes.byref(cfg))
 
     def weight_names(self):
         """The weights this configuration needs, Hugging Face's names."""

@@ -109,12 +109,8 @@ class MultiheadAttention(DeviceChild):
             cfg.kdim, cfg.vdim = self.kdim, self.vdim
             cfg.batch_first = self.batch_first
             cfg.dtype = code
-            ptr = ctypes.c_void_p()
-            dev.check(lib.mha_layer_create(dev.handle("MultiheadAttention"),
-                                           ctypes.byref(cfg),
-                                           ctypes.byref(ptr)))
-            self._ptr = ptr
-            dev.adopt(self)
+            self._own(lib.mha_layer_create, "MultiheadAttention",
+                      ctypes.byref(cfg))
 
     @classmethod
     def from_torch(cls, module, device=None, dtype="float32"):

@@ -79,15 +79,9 @@ class Tensor(DeviceChild):
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         code = c_dtype(self.dtype, "Tensor")
-        dev = self.device
-        with dev.lock:
-            ptr = ctypes.c_void_p()
-            dev.check(dev._lib.mha_tensor_create(
-                dev.handle("Tensor"), code, len(self.shape),
-                shape_array(self.shape), ctypes.byref(ptr)))
-            self._ptr = ptr
-            dev.adopt(self)
         self._views = weakref.WeakSet()
+        self._own(self.device._lib.mha_tensor_create, "Tensor", code,
+                  len(self.shape), shape_array(self.shape))
 
     def view(self, offset, shape, strides=None):
         """A view of this tensor's storage without a copy (mha_tensor_view):

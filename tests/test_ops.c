@@ -621,7 +621,12 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
       F_SINKS | F_KVLEN | F_MASK2D)                                          \
     X(core_f16_gqa_kv_len, ATTENTION, 2, 4, 3, 30, 0, 32, 0, 0,             \
-      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
+      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)         \
+    X(core_decode_long_sinks, ATTENTION, 2, 4, 2, 300, 0, 32, 0, 0,         \
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS | F_SOFTCAP |    \
+      F_ALIBI)                                                               \
+    X(core_decode_long_window, ATTENTION, 1, 2, 1, 400, 0, 16, 0, 0,        \
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SINKS)
 CORE_CASES(DEFINE_OP_TEST)
 
 /* The table covers every op: a new op cannot be added without a case. */

@@ -344,6 +344,12 @@ static int64_t groups_wanted(const mha_cl_device *dev)
     return per_cu > 64 ? per_cu : 64;
 }
 
+/* Query rows that share one kv head: its query heads' (GQA/MQA). */
+static int64_t rows_per_kv_head(const mha_node *n)
+{
+    return (n->params.kv_group > 1 ? n->params.kv_group : 1) * n->dst.ne[2];
+}
+
 /* Key chunks of the fused attention (flash-decoding): when its (query
  * tile, head) groups are too few to fill the device, as when decoding one
  * token against a long cache, the keys are cut into chunks of whole tiles.
@@ -355,8 +361,8 @@ static int key_chunks(const mha_cl_device *dev, const mha_cl_program *p,
 {
     const int64_t S = n->src[MHA_SRC_K].ne[2];
     const int64_t tiles = (S + p->bc - 1) / p->bc;
-    const int64_t groups = (n->dst.ne[2] + p->br - 1) / p->br *
-                           n->dst.ne[0] * n->dst.ne[1];
+    const int64_t groups = (rows_per_kv_head(n) + p->br - 1) / p->br *
+                           n->dst.ne[0] * n->src[MHA_SRC_K].ne[1];
     int64_t want = groups > 0 ? (groups_wanted(dev) + groups - 1) / groups : 1;
     if (want > tiles)
         want = tiles;
@@ -448,8 +454,8 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
                              &n->src[MHA_SRC_V], &n->dst};
     arg_int(&a, halfmask(t, 4));
     const size_t br = (size_t)p->br;
-    const size_t global[3] = {round_up(n->dst.ne[2], br),
-                              (size_t)(n->dst.ne[0] * n->dst.ne[1]),
+    const size_t global[3] = {round_up(rows_per_kv_head(n), br),
+                              (size_t)(n->dst.ne[0] * n->src[MHA_SRC_K].ne[1]),
                               (size_t)chunks};
     const size_t local[3] = {br, 1, 1};
     s = enqueue(dev, &a, "attention", global, local);

@@ -2,8 +2,9 @@
  * without the L x S' matrix, with the attention core's extensions of
  * core/backend.h (GQA/MQA, bottom-right causal, window, softcap, ALiBi,
  * sinks, per-sequence key lengths). A workgroup of BR work items takes BR
- * query rows of one (batch, head); each item keeps its query row and output
- * accumulator in private memory, and the group streams K and V through
+ * query rows of the query heads that share one (batch, kv head); each item
+ * keeps its query row and output accumulator in private memory, and the
+ * group streams K and V through
  * local memory in tiles of BC rows, keeping a running max and sum (online
  * softmax). The head size is padded with zeros to D_MAX (a power of two),
  * so one build serves every head size of its bucket. BR, BC and D_MAX come
@@ -87,11 +88,14 @@ static float out_scale(float m, float l, float sink)
 /* Floats of one partial result: max, sum, then d accumulators. */
 #define PART_STRIDE(d) ((d) + 2)
 
-/* Grid: (query tiles * BR, B * H, key chunks). dims: H, L, S', d; mode:
+/* Grid: (row tiles * BR, B * Hkv, key chunks). The rows of a group are
+ * the (query head, query) pairs of one kv head, head-major (row r is query
+ * r % L of the kv head's query head r / L), so the query heads that share
+ * K and V (GQA/MQA) share each tile load. dims: H, L, S', d; mode:
  * causal, mask_cols, window, kv_group; chunk: keys per chunk (a multiple
  * of BC). With one chunk the output is written, else the partials of
- * row r = (b * H + h) * L + i, chunk k at Part[(r * chunks + k) *
- * PART_STRIDE(d)]. */
+ * (b, h, i), row n = (b * H + h) * L + i, chunk k at Part[(n * chunks + k)
+ * * PART_STRIDE(d)]. */
 __attribute__((reqd_work_group_size(BR, 1, 1)))
 kernel void attention(global const float *Q, int q_off, int4 q_st,
                       global const float *K, int k_off, int4 k_st,
@@ -107,19 +111,25 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
 {
     local float Ks[BC][D_MAX];
     local float Vs[BC][D_MAX];
-    const int lid = get_local_id(0);
-    const int i0 = get_group_id(0) * BR, i = i0 + lid;
+    const int H = dims.x, L = dims.y, S = dims.z, d = dims.w;
+    const int G = mode.w, Hk = H / G, R = G * L;
+    const int lid = get_local_id(0), r0 = get_group_id(0) * BR;
+    const int r1 = min(r0 + BR, R) - 1; /* the group's last row */
+    const int active = r0 + lid < R, row = min(r0 + lid, R - 1);
     const int z = get_group_id(1), split = get_group_id(2);
     const int chunks = get_num_groups(2);
-    const int H = dims.x, L = dims.y, S = dims.z, d = dims.w;
-    const int b = z / H, h = z % H, hk = h / mode.w;
+    const int b = z / Hk, hk = z % Hk;
+    const int h = hk * G + row / L, i = row % L;
     const int mask_cols = mode.y, window = mode.z;
     const int len = n_off >= 0 ? Nk[AT(n_off, n_st, 0, 0, 0, b)] : mask_cols;
     const int off = mode.x == CAUSAL_BOTTOM_RIGHT ? len - L : 0;
     const row_ctx r = {b, h, i, i + off, mode.x, mask_cols, window, scale,
                        softcap, a_off >= 0 ? Ak[AT(a_off, a_st, 0, 0, 0, h)]
                                            : 0.0f};
-    const int active = i < L;
+    /* The group's first and last query index (all of them when its rows
+     * span two query heads). */
+    const int one_head = r0 / L == r1 / L;
+    const int ia = one_head ? r0 % L : 0, iz = one_head ? r1 % L : L - 1;
     float q[D_MAX], acc[D_MAX], s[BC];
 
     for (int c = 0; c < D_MAX; c++) {
@@ -133,8 +143,8 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
      * the appended keys [mask_cols, S'), which no mask touches. */
     int hi = min(mask_cols, len);
     if (mode.x)
-        hi = min(hi, min(i0 + BR, L) + off);
-    const int lo = window > 0 ? max(0, i0 + off - window + 1) : 0;
+        hi = min(hi, iz + off + 1);
+    const int lo = window > 0 ? max(0, ia + off - window + 1) : 0;
     const int c0 = split * chunk, c1 = min(S, c0 + chunk);
     for (int seg = 0; seg < 2; seg++) {
         const int ja = max(seg ? mask_cols : lo, c0);
@@ -175,8 +185,8 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
     if (!active)
         return;
     if (chunks > 1) {
-        global float *part =
-            Part + (size_t)((z * L + i) * chunks + split) * PART_STRIDE(d);
+        global float *part = Part + (size_t)(((b * H + h) * L + i) * chunks +
+                                             split) * PART_STRIDE(d);
         part[0] = m;
         part[1] = l;
         for (int c = 0; c < d; c++)

@@ -626,7 +626,8 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS | F_SOFTCAP |    \
       F_ALIBI)                                                               \
     X(core_decode_long_window, ATTENTION, 1, 2, 1, 400, 0, 16, 0, 0,        \
-      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SINKS)
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SINKS)              \
+    X(core_kv_len_not_causal, ATTENTION, 3, 2, 4, 21, 0, 16, 0, 0, F_KVLEN)
 CORE_CASES(DEFINE_OP_TEST)
 
 /* The table covers every op: a new op cannot be added without a case. */

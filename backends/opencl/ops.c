@@ -344,14 +344,15 @@ static int64_t groups_wanted(const mha_cl_device *dev)
     return per_cu > 64 ? per_cu : 64;
 }
 
-/* Query rows that share one kv head: its query heads' (GQA/MQA). */
+/* The query rows that share one kv head's K and V: L for each of its
+ * kv_group query heads (GQA/MQA), one workgroup row each. */
 static int64_t rows_per_kv_head(const mha_node *n)
 {
     return (n->params.kv_group > 1 ? n->params.kv_group : 1) * n->dst.ne[2];
 }
 
-/* Key chunks of the fused attention (flash-decoding): when its (query
- * tile, head) groups are too few to fill the device, as when decoding one
+/* Key chunks of the fused attention (flash-decoding): when its (row tile,
+ * kv head) groups are too few to fill the device, as when decoding one
  * token against a long cache, the keys are cut into chunks of whole tiles.
  * Chosen from shapes only (S', never the lengths in KV_LEN), so a decode
  * loop keeps one launch shape and results are deterministic. *chunk: keys

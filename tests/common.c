@@ -13,7 +13,7 @@
 static const char *const cpu_isas[] = {"scalar", "avx2", "avx512", "neon"};
 
 /* Backends that implement every extension of the attention core. */
-static const char *const core_backends[] = {"cpu", "vulkan"};
+static const char *const core_backends[] = {"cpu", "vulkan", "opencl"};
 
 int test_core_required(const test_device *td)
 {

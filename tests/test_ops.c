@@ -456,7 +456,12 @@ static int check_on_device(const op_case *c, const test_device *td,
 {
     mha_device *dev = test_open(ctx, td);
     if (!mha_dev_supports(dev, &s->node)) {
-        cr_expect(!(c->flags & F_REQUIRED) || !test_core_required(td),
+        mha_device_info info;
+        mha_device_info_of(dev, &info);
+        int no_f16 = (c->flags & F_F16) &&
+                     !(info.features & MHA_FEATURE_FP16_STORAGE);
+        cr_expect(!(c->flags & F_REQUIRED) || !test_core_required(td) ||
+                      no_f16,
                   "%s: %s declines it, but its backend implements the "
                   "attention core", c->name, td->label);
         cr_log_info("%s: skipped on %s, which declines it", c->name,
@@ -634,7 +639,13 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
       F_SINKS | F_KVLEN | F_MASK2D)                                          \
     X(core_f16_decode_long_mqa_sinks, ATTENTION, 1, 8, 1, 400, 0, 64, 0, 0, \
-      F_F16 | F_MQA | F_SINKS | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT)
+      F_F16 | F_MQA | F_SINKS | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT)         \
+    X(core_decode_long_sinks, ATTENTION, 2, 4, 2, 300, 0, 32, 0, 0,         \
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS | F_SOFTCAP |    \
+      F_ALIBI)                                                               \
+    X(core_decode_long_window, ATTENTION, 1, 2, 1, 400, 0, 16, 0, 0,        \
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SINKS)              \
+    X(core_kv_len_not_causal, ATTENTION, 3, 2, 4, 21, 0, 16, 0, 0, F_KVLEN)
 #define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
     DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
                    (flags_) | F_REQUIRED)

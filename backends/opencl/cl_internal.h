@@ -100,6 +100,7 @@ typedef struct mha_cl_devrec {
     int version_major, version_minor; /* CL_DEVICE_VERSION */
     int c_version;                    /* OpenCL C, 12 for 1.2 */
     int is_cpu;                       /* CL_DEVICE_TYPE_CPU */
+    int compute_units;                /* CL_DEVICE_MAX_COMPUTE_UNITS */
     char name[128];
     char key[512]; /* platform, device, driver: part of the cache key */
 } mha_cl_devrec;
@@ -132,6 +133,7 @@ typedef enum mha_cl_kernel_id {
     MHA_CL_K_COPY,
     MHA_CL_K_MEAN_HEADS,
     MHA_CL_K_ATTENTION,
+    MHA_CL_K_ATTENTION_COMBINE,
     MHA_CL_K_COUNT
 } mha_cl_kernel_id;
 
@@ -173,6 +175,11 @@ typedef struct mha_cl_device {
     int row_wg;      /* softmax / copy workgroup size */
     int nprograms;
     mha_cl_program programs[MHA_CL_MAX_PROGRAMS];
+    /* The fused attention's partial results when it splits the keys
+     * (ops.c), grown on demand and reused by every later launch: the queue
+     * orders the launches, and OpenCL keeps a released cl_mem alive for the
+     * commands that still use it. NULL until the first split. */
+    struct mha_cl_buffer *scratch;
     /* Fault injection for tests (mha_fault_due): buffer creations fail as
      * CL_MEM_OBJECT_ALLOCATION_FAILURE, kernel enqueues as
      * CL_OUT_OF_RESOURCES (a lost device, see mha_cl_queue_fail). */

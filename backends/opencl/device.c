@@ -159,6 +159,7 @@ static void describe_limits(mha_cl_state *st, cl_device_id d, const char *ext,
     rec->max_alloc = dev_ulong(api, d, CL_DEVICE_MAX_MEM_ALLOC_SIZE);
     desc->max_buffer_bytes = rec->max_alloc;
     desc->compute_units = dev_uint(api, d, CL_DEVICE_MAX_COMPUTE_UNITS);
+    rec->compute_units = (int)desc->compute_units;
     rec->limits.local_mem = (size_t)dev_ulong(api, d, CL_DEVICE_LOCAL_MEM_SIZE);
     rec->limits.max_workgroup = dev_size(api, d, CL_DEVICE_MAX_WORK_GROUP_SIZE);
     rec->limits.fp16 = has_ext(ext, "cl_khr_fp16");
@@ -385,6 +386,7 @@ static void cl_close(void *d)
     if (dev->queue && !dev->adopted)
         dev->api->clFinish(dev->queue);
     mha_cl_programs_release(dev);
+    mha_cl_buffer_free(dev, dev->scratch);
     if (dev->tail)
         dev->api->clReleaseEvent(dev->tail);
     if (dev->queue)

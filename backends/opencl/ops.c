@@ -19,10 +19,13 @@ static size_t elem_size(mha_dtype t)
     return t == MHA_F16 ? 2 : 4;
 }
 
-static int is_mask_slot(mha_op op, int slot)
+/* Sources read as f32 whatever the layer's dtype: masks, ALiBi slopes,
+ * sink logits (KV_LEN is MHA_I32, see tensor_ok). */
+static int is_f32_slot(mha_op op, int slot)
 {
     return (op == MHA_OP_SCORES || op == MHA_OP_ATTENTION) &&
-           (slot == MHA_SRC_MASK || slot == MHA_SRC_KPM);
+           (slot == MHA_SRC_MASK || slot == MHA_SRC_KPM ||
+            slot == MHA_SRC_SINKS || slot == MHA_SRC_ALIBI);
 }
 
 /* Whether t can be indexed with 32-bit element offsets. */
@@ -47,36 +50,56 @@ static int fits_int32(const mha_tdesc *t)
     return 1;
 }
 
+/* What a slot holds: data (f32, or f16 where the device stores halves),
+ * f32 only (masks, slopes, sinks) or int32 (key lengths). */
+typedef enum slot_kind { SLOT_DATA, SLOT_F32, SLOT_I32 } slot_kind;
+
+static slot_kind kind_of(mha_op op, int slot)
+{
+    if (op == MHA_OP_ATTENTION && slot == MHA_SRC_KV_LEN)
+        return SLOT_I32;
+    return is_f32_slot(op, slot) ? SLOT_F32 : SLOT_DATA;
+}
+
 static int tensor_ok(const mha_cl_device *dev, const mha_tdesc *t,
-                     int f32_only)
+                     slot_kind kind)
 {
     if (!t->buf)
         return 1;
-    if (t->dtype != MHA_F32 &&
-        (t->dtype != MHA_F16 || f32_only || !dev->rec->limits.fp16_storage))
-        return 0;
-    return fits_int32(t);
+    int ok = kind == SLOT_I32   ? t->dtype == MHA_I32
+             : kind == SLOT_F32 ? t->dtype == MHA_F32
+                                : t->dtype == MHA_F32 ||
+                                      (t->dtype == MHA_F16 &&
+                                       dev->rec->limits.fp16_storage);
+    return ok && fits_int32(t);
+}
+
+/* The fused kernel's own limits: head sizes up to MHA_CL_MAX_HEAD, one d
+ * for Q, K, V and O, and K/V with H / kv_group heads. */
+static bool attention_ok(const mha_node *n)
+{
+    const int64_t d = n->dst.ne[3], H = n->dst.ne[1];
+    const int64_t g = n->params.kv_group > 1 ? n->params.kv_group : 1;
+    return d <= MHA_CL_MAX_HEAD && n->src[MHA_SRC_Q].ne[3] == d &&
+           n->src[MHA_SRC_K].ne[3] == d && n->src[MHA_SRC_V].ne[3] == d &&
+           H % g == 0 && n->src[MHA_SRC_K].ne[1] * g == H &&
+           n->src[MHA_SRC_V].ne[1] * g == H && n->params.window >= 0 &&
+           !(n->params.softcap < 0.0f);
 }
 
 /* Every tensor may be f32 or f16 on its own (an f16 layer mixes them);
- * masks are f32. */
+ * masks, slopes and sinks are f32, key lengths int32. */
 bool mha_cl_supports(void *d, const mha_node *node)
 {
     const mha_cl_device *dev = d;
     if (node->op < 0 || node->op >= MHA_OP_COUNT)
         return false;
-    if (!node->dst.buf || !tensor_ok(dev, &node->dst, 0))
+    if (!node->dst.buf || !tensor_ok(dev, &node->dst, SLOT_DATA))
         return false;
     for (int s = 0; s < mha_op_source_count(node->op) && s < MHA_MAX_SRC; s++)
-        if (!tensor_ok(dev, &node->src[s], is_mask_slot(node->op, s)))
+        if (!tensor_ok(dev, &node->src[s], kind_of(node->op, s)))
             return false;
-    if (node->op == MHA_OP_ATTENTION &&
-        (!mha_attention_is_plain(node) || node->dst.ne[3] > MHA_CL_MAX_HEAD ||
-         node->src[MHA_SRC_Q].ne[3] != node->dst.ne[3] ||
-         node->src[MHA_SRC_K].ne[3] != node->dst.ne[3] ||
-         node->src[MHA_SRC_V].ne[3] != node->dst.ne[3]))
-        return false;
-    return true;
+    return node->op != MHA_OP_ATTENTION || attention_ok(node);
 }
 
 /* ---- kernel arguments --------------------------------------------------- */
@@ -313,6 +336,83 @@ static mha_status run_elementwise(mha_cl_device *dev, const mha_node *n,
                    global, local);
 }
 
+/* Workgroups a launch should have to fill the device: a few per compute
+ * unit, and never fewer than a small GPU needs. */
+static int64_t groups_wanted(const mha_cl_device *dev)
+{
+    const int64_t per_cu = 8 * (int64_t)dev->rec->compute_units;
+    return per_cu > 64 ? per_cu : 64;
+}
+
+/* The query rows that share one kv head's K and V: L for each of its
+ * kv_group query heads (GQA/MQA), one workgroup row each. */
+static int64_t rows_per_kv_head(const mha_node *n)
+{
+    return (n->params.kv_group > 1 ? n->params.kv_group : 1) * n->dst.ne[2];
+}
+
+/* Key chunks of the fused attention (flash-decoding): when its (row tile,
+ * kv head) groups are too few to fill the device, as when decoding one
+ * token against a long cache, the keys are cut into chunks of whole tiles.
+ * Chosen from shapes only (S', never the lengths in KV_LEN), so a decode
+ * loop keeps one launch shape and results are deterministic. *chunk: keys
+ * per chunk. */
+static int key_chunks(const mha_cl_device *dev, const mha_cl_program *p,
+                      const mha_node *n, int *chunk)
+{
+    const int64_t S = n->src[MHA_SRC_K].ne[2];
+    const int64_t tiles = (S + p->bc - 1) / p->bc;
+    const int64_t groups = (rows_per_kv_head(n) + p->br - 1) / p->br *
+                           n->dst.ne[0] * n->src[MHA_SRC_K].ne[1];
+    int64_t want = groups > 0 ? (groups_wanted(dev) + groups - 1) / groups : 1;
+    if (want > tiles)
+        want = tiles;
+    if (want <= 1) {
+        *chunk = clamp_cols(S);
+        return 1;
+    }
+    const int64_t per = (tiles + want - 1) / want;
+    *chunk = (int)(per * p->bc);
+    return (int)((tiles + per - 1) / per);
+}
+
+/* The scratch buffer holding at least size bytes (dev->scratch). */
+static mha_status scratch_of(mha_cl_device *dev, size_t size,
+                             const mha_cl_buffer **out)
+{
+    if (!dev->scratch || dev->scratch->size < size) {
+        void *b = NULL;
+        mha_status s = mha_cl_buffer_alloc(dev, size, &b);
+        if (s != MHA_OK)
+            return s;
+        mha_cl_buffer_free(dev, dev->scratch);
+        dev->scratch = b;
+    }
+    *out = dev->scratch;
+    return MHA_OK;
+}
+
+/* attention_combine: merges the chunks' partials into dst. */
+static mha_status run_combine(mha_cl_device *dev, const mha_cl_program *p,
+                              const mha_node *n, cl_mem part, int chunks)
+{
+    kargs a = {.api = dev->api, .k = p->kernels[MHA_CL_K_ATTENTION_COMBINE]};
+    arg(&a, sizeof part, &part);
+    arg_tensor(&a, &n->dst);
+    arg_tensor(&a, &n->src[MHA_SRC_SINKS]);
+    arg_int4(&a, (int)n->dst.ne[1], (int)n->dst.ne[2], chunks,
+             (int)n->dst.ne[3]);
+    const mha_tdesc *t[4] = {NULL, NULL, NULL, &n->dst};
+    arg_int(&a, halfmask(t, 4));
+    const size_t wg = (size_t)dev->row_wg;
+    const size_t global[3] = {round_up(n->dst.ne[3], wg),
+                              (size_t)(n->dst.ne[0] * n->dst.ne[1] *
+                                       n->dst.ne[2]),
+                              1};
+    const size_t local[3] = {wg, 1, 1};
+    return enqueue(dev, &a, "attention_combine", global, local);
+}
+
 static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
 {
     mha_cl_program *p = NULL;
@@ -320,6 +420,19 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
                                       (int)n->dst.ne[3], &p);
     if (s != MHA_OK)
         return s;
+    int chunk = 0;
+    const int chunks = key_chunks(dev, p, n, &chunk);
+    const mha_cl_buffer *scratch = NULL;
+    if (chunks > 1)
+        s = scratch_of(dev,
+                       (size_t)(n->dst.ne[0] * n->dst.ne[1] * n->dst.ne[2]) *
+                           (size_t)chunks * (size_t)(n->dst.ne[3] + 2) *
+                           sizeof(float),
+                       &scratch);
+    if (s != MHA_OK)
+        return s;
+    cl_mem part = scratch ? scratch->mem : NULL;
+    const mha_op_params *pr = &n->params;
     kargs a = {.api = dev->api, .k = p->kernels[MHA_CL_K_ATTENTION]};
     arg_tensor(&a, &n->src[MHA_SRC_Q]);
     arg_tensor(&a, &n->src[MHA_SRC_K]);
@@ -327,19 +440,29 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
     arg_tensor(&a, &n->dst);
     arg_tensor(&a, &n->src[MHA_SRC_MASK]);
     arg_tensor(&a, &n->src[MHA_SRC_KPM]);
+    arg_tensor(&a, &n->src[MHA_SRC_SINKS]);
+    arg_tensor(&a, &n->src[MHA_SRC_ALIBI]);
+    arg_tensor(&a, &n->src[MHA_SRC_KV_LEN]);
+    arg(&a, sizeof part, &part);
     arg_int4(&a, (int)n->dst.ne[1], (int)n->dst.ne[2],
              (int)n->src[MHA_SRC_K].ne[2], (int)n->dst.ne[3]);
-    arg(&a, sizeof(cl_float), &n->params.scale);
-    arg_int(&a, n->params.causal != 0);
-    arg_int(&a, clamp_cols(n->params.mask_cols));
+    arg_int4(&a, pr->causal, clamp_cols(pr->mask_cols), pr->window,
+             pr->kv_group > 1 ? pr->kv_group : 1);
+    arg(&a, sizeof(cl_float), &pr->scale);
+    arg(&a, sizeof(cl_float), &pr->softcap);
+    arg_int(&a, chunk);
     const mha_tdesc *t[4] = {&n->src[MHA_SRC_Q], &n->src[MHA_SRC_K],
                              &n->src[MHA_SRC_V], &n->dst};
     arg_int(&a, halfmask(t, 4));
     const size_t br = (size_t)p->br;
-    const size_t global[3] = {round_up(n->dst.ne[2], br),
-                              (size_t)(n->dst.ne[0] * n->dst.ne[1]), 1};
+    const size_t global[3] = {round_up(rows_per_kv_head(n), br),
+                              (size_t)(n->dst.ne[0] * n->src[MHA_SRC_K].ne[1]),
+                              (size_t)chunks};
     const size_t local[3] = {br, 1, 1};
-    return enqueue(dev, &a, "attention", global, local);
+    s = enqueue(dev, &a, "attention", global, local);
+    if (s != MHA_OK || chunks == 1)
+        return s;
+    return run_combine(dev, p, n, part, chunks);
 }
 
 /* A wrapped cl_mem's flags say what kernels may do with it (reading

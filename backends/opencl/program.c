@@ -29,7 +29,9 @@ static const kind_spec kind_specs[] = {
                           [MHA_CL_K_MEAN_HEADS] = "mean_heads"}},
     [MHA_CL_PROG_ATTENTION] = {{"common.cl", "attention.cl"},
                                2,
-                               {[MHA_CL_K_ATTENTION] = "attention"}},
+                               {[MHA_CL_K_ATTENTION] = "attention",
+                                [MHA_CL_K_ATTENTION_COMBINE] =
+                                    "attention_combine"}},
 };
 
 static const mha_embedded_file *find_source(const char *name)

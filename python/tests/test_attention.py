@@ -3,8 +3,7 @@ written from mha.h's definition, on every device: GQA, both causal
 alignments, window, softcap, ALiBi (standard and given slopes), sinks,
 float and bool bias, kv_lens, both layouts; q, k, v as views of a fused
 QKV buffer; NumPy, torch and libmha.Tensor in and out; fp16; Tensor.view;
-errors. The opencl backend may still answer UnsupportedError (its attention
-core has not landed on this branch); no other device may."""
+errors."""
 import numpy as np
 import pytest
 import torch
@@ -62,22 +61,12 @@ def expected(q, k, v, kw):
     return reference(q, k, v, **ref)
 
 
-def run(spec, *args, **kw):
-    """libmha.attention, skipping opencl's UnsupportedError only."""
-    try:
-        return libmha.attention(*args, **kw)
-    except libmha.UnsupportedError:
-        if spec.startswith("opencl"):
-            pytest.skip("opencl: the attention core has not landed")
-        raise
-
-
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_parity(spec, case):
     kw = dict(CASES[case])
     q, k, v = inputs(hkv=kw.pop("hkv", HKV))
-    got = run(spec, q, k, v, device=get_device(spec), **kw)
+    got = libmha.attention(q, k, v, device=get_device(spec), **kw)
     assert got.shape == q.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, expected(q, k, v, kw), atol=1e-4,
                                rtol=0)
@@ -90,7 +79,7 @@ def test_bhtd_layout_and_torch(spec):
     kw = dict(causal="bottom_right", kv_lens=[9, 6], window=5)
     tq, tk, tv = (torch.from_numpy(x.transpose(0, 2, 1, 3).copy())
                   for x in (q, k, v))
-    got = run(spec, tq, tk, tv, layout="bhtd", device=get_device(spec),
+    got = libmha.attention(tq, tk, tv, layout="bhtd", device=get_device(spec),
               **kw)
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
     want = expected(q, k, v, kw).transpose(0, 2, 1, 3)
@@ -114,7 +103,7 @@ def test_fused_qkv_views(spec):
     out_base = libmha.Tensor.empty((B, T, HQ, D + 2), "float32", dev)
     out = out_base.view(1, (B, T, HQ, D), (T * HQ * (D + 2), HQ * (D + 2),
                                           D + 2, 1))
-    got = run(spec, q, k, v, causal=True, kv_lens=lens, out=out)
+    got = libmha.attention(q, k, v, causal=True, kv_lens=lens, out=out)
     assert got is out
     nq, nk, nv = np.split(qkv.reshape(B, T, HQ + 2 * HKV, D), [HQ, HQ + HKV],
                           axis=2)
@@ -122,7 +111,7 @@ def test_fused_qkv_views(spec):
     np.testing.assert_allclose(out.numpy(), want, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(k.numpy(), nk)
     # a Tensor result when q is a view and no out is given
-    res = run(spec, q, k, v)
+    res = libmha.attention(q, k, v)
     assert isinstance(res, libmha.Tensor) and res.shape == (B, T, HQ, D)
     np.testing.assert_allclose(res.numpy(), reference(nq, nk, nv),
                                atol=1e-4, rtol=0)
@@ -134,7 +123,7 @@ def test_fused_qkv_views(spec):
 def test_float16(spec):
     q, k, v = inputs(3)
     kw = dict(causal="bottom_right", softcap=4.0)
-    got = run(spec, q.astype(np.float16), k.astype(np.float16),
+    got = libmha.attention(q.astype(np.float16), k.astype(np.float16),
               v.astype(np.float16), device=get_device(spec), **kw)
     assert got.dtype == np.float16
     np.testing.assert_allclose(got, expected(q, k, v, kw), atol=1e-2,

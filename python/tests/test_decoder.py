@@ -2,8 +2,7 @@
 against a float64 HF LlamaAttention reference (GQA, NeoX RoPE, biases);
 prefill then token-by-token decode equal to one whole prefill; rollback by
 truncate; explicit positions; weights by HF name from a state_dict and a
-safetensors file; errors. The opencl backend may still answer
-UnsupportedError (its attention core has not landed on this branch)."""
+safetensors file; errors."""
 import numpy as np
 import pytest
 import torch
@@ -43,23 +42,13 @@ def layer(device, w=None, **kw):
     return a
 
 
-def run(spec, fn):
-    """fn(), skipping opencl's UnsupportedError only."""
-    try:
-        return fn()
-    except libmha.UnsupportedError:
-        if spec.startswith("opencl"):
-            pytest.skip("opencl: the attention core has not landed")
-        raise
-
-
 @pytest.mark.parametrize("spec", SPECS)
 def test_prefill_matches_reference(spec):
     dev = get_device(spec)
     x = rng(1).standard_normal((B, T, E)).astype(np.float32)
     a = layer(dev)
     cache = libmha.KVCache(16, HKV, D, num_sequences=B, device=dev)
-    got = run(spec, lambda: a(x, cache=cache))
+    got = a(x, cache=cache)
     assert got.shape == (B, T, E) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference(x, weights(), HQ, HKV),
                                atol=1e-4, rtol=0)
@@ -72,7 +61,7 @@ def test_decode_equals_prefill_and_rollback(spec):
     x = rng(2).standard_normal((B, T, E)).astype(np.float32)
     a = layer(dev)
     whole = libmha.KVCache(T, HKV, D, num_sequences=B, device=dev)
-    want = run(spec, lambda: a(x, cache=whole))
+    want = a(x, cache=whole)
     cache = libmha.KVCache(T, HKV, D, num_sequences=B, device=dev)
     steps = [a(x[:, :3], cache=cache)]
     for t in range(3, T):

@@ -124,6 +124,7 @@ enum mha_vk_kernel {
     MHA_VK_K_SOFTMAX,
     MHA_VK_K_MATMUL,
     MHA_VK_K_ATTENTION,
+    MHA_VK_K_ROPE,
     MHA_VK_K_COUNT
 };
 

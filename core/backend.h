@@ -96,9 +96,6 @@ enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
 enum { MHA_CAUSAL_NONE = 0, MHA_CAUSAL_TOP_LEFT = 1,
        MHA_CAUSAL_BOTTOM_RIGHT = 2 };
 
-/* mha_op_params.rope_style */
-enum { MHA_ROPE_NEOX = 0, MHA_ROPE_GPTJ = 1 };
-
 /* Source slots of ROPE. */
 enum { MHA_SRC_ROPE_X = 0, MHA_SRC_ROPE_POS = 1 };
 
@@ -129,7 +126,7 @@ typedef struct mha_op_params {
     int32_t window;    /* sliding window W, 0 = none */
     float softcap;     /* logit softcap c, 0 = none */
     /* ROPE only (see the op list) */
-    int32_t rope_style;   /* MHA_ROPE_NEOX or MHA_ROPE_GPTJ */
+    int32_t rope_style;   /* MHA_ROPE_NEOX or MHA_ROPE_GPTJ (mha.h) */
     int32_t rope_dims;    /* rotated features r: even, <= d; 0 copies */
     float rope_theta;     /* base of the frequencies (10000, 500000, ...) */
     float rope_pos_scale; /* positions are multiplied by it: 1 / the linear

@@ -46,7 +46,8 @@ static mha_status new_tensor(mha_device *device, const char *fn,
                              mha_tensor **out)
 {
     mha_context *ctx = device->ctx;
-    if (dtype != MHA_F32 && dtype != MHA_F16 && dtype != MHA_BOOL)
+    if (dtype != MHA_F32 && dtype != MHA_F16 && dtype != MHA_BOOL &&
+        dtype != MHA_I32)
         return mha_error(ctx, MHA_DTYPE_MISMATCH,
                          "%s: dtype %d is not a mha_dtype", fn, (int)dtype);
     size_t count;

@@ -10,6 +10,19 @@
 
 static const char *const cpu_isas[] = {"scalar", "avx2", "avx512", "neon"};
 
+/* Backends that implement every extension of the attention core. */
+static const char *const core_backends[] = {"cpu"};
+
+int test_core_required(const test_device *td)
+{
+    size_t len = strcspn(td->label, "/:");
+    for (size_t i = 0; i < sizeof core_backends / sizeof *core_backends; i++)
+        if (strlen(core_backends[i]) == len &&
+            strncmp(td->label, core_backends[i], len) == 0)
+            return 1;
+    return 0;
+}
+
 static int wanted(const char *label)
 {
     const char *filter = getenv("MHA_TEST_DEVICE");

@@ -28,6 +28,11 @@ mha_device *test_open(mha_context *ctx, const test_device *td);
  * as "vulkan,opencl") has no device, so CI can never skip one silently. */
 void test_require_backends(mha_context *ctx);
 
+/* Whether td's backend implements the attention core, so that it may not
+ * decline an attention-core case (test_ops' CORE_CASES, test_attention):
+ * the backends in the list in common.c; a backend joins it when it lands. */
+int test_core_required(const test_device *td);
+
 typedef struct test_rng {
     uint64_t state;
 } test_rng;

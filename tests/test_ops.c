@@ -44,13 +44,15 @@ enum {
     F_SINKS = 1 << 22,   /* a sink logit per head */
     F_KVLEN = 1 << 23,   /* per-sequence key lengths max(L, S - 5b); the
                             keys past them hold NaN, so reading one fails */
+    F_REQUIRED = 1 << 24, /* a device of a backend in test_core_required's
+                             list may not decline it */
     /* ROPE (K is rope_dims, N the theta, 0: 10000); in place unless
        F_SEPARATE */
-    F_GPTJ = 1 << 24,      /* interleaved pairs, else NeoX rotate_half */
-    F_POS_BCAST = 1 << 25, /* one row of positions [1,1,1,T] for the batch */
-    F_POS_STRIDED = 1 << 26, /* positions every other element of a buffer */
-    F_POS_SCALE = 1 << 27, /* linear position scaling: positions / 4 */
-    F_F16DST = 1 << 28,    /* only dst is fp16 (the f16 KV cache's append) */
+    F_GPTJ = 1 << 25,      /* interleaved pairs, else NeoX rotate_half */
+    F_POS_BCAST = 1 << 26, /* one row of positions [1,1,1,T] for the batch */
+    F_POS_STRIDED = 1 << 27, /* positions every other element of a buffer */
+    F_POS_SCALE = 1 << 28, /* linear position scaling: positions / 4 */
+    F_F16DST = 1 << 29,    /* only dst is fp16 (the f16 KV cache's append) */
 };
 
 /* Tolerances (STYLE.md): max abs error relative to the largest expected
@@ -498,6 +500,9 @@ static int check_on_device(const op_case *c, const test_device *td,
 {
     mha_device *dev = test_open(ctx, td);
     if (!mha_dev_supports(dev, &s->node)) {
+        cr_expect(!(c->flags & F_REQUIRED) || !test_core_required(td),
+                  "%s: %s declines it, but its backend implements the "
+                  "attention core", c->name, td->label);
         cr_log_info("%s: skipped on %s, which declines it", c->name,
                     td->label);
         mha_device_destroy(dev);
@@ -649,7 +654,8 @@ OP_CASES(DEFINE_OP_TEST)
 SPECIAL_CASES(DEFINE_OP_TEST)
 
 /* The attention core's extensions, alone and together; every backend must
- * run them (none may decline). */
+ * run them: a device of a backend in test_core_required's list that
+ * declines one fails (the others are skipped until their backend lands). */
 #define CORE_CASES(X)                                                        \
     X(core_gqa, ATTENTION, 2, 4, 9, 13, 0, 16, 0, 0, F_GQA)                 \
     X(core_mqa_causal, ATTENTION, 1, 4, 20, 20, 0, 8, 0, 0,                 \
@@ -678,7 +684,10 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_SINKS | F_KVLEN | F_MASK2D)                                          \
     X(core_f16_gqa_kv_len, ATTENTION, 2, 4, 3, 30, 0, 32, 0, 0,             \
       F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
-CORE_CASES(DEFINE_OP_TEST)
+#define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
+    DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
+                   (flags_) | F_REQUIRED)
+CORE_CASES(DEFINE_CORE_TEST)
 
 /* The table covers every op: a new op cannot be added without a case. */
 #define COUNT_OP(name, op_, ...) | (1u << MHA_OP_##op_)

@@ -1,45 +1,56 @@
 /* attention.c: the CPU backend's fused attention (ATTENTION op): scores,
- * softmax and weighted sum without the L x S' matrix. A task is one query
- * tile of one head of one batch item; it walks the keys in KEY_BLOCK steps
- * with an online softmax (running row max and sum, the accumulator
- * rescaled when the max grows), applying masks and causal per block and
- * skipping blocks that causal masks entirely. Its memory is one score tile
- * and one accumulator tile per thread.
+ * softmax and weighted sum without the L x S' matrix, with every extension
+ * of the attention core (core/backend.h). A task is one query tile of one
+ * query head of one batch item; it walks the keys in KEY_BLOCK steps with
+ * an online softmax (running row max and sum, the accumulator rescaled when
+ * the max grows). Key blocks that no row of the tile may attend (past the
+ * sequence's length, past causal, before the window) are skipped, and the
+ * keys past a sequence's KV_LEN are never read. Its memory is one score
+ * tile, one accumulator tile and one f16 conversion area per thread.
  *
- * K and V are first packed, per head, into the GEMM kernels' panel layout
- * (kernels.h), K transposed and pre-multiplied by the scale: every query
- * tile of the head then runs both products on packed operands, where
- * packing per tile would redo that work L / QUERY_ROWS times. The packed
- * copies are made for a group of heads at a time, bounded by the exec's
- * pack_budget (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever
- * the head count. With fewer queries than a register tile (decode)
- * packing does not pay, and the products run on K and V in place. */
+ * K and V are first packed, per kv head, into the GEMM kernels' panel
+ * layout (kernels.h), K transposed and pre-multiplied by the scale: every
+ * query tile of every query head sharing that kv head (GQA) then runs both
+ * products on packed operands. The packed copies are made for a group of
+ * kv heads at a time, bounded by the exec's pack_budget
+ * (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever the head
+ * count. With fewer queries than a register tile (decode) packing does not
+ * pay: the products run on K and V in place, and the keys of each head are
+ * split into chunks of SPLIT_BLOCKS blocks run as separate tasks whose
+ * partial (max, sum, accumulator) are then combined in chunk order
+ * (flash-decoding), so one query still uses every core and the result is
+ * the same for every thread count. fp16 Q, K, V and output are converted
+ * on load and store; arithmetic is fp32. */
 #include <math.h>
 #include <string.h>
 
+#include "half.h"
 #include "ops.h"
 
-#define at mha_cpu_at
-
 enum {
-    KEY_BLOCK = 128, /* keys per step: a multiple of every table's nr */
-    QUERY_ROWS = 32  /* queries per task, rounded up to the tile rows */
+    KEY_BLOCK = 128,  /* keys per step: a multiple of every table's nr */
+    QUERY_ROWS = 32,  /* queries per task, rounded up to the tile rows */
+    SPLIT_BLOCKS = 4  /* key blocks per flash-decoding chunk */
 };
 
 typedef struct attn_job {
     mha_cpu_exec *exec;
     const mha_node *node;
-    int64_t H, L, S, S2, d;
+    int64_t H, Hkv, group, L, S, S2, d;
     int64_t dpad;        /* d rounded up to the table's nr */
     int64_t qrows;       /* queries per task */
     int64_t qtiles;      /* query tiles per head */
     int64_t kblocks;     /* key blocks per head */
-    int64_t head0, nheads; /* heads (b * H + h) of this round */
+    int64_t chunks;      /* flash-decoding chunks per head (1: no split) */
+    int64_t head0, nheads; /* kv heads (b * Hkv + hk) of this round */
     int packed;          /* K and V packed, or read in place */
-    float *kp, *vp;      /* packed K^T and V of the round's heads */
+    float *kp, *vp;      /* packed K^T and V of the round's kv heads */
+    float *part;         /* chunks > 1: (m, l, acc) per head and chunk */
 } attn_job;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -53,41 +64,87 @@ static size_t vp_head_floats(const attn_job *j)
     return (size_t)(j->kblocks * KEY_BLOCK * j->dpad);
 }
 
-/* ---- packing ------------------------------------------------------------------ */
+/* ---- tensors ------------------------------------------------------------------- */
 
-/* Key block kb of head j->head0 + task / kblocks: K^T scaled into kp, V
- * into vp, each block at a fixed offset so the attention tasks find it. */
-static void pack_task(void *arg, int64_t task, int thread)
+/* Element (b, h, i, 0) of t, f32 or f16. */
+static char *row_ptr(const mha_tdesc *t, int64_t b, int64_t h, int64_t i)
 {
-    const attn_job *j = arg;
-    const mha_node *n = j->node;
-    const mha_cpu_kernels *k = j->exec->k;
-    const mha_tdesc *kk = &n->src[MHA_SRC_K], *v = &n->src[MHA_SRC_V];
-    int64_t local = task / j->kblocks, kb = task % j->kblocks;
-    int64_t bh = j->head0 + local, b = bh / j->H, h = bh % j->H;
-    int64_t j0 = kb * KEY_BLOCK, cnt = min64(KEY_BLOCK, j->S2 - j0);
-    (void)thread;
-    k->pack_nt(cnt, j->d, at(kk, b, h, j0), kk->nb[2], n->params.scale,
-               j->kp + (size_t)local * kp_head_floats(j) +
-                   (size_t)(j0 * j->d));
-    k->pack_nn(cnt, j->d, at(v, b, h, j0), v->nb[2],
-               j->vp + (size_t)local * vp_head_floats(j) +
-                   (size_t)(j0 * j->dpad));
+    size_t es = t->dtype == MHA_F16 ? 2 : 4;
+    return (char *)t->buf + t->offset +
+           (size_t)(b * t->nb[0] + h * t->nb[1] + i * t->nb[2]) * es;
 }
 
-/* ---- one query tile ------------------------------------------------------------ */
+/* n rows from (b, h, i0) of t as f32 rows of stride *ld: in place for f32,
+ * converted into tmp (stride d) for f16. */
+static const float *rows_f32(const mha_tdesc *t, int64_t b, int64_t h,
+                             int64_t i0, int64_t n, int64_t d, float *tmp,
+                             int64_t *ld)
+{
+    if (t->dtype != MHA_F16) {
+        *ld = t->nb[2];
+        return (const float *)row_ptr(t, b, h, i0);
+    }
+    const uint16_t *src = (const uint16_t *)row_ptr(t, b, h, i0);
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < d; c++)
+            tmp[r * d + c] = mha_f16_to_f32(src[r * t->nb[2] + c]);
+    *ld = d;
+    return tmp;
+}
 
-/* Online softmax state of one query tile, in the thread's scratch slot. */
+/* Keys of batch item b that exist: KV_LEN[b] clamped to [0, S] (core
+ * validated it; the clamp keeps a bad value from reading out of bounds),
+ * else S. */
+static int64_t key_len(const attn_job *j, int64_t b)
+{
+    const mha_tdesc *l = &j->node->src[MHA_SRC_KV_LEN];
+    if (!l->buf)
+        return j->S;
+    int32_t v = *(const int32_t *)((const char *)l->buf + l->offset +
+                                   (size_t)(b * l->nb[3]) * 4);
+    return v < 0 ? 0 : v > j->S ? j->S : v;
+}
+
+/* Keys of batch item b that may be read: with KV_LEN its length, else all
+ * S' (the appended rows included). */
+static int64_t readable_keys(const attn_job *j, int64_t b)
+{
+    return j->node->src[MHA_SRC_KV_LEN].buf ? key_len(j, b) : j->S2;
+}
+
+/* Keys [j0, j0 + return) of block j0 that exist for batch item b. */
+static int64_t block_len(const attn_job *j, int64_t b, int64_t j0)
+{
+    return max64(0, min64(KEY_BLOCK, readable_keys(j, b) - j0));
+}
+
+/* The position offset of batch item b: query i sits at i + offset. */
+static int64_t pos_offset(const attn_job *j, int64_t b)
+{
+    return j->node->params.causal == MHA_CAUSAL_BOTTOM_RIGHT
+               ? key_len(j, b) - j->L
+               : 0;
+}
+
+/* ---- packing ------------------------------------------------------------------ */
+
+/* Per-thread scratch: the online softmax state of one query tile and the
+ * f16 conversion area. */
 typedef struct flash_tile {
     float *s;   /* [qrows][KEY_BLOCK] scores, then probabilities */
     float *acc; /* [qrows][d] unnormalised output */
     float *m;   /* running max per row */
     float *l;   /* running sum per row */
+    float *qc;  /* [qrows][d] f16 queries converted */
+    float *kv;  /* [KEY_BLOCK][d] f16 keys or values converted */
+    const float *q; /* the tile's queries as f32 rows of stride ldq */
+    int64_t ldq;
 } flash_tile;
 
 static size_t tile_floats(int64_t qrows, int64_t d)
 {
-    return (size_t)(qrows * KEY_BLOCK + qrows * d + 2 * qrows);
+    return (size_t)(qrows * KEY_BLOCK + 2 * qrows * d + 2 * qrows +
+                    KEY_BLOCK * d);
 }
 
 static flash_tile tile_of(const attn_job *j, int thread)
@@ -99,8 +156,44 @@ static flash_tile tile_of(const attn_job *j, int thread)
     t.acc = t.s + j->qrows * KEY_BLOCK;
     t.m = t.acc + j->qrows * j->d;
     t.l = t.m + j->qrows;
+    t.qc = t.l + j->qrows;
+    t.kv = t.qc + j->qrows * j->d;
+    t.q = NULL;
+    t.ldq = 0;
     return t;
 }
+
+/* Key block kb of kv head j->head0 + task / kblocks: K^T scaled into kp,
+ * V into vp, each block at a fixed offset so the attention tasks find it.
+ * Keys past the sequence's length are not packed (never read). */
+static void pack_task(void *arg, int64_t task, int thread)
+{
+    const attn_job *j = arg;
+    const mha_node *n = j->node;
+    const mha_cpu_kernels *k = j->exec->k;
+    const mha_tdesc *kk = &n->src[MHA_SRC_K], *v = &n->src[MHA_SRC_V];
+    int64_t local = task / j->kblocks, kb = task % j->kblocks;
+    int64_t bh = j->head0 + local, b = bh / j->Hkv, h = bh % j->Hkv;
+    int64_t j0 = kb * KEY_BLOCK, cnt = block_len(j, b, j0), ld;
+    float *tmp = tile_of(j, thread).kv;
+    if (cnt == 0)
+        return;
+    const float *src = rows_f32(kk, b, h, j0, cnt, j->d, tmp, &ld);
+    k->pack_nt(cnt, j->d, src, ld, n->params.scale,
+               j->kp + (size_t)local * kp_head_floats(j) +
+                   (size_t)(j0 * j->d));
+    src = rows_f32(v, b, h, j0, cnt, j->d, tmp, &ld);
+    k->pack_nn(cnt, j->d, src, ld,
+               j->vp + (size_t)local * vp_head_floats(j) +
+                   (size_t)(j0 * j->dpad));
+}
+
+/* ---- one query tile ------------------------------------------------------------ */
+
+/* Where a task works: batch item, query head, its kv head, query rows. */
+typedef struct tile_at {
+    int64_t b, h, hk, i0, rows;
+} tile_at;
 
 /* Folds one row of new scores into the running max and sum and rescales
  * the row's accumulator (not when the max did not move: alpha is exactly
@@ -126,107 +219,251 @@ static void update_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
         k->scale(d, alpha, t->acc + r * d);
 }
 
-/* Raw scores of rows [i0, i0 + rows) against keys [j0, j0 + cnt) into t->s:
+/* Merges a partial row (max mc, sum lc, accumulator accc or none) into row
+ * r of t, in the frame of the larger max: a flash-decoding chunk, or the
+ * sink (lc 1, no value). A NaN sum stays NaN. */
+static void merge_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
+                      float mc, float lc, const float *accc, int64_t d)
+{
+    float m = t->m[r], mn = mc > m ? mc : m;
+    if (mn == -INFINITY) {
+        t->l[r] += lc; /* 0, or NaN from a chunk that saw one */
+        return;
+    }
+    float a = m == -INFINITY ? 0.0f : expf(m - mn);
+    float c = mc == -INFINITY ? 0.0f : expf(mc - mn);
+    t->l[r] = t->l[r] * a + lc * c;
+    t->m[r] = mn;
+    if (a != 1.0f)
+        k->scale(d, a, t->acc + r * d);
+    if (accc)
+        k->axpy(d, c, accc, t->acc + r * d);
+}
+
+/* Raw scores of the tile's rows against keys [j0, j0 + cnt) into t->s:
  * from the packed K^T (already scaled), or from K in place. */
-static void block_scores(const attn_job *j, flash_tile *t, int64_t b,
-                         int64_t h, int64_t i0, int64_t rows, int64_t j0,
-                         int64_t cnt)
+static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
+                         int64_t j0, int64_t cnt)
 {
     const mha_node *n = j->node;
     const mha_cpu_kernels *k = j->exec->k;
-    const mha_tdesc *q = &n->src[MHA_SRC_Q], *kk = &n->src[MHA_SRC_K];
     if (j->packed) {
-        const float *kp = j->kp + (size_t)(b * j->H + h - j->head0) *
+        const float *kp = j->kp + (size_t)(w->b * j->Hkv + w->hk - j->head0) *
                                       kp_head_floats(j) +
                           (size_t)(j0 * j->d);
-        k->gemm_packed(rows, cnt, j->d, at(q, b, h, i0), q->nb[2], kp, j->d,
-                       NULL, 0, t->s, KEY_BLOCK);
+        k->gemm_packed(w->rows, cnt, j->d, t->q, t->ldq, kp, j->d, NULL, 0,
+                       t->s, KEY_BLOCK);
         return;
     }
-    k->gemm_nt(rows, cnt, j->d, at(q, b, h, i0), q->nb[2], at(kk, b, h, j0),
-               kk->nb[2], NULL, t->s, KEY_BLOCK);
-    for (int64_t r = 0; r < rows; r++)
+    int64_t ld;
+    const float *kr = rows_f32(&n->src[MHA_SRC_K], w->b, w->hk, j0, cnt,
+                               j->d, t->kv, &ld);
+    k->gemm_nt(w->rows, cnt, j->d, t->q, t->ldq, kr, ld, NULL, t->s,
+               KEY_BLOCK);
+    for (int64_t r = 0; r < w->rows; r++)
         k->scale(cnt, n->params.scale, t->s + r * KEY_BLOCK);
 }
 
 /* acc += P V for the probabilities of keys [j0, j0 + cnt); the packed V
  * block may hold more keys (its panels have that many rows). */
-static void block_values(const attn_job *j, flash_tile *t, int64_t b,
-                         int64_t h, int64_t rows, int64_t j0, int64_t cnt)
+static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
+                         int64_t j0, int64_t cnt)
 {
     const mha_cpu_kernels *k = j->exec->k;
-    const mha_tdesc *v = &j->node->src[MHA_SRC_V];
     if (j->packed) {
-        const float *vp = j->vp + (size_t)(b * j->H + h - j->head0) *
+        const float *vp = j->vp + (size_t)(w->b * j->Hkv + w->hk - j->head0) *
                                       vp_head_floats(j) +
                           (size_t)(j0 * j->dpad);
-        k->gemm_packed(rows, j->d, cnt, t->s, KEY_BLOCK, vp,
-                       min64(KEY_BLOCK, j->S2 - j0), NULL, 1, t->acc, j->d);
+        k->gemm_packed(w->rows, j->d, cnt, t->s, KEY_BLOCK, vp,
+                       block_len(j, w->b, j0), NULL, 1, t->acc, j->d);
         return;
     }
-    k->gemm_nn_acc(rows, j->d, cnt, t->s, KEY_BLOCK, at(v, b, h, j0),
-                   v->nb[2], t->acc, j->d);
+    int64_t ld;
+    const float *vr = rows_f32(&j->node->src[MHA_SRC_V], w->b, w->hk, j0,
+                               cnt, j->d, t->kv, &ld);
+    k->gemm_nn_acc(w->rows, j->d, cnt, t->s, KEY_BLOCK, vr, ld, t->acc,
+                   j->d);
 }
 
-static void flash_block(const attn_job *j, flash_tile *t, int64_t b,
-                        int64_t h, int64_t i0, int64_t rows, int64_t j0,
-                        int64_t cnt)
+/* The score transforms of row i (position p) over keys [j0, j0 + cnt), in
+ * core/backend.h's order: softcap, ALiBi, mask and kpm, then -inf outside
+ * the keys the row may attend. */
+static void transform_row(const attn_job *j, const tile_at *w, int64_t i,
+                          int64_t p, int64_t j0, int64_t cnt, float *row)
 {
+    const mha_node *n = j->node;
     const mha_cpu_kernels *k = j->exec->k;
-    block_scores(j, t, b, h, i0, rows, j0, cnt);
-    for (int64_t r = 0; r < rows; r++) {
-        mha_cpu_mask_row(k, j->node, b, h, i0 + r, j0, cnt,
-                         t->s + r * KEY_BLOCK);
-        update_row(k, t, r, cnt, j->d);
+    const mha_tdesc *alibi = &n->src[MHA_SRC_ALIBI];
+    float cap = n->params.softcap;
+    if (cap > 0.0f)
+        for (int64_t c = 0; c < cnt; c++)
+            row[c] = cap * tanhf(row[c] / cap);
+    if (alibi->buf) {
+        float slope = *((const float *)row_ptr(alibi, 0, 0, 0) +
+                        w->h * alibi->nb[3]);
+        for (int64_t c = 0; c < cnt; c++)
+            row[c] += slope * (float)(j0 + c - p);
     }
-    block_values(j, t, b, h, rows, j0, cnt);
+    mha_cpu_mask_row(k, n, w->b, w->h, i, j0, cnt, row);
+    int64_t lo = 0, hi = key_len(j, w->b);
+    if (n->params.causal)
+        hi = min64(hi, p + 1);
+    if (n->params.window > 0)
+        lo = p - n->params.window + 1;
+    mha_cpu_mask_outside(n, j0, cnt, lo, hi, row);
 }
 
-/* How many keys of the block [j0, j0 + cnt) the tile computes. With
- * causal, keys [end, S) are masked for every row of the tile, so a block
- * inside that range is skipped, not computed, and one that reaches into it
- * is cut short there; a block holding appended keys (from S on, never
- * masked) is computed whole. */
-static int64_t block_keys(const attn_job *j, int64_t end, int64_t j0,
-                          int64_t cnt)
+static void flash_block(const attn_job *j, flash_tile *t, const tile_at *w,
+                        int64_t j0, int64_t cnt)
 {
-    if (j0 + cnt > j->S)
-        return cnt;
-    return j0 >= end ? 0 : min64(cnt, end - j0);
+    int64_t off = pos_offset(j, w->b);
+    block_scores(j, t, w, j0, cnt);
+    for (int64_t r = 0; r < w->rows; r++) {
+        float *row = t->s + r * KEY_BLOCK;
+        transform_row(j, w, w->i0 + r, w->i0 + r + off, j0, cnt, row);
+        update_row(j->exec->k, t, r, cnt, j->d);
+    }
+    block_values(j, t, w, j0, cnt);
 }
 
-/* task -> (head, query tile): the tiles of one head follow each other,
- * so its packed K and V are still in cache for the next. With causal the
- * tiles of a head run from the last (the most keys) down, so each thread's
- * last tasks are light ones and the pool ends balanced. */
+/* How many keys of block j0 the tile computes: 0 when no row of it may
+ * attend any of them (past its length, past causal for its last row,
+ * before the window of its first row), else the block cut at the last key
+ * any row may attend. A block holding appended keys (from S on, never
+ * masked) is computed whole. */
+static int64_t block_keys(const attn_job *j, const tile_at *w, int64_t j0)
+{
+    const mha_op_params *p = &j->node->params;
+    int64_t cnt = block_len(j, w->b, j0), off = pos_offset(j, w->b);
+    if (cnt == 0 || j0 + cnt > j->S)
+        return cnt;
+    int64_t hi = key_len(j, w->b), lo = 0;
+    if (p->causal)
+        hi = min64(hi, w->i0 + w->rows + off);
+    if (p->window > 0)
+        lo = w->i0 + off - p->window + 1;
+    return j0 >= hi || j0 + cnt <= lo ? 0 : min64(cnt, hi - j0);
+}
+
+/* Starts the tile's state and points t->q at its queries (f16 converted). */
+static void tile_start(const attn_job *j, flash_tile *t, const tile_at *w)
+{
+    for (int64_t r = 0; r < w->rows; r++) {
+        t->m[r] = -INFINITY;
+        t->l[r] = 0.0f;
+    }
+    memset(t->acc, 0, (size_t)(w->rows * j->d) * sizeof *t->acc);
+    t->q = rows_f32(&j->node->src[MHA_SRC_Q], w->b, w->h, w->i0, w->rows,
+                    j->d, t->qc, &t->ldq);
+}
+
+/* Runs key blocks [kb0, kb1) of the tile. */
+static void tile_walk(const attn_job *j, flash_tile *t, const tile_at *w,
+                      int64_t kb0, int64_t kb1)
+{
+    for (int64_t kb = kb0; kb < kb1; kb++) {
+        int64_t cnt = block_keys(j, w, kb * KEY_BLOCK);
+        if (cnt > 0)
+            flash_block(j, t, w, kb * KEY_BLOCK, cnt);
+    }
+}
+
+/* Adds the sink to each row's denominator, normalises and stores. */
+static void tile_finish(const attn_job *j, flash_tile *t, const tile_at *w)
+{
+    const mha_node *n = j->node;
+    const mha_cpu_kernels *k = j->exec->k;
+    const mha_tdesc *sinks = &n->src[MHA_SRC_SINKS], *o = &n->dst;
+    int64_t d = j->d;
+    for (int64_t r = 0; r < w->rows; r++) {
+        if (sinks->buf)
+            merge_row(k, t, r,
+                      *((const float *)row_ptr(sinks, 0, 0, 0) +
+                        w->h * sinks->nb[3]),
+                      1.0f, NULL, d);
+        float inv = t->l[r] == 0.0f ? 0.0f : 1.0f / t->l[r];
+        float *acc = t->acc + r * d;
+        k->scale(d, inv, acc);
+        char *out = row_ptr(o, w->b, w->h, w->i0 + r);
+        if (o->dtype == MHA_F16)
+            for (int64_t c = 0; c < d; c++)
+                ((uint16_t *)out)[c] = mha_f32_to_f16(acc[c]);
+        else
+            memcpy(out, acc, (size_t)d * sizeof *acc);
+    }
+}
+
+/* task / chunks -> (query head, query tile) of the round: the query heads
+ * of one kv head and the tiles of one query head follow each other, so the
+ * packed K and V are still in cache for the next. With causal the tiles of
+ * a head run from the last (the most keys) down, so each thread's last
+ * tasks are light ones and the pool ends balanced. */
+static tile_at tile_of_task(const attn_job *j, int64_t task)
+{
+    int64_t unit = task / j->chunks, qt = unit % j->qtiles;
+    int64_t hq = unit / j->qtiles, bhk = j->head0 + hq / j->group;
+    tile_at w;
+    if (j->node->params.causal)
+        qt = j->qtiles - 1 - qt;
+    w.b = bhk / j->Hkv;
+    w.hk = bhk % j->Hkv;
+    w.h = w.hk * j->group + hq % j->group;
+    w.i0 = qt * j->qrows;
+    w.rows = min64(j->qrows, j->L - w.i0);
+    return w;
+}
+
 static void attention_task(void *arg, int64_t task, int thread)
 {
     const attn_job *j = arg;
-    const mha_node *n = j->node;
-    int64_t qt = task % j->qtiles, bh = j->head0 + task / j->qtiles;
-    if (n->params.causal)
-        qt = j->qtiles - 1 - qt;
-    int64_t b = bh / j->H, h = bh % j->H, i0 = qt * j->qrows;
-    int64_t rows = min64(j->qrows, j->L - i0), d = j->d;
     flash_tile t = tile_of(j, thread);
-    for (int64_t r = 0; r < rows; r++) {
-        t.m[r] = -INFINITY;
-        t.l[r] = 0.0f;
+    tile_at w = tile_of_task(j, task);
+    tile_start(j, &t, &w);
+    tile_walk(j, &t, &w, 0, j->kblocks);
+    tile_finish(j, &t, &w);
+}
+
+/* ---- flash-decoding ------------------------------------------------------------ */
+
+static size_t part_floats(const attn_job *j)
+{
+    return (size_t)(j->L * (j->d + 2));
+}
+
+static float *part_of(const attn_job *j, int64_t task)
+{
+    return j->part + (size_t)task * part_floats(j);
+}
+
+/* One chunk of keys of one head: its partial (m, l, acc) rows. */
+static void split_task(void *arg, int64_t task, int thread)
+{
+    const attn_job *j = arg;
+    flash_tile t = tile_of(j, thread);
+    tile_at w = tile_of_task(j, task);
+    int64_t kb0 = task % j->chunks * SPLIT_BLOCKS;
+    float *part = part_of(j, task);
+    tile_start(j, &t, &w);
+    tile_walk(j, &t, &w, kb0, min64(kb0 + SPLIT_BLOCKS, j->kblocks));
+    memcpy(part, t.m, (size_t)w.rows * sizeof *part);
+    memcpy(part + j->L, t.l, (size_t)w.rows * sizeof *part);
+    memcpy(part + 2 * j->L, t.acc, (size_t)(w.rows * j->d) * sizeof *part);
+}
+
+/* Combines the chunks of one head in chunk order and stores the rows. */
+static void combine_task(void *arg, int64_t task, int thread)
+{
+    const attn_job *j = arg;
+    flash_tile t = tile_of(j, thread);
+    tile_at w = tile_of_task(j, task * j->chunks);
+    tile_start(j, &t, &w);
+    for (int64_t c = 0; c < j->chunks; c++) {
+        const float *part = part_of(j, task * j->chunks + c);
+        for (int64_t r = 0; r < w.rows; r++)
+            merge_row(j->exec->k, &t, r, part[r], part[j->L + r],
+                      part + 2 * j->L + r * j->d, j->d);
     }
-    memset(t.acc, 0, (size_t)(rows * d) * sizeof *t.acc);
-    int64_t end = n->params.causal ? min64(i0 + rows, j->S) : j->S;
-    for (int64_t j0 = 0; j0 < j->S2; j0 += KEY_BLOCK) {
-        int64_t cnt = block_keys(j, end, j0, min64(KEY_BLOCK, j->S2 - j0));
-        if (cnt > 0)
-            flash_block(j, &t, b, h, i0, rows, j0, cnt);
-    }
-    const mha_tdesc *o = &n->dst;
-    for (int64_t r = 0; r < rows; r++) {
-        float inv = t.l[r] == 0.0f ? 0.0f : 1.0f / t.l[r];
-        float *out = at(o, b, h, i0 + r);
-        memcpy(out, t.acc + r * d, (size_t)d * sizeof *out);
-        j->exec->k->scale(d, inv, out);
-    }
+    tile_finish(j, &t, &w);
 }
 
 /* ---- the op ------------------------------------------------------------------- */
@@ -238,6 +475,8 @@ static void job_init(attn_job *j, mha_cpu_exec *e, const mha_node *n)
     j->exec = e;
     j->node = n;
     j->H = n->dst.ne[1];
+    j->Hkv = n->src[MHA_SRC_K].ne[1];
+    j->group = j->H / j->Hkv;
     j->L = n->dst.ne[2];
     j->d = n->dst.ne[3];
     j->S = n->params.mask_cols;
@@ -247,9 +486,10 @@ static void job_init(attn_job *j, mha_cpu_exec *e, const mha_node *n)
     j->qtiles = ceil_div(j->L, j->qrows);
     j->kblocks = ceil_div(j->S2, KEY_BLOCK);
     j->packed = j->L >= k->mr && j->S2 > 0;
+    j->chunks = j->packed ? 1 : max64(1, ceil_div(j->kblocks, SPLIT_BLOCKS));
 }
 
-/* Heads per round: as many as the pack budget holds, at least one. */
+/* kv heads per round: as many as the pack budget holds, at least one. */
 static int64_t heads_per_round(const attn_job *j, int64_t heads)
 {
     if (!j->packed)
@@ -257,6 +497,20 @@ static int64_t heads_per_round(const attn_job *j, int64_t heads)
     int64_t fit = (int64_t)(j->exec->pack_budget /
                             (kp_head_floats(j) + vp_head_floats(j)));
     return fit < 1 ? 1 : fit < heads ? fit : heads;
+}
+
+/* The decode path: chunks of every head, then their combination. */
+static mha_status run_split(mha_cpu_exec *e, attn_job *j)
+{
+    int64_t units = j->nheads * j->group * j->qtiles;
+    mha_status st = mha_cpu_scratch_reserve(
+        e, &e->packed, part_floats(j) * (size_t)(units * j->chunks), 1);
+    if (st != MHA_OK)
+        return st;
+    j->part = e->packed.data;
+    mha_cpu_pool_run(e->pool, units * j->chunks, split_task, j);
+    mha_cpu_pool_run(e->pool, units, combine_task, j);
+    return MHA_OK;
 }
 
 mha_status mha_cpu_run_attention(mha_cpu_exec *e, const mha_node *n)
@@ -267,13 +521,17 @@ mha_status mha_cpu_run_attention(mha_cpu_exec *e, const mha_node *n)
     mha_status st = mha_cpu_scratch_reserve(e, &e->scratch,
                                             tile_floats(j.qrows, j.d),
                                             threads);
-    int64_t heads = n->dst.ne[0] * j.H, round = heads_per_round(&j, heads);
+    int64_t heads = n->dst.ne[0] * j.Hkv, round = heads_per_round(&j, heads);
     size_t per_head = j.packed ? kp_head_floats(&j) + vp_head_floats(&j) : 0;
     if (st == MHA_OK && j.packed)
         st = mha_cpu_scratch_reserve(e, &e->packed,
                                      per_head * (size_t)round, 1);
     if (st != MHA_OK)
         return st;
+    if (j.chunks > 1) {
+        j.nheads = heads;
+        return run_split(e, &j);
+    }
     if (j.packed) {
         j.kp = e->packed.data;
         j.vp = j.kp + kp_head_floats(&j) * (size_t)round;
@@ -282,7 +540,8 @@ mha_status mha_cpu_run_attention(mha_cpu_exec *e, const mha_node *n)
         j.nheads = min64(round, heads - j.head0);
         if (j.packed)
             mha_cpu_pool_run(e->pool, j.nheads * j.kblocks, pack_task, &j);
-        mha_cpu_pool_run(e->pool, j.nheads * j.qtiles, attention_task, &j);
+        mha_cpu_pool_run(e->pool, j.nheads * j.group * j.qtiles,
+                         attention_task, &j);
     }
     return MHA_OK;
 }

@@ -86,13 +86,41 @@ static bool unit_inner(const mha_tdesc *t)
     return !present(t) || (t->dtype == MHA_F32 && t->nb[3] == 1);
 }
 
+/* f32 or f16 (converted on load and store) with unit inner stride. */
+static bool f32_or_f16_rows(const mha_tdesc *t)
+{
+    return (t->dtype == MHA_F32 || t->dtype == MHA_F16) && t->nb[3] == 1;
+}
+
+/* The fused attention takes every extension of the attention core. */
+static bool attention_supported(const mha_node *n)
+{
+    const mha_tdesc *len = &n->src[MHA_SRC_KV_LEN];
+    int64_t hkv = n->src[MHA_SRC_K].ne[1];
+    if (!f32_or_f16_rows(&n->src[MHA_SRC_Q]) ||
+        !f32_or_f16_rows(&n->src[MHA_SRC_K]) ||
+        !f32_or_f16_rows(&n->src[MHA_SRC_V]) || !f32_or_f16_rows(&n->dst))
+        return false;
+    if (hkv < 1 || n->dst.ne[1] % hkv != 0 || n->src[MHA_SRC_V].ne[1] != hkv)
+        return false;
+    if (present(len) && len->dtype != MHA_I32)
+        return false;
+    if (!unit_inner(&n->src[MHA_SRC_MASK]) || !unit_inner(&n->src[MHA_SRC_KPM]))
+        return false;
+    /* per-head values, read one at a time: any stride */
+    for (int s = MHA_SRC_SINKS; s <= MHA_SRC_ALIBI; s++)
+        if (present(&n->src[s]) && n->src[s].dtype != MHA_F32)
+            return false;
+    return true;
+}
+
 bool mha_cpu_op_supported(const mha_node *node)
 {
     if (node->op == MHA_OP_ROPE)
         return mha_cpu_rope_supported(node);
+    if (node->op == MHA_OP_ATTENTION)
+        return attention_supported(node);
     if (node->dst.dtype != MHA_F32)
-        return false;
-    if (node->op == MHA_OP_ATTENTION && !mha_attention_is_plain(node))
         return false;
     for (int s = 0; s < MHA_MAX_SRC; s++)
         if (present(&node->src[s]) && node->src[s].dtype != MHA_F32)
@@ -232,9 +260,16 @@ void mha_cpu_mask_row(const mha_cpu_kernels *k, const mha_node *n,
         k->axpy(masked, 1.0f, at(mask, b, h, i) + j0, row);
     if (present(kpm))
         k->axpy(masked, 1.0f, at(kpm, b, h, i) + j0, row);
-    if (n->params.causal)
-        for (int64_t c = i + 1 - j0 < 0 ? 0 : i + 1 - j0; c < masked; c++)
-            row[c] = -INFINITY;
+}
+
+void mha_cpu_mask_outside(const mha_node *n, int64_t j0, int64_t cnt,
+                          int64_t lo, int64_t hi, float *row)
+{
+    int64_t end = min64(j0 + cnt, n->params.mask_cols);
+    for (int64_t j = j0; j < end && j < lo; j++)
+        row[j - j0] = -INFINITY;
+    for (int64_t j = hi > j0 ? hi : j0; j < end; j++)
+        row[j - j0] = -INFINITY;
 }
 
 int mha_cpu_has_nan(int64_t n, const float *x)
@@ -266,6 +301,8 @@ static void scores_task(void *arg, int64_t task, int thread)
         float *row = at(a, b, h, i);
         k->scale(a->ne[3], n->params.scale, row);
         mha_cpu_mask_row(k, n, b, h, i, 0, a->ne[3], row);
+        mha_cpu_mask_outside(n, 0, a->ne[3], 0,
+                             n->params.causal ? i + 1 : a->ne[3], row);
     }
 }
 

@@ -57,11 +57,17 @@ mha_status mha_cpu_scratch_reserve(mha_cpu_exec *e, mha_cpu_scratch *s,
                                    size_t floats, int slots);
 
 /* Adds the masks of row i (batch b, head h) to raw scores row[0..cnt) of
- * keys [j0, j0 + cnt): mask and key padding mask, causal -inf past i. Keys
- * from params.mask_cols on (the appended bias/zero rows) are never masked. */
+ * keys [j0, j0 + cnt): mask and key padding mask. Keys from
+ * params.mask_cols on (the appended bias/zero rows) are never masked. */
 void mha_cpu_mask_row(const mha_cpu_kernels *k, const mha_node *n,
                       int64_t b, int64_t h, int64_t i, int64_t j0,
                       int64_t cnt, float *row);
+
+/* Sets to -inf the scores row[0..cnt) of keys [j0, j0 + cnt) outside the
+ * attendable keys [lo, hi) (causal, window, lengths); keys from
+ * params.mask_cols on are never masked. */
+void mha_cpu_mask_outside(const mha_node *n, int64_t j0, int64_t cnt,
+                          int64_t lo, int64_t hi, float *row);
 
 /* 1 when x[0..n) holds a NaN. */
 int mha_cpu_has_nan(int64_t n, const float *x);

@@ -1,7 +1,7 @@
 /* test_decoder.c: the decoder attention layer and its KV cache
  * (mha_decoder_*, mha_kv_cache_*) on every device: prefill against a
  * double-precision Llama-attention reference written here (and against
- * PyTorch fixtures in test_decoder_torch.c), incremental decode equal to one
+ * float64 PyTorch fixtures of gen_decoder_fixtures.py), incremental decode equal to one
  * prefill, rollback, ragged batches, the errors each with its own status
  * and message, and no host allocation in a decode step. A GPU device that
  * does not run the attention core yet answers MHA_UNSUPPORTED, which is
@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "common.h"
+#include "context.h"
+#include "safetensors.h"
 
 typedef struct dcase {
     const char *name;
@@ -732,5 +734,114 @@ Test(decoder, decode_step_allocates_nothing)
     env_close(&e);
     free_weights(&w);
     free(x);
+    mha_context_destroy(ctx);
+}
+
+/* ---- PyTorch fixtures (gen_decoder_fixtures.py) -------------------------------- */
+
+typedef struct fixture {
+    mha_st_file *file;
+    char path[512];
+} fixture;
+
+static double meta(const fixture *f, const char *key)
+{
+    const char *v = mha_st_metadata(f->file, key);
+    cr_assert_not_null(v, "%s: metadata %s missing", f->path, key);
+    return strtod(v, NULL);
+}
+
+static void *read_entry(const fixture *f, const char *name, size_t *count)
+{
+    const mha_st_entry *e = mha_st_find(f->file, name);
+    cr_assert_not_null(e, "%s: no tensor %s", f->path, name);
+    void *data = malloc((size_t)(e->end - e->begin));
+    cr_assert_eq(mha_st_read_raw(f->file, e, data), MHA_OK);
+    *count = (size_t)e->count;
+    return data;
+}
+
+/* The fixture's config as a dcase (name and fields by metadata). */
+static dcase fixture_case(const fixture *f, const char *name)
+{
+    dcase c = {name, (int64_t)meta(f, "E"), (int64_t)meta(f, "Hq"),
+               (int64_t)meta(f, "Hkv"), (int64_t)meta(f, "d"),
+               (mha_rope_style)meta(f, "rope"), (int64_t)meta(f, "rope_dims"),
+               (float)meta(f, "theta"), (float)meta(f, "scaling"),
+               (int64_t)meta(f, "window"), (int)meta(f, "alibi"),
+               (float)meta(f, "softcap"), (int)meta(f, "sinks"),
+               (int)meta(f, "qkv_bias"), (int)meta(f, "o_bias"), MHA_F32};
+    return c;
+}
+
+/* Loads the layer from the file by its HF prefix, runs x at the file's
+ * positions (an MHA_I32 tensor) and compares with y. */
+static void check_fixture(mha_context *ctx, const test_device *td,
+                          const fixture *f, const dcase *c)
+{
+    int64_t B = (int64_t)meta(f, "B"), T = (int64_t)meta(f, "T"), E = c->E;
+    size_t nx, np, ny;
+    float *x = read_entry(f, "x", &nx);
+    int64_t *pos64 = read_entry(f, "positions", &np);
+    double *y = read_entry(f, "y", &ny);
+    int32_t *pos = malloc(np * sizeof *pos);
+    for (size_t i = 0; i < np; i++)
+        pos[i] = (int32_t)pos64[i];
+    env e;
+    memset(&e, 0, sizeof e);
+    e.ctx = ctx, e.c = c, e.label = td->label;
+    e.dev = test_open(ctx, td);
+    mha_decoder_config cfg = config_of(c);
+    cr_assert_eq(mha_decoder_create(e.dev, &cfg, &e.layer), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    cr_assert_eq(mha_decoder_load_safetensors(e.layer, f->path,
+                                              mha_st_metadata(f->file,
+                                                              "prefix")),
+                 MHA_OK, "%s", mha_context_errmsg(ctx));
+    e.cache = make_cache(&e, T + 3, B);
+    int64_t xs[3] = {B, T, E}, ps[2] = {B, T};
+    mha_tensor *tx, *tp, *ty;
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &tx), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &ty), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_I32, 2, ps, &tp), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    cr_assert_eq(mha_tensor_upload(tx, x, nx * sizeof *x), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tp, pos, np * sizeof *pos), MHA_OK);
+    mha_decoder_forward_args a;
+    mha_decoder_forward_args_init(&a);
+    a.x = tx, a.positions = tp, a.cache = e.cache, a.output = ty;
+    if (ran(&e, mha_decoder_forward(e.layer, &a))) {
+        float *got = malloc(ny * sizeof *got);
+        cr_assert_eq(mha_tensor_download(ty, got, ny * sizeof *got), MHA_OK);
+        expect_close(&e, "vs PyTorch", got, y, ny, 1e-4);
+        free(got);
+    }
+    mha_tensor_destroy(tx), mha_tensor_destroy(tp), mha_tensor_destroy(ty);
+    env_close(&e);
+    free(x), free(pos64), free(y), free(pos);
+}
+
+Test(decoder, pytorch_fixtures)
+{
+    static const char *const names[] = {
+        "decoder_llama_gqa", "decoder_qwen2_bias_partial", "decoder_gptj_mqa",
+        "decoder_gemma_window_softcap", "decoder_sinks_alibi"};
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_require_backends(ctx);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    const char *dir = getenv("MHA_FIXTURE_DIR");
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
+        fixture f;
+        snprintf(f.path, sizeof f.path, "%s/%s.safetensors",
+                 dir && *dir ? dir : MHA_FIXTURE_DIR, names[k]);
+        cr_assert_eq(mha_st_open(&ctx->host, f.path, &f.file), MHA_OK, "%s",
+                     mha_context_errmsg(ctx));
+        dcase c = fixture_case(&f, names[k]);
+        for (int i = 0; i < nd; i++)
+            check_fixture(ctx, &devs[i], &f, &c);
+        mha_st_close(f.file);
+    }
     mha_context_destroy(ctx);
 }

@@ -92,9 +92,8 @@ enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
 
 #define MHA_MAX_SRC 8
 
-/* mha_op_params.causal */
-enum { MHA_CAUSAL_NONE = 0, MHA_CAUSAL_TOP_LEFT = 1,
-       MHA_CAUSAL_BOTTOM_RIGHT = 2 };
+/* mha_op_params.causal is an mha_causal (mha.h): MHA_CAUSAL_NONE,
+ * MHA_CAUSAL_TOP_LEFT or MHA_CAUSAL_BOTTOM_RIGHT. */
 
 /* Source slots of ROPE. */
 enum { MHA_SRC_ROPE_X = 0, MHA_SRC_ROPE_POS = 1 };

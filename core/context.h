@@ -52,7 +52,14 @@ struct mha_device {
     uint64_t mem_peak;
     int lost; /* a backend call returned MHA_DEVICE_LOST: the wrappers
                  refuse all further work with it (sticky) */
+    /* mha_attention's ALiBi slopes (core/attention.c) */
+    void *alibi_buf;
+    size_t alibi_bytes;
+    int64_t alibi_heads; /* heads whose slopes it holds; 0: none */
 };
+
+/* Frees the device's mha_attention state (its ALiBi slopes buffer). */
+void mha_attention_release(mha_device *device);
 
 /* Services for the core itself. */
 mha_status mha_error(mha_context *ctx, mha_status status, const char *fmt,

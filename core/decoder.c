@@ -314,6 +314,11 @@ static mha_status check_tensor(mha_decoder *l, const char *what,
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++)
         ok = shape[i] < 0 || t->shape[i] == shape[i];
+    if (ok && dtype == MHA_F32 && t->strides[ndim - 1] != 1)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: %s is a view whose innermost stride is %lld; "
+                         "expected 1",
+                         fn, what, (long long)t->strides[ndim - 1]);
     if (ok)
         return MHA_OK;
     return mha_error(ctx, MHA_SHAPE_MISMATCH, "%s: %s has shape %s; expected %s",
@@ -517,14 +522,31 @@ static mha_status project(walker *w, const mha_tdesc *x, mha_dslot ws,
     return step(w, &n);
 }
 
-/* The positions of batch items first .. first+nb-1 as [1,1,nb,T]. */
+/* The [B,1,T,F] rows of a [B,T,F] tensor (strides and offset of a view). */
+static mha_tdesc tensor_rows(const mha_tensor *t)
+{
+    mha_tdesc d = {.dtype = t->dtype,
+                   .ne = {t->shape[0], 1, t->shape[1], t->shape[2]},
+                   .nb = {t->strides[0], 0, t->strides[1], t->strides[2]},
+                   .buf = t->buf, .offset = t->offset * 4};
+    return d;
+}
+
+/* The positions of batch items first .. first+nb-1 as [1,1,nb,T]: the
+ * caller's [B,T] tensor (any strides) or the staged defaults. */
 static mha_tdesc positions(const walker *w, int64_t first, int64_t nb)
 {
     int64_t T = w->c->T;
+    const mha_tensor *p = w->c->pos;
     mha_tdesc t = {.dtype = MHA_I32, .ne = {1, 1, nb, T},
-                   .nb = {nb * T, nb * T, T, 1}};
-    t.buf = w->c->pos ? w->c->pos->buf : w->l->arena;
-    t.offset = (w->c->pos ? 0 : w->off[A_POS]) + (size_t)(first * T) * 4;
+                   .nb = {nb * T, nb * T, T, 1}, .buf = w->l->arena,
+                   .offset = w->off[A_POS] + (size_t)(first * T) * 4};
+    if (p) {
+        t.nb[2] = p->strides[0];
+        t.nb[3] = p->strides[1];
+        t.buf = p->buf;
+        t.offset = (p->offset + (size_t)(first * p->strides[0])) * 4;
+    }
     return t;
 }
 
@@ -612,10 +634,7 @@ static mha_status walk(walker *w)
     const dcall *call = w->c;
     int64_t E = c->embed_dim, q = c->num_heads * c->head_dim;
     int64_t kv = c->num_kv_heads * c->head_dim, T = call->T;
-    mha_tdesc x = {.dtype = MHA_F32, .ne = {call->B, 1, T, E},
-                   .nb = {T * E, 0, E, 1}, .buf = call->x->buf};
-    mha_tdesc y = x;
-    y.buf = call->out->buf;
+    mha_tdesc x = tensor_rows(call->x), y = tensor_rows(call->out);
     mha_tdesc rq = arena_rows(w, A_Q, q), rk = arena_rows(w, A_K, kv);
     mha_tdesc rv = arena_rows(w, A_V, kv);
     mha_status st = project(w, &x, MHA_D_WQ, MHA_D_BQ, q, &rq);

@@ -259,11 +259,17 @@ static mha_status check_same_device(mha_layer *layer, const char *fn,
                                     const mha_tensor *const t[7],
                                     const char *const names[7])
 {
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < 7; i++) {
         if (t[i] && t[i]->device != layer->device)
             return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
                              "%s: %s lives on another device than the layer",
                              fn, names[i]);
+        if (t[i] && t[i]->base)
+            return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
+                             "%s: %s is a view; layers take whole tensors "
+                             "(views are for mha_attention)",
+                             fn, names[i]);
+    }
     return MHA_OK;
 }
 

@@ -44,19 +44,6 @@ uint16_t mha_f32_to_f16(float value)
     return sign | (uint16_t)h;
 }
 
-float mha_f16_to_f32(uint16_t bits)
-{
-    uint32_t sign = (uint32_t)(bits & 0x8000u) << 16;
-    uint32_t exp = (bits >> 10) & 0x1fu;
-    uint32_t mant = bits & 0x3ffu;
-    if (exp == 0) {
-        float v = (float)mant / 16777216.0f;
-        return sign ? -v : v;
-    }
-    if (exp == 31)
-        return bits_float(sign | 0x7f800000u | (mant << 13));
-    return bits_float(sign | ((exp + 112) << 23) | (mant << 13));
-}
 
 float mha_bf16_to_f32(uint16_t bits)
 {

@@ -235,9 +235,12 @@ mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
         st = mha_kv_check_room(cache, fn, seq, 1, T);
     int64_t Hkv = cache->cfg.num_kv_heads, d = cache->cfg.head_dim;
     for (int i = 0; i < 2 && st == MHA_OK; i++) {
+        const int64_t *sb = t[i]->strides; /* [T, Hkv, d], maybe a view */
         mha_tdesc src = {.dtype = t[i]->dtype, .ne = {1, Hkv, T, d},
-                         .nb = {T * Hkv * d, d, Hkv * d, 1},
-                         .buf = t[i]->buf};
+                         .nb = {T * sb[0], sb[1], sb[0], sb[2]},
+                         .buf = t[i]->buf,
+                         .offset = t[i]->offset *
+                                   mha_dtype_storage_size(t[i]->dtype)};
         mha_node node;
         mha_kv_copy_node(cache, i, seq, &src, &node);
         st = mha_dev_supports(cache->device, &node)

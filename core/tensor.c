@@ -1,6 +1,8 @@
 /* tensor.c: device-resident tensors, so data can stay on a device between
- * forward calls and between layers. Boolean masks are stored as additive f32
- * (0 or -inf): every backend then reads one mask format. */
+ * forward calls and between layers, and strided views of them (Q, K and V
+ * of a fused projection passed to mha_attention without copies). Boolean
+ * masks are stored as additive f32 (0 or -inf): every backend then reads
+ * one mask format. */
 #include <math.h>
 #include <string.h>
 
@@ -40,6 +42,34 @@ mha_status mha_check_shape(mha_context *ctx, const char *fn, const char *what,
     return MHA_OK;
 }
 
+/* Where MHA_F16 tensors have a use: devices with fp16 storage, and the CPU
+ * backend, whose attention core converts fp16 on load (its nn.MHA layers
+ * stay fp32). */
+static int fp16_tensors(const mha_device *device)
+{
+    return (device->entry.desc.features & MHA_FEATURE_FP16_STORAGE) ||
+           strcmp(device->iface->name, "cpu") == 0;
+}
+
+static void row_major(int ndim, const int64_t *shape, int64_t *strides)
+{
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        strides[i] = s;
+        s *= shape[i];
+    }
+}
+
+int mha_tensor_is_contiguous(const mha_tensor *t)
+{
+    int64_t want[MHA_MAX_DIMS];
+    row_major(t->ndim, t->shape, want);
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] > 1 && t->strides[i] != want[i])
+            return 0;
+    return 1;
+}
+
 /* Checks dtype and shape and makes the tensor without its buffer. */
 static mha_status new_tensor(mha_device *device, const char *fn,
                              mha_dtype dtype, int ndim, const int64_t *shape,
@@ -50,6 +80,12 @@ static mha_status new_tensor(mha_device *device, const char *fn,
         dtype != MHA_I32)
         return mha_error(ctx, MHA_DTYPE_MISMATCH,
                          "%s: dtype %d is not a mha_dtype", fn, (int)dtype);
+    if (dtype == MHA_F16 && !fp16_tensors(device))
+        return mha_error(ctx, MHA_UNSUPPORTED,
+                         "%s: MHA_F16 tensors need a device with "
+                         "MHA_FEATURE_FP16_STORAGE or the cpu backend; %s "
+                         "%s has neither",
+                         fn, device->iface->name, device->entry.desc.name);
     size_t count;
     mha_status st = mha_check_shape(ctx, fn, "tensor", ndim, shape, &count);
     if (st != MHA_OK)
@@ -62,6 +98,8 @@ static mha_status new_tensor(mha_device *device, const char *fn,
     t->ndim = ndim;
     memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     t->count = count;
+    t->storage = count;
+    row_major(ndim, shape, t->strides);
     *out = t;
     return MHA_OK;
 }
@@ -166,6 +204,22 @@ static mha_status download_bool_mask(const mha_tensor *t, uint8_t *dst)
     return MHA_OK;
 }
 
+/* A strided view is read and written through its base. */
+static mha_status check_transfer(const mha_tensor *t, const char *fn)
+{
+    if (mha_tensor_is_contiguous(t))
+        return MHA_OK;
+    return mha_error(t->device->ctx, MHA_UNSUPPORTED,
+                     "%s: the tensor is a strided view; upload or download "
+                     "its base",
+                     fn);
+}
+
+static size_t tensor_byte_offset(const mha_tensor *t)
+{
+    return t->offset * mha_dtype_storage_size(t->dtype);
+}
+
 mha_status mha_tensor_upload(mha_tensor *tensor, const void *src, size_t size)
 {
     if (!tensor)
@@ -180,11 +234,13 @@ mha_status mha_tensor_upload(mha_tensor *tensor, const void *src, size_t size)
                          "(%zu elements of %s)",
                          size, tensor_user_bytes(tensor), tensor->count,
                          mha_dtype_name(tensor->dtype));
-    mha_status st =
-        tensor->dtype == MHA_BOOL
-            ? mha_upload_bool_mask(tensor->device, tensor->buf, 0, src,
-                                   tensor->count)
-            : mha_dev_write(tensor->device, tensor->buf, 0, src, size);
+    mha_status st = check_transfer(tensor, "mha_tensor_upload");
+    if (st == MHA_OK)
+        st = tensor->dtype == MHA_BOOL
+                 ? mha_upload_bool_mask(tensor->device, tensor->buf, 0, src,
+                                        tensor->count)
+                 : mha_dev_write(tensor->device, tensor->buf,
+                                 tensor_byte_offset(tensor), src, size);
     if (st == MHA_OK)
         mha_clear_error(ctx);
     return st;
@@ -204,10 +260,13 @@ mha_status mha_tensor_download(const mha_tensor *tensor, void *dst,
                          "mha_tensor_download: size %zu bytes; the tensor "
                          "holds %zu",
                          size, tensor_user_bytes(tensor));
-    mha_status st = tensor->dtype == MHA_BOOL
-                        ? download_bool_mask(tensor, dst)
-                        : mha_dev_read(tensor->device, tensor->buf, 0, dst,
-                                       tensor_user_bytes(tensor));
+    mha_status st = check_transfer(tensor, "mha_tensor_download");
+    if (st == MHA_OK)
+        st = tensor->dtype == MHA_BOOL
+                 ? download_bool_mask(tensor, dst)
+                 : mha_dev_read(tensor->device, tensor->buf,
+                                tensor_byte_offset(tensor), dst,
+                                tensor_user_bytes(tensor));
     if (st == MHA_OK)
         mha_clear_error(ctx);
     return st;
@@ -232,9 +291,94 @@ mha_status mha_tensor_destroy(mha_tensor *tensor)
     if (!tensor)
         return MHA_OK;
     mha_device *device = tensor->device;
-    mha_dev_free(device, tensor->buf,
-                 tensor->wrapped ? 0 : tensor_storage_bytes(tensor));
+    if (tensor->views)
+        return mha_error(device->ctx, MHA_BAD_STATE,
+                         "mha_tensor_destroy: %d view(s) of this tensor "
+                         "still exist; destroy them first",
+                         tensor->views);
+    if (tensor->base)
+        tensor->base->views--;
+    else
+        mha_dev_free(device, tensor->buf,
+                     tensor->wrapped ? 0 : tensor_storage_bytes(tensor));
     device->open_objects--;
     mha_host_free(&device->ctx->host, tensor);
     return MHA_OK;
+}
+
+/* ---- views ------------------------------------------------------------------- */
+
+/* The last element a view of shape and strides reaches past offset, or
+ * SIZE_MAX when that overflows. */
+static size_t view_reach(size_t offset, int ndim, const int64_t *shape,
+                         const int64_t *strides)
+{
+    size_t last = offset, step;
+    for (int i = 0; i < ndim; i++) {
+        if (!mha_mul_size((size_t)(shape[i] - 1), (size_t)strides[i], &step) ||
+            last + step < last)
+            return SIZE_MAX;
+        last += step;
+    }
+    return last;
+}
+
+static mha_status check_view(const mha_tensor *base, size_t offset_elems,
+                             int ndim, const int64_t *shape,
+                             const int64_t *strides)
+{
+    static const char fn[] = "mha_tensor_view";
+    mha_context *ctx = base->device->ctx;
+    if (base->dtype == MHA_BOOL)
+        return mha_error(ctx, MHA_DTYPE_MISMATCH,
+                         "%s: base is an MHA_BOOL mask; views take f32, f16 "
+                         "or i32 tensors (make the mask MHA_F32: 0 keeps, "
+                         "-inf masks)",
+                         fn);
+    for (int i = 0; i < ndim; i++)
+        if (strides[i] < 0)
+            return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                             "%s: strides_elems[%d] is %lld; expected >= 0",
+                             fn, i, (long long)strides[i]);
+    size_t first = base->offset + offset_elems;
+    size_t last = first < base->offset ? SIZE_MAX
+                                       : view_reach(first, ndim, shape,
+                                                    strides);
+    if (last >= base->storage)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: the view reaches element %zu of the base's "
+                         "storage (offset_elems %zu); it holds %zu",
+                         fn, last, offset_elems, base->storage);
+    return MHA_OK;
+}
+
+mha_status mha_tensor_view(mha_tensor *base, size_t offset_elems, int ndim,
+                           const int64_t *shape, const int64_t *strides_elems,
+                           mha_tensor **out)
+{
+    if (!base || !out)
+        return MHA_INVALID_ARGUMENT;
+    mha_tensor *t = NULL;
+    int64_t strides[MHA_MAX_DIMS];
+    mha_status st = new_tensor(base->device, "mha_tensor_view", base->dtype,
+                               ndim, shape, &t);
+    if (st != MHA_OK)
+        return st;
+    if (strides_elems)
+        memcpy(strides, strides_elems, (size_t)ndim * sizeof *strides);
+    else
+        memcpy(strides, t->strides, sizeof strides);
+    st = check_view(base, offset_elems, ndim, shape, strides);
+    if (st != MHA_OK) {
+        mha_host_free(&base->device->ctx->host, t);
+        return st;
+    }
+    memcpy(t->strides, strides, (size_t)ndim * sizeof *strides);
+    t->buf = base->buf;
+    t->wrapped = 1;
+    t->offset = base->offset + offset_elems;
+    t->storage = base->storage;
+    t->base = base;
+    base->views++;
+    return attach(t, out);
 }

@@ -17,7 +17,16 @@ struct mha_tensor {
                            format */
     int wrapped;        /* buf wraps the caller's memory: not counted in
                            the device's memory use */
+    int64_t strides[MHA_MAX_DIMS]; /* in elements; row-major unless a view */
+    size_t offset;      /* elements into buf where element 0 is (views) */
+    size_t storage;     /* elements buf holds: the bound of every view */
+    mha_tensor *base;   /* the tensor a view was made from, else NULL */
+    int views;          /* views made from this tensor that still exist */
 };
+
+/* Whether t's elements lie row-major from its offset (every tensor but a
+ * strided view). */
+int mha_tensor_is_contiguous(const mha_tensor *t);
 
 /* Checks a user shape (1 to MHA_MAX_DIMS positive dimensions whose bytes fit
  * size_t) and computes its element count; fn and what name the caller and

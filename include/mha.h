@@ -256,7 +256,11 @@ MHA_API mha_status mha_device_destroy(mha_device *device);
 /* ---- device-resident tensors --------------------------------------------- */
 
 /* A tensor lives in the device's memory, so data can stay on a GPU between
- * calls and between layers. MHA_BOOL tensors hold masks. */
+ * calls and between layers. MHA_BOOL tensors hold masks, MHA_I32 tensors
+ * sequence lengths (uploaded and downloaded raw). MHA_F16 tensors are made
+ * only where a forward takes them: on devices with MHA_FEATURE_FP16_STORAGE
+ * and on the cpu backend (whose mha_attention converts fp16 on load);
+ * elsewhere this is MHA_UNSUPPORTED. */
 MHA_API mha_status mha_tensor_create(mha_device *device, mha_dtype dtype,
                                      int ndim, const int64_t *shape,
                                      mha_tensor **out);
@@ -277,8 +281,28 @@ MHA_API mha_status mha_tensor_get_shape(const mha_tensor *tensor,
                                         mha_dtype *dtype, int *ndim,
                                         int64_t *shape);
 
-/* NULL does nothing. */
+/* NULL does nothing. A tensor that still has views is MHA_BAD_STATE and
+ * stays usable: destroy its views first. */
 MHA_API mha_status mha_tensor_destroy(mha_tensor *tensor);
+
+/* A strided view of base without a copy: element (i0, ..., in) of the view
+ * is element offset_elems + sum(ik * strides_elems[k]) of base's storage
+ * (its elements in row-major order, or the storage of the tensor base is
+ * itself a view of). strides_elems NULL means row-major for shape;
+ * strides are >= 0 (0 broadcasts). The view must lie inside the storage
+ * (MHA_INVALID_ARGUMENT otherwise, naming the element it reaches). Views
+ * share base's memory and dtype (f32, f16 or i32; not bool masks). With
+ * W = (Hq + 2 Hkv) d, the Q, K and V of a fused projection [B, T, W] are
+ * the views [B, T, Hq, d] at offset 0 and [B, T, Hkv, d] at Hq d and at
+ * (Hq + Hkv) d, all with strides {T W, W, d, 1}. base must outlive its
+ * views: destroying it first is
+ * MHA_BAD_STATE. A row-major view uploads and downloads like a tensor; a
+ * strided one is MHA_UNSUPPORTED there (use its base). mha_layer_forward
+ * takes no views; mha_attention does. Destroy with mha_tensor_destroy. */
+MHA_API mha_status mha_tensor_view(mha_tensor *base, size_t offset_elems,
+                                   int ndim, const int64_t *shape,
+                                   const int64_t *strides_elems,
+                                   mha_tensor **out);
 
 /* ---- layers -------------------------------------------------------------- */
 
@@ -432,6 +456,79 @@ MHA_API mha_status mha_layer_output_size(mha_layer *layer,
                                          const mha_host_forward_args *args,
                                          size_t *output_count,
                                          size_t *weights_count);
+
+/* ---- the attention core ------------------------------------------------ */
+
+/* Memory layout of mha_attention's q, k, v and out. */
+typedef enum mha_layout {
+    MHA_LAYOUT_BTHD = 0, /* [B, T, H, d]: what a fused projection writes
+                            (Hugging Face, flash-attn); the default */
+    MHA_LAYOUT_BHTD = 1  /* [B, H, T, d] */
+} mha_layout;
+
+/* Causal alignment: which keys query i of L may see among S. */
+typedef enum mha_causal {
+    MHA_CAUSAL_NONE = 0,
+    MHA_CAUSAL_TOP_LEFT = 1,    /* key j <= i (nn.MHA's is_causal) */
+    MHA_CAUSAL_BOTTOM_RIGHT = 2 /* key j <= i + len - L: the last query sees
+                                   the last key (decode, chunked prefill) */
+} mha_causal;
+
+/* Attention over already-projected heads (PyTorch's
+ * scaled_dot_product_attention with the options of decoder models). With
+ * B the batch, L queries, S keys, Hq query heads, Hkv key/value heads
+ * (Hq % Hkv == 0: MHA, GQA, MQA; query head h reads kv head h / (Hq/Hkv))
+ * and head size d (1 to 256), for each batch item b, query head h, query i
+ * at position p = i (p = i + len_b - L with MHA_CAUSAL_BOTTOM_RIGHT) and
+ * key j, in this order:
+ *   s = scale * q.k
+ *   s = softcap * tanh(s / softcap)              (softcap > 0)
+ *   s += slope_h * (j - p)                       (ALiBi)
+ *   s += bias[b, h, i, j]                        (bias)
+ *   s = -inf where j >= len_b (kv_lens; those keys are never read), where
+ *       causal and j > p, where window > 0 and j <= p - window
+ *   out = softmax(s) V, whose denominator also holds exp(sinks[h]) (a logit
+ *       that carries no value); a row with no key left is 0.
+ * len_b is kv_lens[b], else S. Tensors may be views (mha_tensor_view) with
+ * any strides but a unit innermost one; every tensor is on the device. */
+typedef struct mha_attention_args {
+    size_t struct_size;    /* sizeof, set by the init macro */
+    const mha_tensor *q;   /* [B, L, Hq, d] (or [B, Hq, L, d]), f32 or f16 */
+    const mha_tensor *k;   /* [B, S, Hkv, d] (or [B, Hkv, S, d]), q's dtype */
+    const mha_tensor *v;   /* k's shape and q's dtype */
+    mha_tensor *out;       /* q's shape and dtype; receives the result */
+    int layout;            /* mha_layout; default MHA_LAYOUT_BTHD */
+    float scale;           /* 0: 1/sqrt(d) */
+    int causal;            /* mha_causal; default MHA_CAUSAL_NONE */
+    int64_t window;        /* sliding window W (Mistral), 0 = none */
+    float softcap;         /* logit softcap (Gemma 2), 0 = none */
+    int alibi;             /* 1: ALiBi with the standard slopes for Hq heads
+                              (2^(-8(h+1)/Hq), interpolated as Press et al.
+                              for Hq not a power of two), computed and kept
+                              on the device by the library */
+    const mha_tensor *alibi_slopes; /* or your slopes: f32 [Hq] */
+    const mha_tensor *sinks;   /* optional f32 [Hq] (gpt-oss) */
+    const mha_tensor *bias;    /* optional additive f32 (or bool: true masks)
+                                  bias, broadcastable to [B, Hq, L, S]
+                                  (right-aligned, dimensions 1 broadcast) */
+    const mha_tensor *kv_lens; /* optional MHA_I32 [B]: keys per sequence,
+                                  0 to S */
+} mha_attention_args;
+
+MHA_API mha_status mha_attention_args_init_sized(mha_attention_args *args,
+                                                 size_t struct_size);
+#define mha_attention_args_init(args)                                        \
+    mha_attention_args_init_sized((args), sizeof *(args))
+
+/* Runs the attention on device and returns when out holds the result.
+ * Every argument is checked first (the message names mha_attention, the
+ * argument, its value and what was expected); kv_lens is read back to
+ * check it. A device whose backend does not run a combination is
+ * MHA_UNSUPPORTED. Repeated calls allocate nothing on the host; the ALiBi
+ * slopes are uploaded into a buffer the device keeps (released with it)
+ * when Hq changes. */
+MHA_API mha_status mha_attention(mha_device *device,
+                                 const mha_attention_args *args);
 
 /* ---- decoder attention: KV cache and decoder layer ------------------------ */
 

@@ -683,7 +683,9 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
       F_SINKS | F_KVLEN | F_MASK2D)                                          \
     X(core_f16_gqa_kv_len, ATTENTION, 2, 4, 3, 30, 0, 32, 0, 0,             \
-      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
+      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)         \
+    X(core_decode_chunks_sinks, ATTENTION, 2, 8, 1, 1100, 0, 64, 0, 0,      \
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)
 #define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
     DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
                    (flags_) | F_REQUIRED)
@@ -754,7 +756,11 @@ static void run_threads_case(const op_case *c)
     X(softmax, SOFTMAX, 2, 2, 40, 300, 0, 0, 0, 0, 0)                        \
     X(weighted_sum, WEIGHTED_SUM, 2, 2, 130, 90, 0, 16, 0, 0, 0)             \
     X(attention, ATTENTION, 2, 3, 150, 300, 1, 32, 0, 0, F_MASK3D | F_KPM)   \
-    X(attention_causal, ATTENTION, 1, 4, 200, 200, 0, 64, 0, 0, F_CAUSAL)
+    X(attention_causal, ATTENTION, 1, 4, 200, 200, 0, 64, 0, 0, F_CAUSAL)   \
+    X(attention_decode_chunks, ATTENTION, 2, 8, 1, 1100, 0, 64, 0, 0,        \
+      F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                 \
+    X(attention_core_prefill, ATTENTION, 1, 4, 100, 300, 0, 32, 0, 0,       \
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_ALIBI | F_SOFTCAP)
 
 #define DEFINE_THREAD_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_) \
     Test(threads, name)                                                      \

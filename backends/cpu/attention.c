@@ -15,7 +15,9 @@
  * kv heads at a time, bounded by the exec's pack_budget
  * (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever the head
  * count. With fewer queries than a register tile (decode) packing does not
- * pay: the products run on K and V in place, and the keys of each head are
+ * pay: the products run on K and V in place, the queries of all the heads
+ * that share a kv head form one tile (so K and V are read once per kv
+ * head, not once per query head), and the keys of each tile are
  * split into chunks of SPLIT_BLOCKS blocks run as separate tasks whose
  * partial (max, sum, accumulator) are then combined in chunk order
  * (flash-decoding), so one query still uses every core and the result is
@@ -41,7 +43,10 @@ typedef struct attn_job {
     int64_t qrows;       /* queries per task */
     int64_t qtiles;      /* query tiles per head */
     int64_t kblocks;     /* key blocks per head */
-    int64_t chunks;      /* flash-decoding chunks per head (1: no split) */
+    int64_t chunks;      /* flash-decoding chunks per tile (1: no split) */
+    int grouped;         /* a tile holds every query of a kv head's group */
+    int64_t units;       /* tiles per kv head */
+    int64_t unit_rows;   /* rows of a tile (at most qrows) */
     int64_t head0, nheads; /* kv heads (b * Hkv + hk) of this round */
     int packed;          /* K and V packed, or read in place */
     float *kp, *vp;      /* packed K^T and V of the round's kv heads */
@@ -190,10 +195,16 @@ static void pack_task(void *arg, int64_t task, int thread)
 
 /* ---- one query tile ------------------------------------------------------------ */
 
-/* Where a task works: batch item, query head, its kv head, query rows. */
+/* Where a task works: batch item b, kv head hk, and rows of queries
+ * [i0, i0 + qn) of query heads h0, h0 + 1, ...: row r is query
+ * i0 + r % qn of head h0 + r / qn. */
 typedef struct tile_at {
-    int64_t b, h, hk, i0, rows;
+    int64_t b, hk, h0, i0, qn, rows;
 } tile_at;
+
+static int64_t row_head(const tile_at *w, int64_t r) { return w->h0 + r / w->qn; }
+
+static int64_t row_query(const tile_at *w, int64_t r) { return w->i0 + r % w->qn; }
 
 /* Folds one row of new scores into the running max and sum and rescales
  * the row's accumulator (not when the max did not move: alpha is exactly
@@ -285,12 +296,13 @@ static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
                    j->d);
 }
 
-/* The score transforms of row i (position p) over keys [j0, j0 + cnt), in
- * core/backend.h's order: softcap, ALiBi, mask and kpm, then -inf outside
- * the keys the row may attend. */
-static void transform_row(const attn_job *j, const tile_at *w, int64_t i,
+/* The score transforms of tile row r (position p) over keys [j0, j0 +
+ * cnt), in core/backend.h's order: softcap, ALiBi, mask and kpm, then -inf
+ * outside the keys the row may attend. */
+static void transform_row(const attn_job *j, const tile_at *w, int64_t r,
                           int64_t p, int64_t j0, int64_t cnt, float *row)
 {
+    int64_t h = row_head(w, r);
     const mha_node *n = j->node;
     const mha_cpu_kernels *k = j->exec->k;
     const mha_tdesc *alibi = &n->src[MHA_SRC_ALIBI];
@@ -300,11 +312,11 @@ static void transform_row(const attn_job *j, const tile_at *w, int64_t i,
             row[c] = cap * tanhf(row[c] / cap);
     if (alibi->buf) {
         float slope = *((const float *)row_ptr(alibi, 0, 0, 0) +
-                        w->h * alibi->nb[3]);
+                        h * alibi->nb[3]);
         for (int64_t c = 0; c < cnt; c++)
             row[c] += slope * (float)(j0 + c - p);
     }
-    mha_cpu_mask_row(k, n, w->b, w->h, i, j0, cnt, row);
+    mha_cpu_mask_row(k, n, w->b, h, row_query(w, r), j0, cnt, row);
     int64_t lo = 0, hi = key_len(j, w->b);
     if (n->params.causal)
         hi = min64(hi, p + 1);
@@ -320,7 +332,7 @@ static void flash_block(const attn_job *j, flash_tile *t, const tile_at *w,
     block_scores(j, t, w, j0, cnt);
     for (int64_t r = 0; r < w->rows; r++) {
         float *row = t->s + r * KEY_BLOCK;
-        transform_row(j, w, w->i0 + r, w->i0 + r + off, j0, cnt, row);
+        transform_row(j, w, r, row_query(w, r) + off, j0, cnt, row);
         update_row(j->exec->k, t, r, cnt, j->d);
     }
     block_values(j, t, w, j0, cnt);
@@ -339,22 +351,35 @@ static int64_t block_keys(const attn_job *j, const tile_at *w, int64_t j0)
         return cnt;
     int64_t hi = key_len(j, w->b), lo = 0;
     if (p->causal)
-        hi = min64(hi, w->i0 + w->rows + off);
+        hi = min64(hi, w->i0 + w->qn + off);
     if (p->window > 0)
         lo = w->i0 + off - p->window + 1;
     return j0 >= hi || j0 + cnt <= lo ? 0 : min64(cnt, hi - j0);
 }
 
-/* Starts the tile's state and points t->q at its queries (f16 converted). */
+/* Starts the tile's state and points t->q at its queries: in place, or
+ * gathered from the heads of a group (and f16 converted) into t->qc. */
 static void tile_start(const attn_job *j, flash_tile *t, const tile_at *w)
 {
+    const mha_tdesc *q = &j->node->src[MHA_SRC_Q];
     for (int64_t r = 0; r < w->rows; r++) {
         t->m[r] = -INFINITY;
         t->l[r] = 0.0f;
     }
     memset(t->acc, 0, (size_t)(w->rows * j->d) * sizeof *t->acc);
-    t->q = rows_f32(&j->node->src[MHA_SRC_Q], w->b, w->h, w->i0, w->rows,
-                    j->d, t->qc, &t->ldq);
+    if (w->rows == w->qn) {
+        t->q = rows_f32(q, w->b, w->h0, w->i0, w->rows, j->d, t->qc, &t->ldq);
+        return;
+    }
+    for (int64_t r = 0; r < w->rows; r++) {
+        int64_t ld;
+        const float *src = rows_f32(q, w->b, row_head(w, r), row_query(w, r),
+                                    1, j->d, t->qc + r * j->d, &ld);
+        if (src != t->qc + r * j->d)
+            memcpy(t->qc + r * j->d, src, (size_t)j->d * sizeof *src);
+    }
+    t->q = t->qc;
+    t->ldq = j->d;
 }
 
 /* Runs key blocks [kb0, kb1) of the tile. */
@@ -376,15 +401,16 @@ static void tile_finish(const attn_job *j, flash_tile *t, const tile_at *w)
     const mha_tdesc *sinks = &n->src[MHA_SRC_SINKS], *o = &n->dst;
     int64_t d = j->d;
     for (int64_t r = 0; r < w->rows; r++) {
+        int64_t h = row_head(w, r);
         if (sinks->buf)
             merge_row(k, t, r,
                       *((const float *)row_ptr(sinks, 0, 0, 0) +
-                        w->h * sinks->nb[3]),
+                        h * sinks->nb[3]),
                       1.0f, NULL, d);
         float inv = t->l[r] == 0.0f ? 0.0f : 1.0f / t->l[r];
         float *acc = t->acc + r * d;
         k->scale(d, inv, acc);
-        char *out = row_ptr(o, w->b, w->h, w->i0 + r);
+        char *out = row_ptr(o, w->b, h, row_query(w, r));
         if (o->dtype == MHA_F16)
             for (int64_t c = 0; c < d; c++)
                 ((uint16_t *)out)[c] = mha_f32_to_f16(acc[c]);
@@ -393,23 +419,31 @@ static void tile_finish(const attn_job *j, flash_tile *t, const tile_at *w)
     }
 }
 
-/* task / chunks -> (query head, query tile) of the round: the query heads
- * of one kv head and the tiles of one query head follow each other, so the
- * packed K and V are still in cache for the next. With causal the tiles of
- * a head run from the last (the most keys) down, so each thread's last
- * tasks are light ones and the pool ends balanced. */
+/* task / chunks -> tile of the round: a kv head's group whole (grouped),
+ * or (query head, query tile), where the query heads of one kv head and
+ * the tiles of one query head follow each other, so the packed K and V are
+ * still in cache for the next. With causal the tiles of a head run from
+ * the last (the most keys) down, so each thread's last tasks are light
+ * ones and the pool ends balanced. */
 static tile_at tile_of_task(const attn_job *j, int64_t task)
 {
     int64_t unit = task / j->chunks, qt = unit % j->qtiles;
-    int64_t hq = unit / j->qtiles, bhk = j->head0 + hq / j->group;
+    int64_t hq = unit / j->qtiles, bhk = j->head0 + unit / j->units;
     tile_at w;
-    if (j->node->params.causal)
-        qt = j->qtiles - 1 - qt;
     w.b = bhk / j->Hkv;
     w.hk = bhk % j->Hkv;
-    w.h = w.hk * j->group + hq % j->group;
+    if (j->grouped) {
+        w.h0 = w.hk * j->group;
+        w.i0 = 0;
+        w.qn = j->L;
+        w.rows = j->unit_rows;
+        return w;
+    }
+    if (j->node->params.causal)
+        qt = j->qtiles - 1 - qt;
+    w.h0 = w.hk * j->group + hq % j->group;
     w.i0 = qt * j->qrows;
-    w.rows = min64(j->qrows, j->L - w.i0);
+    w.qn = w.rows = min64(j->qrows, j->L - w.i0);
     return w;
 }
 
@@ -427,7 +461,7 @@ static void attention_task(void *arg, int64_t task, int thread)
 
 static size_t part_floats(const attn_job *j)
 {
-    return (size_t)(j->L * (j->d + 2));
+    return (size_t)(j->unit_rows * (j->d + 2));
 }
 
 static float *part_of(const attn_job *j, int64_t task)
@@ -446,8 +480,8 @@ static void split_task(void *arg, int64_t task, int thread)
     tile_start(j, &t, &w);
     tile_walk(j, &t, &w, kb0, min64(kb0 + SPLIT_BLOCKS, j->kblocks));
     memcpy(part, t.m, (size_t)w.rows * sizeof *part);
-    memcpy(part + j->L, t.l, (size_t)w.rows * sizeof *part);
-    memcpy(part + 2 * j->L, t.acc, (size_t)(w.rows * j->d) * sizeof *part);
+    memcpy(part + w.rows, t.l, (size_t)w.rows * sizeof *part);
+    memcpy(part + 2 * w.rows, t.acc, (size_t)(w.rows * j->d) * sizeof *part);
 }
 
 /* Combines the chunks of one head in chunk order and stores the rows. */
@@ -460,8 +494,8 @@ static void combine_task(void *arg, int64_t task, int thread)
     for (int64_t c = 0; c < j->chunks; c++) {
         const float *part = part_of(j, task * j->chunks + c);
         for (int64_t r = 0; r < w.rows; r++)
-            merge_row(j->exec->k, &t, r, part[r], part[j->L + r],
-                      part + 2 * j->L + r * j->d, j->d);
+            merge_row(j->exec->k, &t, r, part[r], part[w.rows + r],
+                      part + 2 * w.rows + r * j->d, j->d);
     }
     tile_finish(j, &t, &w);
 }
@@ -487,6 +521,9 @@ static void job_init(attn_job *j, mha_cpu_exec *e, const mha_node *n)
     j->kblocks = ceil_div(j->S2, KEY_BLOCK);
     j->packed = j->L >= k->mr && j->S2 > 0;
     j->chunks = j->packed ? 1 : max64(1, ceil_div(j->kblocks, SPLIT_BLOCKS));
+    j->grouped = !j->packed && j->group > 1 && j->group * j->L <= j->qrows;
+    j->units = j->grouped ? 1 : j->group * j->qtiles;
+    j->unit_rows = j->grouped ? j->group * j->L : min64(j->qrows, j->L);
 }
 
 /* kv heads per round: as many as the pack budget holds, at least one. */
@@ -502,7 +539,7 @@ static int64_t heads_per_round(const attn_job *j, int64_t heads)
 /* The decode path: chunks of every head, then their combination. */
 static mha_status run_split(mha_cpu_exec *e, attn_job *j)
 {
-    int64_t units = j->nheads * j->group * j->qtiles;
+    int64_t units = j->nheads * j->units;
     mha_status st = mha_cpu_scratch_reserve(
         e, &e->packed, part_floats(j) * (size_t)(units * j->chunks), 1);
     if (st != MHA_OK)
@@ -540,8 +577,7 @@ mha_status mha_cpu_run_attention(mha_cpu_exec *e, const mha_node *n)
         j.nheads = min64(round, heads - j.head0);
         if (j.packed)
             mha_cpu_pool_run(e->pool, j.nheads * j.kblocks, pack_task, &j);
-        mha_cpu_pool_run(e->pool, j.nheads * j.group * j.qtiles,
-                         attention_task, &j);
+        mha_cpu_pool_run(e->pool, j.nheads * j.units, attention_task, &j);
     }
     return MHA_OK;
 }

@@ -61,6 +61,21 @@ static void grows(void)
     FIELD(mha_host_forward_args, output_count);
     FIELD(mha_host_forward_args, weights);
     FIELD(mha_host_forward_args, weights_count);
+    FIELD(mha_attention_args, struct_size);
+    FIELD(mha_attention_args, q);
+    FIELD(mha_attention_args, k);
+    FIELD(mha_attention_args, v);
+    FIELD(mha_attention_args, out);
+    FIELD(mha_attention_args, layout);
+    FIELD(mha_attention_args, scale);
+    FIELD(mha_attention_args, causal);
+    FIELD(mha_attention_args, window);
+    FIELD(mha_attention_args, softcap);
+    FIELD(mha_attention_args, alibi);
+    FIELD(mha_attention_args, alibi_slopes);
+    FIELD(mha_attention_args, sinks);
+    FIELD(mha_attention_args, bias);
+    FIELD(mha_attention_args, kv_lens);
     FIELD(mha_vulkan_device_info, struct_size);
     FIELD(mha_vulkan_device_info, instance);
     FIELD(mha_vulkan_device_info, physical_device);
@@ -169,6 +184,11 @@ static void constants(void)
     CONST(MHA_ROPE_NONE);
     CONST(MHA_ROPE_NEOX);
     CONST(MHA_ROPE_GPTJ);
+    CONST(MHA_LAYOUT_BTHD);
+    CONST(MHA_LAYOUT_BHTD);
+    CONST(MHA_CAUSAL_NONE);
+    CONST(MHA_CAUSAL_TOP_LEFT);
+    CONST(MHA_CAUSAL_BOTTOM_RIGHT);
 }
 
 int main(void)

@@ -845,3 +845,63 @@ Test(decoder, pytorch_fixtures)
     }
     mha_context_destroy(ctx);
 }
+
+/* ---- views ---------------------------------------------------------------------- */
+
+/* x, output and positions as strided views of larger tensors give the same
+ * result as plain tensors. */
+Test(decoder, views_as_inputs_and_output)
+{
+    mha_context *ctx;
+    env e;
+    weights w;
+    cpu_env(&e, &ctx, &w, 16);
+    int64_t E = e.c->E, T = 5;
+    test_rng r = {21};
+    float *x = randn(&r, (size_t)(T * E), 1.0f);
+    float *plain = malloc((size_t)(T * E) * sizeof *plain);
+    cr_assert_eq(forward(&e, x, 1, T, plain), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    cr_assert_eq(mha_kv_cache_clear(e.cache), MHA_OK);
+    /* x in the second half of [1, T, 2E] rows; y likewise; positions at
+       every other element of [1, 2T] */
+    int64_t wide[3] = {1, T, 2 * E}, ps[2] = {1, 2 * T};
+    int64_t xs[3] = {1, T, E}, xst[3] = {T * 2 * E, 2 * E, 1};
+    int64_t pv[2] = {1, T}, pst[2] = {2 * T, 2};
+    float *bx = calloc((size_t)(T * 2 * E), sizeof *bx);
+    int32_t pos[10];
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(bx + t * 2 * E + E, x + t * E, (size_t)E * sizeof *bx);
+        pos[2 * t] = (int32_t)t;
+        pos[2 * t + 1] = -7;
+    }
+    mha_tensor *tx, *ty, *tp, *vx, *vy, *vp;
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, wide, &tx), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, wide, &ty), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_I32, 2, ps, &tp), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tx, bx, (size_t)(T * 2 * E) * 4), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
+    cr_assert_eq(mha_tensor_view(tx, (size_t)E, 3, xs, xst, &vx), MHA_OK);
+    cr_assert_eq(mha_tensor_view(ty, (size_t)E, 3, xs, xst, &vy), MHA_OK);
+    cr_assert_eq(mha_tensor_view(tp, 0, 2, pv, pst, &vp), MHA_OK);
+    mha_decoder_forward_args a;
+    mha_decoder_forward_args_init(&a);
+    a.x = vx, a.positions = vp, a.cache = e.cache, a.output = vy;
+    cr_assert_eq(mha_decoder_forward(e.layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    cr_assert_eq(mha_tensor_download(ty, bx, (size_t)(T * 2 * E) * 4), MHA_OK);
+    double *want = malloc((size_t)(T * E) * sizeof *want);
+    float *got = malloc((size_t)(T * E) * sizeof *got);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < E; c++) {
+            want[t * E + c] = plain[t * E + c];
+            got[t * E + c] = bx[t * 2 * E + E + c];
+        }
+    expect_close(&e, "views", got, want, (size_t)(T * E), 1e-6);
+    mha_tensor_destroy(vx), mha_tensor_destroy(vy), mha_tensor_destroy(vp);
+    mha_tensor_destroy(tx), mha_tensor_destroy(ty), mha_tensor_destroy(tp);
+    env_close(&e);
+    free_weights(&w);
+    free(x), free(plain), free(bx), free(want), free(got);
+    mha_context_destroy(ctx);
+}

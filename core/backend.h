@@ -149,6 +149,27 @@ static inline bool mha_attention_is_plain(const mha_node *n)
            !n->src[MHA_SRC_ALIBI].buf && !n->src[MHA_SRC_KV_LEN].buf;
 }
 
+/* Whether a ROPE node keeps the op's rules that do not depend on a
+ * backend: dst has X's shape; rope_dims 0 (a copy), or even, at most d,
+ * with a known style and MHA_I32 positions [1,1,B or 1,T]. Backends check
+ * dtypes and strides on top. */
+static inline bool mha_rope_is_valid(const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
+    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
+    const mha_op_params *p = &n->params;
+    for (int i = 0; i < 4; i++)
+        if (x->ne[i] != n->dst.ne[i])
+            return false;
+    if (p->rope_dims == 0)
+        return true;
+    return p->rope_dims > 0 && p->rope_dims % 2 == 0 &&
+           p->rope_dims <= x->ne[3] &&
+           (p->rope_style == MHA_ROPE_NEOX || p->rope_style == MHA_ROPE_GPTJ) &&
+           pos->buf && pos->dtype == MHA_I32 && pos->ne[3] == x->ne[2] &&
+           (pos->ne[2] == x->ne[0] || pos->ne[2] == 1);
+}
+
 /* ---- devices ------------------------------------------------------------- */
 
 /* What a backend's probe reports for each device: mha_device_info without

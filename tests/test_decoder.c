@@ -496,19 +496,31 @@ Test(decoder, ragged_batch_equals_separate_runs)
 
 /* ---- errors ------------------------------------------------------------------------- */
 
-/* A CPU environment of case 0 (errors do not depend on the device). */
+/* The CPU device of ctx as a test_device. */
+static test_device cpu_device(mha_context *ctx)
+{
+    mha_device *probe;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &probe), MHA_OK);
+    mha_device_info info;
+    mha_device_info_of(probe, &info);
+    mha_device_destroy(probe);
+    test_device td = {"cpu", info.index, NULL};
+    return td;
+}
+
+/* A CPU environment of case c (errors do not depend on the device). */
+static void cpu_env_of(env *e, mha_context *ctx, const dcase *c, weights *w,
+                       int64_t capacity)
+{
+    test_device td = cpu_device(ctx);
+    *w = make_weights(c, 1);
+    env_open(e, ctx, &td, c, w, capacity, 1);
+}
+
 static void cpu_env(env *e, mha_context **ctx, weights *w, int64_t capacity)
 {
     cr_assert_eq(mha_context_create(NULL, ctx), MHA_OK);
-    test_device td = {"cpu", 0, NULL};
-    mha_device *probe;
-    cr_assert_eq(mha_device_open(*ctx, "cpu", NULL, &probe), MHA_OK);
-    mha_device_info info;
-    mha_device_info_of(probe, &info);
-    td.index = info.index;
-    mha_device_destroy(probe);
-    *w = make_weights(&cases[0], 1);
-    env_open(e, *ctx, &td, &cases[0], w, capacity, 1);
+    cpu_env_of(e, *ctx, &cases[0], w, capacity);
 }
 
 Test(decoder, capacity_overflow_is_limit_reached)
@@ -702,15 +714,9 @@ Test(decoder, decode_step_allocates_nothing)
     mha_context *ctx;
     cr_assert_eq(mha_context_create(&o, &ctx), MHA_OK);
     const dcase *c = &cases[2]; /* window, softcap, sinks */
-    weights w = make_weights(c, 4);
-    mha_device *probe;
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &probe), MHA_OK);
-    mha_device_info info;
-    mha_device_info_of(probe, &info);
-    mha_device_destroy(probe);
-    test_device td = {"cpu", info.index, NULL};
+    weights w;
     env e;
-    env_open(&e, ctx, &td, c, &w, 64, 1);
+    cpu_env_of(&e, ctx, c, &w, 64);
     int64_t shape[3] = {1, 1, c->E};
     mha_tensor *tx, *ty;
     cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, shape, &tx), MHA_OK);

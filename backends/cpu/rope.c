@@ -20,21 +20,9 @@ static bool rope_tensor_ok(const mha_tdesc *t)
 
 bool mha_cpu_rope_supported(const mha_node *n)
 {
-    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
-    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
-    const mha_op_params *p = &n->params;
-    if (!rope_tensor_ok(x) || !rope_tensor_ok(&n->dst))
-        return false;
-    for (int i = 0; i < 4; i++)
-        if (x->ne[i] != n->dst.ne[i])
-            return false;
-    if (p->rope_dims == 0)
-        return true;
-    return p->rope_dims > 0 && p->rope_dims % 2 == 0 &&
-           p->rope_dims <= x->ne[3] && p->rope_dims <= ROPE_MAX_DIMS &&
-           (p->rope_style == MHA_ROPE_NEOX || p->rope_style == MHA_ROPE_GPTJ) &&
-           pos->buf && pos->dtype == MHA_I32 && pos->ne[3] == x->ne[2] &&
-           (pos->ne[2] == x->ne[0] || pos->ne[2] == 1);
+    return rope_tensor_ok(&n->src[MHA_SRC_ROPE_X]) &&
+           rope_tensor_ok(&n->dst) && mha_rope_is_valid(n) &&
+           n->params.rope_dims <= ROPE_MAX_DIMS;
 }
 
 static void *elem(const mha_tdesc *t, int64_t i0, int64_t i1, int64_t i2,

@@ -64,23 +64,11 @@ static int tensor_ok(const mha_cl_device *dev, const mha_tdesc *t,
 static bool rope_supported(const mha_cl_device *dev, const mha_node *n)
 {
     const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
-    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
-    const mha_op_params *p = &n->params;
-    if (!x->buf || !n->dst.buf || !tensor_ok(dev, x, 0) ||
-        !tensor_ok(dev, &n->dst, 0))
-        return false;
-    for (int i = 0; i < 4; i++)
-        if (x->ne[i] != n->dst.ne[i])
-            return false;
-    if (p->rope_dims == 0)
-        return true;
-    mha_tdesc pos_f32 = *pos;
-    pos_f32.dtype = MHA_F32;
-    return p->rope_dims > 0 && p->rope_dims % 2 == 0 &&
-           p->rope_dims <= x->ne[3] &&
-           (p->rope_style == MHA_ROPE_NEOX || p->rope_style == MHA_ROPE_GPTJ) &&
-           pos->buf && pos->dtype == MHA_I32 && fits_int32(&pos_f32) &&
-           pos->ne[3] == x->ne[2] && (pos->ne[2] == x->ne[0] || pos->ne[2] == 1);
+    mha_tdesc pos = n->src[MHA_SRC_ROPE_POS];
+    pos.dtype = MHA_F32; /* int32: the same bounds as an f32 view */
+    return x->buf && n->dst.buf && tensor_ok(dev, x, 0) &&
+           tensor_ok(dev, &n->dst, 0) && mha_rope_is_valid(n) &&
+           (n->params.rope_dims == 0 || fits_int32(&pos));
 }
 
 /* Every tensor may be f32 or f16 on its own (an f16 layer mixes them);

@@ -535,21 +535,9 @@ static bool supports_rope(const mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
     const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
-    const mha_op_params *p = &n->params;
-    if (!data_ok(d, x) || !data_ok(d, &n->dst))
-        return false;
-    for (int i = 0; i < 4; ++i)
-        if (x->ne[i] != n->dst.ne[i])
-            return false;
-    if (count(x) > UINT32_MAX)
-        return false;
-    if (p->rope_dims == 0)
-        return true;
-    return p->rope_dims > 0 && p->rope_dims % 2 == 0 &&
-           p->rope_dims <= x->ne[3] &&
-           (p->rope_style == MHA_ROPE_NEOX || p->rope_style == MHA_ROPE_GPTJ) &&
-           present(pos) && positions_ok(pos) && pos->ne[3] == x->ne[2] &&
-           (pos->ne[2] == x->ne[0] || pos->ne[2] == 1);
+    return data_ok(d, x) && data_ok(d, &n->dst) && count(x) <= UINT32_MAX &&
+           mha_rope_is_valid(n) &&
+           (n->params.rope_dims == 0 || positions_ok(pos));
 }
 
 static mha_status run_rope(mha_vk_device *d, const mha_node *n)

@@ -411,7 +411,7 @@ static void decoder_rows(targets *t)
                  (long long)(c->src_len / 1024),
                  c->cache_dtype == MHA_F16 ? "f16" : "f32");
         add_row(t, met(ms > 0 && kv > 0, ms <= 1.25 * kv), "<= 1.25x", name,
-                "%.1f ms / %.2f ms = %.1fx (K+V+W %.1fx)", ms, kv,
+                "%.1f / %.2f ms = %.1fx (+W: %.1fx)", ms, kv,
                 kv > 0 ? ms / kv : 0, all > 0 ? ms / all : 0);
     }
     for (int i = 0; i + 1 < t->ndec; i += 2) {

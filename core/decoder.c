@@ -121,8 +121,8 @@ int mha_decoder_weights(const mha_decoder *l, mha_dweight *out)
     return n;
 }
 
-/* Slot sizes and offsets (each slot 64-float aligned). */
-static size_t layout_weights(mha_decoder *l)
+/* Slot sizes (0: not configured) and their buffers. */
+static mha_status alloc_weights(mha_decoder *l)
 {
     const mha_decoder_config *c = &l->cfg;
     int64_t E = c->embed_dim, q = c->num_heads * c->head_dim;
@@ -136,19 +136,18 @@ static size_t layout_weights(mha_decoder *l)
         [MHA_D_BO] = c->o_bias ? (size_t)E : 0,
         [MHA_D_SINKS] = c->sinks ? (size_t)c->num_heads : 0,
         [MHA_D_ALIBI] = c->alibi ? (size_t)c->num_heads : 0};
-    size_t off = 0;
-    for (int s = 0; s < MHA_DSLOT_COUNT; s++) {
-        l->woff[s] = off;
-        l->wlen[s] = len[s];
-        off += (len[s] + 63) / 64 * 64;
-    }
-    return off;
+    mha_status st = MHA_OK;
+    for (int s = 0; s < MHA_DSLOT_COUNT && st == MHA_OK; s++)
+        if (len[s] && (st = mha_dev_alloc(l->device, len[s] * 4,
+                                          &l->wbuf[s])) == MHA_OK)
+            l->wlen[s] = len[s];
+    return st;
 }
 
 mha_status mha_decoder_write(mha_decoder *l, mha_dslot slot,
                              const float *data, size_t count)
 {
-    mha_status st = mha_dev_write(l->device, l->wbuf, l->woff[slot] * 4, data,
+    mha_status st = mha_dev_write(l->device, l->wbuf[slot], 0, data,
                                   count * 4);
     if (st == MHA_OK)
         l->set |= 1u << slot;
@@ -158,9 +157,8 @@ mha_status mha_decoder_write(mha_decoder *l, mha_dslot slot,
 static void decoder_free(mha_decoder *l)
 {
     mha_device *dev = l->device;
-    mha_dev_free(dev, l->wbuf, l->wbuf ? (l->woff[MHA_DSLOT_COUNT - 1] +
-                                          l->wlen[MHA_DSLOT_COUNT - 1]) * 4
-                                       : 0);
+    for (int s = 0; s < MHA_DSLOT_COUNT; s++)
+        mha_dev_free(dev, l->wbuf[s], l->wlen[s] * 4);
     mha_dev_free(dev, l->arena, l->arena_bytes);
     mha_host_free(&dev->ctx->host, l->host_pos);
     mha_host_free(&dev->ctx->host, l);
@@ -194,7 +192,7 @@ mha_status mha_decoder_create(mha_device *device,
         l->cfg.rope_dims = l->cfg.head_dim;
     if (l->cfg.scale == 0.0f)
         l->cfg.scale = (float)(1.0 / sqrt((double)l->cfg.head_dim));
-    st = mha_dev_alloc(device, layout_weights(l) * 4, &l->wbuf);
+    st = alloc_weights(l);
     if (st == MHA_OK && l->cfg.alibi) {
         float slopes[4096];
         alibi_slopes(l->cfg.num_heads, slopes);
@@ -506,8 +504,7 @@ static mha_tdesc weight(const walker *w, mha_dslot s, int64_t rows,
     t.nb[0] = t.nb[1] = rows * cols;
     t.nb[2] = cols;
     t.nb[3] = 1;
-    t.buf = w->l->wbuf;
-    t.offset = w->l->woff[s] * 4;
+    t.buf = w->l->wbuf[s];
     return t;
 }
 

@@ -5,8 +5,9 @@
 
 #include "context.h"
 
-/* Slots of the layer's one f32 weight buffer; ALIBI holds the slopes the
- * layer computes itself. */
+/* The layer's f32 weights, a device buffer each (one buffer for all would
+ * pass the storage-buffer range of many GPUs: 168 MiB for Llama 3 8B);
+ * ALIBI holds the slopes the layer computes itself. */
 typedef enum mha_dslot {
     MHA_D_WQ, MHA_D_WK, MHA_D_WV, MHA_D_WO,
     MHA_D_BQ, MHA_D_BK, MHA_D_BV, MHA_D_BO,
@@ -25,8 +26,7 @@ typedef struct mha_dweight {
 struct mha_decoder {
     mha_device *device;
     mha_decoder_config cfg; /* defaults resolved */
-    void *wbuf;
-    size_t woff[MHA_DSLOT_COUNT]; /* floats */
+    void *wbuf[MHA_DSLOT_COUNT];
     size_t wlen[MHA_DSLOT_COUNT]; /* floats; 0: not configured */
     unsigned set;                 /* bit per slot written */
     /* scratch of the largest bucket seen: q, k, v, o rows and positions

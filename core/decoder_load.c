@@ -40,9 +40,10 @@ static mha_status check_entry(mha_context *ctx, const char *path,
     return MHA_OK;
 }
 
-static mha_status load_all(mha_decoder *l, mha_st_file *file, const char *path,
+static mha_status load_all(void *obj, mha_st_file *file, const char *path,
                            const char *prefix)
 {
+    mha_decoder *l = obj;
     mha_context *ctx = l->device->ctx;
     mha_dweight w[MHA_DSLOT_COUNT];
     const mha_st_entry *e[MHA_DSLOT_COUNT];
@@ -78,16 +79,6 @@ mha_status mha_decoder_load_safetensors(mha_decoder *layer, const char *path,
 {
     if (!layer)
         return MHA_INVALID_ARGUMENT;
-    mha_context *ctx = layer->device->ctx;
-    if (!path)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: path is NULL", fn);
-    mha_st_file *file;
-    mha_status st = mha_st_open(&ctx->host, path, &file);
-    if (st != MHA_OK)
-        return st;
-    st = load_all(layer, file, path, prefix ? prefix : "");
-    mha_st_close(file);
-    if (st == MHA_OK)
-        mha_clear_error(ctx);
-    return st;
+    return mha_st_load(layer->device->ctx, fn, path, prefix, load_all,
+                       layer);
 }

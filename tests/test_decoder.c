@@ -496,6 +496,15 @@ Test(decoder, ragged_batch_equals_separate_runs)
 
 /* ---- errors ------------------------------------------------------------------------- */
 
+/* A new context and its CPU device. */
+static mha_device *open_cpu(mha_context **ctx)
+{
+    mha_device *dev;
+    cr_assert_eq(mha_context_create(NULL, ctx), MHA_OK);
+    cr_assert_eq(mha_device_open(*ctx, "cpu", NULL, &dev), MHA_OK);
+    return dev;
+}
+
 /* The CPU device of ctx as a test_device. */
 static test_device cpu_device(mha_context *ctx)
 {
@@ -562,9 +571,7 @@ static void expect_refused(mha_device *dev, mha_decoder_config cfg,
 Test(decoder, bad_configs_have_their_own_status_and_message)
 {
     mha_context *ctx;
-    mha_device *dev;
-    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_device *dev = open_cpu(&ctx);
     mha_decoder_config cfg = config_of(&cases[0]);
     struct {
         const char *what;
@@ -607,9 +614,7 @@ Test(decoder, bad_configs_have_their_own_status_and_message)
 Test(decoder, missing_sinks_and_wrong_shapes)
 {
     mha_context *ctx;
-    mha_device *dev;
-    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_device *dev = open_cpu(&ctx);
     const dcase *c = &cases[2]; /* with sinks */
     weights w = make_weights(c, 2);
     env e;
@@ -644,9 +649,7 @@ Test(decoder, missing_sinks_and_wrong_shapes)
 Test(decoder, kv_cache_append_length_truncate_clear)
 {
     mha_context *ctx;
-    mha_device *dev;
-    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_device *dev = open_cpu(&ctx);
     mha_kv_cache_config kc;
     mha_kv_cache_config_init(&kc);
     kc.capacity = 5, kc.num_sequences = 2, kc.num_kv_heads = 2;

@@ -220,11 +220,11 @@ static mha_status check_kv_lens(mha_device *dev, const mha_tensor *t,
                          (long long)dm->B);
     for (int64_t b0 = 0; b0 < dm->B; b0 += 256) {
         int64_t n = dm->B - b0 < 256 ? dm->B - b0 : 256;
-        for (int64_t i = 0; i < n && st == MHA_OK; i++)
+        int64_t step = t->strides[0]; /* one read unless a strided view */
+        for (int64_t i = 0; i < n && st == MHA_OK; i += step == 1 ? n : 1)
             st = mha_dev_read(dev, t->buf,
-                              (t->offset + (size_t)((b0 + i) * t->strides[0])) *
-                                  4,
-                              &chunk[i], 4);
+                              (t->offset + (size_t)((b0 + i) * step)) * 4,
+                              &chunk[i], step == 1 ? (size_t)n * 4 : 4);
         for (int64_t i = 0; i < n && st == MHA_OK; i++)
             if (chunk[i] < 0 || chunk[i] > dm->S)
                 st = mha_error(dev->ctx, MHA_INVALID_ARGUMENT,

@@ -8,22 +8,23 @@
 
 uint16_t mha_f32_to_f16(float value); /* round to nearest even */
 
-/* Inline: the CPU attention converts fp16 K and V rows on load with it. */
+/* Inline and branch-light: the CPU attention converts fp16 K and V rows on
+ * load with it. The rebiased bits times 2^112 are exact for normal and
+ * subnormal halves; Inf and NaN (exponent 31) are set apart. */
 static inline float mha_f16_to_f32(uint16_t bits)
 {
-    uint32_t sign = (uint32_t)(bits & 0x8000u) << 16;
-    uint32_t exp = (bits >> 10) & 0x1fu;
-    uint32_t mant = bits & 0x3ffu, u;
+    uint32_t u = (uint32_t)(bits & 0x7fffu) << 13;
     float f;
-    if (exp == 0) {
-        float v = (float)mant / 16777216.0f;
-        return sign ? -v : v;
-    }
-    u = exp == 31 ? sign | 0x7f800000u | (mant << 13)
-                  : sign | ((exp + 112) << 23) | (mant << 13);
+    memcpy(&f, &u, sizeof f);
+    f *= 0x1p112f;
+    memcpy(&u, &f, sizeof u);
+    if ((bits & 0x7c00u) == 0x7c00u)
+        u = 0x7f800000u | (uint32_t)(bits & 0x3ffu) << 13;
+    u |= (uint32_t)(bits & 0x8000u) << 16;
     memcpy(&f, &u, sizeof f);
     return f;
 }
+
 float mha_bf16_to_f32(uint16_t bits);
 
 #endif

@@ -406,6 +406,12 @@ static mha_tensor *api_tensor(api_env *e, mha_dtype dt, int nd,
     const int64_t shape[4] = {a0, a1, a2, a3};
     mha_tensor *t = keep(&e->r, make(e->dev, dt, nd, shape));
     cr_assert(t, "create: %s", mha_context_errmsg(e->ctx));
+    size_t bytes = dt == MHA_BOOL ? 1 : esize(dt);
+    for (int i = 0; i < nd; i++)
+        bytes *= (size_t)shape[i];
+    void *zeros = calloc(1, bytes); /* defined contents: 0 */
+    cr_assert_eq(mha_tensor_upload(t, zeros, bytes), MHA_OK);
+    free(zeros);
     return t;
 }
 

@@ -22,7 +22,11 @@ const char bench_usage[] =
     "  --preset NAME      quick (default), bert-base, gpt2-small, vit-b16,\n"
     "                     whisper-base-encoder, llama7b-prefill,\n"
     "                     llama7b-decode, long-context, or all (every one\n"
-    "                     but quick); may be repeated\n"
+    "                     but quick); may be repeated. Decoder layers\n"
+    "                     (mha_decoder, a step over a KV cache):\n"
+    "                     llama3-8b-decode (cache 1k/4k/16k, f32 and f16),\n"
+    "                     llama3-8b-prefill (T 512), mistral-7b-window\n"
+    "                     (W 4096, cache 16k), gemma2-softcap\n"
     "  --embed-dim E --heads H --batch B --tgt-len L --src-len S\n"
     "  --kdim K --vdim V --causal --dtype f32|f16\n"
     "                     one custom case (defaults E256 H4 B1 L128 S=L\n"
@@ -37,7 +41,9 @@ const char bench_usage[] =
     "  --compare OLD NEW  print the speedup NEW vs OLD of two JSON files\n"
     "  --targets          measure the CPU backend's targets in one run (sgemm\n"
     "                     and copy references, prefill, attention part,\n"
-    "                     small shapes, causal, 32k, decode, threads) and\n"
+    "                     small shapes, causal, 32k, decode, the decoder\n"
+    "                     layer's decode step vs its K+V bandwidth bound,\n"
+    "                     threads) and\n"
     "                     print target | measured | goal | met; --threads\n"
     "                     sets the thread count; --warmup, --repeat and\n"
     "                     --min-time do not apply (about a minute on 2\n"
@@ -175,7 +181,9 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
                             "mha-bench: --preset '%s': expected quick, "
                             "bert-base, gpt2-small, vit-b16, "
                             "whisper-base-encoder, llama7b-prefill, "
-                            "llama7b-decode, long-context or all",
+                            "llama7b-decode, long-context, "
+                            "llama3-8b-decode, llama3-8b-prefill, "
+                            "mistral-7b-window, gemma2-softcap or all",
                             v);
             have_preset = 1;
         } else if (!strcmp(a, "--device")) {
@@ -247,6 +255,8 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
         bench_preset_add("quick", o->cases, &o->ncases, BENCH_MAX_CASES);
     if (have_dtype)
         for (int i = 0; i < o->ncases; i++) {
+            if (o->cases[i].decoder)
+                continue; /* their cache dtype is part of the preset */
             o->cases[i].dtype = dtype;
             if (dtype == MHA_F16 &&
                 strlen(o->cases[i].name) + 4 < sizeof o->cases[i].name)

@@ -27,6 +27,13 @@ typedef struct bench_case {
     int64_t embed_dim, heads, batch, tgt_len, src_len, kdim, vdim;
     int causal;
     mha_dtype dtype; /* layer storage: MHA_F32 or MHA_F16 */
+    /* decoder cases (mha_decoder, decoder.c): a step of tgt_len new tokens
+       per sequence whose KV cache then holds src_len tokens (bottom-right
+       causal); kdim and vdim unused */
+    int decoder;
+    int64_t kv_heads, head_dim, window;
+    float softcap;
+    mha_dtype cache_dtype;
 } bench_case;
 
 /* Appends the cases of preset name ("all": every preset but quick) to
@@ -44,6 +51,10 @@ double bench_flops(const bench_case *c);
  * + w * (2E^2 + E*kdim + E*vdim + 4E) weights and biases, w = 4 (f32) or
  *                                    2 (f16 storage). */
 double bench_bytes(const bench_case *c);
+/* Decoder cases: keys each query attends (src_len, or the window), and
+ * the K and V bytes a step reads from the cache, all sequences. */
+double bench_decoder_keys(const bench_case *c);
+double bench_decoder_kv_bytes(const bench_case *c);
 
 typedef struct bench_options {
     char devices[BENCH_MAX_DEVICES][32]; /* specs; none means "all" */
@@ -134,6 +145,14 @@ int bench_time_runs(const bench_options *opts, int (*run)(void *arg),
 
 /* Records an output check in r: errors, tolerance and "ok" or "FAIL". */
 void bench_record_check(bench_result *r, bench_check chk);
+
+/* Times decoder case c on dev into r: the cache filled with src_len -
+ * tgt_len random tokens, then steps (forward + truncate back, so every
+ * step sees the same length) until o's repeat and min_time. Not checked
+ * against a reference here (tests/test_decoder.c does that). */
+void bench_decoder_case(mha_context *ctx, mha_device *dev,
+                        const bench_options *o, const bench_case *c,
+                        bench_result *r);
 
 void bench_print_table(FILE *out, const bench_report *r);
 /* Return 0, or -1 with errno-style failure to write. */

@@ -4,6 +4,7 @@
  * until --repeat runs and --min-time seconds are both reached. The parser,
  * formulas and writers live in args.c, cases.c and report.c, the case data
  * and the host forward in data.c, one case on one device in device_run.c,
+ * decoder cases (mha_decoder over a KV cache) in decoder.c,
  * the OpenBLAS and PyTorch rows in peers.c, the CLBlast row in
  * peer_clblast.c, and --targets (the CPU backend's targets table) in
  * targets.c. */
@@ -23,6 +24,41 @@ static void init_result(bench_result *r, const bench_case *c)
     memset(r, 0, sizeof *r);
     r->c = *c;
     r->device_mem_mib = -1;
+}
+
+/* A new row of rep for case c on device di. */
+static bench_result *device_row(bench_report *rep, int di, const bench_case *c)
+{
+    bench_result *r = &rep->results[rep->nresults++];
+    init_result(r, c);
+    const mha_device_info *inf = &rep->devices[di].info;
+    snprintf(r->device, sizeof r->device, "%s", rep->devices[di].spec);
+    snprintf(r->device_name, sizeof r->device_name, "%s", inf->name);
+    snprintf(r->backend, sizeof r->backend, "%s", inf->backend);
+    return r;
+}
+
+/* A decoder case (decoder.c) on every device; no reference, no peers. */
+static int run_decoder_case(mha_context *ctx, mha_device **devs, int ndev,
+                            const bench_options *o, const bench_case *c,
+                            bench_report *rep)
+{
+    int rc = BENCH_EXIT_OK;
+    for (int di = 0; di < ndev; di++) {
+        bench_result *r = device_row(rep, di, c);
+        if (progress)
+            fprintf(stderr, "%s on %s (%s)...\n", c->name, r->device,
+                    r->device_name);
+        uint64_t peak = 0;
+        mha_device_reset_peak_memory(devs[di]);
+        bench_decoder_case(ctx, devs[di], o, c, r);
+        if (mha_device_memory_usage(devs[di], NULL, &peak) == MHA_OK)
+            r->device_mem_mib = (double)peak / (1024.0 * 1024.0);
+        r->peak_rss_mib = bench_peak_rss_mib();
+        if (!strcmp(r->status, "error"))
+            rc = BENCH_EXIT_FAIL;
+    }
+    return rc;
 }
 
 /* The devices to run: each spec opened once (a device named twice, as by
@@ -137,6 +173,11 @@ int main(int argc, char **argv)
     }
     for (int ci = 0; ci < o.ncases; ci++) {
         const bench_case *c = &o.cases[ci];
+        if (c->decoder) {
+            if (run_decoder_case(ctx, devs, ndev, &o, c, &rep))
+                rc = BENCH_EXIT_FAIL;
+            continue;
+        }
         bench_case_data d;
         if (bench_case_data_make(c, &d)) {
             fprintf(stderr, "mha-bench: %s: out of host memory\n", c->name);
@@ -156,12 +197,8 @@ int main(int argc, char **argv)
         }
         int first_row = rep.nresults;
         for (int di = 0; di < ndev; di++) {
-            bench_result *r = &rep.results[rep.nresults++];
-            init_result(r, c);
+            bench_result *r = device_row(&rep, di, c);
             const mha_device_info *inf = &rep.devices[di].info;
-            snprintf(r->device, sizeof r->device, "%s", rep.devices[di].spec);
-            snprintf(r->device_name, sizeof r->device_name, "%s", inf->name);
-            snprintf(r->backend, sizeof r->backend, "%s", inf->backend);
             if (progress)
                 fprintf(stderr, "[%d/%d] %s on %s (%s)...\n", ci + 1,
                         o.ncases, c->name, r->device, inf->name);

@@ -13,6 +13,9 @@
  *  - decode (L1 S4096 E4096 H32) against the time to read K, V and the
  *    weights once at the copy bandwidth, and against its FLOPs at the
  *    sgemm rate;
+ *  - the decoder layer's decode step (llama3-8b-decode: cache 1k, 4k, 16k
+ *    tokens, f32 and f16) against the time to read the cache's K and V
+ *    at the copy bandwidth, and the f16 cache's time against the f32's;
  *  - 1 thread against --threads on the prefill cases.
  * Every forward but the 32k and decode ones is checked against the
  * OpenBLAS-composed forward first. Timing is reported, never a pass/fail:
@@ -60,7 +63,8 @@ static const target_case cases[NCASES] = {
                 0, 0, 0},
 };
 
-#define MAX_ROWS 32
+#define MAX_ROWS 48
+#define DECODER_CASES 6 /* the llama3-8b-decode preset */
 
 typedef struct target_row {
     char target[64], measured[96], goal[24];
@@ -78,6 +82,9 @@ typedef struct targets {
     double torch_ms[NCASES];
     double sgemm, stream;   /* GFLOP/s, GB/s */
     double long_dev_mib, long_rss_mib; /* 32k working memory */
+    bench_case dec[DECODER_CASES];    /* S 1k, 4k, 16k; f32, f16 cache */
+    bench_result dec_r[DECODER_CASES];
+    int ndec;
     int failed;
     target_row rows[MAX_ROWS];
     int nrows;
@@ -257,6 +264,23 @@ static void run_case(targets *t, int i)
     bench_case_data_free(&d);
 }
 
+/* The decoder layer's decode step (llama3-8b-decode) on the CPU. */
+static void run_decoder(targets *t)
+{
+    bench_options o = *t->o;
+    o.threads = t->threads;
+    o.warmup = 1;
+    o.repeat = 5;
+    o.min_time = 0;
+    bench_preset_add("llama3-8b-decode", t->dec, &t->ndec, DECODER_CASES);
+    for (int i = 0; i < t->ndec; i++) {
+        say(t, "%s: decoder step...\n", t->dec[i].name);
+        memset(&t->dec_r[i], 0, sizeof t->dec_r[i]);
+        bench_decoder_case(t->ctx, t->dev, &o, &t->dec[i], &t->dec_r[i]);
+        note_failure(t, &t->dec_r[i], t->dec[i].name);
+    }
+}
+
 /* ---- the table -------------------------------------------------------------- */
 
 static void add_row(targets *t, const char *met, const char *goal,
@@ -371,6 +395,34 @@ static void decode_rows(targets *t)
             flop_ms);
 }
 
+/* Per decode step of the llama3-8b layer: time against the K+V bytes of
+ * the cache at the copy bandwidth (the issue's bound) and against
+ * K+V+weights (what a whole layer step must read); the f16 cache's time
+ * against the f32 cache's. */
+static void decoder_rows(targets *t)
+{
+    char name[64];
+    for (int i = 0; i < t->ndec; i++) {
+        const bench_case *c = &t->dec[i];
+        double ms = t->dec_r[i].median_ms, bw = t->stream * 1e6;
+        double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
+        double all = bw > 0 ? bench_bytes(c) / bw : 0;
+        snprintf(name, sizeof name, "decoder step S=%lldk %s / K+V bound",
+                 (long long)(c->src_len / 1024),
+                 c->cache_dtype == MHA_F16 ? "f16" : "f32");
+        add_row(t, met(ms > 0 && kv > 0, ms <= 1.25 * kv), "<= 1.25x", name,
+                "%.1f / %.2f ms = %.1fx (+W: %.1fx)", ms, kv,
+                kv > 0 ? ms / kv : 0, all > 0 ? ms / all : 0);
+    }
+    for (int i = 0; i + 1 < t->ndec; i += 2) {
+        double f32 = t->dec_r[i].median_ms, f16 = t->dec_r[i + 1].median_ms;
+        snprintf(name, sizeof name, "decoder f16/f32 cache time S=%lldk",
+                 (long long)(t->dec[i].src_len / 1024));
+        add_row(t, met(f32 > 0 && f16 > 0, f16 <= 0.6 * f32), "<= 0.6", name,
+                "%.2f (%.1f / %.1f ms)", f32 > 0 ? f16 / f32 : 0, f16, f32);
+    }
+}
+
 static void thread_rows(targets *t)
 {
     char name[64], goal[24];
@@ -399,6 +451,7 @@ static void print_table(targets *t, FILE *out)
     causal_rows(t);
     long_rows(t);
     decode_rows(t);
+    decoder_rows(t);
     thread_rows(t);
     fprintf(out, "%-38s | %-36s | %-9s | %s\n", "target", "measured", "goal",
             "met");
@@ -447,6 +500,7 @@ int bench_targets_run(const bench_options *o, FILE *out)
         run_references(t);
         for (int i = 0; i < NCASES; i++)
             run_case(t, i);
+        run_decoder(t);
         print_table(t, out);
         rc = t->failed ? BENCH_EXIT_FAIL : BENCH_EXIT_OK;
     }

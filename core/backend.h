@@ -55,6 +55,19 @@
  *   sources     SINKS [1,1,1,H] f32, ALIBI [1,1,1,H] f32 (slopes),
  *               KV_LEN [1,1,1,B] MHA_I32; Q/K/V/dst f32 or f16
  * MEAN_HEADS    dst [B,1,L,S'] = mean over h of src [B,H,L,S']
+ * ROPE          rotary position embedding of X [B,H,T,d] (any strides, f32
+ *               or f16) into dst of the same shape (dtype may differ; dst
+ *               may be X itself, in place). With r = rope_dims (even,
+ *               <= d), p = POS[b,t] * rope_pos_scale and, for i < r/2,
+ *               a_i = p * theta^(-2i/r):
+ *                 NEOX (HF Llama rotate_half): pairs (i, i + r/2)
+ *                 GPTJ (interleaved):          pairs (2i, 2i + 1)
+ *               each pair (x, y) -> (x cos a_i - y sin a_i,
+ *                                    y cos a_i + x sin a_i);
+ *               features c >= r are copied unchanged, so rope_dims 0 is a
+ *               strided copy (converting dtype: the KV cache's append).
+ *               src X, POS [1,1,B,T] MHA_I32 (nb[2] 0 broadcasts one row
+ *               of positions over the batch; absent when rope_dims is 0)
  */
 #define MHA_OP_LIST(X)                      \
     X(PROJECTION, "projection", 3)          \
@@ -63,7 +76,8 @@
     X(SOFTMAX, "softmax", 1)                \
     X(WEIGHTED_SUM, "weighted_sum", 2)      \
     X(ATTENTION, "attention", 8)            \
-    X(MEAN_HEADS, "mean_heads", 1)
+    X(MEAN_HEADS, "mean_heads", 1)          \
+    X(ROPE, "rope", 2)
 
 typedef enum mha_op {
 #define MHA_OP_ENUM_(name, text, nsrc) MHA_OP_##name,
@@ -81,6 +95,9 @@ enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
 
 /* mha_op_params.causal is an mha_causal (mha.h): MHA_CAUSAL_NONE,
  * MHA_CAUSAL_TOP_LEFT or MHA_CAUSAL_BOTTOM_RIGHT. */
+
+/* Source slots of ROPE. */
+enum { MHA_SRC_ROPE_X = 0, MHA_SRC_ROPE_POS = 1 };
 
 const char *mha_op_name(mha_op op);
 int mha_op_source_count(mha_op op);
@@ -108,6 +125,12 @@ typedef struct mha_op_params {
     int32_t kv_group;  /* H / Hkv; 0 and 1 both mean K/V have H heads */
     int32_t window;    /* sliding window W, 0 = none */
     float softcap;     /* logit softcap c, 0 = none */
+    /* ROPE only (see the op list) */
+    int32_t rope_style;   /* MHA_ROPE_NEOX or MHA_ROPE_GPTJ (mha.h) */
+    int32_t rope_dims;    /* rotated features r: even, <= d; 0 copies */
+    float rope_theta;     /* base of the frequencies (10000, 500000, ...) */
+    float rope_pos_scale; /* positions are multiplied by it: 1 / the linear
+                             scaling factor */
 } mha_op_params;
 
 typedef struct mha_node {
@@ -125,6 +148,27 @@ static inline bool mha_attention_is_plain(const mha_node *n)
            n->params.kv_group <= 1 && n->params.window == 0 &&
            n->params.softcap == 0.0f && !n->src[MHA_SRC_SINKS].buf &&
            !n->src[MHA_SRC_ALIBI].buf && !n->src[MHA_SRC_KV_LEN].buf;
+}
+
+/* Whether a ROPE node keeps the op's rules that do not depend on a
+ * backend: dst has X's shape; rope_dims 0 (a copy), or even, at most d,
+ * with a known style and MHA_I32 positions [1,1,B or 1,T]. Backends check
+ * dtypes and strides on top. */
+static inline bool mha_rope_is_valid(const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
+    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
+    const mha_op_params *p = &n->params;
+    for (int i = 0; i < 4; i++)
+        if (x->ne[i] != n->dst.ne[i])
+            return false;
+    if (p->rope_dims == 0)
+        return true;
+    return p->rope_dims > 0 && p->rope_dims % 2 == 0 &&
+           p->rope_dims <= x->ne[3] &&
+           (p->rope_style == MHA_ROPE_NEOX || p->rope_style == MHA_ROPE_GPTJ) &&
+           pos->buf && pos->dtype == MHA_I32 && pos->ne[3] == x->ne[2] &&
+           (pos->ne[2] == x->ne[0] || pos->ne[2] == 1);
 }
 
 /* ---- devices ------------------------------------------------------------- */

@@ -123,9 +123,10 @@ static mha_status check_unexpected(mha_layer *layer, mha_st_file *file,
     return MHA_OK;
 }
 
-static mha_status load_all(mha_layer *layer, mha_st_file *file,
-                           const char *path, const char *prefix)
+static mha_status load_all(void *obj, mha_st_file *file, const char *path,
+                           const char *prefix)
 {
+    mha_layer *layer = obj;
     mha_context *ctx = layer->device->ctx;
     mha_weight_spec specs[8];
     const mha_st_entry *entries[8];
@@ -168,15 +169,6 @@ mha_status mha_layer_load_safetensors(mha_layer *layer, const char *path,
 {
     if (!layer)
         return MHA_INVALID_ARGUMENT;
-    mha_context *ctx = layer->device->ctx;
-    if (!path)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "mha_layer_load_safetensors: path is NULL");
-    mha_st_file *file;
-    mha_status st = mha_st_open(&ctx->host, path, &file);
-    if (st == MHA_OK) {
-        st = load_all(layer, file, path, prefix ? prefix : "");
-        mha_st_close(file);
-    }
-    return mha_host_finish(&ctx->host, "mha_layer_load_safetensors", st);
+    return mha_st_load(layer->device->ctx, "mha_layer_load_safetensors", path,
+                       prefix, load_all, layer);
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "context.h"
 #include "half.h"
 #include "safetensors.h"
 
@@ -365,4 +366,18 @@ mha_status mha_st_read_f32(mha_st_file *f, const mha_st_entry *e, float *dst)
         done += n;
     }
     return MHA_OK;
+}
+
+mha_status mha_st_load(mha_context *ctx, const char *fn, const char *path,
+                       const char *prefix, mha_st_load_fn load, void *obj)
+{
+    if (!path)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: path is NULL", fn);
+    mha_st_file *file;
+    mha_status st = mha_st_open(&ctx->host, path, &file);
+    if (st == MHA_OK) {
+        st = load(obj, file, path, prefix ? prefix : "");
+        mha_st_close(file);
+    }
+    return mha_host_finish(&ctx->host, fn, st);
 }

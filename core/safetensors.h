@@ -47,4 +47,13 @@ mha_status mha_st_read_f32(mha_st_file *file, const mha_st_entry *entry,
 mha_status mha_st_read_raw(mha_st_file *file, const mha_st_entry *entry,
                            void *dst);
 
+/* The frame of the public *_load_safetensors calls (fn names the caller):
+ * refuses a NULL path, opens it, runs load(obj, file, path, prefix) with
+ * prefix NULL read as "", closes the file and clears ctx's message on
+ * success. */
+typedef mha_status (*mha_st_load_fn)(void *obj, mha_st_file *file,
+                                     const char *path, const char *prefix);
+mha_status mha_st_load(mha_context *ctx, const char *fn, const char *path,
+                       const char *prefix, mha_st_load_fn load, void *obj);
+
 #endif

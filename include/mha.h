@@ -552,6 +552,167 @@ MHA_API mha_status mha_attention_args_init_sized(mha_attention_args *args,
 MHA_API mha_status mha_attention(mha_device *device,
                                  const mha_attention_args *args);
 
+/* ---- decoder attention: KV cache and decoder layer ------------------------ */
+
+/* The attention of decoder language models (Llama, Mistral, Qwen2, Gemma 2,
+ * gpt-oss): grouped-query heads, rotary positions and a key/value cache
+ * that grows by the tokens of each call. Prefill (T > 1) and decode (T = 1)
+ * are the same call. */
+
+typedef struct mha_kv_cache mha_kv_cache;
+typedef struct mha_decoder mha_decoder;
+
+/* Rotary position embedding styles. */
+typedef enum mha_rope_style {
+    MHA_ROPE_NONE = 0, /* no rotation (ALiBi models, or none) */
+    MHA_ROPE_NEOX = 1, /* HF Llama's rotate_half: pairs (i, i + r/2) */
+    MHA_ROPE_GPTJ = 2  /* GPT-J, interleaved: pairs (2i, 2i + 1) */
+} mha_rope_style;
+
+typedef struct mha_kv_cache_config {
+    size_t struct_size;    /* sizeof, set by the init macro */
+    int64_t capacity;      /* tokens per sequence, > 0 */
+    int64_t num_sequences; /* sequences (batch items), > 0 */
+    int64_t num_kv_heads;  /* Hkv, > 0 */
+    int64_t head_dim;      /* d, 1 to 256 */
+    mha_dtype dtype;       /* MHA_F32 (default) or MHA_F16, which halves
+                              the bytes a decode step reads */
+    int64_t window;        /* ring of the last W tokens (a sliding-window
+                              layer): not implemented yet, must be 0 */
+} mha_kv_cache_config;
+
+MHA_API mha_status mha_kv_cache_config_init_sized(mha_kv_cache_config *config,
+                                                  size_t struct_size);
+#define mha_kv_cache_config_init(config)                                     \
+    mha_kv_cache_config_init_sized((config), sizeof *(config))
+
+/* Creates an empty cache on device: keys and values of num_sequences
+ * sequences of up to capacity tokens each, stored token-major
+ * ([sequence, token, kv head, d]), plus each sequence's length on the host
+ * and in a device MHA_I32 buffer that the attention reads. */
+MHA_API mha_status mha_kv_cache_create(mha_device *device,
+                                       const mha_kv_cache_config *config,
+                                       mha_kv_cache **out);
+
+/* Appends T tokens to sequence seq: key and value are device tensors
+ * [T, num_kv_heads, head_dim] (f32 or f16, converted to the cache's dtype)
+ * on the cache's device. Past capacity is MHA_LIMIT_REACHED, naming the
+ * numbers; nothing is written then (the cache never overwrites). */
+MHA_API mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
+                                       const mha_tensor *key,
+                                       const mha_tensor *value);
+
+/* Tokens held by sequence seq. */
+MHA_API mha_status mha_kv_cache_length(const mha_kv_cache *cache,
+                                       int64_t seq, int64_t *length);
+
+/* Keeps the first length tokens of sequence seq (rollback, e.g. of
+ * rejected speculative tokens); length may not exceed the current one. */
+MHA_API mha_status mha_kv_cache_truncate(mha_kv_cache *cache, int64_t seq,
+                                         int64_t length);
+
+/* Empties every sequence. */
+MHA_API mha_status mha_kv_cache_clear(mha_kv_cache *cache);
+
+/* NULL does nothing. */
+MHA_API mha_status mha_kv_cache_destroy(mha_kv_cache *cache);
+
+/* A decoder self-attention layer (HF LlamaAttention and its relatives):
+ * q = x Wq^T (+ bq), k, v likewise with num_kv_heads heads; RoPE on q and
+ * k at each token's position; k and v appended to the cache; attention of
+ * each query over its sequence's cached prefix (causal, aligned to the
+ * last key), with num_heads / num_kv_heads query heads per kv head; then
+ * y = o Wo^T (+ bo). Score order (mha's attention core):
+ * s = softcap(scale q.k) + alibi_h * (j - p), masks (causal, window), then
+ * softmax whose denominator also holds exp(sinks[h]) when sinks is set. */
+typedef struct mha_decoder_config {
+    size_t struct_size;   /* sizeof, set by the init macro */
+    int64_t embed_dim;    /* E, > 0 */
+    int64_t num_heads;    /* Hq, > 0 */
+    int64_t num_kv_heads; /* Hkv, > 0, divides Hq; default Hq */
+    int64_t head_dim;     /* d, 1 to 256; default E / Hq */
+    mha_rope_style rope_style; /* default MHA_ROPE_NEOX */
+    int64_t rope_dims;    /* rotated features (partial rotary), even, <= d;
+                             0 means d */
+    float rope_theta;     /* default 10000 */
+    float rope_scaling;   /* linear position scaling factor: positions are
+                             divided by it; default 1 */
+    int64_t window;       /* sliding window W: query p sees keys
+                             p - W < j <= p; 0 = none */
+    int alibi;            /* ALiBi slopes 2^(-8(h+1)/Hq), interpolated as
+                             in Press et al. when Hq is no power of 2 */
+    float softcap;        /* logit softcap c (Gemma 2), 0 = none */
+    int sinks;            /* a learned sink logit per head (gpt-oss):
+                             weight "sinks" [Hq] */
+    int qkv_bias;         /* q/k/v_proj.bias exist (Qwen2) */
+    int o_bias;           /* o_proj.bias exists */
+    float scale;          /* 0 means 1 / sqrt(head_dim) */
+} mha_decoder_config;
+
+/* Fills *config with the defaults above for embed_dim and num_heads. */
+MHA_API mha_status mha_decoder_config_init_sized(mha_decoder_config *config,
+                                                 size_t struct_size,
+                                                 int64_t embed_dim,
+                                                 int64_t num_heads);
+#define mha_decoder_config_init(config, embed_dim, num_heads)                \
+    mha_decoder_config_init_sized((config), sizeof *(config), (embed_dim),   \
+                                  (num_heads))
+
+/* Creates a decoder layer on device, weights unset (a forward before all
+ * are set is MHA_MISSING_WEIGHT). Hq % Hkv != 0, a bad head size or rope
+ * setting is MHA_INVALID_ARGUMENT with a message naming the numbers. */
+MHA_API mha_status mha_decoder_create(mha_device *device,
+                                      const mha_decoder_config *config,
+                                      mha_decoder **out);
+
+/* Sets one weight from host fp32 data, by its Hugging Face name:
+ *   q_proj.weight [Hq*d, E], k_proj.weight [Hkv*d, E],
+ *   v_proj.weight [Hkv*d, E], o_proj.weight [E, Hq*d],
+ *   q_proj.bias [Hq*d], k_proj.bias, v_proj.bias [Hkv*d]  (qkv_bias)
+ *   o_proj.bias [E]                                        (o_bias)
+ *   sinks [Hq]                                             (sinks)
+ * The caller keeps data. */
+MHA_API mha_status mha_decoder_set_weight(mha_decoder *layer,
+                                          const char *name, const float *data,
+                                          int ndim, const int64_t *shape);
+
+/* Loads every weight the layer needs from a .safetensors file, each name
+ * prefixed by prefix (NULL or ""), e.g. "model.layers.7.self_attn.";
+ * F32, F16, BF16 or F64 tensors, converted to fp32. Every key is checked
+ * before any is written. */
+MHA_API mha_status mha_decoder_load_safetensors(mha_decoder *layer,
+                                                const char *path,
+                                                const char *prefix);
+
+typedef struct mha_decoder_forward_args {
+    size_t struct_size;          /* sizeof, set by the init macro */
+    const mha_tensor *x;         /* [B, T, E] f32: the new tokens of
+                                    sequences 0 .. B-1 of the cache */
+    const mha_tensor *positions; /* MHA_I32 [B, T] rotary positions, or
+                                    NULL: each sequence's length + t */
+    mha_kv_cache *cache;         /* num_kv_heads and head_dim of the layer,
+                                    at least B sequences */
+    mha_tensor *output;          /* [B, T, E] f32, created by the caller */
+} mha_decoder_forward_args;
+
+MHA_API mha_status mha_decoder_forward_args_init_sized(
+    mha_decoder_forward_args *args, size_t struct_size);
+#define mha_decoder_forward_args_init(args)                                  \
+    mha_decoder_forward_args_init_sized((args), sizeof *(args))
+
+/* Projects the new tokens, rotates q and k, appends k and v to sequences
+ * 0 .. B-1 of the cache and attends over each one's cached prefix; returns
+ * when output holds the result. Appending past the cache's capacity is
+ * MHA_LIMIT_REACHED and changes nothing. Scratch is kept per bucket of
+ * B*T (a power of 2), never per length, so after the first call of a
+ * bucket a call (a decode step) allocates nothing. On failure the cache's
+ * lengths are as before the call. */
+MHA_API mha_status mha_decoder_forward(mha_decoder *layer,
+                                       const mha_decoder_forward_args *args);
+
+/* NULL does nothing. */
+MHA_API mha_status mha_decoder_destroy(mha_decoder *layer);
+
 #ifdef __cplusplus
 }
 #endif

@@ -216,6 +216,39 @@ static void mean_heads(const mha_node *n, double *out)
             }
 }
 
+/* ROPE as core/backend.h states it: pairs (c0, c1) of the first
+ * rope_dims features rotated by POS * rope_pos_scale * theta^(-2i/r). */
+static void rope(const mha_node *n, double *out)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
+    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
+    const mha_op_params *a = &n->params;
+    int64_t r = a->rope_dims, half = r / 2;
+    for (int64_t b = 0; b < x->ne[0]; b++)
+        for (int64_t h = 0; h < x->ne[1]; h++)
+            for (int64_t t = 0; t < x->ne[2]; t++) {
+                double *row = out + idx(x, b, h, t, 0);
+                for (int64_t c = 0; c < x->ne[3]; c++)
+                    row[c] = get(x, b, h, t, c);
+                if (!half)
+                    continue;
+                const int32_t *pp = (const int32_t *)((const char *)pos->buf +
+                                                      pos->offset);
+                double p = (double)pp[(pos->ne[2] == 1 ? 0 : b * pos->nb[2]) + t * pos->nb[3]] *
+                           a->rope_pos_scale;
+                for (int64_t i = 0; i < half; i++) {
+                    int64_t c0 = a->rope_style == MHA_ROPE_GPTJ ? 2 * i : i;
+                    int64_t c1 = a->rope_style == MHA_ROPE_GPTJ ? 2 * i + 1
+                                                                : i + half;
+                    double ang = p * pow(a->rope_theta, -2.0 * (double)i /
+                                                            (double)r);
+                    double u = get(x, b, h, t, c0), v = get(x, b, h, t, c1);
+                    row[c0] = u * cos(ang) - v * sin(ang);
+                    row[c1] = v * cos(ang) + u * sin(ang);
+                }
+            }
+}
+
 void ref_run(const mha_node *n, double *out)
 {
     switch (n->op) {
@@ -226,6 +259,7 @@ void ref_run(const mha_node *n, double *out)
     case MHA_OP_WEIGHTED_SUM: weighted(n, NULL, &n->src[0], &n->src[1], out); break;
     case MHA_OP_ATTENTION: attention(n, out); break;
     case MHA_OP_MEAN_HEADS: mean_heads(n, out); break;
+    case MHA_OP_ROPE: rope(n, out); break;
     case MHA_OP_COUNT: break;
     }
 }

@@ -106,7 +106,33 @@ Test(args, every_preset_and_all)
     char err[BENCH_ERRLEN];
     const char *a[] = {"--preset", "all", NULL};
     cr_assert_eq(parse(&o, err, a), 0);
-    cr_assert_eq(o.ncases, 8, "every preset case but quick's");
+    cr_assert_eq(o.ncases, 17, "every preset case but quick's");
+}
+
+/* llama3-8b-decode: 3 cache lengths x f32/f16 cache of Llama 3 8B's
+ * attention (32 query heads, 8 kv heads of 128), one token a step. */
+Test(args, decoder_presets)
+{
+    bench_options o;
+    char err[BENCH_ERRLEN];
+    const char *a[] = {"--preset", "llama3-8b-decode", NULL};
+    cr_assert_eq(parse(&o, err, a), 0, "%s", err);
+    cr_assert_eq(o.ncases, 6);
+    int f16 = 0;
+    for (int j = 0; j < o.ncases; j++) {
+        const bench_case *c = &o.cases[j];
+        cr_expect(c->decoder && c->heads == 32 && c->kv_heads == 8 &&
+                  c->head_dim == 128 && c->tgt_len == 1, "%s", c->name);
+        f16 += c->cache_dtype == MHA_F16;
+    }
+    cr_expect_eq(f16, 3);
+    cr_expect_eq(o.cases[4].src_len, 16384);
+    /* K+V of 16k tokens, 8 heads of 128, f32: 128 MiB */
+    cr_expect_eq(bench_decoder_kv_bytes(&o.cases[4]), 128.0 * 1024 * 1024);
+    const char *w[] = {"--preset", "mistral-7b-window", NULL};
+    cr_assert_eq(parse(&o, err, w), 0, "%s", err);
+    cr_expect_eq(bench_decoder_keys(&o.cases[0]), 4096.0,
+                 "the window bounds the keys read");
 }
 
 Test(args, help_and_compare)

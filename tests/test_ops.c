@@ -46,6 +46,13 @@ enum {
                             keys past them hold NaN, so reading one fails */
     F_REQUIRED = 1 << 24, /* a device of a backend in test_core_required's
                              list may not decline it */
+    /* ROPE (K is rope_dims, N the theta, 0: 10000); in place unless
+       F_SEPARATE */
+    F_GPTJ = 1 << 25,      /* interleaved pairs, else NeoX rotate_half */
+    F_POS_BCAST = 1 << 26, /* one row of positions [1,1,1,T] for the batch */
+    F_POS_STRIDED = 1 << 27, /* positions every other element of a buffer */
+    F_POS_SCALE = 1 << 28, /* linear position scaling: positions / 4 */
+    F_F16DST = 1 << 29,    /* only dst is fp16 (the f16 KV cache's append) */
 };
 
 /* Tolerances (STYLE.md): max abs error relative to the largest expected
@@ -245,6 +252,33 @@ static void setup_core(op_setup *s, const op_case *c)
         setup_kv_len(s, c);
 }
 
+/* Positions of ROPE (MHA_I32, their bits in the float copy): not
+ * contiguous (gaps, not starting at 0, the last one past 300); the layout
+ * per F_POS_*. */
+static void setup_rope(op_setup *s, const op_case *c, test_rng *r)
+{
+    mha_node *n = &s->node;
+    mha_op_params *p = &n->params;
+    int64_t rows = c->flags & F_POS_BCAST ? 1 : c->B;
+    int64_t step = c->flags & F_POS_STRIDED ? 2 : 1;
+    p->rope_style = c->flags & F_GPTJ ? MHA_ROPE_GPTJ : MHA_ROPE_NEOX;
+    p->rope_dims = (int32_t)c->K;
+    p->rope_theta = c->N ? (float)c->N : 10000.0f;
+    p->rope_pos_scale = c->flags & F_POS_SCALE ? 0.25f : 1.0f;
+    if (!c->K)
+        return;
+    mha_tdesc *pos = add(s, 1, 1, rows, c->L, 0, 0,
+                         rows == 1 ? 0 : step * c->L, step, 0, 0);
+    pos->dtype = MHA_I32;
+    n->src[MHA_SRC_ROPE_POS] = *pos;
+    int32_t *v = (int32_t *)tensor_of(s, pos)->host;
+    for (int64_t b = 0; b < rows; b++)
+        for (int64_t t = 0; t < c->L; t++)
+            v[(b * c->L + t) * step] =
+                (int32_t)(3 * t + 7 * b + (t == c->L - 1 ? 300 : 0) +
+                          (int32_t)(4.0f * test_uniform(r)));
+}
+
 /* The slots (bit DST_SLOT: dst) an fp16 layer's graph stores in fp16: its
  * weights and head data; inputs, masks, scores and probabilities stay f32. */
 static unsigned f16_slots(mha_op op)
@@ -257,6 +291,7 @@ static unsigned f16_slots(mha_op op)
     case MHA_OP_ATTENTION:
         return 1u << MHA_SRC_Q | 1u << MHA_SRC_K | 1u << MHA_SRC_V |
                1u << DST_SLOT;
+    case MHA_OP_ROPE: return 1u << MHA_SRC_ROPE_X | 1u << DST_SLOT;
     case MHA_OP_SOFTMAX:
     case MHA_OP_MEAN_HEADS:
     case MHA_OP_COUNT:
@@ -332,6 +367,11 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
         n->src[0] = *contiguous(s, B, H, L, S2);
         n->dst = *contiguous(s, B, 1, L, S2);
         break;
+    case MHA_OP_ROPE:
+        n->src[MHA_SRC_ROPE_X] = *heads(s, c, L);
+        n->dst = c->flags & F_SEPARATE ? *contiguous(s, B, H, L, c->d)
+                                       : n->src[MHA_SRC_ROPE_X];
+        break;
     case MHA_OP_COUNT:
         break;
     }
@@ -356,8 +396,12 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
         setup_masks(s, c, r);
     if (c->op == MHA_OP_ATTENTION)
         setup_core(s, c);
+    if (c->op == MHA_OP_ROPE)
+        setup_rope(s, c, r);
     if (c->flags & F_F16)
         to_f16(s, f16_slots(c->op));
+    if (c->flags & F_F16DST)
+        to_f16(s, 1u << DST_SLOT);
     plant_specials(s, c);
 }
 
@@ -470,7 +514,7 @@ static int check_on_device(const op_case *c, const test_device *td,
         return 0;
     }
     float *raw = run_node(c, td->label, ctx, dev, s);
-    int f16 = (c->flags & F_F16) != 0;
+    int f16 = (c->flags & (F_F16 | F_F16DST)) != 0;
     size_t n = count_of(&s->node.dst);
     float *got = malloc(n * sizeof *got);
     gather(&s->node.dst, raw, got);
@@ -570,7 +614,19 @@ static void run_case(const op_case *c)
     X(attention_causal_blocks, ATTENTION, 1, 2, 300, 300, 2, 24, 0, 0,       \
       F_CAUSAL | F_KPM)                                                      \
     X(attention_cross_causal, ATTENTION, 1, 1, 70, 200, 0, 64, 0, 0,         \
-      F_CAUSAL)
+      F_CAUSAL)                                                              \
+    X(rope_neox, ROPE, 2, 3, 5, 0, 0, 16, 16, 0, 0)                          \
+    X(rope_gptj_separate, ROPE, 2, 2, 4, 0, 0, 8, 8, 0,                      \
+      F_GPTJ | F_SEPARATE)                                                   \
+    X(rope_partial_neox, ROPE, 1, 2, 6, 0, 0, 20, 8, 500000,                 \
+      F_POS_BCAST | F_SEPARATE)                                              \
+    X(rope_partial_gptj_scaled, ROPE, 3, 2, 3, 0, 0, 12, 6, 0,               \
+      F_GPTJ | F_POS_STRIDED | F_POS_SCALE)                                  \
+    X(rope_head128, ROPE, 1, 4, 9, 0, 0, 128, 128, 1000000, F_POS_STRIDED)   \
+    X(rope_f16, ROPE, 2, 2, 5, 0, 0, 32, 32, 0, F_F16)                       \
+    X(rope_f16_gptj_separate, ROPE, 1, 3, 4, 0, 0, 16, 10, 0,                \
+      F_F16 | F_GPTJ | F_SEPARATE)                                           \
+    X(rope_copy_to_f16, ROPE, 2, 3, 4, 0, 0, 16, 0, 0, F_SEPARATE | F_F16DST)
 
 #define DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)    \
     Test(ops, name)                                                          \

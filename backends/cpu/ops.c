@@ -1,9 +1,9 @@
 /* ops.c: every graph op of core/backend.h on the CPU but the fused
- * attention (attention.c). Each op is cut into independent tasks (a batch
- * item, a head, a block of rows or columns) whose arithmetic does not
- * depend on which thread runs them or how many there are: block sizes are
- * constants of the shape, never of the thread count, so results are
- * bit-for-bit the same for every thread count. The heavy lifting is the ISA
+ * attention (attention.c) and ROPE (rope.c). Each op is cut into
+ * independent tasks (a batch item, a head, a block of rows or columns)
+ * whose arithmetic does not depend on which thread runs them or how many
+ * there are: block sizes are constants of the shape, never of the thread
+ * count, so results are bit-for-bit the same for every thread count. The heavy lifting is the ISA
  * table's. */
 #include <math.h>
 #include <stdint.h>
@@ -116,6 +116,8 @@ static bool attention_supported(const mha_node *n)
 
 bool mha_cpu_op_supported(const mha_node *node)
 {
+    if (node->op == MHA_OP_ROPE)
+        return mha_cpu_rope_supported(node);
     if (node->op == MHA_OP_ATTENTION)
         return attention_supported(node);
     if (node->dst.dtype != MHA_F32)
@@ -406,6 +408,8 @@ mha_status mha_cpu_op_run(mha_cpu_exec *e, const mha_node *n)
     case MHA_OP_MEAN_HEADS:
         mha_cpu_pool_run(e->pool, d->ne[0] * d->ne[2], mean_heads_task, &j);
         return MHA_OK;
+    case MHA_OP_ROPE:
+        return mha_cpu_run_rope(e, n);
     case MHA_OP_COUNT:
         break;
     }

@@ -74,4 +74,8 @@ int mha_cpu_has_nan(int64_t n, const float *x);
 
 mha_status mha_cpu_run_attention(mha_cpu_exec *e, const mha_node *n);
 
+/* ROPE (rope.c): f32 or f16 tensors, any strides. */
+bool mha_cpu_rope_supported(const mha_node *n);
+mha_status mha_cpu_run_rope(mha_cpu_exec *e, const mha_node *n);
+
 #endif

@@ -123,7 +123,7 @@ typedef struct mha_cl_state {
  * device keeps every program it built, so each is built (or loaded from the
  * binary cache) once per open device. */
 typedef enum mha_cl_prog_kind {
-    MHA_CL_PROG_OPS = 0,      /* gemm, softmax, copy, mean_heads */
+    MHA_CL_PROG_OPS = 0,      /* gemm, softmax, copy, mean_heads, rope */
     MHA_CL_PROG_ATTENTION = 1 /* fused attention, per head-size bucket */
 } mha_cl_prog_kind;
 
@@ -134,6 +134,7 @@ typedef enum mha_cl_kernel_id {
     MHA_CL_K_MEAN_HEADS,
     MHA_CL_K_ATTENTION,
     MHA_CL_K_ATTENTION_COMBINE,
+    MHA_CL_K_ROPE,
     MHA_CL_K_COUNT
 } mha_cl_kernel_id;
 

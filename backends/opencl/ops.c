@@ -3,6 +3,7 @@
  * tensor is passed as (cl_mem, element offset, int4 strides); run never
  * waits, the queue orders the kernels (queue.c). */
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -87,6 +88,18 @@ static bool attention_ok(const mha_node *n)
            !(n->params.softcap < 0.0f);
 }
 
+/* ROPE: X and Y f32 or f16 each, positions MHA_I32 (absent for a copy,
+ * rope_dims 0). */
+static bool rope_supported(const mha_cl_device *dev, const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
+    mha_tdesc pos = n->src[MHA_SRC_ROPE_POS];
+    pos.dtype = MHA_F32; /* int32: the same bounds as an f32 view */
+    return x->buf && n->dst.buf && tensor_ok(dev, x, SLOT_DATA) &&
+           tensor_ok(dev, &n->dst, SLOT_DATA) && mha_rope_is_valid(n) &&
+           (n->params.rope_dims == 0 || fits_int32(&pos));
+}
+
 /* Every tensor may be f32 or f16 on its own (an f16 layer mixes them);
  * masks, slopes and sinks are f32, key lengths int32. */
 bool mha_cl_supports(void *d, const mha_node *node)
@@ -94,6 +107,8 @@ bool mha_cl_supports(void *d, const mha_node *node)
     const mha_cl_device *dev = d;
     if (node->op < 0 || node->op >= MHA_OP_COUNT)
         return false;
+    if (node->op == MHA_OP_ROPE)
+        return rope_supported(dev, node);
     if (!node->dst.buf || !tensor_ok(dev, &node->dst, SLOT_DATA))
         return false;
     for (int s = 0; s < mha_op_source_count(node->op) && s < MHA_MAX_SRC; s++)
@@ -465,6 +480,39 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
     return run_combine(dev, p, n, part, chunks);
 }
 
+static mha_status run_rope(mha_cl_device *dev, const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
+    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
+    const mha_op_params *p = &n->params;
+    kargs a;
+    mha_status s = kernel_of(dev, MHA_CL_K_ROPE, &a);
+    if (s != MHA_OK)
+        return s;
+    arg_tensor(&a, x);
+    arg_tensor(&a, &n->dst);
+    const mha_cl_buffer *pb = p->rope_dims ? pos->buf : NULL;
+    cl_mem pmem = pb ? pb->mem : NULL;
+    arg(&a, sizeof pmem, &pmem);
+    arg_int(&a, pb ? (int)((pb->base + pos->offset) / 4) : 0);
+    cl_int2 pst = {{pb ? stride(pos, 2) : 0, pb ? stride(pos, 3) : 0}};
+    arg(&a, sizeof pst, &pst);
+    arg_int4(&a, (int)x->ne[0], (int)x->ne[1], (int)x->ne[2], (int)x->ne[3]);
+    arg_int(&a, p->rope_dims);
+    arg_int(&a, p->rope_style == MHA_ROPE_GPTJ);
+    cl_float log2_theta = log2f(p->rope_theta);
+    arg(&a, sizeof log2_theta, &log2_theta);
+    arg(&a, sizeof(cl_float), &p->rope_pos_scale);
+    int64_t total = x->ne[0] * x->ne[1] * x->ne[2] *
+                    (p->rope_dims / 2 + x->ne[3] - p->rope_dims);
+    arg_int(&a, (int)total);
+    const mha_tdesc *t[2] = {x, &n->dst};
+    arg_int(&a, halfmask(t, 2));
+    const size_t global[3] = {round_up(total, (size_t)dev->row_wg), 1, 1};
+    const size_t local[3] = {(size_t)dev->row_wg, 1, 1};
+    return enqueue(dev, &a, "rope", global, local);
+}
+
 /* A wrapped cl_mem's flags say what kernels may do with it (reading
  * CL_MEM_WRITE_ONLY memory or writing CL_MEM_READ_ONLY memory is undefined
  * in OpenCL); libmha's own buffers are CL_MEM_READ_WRITE. */
@@ -511,6 +559,8 @@ mha_status mha_cl_run(void *d, const mha_node *node)
                                node->src[0].ne);
     case MHA_OP_ATTENTION:
         return run_attention(dev, node);
+    case MHA_OP_ROPE:
+        return run_rope(dev, node);
     case MHA_OP_COUNT:
         break;
     }

@@ -15,18 +15,20 @@
 /* ---- what each program kind is made of ---------------------------------- */
 
 typedef struct kind_spec {
-    const char *files[4];
+    const char *files[5];
     int nfiles;
     const char *kernels[MHA_CL_K_COUNT]; /* by mha_cl_kernel_id, or NULL */
 } kind_spec;
 
 static const kind_spec kind_specs[] = {
-    [MHA_CL_PROG_OPS] = {{"common.cl", "gemm.cl", "softmax.cl", "copy.cl"},
-                         4,
+    [MHA_CL_PROG_OPS] = {{"common.cl", "gemm.cl", "softmax.cl", "copy.cl",
+                          "rope.cl"},
+                         5,
                          {[MHA_CL_K_GEMM] = "gemm",
                           [MHA_CL_K_SOFTMAX] = "softmax",
                           [MHA_CL_K_COPY] = "copy4d",
-                          [MHA_CL_K_MEAN_HEADS] = "mean_heads"}},
+                          [MHA_CL_K_MEAN_HEADS] = "mean_heads",
+                          [MHA_CL_K_ROPE] = "rope"}},
     [MHA_CL_PROG_ATTENTION] = {{"common.cl", "attention.cl"},
                                2,
                                {[MHA_CL_K_ATTENTION] = "attention",
@@ -247,9 +249,10 @@ static cl_program build_from_source(mha_cl_device *dev, const kind_spec *ks,
                                     const char *what, const char *options,
                                     mha_status *status)
 {
-    const char *srcs[4];
-    size_t lens[4];
-    for (int i = 0; i < ks->nfiles; i++) {
+    enum { MAX_FILES = sizeof ks->files / sizeof *ks->files };
+    const char *srcs[MAX_FILES];
+    size_t lens[MAX_FILES];
+    for (int i = 0; i < ks->nfiles && i < MAX_FILES; i++) {
         const mha_embedded_file *f = find_source(ks->files[i]);
         if (!f) {
             *status = mha_host_error(dev->host, MHA_NOT_FOUND,

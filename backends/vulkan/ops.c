@@ -1,8 +1,9 @@
 /* ops.c: every graph op as one or more dispatches of the six kernels.
  * PROJECTION, SCORES and WEIGHTED_SUM are the tiled matmul with different
- * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX, MEAN_HEADS and ATTENTION have their own kernels
- * (ATTENTION with too few workgroups, as in decode, is split over the keys
- * and combined by a second kernel, through a scratch buffer of the device).
+ * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX,
+ * MEAN_HEADS, ATTENTION and ROPE have their own kernels (ATTENTION with too
+ * few workgroups, as in decode, is split over the keys and combined by a
+ * second kernel, through a scratch buffer of the device).
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -248,6 +249,8 @@ _Static_assert(sizeof(matmul_push) <= MHA_VK_PUSH_BYTES, "push constants");
 _Static_assert(sizeof(attention_push) <= MHA_VK_PUSH_BYTES,
                "push constants");
 _Static_assert(sizeof(combine_push) <= MHA_VK_PUSH_BYTES, "push constants");
+MHA_PUSH_BLOCK(rope_push, MHA_ROPE_PUSH)
+_Static_assert(sizeof(rope_push) <= MHA_VK_PUSH_BYTES, "push constants");
 
 /* ---- dispatch helpers ---------------------------------------------------- */
 
@@ -676,6 +679,60 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
     return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);
 }
 
+/* ---- rope ------------------------------------------------------------------ */
+
+/* The positions (MHA_I32) checked like an fp32 view of the same size. */
+static bool positions_ok(const mha_tdesc *pos)
+{
+    mha_tdesc as_f32 = *pos;
+    as_f32.dtype = MHA_F32;
+    return pos->dtype == MHA_I32 && tensor_ok(&as_f32);
+}
+
+static bool supports_rope(const mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
+    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
+    return data_ok(d, x) && data_ok(d, &n->dst) && count(x) <= UINT32_MAX &&
+           mha_rope_is_valid(n) &&
+           (n->params.rope_dims == 0 || positions_ok(pos));
+}
+
+static mha_status run_rope(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
+    const mha_tdesc *pos = &n->src[MHA_SRC_ROPE_POS];
+    const mha_op_params *op = &n->params;
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {x, &n->dst,
+                                            op->rope_dims ? pos : NULL};
+    uint32_t f16 = f16_bits(ts);
+    uint32_t r = (uint32_t)op->rope_dims;
+    rope_push p = {.src_off = eoff(x), .dst_off = eoff(&n->dst),
+                   .flags = (op->rope_style == MHA_ROPE_GPTJ ? MHA_VK_F_GPTJ
+                                                            : 0u) | f16,
+                   .rope_dims = r, .log2_theta = log2f(op->rope_theta),
+                   .pos_scale = op->rope_pos_scale};
+    for (int i = 0; i < 4; ++i) {
+        p.ne[i] = (uint32_t)x->ne[i];
+        p.src_nb[i] = st(x, i);
+        p.dst_nb[i] = st(&n->dst, i);
+    }
+    if (r) {
+        p.pos_off = eoff(pos);
+        p.pos_sb = st(pos, 2);
+        p.pos_st = st(pos, 3);
+    }
+    uint64_t total = (uint64_t)(x->ne[0] * x->ne[1] * x->ne[2]) *
+                     (r / 2 + p.ne[3] - r);
+    if (total > UINT32_MAX)
+        return groups_error(d, "rope");
+    p.total = (uint32_t)total;
+    uint32_t g[3], spec[1] = {COPY_WG};
+    if (!split_groups(d, (total + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "rope");
+    return dispatch(d, MHA_VK_K_ROPE, f16 != 0, spec, 1, ts, &p, sizeof p, g);
+}
+
 /* ---- supports / run ----------------------------------------------------- */
 
 static bool supports_matmul(const mha_vk_device *d, const mha_node *n)
@@ -772,6 +829,8 @@ static bool supports_op(mha_vk_device *d, const mha_node *n)
     case MHA_OP_SOFTMAX:
         return tensor_ok(&n->src[0]) && tensor_ok(&n->dst) &&
                inner_contiguous(&n->src[0]) && inner_contiguous(&n->dst);
+    case MHA_OP_ROPE:
+        return supports_rope(d, n);
     case MHA_OP_COUNT:
         break;
     }
@@ -803,6 +862,7 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
     case MHA_OP_FILL_ROWS: return run_copy(d, &n->src[0], &n->dst);
     case MHA_OP_MEAN_HEADS: return run_mean_heads(d, &n->src[0], &n->dst);
     case MHA_OP_SOFTMAX: return run_softmax(d, &n->src[0], &n->dst);
+    case MHA_OP_ROPE: return run_rope(d, n);
     case MHA_OP_COUNT:
         break;
     }

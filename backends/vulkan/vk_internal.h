@@ -125,6 +125,7 @@ enum mha_vk_kernel {
     MHA_VK_K_MATMUL,
     MHA_VK_K_ATTENTION,
     MHA_VK_K_ATTENTION_COMBINE,
+    MHA_VK_K_ROPE,
     MHA_VK_K_COUNT
 };
 

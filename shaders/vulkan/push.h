@@ -41,6 +41,8 @@
 #define MHA_VK_F_KV_LEN 128u
 /* flags of copy: a source is given (else the kernel writes zeros) */
 #define MHA_VK_F_SRC 1u
+/* flags of rope: GPT-J (interleaved) pairs, else NeoX */
+#define MHA_VK_F_GPTJ 1u
 /* flags of every kernel with fp16 builds: the operand at binding b is
  * stored as fp16 (dtype.glsl) */
 #define DT_F16(binding) (1u << (16u + (binding)))
@@ -102,5 +104,15 @@
     U(o_sb) U(o_sh) U(o_sr)                                                  \
     U(H) U(L) U(total)                                                       \
     U(flags) /* MHA_VK_F_SINKS and DT_F16 bits */
+
+/* rope.comp: ROPE over ne (src's B, H, T, d); positions at
+ * pos_off + b * pos_sb + t * pos_st (pos_sb 0 broadcasts one row). */
+#define MHA_ROPE_PUSH(U, F)                                                  \
+    U(src_off) U(dst_off) U(pos_off) U(ne[4]) U(src_nb[4]) U(dst_nb[4])      \
+    U(pos_sb) U(pos_st)                                                      \
+    U(flags) /* MHA_VK_F_GPTJ and DT_F16 bits */                             \
+    U(rope_dims)                                                             \
+    F(log2_theta) F(pos_scale)                                               \
+    U(total) /* B * H * T * (rope_dims / 2 + d - rope_dims) */
 
 #endif /* MHA_VK_PUSH_H */

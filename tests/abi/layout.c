@@ -94,6 +94,34 @@ static void grows(void)
     FIELD(mha_vulkan_buffer, offset);
     FIELD(mha_vulkan_buffer, range);
     FIELD(mha_vulkan_buffer, usage);
+    FIELD(mha_kv_cache_config, struct_size);
+    FIELD(mha_kv_cache_config, capacity);
+    FIELD(mha_kv_cache_config, num_sequences);
+    FIELD(mha_kv_cache_config, num_kv_heads);
+    FIELD(mha_kv_cache_config, head_dim);
+    FIELD(mha_kv_cache_config, dtype);
+    FIELD(mha_kv_cache_config, window);
+    FIELD(mha_decoder_config, struct_size);
+    FIELD(mha_decoder_config, embed_dim);
+    FIELD(mha_decoder_config, num_heads);
+    FIELD(mha_decoder_config, num_kv_heads);
+    FIELD(mha_decoder_config, head_dim);
+    FIELD(mha_decoder_config, rope_style);
+    FIELD(mha_decoder_config, rope_dims);
+    FIELD(mha_decoder_config, rope_theta);
+    FIELD(mha_decoder_config, rope_scaling);
+    FIELD(mha_decoder_config, window);
+    FIELD(mha_decoder_config, alibi);
+    FIELD(mha_decoder_config, softcap);
+    FIELD(mha_decoder_config, sinks);
+    FIELD(mha_decoder_config, qkv_bias);
+    FIELD(mha_decoder_config, o_bias);
+    FIELD(mha_decoder_config, scale);
+    FIELD(mha_decoder_forward_args, struct_size);
+    FIELD(mha_decoder_forward_args, x);
+    FIELD(mha_decoder_forward_args, positions);
+    FIELD(mha_decoder_forward_args, cache);
+    FIELD(mha_decoder_forward_args, output);
 }
 
 static void fixed(void)
@@ -154,6 +182,9 @@ static void constants(void)
     CONST(MHA_FEATURE_AVX2);
     CONST(MHA_FEATURE_NEON);
     CONST(MHA_FEATURE_AVX512);
+    CONST(MHA_ROPE_NONE);
+    CONST(MHA_ROPE_NEOX);
+    CONST(MHA_ROPE_GPTJ);
     CONST(MHA_LAYOUT_BTHD);
     CONST(MHA_LAYOUT_BHTD);
     CONST(MHA_CAUSAL_NONE);

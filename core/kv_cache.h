@@ -1,0 +1,44 @@
+/* kv_cache.h: the private form of mha_kv_cache and what the decoder layer
+ * needs of it: views of its keys, values and lengths as node tensors, the
+ * capacity check and the length update of an append. */
+#ifndef MHA_CORE_KV_CACHE_H
+#define MHA_CORE_KV_CACHE_H
+
+#include "context.h"
+
+struct mha_kv_cache {
+    mha_device *device;
+    mha_kv_cache_config cfg;
+    void *kv[2];        /* keys, values: [seq, capacity, Hkv, d] */
+    size_t kv_bytes;    /* of each */
+    void *len_buf;      /* MHA_I32 [num_sequences]: the KV_LEN source */
+    int32_t *len;       /* the same lengths on the host */
+};
+
+enum { MHA_KV_KEYS = 0, MHA_KV_VALUES = 1 };
+
+/* The [nseq, Hkv, rows, d] view of keys or values (which) of sequences
+ * first .. first+nseq-1 from token row on: token-major, so heads are
+ * strided views (nb = {capacity*Hkv*d, d, Hkv*d, 1}). */
+mha_tdesc mha_kv_view(const mha_kv_cache *cache, int which, int64_t first,
+                      int64_t nseq, int64_t row, int64_t rows);
+
+/* The [1,1,1,nseq] MHA_I32 view of the lengths of sequences 0 .. nseq-1. */
+mha_tdesc mha_kv_lengths(const mha_kv_cache *cache, int64_t nseq);
+
+/* MHA_LIMIT_REACHED (fn names the caller) unless sequences first ..
+ * first+nseq-1 each have room for tokens more. */
+mha_status mha_kv_check_room(mha_kv_cache *cache, const char *fn,
+                             int64_t first, int64_t nseq, int64_t tokens);
+
+/* Adds delta (may be negative: a rollback) to the lengths of sequences
+ * first .. first+nseq-1 and writes them to the device buffer. */
+mha_status mha_kv_add_lengths(mha_kv_cache *cache, int64_t first,
+                              int64_t nseq, int64_t delta);
+
+/* The ROPE node (rope_dims 0) that copies src [nseq, Hkv, T, d] into
+ * sequences first.. at their current lengths, which must be equal. */
+void mha_kv_copy_node(const mha_kv_cache *cache, int which, int64_t first,
+                      const mha_tdesc *src, mha_node *node);
+
+#endif /* MHA_CORE_KV_CACHE_H */

@@ -211,10 +211,6 @@ STRUCTS = {
     "mha_decoder_config": DecoderConfig,
     "mha_decoder_forward_args": DecoderForwardArgs,
 }
-#: Structs of an API a 0.1 library may predate (the decoder layer): the ABI
-#: test holds them to tests/abi/libmha.abi where it records them.
-LATER_STRUCTS = ("mha_kv_cache_config", "mha_decoder_config",
-                 "mha_decoder_forward_args")
 
 _vp = ctypes.c_void_p
 _pp = ctypes.POINTER(ctypes.c_void_p)
@@ -259,10 +255,6 @@ _PROTOTYPES = {
                                     ctypes.POINTER(ctypes.c_size_t)]),
     "mha_attention_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
     "mha_attention": (_st, [_vp, _vp]),
-}
-# The decoder layer and KV cache: declared where the library has them
-# (DecoderAttention and KVCache raise UnsupportedError where it does not).
-_LATER_PROTOTYPES = {
     "mha_kv_cache_config_init_sized": (_st, [_vp, ctypes.c_size_t]),
     "mha_kv_cache_create": (_st, [_vp, _vp, _pp]),
     "mha_kv_cache_append": (_st, [_vp, ctypes.c_int64, _vp, _vp]),
@@ -306,17 +298,11 @@ def _candidates():
 
 
 def _declare(lib):
-    later = {n: p for n, p in _LATER_PROTOTYPES.items() if hasattr(lib, n)}
-    for name, (restype, argtypes) in {**_PROTOTYPES, **later}.items():
+    for name, (restype, argtypes) in _PROTOTYPES.items():
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
     return lib
-
-
-def has(name):
-    """True when the loaded library exports name (a later API's call)."""
-    return hasattr(lib(), name)
 
 
 def library_path():

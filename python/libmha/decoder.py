@@ -14,18 +14,9 @@ from . import _capi
 from .attention import _numpy
 from .device import resolve
 from ._handle import DeviceChild
-from .errors import (InvalidArgumentError, MissingWeightError,
-                     UnsupportedError)
+from .errors import InvalidArgumentError, MissingWeightError
 from .layer import IncompatibleKeys, _dtype_code, _torch_tensor
 from .tensor import Tensor, shape_array
-
-
-def _require(what):
-    """UnsupportedError where the loaded libmha predates the decoder API."""
-    if not _capi.has("mha_decoder_create"):
-        raise UnsupportedError(
-            "%s: the libmha at %s has no decoder layer or KV cache (it "
-            "predates them)" % (what, _capi.library_path()), 7)
 
 
 def _on_device(x, dev, temps, dtype=None):
@@ -53,7 +44,6 @@ class KVCache(DeviceChild):
 
     def __init__(self, capacity, num_kv_heads, head_dim, num_sequences=1,
                  dtype="float32", device=None):
-        _require("KVCache")
         self.device = dev = resolve(device)
         self.capacity, self.num_sequences = int(capacity), int(num_sequences)
         self.num_kv_heads, self.head_dim = int(num_kv_heads), int(head_dim)
@@ -148,7 +138,6 @@ class DecoderAttention(DeviceChild):
                  rope_scaling=1.0, window=0, alibi=False, softcap=0.0,
                  sinks=False, qkv_bias=False, o_bias=False, scale=None,
                  device=None):
-        _require("DecoderAttention")
         self.device = dev = resolve(device)
         self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
         self.num_kv_heads = int(num_kv_heads or num_heads)

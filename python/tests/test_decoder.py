@@ -8,14 +8,9 @@ import pytest
 import torch
 
 import libmha
-from libmha import _capi
 
 from conftest import SPECS, get_device, rng, write_safetensors
 from reference import decoder as reference
-
-pytestmark = pytest.mark.skipif(
-    not _capi.has("mha_decoder_create"),
-    reason="this libmha predates the decoder layer")
 
 B, T, E, HQ, HKV, D = 2, 6, 32, 4, 2, 8
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # gen_decoder_fixtures.py: writes the PyTorch reference fixtures of the
-# decoder attention layer (tests/fixtures/decoder_*.safetensors) that
+# decoder attention layer (tests/fixtures/decoder/*.safetensors) that
 # tests/test_decoder.c compares mha_decoder_forward against.
 #
 #     /usr/bin/python3 tests/gen_decoder_fixtures.py                # regenerate
@@ -160,7 +160,7 @@ def generate(name, c, seed, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=os.path.join(HERE, "fixtures"))
+    ap.add_argument("--out", default=os.path.join(HERE, "fixtures", "decoder"))
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)

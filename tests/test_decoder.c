@@ -851,7 +851,7 @@ Test(decoder, pytorch_fixtures)
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {
         fixture f;
         snprintf(f.path, sizeof f.path, "%s/%s.safetensors",
-                 dir && *dir ? dir : MHA_FIXTURE_DIR, names[k]);
+                 dir && *dir ? dir : MHA_FIXTURE_DIR "/decoder", names[k]);
         cr_assert_eq(mha_st_open(&ctx->host, f.path, &f.file), MHA_OK, "%s",
                      mha_context_errmsg(ctx));
         dcase c = fixture_case(&f, names[k]);

@@ -669,6 +669,31 @@ static mha_status stage_positions(walker *w)
                          w->l->host_pos, (size_t)(c->B * c->T) * 4);
 }
 
+/* The caller's positions read back into host_pos (contiguous ones in one
+ * transfer, a view by rows or elements) and checked: RoPE of a negative
+ * position is no token's rotation, and the default positions are never
+ * negative either. */
+static mha_status check_positions(mha_decoder *l, const dcall *c)
+{
+    const mha_tensor *p = c->pos;
+    int64_t B = c->B, T = c->T, s0 = p->strides[0], s1 = p->strides[1];
+    int64_t run = s1 != 1 ? 1 : s0 == T ? B * T : T;
+    mha_status st = MHA_OK;
+    for (int64_t e = 0; e < B * T && st == MHA_OK; e += run)
+        st = mha_dev_read(l->device, p->buf,
+                          (size_t)(p->offset + e / T * s0 + e % T * s1) * 4,
+                          l->host_pos + e, (size_t)run * 4);
+    for (int64_t e = 0; e < B * T && st == MHA_OK; e++)
+        if (l->host_pos[e] < 0)
+            st = mha_error(l->device->ctx, MHA_INVALID_ARGUMENT,
+                           "mha_decoder_forward: positions[%lld][%lld] "
+                           "(sequence %lld, token %lld) is %d; expected >= 0",
+                           (long long)(e / T), (long long)(e % T),
+                           (long long)(e / T), (long long)(e % T),
+                           (int)l->host_pos[e]);
+    return st;
+}
+
 mha_status mha_decoder_forward(mha_decoder *layer,
                                const mha_decoder_forward_args *args)
 {
@@ -678,6 +703,8 @@ mha_status mha_decoder_forward(mha_decoder *layer,
     mha_status st = make_call(layer, args, &c);
     if (st == MHA_OK)
         st = reserve(layer, c.B * c.T);
+    if (st == MHA_OK && c.pos)
+        st = check_positions(layer, &c);
     if (st != MHA_OK)
         return st;
     walker w = {layer, &c, {0}, 0};

@@ -689,7 +689,12 @@ typedef struct mha_decoder_forward_args {
     const mha_tensor *x;         /* [B, T, E] f32: the new tokens of
                                     sequences 0 .. B-1 of the cache */
     const mha_tensor *positions; /* MHA_I32 [B, T] rotary positions, or
-                                    NULL: each sequence's length + t */
+                                    NULL: each sequence's length + t.
+                                    Read back (one transfer when
+                                    contiguous) and checked before any
+                                    work: a negative one is
+                                    MHA_INVALID_ARGUMENT naming the
+                                    sequence, token and value */
     mha_kv_cache *cache;         /* num_kv_heads and head_dim of the layer,
                                     at least B sequences */
     mha_tensor *output;          /* [B, T, E] f32, created by the caller */

@@ -921,3 +921,46 @@ Test(decoder, views_as_inputs_and_output)
     free(x), free(plain), free(bx), free(want), free(got);
     mha_context_destroy(ctx);
 }
+
+/* ---- positions ------------------------------------------------------------------ */
+
+/* A negative position is refused before any work, naming the call, the
+ * sequence, the token and the value; the cache is unchanged. */
+Test(decoder, negative_position_is_invalid_argument)
+{
+    mha_context *ctx;
+    env e;
+    weights w;
+    cpu_env(&e, &ctx, &w, 16);
+    int64_t E = e.c->E, T = 4, xs[3] = {1, T, E}, ps[2] = {1, T};
+    test_rng r = {5};
+    float *x = randn(&r, (size_t)(T * E), 1.0f);
+    int32_t pos[4] = {0, 1, -5, 3};
+    mha_tensor *tx, *ty, *tp;
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &tx), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &ty), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_I32, 2, ps, &tp), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tx, x, (size_t)(T * E) * 4), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
+    mha_decoder_forward_args a;
+    mha_decoder_forward_args_init(&a);
+    a.x = tx, a.positions = tp, a.cache = e.cache, a.output = ty;
+    cr_assert_eq(mha_decoder_forward(e.layer, &a), MHA_INVALID_ARGUMENT);
+    const char *msg = mha_context_errmsg(ctx);
+    cr_expect(strstr(msg, "mha_decoder_forward") &&
+                  strstr(msg, "sequence 0, token 2") && strstr(msg, "-5"),
+              "%s", msg);
+    int64_t len = -1;
+    cr_assert_eq(mha_kv_cache_length(e.cache, 0, &len), MHA_OK);
+    cr_expect_eq(len, 0, "a refused forward appended %lld tokens",
+                 (long long)len);
+    pos[2] = 2;
+    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
+    cr_expect_eq(mha_decoder_forward(e.layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    mha_tensor_destroy(tx), mha_tensor_destroy(ty), mha_tensor_destroy(tp);
+    env_close(&e);
+    free_weights(&w);
+    free(x);
+    mha_context_destroy(ctx);
+}

@@ -344,6 +344,14 @@ static mha_status check_cache(mha_decoder *l, const dcall *c)
                          (long long)k->cfg.head_dim,
                          (long long)l->cfg.num_kv_heads,
                          (long long)l->cfg.head_dim);
+    if (k->cfg.window &&
+        (l->cfg.window == 0 || l->cfg.window > k->cfg.window))
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: the cache is a ring of window %lld; the layer's "
+                         "window is %lld (expected 1 to %lld: a ring holds "
+                         "only the keys of that window)",
+                         fn, (long long)k->cfg.window,
+                         (long long)l->cfg.window, (long long)k->cfg.window);
     if (c->B > k->cfg.num_sequences)
         return mha_error(ctx, MHA_SHAPE_MISMATCH,
                          "%s: x holds %lld sequences; the cache %lld", fn,
@@ -389,11 +397,11 @@ static mha_status make_call(mha_decoder *l, const mha_decoder_forward_args *a,
         (st = check_tensor(l, "positions", a->positions, MHA_I32, 2, ps)) !=
             MHA_OK)
         return st;
-    if ((st = check_tensor(l, "output", a->output, MHA_F32, 3, os)) != MHA_OK ||
-        (st = check_cache(l, c)) != MHA_OK ||
-        (st = check_weights_set(l)) != MHA_OK)
-        return st;
-    return mha_kv_check_room(c->cache, fn, 0, c->B, c->T);
+    if ((st = check_tensor(l, "output", a->output, MHA_F32, 3, os)) ==
+            MHA_OK &&
+        (st = check_cache(l, c)) == MHA_OK)
+        st = check_weights_set(l);
+    return st;
 }
 
 /* ---- forward: scratch ---------------------------------------------------------- */
@@ -664,7 +672,8 @@ static mha_status stage_positions(walker *w)
     const dcall *c = w->c;
     for (int64_t b = 0; b < c->B; b++)
         for (int64_t t = 0; t < c->T; t++)
-            w->l->host_pos[b * c->T + t] = c->cache->len[b] + (int32_t)t;
+            w->l->host_pos[b * c->T + t] =
+                (int32_t)(mha_kv_length(c->cache, b) + t);
     return mha_dev_write(w->l->device, w->l->arena, w->off[A_POS],
                          w->l->host_pos, (size_t)(c->B * c->T) * 4);
 }
@@ -705,6 +714,8 @@ mha_status mha_decoder_forward(mha_decoder *layer,
         st = reserve(layer, c.B * c.T);
     if (st == MHA_OK && c.pos)
         st = check_positions(layer, &c);
+    if (st == MHA_OK)
+        st = mha_kv_make_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     if (st != MHA_OK)
         return st;
     walker w = {layer, &c, {0}, 0};

@@ -612,8 +612,11 @@ Test(decoder, bad_configs_have_their_own_status_and_message)
     cr_expect(strstr(mha_context_errmsg(ctx), "head_dim 300"), "%s",
               mha_context_errmsg(ctx));
     kc.head_dim = 8;
-    kc.window = 4;
-    cr_expect_eq(mha_kv_cache_create(dev, &kc, &cache), MHA_UNSUPPORTED);
+    kc.window = 5;
+    cr_expect_eq(mha_kv_cache_create(dev, &kc, &cache), MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(ctx), "window 5") &&
+                  strstr(mha_context_errmsg(ctx), "capacity 4"),
+              "%s", mha_context_errmsg(ctx));
     cr_expect_null(cache);
     mha_device_destroy(dev);
     mha_context_destroy(ctx);
@@ -962,5 +965,123 @@ Test(decoder, negative_position_is_invalid_argument)
     env_close(&e);
     free_weights(&w);
     free(x);
+    mha_context_destroy(ctx);
+}
+
+/* ---- ring caches ---------------------------------------------------------------- */
+
+enum { RING_W = 8, RING_CAP = 2 * RING_W, RING_TOKENS = 40 };
+
+static const dcase ring_case = {"ring_window8", 32, 4, 2, 8, MHA_ROPE_NEOX,
+                                0, 10000, 1, RING_W, 0, 0, 1, 0, 0, MHA_F32};
+
+static mha_kv_cache *make_ring(env *e)
+{
+    mha_kv_cache_config kc;
+    cr_assert_eq(mha_kv_cache_config_init(&kc), MHA_OK);
+    kc.capacity = RING_CAP;
+    kc.window = RING_W;
+    kc.num_sequences = 1;
+    kc.num_kv_heads = e->c->Hkv;
+    kc.head_dim = e->c->d;
+    mha_kv_cache *ring = NULL;
+    cr_assert_eq(mha_kv_cache_create(e->dev, &kc, &ring), MHA_OK, "%s",
+                 mha_context_errmsg(e->ctx));
+    return ring;
+}
+
+/* T tokens of x through the full cache (into want) and the ring (into
+ * got); the outputs must agree. */
+static void both(env *e, mha_kv_cache *full, mha_kv_cache *ring,
+                 const float *x, int64_t T, float *got, double *want)
+{
+    size_t n = (size_t)(T * e->c->E);
+    e->cache = full;
+    cr_assert_eq(forward(e, x, 1, T, got), MHA_OK, "%s", e->msg);
+    for (size_t i = 0; i < n; i++)
+        want[i] = got[i];
+    e->cache = ring;
+    cr_assert_eq(forward(e, x, 1, T, got), MHA_OK, "%s", e->msg);
+    expect_close(e, "ring vs full", got, want, n, 1e-5);
+}
+
+/* A prefill, single tokens and a chunk (40 in all, 2.5 rings) give the
+ * full cache's outputs; the device memory stays what it was after the
+ * first call; the logical length counts every token; truncation works
+ * back to the tokens the ring holds and is refused before. */
+static void check_ring(env *e)
+{
+    int64_t E = e->c->E, at = 0;
+    mha_kv_cache *full = e->cache, *ring = make_ring(e);
+    test_rng r = {77};
+    float *x = randn(&r, (size_t)(RING_TOKENS * E), 1.0f);
+    float *got = malloc((size_t)(RING_TOKENS * E) * sizeof *got);
+    double *want = malloc((size_t)(RING_TOKENS * E) * sizeof *want);
+    uint64_t used = 0, now = 0;
+    for (int i = 0; at < RING_TOKENS; i++) {
+        int64_t T = at == 0 ? 5 : at == 24 ? 3 : 1; /* prefill, chunk */
+        both(e, full, ring, x + at * E, T, got, want);
+        at += T;
+        cr_assert_eq(mha_device_memory_usage(e->dev, &now, NULL), MHA_OK);
+        cr_expect(i == 0 || now == used, "%s on %s: device memory %llu after "
+                  "%lld tokens, %llu after the first call", e->c->name,
+                  e->label, (unsigned long long)now, (long long)at,
+                  (unsigned long long)used);
+        used = i == 0 ? now : used;
+    }
+    cr_assert_eq(at, RING_TOKENS);
+    int64_t len = 0;
+    cr_assert_eq(mha_kv_cache_length(ring, 0, &len), MHA_OK);
+    cr_expect_eq(len, RING_TOKENS);
+    cr_expect_eq(mha_kv_cache_truncate(ring, 0, 20), MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(e->ctx), "dropped"), "%s",
+              mha_context_errmsg(e->ctx));
+    cr_assert_eq(mha_kv_cache_truncate(ring, 0, RING_TOKENS - 2), MHA_OK,
+                 "%s", mha_context_errmsg(e->ctx));
+    cr_assert_eq(mha_kv_cache_truncate(full, 0, RING_TOKENS - 2), MHA_OK);
+    both(e, full, ring, x, 2, got, want);
+    e->cache = full;
+    cr_assert_eq(mha_kv_cache_destroy(ring), MHA_OK);
+    free(x), free(got), free(want);
+}
+
+Test(decoder, ring_cache_equals_full_cache)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_require_backends(ctx);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    weights w = make_weights(&ring_case, 9);
+    for (int i = 0; i < nd; i++) {
+        env e;
+        env_open(&e, ctx, &devs[i], &ring_case, &w, RING_TOKENS + 8, 1);
+        check_ring(&e);
+        env_close(&e);
+    }
+    free_weights(&w);
+    mha_context_destroy(ctx);
+}
+
+/* A ring under a layer without a window (or a wider one) would drop keys
+ * the attention needs: refused, naming both windows. */
+Test(decoder, ring_narrower_than_layer_window_is_refused)
+{
+    mha_context *ctx;
+    env e;
+    weights w;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    cpu_env_of(&e, ctx, &cases[0], &w, 16); /* no window */
+    mha_kv_cache *full = e.cache;
+    e.cache = make_ring(&e);
+    float x[32] = {0}, y[32];
+    cr_expect_eq(forward(&e, x, 1, 1, y), MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(e.msg, "ring of window 8") &&
+                  strstr(e.msg, "window is 0"),
+              "%s", e.msg);
+    cr_assert_eq(mha_kv_cache_destroy(e.cache), MHA_OK);
+    e.cache = full;
+    env_close(&e);
+    free_weights(&w);
     mha_context_destroy(ctx);
 }

@@ -970,16 +970,16 @@ Test(decoder, negative_position_is_invalid_argument)
 
 /* ---- ring caches ---------------------------------------------------------------- */
 
-enum { RING_W = 8, RING_CAP = 2 * RING_W, RING_TOKENS = 40 };
+enum { RING_W = 8, RING_TOKENS = 40 };
 
 static const dcase ring_case = {"ring_window8", 32, 4, 2, 8, MHA_ROPE_NEOX,
                                 0, 10000, 1, RING_W, 0, 0, 1, 0, 0, MHA_F32};
 
-static mha_kv_cache *make_ring(env *e)
+static mha_kv_cache *make_ring(env *e, int64_t capacity)
 {
     mha_kv_cache_config kc;
     cr_assert_eq(mha_kv_cache_config_init(&kc), MHA_OK);
-    kc.capacity = RING_CAP;
+    kc.capacity = capacity;
     kc.window = RING_W;
     kc.num_sequences = 1;
     kc.num_kv_heads = e->c->Hkv;
@@ -1005,19 +1005,21 @@ static void both(env *e, mha_kv_cache *full, mha_kv_cache *ring,
     expect_close(e, "ring vs full", got, want, n, 1e-5);
 }
 
-/* A prefill, single tokens and a chunk (40 in all, 2.5 rings) give the
- * full cache's outputs; the device memory stays what it was after the
- * first call; the logical length counts every token; truncation works
- * back to the tokens the ring holds and is refused before. */
-static void check_ring(env *e)
+/* A prefill, single tokens and a chunk (40 in all, 2.5 rings or more)
+ * give the full cache's outputs; the device memory stays what it was after
+ * the first call; the logical length counts every token; truncation works
+ * back to the tokens the ring holds and is refused before. capacity W + 2
+ * moves its W - 1 rows in chunks (source and destination overlap). */
+static void check_ring(env *e, int64_t capacity)
 {
     int64_t E = e->c->E, at = 0;
-    mha_kv_cache *full = e->cache, *ring = make_ring(e);
+    mha_kv_cache *full = e->cache, *ring = make_ring(e, capacity);
     test_rng r = {77};
     float *x = randn(&r, (size_t)(RING_TOKENS * E), 1.0f);
     float *got = malloc((size_t)(RING_TOKENS * E) * sizeof *got);
     double *want = malloc((size_t)(RING_TOKENS * E) * sizeof *want);
     uint64_t used = 0, now = 0;
+    cr_assert_eq(mha_kv_cache_clear(full), MHA_OK);
     for (int i = 0; at < RING_TOKENS; i++) {
         int64_t T = at == 0 ? 5 : at == 24 ? 3 : 1; /* prefill, chunk */
         both(e, full, ring, x + at * E, T, got, want);
@@ -1036,9 +1038,9 @@ static void check_ring(env *e)
     cr_expect_eq(mha_kv_cache_truncate(ring, 0, 20), MHA_INVALID_ARGUMENT);
     cr_expect(strstr(mha_context_errmsg(e->ctx), "dropped"), "%s",
               mha_context_errmsg(e->ctx));
-    cr_assert_eq(mha_kv_cache_truncate(ring, 0, RING_TOKENS - 2), MHA_OK,
+    cr_assert_eq(mha_kv_cache_truncate(ring, 0, RING_TOKENS - 1), MHA_OK,
                  "%s", mha_context_errmsg(e->ctx));
-    cr_assert_eq(mha_kv_cache_truncate(full, 0, RING_TOKENS - 2), MHA_OK);
+    cr_assert_eq(mha_kv_cache_truncate(full, 0, RING_TOKENS - 1), MHA_OK);
     both(e, full, ring, x, 2, got, want);
     e->cache = full;
     cr_assert_eq(mha_kv_cache_destroy(ring), MHA_OK);
@@ -1056,7 +1058,8 @@ Test(decoder, ring_cache_equals_full_cache)
     for (int i = 0; i < nd; i++) {
         env e;
         env_open(&e, ctx, &devs[i], &ring_case, &w, RING_TOKENS + 8, 1);
-        check_ring(&e);
+        check_ring(&e, 2 * RING_W);
+        check_ring(&e, RING_W + 2);
         env_close(&e);
     }
     free_weights(&w);
@@ -1073,7 +1076,7 @@ Test(decoder, ring_narrower_than_layer_window_is_refused)
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
     cpu_env_of(&e, ctx, &cases[0], &w, 16); /* no window */
     mha_kv_cache *full = e.cache;
-    e.cache = make_ring(&e);
+    e.cache = make_ring(&e, 2 * RING_W);
     float x[32] = {0}, y[32];
     cr_expect_eq(forward(&e, x, 1, 1, y), MHA_INVALID_ARGUMENT);
     cr_expect(strstr(e.msg, "ring of window 8") &&

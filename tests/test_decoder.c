@@ -242,7 +242,11 @@ static void set_weights(env *e, const weights *w)
         set_weight(e, "sinks", w->sinks, c->Hq, 0);
 }
 
-static mha_kv_cache *make_cache(env *e, int64_t capacity, int64_t nseq)
+enum { RING_W = 8, RING_TOKENS = 40 }; /* the ring tests' window, tokens */
+
+/* A cache for e's case: full (window 0) or a ring of window tokens. */
+static mha_kv_cache *make_cache_windowed(env *e, int64_t capacity,
+                                         int64_t nseq, int64_t window)
 {
     mha_kv_cache_config kc;
     cr_assert_eq(mha_kv_cache_config_init(&kc), MHA_OK);
@@ -251,10 +255,21 @@ static mha_kv_cache *make_cache(env *e, int64_t capacity, int64_t nseq)
     kc.num_kv_heads = e->c->Hkv;
     kc.head_dim = e->c->d;
     kc.dtype = e->c->cache_dtype;
+    kc.window = window;
     mha_kv_cache *cache = NULL;
     cr_assert_eq(mha_kv_cache_create(e->dev, &kc, &cache), MHA_OK, "%s",
                  mha_context_errmsg(e->ctx));
     return cache;
+}
+
+static mha_kv_cache *make_cache(env *e, int64_t capacity, int64_t nseq)
+{
+    return make_cache_windowed(e, capacity, nseq, 0);
+}
+
+static mha_kv_cache *make_ring(env *e, int64_t capacity)
+{
+    return make_cache_windowed(e, capacity, 1, RING_W);
 }
 
 static void env_open(env *e, mha_context *ctx, const test_device *td,
@@ -970,25 +985,9 @@ Test(decoder, negative_position_is_invalid_argument)
 
 /* ---- ring caches ---------------------------------------------------------------- */
 
-enum { RING_W = 8, RING_TOKENS = 40 };
 
 static const dcase ring_case = {"ring_window8", 32, 4, 2, 8, MHA_ROPE_NEOX,
                                 0, 10000, 1, RING_W, 0, 0, 1, 0, 0, MHA_F32};
-
-static mha_kv_cache *make_ring(env *e, int64_t capacity)
-{
-    mha_kv_cache_config kc;
-    cr_assert_eq(mha_kv_cache_config_init(&kc), MHA_OK);
-    kc.capacity = capacity;
-    kc.window = RING_W;
-    kc.num_sequences = 1;
-    kc.num_kv_heads = e->c->Hkv;
-    kc.head_dim = e->c->d;
-    mha_kv_cache *ring = NULL;
-    cr_assert_eq(mha_kv_cache_create(e->dev, &kc, &ring), MHA_OK, "%s",
-                 mha_context_errmsg(e->ctx));
-    return ring;
-}
 
 /* T tokens of x through the full cache (into want) and the ring (into
  * got); the outputs must agree. */

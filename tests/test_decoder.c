@@ -985,9 +985,13 @@ Test(decoder, negative_position_is_invalid_argument)
 
 /* ---- ring caches ---------------------------------------------------------------- */
 
-
-static const dcase ring_case = {"ring_window8", 32, 4, 2, 8, MHA_ROPE_NEOX,
-                                0, 10000, 1, RING_W, 0, 0, 1, 0, 0, MHA_F32};
+/* The layer's window equal to the ring's, and narrower with an f16 cache. */
+static const dcase ring_cases[] = {
+    {"ring_window8", 32, 4, 2, 8, MHA_ROPE_NEOX, 0, 10000, 1, RING_W, 0, 0,
+     1, 0, 0, MHA_F32},
+    {"ring_f16_layer_window6", 32, 4, 2, 8, MHA_ROPE_GPTJ, 0, 10000, 1, 6, 0,
+     0, 0, 1, 0, MHA_F16},
+};
 
 /* T tokens of x through the full cache (into want) and the ring (into
  * got); the outputs must agree. */
@@ -1001,7 +1005,7 @@ static void both(env *e, mha_kv_cache *full, mha_kv_cache *ring,
         want[i] = got[i];
     e->cache = ring;
     cr_assert_eq(forward(e, x, 1, T, got), MHA_OK, "%s", e->msg);
-    expect_close(e, "ring vs full", got, want, n, 1e-5);
+    expect_close(e, "ring vs full", got, want, n, tolerance(e->c, 1e-5));
 }
 
 /* A prefill, single tokens and a chunk (40 in all, 2.5 rings or more)
@@ -1053,15 +1057,23 @@ Test(decoder, ring_cache_equals_full_cache)
     test_require_backends(ctx);
     test_device devs[TEST_MAX_DEVICES];
     int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
-    weights w = make_weights(&ring_case, 9);
-    for (int i = 0; i < nd; i++) {
-        env e;
-        env_open(&e, ctx, &devs[i], &ring_case, &w, RING_TOKENS + 8, 1);
-        check_ring(&e, 2 * RING_W);
-        check_ring(&e, RING_W + 2);
-        env_close(&e);
+    for (size_t k = 0; k < sizeof ring_cases / sizeof *ring_cases; k++) {
+        const dcase *c = &ring_cases[k];
+        weights w = make_weights(c, 9);
+        for (int i = 0; i < nd; i++) {
+            env e;
+            mha_device_info info;
+            env_open(&e, ctx, &devs[i], c, &w, RING_TOKENS + 8, 1);
+            cr_assert_eq(mha_device_info_of(e.dev, &info), MHA_OK);
+            if (c->cache_dtype == MHA_F32 ||
+                (info.features & MHA_FEATURE_FP16_STORAGE)) {
+                check_ring(&e, 2 * RING_W);
+                check_ring(&e, RING_W + 2);
+            }
+            env_close(&e);
+        }
+        free_weights(&w);
     }
-    free_weights(&w);
     mha_context_destroy(ctx);
 }
 

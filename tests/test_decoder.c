@@ -2,8 +2,10 @@
  * (mha_decoder_*, mha_kv_cache_*) on every device: prefill against a
  * double-precision Llama-attention reference written here (and against
  * float64 PyTorch fixtures of gen_decoder_fixtures.py), incremental decode equal to one
- * prefill, rollback, ragged batches, the errors each with its own status
- * and message, and no host allocation in a decode step. Every backend
+ * prefill, rollback, ragged batches, ring caches of sliding-window layers
+ * equal to full ones, the errors (negative positions among them) each with
+ * its own status and message, and no host allocation in a decode step.
+ * Every backend
  * runs it; only an fp16 cache on a device without fp16 storage may be
  * refused. */
 #include <criterion/criterion.h>

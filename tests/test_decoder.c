@@ -5,9 +5,8 @@
  * prefill, rollback, ragged batches, ring caches of sliding-window layers
  * equal to full ones, the errors (negative positions among them) each with
  * its own status and message, and no host allocation in a decode step.
- * Every backend
- * runs it; only an fp16 cache on a device without fp16 storage may be
- * refused. */
+ * Every backend runs it; only an fp16 cache on a device without fp16
+ * storage may be refused. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>

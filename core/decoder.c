@@ -344,6 +344,14 @@ static mha_status check_cache(mha_decoder *l, const dcall *c)
                          (long long)k->cfg.head_dim,
                          (long long)l->cfg.num_kv_heads,
                          (long long)l->cfg.head_dim);
+    if (k->cfg.window &&
+        (l->cfg.window == 0 || l->cfg.window > k->cfg.window))
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: the cache is a ring of window %lld; the layer's "
+                         "window is %lld (expected 1 to %lld: a ring holds "
+                         "only the keys of that window)",
+                         fn, (long long)k->cfg.window,
+                         (long long)l->cfg.window, (long long)k->cfg.window);
     if (c->B > k->cfg.num_sequences)
         return mha_error(ctx, MHA_SHAPE_MISMATCH,
                          "%s: x holds %lld sequences; the cache %lld", fn,
@@ -389,11 +397,11 @@ static mha_status make_call(mha_decoder *l, const mha_decoder_forward_args *a,
         (st = check_tensor(l, "positions", a->positions, MHA_I32, 2, ps)) !=
             MHA_OK)
         return st;
-    if ((st = check_tensor(l, "output", a->output, MHA_F32, 3, os)) != MHA_OK ||
-        (st = check_cache(l, c)) != MHA_OK ||
-        (st = check_weights_set(l)) != MHA_OK)
-        return st;
-    return mha_kv_check_room(c->cache, fn, 0, c->B, c->T);
+    if ((st = check_tensor(l, "output", a->output, MHA_F32, 3, os)) ==
+            MHA_OK &&
+        (st = check_cache(l, c)) == MHA_OK)
+        st = check_weights_set(l);
+    return st;
 }
 
 /* ---- forward: scratch ---------------------------------------------------------- */
@@ -664,9 +672,35 @@ static mha_status stage_positions(walker *w)
     const dcall *c = w->c;
     for (int64_t b = 0; b < c->B; b++)
         for (int64_t t = 0; t < c->T; t++)
-            w->l->host_pos[b * c->T + t] = c->cache->len[b] + (int32_t)t;
+            w->l->host_pos[b * c->T + t] =
+                (int32_t)(mha_kv_length(c->cache, b) + t);
     return mha_dev_write(w->l->device, w->l->arena, w->off[A_POS],
                          w->l->host_pos, (size_t)(c->B * c->T) * 4);
+}
+
+/* The caller's positions read back into host_pos (contiguous ones in one
+ * transfer, a view by rows or elements) and checked: RoPE of a negative
+ * position is no token's rotation, and the default positions are never
+ * negative either. */
+static mha_status check_positions(mha_decoder *l, const dcall *c)
+{
+    const mha_tensor *p = c->pos;
+    int64_t B = c->B, T = c->T, s0 = p->strides[0], s1 = p->strides[1];
+    int64_t run = s1 != 1 ? 1 : s0 == T ? B * T : T;
+    mha_status st = MHA_OK;
+    for (int64_t e = 0; e < B * T && st == MHA_OK; e += run)
+        st = mha_dev_read(l->device, p->buf,
+                          (size_t)(p->offset + e / T * s0 + e % T * s1) * 4,
+                          l->host_pos + e, (size_t)run * 4);
+    for (int64_t e = 0; e < B * T && st == MHA_OK; e++)
+        if (l->host_pos[e] < 0)
+            st = mha_error(l->device->ctx, MHA_INVALID_ARGUMENT,
+                           "mha_decoder_forward: positions[%lld][%lld] "
+                           "(sequence %lld, token %lld) is %d; expected >= 0",
+                           (long long)(e / T), (long long)(e % T),
+                           (long long)(e / T), (long long)(e % T),
+                           (int)l->host_pos[e]);
+    return st;
 }
 
 mha_status mha_decoder_forward(mha_decoder *layer,
@@ -678,6 +712,10 @@ mha_status mha_decoder_forward(mha_decoder *layer,
     mha_status st = make_call(layer, args, &c);
     if (st == MHA_OK)
         st = reserve(layer, c.B * c.T);
+    if (st == MHA_OK && c.pos)
+        st = check_positions(layer, &c);
+    if (st == MHA_OK)
+        st = mha_kv_make_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     if (st != MHA_OK)
         return st;
     walker w = {layer, &c, {0}, 0};

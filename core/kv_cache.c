@@ -4,7 +4,10 @@
  * heads as strided views; each sequence's length lives on the host (for
  * checks and views) and in a device MHA_I32 buffer (the attention's KV_LEN
  * source), so the length is data and never a shape. Appends are ROPE nodes
- * with rope_dims 0: a strided copy that converts to the cache's dtype. */
+ * with rope_dims 0: a strided copy that converts to the cache's dtype. A
+ * ring (window W > 0) bounds memory by capacity: when full it moves its
+ * last W - 1 rows to the front, so keys stay contiguous and in order and
+ * the attention node is the same as a full cache's. */
 #include <string.h>
 
 #include "kv_cache.h"
@@ -41,12 +44,11 @@ static mha_status check_config(mha_context *ctx, const mha_kv_cache_config *c)
         return mha_error(ctx, MHA_DTYPE_MISMATCH,
                          "%s: dtype %d (%s); expected f32 or f16", fn,
                          (int)c->dtype, mha_dtype_name(c->dtype));
-    if (c->window != 0)
-        return mha_error(ctx, MHA_UNSUPPORTED,
-                         "%s: window %lld: ring caches are not implemented "
-                         "yet; use window 0 (a full cache) with the layer's "
-                         "window",
-                         fn, (long long)c->window);
+    if (c->window < 0 || c->window > c->capacity)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: window %lld; expected 0 (a full cache) to "
+                         "capacity %lld",
+                         fn, (long long)c->window, (long long)c->capacity);
     return MHA_OK;
 }
 
@@ -58,6 +60,7 @@ static void cache_free(mha_kv_cache *c)
     mha_dev_free(dev, c->len_buf,
                  c->len_buf ? (size_t)c->cfg.num_sequences * 4 : 0);
     mha_host_free(&dev->ctx->host, c->len);
+    mha_host_free(&dev->ctx->host, c->start);
     mha_host_free(&dev->ctx->host, c);
 }
 
@@ -95,7 +98,8 @@ mha_status mha_kv_cache_create(mha_device *device,
     c->kv_bytes = bytes;
     size_t nseq = (size_t)config->num_sequences;
     c->len = mha_host_calloc(&ctx->host, nseq, sizeof *c->len);
-    st = c->len ? MHA_OK
+    c->start = mha_host_calloc(&ctx->host, nseq, sizeof *c->start);
+    st = c->len && c->start ? MHA_OK
                 : mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
     for (int i = 0; i < 2 && st == MHA_OK; i++)
         st = mha_dev_alloc(device, bytes, &c->kv[i]);
@@ -143,19 +147,78 @@ mha_tdesc mha_kv_lengths(const mha_kv_cache *cache, int64_t nseq)
     return t;
 }
 
-mha_status mha_kv_check_room(mha_kv_cache *cache, const char *fn,
-                             int64_t first, int64_t nseq, int64_t tokens)
+/* Rows sequence s keeps before an append of tokens: all when they fit, a
+ * ring's last window - 1 when not. */
+static int64_t rows_kept(const mha_kv_cache *cache, int64_t s, int64_t tokens)
 {
-    for (int64_t s = first; s < first + nseq; s++)
-        if (tokens > cache->cfg.capacity - cache->len[s])
+    int64_t len = cache->len[s], w = cache->cfg.window;
+    if (tokens <= cache->cfg.capacity - len || w == 0)
+        return len;
+    return len < w - 1 ? len : w - 1;
+}
+
+/* A ROPE copy node run on the cache's device, or MHA_UNSUPPORTED. */
+static mha_status run_copy(mha_kv_cache *cache, const char *fn,
+                           const mha_node *node)
+{
+    if (mha_dev_supports(cache->device, node))
+        return mha_dev_run(cache->device, node);
+    return mha_error(cache->device->ctx, MHA_UNSUPPORTED,
+                     "%s: the device cannot copy %s into a %s cache", fn,
+                     mha_dtype_name(node->src[MHA_SRC_ROPE_X].dtype),
+                     mha_dtype_name(cache->cfg.dtype));
+}
+
+/* Moves the last keep rows of sequence s to the front, in chunks no longer
+ * than the distance moved so no node reads rows it writes. */
+static mha_status shift(mha_kv_cache *cache, const char *fn, int64_t s,
+                        int64_t keep)
+{
+    int64_t gap = cache->len[s] - keep;
+    mha_status st = MHA_OK;
+    for (int64_t o = 0; o < keep && st == MHA_OK; o += gap)
+        for (int which = 0; which < 2 && st == MHA_OK; which++) {
+            int64_t n = keep - o < gap ? keep - o : gap;
+            mha_node node = {.op = MHA_OP_ROPE};
+            node.src[MHA_SRC_ROPE_X] =
+                mha_kv_view(cache, which, s, 1, gap + o, n);
+            node.dst = mha_kv_view(cache, which, s, 1, o, n);
+            st = run_copy(cache, fn, &node);
+        }
+    if (st != MHA_OK)
+        return st;
+    cache->start[s] += (int32_t)gap;
+    return mha_kv_add_lengths(cache, s, 1, -gap);
+}
+
+mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
+                            int64_t first, int64_t nseq, int64_t tokens)
+{
+    for (int64_t s = first; s < first + nseq; s++) {
+        int64_t keep = rows_kept(cache, s, tokens);
+        if (tokens > cache->cfg.capacity - keep)
             return mha_error(cache->device->ctx, MHA_LIMIT_REACHED,
-                             "%s: sequence %lld of the KV cache holds %d of "
-                             "%lld tokens; appending %lld would need %lld",
-                             fn, (long long)s, (int)cache->len[s],
+                             "%s: sequence %lld of the KV cache holds %lld "
+                             "of %lld tokens%s; appending %lld would need "
+                             "%lld",
+                             fn, (long long)s, (long long)keep,
                              (long long)cache->cfg.capacity,
-                             (long long)tokens,
-                             (long long)(cache->len[s] + tokens));
-    return MHA_OK;
+                             cache->cfg.window ? " (a ring keeps window - 1)"
+                                               : "",
+                             (long long)tokens, (long long)(keep + tokens));
+    }
+    mha_status st = MHA_OK;
+    for (int64_t s = first; s < first + nseq && st == MHA_OK; s++) {
+        int64_t keep = rows_kept(cache, s, tokens);
+        if (keep < cache->len[s])
+            st = shift(cache, fn, s, keep);
+    }
+    return st;
+}
+
+int64_t mha_kv_length(const mha_kv_cache *cache, int64_t seq)
+{
+    return (int64_t)cache->start[seq] + cache->len[seq];
 }
 
 mha_status mha_kv_add_lengths(mha_kv_cache *cache, int64_t first,
@@ -232,7 +295,7 @@ mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
     for (int i = 0; i < 2 && st == MHA_OK; i++)
         st = check_kv_tensor(cache, i ? "value" : "key", t[i], &T);
     if (st == MHA_OK)
-        st = mha_kv_check_room(cache, fn, seq, 1, T);
+        st = mha_kv_make_room(cache, fn, seq, 1, T);
     int64_t Hkv = cache->cfg.num_kv_heads, d = cache->cfg.head_dim;
     for (int i = 0; i < 2 && st == MHA_OK; i++) {
         const int64_t *sb = t[i]->strides; /* [T, Hkv, d], maybe a view */
@@ -243,12 +306,7 @@ mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
                                    mha_dtype_storage_size(t[i]->dtype)};
         mha_node node;
         mha_kv_copy_node(cache, i, seq, &src, &node);
-        st = mha_dev_supports(cache->device, &node)
-                 ? mha_dev_run(cache->device, &node)
-                 : mha_error(cache->device->ctx, MHA_UNSUPPORTED,
-                             "%s: the device cannot copy %s into a %s cache",
-                             fn, mha_dtype_name(src.dtype),
-                             mha_dtype_name(cache->cfg.dtype));
+        st = run_copy(cache, fn, &node);
     }
     if (st == MHA_OK)
         st = mha_kv_add_lengths(cache, seq, 1, T);
@@ -270,7 +328,7 @@ mha_status mha_kv_cache_length(const mha_kv_cache *cache, int64_t seq,
                        "mha_kv_cache_length: length is NULL");
     if (st != MHA_OK)
         return st;
-    *length = cache->len[seq];
+    *length = mha_kv_length(cache, seq);
     return MHA_OK;
 }
 
@@ -281,14 +339,27 @@ mha_status mha_kv_cache_truncate(mha_kv_cache *cache, int64_t seq,
     if (!cache)
         return MHA_INVALID_ARGUMENT;
     mha_status st = check_seq(cache, fn, seq);
-    if (st == MHA_OK && (length < 0 || length > cache->len[seq]))
+    if (st != MHA_OK)
+        return st;
+    int64_t now = mha_kv_length(cache, seq), start = cache->start[seq];
+    /* a ring keeps what the next query needs: window - 1 tokens back */
+    int64_t need = length - (cache->cfg.window - 1);
+    if (length < 0 || length > now)
         st = mha_error(cache->device->ctx, MHA_INVALID_ARGUMENT,
-                       "%s: length %lld; sequence %lld holds %d tokens, so "
-                       "expected 0 to %d",
+                       "%s: length %lld; sequence %lld holds %lld tokens, so "
+                       "expected 0 to %lld",
+                       fn, (long long)length, (long long)seq, (long long)now,
+                       (long long)now);
+    else if (start > 0 && need < start)
+        st = mha_error(cache->device->ctx, MHA_INVALID_ARGUMENT,
+                       "%s: length %lld; sequence %lld's ring holds tokens "
+                       "%lld to %lld, so a length below %lld would need "
+                       "tokens it dropped",
                        fn, (long long)length, (long long)seq,
-                       (int)cache->len[seq], (int)cache->len[seq]);
+                       (long long)start, (long long)now - 1,
+                       (long long)(start + cache->cfg.window - 1));
     if (st == MHA_OK)
-        st = mha_kv_add_lengths(cache, seq, 1, length - cache->len[seq]);
+        st = mha_kv_add_lengths(cache, seq, 1, length - now);
     if (st == MHA_OK)
         mha_clear_error(cache->device->ctx);
     return st;
@@ -298,7 +369,9 @@ mha_status mha_kv_cache_clear(mha_kv_cache *cache)
 {
     if (!cache)
         return MHA_INVALID_ARGUMENT;
-    memset(cache->len, 0, (size_t)cache->cfg.num_sequences * sizeof *cache->len);
+    size_t nseq = (size_t)cache->cfg.num_sequences;
+    memset(cache->len, 0, nseq * sizeof *cache->len);
+    memset(cache->start, 0, nseq * sizeof *cache->start);
     mha_status st = mha_kv_add_lengths(cache, 0, cache->cfg.num_sequences, 0);
     if (st == MHA_OK)
         mha_clear_error(cache->device->ctx);

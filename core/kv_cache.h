@@ -12,7 +12,10 @@ struct mha_kv_cache {
     void *kv[2];        /* keys, values: [seq, capacity, Hkv, d] */
     size_t kv_bytes;    /* of each */
     void *len_buf;      /* MHA_I32 [num_sequences]: the KV_LEN source */
-    int32_t *len;       /* the same lengths on the host */
+    int32_t *len;       /* the same lengths on the host: rows held */
+    int32_t *start;     /* a ring's (window > 0) absolute position of row
+                           0 per sequence: the logical length is
+                           start + len; 0 for a full cache */
 };
 
 enum { MHA_KV_KEYS = 0, MHA_KV_VALUES = 1 };
@@ -26,10 +29,17 @@ mha_tdesc mha_kv_view(const mha_kv_cache *cache, int which, int64_t first,
 /* The [1,1,1,nseq] MHA_I32 view of the lengths of sequences 0 .. nseq-1. */
 mha_tdesc mha_kv_lengths(const mha_kv_cache *cache, int64_t nseq);
 
-/* MHA_LIMIT_REACHED (fn names the caller) unless sequences first ..
- * first+nseq-1 each have room for tokens more. */
-mha_status mha_kv_check_room(mha_kv_cache *cache, const char *fn,
-                             int64_t first, int64_t nseq, int64_t tokens);
+/* MHA_LIMIT_REACHED (fn names the caller), changing nothing, unless
+ * sequences first .. first+nseq-1 each have room for tokens more; a ring
+ * makes room by moving its last window - 1 rows to the front (keys are
+ * rotated already, and the attention's masks are relative, so only start
+ * changes meaning), which with capacity 2W happens every W + 1 tokens. */
+mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
+                            int64_t first, int64_t nseq, int64_t tokens);
+
+/* The tokens sequence seq has seen (start + rows held): the next default
+ * position. */
+int64_t mha_kv_length(const mha_kv_cache *cache, int64_t seq);
 
 /* Adds delta (may be negative: a rollback) to the lengths of sequences
  * first .. first+nseq-1 and writes them to the device buffer. */

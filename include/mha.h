@@ -577,8 +577,11 @@ typedef struct mha_kv_cache_config {
     int64_t head_dim;      /* d, 1 to 256 */
     mha_dtype dtype;       /* MHA_F32 (default) or MHA_F16, which halves
                               the bytes a decode step reads */
-    int64_t window;        /* ring of the last W tokens (a sliding-window
-                              layer): not implemented yet, must be 0 */
+    int64_t window;        /* W > 0: a ring for a sliding-window layer
+                              (window 1 to W): memory is capacity tokens
+                              (at least W; 2W moves W - 1 tokens every
+                              W + 1) however many are appended; 0 = a
+                              full cache */
 } mha_kv_cache_config;
 
 MHA_API mha_status mha_kv_cache_config_init_sized(mha_kv_cache_config *config,
@@ -597,17 +600,23 @@ MHA_API mha_status mha_kv_cache_create(mha_device *device,
 /* Appends T tokens to sequence seq: key and value are device tensors
  * [T, num_kv_heads, head_dim] (f32 or f16, converted to the cache's dtype)
  * on the cache's device. Past capacity is MHA_LIMIT_REACHED, naming the
- * numbers; nothing is written then (the cache never overwrites). */
+ * numbers; nothing is written then (a full cache never overwrites). A
+ * ring that is full first moves its last window - 1 tokens to the front
+ * (dropping older ones) and is past capacity only when window - 1 + T
+ * exceeds it. */
 MHA_API mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
                                        const mha_tensor *key,
                                        const mha_tensor *value);
 
-/* Tokens held by sequence seq. */
+/* Tokens appended to sequence seq (a ring counts the dropped ones too:
+ * the next default position). */
 MHA_API mha_status mha_kv_cache_length(const mha_kv_cache *cache,
                                        int64_t seq, int64_t *length);
 
 /* Keeps the first length tokens of sequence seq (rollback, e.g. of
- * rejected speculative tokens); length may not exceed the current one. */
+ * rejected speculative tokens); length may not exceed the current one. A
+ * ring that dropped tokens goes back only while it holds the window - 1
+ * tokens before length; else MHA_INVALID_ARGUMENT naming the range. */
 MHA_API mha_status mha_kv_cache_truncate(mha_kv_cache *cache, int64_t seq,
                                          int64_t length);
 
@@ -689,9 +698,15 @@ typedef struct mha_decoder_forward_args {
     const mha_tensor *x;         /* [B, T, E] f32: the new tokens of
                                     sequences 0 .. B-1 of the cache */
     const mha_tensor *positions; /* MHA_I32 [B, T] rotary positions, or
-                                    NULL: each sequence's length + t */
+                                    NULL: each sequence's length + t.
+                                    Read back (one transfer when
+                                    contiguous) and checked before any
+                                    work: a negative one is
+                                    MHA_INVALID_ARGUMENT naming the
+                                    sequence, token and value */
     mha_kv_cache *cache;         /* num_kv_heads and head_dim of the layer,
-                                    at least B sequences */
+                                    at least B sequences; a ring (window
+                                    W) needs a layer window 1 to W */
     mha_tensor *output;          /* [B, T, E] f32, created by the caller */
 } mha_decoder_forward_args;
 

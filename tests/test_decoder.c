@@ -2,10 +2,11 @@
  * (mha_decoder_*, mha_kv_cache_*) on every device: prefill against a
  * double-precision Llama-attention reference written here (and against
  * float64 PyTorch fixtures of gen_decoder_fixtures.py), incremental decode equal to one
- * prefill, rollback, ragged batches, the errors each with its own status
- * and message, and no host allocation in a decode step. Every backend
- * runs it; only an fp16 cache on a device without fp16 storage may be
- * refused. */
+ * prefill, rollback, ragged batches, ring caches of sliding-window layers
+ * equal to full ones, the errors (negative positions among them) each with
+ * its own status and message, and no host allocation in a decode step.
+ * Every backend runs it; only an fp16 cache on a device without fp16
+ * storage may be refused. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -242,7 +243,11 @@ static void set_weights(env *e, const weights *w)
         set_weight(e, "sinks", w->sinks, c->Hq, 0);
 }
 
-static mha_kv_cache *make_cache(env *e, int64_t capacity, int64_t nseq)
+enum { RING_W = 8, RING_TOKENS = 40 }; /* the ring tests' window, tokens */
+
+/* A cache for e's case: full (window 0) or a ring of window tokens. */
+static mha_kv_cache *make_cache_windowed(env *e, int64_t capacity,
+                                         int64_t nseq, int64_t window)
 {
     mha_kv_cache_config kc;
     cr_assert_eq(mha_kv_cache_config_init(&kc), MHA_OK);
@@ -251,10 +256,21 @@ static mha_kv_cache *make_cache(env *e, int64_t capacity, int64_t nseq)
     kc.num_kv_heads = e->c->Hkv;
     kc.head_dim = e->c->d;
     kc.dtype = e->c->cache_dtype;
+    kc.window = window;
     mha_kv_cache *cache = NULL;
     cr_assert_eq(mha_kv_cache_create(e->dev, &kc, &cache), MHA_OK, "%s",
                  mha_context_errmsg(e->ctx));
     return cache;
+}
+
+static mha_kv_cache *make_cache(env *e, int64_t capacity, int64_t nseq)
+{
+    return make_cache_windowed(e, capacity, nseq, 0);
+}
+
+static mha_kv_cache *make_ring(env *e, int64_t capacity)
+{
+    return make_cache_windowed(e, capacity, 1, RING_W);
 }
 
 static void env_open(env *e, mha_context *ctx, const test_device *td,
@@ -342,27 +358,34 @@ static void expect_close(const env *e, const char *what, const float *got,
 
 typedef void (*device_check)(env *e, const weights *w, test_rng *r);
 
-/* Runs check on every device for every case. */
-static void each_device_case(device_check check, int64_t capacity,
-                             int64_t nseq)
+/* Runs check on every device for each of the n cases of list. */
+static void each_device_of(const dcase *list, size_t n, device_check check,
+                           int64_t capacity, int64_t nseq)
 {
     mha_context *ctx;
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
     test_require_backends(ctx);
     test_device devs[TEST_MAX_DEVICES];
     int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
-    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
-        weights w = make_weights(&cases[k], 0xdec0de + (unsigned)k);
+    for (size_t k = 0; k < n; k++) {
+        weights w = make_weights(&list[k], 0xdec0de + (unsigned)k);
         for (int i = 0; i < nd; i++) {
             env e;
             test_rng r = {0x5eed + k};
-            env_open(&e, ctx, &devs[i], &cases[k], &w, capacity, nseq);
+            env_open(&e, ctx, &devs[i], &list[k], &w, capacity, nseq);
             check(&e, &w, &r);
             env_close(&e);
         }
         free_weights(&w);
     }
     mha_context_destroy(ctx);
+}
+
+/* Runs check on every device for every case. */
+static void each_device_case(device_check check, int64_t capacity,
+                             int64_t nseq)
+{
+    each_device_of(cases, sizeof cases / sizeof *cases, check, capacity, nseq);
 }
 
 /* ---- prefill against the reference ------------------------------------------ */
@@ -612,8 +635,11 @@ Test(decoder, bad_configs_have_their_own_status_and_message)
     cr_expect(strstr(mha_context_errmsg(ctx), "head_dim 300"), "%s",
               mha_context_errmsg(ctx));
     kc.head_dim = 8;
-    kc.window = 4;
-    cr_expect_eq(mha_kv_cache_create(dev, &kc, &cache), MHA_UNSUPPORTED);
+    kc.window = 5;
+    cr_expect_eq(mha_kv_cache_create(dev, &kc, &cache), MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(ctx), "window 5") &&
+                  strstr(mha_context_errmsg(ctx), "capacity 4"),
+              "%s", mha_context_errmsg(ctx));
     cr_expect_null(cache);
     mha_device_destroy(dev);
     mha_context_destroy(ctx);
@@ -919,5 +945,157 @@ Test(decoder, views_as_inputs_and_output)
     env_close(&e);
     free_weights(&w);
     free(x), free(plain), free(bx), free(want), free(got);
+    mha_context_destroy(ctx);
+}
+
+/* ---- positions ------------------------------------------------------------------ */
+
+/* A negative position is refused before any work, naming the call, the
+ * sequence, the token and the value; the cache is unchanged. */
+Test(decoder, negative_position_is_invalid_argument)
+{
+    mha_context *ctx;
+    env e;
+    weights w;
+    cpu_env(&e, &ctx, &w, 16);
+    int64_t E = e.c->E, T = 4, xs[3] = {1, T, E}, ps[2] = {1, T};
+    test_rng r = {5};
+    float *x = randn(&r, (size_t)(T * E), 1.0f);
+    int32_t pos[4] = {0, 1, -5, 3};
+    mha_tensor *tx, *ty, *tp;
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &tx), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &ty), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_I32, 2, ps, &tp), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tx, x, (size_t)(T * E) * 4), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
+    mha_decoder_forward_args a;
+    mha_decoder_forward_args_init(&a);
+    a.x = tx, a.positions = tp, a.cache = e.cache, a.output = ty;
+    cr_assert_eq(mha_decoder_forward(e.layer, &a), MHA_INVALID_ARGUMENT);
+    const char *msg = mha_context_errmsg(ctx);
+    cr_expect(strstr(msg, "mha_decoder_forward") &&
+                  strstr(msg, "sequence 0, token 2") && strstr(msg, "-5"),
+              "%s", msg);
+    int64_t len = -1;
+    cr_assert_eq(mha_kv_cache_length(e.cache, 0, &len), MHA_OK);
+    cr_expect_eq(len, 0, "a refused forward appended %lld tokens",
+                 (long long)len);
+    pos[2] = 2;
+    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
+    cr_expect_eq(mha_decoder_forward(e.layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    mha_tensor_destroy(tx), mha_tensor_destroy(ty), mha_tensor_destroy(tp);
+    env_close(&e);
+    free_weights(&w);
+    free(x);
+    mha_context_destroy(ctx);
+}
+
+/* ---- ring caches ---------------------------------------------------------------- */
+
+/* The layer's window equal to the ring's, and narrower with an f16 cache. */
+static const dcase ring_cases[] = {
+    {"ring_window8", 32, 4, 2, 8, MHA_ROPE_NEOX, 0, 10000, 1, RING_W, 0, 0,
+     1, 0, 0, MHA_F32},
+    {"ring_f16_layer_window6", 32, 4, 2, 8, MHA_ROPE_GPTJ, 0, 10000, 1, 6, 0,
+     0, 0, 1, 0, MHA_F16},
+};
+
+/* T tokens of x through the full cache (into want) and the ring (into
+ * got); the outputs must agree. */
+static void both(env *e, mha_kv_cache *full, mha_kv_cache *ring,
+                 const float *x, int64_t T, float *got, double *want)
+{
+    size_t n = (size_t)(T * e->c->E);
+    e->cache = full;
+    cr_assert_eq(forward(e, x, 1, T, got), MHA_OK, "%s", e->msg);
+    for (size_t i = 0; i < n; i++)
+        want[i] = got[i];
+    e->cache = ring;
+    cr_assert_eq(forward(e, x, 1, T, got), MHA_OK, "%s", e->msg);
+    expect_close(e, "ring vs full", got, want, n, tolerance(e->c, 1e-5));
+}
+
+/* A prefill, single tokens and a chunk (40 in all, 2.5 rings or more)
+ * give the full cache's outputs; the device memory stays what it was after
+ * the first call; the logical length counts every token; truncation works
+ * back to the tokens the ring holds and is refused before. capacity W + 2
+ * moves its W - 1 rows in chunks (source and destination overlap). */
+static void check_ring(env *e, int64_t capacity)
+{
+    int64_t E = e->c->E, at = 0;
+    mha_kv_cache *full = e->cache, *ring = make_ring(e, capacity);
+    test_rng r = {77};
+    float *x = randn(&r, (size_t)(RING_TOKENS * E), 1.0f);
+    float *got = malloc((size_t)(RING_TOKENS * E) * sizeof *got);
+    double *want = malloc((size_t)(RING_TOKENS * E) * sizeof *want);
+    uint64_t used = 0, now = 0;
+    cr_assert_eq(mha_kv_cache_clear(full), MHA_OK);
+    for (int i = 0; at < RING_TOKENS; i++) {
+        int64_t T = at == 0 ? 5 : at == 24 ? 3 : 1; /* prefill, chunk */
+        both(e, full, ring, x + at * E, T, got, want);
+        at += T;
+        cr_assert_eq(mha_device_memory_usage(e->dev, &now, NULL), MHA_OK);
+        cr_expect(i == 0 || now == used, "%s on %s: device memory %llu after "
+                  "%lld tokens, %llu after the first call", e->c->name,
+                  e->label, (unsigned long long)now, (long long)at,
+                  (unsigned long long)used);
+        used = i == 0 ? now : used;
+    }
+    cr_assert_eq(at, RING_TOKENS);
+    int64_t len = 0;
+    cr_assert_eq(mha_kv_cache_length(ring, 0, &len), MHA_OK);
+    cr_expect_eq(len, RING_TOKENS);
+    cr_expect_eq(mha_kv_cache_truncate(ring, 0, 20), MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(e->ctx), "dropped"), "%s",
+              mha_context_errmsg(e->ctx));
+    cr_assert_eq(mha_kv_cache_truncate(ring, 0, RING_TOKENS - 1), MHA_OK,
+                 "%s", mha_context_errmsg(e->ctx));
+    cr_assert_eq(mha_kv_cache_truncate(full, 0, RING_TOKENS - 1), MHA_OK);
+    both(e, full, ring, x, 2, got, want);
+    e->cache = full;
+    cr_assert_eq(mha_kv_cache_destroy(ring), MHA_OK);
+    free(x), free(got), free(want);
+}
+
+/* Both ring sizes; an f16 cache only where the device stores fp16. */
+static void check_rings(env *e, const weights *w, test_rng *r)
+{
+    mha_device_info info;
+    (void)w, (void)r;
+    cr_assert_eq(mha_device_info_of(e->dev, &info), MHA_OK);
+    if (e->c->cache_dtype == MHA_F16 &&
+        !(info.features & MHA_FEATURE_FP16_STORAGE))
+        return;
+    check_ring(e, 2 * RING_W);
+    check_ring(e, RING_W + 2);
+}
+
+Test(decoder, ring_cache_equals_full_cache)
+{
+    each_device_of(ring_cases, sizeof ring_cases / sizeof *ring_cases,
+                   check_rings, RING_TOKENS + 8, 1);
+}
+
+/* A ring under a layer without a window (or a wider one) would drop keys
+ * the attention needs: refused, naming both windows. */
+Test(decoder, ring_narrower_than_layer_window_is_refused)
+{
+    mha_context *ctx;
+    env e;
+    weights w;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    cpu_env_of(&e, ctx, &cases[0], &w, 16); /* no window */
+    mha_kv_cache *full = e.cache;
+    e.cache = make_ring(&e, 2 * RING_W);
+    float x[32] = {0}, y[32];
+    cr_expect_eq(forward(&e, x, 1, 1, y), MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(e.msg, "ring of window 8") &&
+                  strstr(e.msg, "window is 0"),
+              "%s", e.msg);
+    cr_assert_eq(mha_kv_cache_destroy(e.cache), MHA_OK);
+    e.cache = full;
+    env_close(&e);
+    free_weights(&w);
     mha_context_destroy(ctx);
 }

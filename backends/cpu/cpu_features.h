@@ -9,10 +9,10 @@
  * the running CPU and operating system support: an x86 bit is set only when
  * the CPU has the instructions (CPUID) and the OS saves the registers they
  * use (XGETBV). AVX2 also needs F16C (fp16 rows convert with VCVTPH2PS;
- * every AVX2 CPU made has it). AVX512 is set only together with AVX2, since the AVX-512
- * kernels may use 256-bit AVX2/FMA instructions as well. NEON is always set
- * on AArch64, where it is mandatory. Cheap enough to call per table lookup;
- * keeps no state. */
+ * every AVX2 CPU made has it). AVX512 is set only together with AVX2,
+ * since the AVX-512 kernels may use 256-bit AVX2/FMA instructions as
+ * well. NEON is always set on AArch64, where it is mandatory. Cheap enough
+ * to call per table lookup; keeps no state. */
 unsigned mha_cpu_features(void);
 
 /* Online logical processors, at least 1. */

@@ -1,11 +1,10 @@
-/* kernels_avx2.c: the AVX2+FMA kernel table (x86-64), 8 floats a vector.
- * This file alone is compiled with -mavx2 -mfma -mf16c; the table is
- * handed out only when the running CPU and OS support all three
- * (cpu_features.c: every AVX2 CPU made has F16C, so a CPU without it gets
- * the scalar table rather than a mixed one), so the
- * rest of the library stays runnable on any x86-64. Built without those
- * flags or for another architecture, it compiles to a getter returning
- * NULL.
+/* kernels_avx2.c: the AVX2+FMA(+F16C) kernel table (x86-64), 8 floats a
+ * vector. This file alone is compiled with -mavx2 -mfma -mf16c; the table
+ * is handed out only when the running CPU and OS support all three
+ * (cpu_features.c; every AVX2 CPU made has F16C, so one without it gets the
+ * scalar table rather than a mixed one), so the rest of the library stays
+ * runnable on any x86-64. Built without those flags or for another
+ * architecture, it compiles to a getter returning NULL.
  *
  * Only the vector vocabulary is here, the part shared with the other x86
  * table in kernels_x86.h; the kernels are kernels_simd.h's. A

@@ -59,7 +59,7 @@ unset(_mha_cpu_proc)
 function(mha_cpu_kernel_flags)
   if(MHA_CPU_KERNEL_X86_SIMD)
     set_source_files_properties("${MHA_CPU_KERNEL_DIR}/kernels_avx2.c"
-      PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma")
+      PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
     set_source_files_properties("${MHA_CPU_KERNEL_DIR}/kernels_avx512.c"
       PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx2;-mfma")
   endif()

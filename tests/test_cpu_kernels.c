@@ -19,7 +19,8 @@
  *    below -87 the kernels may flush, so only |y - e^x| <= FLT_MIN.
  *    The sum adds n u relative for fp32 accumulation and FLT_MIN for each
  *    flushable term.
- *  - max is exact; scale is one rounding; axpy and scale_add two. */
+ *  - max is exact; scale is one rounding; axpy and scale_add two.
+ *  - f16_to_f32 is exact: bit for bit mha_f16_to_f32, for every half. */
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
@@ -28,6 +29,7 @@
 #include <string.h>
 
 #include "cpu_features.h"
+#include "half.h"
 #include "kernels.h"
 #include "mha.h"
 
@@ -508,6 +510,62 @@ static void run_exp_special(table_getter get, const char *isa)
     cr_assert(kt->exp_sum(0, 0.0f, &dummy) == 0.0f && dummy == SENTINEL);
 }
 
+/* ---- fp16 -> f32 --------------------------------------------------------------- */
+
+/* The scalar routine every table must match, pinned at a few halves: one,
+ * the smallest subnormal, -inf, and a signalling NaN made quiet. */
+Test(half, scalar_reference_points)
+{
+    const uint16_t in[4] = {0x3c00u, 0x0001u, 0xfc00u, 0x7c01u};
+    const uint32_t want[4] = {0x3f800000u, 0x33800000u, 0xff800000u,
+                              0x7fc02000u};
+    for (int i = 0; i < 4; i++) {
+        float f = mha_f16_to_f32(in[i]);
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        cr_assert_eq(u, want[i], "half %#x -> %#x, want %#x", in[i], u,
+                     want[i]);
+    }
+}
+
+static void check_f16_run(const char *isa, const uint16_t *x, int64_t n,
+                          const float *y)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float want = mha_f16_to_f32(x[i]);
+        cr_assert(memcmp(&want, &y[i], sizeof want) == 0,
+                  "%s: half %#x (element %lld of %lld) -> %a, scalar %a", isa,
+                  x[i], (long long)i, (long long)n, (double)y[i],
+                  (double)want);
+    }
+    check_vector_guards(y, n, isa);
+}
+
+/* Every half in one call, then calls of every length up to four of the
+ * widest vectors (each tail), all from odd addresses: the bits of the
+ * scalar routine, and nothing written past n. */
+static void run_f16_to_f32(table_getter get, const char *isa)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    enum { HALVES = 0x10000 };
+    uint16_t *all = malloc((HALVES + 1) * sizeof *all);
+    cr_assert_not_null(all);
+    for (uint32_t b = 0; b < HALVES; b++)
+        all[b + 1] = (uint16_t)b;
+    float *y = alloc_vector(HALVES);
+    kt->f16_to_f32(HALVES, all + 1, y);
+    check_f16_run(isa, all + 1, HALVES, y);
+    free(y - 1);
+    for (int64_t n = 0; n <= 64; n++) {
+        const uint16_t *x = all + 1 + 0x3bf0 + 7 * n; /* around 1.0 */
+        y = alloc_vector(n);
+        kt->f16_to_f32(n, x, y);
+        check_f16_run(isa, x, n, y);
+        free(y - 1);
+    }
+    free(all);
+}
+
 /* ---- the test table ------------------------------------------------------------ */
 
 #define ISA_LIST(X) X(scalar) X(avx2) X(avx512) X(neon)
@@ -575,7 +633,11 @@ static void run_exp_special(table_getter get, const char *isa)
     {                                                                       \
         run_exp_accuracy(mha_cpu_kernels_##isa, #isa);                     \
     }                                                                       \
-    Test(isa, exp_special) { run_exp_special(mha_cpu_kernels_##isa, #isa); }
+    Test(isa, exp_special) { run_exp_special(mha_cpu_kernels_##isa, #isa); } \
+    Test(isa, f16_to_f32_every_half)                                        \
+    {                                                                       \
+        run_f16_to_f32(mha_cpu_kernels_##isa, #isa);                       \
+    }
 
 ISA_LIST(ISA_TESTS)
 

@@ -79,10 +79,11 @@ static char *row_ptr(const mha_tdesc *t, int64_t b, int64_t h, int64_t i)
            (size_t)(b * t->nb[0] + h * t->nb[1] + i * t->nb[2]) * es;
 }
 
-/* n rows from (b, h, i0) of t as f32 rows of stride *ld: in place for f32,
- * converted into tmp (stride d) for f16. */
-static const float *rows_f32(const mha_tdesc *t, int64_t b, int64_t h,
-                             int64_t i0, int64_t n, int64_t d, float *tmp,
+/* n rows from (b, h, i0) of t (d floats each) as f32 rows of stride *ld:
+ * in place for f32, converted into tmp (stride d) by the table's f16_to_f32
+ * for f16. */
+static const float *rows_f32(const attn_job *j, const mha_tdesc *t, int64_t b,
+                             int64_t h, int64_t i0, int64_t n, float *tmp,
                              int64_t *ld)
 {
     if (t->dtype != MHA_F16) {
@@ -91,9 +92,8 @@ static const float *rows_f32(const mha_tdesc *t, int64_t b, int64_t h,
     }
     const uint16_t *src = (const uint16_t *)row_ptr(t, b, h, i0);
     for (int64_t r = 0; r < n; r++)
-        for (int64_t c = 0; c < d; c++)
-            tmp[r * d + c] = mha_f16_to_f32(src[r * t->nb[2] + c]);
-    *ld = d;
+        j->exec->k->f16_to_f32(j->d, src + r * t->nb[2], tmp + r * j->d);
+    *ld = j->d;
     return tmp;
 }
 
@@ -183,11 +183,11 @@ static void pack_task(void *arg, int64_t task, int thread)
     float *tmp = tile_of(j, thread).kv;
     if (cnt == 0)
         return;
-    const float *src = rows_f32(kk, b, h, j0, cnt, j->d, tmp, &ld);
+    const float *src = rows_f32(j, kk, b, h, j0, cnt, tmp, &ld);
     k->pack_nt(cnt, j->d, src, ld, n->params.scale,
                j->kp + (size_t)local * kp_head_floats(j) +
                    (size_t)(j0 * j->d));
-    src = rows_f32(v, b, h, j0, cnt, j->d, tmp, &ld);
+    src = rows_f32(j, v, b, h, j0, cnt, tmp, &ld);
     k->pack_nn(cnt, j->d, src, ld,
                j->vp + (size_t)local * vp_head_floats(j) +
                    (size_t)(j0 * j->dpad));
@@ -267,8 +267,8 @@ static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
         return;
     }
     int64_t ld;
-    const float *kr = rows_f32(&n->src[MHA_SRC_K], w->b, w->hk, j0, cnt,
-                               j->d, t->kv, &ld);
+    const float *kr = rows_f32(j, &n->src[MHA_SRC_K], w->b, w->hk, j0,
+                               cnt, t->kv, &ld);
     k->gemm_nt(w->rows, cnt, j->d, t->q, t->ldq, kr, ld, NULL, t->s,
                KEY_BLOCK);
     for (int64_t r = 0; r < w->rows; r++)
@@ -290,8 +290,8 @@ static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
         return;
     }
     int64_t ld;
-    const float *vr = rows_f32(&j->node->src[MHA_SRC_V], w->b, w->hk, j0,
-                               cnt, j->d, t->kv, &ld);
+    const float *vr = rows_f32(j, &j->node->src[MHA_SRC_V], w->b, w->hk,
+                               j0, cnt, t->kv, &ld);
     k->gemm_nn_acc(w->rows, j->d, cnt, t->s, KEY_BLOCK, vr, ld, t->acc,
                    j->d);
 }
@@ -368,13 +368,14 @@ static void tile_start(const attn_job *j, flash_tile *t, const tile_at *w)
     }
     memset(t->acc, 0, (size_t)(w->rows * j->d) * sizeof *t->acc);
     if (w->rows == w->qn) {
-        t->q = rows_f32(q, w->b, w->h0, w->i0, w->rows, j->d, t->qc, &t->ldq);
+        t->q = rows_f32(j, q, w->b, w->h0, w->i0, w->rows, t->qc, &t->ldq);
         return;
     }
     for (int64_t r = 0; r < w->rows; r++) {
         int64_t ld;
-        const float *src = rows_f32(q, w->b, row_head(w, r), row_query(w, r),
-                                    1, j->d, t->qc + r * j->d, &ld);
+        const float *src = rows_f32(j, q, w->b, row_head(w, r),
+                                    row_query(w, r), 1, t->qc + r * j->d,
+                                    &ld);
         if (src != t->qc + r * j->d)
             memcpy(t->qc + r * j->d, src, (size_t)j->d * sizeof *src);
     }

@@ -25,6 +25,7 @@
 #define LEAF1_ECX_FMA (1u << 12)
 #define LEAF1_ECX_OSXSAVE (1u << 27)
 #define LEAF1_ECX_AVX (1u << 28)
+#define LEAF1_ECX_F16C (1u << 29)
 #define LEAF7_EBX_AVX2 (1u << 5)
 #define LEAF7_EBX_AVX512F (1u << 16)
 
@@ -47,7 +48,10 @@ static unsigned x86_features(void)
     unsigned a, b, c, d;
     if (!__get_cpuid_count(1, 0, &a, &b, &c, &d))
         return 0;
-    const unsigned need1 = LEAF1_ECX_FMA | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX;
+    /* F16C (fp16 K/V conversion) comes with every AVX2 CPU made; one
+     * without it gets the scalar table, not a table missing a kernel. */
+    const unsigned need1 = LEAF1_ECX_FMA | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX |
+                           LEAF1_ECX_F16C;
     if ((c & need1) != need1)
         return 0;
     uint64_t xcr0 = read_xcr0();

@@ -78,6 +78,11 @@ typedef struct mha_cpu_kernels {
      * is within 1e-6 relative error of expf for arguments in [-87, 0];
      * below that it flushes to 0 (tested in tests/test_cpu_kernels.c). */
     float (*exp_sum)(int64_t n, float m, float *x);
+
+    /* y[i] = x[i], fp16 bits widened to f32: exact, and bit for bit what
+     * core/half.h's mha_f16_to_f32 gives (NaNs quieted, payload kept), so
+     * every table converts fp16 K, V and Q rows identically. */
+    void (*f16_to_f32)(int64_t n, const uint16_t *x, float *y);
 } mha_cpu_kernels;
 
 /* The tables. scalar is always present; the others return NULL when the

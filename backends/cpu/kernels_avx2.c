@@ -1,9 +1,10 @@
-/* kernels_avx2.c: the AVX2+FMA kernel table (x86-64), 8 floats a vector.
- * This file alone is compiled with -mavx2 -mfma; the table is handed out
- * only when the running CPU and OS support both (cpu_features.c), so the
- * rest of the library stays runnable on any x86-64. Built without those
- * flags or for another architecture, it compiles to a getter returning
- * NULL.
+/* kernels_avx2.c: the AVX2+FMA(+F16C) kernel table (x86-64), 8 floats a
+ * vector. This file alone is compiled with -mavx2 -mfma -mf16c; the table
+ * is handed out only when the running CPU and OS support all three
+ * (cpu_features.c; every AVX2 CPU made has F16C, so one without it gets the
+ * scalar table rather than a mixed one), so the rest of the library stays
+ * runnable on any x86-64. Built without those flags or for another
+ * architecture, it compiles to a getter returning NULL.
  *
  * Only the vector vocabulary is here, the part shared with the other x86
  * table in kernels_x86.h; the kernels are kernels_simd.h's. A
@@ -15,7 +16,8 @@
 #include "kernels.h"
 #include "mha.h"
 
-#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && \
+    defined(__F16C__)
 
 #include <immintrin.h>
 #include <math.h>
@@ -75,6 +77,12 @@ static vf vf_ldexp(vf y, vf n)
                                        _mm256_set1_epi32(127));
     return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
 }
+/* F16C's VCVTPH2PS: exact, and quiets signalling NaNs as half.h does. */
+static vf vf_load_f16(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
 #define EXP_LO (-88.0f)
 #define EXP_HI 88.3762626647949f
 
@@ -87,7 +95,7 @@ const mha_cpu_kernels *mha_cpu_kernels_avx2(void)
     return (mha_cpu_features() & MHA_FEATURE_AVX2) ? &simd_table : NULL;
 }
 
-#else /* not x86-64 or built without -mavx2 -mfma */
+#else /* not x86-64 or built without -mavx2 -mfma -mf16c */
 
 const mha_cpu_kernels *mha_cpu_kernels_avx2(void)
 {

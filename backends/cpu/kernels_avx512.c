@@ -50,6 +50,13 @@ static vf vf_round(vf v)
  * itself, so exp's clamp can be wide: at -104 the result already rounds to
  * exactly 0 (so does -inf), and +89 is past ln(FLT_MAX), giving +inf. */
 static vf vf_ldexp(vf y, vf n) { return _mm512_scalef_ps(y, n); }
+/* AVX-512F's VCVTPH2PS: exact, and quiets signalling NaNs as half.h
+ * does. */
+static vf vf_load_f16(const uint16_t *p)
+{
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
 #define EXP_LO (-104.0f)
 #define EXP_HI 89.0f
 

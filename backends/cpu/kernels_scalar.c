@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "half.h"
 #include "kernels.h"
 
 static void scalar_gemm_nt(int64_t M, int64_t N, int64_t K, const float *A,
@@ -118,6 +119,12 @@ static float scalar_exp_sum(int64_t n, float m, float *x)
     return sum;
 }
 
+static void scalar_f16_to_f32(int64_t n, const uint16_t *x, float *y)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = mha_f16_to_f32(x[i]);
+}
+
 static const mha_cpu_kernels scalar_table = {
     .isa = "scalar",
     .mr = SCALAR_MR,
@@ -132,6 +139,7 @@ static const mha_cpu_kernels scalar_table = {
     .scale_add = scalar_scale_add,
     .max = scalar_max,
     .exp_sum = scalar_exp_sum,
+    .f16_to_f32 = scalar_f16_to_f32,
 };
 
 const mha_cpu_kernels *mha_cpu_kernels_scalar(void)

@@ -25,6 +25,8 @@
  *   vf_ldexp(y, n)     y * 2^n for integral n (a vf), 0 at n = -127 or
  *                      below, as the ISA can
  *   EXP_LO, EXP_HI     clamp of exp's argument (see simd_exp)
+ *   vf_load_f16(p)     VL fp16 values at p widened to floats, exactly
+ *                      (the ISA's conversion instruction)
  *   transpose_block(src, lds, dst, ldd): dst[i*ldd + j] = src[j*lds + i]
  *                      for i, j < TB
  *
@@ -46,6 +48,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "half.h"
 #include "kernels.h"
 
 #define NR (NV * VL)
@@ -489,6 +492,18 @@ static void simd_gemm_nn_acc(int64_t M, int64_t N, int64_t K,
     gemm_by_panels(0, M, N, K, A, lda, B, ldb, NULL, C, ldc);
 }
 
+/* Whole vectors through the ISA's conversion instruction (vf_load_f16),
+ * the tail through the scalar routine: both exact, so the split point
+ * cannot change a bit. */
+static void simd_f16_to_f32(int64_t n, const uint16_t *x, float *y)
+{
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL)
+        vf_store(y + i, vf_load_f16(x + i));
+    for (; i < n; i++)
+        y[i] = mha_f16_to_f32(x[i]);
+}
+
 static const mha_cpu_kernels simd_table = {
     .isa = MHA_SIMD_ISA,
     .mr = MR,
@@ -503,6 +518,7 @@ static const mha_cpu_kernels simd_table = {
     .scale_add = simd_scale_add,
     .max = simd_max,
     .exp_sum = simd_exp_sum,
+    .f16_to_f32 = simd_f16_to_f32,
 };
 
 #endif /* MHA_CPU_KERNELS_SIMD_H */

@@ -188,7 +188,7 @@ typedef enum mha_device_kind {
 #define MHA_FEATURE_FP16_MATH (1u << 1)    /* native fp16 arithmetic */
 #define MHA_FEATURE_SUBGROUPS (1u << 2)
 #define MHA_FEATURE_FUSED_ATTENTION (1u << 3)
-#define MHA_FEATURE_AVX2 (1u << 4) /* CPU: AVX2+FMA kernels usable */
+#define MHA_FEATURE_AVX2 (1u << 4) /* CPU: AVX2+FMA+F16C kernels usable */
 #define MHA_FEATURE_NEON (1u << 5) /* CPU: NEON kernels usable */
 #define MHA_FEATURE_AVX512 (1u << 6)
 

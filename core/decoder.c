@@ -18,6 +18,9 @@
 
 #define MAX_HEAD_DIM 256
 #define ARENA_ALIGN 256
+/* The largest rotary position: 2^24 - 1, the last integer from which fp32
+ * (the kernels' angle pos * inv_freq) still holds every position exactly. */
+#define MAX_POSITION 16777215
 
 /* ---- config ---------------------------------------------------------------- */
 
@@ -678,10 +681,22 @@ static mha_status stage_positions(walker *w)
                          w->l->host_pos, (size_t)(c->B * c->T) * 4);
 }
 
+/* The message of position value of token t of sequence b out of range. */
+static mha_status bad_position(mha_decoder *l, mha_status st, int64_t b,
+                               int64_t t, int64_t value, const char *what)
+{
+    return mha_error(l->device->ctx, st,
+                     "mha_decoder_forward: %s[%lld][%lld] (sequence %lld, "
+                     "token %lld) is %lld; expected 0 to %d (2^24 - 1, "
+                     "where fp32 still holds every position)",
+                     what, (long long)b, (long long)t, (long long)b,
+                     (long long)t, (long long)value, MAX_POSITION);
+}
+
 /* The caller's positions read back into host_pos (contiguous ones in one
  * transfer, a view by rows or elements) and checked: RoPE of a negative
- * position is no token's rotation, and the default positions are never
- * negative either. */
+ * position is no token's rotation, and one past MAX_POSITION would be
+ * rotated by a rounded angle. */
 static mha_status check_positions(mha_decoder *l, const dcall *c)
 {
     const mha_tensor *p = c->pos;
@@ -693,14 +708,25 @@ static mha_status check_positions(mha_decoder *l, const dcall *c)
                           (size_t)(p->offset + e / T * s0 + e % T * s1) * 4,
                           l->host_pos + e, (size_t)run * 4);
     for (int64_t e = 0; e < B * T && st == MHA_OK; e++)
-        if (l->host_pos[e] < 0)
-            st = mha_error(l->device->ctx, MHA_INVALID_ARGUMENT,
-                           "mha_decoder_forward: positions[%lld][%lld] "
-                           "(sequence %lld, token %lld) is %d; expected >= 0",
-                           (long long)(e / T), (long long)(e % T),
-                           (long long)(e / T), (long long)(e % T),
-                           (int)l->host_pos[e]);
+        if (l->host_pos[e] < 0 || l->host_pos[e] > MAX_POSITION)
+            st = bad_position(l, MHA_INVALID_ARGUMENT, e / T, e % T,
+                              l->host_pos[e], "positions");
     return st;
+}
+
+/* The default positions (each sequence's length + t) of a rotating layer
+ * within MAX_POSITION, else MHA_LIMIT_REACHED naming the first past it. */
+static mha_status check_default_positions(mha_decoder *l, const dcall *c)
+{
+    for (int64_t b = 0; b < c->B && rotates(l); b++) {
+        int64_t len = mha_kv_length(c->cache, b);
+        if (len + c->T - 1 > MAX_POSITION) {
+            int64_t t = len > MAX_POSITION ? 0 : MAX_POSITION + 1 - len;
+            return bad_position(l, MHA_LIMIT_REACHED, b, t, len + t,
+                                "default positions");
+        }
+    }
+    return MHA_OK;
 }
 
 mha_status mha_decoder_forward(mha_decoder *layer,
@@ -712,8 +738,9 @@ mha_status mha_decoder_forward(mha_decoder *layer,
     mha_status st = make_call(layer, args, &c);
     if (st == MHA_OK)
         st = reserve(layer, c.B * c.T);
-    if (st == MHA_OK && c.pos)
-        st = check_positions(layer, &c);
+    if (st == MHA_OK)
+        st = c.pos ? check_positions(layer, &c)
+                   : check_default_positions(layer, &c);
     if (st == MHA_OK)
         st = mha_kv_make_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     if (st != MHA_OK)

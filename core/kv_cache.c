@@ -191,10 +191,30 @@ static mha_status shift(mha_kv_cache *cache, const char *fn, int64_t s,
     return mha_kv_add_lengths(cache, s, 1, -gap);
 }
 
+/* MHA_LIMIT_REACHED unless sequence s can count tokens more: its logical
+ * length start + len (the next default position) and a ring's start are
+ * int32, on the host and in the kernels. */
+static mha_status check_positions_left(mha_kv_cache *cache, const char *fn,
+                                       int64_t s, int64_t tokens)
+{
+    int64_t seen = mha_kv_length(cache, s);
+    if (tokens <= INT32_MAX - seen)
+        return MHA_OK;
+    return mha_error(cache->device->ctx, MHA_LIMIT_REACHED,
+                     "%s: sequence %lld of the KV cache has seen %lld "
+                     "tokens; appending %lld would count %lld, past the "
+                     "limit of %d positions",
+                     fn, (long long)s, (long long)seen, (long long)tokens,
+                     (long long)(seen + tokens), INT32_MAX);
+}
+
 mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
                             int64_t first, int64_t nseq, int64_t tokens)
 {
     for (int64_t s = first; s < first + nseq; s++) {
+        mha_status st = check_positions_left(cache, fn, s, tokens);
+        if (st != MHA_OK)
+            return st;
         int64_t keep = rows_kept(cache, s, tokens);
         if (tokens > cache->cfg.capacity - keep)
             return mha_error(cache->device->ctx, MHA_LIMIT_REACHED,

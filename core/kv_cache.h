@@ -33,7 +33,9 @@ mha_tdesc mha_kv_lengths(const mha_kv_cache *cache, int64_t nseq);
  * sequences first .. first+nseq-1 each have room for tokens more; a ring
  * makes room by moving its last window - 1 rows to the front (keys are
  * rotated already, and the attention's masks are relative, so only start
- * changes meaning), which with capacity 2W happens every W + 1 tokens. */
+ * changes meaning), which with capacity 2W happens every W + 1 tokens.
+ * A sequence's count of tokens seen (start + len) stays <= INT32_MAX:
+ * MHA_LIMIT_REACHED past it. */
 mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
                             int64_t first, int64_t nseq, int64_t tokens);
 

@@ -603,7 +603,8 @@ MHA_API mha_status mha_kv_cache_create(mha_device *device,
  * numbers; nothing is written then (a full cache never overwrites). A
  * ring that is full first moves its last window - 1 tokens to the front
  * (dropping older ones) and is past capacity only when window - 1 + T
- * exceeds it. */
+ * exceeds it. A sequence counts at most 2^31 - 1 tokens (a ring too):
+ * MHA_LIMIT_REACHED past that. */
 MHA_API mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
                                        const mha_tensor *key,
                                        const mha_tensor *value);
@@ -701,9 +702,12 @@ typedef struct mha_decoder_forward_args {
                                     NULL: each sequence's length + t.
                                     Read back (one transfer when
                                     contiguous) and checked before any
-                                    work: a negative one is
-                                    MHA_INVALID_ARGUMENT naming the
-                                    sequence, token and value */
+                                    work: one outside 0 to 2^24 - 1
+                                    (where fp32 holds every position)
+                                    is MHA_INVALID_ARGUMENT naming the
+                                    sequence, token and value; default
+                                    ones past it (a rotating layer) are
+                                    MHA_LIMIT_REACHED */
     mha_kv_cache *cache;         /* num_kv_heads and head_dim of the layer,
                                     at least B sequences; a ring (window
                                     W) needs a layer window 1 to W */

@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "context.h"
+#include "kv_cache.h"
 #include "safetensors.h"
 
 typedef struct dcase {
@@ -1093,6 +1094,86 @@ Test(decoder, ring_narrower_than_layer_window_is_refused)
     cr_expect(strstr(e.msg, "ring of window 8") &&
                   strstr(e.msg, "window is 0"),
               "%s", e.msg);
+    cr_assert_eq(mha_kv_cache_destroy(e.cache), MHA_OK);
+    e.cache = full;
+    env_close(&e);
+    free_weights(&w);
+    mha_context_destroy(ctx);
+}
+
+/* ---- position limits ------------------------------------------------------------ */
+
+/* A position past 2^24 - 1 (where fp32 stops holding every integer) is
+ * refused like a negative one, naming the sequence, token and value; the
+ * largest is taken. */
+Test(decoder, position_past_maximum_is_invalid_argument)
+{
+    mha_context *ctx;
+    env e;
+    weights w;
+    cpu_env(&e, &ctx, &w, 16);
+    int64_t E = e.c->E, T = 2, xs[3] = {1, T, E}, ps[2] = {1, T};
+    float x[64] = {0};
+    int32_t pos[2] = {16777214, 16777216};
+    mha_tensor *tx, *ty, *tp;
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &tx), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &ty), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_I32, 2, ps, &tp), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tx, x, (size_t)(T * E) * 4), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
+    mha_decoder_forward_args a;
+    mha_decoder_forward_args_init(&a);
+    a.x = tx, a.positions = tp, a.cache = e.cache, a.output = ty;
+    cr_assert_eq(mha_decoder_forward(e.layer, &a), MHA_INVALID_ARGUMENT);
+    const char *msg = mha_context_errmsg(ctx);
+    cr_expect(strstr(msg, "sequence 0, token 1") && strstr(msg, "16777216") &&
+                  strstr(msg, "0 to 16777215"),
+              "%s", msg);
+    pos[1] = 16777215;
+    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
+    cr_expect_eq(mha_decoder_forward(e.layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    mha_tensor_destroy(tx), mha_tensor_destroy(ty), mha_tensor_destroy(tp);
+    env_close(&e);
+    free_weights(&w);
+    mha_context_destroy(ctx);
+}
+
+/* A ring that has seen nearly 2^31 tokens (its start set as if it had):
+ * default positions past 2^24 - 1 are MHA_LIMIT_REACHED naming the first
+ * one, and an append that would count past INT32_MAX (the int32 start and
+ * length of the host and the kernels) is MHA_LIMIT_REACHED with the
+ * numbers, the cache unchanged, through the decoder and the cache alike. */
+Test(decoder, ring_positions_are_bounded)
+{
+    mha_context *ctx;
+    env e;
+    weights w;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    cpu_env_of(&e, ctx, &ring_cases[0], &w, 16);
+    mha_kv_cache *full = e.cache;
+    e.cache = make_ring(&e, 2 * RING_W);
+    float x[3 * 32] = {0}, y[3 * 32];
+    e.cache->start[0] = 16777214;
+    cr_expect_eq(forward(&e, x, 1, 3, y), MHA_LIMIT_REACHED);
+    cr_expect(strstr(e.msg, "default positions[0][2]") &&
+                  strstr(e.msg, "16777216"),
+              "%s", e.msg);
+    cr_expect_eq(forward(&e, x, 1, 2, y), MHA_OK, "%s", e.msg);
+
+    e.cache->start[0] = INT32_MAX - 4; /* + 2 rows held */
+    int64_t kvs[3] = {3, e.c->Hkv, e.c->d}, len = 0;
+    mha_tensor *k, *v;
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, kvs, &k), MHA_OK);
+    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, kvs, &v), MHA_OK);
+    cr_expect_eq(mha_kv_cache_append(e.cache, 0, k, v), MHA_LIMIT_REACHED);
+    const char *msg = mha_context_errmsg(ctx);
+    cr_expect(strstr(msg, "has seen 2147483645 tokens") &&
+                  strstr(msg, "appending 3") && strstr(msg, "2147483647"),
+              "%s", msg);
+    cr_assert_eq(mha_kv_cache_length(e.cache, 0, &len), MHA_OK);
+    cr_expect_eq(len, INT32_MAX - 2, "a refused append changed the length");
+    mha_tensor_destroy(k), mha_tensor_destroy(v);
     cr_assert_eq(mha_kv_cache_destroy(e.cache), MHA_OK);
     e.cache = full;
     env_close(&e);

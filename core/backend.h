@@ -113,6 +113,11 @@ typedef struct mha_tdesc {
     int64_t nb[4];   /* in elements */
     void *buf;       /* the backend's buffer handle */
     size_t offset;   /* in bytes */
+    /* Bind the whole buffer, not only the view's bytes (a backend that
+     * binds ranges, as Vulkan does): for state addressed at a moving
+     * offset, the KV cache, so that the bindings of a decode step, and the
+     * descriptor sets of recorded ones, do not change with the length. */
+    int bind_whole;
 } mha_tdesc;
 
 typedef struct mha_op_params {

@@ -7,12 +7,14 @@
  * built for each call on the stack from the cache's current lengths (the
  * lengths are data: offsets and a device buffer, never a plan's shape);
  * the only state is a scratch arena sized by a power-of-2 bucket of B*T,
- * so a decode step after the first allocates nothing. */
+ * so a decode step after the first allocates nothing. The same walk,
+ * without the wait, is what mha_vulkan_decoder_record records. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "decoder.h"
+#include "interop.h"
 #include "kv_cache.h"
 #include "tensor.h"
 
@@ -163,6 +165,12 @@ static void decoder_free(mha_decoder *l)
     for (int s = 0; s < MHA_DSLOT_COUNT; s++)
         mha_dev_free(dev, l->wbuf[s], l->wlen[s] * 4);
     mha_dev_free(dev, l->arena, l->arena_bytes);
+    while (l->old) {
+        mha_old_arena *o = l->old;
+        l->old = o->next;
+        mha_dev_free(dev, o->buf, o->bytes);
+        mha_host_free(&dev->ctx->host, o);
+    }
     mha_host_free(&dev->ctx->host, l->host_pos);
     mha_host_free(&dev->ctx->host, l);
 }
@@ -425,6 +433,18 @@ static void arena_layout(const mha_decoder *l, int64_t n, size_t off[6])
         off[i + 1] = align_up(off[i] + sizes[i]);
 }
 
+/* Frees the arena, or keeps it on l->old while recorded work may use it. */
+static void retire_arena(mha_decoder *l, mha_old_arena *slot)
+{
+    if (!slot) {
+        mha_dev_free(l->device, l->arena, l->arena_bytes);
+        return;
+    }
+    *slot = (mha_old_arena){l->arena, l->arena_bytes, l->old};
+    l->old = slot;
+    l->recorded = 0;
+}
+
 /* Makes the arena hold the bucket of `tokens` (the next power of 2). */
 static mha_status reserve(mha_decoder *l, int64_t tokens)
 {
@@ -438,14 +458,18 @@ static mha_status reserve(mha_decoder *l, int64_t tokens)
     arena_layout(l, n, off);
     void *arena = NULL;
     int32_t *pos = mha_host_malloc(&ctx->host, (size_t)n * sizeof *pos);
-    mha_status st = pos ? mha_dev_alloc(l->device, off[5], &arena)
+    mha_old_arena *slot =
+        l->recorded ? mha_host_malloc(&ctx->host, sizeof *slot) : NULL;
+    mha_status st = pos && (slot || !l->recorded)
+                        ? mha_dev_alloc(l->device, off[5], &arena)
                         : mha_error(ctx, MHA_OUT_OF_MEMORY,
                                     "mha_decoder_forward: out of memory");
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, pos);
+        mha_host_free(&ctx->host, slot);
         return st;
     }
-    mha_dev_free(l->device, l->arena, l->arena_bytes);
+    retire_arena(l, slot);
     mha_host_free(&ctx->host, l->host_pos);
     l->arena = arena;
     l->arena_bytes = off[5];
@@ -729,8 +753,12 @@ static mha_status check_default_positions(mha_decoder *l, const dcall *c)
     return MHA_OK;
 }
 
-mha_status mha_decoder_forward(mha_decoder *layer,
-                               const mha_decoder_forward_args *args)
+/* One call; record: the backend records into an application's command
+ * buffer (mha_decoder_forward_enqueue), so the positions are not read
+ * back and nothing waits. */
+static mha_status decoder_step(mha_decoder *layer,
+                               const mha_decoder_forward_args *args,
+                               int record)
 {
     if (!layer)
         return MHA_INVALID_ARGUMENT;
@@ -738,7 +766,7 @@ mha_status mha_decoder_forward(mha_decoder *layer,
     mha_status st = make_call(layer, args, &c);
     if (st == MHA_OK)
         st = reserve(layer, c.B * c.T);
-    if (st == MHA_OK)
+    if (st == MHA_OK && (!c.pos || !record))
         st = c.pos ? check_positions(layer, &c)
                    : check_default_positions(layer, &c);
     if (st == MHA_OK)
@@ -754,12 +782,30 @@ mha_status mha_decoder_forward(mha_decoder *layer,
         return st;
     int32_t before = c.cache->len[0];
     w.run = 1;
+    layer->recorded |= record;
     st = walk(&w);
-    if (st == MHA_OK)
+    if (st == MHA_OK && !record)
         st = mha_dev_sync(layer->device);
     if (st != MHA_OK && c.cache->len[0] != before)
         mha_kv_add_lengths(c.cache, 0, c.B, -c.T); /* as before the call */
     if (st == MHA_OK)
         mha_clear_error(layer->device->ctx);
     return st;
+}
+
+mha_status mha_decoder_forward(mha_decoder *layer,
+                               const mha_decoder_forward_args *args)
+{
+    return decoder_step(layer, args, 0);
+}
+
+mha_status mha_decoder_forward_enqueue(mha_decoder *layer,
+                                       const mha_decoder_forward_args *args)
+{
+    return decoder_step(layer, args, 1);
+}
+
+mha_device *mha_decoder_device(const mha_decoder *layer)
+{
+    return layer->device;
 }

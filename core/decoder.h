@@ -15,6 +15,14 @@ typedef enum mha_dslot {
     MHA_DSLOT_COUNT
 } mha_dslot;
 
+/* An arena that a recorded step may still use (see mha_vulkan.h): kept,
+ * not freed, when a bigger bucket replaces it, until the layer goes. */
+typedef struct mha_old_arena {
+    void *buf;
+    size_t bytes;
+    struct mha_old_arena *next;
+} mha_old_arena;
+
 /* One weight by its Hugging Face name and shape. */
 typedef struct mha_dweight {
     const char *name;
@@ -35,6 +43,8 @@ struct mha_decoder {
     size_t arena_bytes;
     int64_t tokens;
     int32_t *host_pos; /* default positions, staged */
+    int recorded;      /* arena used by a recorded step */
+    mha_old_arena *old;
 };
 
 /* The weights this layer's config has (at most 9); returns the count. */

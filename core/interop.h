@@ -43,6 +43,15 @@ mha_status mha_tensor_adopt(mha_device *device, const char *fn,
 void *mha_tensor_buffer(const mha_tensor *tensor);
 mha_device *mha_tensor_device(const mha_tensor *tensor);
 
+/* mha_decoder_forward for a backend that records into an application's
+ * command buffer: the same nodes, the cache's host lengths advanced at
+ * once (the device's by the recorded writes), given positions not read
+ * back, no wait. The arena of a recorded step is never freed before the
+ * layer. */
+mha_status mha_decoder_forward_enqueue(mha_decoder *layer,
+                                       const mha_decoder_forward_args *args);
+mha_device *mha_decoder_device(const mha_decoder *layer);
+
 /* mha_layer_forward without the wait: the plan's nodes go to the backend's
  * run() in order and nothing is synced. The plan is pinned from then on
  * (never evicted, its scratch never freed until the layer is destroyed),

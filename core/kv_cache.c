@@ -134,7 +134,7 @@ mha_tdesc mha_kv_view(const mha_kv_cache *cache, int which, int64_t first,
     mha_tdesc t = {.dtype = c->dtype,
                    .ne = {nseq, c->num_kv_heads, rows, c->head_dim},
                    .nb = {c->capacity * hd, c->head_dim, hd, 1},
-                   .buf = cache->kv[which]};
+                   .buf = cache->kv[which], .bind_whole = 1};
     t.offset = (size_t)((first * c->capacity + row) * hd) *
                mha_dtype_storage_size(c->dtype);
     return t;

@@ -22,7 +22,8 @@ enum { MHA_KV_KEYS = 0, MHA_KV_VALUES = 1 };
 
 /* The [nseq, Hkv, rows, d] view of keys or values (which) of sequences
  * first .. first+nseq-1 from token row on: token-major, so heads are
- * strided views (nb = {capacity*Hkv*d, d, Hkv*d, 1}). */
+ * strided views (nb = {capacity*Hkv*d, d, Hkv*d, 1}); bound whole, so an
+ * append's binding is the same at every length. */
 mha_tdesc mha_kv_view(const mha_kv_cache *cache, int which, int64_t first,
                       int64_t nseq, int64_t row, int64_t rows);
 

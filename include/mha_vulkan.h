@@ -1,7 +1,7 @@
 /* mha_vulkan.h: running libmha inside an application's (a game or graphics
  * engine's) own Vulkan device: a libmha device on the engine's VkDevice,
- * tensors over the engine's VkBuffers, and a forward recorded into a
- * command buffer the engine is recording, with no submission, no wait and
+ * tensors over the engine's VkBuffers, and a forward (or a decoder step)
+ * recorded into a command buffer the engine is recording, with no submission, no wait and
  * no allocation per frame. The only libmha header that includes Vulkan's.
  *
  * Ownership. libmha never destroys, waits idle or submits to anything it
@@ -201,6 +201,47 @@ MHA_API mha_status mha_vulkan_tensor_buffer(const mha_tensor *tensor,
 MHA_API mha_status mha_vulkan_layer_record(mha_layer *layer,
                                            const mha_forward_args *args,
                                            VkCommandBuffer cmd);
+
+/* Records one step of a decoder layer (what mha_decoder_forward does with
+ * args: projections, RoPE, the append to the cache, attention over it,
+ * output projection) into cmd, as mha_vulkan_layer_record does (the same
+ * rules for cmd, and the synchronisation table above with x and positions
+ * in the place of query, key and value; libmha also writes the cache's
+ * keys, values and lengths, which are its own memory). Nothing is
+ * submitted or waited for.
+ *
+ * The cache's length is data: the append's rows and the new lengths are
+ * recorded (the lengths, and the default positions when positions is
+ * NULL, as vkCmdUpdateBuffer, each behind a barrier COMPUTE_SHADER|
+ * TRANSFER -> TRANSFER, SHADER_WRITE|TRANSFER_WRITE -> TRANSFER_WRITE;
+ * the next dispatch reading them behind the leading barrier's kind), and
+ * the cache's bindings span its whole buffers. So a decode loop that
+ * records a step every frame, at a growing length, creates no pipeline,
+ * descriptor set or memory and allocates no host memory after the first
+ * step of its bucket of B*T (a power of 2); long caches still split the
+ * keys over workgroups (flash-decoding), with a scratch buffer that lives
+ * as long as the device.
+ *
+ * The cache on the host and on the device. The host side (what
+ * mha_kv_cache_length reports and where the next step appends) advances
+ * when the step is recorded; the device side (the lengths the attention
+ * reads, the keys and values) when cmd runs. Hence:
+ *  - each recorded step runs exactly once, in recording order, after the
+ *    steps recorded before it (a ring cache's step may move rows: running
+ *    it twice corrupts the cache); record the next frame's step anew;
+ *  - mha_decoder_forward, mha_kv_cache_append, _truncate and _clear on
+ *    the same cache (they write the lengths from the host) only after the
+ *    recorded steps have completed (wait on the engine's fence);
+ *  - on failure the host lengths are as before the call, and cmd may hold
+ *    part of the step: do not submit it.
+ * A positions tensor is read by the recorded commands, not read back, so
+ * its values are not checked (keep them in 0 to 2^24 - 1); the default
+ * positions are checked as by mha_decoder_forward. A layer keeps the
+ * scratch of every bucket a recorded step used until it is destroyed;
+ * the cache and the tensors must outlive cmd's last execution. */
+MHA_API mha_status mha_vulkan_decoder_record(
+    mha_decoder *layer, const mha_decoder_forward_args *args,
+    VkCommandBuffer cmd);
 
 #ifdef __cplusplus
 }

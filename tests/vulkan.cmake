@@ -87,6 +87,24 @@ set_tests_properties(test_vulkan_interop PROPERTIES
 # The host side of recording (wrapped buffers, set cache, eviction).
 mha_vulkan_valgrind_test(test_vulkan_interop_valgrind test_vulkan_interop
                          vulkan_interop/steady*)
+# test_vulkan_decoder_record: decoder steps recorded into the same
+# engine's command buffer (mha_vulkan_decoder_record), under validation.
+add_executable(test_vulkan_decoder_record
+               ${CMAKE_CURRENT_LIST_DIR}/test_vulkan_decoder_record.c
+               ${CMAKE_CURRENT_BINARY_DIR}/affine.spv)
+target_include_directories(test_vulkan_decoder_record PRIVATE
+  ${PROJECT_SOURCE_DIR}/examples ${MHA_VULKAN_HEADERS})
+target_compile_definitions(test_vulkan_decoder_record PRIVATE
+  _DEFAULT_SOURCE MHA_ENGINE_SHADER="${CMAKE_CURRENT_BINARY_DIR}/affine.spv")
+# the engine's scene (nn.MHA layers) is compiled in but not used here
+target_compile_options(test_vulkan_decoder_record PRIVATE
+                       -Wno-unused-function)
+target_link_libraries(test_vulkan_decoder_record PRIVATE mha_static
+                      ${MHA_LIBVULKAN} PkgConfig::CRITERION m)
+add_test(NAME test_vulkan_decoder_record
+         COMMAND test_vulkan_decoder_record --jobs 2)
+set_tests_properties(test_vulkan_decoder_record PROPERTIES
+  ENVIRONMENT "${MHA_VULKAN_TEST_ENV}" TIMEOUT 600)
 if(TARGET example-vulkan-engine)
   add_test(NAME vulkan_engine_example COMMAND example-vulkan-engine)
   set_tests_properties(vulkan_engine_example PROPERTIES

@@ -1,6 +1,7 @@
 /* interop.c: the entry points of include/mha_vulkan.h: adopting the
  * application's device, wrapping its buffers as tensors, and recording a
- * forward into its command buffer. They check the public arguments, then
+ * forward or a decoder step into its command buffer. They check the
+ * public arguments, then
  * reach the backend's objects behind the opaque handles through
  * core/interop.h; the work is done by device.c (adoption), memory.c
  * (external blocks), submit.c (redirected recording) and set_cache.c. */
@@ -159,6 +160,28 @@ mha_status mha_vulkan_tensor_buffer(const mha_tensor *tensor,
                            "mha_vulkan_tensor_buffer", MHA_OK);
 }
 
+/* The Vulkan device of device (that of a layer: what) with its dispatches
+ * and writes redirected to cmd; NULL with *s and a message when not. */
+static mha_vk_device *begin_record(mha_device *device, const char *fn,
+                                   const char *what, VkCommandBuffer cmd,
+                                   mha_status *s)
+{
+    mha_vk_device *d = vk_device(device, fn, what);
+    *s = MHA_INVALID_ARGUMENT;
+    if (!d)
+        return NULL;
+    if (!cmd) {
+        mha_host_error(d->host, MHA_INVALID_ARGUMENT,
+                       "%s: cmd is VK_NULL_HANDLE", fn);
+        return NULL;
+    }
+    *s = mha_vk_redirect(d, cmd);
+    if (*s == MHA_OK)
+        return d;
+    mha_host_finish(d->host, fn, *s);
+    return NULL;
+}
+
 mha_status mha_vulkan_layer_record(mha_layer *layer,
                                    const mha_forward_args *args,
                                    VkCommandBuffer cmd)
@@ -166,17 +189,29 @@ mha_status mha_vulkan_layer_record(mha_layer *layer,
     static const char fn[] = "mha_vulkan_layer_record";
     if (!layer)
         return MHA_INVALID_ARGUMENT;
-    mha_device *device = mha_layer_device(layer);
-    mha_vk_device *d = vk_device(device, fn, "the layer");
+    mha_status s;
+    mha_vk_device *d = begin_record(mha_layer_device(layer), fn, "the layer",
+                                    cmd, &s);
     if (!d)
-        return MHA_INVALID_ARGUMENT;
-    if (!cmd)
-        return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
-                              "%s: cmd is VK_NULL_HANDLE", fn);
-    mha_status s = mha_vk_redirect(d, cmd);
-    if (s != MHA_OK)
-        return mha_host_finish(d->host, fn, s);
+        return s;
     s = mha_layer_forward_enqueue(layer, fn, args);
     mha_vk_redirect_end(d);
     return s;
+}
+
+mha_status mha_vulkan_decoder_record(mha_decoder *layer,
+                                     const mha_decoder_forward_args *args,
+                                     VkCommandBuffer cmd)
+{
+    static const char fn[] = "mha_vulkan_decoder_record";
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_status s;
+    mha_vk_device *d = begin_record(mha_decoder_device(layer), fn,
+                                    "the layer", cmd, &s);
+    if (!d)
+        return s;
+    s = mha_decoder_forward_enqueue(layer, args);
+    mha_vk_redirect_end(d);
+    return mha_host_finish(d->host, fn, s);
 }

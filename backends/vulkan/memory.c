@@ -418,6 +418,10 @@ mha_status mha_vk_buffer_write(mha_vk_device *d, mha_vk_buffer *b,
                         VK_BUFFER_USAGE_TRANSFER_DST_BIT);
     if (s != MHA_OK || !size)
         return s;
+    /* While recording into an application's command buffer the write is
+     * recorded too: the commands around it run later. */
+    if (d->ext_cmd)
+        return mha_vk_record_write(d, b, offset, src, size);
     /* Work recorded before this write must see the old contents. */
     if (d->recording && (s = mha_vk_flush(d)) != MHA_OK)
         return s;

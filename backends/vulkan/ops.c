@@ -53,7 +53,7 @@ static VkDeviceSize first_byte(const mha_tdesc *t)
 static VkDeviceSize bind_start(const mha_tdesc *t)
 {
     const mha_vk_buffer *b = t->buf;
-    VkDeviceSize lo = first_byte(t);
+    VkDeviceSize lo = t->bind_whole ? b->offset : first_byte(t);
     return lo - lo % b->block->bind_align;
 }
 
@@ -264,15 +264,17 @@ static uint32_t f16_bits(const mha_tdesc *const ts[MHA_VK_BINDINGS])
     return bits;
 }
 
-/* The binding of t (see bind_start); t is in bounds (see in_bounds). */
+/* The binding of t (see bind_start; with bind_whole to the end of its
+ * buffer); t is in bounds (see in_bounds). */
 static mha_vk_access binding_of(const mha_tdesc *t, bool write)
 {
     const mha_vk_buffer *b = t->buf;
     uint64_t last = 0;
     for (int i = 0; i < 4; ++i)
         last += (uint64_t)(t->ne[i] - 1) * (uint64_t)t->nb[i];
-    return (mha_vk_access){b->block->buf, bind_start(t),
-                           first_byte(t) + (last + 1) * esize(t), write};
+    VkDeviceSize hi = t->bind_whole ? b->offset + b->size
+                                    : first_byte(t) + (last + 1) * esize(t);
+    return (mha_vk_access){b->block->buf, bind_start(t), hi, write};
 }
 
 /* Kernels write exactly one binding: the copy, mean and softmax kernels
@@ -551,14 +553,10 @@ static void att_core_sources(attention_push *p, const mha_node *n,
 
 /* Key splits for an attention of `groups` workgroups over `keys` keys in
  * tiles of bc: a power of 2 (a few pipeline variants, whatever the shape),
- * 1 while there are workgroups enough, and never while recording into an
- * application's command buffer (whose replays could outlive the scratch). */
-static uint32_t att_splits(const mha_vk_device *d, uint64_t groups,
-                           uint64_t keys, uint32_t bc)
+ * 1 while there are workgroups enough. */
+static uint32_t att_splits(uint64_t groups, uint64_t keys, uint32_t bc)
 {
     uint32_t ns = 1;
-    if (d->ext_cmd)
-        return 1;
     while (ns < ATT_MAX_SPLITS && groups * ns * 2 <= ATT_SPLIT_GROUPS &&
            keys >= (uint64_t)ns * 4 * bc)
         ns *= 2;
@@ -566,17 +564,22 @@ static uint32_t att_splits(const mha_vk_device *d, uint64_t groups,
 }
 
 /* d->scratch with room for bytes: a bigger one replaces it after the work
- * recorded so far (which may use the old one) has run. */
+ * recorded so far (which may use the old one) has run. One that an
+ * application's command buffer recorded may run at any later time, so it
+ * is never freed: its block goes at close. */
 static mha_status scratch_reserve(mha_vk_device *d, size_t bytes)
 {
-    if (d->scratch && d->scratch->size >= bytes)
+    if (d->scratch && d->scratch->size >= bytes) {
+        d->scratch_recorded |= d->ext_cmd != VK_NULL_HANDLE;
         return MHA_OK;
+    }
     mha_status s = mha_vk_flush(d);
     if (s != MHA_OK)
         return s;
-    if (d->scratch)
+    if (d->scratch && !d->scratch_recorded)
         mha_vk_buffer_free(d, d->scratch);
     d->scratch = NULL;
+    d->scratch_recorded = d->ext_cmd != VK_NULL_HANDLE;
     return mha_vk_buffer_alloc(d, bytes, &d->scratch);
 }
 
@@ -649,7 +652,7 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
     };
     att_core_sources(&p, n, ts);
     uint64_t blocks = (att_rows(n) + c.br - 1) / c.br;
-    uint32_t ns = att_splits(d, blocks * (uint64_t)k->ne[1] * o->ne[0], p.S,
+    uint32_t ns = att_splits(blocks * (uint64_t)k->ne[1] * o->ne[0], p.S,
                              c.bc);
     uint32_t g[3] = {(uint32_t)(blocks * ns), (uint32_t)k->ne[1],
                      (uint32_t)o->ne[0]};

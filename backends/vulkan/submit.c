@@ -191,15 +191,10 @@ static bool conflicts(const mha_vk_device *d, const mha_vk_access *acc,
     return false;
 }
 
-/* Barrier if needed, then remembers acc as done since the last barrier. */
-static mha_status order_accesses(mha_vk_device *d, VkCommandBuffer cmd,
-                                 const mha_vk_access *acc, int nacc)
+/* Remembers acc as done since the last barrier. */
+static mha_status remember(mha_vk_device *d, const mha_vk_access *acc,
+                           int nacc)
 {
-    if (!d->dispatches || conflicts(d, acc, nacc)) {
-        barrier_before_dispatch(d, cmd);
-        d->since_count = 0;
-        d->barriers++;
-    }
     mha_vk_access *p =
         mha_vk_grow(d->host, d->since_barrier, d->since_count,
                     &d->since_cap, d->since_count + nacc, sizeof *p);
@@ -210,6 +205,56 @@ static mha_status order_accesses(mha_vk_device *d, VkCommandBuffer cmd,
         if (acc[i].buf)
             d->since_barrier[d->since_count++] = acc[i];
     return MHA_OK;
+}
+
+/* Barrier if needed, then remembers acc as done since the last barrier. */
+static mha_status order_accesses(mha_vk_device *d, VkCommandBuffer cmd,
+                                 const mha_vk_access *acc, int nacc)
+{
+    if (!d->dispatches || conflicts(d, acc, nacc)) {
+        barrier_before_dispatch(d, cmd);
+        d->since_count = 0;
+        d->barriers++;
+    }
+    return remember(d, acc, nacc);
+}
+
+/* vkCmdUpdateBuffer's limit per command (and its 4-byte granularity). */
+#define UPDATE_MAX 65536u
+
+mha_status mha_vk_record_write(mha_vk_device *d, mha_vk_buffer *b,
+                               size_t offset, const void *src, size_t size)
+{
+    VkDeviceSize at = b->offset + offset;
+    if (size % 4 || at % 4 ||
+        !(b->block->usage & VK_BUFFER_USAGE_TRANSFER_DST_BIT))
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "vulkan: a write of %zu bytes at byte %llu "
+                              "cannot be recorded (vkCmdUpdateBuffer needs "
+                              "4-byte multiples and TRANSFER_DST usage)",
+                              size, (unsigned long long)at);
+    /* After every earlier access of the queue: the transfer overwrites
+     * what earlier dispatches (earlier frames too) read or wrote. */
+    VkMemoryBarrier mb = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
+                         VK_ACCESS_TRANSFER_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
+    };
+    d->vk.vkCmdPipelineBarrier(
+        d->ext_cmd,
+        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+        VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    d->barriers++;
+    for (size_t done = 0; done < size; done += UPDATE_MAX) {
+        size_t n = size - done < UPDATE_MAX ? size - done : UPDATE_MAX;
+        d->vk.vkCmdUpdateBuffer(d->ext_cmd, b->block->buf, at + done, n,
+                                (const char *)src + done);
+    }
+    /* the next dispatch that reads these bytes gets a barrier first (the
+     * one above ordered the transfer only, so earlier dispatches stay) */
+    mha_vk_access acc = {b->block->buf, at, at + size, true};
+    return remember(d, &acc, 1);
 }
 
 void mha_vk_write_set(mha_vk_device *d, VkDescriptorSet set,

@@ -192,8 +192,11 @@ typedef struct mha_vk_device {
     mha_vk_block *ext_blocks; /* the application's VkBuffers */
     mha_vk_buffer *dummy;   /* bound where a kernel's source is absent */
     /* The partial results of split-K attention (ops.c), grown on demand
-     * and kept until close; NULL until first needed. */
+     * and kept until close; NULL until first needed. Once recorded into an
+     * application's command buffer (scratch_recorded) a smaller one is
+     * never freed, only left to close. */
     mha_vk_buffer *scratch;
+    bool scratch_recorded;
     mha_vk_staging staging;
     /* Fault injection for tests (mha_fault_due): device allocations fail
      * as VK_ERROR_OUT_OF_DEVICE_MEMORY, pipeline creations as
@@ -228,7 +231,8 @@ typedef struct mha_vk_device {
     int batch_pools_used;
 
     /* recording into the application's command buffer
-     * (mha_vulkan_layer_record): set only during that call */
+     * (mha_vulkan_layer_record, mha_vulkan_decoder_record): set only
+     * during that call */
     VkCommandBuffer ext_cmd;
     mha_vk_set_entry *sets; /* open addressing, capacity a power of 2 */
     int set_count, set_cap;
@@ -344,6 +348,12 @@ mha_status mha_vk_dispatch(mha_vk_device *d, VkPipeline pipe,
                            const mha_vk_access bind[MHA_VK_BINDINGS],
                            const void *push, uint32_t push_size,
                            const uint32_t groups[3]);
+/* Records the write of size bytes from src at offset of b into the
+ * application's command buffer (vkCmdUpdateBuffer, its data copied now),
+ * ordered after every earlier access and before later dispatches that
+ * touch them: what a host-side write becomes while recording. */
+mha_status mha_vk_record_write(mha_vk_device *d, mha_vk_buffer *b,
+                               size_t offset, const void *src, size_t size);
 /* Appends a pool of sets sets to pools (flags: its create flags). */
 mha_status mha_vk_desc_pools_add(mha_vk_device *d, mha_vk_desc_pools *pools,
                                  uint32_t sets,

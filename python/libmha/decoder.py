@@ -33,20 +33,25 @@ class KVCache(DeviceChild):
     """The keys and values of num_sequences sequences of up to capacity
     tokens each, on a device (mha_kv_cache):
     ``KVCache(capacity, num_kv_heads, head_dim, num_sequences=1,
-    dtype="float32", device=None)``; dtype "float16" halves what a decode
-    step reads. DecoderAttention's forward appends to it; ``append(seq,
-    key, value)`` appends keys and values computed elsewhere ([T,
-    num_kv_heads, head_dim]). ``length(seq)``, ``truncate(seq, length)``
-    (rollback, e.g. of rejected speculative tokens) and ``clear()``. Past
+    dtype="float32", device=None, window=0)``; dtype "float16" halves what
+    a decode step reads. window W > 0 makes a ring for a sliding-window
+    layer (a DecoderAttention of window 1 to W): its memory stays capacity
+    tokens (at least W) however many pass through, the oldest dropped.
+    DecoderAttention's forward appends to it; ``append(seq, key, value)``
+    appends keys and values computed elsewhere ([T, num_kv_heads,
+    head_dim]). ``length(seq)`` (a ring counts the dropped tokens too),
+    ``truncate(seq, length)`` (rollback, e.g. of rejected speculative
+    tokens; a ring only back to the tokens it holds) and ``clear()``. Past
     capacity is LimitReachedError and changes nothing."""
 
     _noun = "KV cache"
 
     def __init__(self, capacity, num_kv_heads, head_dim, num_sequences=1,
-                 dtype="float32", device=None):
+                 dtype="float32", device=None, window=0):
         self.device = dev = resolve(device)
         self.capacity, self.num_sequences = int(capacity), int(num_sequences)
         self.num_kv_heads, self.head_dim = int(num_kv_heads), int(head_dim)
+        self.window = int(window)
         code = _dtype_code(dtype)
         self.dtype = "float16" if code == _capi.F16 else "float32"
         cfg = _capi.KVCacheConfig()
@@ -57,6 +62,7 @@ class KVCache(DeviceChild):
             cfg.capacity, cfg.num_sequences = self.capacity, self.num_sequences
             cfg.num_kv_heads, cfg.head_dim = self.num_kv_heads, self.head_dim
             cfg.dtype = code
+            cfg.window = self.window
             self._own(lib.mha_kv_cache_create, "KVCache", ctypes.byref(cfg))
 
     def append(self, seq, key, value):

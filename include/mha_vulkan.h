@@ -123,7 +123,9 @@ MHA_API mha_status mha_vulkan_device_info_init_sized(
  * by value and never destroys. options (may be NULL) gives the pipeline
  * cache directory as for mha_device_open. Works whether or not this
  * context found Vulkan devices of its own. Fails with MHA_UNSUPPORTED when
- * the device is below Vulkan 1.1 or the queue family has no compute, and
+ * the device is below Vulkan 1.1, the queue family has no compute, or it
+ * binds fewer than 9 storage buffers per shader stage (every libmha kernel
+ * binds 9; maxPerStageDescriptorStorageBuffers), and
  * MHA_INVALID_ARGUMENT for missing handles. Destroy the device with
  * mha_device_destroy (after its layers and tensors). mha_device_info_of
  * reports index -1 and says in details that the device is adopted; when

@@ -656,3 +656,41 @@ Test(vulkan, no_driver_lists_no_devices)
     mha_device_destroy(cpu);
     mha_context_destroy(ctx);
 }
+
+/* The log of a context, kept for a test to search. */
+static void keep_log(void *user, mha_log_level level, const char *msg)
+{
+    (void)level;
+    char *log = user;
+    size_t n = strlen(log);
+    snprintf(log + n, 4096 - n, "%s\n", msg);
+}
+
+/* Every kernel binds 9 storage buffers (Vulkan guarantees 4 per stage):
+ * a device with fewer (simulated by MHA_VULKAN_LIMITS storage=8) is not
+ * listed, and the log says why with both numbers; 9 is enough. */
+Test(vulkan, too_few_storage_buffers_skips_the_device)
+{
+    static char log[4096];
+    mha_context_options o;
+    mha_context_options_init(&o);
+    o.log = keep_log;
+    o.log_user = log;
+    o.log_level = MHA_LOG_INFO;
+    setenv("MHA_VULKAN_LIMITS", "storage=9", 1);
+    mha_context *ctx = NULL;
+    cr_assert_eq(mha_context_create(&o, &ctx), MHA_OK);
+    first_vulkan(ctx); /* listed (or skipped when there is no device) */
+    mha_context_destroy(ctx);
+    log[0] = '\0';
+    setenv("MHA_VULKAN_LIMITS", "storage=8", 1);
+    cr_assert_eq(mha_context_create(&o, &ctx), MHA_OK);
+    int idx[8];
+    cr_expect_eq(vulkan_devices(ctx, idx, 8), 0);
+    cr_expect(strstr(log, "skipping") &&
+                  strstr(log, "8 storage buffers per stage") &&
+                  strstr(log, "maxPerStageDescriptorStorageBuffers") &&
+                  strstr(log, "kernels bind 9"),
+              "%s", log);
+    mha_context_destroy(ctx);
+}

@@ -12,7 +12,8 @@
  * allocation (counted through its allocator hooks). Covered: a full cache
  * long enough for split-K decode, two sequences, a recorded prefill first;
  * a ring cache of a windowed layer that moves its rows while recording;
- * the errors of the call. */
+ * several steps in one command buffer; the errors of the call; a device
+ * below the kernels' 9 storage buffers per stage refused at adoption. */
 #include <criterion/criterion.h>
 
 #define MHA_ENGINE_NO_MAIN
@@ -200,6 +201,50 @@ static mha_decoder_forward_args step_args(side *s, int i)
     return a;
 }
 
+/* Makes the engine, or skips when there is no Vulkan device (fails when
+ * MHA_REQUIRE_VULKAN=1). */
+static void open_engine(engine *e)
+{
+    if (engine_create(e, true, false))
+        return;
+    bool none = e->instance && !e->gpu;
+    engine_destroy(e);
+    const char *req = getenv("MHA_REQUIRE_VULKAN");
+    if (none && !(req && strcmp(req, "1") == 0))
+        cr_skip_test("no Vulkan 1.1 device with a compute queue");
+    cr_assert_fail("the engine could not start (see stderr)");
+}
+
+/* Destroys the engine and asserts the validation layer (its messenger)
+ * reported nothing over the engine's life. */
+static void close_engine(engine *e)
+{
+    engine_destroy(e);
+    cr_assert_eq(e->messages, 0, "%d validation message(s), see stderr",
+                 e->messages);
+}
+
+static VkCommandBuffer engine_cmd(engine *e)
+{
+    VkCommandBufferAllocateInfo ai = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+        .commandPool = e->pool,
+        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+        .commandBufferCount = 1};
+    VkCommandBuffer cmd;
+    cr_assert_eq(vkAllocateCommandBuffers(e->device, &ai, &cmd), VK_SUCCESS);
+    return cmd;
+}
+
+static void expect_close(const float *got, const float *want, size_t n,
+                         int frame)
+{
+    for (size_t k = 0; k < n; k++)
+        cr_assert(fabsf(got[k] - want[k]) <= 1e-5f,
+                  "frame %d: output[%zu] recorded %g, forward %g", frame, k,
+                  (double)got[k], (double)want[k]);
+}
+
 /* ---- the frames ----------------------------------------------------------- */
 
 /* Records one step of s's layer (tokens x, T of them a sequence) into cmd
@@ -233,24 +278,11 @@ static void run_frames(int64_t window, int64_t capacity, bool ring,
                        int steps, int warm)
 {
     engine e;
-    if (!engine_create(&e, true, false)) {
-        bool none = e.instance && !e.gpu;
-        engine_destroy(&e);
-        const char *req = getenv("MHA_REQUIRE_VULKAN");
-        if (none && !(req && strcmp(req, "1") == 0))
-            cr_skip_test("no Vulkan 1.1 device with a compute queue");
-        cr_assert_fail("the engine could not start (see stderr)");
-    }
+    open_engine(&e);
     side rec, ref;
     side_open(&rec, &e, true, window, capacity, ring);
     side_open(&ref, &e, false, window, capacity, ring);
-    VkCommandBufferAllocateInfo ai = {
-        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-        .commandPool = e.pool,
-        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-        .commandBufferCount = 1};
-    VkCommandBuffer cmd;
-    cr_assert_eq(vkAllocateCommandBuffers(e.device, &ai, &cmd), VK_SUCCESS);
+    VkCommandBuffer cmd = engine_cmd(&e);
     float x[B * PREFILL * E], got[B * PREFILL * E], want[B * PREFILL * E];
     unsigned seed = 99;
     int64_t len = 0;
@@ -268,11 +300,7 @@ static void run_frames(int64_t window, int64_t capacity, bool ring,
                      mha_context_errmsg(ref.ctx));
         cr_assert_eq(mha_tensor_download(rec.y[i], got, n * 4), MHA_OK);
         cr_assert_eq(mha_tensor_download(ref.y[i], want, n * 4), MHA_OK);
-        for (size_t k = 0; k < n; k++)
-            cr_assert(fabsf(got[k] - want[k]) <= 1e-5f,
-                      "frame %d (length %lld): output[%zu] recorded %g, "
-                      "forward %g", f, (long long)len, k, (double)got[k],
-                      (double)want[k]);
+        expect_close(got, want, n, f);
         len += T;
         for (int64_t b = 0; b < B; b++) {
             int64_t l = -1;
@@ -288,9 +316,7 @@ static void run_frames(int64_t window, int64_t capacity, bool ring,
     vkFreeCommandBuffers(e.device, e.pool, 1, &cmd);
     side_close(&rec);
     side_close(&ref);
-    engine_destroy(&e);
-    cr_assert_eq(e.messages, 0, "%d validation message(s), see stderr",
-                 e.messages);
+    close_engine(&e);
 }
 
 /* capacity 512: decode splits the keys over 4 workgroups (split-K); warm
@@ -305,4 +331,133 @@ Test(vulkan_decoder_record, full_cache_steps_match_forward, .timeout = 600)
 Test(vulkan_decoder_record, ring_cache_steps_match_forward, .timeout = 600)
 {
     run_frames(8, 16, true, 40, 12);
+}
+
+/* STEPS decode steps recorded into one command buffer, each on its own x
+ * and output, submitted once: the later steps see the earlier ones'
+ * appends and lengths (the recorded writes are ordered), as STEPS forwards
+ * do. */
+Test(vulkan_decoder_record, several_steps_in_one_command_buffer)
+{
+    enum { STEPS = 4 };
+    engine e;
+    open_engine(&e);
+    side rec, ref;
+    side_open(&rec, &e, true, 0, 64, false);
+    side_open(&ref, &e, false, 0, 64, false);
+    mha_tensor *x[STEPS], *y[STEPS];
+    int64_t shape[3] = {B, 1, E};
+    float in[STEPS][B * E], got[B * E], want[STEPS][B * E];
+    unsigned seed = 5;
+    VkCommandBuffer cmd = engine_cmd(&e);
+    VkCommandBufferBeginInfo bi = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    cr_assert_eq(vkBeginCommandBuffer(cmd, &bi), VK_SUCCESS);
+    for (int s = 0; s < STEPS; s++) {
+        cr_assert_eq(mha_tensor_create(rec.dev, MHA_F32, 3, shape, &x[s]),
+                     MHA_OK);
+        cr_assert_eq(mha_tensor_create(rec.dev, MHA_F32, 3, shape, &y[s]),
+                     MHA_OK);
+        fill_uniform(in[s], B * E, &seed, 1.0f);
+        cr_assert_eq(mha_tensor_upload(x[s], in[s], sizeof in[s]), MHA_OK);
+        mha_decoder_forward_args a = step_args(&rec, 1);
+        a.x = x[s];
+        a.output = y[s];
+        cr_assert_eq(mha_vulkan_decoder_record(rec.layer, &a, cmd), MHA_OK,
+                     "%s", mha_context_errmsg(rec.ctx));
+        int64_t len = 0;
+        cr_assert_eq(mha_kv_cache_length(rec.cache, 1, &len), MHA_OK);
+        cr_assert_eq(len, s + 1, "the host length is the recorded one");
+        cr_assert_eq(mha_tensor_upload(ref.x[1], in[s], sizeof in[s]),
+                     MHA_OK);
+        a = step_args(&ref, 1);
+        cr_assert_eq(mha_decoder_forward(ref.layer, &a), MHA_OK);
+        cr_assert_eq(mha_tensor_download(ref.y[1], want[s], sizeof want[s]),
+                     MHA_OK);
+    }
+    engine_barrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_HOST_BIT,
+                   VK_ACCESS_HOST_READ_BIT);
+    cr_assert_eq(vkEndCommandBuffer(cmd), VK_SUCCESS);
+    cr_assert(engine_submit(&e, &cmd, 1));
+    for (int s = 0; s < STEPS; s++) {
+        cr_assert_eq(mha_tensor_download(y[s], got, sizeof got), MHA_OK);
+        expect_close(got, want[s], B * E, s);
+        mha_tensor_destroy(x[s]);
+        mha_tensor_destroy(y[s]);
+    }
+    vkFreeCommandBuffers(e.device, e.pool, 1, &cmd);
+    side_close(&rec);
+    side_close(&ref);
+    close_engine(&e);
+}
+
+/* A layer on another backend, no command buffer, a bad argument: each
+ * refused with its status and a message naming the call; a refused
+ * record leaves the host lengths as they were. */
+Test(vulkan_decoder_record, errors)
+{
+    engine e;
+    open_engine(&e);
+    side rec;
+    side_open(&rec, &e, false, 0, 8, false);
+    VkCommandBuffer cmd = engine_cmd(&e);
+    mha_decoder_forward_args a = step_args(&rec, 1);
+    cr_assert_eq(mha_vulkan_decoder_record(rec.layer, &a, VK_NULL_HANDLE),
+                 MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(rec.ctx), "VK_NULL_HANDLE"), "%s",
+              mha_context_errmsg(rec.ctx));
+    VkCommandBufferBeginInfo bi = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    cr_assert_eq(vkBeginCommandBuffer(cmd, &bi), VK_SUCCESS);
+    a.output = rec.y[0]; /* [B, PREFILL, E] for a step of one token */
+    cr_assert_eq(mha_vulkan_decoder_record(rec.layer, &a, cmd),
+                 MHA_SHAPE_MISMATCH);
+    const char *msg = mha_context_errmsg(rec.ctx);
+    cr_expect(strstr(msg, "mha_vulkan_decoder_record") &&
+                  strstr(msg, "output"), "%s", msg);
+    int64_t len = -1;
+    cr_assert_eq(mha_kv_cache_length(rec.cache, 0, &len), MHA_OK);
+    cr_expect_eq(len, 0);
+    cr_assert_eq(vkEndCommandBuffer(cmd), VK_SUCCESS);
+
+    mha_device *cpu = NULL;
+    mha_decoder *layer = NULL;
+    mha_decoder_config cfg;
+    mha_decoder_config_init(&cfg, E, HQ);
+    cr_assert_eq(mha_device_open(rec.ctx, "cpu", NULL, &cpu), MHA_OK);
+    cr_assert_eq(mha_decoder_create(cpu, &cfg, &layer), MHA_OK);
+    cr_assert_eq(mha_vulkan_decoder_record(layer, &a, cmd),
+                 MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(rec.ctx), "not on a Vulkan device"),
+              "%s", mha_context_errmsg(rec.ctx));
+    cr_assert_eq(mha_vulkan_decoder_record(NULL, &a, cmd),
+                 MHA_INVALID_ARGUMENT);
+    mha_decoder_destroy(layer);
+    mha_device_destroy(cpu);
+    vkFreeCommandBuffers(e.device, e.pool, 1, &cmd);
+    side_close(&rec);
+    close_engine(&e);
+}
+
+/* A device with fewer storage buffers per stage than the kernels bind
+ * (MHA_VULKAN_LIMITS storage=4, Vulkan's minimum) is refused at adoption
+ * with both numbers, not at the first pipeline. */
+Test(vulkan_decoder_record, adopting_a_device_below_nine_storage_buffers)
+{
+    setenv("MHA_VULKAN_LIMITS", "storage=4", 1);
+    engine e;
+    open_engine(&e);
+    mha_context *ctx = NULL;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    mha_vulkan_device_info info = engine_share(&e, true);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_vulkan_device_adopt(ctx, &info, NULL, &dev),
+                 MHA_UNSUPPORTED);
+    const char *msg = mha_context_errmsg(ctx);
+    cr_expect(strstr(msg, "4 storage buffers per stage") &&
+                  strstr(msg, "kernels bind 9"), "%s", msg);
+    cr_assert_null(dev);
+    mha_context_destroy(ctx);
+    close_engine(&e);
 }

@@ -81,8 +81,9 @@ static void copy_str(char *dst, size_t size, const char *src)
 /* MHA_VULKAN_LIMITS="shared=16384,workgroup=128,fp16=0": lowers (never
  * raises) the limits kernels are specialised from, so lavapipe can run the
  * variants mobile GPUs get. Also "range=N" (a smaller
- * maxStorageBufferRange) and "mapped=0" (transfers through a staging
- * buffer, as on a discrete GPU). */
+ * maxStorageBufferRange), "mapped=0" (transfers through a staging
+ * buffer, as on a discrete GPU) and "storage=N" (N storage buffers per
+ * stage: below MHA_VK_BINDINGS the device is unusable). */
 static void apply_limit_caps(mha_host *host, mha_vk_limits *lim)
 {
     const char *env = mha_host_getenv(host, "MHA_VULKAN_LIMITS");
@@ -111,6 +112,8 @@ static void apply_limit_caps(mha_host *host, mha_vk_limits *lim)
             lim->max_range = v;
         else if (strcmp(key, "mapped") == 0 && v == 0)
             lim->map_tensors = false;
+        else if (strcmp(key, "storage") == 0 && v < lim->storage_buffers)
+            lim->storage_buffers = (uint32_t)v;
         p = *end == ',' ? end + 1 : end;
         if (*end && *end != ',')
             break;
@@ -118,6 +121,15 @@ static void apply_limit_caps(mha_host *host, mha_vk_limits *lim)
     if (lim->max_wg_x > lim->max_wg)
         lim->max_wg_x = lim->max_wg;
 }
+
+/* Why a device cannot run libmha's kernels, whose one descriptor set
+ * layout binds MHA_VK_BINDINGS storage buffers to the compute stage
+ * (Vulkan guarantees only 4 per stage), with the device's number and
+ * MHA_VK_BINDINGS as the %u's. */
+#define TOO_FEW_BINDINGS                                                     \
+    "%u storage buffers per stage (the lower of "                           \
+    "maxPerStageDescriptorStorageBuffers and "                               \
+    "maxDescriptorSetStorageBuffers); libmha's kernels bind %u"
 
 static bool has_ext(const VkExtensionProperties *e, uint32_t n,
                     const char *name)
@@ -257,6 +269,11 @@ static uint64_t query_device(const mha_vk_ifns *fn, mha_host *host,
     lim->max_range = l->maxStorageBufferRange;
     lim->offset_align = l->minStorageBufferOffsetAlignment;
     lim->push_bytes = l->maxPushConstantsSize;
+    lim->storage_buffers =
+        l->maxPerStageDescriptorStorageBuffers <
+                l->maxDescriptorSetStorageBuffers
+            ? l->maxPerStageDescriptorStorageBuffers
+            : l->maxDescriptorSetStorageBuffers;
     lim->fp16_storage = s16.storageBuffer16BitAccess;
     lim->fp16_math = f16_feature && f16.shaderFloat16;
     lim->map_tensors = true;
@@ -354,6 +371,13 @@ mha_status mha_vk_probe(mha_vk_state *st, mha_device_desc *descs, int cap,
         char driver[128], heaps[48];
         uint64_t local = query_device(&st->fn, st->host, ph, driver,
                                       sizeof driver, heaps, sizeof heaps);
+        if (ph->lim.storage_buffers < MHA_VK_BINDINGS) {
+            mha_host_log(st->host, MHA_LOG_INFO,
+                         "vulkan: skipping %s: " TOO_FEW_BINDINGS,
+                         ph->props.deviceName, ph->lim.storage_buffers,
+                         (unsigned)MHA_VK_BINDINGS);
+            continue;
+        }
         describe(ph, local, driver, heaps, &descs[st->count]);
         st->count++;
     }
@@ -524,6 +548,12 @@ static mha_status adopt_phys(mha_vk_device *d,
     ph->queue_family = info->queue_family_index;
     *local = query_device(d->fn, d->host, ph, driver, driver_size, heaps,
                           heaps_size);
+    if (ph->lim.storage_buffers < MHA_VK_BINDINGS)
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "mha_vulkan_device_adopt: %s has "
+                              TOO_FEW_BINDINGS,
+                              ph->props.deviceName, ph->lim.storage_buffers,
+                              (unsigned)MHA_VK_BINDINGS);
     bool s16, f16;
     enabled_features(info, &s16, &f16);
     /* shaderFloat16 needs VK_KHR_shader_float16_int8 below Vulkan 1.2 */

@@ -49,6 +49,9 @@ typedef struct mha_vk_limits {
     uint64_t max_range;      /* maxStorageBufferRange */
     uint64_t offset_align;   /* minStorageBufferOffsetAlignment */
     uint32_t push_bytes;     /* maxPushConstantsSize */
+    uint32_t storage_buffers; /* the lower of maxPerStageDescriptorStorage-
+                                 Buffers and maxDescriptorSetStorageBuffers:
+                                 every kernel binds MHA_VK_BINDINGS */
     bool fp16_storage;       /* storageBuffer16BitAccess */
     bool fp16_math;          /* shaderFloat16 */
     bool map_tensors;        /* map host-visible tensor memory (else every

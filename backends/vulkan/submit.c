@@ -222,6 +222,23 @@ static mha_status order_accesses(mha_vk_device *d, VkCommandBuffer cmd,
 /* vkCmdUpdateBuffer's limit per command (and its 4-byte granularity). */
 #define UPDATE_MAX 65536u
 
+/* Orders a transfer write after every earlier access of the queue: it
+ * overwrites what earlier dispatches (earlier frames too) read or wrote. */
+static void barrier_before_update(mha_vk_device *d, VkCommandBuffer cmd)
+{
+    VkMemoryBarrier mb = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
+                         VK_ACCESS_TRANSFER_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
+    };
+    d->vk.vkCmdPipelineBarrier(
+        cmd,
+        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+        VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    d->barriers++;
+}
+
 mha_status mha_vk_record_write(mha_vk_device *d, mha_vk_buffer *b,
                                size_t offset, const void *src, size_t size)
 {
@@ -233,19 +250,7 @@ mha_status mha_vk_record_write(mha_vk_device *d, mha_vk_buffer *b,
                               "cannot be recorded (vkCmdUpdateBuffer needs "
                               "4-byte multiples and TRANSFER_DST usage)",
                               size, (unsigned long long)at);
-    /* After every earlier access of the queue: the transfer overwrites
-     * what earlier dispatches (earlier frames too) read or wrote. */
-    VkMemoryBarrier mb = {
-        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
-                         VK_ACCESS_TRANSFER_WRITE_BIT,
-        .dstAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
-    };
-    d->vk.vkCmdPipelineBarrier(
-        d->ext_cmd,
-        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-        VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-    d->barriers++;
+    barrier_before_update(d, d->ext_cmd);
     for (size_t done = 0; done < size; done += UPDATE_MAX) {
         size_t n = size - done < UPDATE_MAX ? size - done : UPDATE_MAX;
         d->vk.vkCmdUpdateBuffer(d->ext_cmd, b->block->buf, at + done, n,

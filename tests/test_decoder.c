@@ -951,9 +951,12 @@ Test(decoder, views_as_inputs_and_output)
 
 /* ---- positions ------------------------------------------------------------------ */
 
-/* A negative position is refused before any work, naming the call, the
- * sequence, the token and the value; the cache is unchanged. */
-Test(decoder, negative_position_is_invalid_argument)
+/* A position outside 0 .. 2^24 - 1 (bad, at token 2) is refused before
+ * any work, naming the call, the sequence, the token and the value (the
+ * message holds needle); the cache is unchanged; fine in its place is
+ * taken. */
+static void check_refused_position(int32_t bad, int32_t fine,
+                                   const char *needle)
 {
     mha_context *ctx;
     env e;
@@ -962,7 +965,7 @@ Test(decoder, negative_position_is_invalid_argument)
     int64_t E = e.c->E, T = 4, xs[3] = {1, T, E}, ps[2] = {1, T};
     test_rng r = {5};
     float *x = randn(&r, (size_t)(T * E), 1.0f);
-    int32_t pos[4] = {0, 1, -5, 3};
+    int32_t pos[4] = {0, 1, bad, 3};
     mha_tensor *tx, *ty, *tp;
     cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &tx), MHA_OK);
     cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &ty), MHA_OK);
@@ -975,13 +978,13 @@ Test(decoder, negative_position_is_invalid_argument)
     cr_assert_eq(mha_decoder_forward(e.layer, &a), MHA_INVALID_ARGUMENT);
     const char *msg = mha_context_errmsg(ctx);
     cr_expect(strstr(msg, "mha_decoder_forward") &&
-                  strstr(msg, "sequence 0, token 2") && strstr(msg, "-5"),
+                  strstr(msg, "sequence 0, token 2") && strstr(msg, needle),
               "%s", msg);
     int64_t len = -1;
     cr_assert_eq(mha_kv_cache_length(e.cache, 0, &len), MHA_OK);
     cr_expect_eq(len, 0, "a refused forward appended %lld tokens",
                  (long long)len);
-    pos[2] = 2;
+    pos[2] = fine;
     cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
     cr_expect_eq(mha_decoder_forward(e.layer, &a), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
@@ -990,6 +993,19 @@ Test(decoder, negative_position_is_invalid_argument)
     free_weights(&w);
     free(x);
     mha_context_destroy(ctx);
+}
+
+Test(decoder, negative_position_is_invalid_argument)
+{
+    check_refused_position(-5, 2, "is -5;");
+}
+
+/* Past 2^24 - 1 fp32 no longer holds every position: RoPE would rotate by
+ * a rounded angle. */
+Test(decoder, position_past_maximum_is_invalid_argument)
+{
+    check_refused_position(16777216, 16777215,
+                           "is 16777216; expected 0 to 16777215");
 }
 
 /* ---- ring caches ---------------------------------------------------------------- */
@@ -1102,42 +1118,6 @@ Test(decoder, ring_narrower_than_layer_window_is_refused)
 }
 
 /* ---- position limits ------------------------------------------------------------ */
-
-/* A position past 2^24 - 1 (where fp32 stops holding every integer) is
- * refused like a negative one, naming the sequence, token and value; the
- * largest is taken. */
-Test(decoder, position_past_maximum_is_invalid_argument)
-{
-    mha_context *ctx;
-    env e;
-    weights w;
-    cpu_env(&e, &ctx, &w, 16);
-    int64_t E = e.c->E, T = 2, xs[3] = {1, T, E}, ps[2] = {1, T};
-    float x[64] = {0};
-    int32_t pos[2] = {16777214, 16777216};
-    mha_tensor *tx, *ty, *tp;
-    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &tx), MHA_OK);
-    cr_assert_eq(mha_tensor_create(e.dev, MHA_F32, 3, xs, &ty), MHA_OK);
-    cr_assert_eq(mha_tensor_create(e.dev, MHA_I32, 2, ps, &tp), MHA_OK);
-    cr_assert_eq(mha_tensor_upload(tx, x, (size_t)(T * E) * 4), MHA_OK);
-    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
-    mha_decoder_forward_args a;
-    mha_decoder_forward_args_init(&a);
-    a.x = tx, a.positions = tp, a.cache = e.cache, a.output = ty;
-    cr_assert_eq(mha_decoder_forward(e.layer, &a), MHA_INVALID_ARGUMENT);
-    const char *msg = mha_context_errmsg(ctx);
-    cr_expect(strstr(msg, "sequence 0, token 1") && strstr(msg, "16777216") &&
-                  strstr(msg, "0 to 16777215"),
-              "%s", msg);
-    pos[1] = 16777215;
-    cr_assert_eq(mha_tensor_upload(tp, pos, sizeof pos), MHA_OK);
-    cr_expect_eq(mha_decoder_forward(e.layer, &a), MHA_OK, "%s",
-                 mha_context_errmsg(ctx));
-    mha_tensor_destroy(tx), mha_tensor_destroy(ty), mha_tensor_destroy(tp);
-    env_close(&e);
-    free_weights(&w);
-    mha_context_destroy(ctx);
-}
 
 /* A ring that has seen nearly 2^31 tokens (its start set as if it had):
  * default positions past 2^24 - 1 are MHA_LIMIT_REACHED naming the first

@@ -18,30 +18,13 @@
 
 #define MHA_ENGINE_NO_MAIN
 #include "vulkan_engine.c"
+#include "vulkan_engine_test.h"
 
 enum { E = 32, HQ = 4, HKV = 2, D = 8, B = 2, PREFILL = 5 };
 
-/* ---- what the recording context creates and allocates ------------------ */
+/* ---- what the recording context creates ---------------------------------- */
 
-static size_t g_allocs;  /* host allocations through the hooks */
-static int g_objects;    /* Vulkan objects created through our table */
-
-static void *counting_malloc(void *user, size_t size)
-{
-    (void)user;
-    g_allocs++;
-    return malloc(size);
-}
-
-static void counting_free(void *user, void *ptr)
-{
-    (void)user;
-    free(ptr);
-}
-
-static const mha_allocator g_counting = {counting_malloc, counting_free,
-                                         NULL};
-
+static int g_objects; /* Vulkan objects created through our table */
 static PFN_vkCreateComputePipelines g_pipelines;
 static PFN_vkAllocateDescriptorSets g_sets;
 static PFN_vkAllocateMemory g_memory;
@@ -143,7 +126,7 @@ static void side_open(side *s, engine *e, bool counting, int64_t window,
     mha_context_options o;
     mha_context_options_init(&o);
     if (counting)
-        o.allocator = &g_counting;
+        o = counting_options();
     cr_assert_eq(mha_context_create(&o, &s->ctx), MHA_OK);
     mha_vulkan_device_info info = engine_share(e, true);
     if (counting)
@@ -201,29 +184,6 @@ static mha_decoder_forward_args step_args(side *s, int i)
     return a;
 }
 
-/* Makes the engine, or skips when there is no Vulkan device (fails when
- * MHA_REQUIRE_VULKAN=1). */
-static void open_engine(engine *e)
-{
-    if (engine_create(e, true, false))
-        return;
-    bool none = e->instance && !e->gpu;
-    engine_destroy(e);
-    const char *req = getenv("MHA_REQUIRE_VULKAN");
-    if (none && !(req && strcmp(req, "1") == 0))
-        cr_skip_test("no Vulkan 1.1 device with a compute queue");
-    cr_assert_fail("the engine could not start (see stderr)");
-}
-
-/* Destroys the engine and asserts the validation layer (its messenger)
- * reported nothing over the engine's life. */
-static void close_engine(engine *e)
-{
-    engine_destroy(e);
-    cr_assert_eq(e->messages, 0, "%d validation message(s), see stderr",
-                 e->messages);
-}
-
 static VkCommandBuffer engine_cmd(engine *e)
 {
     VkCommandBufferAllocateInfo ai = {
@@ -278,7 +238,7 @@ static void run_frames(int64_t window, int64_t capacity, bool ring,
                        int steps, int warm)
 {
     engine e;
-    open_engine(&e);
+    open_engine(&e, true, false);
     side rec, ref;
     side_open(&rec, &e, true, window, capacity, ring);
     side_open(&ref, &e, false, window, capacity, ring);
@@ -341,7 +301,7 @@ Test(vulkan_decoder_record, several_steps_in_one_command_buffer)
 {
     enum { STEPS = 4 };
     engine e;
-    open_engine(&e);
+    open_engine(&e, true, false);
     side rec, ref;
     side_open(&rec, &e, true, 0, 64, false);
     side_open(&ref, &e, false, 0, 64, false);
@@ -398,7 +358,7 @@ Test(vulkan_decoder_record, several_steps_in_one_command_buffer)
 Test(vulkan_decoder_record, errors)
 {
     engine e;
-    open_engine(&e);
+    open_engine(&e, true, false);
     side rec;
     side_open(&rec, &e, false, 0, 8, false);
     VkCommandBuffer cmd = engine_cmd(&e);
@@ -447,7 +407,7 @@ Test(vulkan_decoder_record, adopting_a_device_below_nine_storage_buffers)
 {
     setenv("MHA_VULKAN_LIMITS", "storage=4", 1);
     engine e;
-    open_engine(&e);
+    open_engine(&e, true, false);
     mha_context *ctx = NULL;
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
     mha_vulkan_device_info info = engine_share(&e, true);

@@ -23,34 +23,12 @@
 
 #define MHA_ENGINE_NO_MAIN
 #include "vulkan_engine.c"
+#include "vulkan_engine_test.h"
 
 /* struct_size of an mha_vulkan_buffer written as an initializer */
 #define VKB sizeof(mha_vulkan_buffer)
 
 /* ---- helpers ------------------------------------------------------------ */
-
-/* Makes the engine, or skips when there is no Vulkan device (fails when
- * MHA_REQUIRE_VULKAN=1). */
-static void open_engine(engine *e, bool validation, bool fp16)
-{
-    if (engine_create(e, validation, fp16))
-        return;
-    bool none = e->instance && !e->gpu;
-    engine_destroy(e);
-    const char *req = getenv("MHA_REQUIRE_VULKAN");
-    if (none && !(req && strcmp(req, "1") == 0))
-        cr_skip_test("no Vulkan 1.1 device with a compute queue");
-    cr_assert_fail("the engine could not start (see stderr)");
-}
-
-/* Closes the engine and asserts the validation layer reported nothing
- * over its whole life (leaked objects are reported at vkDestroyDevice). */
-static void close_engine(engine *e)
-{
-    engine_destroy(e);
-    cr_assert_eq(e->messages, 0, "%d validation message(s), see stderr",
-                 e->messages);
-}
 
 /* An engine under validation with the scene on it (see scene_create). */
 static void start(engine *e, scene *s, const mha_context_options *options,
@@ -105,33 +83,6 @@ static void assert_error(mha_context *ctx, mha_status got, mha_status want,
     cr_assert(strstr(mha_context_errmsg(ctx), needle),
               "message \"%s\" does not name \"%s\"", mha_context_errmsg(ctx),
               needle);
-}
-
-/* Host allocations through a context's hooks, counted. */
-static size_t g_allocs;
-
-static void *counting_malloc(void *user, size_t size)
-{
-    (void)user;
-    g_allocs++;
-    return malloc(size);
-}
-
-static void counting_free(void *user, void *ptr)
-{
-    (void)user;
-    free(ptr);
-}
-
-static const mha_allocator g_counting = {counting_malloc, counting_free,
-                                         NULL};
-
-static mha_context_options counting_options(void)
-{
-    mha_context_options o;
-    mha_context_options_init(&o);
-    o.allocator = &g_counting;
-    return o;
 }
 
 static double now_us(void)

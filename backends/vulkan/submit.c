@@ -162,20 +162,28 @@ mha_status mha_vk_record(mha_vk_device *d, VkCommandBuffer *cmd)
     return MHA_OK;
 }
 
-/* Orders what follows after every earlier shader or transfer access (also
- * those of earlier submissions: barriers work across submission order). */
-static void barrier_before_dispatch(mha_vk_device *d, VkCommandBuffer cmd)
+/* Orders the stage and accesses dst that follow after every earlier
+ * shader or transfer access (also those of earlier submissions: barriers
+ * work across submission order). */
+static void barrier_after_all(mha_vk_device *d, VkCommandBuffer cmd,
+                              VkPipelineStageFlags stage, VkAccessFlags dst)
 {
     VkMemoryBarrier mb = {
         .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
         .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
                          VK_ACCESS_TRANSFER_WRITE_BIT,
-        .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+        .dstAccessMask = dst,
     };
     d->vk.vkCmdPipelineBarrier(
         cmd,
         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+        stage, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+static void barrier_before_dispatch(mha_vk_device *d, VkCommandBuffer cmd)
+{
+    barrier_after_all(d, cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                      VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
 }
 
 static bool conflicts(const mha_vk_device *d, const mha_vk_access *acc,
@@ -226,16 +234,8 @@ static mha_status order_accesses(mha_vk_device *d, VkCommandBuffer cmd,
  * overwrites what earlier dispatches (earlier frames too) read or wrote. */
 static void barrier_before_update(mha_vk_device *d, VkCommandBuffer cmd)
 {
-    VkMemoryBarrier mb = {
-        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
-                         VK_ACCESS_TRANSFER_WRITE_BIT,
-        .dstAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
-    };
-    d->vk.vkCmdPipelineBarrier(
-        cmd,
-        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-        VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    barrier_after_all(d, cmd, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                      VK_ACCESS_TRANSFER_WRITE_BIT);
     d->barriers++;
 }
 

@@ -12,7 +12,8 @@
  * allocation (counted through its allocator hooks). Covered: a full cache
  * long enough for split-K decode, two sequences, a recorded prefill first;
  * a ring cache of a windowed layer that moves its rows while recording;
- * several steps in one command buffer; the errors of the call; a device
+ * several steps in one command buffer; the scratch of a recorded step
+ * kept when a bigger one is made; the errors of the call; a device
  * below the kernels' 9 storage buffers per stage refused at adoption. */
 #include <criterion/criterion.h>
 
@@ -419,5 +420,69 @@ Test(vulkan_decoder_record, adopting_a_device_below_nine_storage_buffers)
                   strstr(msg, "kernels bind 9"), "%s", msg);
     cr_assert_null(dev);
     mha_context_destroy(ctx);
+    close_engine(&e);
+}
+
+/* A step recorded into a command buffer not yet submitted uses the layer's
+ * scratch of its bucket of B*T; a later, bigger step must not free it (the
+ * first command buffer may still run): the recording layer grows its
+ * device memory by more than a layer that only runs forwards (which frees
+ * the old bucket), and both command buffers, submitted after, give the
+ * forwards' outputs. */
+Test(vulkan_decoder_record, recorded_scratch_outlives_a_bigger_bucket)
+{
+    engine e;
+    open_engine(&e, true, false);
+    side rec, ref;
+    side_open(&rec, &e, false, 0, 16, false);
+    side_open(&ref, &e, false, 0, 16, false);
+    VkCommandBuffer cmd[2] = {engine_cmd(&e), engine_cmd(&e)};
+    VkCommandBufferBeginInfo bi = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    float in[B * PREFILL * E], got[B * PREFILL * E], want[2][B * PREFILL * E];
+    unsigned seed = 11;
+    uint64_t grew[2];
+    for (int f = 0; f < 2; f++) {
+        int i = f ? 0 : 1; /* one token, then a prefill-sized step */
+        size_t n = (size_t)(B * (i ? 1 : PREFILL) * E);
+        fill_uniform(in, n, &seed, 1.0f);
+        cr_assert_eq(mha_tensor_upload(rec.x[i], in, n * 4), MHA_OK);
+        cr_assert_eq(mha_tensor_upload(ref.x[i], in, n * 4), MHA_OK);
+        uint64_t before[2], after[2];
+        cr_assert_eq(mha_device_memory_usage(rec.dev, &before[0], NULL),
+                     MHA_OK);
+        cr_assert_eq(mha_device_memory_usage(ref.dev, &before[1], NULL),
+                     MHA_OK);
+        cr_assert_eq(vkBeginCommandBuffer(cmd[f], &bi), VK_SUCCESS);
+        mha_decoder_forward_args a = step_args(&rec, i);
+        cr_assert_eq(mha_vulkan_decoder_record(rec.layer, &a, cmd[f]),
+                     MHA_OK, "%s", mha_context_errmsg(rec.ctx));
+        engine_barrier(cmd[f], VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                       VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_HOST_BIT,
+                       VK_ACCESS_HOST_READ_BIT);
+        cr_assert_eq(vkEndCommandBuffer(cmd[f]), VK_SUCCESS);
+        a = step_args(&ref, i);
+        cr_assert_eq(mha_decoder_forward(ref.layer, &a), MHA_OK);
+        cr_assert_eq(mha_tensor_download(ref.y[i], want[f], n * 4), MHA_OK);
+        cr_assert_eq(mha_device_memory_usage(rec.dev, &after[0], NULL),
+                     MHA_OK);
+        cr_assert_eq(mha_device_memory_usage(ref.dev, &after[1], NULL),
+                     MHA_OK);
+        if (f == 1)
+            cr_expect_gt(after[0] - before[0], after[1] - before[1],
+                         "the recorded step's scratch was freed");
+        grew[f] = after[0] - before[0];
+    }
+    cr_expect_gt(grew[1], 0, "the bigger bucket made no new scratch");
+    cr_assert(engine_submit(&e, cmd, 2));
+    for (int f = 0; f < 2; f++) {
+        int i = f ? 0 : 1;
+        size_t n = (size_t)(B * (i ? 1 : PREFILL) * E);
+        cr_assert_eq(mha_tensor_download(rec.y[i], got, n * 4), MHA_OK);
+        expect_close(got, want[f], n, f);
+    }
+    vkFreeCommandBuffers(e.device, e.pool, 2, cmd);
+    side_close(&rec);
+    side_close(&ref);
     close_engine(&e);
 }

@@ -424,18 +424,19 @@ Test(vulkan_decoder_record, adopting_a_device_below_nine_storage_buffers)
 }
 
 /* A step recorded into a command buffer not yet submitted uses the layer's
- * scratch of its bucket of B*T; a later, bigger step must not free it (the
- * first command buffer may still run): the recording layer grows its
- * device memory by more than a layer that only runs forwards (which frees
- * the old bucket), and both command buffers, submitted after, give the
- * forwards' outputs. */
+ * scratch of its bucket of B*T and the device's split-K partials (cache
+ * 512: split); a later, bigger step must free neither (the first command
+ * buffer may still run): the recording layer grows its device memory by
+ * more than a layer that only runs forwards (which frees the old bucket),
+ * and both command buffers, submitted after, give the forwards' outputs
+ * with no validation message (a freed range's descriptor sets go). */
 Test(vulkan_decoder_record, recorded_scratch_outlives_a_bigger_bucket)
 {
     engine e;
     open_engine(&e, true, false);
     side rec, ref;
-    side_open(&rec, &e, false, 0, 16, false);
-    side_open(&ref, &e, false, 0, 16, false);
+    side_open(&rec, &e, false, 0, 512, false);
+    side_open(&ref, &e, false, 0, 512, false);
     VkCommandBuffer cmd[2] = {engine_cmd(&e), engine_cmd(&e)};
     VkCommandBufferBeginInfo bi = {
         .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};

@@ -213,16 +213,18 @@ MHA_API mha_status mha_vulkan_layer_record(mha_layer *layer,
  * submitted or waited for.
  *
  * The cache's length is data: the append's rows and the new lengths are
- * recorded (the lengths, and the default positions when positions is
- * NULL, as vkCmdUpdateBuffer, each behind a barrier COMPUTE_SHADER|
- * TRANSFER -> TRANSFER, SHADER_WRITE|TRANSFER_WRITE -> TRANSFER_WRITE;
- * the next dispatch reading them behind the leading barrier's kind), and
- * the cache's bindings span its whole buffers. So a decode loop that
- * records a step every frame, at a growing length, creates no pipeline,
- * descriptor set or memory and allocates no host memory after the first
- * step of its bucket of B*T (a power of 2); long caches still split the
- * keys over workgroups (flash-decoding), with a scratch buffer that lives
- * as long as the device.
+ * recorded. The lengths, and the default positions when positions is
+ * NULL, are vkCmdUpdateBuffer writes of libmha's memory, each behind a
+ * barrier COMPUTE_SHADER|TRANSFER -> TRANSFER, SHADER_WRITE|
+ * TRANSFER_WRITE -> TRANSFER_WRITE, and read by later dispatches behind
+ * the barrier of the table's "between" row; the cache's bindings span
+ * its whole buffers. So a decode loop that records a step every frame, at
+ * a growing length, creates no pipeline, descriptor set or memory and
+ * allocates no host memory after the first step of its bucket of B*T (a
+ * power of 2; a ring cache's first move of its rows also makes that
+ * copy's descriptor sets, once). Long caches still split the keys over
+ * workgroups (flash-decoding), through a scratch buffer that a recorded
+ * step keeps alive until the device is destroyed.
  *
  * The cache on the host and on the device. The host side (what
  * mha_kv_cache_length reports and where the next step appends) advances
@@ -234,8 +236,11 @@ MHA_API mha_status mha_vulkan_layer_record(mha_layer *layer,
  *  - mha_decoder_forward, mha_kv_cache_append, _truncate and _clear on
  *    the same cache (they write the lengths from the host) only after the
  *    recorded steps have completed (wait on the engine's fence);
- *  - on failure the host lengths are as before the call, and cmd may hold
- *    part of the step: do not submit it.
+ *  - on failure cmd may hold part of the step: do not submit it. A call
+ *    refused by its checks (arguments, capacity, default positions)
+ *    changed nothing; after any other failure the host lengths are as
+ *    before the call, but a ring cache may have moved its rows on the
+ *    host side only: clear it.
  * A positions tensor is read by the recorded commands, not read back, so
  * its values are not checked (keep them in 0 to 2^24 - 1); the default
  * positions are checked as by mha_decoder_forward. A layer keeps the

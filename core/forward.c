@@ -156,27 +156,13 @@ static mha_status check_masks(const mha_layer *layer, const char *fn,
     return MHA_OK;
 }
 
-static mha_status check_weights_set(const mha_layer *layer, const char *fn)
-{
-    mha_weight_spec specs[8];
-    int n = mha_layer_weight_specs(layer, specs);
-    for (int i = 0; i < n; i++) {
-        unsigned bits = ((1u << specs[i].slots) - 1u) << specs[i].first;
-        if ((layer->set & bits) != bits)
-            return mha_error(layer->device->ctx, MHA_MISSING_WEIGHT,
-                             "%s: weight \"%s\" was not set", fn,
-                             specs[i].name);
-    }
-    return MHA_OK;
-}
-
 /* Everything a forward needs to know about its arguments, checked. */
 static mha_status make_call(const mha_layer *layer, const char *fn,
                             const arg_view args[5], int causal,
                             int need_weights, int average, mha_call *call)
 {
     memset(call, 0, sizeof *call);
-    mha_status st = check_weights_set(layer, fn);
+    mha_status st = mha_layer_check_set(layer, fn);
     if (st == MHA_OK)
         st = check_qkv(layer, fn, args, call);
     if (st == MHA_OK)

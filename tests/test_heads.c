@@ -8,6 +8,7 @@
  * every bad input with its status and message. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -496,6 +497,208 @@ Test(heads, zero_gates_skip_work)
         cr_expect_eq(rows * 8, rows_all * 5, "need_weights %d: rows %lld",
                      need_weights, (long long)rows);
     }
+    mha_layer_destroy(layer);
+    mha_device_destroy(dev);
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* ---- save and load ---------------------------------------------------------------- */
+
+Test(heads, save_load_round_trip)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "prune_cross_bias_kv", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_layer *pruned = make_layer(ctx, dev, &fx, MHA_F32);
+    int64_t gone[1] = {2}, more[1] = {0}, kept[8], n = 0;
+    cr_assert_eq(mha_layer_prune_heads(pruned, gone, 1), MHA_OK);
+    /* pruning more later names heads by their original index */
+    cr_assert_eq(mha_layer_prune_heads(pruned, more, 1), MHA_OK);
+    cr_assert_eq(mha_layer_kept_heads(pruned, kept, 8, &n), MHA_OK);
+    cr_assert_eq(n, 2);
+    cr_assert(kept[0] == 1 && kept[1] == 3);
+    char dir[512], path[600];
+    test_temp_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/pruned.safetensors", dir);
+    cr_assert_eq(mha_layer_save_safetensors(pruned, path, "enc.0."), MHA_OK,
+                 "%s", mha_context_errmsg(ctx));
+
+    /* the file: pruned shapes under nn.MHA names, the kept heads */
+    mha_st_file *f = NULL;
+    cr_assert_eq(mha_st_open(&ctx->host, path, &f), MHA_OK);
+    cr_expect_str_eq(mha_st_metadata(f, "libmha.kept_heads"), "1,3");
+    cr_expect_str_eq(mha_st_metadata(f, "libmha.num_heads"), "4");
+    const mha_st_entry *q = mha_st_find(f, "enc.0.q_proj_weight");
+    const mha_st_entry *o = mha_st_find(f, "enc.0.out_proj.weight");
+    cr_assert(q && o && mha_st_find(f, "enc.0.bias_k"));
+    cr_expect(q->shape[0] == 12 && q->shape[1] == 24);
+    cr_expect(o->shape[0] == 24 && o->shape[1] == 12);
+    mha_st_close(f);
+
+    /* a fresh layer of the original config loads it as the same layer */
+    mha_layer *loaded = NULL;
+    cr_assert_eq(mha_layer_create(dev, &fx.cfg, &loaded), MHA_OK);
+    cr_assert_eq(mha_layer_load_safetensors(loaded, path, "enc.0."), MHA_OK,
+                 "%s", mha_context_errmsg(ctx));
+    cr_assert_eq(mha_layer_kept_heads(loaded, kept, 8, &n), MHA_OK);
+    cr_assert(n == 2 && kept[0] == 1 && kept[1] == 3);
+    result a, b;
+    cr_assert_eq(run_layer(pruned, dev, &fx, 2, NULL, 0, 1, &a), MHA_OK);
+    cr_assert_eq(run_layer(loaded, dev, &fx, 2, NULL, 0, 1, &b), MHA_OK);
+    cr_expect_arr_eq(a.out, b.out, out_count(&fx) * sizeof(float));
+    cr_expect_arr_eq(a.weights, b.weights,
+                     (size_t)(fx.B * 2 * fx.L * fx.S2) * sizeof(float));
+    free_result(&a);
+    free_result(&b);
+
+    /* a layer that pruned a head the file keeps cannot take it */
+    mha_layer *other = NULL;
+    int64_t three[1] = {3};
+    cr_assert_eq(mha_layer_create(dev, &fx.cfg, &other), MHA_OK);
+    cr_assert_eq(mha_layer_prune_heads(other, three, 1), MHA_OK);
+    cr_expect_eq(mha_layer_load_safetensors(other, path, "enc.0."),
+                 MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(ctx), "keeps head 3"), "%s",
+              mha_context_errmsg(ctx));
+    mha_layer_destroy(other);
+    mha_layer_destroy(loaded);
+    mha_layer_destroy(pruned);
+    test_remove_tree(dir);
+    mha_device_destroy(dev);
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* ---- bad input ------------------------------------------------------------------ */
+
+/* The message of the last failed forward_with (its tensors' destruction
+ * clears the context's). */
+static char forward_msg[1024];
+
+static void expect_error(mha_context *ctx, mha_status got, mha_status want,
+                         const char *needle)
+{
+    const char *msg = forward_msg[0] ? forward_msg : mha_context_errmsg(ctx);
+    cr_expect_eq(got, want, "status %s, expected %s (%s)",
+                 mha_status_str(got), mha_status_str(want), msg);
+    cr_expect(strstr(msg, needle), "message \"%s\" does not name \"%s\"",
+              msg, needle);
+    forward_msg[0] = 0;
+}
+
+/* A forward of gates_self (B 2, H 4) with gates of the given shape and
+ * dtype (and head outputs of hshape when hnd > 0). */
+static mha_status forward_with(mha_context *ctx, mha_device *dev,
+                               mha_layer *layer,
+                               const fixture *fx, mha_dtype gdt, int gnd,
+                               const int64_t *gshape, int hnd,
+                               const int64_t *hshape)
+{
+    mha_tensor *q = upload_new(dev, fx->qnd, fx->qshape, fx->query);
+    mha_tensor *k = upload_new(dev, fx->qnd, fx->kshape, fx->key);
+    mha_tensor *v = upload_new(dev, fx->qnd, fx->vshape, fx->value);
+    mha_tensor *out = upload_new(dev, fx->qnd, fx->qshape, NULL);
+    mha_tensor *g = NULL, *h = NULL;
+    cr_assert_eq(mha_tensor_create(dev, gdt, gnd, gshape, &g), MHA_OK);
+    if (hnd)
+        h = upload_new(dev, hnd, hshape, NULL);
+    mha_forward_args a;
+    mha_forward_args_init(&a);
+    a.query = q, a.key = k, a.value = v, a.output = out;
+    a.head_gates = g, a.head_outputs = h;
+    mha_status st = mha_layer_forward(layer, &a);
+    snprintf(forward_msg, sizeof forward_msg, "%s",
+             mha_context_errmsg(ctx));
+    mha_tensor *all[6] = {q, k, v, out, g, h};
+    for (int i = 0; i < 6; i++)
+        mha_tensor_destroy(all[i]);
+    return st;
+}
+
+Test(heads, bad_input)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "gates_self", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+    int64_t five[1] = {5}, b3h4[2] = {3, 4}, four[1] = {4};
+    int64_t hs_bad[4] = {2, 4, 5, 3};
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, five, 0, NULL),
+                 MHA_SHAPE_MISMATCH, "head_gates has shape [5]");
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 2, b3h4, 0, NULL),
+                 MHA_SHAPE_MISMATCH, "head_gates has shape [3,4]; expected [2,4]");
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_I32, 1, four, 0, NULL),
+                 MHA_DTYPE_MISMATCH, "head_gates");
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 4,
+                                   hs_bad),
+                 MHA_SHAPE_MISMATCH, "head_outputs");
+    cr_expect_eq(forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 0, NULL),
+                 MHA_OK, "%s", forward_msg);
+    forward_msg[0] = 0;
+
+    /* pruning: a head that does not exist, twice, all, again */
+    int64_t h4[1] = {4}, neg[1] = {-1}, twice[2] = {1, 1};
+    int64_t all[4] = {0, 1, 2, 3}, one[1] = {1}, rest[3] = {0, 2, 3}, n = 0;
+    expect_error(ctx, mha_layer_prune_heads(layer, h4, 1),
+                 MHA_INVALID_ARGUMENT, "head 4 does not exist");
+    expect_error(ctx, mha_layer_prune_heads(layer, neg, 1),
+                 MHA_INVALID_ARGUMENT, "head -1 does not exist");
+    expect_error(ctx, mha_layer_prune_heads(layer, twice, 2),
+                 MHA_INVALID_ARGUMENT, "head 1 is listed twice");
+    expect_error(ctx, mha_layer_prune_heads(layer, all, 4),
+                 MHA_INVALID_ARGUMENT, "would leave none");
+    expect_error(ctx, mha_layer_prune_heads(layer, NULL, 1),
+                 MHA_INVALID_ARGUMENT, "heads is NULL");
+    cr_assert_eq(mha_layer_prune_heads(layer, one, 1), MHA_OK);
+    expect_error(ctx, mha_layer_prune_heads(layer, one, 1),
+                 MHA_INVALID_ARGUMENT, "head 1 was pruned already");
+    expect_error(ctx, mha_layer_prune_heads(layer, rest, 3),
+                 MHA_INVALID_ARGUMENT, "would leave none");
+    int64_t kept[4];
+    expect_error(ctx, mha_layer_kept_heads(layer, kept, 2, &n),
+                 MHA_BUFFER_TOO_SMALL, "keeps 3 heads");
+    cr_expect_eq(n, 3);
+    /* the gates now count the 3 kept heads */
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 0, NULL),
+                 MHA_SHAPE_MISMATCH, "expected [3]");
+    expect_error(ctx, mha_layer_save_safetensors(layer, "/nonexistent/dir/x",
+                                                 NULL),
+                 MHA_IO, "/nonexistent/dir/x");
+    mha_layer_destroy(layer);
+    mha_device_destroy(dev);
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* A caller built against the first mha_forward_args (without the head
+ * fields) is served: what lies past its struct_size is not read. */
+Test(heads, forward_args_first_version)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "gates_self", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+    mha_tensor *q = upload_new(dev, fx.qnd, fx.qshape, fx.query);
+    mha_tensor *k = upload_new(dev, fx.qnd, fx.kshape, fx.key);
+    mha_tensor *v = upload_new(dev, fx.qnd, fx.vshape, fx.value);
+    mha_tensor *out = upload_new(dev, fx.qnd, fx.qshape, NULL);
+    mha_forward_args a;
+    size_t v1 = offsetof(mha_forward_args, head_gates);
+    cr_assert_eq(mha_forward_args_init_sized(&a, v1), MHA_OK);
+    a.query = q, a.key = k, a.value = v, a.output = out;
+    a.head_gates = (const mha_tensor *)&a; /* garbage past struct_size */
+    cr_expect_eq(mha_layer_forward(layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    mha_tensor *all[4] = {q, k, v, out};
+    for (int i = 0; i < 4; i++)
+        mha_tensor_destroy(all[i]);
     mha_layer_destroy(layer);
     mha_device_destroy(dev);
     free_fixture(&fx);

@@ -780,6 +780,13 @@ typedef struct mha_decoder_forward_args {
                                     at least B sequences; a ring (window
                                     W) needs a layer window 1 to W */
     mha_tensor *output;          /* [B, T, E] f32, created by the caller */
+    const mha_tensor *head_gates; /* optional f32 [Hq] or [B, Hq]: each
+                                    query head's attention output times its
+                                    gate before o_proj, as head_gates of
+                                    mha_forward_args (read back when the
+                                    call is made). A kv group whose query
+                                    heads are all 0 for every sequence is
+                                    not computed; other zeros multiply. */
 } mha_decoder_forward_args;
 
 MHA_API mha_status mha_decoder_forward_args_init_sized(

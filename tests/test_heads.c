@@ -709,3 +709,142 @@ Test(heads, forward_args_first_version)
     free_fixture(&fx);
     cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
 }
+
+/* ---- the decoder layer's gates ------------------------------------------------ */
+
+enum { DE = 32, DH = 4, DKV = 2, DD = 8, DB = 2, DT = 3 };
+
+typedef struct dec_env {
+    mha_decoder *layer;
+    mha_kv_cache *cache;
+    mha_tensor *x, *y, *g1, *g2;
+} dec_env;
+
+/* A GQA decoder (4 query heads, 2 kv heads) with random weights; q_proj
+ * rows of query heads 0 and 1 (kv group 0) are NaN when poison is set, so
+ * any output they reach is NaN. */
+static void dec_setup(mha_device *dev, dec_env *e, int poison)
+{
+    mha_decoder_config c;
+    mha_decoder_config_init(&c, DE, DH);
+    c.num_kv_heads = DKV;
+    c.o_bias = 1;
+    cr_assert_eq(mha_decoder_create(dev, &c, &e->layer), MHA_OK);
+    test_rng r = {99};
+    static const struct { const char *name; int64_t rows, cols; } w[] = {
+        {"q_proj.weight", DH * DD, DE}, {"k_proj.weight", DKV * DD, DE},
+        {"v_proj.weight", DKV * DD, DE}, {"o_proj.weight", DE, DH * DD},
+        {"o_proj.bias", DE, 0}};
+    for (int i = 0; i < 5; i++) {
+        int64_t shape[2] = {w[i].rows, w[i].cols};
+        size_t n = (size_t)(w[i].rows * (w[i].cols ? w[i].cols : 1));
+        float *v = malloc(n * sizeof *v);
+        for (size_t k = 0; k < n; k++)
+            v[k] = 0.3f * test_normal(&r);
+        if (poison && i == 0)
+            for (size_t k = 0; k < (size_t)(2 * DD * DE); k++)
+                v[k] = NAN;
+        cr_assert_eq(mha_decoder_set_weight(e->layer, w[i].name, v,
+                                            w[i].cols ? 2 : 1, shape),
+                     MHA_OK);
+        free(v);
+    }
+    mha_kv_cache_config kc;
+    mha_kv_cache_config_init(&kc);
+    kc.capacity = 16, kc.num_sequences = DB, kc.num_kv_heads = DKV;
+    kc.head_dim = DD;
+    cr_assert_eq(mha_kv_cache_create(dev, &kc, &e->cache), MHA_OK);
+    int64_t xs[3] = {DB, DT, DE}, g1s[1] = {DH}, g2s[2] = {DB, DH};
+    float x[DB * DT * DE];
+    for (int k = 0; k < DB * DT * DE; k++)
+        x[k] = test_normal(&r);
+    e->x = upload_new(dev, 3, xs, x);
+    e->y = upload_new(dev, 3, xs, NULL);
+    e->g1 = upload_new(dev, 1, g1s, NULL);
+    e->g2 = upload_new(dev, 2, g2s, NULL);
+}
+
+static void dec_teardown(dec_env *e)
+{
+    mha_tensor *t[4] = {e->x, e->y, e->g1, e->g2};
+    for (int i = 0; i < 4; i++)
+        mha_tensor_destroy(t[i]);
+    mha_kv_cache_destroy(e->cache);
+    mha_decoder_destroy(e->layer);
+}
+
+/* The prefill of x into an empty cache with gates (nd 0: none). */
+static float *dec_run(mha_context *ctx, dec_env *e, int nd, const float *g)
+{
+    mha_decoder_forward_args a;
+    mha_decoder_forward_args_init(&a);
+    a.x = e->x, a.cache = e->cache, a.output = e->y;
+    if (nd) {
+        a.head_gates = nd == 1 ? e->g1 : e->g2;
+        cr_assert_eq(mha_tensor_upload((mha_tensor *)a.head_gates, g,
+                                       (size_t)(nd == 1 ? DH : DB * DH) * 4),
+                     MHA_OK);
+    }
+    cr_assert_eq(mha_kv_cache_clear(e->cache), MHA_OK);
+    cr_assert_eq(mha_decoder_forward(e->layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    return download(e->y);
+}
+
+/* The output is o_proj.bias + sum_h g_h c_h: gates equal the same sum of
+ * each head's contribution (from one-hot gates); all ones equal no gates;
+ * a kv group gated off is not computed (its NaN query never shows). */
+Test(heads, decoder_gates)
+{
+    mha_context *ctx = new_context();
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    enum { N = DB * DT * DE };
+    for (int i = 0; i < nd; i++) {
+        mha_device *dev = test_open(ctx, &devs[i]);
+        dec_env e;
+        dec_setup(dev, &e, 0);
+        float ones[DH] = {1, 1, 1, 1}, zeros[DH] = {0}, onehot[DH][DH] = {{0}};
+        float *plain = dec_run(ctx, &e, 0, NULL);
+        float *all = dec_run(ctx, &e, 1, ones), *none = dec_run(ctx, &e, 1,
+                                                              zeros);
+        float *part[DH];
+        for (int h = 0; h < DH; h++) {
+            onehot[h][h] = 1;
+            part[h] = dec_run(ctx, &e, 1, onehot[h]);
+        }
+        float g[DH] = {0, 0, 0.5f, -1.5f};
+        float g2[DB * DH] = {0, 0, 0.5f, -1.5f, 2.0f, 0, 1, 0.25f};
+        float *one_row = dec_run(ctx, &e, 1, g), *per_b = dec_run(ctx, &e, 2,
+                                                                 g2);
+        for (int k = 0; k < N; k++) {
+            int b = k / (DT * DE);
+            double want = none[k], want_b = none[k];
+            for (int h = 0; h < DH; h++) {
+                want += g[h] * (double)(part[h][k] - none[k]);
+                want_b += g2[b * DH + h] * (double)(part[h][k] - none[k]);
+            }
+            cr_expect_leq(fabsf(all[k] - plain[k]), 1e-6f, "%s", devs[i].label);
+            cr_expect_leq(fabs(one_row[k] - want), 1e-4, "%s: %d: %g vs %g",
+                          devs[i].label, k, one_row[k], want);
+            cr_expect_leq(fabs(per_b[k] - want_b), 1e-4, "%s: %d: %g vs %g",
+                          devs[i].label, k, per_b[k], want_b);
+        }
+        float *bufs[5] = {plain, all, none, one_row, per_b};
+        for (int h = 0; h < 5; h++)
+            free(bufs[h]);
+        for (int h = 0; h < DH; h++)
+            free(part[h]);
+        dec_teardown(&e);
+
+        dec_setup(dev, &e, 1); /* group 0's queries are NaN */
+        float *skipped = dec_run(ctx, &e, 1, g);
+        for (int k = 0; k < N; k++)
+            cr_expect(isfinite(skipped[k]), "%s: output %d is %g: group 0 "
+                      "was computed", devs[i].label, k, skipped[k]);
+        free(skipped);
+        dec_teardown(&e);
+        cr_assert_eq(mha_device_destroy(dev), MHA_OK);
+    }
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}

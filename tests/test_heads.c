@@ -136,6 +136,22 @@ static mha_tensor *upload_new(mha_device *dev, int nd, const int64_t *shape,
     return t;
 }
 
+static size_t count_of(const mha_tensor *t);
+
+/* A result tensor filled with NaN, so an element the forward leaves
+ * unwritten fails the comparison. */
+static mha_tensor *nan_new(mha_device *dev, int nd, const int64_t *shape)
+{
+    mha_tensor *t = upload_new(dev, nd, shape, NULL);
+    size_t n = count_of(t);
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = NAN;
+    cr_assert_eq(mha_tensor_upload(t, x, n * 4), MHA_OK);
+    free(x);
+    return t;
+}
+
 static size_t count_of(const mha_tensor *t)
 {
     int nd;
@@ -180,13 +196,13 @@ static mha_status run_layer(mha_layer *layer, mha_device *dev,
     t[2] = upload_new(dev, fx->qnd, fx->vshape, fx->value);
     if (fx->kpm)
         t[3] = upload_new(dev, fx->kpm_nd, fx->kpm_shape, fx->kpm);
-    t[4] = upload_new(dev, fx->qnd, fx->qshape, NULL);
+    t[4] = nan_new(dev, fx->qnd, fx->qshape);
     int64_t hs[4] = {fx->B, H, fx->L, fx->d}, ws[4] = {fx->B, H, fx->L,
                                                        fx->S2};
     int skip = fx->batched ? 0 : 1;
-    t[5] = upload_new(dev, 4 - skip, hs + skip, NULL);
+    t[5] = nan_new(dev, 4 - skip, hs + skip);
     if (need_weights)
-        t[6] = upload_new(dev, 4 - skip, ws + skip, NULL);
+        t[6] = nan_new(dev, 4 - skip, ws + skip);
     int64_t gs[2] = {fx->B, H};
     if (gates)
         t[7] = upload_new(dev, gnd, gs + 2 - gnd, gates);

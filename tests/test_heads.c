@@ -624,6 +624,8 @@ static mha_status forward_with(mha_context *ctx, mha_device *dev,
     mha_tensor *out = upload_new(dev, fx->qnd, fx->qshape, NULL);
     mha_tensor *g = NULL, *h = NULL;
     cr_assert_eq(mha_tensor_create(dev, gdt, gnd, gshape, &g), MHA_OK);
+    float ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    cr_assert_eq(mha_tensor_upload(g, ones, count_of(g) * 4), MHA_OK);
     if (hnd)
         h = upload_new(dev, hnd, hshape, NULL);
     mha_forward_args a;

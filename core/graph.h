@@ -6,6 +6,7 @@
 #ifndef MHA_CORE_GRAPH_H
 #define MHA_CORE_GRAPH_H
 
+#include "gates.h"
 #include "layer.h"
 
 /* What a forward call looks like; plans are cached by it (compared with
@@ -16,13 +17,21 @@ typedef struct mha_call {
     int has_mask, mask_per_head;     /* attn_mask given; (N*H, L, S) */
     int has_kpm;
     int causal, need_weights, average;
+    int gates;        /* head_gates: 0 none, 1 [H], 2 [N, H] */
+    int gate_mul;     /* a computed head's gate is not 1: multiply */
+    int head_outputs; /* copy each head's output out */
+    uint64_t skip[MHA_SKIP_WORDS]; /* bit h: head h is gated off for every
+                                      batch item and not computed */
 } mha_call;
+
+
 
 /* Buffers of a graph: the caller's, the layer's weights, and intermediates
  * that the planner places in the arena. */
 typedef enum mha_buf_role {
     MHA_BUF_QUERY, MHA_BUF_KEY, MHA_BUF_VALUE, MHA_BUF_KPM, MHA_BUF_MASK,
     MHA_BUF_OUTPUT, MHA_BUF_WEIGHTS, MHA_BUF_PARAMS,
+    MHA_BUF_GATES, MHA_BUF_HEAD_OUTPUTS,
     MHA_BUF_EXTERNAL_COUNT,
     MHA_BUF_ARENA = MHA_BUF_EXTERNAL_COUNT /* and every intermediate */
 } mha_buf_role;
@@ -52,8 +61,13 @@ typedef struct mha_gnode {
 } mha_gnode;
 
 #define MHA_GRAPH_MAX_BUFS 24
-#define MHA_GRAPH_MAX_TENSORS 64
-#define MHA_GRAPH_MAX_NODES 20
+#define MHA_GRAPH_MAX_TENSORS 160
+#define MHA_GRAPH_MAX_NODES 64
+
+/* The unfused attention of one run of computed heads: its node indices. */
+typedef struct mha_grun {
+    int scores, softmax, weighted_sum;
+} mha_grun;
 
 typedef struct mha_graph {
     mha_gbuf bufs[MHA_GRAPH_MAX_BUFS];
@@ -62,8 +76,9 @@ typedef struct mha_graph {
     int ntensors;
     mha_gnode nodes[MHA_GRAPH_MAX_NODES];
     int nnodes;
-    /* indices the planner needs */
-    int scores, softmax, weighted_sum;
+    /* indices the planner needs: the attention of each computed run */
+    mha_grun runs[MHA_MAX_HEAD_RUNS];
+    int nruns;
 } mha_graph;
 
 /* Builds the unfused graph of layer for call. */

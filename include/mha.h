@@ -113,7 +113,8 @@ typedef struct mha_tensor mha_tensor;
  * library goes through them, so an engine can budget memory and tests can
  * make the Nth allocation fail. malloc may return NULL; the call that needed
  * the memory then returns MHA_OUT_OF_MEMORY and frees what it took.
- * Exception: the safetensors loader's JSON parser (cJSON) uses the C heap. */
+ * Exception: the JSON of safetensors headers, read and written, is made
+ * by cJSON on the C heap. */
 typedef struct mha_allocator {
     void *(*malloc)(void *user, size_t size);
     void (*free)(void *user, void *ptr);
@@ -379,13 +380,64 @@ MHA_API mha_status mha_layer_set_weight(mha_layer *layer, const char *name,
  * prefix (NULL or "") is prepended to each name, so a whole model's file can
  * be used: "encoder.layers.3.self_attn.". A missing, misshapen or wrongly
  * typed tensor is an error naming the key; other keys are ignored. A path
- * that is not a regular file (a FIFO, a directory) is MHA_IO at once. */
+ * that is not a regular file (a FIFO, a directory) is MHA_IO at once. A
+ * file written by mha_layer_save_safetensors from a pruned layer names its
+ * kept heads in its metadata ("libmha.kept_heads"): this layer first
+ * prunes the others (mha_layer_prune_heads), then loads the pruned
+ * weights; a layer of another head count, or that pruned a head the file
+ * keeps, is MHA_INVALID_ARGUMENT. */
 MHA_API mha_status mha_layer_load_safetensors(mha_layer *layer,
                                               const char *path,
                                               const char *prefix);
 
 /* NULL does nothing. */
 MHA_API mha_status mha_layer_destroy(mha_layer *layer);
+
+/* ---- heads: pruning and saving ------------------------------------------- */
+
+/* Removes count heads from the layer for good: their rows of the q, k and
+ * v projections (weights and biases, bias_k and bias_v) and their columns
+ * of out_proj.weight are dropped, the device weight buffer is replaced by
+ * a smaller one and the layer's cached scratch is freed (the next forward
+ * makes scratch for the kept heads only), so mha_device_memory_usage
+ * falls. The forward then computes only the kept heads, H' of them; E
+ * stays the input and output width. Heads are named by their index in the
+ * original layer (0 .. num_heads - 1, as mha_layer_kept_heads lists the
+ * kept ones), so pruning again later names heads the same way. After
+ * pruning, everything indexed by head counts the kept heads in ascending
+ * original order: head_gates [H'], head_outputs, weights (N, H', L, S'),
+ * a 3-D attn_mask (N*H', L, S), and mha_layer_set_weight expects the
+ * pruned shapes (in_proj_weight [3 H' d, E], out_proj.weight [E, H' d]).
+ * An index out of range, one already pruned, one listed twice, or pruning
+ * every head left is MHA_INVALID_ARGUMENT naming it, and changes nothing.
+ * A layer with forwards recorded or enqueued into an application's command
+ * stream (mha_vulkan.h, mha_opencl.h), which may still use its weights, is
+ * MHA_BAD_STATE. count 0 does nothing. */
+MHA_API mha_status mha_layer_prune_heads(mha_layer *layer,
+                                         const int64_t *heads, int64_t count);
+
+/* The original indices of the heads the layer keeps, ascending, into
+ * heads (capacity entries; may be NULL when capacity is 0), and their
+ * number into *count. A capacity below the count is MHA_BUFFER_TOO_SMALL
+ * with *count set. */
+MHA_API mha_status mha_layer_kept_heads(const mha_layer *layer,
+                                        int64_t *heads, int64_t capacity,
+                                        int64_t *count);
+
+/* Writes the layer's weights (pruned or not) to a .safetensors file under
+ * nn.MultiheadAttention's state_dict names, each prefixed by prefix (NULL
+ * or ""), as F32 (F16 for an f16 layer), with the kept heads' original
+ * indices in the header's __metadata__ as "libmha.kept_heads": "0,2,5"
+ * (and "libmha.num_heads", the original count). A pruned layer's tensors
+ * have the pruned shapes. mha_layer_load_safetensors on a layer created
+ * with the original config reads the metadata, prunes the same heads and
+ * loads the weights, giving an equal layer. The file is written to a new
+ * temporary file beside path (mode 0600) and renamed over it, so a reader
+ * never sees half a file. Unset weights are MHA_MISSING_WEIGHT; a file
+ * that cannot be written is MHA_IO naming the path and the reason. */
+MHA_API mha_status mha_layer_save_safetensors(const mha_layer *layer,
+                                              const char *path,
+                                              const char *prefix);
 
 /* ---- forward --------------------------------------------------------------- */
 
@@ -418,6 +470,26 @@ typedef struct mha_forward_args {
     int average_attn_weights; /* default 1 */
     mha_tensor *output;       /* required, created by the caller */
     mha_tensor *weights;      /* required iff need_weights */
+    /* Head control (Michel et al. 2019, "Are Sixteen Heads Really Better
+     * than One?"); "heads" are the layer's current heads, H of them (after
+     * mha_layer_prune_heads, the kept ones in mha_layer_kept_heads order):
+     * head_gates: optional f32 [H], or [N, H] (one gate per batch item and
+     * head; N is 1 for unbatched input). Head h's attention output O_h is
+     * multiplied by its gate before out_proj: Y = sum_h g_h O_h Wo_h^T + bo.
+     * A head whose gate is 0 for every batch item is skipped: its scores,
+     * softmax and weighted sum are not computed (the gates are read back
+     * from the device when the call is made to choose them; more than 8
+     * separate runs of computed heads, or a skipped head past index 255,
+     * compute those heads and multiply them by 0 instead). Its returned
+     * weights are 0, and averaged weights still divide by H. A gate of 1
+     * for every computed head costs no multiply. */
+    const mha_tensor *head_gates;
+    /* head_outputs: optional f32 [N, H, L, d] (d = E / num_heads), or
+     * [H, L, d] for unbatched input, whatever batch_first says: receives
+     * each head's attention output O_h = softmax(A_h) V_h before its gate
+     * and out_proj (0 for a skipped head), so gradient importance needs no
+     * second forward. */
+    mha_tensor *head_outputs;
 } mha_forward_args;
 
 /* Fills *args with PyTorch's defaults (need_weights = 0, see above). */
@@ -712,6 +784,13 @@ typedef struct mha_decoder_forward_args {
                                     at least B sequences; a ring (window
                                     W) needs a layer window 1 to W */
     mha_tensor *output;          /* [B, T, E] f32, created by the caller */
+    const mha_tensor *head_gates; /* optional f32 [Hq] or [B, Hq]: each
+                                    query head's attention output times its
+                                    gate before o_proj, as head_gates of
+                                    mha_forward_args (read back when the
+                                    call is made). A kv group whose query
+                                    heads are all 0 for every sequence is
+                                    not computed; other zeros multiply. */
 } mha_decoder_forward_args;
 
 MHA_API mha_status mha_decoder_forward_args_init_sized(

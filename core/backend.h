@@ -68,6 +68,11 @@
  *               strided copy (converting dtype: the KV cache's append).
  *               src X, POS [1,1,B,T] MHA_I32 (nb[2] 0 broadcasts one row
  *               of positions over the batch; absent when rope_dims is 0)
+ * MUL           dst = X * F element-wise over 4-D (the head gates): X and
+ *               dst of one shape, f32 or f16, any strides; F f32 of that
+ *               shape, broadcast by zero strides (F [B,H,L,d] with strides
+ *               {H or 0, 1, 0, 0} gives each head of each batch item its
+ *               gate). src X, F
  * HEAD_STATS    per-head sums over the query rows i of attention
  *               probabilities P [B,H,L,S'] (any strides, f32; key j is
  *               taken to sit at position j, as in self-attention) into dst
@@ -91,6 +96,7 @@
     X(ATTENTION, "attention", 8)            \
     X(MEAN_HEADS, "mean_heads", 1)          \
     X(ROPE, "rope", 2)                      \
+    X(MUL, "mul", 2)                        \
     X(HEAD_STATS, "head_stats", 1)
 
 typedef enum mha_op {
@@ -115,6 +121,9 @@ enum { MHA_HEAD_STATS_COLS = 5 };
 
 /* Source slots of ROPE. */
 enum { MHA_SRC_ROPE_X = 0, MHA_SRC_ROPE_POS = 1 };
+
+/* Source slots of MUL. */
+enum { MHA_SRC_MUL_X = 0, MHA_SRC_MUL_F = 1 };
 
 const char *mha_op_name(mha_op op);
 int mha_op_source_count(mha_op op);

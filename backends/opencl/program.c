@@ -29,6 +29,7 @@ static const kind_spec kind_specs[] = {
                           [MHA_CL_K_COPY] = "copy4d",
                           [MHA_CL_K_MEAN_HEADS] = "mean_heads",
                           [MHA_CL_K_ROPE] = "rope",
+                          [MHA_CL_K_MUL] = "mul4d",
                           [MHA_CL_K_HEAD_STATS] = "head_stats"}},
     [MHA_CL_PROG_ATTENTION] = {{"common.cl", "attention.cl"},
                                2,

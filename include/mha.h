@@ -797,7 +797,8 @@ typedef struct mha_head_stats mha_head_stats;
  * a soname, like mha_device_info). Means are over every query row of every
  * batch item of every call. */
 typedef struct mha_head_stat {
-    int64_t head;      /* index in the layer */
+    int64_t head;      /* the head's original index (a pruned layer's
+                          kept heads, as mha_layer_kept_heads lists them) */
     double entropy;    /* mean of -sum_j p_ij ln p_ij, in nats */
     double confidence; /* mean of max_j p_ij */
     double distance;   /* mean of sum_j p_ij |i - j| */
@@ -856,7 +857,8 @@ MHA_API mha_status mha_head_stats_redundancy(const mha_head_stats *stats,
                                              mha_head_redundancy kind,
                                              double *hxh, int64_t count);
 
-/* Heads of the layer the accumulator was made for. */
+/* Heads of the layer when the accumulator was made (H; pruning the layer
+ * later makes mha_head_stats_add MHA_BAD_STATE). */
 MHA_API int64_t mha_head_stats_heads(const mha_head_stats *stats);
 
 /* NULL does nothing. */

@@ -1,7 +1,8 @@
 /* test_head_stats.c: mha_head_stats, the per-head statistics, against the
  * PyTorch float64 fixtures of tests/gen_head_stats_fixtures.py (gradient
  * importance against torch autograd of the head gates), on every device and
- * CPU ISA; adding the same input twice leaves the means as they are; and
+ * CPU ISA; adding the same input twice leaves the means as they are; a
+ * pruned layer reports its kept heads by original index; and
  * bad input (gradients of the wrong shape or dtype, tensors of another
  * device, results before any input, a short buffer), each with its status
  * and a message naming it. */
@@ -207,6 +208,47 @@ Test(head_stats, cross_batch_first_causal)
 Test(head_stats, zero_attn) { run_fixture("zero_attn", 1); }
 /* Means over two adds of the same input are the one input's. */
 Test(head_stats, same_input_twice) { run_fixture("self_seqmajor", 2); }
+
+/* A pruned layer's heads are named by their original index, and their
+ * attention statistics are the unpruned layer's (a head's attention does
+ * not depend on the others); a layer pruned after the accumulator was made
+ * is MHA_BAD_STATE. */
+Test(head_stats, pruned_layer)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    fixture fx;
+    load_fixture(ctx, "self_seqmajor", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    call c;
+    make_call(ctx, dev, &fx, &c);
+    mha_head_stats *stale = NULL, *hs = NULL;
+    cr_assert_eq(mha_head_stats_create(c.layer, &stale), MHA_OK);
+    const int64_t gone = 1;
+    cr_assert_eq(mha_layer_prune_heads(c.layer, &gone, 1), MHA_OK);
+    cr_expect_eq(mha_head_stats_add(stale, &c.args, NULL), MHA_BAD_STATE);
+    cr_assert_eq(mha_head_stats_create(c.layer, &hs), MHA_OK);
+    cr_assert_eq(mha_head_stats_heads(hs), 3);
+    cr_assert_eq(mha_head_stats_add(hs, &c.args, NULL), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    mha_head_stat s[3];
+    cr_assert_eq(mha_head_stats_get(hs, s, 3), MHA_OK);
+    const int64_t kept[3] = {0, 2, 3};
+    for (int h = 0; h < 3; h++) {
+        cr_expect_eq(s[h].head, kept[h]);
+        expect_close("entropy", "cpu", kept[h], s[h].entropy,
+                     fx.expect[0][kept[h]]);
+        expect_close("confidence", "cpu", kept[h], s[h].confidence,
+                     fx.expect[1][kept[h]]);
+    }
+    mha_head_stats_destroy(stale);
+    mha_head_stats_destroy(hs);
+    free_call(&c);
+    free_fixture(&fx);
+    mha_device_destroy(dev);
+    mha_context_destroy(ctx);
+}
 
 /* ---- bad input ------------------------------------------------------------- */
 

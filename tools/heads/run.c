@@ -64,7 +64,8 @@ static int random_input(const heads_options *o, heads_input *in,
     }
     if (random_array(&in->query, 3, q, 1.0f, seed))
         return -1;
-    if (o->src_len != o->tgt_len && random_array(&in->key, 3, k, 1.0f, seed))
+    if ((o->src_len != o->tgt_len || k[2] != c->embed_dim) &&
+        random_array(&in->key, 3, k, 1.0f, seed))
         return -1;
     return 0;
 }

@@ -2,9 +2,11 @@
  * criterion (gradient or ablation importance, confidence, or a seeded
  * random order as the control), prunes the k least important from a fresh
  * copy of the layer for each k asked, and measures what Michel et al. and
- * the practice of head pruning ask for: the forward's median latency, the
- * layer's device memory (weights and scratch, mha_device_memory_usage),
- * its weight bytes, and the relative change of the output. */
+ * the practice of head pruning ask for: the forward's median latency and
+ * its ratio to the unpruned layer's (timed alternately in the same run, so
+ * a loaded machine slows both alike), the layer's device memory (weights
+ * and scratch, mha_device_memory_usage), its weight bytes, and the
+ * relative change of the output. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +18,8 @@
 
 typedef struct prune_row {
     double latency_ms, output_change;
+    double ratio; /* latency over the unpruned layer's, timed alternately
+                     in the same run */
     uint64_t device_bytes, weight_bytes;
 } prune_row;
 
@@ -66,32 +70,67 @@ static void rank_heads(const double *imp, int64_t H, int64_t *order)
         }
 }
 
-/* Runs layer on every input; ys (when given) receives the outputs in
- * order, or is compared against: *change = ||Y - ys|| / ||ys||. The first
- * input's forward is timed repeat times for the median. */
-static mha_status measure(mha_device *dev, mha_layer *layer,
+static size_t output_floats(const heads_options *o, const heads_input *in,
+                            int count)
+{
+    size_t n = 0;
+    for (int i = 0; i < count; i++)
+        n += in[i].query.count /
+             (size_t)in[i].query.shape[in[i].query.ndim - 1] *
+             (size_t)o->cfg.embed_dim;
+    return n;
+}
+
+static double median(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return t[n / 2];
+}
+
+/* Times the first input's forward on base and on layer alternately (2
+ * untimed rounds, then reps), layer last so c's output is its result. */
+static mha_status time_alternately(mha_layer *base, mha_layer *layer,
+                                   heads_call *c, int reps, prune_row *row)
+{
+    double tb[1000], tl[1000];
+    mha_status st = MHA_OK;
+    for (int r = 0; r < reps + 2 && st == MHA_OK; r++) {
+        double t0 = now_ms();
+        st = mha_layer_forward(base, &c->args);
+        double t1 = now_ms();
+        if (st == MHA_OK)
+            st = mha_layer_forward(layer, &c->args);
+        if (r >= 2) {
+            tb[r - 2] = t1 - t0;
+            tl[r - 2] = now_ms() - t1;
+        }
+    }
+    row->latency_ms = median(tl, reps);
+    row->ratio = row->latency_ms / median(tb, reps);
+    return st;
+}
+
+/* Runs layer on every input; ys receives the outputs in order (store), or
+ * is compared against: output_change = ||Y - ys|| / ||ys||. The first
+ * input's forward is timed against base's (see time_alternately). */
+static mha_status measure(mha_device *dev, mha_layer *base, mha_layer *layer,
                           const heads_options *o, const heads_input *in,
                           int count, float *ys, int store, prune_row *row)
 {
-    double diff = 0.0, norm = 0.0, times[1000];
+    double diff = 0.0, norm = 0.0;
     size_t off = 0;
     mha_status st = MHA_OK;
     int reps = o->repeat < 1 ? 1 : o->repeat > 1000 ? 1000 : o->repeat;
     for (int i = 0; i < count && st == MHA_OK; i++) {
         heads_call c;
         st = heads_call_make(dev, layer, o, &in[i], &c);
-        for (int r = 0; i == 0 && r < reps + 2 && st == MHA_OK; r++) {
-            double t0 = now_ms();
+        if (st == MHA_OK) /* the layer's scratch now exists */
             st = mha_layer_forward(layer, &c.args);
-            if (r >= 2) /* two untimed warm-up runs */
-                times[r - 2] = now_ms() - t0;
-        }
         if (i == 0 && st == MHA_OK)
             st = mha_device_memory_usage(dev, &row->device_bytes, NULL);
-        if (i > 0 && st == MHA_OK)
-            st = mha_layer_forward(layer, &c.args);
-        size_t n = in[i].query.count / (size_t)in[i].query.shape[in[i].query.ndim - 1] *
-                   (size_t)o->cfg.embed_dim;
+        if (i == 0 && st == MHA_OK)
+            st = time_alternately(base, layer, &c, reps, row);
+        size_t n = output_floats(o, &in[i], 1);
         float *y = malloc(n * sizeof *y);
         if (st == MHA_OK && !y)
             st = MHA_OUT_OF_MEMORY;
@@ -107,25 +146,14 @@ static mha_status measure(mha_device *dev, mha_layer *layer,
         free(y);
         heads_call_free(&c);
     }
-    qsort(times, (size_t)reps, sizeof *times, cmp_double);
-    row->latency_ms = times[reps / 2];
     row->output_change = norm > 0.0 ? sqrt(diff / norm) : 0.0;
     return st;
 }
 
-static size_t output_floats(const heads_options *o, const heads_input *in,
-                            int count)
-{
-    size_t n = 0;
-    for (int i = 0; i < count; i++)
-        n += in[i].query.count /
-             (size_t)in[i].query.shape[in[i].query.ndim - 1] *
-             (size_t)o->cfg.embed_dim;
-    return n;
-}
-
-/* One row: a fresh layer with heads[0..k) pruned, measured. */
-static mha_status prune_row_run(mha_device *dev, const heads_options *o,
+/* One row: a fresh layer with heads[0..k) pruned, measured against base
+ * (the unpruned layer). */
+static mha_status prune_row_run(mha_device *dev, mha_layer *base,
+                                const heads_options *o,
                                 const heads_input *in, int count,
                                 const int64_t *heads, int64_t k, float *ys,
                                 prune_row *row)
@@ -141,14 +169,14 @@ static mha_status prune_row_run(mha_device *dev, const heads_options *o,
         st = mha_device_memory_usage(dev, &after, NULL);
     row->weight_bytes = after - before;
     if (st == MHA_OK)
-        st = measure(dev, layer, o, in, count, ys, k == 0, row);
+        st = measure(dev, base, layer, o, in, count, ys, k == 0, row);
     row->device_bytes -= before;
     mha_layer_destroy(layer);
     return st;
 }
 
 static cJSON *row_json(const char *dev, const char *crit, const int64_t *heads,
-                       int64_t k, const prune_row *r, const prune_row *base)
+                       int64_t k, const prune_row *r)
 {
     cJSON *o = cJSON_CreateObject(), *pr = cJSON_CreateArray();
     for (int64_t i = 0; i < k; i++)
@@ -158,8 +186,7 @@ static cJSON *row_json(const char *dev, const char *crit, const int64_t *heads,
     cJSON_AddNumberToObject(o, "k", (double)k);
     cJSON_AddItemToObject(o, "pruned", pr);
     cJSON_AddNumberToObject(o, "latency_ms", r->latency_ms);
-    cJSON_AddNumberToObject(o, "latency_ratio",
-                            r->latency_ms / base->latency_ms);
+    cJSON_AddNumberToObject(o, "latency_ratio", r->ratio);
     cJSON_AddNumberToObject(o, "device_bytes", (double)r->device_bytes);
     cJSON_AddNumberToObject(o, "weight_bytes", (double)r->weight_bytes);
     cJSON_AddNumberToObject(o, "output_change", r->output_change);
@@ -167,7 +194,7 @@ static cJSON *row_json(const char *dev, const char *crit, const int64_t *heads,
 }
 
 static void print_row(const char *dev, const char *crit, const int64_t *heads,
-                      int64_t k, const prune_row *r, const prune_row *base)
+                      int64_t k, const prune_row *r)
 {
     char list[128] = "-";
     size_t used = 0;
@@ -176,7 +203,7 @@ static void print_row(const char *dev, const char *crit, const int64_t *heads,
                                  i ? "," : "", (long long)heads[i]);
     printf("%-14s %-10s %3lld %-16s %10.3f %7.2f %12.1f %12.1f %10.4g\n",
            dev, crit, (long long)k, list, r->latency_ms,
-           r->latency_ms / base->latency_ms, (double)r->device_bytes / 1024.0,
+           r->ratio, (double)r->device_bytes / 1024.0,
            (double)r->weight_bytes / 1024.0, r->output_change);
 }
 
@@ -196,13 +223,11 @@ static int prune_device(mha_device *dev, const char *name,
                                          : MHA_OUT_OF_MEMORY;
     if (st == MHA_OK)
         st = heads_stats_run(dev, layer, o, in, count, stats, js, js + H * H);
-    mha_layer_destroy(layer);
     if (st == MHA_OK)
-        st = prune_row_run(dev, o, in, count, NULL, 0, ys, &base);
+        st = prune_row_run(dev, layer, o, in, count, NULL, 0, ys, &base);
     if (st == MHA_OK) {
-        print_row(name, "none", NULL, 0, &base, &base);
-        cJSON_AddItemToArray(rows, row_json(name, "none", NULL, 0, &base,
-                                            &base));
+        print_row(name, "none", NULL, 0, &base);
+        cJSON_AddItemToArray(rows, row_json(name, "none", NULL, 0, &base));
         rc = 0;
     }
     char crits[256];
@@ -221,19 +246,19 @@ static int prune_device(mha_device *dev, const char *name,
             int64_t k = o->ks[i];
             if (k < 1 || k >= H)
                 continue;
-            st = prune_row_run(dev, o, in, count, order, k, ys, &r);
+            st = prune_row_run(dev, layer, o, in, count, order, k, ys, &r);
             if (st != MHA_OK)
                 rc = 1;
             else {
-                print_row(name, c, order, k, &r, &base);
-                cJSON_AddItemToArray(rows, row_json(name, c, order, k, &r,
-                                                    &base));
+                print_row(name, c, order, k, &r);
+                cJSON_AddItemToArray(rows, row_json(name, c, order, k, &r));
             }
         }
     }
     if (st != MHA_OK)
         fprintf(stderr, "mha-heads prune on %s: %s\n", name,
                 mha_status_str(st));
+    mha_layer_destroy(layer);
     free(js);
     free(ys);
     return rc;

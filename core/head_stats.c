@@ -113,7 +113,7 @@ static mha_status ensure_scratch(mha_head_stats *s, int64_t B, int64_t L,
     return st;
 }
 
-/* ---- create and destroy --------------------------------------------------- */
+/* ---- create and destroy -------------------------------------------------- */
 
 mha_status mha_head_stats_create(mha_layer *layer, mha_head_stats **out)
 {
@@ -164,7 +164,7 @@ int64_t mha_head_stats_heads(const mha_head_stats *stats)
     return stats ? stats->H : 0;
 }
 
-/* ---- checks ----------------------------------------------------------------- */
+/* ---- checks -------------------------------------------------------------- */
 
 /* Batch, queries and keys (appended ones included) of a call, from the
  * query and key shapes as mha_layer_forward reads them. */
@@ -418,7 +418,7 @@ mha_status mha_head_stats_add(mha_head_stats *stats,
     return mha_host_finish(&ctx->host, fn, st);
 }
 
-/* ---- results ---------------------------------------------------------------- */
+/* ---- results ------------------------------------------------------------- */
 
 static mha_status check_result(const mha_head_stats *s, const char *fn,
                                int64_t count, int64_t need)

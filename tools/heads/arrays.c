@@ -38,7 +38,8 @@ static void convert(char t, const unsigned char *src, size_t count,
         double d;
         switch (t) {
         case 'h':
-            dst[i] = half_to_float((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
+            dst[i] = half_to_float(
+                (uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
             break;
         case 'b':
             u32 = (uint32_t)(src[2 * i] | src[2 * i + 1] << 8) << 16;
@@ -106,7 +107,7 @@ static int fill(heads_array *out, char t, const unsigned char *src,
     return 0;
 }
 
-/* ---- .npy ------------------------------------------------------------------ */
+/* ---- .npy ---------------------------------------------------------------- */
 
 static int load_npy(const char *path, const unsigned char *b, size_t size,
                     heads_array *out, char *err, size_t n)
@@ -154,7 +155,7 @@ static int load_npy(const char *path, const unsigned char *b, size_t size,
     return fill(out, t, b + start + hl, size - start - hl, nd, dims, err, n);
 }
 
-/* ---- .safetensors ---------------------------------------------------------- */
+/* ---- .safetensors -------------------------------------------------------- */
 
 static int load_safetensors(const char *path, const char *key,
                             const unsigned char *b, size_t size,

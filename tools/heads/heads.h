@@ -47,6 +47,7 @@ typedef struct heads_options {
     int64_t ks[HEADS_MAX_K];
     int nks;
     int repeat;                           /* timed forwards per row */
+    mha_context *ctx;                     /* for messages */
 } heads_options;
 
 /* arrays.c: reads spec "FILE" or "FILE:KEY" (.npy: the file's array;
@@ -57,6 +58,9 @@ int heads_array_load(const char *spec, heads_array *out, char *err,
 void heads_array_free(heads_array *a);
 
 /* run.c */
+/* Prints the context's message for a failed st (at once: later cleanup
+ * calls clear it) and returns st; MHA_OK prints nothing. */
+mha_status heads_fail(const heads_options *o, mha_status st);
 typedef struct heads_input {
     heads_array query, key, grad; /* key.data NULL: the query; grad.data
                                      NULL: none */
@@ -67,7 +71,8 @@ int heads_inputs_load(const heads_options *o, heads_input *in, int *count,
                       char *err, size_t errlen);
 void heads_inputs_free(heads_input *in, int count);
 /* A layer on dev with o's config and weights (random ones, seeded, when no
- * file is given). MHA_OK or the failing call's status. */
+ * file is given). MHA_OK, or the failing call's status with its message
+ * printed. */
 mha_status heads_layer_make(mha_device *dev, const heads_options *o,
                             mha_layer **out);
 /* Device tensors for one input and its output, and the forward args over

@@ -144,7 +144,8 @@ static int option(const char *a, char *v, heads_options *o)
         c->num_heads = n;
     else if (!strcmp(a, "--kdim") && ints)
         c->kdim = c->vdim = n;
-    else if (!strcmp(a, "--dtype") && v && (!strcmp(v, "f32") || !strcmp(v, "f16")))
+    else if (!strcmp(a, "--dtype") && v &&
+             (!strcmp(v, "f32") || !strcmp(v, "f16")))
         c->dtype = v[1] == '1' ? MHA_F16 : MHA_F32;
     else if (!strcmp(a, "--weights"))
         o->weights = v;
@@ -241,8 +242,7 @@ static cJSON *layer_json(const heads_options *o)
 }
 
 /* Statistics (and the attention dump) on device dev into root. */
-static int stats_main(mha_context *ctx, mha_device *dev,
-                      const heads_options *o,
+static int stats_main(mha_device *dev, const heads_options *o,
                       const heads_input *in, int count, cJSON *root)
 {
     int64_t H = o->cfg.num_heads;
@@ -265,9 +265,6 @@ static int stats_main(mha_context *ctx, mha_device *dev,
         if (a)
             cJSON_AddItemToObject(root, "attention", a);
     }
-    if (st != MHA_OK)
-        fprintf(stderr, "mha-heads: %s (%s)\n", mha_context_errmsg(ctx),
-                mha_status_str(st));
     mha_layer_destroy(layer);
     free(s);
     free(m);
@@ -293,6 +290,7 @@ int main(int argc, char **argv)
         heads_inputs_free(in, count);
         return 1;
     }
+    o.ctx = ctx;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "tool", "mha-heads");
     cJSON_AddStringToObject(root, "version", mha_version());
@@ -310,7 +308,7 @@ int main(int argc, char **argv)
             mha_device_info info;
             mha_device_info_of(dev, &info);
             cJSON_AddStringToObject(root, "device", info.name);
-            rc = stats_main(ctx, dev, &o, in, count, root);
+            rc = stats_main(dev, &o, in, count, root);
         }
         mha_device_destroy(dev);
     }

@@ -136,6 +136,7 @@ static mha_status measure(mha_device *dev, mha_layer *base, mha_layer *layer,
             st = MHA_OUT_OF_MEMORY;
         if (st == MHA_OK)
             st = mha_tensor_download(c.out, y, n * sizeof *y);
+        heads_fail(o, st);
         for (size_t k = 0; st == MHA_OK && k < n; k++) {
             if (store)
                 ys[off + k] = y[k];
@@ -164,7 +165,7 @@ static mha_status prune_row_run(mha_device *dev, mha_layer *base,
     if (st == MHA_OK)
         st = heads_layer_make(dev, o, &layer);
     if (st == MHA_OK && k > 0)
-        st = mha_layer_prune_heads(layer, heads, k);
+        st = heads_fail(o, mha_layer_prune_heads(layer, heads, k));
     if (st == MHA_OK)
         st = mha_device_memory_usage(dev, &after, NULL);
     row->weight_bytes = after - before;
@@ -255,9 +256,6 @@ static int prune_device(mha_device *dev, const char *name,
             }
         }
     }
-    if (st != MHA_OK)
-        fprintf(stderr, "mha-heads prune on %s: %s\n", name,
-                mha_status_str(st));
     mha_layer_destroy(layer);
     free(js);
     free(ys);
@@ -281,8 +279,6 @@ int heads_prune_run(mha_context *ctx, const heads_options *o,
             return 1;
         }
         rc = prune_device(dev, spec ? spec : "default", o, in, count, rows);
-        if (rc == 1)
-            fprintf(stderr, "mha-heads prune: %s\n", mha_context_errmsg(ctx));
         mha_device_destroy(dev);
     }
     return rc;

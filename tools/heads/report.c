@@ -100,13 +100,17 @@ cJSON *heads_attention_json(mha_device *dev, mha_layer *layer,
     int nd;
     float *data = NULL;
     cJSON *root = NULL;
-    *st = heads_call_make(dev, layer, o, in, &c);
     int64_t H = o->cfg.num_heads;
     int bf = o->cfg.batch_first, B = in->query.ndim == 3
                                           ? (int)in->query.shape[bf ? 0 : 1]
                                           : 1;
-    if (*st == MHA_OK && (b < 0 || b >= B))
+    if (b < 0 || b >= B || in->query.ndim != 3) {
+        fprintf(stderr, "mha-heads: --dump-attention %d: the first input "
+                        "has %d batch items (3-D inputs only)\n", b, B);
         *st = MHA_INVALID_ARGUMENT;
+        return NULL;
+    }
+    *st = heads_call_make(dev, layer, o, in, &c);
     if (*st == MHA_OK) {
         /* the weights' shape: the forward's own check names a bad one */
         mha_tensor_get_shape(c.out, &dt, &nd, shape);
@@ -120,8 +124,6 @@ cJSON *heads_attention_json(mha_device *dev, mha_layer *layer,
         c.args.average_attn_weights = 0;
         c.args.weights = w;
         size_t n = (size_t)(B * H * L * S);
-        if (*st == MHA_OK && in->query.ndim == 2)
-            *st = MHA_UNSUPPORTED; /* give batched (3-D) inputs */
         if (*st == MHA_OK)
             *st = mha_layer_forward(layer, &c.args);
         if (*st == MHA_OK && !(data = malloc(n * sizeof *data)))
@@ -144,6 +146,7 @@ cJSON *heads_attention_json(mha_device *dev, mha_layer *layer,
             cJSON_AddItemToObject(root, "weights", heads);
         }
     }
+    heads_fail(o, *st);
     free(data);
     mha_tensor_destroy(w);
     heads_call_free(&c);

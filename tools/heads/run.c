@@ -38,7 +38,15 @@ static int random_array(heads_array *a, int ndim, const int64_t *shape,
     return 0;
 }
 
-/* ---- inputs ---------------------------------------------------------------- */
+mha_status heads_fail(const heads_options *o, mha_status st)
+{
+    const char *msg = o->ctx ? mha_context_errmsg(o->ctx) : "";
+    if (st != MHA_OK)
+        fprintf(stderr, "mha-heads: %s\n", *msg ? msg : mha_status_str(st));
+    return st;
+}
+
+/* ---- inputs -------------------------------------------------------------- */
 
 /* The gradient of input in: a file, or "random" in the output's shape. */
 static int load_grad(const char *spec, heads_input *in, uint64_t *seed,
@@ -105,7 +113,7 @@ void heads_inputs_free(heads_input *in, int count)
     }
 }
 
-/* ---- the layer ------------------------------------------------------------- */
+/* ---- the layer ----------------------------------------------------------- */
 
 static mha_status set_random(mha_layer *l, const char *name, int ndim,
                              int64_t a, int64_t b, float scale,
@@ -163,7 +171,7 @@ mha_status heads_layer_make(mha_device *dev, const heads_options *o,
     if (st == MHA_OK)
         st = o->weights ? mha_layer_load_safetensors(l, o->weights, o->prefix)
                         : random_weights(l, &o->cfg, o->seed);
-    if (st != MHA_OK) {
+    if (heads_fail(o, st) != MHA_OK) {
         mha_layer_destroy(l);
         l = NULL;
     }
@@ -171,7 +179,7 @@ mha_status heads_layer_make(mha_device *dev, const heads_options *o,
     return st;
 }
 
-/* ---- one call ---------------------------------------------------------------- */
+/* ---- one call ------------------------------------------------------------ */
 
 static mha_status tensor_of(mha_device *dev, const heads_array *a,
                             mha_tensor **t)
@@ -228,10 +236,11 @@ mha_status heads_stats_run(mha_device *dev, mha_layer *layer,
         st = heads_call_make(dev, layer, o, &in[i], &c);
         if (st == MHA_OK)
             st = mha_head_stats_add(hs, &c.args, c.grad);
+        heads_fail(o, st);
         heads_call_free(&c);
     }
     if (st == MHA_OK)
-        st = mha_head_stats_get(hs, stats, H);
+        st = heads_fail(o, mha_head_stats_get(hs, stats, H));
     if (st == MHA_OK)
         st = mha_head_stats_redundancy(hs, MHA_REDUNDANCY_JS, js, H * H);
     if (st == MHA_OK)

@@ -863,8 +863,12 @@ MHA_API mha_status mha_head_stats_create(mha_layer *layer,
                                          mha_head_stats **out);
 
 /* Runs the layer on args (as mha_layer_forward; output receives the
- * ungated result; need_weights, weights, average_attn_weights and
- * head_gates are the accumulator's own) and accumulates. grad_output,
+ * ungated result; need_weights, weights, average_attn_weights,
+ * head_gates and head_outputs are ignored: the accumulator sets its own)
+ * and accumulates. The per-head outputs O_h W_o,h^T (Y minus the output
+ * with head h gated off) and dL/dY come back to the host, where ablation,
+ * gradient importance and the cosine matrix are reduced (B*L*E floats
+ * per head per call). grad_output,
  * optional, is dL/dY for this output: f32, output's shape, on the
  * layer's device (otherwise MHA_SHAPE_MISMATCH, MHA_DTYPE_MISMATCH or
  * MHA_INVALID_ARGUMENT naming it). The statistics change only when the

@@ -308,9 +308,7 @@ static mha_status head_control(mha_layer *layer, const char *fn,
                                                   "or (N, H)");
     if (st != MHA_OK)
         return st;
-    if (a->head_gates->device != layer->device || a->head_gates->base)
-        return MHA_OK; /* check_same_device names it */
-    call->gates = v.ndim;
+    call->gates = v.ndim; /* a whole tensor of the layer's device (checked) */
     return mha_gates_read(layer->device, a->head_gates, H, 1, call->skip,
                           &call->gate_mul);
 }

@@ -171,6 +171,16 @@ static float *download(const mha_tensor *t)
     return x;
 }
 
+/* fx's query, key and value on dev, and a NaN-filled output like query:
+ * t[0 .. 3]. */
+static void upload_inputs(mha_device *dev, const fixture *fx, mha_tensor **t)
+{
+    t[0] = upload_new(dev, fx->qnd, fx->qshape, fx->query);
+    t[1] = upload_new(dev, fx->qnd, fx->kshape, fx->key);
+    t[2] = upload_new(dev, fx->qnd, fx->vshape, fx->value);
+    t[3] = nan_new(dev, fx->qnd, fx->qshape);
+}
+
 /* What one forward of a fixture returns. */
 typedef struct result {
     float *out, *heads, *weights;
@@ -190,13 +200,11 @@ static mha_status run_layer(mha_layer *layer, mha_device *dev,
                             const fixture *fx, int64_t H, const float *gates,
                             int gnd, int need_weights, result *res)
 {
-    mha_tensor *t[8] = {NULL};
-    t[0] = upload_new(dev, fx->qnd, fx->qshape, fx->query);
-    t[1] = upload_new(dev, fx->qnd, fx->kshape, fx->key);
-    t[2] = upload_new(dev, fx->qnd, fx->vshape, fx->value);
+    mha_tensor *t[8] = {NULL}, *in[4];
+    upload_inputs(dev, fx, in);
+    t[0] = in[0], t[1] = in[1], t[2] = in[2], t[4] = in[3];
     if (fx->kpm)
         t[3] = upload_new(dev, fx->kpm_nd, fx->kpm_shape, fx->kpm);
-    t[4] = nan_new(dev, fx->qnd, fx->qshape);
     int64_t hs[4] = {fx->B, H, fx->L, fx->d}, ws[4] = {fx->B, H, fx->L,
                                                        fx->S2};
     int skip = fx->batched ? 0 : 1;
@@ -340,6 +348,30 @@ static mha_context *new_context(void)
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
     test_require_backends(ctx);
     return ctx;
+}
+
+/* One fixture's layer on the cpu device, for the tests that need one. */
+typedef struct cpu_case {
+    mha_context *ctx;
+    fixture fx;
+    mha_device *dev;
+    mha_layer *layer;
+} cpu_case;
+
+static void cpu_case_open(cpu_case *c, const char *name)
+{
+    c->ctx = new_context();
+    load_fixture(c->ctx, name, &c->fx);
+    cr_assert_eq(mha_device_open(c->ctx, "cpu", NULL, &c->dev), MHA_OK);
+    c->layer = make_layer(c->ctx, c->dev, &c->fx, MHA_F32);
+}
+
+static void cpu_case_close(cpu_case *c)
+{
+    mha_layer_destroy(c->layer);
+    mha_device_destroy(c->dev);
+    free_fixture(&c->fx);
+    cr_assert_eq(mha_context_destroy(c->ctx), MHA_OK);
 }
 
 static void run_fixture(const char *name)
@@ -487,53 +519,48 @@ Test(heads, pruning_frees_memory_and_work)
  * gated off for one batch item only is computed. */
 Test(heads, zero_gates_skip_work)
 {
-    mha_context *ctx = new_context();
-    fixture fx;
-    load_fixture(ctx, "prune_self", &fx);
-    mha_device *dev = NULL;
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
-    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+    cpu_case c;
+    cpu_case_open(&c, "prune_self");
+    mha_context *ctx = c.ctx;
+    mha_device *dev = c.dev;
+    mha_layer *layer = c.layer;
     float g[2 * 8];
     int64_t rows_all, rows, macs_all, macs;
     for (int need_weights = 0; need_weights < 2; need_weights++) {
         result r;
-        cr_assert_eq(run_layer(layer, dev, &fx, 8, NULL, 0, need_weights,
+        cr_assert_eq(run_layer(layer, dev, &c.fx, 8, NULL, 0, need_weights,
                                &r), MHA_OK);
         free_result(&r);
         plan_work(layer, &rows_all, &macs_all);
         for (int h = 0; h < 8; h++) /* heads 1, 3, 4, 6 off */
             g[h] = g[8 + h] = (h == 1 || h == 3 || h == 4 || h == 6) ? 0.0f
                                                                       : 1.0f;
-        cr_assert_eq(run_layer(layer, dev, &fx, 8, g, 1, need_weights, &r),
+        cr_assert_eq(run_layer(layer, dev, &c.fx, 8, g, 1, need_weights, &r),
                      MHA_OK, "%s", mha_context_errmsg(ctx));
         free_result(&r);
         plan_work(layer, &rows, &macs);
         cr_expect_eq(rows * 2, rows_all, "need_weights %d: rows %lld of %lld",
                      need_weights, (long long)rows, (long long)rows_all);
         g[8 + 1] = 0.5f; /* head 1 is on for batch item 1 */
-        cr_assert_eq(run_layer(layer, dev, &fx, 8, g, 2, need_weights, &r),
+        cr_assert_eq(run_layer(layer, dev, &c.fx, 8, g, 2, need_weights, &r),
                      MHA_OK, "%s", mha_context_errmsg(ctx));
         free_result(&r);
         plan_work(layer, &rows, &macs);
         cr_expect_eq(rows * 8, rows_all * 5, "need_weights %d: rows %lld",
                      need_weights, (long long)rows);
     }
-    mha_layer_destroy(layer);
-    mha_device_destroy(dev);
-    free_fixture(&fx);
-    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    cpu_case_close(&c);
 }
 
 /* ---- save and load ---------------------------------------------------------------- */
 
 Test(heads, save_load_round_trip)
 {
-    mha_context *ctx = new_context();
-    fixture fx;
-    load_fixture(ctx, "prune_cross_bias_kv", &fx);
-    mha_device *dev = NULL;
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
-    mha_layer *pruned = make_layer(ctx, dev, &fx, MHA_F32);
+    cpu_case c;
+    cpu_case_open(&c, "prune_cross_bias_kv");
+    mha_context *ctx = c.ctx;
+    mha_device *dev = c.dev;
+    mha_layer *pruned = c.layer;
     int64_t gone[1] = {2}, more[1] = {0}, kept[8], n = 0;
     cr_assert_eq(mha_layer_prune_heads(pruned, gone, 1), MHA_OK);
     /* pruning more later names heads by their original index */
@@ -561,24 +588,24 @@ Test(heads, save_load_round_trip)
 
     /* a fresh layer of the original config loads it as the same layer */
     mha_layer *loaded = NULL;
-    cr_assert_eq(mha_layer_create(dev, &fx.cfg, &loaded), MHA_OK);
+    cr_assert_eq(mha_layer_create(dev, &c.fx.cfg, &loaded), MHA_OK);
     cr_assert_eq(mha_layer_load_safetensors(loaded, path, "enc.0."), MHA_OK,
                  "%s", mha_context_errmsg(ctx));
     cr_assert_eq(mha_layer_kept_heads(loaded, kept, 8, &n), MHA_OK);
     cr_assert(n == 2 && kept[0] == 1 && kept[1] == 3);
     result a, b;
-    cr_assert_eq(run_layer(pruned, dev, &fx, 2, NULL, 0, 1, &a), MHA_OK);
-    cr_assert_eq(run_layer(loaded, dev, &fx, 2, NULL, 0, 1, &b), MHA_OK);
-    cr_expect_arr_eq(a.out, b.out, out_count(&fx) * sizeof(float));
+    cr_assert_eq(run_layer(pruned, dev, &c.fx, 2, NULL, 0, 1, &a), MHA_OK);
+    cr_assert_eq(run_layer(loaded, dev, &c.fx, 2, NULL, 0, 1, &b), MHA_OK);
+    cr_expect_arr_eq(a.out, b.out, out_count(&c.fx) * sizeof(float));
     cr_expect_arr_eq(a.weights, b.weights,
-                     (size_t)(fx.B * 2 * fx.L * fx.S2) * sizeof(float));
+                     (size_t)(c.fx.B * 2 * c.fx.L * c.fx.S2) * sizeof(float));
     free_result(&a);
     free_result(&b);
 
     /* a layer that pruned a head the file keeps cannot take it */
     mha_layer *other = NULL;
     int64_t three[1] = {3};
-    cr_assert_eq(mha_layer_create(dev, &fx.cfg, &other), MHA_OK);
+    cr_assert_eq(mha_layer_create(dev, &c.fx.cfg, &other), MHA_OK);
     cr_assert_eq(mha_layer_prune_heads(other, three, 1), MHA_OK);
     cr_expect_eq(mha_layer_load_safetensors(other, path, "enc.0."),
                  MHA_INVALID_ARGUMENT);
@@ -586,11 +613,8 @@ Test(heads, save_load_round_trip)
               mha_context_errmsg(ctx));
     mha_layer_destroy(other);
     mha_layer_destroy(loaded);
-    mha_layer_destroy(pruned);
     test_remove_tree(dir);
-    mha_device_destroy(dev);
-    free_fixture(&fx);
-    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    cpu_case_close(&c);
 }
 
 /* ---- bad input ------------------------------------------------------------------ */
@@ -618,47 +642,45 @@ static mha_status forward_with(mha_context *ctx, mha_device *dev,
                                const int64_t *gshape, int hnd,
                                const int64_t *hshape)
 {
-    mha_tensor *q = upload_new(dev, fx->qnd, fx->qshape, fx->query);
-    mha_tensor *k = upload_new(dev, fx->qnd, fx->kshape, fx->key);
-    mha_tensor *v = upload_new(dev, fx->qnd, fx->vshape, fx->value);
-    mha_tensor *out = upload_new(dev, fx->qnd, fx->qshape, NULL);
+    mha_tensor *t[6] = {NULL};
+    upload_inputs(dev, fx, t);
     mha_tensor *g = NULL, *h = NULL;
     cr_assert_eq(mha_tensor_create(dev, gdt, gnd, gshape, &g), MHA_OK);
+    float ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    cr_assert_eq(mha_tensor_upload(g, ones, count_of(g) * 4), MHA_OK);
     if (hnd)
         h = upload_new(dev, hnd, hshape, NULL);
     mha_forward_args a;
     mha_forward_args_init(&a);
-    a.query = q, a.key = k, a.value = v, a.output = out;
-    a.head_gates = g, a.head_outputs = h;
+    a.query = t[0], a.key = t[1], a.value = t[2], a.output = t[3];
+    a.head_gates = t[4] = g, a.head_outputs = t[5] = h;
     mha_status st = mha_layer_forward(layer, &a);
     snprintf(forward_msg, sizeof forward_msg, "%s",
              mha_context_errmsg(ctx));
-    mha_tensor *all[6] = {q, k, v, out, g, h};
     for (int i = 0; i < 6; i++)
-        mha_tensor_destroy(all[i]);
+        mha_tensor_destroy(t[i]);
     return st;
 }
 
 Test(heads, bad_input)
 {
-    mha_context *ctx = new_context();
-    fixture fx;
-    load_fixture(ctx, "gates_self", &fx);
-    mha_device *dev = NULL;
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
-    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+    cpu_case c;
+    cpu_case_open(&c, "gates_self");
+    mha_context *ctx = c.ctx;
+    mha_device *dev = c.dev;
+    mha_layer *layer = c.layer;
     int64_t five[1] = {5}, b3h4[2] = {3, 4}, four[1] = {4};
     int64_t hs_bad[4] = {2, 4, 5, 3};
-    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, five, 0, NULL),
+    expect_error(ctx, forward_with(ctx, dev, layer, &c.fx, MHA_F32, 1, five, 0, NULL),
                  MHA_SHAPE_MISMATCH, "head_gates has shape [5]");
-    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 2, b3h4, 0, NULL),
+    expect_error(ctx, forward_with(ctx, dev, layer, &c.fx, MHA_F32, 2, b3h4, 0, NULL),
                  MHA_SHAPE_MISMATCH, "head_gates has shape [3,4]; expected [2,4]");
-    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_I32, 1, four, 0, NULL),
+    expect_error(ctx, forward_with(ctx, dev, layer, &c.fx, MHA_I32, 1, four, 0, NULL),
                  MHA_DTYPE_MISMATCH, "head_gates");
-    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 4,
+    expect_error(ctx, forward_with(ctx, dev, layer, &c.fx, MHA_F32, 1, four, 4,
                                    hs_bad),
                  MHA_SHAPE_MISMATCH, "head_outputs");
-    cr_expect_eq(forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 0, NULL),
+    cr_expect_eq(forward_with(ctx, dev, layer, &c.fx, MHA_F32, 1, four, 0, NULL),
                  MHA_OK, "%s", forward_msg);
     forward_msg[0] = 0;
 
@@ -685,45 +707,35 @@ Test(heads, bad_input)
                  MHA_BUFFER_TOO_SMALL, "keeps 3 heads");
     cr_expect_eq(n, 3);
     /* the gates now count the 3 kept heads */
-    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 0, NULL),
+    expect_error(ctx, forward_with(ctx, dev, layer, &c.fx, MHA_F32, 1, four, 0, NULL),
                  MHA_SHAPE_MISMATCH, "expected [3]");
     expect_error(ctx, mha_layer_save_safetensors(layer, "/nonexistent/dir/x",
                                                  NULL),
                  MHA_IO, "/nonexistent/dir/x");
-    mha_layer_destroy(layer);
-    mha_device_destroy(dev);
-    free_fixture(&fx);
-    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    cpu_case_close(&c);
 }
 
 /* A caller built against the first mha_forward_args (without the head
  * fields) is served: what lies past its struct_size is not read. */
 Test(heads, forward_args_first_version)
 {
-    mha_context *ctx = new_context();
-    fixture fx;
-    load_fixture(ctx, "gates_self", &fx);
-    mha_device *dev = NULL;
-    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
-    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
-    mha_tensor *q = upload_new(dev, fx.qnd, fx.qshape, fx.query);
-    mha_tensor *k = upload_new(dev, fx.qnd, fx.kshape, fx.key);
-    mha_tensor *v = upload_new(dev, fx.qnd, fx.vshape, fx.value);
-    mha_tensor *out = upload_new(dev, fx.qnd, fx.qshape, NULL);
+    cpu_case c;
+    cpu_case_open(&c, "gates_self");
+    mha_context *ctx = c.ctx;
+    mha_device *dev = c.dev;
+    mha_layer *layer = c.layer;
+    mha_tensor *t[4];
+    upload_inputs(dev, &c.fx, t);
     mha_forward_args a;
     size_t v1 = offsetof(mha_forward_args, head_gates);
     cr_assert_eq(mha_forward_args_init_sized(&a, v1), MHA_OK);
-    a.query = q, a.key = k, a.value = v, a.output = out;
+    a.query = t[0], a.key = t[1], a.value = t[2], a.output = t[3];
     a.head_gates = (const mha_tensor *)&a; /* garbage past struct_size */
     cr_expect_eq(mha_layer_forward(layer, &a), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
-    mha_tensor *all[4] = {q, k, v, out};
     for (int i = 0; i < 4; i++)
-        mha_tensor_destroy(all[i]);
-    mha_layer_destroy(layer);
-    mha_device_destroy(dev);
-    free_fixture(&fx);
-    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+        mha_tensor_destroy(t[i]);
+    cpu_case_close(&c);
 }
 
 /* ---- the decoder layer's gates ------------------------------------------------ */

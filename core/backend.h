@@ -73,6 +73,19 @@
  *               shape, broadcast by zero strides (F [B,H,L,d] with strides
  *               {H or 0, 1, 0, 0} gives each head of each batch item its
  *               gate). src X, F
+ * HEAD_STATS    per-head sums over the query rows i of attention
+ *               probabilities P [B,H,L,S'] (any strides, f32; key j is
+ *               taken to sit at position j, as in self-attention) into dst
+ *               [B,H,1,MHA_HEAD_STATS_COLS + H] f32:
+ *                 col 0  sum_i -sum_j p_ij ln p_ij          (entropy, 0 ln 0 = 0)
+ *                 col 1  sum_i max_j p_ij                   (confidence)
+ *                 col 2  sum_i sum_j p_ij |i - j|           (distance)
+ *                 col 3  sum_i p_i0                         (first key)
+ *                 col 4  sum_{1 <= i <= S'} p_i,i-1         (previous token)
+ *                 col 5 + g  sum_i JS(p_hi, p_gi), the Jensen-Shannon
+ *                        divergence in nats of head h's and head g's rows:
+ *                        sum_j p ln(2p/(p+q))/2 + q ln(2q/(p+q))/2
+ *               A row of zeros (all keys masked) adds 0 to every column.
  */
 #define MHA_OP_LIST(X)                      \
     X(PROJECTION, "projection", 3)          \
@@ -83,7 +96,8 @@
     X(ATTENTION, "attention", 8)            \
     X(MEAN_HEADS, "mean_heads", 1)          \
     X(ROPE, "rope", 2)                      \
-    X(MUL, "mul", 2)
+    X(MUL, "mul", 2)                        \
+    X(HEAD_STATS, "head_stats", 1)
 
 typedef enum mha_op {
 #define MHA_OP_ENUM_(name, text, nsrc) MHA_OP_##name,
@@ -101,6 +115,9 @@ enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
 
 /* mha_op_params.causal is an mha_causal (mha.h): MHA_CAUSAL_NONE,
  * MHA_CAUSAL_TOP_LEFT or MHA_CAUSAL_BOTTOM_RIGHT. */
+
+/* Columns of HEAD_STATS before the H Jensen-Shannon ones. */
+enum { MHA_HEAD_STATS_COLS = 5 };
 
 /* Source slots of ROPE. */
 enum { MHA_SRC_ROPE_X = 0, MHA_SRC_ROPE_POS = 1 };

@@ -811,6 +811,95 @@ MHA_API mha_status mha_decoder_forward(mha_decoder *layer,
 /* NULL does nothing. */
 MHA_API mha_status mha_decoder_destroy(mha_decoder *layer);
 
+/* ---- heads: statistics and importance ------------------------------------- */
+
+/* An accumulator of per-head statistics of an nn.MHA layer over a set of
+ * inputs (Voita et al. 2019, Clark et al. 2019, Michel et al. 2019). Each
+ * mha_head_stats_add runs the layer on the device with the attention
+ * weights kept per head, reduces them on the device where the attention
+ * runs (B*H*(5+H) sums come back, not the L x S' matrices), and runs the
+ * layer once more per head with that head's gate at 0 (head_gates), so a
+ * call costs H + 1 forwards. Query row i and key j are taken to sit at
+ * positions i and j (self-attention; appended bias_k/zero keys come last).
+ * A row whose keys are all masked has all-zero weights: it adds 0 to every
+ * statistic but counts as a row. */
+typedef struct mha_head_stats mha_head_stats;
+
+/* One head's statistics, filled by mha_head_stats_get (never grows within
+ * a soname, like mha_device_info). Means are over every query row of every
+ * batch item of every call. */
+typedef struct mha_head_stat {
+    int64_t head;      /* the head's original index (a pruned layer's
+                          kept heads, as mha_layer_kept_heads lists them) */
+    double entropy;    /* mean of -sum_j p_ij ln p_ij, in nats */
+    double confidence; /* mean of max_j p_ij */
+    double distance;   /* mean of sum_j p_ij |i - j| */
+    double first_key;  /* mean of p_i0 (attention sink) */
+    double prev_token; /* mean of p_i,i-1 over rows 1 <= i <= S' */
+    double ablation;   /* mean over batch items of ||Y - Y'|| / ||Y||, Y'
+                          the output with this head alone gated off
+                          (0 for an item whose Y is 0) */
+    double gradient;   /* gradient_raw / the l2 norm of every head's
+                          gradient_raw (Michel et al.'s per-layer
+                          normalisation); 0 without gradients */
+    double gradient_raw; /* mean over batch items of |dL/dg_h| = |sum over
+                            rows of <dL/dY, O_h W_o,h^T>|, O_h W_o,h^T the
+                            head's projected output (Y - Y') */
+    int64_t rows;      /* query rows the means are over */
+    int64_t gradient_items; /* batch items that came with dL/dY */
+} mha_head_stat;
+
+/* The head-by-head matrices of mha_head_stats_redundancy. */
+typedef enum mha_head_redundancy {
+    MHA_REDUNDANCY_JS = 0,    /* mean over query rows of the Jensen-Shannon
+                                 divergence of two heads' weights, in nats
+                                 (0 to ln 2; 0 on the diagonal) */
+    MHA_REDUNDANCY_COSINE = 1 /* cosine similarity of two heads' projected
+                                 outputs O_h W_o,h^T over every element seen
+                                 (1 on the diagonal; 0 for a head whose
+                                 output is 0) */
+} mha_head_redundancy;
+
+/* Creates an empty accumulator for layer (kept, not owned: destroy the
+ * accumulator first). Scratch (the weights [B,H,L,S'] and one output) lives
+ * on the layer's device and is remade when a call's shapes change. */
+MHA_API mha_status mha_head_stats_create(mha_layer *layer,
+                                         mha_head_stats **out);
+
+/* Runs the layer on args (as mha_layer_forward; output receives the
+ * ungated result; need_weights, weights, average_attn_weights,
+ * head_gates and head_outputs are ignored: the accumulator sets its own)
+ * and accumulates. The per-head outputs O_h W_o,h^T (Y minus the output
+ * with head h gated off) and dL/dY come back to the host, where ablation,
+ * gradient importance and the cosine matrix are reduced (B*L*E floats
+ * per head per call). grad_output,
+ * optional, is dL/dY for this output: f32, output's shape, on the
+ * layer's device (otherwise MHA_SHAPE_MISMATCH, MHA_DTYPE_MISMATCH or
+ * MHA_INVALID_ARGUMENT naming it). The statistics change only when the
+ * call succeeds. */
+MHA_API mha_status mha_head_stats_add(mha_head_stats *stats,
+                                      const mha_forward_args *args,
+                                      const mha_tensor *grad_output);
+
+/* Writes the statistics of the layer's H heads into per_head[0..H);
+ * count below H is MHA_BUFFER_TOO_SMALL. Before any add: MHA_BAD_STATE. */
+MHA_API mha_status mha_head_stats_get(const mha_head_stats *stats,
+                                      mha_head_stat *per_head,
+                                      int64_t count);
+
+/* Writes the H x H matrix of kind, row-major, into hxh[0..H*H); count
+ * below H*H is MHA_BUFFER_TOO_SMALL. Before any add: MHA_BAD_STATE. */
+MHA_API mha_status mha_head_stats_redundancy(const mha_head_stats *stats,
+                                             mha_head_redundancy kind,
+                                             double *hxh, int64_t count);
+
+/* Heads of the layer when the accumulator was made (H; pruning the layer
+ * later makes mha_head_stats_add MHA_BAD_STATE). */
+MHA_API int64_t mha_head_stats_heads(const mha_head_stats *stats);
+
+/* NULL does nothing. */
+MHA_API mha_status mha_head_stats_destroy(mha_head_stats *stats);
+
 #ifdef __cplusplus
 }
 #endif

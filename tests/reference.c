@@ -260,6 +260,48 @@ static void mul(const mha_node *n, double *out)
                         get(x, b, h, t, c) * get(f, b, h, t, c);
 }
 
+/* HEAD_STATS as core/backend.h states it: sums over the query rows of
+ * entropy, maximum, distance, first-key and previous-token weight, and the
+ * Jensen-Shannon divergence against every head. */
+static double plogq(double p, double q) { return p > 0 ? p * log(q) : 0.0; }
+
+static void head_stats_row(const mha_tdesc *p, int64_t b, int64_t h,
+                           int64_t i, double *o)
+{
+    int64_t S = p->ne[3];
+    double mx = 0;
+    for (int64_t j = 0; j < S; j++) {
+        double w = get(p, b, h, i, j);
+        o[0] -= plogq(w, w);
+        mx = fmax(mx, w);
+        o[2] += w * fabs((double)(i - j));
+    }
+    o[1] += mx;
+    o[3] += get(p, b, h, i, 0);
+    if (i >= 1 && i <= S)
+        o[4] += get(p, b, h, i, i - 1);
+    for (int64_t g = 0; g < p->ne[1]; g++)
+        for (int64_t j = 0; j < S; j++) {
+            double u = get(p, b, h, i, j), v = get(p, b, g, i, j);
+            double m = 0.5 * (u + v);
+            o[MHA_HEAD_STATS_COLS + g] +=
+                0.5 * (plogq(u, u / m) + plogq(v, v / m));
+        }
+}
+
+static void head_stats(const mha_node *n, double *out)
+{
+    const mha_tdesc *p = &n->src[0], *d = &n->dst;
+    for (int64_t b = 0; b < p->ne[0]; b++)
+        for (int64_t h = 0; h < p->ne[1]; h++) {
+            double *o = out + idx(d, b, h, 0, 0);
+            for (int64_t c = 0; c < d->ne[3]; c++)
+                o[c] = 0;
+            for (int64_t i = 0; i < p->ne[2]; i++)
+                head_stats_row(p, b, h, i, o);
+        }
+}
+
 void ref_run(const mha_node *n, double *out)
 {
     switch (n->op) {
@@ -272,6 +314,7 @@ void ref_run(const mha_node *n, double *out)
     case MHA_OP_MEAN_HEADS: mean_heads(n, out); break;
     case MHA_OP_ROPE: rope(n, out); break;
     case MHA_OP_MUL: mul(n, out); break;
+    case MHA_OP_HEAD_STATS: head_stats(n, out); break;
     case MHA_OP_COUNT: break;
     }
 }

@@ -295,6 +295,7 @@ static unsigned f16_slots(mha_op op)
     case MHA_OP_MUL: return 1u << MHA_SRC_MUL_X | 1u << DST_SLOT;
     case MHA_OP_SOFTMAX:
     case MHA_OP_MEAN_HEADS:
+    case MHA_OP_HEAD_STATS:
     case MHA_OP_COUNT:
         break;
     }
@@ -320,6 +321,32 @@ static void to_f16(op_setup *s, unsigned slots)
 static size_t esize(const host_tensor *t)
 {
     return t->desc.dtype == MHA_F16 ? 2 : 4;
+}
+
+/* Rows of HEAD_STATS' probabilities: uniform weights, about a quarter of
+ * them 0, normalised; one row of zeros (all keys masked) with F_FULLMASK
+ * and a one-hot row that puts everything on the previous key. */
+static void fill_probabilities(op_setup *s, const op_case *c, test_rng *r)
+{
+    const mha_tdesc *p = &s->node.src[0];
+    int64_t S2 = c->S + c->X;
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->H; h++)
+            for (int64_t i = 0; i < c->L; i++) {
+                float w[2048], sum = 0.0f;
+                for (int64_t j = 0; j < S2; j++) {
+                    float u = test_uniform(r);
+                    w[j] = u < 0.25f ? 0.0f : u * u;
+                    sum += w[j];
+                }
+                for (int64_t j = 0; j < S2; j++)
+                    plant(s, p, b, h, i, j, sum > 0 ? w[j] / sum : 0.0f);
+            }
+    for (int64_t j = 0; j < S2; j++) {
+        if (c->flags & F_FULLMASK)
+            plant(s, p, 0, 0, 1, j, 0.0f);
+        plant(s, p, c->B - 1, c->H - 1, 2, j, j == 1 ? 1.0f : 0.0f);
+    }
 }
 
 static void setup(op_setup *s, const op_case *c, test_rng *r)
@@ -381,6 +408,13 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
         n->dst = c->flags & F_SEPARATE ? *contiguous(s, B, H, L, c->d)
                                        : n->src[MHA_SRC_MUL_X];
         break;
+    case MHA_OP_HEAD_STATS:
+        n->src[0] = c->flags & F_SEPARATE
+                        ? *add(s, B, H, L, S2, L * (H + 1) * S2, S2,
+                               (H + 1) * S2, 1, 0, 0)
+                        : *contiguous(s, B, H, L, S2);
+        n->dst = *contiguous(s, B, H, 1, MHA_HEAD_STATS_COLS + H);
+        break;
     case MHA_OP_COUNT:
         break;
     }
@@ -390,6 +424,8 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
     if (c->op == MHA_OP_WEIGHTED_SUM || c->op == MHA_OP_MEAN_HEADS)
         for (size_t i = 0; i < s->t[0].span; i++)
             s->t[0].host[i] = test_uniform(r);
+    if (c->op == MHA_OP_HEAD_STATS)
+        fill_probabilities(s, c, r);
     if (c->op == MHA_OP_SOFTMAX) {
         host_tensor *a = &s->t[0];
         fill_mask(a, r, 0.2f);
@@ -638,7 +674,10 @@ static void run_case(const op_case *c)
     X(rope_copy_to_f16, ROPE, 2, 3, 4, 0, 0, 16, 0, 0, F_SEPARATE | F_F16DST) \
     X(mul_head_gates, MUL, 2, 3, 5, 0, 0, 16, 0, 0, F_SEPARATE)              \
     X(mul_shared_gates_in_place, MUL, 3, 2, 4, 0, 0, 8, 0, 0, F_POS_BCAST)   \
-    X(mul_f16_gates, MUL, 2, 4, 3, 0, 0, 32, 0, 0, F_F16 | F_SEPARATE)
+    X(mul_f16_gates, MUL, 2, 4, 3, 0, 0, 32, 0, 0, F_F16 | F_SEPARATE)      \
+    X(head_stats, HEAD_STATS, 2, 3, 6, 7, 1, 0, 0, 0, F_FULLMASK)            \
+    X(head_stats_strided, HEAD_STATS, 1, 4, 70, 90, 0, 0, 0, 0, F_SEPARATE)  \
+    X(head_stats_one_key, HEAD_STATS, 2, 2, 3, 1, 0, 0, 0, 0, 0)
 
 #define DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)    \
     Test(ops, name)                                                          \
@@ -788,7 +827,8 @@ static void run_threads_case(const op_case *c)
     X(attention_decode_chunks, ATTENTION, 2, 8, 1, 1100, 0, 64, 0, 0,        \
       F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                 \
     X(attention_core_prefill, ATTENTION, 1, 4, 100, 300, 0, 32, 0, 0,       \
-      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_ALIBI | F_SOFTCAP)
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_ALIBI | F_SOFTCAP)    \
+    X(head_stats, HEAD_STATS, 2, 3, 40, 50, 0, 0, 0, 0, 0)
 
 #define DEFINE_THREAD_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_) \
     Test(threads, name)                                                      \

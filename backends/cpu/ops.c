@@ -122,6 +122,8 @@ bool mha_cpu_op_supported(const mha_node *node)
         return mha_cpu_mul_supported(node);
     if (node->op == MHA_OP_ATTENTION)
         return attention_supported(node);
+    if (node->op == MHA_OP_HEAD_STATS)
+        return mha_cpu_head_stats_supported(node);
     if (node->dst.dtype != MHA_F32)
         return false;
     for (int s = 0; s < MHA_MAX_SRC; s++)
@@ -414,6 +416,8 @@ mha_status mha_cpu_op_run(mha_cpu_exec *e, const mha_node *n)
         return mha_cpu_run_rope(e, n);
     case MHA_OP_MUL:
         return mha_cpu_run_mul(e, n);
+    case MHA_OP_HEAD_STATS:
+        return mha_cpu_run_head_stats(e, n);
     case MHA_OP_COUNT:
         break;
     }

@@ -81,5 +81,9 @@ mha_status mha_cpu_run_rope(mha_cpu_exec *e, const mha_node *n);
 /* MUL (rope.c): X and dst f32 or f16, F f32, any strides. */
 bool mha_cpu_mul_supported(const mha_node *n);
 mha_status mha_cpu_run_mul(mha_cpu_exec *e, const mha_node *n);
+/* HEAD_STATS (head_stats.c): f32 probabilities and sums, unit inner
+ * strides. */
+bool mha_cpu_head_stats_supported(const mha_node *n);
+mha_status mha_cpu_run_head_stats(mha_cpu_exec *e, const mha_node *n);
 
 #endif

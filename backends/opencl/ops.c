@@ -102,6 +102,17 @@ static bool rope_supported(const mha_cl_device *dev, const mha_node *n)
            (n->params.rope_dims == 0 || fits_int32(&pos));
 }
 
+/* HEAD_STATS: f32 probabilities with unit inner stride into f32 sums
+ * [B,H,1,5+H]. */
+static bool head_stats_supported(const mha_node *n)
+{
+    const mha_tdesc *s = &n->src[0], *t = &n->dst;
+    return s->buf && t->buf && s->dtype == MHA_F32 && t->dtype == MHA_F32 &&
+           fits_int32(s) && fits_int32(t) && s->nb[3] == 1 &&
+           t->ne[0] == s->ne[0] && t->ne[1] == s->ne[1] && t->ne[2] == 1 &&
+           t->ne[3] == MHA_HEAD_STATS_COLS + s->ne[1];
+}
+
 /* Every tensor may be f32 or f16 on its own (an f16 layer mixes them);
  * masks, slopes and sinks are f32, key lengths int32. */
 bool mha_cl_supports(void *d, const mha_node *node)
@@ -111,6 +122,8 @@ bool mha_cl_supports(void *d, const mha_node *node)
         return false;
     if (node->op == MHA_OP_ROPE)
         return rope_supported(dev, node);
+    if (node->op == MHA_OP_HEAD_STATS)
+        return head_stats_supported(node);
     if (!node->dst.buf || !tensor_ok(dev, &node->dst, SLOT_DATA))
         return false;
     for (int s = 0; s < mha_op_source_count(node->op) && s < MHA_MAX_SRC; s++)
@@ -374,6 +387,23 @@ static mha_status run_mul(mha_cl_device *dev, const mha_node *n)
     return enqueue(dev, &a, "mul4d", global, local);
 }
 
+/* One row_wg-wide workgroup per (column, batch item x head). */
+static mha_status run_head_stats(mha_cl_device *dev, const mha_node *n)
+{
+    kargs a;
+    mha_status s = kernel_of(dev, MHA_CL_K_HEAD_STATS, &a);
+    if (s != MHA_OK)
+        return s;
+    const mha_tdesc *p = &n->src[0];
+    arg_tensor(&a, p);
+    arg_tensor(&a, &n->dst);
+    arg_int4(&a, (int)p->ne[1], (int)p->ne[2], (int)p->ne[3], 0);
+    const size_t global[3] = {(size_t)dev->row_wg, (size_t)n->dst.ne[3],
+                              (size_t)(p->ne[0] * p->ne[1])};
+    const size_t local[3] = {(size_t)dev->row_wg, 1, 1};
+    return enqueue(dev, &a, "head_stats", global, local);
+}
+
 /* Workgroups a launch should have to fill the device: a few per compute
  * unit, and never fewer than a small GPU needs. */
 static int64_t groups_wanted(const mha_cl_device *dev)
@@ -586,6 +616,8 @@ mha_status mha_cl_run(void *d, const mha_node *node)
         return run_rope(dev, node);
     case MHA_OP_MUL:
         return run_mul(dev, node);
+    case MHA_OP_HEAD_STATS:
+        return run_head_stats(dev, node);
     case MHA_OP_COUNT:
         break;
     }

@@ -15,21 +15,22 @@
 /* ---- what each program kind is made of ---------------------------------- */
 
 typedef struct kind_spec {
-    const char *files[5];
+    const char *files[6];
     int nfiles;
     const char *kernels[MHA_CL_K_COUNT]; /* by mha_cl_kernel_id, or NULL */
 } kind_spec;
 
 static const kind_spec kind_specs[] = {
     [MHA_CL_PROG_OPS] = {{"common.cl", "gemm.cl", "softmax.cl", "copy.cl",
-                          "rope.cl"},
-                         5,
+                          "rope.cl", "head_stats.cl"},
+                         6,
                          {[MHA_CL_K_GEMM] = "gemm",
                           [MHA_CL_K_SOFTMAX] = "softmax",
                           [MHA_CL_K_COPY] = "copy4d",
                           [MHA_CL_K_MEAN_HEADS] = "mean_heads",
                           [MHA_CL_K_ROPE] = "rope",
-                          [MHA_CL_K_MUL] = "mul4d"}},
+                          [MHA_CL_K_MUL] = "mul4d",
+                          [MHA_CL_K_HEAD_STATS] = "head_stats"}},
     [MHA_CL_PROG_ATTENTION] = {{"common.cl", "attention.cl"},
                                2,
                                {[MHA_CL_K_ATTENTION] = "attention",

@@ -253,6 +253,9 @@ MHA_PUSH_BLOCK(rope_push, MHA_ROPE_PUSH)
 _Static_assert(sizeof(rope_push) <= MHA_VK_PUSH_BYTES, "push constants");
 MHA_PUSH_BLOCK(mul_push, MHA_MUL_PUSH)
 _Static_assert(sizeof(mul_push) <= MHA_VK_PUSH_BYTES, "push constants");
+MHA_PUSH_BLOCK(head_stats_push, MHA_HEAD_STATS_PUSH)
+_Static_assert(sizeof(head_stats_push) <= MHA_VK_PUSH_BYTES,
+               "push constants");
 
 /* ---- dispatch helpers ---------------------------------------------------- */
 
@@ -377,6 +380,36 @@ static mha_status run_mean_heads(mha_vk_device *d, const mha_tdesc *src,
         return groups_error(d, "mean_heads");
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {src, dst};
     return dispatch(d, MHA_VK_K_MEAN_HEADS, false, spec, 1, ts, &p, sizeof p,
+                    g);
+}
+
+/* HEAD_STATS: one workgroup of COPY_WG per (column, head, batch item). */
+static bool supports_head_stats(const mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *s = &n->src[0], *t = &n->dst;
+    const uint32_t *mg = d->phys->lim.max_groups;
+    return tensor_ok(s) && tensor_ok(t) && inner_contiguous(s) &&
+           inner_contiguous(t) && t->ne[0] == s->ne[0] &&
+           t->ne[1] == s->ne[1] && t->ne[2] == 1 &&
+           t->ne[3] == MHA_HEAD_STATS_COLS + s->ne[1] && t->ne[3] <= mg[0] &&
+           s->ne[1] <= mg[1] && s->ne[0] <= mg[2];
+}
+
+static mha_status run_head_stats(mha_vk_device *d, const mha_tdesc *src,
+                                 const mha_tdesc *dst)
+{
+    head_stats_push p = {.src_off = eoff(src), .dst_off = eoff(dst)};
+    for (int i = 0; i < 4; ++i)
+        p.ne[i] = (uint32_t)src->ne[i];
+    for (int i = 0; i < 3; ++i) {
+        p.src_nb[i] = st(src, i);
+        p.dst_nb[i] = st(dst, i);
+    }
+    uint32_t spec[1] = {COPY_WG};
+    const uint32_t g[3] = {(uint32_t)dst->ne[3], (uint32_t)src->ne[1],
+                           (uint32_t)src->ne[0]};
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {src, dst};
+    return dispatch(d, MHA_VK_K_HEAD_STATS, false, spec, 1, ts, &p, sizeof p,
                     g);
 }
 
@@ -862,6 +895,8 @@ static bool supports_op(mha_vk_device *d, const mha_node *n)
         return data_ok(d, &n->src[MHA_SRC_MUL_X]) && data_ok(d, &n->dst) &&
                tensor_ok(&n->src[MHA_SRC_MUL_F]) &&
                count(&n->dst) <= UINT32_MAX;
+    case MHA_OP_HEAD_STATS:
+        return supports_head_stats(d, n);
     case MHA_OP_COUNT:
         break;
     }
@@ -895,6 +930,7 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
     case MHA_OP_SOFTMAX: return run_softmax(d, &n->src[0], &n->dst);
     case MHA_OP_ROPE: return run_rope(d, n);
     case MHA_OP_MUL: return run_mul(d, n);
+    case MHA_OP_HEAD_STATS: return run_head_stats(d, &n->src[0], &n->dst);
     case MHA_OP_COUNT:
         break;
     }

@@ -122,4 +122,9 @@
     F(log2_theta) F(pos_scale)                                               \
     U(total) /* B * H * T * (rope_dims / 2 + d - rope_dims) */
 
+/* head_stats.comp: HEAD_STATS of P [B,H,L,S'] (ne; unit innermost
+ * strides) into dst [B,H,1,5+H]. */
+#define MHA_HEAD_STATS_PUSH(U, F)                                            \
+    U(src_off) U(dst_off) U(ne[4]) U(src_nb[3]) U(dst_nb[3])
+
 #endif /* MHA_VK_PUSH_H */

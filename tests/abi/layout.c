@@ -156,6 +156,18 @@ static void fixed(void)
     FIELD(mha_device_info, score);
     FIELD(mha_device_info, is_default);
     FIELD(mha_device_info, details);
+    FIXED(mha_head_stat);
+    FIELD(mha_head_stat, head);
+    FIELD(mha_head_stat, entropy);
+    FIELD(mha_head_stat, confidence);
+    FIELD(mha_head_stat, distance);
+    FIELD(mha_head_stat, first_key);
+    FIELD(mha_head_stat, prev_token);
+    FIELD(mha_head_stat, ablation);
+    FIELD(mha_head_stat, gradient);
+    FIELD(mha_head_stat, gradient_raw);
+    FIELD(mha_head_stat, rows);
+    FIELD(mha_head_stat, gradient_items);
 }
 
 static void constants(void)
@@ -193,6 +205,8 @@ static void constants(void)
     CONST(MHA_CAUSAL_NONE);
     CONST(MHA_CAUSAL_TOP_LEFT);
     CONST(MHA_CAUSAL_BOTTOM_RIGHT);
+    CONST(MHA_REDUNDANCY_JS);
+    CONST(MHA_REDUNDANCY_COSINE);
 }
 
 int main(void)

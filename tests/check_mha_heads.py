@@ -1,0 +1,106 @@
+#!/usr/bin/python3
+"""check_mha_heads.py: the mha-heads CTest: runs the tool on a tiny random
+layer (statistics with random gradients and an attention dump, then prune
+by gradient and random for k = 1, 2) and validates its JSON and CSV: every
+key the README promises, shapes H and H x H, probabilities' rows summing to
+1, gradient importance of l2 norm 1, prune rows for every criterion and k
+with fewer weight bytes than the unpruned layer. Then, when matplotlib is
+installed, tools/plot_heads.py must write its six pictures.
+
+    check_mha_heads.py MHA_HEADS_BINARY PLOT_SCRIPT WORK_DIR
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}\n"
+                 f"{r.stderr}")
+    return r.stdout
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"check_mha_heads: {what}")
+
+
+def check_stats(doc, H, L):
+    for key in ("tool", "version", "device", "layer", "inputs", "rows",
+                "gradient_items", "heads", "redundancy", "attention"):
+        check(key in doc, f"JSON lacks {key}")
+    heads = doc["heads"]
+    check(len(heads) == H, f"{len(heads)} heads, expected {H}")
+    for h in heads:
+        for k in ("head", "entropy", "confidence", "distance", "first_key",
+                  "prev_token", "ablation", "gradient", "gradient_raw"):
+            check(k in h and math.isfinite(h[k]), f"head lacks {k}")
+        check(0 < h["confidence"] <= 1, "confidence outside (0, 1]")
+        check(0 <= h["entropy"] <= math.log(L) + 1e-6, "entropy > ln S")
+        check(h["ablation"] > 0, "ablation is 0")
+    norm = math.sqrt(sum(h["gradient"] ** 2 for h in heads))
+    check(abs(norm - 1) < 1e-6, f"gradient importance has norm {norm}")
+    for kind in ("js", "cosine"):
+        m = doc["redundancy"][kind]
+        check(len(m) == H and all(len(r) == H for r in m), f"{kind} not HxH")
+    check(all(abs(doc["redundancy"]["cosine"][h][h] - 1) < 1e-6
+              for h in range(H)), "cosine diagonal is not 1")
+    att = doc["attention"]["weights"]
+    check(len(att) == H and len(att[0]) == L, "attention not [H][L][S]")
+    for row in att[1]:
+        check(abs(sum(row) - 1) < 1e-4, "an attention row does not sum to 1")
+    check(doc["attention"]["tokens"][:2] == ["a", "b c"], "token labels")
+
+
+def main():
+    tool, plot, work = sys.argv[1:4]
+    os.makedirs(work, exist_ok=True)
+    H, L = 4, 6
+    tokens = os.path.join(work, "tokens.txt")
+    with open(tokens, "w", encoding="utf-8") as f:
+        f.write("a\nb c\n" + "".join(f"t{i}\n" for i in range(L)))
+    layer = ["--embed-dim", "16", "--heads", str(H), "--batch", "2",
+             "--tgt-len", str(L), "--random", "2", "--grad", "random",
+             "--device", "cpu"]
+    js, cs = os.path.join(work, "heads.json"), os.path.join(work, "heads.csv")
+    out = run([tool] + layer + ["--json", js, "--csv", cs,
+                                "--dump-attention", "1", "--tokens", tokens])
+    check("entropy" in out and "gradient" in out, "no table on stdout")
+    with open(js, encoding="utf-8") as f:
+        check_stats(json.load(f), H, L)
+    with open(cs, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    check(len(rows) == H and "ablation" in rows[0], "CSV rows")
+    pj = os.path.join(work, "prune.json")
+    run([tool, "prune"] + layer + ["--criterion", "gradient,random", "--k",
+                                   "1,2", "--repeat", "3", "--json", pj])
+    with open(pj, encoding="utf-8") as f:
+        prune = json.load(f)["prune"]
+    check(len(prune) == 5, f"{len(prune)} prune rows, expected 5")
+    base = prune[0]
+    check(base["k"] == 0 and base["output_change"] == 0, "baseline row")
+    for r in prune[1:]:
+        check(len(r["pruned"]) == r["k"], "pruned list length")
+        check(r["weight_bytes"] < base["weight_bytes"], "weights not smaller")
+        check(r["output_change"] > 0, "pruning changed nothing")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib missing: plot_heads.py not run")
+        return 0
+    prefix = os.path.join(work, "pics")
+    run(["/usr/bin/python3", plot, js, "--out", prefix, "--title", "test"])
+    for name in ("attention", "importance", "redundancy"):
+        for ext in ("png", "svg"):
+            p = f"{prefix}_{name}.{ext}"
+            check(os.path.getsize(p) > 1000, f"{p} missing or empty")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

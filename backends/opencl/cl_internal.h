@@ -197,6 +197,9 @@ typedef struct mha_cl_device {
      * CL_OUT_OF_RESOURCES (a lost device, see mha_cl_queue_fail). */
     int fault_alloc;
     int fault_enqueue;
+    /* Test hook: when set, the fused attention adds the number of key
+     * tiles it loads to this buffer's first int (test_opencl_tiles.c). */
+    const struct mha_cl_buffer *tile_visits;
 } mha_cl_device;
 
 /* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from

@@ -460,6 +460,8 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
     arg_tensor(&a, &n->src[MHA_SRC_ALIBI]);
     arg_tensor(&a, &n->src[MHA_SRC_KV_LEN]);
     arg(&a, sizeof part, &part);
+    cl_mem visits = dev->tile_visits ? dev->tile_visits->mem : NULL;
+    arg(&a, sizeof visits, &visits);
     arg_int4(&a, (int)n->dst.ne[1], (int)n->dst.ne[2],
              (int)n->src[MHA_SRC_K].ne[2], (int)n->dst.ne[3]);
     arg_int4(&a, pr->causal, clamp_cols(pr->mask_cols), pr->window,

@@ -400,11 +400,13 @@ static mha_status create_kernels(mha_cl_device *dev, mha_cl_program *p,
 /* ---- the device's program table ----------------------------------------- */
 
 /* Local memory of attention.cl's tiles: Qs (BR x D_MAX), Ks (BC x
- * (D_MAX + CW)), Vs (BC x D_MAX), Ss and Ps (BR x BC), in floats. */
+ * (D_MAX + CW)), Vs (BC x D_MAX), Ss (BR x BC), Ms and Ls (BR x D_MAX /
+ * CW), in floats. */
 static size_t attention_local_bytes(const mha_cl_program *p)
 {
     return 4 * (size_t)(p->br * p->d_max + p->bc * (p->d_max + p->cw) +
-                        p->bc * p->d_max + 2 * p->br * p->bc);
+                        p->bc * p->d_max + p->br * p->bc +
+                        2 * p->br * mha_cl_attention_lanes(p));
 }
 
 /* Attention specialisation for head size d: D_MAX the power of two >= d

@@ -172,12 +172,13 @@ static float out_scale(float m, float l, float sink)
  * causal, mask_cols, window, kv_group; chunk: keys per chunk (a multiple
  * of BC). With one chunk the output is written, else the partials of
  * (b, h, i), row n = (b * H + h) * L + i, chunk k at Part[(n * chunks + k)
- * * PART_STRIDE(d)].
+ * * PART_STRIDE(d)]. Visits, when not NULL, counts the key tiles the
+ * groups load (a test hook: causal attention loads about half).
  * Local memory: Qs rows are read by all DL items of a row at once (one
  * address: a broadcast); Ks rows are read by the DL items at DL different
  * keys, so each row is padded by one float4, which puts consecutive keys'
  * float4 four banks apart (no conflict within a quarter of a 32-lane
- * subgroup, the unit of a 128-bit access); Vs, Ss and Ps are read at
+ * subgroup, the unit of a 128-bit access); Vs, Ss, Ms and Ls are read at
  * consecutive addresses or broadcast. */
 __attribute__((reqd_work_group_size(BR * DL, 1, 1)))
 kernel void attention(global const float *Q, int q_off, int4 q_st,
@@ -189,13 +190,15 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
                       global const float *Sk, int s_off, int4 s_st,
                       global const float *Ak, int a_off, int4 a_st,
                       global const int *Nk, int n_off, int4 n_st,
-                      global float *Part, int4 dims, int4 mode, float scale,
-                      float softcap, int chunk, int halfmask)
+                      global float *Part, global int *Visits, int4 dims,
+                      int4 mode, float scale, float softcap, int chunk,
+                      int halfmask)
 {
     local vecw Qs[BR][DL];
     local vecw Ks[BC][DL + 1];
     local vecw Vs[BC][DL];
-    local float Ss[BR][BC], Ps[BR][BC];
+    local float Ss[BR][BC];         /* scores, then probabilities */
+    local float Ms[BR][DL], Ls[BR][DL]; /* each item's max and sum */
     const int H = dims.x, L = dims.y, S = dims.z, d = dims.w;
     const int G = mode.w, Hk = H / G, R = G * L;
     const int lid = get_local_id(0), lr = lid / DL, t = lid % DL;
@@ -237,6 +240,8 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
         const int je = min(seg ? S : hi, c1);
         for (int j0 = ja; j0 < je; j0 += BC) {
             const int jn = min(BC, je - j0);
+            if (Visits && lid == 0) /* tests count the tiles loaded */
+                atomic_inc(Visits);
             for (int e = lid; e < jn * DL; e += BR * DL) {
                 const int jj = e / DL, ce = CW * (e % DL), j = j0 + jj;
                 Ks[jj][e % DL] = loadw(K, AT(k_off, k_st, b, hk, j, 0),
@@ -245,31 +250,50 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
                                        v_st.w, ce, d, IS_HALF(2));
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            /* Item t scores keys t, t + DL, ... of the tile for its row. */
+            /* Item t scores keys t, t + DL, ... of the tile for its row
+             * and keeps their max. */
+            float pm = -INFINITY;
             for (int jj = t; jj < jn; jj += DL) {
                 vecw dotw = 0.0f;
                 for (int k = 0; k < DL; k++)
                     dotw = fma(Qs[lr][k], Ks[jj][k], dotw);
-                Ss[lr][jj] = score(&r, hsumw(dotw), j0 + jj, Mk, m_off, m_st,
-                                   Pk, p_off, p_st);
+                const float sc = score(&r, hsumw(dotw), j0 + jj, Mk, m_off,
+                                       m_st, Pk, p_off, p_st);
+                Ss[lr][jj] = sc;
+                pm = mha_nanmax(pm, sc);
             }
+            Ms[lr][t] = pm;
             barrier(CLK_LOCAL_MEM_FENCE);
-            float tmax = -INFINITY;
-            for (int jj = 0; jj < jn; jj++)
-                tmax = mha_nanmax(tmax, Ss[lr][jj]);
-            const float mnew = mha_nanmax(m, tmax);
-            for (int jj = t; jj < jn; jj += DL) /* unread if mnew is -inf */
-                Ps[lr][jj] = exp(Ss[lr][jj] - mnew);
+            /* The row's max from its items' maxima; each item turns its
+             * own scores into probabilities (in place) and sums them. */
+            float mnew = m;
+            for (int k = 0; k < DL; k++)
+                mnew = mha_nanmax(mnew, Ms[lr][k]);
+            float ps = 0.0f;
+            for (int jj = t; jj < jn; jj += DL) { /* unread if mnew is -inf */
+                const float p = exp(Ss[lr][jj] - mnew);
+                Ss[lr][jj] = p;
+                ps += p;
+            }
+            Ls[lr][t] = ps;
             barrier(CLK_LOCAL_MEM_FENCE);
             if (mnew != -INFINITY) { /* else every key so far is masked */
                 const float corr = exp(m - mnew);
-                l *= corr;
+                float lt = 0.0f;
+                for (int k = 0; k < DL; k++)
+                    lt += Ls[lr][k];
+                l = l * corr + lt;
+                /* Two accumulators: two independent FMA chains. */
+                vecw acc1 = 0.0f;
                 acc *= corr;
-                for (int jj = 0; jj < jn; jj++) {
-                    const float p = Ps[lr][jj];
-                    l += p;
-                    acc = fma((vecw)p, Vs[jj][t], acc);
+                int jj = 0;
+                for (; jj + 1 < jn; jj += 2) {
+                    acc = fma((vecw)Ss[lr][jj], Vs[jj][t], acc);
+                    acc1 = fma((vecw)Ss[lr][jj + 1], Vs[jj + 1][t], acc1);
                 }
+                if (jj < jn)
+                    acc = fma((vecw)Ss[lr][jj], Vs[jj][t], acc);
+                acc += acc1;
                 m = mnew;
             }
             barrier(CLK_LOCAL_MEM_FENCE);

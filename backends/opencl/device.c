@@ -375,10 +375,11 @@ static void choose_tile(mha_cl_device *dev, int max)
 {
     const mha_cl_limits *lim = &dev->rec->limits;
     int t = max, bk = 32;
+    while (t > 1 && (size_t)(t * t) > lim->max_workgroup)
+        t /= 2;
     while (bk > 8 && gemm_local_bytes(t, dev->wpt, bk) > lim->local_mem)
         bk /= 2;
-    while (t > 1 && ((size_t)(t * t) > lim->max_workgroup ||
-                     gemm_local_bytes(t, dev->wpt, bk) > lim->local_mem))
+    while (t > 1 && gemm_local_bytes(t, dev->wpt, bk) > lim->local_mem)
         t /= 2;
     dev->tile = t;
     dev->bk = bk;

@@ -380,7 +380,7 @@ static mha_status create_kernels(mha_cl_device *dev, mha_cl_program *p,
         size_t need = k == MHA_CL_K_GEMM ? (size_t)(dev->tile * dev->tile)
                       : k == MHA_CL_K_ATTENTION
                           ? (size_t)(p->br * mha_cl_attention_lanes(p))
-                                                : (size_t)dev->row_wg;
+                          : (size_t)dev->row_wg;
         size_t max = 0;
         err = dev->api->clGetKernelWorkGroupInfo(
             p->kernels[k], dev->rec->device, CL_KERNEL_WORK_GROUP_SIZE,
@@ -462,6 +462,26 @@ void mha_cl_programs_release(mha_cl_device *dev)
     dev->nprograms = 0;
 }
 
+/* Shrinks what sets the workgroup of the kernel that allowed only
+ * allowed items: BR of an attention program, the gemm tile of the ops
+ * program (the other ops kernels' groups are the device's row_wg, which
+ * nothing shrinks). Returns whether anything changed. */
+static int shrink_for(mha_cl_device *dev, mha_cl_program *want,
+                      size_t allowed)
+{
+    if (want->kind == MHA_CL_PROG_ATTENTION) {
+        const int br = want->br;
+        while ((size_t)(want->br * mha_cl_attention_lanes(want)) > allowed &&
+               want->br > 1)
+            want->br /= 2;
+        return want->br != br;
+    }
+    const int tile = dev->tile;
+    while ((size_t)(dev->tile * dev->tile) > allowed && dev->tile > 1)
+        dev->tile /= 2;
+    return dev->tile != tile;
+}
+
 mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
                               int d, mha_cl_program **out)
 {
@@ -501,15 +521,13 @@ mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
             break;
         program_release(dev->api, p);
         /* Registers can cap a kernel's workgroup below the device's; the
-         * attention kernel then takes fewer query rows per group. */
-        if (kind != MHA_CL_PROG_ATTENTION || allowed == 0 || want.br <= 1)
+         * attention kernel then takes fewer query rows per group, the gemm
+         * (8 x 8 accumulators an item on a GPU) a smaller tile. */
+        if (allowed == 0 || !shrink_for(dev, &want, allowed))
             return s;
-        while ((size_t)(want.br * mha_cl_attention_lanes(&want)) >
-                   allowed &&
-               want.br > 1)
-            want.br /= 2;
         mha_host_log(dev->host, MHA_LOG_INFO,
-                     "opencl: %s retried with BR %d", what, want.br);
+                     "opencl: %s retried with BR %d, gemm tile %d", what,
+                     want.br, dev->tile);
     }
     dev->nprograms++;
     *out = p;

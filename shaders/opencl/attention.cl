@@ -2,18 +2,20 @@
  * without the L x S' matrix, with the attention core's extensions of
  * core/backend.h (GQA/MQA, bottom-right causal, window, softcap, ALiBi,
  * sinks, per-sequence key lengths). A workgroup takes BR query rows of the
- * query heads that share one (batch, kv head), DL = D_MAX / 4 work items
- * a row: item (r, t) owns output columns 4t..4t+3 as one float4, so no
- * work item holds an array sized by the head size or the key tile (those
- * spill on mobile GPUs). The group streams K and V through local memory
- * in tiles of BC <= DL keys; item (r, t) scores key t of the tile for row
- * r (one exp per score), the row's items read the BC scores back for the
- * tile max and the probabilities, and each adds p * V[key][4t..4t+3] to
- * its accumulator: a running max and sum (online softmax). The head size
- * is padded with zeros to D_MAX (a power of two >= 4), so one build serves
- * every head size of its bucket. BR and BC come from the device's limits
- * (program.c); the key lengths are data (KV_LEN), never build constants,
- * so a decode loop of growing lengths reuses one program.
+ * query heads that share one (batch, kv head), DL = D_MAX / CW work items
+ * a row: item (r, t) owns output columns CW t.. as one vector (float4 on
+ * GPUs, float16 on a CPU runtime), so no work item holds an array sized by
+ * the head size or the key tile (those spill on mobile GPUs). The group
+ * streams K and V through local memory in tiles of BC keys; item (r, t)
+ * scores keys t, t + DL, ... of the tile for row r and keeps their max,
+ * the row's items combine their DL maxima, turn their own scores into
+ * probabilities (one exp per score) and sums, and each adds p * V[key]
+ * over its columns to its accumulator: a running max and sum (online
+ * softmax). The head size is padded with zeros to D_MAX (a power of two
+ * >= 4), so one build serves every head size of its bucket. BR, BC and CW
+ * come from the device's limits (program.c); the key lengths are data
+ * (KV_LEN), never build constants, so a decode loop of growing lengths
+ * reuses one program.
  * Keys no row of a group can see (past len_b, above the causal diagonal,
  * before the window) are never loaded: they bound the tile loop. Long key
  * ranges with few groups are cut into chunks (flash-decoding): each chunk

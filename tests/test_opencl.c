@@ -329,7 +329,7 @@ static void forward_under_limits(const char *limits, const char *variant,
 Test(opencl, limits_env_gives_mobile_gpu_variant)
 {
     forward_under_limits("local=16384,workgroup=128,fp16=0",
-                         "gemm tile 8, wpt 4, row workgroup 128", 128);
+                         "gemm tile 8, wpt 8, bk 16, row workgroup 128", 128);
     mha_context *ctx = new_context(NULL);
     mha_device_info info;
     find_opencl(ctx, &info);
@@ -339,11 +339,11 @@ Test(opencl, limits_env_gives_mobile_gpu_variant)
 }
 
 /* A cap that lowers nothing still selects the GPU tuning: the desktop GPU
- * variant (16 x 16 gemm groups, 256-wide rows) runs on PoCL too. */
+ * variant (16 x 16 gemm groups of 8 x 8, 256-wide rows) runs on PoCL too. */
 Test(opencl, limits_env_gives_desktop_gpu_variant)
 {
     forward_under_limits("workgroup=1024",
-                         "gemm tile 16, wpt 4, row workgroup 256", 1024);
+                         "gemm tile 16, wpt 8, bk 32, row workgroup 256", 1024);
 }
 
 Test(opencl, binary_cache_cold_then_warm)

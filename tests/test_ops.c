@@ -735,6 +735,12 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT)                           \
     X(core_head128_gqa, ATTENTION, 1, 4, 3, 33, 0, 128, 0, 0,               \
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT)                                     \
+    X(core_head40_f16_alibi, ATTENTION, 1, 2, 21, 45, 0, 40, 0, 0,          \
+      F_F16 | F_ALIBI | F_CAUSAL)                                            \
+    X(core_head80_gqa_window, ATTENTION, 1, 4, 37, 90, 0, 80, 0, 0,         \
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW)                          \
+    X(core_head256_softcap, ATTENTION, 2, 2, 5, 70, 0, 256, 0, 0,           \
+      F_SOFTCAP | F_KPM)                                                     \
     X(core_everything, ATTENTION, 3, 4, 5, 40, 0, 16, 0, 0,                 \
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
       F_SINKS | F_KVLEN | F_MASK2D)                                          \

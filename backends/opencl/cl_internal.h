@@ -144,10 +144,18 @@ typedef struct mha_cl_program {
     mha_cl_prog_kind kind;
     int d_max; /* ATTENTION: head-size bucket; 0 otherwise */
     int bc;    /* ATTENTION: keys per local-memory tile */
-    int br;    /* ATTENTION: queries (work items) per workgroup */
+    int br;    /* ATTENTION: query rows per workgroup */
+    int cw;    /* ATTENTION: columns per work item (4, 8 or 16) */
     cl_program program;
     cl_kernel kernels[MHA_CL_K_COUNT]; /* those this kind defines */
 } mha_cl_program;
+
+/* attention.cl: work items of one query row (each owns cw of the D_MAX
+ * columns). */
+static inline int mha_cl_attention_lanes(const mha_cl_program *p)
+{
+    return p->d_max / p->cw;
+}
 
 #define MHA_CL_MAX_PROGRAMS 32
 
@@ -175,7 +183,10 @@ typedef struct mha_cl_device {
     char *cache_dir; /* NULL: cache disabled */
     int tile;        /* gemm workgroup edge (tile x tile items) */
     int wpt;         /* gemm outputs per item along each dimension */
+    int bk;          /* gemm slice depth (k per local-memory stage) */
     int row_wg;      /* softmax / copy workgroup size */
+    int attn_cw;     /* attention columns per work item (a vector width) */
+    int attn_wg;     /* attention work items a group aims at */
     int nprograms;
     mha_cl_program programs[MHA_CL_MAX_PROGRAMS];
     /* The fused attention's partial results when it splits the keys
@@ -188,6 +199,9 @@ typedef struct mha_cl_device {
      * CL_OUT_OF_RESOURCES (a lost device, see mha_cl_queue_fail). */
     int fault_alloc;
     int fault_enqueue;
+    /* Test hook: when set, the fused attention adds the number of key
+     * tiles it loads to this buffer's first int (test_opencl_tiles.c). */
+    const struct mha_cl_buffer *tile_visits;
 } mha_cl_device;
 
 /* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from

@@ -363,16 +363,26 @@ static int pow2_floor(size_t n)
     return p;
 }
 
-/* Workgroup edge of the gemm kernel, at most max: a tile x tile
- * workgroup, each item wpt x wpt outputs, two tile x (tile * wpt + 1)
- * float slices in local memory. */
-static int choose_tile(const mha_cl_limits *lim, int max, int wpt)
+/* Local memory of gemm.cl: two bk x (tile * wpt + 4) float slices. */
+static size_t gemm_local_bytes(int tile, int wpt, int bk)
 {
-    int t = max;
-    while (t > 1 && ((size_t)(t * t) > lim->max_workgroup ||
-                     (size_t)(2 * t * (t * wpt + 1) * 4) > lim->local_mem))
+    return (size_t)(2 * bk * (tile * wpt + 4) * 4);
+}
+
+/* Workgroup edge (at most max) and slice depth (32, else 16 or 8) of the
+ * gemm kernel: a tile x tile workgroup, each item wpt x wpt outputs. */
+static void choose_tile(mha_cl_device *dev, int max)
+{
+    const mha_cl_limits *lim = &dev->rec->limits;
+    int t = max, bk = 32;
+    while (t > 1 && (size_t)(t * t) > lim->max_workgroup)
         t /= 2;
-    return t;
+    while (bk > 8 && gemm_local_bytes(t, dev->wpt, bk) > lim->local_mem)
+        bk /= 2;
+    while (t > 1 && gemm_local_bytes(t, dev->wpt, bk) > lim->local_mem)
+        t /= 2;
+    dev->tile = t;
+    dev->bk = bk;
 }
 
 /* Releases libmha's references only. An adopted queue is never waited on
@@ -421,15 +431,20 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
 {
     /* A CPU runtime (PoCL) runs a workgroup as loops between barriers:
      * small groups with more work per item cost less there (measured on
-     * PoCL: softmax 4x, scores 3x, projection 1.5-2x faster). GPUs get
-     * 16 x 16 groups of 4 x 4 outputs, and 256-wide rows; so does a CPU
-     * under MHA_OPENCL_LIMITS, which emulates a (mobile) GPU's limits. */
+     * PoCL: softmax 4x, scores 3x; gemm 4 x 4 groups of 16 x 16 outputs
+     * 1.3x faster than 8 x 8 of 8 x 8). GPUs get 16 x 16 groups of 8 x 8
+     * outputs, and 256-wide rows; so does a CPU under MHA_OPENCL_LIMITS,
+     * which emulates a (mobile) GPU's limits. */
     const int cpu = dev->rec->is_cpu && !dev->rec->limits.capped;
-    dev->wpt = cpu ? 8 : 4;
-    dev->tile = choose_tile(&dev->rec->limits, cpu ? 8 : 16, dev->wpt);
+    dev->wpt = cpu ? 16 : 8;
+    choose_tile(dev, cpu ? 4 : 16);
     dev->row_wg = pow2_floor(dev->rec->limits.max_workgroup);
     if (dev->row_wg > (cpu ? 64 : 256))
         dev->row_wg = cpu ? 64 : 256;
+    /* Attention: a CPU gets 16 columns an item (one AVX-512 register) and
+     * small groups; a GPU float4s (128-bit loads), 256 items a group. */
+    dev->attn_cw = cpu ? 16 : 4;
+    dev->attn_wg = cpu ? 64 : 256;
     dev->cache_dir = mha_cl_cache_dir(dev->host, options);
     if (dev->cache_dir && !mha_cache_dir_ready(dev->host, dev->cache_dir)) {
         mha_host_free(dev->host, dev->cache_dir);
@@ -442,10 +457,10 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
     if (s != MHA_OK)
         return s;
     mha_host_log(dev->host, MHA_LOG_INFO,
-                 "opencl: %s %s (gemm tile %d, wpt %d, row workgroup %d, "
+                 "opencl: %s %s (gemm tile %d, wpt %d, bk %d, row workgroup %d, "
                  "cache %s)",
                  dev->adopted ? "adopted" : "opened", dev->rec->name,
-                 dev->tile, dev->wpt, dev->row_wg,
+                 dev->tile, dev->wpt, dev->bk, dev->row_wg,
                  dev->cache_dir ? dev->cache_dir : "off");
     return MHA_OK;
 }

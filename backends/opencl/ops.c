@@ -9,8 +9,9 @@
 
 #include "cl_internal.h"
 
-/* Largest head size the fused attention kernel takes (its private arrays
- * grow with it); larger ones use SCORES + SOFTMAX + WEIGHTED_SUM. */
+/* Largest head size the fused attention kernel takes (its workgroups and
+ * local tiles grow with it); larger ones use SCORES + SOFTMAX +
+ * WEIGHTED_SUM. */
 #define MHA_CL_MAX_HEAD 256
 
 /* ---- checks ------------------------------------------------------------- */
@@ -512,6 +513,8 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
     arg_tensor(&a, &n->src[MHA_SRC_ALIBI]);
     arg_tensor(&a, &n->src[MHA_SRC_KV_LEN]);
     arg(&a, sizeof part, &part);
+    cl_mem visits = dev->tile_visits ? dev->tile_visits->mem : NULL;
+    arg(&a, sizeof visits, &visits);
     arg_int4(&a, (int)n->dst.ne[1], (int)n->dst.ne[2],
              (int)n->src[MHA_SRC_K].ne[2], (int)n->dst.ne[3]);
     arg_int4(&a, pr->causal, clamp_cols(pr->mask_cols), pr->window,
@@ -523,10 +526,11 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
                              &n->src[MHA_SRC_V], &n->dst};
     arg_int(&a, halfmask(t, 4));
     const size_t br = (size_t)p->br;
-    const size_t global[3] = {round_up(rows_per_kv_head(n), br),
+    const size_t wg = br * (size_t)mha_cl_attention_lanes(p);
+    const size_t global[3] = {round_up(rows_per_kv_head(n), br) / br * wg,
                               (size_t)(n->dst.ne[0] * n->src[MHA_SRC_K].ne[1]),
                               (size_t)chunks};
-    const size_t local[3] = {br, 1, 1};
+    const size_t local[3] = {wg, 1, 1};
     s = enqueue(dev, &a, "attention", global, local);
     if (s != MHA_OK || chunks == 1)
         return s;

@@ -380,8 +380,9 @@ static mha_status create_kernels(mha_cl_device *dev, mha_cl_program *p,
                                   ks->kernels[k], mha_cl_error_name(err),
                                   (int)err);
         size_t need = k == MHA_CL_K_GEMM ? (size_t)(dev->tile * dev->tile)
-                      : k == MHA_CL_K_ATTENTION ? (size_t)p->br
-                                                : (size_t)dev->row_wg;
+                      : k == MHA_CL_K_ATTENTION
+                          ? (size_t)(p->br * mha_cl_attention_lanes(p))
+                          : (size_t)dev->row_wg;
         size_t max = 0;
         err = dev->api->clGetKernelWorkGroupInfo(
             p->kernels[k], dev->rec->device, CL_KERNEL_WORK_GROUP_SIZE,
@@ -400,20 +401,34 @@ static mha_status create_kernels(mha_cl_device *dev, mha_cl_program *p,
 
 /* ---- the device's program table ----------------------------------------- */
 
+/* Local memory of attention.cl's tiles: Qs (BR x D_MAX), Ks (BC x
+ * (D_MAX + CW)), Vs (BC x D_MAX), Ss (BR x BC), Ms and Ls (BR x D_MAX /
+ * CW), in floats. */
+static size_t attention_local_bytes(const mha_cl_program *p)
+{
+    return 4 * (size_t)(p->br * p->d_max + p->bc * (p->d_max + p->cw) +
+                        p->bc * p->d_max + p->br * p->bc +
+                        2 * p->br * mha_cl_attention_lanes(p));
+}
+
 /* Attention specialisation for head size d: D_MAX the power of two >= d
- * (>= 4), BR query rows per group, BC keys per tile so that K and V tiles
- * (2 * BC * D_MAX floats) fit the local memory. */
+ * (>= 4), CW columns per work item (the device's vector width, at most
+ * D_MAX), so D_MAX / CW work items a query row; BR rows per group (about
+ * attn_wg items), BC keys per tile (64 or fewer) so that the tiles fit the
+ * local memory. */
 static void attention_shape(const mha_cl_device *dev, int d, mha_cl_program *p)
 {
     const mha_cl_limits *lim = &dev->rec->limits;
     p->d_max = 4;
     while (p->d_max < d)
         p->d_max *= 2;
-    p->br = dev->row_wg < 64 ? dev->row_wg : 64;
-    while ((size_t)p->br > lim->max_workgroup && p->br > 1)
+    p->cw = dev->attn_cw < p->d_max ? dev->attn_cw : p->d_max;
+    const int lanes = mha_cl_attention_lanes(p);
+    p->br = dev->attn_wg / lanes > 1 ? dev->attn_wg / lanes : 1;
+    while ((size_t)(p->br * lanes) > lim->max_workgroup && p->br > 1)
         p->br /= 2;
     p->bc = 64;
-    while (p->bc > 1 && (size_t)(2 * p->bc * p->d_max) * 4 > lim->local_mem)
+    while (p->bc > 1 && attention_local_bytes(p) > lim->local_mem)
         p->bc /= 2;
 }
 
@@ -421,12 +436,13 @@ static void format_options(const mha_cl_device *dev, const mha_cl_program *p,
                            char *out, size_t cap)
 {
     const char *extra = mha_host_getenv(dev->host, "MHA_OPENCL_BUILD_OPTIONS");
-    int n = snprintf(out, cap, "-cl-std=CL1.2 -D TS=%d -D WPT=%d -D ROW_WG=%d",
-                     dev->tile, dev->wpt, dev->row_wg);
+    int n = snprintf(out, cap,
+                     "-cl-std=CL1.2 -D TS=%d -D WPT=%d -D BK=%d -D ROW_WG=%d",
+                     dev->tile, dev->wpt, dev->bk, dev->row_wg);
     if (p->kind == MHA_CL_PROG_ATTENTION && n > 0 && (size_t)n < cap)
         n += snprintf(out + n, cap - (size_t)n,
-                      " -D D_MAX=%d -D BR=%d -D BC=%d", p->d_max, p->br,
-                      p->bc);
+                      " -D D_MAX=%d -D BR=%d -D BC=%d -D CW=%d", p->d_max,
+                      p->br, p->bc, p->cw);
     if (extra && extra[0] && n > 0 && (size_t)n < cap)
         snprintf(out + n, cap - (size_t)n, " %s", extra);
 }
@@ -446,6 +462,26 @@ void mha_cl_programs_release(mha_cl_device *dev)
     for (int i = 0; i < dev->nprograms; i++)
         program_release(dev->api, &dev->programs[i]);
     dev->nprograms = 0;
+}
+
+/* Shrinks what sets the workgroup of the kernel that allowed only
+ * allowed items: BR of an attention program, the gemm tile of the ops
+ * program (the other ops kernels' groups are the device's row_wg, which
+ * nothing shrinks). Returns whether anything changed. */
+static int shrink_for(mha_cl_device *dev, mha_cl_program *want,
+                      size_t allowed)
+{
+    if (want->kind == MHA_CL_PROG_ATTENTION) {
+        const int br = want->br;
+        while ((size_t)(want->br * mha_cl_attention_lanes(want)) > allowed &&
+               want->br > 1)
+            want->br /= 2;
+        return want->br != br;
+    }
+    const int tile = dev->tile;
+    while ((size_t)(dev->tile * dev->tile) > allowed && dev->tile > 1)
+        dev->tile /= 2;
+    return dev->tile != tile;
 }
 
 mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
@@ -487,13 +523,13 @@ mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
             break;
         program_release(dev->api, p);
         /* Registers can cap a kernel's workgroup below the device's; the
-         * attention kernel then takes fewer query rows per group. */
-        if (kind != MHA_CL_PROG_ATTENTION || allowed == 0 || want.br <= 1)
+         * attention kernel then takes fewer query rows per group, the gemm
+         * (8 x 8 accumulators an item on a GPU) a smaller tile. */
+        if (allowed == 0 || !shrink_for(dev, &want, allowed))
             return s;
-        while ((size_t)want.br > allowed && want.br > 1)
-            want.br /= 2;
         mha_host_log(dev->host, MHA_LOG_INFO,
-                     "opencl: %s retried with BR %d", what, want.br);
+                     "opencl: %s retried with BR %d, gemm tile %d", what,
+                     want.br, dev->tile);
     }
     dev->nprograms++;
     *out = p;

@@ -1,16 +1,21 @@
 /* attention.cl: fused flash attention, SCORES + SOFTMAX + WEIGHTED_SUM
  * without the L x S' matrix, with the attention core's extensions of
  * core/backend.h (GQA/MQA, bottom-right causal, window, softcap, ALiBi,
- * sinks, per-sequence key lengths). A workgroup of BR work items takes BR
- * query rows of the query heads that share one (batch, kv head); each item
- * keeps its query row and output accumulator in private memory, and the
- * group streams K and V through
- * local memory in tiles of BC rows, keeping a running max and sum (online
- * softmax). The head size is padded with zeros to D_MAX (a power of two),
- * so one build serves every head size of its bucket. BR, BC and D_MAX come
- * from the device's limits (local memory: 2 * BC * D_MAX floats); the key
- * lengths are data (KV_LEN), never build constants, so a decode loop of
- * growing lengths reuses one program.
+ * sinks, per-sequence key lengths). A workgroup takes BR query rows of the
+ * query heads that share one (batch, kv head), DL = D_MAX / CW work items
+ * a row: item (r, t) owns output columns CW t.. as one vector (float4 on
+ * GPUs, float16 on a CPU runtime), so no work item holds an array sized by
+ * the head size or the key tile (those spill on mobile GPUs). The group
+ * streams K and V through local memory in tiles of BC keys; item (r, t)
+ * scores keys t, t + DL, ... of the tile for row r and keeps their max,
+ * the row's items combine their DL maxima, turn their own scores into
+ * probabilities (one exp per score) and sums, and each adds p * V[key]
+ * over its columns to its accumulator: a running max and sum (online
+ * softmax). The head size is padded with zeros to D_MAX (a power of two
+ * >= 4), so one build serves every head size of its bucket. BR, BC and CW
+ * come from the device's limits (program.c); the key lengths are data
+ * (KV_LEN), never build constants, so a decode loop of growing lengths
+ * reuses one program.
  * Keys no row of a group can see (past len_b, above the causal diagonal,
  * before the window) are never loaded: they bound the tile loop. Long key
  * ranges with few groups are cut into chunks (flash-decoding): each chunk
@@ -23,11 +28,23 @@
 #define D_MAX 64
 #endif
 #ifndef BR
-#define BR 32
+#define BR 4
 #endif
 #ifndef BC
-#define BC 32
+#define BC 64
 #endif
+#ifndef CW
+#define CW 4 /* columns a work item owns: 4, 8 or 16, at most D_MAX */
+#endif
+#define DL (D_MAX / CW) /* work items of one row */
+
+/* floatCW and its loads and stores. */
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+typedef CAT(float, CW) vecw;
+#define VLOADW CAT(vload, CW)
+#define VLOAD_HALFW CAT(vload_half, CW)
+#define VSTOREW CAT(vstore, CW)
 
 /* core/backend.h's MHA_CAUSAL_BOTTOM_RIGHT */
 #define CAUSAL_BOTTOM_RIGHT 2
@@ -49,17 +66,15 @@ static int key_masked(const row_ctx *r, int j)
             (r->window > 0 && j <= r->p - r->window));
 }
 
-/* The score of key j (tile row krow) in core/backend.h's order: scale,
- * softcap, ALiBi, then the additive masks; -inf when masked. */
-static float score(const row_ctx *r, const float *q, local const float *krow,
-                   int j, global const float *Mk, int m_off, int4 m_st,
-                   global const float *Pk, int p_off, int4 p_st)
+/* The score of key j from its dot product with the query, in
+ * core/backend.h's order: scale, softcap, ALiBi, then the additive masks;
+ * -inf when masked. */
+static float score(const row_ctx *r, float dot, int j, global const float *Mk,
+                   int m_off, int4 m_st, global const float *Pk, int p_off,
+                   int4 p_st)
 {
     if (key_masked(r, j))
         return -INFINITY;
-    float dot = 0.0f;
-    for (int c = 0; c < D_MAX; c++)
-        dot += q[c] * krow[c];
     float v = r->scale * dot;
     if (r->softcap > 0.0f)
         v = r->softcap * tanh(v / r->softcap);
@@ -71,6 +86,70 @@ static float score(const row_ctx *r, const float *q, local const float *krow,
             v += Pk[AT(p_off, p_st, r->b, r->h, r->i, j)];
     }
     return v;
+}
+
+/* Element i of a tensor stored as f32 or (f16 != 0) f16. */
+static float load1(global const float *p, int i, int f16)
+{
+    return f16 ? vload_half(i, (global const half *)p) : p[i];
+}
+
+/* Columns c..c+3 of the row at element offset base (last stride w, d
+ * columns; f16: stored as halves), zeros past d. */
+static float4 load4(global const float *p, int base, int w, int c, int d,
+                    int f16)
+{
+    if (w == 1 && c + 4 <= d)
+        return f16 ? vload_half4(0, (global const half *)p + base + c)
+                   : vload4(0, p + base + c);
+    float4 v = 0.0f;
+    if (c < d)
+        v.x = load1(p, base + c * w, f16);
+    if (c + 1 < d)
+        v.y = load1(p, base + (c + 1) * w, f16);
+    if (c + 2 < d)
+        v.z = load1(p, base + (c + 2) * w, f16);
+    if (c + 3 < d)
+        v.w = load1(p, base + (c + 3) * w, f16);
+    return v;
+}
+
+/* Columns c..c+CW-1 likewise: one vector load where the row is contiguous
+ * and the columns exist. */
+static vecw loadw(global const float *p, int base, int w, int c, int d,
+                  int f16)
+{
+    if (w == 1 && c + CW <= d)
+        return f16 ? VLOAD_HALFW(0, (global const half *)p + base + c)
+                   : VLOADW(0, p + base + c);
+#if CW == 4
+    return load4(p, base, w, c, d, f16);
+#elif CW == 8
+    return (float8)(load4(p, base, w, c, d, f16),
+                    load4(p, base, w, c + 4, d, f16));
+#else
+    return (float16)(load4(p, base, w, c, d, f16),
+                     load4(p, base, w, c + 4, d, f16),
+                     load4(p, base, w, c + 8, d, f16),
+                     load4(p, base, w, c + 12, d, f16));
+#endif
+}
+
+/* The sum of a vector's lanes, pairwise. */
+static float hsum4(float4 v)
+{
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+static float hsumw(vecw v)
+{
+#if CW == 4
+    return hsum4(v);
+#elif CW == 8
+    return hsum4(v.lo + v.hi);
+#else
+    return hsum4((v.lo + v.hi).lo + (v.lo + v.hi).hi);
+#endif
 }
 
 /* What the accumulator is multiplied by to give the output, from the row's
@@ -88,15 +167,22 @@ static float out_scale(float m, float l, float sink)
 /* Floats of one partial result: max, sum, then d accumulators. */
 #define PART_STRIDE(d) ((d) + 2)
 
-/* Grid: (row tiles * BR, B * Hkv, key chunks). The rows of a group are
- * the (query head, query) pairs of one kv head, head-major (row r is query
- * r % L of the kv head's query head r / L), so the query heads that share
- * K and V (GQA/MQA) share each tile load. dims: H, L, S', d; mode:
+/* Grid: (row tiles * BR * DL, B * Hkv, key chunks). The rows of a group
+ * are the (query head, query) pairs of one kv head, head-major (row r is
+ * query r % L of the kv head's query head r / L), so the query heads that
+ * share K and V (GQA/MQA) share each tile load. dims: H, L, S', d; mode:
  * causal, mask_cols, window, kv_group; chunk: keys per chunk (a multiple
  * of BC). With one chunk the output is written, else the partials of
  * (b, h, i), row n = (b * H + h) * L + i, chunk k at Part[(n * chunks + k)
- * * PART_STRIDE(d)]. */
-__attribute__((reqd_work_group_size(BR, 1, 1)))
+ * * PART_STRIDE(d)]. Visits, when not NULL, counts the key tiles the
+ * groups load (a test hook: causal attention loads about half).
+ * Local memory: Qs rows are read by all DL items of a row at once (one
+ * address: a broadcast); Ks rows are read by the DL items at DL different
+ * keys, so each row is padded by one float4, which puts consecutive keys'
+ * float4 four banks apart (no conflict within a quarter of a 32-lane
+ * subgroup, the unit of a 128-bit access); Vs, Ss, Ms and Ls are read at
+ * consecutive addresses or broadcast. */
+__attribute__((reqd_work_group_size(BR * DL, 1, 1)))
 kernel void attention(global const float *Q, int q_off, int4 q_st,
                       global const float *K, int k_off, int4 k_st,
                       global const float *V, int v_off, int4 v_st,
@@ -106,16 +192,21 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
                       global const float *Sk, int s_off, int4 s_st,
                       global const float *Ak, int a_off, int4 a_st,
                       global const int *Nk, int n_off, int4 n_st,
-                      global float *Part, int4 dims, int4 mode, float scale,
-                      float softcap, int chunk, int halfmask)
+                      global float *Part, global int *Visits, int4 dims,
+                      int4 mode, float scale, float softcap, int chunk,
+                      int halfmask)
 {
-    local float Ks[BC][D_MAX];
-    local float Vs[BC][D_MAX];
+    local vecw Qs[BR][DL];
+    local vecw Ks[BC][DL + 1];
+    local vecw Vs[BC][DL];
+    local float Ss[BR][BC];         /* scores, then probabilities */
+    local float Ms[BR][DL], Ls[BR][DL]; /* each item's max and sum */
     const int H = dims.x, L = dims.y, S = dims.z, d = dims.w;
     const int G = mode.w, Hk = H / G, R = G * L;
-    const int lid = get_local_id(0), r0 = get_group_id(0) * BR;
+    const int lid = get_local_id(0), lr = lid / DL, t = lid % DL;
+    const int r0 = get_group_id(0) * BR;
     const int r1 = min(r0 + BR, R) - 1; /* the group's last row */
-    const int active = r0 + lid < R, row = min(r0 + lid, R - 1);
+    const int active = r0 + lr < R, row = min(r0 + lr, R - 1);
     const int z = get_group_id(1), split = get_group_id(2);
     const int chunks = get_num_groups(2);
     const int b = z / Hk, hk = z % Hk;
@@ -130,12 +221,12 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
      * span two query heads). */
     const int one_head = r0 / L == r1 / L;
     const int ia = one_head ? r0 % L : 0, iz = one_head ? r1 % L : L - 1;
-    float q[D_MAX], acc[D_MAX], s[BC];
+    const int c = CW * t; /* this item's first column */
 
-    for (int c = 0; c < D_MAX; c++) {
-        q[c] = (active && c < d) ? LD(Q, AT(q_off, q_st, b, h, i, c), 0) : 0.0f;
-        acc[c] = 0.0f;
-    }
+    Qs[lr][t] = active ? loadw(Q, AT(q_off, q_st, b, h, i, 0), q_st.w, c, d,
+                               IS_HALF(0))
+                       : 0.0f;
+    vecw acc = 0.0f;
     float m = -INFINITY, l = 0.0f;
 
     /* Keys below mask_cols some row of the group may see: [lo, hi), cut
@@ -151,52 +242,85 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
         const int je = min(seg ? S : hi, c1);
         for (int j0 = ja; j0 < je; j0 += BC) {
             const int jn = min(BC, je - j0);
-            for (int t = lid; t < jn * D_MAX; t += BR) {
-                const int jj = t / D_MAX, c = t % D_MAX, j = j0 + jj;
-                Ks[jj][c] = c < d ? LD(K, AT(k_off, k_st, b, hk, j, c), 1) : 0.0f;
-                Vs[jj][c] = c < d ? LD(V, AT(v_off, v_st, b, hk, j, c), 2) : 0.0f;
+            if (Visits && lid == 0) /* tests count the tiles loaded */
+                atomic_inc(Visits);
+            for (int e = lid; e < jn * DL; e += BR * DL) {
+                const int jj = e / DL, ce = CW * (e % DL), j = j0 + jj;
+                Ks[jj][e % DL] = loadw(K, AT(k_off, k_st, b, hk, j, 0),
+                                       k_st.w, ce, d, IS_HALF(1));
+                Vs[jj][e % DL] = loadw(V, AT(v_off, v_st, b, hk, j, 0),
+                                       v_st.w, ce, d, IS_HALF(2));
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            if (active) {
-                float tmax = -INFINITY;
-                for (int jj = 0; jj < jn; jj++) {
-                    s[jj] = score(&r, q, Ks[jj], j0 + jj, Mk, m_off, m_st, Pk,
-                                  p_off, p_st);
-                    tmax = mha_nanmax(tmax, s[jj]);
+            /* Item t scores keys t, t + DL, ... of the tile for its row
+             * and keeps their max. */
+            float pm = -INFINITY;
+            for (int jj = t; jj < jn; jj += DL) {
+                vecw dotw = 0.0f;
+                for (int k = 0; k < DL; k++)
+                    dotw = fma(Qs[lr][k], Ks[jj][k], dotw);
+                const float sc = score(&r, hsumw(dotw), j0 + jj, Mk, m_off,
+                                       m_st, Pk, p_off, p_st);
+                Ss[lr][jj] = sc;
+                pm = mha_nanmax(pm, sc);
+            }
+            Ms[lr][t] = pm;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            /* The row's max from its items' maxima; each item turns its
+             * own scores into probabilities (in place) and sums them. */
+            float mnew = m;
+            for (int k = 0; k < DL; k++)
+                mnew = mha_nanmax(mnew, Ms[lr][k]);
+            float ps = 0.0f;
+            for (int jj = t; jj < jn; jj += DL) { /* unread if mnew is -inf */
+                const float p = exp(Ss[lr][jj] - mnew);
+                Ss[lr][jj] = p;
+                ps += p;
+            }
+            Ls[lr][t] = ps;
+            barrier(CLK_LOCAL_MEM_FENCE);
+            if (mnew != -INFINITY) { /* else every key so far is masked */
+                const float corr = exp(m - mnew);
+                float lt = 0.0f;
+                for (int k = 0; k < DL; k++)
+                    lt += Ls[lr][k];
+                l = l * corr + lt;
+                /* Two accumulators: two independent FMA chains. */
+                vecw acc1 = 0.0f;
+                acc *= corr;
+                int jj = 0;
+                for (; jj + 1 < jn; jj += 2) {
+                    acc = fma((vecw)Ss[lr][jj], Vs[jj][t], acc);
+                    acc1 = fma((vecw)Ss[lr][jj + 1], Vs[jj + 1][t], acc1);
                 }
-                const float mnew = mha_nanmax(m, tmax);
-                if (mnew != -INFINITY) { /* else every key so far is masked */
-                    const float corr = exp(m - mnew);
-                    l *= corr;
-                    for (int c = 0; c < D_MAX; c++)
-                        acc[c] *= corr;
-                    for (int jj = 0; jj < jn; jj++) {
-                        const float p = exp(s[jj] - mnew);
-                        l += p;
-                        for (int c = 0; c < D_MAX; c++)
-                            acc[c] += p * Vs[jj][c];
-                    }
-                    m = mnew;
-                }
+                if (jj < jn)
+                    acc = fma((vecw)Ss[lr][jj], Vs[jj][t], acc);
+                acc += acc1;
+                m = mnew;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }
     }
-    if (!active)
+    if (!active || c >= d)
         return;
+    const int cn = min(CW, d - c);
+    float aw[CW];
+    VSTOREW(acc, 0, aw);
     if (chunks > 1) {
         global float *part = Part + (size_t)(((b * H + h) * L + i) * chunks +
                                              split) * PART_STRIDE(d);
-        part[0] = m;
-        part[1] = l;
-        for (int c = 0; c < d; c++)
-            part[2 + c] = acc[c];
+        if (t == 0) {
+            part[0] = m;
+            part[1] = l;
+        }
+        for (int k = 0; k < cn; k++)
+            part[2 + c + k] = aw[k];
         return;
     }
     const float sink = s_off >= 0 ? Sk[AT(s_off, s_st, 0, 0, 0, h)] : -INFINITY;
     const float f = out_scale(m, l, sink);
-    for (int c = 0; c < d; c++)
-        ST(O, AT(o_off, o_st, b, h, i, c), acc[c] * f, 3);
+    for (int k = 0; k < cn; k++)
+        ST(O, AT(o_off, o_st, b, h, i, c + k), aw[k] * f, 3);
 }
 
 /* Merges the chunks' partials of each row into the output, one work item

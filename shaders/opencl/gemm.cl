@@ -6,16 +6,87 @@
  * PROJECTION is X W^T + bias, SCORES is scale Q K^T + masks, WEIGHTED_SUM
  * is P V (B's strides swapped by the host). halfmask bits: 0 A, 1 B, 2 C,
  * 3 X1 (masks are always f32). A TS x TS workgroup computes a TM x TM
- * block of C (TM = TS * WPT), each item WPT x WPT outputs held in
- * registers, staging TS-deep slices of A and B in local memory; TS and WPT
- * come from the device's limits. Zero strides broadcast. */
+ * block of C (TM = TS * WPT); item (x, y) holds the WPT x WPT outputs of
+ * rows y * WPT.. and columns x * WPT.. as WPT vectors of WPT floats, and
+ * the group stages BK-deep slices of A and B in local memory, k-major, so
+ * that an item reads its WPT rows and WPT columns of one k as two vector
+ * loads (2 loads per WPT * WPT FMAs). A slice is read from global memory
+ * along whichever of its dims is contiguous (k for X and W, n for V in
+ * the weighted sum), four elements at a time. TS, WPT and BK come from the
+ * device's limits; zero strides broadcast. */
 #ifndef TS
 #define TS 16
 #endif
 #ifndef WPT
-#define WPT 4
+#define WPT 4 /* 4, 8 or 16: a vector width */
+#endif
+#ifndef BK
+#define BK 16
 #endif
 #define TM (TS * WPT) /* rows and columns of C per workgroup */
+/* Local rows are TM + 4 floats: a slice written k-major from k-contiguous
+ * rows then lands on different banks for the four k of one load, and
+ * vector reads stay 16-byte aligned. */
+#define TP (TM + 4)
+
+#define GCAT_(a, b) a##b
+#define GCAT(a, b) GCAT_(a, b)
+typedef GCAT(float, WPT) gvec;
+#define GVLOAD GCAT(vload, WPT)
+#define GVSTORE GCAT(vstore, WPT)
+
+/* Element i of a tensor stored as f32 or (f16 != 0) f16. */
+static float gload1(global const float *p, int i, int f16)
+{
+    return f16 ? vload_half(i, (global const half *)p) : p[i];
+}
+
+/* Four elements at base, base + st, ... (the first n of them; zeros after):
+ * one vector load where they are contiguous. */
+static float4 gload4(global const float *p, int base, int st, int n, int f16)
+{
+    if (st == 1 && n >= 4)
+        return f16 ? vload_half4(0, (global const half *)p + base)
+                   : vload4(0, p + base);
+    float4 v = 0.0f;
+    if (n > 0)
+        v.x = gload1(p, base, f16);
+    if (n > 1)
+        v.y = gload1(p, base + st, f16);
+    if (n > 2)
+        v.z = gload1(p, base + 2 * st, f16);
+    if (n > 3)
+        v.w = gload1(p, base + 3 * st, f16);
+    return v;
+}
+
+/* Stages rows r0.. (rows of them exist) and k k0.. (K exist) of a matrix
+ * with row stride sr and k stride sk into T[k][row], zeros outside. */
+static void stage(local float *T, global const float *p, int base, int sr,
+                  int sk, int r0, int rows, int k0, int K, int f16)
+{
+    const int lid = get_local_id(1) * TS + get_local_id(0);
+    if (sk == 1 || sr != 1) { /* along k: four k of one row per load */
+        for (int e = lid; e < TM * BK / 4; e += TS * TS) {
+            const int r = e / (BK / 4), k = 4 * (e % (BK / 4));
+            const int n = r0 + r < rows ? K - (k0 + k) : 0;
+            const float4 v =
+                gload4(p, base + (r0 + r) * sr + (k0 + k) * sk, sk, n, f16);
+            T[k * TP + r] = v.x;
+            T[(k + 1) * TP + r] = v.y;
+            T[(k + 2) * TP + r] = v.z;
+            T[(k + 3) * TP + r] = v.w;
+        }
+    } else { /* along the rows: four rows of one k per load */
+        for (int e = lid; e < TM * BK / 4; e += TS * TS) {
+            const int k = e / (TM / 4), r = 4 * (e % (TM / 4));
+            const int n = k0 + k < K ? rows - (r0 + r) : 0;
+            vstore4(gload4(p, base + (r0 + r) * sr + (k0 + k) * sk, sr, n,
+                           f16),
+                    0, T + k * TP + r);
+        }
+    }
+}
 
 __attribute__((reqd_work_group_size(TS, TS, 1)))
 kernel void gemm(global const float *A, int a_off, int4 a_st,
@@ -27,9 +98,8 @@ kernel void gemm(global const float *A, int a_off, int4 a_st,
                  int4 dims, /* H, M, N, K */
                  float alpha, int causal, int add_cols, int halfmask)
 {
-    /* k-major tiles: As[k][m], Bs[k][n]; +1 staggers the banks. */
-    local float As[TS][TM + 1];
-    local float Bs[TS][TM + 1];
+    local float As[BK * TP];
+    local float Bs[BK * TP];
     const int lx = get_local_id(0), ly = get_local_id(1);
     const int n0 = get_group_id(0) * TM, m0 = get_group_id(1) * TM;
     const int z = get_global_id(2);
@@ -37,45 +107,33 @@ kernel void gemm(global const float *A, int a_off, int4 a_st,
     const int M = dims.y, N = dims.z, K = dims.w;
     const int a_base = AT(a_off, a_st, b, h, 0, 0);
     const int b_base = AT(b_off, b_st, b, h, 0, 0);
-    float acc[WPT][WPT];
+    gvec acc[WPT];
     for (int i = 0; i < WPT; i++)
-        for (int j = 0; j < WPT; j++)
-            acc[i][j] = 0.0f;
+        acc[i] = 0.0f;
 
-    for (int k0 = 0; k0 < K; k0 += TS) {
-        /* Each item loads WPT rows of each tile at column k0 + lx. */
-        const int k = k0 + lx;
-        for (int i = 0; i < WPT; i++) {
-            const int r = ly + i * TS;
-            const int m = m0 + r, n = n0 + r;
-            As[lx][r] = (m < M && k < K)
-                            ? LD(A, a_base + m * a_st.z + k * a_st.w, 0)
-                            : 0.0f;
-            Bs[lx][r] = (n < N && k < K)
-                            ? LD(B, b_base + n * b_st.z + k * b_st.w, 1)
-                            : 0.0f;
-        }
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        stage(As, A, a_base, a_st.z, a_st.w, m0, M, k0, K, IS_HALF(0));
+        stage(Bs, B, b_base, b_st.z, b_st.w, n0, N, k0, K, IS_HALF(1));
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < TS; kk++) {
-            float av[WPT], bv[WPT];
-            for (int i = 0; i < WPT; i++) {
-                av[i] = As[kk][ly + i * TS];
-                bv[i] = Bs[kk][lx + i * TS];
-            }
+        for (int kk = 0; kk < BK; kk++) {
+            float av[WPT];
+            GVSTORE(GVLOAD(0, As + kk * TP + ly * WPT), 0, av);
+            const gvec bv = GVLOAD(0, Bs + kk * TP + lx * WPT);
             for (int i = 0; i < WPT; i++)
-                for (int j = 0; j < WPT; j++)
-                    acc[i][j] += av[i] * bv[j];
+                acc[i] = fma((gvec)av[i], bv, acc[i]);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
 
     for (int i = 0; i < WPT; i++) {
-        const int m = m0 + ly + i * TS;
+        const int m = m0 + ly * WPT + i;
+        float cv[WPT];
+        GVSTORE(acc[i], 0, cv);
         for (int j = 0; j < WPT; j++) {
-            const int n = n0 + lx + j * TS;
+            const int n = n0 + lx * WPT + j;
             if (m >= M || n >= N)
                 continue;
-            float v = alpha * acc[i][j];
+            float v = alpha * cv[j];
             if (x1_off >= 0)
                 v += LD(X1, AT(x1_off, x1_st, b, h, m, n), 3);
             if (n < add_cols) {

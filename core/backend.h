@@ -68,6 +68,11 @@
  *               strided copy (converting dtype: the KV cache's append).
  *               src X, POS [1,1,B,T] MHA_I32 (nb[2] 0 broadcasts one row
  *               of positions over the batch; absent when rope_dims is 0)
+ * MUL           dst = X * F element-wise over 4-D (the head gates): X and
+ *               dst of one shape, f32 or f16, any strides; F f32 of that
+ *               shape, broadcast by zero strides (F [B,H,L,d] with strides
+ *               {H or 0, 1, 0, 0} gives each head of each batch item its
+ *               gate). src X, F
  */
 #define MHA_OP_LIST(X)                      \
     X(PROJECTION, "projection", 3)          \
@@ -77,7 +82,8 @@
     X(WEIGHTED_SUM, "weighted_sum", 2)      \
     X(ATTENTION, "attention", 8)            \
     X(MEAN_HEADS, "mean_heads", 1)          \
-    X(ROPE, "rope", 2)
+    X(ROPE, "rope", 2)                      \
+    X(MUL, "mul", 2)
 
 typedef enum mha_op {
 #define MHA_OP_ENUM_(name, text, nsrc) MHA_OP_##name,
@@ -98,6 +104,9 @@ enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
 
 /* Source slots of ROPE. */
 enum { MHA_SRC_ROPE_X = 0, MHA_SRC_ROPE_POS = 1 };
+
+/* Source slots of MUL. */
+enum { MHA_SRC_MUL_X = 0, MHA_SRC_MUL_F = 1 };
 
 const char *mha_op_name(mha_op op);
 int mha_op_source_count(mha_op op);

@@ -2,6 +2,7 @@
  * layer (PyTorch's shape rules), gets the plan for the call shape from the
  * layer's cache (plan_cache.c) and runs it on the caller's device tensors,
  * or on host arrays staged through the plan's device buffers (staging.c). */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -118,7 +119,7 @@ static mha_status check_masks(const mha_layer *layer, const char *fn,
 {
     mha_context *ctx = layer->device->ctx;
     int64_t N = call->batch, L = call->tgt_len, S = call->src_len;
-    int64_t H = layer->cfg.num_heads;
+    int64_t H = layer->heads;
     mha_status st;
     size_t count;
     /* ndim first: a host array's shape holds MHA_MAX_DIMS entries, and
@@ -186,7 +187,7 @@ static mha_status make_call(const mha_layer *layer, const char *fn,
     if (st == MHA_OK) {
         /* every size the call derives: output, weights (per head), scores */
         size_t n = 1;
-        int64_t f[5] = {call->batch, layer->cfg.num_heads, call->tgt_len,
+        int64_t f[5] = {call->batch, layer->heads, call->tgt_len,
                         mha_call_keys(layer, call), 4};
         for (int i = 0; i < 5; i++)
             if (!mha_mul_size(n, (size_t)f[i], &n))
@@ -205,7 +206,7 @@ static void result_shapes(const mha_layer *layer, const mha_call *call,
                           int64_t w_shape[4])
 {
     int64_t N = call->batch, L = call->tgt_len, E = layer->cfg.embed_dim;
-    int64_t S2 = mha_call_keys(layer, call), H = layer->cfg.num_heads;
+    int64_t S2 = mha_call_keys(layer, call), H = layer->heads;
     *out_nd = call->batched ? 3 : 2;
     if (!call->batched) {
         out_shape[0] = L;
@@ -233,10 +234,14 @@ static size_t shape_count(int nd, const int64_t *shape)
 
 /* ---- device-tensor forward ------------------------------------------------- */
 
+/* The size of mha_forward_args' first version (up to weights): callers
+ * built against it are served, the head fields reading as absent. */
+#define FORWARD_ARGS_V1 offsetof(mha_forward_args, head_gates)
+
 mha_status mha_forward_args_init_sized(mha_forward_args *args,
                                        size_t struct_size)
 {
-    if (mha_struct_init(args, struct_size, sizeof *args) != MHA_OK)
+    if (mha_struct_init(args, struct_size, FORWARD_ARGS_V1) != MHA_OK)
         return MHA_INVALID_ARGUMENT;
     args->average_attn_weights = 1;
     return MHA_OK;
@@ -264,11 +269,13 @@ static mha_status check_result_tensor(mha_layer *layer, const char *fn,
     return check_dims(ctx, fn, &v, nd, shape, "");
 }
 
+#define FORWARD_TENSORS 9 /* query ... weights, head_gates, head_outputs */
+
 static mha_status check_same_device(mha_layer *layer, const char *fn,
-                                    const mha_tensor *const t[7],
-                                    const char *const names[7])
+                                    const mha_tensor *const t[FORWARD_TENSORS],
+                                    const char *const names[FORWARD_TENSORS])
 {
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < FORWARD_TENSORS; i++) {
         if (t[i] && t[i]->device != layer->device)
             return mha_error(layer->device->ctx, MHA_INVALID_ARGUMENT,
                              "%s: %s lives on another device than the layer",
@@ -282,23 +289,126 @@ static mha_status check_same_device(mha_layer *layer, const char *fn,
     return MHA_OK;
 }
 
+/* ---- head gates ------------------------------------------------------------ */
+
+/* What the gate values say, read from the device in chunks (no host
+ * allocation): heads (below 64 * MHA_SKIP_WORDS) whose gate is 0 for
+ * every batch item, heads with a gate other than 1, and whether a head past
+ * those has one. */
+typedef struct gate_scan {
+    uint64_t zero[MHA_SKIP_WORDS], not_one[MHA_SKIP_WORDS];
+    int high_not_one;
+} gate_scan;
+
+static mha_status scan_gates(mha_layer *layer, const mha_tensor *t,
+                             int64_t H, gate_scan *g)
+{
+    enum { CHUNK = 256 };
+    float v[CHUNK];
+    memset(g, 0, sizeof *g);
+    for (int w = 0; w < MHA_SKIP_WORDS; w++)
+        g->zero[w] = ~(uint64_t)0;
+    for (size_t at = 0; at < t->count; at += CHUNK) {
+        size_t n = t->count - at < CHUNK ? t->count - at : CHUNK;
+        mha_status st = mha_dev_read(layer->device, t->buf, at * 4, v, n * 4);
+        if (st != MHA_OK)
+            return st;
+        for (size_t i = 0; i < n; i++) {
+            int64_t h = (int64_t)((at + i) % (size_t)H);
+            if (h >= 64 * MHA_SKIP_WORDS) {
+                g->high_not_one |= v[i] != 1.0f;
+                continue;
+            }
+            uint64_t bit = (uint64_t)1 << (h % 64);
+            if (v[i] != 0.0f)
+                g->zero[h / 64] &= ~bit;
+            if (v[i] != 1.0f)
+                g->not_one[h / 64] |= bit;
+        }
+    }
+    return MHA_OK;
+}
+
+/* Checks head_gates and head_outputs and records in call which heads are
+ * skipped, whether gates multiply, and whether head outputs are copied. */
+static mha_status head_control(mha_layer *layer, const char *fn,
+                               const mha_forward_args *a, mha_call *call)
+{
+    mha_context *ctx = layer->device->ctx;
+    int64_t N = call->batch, H = layer->heads, L = call->tgt_len;
+    mha_status st;
+    if (a->head_outputs) {
+        int64_t want[4] = {N, H, L, layer->head_dim};
+        arg_view v = tensor_view("head_outputs", a->head_outputs);
+        if ((st = check_input_dtype(ctx, fn, &v, 0)) != MHA_OK ||
+            (st = call->batched
+                      ? check_dims(ctx, fn, &v, 4, want, "(N, H, L, d)")
+                      : check_dims(ctx, fn, &v, 3, want + 1,
+                                   "(H, L, d) for unbatched input")) != MHA_OK)
+            return st;
+        call->head_outputs = 1;
+    }
+    if (!a->head_gates)
+        return MHA_OK;
+    arg_view v = tensor_view("head_gates", a->head_gates);
+    int64_t want[2] = {N, H};
+    if ((st = check_input_dtype(ctx, fn, &v, 0)) != MHA_OK)
+        return st;
+    if (v.ndim == 2)
+        st = check_dims(ctx, fn, &v, 2, want, "(N, H): N batch items by H "
+                                               "heads");
+    else
+        st = check_dims(ctx, fn, &v, 1, want + 1, "(H), one gate per head, "
+                                                  "or (N, H)");
+    if (st != MHA_OK)
+        return st;
+    if (a->head_gates->device != layer->device || a->head_gates->base)
+        return MHA_OK; /* check_same_device names it */
+    call->gates = v.ndim;
+    gate_scan g;
+    if ((st = scan_gates(layer, a->head_gates, H, &g)) != MHA_OK)
+        return st;
+    memcpy(call->skip, g.zero, sizeof call->skip);
+    if (H < 64 * MHA_SKIP_WORDS) /* bits past H are no heads */
+        for (int64_t h = H; h < 64 * MHA_SKIP_WORDS; h++)
+            call->skip[h / 64] &= ~((uint64_t)1 << (h % 64));
+    mha_head_run none[1];
+    if (mha_call_head_runs(call, H, none, 0) > MHA_GRAPH_MAX_RUNS)
+        memset(call->skip, 0, sizeof call->skip);
+    call->gate_mul = g.high_not_one;
+    for (int w = 0; w < MHA_SKIP_WORDS; w++)
+        call->gate_mul |= (g.not_one[w] & ~call->skip[w]) != 0;
+    return MHA_OK;
+}
+
 /* Checks the call, finds its plan and hands every node to the backend. */
 static mha_status enqueue_forward(mha_layer *layer, const char *fn,
                                   const mha_forward_args *a, int waits,
                                   mha_plan **plan)
 {
-    static const char *const names[7] = {"query", "key", "value",
-                                         "key_padding_mask", "attn_mask",
-                                         "output", "weights"};
+    static const char *const names[FORWARD_TENSORS] = {
+        "query", "key", "value", "key_padding_mask", "attn_mask", "output",
+        "weights", "head_gates", "head_outputs"};
+    static const mha_buf_role roles[FORWARD_TENSORS] = {
+        MHA_BUF_QUERY, MHA_BUF_KEY, MHA_BUF_VALUE, MHA_BUF_KPM, MHA_BUF_MASK,
+        MHA_BUF_OUTPUT, MHA_BUF_WEIGHTS, MHA_BUF_GATES,
+        MHA_BUF_HEAD_OUTPUTS};
     mha_context *ctx = layer->device->ctx;
     if (!a)
         return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: args is NULL", fn);
     mha_status st = mha_struct_check(&ctx->host, fn, "mha_forward_args", a,
-                                     sizeof *a);
+                                     FORWARD_ARGS_V1);
     if (st != MHA_OK)
         return st;
-    const mha_tensor *t[7] = {a->query, a->key, a->value, a->key_padding_mask,
-                              a->attn_mask, a->output, a->weights};
+    /* fields past the caller's struct_size read as absent (mha.h, "ABI") */
+    mha_forward_args args = {0};
+    memcpy(&args, a, a->struct_size < sizeof args ? a->struct_size
+                                                  : sizeof args);
+    a = &args;
+    const mha_tensor *t[FORWARD_TENSORS] = {
+        a->query,  a->key,     a->value,      a->key_padding_mask,
+        a->attn_mask, a->output, a->weights, a->head_gates,
+        a->head_outputs};
     arg_view views[5];
     for (int i = 0; i < 5; i++)
         views[i] = tensor_view(names[i], t[i]);
@@ -307,6 +417,8 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
                a->average_attn_weights, &call);
     if (st == MHA_OK)
         st = check_same_device(layer, fn, t, names);
+    if (st == MHA_OK)
+        st = head_control(layer, fn, a, &call);
     int out_nd, w_nd;
     int64_t out_shape[3], w_shape[4];
     result_shapes(layer, &call, &out_nd, out_shape, &w_nd, w_shape);
@@ -321,8 +433,8 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
     if (st != MHA_OK)
         return st;
     void *ext[MHA_BUF_EXTERNAL_COUNT] = {NULL};
-    for (int i = 0; i < 7; i++)
-        ext[i] = t[i] ? t[i]->buf : NULL;
+    for (int i = 0; i < FORWARD_TENSORS; i++)
+        ext[roles[i]] = t[i] ? t[i]->buf : NULL;
     return mha_plan_enqueue(layer, *plan, ext);
 }
 

@@ -8,6 +8,13 @@
 
 #include "layer.h"
 
+/* Heads whose attention a call can skip: those below 64 * this. */
+#define MHA_SKIP_WORDS 4
+/* At most this many runs of consecutive computed heads (each one attention
+ * node, or three unfused); a gate pattern with more computes every head
+ * and multiplies the skipped ones by their 0. */
+#define MHA_GRAPH_MAX_RUNS 8
+
 /* What a forward call looks like; plans are cached by it (compared with
  * memcmp, so always build one from a zeroed struct). */
 typedef struct mha_call {
@@ -16,13 +23,30 @@ typedef struct mha_call {
     int has_mask, mask_per_head;     /* attn_mask given; (N*H, L, S) */
     int has_kpm;
     int causal, need_weights, average;
+    int gates;        /* head_gates: 0 none, 1 [H], 2 [N, H] */
+    int gate_mul;     /* a computed head's gate is not 1: multiply */
+    int head_outputs; /* copy each head's output out */
+    uint64_t skip[MHA_SKIP_WORDS]; /* bit h: head h is gated off for every
+                                      batch item and not computed */
 } mha_call;
+
+/* A run of consecutive heads [first, first + count), computed or not. */
+typedef struct mha_head_run {
+    int64_t first, count;
+    int computed;
+} mha_head_run;
+
+/* Splits heads 0 .. H-1 into runs by call->skip; writes at most cap runs
+ * and returns how many computed runs there are. */
+int mha_call_head_runs(const mha_call *call, int64_t H, mha_head_run *runs,
+                       int cap);
 
 /* Buffers of a graph: the caller's, the layer's weights, and intermediates
  * that the planner places in the arena. */
 typedef enum mha_buf_role {
     MHA_BUF_QUERY, MHA_BUF_KEY, MHA_BUF_VALUE, MHA_BUF_KPM, MHA_BUF_MASK,
     MHA_BUF_OUTPUT, MHA_BUF_WEIGHTS, MHA_BUF_PARAMS,
+    MHA_BUF_GATES, MHA_BUF_HEAD_OUTPUTS,
     MHA_BUF_EXTERNAL_COUNT,
     MHA_BUF_ARENA = MHA_BUF_EXTERNAL_COUNT /* and every intermediate */
 } mha_buf_role;
@@ -52,8 +76,13 @@ typedef struct mha_gnode {
 } mha_gnode;
 
 #define MHA_GRAPH_MAX_BUFS 24
-#define MHA_GRAPH_MAX_TENSORS 64
-#define MHA_GRAPH_MAX_NODES 20
+#define MHA_GRAPH_MAX_TENSORS 160
+#define MHA_GRAPH_MAX_NODES 64
+
+/* The unfused attention of one run of computed heads: its node indices. */
+typedef struct mha_grun {
+    int scores, softmax, weighted_sum;
+} mha_grun;
 
 typedef struct mha_graph {
     mha_gbuf bufs[MHA_GRAPH_MAX_BUFS];
@@ -62,8 +91,9 @@ typedef struct mha_graph {
     int ntensors;
     mha_gnode nodes[MHA_GRAPH_MAX_NODES];
     int nnodes;
-    /* indices the planner needs */
-    int scores, softmax, weighted_sum;
+    /* indices the planner needs: the attention of each computed run */
+    mha_grun runs[MHA_GRAPH_MAX_RUNS];
+    int nruns;
 } mha_graph;
 
 /* Builds the unfused graph of layer for call. */

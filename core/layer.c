@@ -84,23 +84,36 @@ static mha_status check_config(mha_device *device, const mha_layer_config *c)
     return MHA_OK;
 }
 
-/* Lays the slots out in one buffer; returns the total element count. */
-static size_t layout_slots(mha_layer *layer)
+int mha_layer_slot_shape(const mha_layer *layer, mha_wslot slot,
+                         int64_t *rows, int64_t *cols)
 {
-    int64_t E = layer->cfg.embed_dim, kd = layer->cfg.kdim,
-            vd = layer->cfg.vdim;
-    size_t len[MHA_WSLOT_COUNT] = {
-        [MHA_W_Q] = (size_t)(E * E), [MHA_W_K] = (size_t)(E * kd),
-        [MHA_W_V] = (size_t)(E * vd), [MHA_B_Q] = (size_t)E,
-        [MHA_B_K] = (size_t)E, [MHA_B_V] = (size_t)E,
-        [MHA_W_O] = (size_t)(E * E), [MHA_B_O] = (size_t)E,
-        [MHA_BIAS_K] = (size_t)E, [MHA_BIAS_V] = (size_t)E,
-    };
+    int64_t E = layer->cfg.embed_dim, inner = mha_layer_inner(layer);
+    int64_t in[3] = {E, layer->cfg.kdim, layer->cfg.vdim};
+    switch (slot) {
+    case MHA_W_Q: case MHA_W_K: case MHA_W_V:
+        *rows = inner, *cols = in[slot - MHA_W_Q];
+        return 1;
+    case MHA_W_O:
+        *rows = E, *cols = inner;
+        return 2;
+    case MHA_B_O:
+        *rows = 1, *cols = E;
+        return 0;
+    default: /* the q/k/v biases, bias_k, bias_v */
+        *rows = 1, *cols = inner;
+        return 2;
+    }
+}
+
+size_t mha_layer_layout_slots(mha_layer *layer)
+{
     size_t at = 0;
     for (int s = 0; s < MHA_WSLOT_COUNT; s++) {
+        int64_t rows, cols;
+        mha_layer_slot_shape(layer, (mha_wslot)s, &rows, &cols);
         layer->woff[s] = at;
-        layer->wlen[s] = len[s];
-        at += len[s];
+        layer->wlen[s] = (size_t)(rows * cols);
+        at += layer->wlen[s];
     }
     return at;
 }
@@ -133,10 +146,21 @@ mha_status mha_layer_create(mha_device *device, const mha_layer_config *config,
     layer->cfg.add_zero_attn = config->add_zero_attn != 0;
     layer->cfg.batch_first = config->batch_first != 0;
     layer->head_dim = config->embed_dim / config->num_heads;
-    layer->wbytes = layout_slots(layer) *
+    layer->heads = config->num_heads;
+    layer->kept = mha_host_malloc(&ctx->host, (size_t)layer->heads *
+                                                  sizeof *layer->kept);
+    if (!layer->kept) {
+        mha_host_free(&ctx->host, layer);
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_layer_create: out of memory");
+    }
+    for (int64_t h = 0; h < layer->heads; h++)
+        layer->kept[h] = h;
+    layer->wbytes = mha_layer_layout_slots(layer) *
                     mha_dtype_storage_size(config->dtype);
     st = mha_dev_alloc(device, layer->wbytes, &layer->wbuf);
     if (st != MHA_OK) {
+        mha_host_free(&ctx->host, layer->kept);
         mha_host_free(&ctx->host, layer);
         return mha_host_finish(&ctx->host, "mha_layer_create", st);
     }
@@ -155,6 +179,7 @@ mha_status mha_layer_destroy(mha_layer *layer)
         mha_plan_destroy(layer, layer->plans[i]);
     mha_dev_free(device, layer->wbuf, layer->wbytes);
     device->open_objects--;
+    mha_host_free(&device->ctx->host, layer->kept);
     mha_host_free(&device->ctx->host, layer);
     mha_clear_error(device->ctx);
     return MHA_OK;
@@ -187,23 +212,23 @@ static mha_weight_spec spec(const char *name, mha_wslot first, int slots,
 int mha_layer_weight_specs(const mha_layer *layer, mha_weight_spec *specs)
 {
     const mha_layer_config *c = &layer->cfg;
-    int64_t E = c->embed_dim;
+    int64_t E = c->embed_dim, I = mha_layer_inner(layer); /* E unpruned */
     int n = 0;
     if (c->kdim == E && c->vdim == E) {
-        specs[n++] = spec("in_proj_weight", MHA_W_Q, 3, 2, 3 * E, E, 0);
+        specs[n++] = spec("in_proj_weight", MHA_W_Q, 3, 2, 3 * I, E, 0);
     } else {
-        specs[n++] = spec("q_proj_weight", MHA_W_Q, 1, 2, E, E, 0);
-        specs[n++] = spec("k_proj_weight", MHA_W_K, 1, 2, E, c->kdim, 0);
-        specs[n++] = spec("v_proj_weight", MHA_W_V, 1, 2, E, c->vdim, 0);
+        specs[n++] = spec("q_proj_weight", MHA_W_Q, 1, 2, I, E, 0);
+        specs[n++] = spec("k_proj_weight", MHA_W_K, 1, 2, I, c->kdim, 0);
+        specs[n++] = spec("v_proj_weight", MHA_W_V, 1, 2, I, c->vdim, 0);
     }
     if (c->bias)
-        specs[n++] = spec("in_proj_bias", MHA_B_Q, 3, 1, 3 * E, 0, 0);
-    specs[n++] = spec("out_proj.weight", MHA_W_O, 1, 2, E, E, 0);
+        specs[n++] = spec("in_proj_bias", MHA_B_Q, 3, 1, 3 * I, 0, 0);
+    specs[n++] = spec("out_proj.weight", MHA_W_O, 1, 2, E, I, 0);
     if (c->bias)
         specs[n++] = spec("out_proj.bias", MHA_B_O, 1, 1, E, 0, 0);
     if (c->add_bias_kv) {
-        specs[n++] = spec("bias_k", MHA_BIAS_K, 1, 3, 1, 1, E);
-        specs[n++] = spec("bias_v", MHA_BIAS_V, 1, 3, 1, 1, E);
+        specs[n++] = spec("bias_k", MHA_BIAS_K, 1, 3, 1, 1, I);
+        specs[n++] = spec("bias_v", MHA_BIAS_V, 1, 3, 1, 1, I);
     }
     return n;
 }

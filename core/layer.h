@@ -31,8 +31,11 @@ typedef struct mha_plan mha_plan;
 
 struct mha_layer {
     mha_device *device;
-    mha_layer_config cfg;  /* kdim and vdim resolved */
+    mha_layer_config cfg;  /* kdim and vdim resolved; num_heads is the
+                              original head count, pruning keeps it */
     int64_t head_dim;
+    int64_t heads;         /* heads the layer still has (pruning lowers it) */
+    int64_t *kept;         /* [heads]: their original indices, ascending */
     void *wbuf;
     size_t wbytes;
     size_t woff[MHA_WSLOT_COUNT]; /* elements */
@@ -41,6 +44,23 @@ struct mha_layer {
     mha_plan *plans[MHA_PLAN_CACHE];
     uint64_t clock;               /* for least-recently-used eviction */
 };
+
+/* Q/K/V/O width of the kept heads: heads * head_dim (E until pruned). */
+static inline int64_t mha_layer_inner(const mha_layer *layer)
+{
+    return layer->heads * layer->head_dim;
+}
+
+/* The 2-D shape of a slot's weight for the kept heads ([rows, cols]; a bias
+ * is [1, cols]) and along which axis its heads lie, each head_dim wide:
+ * 1 rows (q/k/v weights), 2 columns (out_proj.weight, the q/k/v biases,
+ * bias_k/v), 0 none (out_proj.bias). */
+int mha_layer_slot_shape(const mha_layer *layer, mha_wslot slot,
+                         int64_t *rows, int64_t *cols);
+
+/* Lays the slots out in one buffer for the kept heads (woff, wlen);
+ * returns the total element count. */
+size_t mha_layer_layout_slots(mha_layer *layer);
 
 /* The state_dict entries this layer needs, in a fixed order; returns the
  * count (at most 8). */

@@ -53,28 +53,32 @@ static void placeholder_bufs(const mha_plan *plan, void *bufs[],
     }
 }
 
-/* Replaces scores, softmax and weighted sum by one ATTENTION node when the
- * weights are not wanted and the backend can run it for this shape. */
+/* Replaces each run's scores, softmax and weighted sum by one ATTENTION
+ * node when the weights are not wanted and the backend can run it for
+ * this shape. */
 static void fuse_attention(mha_device *device, mha_plan *plan)
 {
     mha_graph *g = &plan->graph;
     if (plan->call.need_weights)
         return;
-    mha_gnode fused = g->nodes[g->scores];
-    fused.op = MHA_OP_ATTENTION;
-    fused.src[MHA_SRC_V] = g->nodes[g->weighted_sum].src[1];
-    fused.dst = g->nodes[g->weighted_sum].dst;
     void *bufs[MHA_GRAPH_MAX_BUFS];
     size_t base[MHA_GRAPH_MAX_BUFS];
     placeholder_bufs(plan, bufs, base);
-    mha_node node;
-    lower_node(g, &fused, bufs, base, &node);
-    if (!mha_dev_supports(device, &node))
-        return;
-    g->nodes[g->scores] = fused;
-    remove_node(g, g->softmax);
-    remove_node(g, g->weighted_sum);
-    plan->fused = 1;
+    for (int r = 0; r < g->nruns; r++) {
+        const mha_grun *run = &g->runs[r];
+        mha_gnode fused = g->nodes[run->scores];
+        fused.op = MHA_OP_ATTENTION;
+        fused.src[MHA_SRC_V] = g->nodes[run->weighted_sum].src[1];
+        fused.dst = g->nodes[run->weighted_sum].dst;
+        mha_node node;
+        lower_node(g, &fused, bufs, base, &node);
+        if (!mha_dev_supports(device, &node))
+            continue;
+        g->nodes[run->scores] = fused;
+        remove_node(g, run->softmax);
+        remove_node(g, run->weighted_sum);
+        plan->fused = 1;
+    }
 }
 
 static void note_use(mha_graph *g, int tensor, int node)

@@ -387,6 +387,37 @@ MHA_API mha_status mha_layer_load_safetensors(mha_layer *layer,
 /* NULL does nothing. */
 MHA_API mha_status mha_layer_destroy(mha_layer *layer);
 
+/* ---- heads: pruning ----------------------------------------------------- */
+
+/* Removes count heads from the layer for good: their rows of the q, k and
+ * v projections (weights and biases, bias_k and bias_v) and their columns
+ * of out_proj.weight are dropped, the device weight buffer is replaced by
+ * a smaller one and the layer's cached scratch is freed (the next forward
+ * makes scratch for the kept heads only), so mha_device_memory_usage
+ * falls. The forward then computes only the kept heads, H' of them; E
+ * stays the input and output width. Heads are named by their index in the
+ * original layer (0 .. num_heads - 1, as mha_layer_kept_heads lists the
+ * kept ones), so pruning again later names heads the same way. After
+ * pruning, everything indexed by head counts the kept heads in ascending
+ * original order: head_gates [H'], head_outputs, weights (N, H', L, S'),
+ * a 3-D attn_mask (N*H', L, S), and mha_layer_set_weight expects the
+ * pruned shapes (in_proj_weight [3 H' d, E], out_proj.weight [E, H' d]).
+ * An index out of range, one already pruned, one listed twice, or pruning
+ * every head left is MHA_INVALID_ARGUMENT naming it, and changes nothing.
+ * A layer with forwards recorded or enqueued into an application's command
+ * stream (mha_vulkan.h, mha_opencl.h), which may still use its weights, is
+ * MHA_BAD_STATE. count 0 does nothing. */
+MHA_API mha_status mha_layer_prune_heads(mha_layer *layer,
+                                         const int64_t *heads, int64_t count);
+
+/* The original indices of the heads the layer keeps, ascending, into
+ * heads (capacity entries; may be NULL when capacity is 0), and their
+ * number into *count. A capacity below the count is MHA_BUFFER_TOO_SMALL
+ * with *count set. */
+MHA_API mha_status mha_layer_kept_heads(const mha_layer *layer,
+                                        int64_t *heads, int64_t capacity,
+                                        int64_t *count);
+
 /* ---- forward --------------------------------------------------------------- */
 
 /* Shapes (PyTorch's): with N the batch, L the target and S the source
@@ -418,6 +449,26 @@ typedef struct mha_forward_args {
     int average_attn_weights; /* default 1 */
     mha_tensor *output;       /* required, created by the caller */
     mha_tensor *weights;      /* required iff need_weights */
+    /* Head control (Michel et al. 2019, "Are Sixteen Heads Really Better
+     * than One?"); "heads" are the layer's current heads, H of them (after
+     * mha_layer_prune_heads, the kept ones in mha_layer_kept_heads order):
+     * head_gates: optional f32 [H], or [N, H] (one gate per batch item and
+     * head; N is 1 for unbatched input). Head h's attention output O_h is
+     * multiplied by its gate before out_proj: Y = sum_h g_h O_h Wo_h^T + bo.
+     * A head whose gate is 0 for every batch item is skipped: its scores,
+     * softmax and weighted sum are not computed (the gates are read back
+     * from the device when the call is made to choose them; more than 8
+     * separate runs of computed heads, or a skipped head past index 255,
+     * compute those heads and multiply them by 0 instead). Its returned
+     * weights are 0, and averaged weights still divide by H. A gate of 1
+     * for every computed head costs no multiply. */
+    const mha_tensor *head_gates;
+    /* head_outputs: optional f32 [N, H, L, d] (d = E / num_heads), or
+     * [H, L, d] for unbatched input, whatever batch_first says: receives
+     * each head's attention output O_h = softmax(A_h) V_h before its gate
+     * and out_proj (0 for a skipped head), so gradient importance needs no
+     * second forward. */
+    mha_tensor *head_outputs;
 } mha_forward_args;
 
 /* Fills *args with PyTorch's defaults (need_weights = 0, see above). */

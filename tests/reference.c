@@ -249,6 +249,17 @@ static void rope(const mha_node *n, double *out)
             }
 }
 
+static void mul(const mha_node *n, double *out)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_MUL_X], *f = &n->src[MHA_SRC_MUL_F];
+    for (int64_t b = 0; b < x->ne[0]; b++)
+        for (int64_t h = 0; h < x->ne[1]; h++)
+            for (int64_t t = 0; t < x->ne[2]; t++)
+                for (int64_t c = 0; c < x->ne[3]; c++)
+                    out[idx(x, b, h, t, c)] =
+                        get(x, b, h, t, c) * get(f, b, h, t, c);
+}
+
 void ref_run(const mha_node *n, double *out)
 {
     switch (n->op) {
@@ -260,6 +271,7 @@ void ref_run(const mha_node *n, double *out)
     case MHA_OP_ATTENTION: attention(n, out); break;
     case MHA_OP_MEAN_HEADS: mean_heads(n, out); break;
     case MHA_OP_ROPE: rope(n, out); break;
+    case MHA_OP_MUL: mul(n, out); break;
     case MHA_OP_COUNT: break;
     }
 }

@@ -292,6 +292,7 @@ static unsigned f16_slots(mha_op op)
         return 1u << MHA_SRC_Q | 1u << MHA_SRC_K | 1u << MHA_SRC_V |
                1u << DST_SLOT;
     case MHA_OP_ROPE: return 1u << MHA_SRC_ROPE_X | 1u << DST_SLOT;
+    case MHA_OP_MUL: return 1u << MHA_SRC_MUL_X | 1u << DST_SLOT;
     case MHA_OP_SOFTMAX:
     case MHA_OP_MEAN_HEADS:
     case MHA_OP_COUNT:
@@ -371,6 +372,14 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
         n->src[MHA_SRC_ROPE_X] = *heads(s, c, L);
         n->dst = c->flags & F_SEPARATE ? *contiguous(s, B, H, L, c->d)
                                        : n->src[MHA_SRC_ROPE_X];
+        break;
+    case MHA_OP_MUL: /* head gates: F_POS_BCAST shares one row of gates */
+        n->src[MHA_SRC_MUL_X] = *heads(s, c, L);
+        n->src[MHA_SRC_MUL_F] = *add(s, B, H, L, c->d,
+                                     c->flags & F_POS_BCAST ? 0 : H, 1, 0, 0,
+                                     0, 0);
+        n->dst = c->flags & F_SEPARATE ? *contiguous(s, B, H, L, c->d)
+                                       : n->src[MHA_SRC_MUL_X];
         break;
     case MHA_OP_COUNT:
         break;
@@ -626,7 +635,10 @@ static void run_case(const op_case *c)
     X(rope_f16, ROPE, 2, 2, 5, 0, 0, 32, 32, 0, F_F16)                       \
     X(rope_f16_gptj_separate, ROPE, 1, 3, 4, 0, 0, 16, 10, 0,                \
       F_F16 | F_GPTJ | F_SEPARATE)                                           \
-    X(rope_copy_to_f16, ROPE, 2, 3, 4, 0, 0, 16, 0, 0, F_SEPARATE | F_F16DST)
+    X(rope_copy_to_f16, ROPE, 2, 3, 4, 0, 0, 16, 0, 0, F_SEPARATE | F_F16DST) \
+    X(mul_head_gates, MUL, 2, 3, 5, 0, 0, 16, 0, 0, F_SEPARATE)              \
+    X(mul_shared_gates_in_place, MUL, 3, 2, 4, 0, 0, 8, 0, 0, F_POS_BCAST)   \
+    X(mul_f16_gates, MUL, 2, 4, 3, 0, 0, 32, 0, 0, F_F16 | F_SEPARATE)
 
 #define DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)    \
     Test(ops, name)                                                          \

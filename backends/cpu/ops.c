@@ -1,5 +1,5 @@
 /* ops.c: every graph op of core/backend.h on the CPU but the fused
- * attention (attention.c) and ROPE (rope.c). Each op is cut into
+ * attention (attention.c), ROPE and MUL (rope.c). Each op is cut into
  * independent tasks (a batch item, a head, a block of rows or columns)
  * whose arithmetic does not depend on which thread runs them or how many
  * there are: block sizes are constants of the shape, never of the thread
@@ -118,6 +118,8 @@ bool mha_cpu_op_supported(const mha_node *node)
 {
     if (node->op == MHA_OP_ROPE)
         return mha_cpu_rope_supported(node);
+    if (node->op == MHA_OP_MUL)
+        return mha_cpu_mul_supported(node);
     if (node->op == MHA_OP_ATTENTION)
         return attention_supported(node);
     if (node->dst.dtype != MHA_F32)
@@ -410,6 +412,8 @@ mha_status mha_cpu_op_run(mha_cpu_exec *e, const mha_node *n)
         return MHA_OK;
     case MHA_OP_ROPE:
         return mha_cpu_run_rope(e, n);
+    case MHA_OP_MUL:
+        return mha_cpu_run_mul(e, n);
     case MHA_OP_COUNT:
         break;
     }

@@ -78,4 +78,8 @@ mha_status mha_cpu_run_attention(mha_cpu_exec *e, const mha_node *n);
 bool mha_cpu_rope_supported(const mha_node *n);
 mha_status mha_cpu_run_rope(mha_cpu_exec *e, const mha_node *n);
 
+/* MUL (rope.c): X and dst f32 or f16, F f32, any strides. */
+bool mha_cpu_mul_supported(const mha_node *n);
+mha_status mha_cpu_run_mul(mha_cpu_exec *e, const mha_node *n);
+
 #endif

@@ -3,7 +3,9 @@
  * also the KV cache's strided, dtype-converting copy (rope_dims 0). One
  * task per token (b, t): its angles are computed once, in double precision
  * (positions reach 10^5 and more, where a float angle loses 1e-2 rad), and
- * applied to every head. f16 tensors are converted element by element. */
+ * applied to every head. f16 tensors are converted element by element.
+ * MUL (the head gates' multiply) lives here too: it is the same strided,
+ * dtype-converting element walk with a factor instead of a rotation. */
 #include <math.h>
 #include <string.h>
 
@@ -120,5 +122,42 @@ mha_status mha_cpu_run_rope(mha_cpu_exec *e, const mha_node *n)
     rope_job j = {n};
     const mha_tdesc *x = &n->src[MHA_SRC_ROPE_X];
     mha_cpu_pool_run(e->pool, x->ne[0] * x->ne[2], rope_task, &j);
+    return MHA_OK;
+}
+
+/* ---- MUL ------------------------------------------------------------------ */
+
+bool mha_cpu_mul_supported(const mha_node *n)
+{
+    const mha_tdesc *x = &n->src[MHA_SRC_MUL_X], *f = &n->src[MHA_SRC_MUL_F];
+    if (!rope_tensor_ok(x) || !rope_tensor_ok(&n->dst) || !f->buf ||
+        f->dtype != MHA_F32)
+        return false;
+    for (int i = 0; i < 4; i++)
+        if (x->ne[i] != n->dst.ne[i] || f->ne[i] != n->dst.ne[i])
+            return false;
+    return true;
+}
+
+/* One task per (i0, i1, i2) row of dst. */
+static void mul_task(void *arg, int64_t task, int thread)
+{
+    const mha_node *n = ((const rope_job *)arg)->node;
+    const mha_tdesc *x = &n->src[MHA_SRC_MUL_X], *f = &n->src[MHA_SRC_MUL_F];
+    const mha_tdesc *y = &n->dst;
+    int64_t i2 = task % y->ne[2], i1 = task / y->ne[2] % y->ne[1];
+    int64_t i0 = task / (y->ne[2] * y->ne[1]);
+    (void)thread;
+    for (int64_t c = 0; c < y->ne[3]; c++)
+        store(y, elem(y, i0, i1, i2, c),
+              load(x, elem(x, i0, i1, i2, c)) *
+                  load(f, elem(f, i0, i1, i2, c)));
+}
+
+mha_status mha_cpu_run_mul(mha_cpu_exec *e, const mha_node *n)
+{
+    rope_job j = {n};
+    const mha_tdesc *y = &n->dst;
+    mha_cpu_pool_run(e->pool, y->ne[0] * y->ne[1] * y->ne[2], mul_task, &j);
     return MHA_OK;
 }

@@ -135,6 +135,7 @@ typedef enum mha_cl_kernel_id {
     MHA_CL_K_ATTENTION,
     MHA_CL_K_ATTENTION_COMBINE,
     MHA_CL_K_ROPE,
+    MHA_CL_K_MUL,
     MHA_CL_K_COUNT
 } mha_cl_kernel_id;
 

@@ -24,6 +24,8 @@ static size_t elem_size(mha_dtype t)
  * sink logits (KV_LEN is MHA_I32, see tensor_ok). */
 static int is_f32_slot(mha_op op, int slot)
 {
+    if (op == MHA_OP_MUL)
+        return slot == MHA_SRC_MUL_F;
     return (op == MHA_OP_SCORES || op == MHA_OP_ATTENTION) &&
            (slot == MHA_SRC_MASK || slot == MHA_SRC_KPM ||
             slot == MHA_SRC_SINKS || slot == MHA_SRC_ALIBI);
@@ -351,6 +353,27 @@ static mha_status run_elementwise(mha_cl_device *dev, const mha_node *n,
                    global, local);
 }
 
+/* MUL: dst = X * F, one work item per element of dst. */
+static mha_status run_mul(mha_cl_device *dev, const mha_node *n)
+{
+    kargs a;
+    mha_status s = kernel_of(dev, MHA_CL_K_MUL, &a);
+    if (s != MHA_OK)
+        return s;
+    const int64_t *ne = n->dst.ne;
+    int64_t total = ne[0] * ne[1] * ne[2] * ne[3];
+    arg_tensor(&a, &n->src[MHA_SRC_MUL_X]);
+    arg_tensor(&a, &n->dst);
+    arg_tensor(&a, &n->src[MHA_SRC_MUL_F]);
+    arg_int4(&a, (int)ne[0], (int)ne[1], (int)ne[2], (int)ne[3]);
+    arg_int(&a, (int)total);
+    const mha_tdesc *t[2] = {&n->src[MHA_SRC_MUL_X], &n->dst};
+    arg_int(&a, halfmask(t, 2));
+    const size_t global[3] = {round_up(total, (size_t)dev->row_wg), 1, 1};
+    const size_t local[3] = {(size_t)dev->row_wg, 1, 1};
+    return enqueue(dev, &a, "mul4d", global, local);
+}
+
 /* Workgroups a launch should have to fill the device: a few per compute
  * unit, and never fewer than a small GPU needs. */
 static int64_t groups_wanted(const mha_cl_device *dev)
@@ -561,6 +584,8 @@ mha_status mha_cl_run(void *d, const mha_node *node)
         return run_attention(dev, node);
     case MHA_OP_ROPE:
         return run_rope(dev, node);
+    case MHA_OP_MUL:
+        return run_mul(dev, node);
     case MHA_OP_COUNT:
         break;
     }

@@ -1,7 +1,7 @@
-/* ops.c: every graph op as one or more dispatches of the six kernels.
+/* ops.c: every graph op as one or more dispatches of the kernels.
  * PROJECTION, SCORES and WEIGHTED_SUM are the tiled matmul with different
  * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX,
- * MEAN_HEADS, ATTENTION and ROPE have their own kernels (ATTENTION with too
+ * MEAN_HEADS, ATTENTION, ROPE and MUL have their own kernels (ATTENTION with too
  * few workgroups, as in decode, is split over the keys and combined by a
  * second kernel, through a scratch buffer of the device).
  * Each tensor is bound as the byte range of its block it spans (from a
@@ -251,6 +251,8 @@ _Static_assert(sizeof(attention_push) <= MHA_VK_PUSH_BYTES,
 _Static_assert(sizeof(combine_push) <= MHA_VK_PUSH_BYTES, "push constants");
 MHA_PUSH_BLOCK(rope_push, MHA_ROPE_PUSH)
 _Static_assert(sizeof(rope_push) <= MHA_VK_PUSH_BYTES, "push constants");
+MHA_PUSH_BLOCK(mul_push, MHA_MUL_PUSH)
+_Static_assert(sizeof(mul_push) <= MHA_VK_PUSH_BYTES, "push constants");
 
 /* ---- dispatch helpers ---------------------------------------------------- */
 
@@ -334,6 +336,28 @@ static mha_status run_copy(mha_vk_device *d, const mha_tdesc *src,
         return groups_error(d, "copy");
     return dispatch(d, MHA_VK_K_COPY, f16 != 0, spec, 1, ts, &p, sizeof p,
                     g);
+}
+
+/* MUL: dst = src * f over 4-D (the head gates). */
+static mha_status run_mul(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *src = &n->src[MHA_SRC_MUL_X], *dst = &n->dst;
+    const mha_tdesc *f = &n->src[MHA_SRC_MUL_F];
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {src, dst, f};
+    uint32_t f16 = f16_bits(ts);
+    mul_push p = {.src_off = eoff(src), .dst_off = eoff(dst),
+                  .f_off = eoff(f), .flags = f16,
+                  .total = (uint32_t)count(dst)};
+    for (int i = 0; i < 4; ++i) {
+        p.ne[i] = (uint32_t)dst->ne[i];
+        p.src_nb[i] = st(src, i);
+        p.dst_nb[i] = st(dst, i);
+        p.f_nb[i] = st(f, i);
+    }
+    uint32_t g[3], spec[1] = {COPY_WG};
+    if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "mul");
+    return dispatch(d, MHA_VK_K_MUL, f16 != 0, spec, 1, ts, &p, sizeof p, g);
 }
 
 static mha_status run_mean_heads(mha_vk_device *d, const mha_tdesc *src,
@@ -831,6 +855,10 @@ static bool supports_op(mha_vk_device *d, const mha_node *n)
                inner_contiguous(&n->src[0]) && inner_contiguous(&n->dst);
     case MHA_OP_ROPE:
         return supports_rope(d, n);
+    case MHA_OP_MUL:
+        return data_ok(d, &n->src[MHA_SRC_MUL_X]) && data_ok(d, &n->dst) &&
+               tensor_ok(&n->src[MHA_SRC_MUL_F]) &&
+               count(&n->dst) <= UINT32_MAX;
     case MHA_OP_COUNT:
         break;
     }
@@ -863,6 +891,7 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
     case MHA_OP_MEAN_HEADS: return run_mean_heads(d, &n->src[0], &n->dst);
     case MHA_OP_SOFTMAX: return run_softmax(d, &n->src[0], &n->dst);
     case MHA_OP_ROPE: return run_rope(d, n);
+    case MHA_OP_MUL: return run_mul(d, n);
     case MHA_OP_COUNT:
         break;
     }

@@ -18,6 +18,7 @@ static const char *const kernel_files[MHA_VK_K_COUNT][2] = {
     [MHA_VK_K_ATTENTION_COMBINE] = {"attention_combine.spv",
                                     "attention_combine_f16.spv"},
     [MHA_VK_K_ROPE] = {"rope.spv", "rope_f16.spv"},
+    [MHA_VK_K_MUL] = {"mul.spv", "mul_f16.spv"},
 };
 
 static const mha_embedded_file *find_spirv(const char *name)

@@ -126,6 +126,7 @@ enum mha_vk_kernel {
     MHA_VK_K_ATTENTION,
     MHA_VK_K_ATTENTION_COMBINE,
     MHA_VK_K_ROPE,
+    MHA_VK_K_MUL,
     MHA_VK_K_COUNT
 };
 

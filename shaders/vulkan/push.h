@@ -53,6 +53,13 @@
     U(flags) /* MHA_VK_F_SRC, DT_F16 bits */                                 \
     U(total) /* elements of dst */
 
+/* mul.comp: dst = src * f over ne (dst's extents); MUL (head gates). */
+#define MHA_MUL_PUSH(U, F)                                                   \
+    U(src_off) U(dst_off) U(f_off) U(ne[4]) U(src_nb[4]) U(dst_nb[4])        \
+    U(f_nb[4])                                                               \
+    U(flags) /* DT_F16 bits */                                               \
+    U(total) /* elements of dst */
+
 /* mean_heads.comp: ne is the source's B, H, L, S'; dst_nb[1] unused. */
 #define MHA_MEAN_PUSH(U, F)                                                  \
     U(src_off) U(dst_off) U(ne[4]) U(src_nb[4]) U(dst_nb[4])                 \

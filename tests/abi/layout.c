@@ -49,6 +49,8 @@ static void grows(void)
     FIELD(mha_forward_args, average_attn_weights);
     FIELD(mha_forward_args, output);
     FIELD(mha_forward_args, weights);
+    FIELD(mha_forward_args, head_gates);
+    FIELD(mha_forward_args, head_outputs);
     FIELD(mha_host_forward_args, struct_size);
     FIELD(mha_host_forward_args, query);
     FIELD(mha_host_forward_args, key);

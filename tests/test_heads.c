@@ -1,0 +1,503 @@
+/* test_heads.c: head control of the nn.MHA layer (mha.h, head_gates,
+ * head_outputs, mha_layer_prune_heads, mha_layer_save_safetensors) against
+ * the PyTorch float64 fixtures of tests/gen_heads_fixtures.py, on every
+ * device and CPU ISA, fp32 (1e-4) and fp16 (1e-2), fused and unfused
+ * (need_weights); a pruned layer against the same layer with those heads
+ * gated off; the memory and the work pruning and gating save, read from
+ * mha_device_memory_usage and from the plan's nodes; save and load; and
+ * every bad input with its status and message. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "context.h"
+#include "half.h"
+#include "plan.h"
+#include "safetensors.h"
+
+static const char *fixture_path(char *buf, size_t cap, const char *name)
+{
+    snprintf(buf, cap, "%s/heads/%s.safetensors", MHA_FIXTURE_DIR, name);
+    return buf;
+}
+
+/* ---- fixtures ---------------------------------------------------------------- */
+
+typedef struct fixture {
+    char path[512];
+    mha_layer_config cfg;
+    int batched, causal;
+    int64_t B, L, S, H, d, S2;
+    float *query, *key, *value, *kpm, *gates;
+    int64_t qshape[3], kshape[3], vshape[3], kpm_shape[2], gshape[2];
+    int qnd, gnd, kpm_nd;
+    double *out, *heads, *weights; /* like query; [B,H,L,d]; [B,H,L,S'] */
+    int64_t prune[16];
+    int nprune;
+} fixture;
+
+static float *read_floats(mha_st_file *f, const char *name, int *nd,
+                          int64_t *shape)
+{
+    const mha_st_entry *e = mha_st_find(f, name);
+    if (!e)
+        return NULL;
+    float *x = malloc(e->count * sizeof *x);
+    cr_assert_eq(mha_st_read_f32(f, e, x), MHA_OK, "%s", name);
+    *nd = e->ndim;
+    memcpy(shape, e->shape, (size_t)e->ndim * sizeof *shape);
+    return x;
+}
+
+static double *read_doubles(mha_st_file *f, const char *name)
+{
+    const mha_st_entry *e = mha_st_find(f, name);
+    cr_assert(e, "fixture has no %s", name);
+    double *x = malloc(e->count * sizeof *x);
+    cr_assert_eq(mha_st_read_raw(f, e, x), MHA_OK);
+    return x;
+}
+
+static int64_t meta(mha_st_file *f, const char *key)
+{
+    const char *s = mha_st_metadata(f, key);
+    cr_assert(s, "metadata %s missing", key);
+    return atoll(s);
+}
+
+static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
+{
+    memset(fx, 0, sizeof *fx);
+    fixture_path(fx->path, sizeof fx->path, name);
+    mha_st_file *f = NULL;
+    cr_assert_eq(mha_st_open(&ctx->host, fx->path, &f), MHA_OK, "%s: %s",
+                 fx->path, mha_context_errmsg(ctx));
+    mha_layer_config_init(&fx->cfg, meta(f, "embed_dim"), meta(f, "num_heads"));
+    fx->cfg.kdim = meta(f, "kdim");
+    fx->cfg.vdim = meta(f, "vdim");
+    fx->cfg.bias = (int)meta(f, "bias");
+    fx->cfg.add_bias_kv = (int)meta(f, "add_bias_kv");
+    fx->cfg.add_zero_attn = (int)meta(f, "add_zero_attn");
+    fx->cfg.batch_first = (int)meta(f, "batch_first");
+    fx->batched = (int)meta(f, "batched");
+    fx->causal = (int)meta(f, "causal");
+    int nd;
+    fx->query = read_floats(f, "query", &fx->qnd, fx->qshape);
+    fx->key = read_floats(f, "key", &nd, fx->kshape);
+    fx->value = read_floats(f, "value", &nd, fx->vshape);
+    fx->kpm = read_floats(f, "key_padding_mask", &fx->kpm_nd, fx->kpm_shape);
+    fx->gates = read_floats(f, "gates", &fx->gnd, fx->gshape);
+    fx->out = read_doubles(f, "out");
+    fx->heads = read_doubles(f, "head_outputs");
+    fx->weights = read_doubles(f, "weights");
+    int seq = fx->batched && fx->cfg.batch_first;
+    fx->B = fx->batched ? fx->qshape[seq ? 0 : 1] : 1;
+    fx->L = fx->qshape[seq ? 1 : 0];
+    fx->S = fx->kshape[seq ? 1 : 0];
+    fx->H = fx->cfg.num_heads;
+    fx->d = fx->cfg.embed_dim / fx->H;
+    fx->S2 = fx->S + fx->cfg.add_bias_kv + fx->cfg.add_zero_attn;
+    for (const char *p = mha_st_metadata(f, "prune"); p && *p;) {
+        char *end;
+        fx->prune[fx->nprune++] = strtoll(p, &end, 10);
+        p = *end ? end + 1 : end;
+    }
+    mha_st_close(f);
+}
+
+static void free_fixture(fixture *fx)
+{
+    free(fx->query);
+    free(fx->key);
+    free(fx->value);
+    free(fx->kpm);
+    free(fx->gates);
+    free(fx->out);
+    free(fx->heads);
+    free(fx->weights);
+}
+
+/* ---- running a layer ------------------------------------------------------- */
+
+static mha_tensor *upload_new(mha_device *dev, int nd, const int64_t *shape,
+                              const float *x)
+{
+    mha_tensor *t = NULL;
+    cr_assert_eq(mha_tensor_create(dev, MHA_F32, nd, shape, &t), MHA_OK);
+    size_t n = 1;
+    for (int i = 0; i < nd; i++)
+        n *= (size_t)shape[i];
+    if (x)
+        cr_assert_eq(mha_tensor_upload(t, x, n * 4), MHA_OK);
+    return t;
+}
+
+static size_t count_of(const mha_tensor *t)
+{
+    int nd;
+    int64_t shape[MHA_MAX_DIMS];
+    mha_tensor_get_shape(t, NULL, &nd, shape);
+    size_t n = 1;
+    for (int i = 0; i < nd; i++)
+        n *= (size_t)shape[i];
+    return n;
+}
+
+static float *download(const mha_tensor *t)
+{
+    size_t n = count_of(t);
+    float *x = malloc(n * sizeof *x);
+    cr_assert_eq(mha_tensor_download(t, x, n * 4), MHA_OK);
+    return x;
+}
+
+/* What one forward of a fixture returns. */
+typedef struct result {
+    float *out, *heads, *weights;
+} result;
+
+static void free_result(result *r)
+{
+    free(r->out);
+    free(r->heads);
+    free(r->weights);
+}
+
+/* Runs layer (H current heads) on fx's inputs with gates (NULL: none; nd
+ * 1 or 2), asking for head outputs and, with need_weights, per-head
+ * weights. */
+static mha_status run_layer(mha_layer *layer, mha_device *dev,
+                            const fixture *fx, int64_t H, const float *gates,
+                            int gnd, int need_weights, result *res)
+{
+    mha_tensor *t[8] = {NULL};
+    t[0] = upload_new(dev, fx->qnd, fx->qshape, fx->query);
+    t[1] = upload_new(dev, fx->qnd, fx->kshape, fx->key);
+    t[2] = upload_new(dev, fx->qnd, fx->vshape, fx->value);
+    if (fx->kpm)
+        t[3] = upload_new(dev, fx->kpm_nd, fx->kpm_shape, fx->kpm);
+    t[4] = upload_new(dev, fx->qnd, fx->qshape, NULL);
+    int64_t hs[4] = {fx->B, H, fx->L, fx->d}, ws[4] = {fx->B, H, fx->L,
+                                                       fx->S2};
+    int skip = fx->batched ? 0 : 1;
+    t[5] = upload_new(dev, 4 - skip, hs + skip, NULL);
+    if (need_weights)
+        t[6] = upload_new(dev, 4 - skip, ws + skip, NULL);
+    int64_t gs[2] = {fx->B, H};
+    if (gates)
+        t[7] = upload_new(dev, gnd, gs + 2 - gnd, gates);
+    mha_forward_args a;
+    mha_forward_args_init(&a);
+    a.query = t[0], a.key = t[1], a.value = t[2], a.key_padding_mask = t[3];
+    a.output = t[4], a.head_outputs = t[5], a.weights = t[6];
+    a.head_gates = t[7];
+    a.need_weights = need_weights;
+    a.average_attn_weights = 0;
+    a.is_causal = fx->causal;
+    mha_status st = mha_layer_forward(layer, &a);
+    memset(res, 0, sizeof *res);
+    if (st == MHA_OK) {
+        res->out = download(t[4]);
+        res->heads = download(t[5]);
+        res->weights = need_weights ? download(t[6]) : NULL;
+    }
+    for (int i = 0; i < 8; i++)
+        mha_tensor_destroy(t[i]);
+    return st;
+}
+
+/* The fixture's per-head array (B x H x rows) restricted to heads kept[]. */
+static double *select_heads(const double *x, int64_t B, int64_t H,
+                            size_t rows, const int64_t *kept, int64_t nkept)
+{
+    double *y = malloc((size_t)(B * nkept) * rows * sizeof *y);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t k = 0; k < nkept; k++)
+            memcpy(y + (size_t)(b * nkept + k) * rows,
+                   x + (size_t)(b * H + kept[k]) * rows, rows * sizeof *y);
+    return y;
+}
+
+static void expect_close(const char *what, const char *where,
+                         const float *got, const double *want, size_t n,
+                         double tol)
+{
+    double scale = 1.0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(want[i]) > scale)
+            scale = fabs(want[i]);
+    test_diff df = test_compare(got, want, n);
+    cr_expect_eq(df.nonfinite_mismatch, 0, "%s %s: %zu NaN/Inf", what, where,
+                 df.nonfinite_mismatch);
+    cr_expect_leq(df.max_abs, tol * scale, "%s %s: max abs error %g at %zu "
+                  "(got %g want %g)", what, where, df.max_abs, df.worst,
+                  got[df.worst], want[df.worst]);
+}
+
+/* fx's layer on dev in dt with the fixture's weights; NULL when the
+ * device refuses dt. */
+static mha_layer *make_layer(mha_context *ctx, mha_device *dev,
+                             const fixture *fx, mha_dtype dt)
+{
+    mha_layer_config cfg = fx->cfg;
+    cfg.dtype = dt;
+    mha_layer *layer = NULL;
+    if (mha_layer_create(dev, &cfg, &layer) != MHA_OK)
+        return NULL;
+    cr_assert_eq(mha_layer_load_safetensors(layer, fx->path, ""), MHA_OK,
+                 "%s", mha_context_errmsg(ctx));
+    return layer;
+}
+
+/* Prunes fx's heads (if any); the kept heads' original indices into kept,
+ * and fx's gates of those heads into gates ([G, kept]). */
+static int64_t prune_as_fixture(mha_context *ctx, mha_layer *layer,
+                                const fixture *fx, int64_t *kept,
+                                float *gates)
+{
+    int64_t n = 0;
+    if (fx->nprune)
+        cr_assert_eq(mha_layer_prune_heads(layer, fx->prune, fx->nprune),
+                     MHA_OK, "%s", mha_context_errmsg(ctx));
+    cr_assert_eq(mha_layer_kept_heads(layer, kept, 64, &n), MHA_OK);
+    cr_assert_eq(n, fx->H - fx->nprune);
+    int64_t G = fx->gnd == 2 ? fx->gshape[0] : 1;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t k = 0; k < n; k++)
+            gates[g * n + k] = fx->gates[g * fx->H + kept[k]];
+    return n;
+}
+
+static size_t out_count(const fixture *fx)
+{
+    return (size_t)(fx->B * fx->L * fx->cfg.embed_dim);
+}
+
+/* fx on one device and dtype, fused and with per-head weights: output,
+ * head outputs and weights of the kept heads against the fixture. */
+static void check_on(mha_context *ctx, mha_device *dev, const char *where,
+                     const fixture *fx, mha_dtype dt)
+{
+    mha_layer *layer = make_layer(ctx, dev, fx, dt);
+    if (!layer)
+        return;
+    int64_t kept[64];
+    float gates[8 * 64];
+    int64_t n = prune_as_fixture(ctx, layer, fx, kept, gates);
+    size_t hrows = (size_t)(fx->L * fx->d), wrows = (size_t)(fx->L * fx->S2);
+    double *want_h = select_heads(fx->heads, fx->B, fx->H, hrows, kept, n);
+    double *want_w = select_heads(fx->weights, fx->B, fx->H, wrows, kept, n);
+    double tol = dt == MHA_F16 ? 1e-2 : 1e-4;
+    for (int need_weights = 0; need_weights < 2; need_weights++) {
+        char at[1300];
+        snprintf(at, sizeof at, "%s %s%s", where, mha_dtype_name(dt),
+                 need_weights ? " need_weights" : "");
+        result r;
+        mha_status st = run_layer(layer, dev, fx, n, gates, fx->gnd,
+                                  need_weights, &r);
+        cr_assert_eq(st, MHA_OK, "%s: %s", at, mha_context_errmsg(ctx));
+        expect_close("output", at, r.out, fx->out, out_count(fx), tol);
+        expect_close("head_outputs", at, r.heads, want_h,
+                     (size_t)(fx->B * n) * hrows, tol);
+        if (need_weights)
+            expect_close("weights", at, r.weights, want_w,
+                         (size_t)(fx->B * n) * wrows, tol);
+        free_result(&r);
+    }
+    free(want_h);
+    free(want_w);
+    cr_assert_eq(mha_layer_destroy(layer), MHA_OK);
+}
+
+static mha_context *new_context(void)
+{
+    mha_context *ctx = NULL;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_require_backends(ctx);
+    return ctx;
+}
+
+static void run_fixture(const char *name)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, name, &fx);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    cr_assert_gt(nd, 0);
+    for (int i = 0; i < nd; i++) {
+        mha_device *dev = test_open(ctx, &devs[i]);
+        char where[1200];
+        snprintf(where, sizeof where, "%.40s on %s", name, devs[i].label);
+        check_on(ctx, dev, where, &fx, MHA_F32);
+        check_on(ctx, dev, where, &fx, MHA_F16);
+        cr_assert_eq(mha_device_destroy(dev), MHA_OK);
+    }
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+#define FIXTURES(X)                                                          \
+    X(gates_self)                                                            \
+    X(gates_batch_cross)                                                     \
+    X(gates_unbatched_no_bias)                                               \
+    X(prune_self)                                                            \
+    X(prune_cross_bias_kv)
+#define FIXTURE_TEST(name)                                                   \
+    Test(heads, name) { run_fixture(#name); }
+FIXTURES(FIXTURE_TEST)
+
+/* ---- pruned = gated off -------------------------------------------------------- */
+
+static void pruned_equals_gated(const char *name)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, name, &fx);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    for (int i = 0; i < nd; i++) {
+        mha_device *dev = test_open(ctx, &devs[i]);
+        mha_layer *full = make_layer(ctx, dev, &fx, MHA_F32);
+        mha_layer *pruned = make_layer(ctx, dev, &fx, MHA_F32);
+        int64_t kept[64];
+        float gates[8 * 64];
+        int64_t n = prune_as_fixture(ctx, pruned, &fx, kept, gates);
+        result a, b;
+        cr_assert_eq(run_layer(full, dev, &fx, fx.H, fx.gates, fx.gnd, 0, &a),
+                     MHA_OK, "%s", mha_context_errmsg(ctx));
+        cr_assert_eq(run_layer(pruned, dev, &fx, n, gates, fx.gnd, 0, &b),
+                     MHA_OK, "%s", mha_context_errmsg(ctx));
+        for (size_t k = 0; k < out_count(&fx); k++)
+            cr_expect_leq(fabsf(a.out[k] - b.out[k]), 1e-5f,
+                          "%s on %s: element %zu: gated %g, pruned %g", name,
+                          devs[i].label, k, a.out[k], b.out[k]);
+        free_result(&a);
+        free_result(&b);
+        mha_layer_destroy(full);
+        mha_layer_destroy(pruned);
+        cr_assert_eq(mha_device_destroy(dev), MHA_OK);
+    }
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+Test(heads, pruned_equals_gated_off) { pruned_equals_gated("prune_self"); }
+Test(heads, pruned_equals_gated_off_cross)
+{
+    pruned_equals_gated("prune_cross_bias_kv");
+}
+
+/* ---- memory and work ------------------------------------------------------------ */
+
+/* The work of the layer's most recent plan, from its nodes: attention
+ * rows (batch x head x query rows of SCORES and ATTENTION nodes) and
+ * projection multiply-adds. */
+static void plan_work(const mha_layer *layer, int64_t *rows, int64_t *macs)
+{
+    const mha_plan *plan = NULL;
+    for (int i = 0; i < MHA_PLAN_CACHE; i++)
+        if (layer->plans[i] &&
+            (!plan || layer->plans[i]->last_used > plan->last_used))
+            plan = layer->plans[i];
+    cr_assert(plan);
+    const mha_graph *g = &plan->graph;
+    *rows = *macs = 0;
+    for (int i = 0; i < g->nnodes; i++) {
+        const mha_gnode *n = &g->nodes[i];
+        const mha_gtensor *d = &g->tensors[n->dst];
+        if (n->removed)
+            continue;
+        if (n->op == MHA_OP_SCORES || n->op == MHA_OP_ATTENTION)
+            *rows += d->ne[0] * d->ne[1] * d->ne[2];
+        if (n->op == MHA_OP_PROJECTION)
+            *macs += d->ne[0] * d->ne[2] * d->ne[3] *
+                     g->tensors[n->src[0]].ne[3];
+    }
+}
+
+Test(heads, pruning_frees_memory_and_work)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "prune_self", &fx);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    for (int i = 0; i < nd; i++) {
+        mha_device *dev = test_open(ctx, &devs[i]);
+        mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+        result r;
+        uint64_t before, pruned_idle, after;
+        int64_t rows0, macs0, rows1, macs1;
+        cr_assert_eq(run_layer(layer, dev, &fx, fx.H, NULL, 0, 0, &r), MHA_OK);
+        free_result(&r);
+        plan_work(layer, &rows0, &macs0);
+        cr_assert_eq(mha_device_memory_usage(dev, &before, NULL), MHA_OK);
+        cr_assert_eq(mha_layer_prune_heads(layer, fx.prune, fx.nprune), MHA_OK);
+        cr_assert_eq(mha_device_memory_usage(dev, &pruned_idle, NULL), MHA_OK);
+        cr_assert_eq(run_layer(layer, dev, &fx, fx.H - fx.nprune, NULL, 0, 0,
+                               &r), MHA_OK);
+        free_result(&r);
+        cr_assert_eq(mha_device_memory_usage(dev, &after, NULL), MHA_OK);
+        plan_work(layer, &rows1, &macs1);
+        cr_expect_lt(pruned_idle, before, "%s", devs[i].label);
+        cr_expect_lt(after, before, "%s: device memory %llu after pruning, "
+                     "%llu before", devs[i].label, (unsigned long long)after,
+                     (unsigned long long)before);
+        /* attention: exactly the kept heads; projections: E x kept d */
+        int64_t H = fx.H, kept = fx.H - fx.nprune;
+        cr_expect_eq(rows1 * H, rows0 * kept, "%s: rows %lld -> %lld",
+                     devs[i].label, (long long)rows0, (long long)rows1);
+        cr_expect_eq(macs1 * H, macs0 * kept, "%s: projection MACs %lld -> "
+                     "%lld", devs[i].label, (long long)macs0,
+                     (long long)macs1);
+        mha_layer_destroy(layer);
+        cr_assert_eq(mha_device_destroy(dev), MHA_OK);
+    }
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* Gates of 0 skip the attention of those heads (fused and unfused); a head
+ * gated off for one batch item only is computed. */
+Test(heads, zero_gates_skip_work)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "prune_self", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+    float g[2 * 8];
+    int64_t rows_all, rows, macs_all, macs;
+    for (int need_weights = 0; need_weights < 2; need_weights++) {
+        result r;
+        cr_assert_eq(run_layer(layer, dev, &fx, 8, NULL, 0, need_weights,
+                               &r), MHA_OK);
+        free_result(&r);
+        plan_work(layer, &rows_all, &macs_all);
+        for (int h = 0; h < 8; h++) /* heads 1, 3, 4, 6 off */
+            g[h] = g[8 + h] = (h == 1 || h == 3 || h == 4 || h == 6) ? 0.0f
+                                                                      : 1.0f;
+        cr_assert_eq(run_layer(layer, dev, &fx, 8, g, 1, need_weights, &r),
+                     MHA_OK, "%s", mha_context_errmsg(ctx));
+        free_result(&r);
+        plan_work(layer, &rows, &macs);
+        cr_expect_eq(rows * 2, rows_all, "need_weights %d: rows %lld of %lld",
+                     need_weights, (long long)rows, (long long)rows_all);
+        g[8 + 1] = 0.5f; /* head 1 is on for batch item 1 */
+        cr_assert_eq(run_layer(layer, dev, &fx, 8, g, 2, need_weights, &r),
+                     MHA_OK, "%s", mha_context_errmsg(ctx));
+        free_result(&r);
+        plan_work(layer, &rows, &macs);
+        cr_expect_eq(rows * 8, rows_all * 5, "need_weights %d: rows %lld",
+                     need_weights, (long long)rows);
+    }
+    mha_layer_destroy(layer);
+    mha_device_destroy(dev);
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}

@@ -6,6 +6,7 @@ attention layer.
     python3 examples/heads/eval_heads.py [--devices cpu,vulkan:0,opencl:0]
         [--ks 1,2,4,6] [--seeds 5] [--json out.json] [--markdown out.md]
     python3 examples/heads/eval_heads.py --check [--chars 1024]
+    python3 examples/heads/eval_heads.py --export-inputs DIR [--windows 4]
 
 (PYTHONPATH=python and MHA_LIBRARY=build/libmha.so from a build tree.)
 
@@ -24,7 +25,10 @@ attention layer.
 
 --check runs only (1) on the first --chars characters and exits non-zero
 when libmha's perplexity is off by more than 1e-4 relative (exit 77 without
-PyTorch: CTest's skip).
+PyTorch: CTest's skip). --export-inputs writes, for mha-heads, each layer's
+attention input and the loss gradient at its output on the first held-out
+windows of the second half (layers.i.input.npy, layers.i.grad.npy, [N, 128,
+256]) and the windows' characters (tokens.json).
 """
 import argparse
 import ctypes
@@ -174,26 +178,45 @@ def attention_inputs(model, x):
     return [s.numpy() for s in seen]
 
 
-def median_forward_s(layer, dev, a, mask, reps):
-    """Median wall time of one device-resident forward of layer on a."""
-    at = libmha.Tensor(a, dev)
-    mt = libmha.Tensor(mask, dev)
-    out = libmha.Tensor.empty(a.shape, np.float32, dev)
-    fa = libmha._capi.ForwardArgs()
-    lib = dev._lib
-    lib.mha_forward_args_init_sized(ctypes.byref(fa), ctypes.sizeof(fa))
-    fa.query = fa.key = fa.value = at.handle("time")
-    fa.attn_mask, fa.output = mt.handle("time"), out.handle("time")
-    times = []
-    for _ in range(reps + 1):                  # the first call plans
+class Timer:
+    """Times device-resident forwards of one layer on one input."""
+
+    def __init__(self, layer, dev, a, mask):
+        self.layer, self.dev = layer, dev
+        self.tensors = [libmha.Tensor(a, dev), libmha.Tensor(mask, dev),
+                        libmha.Tensor.empty(a.shape, np.float32, dev)]
+        at, mt, out = (t.handle("time") for t in self.tensors)
+        self.args = libmha._capi.ForwardArgs()
+        dev._lib.mha_forward_args_init_sized(ctypes.byref(self.args),
+                                             ctypes.sizeof(self.args))
+        self.args.query = self.args.key = self.args.value = at
+        self.args.attn_mask, self.args.output = mt, out
+        self()                                     # the first call plans
+
+    def __call__(self):
         t0 = time.perf_counter()
-        with dev.lock:
-            dev.check(lib.mha_layer_forward(layer.handle("time"),
-                                            ctypes.byref(fa)))
-        times.append(time.perf_counter() - t0)
-    for t in (at, mt, out):
-        t.close()
-    return float(np.median(times[1:]))
+        with self.dev.lock:
+            self.dev.check(self.dev._lib.mha_layer_forward(
+                self.layer.handle("time"), ctypes.byref(self.args)))
+        return time.perf_counter() - t0
+
+    def close(self):
+        for t in self.tensors:
+            t.close()
+
+
+def median_ms_pair(before, after, inputs, mask, reps):
+    """Median forward ms of each layer unpruned and pruned, the two timed
+    alternately so the machine's load falls on both alike."""
+    out = {"ms_before": [], "ms_after": []}
+    for (la, da), (lb, db), a in zip(before, after, inputs):
+        ta, tb = Timer(la, da, a, mask), Timer(lb, db, a, mask)
+        pairs = [(ta(), tb()) for _ in range(reps)]
+        out["ms_before"].append(1e3 * float(np.median([p[0] for p in pairs])))
+        out["ms_after"].append(1e3 * float(np.median([p[1] for p in pairs])))
+        ta.close()
+        tb.close()
+    return out
 
 
 def prune(layer, heads):
@@ -208,6 +231,19 @@ def prune(layer, heads):
         layer.device.check(fn(layer.handle("prune"), arr, len(heads)))
 
 
+def kept_heads(layer):
+    """The original indices of the heads layer keeps (mha_layer_kept_heads)."""
+    fn = layer.device._lib.mha_layer_kept_heads
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64),
+                   ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
+    arr, n = (ctypes.c_int64 * layer.num_heads)(), ctypes.c_int64()
+    with layer.device.lock:
+        layer.device.check(fn(layer.handle("kept_heads"), arr,
+                              layer.num_heads, ctypes.byref(n)))
+    return arr[:n.value]
+
+
 def weight_bytes(E, kept, head_dim):
     """fp32 bytes of a layer keeping `kept` heads: in_proj (3 kept*d x E and
     bias), out_proj (E x kept*d and bias)."""
@@ -215,34 +251,46 @@ def weight_bytes(E, kept, head_dim):
     return 4 * (3 * inner * E + 3 * inner + E * inner + E)
 
 
-def pruned_run(model, spec, plan, x, y, inputs, mask, reps, timed):
-    """Perplexity (libmha and the gated PyTorch reference), and per-layer
-    time, weight bytes and device memory, with plan[i] pruned from layer i."""
-    H = model.layers[0].self_attn.num_heads
-    E = model.layers[0].self_attn.embed_dim
+def open_pruned(model, spec, plan):
+    """A device with the model's libmha layers, plan[i] pruned from layer
+    i; and the device memory in use before and after pruning."""
     dev = libmha.Device(spec)
     layers = libmha_layers(model, dev)
-    row = {"memory_before": dev.memory_usage()[0]}
-    if timed:
-        row["ms_before"] = [1e3 * median_forward_s(la, dev, a, mask, reps)
-                            for la, a in zip(layers, inputs)]
+    loaded = dev.memory_usage()[0]
     for la, heads in zip(layers, plan):
         if heads:
             prune(la, sorted(heads))
-    row["memory_after"] = dev.memory_usage()[0]
+        want = [h for h in range(la.num_heads) if h not in heads]
+        if kept_heads(la) != want:
+            raise RuntimeError("layer keeps heads %s; expected %s"
+                               % (kept_heads(la), want))
+    return dev, layers, {"memory_loaded": loaded,
+                         "memory_pruned": dev.memory_usage()[0]}
+
+
+def pruned_run(model, spec, plan, x, y, timing=None):
+    """Held-out loss with plan[i] pruned from layer i (libmha, and PyTorch
+    with those heads gated to 0), weight bytes and device memory; with
+    timing = (unpruned (layer, device) pairs, inputs, mask, reps) also the
+    attention time of each layer before and after pruning."""
+    H = model.layers[0].self_attn.num_heads
+    E = model.layers[0].self_attn.embed_dim
+    dev, layers, row = open_pruned(model, spec, plan)
     row["weight_bytes"] = [weight_bytes(E, H - len(p), E // H) for p in plan]
-    if timed:
-        row["ms_after"] = [1e3 * median_forward_s(la, dev, a, mask, reps)
-                           for la, a in zip(layers, inputs)]
     with torch.no_grad():
         with Swapped(model, layers):
             row["loss"] = nll(model(x), y)
+        row["memory_eval"], row["memory_peak"] = dev.memory_usage()
         gates = []
         for p in plan:
             g = torch.ones(H)
             g[list(p)] = 0
             gates.append(g)
         row["loss_gated_reference"] = nll(gated_logits(model, x, gates), y)
+    if timing:
+        before, inputs, mask, reps = timing
+        row.update(median_ms_pair(before, [(la, dev) for la in layers],
+                                  inputs, mask, reps))
     dev.close()
     return row
 
@@ -255,54 +303,93 @@ def experiment(model, calib, evalset, spec, ks, seeds, reps):
     mask = torch.nn.Transformer.generate_square_subsequent_mask(
         x.shape[1]).numpy()
     inputs = attention_inputs(model, x)
-    base = pruned_run(model, spec, [[] for _ in imp], x, y, inputs, mask,
-                      reps, True)
-    result = {"importance": imp, "unpruned": base, "k": {}}
+    ref_dev = libmha.Device(spec)
+    ref = [(la, ref_dev) for la in libmha_layers(model, ref_dev)]
+    timing = (ref, inputs, mask, reps)
+    base = pruned_run(model, spec, [[] for _ in imp], x, y, timing)
+    result = {"device": spec, "importance": imp, "unpruned": base, "k": {}}
     for k in ks:
-        by_imp = pruned_run(model, spec, [o[:k] for o in order], x, y,
-                            inputs, mask, reps, True)
-        by_imp["heads"] = [o[:k] for o in order]
+        plan = [o[:k] for o in order]
+        by_imp = pruned_run(model, spec, plan, x, y, timing)
+        by_imp["heads"] = plan
         rand = []
         for s in range(seeds):
             r = np.random.default_rng(1000 + s)
             plan = [sorted(r.choice(H, k, replace=False).tolist())
                     for _ in imp]
-            run = pruned_run(model, spec, plan, x, y, inputs, mask, reps,
-                             False)
+            run = pruned_run(model, spec, plan, x, y)
             run["heads"] = plan
             rand.append(run)
         result["k"][k] = {"importance": by_imp, "random": rand}
-        print("k=%d: ppl by importance %.3f, random %s" % (
-            k, math.exp(by_imp["loss"]),
-            " ".join("%.3f" % math.exp(r["loss"]) for r in rand)),
-            flush=True)
+        print("k=%d: ppl by importance %.3f, random %s; attention ms %s -> "
+              "%s" % (k, math.exp(by_imp["loss"]),
+                      " ".join("%.3f" % math.exp(r["loss"]) for r in rand),
+                      _ms(by_imp["ms_before"]), _ms(by_imp["ms_after"])),
+              flush=True)
+    ref_dev.close()
     return result
 
 
-def markdown(res, spec, H):
-    base = res["unpruned"]
-    ppl0 = math.exp(base["loss"])
-    ms0 = sum(base["ms_before"])
+def _ms(v):
+    return "+".join("%.1f" % t for t in v)
+
+
+def markdown(res, H):
+    """The before/after table: perplexity by importance and at random,
+    attention time, weights and device memory."""
+    n_seeds = len(next(iter(res["k"].values()))["random"])
     lines = [
-        "| heads pruned / layer | ppl, by gradient importance | ppl, random "
-        "(mean ± sd, %d seeds) | attention ms (2 layers, %s) | time vs "
-        "unpruned | weight KiB / layer | device memory KiB |"
-        % (len(next(iter(res["k"].values()))["random"]), spec),
-        "|---|---|---|---|---|---|---|",
-        "| 0 | %.3f | %.3f | %.2f | 1.00 | %.0f | %.0f |" % (
-            ppl0, ppl0, ms0, base["weight_bytes"][0] / 1024,
-            base["memory_after"] / 1024)]
-    for k, r in res["k"].items():
-        imp, rand = r["importance"], r["random"]
+        "| heads pruned per layer | held-out ppl, gradient importance | "
+        "held-out ppl, random (mean ± sd over %d seeds) | attention ms, "
+        "2 layers (%s, median) | time pruned / unpruned (heads kept) | "
+        "weight KiB per layer | libmha memory KiB: weights / during eval |"
+        % (n_seeds, res["device"]),
+        "|---|---|---|---|---|---|---|"]
+    rows = [(0, res["unpruned"], [res["unpruned"]])]
+    rows += [(k, r["importance"], r["random"]) for k, r in res["k"].items()]
+    for k, imp, rand in rows:
         rp = [math.exp(x["loss"]) for x in rand]
-        ms = sum(imp["ms_after"])
-        lines.append("| %d | %.3f | %.3f ± %.3f | %.2f | %.2f (heads kept "
-                     "%.2f) | %.0f | %.0f |" % (
-                         k, math.exp(imp["loss"]), np.mean(rp), np.std(rp),
-                         ms, ms / sum(imp["ms_before"]), (H - k) / H,
-                         imp["weight_bytes"][0] / 1024,
-                         imp["memory_after"] / 1024))
+        before, after = sum(imp["ms_before"]), sum(imp["ms_after"])
+        lines.append(
+            "| %d | %.3f | %s | %.1f -> %.1f | %.2f (%.2f) | %.0f | "
+            "%.0f / %.0f |" % (
+                k, math.exp(imp["loss"]),
+                "%.3f ± %.3f" % (np.mean(rp), np.std(rp)) if k else "-",
+                before, after, after / before, (H - k) / H,
+                imp["weight_bytes"][0] / 1024, imp["memory_pruned"] / 1024,
+                imp["memory_eval"] / 1024))
     return "\n".join(lines)
+
+
+def export_inputs(model, x, y, vocab, out_dir):
+    """Writes what mha-heads needs to analyse layer i on these windows:
+    layers.i.input.npy (its attention's input, the ln1 output, [N, T, E]),
+    layers.i.grad.npy (dL/dY of its attention output for the windows' mean
+    loss, [N, T, E]) and tokens.json (each window's characters)."""
+    os.makedirs(out_dir, exist_ok=True)
+    seen = {"input": [], "output": []}
+
+    def keep_output(module, args, out):
+        out[0].retain_grad()
+        seen["output"].append(out[0])
+
+    hooks = []
+    for b in model.layers:
+        hooks.append(b.ln1.register_forward_hook(
+            lambda m, i, o: seen["input"].append(o.detach())))
+        hooks.append(b.self_attn.register_forward_hook(keep_output))
+    nll_t = F.cross_entropy(model(x).transpose(1, 2), y)
+    nll_t.backward()
+    for hk in hooks:
+        hk.remove()
+    for i, (a, o) in enumerate(zip(seen["input"], seen["output"])):
+        np.save(os.path.join(out_dir, "layers.%d.input.npy" % i), a.numpy())
+        np.save(os.path.join(out_dir, "layers.%d.grad.npy" % i),
+                o.grad.numpy())
+    with open(os.path.join(out_dir, "tokens.json"), "w") as f:
+        json.dump(["".join(vocab[c] if c else "\ufffd" for c in row)
+                   for row in x.tolist()], f)
+    model.zero_grad(set_to_none=True)
 
 
 def main():
@@ -313,9 +400,14 @@ def main():
     ap.add_argument("--prune-device", default="cpu")
     ap.add_argument("--ks", default="1,2,4,6")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--chars", type=int, default=1024)
+    ap.add_argument("--export-inputs", metavar="DIR",
+                    help="write each layer's attention input and upstream "
+                         "gradient on --windows held-out windows as .npy "
+                         "(for mha-heads), then stop")
+    ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args()
@@ -335,6 +427,11 @@ def main():
     half = len(ids) // 2
     evalset = windows(ids[:args.chars + 1] if args.check else ids[half:], ctx)
 
+    if args.export_inputs:
+        x, y = evalset
+        export_inputs(model, x[:args.windows], y[:args.windows], vocab,
+                      args.export_inputs)
+        return 0
     rows = parity(model, *evalset, specs)
     want = rows["pytorch"]
     bad = []
@@ -355,15 +452,22 @@ def main():
     res = experiment(model, windows(ids[:half + 1], ctx), evalset,
                      args.prune_device, ks, args.seeds, args.reps)
     res["parity"] = rows
-    table = markdown(res, args.prune_device, config["num_heads"])
+    runs = [res["unpruned"]] + [r for v in res["k"].values()
+                                for r in [v["importance"]] + v["random"]]
+    worst = max(abs(math.exp(r["loss"] - r["loss_gated_reference"]) - 1)
+                for r in runs)
+    res["pruned_vs_gated_max_rel"] = worst
+    table = markdown(res, config["num_heads"])
     print(table)
+    print("pruned libmha vs PyTorch with those heads gated to 0: perplexity "
+          "differs by at most %.1e relative" % worst)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
-    return 0
+    return 0 if worst <= PARITY_RTOL else 1
 
 
 if __name__ == "__main__":

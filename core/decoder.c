@@ -9,10 +9,12 @@
  * the only state is a scratch arena sized by a power-of-2 bucket of B*T,
  * so a decode step after the first allocates nothing. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "decoder.h"
+#include "gates.h"
 #include "kv_cache.h"
 #include "tensor.h"
 
@@ -277,18 +279,24 @@ mha_status mha_decoder_set_weight(mha_decoder *layer, const char *name,
 
 /* ---- forward: validation ---------------------------------------------------- */
 
+/* The size of mha_decoder_forward_args' first version (up to output):
+ * callers built against it are served without head gates. */
+#define DECODER_ARGS_V1 offsetof(mha_decoder_forward_args, head_gates)
+
 mha_status mha_decoder_forward_args_init_sized(mha_decoder_forward_args *args,
                                                size_t struct_size)
 {
-    return mha_struct_init(args, struct_size, sizeof *args);
+    return mha_struct_init(args, struct_size, DECODER_ARGS_V1);
 }
 
 /* One call's shape, checked. */
 typedef struct dcall {
     int64_t B, T;
-    const mha_tensor *x, *pos;
+    const mha_tensor *x, *pos, *gates;
     mha_tensor *out;
     mha_kv_cache *cache;
+    uint64_t skip[MHA_SKIP_WORDS]; /* query heads not computed (gates.h) */
+    int gate_mul;                  /* a computed head's gate is not 1 */
 } dcall;
 
 static mha_status check_tensor(mha_decoder *l, const char *what,
@@ -359,6 +367,25 @@ static mha_status check_cache(mha_decoder *l, const dcall *c)
     return MHA_OK;
 }
 
+/* head_gates: f32 [Hq] or [B, Hq], a whole tensor; then which heads the
+ * call skips (whole kv groups) and whether it multiplies. */
+static mha_status check_gates(mha_decoder *l, dcall *c)
+{
+    const mha_tensor *g = c->gates;
+    int64_t H = l->cfg.num_heads, gs[2] = {c->B, H};
+    int nd = g->ndim == 2 ? 2 : 1;
+    mha_status st = check_tensor(l, "head_gates", g, MHA_F32, nd,
+                                 gs + 2 - nd);
+    if (st == MHA_OK && g->base)
+        st = mha_error(l->device->ctx, MHA_INVALID_ARGUMENT,
+                       "mha_decoder_forward: head_gates is a view; pass a "
+                       "whole tensor");
+    if (st != MHA_OK)
+        return st;
+    return mha_gates_read(l->device, g, H, H / l->cfg.num_kv_heads, c->skip,
+                          &c->gate_mul);
+}
+
 static mha_status check_weights_set(mha_decoder *l)
 {
     mha_dweight w[MHA_DSLOT_COUNT];
@@ -379,10 +406,13 @@ static mha_status make_call(mha_decoder *l, const mha_decoder_forward_args *a,
     if (!a)
         return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: args is NULL", fn);
     mha_status st = mha_struct_check(&ctx->host, fn,
-                                     "mha_decoder_forward_args", a, sizeof *a);
+                                     "mha_decoder_forward_args", a,
+                                     DECODER_ARGS_V1);
     if (st != MHA_OK)
         return st;
     memset(c, 0, sizeof *c);
+    if (a->struct_size > offsetof(mha_decoder_forward_args, head_gates))
+        c->gates = a->head_gates;
     c->x = a->x;
     c->pos = a->positions;
     c->out = a->output;
@@ -401,6 +431,8 @@ static mha_status make_call(mha_decoder *l, const mha_decoder_forward_args *a,
             MHA_OK &&
         (st = check_cache(l, c)) == MHA_OK)
         st = check_weights_set(l);
+    if (st == MHA_OK && c->gates)
+        st = check_gates(l, c);
     return st;
 }
 
@@ -609,26 +641,83 @@ static mha_status append_all(walker *w)
     return MHA_OK;
 }
 
-static mha_status attend(walker *w)
+/* Heads [first, first + n) of a [B,H,T,X] view. */
+static mha_tdesc head_slice(mha_tdesc t, int64_t first, int64_t n)
+{
+    if (t.buf)
+        t.offset += (size_t)(first * t.nb[1]) *
+                    mha_dtype_storage_size(t.dtype);
+    t.ne[1] = n;
+    return t;
+}
+
+/* Entries [first, first + n) of a per-head [1,1,1,H] weight. */
+static mha_tdesc per_head(mha_tdesc t, int64_t first, int64_t n)
+{
+    if (t.buf)
+        t.offset += (size_t)first * 4;
+    t.ne[3] = n;
+    return t;
+}
+
+/* The attention of query heads [h0, h0 + n), a whole number of kv groups. */
+static mha_status attend(walker *w, int64_t h0, int64_t n)
 {
     const mha_decoder_config *c = &w->l->cfg;
     const mha_kv_cache *k = w->c->cache;
     int64_t B = w->c->B, cap = k->cfg.capacity;
-    mha_node n = {.op = MHA_OP_ATTENTION};
-    n.src[MHA_SRC_Q] = arena_heads(w, A_Q, c->num_heads);
-    n.src[MHA_SRC_K] = mha_kv_view(k, MHA_KV_KEYS, 0, B, 0, cap);
-    n.src[MHA_SRC_V] = mha_kv_view(k, MHA_KV_VALUES, 0, B, 0, cap);
-    n.src[MHA_SRC_SINKS] = weight(w, MHA_D_SINKS, 1, c->num_heads);
-    n.src[MHA_SRC_ALIBI] = weight(w, MHA_D_ALIBI, 1, c->num_heads);
-    n.src[MHA_SRC_KV_LEN] = mha_kv_lengths(k, B);
-    n.dst = arena_heads(w, A_O, c->num_heads);
-    n.params.scale = c->scale;
-    n.params.causal = MHA_CAUSAL_BOTTOM_RIGHT;
-    n.params.mask_cols = cap;
-    n.params.kv_group = (int32_t)(c->num_heads / c->num_kv_heads);
-    n.params.window = (int32_t)c->window;
-    n.params.softcap = c->softcap;
-    return step(w, &n);
+    int64_t g = c->num_heads / c->num_kv_heads;
+    mha_node node = {.op = MHA_OP_ATTENTION};
+    node.src[MHA_SRC_Q] = head_slice(arena_heads(w, A_Q, c->num_heads), h0, n);
+    node.src[MHA_SRC_K] = head_slice(mha_kv_view(k, MHA_KV_KEYS, 0, B, 0, cap),
+                                     h0 / g, n / g);
+    node.src[MHA_SRC_V] = head_slice(
+        mha_kv_view(k, MHA_KV_VALUES, 0, B, 0, cap), h0 / g, n / g);
+    node.src[MHA_SRC_SINKS] = per_head(weight(w, MHA_D_SINKS, 1, c->num_heads),
+                                       h0, n);
+    node.src[MHA_SRC_ALIBI] = per_head(weight(w, MHA_D_ALIBI, 1, c->num_heads),
+                                       h0, n);
+    node.src[MHA_SRC_KV_LEN] = mha_kv_lengths(k, B);
+    node.dst = head_slice(arena_heads(w, A_O, c->num_heads), h0, n);
+    node.params.scale = c->scale;
+    node.params.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+    node.params.mask_cols = cap;
+    node.params.kv_group = (int32_t)g;
+    node.params.window = (int32_t)c->window;
+    node.params.softcap = c->softcap;
+    return step(w, &node);
+}
+
+/* The attention of the computed heads (all without gates), zeros for the
+ * skipped ones, then the gates' multiply (in place). */
+static mha_status attend_heads(walker *w)
+{
+    const mha_decoder_config *c = &w->l->cfg;
+    int64_t H = c->num_heads, d = c->head_dim, q = H * d;
+    mha_head_run runs[2 * MHA_MAX_HEAD_RUNS + 1];
+    mha_head_runs(w->c->skip, H, runs, 2 * MHA_MAX_HEAD_RUNS + 1);
+    mha_status st = MHA_OK;
+    for (int64_t h = 0, r = 0; h < H && st == MHA_OK; h += runs[r++].count) {
+        if (runs[r].computed) {
+            st = attend(w, h, runs[r].count);
+            continue;
+        }
+        mha_node fill = {.op = MHA_OP_FILL_ROWS};
+        fill.dst = arena_rows(w, A_O, q);
+        fill.dst.ne[3] = runs[r].count * d;
+        fill.dst.offset += (size_t)(h * d) * 4;
+        st = step(w, &fill);
+    }
+    if (st != MHA_OK || !w->c->gate_mul)
+        return st;
+    const mha_tensor *g = w->c->gates;
+    mha_node mul = {.op = MHA_OP_MUL};
+    mul.src[MHA_SRC_MUL_X] = mul.dst = arena_heads(w, A_O, H);
+    mul.src[MHA_SRC_MUL_F] = (mha_tdesc){
+        .dtype = MHA_F32, .ne = {w->c->B, H, w->c->T, d},
+        .nb = {g->ndim == 2 ? H : 0, 1, 0, 0}, .buf = g->buf,
+        .offset = g->offset * 4};
+    return step(w, &mul);
 }
 
 /* Every node of the call, in order; in the run pass the cache's lengths
@@ -659,7 +748,7 @@ static mha_status walk(walker *w)
     if (st == MHA_OK && w->run)
         st = mha_kv_add_lengths(call->cache, 0, call->B, T);
     if (st == MHA_OK)
-        st = attend(w);
+        st = attend_heads(w);
     mha_tdesc ro = arena_rows(w, A_O, q);
     if (st == MHA_OK)
         st = project(w, &ro, MHA_D_WO, MHA_D_BO, E, &y);

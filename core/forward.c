@@ -156,27 +156,13 @@ static mha_status check_masks(const mha_layer *layer, const char *fn,
     return MHA_OK;
 }
 
-static mha_status check_weights_set(const mha_layer *layer, const char *fn)
-{
-    mha_weight_spec specs[8];
-    int n = mha_layer_weight_specs(layer, specs);
-    for (int i = 0; i < n; i++) {
-        unsigned bits = ((1u << specs[i].slots) - 1u) << specs[i].first;
-        if ((layer->set & bits) != bits)
-            return mha_error(layer->device->ctx, MHA_MISSING_WEIGHT,
-                             "%s: weight \"%s\" was not set", fn,
-                             specs[i].name);
-    }
-    return MHA_OK;
-}
-
 /* Everything a forward needs to know about its arguments, checked. */
 static mha_status make_call(const mha_layer *layer, const char *fn,
                             const arg_view args[5], int causal,
                             int need_weights, int average, mha_call *call)
 {
     memset(call, 0, sizeof *call);
-    mha_status st = check_weights_set(layer, fn);
+    mha_status st = mha_layer_check_set(layer, fn);
     if (st == MHA_OK)
         st = check_qkv(layer, fn, args, call);
     if (st == MHA_OK)
@@ -289,46 +275,6 @@ static mha_status check_same_device(mha_layer *layer, const char *fn,
     return MHA_OK;
 }
 
-/* ---- head gates ------------------------------------------------------------ */
-
-/* What the gate values say, read from the device in chunks (no host
- * allocation): heads (below 64 * MHA_SKIP_WORDS) whose gate is 0 for
- * every batch item, heads with a gate other than 1, and whether a head past
- * those has one. */
-typedef struct gate_scan {
-    uint64_t zero[MHA_SKIP_WORDS], not_one[MHA_SKIP_WORDS];
-    int high_not_one;
-} gate_scan;
-
-static mha_status scan_gates(mha_layer *layer, const mha_tensor *t,
-                             int64_t H, gate_scan *g)
-{
-    enum { CHUNK = 256 };
-    float v[CHUNK];
-    memset(g, 0, sizeof *g);
-    for (int w = 0; w < MHA_SKIP_WORDS; w++)
-        g->zero[w] = ~(uint64_t)0;
-    for (size_t at = 0; at < t->count; at += CHUNK) {
-        size_t n = t->count - at < CHUNK ? t->count - at : CHUNK;
-        mha_status st = mha_dev_read(layer->device, t->buf, at * 4, v, n * 4);
-        if (st != MHA_OK)
-            return st;
-        for (size_t i = 0; i < n; i++) {
-            int64_t h = (int64_t)((at + i) % (size_t)H);
-            if (h >= 64 * MHA_SKIP_WORDS) {
-                g->high_not_one |= v[i] != 1.0f;
-                continue;
-            }
-            uint64_t bit = (uint64_t)1 << (h % 64);
-            if (v[i] != 0.0f)
-                g->zero[h / 64] &= ~bit;
-            if (v[i] != 1.0f)
-                g->not_one[h / 64] |= bit;
-        }
-    }
-    return MHA_OK;
-}
-
 /* Checks head_gates and head_outputs and records in call which heads are
  * skipped, whether gates multiply, and whether head outputs are copied. */
 static mha_status head_control(mha_layer *layer, const char *fn,
@@ -365,20 +311,8 @@ static mha_status head_control(mha_layer *layer, const char *fn,
     if (a->head_gates->device != layer->device || a->head_gates->base)
         return MHA_OK; /* check_same_device names it */
     call->gates = v.ndim;
-    gate_scan g;
-    if ((st = scan_gates(layer, a->head_gates, H, &g)) != MHA_OK)
-        return st;
-    memcpy(call->skip, g.zero, sizeof call->skip);
-    if (H < 64 * MHA_SKIP_WORDS) /* bits past H are no heads */
-        for (int64_t h = H; h < 64 * MHA_SKIP_WORDS; h++)
-            call->skip[h / 64] &= ~((uint64_t)1 << (h % 64));
-    mha_head_run none[1];
-    if (mha_call_head_runs(call, H, none, 0) > MHA_GRAPH_MAX_RUNS)
-        memset(call->skip, 0, sizeof call->skip);
-    call->gate_mul = g.high_not_one;
-    for (int w = 0; w < MHA_SKIP_WORDS; w++)
-        call->gate_mul |= (g.not_one[w] & ~call->skip[w]) != 0;
-    return MHA_OK;
+    return mha_gates_read(layer->device, a->head_gates, H, 1, call->skip,
+                          &call->gate_mul);
 }
 
 /* Checks the call, finds its plan and hands every node to the backend. */

@@ -193,30 +193,6 @@ static int add_masks(mha_graph *g, const mha_call *call, int64_t H,
     return mask;
 }
 
-static int head_skipped(const mha_call *call, int64_t h)
-{
-    return h < 64 * MHA_SKIP_WORDS && (call->skip[h / 64] >> (h % 64) & 1u);
-}
-
-int mha_call_head_runs(const mha_call *call, int64_t H, mha_head_run *runs,
-                       int cap)
-{
-    int n = 0, computed = 0, prev = -1;
-    for (int64_t h = 0; h < H; h++) {
-        int c = !head_skipped(call, h);
-        if (c != prev) {
-            computed += c;
-            if (n < cap)
-                runs[n] = (mha_head_run){h, 0, c};
-            n++;
-            prev = c;
-        }
-        if (n <= cap)
-            runs[n - 1].count++;
-    }
-    return computed;
-}
-
 /* Scores, softmax and weighted sum of heads [h0, h0 + n) (the planner may
  * fuse them into one ATTENTION node). */
 static void add_run(mha_graph *g, const int heads[3], int mask, int kpm,
@@ -331,8 +307,8 @@ void mha_graph_build(const mha_layer *layer, const mha_call *call,
      * the output projection reads (concatenating heads is this view) */
     int o = add_contiguous(g, MHA_BUF_ARENA, c->dtype, N, 1, L, I);
     int oh = heads_of(g, o, H);
-    mha_head_run runs[2 * MHA_GRAPH_MAX_RUNS + 1];
-    mha_call_head_runs(call, H, runs, 2 * MHA_GRAPH_MAX_RUNS + 1);
+    mha_head_run runs[2 * MHA_MAX_HEAD_RUNS + 1];
+    mha_head_runs(call->skip, H, runs, 2 * MHA_MAX_HEAD_RUNS + 1);
     for (int64_t h = 0, r = 0; h < H; h += runs[r++].count) {
         if (runs[r].computed)
             add_run(g, heads, mask, kpm, scores, probs, oh, h, runs[r].count,

@@ -6,14 +6,8 @@
 #ifndef MHA_CORE_GRAPH_H
 #define MHA_CORE_GRAPH_H
 
+#include "gates.h"
 #include "layer.h"
-
-/* Heads whose attention a call can skip: those below 64 * this. */
-#define MHA_SKIP_WORDS 4
-/* At most this many runs of consecutive computed heads (each one attention
- * node, or three unfused); a gate pattern with more computes every head
- * and multiplies the skipped ones by their 0. */
-#define MHA_GRAPH_MAX_RUNS 8
 
 /* What a forward call looks like; plans are cached by it (compared with
  * memcmp, so always build one from a zeroed struct). */
@@ -30,16 +24,7 @@ typedef struct mha_call {
                                       batch item and not computed */
 } mha_call;
 
-/* A run of consecutive heads [first, first + count), computed or not. */
-typedef struct mha_head_run {
-    int64_t first, count;
-    int computed;
-} mha_head_run;
 
-/* Splits heads 0 .. H-1 into runs by call->skip; writes at most cap runs
- * and returns how many computed runs there are. */
-int mha_call_head_runs(const mha_call *call, int64_t H, mha_head_run *runs,
-                       int cap);
 
 /* Buffers of a graph: the caller's, the layer's weights, and intermediates
  * that the planner places in the arena. */
@@ -92,7 +77,7 @@ typedef struct mha_graph {
     mha_gnode nodes[MHA_GRAPH_MAX_NODES];
     int nnodes;
     /* indices the planner needs: the attention of each computed run */
-    mha_grun runs[MHA_GRAPH_MAX_RUNS];
+    mha_grun runs[MHA_MAX_HEAD_RUNS];
     int nruns;
 } mha_graph;
 

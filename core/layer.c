@@ -268,6 +268,20 @@ int mha_weight_shape_matches(const mha_weight_spec *s, int ndim,
     return 1;
 }
 
+mha_status mha_layer_check_set(const mha_layer *layer, const char *fn)
+{
+    mha_weight_spec specs[8];
+    int n = mha_layer_weight_specs(layer, specs);
+    for (int i = 0; i < n; i++) {
+        unsigned bits = ((1u << specs[i].slots) - 1u) << specs[i].first;
+        if ((layer->set & bits) != bits)
+            return mha_error(layer->device->ctx, MHA_MISSING_WEIGHT,
+                             "%s: weight \"%s\" was not set", fn,
+                             specs[i].name);
+    }
+    return MHA_OK;
+}
+
 mha_status mha_find_weight_spec(mha_layer *layer, const char *fn,
                                 const char *name, mha_weight_spec *out)
 {

@@ -75,6 +75,10 @@ int mha_is_mha_weight_name(const char *name);
 int mha_weight_shape_matches(const mha_weight_spec *spec, int ndim,
                              const int64_t *shape);
 
+/* MHA_MISSING_WEIGHT naming the first weight the layer needs that was
+ * never set (fn names the caller). */
+mha_status mha_layer_check_set(const mha_layer *layer, const char *fn);
+
 /* Finds the spec of a state_dict name for this layer, or fails with a
  * message that says why the name does not apply (fn names the caller). */
 mha_status mha_find_weight_spec(mha_layer *layer, const char *fn,

@@ -1,8 +1,10 @@
 /* layer_load.c: mha_layer_load_safetensors, weights straight from a
  * PyTorch state_dict saved with safetensors. Every needed key is checked
  * (present, float, right shape) before any is written, so a bad file leaves
- * the layer as it was. */
+ * the layer as it was. A file of a pruned layer (layer_save.c) names its
+ * kept heads; the layer is pruned alike before its weights are written. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "layer.h"
@@ -123,6 +125,77 @@ static mha_status check_unexpected(mha_layer *layer, mha_st_file *file,
     return MHA_OK;
 }
 
+/* The heads a saved pruned layer keeps ("libmha.kept_heads", ascending)
+ * into keep[] (cfg.num_heads entries); *count -1 when the file does not
+ * say. Each must be a head this layer still has. */
+static mha_status kept_in_file(mha_layer *layer, mha_st_file *file,
+                               const char *path, int64_t *keep,
+                               int64_t *count)
+{
+    static const char fn[] = "mha_layer_load_safetensors";
+    mha_context *ctx = layer->device->ctx;
+    const char *list = mha_st_metadata(file, "libmha.kept_heads");
+    const char *heads = mha_st_metadata(file, "libmha.num_heads");
+    int64_t H = layer->cfg.num_heads;
+    *count = -1;
+    if (!list)
+        return MHA_OK;
+    if (heads && strtoll(heads, NULL, 10) != H)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: %s was saved from a layer of %s heads; this "
+                         "one has %lld", fn, path, heads, (long long)H);
+    int64_t n = 0;
+    for (const char *p = list; *p;) {
+        char *end;
+        long long h = strtoll(p, &end, 10);
+        if (end == p || (*end && *end != ',') || h < 0 || h >= H ||
+            (n && h <= keep[n - 1]) || n == H)
+            return mha_error(ctx, MHA_CORRUPT_FILE,
+                             "%s: %s: metadata libmha.kept_heads \"%s\" is "
+                             "not an ascending list of heads 0 to %lld",
+                             fn, path, list, (long long)H - 1);
+        keep[n++] = h;
+        p = *end ? end + 1 : end;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        int64_t p = 0;
+        while (p < layer->heads && layer->kept[p] != keep[k])
+            p++;
+        if (p == layer->heads)
+            return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                             "%s: %s keeps head %lld, which this layer "
+                             "pruned", fn, path, (long long)keep[k]);
+    }
+    if (n == 0)
+        return mha_error(ctx, MHA_CORRUPT_FILE,
+                         "%s: %s: metadata libmha.kept_heads is empty", fn,
+                         path);
+    *count = n;
+    return MHA_OK;
+}
+
+/* Prunes the heads of layer that keep[0 .. n) does not hold. */
+static mha_status prune_to(mha_layer *layer, const int64_t *keep, int64_t n)
+{
+    mha_context *ctx = layer->device->ctx;
+    int64_t *gone = mha_host_malloc(&ctx->host, (size_t)layer->heads *
+                                                    sizeof *gone);
+    if (!gone)
+        return mha_error(ctx, MHA_OUT_OF_MEMORY,
+                         "mha_layer_load_safetensors: out of memory");
+    int64_t count = 0;
+    for (int64_t p = 0; p < layer->heads; p++) {
+        int kept = 0;
+        for (int64_t k = 0; k < n; k++)
+            kept |= keep[k] == layer->kept[p];
+        if (!kept)
+            gone[count++] = layer->kept[p];
+    }
+    mha_status st = mha_layer_prune_heads(layer, gone, count);
+    mha_host_free(&ctx->host, gone);
+    return st;
+}
+
 static mha_status load_all(void *obj, mha_st_file *file, const char *path,
                            const char *prefix)
 {
@@ -131,17 +204,31 @@ static mha_status load_all(void *obj, mha_st_file *file, const char *path,
     mha_weight_spec specs[8];
     const mha_st_entry *entries[8];
     char key[MAX_KEY];
-    int n = mha_layer_weight_specs(layer, specs);
-    for (int i = 0; i < n; i++) {
-        mha_status st = full_key(ctx, prefix, specs[i].name, key);
-        if (st != MHA_OK)
-            return st;
-        entries[i] = mha_st_find(file, key);
-        st = check_entry(ctx, file, path, key, &specs[i], entries[i]);
-        if (st != MHA_OK)
-            return st;
+    int64_t *keep = mha_host_malloc(&ctx->host, (size_t)layer->cfg.num_heads *
+                                                    sizeof *keep);
+    int64_t nkeep = -1;
+    mha_status kst = keep ? kept_in_file(layer, file, path, keep, &nkeep)
+                          : mha_error(ctx, MHA_OUT_OF_MEMORY,
+                                      "mha_layer_load_safetensors: out of "
+                                      "memory");
+    if (kst != MHA_OK) {
+        mha_host_free(&ctx->host, keep);
+        return kst;
     }
-    mha_status st = check_unexpected(layer, file, path, prefix, specs, n);
+    /* the specs of the layer as the file's heads make it */
+    mha_layer shaped = *layer;
+    if (nkeep > 0)
+        shaped.heads = nkeep;
+    int n = mha_layer_weight_specs(&shaped, specs);
+    mha_status st = MHA_OK;
+    for (int i = 0; i < n && st == MHA_OK; i++) {
+        st = full_key(ctx, prefix, specs[i].name, key);
+        entries[i] = st == MHA_OK ? mha_st_find(file, key) : NULL;
+        if (st == MHA_OK)
+            st = check_entry(ctx, file, path, key, &specs[i], entries[i]);
+    }
+    if (st == MHA_OK)
+        st = check_unexpected(layer, file, path, prefix, specs, n);
     float *data[8] = {NULL};
     for (int i = 0; i < n && st == MHA_OK; i++) {
         data[i] = mha_host_malloc(&ctx->host,
@@ -151,11 +238,14 @@ static mha_status load_all(void *obj, mha_st_file *file, const char *path,
                                  "mha_layer_load_safetensors: out of memory "
                                  "reading \"%s\"", entries[i]->name);
     }
+    if (st == MHA_OK && nkeep > 0 && nkeep < layer->heads)
+        st = prune_to(layer, keep, nkeep);
     for (int i = 0; i < n && st == MHA_OK; i++)
         st = mha_layer_write_weight(layer, specs[i].first, 0, data[i],
                                     (size_t)entries[i]->count);
     for (int i = 0; i < n; i++)
         mha_host_free(&ctx->host, data[i]);
+    mha_host_free(&ctx->host, keep);
     if (st != MHA_OK)
         return st;
     for (int i = 0; i < n; i++)

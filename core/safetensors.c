@@ -1,7 +1,8 @@
 /* safetensors.c: parses and validates .safetensors files with cJSON (the
  * JSON header) and stdio (the data, read per tensor so a model-sized file
  * is never loaded whole), from a regular file only (core/file.c). Every
- * length and offset is checked before use. */
+ * length and offset is checked before use. Writes them too (a layer's
+ * weights), through core/file.c's temporary-file-and-rename. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -366,6 +367,78 @@ mha_status mha_st_read_f32(mha_st_file *f, const mha_st_entry *e, float *dst)
         done += n;
     }
     return MHA_OK;
+}
+
+/* The JSON header of tensors laid out back to back, with metadata. */
+static cJSON *make_header(const mha_st_out *t, int count,
+                          const char *const *meta, int nmeta)
+{
+    cJSON *root = cJSON_CreateObject(), *m = cJSON_CreateObject();
+    int ok = root && m && cJSON_AddItemToObject(root, "__metadata__", m);
+    if (!ok)
+        cJSON_Delete(m);
+    for (int i = 0; ok && i < nmeta; i++)
+        ok = cJSON_AddStringToObject(m, meta[2 * i], meta[2 * i + 1]) != NULL;
+    size_t at = 0;
+    for (int i = 0; ok && i < count; i++) {
+        cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
+        cJSON *shape = e ? cJSON_AddArrayToObject(e, "shape") : NULL;
+        cJSON *offs = e ? cJSON_AddArrayToObject(e, "data_offsets") : NULL;
+        ok = shape && offs && cJSON_AddStringToObject(e, "dtype", t[i].dtype);
+        for (int k = 0; ok && k < t[i].ndim; k++)
+            ok = cJSON_AddItemToArray(
+                shape, cJSON_CreateNumber((double)t[i].shape[k]));
+        ok = ok && cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)at)) &&
+             cJSON_AddItemToArray(
+                 offs, cJSON_CreateNumber((double)(at + t[i].bytes)));
+        at += t[i].bytes;
+    }
+    if (!ok) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+mha_status mha_st_write(mha_host *host, const char *path,
+                        const mha_st_out *tensors, int count,
+                        const char *const *meta, int nmeta)
+{
+    cJSON *root = make_header(tensors, count, meta, nmeta);
+    char *json = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    size_t len = json ? strlen(json) : 0, padded = (len + 7) / 8 * 8;
+    size_t bytes = 0;
+    for (int i = 0; i < count; i++)
+        bytes += tensors[i].bytes;
+    unsigned char *head = json ? mha_host_malloc(host, 8 + padded) : NULL;
+    unsigned char *data = head ? mha_host_malloc(host, bytes ? bytes : 1)
+                               : NULL;
+    mha_status st = MHA_OK;
+    if (!data) {
+        st = mha_host_error(host, MHA_OUT_OF_MEMORY,
+                            "safetensors file %s: out of memory writing",
+                            path);
+    } else {
+        for (int i = 0; i < 8; i++) /* the header length, little-endian */
+            head[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+        memcpy(head + 8, json, len);
+        memset(head + 8 + len, ' ', padded - len); /* the format's padding */
+        size_t at = 0;
+        for (int i = 0; i < count; i++) {
+            memcpy(data + at, tensors[i].data, tensors[i].bytes);
+            at += tensors[i].bytes;
+        }
+        int err = mha_cache_file_write(path, head, 8 + padded, data, bytes);
+        if (err)
+            st = mha_host_error(host, MHA_IO,
+                                "safetensors file %s cannot be written: %s",
+                                path, strerror(err));
+    }
+    mha_host_free(host, data);
+    mha_host_free(host, head);
+    cJSON_free(json);
+    return st;
 }
 
 mha_status mha_st_load(mha_context *ctx, const char *fn, const char *path,

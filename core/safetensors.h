@@ -47,6 +47,26 @@ mha_status mha_st_read_f32(mha_st_file *file, const mha_st_entry *entry,
 mha_status mha_st_read_raw(mha_st_file *file, const mha_st_entry *entry,
                            void *dst);
 
+/* ---- writing ---- */
+
+/* One tensor to write: raw little-endian bytes of dtype ("F32", "F16"). */
+typedef struct mha_st_out {
+    const char *name;
+    const char *dtype;
+    int ndim;
+    int64_t shape[MHA_ST_MAX_DIMS];
+    const void *data;
+    size_t bytes;
+} mha_st_out;
+
+/* Writes count tensors, in order and without holes, and the metadata
+ * pairs meta[2i] = meta[2i + 1] (nmeta pairs) to path through a temporary
+ * file renamed over it (mha_cache_file_write). Errors name the path:
+ * MHA_IO with the reason, MHA_OUT_OF_MEMORY. */
+mha_status mha_st_write(mha_host *host, const char *path,
+                        const mha_st_out *tensors, int count,
+                        const char *const *meta, int nmeta);
+
 /* The frame of the public *_load_safetensors calls (fn names the caller):
  * refuses a NULL path, opens it, runs load(obj, file, path, prefix) with
  * prefix NULL read as "", closes the file and clears ctx's message on

@@ -113,7 +113,8 @@ typedef struct mha_tensor mha_tensor;
  * library goes through them, so an engine can budget memory and tests can
  * make the Nth allocation fail. malloc may return NULL; the call that needed
  * the memory then returns MHA_OUT_OF_MEMORY and frees what it took.
- * Exception: the safetensors loader's JSON parser (cJSON) uses the C heap. */
+ * Exception: the JSON of safetensors headers, read and written, is made
+ * by cJSON on the C heap. */
 typedef struct mha_allocator {
     void *(*malloc)(void *user, size_t size);
     void (*free)(void *user, void *ptr);
@@ -379,7 +380,12 @@ MHA_API mha_status mha_layer_set_weight(mha_layer *layer, const char *name,
  * prefix (NULL or "") is prepended to each name, so a whole model's file can
  * be used: "encoder.layers.3.self_attn.". A missing, misshapen or wrongly
  * typed tensor is an error naming the key; other keys are ignored. A path
- * that is not a regular file (a FIFO, a directory) is MHA_IO at once. */
+ * that is not a regular file (a FIFO, a directory) is MHA_IO at once. A
+ * file written by mha_layer_save_safetensors from a pruned layer names its
+ * kept heads in its metadata ("libmha.kept_heads"): this layer first
+ * prunes the others (mha_layer_prune_heads), then loads the pruned
+ * weights; a layer of another head count, or that pruned a head the file
+ * keeps, is MHA_INVALID_ARGUMENT. */
 MHA_API mha_status mha_layer_load_safetensors(mha_layer *layer,
                                               const char *path,
                                               const char *prefix);
@@ -387,7 +393,7 @@ MHA_API mha_status mha_layer_load_safetensors(mha_layer *layer,
 /* NULL does nothing. */
 MHA_API mha_status mha_layer_destroy(mha_layer *layer);
 
-/* ---- heads: pruning ----------------------------------------------------- */
+/* ---- heads: pruning and saving ------------------------------------------- */
 
 /* Removes count heads from the layer for good: their rows of the q, k and
  * v projections (weights and biases, bias_k and bias_v) and their columns
@@ -417,6 +423,21 @@ MHA_API mha_status mha_layer_prune_heads(mha_layer *layer,
 MHA_API mha_status mha_layer_kept_heads(const mha_layer *layer,
                                         int64_t *heads, int64_t capacity,
                                         int64_t *count);
+
+/* Writes the layer's weights (pruned or not) to a .safetensors file under
+ * nn.MultiheadAttention's state_dict names, each prefixed by prefix (NULL
+ * or ""), as F32 (F16 for an f16 layer), with the kept heads' original
+ * indices in the header's __metadata__ as "libmha.kept_heads": "0,2,5"
+ * (and "libmha.num_heads", the original count). A pruned layer's tensors
+ * have the pruned shapes. mha_layer_load_safetensors on a layer created
+ * with the original config reads the metadata, prunes the same heads and
+ * loads the weights, giving an equal layer. The file is written to a new
+ * temporary file beside path (mode 0600) and renamed over it, so a reader
+ * never sees half a file. Unset weights are MHA_MISSING_WEIGHT; a file
+ * that cannot be written is MHA_IO naming the path and the reason. */
+MHA_API mha_status mha_layer_save_safetensors(const mha_layer *layer,
+                                              const char *path,
+                                              const char *prefix);
 
 /* ---- forward --------------------------------------------------------------- */
 
@@ -759,6 +780,13 @@ typedef struct mha_decoder_forward_args {
                                     at least B sequences; a ring (window
                                     W) needs a layer window 1 to W */
     mha_tensor *output;          /* [B, T, E] f32, created by the caller */
+    const mha_tensor *head_gates; /* optional f32 [Hq] or [B, Hq]: each
+                                    query head's attention output times its
+                                    gate before o_proj, as head_gates of
+                                    mha_forward_args (read back when the
+                                    call is made). A kv group whose query
+                                    heads are all 0 for every sequence is
+                                    not computed; other zeros multiply. */
 } mha_decoder_forward_args;
 
 MHA_API mha_status mha_decoder_forward_args_init_sized(

@@ -8,6 +8,7 @@
  * every bad input with its status and message. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,22 @@ static mha_tensor *upload_new(mha_device *dev, int nd, const int64_t *shape,
     return t;
 }
 
+static size_t count_of(const mha_tensor *t);
+
+/* A result tensor filled with NaN, so an element the forward leaves
+ * unwritten fails the comparison. */
+static mha_tensor *nan_new(mha_device *dev, int nd, const int64_t *shape)
+{
+    mha_tensor *t = upload_new(dev, nd, shape, NULL);
+    size_t n = count_of(t);
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = NAN;
+    cr_assert_eq(mha_tensor_upload(t, x, n * 4), MHA_OK);
+    free(x);
+    return t;
+}
+
 static size_t count_of(const mha_tensor *t)
 {
     int nd;
@@ -179,13 +196,13 @@ static mha_status run_layer(mha_layer *layer, mha_device *dev,
     t[2] = upload_new(dev, fx->qnd, fx->vshape, fx->value);
     if (fx->kpm)
         t[3] = upload_new(dev, fx->kpm_nd, fx->kpm_shape, fx->kpm);
-    t[4] = upload_new(dev, fx->qnd, fx->qshape, NULL);
+    t[4] = nan_new(dev, fx->qnd, fx->qshape);
     int64_t hs[4] = {fx->B, H, fx->L, fx->d}, ws[4] = {fx->B, H, fx->L,
                                                        fx->S2};
     int skip = fx->batched ? 0 : 1;
-    t[5] = upload_new(dev, 4 - skip, hs + skip, NULL);
+    t[5] = nan_new(dev, 4 - skip, hs + skip);
     if (need_weights)
-        t[6] = upload_new(dev, 4 - skip, ws + skip, NULL);
+        t[6] = nan_new(dev, 4 - skip, ws + skip);
     int64_t gs[2] = {fx->B, H};
     if (gates)
         t[7] = upload_new(dev, gnd, gs + 2 - gnd, gates);
@@ -282,8 +299,13 @@ static void check_on(mha_context *ctx, mha_device *dev, const char *where,
                      const fixture *fx, mha_dtype dt)
 {
     mha_layer *layer = make_layer(ctx, dev, fx, dt);
-    if (!layer)
+    mha_device_info info;
+    cr_assert_eq(mha_device_info_of(dev, &info), MHA_OK);
+    if (!layer) { /* only a device without fp16 storage may refuse */
+        cr_expect(dt == MHA_F16 && !(info.features & MHA_FEATURE_FP16_STORAGE),
+                  "%s refused a %s layer", where, mha_dtype_name(dt));
         return;
+    }
     int64_t kept[64];
     float gates[8 * 64];
     int64_t n = prune_as_fixture(ctx, layer, fx, kept, gates);
@@ -499,5 +521,346 @@ Test(heads, zero_gates_skip_work)
     mha_layer_destroy(layer);
     mha_device_destroy(dev);
     free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* ---- save and load ---------------------------------------------------------------- */
+
+Test(heads, save_load_round_trip)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "prune_cross_bias_kv", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_layer *pruned = make_layer(ctx, dev, &fx, MHA_F32);
+    int64_t gone[1] = {2}, more[1] = {0}, kept[8], n = 0;
+    cr_assert_eq(mha_layer_prune_heads(pruned, gone, 1), MHA_OK);
+    /* pruning more later names heads by their original index */
+    cr_assert_eq(mha_layer_prune_heads(pruned, more, 1), MHA_OK);
+    cr_assert_eq(mha_layer_kept_heads(pruned, kept, 8, &n), MHA_OK);
+    cr_assert_eq(n, 2);
+    cr_assert(kept[0] == 1 && kept[1] == 3);
+    char dir[512], path[600];
+    test_temp_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/pruned.safetensors", dir);
+    cr_assert_eq(mha_layer_save_safetensors(pruned, path, "enc.0."), MHA_OK,
+                 "%s", mha_context_errmsg(ctx));
+
+    /* the file: pruned shapes under nn.MHA names, the kept heads */
+    mha_st_file *f = NULL;
+    cr_assert_eq(mha_st_open(&ctx->host, path, &f), MHA_OK);
+    cr_expect_str_eq(mha_st_metadata(f, "libmha.kept_heads"), "1,3");
+    cr_expect_str_eq(mha_st_metadata(f, "libmha.num_heads"), "4");
+    const mha_st_entry *q = mha_st_find(f, "enc.0.q_proj_weight");
+    const mha_st_entry *o = mha_st_find(f, "enc.0.out_proj.weight");
+    cr_assert(q && o && mha_st_find(f, "enc.0.bias_k"));
+    cr_expect(q->shape[0] == 12 && q->shape[1] == 24);
+    cr_expect(o->shape[0] == 24 && o->shape[1] == 12);
+    mha_st_close(f);
+
+    /* a fresh layer of the original config loads it as the same layer */
+    mha_layer *loaded = NULL;
+    cr_assert_eq(mha_layer_create(dev, &fx.cfg, &loaded), MHA_OK);
+    cr_assert_eq(mha_layer_load_safetensors(loaded, path, "enc.0."), MHA_OK,
+                 "%s", mha_context_errmsg(ctx));
+    cr_assert_eq(mha_layer_kept_heads(loaded, kept, 8, &n), MHA_OK);
+    cr_assert(n == 2 && kept[0] == 1 && kept[1] == 3);
+    result a, b;
+    cr_assert_eq(run_layer(pruned, dev, &fx, 2, NULL, 0, 1, &a), MHA_OK);
+    cr_assert_eq(run_layer(loaded, dev, &fx, 2, NULL, 0, 1, &b), MHA_OK);
+    cr_expect_arr_eq(a.out, b.out, out_count(&fx) * sizeof(float));
+    cr_expect_arr_eq(a.weights, b.weights,
+                     (size_t)(fx.B * 2 * fx.L * fx.S2) * sizeof(float));
+    free_result(&a);
+    free_result(&b);
+
+    /* a layer that pruned a head the file keeps cannot take it */
+    mha_layer *other = NULL;
+    int64_t three[1] = {3};
+    cr_assert_eq(mha_layer_create(dev, &fx.cfg, &other), MHA_OK);
+    cr_assert_eq(mha_layer_prune_heads(other, three, 1), MHA_OK);
+    cr_expect_eq(mha_layer_load_safetensors(other, path, "enc.0."),
+                 MHA_INVALID_ARGUMENT);
+    cr_expect(strstr(mha_context_errmsg(ctx), "keeps head 3"), "%s",
+              mha_context_errmsg(ctx));
+    mha_layer_destroy(other);
+    mha_layer_destroy(loaded);
+    mha_layer_destroy(pruned);
+    test_remove_tree(dir);
+    mha_device_destroy(dev);
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* ---- bad input ------------------------------------------------------------------ */
+
+/* The message of the last failed forward_with (its tensors' destruction
+ * clears the context's). */
+static char forward_msg[1024];
+
+static void expect_error(mha_context *ctx, mha_status got, mha_status want,
+                         const char *needle)
+{
+    const char *msg = forward_msg[0] ? forward_msg : mha_context_errmsg(ctx);
+    cr_expect_eq(got, want, "status %s, expected %s (%s)",
+                 mha_status_str(got), mha_status_str(want), msg);
+    cr_expect(strstr(msg, needle), "message \"%s\" does not name \"%s\"",
+              msg, needle);
+    forward_msg[0] = 0;
+}
+
+/* A forward of gates_self (B 2, H 4) with gates of the given shape and
+ * dtype (and head outputs of hshape when hnd > 0). */
+static mha_status forward_with(mha_context *ctx, mha_device *dev,
+                               mha_layer *layer,
+                               const fixture *fx, mha_dtype gdt, int gnd,
+                               const int64_t *gshape, int hnd,
+                               const int64_t *hshape)
+{
+    mha_tensor *q = upload_new(dev, fx->qnd, fx->qshape, fx->query);
+    mha_tensor *k = upload_new(dev, fx->qnd, fx->kshape, fx->key);
+    mha_tensor *v = upload_new(dev, fx->qnd, fx->vshape, fx->value);
+    mha_tensor *out = upload_new(dev, fx->qnd, fx->qshape, NULL);
+    mha_tensor *g = NULL, *h = NULL;
+    cr_assert_eq(mha_tensor_create(dev, gdt, gnd, gshape, &g), MHA_OK);
+    if (hnd)
+        h = upload_new(dev, hnd, hshape, NULL);
+    mha_forward_args a;
+    mha_forward_args_init(&a);
+    a.query = q, a.key = k, a.value = v, a.output = out;
+    a.head_gates = g, a.head_outputs = h;
+    mha_status st = mha_layer_forward(layer, &a);
+    snprintf(forward_msg, sizeof forward_msg, "%s",
+             mha_context_errmsg(ctx));
+    mha_tensor *all[6] = {q, k, v, out, g, h};
+    for (int i = 0; i < 6; i++)
+        mha_tensor_destroy(all[i]);
+    return st;
+}
+
+Test(heads, bad_input)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "gates_self", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+    int64_t five[1] = {5}, b3h4[2] = {3, 4}, four[1] = {4};
+    int64_t hs_bad[4] = {2, 4, 5, 3};
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, five, 0, NULL),
+                 MHA_SHAPE_MISMATCH, "head_gates has shape [5]");
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 2, b3h4, 0, NULL),
+                 MHA_SHAPE_MISMATCH, "head_gates has shape [3,4]; expected [2,4]");
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_I32, 1, four, 0, NULL),
+                 MHA_DTYPE_MISMATCH, "head_gates");
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 4,
+                                   hs_bad),
+                 MHA_SHAPE_MISMATCH, "head_outputs");
+    cr_expect_eq(forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 0, NULL),
+                 MHA_OK, "%s", forward_msg);
+    forward_msg[0] = 0;
+
+    /* pruning: a head that does not exist, twice, all, again */
+    int64_t h4[1] = {4}, neg[1] = {-1}, twice[2] = {1, 1};
+    int64_t all[4] = {0, 1, 2, 3}, one[1] = {1}, rest[3] = {0, 2, 3}, n = 0;
+    expect_error(ctx, mha_layer_prune_heads(layer, h4, 1),
+                 MHA_INVALID_ARGUMENT, "head 4 does not exist");
+    expect_error(ctx, mha_layer_prune_heads(layer, neg, 1),
+                 MHA_INVALID_ARGUMENT, "head -1 does not exist");
+    expect_error(ctx, mha_layer_prune_heads(layer, twice, 2),
+                 MHA_INVALID_ARGUMENT, "head 1 is listed twice");
+    expect_error(ctx, mha_layer_prune_heads(layer, all, 4),
+                 MHA_INVALID_ARGUMENT, "would leave none");
+    expect_error(ctx, mha_layer_prune_heads(layer, NULL, 1),
+                 MHA_INVALID_ARGUMENT, "heads is NULL");
+    cr_assert_eq(mha_layer_prune_heads(layer, one, 1), MHA_OK);
+    expect_error(ctx, mha_layer_prune_heads(layer, one, 1),
+                 MHA_INVALID_ARGUMENT, "head 1 was pruned already");
+    expect_error(ctx, mha_layer_prune_heads(layer, rest, 3),
+                 MHA_INVALID_ARGUMENT, "would leave none");
+    int64_t kept[4];
+    expect_error(ctx, mha_layer_kept_heads(layer, kept, 2, &n),
+                 MHA_BUFFER_TOO_SMALL, "keeps 3 heads");
+    cr_expect_eq(n, 3);
+    /* the gates now count the 3 kept heads */
+    expect_error(ctx, forward_with(ctx, dev, layer, &fx, MHA_F32, 1, four, 0, NULL),
+                 MHA_SHAPE_MISMATCH, "expected [3]");
+    expect_error(ctx, mha_layer_save_safetensors(layer, "/nonexistent/dir/x",
+                                                 NULL),
+                 MHA_IO, "/nonexistent/dir/x");
+    mha_layer_destroy(layer);
+    mha_device_destroy(dev);
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* A caller built against the first mha_forward_args (without the head
+ * fields) is served: what lies past its struct_size is not read. */
+Test(heads, forward_args_first_version)
+{
+    mha_context *ctx = new_context();
+    fixture fx;
+    load_fixture(ctx, "gates_self", &fx);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(ctx, "cpu", NULL, &dev), MHA_OK);
+    mha_layer *layer = make_layer(ctx, dev, &fx, MHA_F32);
+    mha_tensor *q = upload_new(dev, fx.qnd, fx.qshape, fx.query);
+    mha_tensor *k = upload_new(dev, fx.qnd, fx.kshape, fx.key);
+    mha_tensor *v = upload_new(dev, fx.qnd, fx.vshape, fx.value);
+    mha_tensor *out = upload_new(dev, fx.qnd, fx.qshape, NULL);
+    mha_forward_args a;
+    size_t v1 = offsetof(mha_forward_args, head_gates);
+    cr_assert_eq(mha_forward_args_init_sized(&a, v1), MHA_OK);
+    a.query = q, a.key = k, a.value = v, a.output = out;
+    a.head_gates = (const mha_tensor *)&a; /* garbage past struct_size */
+    cr_expect_eq(mha_layer_forward(layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    mha_tensor *all[4] = {q, k, v, out};
+    for (int i = 0; i < 4; i++)
+        mha_tensor_destroy(all[i]);
+    mha_layer_destroy(layer);
+    mha_device_destroy(dev);
+    free_fixture(&fx);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* ---- the decoder layer's gates ------------------------------------------------ */
+
+enum { DE = 32, DH = 4, DKV = 2, DD = 8, DB = 2, DT = 3 };
+
+typedef struct dec_env {
+    mha_decoder *layer;
+    mha_kv_cache *cache;
+    mha_tensor *x, *y, *g1, *g2;
+} dec_env;
+
+/* A GQA decoder (4 query heads, 2 kv heads) with random weights; q_proj
+ * rows of query heads 0 and 1 (kv group 0) are NaN when poison is set, so
+ * any output they reach is NaN. */
+static void dec_setup(mha_device *dev, dec_env *e, int poison)
+{
+    mha_decoder_config c;
+    mha_decoder_config_init(&c, DE, DH);
+    c.num_kv_heads = DKV;
+    c.o_bias = 1;
+    cr_assert_eq(mha_decoder_create(dev, &c, &e->layer), MHA_OK);
+    test_rng r = {99};
+    static const struct { const char *name; int64_t rows, cols; } w[] = {
+        {"q_proj.weight", DH * DD, DE}, {"k_proj.weight", DKV * DD, DE},
+        {"v_proj.weight", DKV * DD, DE}, {"o_proj.weight", DE, DH * DD},
+        {"o_proj.bias", DE, 0}};
+    for (int i = 0; i < 5; i++) {
+        int64_t shape[2] = {w[i].rows, w[i].cols};
+        size_t n = (size_t)(w[i].rows * (w[i].cols ? w[i].cols : 1));
+        float *v = malloc(n * sizeof *v);
+        for (size_t k = 0; k < n; k++)
+            v[k] = 0.3f * test_normal(&r);
+        if (poison && i == 0)
+            for (size_t k = 0; k < (size_t)(2 * DD * DE); k++)
+                v[k] = NAN;
+        cr_assert_eq(mha_decoder_set_weight(e->layer, w[i].name, v,
+                                            w[i].cols ? 2 : 1, shape),
+                     MHA_OK);
+        free(v);
+    }
+    mha_kv_cache_config kc;
+    mha_kv_cache_config_init(&kc);
+    kc.capacity = 16, kc.num_sequences = DB, kc.num_kv_heads = DKV;
+    kc.head_dim = DD;
+    cr_assert_eq(mha_kv_cache_create(dev, &kc, &e->cache), MHA_OK);
+    int64_t xs[3] = {DB, DT, DE}, g1s[1] = {DH}, g2s[2] = {DB, DH};
+    float x[DB * DT * DE];
+    for (int k = 0; k < DB * DT * DE; k++)
+        x[k] = test_normal(&r);
+    e->x = upload_new(dev, 3, xs, x);
+    e->y = upload_new(dev, 3, xs, NULL);
+    e->g1 = upload_new(dev, 1, g1s, NULL);
+    e->g2 = upload_new(dev, 2, g2s, NULL);
+}
+
+static void dec_teardown(dec_env *e)
+{
+    mha_tensor *t[4] = {e->x, e->y, e->g1, e->g2};
+    for (int i = 0; i < 4; i++)
+        mha_tensor_destroy(t[i]);
+    mha_kv_cache_destroy(e->cache);
+    mha_decoder_destroy(e->layer);
+}
+
+/* The prefill of x into an empty cache with gates (nd 0: none). */
+static float *dec_run(mha_context *ctx, dec_env *e, int nd, const float *g)
+{
+    mha_decoder_forward_args a;
+    mha_decoder_forward_args_init(&a);
+    a.x = e->x, a.cache = e->cache, a.output = e->y;
+    if (nd) {
+        a.head_gates = nd == 1 ? e->g1 : e->g2;
+        cr_assert_eq(mha_tensor_upload((mha_tensor *)a.head_gates, g,
+                                       (size_t)(nd == 1 ? DH : DB * DH) * 4),
+                     MHA_OK);
+    }
+    cr_assert_eq(mha_kv_cache_clear(e->cache), MHA_OK);
+    cr_assert_eq(mha_decoder_forward(e->layer, &a), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    return download(e->y);
+}
+
+/* The output is o_proj.bias + sum_h g_h c_h: gates equal the same sum of
+ * each head's contribution (from one-hot gates); all ones equal no gates;
+ * a kv group gated off is not computed (its NaN query never shows). */
+Test(heads, decoder_gates)
+{
+    mha_context *ctx = new_context();
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    enum { N = DB * DT * DE };
+    for (int i = 0; i < nd; i++) {
+        mha_device *dev = test_open(ctx, &devs[i]);
+        dec_env e;
+        dec_setup(dev, &e, 0);
+        float ones[DH] = {1, 1, 1, 1}, zeros[DH] = {0}, onehot[DH][DH] = {{0}};
+        float *plain = dec_run(ctx, &e, 0, NULL);
+        float *all = dec_run(ctx, &e, 1, ones), *none = dec_run(ctx, &e, 1,
+                                                              zeros);
+        float *part[DH];
+        for (int h = 0; h < DH; h++) {
+            onehot[h][h] = 1;
+            part[h] = dec_run(ctx, &e, 1, onehot[h]);
+        }
+        float g[DH] = {0, 0, 0.5f, -1.5f};
+        float g2[DB * DH] = {0, 0, 0.5f, -1.5f, 2.0f, 0, 1, 0.25f};
+        float *one_row = dec_run(ctx, &e, 1, g), *per_b = dec_run(ctx, &e, 2,
+                                                                 g2);
+        for (int k = 0; k < N; k++) {
+            int b = k / (DT * DE);
+            double want = none[k], want_b = none[k];
+            for (int h = 0; h < DH; h++) {
+                want += g[h] * (double)(part[h][k] - none[k]);
+                want_b += g2[b * DH + h] * (double)(part[h][k] - none[k]);
+            }
+            cr_expect_leq(fabsf(all[k] - plain[k]), 1e-6f, "%s", devs[i].label);
+            cr_expect_leq(fabs(one_row[k] - want), 1e-4, "%s: %d: %g vs %g",
+                          devs[i].label, k, one_row[k], want);
+            cr_expect_leq(fabs(per_b[k] - want_b), 1e-4, "%s: %d: %g vs %g",
+                          devs[i].label, k, per_b[k], want_b);
+        }
+        float *bufs[5] = {plain, all, none, one_row, per_b};
+        for (int h = 0; h < 5; h++)
+            free(bufs[h]);
+        for (int h = 0; h < DH; h++)
+            free(part[h]);
+        dec_teardown(&e);
+
+        dec_setup(dev, &e, 1); /* group 0's queries are NaN */
+        float *skipped = dec_run(ctx, &e, 1, g);
+        for (int k = 0; k < N; k++)
+            cr_expect(isfinite(skipped[k]), "%s: output %d is %g: group 0 "
+                      "was computed", devs[i].label, k, skipped[k]);
+        free(skipped);
+        dec_teardown(&e);
+        cr_assert_eq(mha_device_destroy(dev), MHA_OK);
+    }
     cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
 }

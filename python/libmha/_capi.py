@@ -110,7 +110,9 @@ class ForwardArgs(ctypes.Structure):
                 ("need_weights", ctypes.c_int),
                 ("average_attn_weights", ctypes.c_int),
                 ("output", ctypes.c_void_p),
-                ("weights", ctypes.c_void_p)]
+                ("weights", ctypes.c_void_p),
+                ("head_gates", ctypes.c_void_p),
+                ("head_outputs", ctypes.c_void_p)]
 
 
 class HostArray(ctypes.Structure):
@@ -246,6 +248,11 @@ _PROTOTYPES = {
     "mha_layer_load_safetensors": (_st, [_vp, ctypes.c_char_p,
                                          ctypes.c_char_p]),
     "mha_layer_destroy": (_st, [_vp]),
+    "mha_layer_prune_heads": (_st, [_vp, _c_int64_p, ctypes.c_int64]),
+    "mha_layer_kept_heads": (_st, [_vp, _c_int64_p, ctypes.c_int64,
+                                   _c_int64_p]),
+    "mha_layer_save_safetensors": (_st, [_vp, ctypes.c_char_p,
+                                         ctypes.c_char_p]),
     "mha_forward_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
     "mha_layer_forward": (_st, [_vp, _vp]),
     "mha_host_forward_args_init_sized": (_st, [_vp, ctypes.c_size_t]),

@@ -78,9 +78,11 @@ class MultiheadAttention(DeviceChild):
     float32. Weights start unset: ``load_state_dict``,
     ``load_safetensors`` or ``from_torch`` set them.
 
-    Calling it is PyTorch's forward (see ``__call__``). ``close()`` frees
-    the layer (also done by the garbage collector and by closing its
-    Device)."""
+    Calling it is PyTorch's forward (see ``__call__``), with head gates
+    and per-head outputs on request; ``prune_heads``, ``kept_heads`` and
+    ``save_safetensors`` remove heads for good and keep the result.
+    ``close()`` frees the layer (also done by the garbage collector and by
+    closing its Device)."""
 
     _noun = "layer"
 
@@ -182,6 +184,41 @@ class MultiheadAttention(DeviceChild):
                 self.handle("MultiheadAttention.load_safetensors"),
                 str(path).encode(), (prefix or "").encode()))
 
+    def kept_heads(self):
+        """The original indices of the heads the layer keeps (all of
+        range(num_heads) until ``prune_heads``), ascending."""
+        dev = self.device
+        buf = (ctypes.c_int64 * self.num_heads)()
+        n = ctypes.c_int64()
+        with dev.lock:
+            dev.check(dev._lib.mha_layer_kept_heads(
+                self.handle("MultiheadAttention.kept_heads"), buf,
+                self.num_heads, ctypes.byref(n)))
+        return list(buf[:n.value])
+
+    def prune_heads(self, heads):
+        """Removes heads for good (mha_layer_prune_heads): their rows of
+        the q/k/v projections and columns of out_proj go, device memory and
+        the forward's work shrink. Heads are named by their index in the
+        original layer; afterwards head_gates, head outputs and per-head
+        weights count the kept heads (``kept_heads()`` order)."""
+        hs = [int(h) for h in heads]
+        arr = (ctypes.c_int64 * max(len(hs), 1))(*hs)
+        dev = self.device
+        with dev.lock:
+            dev.check(dev._lib.mha_layer_prune_heads(
+                self.handle("MultiheadAttention.prune_heads"), arr, len(hs)))
+
+    def save_safetensors(self, path, prefix=""):
+        """Writes the weights (pruned or not) under PyTorch's state_dict
+        names, the kept heads in the metadata, so ``load_safetensors`` on a
+        layer of the original configuration gives this layer back."""
+        dev = self.device
+        with dev.lock:
+            dev.check(dev._lib.mha_layer_save_safetensors(
+                self.handle("MultiheadAttention.save_safetensors"),
+                str(path).encode(), (prefix or "").encode()))
+
     def _result_shapes(self, qshape, kshape, need_weights, average):
         """PyTorch's output and weights shapes for these input shapes, or
         placeholders where the ranks are wrong (libmha then says so)."""
@@ -193,16 +230,29 @@ class MultiheadAttention(DeviceChild):
         out = tuple(qshape[:-1]) + (self.embed_dim,)
         if not need_weights:
             return out, None
-        heads = () if average else (self.num_heads,)
+        heads = () if average else (len(self.kept_heads()),)
         if len(qshape) == 2:
             return out, heads + (L, S)
         return out, (qshape[1 - seq],) + heads + (L, S)
 
+    def _head_outputs_shape(self, qshape):
+        """[N, H, L, d] (or [H, L, d] unbatched) for the kept heads."""
+        seq = 1 if len(qshape) == 3 and self.batch_first else 0
+        per = (len(self.kept_heads()), qshape[seq], self.head_dim)
+        return per if len(qshape) == 2 else (qshape[1 - seq],) + per
+
     def __call__(self, query, key, value, key_padding_mask=None,
                  need_weights=True, attn_mask=None, average_attn_weights=True,
-                 is_causal=False):
+                 is_causal=False, head_gates=None, return_head_outputs=False):
         """PyTorch's forward: returns (output, weights), weights None when
-        need_weights is False.
+        need_weights is False; (output, weights, head_outputs) with
+        return_head_outputs.
+
+        head_gates [H] or [N, H] (H the kept heads): each head's attention
+        output times its gate before out_proj (Michel et al. 2019); a head
+        whose gate is 0 for every batch item is not computed.
+        head_outputs: each head's output before its gate and out_proj,
+        [N, H, L, d] ([H, L, d] unbatched) whatever batch_first says.
 
         query (L, N, E), key (S, N, kdim), value (S, N, vdim), (N, L, E) etc.
         with batch_first, or unbatched (L, E); key_padding_mask (N, S) or
@@ -214,21 +264,42 @@ class MultiheadAttention(DeviceChild):
         NumPy out, torch tensors torch tensors, libmha.Tensor a
         libmha.Tensor on the layer's device. A query row whose keys are all
         masked gives out_proj.bias and zero weights (PyTorch: NaN)."""
-        if any(isinstance(x, Tensor) for x in (query, key, value)):
-            return self._forward_device(query, key, value, key_padding_mask,
-                                        need_weights, attn_mask,
-                                        average_attn_weights, is_causal)
-        out, w = self._forward_host(query, key, value, key_padding_mask,
-                                    need_weights, attn_mask,
-                                    average_attn_weights, is_causal)
-        if _torch_tensor(query):
-            import torch
-            like = dict(device=query.device, dtype=query.dtype)
-            out = torch.from_numpy(out).to(**like)
-            w = torch.from_numpy(w).to(**like) if w is not None else None
-        return out, w
+        device_in = any(isinstance(x, Tensor) for x in (query, key, value))
+        # the host-memory forward has no head control: those go by device
+        if device_in or head_gates is not None or return_head_outputs:
+            r = self._forward_device(query, key, value, key_padding_mask,
+                                     need_weights, attn_mask,
+                                     average_attn_weights, is_causal,
+                                     head_gates, return_head_outputs)
+            if not device_in:
+                r = self._to_host(r, query)
+            return r if return_head_outputs else r[:2]
+        return self._like(self._forward_host(
+            query, key, value, key_padding_mask, need_weights, attn_mask,
+            average_attn_weights, is_causal), query)
 
     forward = __call__
+
+    @staticmethod
+    def _like(arrays, like):
+        """NumPy results as torch tensors when the query (like) is one."""
+        if not _torch_tensor(like):
+            return tuple(arrays)
+        import torch
+        to = dict(device=like.device, dtype=like.dtype)
+        return tuple(torch.from_numpy(a).to(**to) if a is not None else None
+                     for a in arrays)
+
+    @classmethod
+    def _to_host(cls, results, like):
+        """Device results as NumPy arrays (torch tensors when like is
+        one); the device tensors are closed."""
+        host = []
+        for t in results:
+            host.append(t.numpy() if t is not None else None)
+            if t is not None:
+                t.close()
+        return cls._like(host, like)
 
     def _forward_host(self, query, key, value, kpm, need_weights, mask,
                       average, is_causal):
@@ -263,7 +334,7 @@ class MultiheadAttention(DeviceChild):
         return out, w
 
     def _forward_device(self, query, key, value, kpm, need_weights, mask,
-                        average, is_causal):
+                        average, is_causal, gates=None, want_heads=False):
         dev = self.device
         temps = []
 
@@ -277,11 +348,14 @@ class MultiheadAttention(DeviceChild):
         try:
             q, k, v = on_device(query), on_device(key), on_device(value)
             kpm, mask = on_device(kpm, True), on_device(mask, True)
+            gates = on_device(gates)
             out_shape, w_shape = self._result_shapes(q.shape, k.shape,
                                                      need_weights, average)
             out = Tensor.empty(out_shape, np.float32, dev)
             w = (Tensor.empty(w_shape, np.float32, dev) if need_weights
                  else None)
+            h = (Tensor.empty(self._head_outputs_shape(q.shape), np.float32,
+                              dev) if want_heads else None)
             a = _capi.ForwardArgs()
             lib = dev._lib
             lib.mha_forward_args_init_sized(ctypes.byref(a), ctypes.sizeof(a))
@@ -293,10 +367,12 @@ class MultiheadAttention(DeviceChild):
             a.average_attn_weights = bool(average)
             a.output = out.handle(fn)
             a.weights = w.handle(fn) if w is not None else None
+            a.head_gates = gates.handle(fn) if gates is not None else None
+            a.head_outputs = h.handle(fn) if h is not None else None
             with dev.lock:
                 dev.check(lib.mha_layer_forward(self.handle(fn),
                                                 ctypes.byref(a)))
-            return out, w
+            return out, w, h
         finally:
             for t in temps:
                 t.close()

@@ -7,6 +7,16 @@
 #define ROW_WG 64
 #endif
 
+/* The (i0, i1, i2, i3) of element g of a 4-D tensor of extents ne. */
+static inline int4 index4(int g, int4 ne)
+{
+    const int i3 = g % ne.w;
+    int r = g / ne.w;
+    const int i2 = r % ne.z;
+    r /= ne.z;
+    return (int4)(r / ne.y, r % ne.y, i2, i3);
+}
+
 __attribute__((reqd_work_group_size(ROW_WG, 1, 1)))
 kernel void copy4d(global const float *X, int x_off, int4 x_st,
                    global float *Y, int y_off, int4 y_st,
@@ -15,14 +25,10 @@ kernel void copy4d(global const float *X, int x_off, int4 x_st,
     const int g = get_global_id(0);
     if (g >= total)
         return;
-    const int i3 = g % ne.w;
-    int r = g / ne.w;
-    const int i2 = r % ne.z;
-    r /= ne.z;
-    const int i1 = r % ne.y, i0 = r / ne.y;
+    const int4 i = index4(g, ne);
     const float v =
-        x_off >= 0 ? LD(X, AT(x_off, x_st, i0, i1, i2, i3), 0) : 0.0f;
-    ST(Y, AT(y_off, y_st, i0, i1, i2, i3), v, 1);
+        x_off >= 0 ? LD(X, AT(x_off, x_st, i.x, i.y, i.z, i.w), 0) : 0.0f;
+    ST(Y, AT(y_off, y_st, i.x, i.y, i.z, i.w), v, 1);
 }
 
 /* Y[b,0,i,j] = mean over h of X[b,h,i,j]; ne = (B, H, L, S'). */
@@ -53,12 +59,8 @@ kernel void mul4d(global const float *X, int x_off, int4 x_st,
     const int g = get_global_id(0);
     if (g >= total)
         return;
-    const int i3 = g % ne.w;
-    int r = g / ne.w;
-    const int i2 = r % ne.z;
-    r /= ne.z;
-    const int i1 = r % ne.y, i0 = r / ne.y;
-    const float v = LD(X, AT(x_off, x_st, i0, i1, i2, i3), 0) *
-                    F[AT(f_off, f_st, i0, i1, i2, i3)];
-    ST(Y, AT(y_off, y_st, i0, i1, i2, i3), v, 1);
+    const int4 i = index4(g, ne);
+    const float v = LD(X, AT(x_off, x_st, i.x, i.y, i.z, i.w), 0) *
+                    F[AT(f_off, f_st, i.x, i.y, i.z, i.w)];
+    ST(Y, AT(y_off, y_st, i.x, i.y, i.z, i.w), v, 1);
 }

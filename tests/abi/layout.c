@@ -124,6 +124,7 @@ static void grows(void)
     FIELD(mha_decoder_forward_args, positions);
     FIELD(mha_decoder_forward_args, cache);
     FIELD(mha_decoder_forward_args, output);
+    FIELD(mha_decoder_forward_args, head_gates);
 }
 
 static void fixed(void)

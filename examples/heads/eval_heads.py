@@ -20,8 +20,9 @@ attention layer.
    removed from the libmha layers (mha_layer_prune_heads), against k random
    heads (several seeds); held-out perplexity on the second half of
    heldout.txt, checked against PyTorch with those heads gated to 0; the
-   median attention time of each layer, its weight bytes and the device's
-   memory before and after pruning.
+   median attention time of each layer (pruned and unpruned timed
+   alternately, on --time-windows windows), its weight bytes and the
+   device's memory before and after pruning.
 
 --check runs only (1) on the first --chars characters and exits non-zero
 when libmha's perplexity is off by more than 1e-4 relative (exit 77 without
@@ -219,31 +220,6 @@ def median_ms_pair(before, after, inputs, mask, reps):
     return out
 
 
-def prune(layer, heads):
-    """Removes heads (sorted indices) from layer: mha_layer_prune_heads."""
-    lib = layer.device._lib
-    fn = lib.mha_layer_prune_heads
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64),
-                   ctypes.c_int64]
-    arr = (ctypes.c_int64 * len(heads))(*heads)
-    with layer.device.lock:
-        layer.device.check(fn(layer.handle("prune"), arr, len(heads)))
-
-
-def kept_heads(layer):
-    """The original indices of the heads layer keeps (mha_layer_kept_heads)."""
-    fn = layer.device._lib.mha_layer_kept_heads
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64),
-                   ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
-    arr, n = (ctypes.c_int64 * layer.num_heads)(), ctypes.c_int64()
-    with layer.device.lock:
-        layer.device.check(fn(layer.handle("kept_heads"), arr,
-                              layer.num_heads, ctypes.byref(n)))
-    return arr[:n.value]
-
-
 def weight_bytes(E, kept, head_dim):
     """fp32 bytes of a layer keeping `kept` heads: in_proj (3 kept*d x E and
     bias), out_proj (E x kept*d and bias)."""
@@ -259,11 +235,11 @@ def open_pruned(model, spec, plan):
     loaded = dev.memory_usage()[0]
     for la, heads in zip(layers, plan):
         if heads:
-            prune(la, sorted(heads))
+            la.prune_heads(sorted(heads))
         want = [h for h in range(la.num_heads) if h not in heads]
-        if kept_heads(la) != want:
+        if la.kept_heads() != want:
             raise RuntimeError("layer keeps heads %s; expected %s"
-                               % (kept_heads(la), want))
+                               % (la.kept_heads(), want))
     return dev, layers, {"memory_loaded": loaded,
                          "memory_pruned": dev.memory_usage()[0]}
 
@@ -295,14 +271,14 @@ def pruned_run(model, spec, plan, x, y, timing=None):
     return row
 
 
-def experiment(model, calib, evalset, spec, ks, seeds, reps):
+def experiment(model, calib, evalset, spec, ks, seeds, reps, time_windows):
     x, y = evalset
     H = model.layers[0].self_attn.num_heads
     imp = gradient_importance(model, *calib)
     order = [sorted(range(H), key=lambda h: li[h]) for li in imp]
     mask = torch.nn.Transformer.generate_square_subsequent_mask(
         x.shape[1]).numpy()
-    inputs = attention_inputs(model, x)
+    inputs = attention_inputs(model, x[:time_windows])
     ref_dev = libmha.Device(spec)
     ref = [(la, ref_dev) for la in libmha_layers(model, ref_dev)]
     timing = (ref, inputs, mask, reps)
@@ -342,20 +318,21 @@ def markdown(res, H):
         "| heads pruned per layer | held-out ppl, gradient importance | "
         "held-out ppl, random (mean ± sd over %d seeds) | attention ms, "
         "2 layers (%s, median) | time pruned / unpruned (heads kept) | "
-        "weight KiB per layer | libmha memory KiB: weights / during eval |"
-        % (n_seeds, res["device"]),
-        "|---|---|---|---|---|---|---|"]
+        "time saved / heads removed | weight KiB per layer | libmha memory "
+        "KiB: weights / during eval |" % (n_seeds, res["device"]),
+        "|---|---|---|---|---|---|---|---|"]
     rows = [(0, res["unpruned"], [res["unpruned"]])]
     rows += [(k, r["importance"], r["random"]) for k, r in res["k"].items()]
     for k, imp, rand in rows:
         rp = [math.exp(x["loss"]) for x in rand]
         before, after = sum(imp["ms_before"]), sum(imp["ms_after"])
         lines.append(
-            "| %d | %.3f | %s | %.1f -> %.1f | %.2f (%.2f) | %.0f | "
+            "| %d | %.3f | %s | %.1f -> %.1f | %.2f (%.2f) | %s | %.0f | "
             "%.0f / %.0f |" % (
                 k, math.exp(imp["loss"]),
                 "%.3f ± %.3f" % (np.mean(rp), np.std(rp)) if k else "-",
                 before, after, after / before, (H - k) / H,
+                "%.2f" % ((1 - after / before) / (k / H)) if k else "-",
                 imp["weight_bytes"][0] / 1024, imp["memory_pruned"] / 1024,
                 imp["memory_eval"] / 1024))
     return "\n".join(lines)
@@ -400,7 +377,9 @@ def main():
     ap.add_argument("--prune-device", default="cpu")
     ap.add_argument("--ks", default="1,2,4,6")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=21)
+    ap.add_argument("--reps", type=int, default=41)
+    ap.add_argument("--time-windows", type=int, default=16,
+                    help="held-out windows in each timed forward")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--chars", type=int, default=1024)
     ap.add_argument("--export-inputs", metavar="DIR",
@@ -450,7 +429,8 @@ def main():
 
     ks = [int(k) for k in args.ks.split(",")]
     res = experiment(model, windows(ids[:half + 1], ctx), evalset,
-                     args.prune_device, ks, args.seeds, args.reps)
+                     args.prune_device, ks, args.seeds, args.reps,
+                     args.time_windows)
     res["parity"] = rows
     runs = [res["unpruned"]] + [r for v in res["k"].values()
                                 for r in [v["importance"]] + v["random"]]

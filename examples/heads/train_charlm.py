@@ -17,8 +17,10 @@ its second).
 
 writes, next to this script, charlm.safetensors (float32 state_dict; the
 attention of layer i is under the prefix "layers.i.self_attn.", the
-vocabulary and config in the metadata) and heldout.txt. Seeded and
-single-process: the same torch build gives the same weights.
+vocabulary and config in the metadata), heldout.txt and its licence note
+heldout.LICENSE. Seeded (torch and NumPy), single process: a rerun with the
+same torch build and thread count should give the same weights (the
+committed ones took 48 minutes on 2 loaded cores, so that was not rerun).
 """
 import argparse
 import glob

@@ -29,7 +29,7 @@ when libmha's perplexity is off by more than 1e-4 relative (exit 77 without
 PyTorch: CTest's skip). --export-inputs writes, for mha-heads, each layer's
 attention input and the loss gradient at its output on the first held-out
 windows of the second half (layers.i.input.npy, layers.i.grad.npy, [N, 128,
-256]) and the windows' characters (tokens.json).
+256]) and each window's characters (tokens.b.txt, one a line).
 """
 import argparse
 import ctypes
@@ -352,7 +352,8 @@ def export_inputs(model, x, y, vocab, out_dir):
     """Writes what mha-heads needs to analyse layer i on these windows:
     layers.i.input.npy (its attention's input, the ln1 output, [N, T, E]),
     layers.i.grad.npy (dL/dY of its attention output for the windows' mean
-    loss, [N, T, E]) and tokens.json (each window's characters)."""
+    loss, [N, T, E]) and tokens.b.txt (window b's characters, one a line,
+    as mha-heads --tokens reads them)."""
     os.makedirs(out_dir, exist_ok=True)
     seen = {"input": [], "output": []}
 
@@ -373,9 +374,12 @@ def export_inputs(model, x, y, vocab, out_dir):
         np.save(os.path.join(out_dir, "layers.%d.input.npy" % i), a.numpy())
         np.save(os.path.join(out_dir, "layers.%d.grad.npy" % i),
                 o.grad.numpy())
-    with open(os.path.join(out_dir, "tokens.json"), "w") as f:
-        json.dump(["".join(vocab[c] if c else "\ufffd" for c in row)
-                   for row in x.tolist()], f)
+    shown = {"\n": "\\n", "\t": "\\t", " ": "\u2423", "\0": "\ufffd"}
+    for b, row in enumerate(x.tolist()):
+        with open(os.path.join(out_dir, "tokens.%d.txt" % b), "w",
+                  encoding="utf-8") as f:
+            f.write("".join(shown.get(vocab[c], vocab[c]) + "\n"
+                            for c in row))
     model.zero_grad(set_to_none=True)
 
 

@@ -5,9 +5,11 @@ by gradient and random for k = 1, 2) and validates its JSON and CSV: every
 key the README promises, shapes H and H x H, probabilities' rows summing to
 1, gradient importance of l2 norm 1, prune rows for every criterion and k
 with fewer weight bytes than the unpruned layer. Then, when matplotlib is
-installed, tools/plot_heads.py must write its six pictures.
+installed, tools/plot_heads.py must write its six pictures. Given the
+trained model of examples/heads, the tool runs on it on cpu, vulkan and
+opencl, and every device gives the same per-head statistics.
 
-    check_mha_heads.py MHA_HEADS_BINARY PLOT_SCRIPT WORK_DIR
+    check_mha_heads.py MHA_HEADS_BINARY PLOT_SCRIPT WORK_DIR [CHARLM]
 """
 import csv
 import json
@@ -57,6 +59,31 @@ def check_stats(doc, H, L):
     check(doc["attention"]["tokens"][:2] == ["a", "b c"], "token labels")
 
 
+STATS = ("entropy", "confidence", "distance", "first_key", "prev_token",
+         "ablation")
+
+
+def check_trained_model(tool, model, work):
+    """Layer 0 of the committed character LM on every device: its previous-
+    token head only shows with trained weights, and the devices must agree."""
+    docs = {}
+    for device in ("cpu", "vulkan", "opencl"):
+        js = os.path.join(work, f"charlm_{device}.json")
+        run([tool, "--embed-dim", "256", "--heads", "8", "--batch-first",
+             "--causal", "--weights", model, "--prefix", "layers.0.self_attn.",
+             "--random", "1", "--batch", "1", "--tgt-len", "32",
+             "--device", device, "--json", js])
+        with open(js, encoding="utf-8") as f:
+            docs[device] = json.load(f)
+        check(len(docs[device]["heads"]) == 8, f"{device}: not 8 heads")
+    for device, doc in docs.items():
+        for ref, got in zip(docs["cpu"]["heads"], doc["heads"]):
+            for k in STATS:
+                check(abs(ref[k] - got[k]) <= 1e-4 * max(1, abs(ref[k])),
+                      f"{device} head {got['head']} {k}: {got[k]} vs cpu "
+                      f"{ref[k]}")
+
+
 def main():
     tool, plot, work = sys.argv[1:4]
     os.makedirs(work, exist_ok=True)
@@ -88,6 +115,8 @@ def main():
         check(len(r["pruned"]) == r["k"], "pruned list length")
         check(r["weight_bytes"] < base["weight_bytes"], "weights not smaller")
         check(r["output_change"] > 0, "pruning changed nothing")
+    if len(sys.argv) > 4:
+        check_trained_model(tool, sys.argv[4], work)
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -701,7 +701,18 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_ALIBI)                                                               \
     X(core_decode_long_window, ATTENTION, 1, 2, 1, 400, 0, 16, 0, 0,        \
       F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SINKS)              \
-    X(core_kv_len_not_causal, ATTENTION, 3, 2, 4, 21, 0, 16, 0, 0, F_KVLEN)
+    X(core_kv_len_not_causal, ATTENTION, 3, 2, 4, 21, 0, 16, 0, 0, F_KVLEN) \
+    X(core_decode_group4_d100_sinks, ATTENTION, 1, 4, 1, 517, 0, 100, 0, 0, \
+      F_MQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                 \
+    X(core_decode_f16_group8_t3_d13, ATTENTION, 2, 8, 3, 300, 0, 13, 0, 0,  \
+      F_F16 | F_MQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW |      \
+      F_SOFTCAP | F_ALIBI)                                                   \
+    X(core_decode_group1_t2_d7, ATTENTION, 2, 3, 2, 1030, 0, 7, 0, 0,       \
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS | F_ALIBI)               \
+    X(core_decode_f16_d256_softcap, ATTENTION, 1, 2, 1, 200, 0, 256, 0, 0,  \
+      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SOFTCAP)       \
+    X(core_decode_group4_t4_d1, ATTENTION, 1, 4, 4, 129, 0, 1, 0, 0,        \
+      F_MQA | F_CAUSAL | F_BOTTOM_RIGHT)
 #define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
     DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
                    (flags_) | F_REQUIRED)

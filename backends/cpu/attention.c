@@ -15,7 +15,9 @@
  * kv heads at a time, bounded by the exec's pack_budget
  * (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever the head
  * count. With fewer queries than a register tile (decode) packing does not
- * pay: the products run on K and V in place, the queries of all the heads
+ * pay: the products run on K and V in place through the table's decode
+ * kernels (kv_scores, kv_values: each K and V row read once, fp16 widened
+ * in registers), the queries of all the heads
  * that share a kv head form one tile (so K and V are read once per kv
  * head, not once per query head), and the keys of each tile are
  * split into chunks of SPLIT_BLOCKS blocks run as separate tasks whose
@@ -252,7 +254,8 @@ static void merge_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
 }
 
 /* Raw scores of the tile's rows against keys [j0, j0 + cnt) into t->s:
- * from the packed K^T (already scaled), or from K in place. */
+ * from the packed K^T (already scaled), or from K in place (f32 or f16,
+ * the table's decode kernel). */
 static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
                          int64_t j0, int64_t cnt)
 {
@@ -266,17 +269,15 @@ static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
                        t->s, KEY_BLOCK);
         return;
     }
-    int64_t ld;
-    const float *kr = rows_f32(j, &n->src[MHA_SRC_K], w->b, w->hk, j0,
-                               cnt, t->kv, &ld);
-    k->gemm_nt(w->rows, cnt, j->d, t->q, t->ldq, kr, ld, NULL, t->s,
-               KEY_BLOCK);
-    for (int64_t r = 0; r < w->rows; r++)
-        k->scale(cnt, n->params.scale, t->s + r * KEY_BLOCK);
+    const mha_tdesc *kt = &n->src[MHA_SRC_K];
+    k->kv_scores(w->rows, cnt, j->d, t->q, t->ldq,
+                 row_ptr(kt, w->b, w->hk, j0), kt->nb[2],
+                 kt->dtype == MHA_F16, n->params.scale, t->s, KEY_BLOCK);
 }
 
 /* acc += P V for the probabilities of keys [j0, j0 + cnt); the packed V
- * block may hold more keys (its panels have that many rows). */
+ * block may hold more keys (its panels have that many rows). In place, V
+ * is read as it is stored, f32 or f16. */
 static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
                          int64_t j0, int64_t cnt)
 {
@@ -289,11 +290,10 @@ static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
                        block_len(j, w->b, j0), NULL, 1, t->acc, j->d);
         return;
     }
-    int64_t ld;
-    const float *vr = rows_f32(j, &j->node->src[MHA_SRC_V], w->b, w->hk,
-                               j0, cnt, t->kv, &ld);
-    k->gemm_nn_acc(w->rows, j->d, cnt, t->s, KEY_BLOCK, vr, ld, t->acc,
-                   j->d);
+    const mha_tdesc *vt = &j->node->src[MHA_SRC_V];
+    k->kv_values(w->rows, cnt, j->d, t->s, KEY_BLOCK,
+                 row_ptr(vt, w->b, w->hk, j0), vt->nb[2],
+                 vt->dtype == MHA_F16, t->acc, j->d);
 }
 
 /* The score transforms of tile row r (position p) over keys [j0, j0 +

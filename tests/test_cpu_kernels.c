@@ -627,7 +627,7 @@ static void run_kv_scores(table_getter get, const char *isa, int64_t G,
     for (int64_t g = 0; g < G; g++)
         for (int64_t j = 0; j < n; j++)
             out[g * lds + j] = NAN;
-    kt->kv_scores(G, n, d, q, ldq, K.data, ldk, f16, 0.375f, out, lds);
+    kt->kv_scores(1, G, n, d, q, ldq, K.data, ldk, 0, f16, 0.375f, out, lds);
     gemm_check c = {isa, f16 ? "kv_scores f16" : "kv_scores", G, n, d, 0,
                     q, K.wide, NULL, ldq, ldk, 0, 1, 0.375};
     check_gemm(&c, out, lds);
@@ -648,11 +648,53 @@ static void run_kv_values(table_getter get, const char *isa, int64_t G,
     fill_random(acc, G, d, lda, &s);
     memcpy(acc0, acc, ((size_t)(G * lda) + GUARD) * sizeof(float));
     kv_rows V = make_kv(n, d, ldv, f16, &s);
-    kt->kv_values(G, n, d, p, ldp, V.data, ldv, f16, acc, lda);
+    kt->kv_values(1, G, n, d, p, ldp, V.data, ldv, 0, f16, acc, lda);
     gemm_check c = {isa, f16 ? "kv_values f16" : "kv_values", G, d, n, 0,
                     p, V.wide, acc0, ldp, ldv, lda, 0, 1.0};
     check_gemm(&c, acc, lda);
     free(p), free(acc), free(acc0), free_kv(&V);
+}
+
+/* nh kv heads side by side in each row (head h at element h * hs, hs =
+ * d + 1): the rows of head h must come out bit for bit as a call for that
+ * head alone gives them (checked against the reference above), scores and
+ * values alike. */
+static void run_kv_heads(table_getter get, const char *isa, int64_t G,
+                         int64_t n, int64_t d, int f16)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0x5851F42D4C957F2Dull ^ (uint64_t)(G * 1000003 + n * 1009 + d);
+    const int64_t nh = 3, hs = d + 1, ld = nh * hs + 2, R = nh * G;
+    const int64_t ldq = d + 2, lds = n + 1, es = f16 ? 2 : 4;
+    float *q = alloc_filled(R, ldq, NAN), *p = alloc_filled(R, lds, NAN);
+    float *all = alloc_filled(R, lds, SENTINEL);
+    float *one = alloc_filled(R, lds, SENTINEL);
+    float *acc = alloc_filled(R, ldq, SENTINEL);
+    float *acc1 = alloc_filled(R, ldq, SENTINEL);
+    fill_random(q, R, d, ldq, &s);
+    fill_random(p, R, n, lds, &s);
+    fill_random(acc, R, d, ldq, &s);
+    memcpy(acc1, acc, ((size_t)(R * ldq) + GUARD) * sizeof(float));
+    kv_rows M = make_kv(n, nh * hs, ld, f16, &s);
+    kt->kv_scores(nh, G, n, d, q, ldq, M.data, ld, hs, f16, 0.5f, all, lds);
+    kt->kv_values(nh, G, n, d, p, lds, M.data, ld, hs, f16, acc, ldq);
+    for (int64_t h = 0; h < nh; h++) {
+        const char *mh = (const char *)M.data + h * hs * es;
+        kt->kv_scores(1, G, n, d, q + h * G * ldq, ldq, mh, ld, 0, f16, 0.5f,
+                      one + h * G * lds, lds);
+        kt->kv_values(1, G, n, d, p + h * G * lds, lds, mh, ld, 0, f16,
+                      acc1 + h * G * ldq, ldq);
+    }
+    cr_assert(memcmp(all, one, ((size_t)(R * lds) + GUARD) * sizeof(float)) ==
+                  0,
+              "%s kv_scores of %lld heads differ from one head at a time", isa,
+              (long long)nh);
+    cr_assert(memcmp(acc, acc1, ((size_t)(R * ldq) + GUARD) * sizeof(float)) ==
+                  0,
+              "%s kv_values of %lld heads differ from one head at a time", isa,
+              (long long)nh);
+    free(q), free(p), free(all), free(one), free(acc), free(acc1);
+    free_kv(&M);
 }
 
 /* ---- the test table ------------------------------------------------------------ */
@@ -700,6 +742,11 @@ static void run_kv_values(table_getter get, const char *isa, int64_t G,
     {                                                                       \
         run_kv_values(mha_cpu_kernels_##isa, #isa, G, n, d, 0);            \
         run_kv_values(mha_cpu_kernels_##isa, #isa, G, n, d, 1);            \
+    }                                                                       \
+    Test(isa, kv_heads_G##G##_n##n##_d##d)                                  \
+    {                                                                       \
+        run_kv_heads(mha_cpu_kernels_##isa, #isa, G, n, d, 0);             \
+        run_kv_heads(mha_cpu_kernels_##isa, #isa, G, n, d, 1);             \
     }
 
 #define GEMM_TESTS(isa, M, N, K)                                            \

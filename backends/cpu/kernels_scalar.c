@@ -132,28 +132,31 @@ static float kv_at(const void *m, int f16, int64_t ld, int64_t j, int64_t c)
                : ((const float *)m)[j * ld + c];
 }
 
-static void scalar_kv_scores(int64_t G, int64_t n, int64_t d, const float *q,
-                             int64_t ldq, const void *K, int64_t ldk,
-                             int kv_f16, float scale, float *s, int64_t lds)
+static void scalar_kv_scores(int64_t nh, int64_t G, int64_t n, int64_t d,
+                             const float *q, int64_t ldq, const void *K,
+                             int64_t ldk, int64_t hs, int kv_f16, float scale,
+                             float *s, int64_t lds)
 {
-    for (int64_t g = 0; g < G; g++)
+    for (int64_t r = 0; r < nh * G; r++)
         for (int64_t j = 0; j < n; j++) {
             float acc = 0.0f;
             for (int64_t c = 0; c < d; c++)
-                acc += q[g * ldq + c] * kv_at(K, kv_f16, ldk, j, c);
-            s[g * lds + j] = scale * acc;
+                acc += q[r * ldq + c] *
+                       kv_at(K, kv_f16, ldk, j, r / G * hs + c);
+            s[r * lds + j] = scale * acc;
         }
 }
 
-static void scalar_kv_values(int64_t G, int64_t n, int64_t d, const float *p,
-                             int64_t ldp, const void *V, int64_t ldv,
-                             int kv_f16, float *acc, int64_t ldacc)
+static void scalar_kv_values(int64_t nh, int64_t G, int64_t n, int64_t d,
+                             const float *p, int64_t ldp, const void *V,
+                             int64_t ldv, int64_t hs, int kv_f16, float *acc,
+                             int64_t ldacc)
 {
-    for (int64_t g = 0; g < G; g++)
+    for (int64_t r = 0; r < nh * G; r++)
         for (int64_t j = 0; j < n; j++)
             for (int64_t c = 0; c < d; c++)
-                acc[g * ldacc + c] += p[g * ldp + j] * kv_at(V, kv_f16, ldv,
-                                                              j, c);
+                acc[r * ldacc + c] += p[r * ldp + j] *
+                                      kv_at(V, kv_f16, ldv, j, r / G * hs + c);
 }
 
 static const mha_cpu_kernels scalar_table = {

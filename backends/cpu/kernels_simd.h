@@ -506,9 +506,10 @@ static void simd_f16_to_f32(int64_t n, const uint16_t *x, float *y)
 
 /* ---- decode: K and V rows in place ------------------------------------------- */
 
-/* The decode kernels (kernels.h) walk the rows of K and V once, in memory
- * order, and apply each to every query row of the group while it is in
- * registers or L1: scores take QB query rows x KP keys of dot products at
+/* The decode kernels (kernels.h) walk the rows of K and V once, token by
+ * token and within a token head by head (memory order for a token-major
+ * cache), and apply each to every query row of its head's group while it
+ * is in registers or L1: scores take QB query rows x KP keys of dot products at
  * a time (QB*KP accumulators, each key vector loaded once for QB rows);
  * values add KV_STEP rows of V into each accumulator row per pass. fp16
  * rows are widened vector by vector as they are loaded (vf_load_f16), so
@@ -634,38 +635,53 @@ SIMD_INLINE void scores_keys(const int keys, const int f16, int64_t G,
     }
 }
 
-/* KP keys at a time (their rows stay in L1 across the row tiles), then the
- * last n % KP. */
-SIMD_INLINE void kv_scores_of(const int f16, int64_t G, int64_t n, int64_t d,
-                              const float *q, int64_t ldq, const void *K,
-                              int64_t ldk, float scale, float *s,
-                              int64_t lds)
+/* Rows j, j + 1, ... (keys of them) of kv head h into out, and a
+ * prefetch of the row PF_ROWS further down for each. */
+SIMD_INLINE void head_rows(const void *M, size_t es, int64_t ld, int64_t hs,
+                           int64_t h, int64_t j, const int keys, int64_t n,
+                           int64_t d, const void **out)
 {
-    const size_t es = f16 ? 2 : 4;
-    int64_t j = 0;
-    for (; j < n; j += KP) {
-        const void *kr[KP];
-        MHA_UNROLL
-        for (int t = 0; t < KP; t++) {
-            kr[t] = (const char *)K +
-                    (size_t)(min_i64(j + t, n - 1) * ldk) * es;
-            prefetch_row(K, ldk, es, j + t, n, d);
-        }
-        if (j + KP <= n)
-            scores_keys(KP, f16, G, d, q, ldq, kr, scale, s + j, lds);
-        else
-            scores_keys(1, f16, G, d, q, ldq, kr, scale, s + j, lds);
+    const char *head = (const char *)M + (size_t)(h * hs) * es;
+    MHA_UNROLL
+    for (int t = 0; t < keys; t++) {
+        out[t] = head + (size_t)((j + t) * ld) * es;
+        prefetch_row(head, ld, es, j + t, n, d);
     }
 }
 
-static void simd_kv_scores(int64_t G, int64_t n, int64_t d, const float *q,
-                           int64_t ldq, const void *K, int64_t ldk,
-                           int kv_f16, float scale, float *s, int64_t lds)
+/* KP keys at a time (their rows stay in L1 across the row tiles), each
+ * head's in turn, then the last key of an odd n (KP is 2). */
+SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
+                              int64_t n, int64_t d, const float *q,
+                              int64_t ldq, const void *K, int64_t ldk,
+                              int64_t hs, float scale, float *s, int64_t lds)
+{
+    const size_t es = f16 ? 2 : 4;
+    for (int64_t j = 0; j < n; j += KP) {
+        for (int64_t h = 0; h < nh; h++) {
+            const void *kr[KP];
+            const float *qh = q + h * G * ldq;
+            float *sh = s + h * G * lds + j;
+            if (j + KP <= n) {
+                head_rows(K, es, ldk, hs, h, j, KP, n, d, kr);
+                scores_keys(KP, f16, G, d, qh, ldq, kr, scale, sh, lds);
+            } else {
+                head_rows(K, es, ldk, hs, h, j, 1, n, d, kr);
+                scores_keys(1, f16, G, d, qh, ldq, kr, scale, sh, lds);
+            }
+        }
+    }
+}
+
+static void simd_kv_scores(int64_t nh, int64_t G, int64_t n, int64_t d,
+                           const float *q, int64_t ldq, const void *K,
+                           int64_t ldk, int64_t hs, int kv_f16, float scale,
+                           float *s, int64_t lds)
 {
     if (kv_f16)
-        kv_scores_of(1, G, n, d, q, ldq, K, ldk, scale, s, lds);
+        kv_scores_of(1, nh, G, n, d, q, ldq, K, ldk, hs, scale, s, lds);
     else
-        kv_scores_of(0, G, n, d, q, ldq, K, ldk, scale, s, lds);
+        kv_scores_of(0, nh, G, n, d, q, ldq, K, ldk, hs, scale, s, lds);
 }
 
 /* acc_g[c..c+cnt) += sum_{t < keys} p_g[t] V_t[c..c+cnt) for g < G: the
@@ -704,35 +720,41 @@ SIMD_INLINE void values_keys(const int keys, const int f16, int64_t G,
         values_step(keys, f16, G, p, ldp, vr, c, d - c, acc, ldacc);
 }
 
-/* KV_STEP rows of V at a time, then the last n % KV_STEP one by one. */
-SIMD_INLINE void kv_values_of(const int f16, int64_t G, int64_t n, int64_t d,
-                              const float *p, int64_t ldp, const void *V,
-                              int64_t ldv, float *acc, int64_t ldacc)
+/* KV_STEP rows of V at a time, each head's in turn, then the last
+ * n % KV_STEP one by one. */
+SIMD_INLINE void kv_values_of(const int f16, int64_t nh, int64_t G,
+                              int64_t n, int64_t d, const float *p,
+                              int64_t ldp, const void *V, int64_t ldv,
+                              int64_t hs, float *acc, int64_t ldacc)
 {
     const size_t es = f16 ? 2 : 4;
     for (int64_t j = 0; j < n;) {
-        const void *vr[KV_STEP];
         const int keys = j + KV_STEP <= n ? KV_STEP : 1;
-        for (int t = 0; t < keys; t++) {
-            vr[t] = (const char *)V + (size_t)((j + t) * ldv) * es;
-            prefetch_row(V, ldv, es, j + t, n, d);
+        for (int64_t h = 0; h < nh; h++) {
+            const void *vr[KV_STEP];
+            const float *ph = p + h * G * ldp + j;
+            float *ah = acc + h * G * ldacc;
+            if (keys == KV_STEP) {
+                head_rows(V, es, ldv, hs, h, j, KV_STEP, n, d, vr);
+                values_keys(KV_STEP, f16, G, d, ph, ldp, vr, ah, ldacc);
+            } else {
+                head_rows(V, es, ldv, hs, h, j, 1, n, d, vr);
+                values_keys(1, f16, G, d, ph, ldp, vr, ah, ldacc);
+            }
         }
-        if (keys == KV_STEP)
-            values_keys(KV_STEP, f16, G, d, p + j, ldp, vr, acc, ldacc);
-        else
-            values_keys(1, f16, G, d, p + j, ldp, vr, acc, ldacc);
         j += keys;
     }
 }
 
-static void simd_kv_values(int64_t G, int64_t n, int64_t d, const float *p,
-                           int64_t ldp, const void *V, int64_t ldv,
-                           int kv_f16, float *acc, int64_t ldacc)
+static void simd_kv_values(int64_t nh, int64_t G, int64_t n, int64_t d,
+                           const float *p, int64_t ldp, const void *V,
+                           int64_t ldv, int64_t hs, int kv_f16, float *acc,
+                           int64_t ldacc)
 {
     if (kv_f16)
-        kv_values_of(1, G, n, d, p, ldp, V, ldv, acc, ldacc);
+        kv_values_of(1, nh, G, n, d, p, ldp, V, ldv, hs, acc, ldacc);
     else
-        kv_values_of(0, G, n, d, p, ldp, V, ldv, acc, ldacc);
+        kv_values_of(0, nh, G, n, d, p, ldp, V, ldv, hs, acc, ldacc);
 }
 
 static const mha_cpu_kernels simd_table = {

@@ -1,15 +1,20 @@
 /* attention_part.c: times the CPU backend's fused attention op alone
  * (scores, softmax and weighted sum of every head; no projections) for
  * mha-bench --targets, through the backend's internal entry point
- * mha_cpu_op_run on host arrays laid out as the planner lays out the
- * projections' outputs ([L, E] rows read as [1, H, L, d] head views). The
- * bench links mha_internal, the static library that keeps libmha's internal
- * symbols reachable. */
+ * mha_cpu_op_run on host arrays laid out as the planner and the KV cache
+ * lay them out ([T, H*d] rows read as [1, H, T, d] head views: the
+ * projections' outputs, and the cache's token-major [token, Hkv, d]). An
+ * nn.MHA case is H heads over E / H; a decoder case (bench_case.decoder)
+ * is its attention node over a cache of src_len tokens: Hq query heads,
+ * Hkv kv heads, head_dim, K and V in the cache's dtype, causal bottom-
+ * right, window and softcap as configured. The bench links mha_internal,
+ * the static library that keeps libmha's internal symbols reachable. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "context.h"
+#include "half.h"
 #include "ops.h"
 #include "targets.h"
 
@@ -24,36 +29,64 @@ static int attn_once(void *arg)
     return (int)mha_cpu_op_run(&r->exec, &r->node);
 }
 
-/* A [1, H, T, d] head view of a [T, H*d] array. */
-static mha_tdesc head_view(float *data, int64_t H, int64_t T, int64_t d)
+/* A [1, H, T, d] head view of a [T, H*d] array of dtype dt. */
+static mha_tdesc head_view(void *data, mha_dtype dt, int64_t H, int64_t T,
+                           int64_t d)
 {
     mha_tdesc t;
     memset(&t, 0, sizeof t);
-    t.dtype = MHA_F32;
+    t.dtype = dt;
     t.ne[0] = 1, t.ne[1] = H, t.ne[2] = T, t.ne[3] = d;
     t.nb[0] = T * H * d, t.nb[1] = d, t.nb[2] = H * d, t.nb[3] = 1;
     t.buf = data; /* a CPU buffer handle is its memory */
     return t;
 }
 
-static float *random_rows(int64_t rows, int64_t cols, uint64_t seed)
+/* rows x cols uniform values in [-1, 1), f32 or f16 bits. */
+static void *random_rows(int64_t rows, int64_t cols, mha_dtype dt,
+                         uint64_t seed)
 {
-    size_t n = (size_t)(rows * cols);
-    float *p = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+    size_t n = (size_t)(rows * cols), es = dt == MHA_F16 ? 2 : 4;
+    void *p = aligned_alloc(64, (n * es + 63) / 64 * 64);
     for (size_t i = 0; p && i < n; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        p[i] = (float)((double)(seed >> 40) / (double)(1ull << 24)) * 2 - 1;
+        float x = (float)((double)(seed >> 40) / (double)(1ull << 24)) * 2 - 1;
+        if (dt == MHA_F16)
+            ((uint16_t *)p)[i] = mha_f32_to_f16(x);
+        else
+            ((float *)p)[i] = x;
     }
     return p;
+}
+
+/* The attention shape of case c. */
+typedef struct attn_shape {
+    int64_t H, Hkv, d, L, S;
+    mha_dtype kv;
+    int causal;
+} attn_shape;
+
+static attn_shape shape_of(const bench_case *c)
+{
+    attn_shape s = {c->heads, c->heads, c->embed_dim / c->heads, c->tgt_len,
+                    c->src_len, MHA_F32, c->causal};
+    if (c->decoder) {
+        s.Hkv = c->kv_heads;
+        s.d = c->head_dim;
+        s.kv = c->cache_dtype;
+        s.causal = MHA_CAUSAL_BOTTOM_RIGHT;
+    }
+    return s;
 }
 
 int bench_attention_part(mha_context *ctx, const bench_options *o,
                          const bench_case *c, bench_result *r)
 {
-    int64_t E = c->embed_dim, H = c->heads, d = E / H;
-    int64_t L = c->tgt_len, S = c->src_len;
-    float *q = random_rows(L, E, 1), *k = random_rows(S, E, 2);
-    float *v = random_rows(S, E, 3), *out = random_rows(L, E, 4);
+    attn_shape sh = shape_of(c);
+    void *q = random_rows(sh.L, sh.H * sh.d, MHA_F32, 1);
+    void *k = random_rows(sh.S, sh.Hkv * sh.d, sh.kv, 2);
+    void *v = random_rows(sh.S, sh.Hkv * sh.d, sh.kv, 3);
+    void *out = random_rows(sh.L, sh.H * sh.d, MHA_F32, 4);
     attn_run run;
     memset(&run, 0, sizeof run);
     int rc = -1;
@@ -62,13 +95,18 @@ int bench_attention_part(mha_context *ctx, const bench_options *o,
                           o->threads) != MHA_OK)
         goto done;
     run.node.op = MHA_OP_ATTENTION;
-    run.node.src[MHA_SRC_Q] = head_view(q, H, L, d);
-    run.node.src[MHA_SRC_K] = head_view(k, H, S, d);
-    run.node.src[MHA_SRC_V] = head_view(v, H, S, d);
-    run.node.dst = head_view(out, H, L, d);
-    run.node.params.scale = 1.0f / sqrtf((float)d);
-    run.node.params.causal = c->causal;
-    run.node.params.mask_cols = S;
+    run.node.src[MHA_SRC_Q] = head_view(q, MHA_F32, sh.H, sh.L, sh.d);
+    run.node.src[MHA_SRC_K] = head_view(k, sh.kv, sh.Hkv, sh.S, sh.d);
+    run.node.src[MHA_SRC_V] = head_view(v, sh.kv, sh.Hkv, sh.S, sh.d);
+    run.node.dst = head_view(out, MHA_F32, sh.H, sh.L, sh.d);
+    run.node.params.scale = 1.0f / sqrtf((float)sh.d);
+    run.node.params.causal = sh.causal;
+    run.node.params.mask_cols = sh.S;
+    run.node.params.kv_group = (int32_t)(sh.H / sh.Hkv);
+    if (c->decoder) {
+        run.node.params.window = c->window;
+        run.node.params.softcap = c->softcap;
+    }
     for (int i = 0; i < o->warmup; i++)
         if (attn_once(&run))
             goto done;

@@ -1,9 +1,11 @@
 /* stream.c: the machine's memory bandwidth for mha-bench --targets, by a
- * STREAM-style copy (McCalpin's "Copy" kernel, a[i] = b[i]) over arrays
- * far larger than the caches, split across threads. Like STREAM it counts
- * the bytes read plus the bytes written and keeps the best of several
- * passes. */
+ * STREAM-style copy (McCalpin's "Copy" kernel, a[i] = b[i]) and a read
+ * (a sum of b's bits, what a decode step's pass over the KV cache does)
+ * over arrays far larger than the caches, split across threads. Like
+ * STREAM it counts the bytes read plus the bytes written and keeps the
+ * best of several passes. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,20 +16,42 @@
 #define STREAM_MAX_THREADS 256
 
 typedef struct copy_part {
-    float *dst;
+    float *dst; /* NULL: read only, into sum */
     const float *src;
     size_t n;
+    uint32_t sum;
 } copy_part;
+
+/* The read sums the floats' bits in four independent integer lanes, so
+ * neither a dependency chain nor float rounding limits it, and stores the
+ * sum so the compiler must keep the loads. */
+static void read_part(copy_part *p)
+{
+    const uint32_t *x = (const uint32_t *)p->src;
+    uint32_t s[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= p->n; i += 4)
+        for (int j = 0; j < 4; j++)
+            s[j] += x[i + j];
+    for (; i < p->n; i++)
+        s[0] += x[i];
+    p->sum = s[0] + s[1] + s[2] + s[3];
+}
 
 static void *copy_main(void *arg)
 {
     copy_part *p = arg;
+    if (!p->dst) {
+        read_part(p);
+        return NULL;
+    }
     for (size_t i = 0; i < p->n; i++)
         p->dst[i] = p->src[i];
     return NULL;
 }
 
-/* One pass with threads threads; 0, or -1 when a thread cannot start. */
+/* One pass with threads threads (dst NULL: a read); 0, or -1 when a
+ * thread cannot start. */
 static int copy_pass(float *dst, const float *src, int threads)
 {
     pthread_t tid[STREAM_MAX_THREADS];
@@ -35,23 +59,25 @@ static int copy_pass(float *dst, const float *src, int threads)
     size_t chunk = STREAM_FLOATS / (size_t)threads;
     int started = 0, rc = 0;
     for (int t = 1; t < threads; t++) {
-        part[t] = (copy_part){dst + chunk * (size_t)t, src + chunk * (size_t)t,
+        part[t] = (copy_part){dst ? dst + chunk * (size_t)t : NULL,
+                              src + chunk * (size_t)t,
                               t == threads - 1 ? STREAM_FLOATS - chunk * (size_t)t
-                                               : chunk};
+                                               : chunk, 0};
         if (pthread_create(&tid[t], NULL, copy_main, &part[t]) != 0) {
             rc = -1;
             break;
         }
         started = t;
     }
-    part[0] = (copy_part){dst, src, threads > 1 ? chunk : STREAM_FLOATS};
+    part[0] = (copy_part){dst, src, threads > 1 ? chunk : STREAM_FLOATS, 0};
     copy_main(&part[0]);
     for (int t = 1; t <= started; t++)
         pthread_join(tid[t], NULL);
     return rc;
 }
 
-double bench_stream_copy_gbs(int threads)
+/* The best of STREAM_PASSES copies (read_only: reads of b alone), GB/s. */
+static double stream_gbs(int threads, int read_only)
 {
     threads = threads < 1 ? 1 : threads > STREAM_MAX_THREADS
                                     ? STREAM_MAX_THREADS : threads;
@@ -64,14 +90,25 @@ double bench_stream_copy_gbs(int threads)
             b[i] = (float)(i & 1023);
         for (int pass = 0; pass < STREAM_PASSES; pass++) {
             double t0 = bench_now();
-            if (copy_pass(a, b, threads))
+            if (copy_pass(read_only ? NULL : a, b, threads))
                 break;
             double s = bench_now() - t0;
-            double gbs = 2.0 * (double)(STREAM_FLOATS * sizeof *a) / s / 1e9;
+            double gbs = (read_only ? 1.0 : 2.0) *
+                         (double)(STREAM_FLOATS * sizeof *a) / s / 1e9;
             best = gbs > best ? gbs : best;
         }
     }
     free(a);
     free(b);
     return best > 0 ? best : -1;
+}
+
+double bench_stream_copy_gbs(int threads)
+{
+    return stream_gbs(threads, 0);
+}
+
+double bench_stream_read_gbs(int threads)
+{
+    return stream_gbs(threads, 1);
 }

@@ -13,9 +13,14 @@
  *  - decode (L1 S4096 E4096 H32) against the time to read K, V and the
  *    weights once at the copy bandwidth, and against its FLOPs at the
  *    sgemm rate;
- *  - the decoder layer's decode step (llama3-8b-decode: cache 1k, 4k, 16k
- *    tokens, f32 and f16) against the time to read the cache's K and V
- *    at the copy bandwidth, and the f16 cache's time against the f32's;
+ *  - decode (llama3-8b-decode: cache 1k, 4k, 16k tokens, f32 and f16):
+ *    its attention node alone, against the time to read the cache's K and
+ *    V once at the read bandwidth (the issue's bound), and the f16 cache's
+ *    attention time against the f32's; the whole decoder layer step too,
+ *    which also reads 168 MiB of f32 projection weights, so its rows are
+ *    for reference;
+ *  - GQA prefill's attention node (llama3-8b-prefill, T 512, causal
+ *    bottom-right) against sgemm, counting only the FLOPs causal needs;
  *  - 1 thread against --threads on the prefill cases.
  * Every forward but the 32k and decode ones is checked against the
  * OpenBLAS-composed forward first. Timing is reported, never a pass/fail:
@@ -65,6 +70,7 @@ static const target_case cases[NCASES] = {
 
 #define MAX_ROWS 48
 #define DECODER_CASES 6 /* the llama3-8b-decode preset */
+#define PREFILL_CASES 1 /* the llama3-8b-prefill preset */
 
 typedef struct target_row {
     char target[64], measured[96], goal[24];
@@ -80,11 +86,14 @@ typedef struct targets {
     bench_case bc[NCASES];
     bench_result fwd[NCASES], fwd1[NCASES], attn[NCASES];
     double torch_ms[NCASES];
-    double sgemm, stream;   /* GFLOP/s, GB/s */
+    double sgemm, stream, stream_read; /* GFLOP/s, copy and read GB/s */
     double long_dev_mib, long_rss_mib; /* 32k working memory */
     bench_case dec[DECODER_CASES];    /* S 1k, 4k, 16k; f32, f16 cache */
-    bench_result dec_r[DECODER_CASES];
+    bench_result dec_r[DECODER_CASES], dec_a[DECODER_CASES]; /* step, attn */
     int ndec;
+    bench_case pre[PREFILL_CASES];
+    bench_result pre_a[PREFILL_CASES]; /* attention part */
+    int npre;
     int failed;
     target_row rows[MAX_ROWS];
     int nrows;
@@ -164,9 +173,10 @@ static void run_references(targets *t)
     o.warmup = 3;
     o.repeat = 20;
     o.min_time = 0.5;
-    say(t, "OpenBLAS sgemm 1024^3 and STREAM copy...\n");
+    say(t, "OpenBLAS sgemm 1024^3 and STREAM copy and read...\n");
     t->sgemm = bench_openblas_sgemm_gflops(1024, &o);
     t->stream = bench_stream_copy_gbs(t->threads);
+    t->stream_read = bench_stream_read_gbs(t->threads);
 }
 
 /* The OpenBLAS-composed forward as the check's reference, or none. It
@@ -264,7 +274,25 @@ static void run_case(targets *t, int i)
     bench_case_data_free(&d);
 }
 
-/* The decoder layer's decode step (llama3-8b-decode) on the CPU. */
+/* The attention node of decoder case c alone, into r. */
+static void time_decoder_attention(targets *t, const bench_case *c,
+                                   bench_result *r)
+{
+    bench_options o = *t->o;
+    o.threads = t->threads;
+    o.warmup = 2;
+    o.repeat = 10;
+    o.min_time = 0.3;
+    say(t, "%s: attention part...\n", c->name);
+    memset(r, 0, sizeof *r);
+    if (bench_attention_part(t->ctx, &o, c, r)) {
+        fprintf(stderr, "mha-bench: attention part of %s failed\n", c->name);
+        t->failed = 1;
+    }
+}
+
+/* The decoder layer's decode step (llama3-8b-decode) on the CPU and its
+ * attention alone; the prefill preset's attention alone. */
 static void run_decoder(targets *t)
 {
     bench_options o = *t->o;
@@ -278,7 +306,11 @@ static void run_decoder(targets *t)
         memset(&t->dec_r[i], 0, sizeof t->dec_r[i]);
         bench_decoder_case(t->ctx, t->dev, &o, &t->dec[i], &t->dec_r[i]);
         note_failure(t, &t->dec_r[i], t->dec[i].name);
+        time_decoder_attention(t, &t->dec[i], &t->dec_a[i]);
     }
+    bench_preset_add("llama3-8b-prefill", t->pre, &t->npre, PREFILL_CASES);
+    for (int i = 0; i < t->npre; i++)
+        time_decoder_attention(t, &t->pre[i], &t->pre_a[i]);
 }
 
 /* ---- the table -------------------------------------------------------------- */
@@ -395,31 +427,73 @@ static void decode_rows(targets *t)
             flop_ms);
 }
 
-/* Per decode step of the llama3-8b layer: time against the K+V bytes of
- * the cache at the copy bandwidth (the issue's bound) and against
- * K+V+weights (what a whole layer step must read); the f16 cache's time
- * against the f32 cache's. */
+static const char *cache_of(const bench_case *c)
+{
+    return c->cache_dtype == MHA_F16 ? "f16" : "f32";
+}
+
+/* Per decode step of the llama3-8b layer: the attention node's time
+ * against the time to read the cache's K and V once at the read bandwidth
+ * (the issue's bound), then the whole layer step's against the same and
+ * against K+V+weights (what a whole step must read); the f16 cache's time
+ * against the f32 cache's, attention and step. */
 static void decoder_rows(targets *t)
 {
     char name[64];
+    double bw = t->stream_read * 1e6;
     for (int i = 0; i < t->ndec; i++) {
         const bench_case *c = &t->dec[i];
-        double ms = t->dec_r[i].median_ms, bw = t->stream * 1e6;
+        double ms = t->dec_a[i].median_ms;
+        double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
+        snprintf(name, sizeof name, "decode attention S=%lldk %s / K+V",
+                 (long long)(c->src_len / 1024), cache_of(c));
+        add_row(t, met(ms > 0 && kv > 0, ms <= 1.25 * kv), "<= 1.25x", name,
+                "%.2f / %.2f ms = %.2fx", ms, kv, kv > 0 ? ms / kv : 0);
+    }
+    for (int i = 0; i < t->ndec; i++) {
+        const bench_case *c = &t->dec[i];
+        double ms = t->dec_r[i].median_ms;
         double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
         double all = bw > 0 ? bench_bytes(c) / bw : 0;
-        snprintf(name, sizeof name, "decoder step S=%lldk %s / K+V bound",
-                 (long long)(c->src_len / 1024),
-                 c->cache_dtype == MHA_F16 ? "f16" : "f32");
-        add_row(t, met(ms > 0 && kv > 0, ms <= 1.25 * kv), "<= 1.25x", name,
-                "%.1f / %.2f ms = %.1fx (+W: %.1fx)", ms, kv,
-                kv > 0 ? ms / kv : 0, all > 0 ? ms / all : 0);
+        snprintf(name, sizeof name, "layer step S=%lldk %s / K+V (+W)",
+                 (long long)(c->src_len / 1024), cache_of(c));
+        add_row(t, "-", "reference", name, "%.1f / %.2f ms = %.1fx (+W: %.1fx)",
+                ms, kv, kv > 0 ? ms / kv : 0, all > 0 ? ms / all : 0);
     }
     for (int i = 0; i + 1 < t->ndec; i += 2) {
-        double f32 = t->dec_r[i].median_ms, f16 = t->dec_r[i + 1].median_ms;
-        snprintf(name, sizeof name, "decoder f16/f32 cache time S=%lldk",
-                 (long long)(t->dec[i].src_len / 1024));
+        double f32 = t->dec_a[i].median_ms, f16 = t->dec_a[i + 1].median_ms;
+        double s32 = t->dec_r[i].median_ms, s16 = t->dec_r[i + 1].median_ms;
+        long long k = (long long)(t->dec[i].src_len / 1024);
+        snprintf(name, sizeof name, "decode attention f16/f32 S=%lldk", k);
         add_row(t, met(f32 > 0 && f16 > 0, f16 <= 0.6 * f32), "<= 0.6", name,
-                "%.2f (%.1f / %.1f ms)", f32 > 0 ? f16 / f32 : 0, f16, f32);
+                "%.2f (%.2f / %.2f ms)", f32 > 0 ? f16 / f32 : 0, f16, f32);
+        snprintf(name, sizeof name, "layer step f16/f32 S=%lldk", k);
+        add_row(t, "-", "reference", name, "%.2f (%.1f / %.1f ms)",
+                s32 > 0 ? s16 / s32 : 0, s16, s32);
+    }
+}
+
+/* FLOPs a causal bottom-right attention needs: 4 d Hq per (query, key)
+ * pair it attends; query i of L sees S - L + i + 1 keys. */
+static double prefill_attention_flops(const bench_case *c)
+{
+    double l = (double)c->tgt_len, s = (double)c->src_len;
+    double pairs = l * (s - l) + l * (l + 1) / 2;
+    return 4.0 * (double)(c->head_dim * c->heads) * pairs;
+}
+
+static void prefill_attention_rows(targets *t)
+{
+    for (int i = 0; i < t->npre; i++) {
+        const bench_case *c = &t->pre[i];
+        double ms = t->pre_a[i].median_ms;
+        double g = ms > 0 ? prefill_attention_flops(c) / (ms * 1e6) : 0;
+        char name[64];
+        snprintf(name, sizeof name, "GQA prefill attention T=%lld / sgemm",
+                 (long long)c->tgt_len);
+        add_row(t, met(g > 0 && t->sgemm > 0, g >= 0.85 * t->sgemm),
+                ">= 0.85x", name, "%.1f GFLOP/s = %.2fx (%.2f ms)", g,
+                t->sgemm > 0 ? g / t->sgemm : 0, ms);
     }
 }
 
@@ -446,12 +520,15 @@ static void print_table(targets *t, FILE *out)
             t->sgemm);
     add_row(t, "-", "reference", "STREAM-style copy", "%.1f GB/s",
             t->stream);
+    add_row(t, "-", "reference", "STREAM-style read", "%.1f GB/s",
+            t->stream_read);
     prefill_rows(t);
     small_rows(t);
     causal_rows(t);
     long_rows(t);
     decode_rows(t);
     decoder_rows(t);
+    prefill_attention_rows(t);
     thread_rows(t);
     fprintf(out, "%-38s | %-36s | %-9s | %s\n", "target", "measured", "goal",
             "met");
@@ -462,7 +539,12 @@ static void print_table(targets *t, FILE *out)
                  "share/doc/libmha/ installed); the attention part is the "
                  "fused\nattention op alone (4LSE FLOPs), timed through the CPU "
                  "backend's internal entry point; medians of each case's "
-                 "runs.\n");
+                 "runs.\nDecode (llama3-8b, Hq 32, Hkv 8, d 128): \"decode "
+                 "attention\" is the attention node alone, \"layer step\" the "
+                 "whole\nstep, which also reads 168 MiB of f32 weights (+W); "
+                 "K+V is the cache's K and V bytes at the read\nbandwidth. GQA "
+                 "prefill (T = S = 512, causal bottom-right): 4 d Hq FLOPs per "
+                 "attended (query, key)\npair, L(S-L) + L(L+1)/2 pairs.\n");
 }
 
 /* ---- driver -------------------------------------------------------------------- */

@@ -10,7 +10,8 @@
 #include "bench.h"
 
 /* Times the CPU backend's fused attention op alone (best ISA, o->threads
- * threads) on random Q, K, V for case c (batch 1): r->runs, median_ms and
+ * threads) on random Q, K, V for case c (batch 1; a decoder case: its
+ * attention node over a cache of src_len tokens): r->runs, median_ms and
  * p95_ms as bench_time_runs fills them. 0, or non-zero on a failure. */
 int bench_attention_part(mha_context *ctx, const bench_options *o,
                          const bench_case *c, bench_result *r);
@@ -19,6 +20,8 @@ int bench_attention_part(mha_context *ctx, const bench_options *o,
  * a few passes) of a STREAM-style copy of two 256 MiB arrays with threads
  * threads; -1 when memory or threads run out. */
 double bench_stream_copy_gbs(int threads);
+/* The same for a read of one 256 MiB array (bytes read per second). */
+double bench_stream_read_gbs(int threads);
 
 /* Runs every target and prints the table to out. Returns BENCH_EXIT_OK, or
  * BENCH_EXIT_FAIL when a measurement could not be made (an unmet target is

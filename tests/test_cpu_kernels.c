@@ -566,6 +566,137 @@ static void run_f16_to_f32(table_getter get, const char *isa)
     free(all);
 }
 
+/* ---- decode kernels ----------------------------------------------------------- */
+
+/* K or V as a kernel reads it: rows x cols values at stride ld, f32 or
+ * (f16) random fp16 bits of magnitude 2^-4 to 2, padding NaN; wide holds
+ * the same values as floats (the fp16 ones widened exactly) for the
+ * reference. */
+typedef struct kv_rows {
+    void *data;
+    float *wide;
+} kv_rows;
+
+static kv_rows make_kv(int64_t rows, int64_t cols, int64_t ld, int f16,
+                       uint64_t *s)
+{
+    kv_rows m = {NULL, alloc_filled(rows, ld, NAN)};
+    fill_random(m.wide, rows, cols, ld, s);
+    if (!f16) {
+        m.data = m.wide;
+        return m;
+    }
+    size_t count = (size_t)(rows * ld) + GUARD;
+    uint16_t *h = malloc(count * sizeof *h);
+    cr_assert_not_null(h);
+    for (size_t i = 0; i < count; i++) {
+        int64_t r = (int64_t)i / ld, c = (int64_t)i % ld;
+        /* random sign, exponent 2^-4..2^0 and mantissa; NaN padding */
+        h[i] = r < rows && c < cols
+                   ? (uint16_t)((uint16_t)(rnd(s) < 0) << 15 |
+                                (uint16_t)(11 + (int)(2.5f + 2.49f * rnd(s)))
+                                    << 10 |
+                                (uint16_t)(512.0f + 511.0f * rnd(s)))
+                   : 0x7e00u;
+        m.wide[i] = mha_f16_to_f32(h[i]);
+    }
+    m.data = h;
+    return m;
+}
+
+static void free_kv(kv_rows *m)
+{
+    if (m->data != m->wide)
+        free(m->data);
+    free(m->wide);
+}
+
+/* kv_scores: s = scale * q K^T, G query rows against n key rows of d
+ * values, padding NaN everywhere, s NaN inside (overwritten, never read)
+ * and SENTINEL outside. */
+static void run_kv_scores(table_getter get, const char *isa, int64_t G,
+                          int64_t n, int64_t d, int f16)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0x2545F4914F6CDD1Dull ^ (uint64_t)(G * 1000003 + n * 1009 + d);
+    const int64_t ldq = d + 1 + G % 3, ldk = d + 2 + n % 5, lds = n + 3;
+    float *q = alloc_filled(G, ldq, NAN);
+    float *out = alloc_filled(G, lds, SENTINEL);
+    fill_random(q, G, d, ldq, &s);
+    kv_rows K = make_kv(n, d, ldk, f16, &s);
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t j = 0; j < n; j++)
+            out[g * lds + j] = NAN;
+    kt->kv_scores(1, G, n, d, q, ldq, K.data, ldk, 0, f16, 0.375f, out, lds);
+    gemm_check c = {isa, f16 ? "kv_scores f16" : "kv_scores", G, n, d, 0,
+                    q, K.wide, NULL, ldq, ldk, 0, 1, 0.375};
+    check_gemm(&c, out, lds);
+    free(q), free(out), free_kv(&K);
+}
+
+/* kv_values: acc += p V, acc random inside and SENTINEL outside. */
+static void run_kv_values(table_getter get, const char *isa, int64_t G,
+                          int64_t n, int64_t d, int f16)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0x9FB21C651E98DF25ull ^ (uint64_t)(G * 1000003 + n * 1009 + d);
+    const int64_t ldp = n + 1 + G % 3, ldv = d + 2 + n % 5, lda = d + 3;
+    float *p = alloc_filled(G, ldp, NAN);
+    float *acc = alloc_filled(G, lda, SENTINEL);
+    float *acc0 = alloc_filled(G, lda, SENTINEL);
+    fill_random(p, G, n, ldp, &s);
+    fill_random(acc, G, d, lda, &s);
+    memcpy(acc0, acc, ((size_t)(G * lda) + GUARD) * sizeof(float));
+    kv_rows V = make_kv(n, d, ldv, f16, &s);
+    kt->kv_values(1, G, n, d, p, ldp, V.data, ldv, 0, f16, acc, lda);
+    gemm_check c = {isa, f16 ? "kv_values f16" : "kv_values", G, d, n, 0,
+                    p, V.wide, acc0, ldp, ldv, lda, 0, 1.0};
+    check_gemm(&c, acc, lda);
+    free(p), free(acc), free(acc0), free_kv(&V);
+}
+
+/* nh kv heads side by side in each row (head h at element h * hs, hs =
+ * d + 1): the rows of head h must come out bit for bit as a call for that
+ * head alone gives them (checked against the reference above), scores and
+ * values alike. */
+static void run_kv_heads(table_getter get, const char *isa, int64_t G,
+                         int64_t n, int64_t d, int f16)
+{
+    const mha_cpu_kernels *kt = table_or_skip(get, isa);
+    uint64_t s = 0x5851F42D4C957F2Dull ^ (uint64_t)(G * 1000003 + n * 1009 + d);
+    const int64_t nh = 3, hs = d + 1, ld = nh * hs + 2, R = nh * G;
+    const int64_t ldq = d + 2, lds = n + 1, es = f16 ? 2 : 4;
+    float *q = alloc_filled(R, ldq, NAN), *p = alloc_filled(R, lds, NAN);
+    float *all = alloc_filled(R, lds, SENTINEL);
+    float *one = alloc_filled(R, lds, SENTINEL);
+    float *acc = alloc_filled(R, ldq, SENTINEL);
+    float *acc1 = alloc_filled(R, ldq, SENTINEL);
+    fill_random(q, R, d, ldq, &s);
+    fill_random(p, R, n, lds, &s);
+    fill_random(acc, R, d, ldq, &s);
+    memcpy(acc1, acc, ((size_t)(R * ldq) + GUARD) * sizeof(float));
+    kv_rows M = make_kv(n, nh * hs, ld, f16, &s);
+    kt->kv_scores(nh, G, n, d, q, ldq, M.data, ld, hs, f16, 0.5f, all, lds);
+    kt->kv_values(nh, G, n, d, p, lds, M.data, ld, hs, f16, acc, ldq);
+    for (int64_t h = 0; h < nh; h++) {
+        const char *mh = (const char *)M.data + h * hs * es;
+        kt->kv_scores(1, G, n, d, q + h * G * ldq, ldq, mh, ld, 0, f16, 0.5f,
+                      one + h * G * lds, lds);
+        kt->kv_values(1, G, n, d, p + h * G * lds, lds, mh, ld, 0, f16,
+                      acc1 + h * G * ldq, ldq);
+    }
+    cr_assert(memcmp(all, one, ((size_t)(R * lds) + GUARD) * sizeof(float)) ==
+                  0,
+              "%s kv_scores of %lld heads differ from one head at a time", isa,
+              (long long)nh);
+    cr_assert(memcmp(acc, acc1, ((size_t)(R * ldq) + GUARD) * sizeof(float)) ==
+                  0,
+              "%s kv_values of %lld heads differ from one head at a time", isa,
+              (long long)nh);
+    free(q), free(p), free(all), free(one), free(acc), free(acc1);
+    free_kv(&M);
+}
+
 /* ---- the test table ------------------------------------------------------------ */
 
 #define ISA_LIST(X) X(scalar) X(avx2) X(avx512) X(neon)
@@ -589,6 +720,34 @@ static void run_f16_to_f32(table_getter get, const char *isa)
     X(isa, 0) X(isa, 1) X(isa, 2) X(isa, 3) X(isa, 4) X(isa, 5) X(isa, 7)  \
     X(isa, 8) X(isa, 9) X(isa, 15) X(isa, 16) X(isa, 17) X(isa, 31)        \
     X(isa, 33) X(isa, 64) X(isa, 100) X(isa, 257)
+
+/* (G, n, d) of the decode kernels: G around their row tile (4) and a
+ * kv group's sizes (1, 4, 8, 32 = 8 heads x 4 queries), n around their key
+ * steps (2 and 4) and a key block (128), d from 1 to 256 with every tail
+ * of the 4-, 8- and 16-float vectors. */
+#define KV_CASES(X, isa)                                                    \
+    X(isa, 0, 5, 8) X(isa, 3, 0, 8) X(isa, 1, 1, 1) X(isa, 1, 7, 3)        \
+    X(isa, 2, 2, 7) X(isa, 3, 3, 9) X(isa, 4, 5, 15) X(isa, 5, 9, 16)      \
+    X(isa, 8, 17, 17) X(isa, 7, 4, 31) X(isa, 1, 130, 64)                  \
+    X(isa, 4, 128, 128) X(isa, 8, 33, 100) X(isa, 32, 6, 40)               \
+    X(isa, 9, 11, 129) X(isa, 6, 3, 256) X(isa, 4, 2, 255)
+
+#define KV_TESTS(isa, G, n, d)                                              \
+    Test(isa, kv_scores_G##G##_n##n##_d##d)                                 \
+    {                                                                       \
+        run_kv_scores(mha_cpu_kernels_##isa, #isa, G, n, d, 0);            \
+        run_kv_scores(mha_cpu_kernels_##isa, #isa, G, n, d, 1);            \
+    }                                                                       \
+    Test(isa, kv_values_G##G##_n##n##_d##d)                                 \
+    {                                                                       \
+        run_kv_values(mha_cpu_kernels_##isa, #isa, G, n, d, 0);            \
+        run_kv_values(mha_cpu_kernels_##isa, #isa, G, n, d, 1);            \
+    }                                                                       \
+    Test(isa, kv_heads_G##G##_n##n##_d##d)                                  \
+    {                                                                       \
+        run_kv_heads(mha_cpu_kernels_##isa, #isa, G, n, d, 0);             \
+        run_kv_heads(mha_cpu_kernels_##isa, #isa, G, n, d, 1);             \
+    }
 
 #define GEMM_TESTS(isa, M, N, K)                                            \
     Test(isa, gemm_nt_M##M##_N##N##_K##K)                                   \
@@ -627,6 +786,7 @@ static void run_f16_to_f32(table_getter get, const char *isa)
 
 #define ISA_TESTS(isa)                                                      \
     GEMM_CASES(GEMM_TESTS, isa)                                             \
+    KV_CASES(KV_TESTS, isa)                                                 \
     VEC_SIZES(VEC_TESTS, isa)                                               \
     Test(isa, max_nan_inf) { run_max_special(mha_cpu_kernels_##isa, #isa); } \
     Test(isa, exp_accuracy)                                                 \

@@ -758,7 +758,18 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_ALIBI)                                                               \
     X(core_decode_long_window, ATTENTION, 1, 2, 1, 400, 0, 16, 0, 0,        \
       F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SINKS)              \
-    X(core_kv_len_not_causal, ATTENTION, 3, 2, 4, 21, 0, 16, 0, 0, F_KVLEN)
+    X(core_kv_len_not_causal, ATTENTION, 3, 2, 4, 21, 0, 16, 0, 0, F_KVLEN) \
+    X(core_decode_group4_d100_sinks, ATTENTION, 1, 4, 1, 517, 0, 100, 0, 0, \
+      F_MQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                 \
+    X(core_decode_f16_group8_t3_d13, ATTENTION, 2, 8, 3, 300, 0, 13, 0, 0,  \
+      F_F16 | F_MQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW |      \
+      F_SOFTCAP | F_ALIBI)                                                   \
+    X(core_decode_group1_t2_d7, ATTENTION, 2, 3, 2, 1030, 0, 7, 0, 0,       \
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS | F_ALIBI)               \
+    X(core_decode_f16_d256_softcap, ATTENTION, 1, 2, 1, 200, 0, 256, 0, 0,  \
+      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SOFTCAP)       \
+    X(core_decode_group4_t4_d1, ATTENTION, 1, 4, 4, 129, 0, 1, 0, 0,        \
+      F_MQA | F_CAUSAL | F_BOTTOM_RIGHT)
 #define DEFINE_CORE_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_)  \
     DEFINE_OP_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_,                \
                    (flags_) | F_REQUIRED)
@@ -822,7 +833,10 @@ static void run_threads_case(const op_case *c)
     teardown(&s, ctx);
 }
 
-/* name, op, B, H, L, S, X, d, K, N, flags: shapes with many tasks */
+/* name, op, B, H, L, S, X, d, K, N, flags: shapes with many tasks; the
+ * decode ones have few enough chunks that the CPU backend tiles all heads
+ * of a batch item together for 1 and 2 threads and one kv head at a time
+ * for 3 and 8 (the same bits either way) */
 #define THREAD_CASES(X)                                                      \
     X(projection, PROJECTION, 2, 1, 150, 0, 0, 0, 200, 300, F_BIAS)          \
     X(scores, SCORES, 2, 2, 130, 90, 1, 16, 0, 0, F_CAUSAL | F_KPM)          \
@@ -834,7 +848,10 @@ static void run_threads_case(const op_case *c)
       F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                 \
     X(attention_core_prefill, ATTENTION, 1, 4, 100, 300, 0, 32, 0, 0,       \
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_ALIBI | F_SOFTCAP)    \
-    X(head_stats, HEAD_STATS, 2, 3, 40, 50, 0, 0, 0, 0, 0)
+    X(head_stats, HEAD_STATS, 2, 3, 40, 50, 0, 0, 0, 0, 0)                  \
+    X(attention_decode_f16_all_heads, ATTENTION, 1, 8, 2, 700, 0, 40, 0, 0,  \
+      F_F16 | F_GQA | F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS |        \
+      F_SOFTCAP)
 
 #define DEFINE_THREAD_TEST(name, op_, B_, H_, L_, S_, X_, d_, K_, N_, flags_) \
     Test(threads, name)                                                      \

@@ -15,9 +15,15 @@
  * kv heads at a time, bounded by the exec's pack_budget
  * (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever the head
  * count. With fewer queries than a register tile (decode) packing does not
- * pay: the products run on K and V in place, the queries of all the heads
+ * pay: the products run on K and V in place through the table's decode
+ * kernels (kv_scores, kv_values: each K and V row read once, fp16 widened
+ * in registers), the queries of all the heads
  * that share a kv head form one tile (so K and V are read once per kv
- * head, not once per query head), and the keys of each tile are
+ * head, not once per query head; when every query head of a batch item
+ * fits one tile and there are enough tasks for the threads anyway, one
+ * tile holds all of them, so each token's K and V rows of all kv heads,
+ * adjacent in a token-major cache, are read together), and the keys of
+ * each tile are
  * split into chunks of SPLIT_BLOCKS blocks run as separate tasks whose
  * partial (max, sum, accumulator) are then combined in chunk order
  * (flash-decoding), so one query still uses every core and the result is
@@ -45,9 +51,11 @@ typedef struct attn_job {
     int64_t kblocks;     /* key blocks per head */
     int64_t chunks;      /* flash-decoding chunks per tile (1: no split) */
     int grouped;         /* a tile holds every query of a kv head's group */
+    int64_t kv_tile;     /* kv heads per grouped tile: 1, or all Hkv */
     int64_t units;       /* tiles per kv head */
     int64_t unit_rows;   /* rows of a tile (at most qrows) */
-    int64_t head0, nheads; /* kv heads (b * Hkv + hk) of this round */
+    int64_t head0, nheads; /* kv heads (b * Hkv + hk) of this round; with
+                              kv_tile > 1, tiles of kv_tile kv heads */
     int packed;          /* K and V packed, or read in place */
     float *kp, *vp;      /* packed K^T and V of the round's kv heads */
     float *part;         /* chunks > 1: (m, l, acc) per head and chunk */
@@ -200,6 +208,7 @@ static void pack_task(void *arg, int64_t task, int thread)
  * i0 + r % qn of head h0 + r / qn. */
 typedef struct tile_at {
     int64_t b, hk, h0, i0, qn, rows;
+    int64_t nkv; /* kv heads hk, hk + 1, ... of the rows, in order */
 } tile_at;
 
 static int64_t row_head(const tile_at *w, int64_t r) { return w->h0 + r / w->qn; }
@@ -252,7 +261,8 @@ static void merge_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
 }
 
 /* Raw scores of the tile's rows against keys [j0, j0 + cnt) into t->s:
- * from the packed K^T (already scaled), or from K in place. */
+ * from the packed K^T (already scaled), or from K in place (f32 or f16,
+ * the table's decode kernel). */
 static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
                          int64_t j0, int64_t cnt)
 {
@@ -266,17 +276,15 @@ static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
                        t->s, KEY_BLOCK);
         return;
     }
-    int64_t ld;
-    const float *kr = rows_f32(j, &n->src[MHA_SRC_K], w->b, w->hk, j0,
-                               cnt, t->kv, &ld);
-    k->gemm_nt(w->rows, cnt, j->d, t->q, t->ldq, kr, ld, NULL, t->s,
-               KEY_BLOCK);
-    for (int64_t r = 0; r < w->rows; r++)
-        k->scale(cnt, n->params.scale, t->s + r * KEY_BLOCK);
+    const mha_tdesc *kt = &n->src[MHA_SRC_K];
+    k->kv_scores(w->nkv, w->rows / w->nkv, cnt, j->d, t->q, t->ldq,
+                 row_ptr(kt, w->b, w->hk, j0), kt->nb[2], kt->nb[1],
+                 kt->dtype == MHA_F16, n->params.scale, t->s, KEY_BLOCK);
 }
 
 /* acc += P V for the probabilities of keys [j0, j0 + cnt); the packed V
- * block may hold more keys (its panels have that many rows). */
+ * block may hold more keys (its panels have that many rows). In place, V
+ * is read as it is stored, f32 or f16. */
 static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
                          int64_t j0, int64_t cnt)
 {
@@ -289,11 +297,10 @@ static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
                        block_len(j, w->b, j0), NULL, 1, t->acc, j->d);
         return;
     }
-    int64_t ld;
-    const float *vr = rows_f32(j, &j->node->src[MHA_SRC_V], w->b, w->hk,
-                               j0, cnt, t->kv, &ld);
-    k->gemm_nn_acc(w->rows, j->d, cnt, t->s, KEY_BLOCK, vr, ld, t->acc,
-                   j->d);
+    const mha_tdesc *vt = &j->node->src[MHA_SRC_V];
+    k->kv_values(w->nkv, w->rows / w->nkv, cnt, j->d, t->s, KEY_BLOCK,
+                 row_ptr(vt, w->b, w->hk, j0), vt->nb[2], vt->nb[1],
+                 vt->dtype == MHA_F16, t->acc, j->d);
 }
 
 /* The score transforms of tile row r (position p) over keys [j0, j0 +
@@ -429,10 +436,12 @@ static void tile_finish(const attn_job *j, flash_tile *t, const tile_at *w)
 static tile_at tile_of_task(const attn_job *j, int64_t task)
 {
     int64_t unit = task / j->chunks, qt = unit % j->qtiles;
-    int64_t hq = unit / j->qtiles, bhk = j->head0 + unit / j->units;
+    int64_t hq = unit / j->qtiles;
+    int64_t bhk = (j->head0 + unit / j->units) * j->kv_tile;
     tile_at w;
     w.b = bhk / j->Hkv;
     w.hk = bhk % j->Hkv;
+    w.nkv = j->kv_tile;
     if (j->grouped) {
         w.h0 = w.hk * j->group;
         w.i0 = 0;
@@ -522,9 +531,15 @@ static void job_init(attn_job *j, mha_cpu_exec *e, const mha_node *n)
     j->kblocks = ceil_div(j->S2, KEY_BLOCK);
     j->packed = j->L >= k->mr && j->S2 > 0;
     j->chunks = j->packed ? 1 : max64(1, ceil_div(j->kblocks, SPLIT_BLOCKS));
-    j->grouped = !j->packed && j->group > 1 && j->group * j->L <= j->qrows;
+    j->kv_tile = !j->packed && j->H * j->L <= j->qrows &&
+                         n->dst.ne[0] * j->chunks >= mha_cpu_pool_threads(e->pool)
+                     ? j->Hkv
+                     : 1;
+    j->grouped = !j->packed && (j->kv_tile > 1 || (j->group > 1 &&
+                                                   j->group * j->L <= j->qrows));
     j->units = j->grouped ? 1 : j->group * j->qtiles;
-    j->unit_rows = j->grouped ? j->group * j->L : min64(j->qrows, j->L);
+    j->unit_rows = j->grouped ? j->kv_tile * j->group * j->L
+                              : min64(j->qrows, j->L);
 }
 
 /* kv heads per round: as many as the pack budget holds, at least one. */
@@ -559,7 +574,8 @@ mha_status mha_cpu_run_attention(mha_cpu_exec *e, const mha_node *n)
     mha_status st = mha_cpu_scratch_reserve(e, &e->scratch,
                                             tile_floats(j.qrows, j.d),
                                             threads);
-    int64_t heads = n->dst.ne[0] * j.Hkv, round = heads_per_round(&j, heads);
+    int64_t heads = n->dst.ne[0] * j.Hkv / j.kv_tile;
+    int64_t round = heads_per_round(&j, heads);
     size_t per_head = j.packed ? kp_head_floats(&j) + vp_head_floats(&j) : 0;
     if (st == MHA_OK && j.packed)
         st = mha_cpu_scratch_reserve(e, &e->packed,

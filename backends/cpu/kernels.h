@@ -83,6 +83,24 @@ typedef struct mha_cpu_kernels {
      * core/half.h's mha_f16_to_f32 gives (NaNs quieted, payload kept), so
      * every table converts fp16 K, V and Q rows identically. */
     void (*f16_to_f32)(int64_t n, const uint16_t *x, float *y);
+
+    /* The decode kernels: nh kv heads, each with G query rows (its group,
+     * a few queries each; row r = h*G + g), against n keys and values read
+     * in place: row j of kv head h at element j*ldk + h*hs (j*ldv + h*hs)
+     * of K (V), f32 or, with kv_f16, fp16 bits widened as f16_to_f32 does
+     * (no conversion pass, no packing). Key by key, every head's row of
+     * that token is read once for all of its G rows, so a token-major
+     * cache is read in memory order. Any nh, G, n, d >= 0.
+     * kv_scores: s[r*lds + j] = scale * sum_{c < d} q[r*ldq + c] * K_jh[c];
+     * kv_values: acc[r*ldacc + c] += sum_{j < n} p[r*ldp + j] * V_jh[c]. */
+    void (*kv_scores)(int64_t nh, int64_t G, int64_t n, int64_t d,
+                      const float *q, int64_t ldq, const void *K,
+                      int64_t ldk, int64_t hs, int kv_f16, float scale,
+                      float *s, int64_t lds);
+    void (*kv_values)(int64_t nh, int64_t G, int64_t n, int64_t d,
+                      const float *p, int64_t ldp, const void *V,
+                      int64_t ldv, int64_t hs, int kv_f16, float *acc,
+                      int64_t ldacc);
 } mha_cpu_kernels;
 
 /* The tables. scalar is always present; the others return NULL when the

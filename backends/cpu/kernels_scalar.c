@@ -125,6 +125,40 @@ static void scalar_f16_to_f32(int64_t n, const uint16_t *x, float *y)
         y[i] = mha_f16_to_f32(x[i]);
 }
 
+/* Element c of row j of an f32 or fp16 matrix (row stride ld). */
+static float kv_at(const void *m, int f16, int64_t ld, int64_t j, int64_t c)
+{
+    return f16 ? mha_f16_to_f32(((const uint16_t *)m)[j * ld + c])
+               : ((const float *)m)[j * ld + c];
+}
+
+static void scalar_kv_scores(int64_t nh, int64_t G, int64_t n, int64_t d,
+                             const float *q, int64_t ldq, const void *K,
+                             int64_t ldk, int64_t hs, int kv_f16, float scale,
+                             float *s, int64_t lds)
+{
+    for (int64_t r = 0; r < nh * G; r++)
+        for (int64_t j = 0; j < n; j++) {
+            float acc = 0.0f;
+            for (int64_t c = 0; c < d; c++)
+                acc += q[r * ldq + c] *
+                       kv_at(K, kv_f16, ldk, j, r / G * hs + c);
+            s[r * lds + j] = scale * acc;
+        }
+}
+
+static void scalar_kv_values(int64_t nh, int64_t G, int64_t n, int64_t d,
+                             const float *p, int64_t ldp, const void *V,
+                             int64_t ldv, int64_t hs, int kv_f16, float *acc,
+                             int64_t ldacc)
+{
+    for (int64_t r = 0; r < nh * G; r++)
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t c = 0; c < d; c++)
+                acc[r * ldacc + c] += p[r * ldp + j] *
+                                      kv_at(V, kv_f16, ldv, j, r / G * hs + c);
+}
+
 static const mha_cpu_kernels scalar_table = {
     .isa = "scalar",
     .mr = SCALAR_MR,
@@ -140,6 +174,8 @@ static const mha_cpu_kernels scalar_table = {
     .max = scalar_max,
     .exp_sum = scalar_exp_sum,
     .f16_to_f32 = scalar_f16_to_f32,
+    .kv_scores = scalar_kv_scores,
+    .kv_values = scalar_kv_values,
 };
 
 const mha_cpu_kernels *mha_cpu_kernels_scalar(void)

@@ -227,14 +227,8 @@ class DecoderAttention(DeviceChild):
     def kept_heads(self):
         """The original indices of the query heads the layer keeps (all of
         range(num_heads) until ``prune_heads``), ascending."""
-        dev = self.device
-        buf = (ctypes.c_int64 * self.num_heads)()
-        n = ctypes.c_int64()
-        with dev.lock:
-            dev.check(dev._lib.mha_decoder_kept_heads(
-                self.handle("DecoderAttention.kept_heads"), buf,
-                self.num_heads, ctypes.byref(n)))
-        return list(buf[:n.value])
+        return self._kept_heads("mha_decoder_kept_heads",
+                                "DecoderAttention.kept_heads", self.num_heads)
 
     def prune_heads(self, heads):
         """Removes query heads for good (mha_decoder_prune_heads), named by
@@ -242,12 +236,8 @@ class DecoderAttention(DeviceChild):
         (num_heads // num_kv_heads heads sharing a kv head), which go with
         their kv head, so a KVCache for the pruned layer holds the kept kv
         heads."""
-        hs = [int(h) for h in heads]
-        arr = (ctypes.c_int64 * max(len(hs), 1))(*hs)
-        dev = self.device
-        with dev.lock:
-            dev.check(dev._lib.mha_decoder_prune_heads(
-                self.handle("DecoderAttention.prune_heads"), arr, len(hs)))
+        self._prune_heads("mha_decoder_prune_heads",
+                          "DecoderAttention.prune_heads", heads)
 
     def __call__(self, x, positions=None, cache=None):
         """Runs new tokens x [B, T, embed_dim] of sequences 0 .. B-1 of

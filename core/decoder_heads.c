@@ -8,50 +8,9 @@
 #include <string.h>
 
 #include "decoder.h"
+#include "heads_list.h"
 
 static const char prune_fn[] = "mha_decoder_prune_heads";
-
-/* The current position of original query head h, or -1 when pruned. */
-static int64_t position_of(const mha_decoder *l, int64_t h)
-{
-    for (int64_t p = 0; p < l->cfg.num_heads; p++)
-        if (l->kept[p] == h)
-            return p;
-    return -1;
-}
-
-static int listed(const int64_t *heads, int64_t count, int64_t h)
-{
-    for (int64_t i = 0; i < count; i++)
-        if (heads[i] == h)
-            return 1;
-    return 0;
-}
-
-/* Each head exists, is kept, is listed once. */
-static mha_status check_heads(const mha_decoder *l, const int64_t *heads,
-                              int64_t count)
-{
-    mha_context *ctx = l->device->ctx;
-    for (int64_t i = 0; i < count; i++) {
-        int64_t h = heads[i];
-        if (h < 0 || h >= l->orig_heads)
-            return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                             "%s: head %lld does not exist; the layer has "
-                             "heads 0 to %lld",
-                             prune_fn, (long long)h,
-                             (long long)l->orig_heads - 1);
-        if (position_of(l, h) < 0)
-            return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                             "%s: head %lld was pruned already", prune_fn,
-                             (long long)h);
-        if (listed(heads, i, h))
-            return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                             "%s: head %lld is listed twice", prune_fn,
-                             (long long)h);
-    }
-    return MHA_OK;
-}
 
 /* Every listed head's kv group (g query heads, original indices) is
  * listed whole, since a kv head goes only with all its query heads. */
@@ -62,7 +21,7 @@ static mha_status check_groups(const mha_decoder *l, const int64_t *heads,
     for (int64_t i = 0; i < count; i++) {
         int64_t first = heads[i] / g * g;
         for (int64_t h = first; h < first + g; h++)
-            if (!listed(heads, count, h))
+            if (!mha_heads_listed(heads, count, h))
                 return mha_error(
                     l->device->ctx, MHA_INVALID_ARGUMENT,
                     "%s: head %lld is listed but head %lld of its kv group "
@@ -79,20 +38,13 @@ static mha_status check_prune(const mha_decoder *l, const int64_t *heads,
                               int64_t count)
 {
     mha_context *ctx = l->device->ctx;
-    if (count < 0 || (count > 0 && !heads))
-        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: %s", prune_fn,
-                         count < 0 ? "count is negative" : "heads is NULL");
-    mha_status st = check_heads(l, heads, count);
+    mha_status st = mha_heads_check_prune(ctx, prune_fn, l->kept,
+                                          l->cfg.num_heads, l->orig_heads,
+                                          heads, count);
     if (st == MHA_OK)
         st = check_groups(l, heads, count);
     if (st != MHA_OK)
         return st;
-    if (count >= l->cfg.num_heads)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "%s: pruning %lld heads would leave none of the "
-                         "layer's %lld; keep at least one",
-                         prune_fn, (long long)count,
-                         (long long)l->cfg.num_heads);
     /* recorded: the current arena's steps; old: earlier arenas' */
     if (l->recorded || l->old)
         return mha_error(ctx, MHA_BAD_STATE,
@@ -214,7 +166,7 @@ static int64_t kept_positions(const mha_decoder *l, const int64_t *heads,
 {
     int64_t g = l->cfg.num_heads / l->cfg.num_kv_heads, kept = 0;
     for (int64_t p = 0; p < l->cfg.num_heads; p++)
-        if (!listed(heads, count, l->kept[p]))
+        if (!mha_heads_listed(heads, count, l->kept[p]))
             qpos[kept++] = p;
     for (int64_t k = 0; k < kept / g; k++)
         kvpos[k] = qpos[k * g] / g;
@@ -254,21 +206,7 @@ mha_status mha_decoder_kept_heads(const mha_decoder *layer, int64_t *heads,
 {
     if (!layer)
         return MHA_INVALID_ARGUMENT;
-    mha_context *ctx = layer->device->ctx;
-    int64_t n = layer->cfg.num_heads;
-    if (!count || (capacity > 0 && !heads) || capacity < 0)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "mha_decoder_kept_heads: %s",
-                         !count ? "count is NULL"
-                         : capacity < 0 ? "capacity is negative"
-                                        : "heads is NULL");
-    *count = n;
-    if (capacity < n)
-        return mha_error(ctx, MHA_BUFFER_TOO_SMALL,
-                         "mha_decoder_kept_heads: capacity %lld; the layer "
-                         "keeps %lld heads",
-                         (long long)capacity, (long long)n);
-    memcpy(heads, layer->kept, (size_t)n * sizeof *heads);
-    mha_clear_error(ctx);
-    return MHA_OK;
+    return mha_heads_list_kept(layer->device->ctx, "mha_decoder_kept_heads",
+                               layer->kept, layer->cfg.num_heads, heads,
+                               capacity, count);
 }

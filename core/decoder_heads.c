@@ -164,10 +164,9 @@ static void drop_arena(mha_decoder *l)
 static int64_t kept_positions(const mha_decoder *l, const int64_t *heads,
                               int64_t count, int64_t *qpos, int64_t *kvpos)
 {
-    int64_t g = l->cfg.num_heads / l->cfg.num_kv_heads, kept = 0;
-    for (int64_t p = 0; p < l->cfg.num_heads; p++)
-        if (!mha_heads_listed(heads, count, l->kept[p]))
-            qpos[kept++] = p;
+    int64_t g = l->cfg.num_heads / l->cfg.num_kv_heads;
+    int64_t kept = mha_heads_positions_left(l->kept, l->cfg.num_heads, heads,
+                                            count, qpos);
     for (int64_t k = 0; k < kept / g; k++)
         kvpos[k] = qpos[k * g] / g;
     return kept;

@@ -12,6 +12,17 @@ int mha_heads_listed(const int64_t *heads, int64_t count, int64_t h)
     return 0;
 }
 
+int64_t mha_heads_positions_left(const int64_t *kept, int64_t nkept,
+                                 const int64_t *heads, int64_t count,
+                                 int64_t *pos)
+{
+    int64_t left = 0;
+    for (int64_t p = 0; p < nkept; p++)
+        if (!mha_heads_listed(heads, count, kept[p]))
+            pos[left++] = p;
+    return left;
+}
+
 mha_status mha_heads_check_prune(mha_context *ctx, const char *fn,
                                  const int64_t *kept, int64_t nkept,
                                  int64_t total, const int64_t *heads,

@@ -19,6 +19,12 @@ mha_status mha_heads_check_prune(mha_context *ctx, const char *fn,
 /* Whether h is among heads[0 .. count). */
 int mha_heads_listed(const int64_t *heads, int64_t count, int64_t h);
 
+/* The positions p of kept[0 .. nkept) whose head is not among
+ * heads[0 .. count), ascending, into pos; returns how many. */
+int64_t mha_heads_positions_left(const int64_t *kept, int64_t nkept,
+                                 const int64_t *heads, int64_t count,
+                                 int64_t *pos);
+
 /* kept[0 .. nkept) into heads (capacity entries) and nkept into *count:
  * the *_kept_heads calls; fn names the call in messages. */
 mha_status mha_heads_list_kept(mha_context *ctx, const char *fn,

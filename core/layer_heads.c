@@ -118,11 +118,8 @@ mha_status mha_layer_prune_heads(mha_layer *layer, const int64_t *heads,
     if (!pos)
         return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory",
                          prune_fn);
-    int64_t kept = 0;
-    for (int64_t p = 0; p < layer->heads; p++) {
-        if (!mha_heads_listed(heads, count, layer->kept[p]))
-            pos[kept++] = p;
-    }
+    int64_t kept = mha_heads_positions_left(layer->kept, layer->heads, heads,
+                                            count, pos);
     st = move_weights(layer, pos, kept);
     if (st == MHA_OK) {
         for (int64_t k = 0; k < kept; k++)

@@ -174,6 +174,7 @@ static void decoder_free(mha_decoder *l)
         mha_host_free(&dev->ctx->host, o);
     }
     mha_host_free(&dev->ctx->host, l->host_pos);
+    mha_host_free(&dev->ctx->host, l->kept);
     mha_host_free(&dev->ctx->host, l);
 }
 
@@ -205,7 +206,13 @@ mha_status mha_decoder_create(mha_device *device,
         l->cfg.rope_dims = l->cfg.head_dim;
     if (l->cfg.scale == 0.0f)
         l->cfg.scale = (float)(1.0 / sqrt((double)l->cfg.head_dim));
-    st = alloc_weights(l);
+    l->orig_heads = l->cfg.num_heads;
+    l->kept = mha_host_malloc(&ctx->host,
+                              (size_t)l->orig_heads * sizeof *l->kept);
+    for (int64_t h = 0; l->kept && h < l->orig_heads; h++)
+        l->kept[h] = h;
+    st = l->kept ? alloc_weights(l)
+                 : mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
     if (st == MHA_OK && l->cfg.alibi) {
         float slopes[4096];
         alibi_slopes(l->cfg.num_heads, slopes);

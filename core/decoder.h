@@ -33,7 +33,11 @@ typedef struct mha_dweight {
 
 struct mha_decoder {
     mha_device *device;
-    mha_decoder_config cfg; /* defaults resolved */
+    mha_decoder_config cfg; /* defaults resolved; num_heads and
+                               num_kv_heads count the kept heads */
+    int64_t orig_heads; /* num_heads as created */
+    int64_t *kept;      /* original indices of the kept query heads,
+                           ascending (decoder_heads.c prunes) */
     void *wbuf[MHA_DSLOT_COUNT];
     size_t wlen[MHA_DSLOT_COUNT]; /* floats; 0: not configured */
     unsigned set;                 /* bit per slot written */

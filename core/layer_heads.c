@@ -4,51 +4,20 @@
  * and every later forward's work shrink with the heads removed. */
 #include <string.h>
 
+#include "heads_list.h"
 #include "plan.h"
 
 static const char prune_fn[] = "mha_layer_prune_heads";
-
-/* The current position of original head h, or -1 when it is not kept. */
-static int64_t position_of(const mha_layer *layer, int64_t h)
-{
-    for (int64_t p = 0; p < layer->heads; p++)
-        if (layer->kept[p] == h)
-            return p;
-    return -1;
-}
 
 static mha_status check_prune(const mha_layer *layer, const int64_t *heads,
                               int64_t count)
 {
     mha_context *ctx = layer->device->ctx;
-    if (count < 0 || (count > 0 && !heads))
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "%s: %s", prune_fn,
-                         count < 0 ? "count is negative" : "heads is NULL");
-    for (int64_t i = 0; i < count; i++) {
-        int64_t h = heads[i];
-        if (h < 0 || h >= layer->cfg.num_heads)
-            return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                             "%s: head %lld does not exist; the layer has "
-                             "heads 0 to %lld",
-                             prune_fn, (long long)h,
-                             (long long)layer->cfg.num_heads - 1);
-        if (position_of(layer, h) < 0)
-            return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                             "%s: head %lld was pruned already", prune_fn,
-                             (long long)h);
-        for (int64_t j = 0; j < i; j++)
-            if (heads[j] == h)
-                return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                                 "%s: head %lld is listed twice", prune_fn,
-                                 (long long)h);
-    }
-    if (count >= layer->heads)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "%s: pruning %lld heads would leave none of the "
-                         "layer's %lld; keep at least one",
-                         prune_fn, (long long)count,
-                         (long long)layer->heads);
+    mha_status st = mha_heads_check_prune(ctx, prune_fn, layer->kept,
+                                          layer->heads, layer->cfg.num_heads,
+                                          heads, count);
+    if (st != MHA_OK)
+        return st;
     for (int i = 0; i < MHA_PLAN_CACHE; i++)
         if (layer->plans[i] && layer->plans[i]->pinned)
             return mha_error(ctx, MHA_BAD_STATE,
@@ -149,14 +118,8 @@ mha_status mha_layer_prune_heads(mha_layer *layer, const int64_t *heads,
     if (!pos)
         return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory",
                          prune_fn);
-    int64_t kept = 0;
-    for (int64_t p = 0; p < layer->heads; p++) {
-        int gone = 0;
-        for (int64_t i = 0; i < count; i++)
-            gone |= heads[i] == layer->kept[p];
-        if (!gone)
-            pos[kept++] = p;
-    }
+    int64_t kept = mha_heads_positions_left(layer->kept, layer->heads, heads,
+                                            count, pos);
     st = move_weights(layer, pos, kept);
     if (st == MHA_OK) {
         for (int64_t k = 0; k < kept; k++)
@@ -176,20 +139,7 @@ mha_status mha_layer_kept_heads(const mha_layer *layer, int64_t *heads,
 {
     if (!layer)
         return MHA_INVALID_ARGUMENT;
-    mha_context *ctx = layer->device->ctx;
-    if (!count || (capacity > 0 && !heads) || capacity < 0)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                         "mha_layer_kept_heads: %s",
-                         !count ? "count is NULL"
-                         : capacity < 0 ? "capacity is negative"
-                                        : "heads is NULL");
-    *count = layer->heads;
-    if (capacity < layer->heads)
-        return mha_error(ctx, MHA_BUFFER_TOO_SMALL,
-                         "mha_layer_kept_heads: capacity %lld; the layer "
-                         "keeps %lld heads",
-                         (long long)capacity, (long long)layer->heads);
-    memcpy(heads, layer->kept, (size_t)layer->heads * sizeof *heads);
-    mha_clear_error(ctx);
-    return MHA_OK;
+    return mha_heads_list_kept(layer->device->ctx, "mha_layer_kept_heads",
+                               layer->kept, layer->heads, heads, capacity,
+                               count);
 }

@@ -811,6 +811,40 @@ MHA_API mha_status mha_decoder_forward(mha_decoder *layer,
 /* NULL does nothing. */
 MHA_API mha_status mha_decoder_destroy(mha_decoder *layer);
 
+/* Removes count query heads from the layer for good, as
+ * mha_layer_prune_heads does for nn.MHA: heads are named by their original
+ * index (0 .. num_heads - 1 as created, as mha_decoder_kept_heads lists
+ * the kept ones). Grouped-query layers prune whole kv groups, so the
+ * grouping stays uniform: the heads listed must make up whole groups (the
+ * num_heads / num_kv_heads query heads sharing a kv head; with
+ * num_heads == num_kv_heads any set of heads), and a partial group is
+ * MHA_INVALID_ARGUMENT naming the group. The q_proj rows, o_proj columns,
+ * q_proj.bias entries and sinks of those heads, and the k_proj/v_proj rows
+ * and biases of their kv heads go; each weight moves to a smaller device
+ * buffer and the forward's scratch is made anew for the kept heads, so
+ * mha_device_memory_usage falls. ALiBi slopes stay each kept head's
+ * original slope. The forward then runs Hq' kept query heads over Hkv'
+ * kept kv heads: the KV cache must hold Hkv' kv heads (one made for the
+ * unpruned layer is MHA_SHAPE_MISMATCH), head_gates count the kept heads
+ * in ascending original order, and mha_decoder_set_weight and
+ * mha_decoder_load_safetensors expect the pruned shapes. An index out of
+ * range, one already pruned, one listed twice, or pruning every head left
+ * is MHA_INVALID_ARGUMENT naming it, and changes nothing. A layer with
+ * decode steps recorded into an application's command buffer
+ * (mha_vulkan_decoder_record), which may still use its weights, is
+ * MHA_BAD_STATE. count 0 does nothing. */
+MHA_API mha_status mha_decoder_prune_heads(mha_decoder *layer,
+                                           const int64_t *heads,
+                                           int64_t count);
+
+/* The original indices of the query heads the layer keeps, ascending, into
+ * heads (capacity entries; may be NULL when capacity is 0), and their
+ * number into *count. A capacity below the count is MHA_BUFFER_TOO_SMALL
+ * with *count set. */
+MHA_API mha_status mha_decoder_kept_heads(const mha_decoder *layer,
+                                          int64_t *heads, int64_t capacity,
+                                          int64_t *count);
+
 /* ---- heads: statistics and importance ------------------------------------- */
 
 /* An accumulator of per-head statistics of an nn.MHA layer over a set of

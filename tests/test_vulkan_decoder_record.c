@@ -336,6 +336,9 @@ Test(vulkan_decoder_record, several_steps_in_one_command_buffer)
         cr_assert_eq(mha_tensor_download(ref.y[1], want[s], sizeof want[s]),
                      MHA_OK);
     }
+    int64_t group0[2] = {0, 1}; /* the recorded steps read its weights */
+    cr_expect_eq(mha_decoder_prune_heads(rec.layer, group0, 2),
+                 MHA_BAD_STATE, "%s", mha_context_errmsg(rec.ctx));
     engine_barrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
                    VK_ACCESS_SHADER_WRITE_BIT, VK_PIPELINE_STAGE_HOST_BIT,
                    VK_ACCESS_HOST_READ_BIT);

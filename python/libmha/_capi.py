@@ -279,6 +279,9 @@ _PROTOTYPES = {
     "mha_decoder_forward_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
     "mha_decoder_forward": (_st, [_vp, _vp]),
     "mha_decoder_destroy": (_st, [_vp]),
+    "mha_decoder_prune_heads": (_st, [_vp, _c_int64_p, ctypes.c_int64]),
+    "mha_decoder_kept_heads": (_st, [_vp, _c_int64_p, ctypes.c_int64,
+                                     _c_int64_p]),
 }
 
 _here = os.path.dirname(os.path.abspath(__file__))

@@ -68,6 +68,27 @@ class DeviceChild(Handle):
             self._ptr = ptr
             dev.adopt(self)
 
+    def _kept_heads(self, c_fn, what, capacity):
+        """The kept heads' original indices from c_fn (mha_layer_ or
+        mha_decoder_kept_heads), at most capacity of them."""
+        dev = self.device
+        buf = (ctypes.c_int64 * capacity)()
+        n = ctypes.c_int64()
+        with dev.lock:
+            dev.check(getattr(dev._lib, c_fn)(self.handle(what), buf,
+                                              capacity, ctypes.byref(n)))
+        return list(buf[:n.value])
+
+    def _prune_heads(self, c_fn, what, heads):
+        """Prunes heads (original indices) through c_fn (mha_layer_ or
+        mha_decoder_prune_heads)."""
+        hs = [int(h) for h in heads]
+        arr = (ctypes.c_int64 * max(len(hs), 1))(*hs)
+        dev = self.device
+        with dev.lock:
+            dev.check(getattr(dev._lib, c_fn)(self.handle(what), arr,
+                                              len(hs)))
+
     def close(self):
         """Frees the handle; closing twice does nothing."""
         if self._ptr is None:

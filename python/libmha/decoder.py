@@ -224,6 +224,21 @@ class DecoderAttention(DeviceChild):
                 self.handle("DecoderAttention.load_safetensors"),
                 str(path).encode(), (prefix or "").encode()))
 
+    def kept_heads(self):
+        """The original indices of the query heads the layer keeps (all of
+        range(num_heads) until ``prune_heads``), ascending."""
+        return self._kept_heads("mha_decoder_kept_heads",
+                                "DecoderAttention.kept_heads", self.num_heads)
+
+    def prune_heads(self, heads):
+        """Removes query heads for good (mha_decoder_prune_heads), named by
+        their original index; a grouped-query layer prunes whole kv groups
+        (num_heads // num_kv_heads heads sharing a kv head), which go with
+        their kv head, so a KVCache for the pruned layer holds the kept kv
+        heads."""
+        self._prune_heads("mha_decoder_prune_heads",
+                          "DecoderAttention.prune_heads", heads)
+
     def __call__(self, x, positions=None, cache=None):
         """Runs new tokens x [B, T, embed_dim] of sequences 0 .. B-1 of
         cache: projects them, rotates q and k at positions ([B, T] ints;

@@ -187,14 +187,9 @@ class MultiheadAttention(DeviceChild):
     def kept_heads(self):
         """The original indices of the heads the layer keeps (all of
         range(num_heads) until ``prune_heads``), ascending."""
-        dev = self.device
-        buf = (ctypes.c_int64 * self.num_heads)()
-        n = ctypes.c_int64()
-        with dev.lock:
-            dev.check(dev._lib.mha_layer_kept_heads(
-                self.handle("MultiheadAttention.kept_heads"), buf,
-                self.num_heads, ctypes.byref(n)))
-        return list(buf[:n.value])
+        return self._kept_heads("mha_layer_kept_heads",
+                                "MultiheadAttention.kept_heads",
+                                self.num_heads)
 
     def prune_heads(self, heads):
         """Removes heads for good (mha_layer_prune_heads): their rows of
@@ -202,12 +197,8 @@ class MultiheadAttention(DeviceChild):
         the forward's work shrink. Heads are named by their index in the
         original layer; afterwards head_gates, head outputs and per-head
         weights count the kept heads (``kept_heads()`` order)."""
-        hs = [int(h) for h in heads]
-        arr = (ctypes.c_int64 * max(len(hs), 1))(*hs)
-        dev = self.device
-        with dev.lock:
-            dev.check(dev._lib.mha_layer_prune_heads(
-                self.handle("MultiheadAttention.prune_heads"), arr, len(hs)))
+        self._prune_heads("mha_layer_prune_heads",
+                          "MultiheadAttention.prune_heads", heads)
 
     def save_safetensors(self, path, prefix=""):
         """Writes the weights (pruned or not) under PyTorch's state_dict

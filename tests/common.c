@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "safetensors.h"
 
 static const char *const cpu_isas[] = {"scalar", "avx2", "avx512", "neon"};
 
@@ -196,4 +197,26 @@ static int remove_one(const char *path, const struct stat *sb, int flag,
 void test_remove_tree(const char *dir)
 {
     nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+float *fixture_floats(mha_st_file *f, const char *name, int *nd,
+                      int64_t *shape)
+{
+    const mha_st_entry *e = mha_st_find(f, name);
+    if (!e)
+        return NULL;
+    float *x = malloc(e->count * sizeof *x);
+    cr_assert_eq(mha_st_read_f32(f, e, x), MHA_OK, "%s", name);
+    if (nd)
+        *nd = e->ndim;
+    if (shape)
+        memcpy(shape, e->shape, (size_t)e->ndim * sizeof *shape);
+    return x;
+}
+
+double fixture_meta(mha_st_file *f, const char *key)
+{
+    const char *s = mha_st_metadata(f, key);
+    cr_assert(s, "metadata %s missing", key);
+    return atof(s);
 }

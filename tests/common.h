@@ -65,4 +65,12 @@ typedef struct test_diff {
 /* Compares got[i*got_stride...] with want (contiguous doubles). */
 test_diff test_compare(const float *got, const double *want, size_t n);
 
+/* The PyTorch fixtures (.safetensors written by tests/gen_*_fixtures.py):
+ * tensor name as f32 (malloc'd; NULL when the file has none; nd and shape
+ * filled when not NULL), and numeric metadata key (asserted present). */
+typedef struct mha_st_file mha_st_file;
+float *fixture_floats(mha_st_file *f, const char *name, int *nd,
+                      int64_t *shape);
+double fixture_meta(mha_st_file *f, const char *key);
+
 #endif

@@ -36,28 +36,6 @@ typedef struct fixture {
     float softcap, scale;
 } fixture;
 
-static float *read_floats(mha_st_file *f, const char *name, int *nd,
-                          int64_t *shape)
-{
-    const mha_st_entry *e = mha_st_find(f, name);
-    if (!e)
-        return NULL;
-    float *x = malloc(e->count * sizeof *x);
-    cr_assert_eq(mha_st_read_f32(f, e, x), MHA_OK, "%s", name);
-    if (nd)
-        *nd = e->ndim;
-    if (shape)
-        memcpy(shape, e->shape, (size_t)e->ndim * sizeof *shape);
-    return x;
-}
-
-static double meta(mha_st_file *f, const char *key)
-{
-    const char *s = mha_st_metadata(f, key);
-    cr_assert(s, "metadata %s missing", key);
-    return atof(s);
-}
-
 static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
 {
     char path[512];
@@ -68,13 +46,13 @@ static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
     memset(fx, 0, sizeof *fx);
     int nd;
     int64_t qs[4], ks[4];
-    fx->q = read_floats(f, "q", &nd, qs);
-    fx->k = read_floats(f, "k", &nd, ks);
-    fx->v = read_floats(f, "v", NULL, NULL);
+    fx->q = fixture_floats(f, "q", &nd, qs);
+    fx->k = fixture_floats(f, "k", &nd, ks);
+    fx->v = fixture_floats(f, "v", NULL, NULL);
     fx->B = qs[0], fx->L = qs[1], fx->Hq = qs[2], fx->d = qs[3];
     fx->S = ks[1], fx->Hkv = ks[2];
-    fx->sinks = read_floats(f, "sinks", NULL, NULL);
-    fx->bias = read_floats(f, "bias", &fx->bias_nd, fx->bias_shape);
+    fx->sinks = fixture_floats(f, "sinks", NULL, NULL);
+    fx->bias = fixture_floats(f, "bias", &fx->bias_nd, fx->bias_shape);
     const mha_st_entry *o = mha_st_find(f, "out");
     fx->out = malloc(o->count * sizeof *fx->out);
     cr_assert_eq(mha_st_read_raw(f, o, fx->out), MHA_OK);
@@ -87,11 +65,11 @@ static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
             fx->kv_lens[b] = (int32_t)lens[b];
         fx->has_lens = 1;
     }
-    fx->causal = (int)meta(f, "causal");
-    fx->alibi = (int)meta(f, "alibi");
-    fx->window = (int64_t)meta(f, "window");
-    fx->softcap = (float)meta(f, "softcap");
-    fx->scale = (float)meta(f, "scale");
+    fx->causal = (int)fixture_meta(f, "causal");
+    fx->alibi = (int)fixture_meta(f, "alibi");
+    fx->window = (int64_t)fixture_meta(f, "window");
+    fx->softcap = (float)fixture_meta(f, "softcap");
+    fx->scale = (float)fixture_meta(f, "scale");
     mha_st_close(f);
 }
 

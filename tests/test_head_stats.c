@@ -35,22 +35,9 @@ static const char *const expect_names[10] = {
 static float *read_f32(mha_st_file *f, const char *name, int *nd,
                        int64_t *shape)
 {
-    const mha_st_entry *e = mha_st_find(f, name);
-    cr_assert(e, "%s missing", name);
-    float *x = malloc(e->count * sizeof *x);
-    cr_assert_eq(mha_st_read_f32(f, e, x), MHA_OK, "%s", name);
-    if (nd)
-        *nd = e->ndim;
-    if (shape)
-        memcpy(shape, e->shape, (size_t)e->ndim * sizeof *shape);
+    float *x = fixture_floats(f, name, nd, shape);
+    cr_assert(x, "%s missing", name);
     return x;
-}
-
-static int meta_int(mha_st_file *f, const char *key)
-{
-    const char *s = mha_st_metadata(f, key);
-    cr_assert(s, "metadata %s missing", key);
-    return atoi(s);
 }
 
 static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
@@ -60,11 +47,11 @@ static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
     mha_st_file *f = NULL;
     cr_assert_eq(mha_st_open(&ctx->host, fx->path, &f), MHA_OK, "%s: %s",
                  fx->path, mha_context_errmsg(ctx));
-    mha_layer_config_init(&fx->cfg, meta_int(f, "embed_dim"),
-                          meta_int(f, "num_heads"));
-    fx->cfg.batch_first = meta_int(f, "batch_first");
-    fx->cfg.add_zero_attn = meta_int(f, "add_zero_attn");
-    fx->causal = meta_int(f, "causal");
+    mha_layer_config_init(&fx->cfg, (int)fixture_meta(f, "embed_dim"),
+                          (int)fixture_meta(f, "num_heads"));
+    fx->cfg.batch_first = (int)fixture_meta(f, "batch_first");
+    fx->cfg.add_zero_attn = (int)fixture_meta(f, "add_zero_attn");
+    fx->causal = (int)fixture_meta(f, "causal");
     fx->query = read_f32(f, "query", &fx->nd, fx->qshape);
     fx->key = read_f32(f, "key", NULL, fx->kshape);
     fx->grad = read_f32(f, "grad", NULL, NULL);

@@ -40,19 +40,6 @@ typedef struct fixture {
     int nprune;
 } fixture;
 
-static float *read_floats(mha_st_file *f, const char *name, int *nd,
-                          int64_t *shape)
-{
-    const mha_st_entry *e = mha_st_find(f, name);
-    if (!e)
-        return NULL;
-    float *x = malloc(e->count * sizeof *x);
-    cr_assert_eq(mha_st_read_f32(f, e, x), MHA_OK, "%s", name);
-    *nd = e->ndim;
-    memcpy(shape, e->shape, (size_t)e->ndim * sizeof *shape);
-    return x;
-}
-
 static double *read_doubles(mha_st_file *f, const char *name)
 {
     const mha_st_entry *e = mha_st_find(f, name);
@@ -62,13 +49,6 @@ static double *read_doubles(mha_st_file *f, const char *name)
     return x;
 }
 
-static int64_t meta(mha_st_file *f, const char *key)
-{
-    const char *s = mha_st_metadata(f, key);
-    cr_assert(s, "metadata %s missing", key);
-    return atoll(s);
-}
-
 static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
 {
     memset(fx, 0, sizeof *fx);
@@ -76,21 +56,22 @@ static void load_fixture(mha_context *ctx, const char *name, fixture *fx)
     mha_st_file *f = NULL;
     cr_assert_eq(mha_st_open(&ctx->host, fx->path, &f), MHA_OK, "%s: %s",
                  fx->path, mha_context_errmsg(ctx));
-    mha_layer_config_init(&fx->cfg, meta(f, "embed_dim"), meta(f, "num_heads"));
-    fx->cfg.kdim = meta(f, "kdim");
-    fx->cfg.vdim = meta(f, "vdim");
-    fx->cfg.bias = (int)meta(f, "bias");
-    fx->cfg.add_bias_kv = (int)meta(f, "add_bias_kv");
-    fx->cfg.add_zero_attn = (int)meta(f, "add_zero_attn");
-    fx->cfg.batch_first = (int)meta(f, "batch_first");
-    fx->batched = (int)meta(f, "batched");
-    fx->causal = (int)meta(f, "causal");
+    mha_layer_config_init(&fx->cfg, (int64_t)fixture_meta(f, "embed_dim"),
+                          (int64_t)fixture_meta(f, "num_heads"));
+    fx->cfg.kdim = (int64_t)fixture_meta(f, "kdim");
+    fx->cfg.vdim = (int64_t)fixture_meta(f, "vdim");
+    fx->cfg.bias = (int)fixture_meta(f, "bias");
+    fx->cfg.add_bias_kv = (int)fixture_meta(f, "add_bias_kv");
+    fx->cfg.add_zero_attn = (int)fixture_meta(f, "add_zero_attn");
+    fx->cfg.batch_first = (int)fixture_meta(f, "batch_first");
+    fx->batched = (int)fixture_meta(f, "batched");
+    fx->causal = (int)fixture_meta(f, "causal");
     int nd;
-    fx->query = read_floats(f, "query", &fx->qnd, fx->qshape);
-    fx->key = read_floats(f, "key", &nd, fx->kshape);
-    fx->value = read_floats(f, "value", &nd, fx->vshape);
-    fx->kpm = read_floats(f, "key_padding_mask", &fx->kpm_nd, fx->kpm_shape);
-    fx->gates = read_floats(f, "gates", &fx->gnd, fx->gshape);
+    fx->query = fixture_floats(f, "query", &fx->qnd, fx->qshape);
+    fx->key = fixture_floats(f, "key", &nd, fx->kshape);
+    fx->value = fixture_floats(f, "value", &nd, fx->vshape);
+    fx->kpm = fixture_floats(f, "key_padding_mask", &fx->kpm_nd, fx->kpm_shape);
+    fx->gates = fixture_floats(f, "gates", &fx->gnd, fx->gshape);
     fx->out = read_doubles(f, "out");
     fx->heads = read_doubles(f, "head_outputs");
     fx->weights = read_doubles(f, "weights");

@@ -16,22 +16,14 @@
 # options are metadata. ALiBi uses Hugging Face's get_alibi_slopes, written
 # here independently of the library's.
 
-import argparse
 import math
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "tools"))
-from export_safetensors import write_safetensors  # noqa: E402
+from fixture_gen import need_torch, parse_args, write_safetensors
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    sys.exit("gen_attention_fixtures.py needs PyTorch: run it with "
-             "/usr/bin/python3 (Debian python3-torch)")
+torch = need_torch("gen_attention_fixtures.py")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "fixtures", "attention")
@@ -143,11 +135,7 @@ def make_case(name, spec, rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    ap.add_argument("--out", default=DEFAULT_OUT)
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    args = parse_args(__doc__, DEFAULT_OUT, DEFAULT_SEED)
     rng = np.random.default_rng(args.seed)
     for name, spec in CASES.items():
         tensors, meta = make_case(name, spec, rng)

@@ -17,21 +17,13 @@
 # the positions (I64, not contiguous) and the expected output y (F64);
 # its metadata the layer's config.
 
-import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "tools"))
-from export_safetensors import write_safetensors  # noqa: E402
+from fixture_gen import need_torch, parse_args, write_safetensors
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    sys.exit("gen_decoder_fixtures.py needs PyTorch: run it with "
-             "/usr/bin/python3 (Debian python3-torch)")
+torch = need_torch("gen_decoder_fixtures.py")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX = "model.layers.3.self_attn."
@@ -159,11 +151,7 @@ def generate(name, c, seed, out):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=os.path.join(HERE, "fixtures", "decoder"))
-    ap.add_argument("--seed", type=int, default=1234)
-    a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
+    a = parse_args(__doc__, os.path.join(HERE, "fixtures", "decoder"), 1234)
     for name, c in CASES.items():
         generate(name, c, a.seed, a.out)
 

@@ -14,21 +14,13 @@
 #
 #     /usr/bin/python3 tests/gen_head_stats_fixtures.py       # regenerate
 
-import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "tools"))
-from export_safetensors import write_safetensors  # noqa: E402
+from fixture_gen import need_torch, parse_args, write_safetensors
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    sys.exit("gen_head_stats_fixtures.py needs PyTorch: run it with "
-             "/usr/bin/python3 (Debian python3-torch)")
+torch = need_torch("gen_head_stats_fixtures.py")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "fixtures", "head_stats")
@@ -158,11 +150,7 @@ def case(name, E, H, N, L, S, opt, rng, out_dir):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    ap.add_argument("--out", default=DEFAULT_OUT)
-    a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
+    a = parse_args(__doc__, DEFAULT_OUT, DEFAULT_SEED)
     rng = np.random.default_rng(a.seed)
     for name, (E, H, N, L, S, opt) in CASES.items():
         case(name, E, H, N, L, S, opt, rng, a.out)

@@ -18,22 +18,14 @@
 # (heads to prune, comma-separated, whose gates are 0: a pruned layer must
 # give out with the other gates).
 
-import argparse
 import math
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "tools"))
-from export_safetensors import write_safetensors  # noqa: E402
+from fixture_gen import need_torch, parse_args, write_safetensors
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    sys.exit("gen_heads_fixtures.py needs PyTorch: run it with "
-             "/usr/bin/python3 (Debian python3-torch)")
+torch = need_torch("gen_heads_fixtures.py")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "fixtures", "heads")
@@ -185,11 +177,7 @@ def make_case(name, spec, rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    ap.add_argument("--out", default=DEFAULT_OUT)
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    args = parse_args(__doc__, DEFAULT_OUT, DEFAULT_SEED)
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     for name, spec in CASES.items():

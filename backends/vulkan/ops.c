@@ -224,6 +224,10 @@ typedef struct att_config {
 #define ATT_VEC4S 8u
 /* Invocations a workgroup of few rows (decode) still aims for. */
 #define ATT_MIN_WG 32u
+/* Rows of a causal attention's workgroup at most: its last row sets the
+ * keys the whole workgroup visits, so shorter row blocks skip more of the
+ * masked tiles (about half of them, not 9/16 as 64 rows of L 512 would). */
+#define ATT_CAUSAL_ROWS 32u
 
 /* The largest power of 2 dividing v (v > 0). */
 static uint32_t pow2_divisor(uint32_t v) { return v & (~v + 1u); }
@@ -235,10 +239,11 @@ static uint32_t pow2_divisor(uint32_t v) { return v & (~v + 1u); }
  * per workgroup, no more than the rows there are (rounded up to a power of
  * 2, so a decode loop or chunked prefill meets a few variants, not one per
  * length), TPR doubled while a workgroup of few rows has fewer than
- * ATT_MIN_WG invocations; then the widest key tile up to 32 whose K and V
- * (and the shared-memory reduction's partials) fit. */
+ * ATT_MIN_WG invocations (no more than ATT_CAUSAL_ROWS rows when causal);
+ * then the widest key tile up to 32 whose K and V (and the shared-memory
+ * reduction's partials) fit. */
 static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
-                     att_config *c)
+                     bool causal, att_config *c)
 {
     if (dh == 0 || dh > 512)
         return false;
@@ -255,6 +260,8 @@ static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
     while (tpr < cap && d4 / tpr > ATT_VEC4S)
         tpr *= 2;
     uint64_t want = rows < target / tpr ? rows : target / tpr;
+    if (causal && want > ATT_CAUSAL_ROWS)
+        want = ATT_CAUSAL_ROWS;
     uint32_t br = pow2_floor((uint32_t)want);
     if (br < want)
         br *= 2;
@@ -711,7 +718,8 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
     const mha_tdesc *v = &n->src[MHA_SRC_V], *o = &n->dst;
     att_config c;
-    if (!att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
+    if (!att_pick(d, (uint32_t)q->ne[3], att_rows(n), n->params.causal != 0,
+                  &c))
         return mha_host_error(d->host, MHA_UNSUPPORTED,
                               "vulkan: attention with head size %lld does "
                               "not fit %s's shared memory",
@@ -862,7 +870,8 @@ static bool supports_attention(const mha_vk_device *d, const mha_node *n)
     att_config c;
     const mha_tdesc *q = &n->src[MHA_SRC_Q];
     if (q->ne[3] > UINT32_MAX || !supports_attention_core(n) ||
-        !att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
+        !att_pick(d, (uint32_t)q->ne[3], att_rows(n), n->params.causal != 0,
+                  &c))
         return false;
     const mha_tdesc *t[] = {q, &n->src[MHA_SRC_K], &n->src[MHA_SRC_V],
                             &n->dst};

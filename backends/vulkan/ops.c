@@ -233,8 +233,11 @@ typedef struct att_config {
 static uint32_t pow2_divisor(uint32_t v) { return v & (~v + 1u); }
 
 /* Tiles for rows (query, head) rows of head size dh: TPR invocations per
- * row, a power of 2 dividing the row's vec4s (so no invocation holds a
- * partial column), enough that each holds at most ATT_VEC4S of them, and
+ * row, a power of 2 dividing the row's vec4s where that leaves at most
+ * ATT_VEC4S of them to each (else the row is padded with zero vec4s to a
+ * multiple of TPR: a head size like 100 or 252 must not put 25 or 63
+ * unrolled vec4s in one invocation, which lavapipe's LLVM takes minutes
+ * to compile), enough that each holds at most ATT_VEC4S of them, and
  * within a subgroup where shuffles sum the partial dot products; BR rows
  * per workgroup, no more than the rows there are (rounded up to a power of
  * 2, so a decode loop or chunked prefill meets a few variants, not one per
@@ -252,12 +255,14 @@ static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
     uint32_t target = pow2_floor(max_wg(d) < 128 ? max_wg(d) : 128);
     bool sg = l->subgroup_shuffle && l->subgroup_size >= 2;
     uint32_t cap = pow2_divisor(d4);
+    if (d4 / cap > ATT_VEC4S)
+        cap = pow2_floor(d4);
     if (cap > target)
         cap = target;
     if (sg && cap > pow2_floor(l->subgroup_size))
         cap = pow2_floor(l->subgroup_size);
     uint32_t tpr = 1;
-    while (tpr < cap && d4 / tpr > ATT_VEC4S)
+    while (tpr < cap && (d4 + tpr - 1) / tpr > ATT_VEC4S)
         tpr *= 2;
     uint64_t want = rows < target / tpr ? rows : target / tpr;
     if (causal && want > ATT_CAUSAL_ROWS)
@@ -268,9 +273,10 @@ static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
     while (br * tpr < ATT_MIN_WG && tpr < cap)
         tpr *= 2;
     bool shuffles = sg && tpr > 1;
+    uint32_t d4p = (d4 + tpr - 1) / tpr * tpr; /* as attention.comp's D4P */
     for (; br >= 1; br /= 2)
         for (uint32_t bc = 32; bc >= 1; bc /= 2) {
-            uint64_t smem = (uint64_t)bc * d4 * 2 * 16 +
+            uint64_t smem = (uint64_t)bc * d4p * 2 * 16 +
                             (tpr > 1 && !shuffles ? bc * br * tpr * 4 : 0);
             if (smem > l->shared_bytes)
                 continue;

@@ -60,7 +60,7 @@ layout(constant_id = 1) const uint D = 64u;    // head size
 layout(constant_id = 2) const uint BR = 16u;   // rows per workgroup
 layout(constant_id = 3) const uint BC = 16u;   // keys per tile
 layout(constant_id = 4) const uint TPR = 2u;   // invocations per row: a
-                                               // power of 2 dividing D4
+                                               // power of 2 (see D4P)
                                                // (MHA_SG: within a subgroup)
 layout(constant_id = 5) const uint G = 1u;     // query heads per K/V head
 layout(constant_id = 6) const uint WINDOW = 0u;  // sliding window, 0: none
@@ -88,10 +88,13 @@ MHA_PUSH_BLOCK(attention_push, MHA_ATTENTION_PUSH)
 #define FLAGS p.flags
 
 const uint D4 = (D + 3u) / 4u; // vec4s of a head row (zero past D)
-const uint DPT = D4 / TPR;     // vec4 columns per invocation
+// the row padded with zero vec4s to a multiple of TPR (head sizes like
+// 100, whose 25 vec4s no power of 2 divides)
+const uint D4P = (D4 + TPR - 1u) / TPR * TPR;
+const uint DPT = D4P / TPR; // vec4 columns per invocation
 
-shared vec4 Ks[BC * D4];
-shared vec4 Vs[BC * D4];
+shared vec4 Ks[BC * D4P];
+shared vec4 Vs[BC * D4P];
 #if !MHA_SG
 shared float Red[BC * WG]; // [key][invocation]: partial dot products
 #endif
@@ -199,9 +202,9 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
 {
     uint kb = p.k_off + b * p.k_sb + hk * p.k_sh;
     uint vb = p.v_off + b * p.v_sb + hk * p.v_sh;
-    for (uint e = gl_LocalInvocationID.x; e < BC * D4; e += WG) {
-        uint j = j0 + e / D4, c4 = e % D4;
-        bool ok = j < jend;
+    for (uint e = gl_LocalInvocationID.x; e < BC * D4P; e += WG) {
+        uint j = j0 + e / D4P, c4 = e % D4P;
+        bool ok = j < jend && c4 < D4;
         Ks[e] = ok ? k_vec(kb + j * p.k_sr, c4) : vec4(0.0);
         Vs[e] = ok ? v_vec(vb + j * p.v_sr, c4) : vec4(0.0);
     }
@@ -210,7 +213,7 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
     [[unroll]] for (uint jj = 0u; jj < BC; ++jj) {
         float x = 0.0;
         [[unroll]] for (uint c = 0u; c < DPT; ++c)
-            x += dot(qv[c], Ks[jj * D4 + lane + c * TPR]);
+            x += dot(qv[c], Ks[jj * D4P + lane + c * TPR]);
         s[jj] = x;
     }
     reduce_scores(row);
@@ -229,7 +232,7 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
             float pj = exp(s[jj] - mb); // one exp per score
             l += pj;
             [[unroll]] for (uint c = 0u; c < DPT; ++c)
-                acc[c] = fma(vec4(pj), Vs[jj * D4 + lane + c * TPR], acc[c]);
+                acc[c] = fma(vec4(pj), Vs[jj * D4P + lane + c * TPR], acc[c]);
         }
         m = mb;
     }

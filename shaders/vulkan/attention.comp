@@ -26,6 +26,12 @@
 // scores in registers (s[]), takes the tile's maximum, and exponentiates
 // each score once; P V is again vec4 reads of the staged V row. So a
 // shared-memory load feeds 4 FMAs (the old kernel: 2 loads per FMA).
+// Only the loops over an invocation's DPT vec4s are unrolled; the loops
+// over a tile's keys stay loops ([[dont_unroll]]): unrolled, lavapipe's
+// LLVM took seconds to a minute per pipeline (BC x DPT bodies), and it
+// compiles every pipeline anew in each process. The scores s[] are then
+// indexed by a loop counter, which keeps them in (registers or) private
+// memory per the driver.
 // Shared arrays need no padding: K and V rows are read whole by every row
 // of the workgroup (a broadcast; the lanes of a row read consecutive
 // vec4s), staging writes consecutive vec4s, and Red is written at the
@@ -177,14 +183,14 @@ void reduce_scores(uint row)
         return;
 #if MHA_SG
     [[unroll]] for (uint w = 1u; w < TPR; w <<= 1u)
-        [[unroll]] for (uint jj = 0u; jj < BC; ++jj)
+        [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj)
             s[jj] += subgroupShuffleXor(s[jj], w);
 #else
     uint t = gl_LocalInvocationID.x;
-    [[unroll]] for (uint jj = 0u; jj < BC; ++jj)
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj)
         Red[jj * WG + t] = s[jj];
     barrier();
-    [[unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
         float x = 0.0;
         for (uint i = 0u; i < TPR; ++i)
             x += Red[jj * WG + row * TPR + i];
@@ -210,7 +216,7 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
     }
     barrier();
 
-    [[unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
         float x = 0.0;
         [[unroll]] for (uint c = 0u; c < DPT; ++c)
             x += dot(qv[c], Ks[jj * D4P + lane + c * TPR]);
@@ -219,7 +225,7 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
     reduce_scores(row);
 
     float mb = m;
-    [[unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
         s[jj] = live && j0 + jj < jend ? finish(s[jj], R, j0 + jj) : NEG_INF;
         mb = nmax(mb, s[jj]);
     }
@@ -228,7 +234,7 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
         l *= alpha;
         [[unroll]] for (uint c = 0u; c < DPT; ++c)
             acc[c] *= alpha;
-        [[unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+        [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
             float pj = exp(s[jj] - mb); // one exp per score
             l += pj;
             [[unroll]] for (uint c = 0u; c < DPT; ++c)

@@ -159,7 +159,9 @@ void main()
     for (uint k0 = 0u; k0 < p.K; k0 += TK) {
         load_tiles(a0, b0, row0, col0, k0);
         barrier();
-        for (uint kk = 0u; kk < TK; ++kk) {
+        // a loop, not unrolled TK times: lavapipe's LLVM compiles
+        // the unrolled body for seconds per pipeline
+        [[dont_unroll]] for (uint kk = 0u; kk < TK; ++kk) {
             vec4 av[RM4], bv[RN4];
             [[unroll]] for (uint r = 0u; r < RM4; ++r)
                 av[r] = As[kk * AS4 + ty + r * TY];

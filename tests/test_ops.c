@@ -741,6 +741,12 @@ SPECIAL_CASES(DEFINE_OP_TEST)
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW)                          \
     X(core_head256_softcap, ATTENTION, 2, 2, 5, 70, 0, 256, 0, 0,           \
       F_SOFTCAP | F_KPM)                                                     \
+    X(core_head80_causal_kpm, ATTENTION, 2, 2, 37, 45, 0, 80, 0, 0,         \
+      F_CAUSAL | F_KPM)                                                      \
+    X(core_head256_gqa_window, ATTENTION, 1, 4, 9, 70, 0, 256, 0, 0,         \
+      F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW)                          \
+    X(core_head256_decode_sinks, ATTENTION, 1, 2, 1, 300, 0, 256, 0, 0,      \
+      F_KVLEN | F_CAUSAL | F_BOTTOM_RIGHT | F_SINKS)                         \
     X(core_everything, ATTENTION, 3, 4, 5, 40, 0, 16, 0, 0,                 \
       F_GQA | F_CAUSAL | F_BOTTOM_RIGHT | F_WINDOW | F_SOFTCAP | F_ALIBI |   \
       F_SINKS | F_KVLEN | F_MASK2D)                                          \

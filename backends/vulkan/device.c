@@ -80,7 +80,8 @@ static void copy_str(char *dst, size_t size, const char *src)
 
 /* MHA_VULKAN_LIMITS="shared=16384,workgroup=128,fp16=0": lowers (never
  * raises) the limits kernels are specialised from, so lavapipe can run the
- * variants mobile GPUs get. Also "range=N" (a smaller
+ * variants mobile GPUs get. Also "subgroup=0" (no subgroup shuffles: the
+ * kernels' shared-memory reductions), "range=N" (a smaller
  * maxStorageBufferRange), "mapped=0" (transfers through a staging
  * buffer, as on a discrete GPU) and "storage=N" (N storage buffers per
  * stage: below MHA_VK_BINDINGS the device is unusable). */
@@ -108,6 +109,8 @@ static void apply_limit_caps(mha_host *host, mha_vk_limits *lim)
             lim->max_wg = (uint32_t)v;
         else if (strcmp(key, "fp16") == 0 && v == 0)
             lim->fp16_storage = lim->fp16_math = false;
+        else if (strcmp(key, "subgroup") == 0 && v == 0)
+            lim->subgroup_shuffle = false;
         else if (strcmp(key, "range") == 0 && v < lim->max_range)
             lim->max_range = v;
         else if (strcmp(key, "mapped") == 0 && v == 0)
@@ -266,6 +269,9 @@ static uint64_t query_device(const mha_vk_ifns *fn, mha_host *host,
     for (int i = 0; i < 3; ++i)
         lim->max_groups[i] = l->maxComputeWorkGroupCount[i];
     lim->subgroup_size = sub.subgroupSize;
+    lim->subgroup_shuffle =
+        (sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+        (sub.supportedOperations & VK_SUBGROUP_FEATURE_SHUFFLE_BIT);
     lim->max_range = l->maxStorageBufferRange;
     lim->offset_align = l->minStorageBufferOffsetAlignment;
     lim->push_bytes = l->maxPushConstantsSize;

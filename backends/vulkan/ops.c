@@ -174,56 +174,117 @@ typedef struct mm_config {
     uint32_t wg, tm, tn, tk, rm, rn;
 } mm_config;
 
-static bool mm_pick(const mha_vk_device *d, mm_config *c)
+/* The matmul tile for an M x N result: the first option of the shape's
+ * class that fits the device's workgroup and shared memory (k-major slices
+ * padded by one vec4, matmul.comp). Results of few rows (decode, small
+ * batches) get tiles 8 or 16 rows tall and wide along N; large ones 8 x 8
+ * outputs per invocation over 64 x 64 or 128 x 128 tiles (128 only when
+ * there are enough tiles to fill a device), BK 32 where it fits; small
+ * devices fall back to smaller tiles. */
+static bool mm_pick(const mha_vk_device *d, uint32_t M, uint32_t N,
+                    mm_config *c)
 {
-    static const mm_config options[] = {
-        {256, 64, 64, 16, 4, 4}, {128, 64, 32, 16, 4, 4},
-        {64, 32, 32, 16, 4, 4},  {32, 32, 16, 16, 4, 2},
-        {16, 16, 16, 8, 4, 4},   {4, 8, 8, 8, 4, 4},
+    static const mm_config wide[] = {
+        {256, 128, 128, 16, 8, 8}, {64, 64, 64, 32, 8, 8},
+        {64, 64, 64, 16, 8, 8},
     };
-    for (size_t i = 0; i < sizeof options / sizeof *options; ++i) {
-        const mm_config *o = &options[i];
-        uint32_t smem = (o->tm + 1 + o->tn + 1) * o->tk * 4; /* padded */
-        if (o->wg <= max_wg(d) && smem <= d->phys->lim.shared_bytes) {
-            *c = *o;
-            return true;
+    static const mm_config skinny[] = {
+        {64, 16, 128, 32, 4, 8}, {32, 8, 128, 32, 4, 8},
+        {32, 8, 128, 16, 4, 8},
+    };
+    static const mm_config small[] = {
+        {64, 32, 32, 16, 4, 4}, {16, 16, 16, 8, 4, 4}, {4, 8, 8, 8, 4, 4},
+    };
+    const mm_config *classes[3] = {wide, skinny, small};
+    if (M <= 16)
+        classes[0] = skinny, classes[1] = wide;
+    for (int k = 0; k < 3; ++k)
+        for (size_t i = 0; i < 3; ++i) {
+            const mm_config *o = &classes[k][i];
+            uint32_t smem = (o->tm + 4 + o->tn + 4) * o->tk * 4;
+            bool big = o->tm == 128 &&
+                       (uint64_t)(M / 128) * (N / 128) < 16;
+            if (!big && o->wg <= max_wg(d) &&
+                smem <= d->phys->lim.shared_bytes) {
+                *c = *o;
+                return true;
+            }
         }
-    }
     return false;
 }
 
 typedef struct att_config {
     uint32_t wg, dh, br, bc, tpr;
+    int kernel; /* MHA_VK_K_ATTENTION or (shuffle reductions) _SG */
 } att_config;
 
-/* Tiles for rows (query, head) rows of head size dh: BR rows per
- * workgroup, no more than the rows there are (rounded up to a power of 2,
- * so a decode loop or chunked prefill meets a few variants, not one per
- * length), and BC keys per tile, up to 32 even when BR is smaller, so the
- * invocations of a narrow (decode) workgroup share out a wide key tile. */
+/* vec4 columns an invocation of attention.comp aims to hold (of q and of
+ * its output): 32 floats each, so q, the output and the scores stay in
+ * registers on every GPU class. */
+#define ATT_VEC4S 8u
+/* Invocations a workgroup of few rows (decode) still aims for. */
+#define ATT_MIN_WG 32u
+/* Rows of a causal attention's workgroup at most: its last row sets the
+ * keys the whole workgroup visits, so shorter row blocks skip more of the
+ * masked tiles (about half of them, not 9/16 as 64 rows of L 512 would). */
+#define ATT_CAUSAL_ROWS 32u
+
+/* The largest power of 2 dividing v (v > 0). */
+static uint32_t pow2_divisor(uint32_t v) { return v & (~v + 1u); }
+
+/* Tiles for rows (query, head) rows of head size dh: TPR invocations per
+ * row, a power of 2 dividing the row's vec4s where that leaves at most
+ * ATT_VEC4S of them to each (else the row is padded with zero vec4s to a
+ * multiple of TPR: a head size like 100 or 252 must not put 25 or 63
+ * unrolled vec4s in one invocation, which lavapipe's LLVM takes minutes
+ * to compile), enough that each holds at most ATT_VEC4S of them, and
+ * within a subgroup where shuffles sum the partial dot products; BR rows
+ * per workgroup, no more than the rows there are (rounded up to a power of
+ * 2, so a decode loop or chunked prefill meets a few variants, not one per
+ * length), TPR doubled while a workgroup of few rows has fewer than
+ * ATT_MIN_WG invocations (no more than ATT_CAUSAL_ROWS rows when causal);
+ * then the widest key tile up to 32 whose K and V (and the shared-memory
+ * reduction's partials) fit. */
 static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
-                     att_config *c)
+                     bool causal, att_config *c)
 {
     if (dh == 0 || dh > 512)
         return false;
+    const mha_vk_limits *l = &d->phys->lim;
+    uint32_t d4 = (dh + 3) / 4;
     uint32_t target = pow2_floor(max_wg(d) < 128 ? max_wg(d) : 128);
-    uint32_t dh2 = pow2_floor(dh) < dh ? pow2_floor(dh) * 2 : dh;
-    uint32_t top = rows >= 32 ? 32 : pow2_floor((uint32_t)rows);
-    if (top < rows && top < 32)
-        top *= 2;
-    for (uint32_t br = top; br >= 1; br /= 2) {
-        for (uint32_t bc = br > 32 ? br : 32; bc >= br; bc /= 2) {
-            uint64_t smem = ((uint64_t)(br + 2 * bc) * dh +
-                             bc /* K padding */ + br * bc) * 4;
-            if (br > target || smem > d->phys->lim.shared_bytes)
+    bool sg = l->subgroup_shuffle && l->subgroup_size >= 2;
+    uint32_t cap = pow2_divisor(d4);
+    if (d4 / cap > ATT_VEC4S)
+        cap = pow2_floor(d4);
+    if (cap > target)
+        cap = target;
+    if (sg && cap > pow2_floor(l->subgroup_size))
+        cap = pow2_floor(l->subgroup_size);
+    uint32_t tpr = 1;
+    while (tpr < cap && (d4 + tpr - 1) / tpr > ATT_VEC4S)
+        tpr *= 2;
+    uint64_t want = rows < target / tpr ? rows : target / tpr;
+    if (causal && want > ATT_CAUSAL_ROWS)
+        want = ATT_CAUSAL_ROWS;
+    uint32_t br = pow2_floor((uint32_t)want);
+    if (br < want)
+        br *= 2;
+    while (br * tpr < ATT_MIN_WG && tpr < cap)
+        tpr *= 2;
+    bool shuffles = sg && tpr > 1;
+    uint32_t d4p = (d4 + tpr - 1) / tpr * tpr; /* as attention.comp's D4P */
+    for (; br >= 1; br /= 2)
+        for (uint32_t bc = 32; bc >= 1; bc /= 2) {
+            uint64_t smem = (uint64_t)bc * d4p * 2 * 16 +
+                            (tpr > 1 && !shuffles ? bc * br * tpr * 4 : 0);
+            if (smem > l->shared_bytes)
                 continue;
-            uint32_t tpr = target / br;
-            if (tpr > dh2)
-                tpr = dh2;
-            *c = (att_config){br * tpr, dh, br, bc, tpr};
+            *c = (att_config){br * tpr, dh, br, bc, tpr,
+                              shuffles ? MHA_VK_K_ATTENTION_SG
+                                       : MHA_VK_K_ATTENTION};
             return true;
         }
-    }
     return false;
 }
 
@@ -287,6 +348,7 @@ static mha_vk_access binding_of(const mha_tdesc *t, bool write)
 static int output_binding(int kernel)
 {
     return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ||
+                   kernel == MHA_VK_K_ATTENTION_SG ||
                    kernel == MHA_VK_K_ATTENTION_COMBINE
                ? 2
                : 1;
@@ -475,11 +537,37 @@ static void mm_masks(matmul_push *p, const mha_node *n, const mha_tdesc *ts[])
     p->mask_cols = mc < 0 ? 0 : mc > UINT32_MAX ? UINT32_MAX : (uint32_t)mc;
 }
 
+/* Whether all of n values are whole vec4s. */
+static bool vec4s(const uint32_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; ++i)
+        if (v[i] % 4)
+            return false;
+    return true;
+}
+
+/* MHA_VK_F_VEC4_A / _B: the operands matmul.comp may read as vec4s (fp32,
+ * offsets and strides in whole vec4s, B contiguous along k or along j),
+ * from p with its DT_F16 bits set. */
+static uint32_t mm_vec4_flags(const matmul_push *p)
+{
+    uint32_t a[] = {p->a_off, p->a_sb, p->a_sh, p->a_sr};
+    uint32_t b[] = {p->b_off, p->b_sb, p->b_sh,
+                    p->b_sk == 1 ? p->b_sj : p->b_sk};
+    uint32_t f = 0;
+    if (!(p->flags & DT_F16(0)) && vec4s(a, 4))
+        f |= MHA_VK_F_VEC4_A;
+    if (!(p->flags & DT_F16(1)) && (p->b_sk == 1 || p->b_sj == 1) &&
+        vec4s(b, 4))
+        f |= MHA_VK_F_VEC4_B;
+    return f;
+}
+
 static mha_status mm_dispatch(mha_vk_device *d, matmul_push *p,
                               const mha_tdesc *const ts[], uint32_t batch)
 {
     mm_config c;
-    if (!mm_pick(d, &c))
+    if (!mm_pick(d, p->M, p->N, &c))
         return mha_host_error(d->host, MHA_UNSUPPORTED,
                               "vulkan: no matmul tile fits %s's limits",
                               d->phys->props.deviceName);
@@ -492,6 +580,7 @@ static mha_status mm_dispatch(mha_vk_device *d, matmul_push *p,
         return groups_error(d, "matmul");
     uint32_t f16 = f16_bits(ts);
     p->flags |= f16;
+    p->flags |= mm_vec4_flags(p);
     return dispatch(d, MHA_VK_K_MATMUL, f16 != 0, spec, 6, ts, p, sizeof *p,
                     g);
 }
@@ -680,12 +769,23 @@ static mha_status att_partials(mha_vk_device *d, const mha_node *n,
     return MHA_OK;
 }
 
+/* Whether attention.comp may read K and V as vec4s: fp32, and every
+ * offset and stride in whole vec4s. */
+static bool att_vec4(const attention_push *p, uint32_t dh)
+{
+    uint32_t w[] = {p->k_off, p->k_sb, p->k_sh, p->k_sr,
+                    p->v_off, p->v_sb, p->v_sh, p->v_sr, dh};
+    return !(p->flags & (DT_F16(1) | DT_F16(3))) &&
+           vec4s(w, sizeof w / sizeof *w);
+}
+
 static mha_status run_attention(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
     const mha_tdesc *v = &n->src[MHA_SRC_V], *o = &n->dst;
     att_config c;
-    if (!att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
+    if (!att_pick(d, (uint32_t)q->ne[3], att_rows(n), n->params.causal != 0,
+                  &c))
         return mha_host_error(d->host, MHA_UNSUPPORTED,
                               "vulkan: attention with head size %lld does "
                               "not fit %s's shared memory",
@@ -734,8 +834,10 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
     uint32_t spec[9] = {c.wg, c.dh, c.br, c.bc, c.tpr, att_group(n),
                         (uint32_t)n->params.window,
                         n->params.softcap > 0.0f ? softcap : 0u, ns};
-    mha_status s = dispatch(d, MHA_VK_K_ATTENTION, f16 != 0, spec, 9, ts, &p,
-                            sizeof p, g);
+    if (att_vec4(&p, c.dh))
+        p.flags |= MHA_VK_F_VEC4;
+    mha_status s = dispatch(d, c.kernel, f16 != 0, spec, 9, ts, &p, sizeof p,
+                            g);
     return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);
 }
 
@@ -798,7 +900,7 @@ static mha_status run_rope(mha_vk_device *d, const mha_node *n)
 static bool supports_matmul(const mha_vk_device *d, const mha_node *n)
 {
     mm_config c;
-    if (!mm_pick(d, &c))
+    if (!mm_pick(d, 1, 1, &c))
         return false;
     const mha_tdesc *a = &n->src[0], *b = &n->src[1];
     if (!data_ok(d, a) || !data_ok(d, b) || !data_ok(d, &n->dst) ||
@@ -834,7 +936,8 @@ static bool supports_attention(const mha_vk_device *d, const mha_node *n)
     att_config c;
     const mha_tdesc *q = &n->src[MHA_SRC_Q];
     if (q->ne[3] > UINT32_MAX || !supports_attention_core(n) ||
-        !att_pick(d, (uint32_t)q->ne[3], att_rows(n), &c))
+        !att_pick(d, (uint32_t)q->ne[3], att_rows(n), n->params.causal != 0,
+                  &c))
         return false;
     const mha_tdesc *t[] = {q, &n->src[MHA_SRC_K], &n->src[MHA_SRC_V],
                             &n->dst};

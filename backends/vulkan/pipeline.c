@@ -20,7 +20,15 @@ static const char *const kernel_files[MHA_VK_K_COUNT][2] = {
     [MHA_VK_K_ROPE] = {"rope.spv", "rope_f16.spv"},
     [MHA_VK_K_MUL] = {"mul.spv", "mul_f16.spv"},
     [MHA_VK_K_HEAD_STATS] = {"head_stats.spv", NULL},
+    [MHA_VK_K_ATTENTION_SG] = {"attention_sg.spv", "attention_sg_f16.spv"},
 };
+
+/* Whether the device can load kernel k (MHA_VK_K_ATTENTION_SG declares the
+ * subgroup shuffle capability). */
+static bool kernel_usable(const mha_vk_device *d, int k)
+{
+    return k != MHA_VK_K_ATTENTION_SG || d->phys->lim.subgroup_shuffle;
+}
 
 static const mha_embedded_file *find_spirv(const char *name)
 {
@@ -97,7 +105,7 @@ mha_status mha_vk_pipelines_init(mha_vk_device *d)
     int builds = d->phys->lim.fp16_storage ? 2 : 1;
     for (int k = 0; k < MHA_VK_K_COUNT; ++k)
         for (int b = 0; b < builds; ++b)
-            if (kernel_files[k][b] &&
+            if (kernel_files[k][b] && kernel_usable(d, k) &&
                 (s = create_module(d, kernel_files[k][b], &d->modules[k][b])) !=
                     MHA_OK)
                 return s;

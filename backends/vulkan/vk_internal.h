@@ -46,6 +46,7 @@ typedef struct mha_vk_limits {
     uint32_t max_wg_x;       /* maxComputeWorkGroupSize[0] */
     uint32_t max_groups[3];  /* maxComputeWorkGroupCount */
     uint32_t subgroup_size;  /* 0 when unknown */
+    bool subgroup_shuffle;   /* subgroupShuffleXor in compute shaders */
     uint64_t max_range;      /* maxStorageBufferRange */
     uint64_t offset_align;   /* minStorageBufferOffsetAlignment */
     uint32_t push_bytes;     /* maxPushConstantsSize */
@@ -131,6 +132,7 @@ enum mha_vk_kernel {
     MHA_VK_K_ROPE,
     MHA_VK_K_MUL,
     MHA_VK_K_HEAD_STATS,
+    MHA_VK_K_ATTENTION_SG, /* attention.comp with subgroup shuffles */
     MHA_VK_K_COUNT
 };
 

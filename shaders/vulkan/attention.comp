@@ -14,8 +14,29 @@
 // and lo starts at the window of the first row; then the appended bias_k /
 // add_zero_attn keys [mask_cols, S'), which no mask applies to. Keys past
 // the bounds are neither loaded nor read. A row with nothing attendable
-// yields zeros. Each row is served by TPR invocations, each owning the head
-// dimensions c, c + TPR, ... (DPT of them).
+// yields zeros.
+// Registers, not shared memory, hold the work: each row is served by TPR
+// adjacent invocations, invocation `lane` owning the vec4 columns c4 = lane,
+// lane + TPR, ... (DPT of them) of the row's query (scaled) and output. For
+// each key of a tile an invocation forms its partial dot product from vec4
+// reads of the staged K row, the TPR partials are summed (subgroup shuffles
+// in the MHA_SG build, else through the shared array Red: the kernel is
+// built both ways because the shuffle build declares a capability some
+// devices lack), and every invocation of the row then holds the tile's
+// scores in registers (s[]), takes the tile's maximum, and exponentiates
+// each score once; P V is again vec4 reads of the staged V row. So a
+// shared-memory load feeds 4 FMAs (the old kernel: 2 loads per FMA).
+// Only the loops over an invocation's DPT vec4s are unrolled; the loops
+// over a tile's keys stay loops ([[dont_unroll]]): unrolled, lavapipe's
+// LLVM took seconds to a minute per pipeline (BC x DPT bodies), and it
+// compiles every pipeline anew in each process. The scores s[] are then
+// indexed by a loop counter, which keeps them in (registers or) private
+// memory per the driver.
+// Shared arrays need no padding: K and V rows are read whole by every row
+// of the workgroup (a broadcast; the lanes of a row read consecutive
+// vec4s), staging writes consecutive vec4s, and Red is written at the
+// invocation index and read at row * TPR + i (same word within a row,
+// stride TPR across rows: distinct banks).
 // Split-K (flash-decoding, NS > 1): when (b, kv head, row block) leave too
 // few workgroups, as in decode, NS workgroups share each row block, split
 // s taking keys [s * chunk, (s + 1) * chunk) of the same bounds, and each
@@ -23,11 +44,19 @@
 // as the output, fp32) for attention_combine.comp, which also adds the
 // sink. NS depends on shapes only (S is the keys' capacity, not a length).
 // D, BR, BC, TPR are specialization constants chosen from the device's
-// shared memory and workgroup limits (BR from the rows there are, so decode
-// gets a narrow variant whose invocations split a wide key tile instead of
-// idling); G, WINDOW and SOFTCAP are the layer's configuration.
+// shared memory, workgroup and subgroup limits (BR from the rows there
+// are; with few rows, as in decode, TPR grows so a row is served by more
+// invocations, each holding fewer columns); G, WINDOW and SOFTCAP are the
+// layer's configuration.
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
+#ifndef MHA_SG
+#define MHA_SG 0
+#endif
+#if MHA_SG
+#extension GL_KHR_shader_subgroup_shuffle : require
+#endif
 #include "dtype.glsl"
 #include "online.glsl"
 #include "push.h"
@@ -36,7 +65,9 @@ layout(constant_id = 0) const uint WG = 128u;  // == BR * TPR
 layout(constant_id = 1) const uint D = 64u;    // head size
 layout(constant_id = 2) const uint BR = 16u;   // rows per workgroup
 layout(constant_id = 3) const uint BC = 16u;   // keys per tile
-layout(constant_id = 4) const uint TPR = 8u;   // invocations per row
+layout(constant_id = 4) const uint TPR = 2u;   // invocations per row: a
+                                               // power of 2 (see D4P)
+                                               // (MHA_SG: within a subgroup)
 layout(constant_id = 5) const uint G = 1u;     // query heads per K/V head
 layout(constant_id = 6) const uint WINDOW = 0u;  // sliding window, 0: none
 layout(constant_id = 7) const uint SOFTCAP = 0u; // its float bits, 0: none
@@ -53,27 +84,35 @@ layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
 layout(std430, binding = 6) readonly buffer BufSinks { float sinks[]; };
 layout(std430, binding = 7) readonly buffer BufAlibi { float alibi[]; };
 layout(std430, binding = 8) readonly buffer BufLen { int kv_len[]; };
+// K and V as vec4s, read when MHA_VK_F_VEC4 says they are fp32 with
+// offsets and strides in whole vec4s and D % 4 == 0
+layout(std430, binding = 1) readonly buffer BufK4 { vec4 k4[]; };
+layout(std430, binding = 3) readonly buffer BufV4 { vec4 v4[]; };
 
 MHA_PUSH_BLOCK(attention_push, MHA_ATTENTION_PUSH)
 
 #define FLAGS p.flags
 
-const uint DPT = (D + TPR - 1u) / TPR;
+const uint D4 = (D + 3u) / 4u; // vec4s of a head row (zero past D)
+// the row padded with zero vec4s to a multiple of TPR (head sizes like
+// 100, whose 25 vec4s no power of 2 divides)
+const uint D4P = (D4 + TPR - 1u) / TPR * TPR;
+const uint DPT = D4P / TPR; // vec4 columns per invocation
 
-// K rows are padded by one float: the score loop reads one element of
-// several K rows at once, which would otherwise share a bank.
-const uint KS = D + 1u;
-shared float Qs[BR * D];
-shared float Ks[BC * KS];
-shared float Vs[BC * D];
-shared float Ss[BR * BC];
+shared vec4 Ks[BC * D4P];
+shared vec4 Vs[BC * D4P];
+#if !MHA_SG
+shared float Red[BC * WG]; // [key][invocation]: partial dot products
+#endif
 
 // The workgroup's (b, kv head), first row and query offset (positions).
 uint b, hk, R0;
 int off;
-// This invocation's row state.
+// This invocation's row: query slice, state and the tile's scores.
+vec4 qv[DPT];
+vec4 acc[DPT];
+float s[BC];
 float m, l;
-float acc[DPT];
 
 bool flag(uint f) { return (p.flags & f) != 0u; }
 
@@ -84,11 +123,11 @@ int pos_of(uint R) { return int(query_of(R)) + off; }
 
 // c * tanh(s / c); tanh's argument is clamped where it is +-1 in fp32, as
 // some drivers' tanh overflows to NaN for large ones. NaN stays NaN.
-float softcap(float s)
+float softcap(float x)
 {
     float c = uintBitsToFloat(SOFTCAP);
-    float x = s / c;
-    return isnan(x) ? x : c * tanh(clamp(x, -16.0, 16.0));
+    float y = x / c;
+    return isnan(y) ? y : c * tanh(clamp(y, -16.0, 16.0));
 }
 
 // Causal and window masks of key j (j < mask_cols) for position pos.
@@ -98,68 +137,108 @@ bool key_masked(int pos, uint j)
            (WINDOW > 0u && int(j) <= pos - int(WINDOW));
 }
 
-float score(uint r, uint jj, uint j)
+// The score of row R (< rows()) and key j from its dot product.
+float finish(float x, uint R, uint j)
 {
-    uint R = R0 + r;
-    if (R >= rows())
-        return NEG_INF;
     uint i = query_of(R), h = head_of(R);
     int pos = pos_of(R);
-    float s = 0.0;
-    for (uint e = 0u; e < D; ++e)
-        s = fma(Qs[r * D + e], Ks[jj * KS + e], s);
     if (SOFTCAP != 0u)
-        s = softcap(s);
+        x = softcap(x);
     if (flag(MHA_VK_F_ALIBI))
-        s += alibi[p.alibi_off + h] * float(int(j) - pos);
+        x += alibi[p.alibi_off + h] * float(int(j) - pos);
     if (j < p.mask_cols) {
         if (flag(MHA_VK_F_MASK))
-            s += mask[p.mask_off + b * p.mask_sb + h * p.mask_sh +
+            x += mask[p.mask_off + b * p.mask_sb + h * p.mask_sh +
                       i * p.mask_sr + j];
         if (flag(MHA_VK_F_KPM))
-            s += kpm[p.kpm_off + b * p.kpm_sb + h * p.kpm_sh +
+            x += kpm[p.kpm_off + b * p.kpm_sb + h * p.kpm_sh +
                      i * p.kpm_sr + j];
         if (key_masked(pos, j))
-            s = NEG_INF;
+            x = NEG_INF;
     }
-    return s;
+    return x;
+}
+
+// vec4 c4 of the row at element base of K (V): one vec4 load when
+// MHA_VK_F_VEC4, else four element loads (fp16 or unaligned), zero past D.
+#define ROW_VEC4(bnd, name)                                                \
+    vec4 name##_vec(uint base, uint c4)                                    \
+    {                                                                      \
+        if (flag(MHA_VK_F_VEC4))                                           \
+            return name##4[base / 4u + c4];                                \
+        vec4 r = vec4(0.0);                                                \
+        for (uint i = 0u; i < 4u; ++i)                                     \
+            if (c4 * 4u + i < D)                                           \
+                r[i] = LOAD(bnd, name, base + c4 * 4u + i);                \
+        return r;                                                          \
+    }
+ROW_VEC4(1, k)
+ROW_VEC4(3, v)
+
+// Sums each score's TPR partial dot products over the invocations of the
+// row; every one of them gets the same bits (fp32 addition commutes).
+void reduce_scores(uint row)
+{
+    if (TPR == 1u)
+        return;
+#if MHA_SG
+    [[unroll]] for (uint w = 1u; w < TPR; w <<= 1u)
+        [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj)
+            s[jj] += subgroupShuffleXor(s[jj], w);
+#else
+    uint t = gl_LocalInvocationID.x;
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj)
+        Red[jj * WG + t] = s[jj];
+    barrier();
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+        float x = 0.0;
+        for (uint i = 0u; i < TPR; ++i)
+            x += Red[jj * WG + row * TPR + i];
+        s[jj] = x;
+    }
+    // Red is rewritten only after the barriers that end this tile and
+    // stage the next
+#endif
 }
 
 // One tile: keys [j0, min(j0 + BC, jend)), folded into every row's state.
-void tile(uint j0, uint jend, uint row, uint lane)
+// Every invocation runs it (shuffles and barriers need them all); those
+// of rows past rows() (live false) keep -inf scores.
+void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
 {
     uint kb = p.k_off + b * p.k_sb + hk * p.k_sh;
     uint vb = p.v_off + b * p.v_sb + hk * p.v_sh;
-    for (uint e = gl_LocalInvocationID.x; e < BC * D; e += WG) {
-        uint r = e / D, c = e % D;
-        uint j = j0 + r;
-        bool ok = j < jend;
-        Ks[r * KS + c] = ok ? LOAD(1, k, kb + j * p.k_sr + c) : 0.0;
-        Vs[e] = ok ? LOAD(3, v, vb + j * p.v_sr + c) : 0.0;
-    }
-    barrier();
-    for (uint e = gl_LocalInvocationID.x; e < BR * BC; e += WG) {
-        uint r = e / BC, jj = e % BC;
-        Ss[e] = j0 + jj < jend ? score(r, jj, j0 + jj) : NEG_INF;
+    for (uint e = gl_LocalInvocationID.x; e < BC * D4P; e += WG) {
+        uint j = j0 + e / D4P, c4 = e % D4P;
+        bool ok = j < jend && c4 < D4;
+        Ks[e] = ok ? k_vec(kb + j * p.k_sr, c4) : vec4(0.0);
+        Vs[e] = ok ? v_vec(vb + j * p.v_sr, c4) : vec4(0.0);
     }
     barrier();
 
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+        float x = 0.0;
+        [[unroll]] for (uint c = 0u; c < DPT; ++c)
+            x += dot(qv[c], Ks[jj * D4P + lane + c * TPR]);
+        s[jj] = x;
+    }
+    reduce_scores(row);
+
     float mb = m;
-    for (uint jj = 0u; jj < BC; ++jj)
-        mb = nmax(mb, Ss[row * BC + jj]);
+    [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+        s[jj] = live && j0 + jj < jend ? finish(s[jj], R, j0 + jj) : NEG_INF;
+        mb = nmax(mb, s[jj]);
+    }
     if (mb != NEG_INF) {
         float alpha = exp(m - mb); // m == -inf gives 0
         l *= alpha;
-        for (uint x = 0u; x < DPT; ++x)
-            acc[x] *= alpha;
-        for (uint jj = 0u; jj < BC; ++jj) {
-            float pj = exp(Ss[row * BC + jj] - mb);
+        [[unroll]] for (uint c = 0u; c < DPT; ++c)
+            acc[c] *= alpha;
+        [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
+            float pj = exp(s[jj] - mb); // one exp per score
             l += pj;
-            for (uint x = 0u; x < DPT; ++x) {
-                uint c = lane + x * TPR;
-                if (c < D)
-                    acc[x] = fma(pj, Vs[jj * D + c], acc[x]);
-            }
+            [[unroll]] for (uint c = 0u; c < DPT; ++c)
+                acc[c] = fma(vec4(pj), Vs[jj * D4P + lane + c * TPR], acc[c]);
         }
         m = mb;
     }
@@ -172,21 +251,22 @@ void add_sink(uint h)
     if (!flag(MHA_VK_F_SINKS) || m == NEG_INF)
         return; // nothing attendable: the row stays 0
     float alpha = fold_sink(m, l, sinks[p.sinks_off + h]);
-    for (uint x = 0u; x < DPT; ++x)
-        acc[x] *= alpha;
+    for (uint c = 0u; c < DPT; ++c)
+        acc[c] *= alpha;
 }
 
 // Split-K: this split's unnormalised output, maximum and sum for the
 // combine pass (attention_combine.comp), at split s of the row's partials.
-void store_partial(uint R, uint s, uint lane)
+void store_partial(uint R, uint split, uint lane)
 {
     uint pb = p.o_off + b * p.o_sb + head_of(R) * p.o_sh +
-              query_of(R) * p.o_sr + s * (D + 2u);
-    for (uint x = 0u; x < DPT; ++x) {
-        uint c = lane + x * TPR;
-        if (c < D)
-            o[pb + c] = acc[x];
-    }
+              query_of(R) * p.o_sr + split * (D + 2u);
+    for (uint c = 0u; c < DPT; ++c)
+        for (uint i = 0u; i < 4u; ++i) {
+            uint e = (lane + c * TPR) * 4u + i;
+            if (e < D)
+                o[pb + e] = acc[c][i];
+        }
     if (lane == 0u) {
         o[pb + D] = m;
         o[pb + D + 1u] = l;
@@ -210,20 +290,24 @@ void main()
         len = clamp(kv_len[p.len_off + b], 0, int(p.mask_cols));
     off = flag(MHA_VK_F_BOTTOM_RIGHT) ? len - int(p.L) : 0;
 
-    for (uint e = t; e < BR * D; e += WG) {
-        uint r = e / D, c = e % D;
-        uint R = R0 + r;
-        Qs[e] = R < rows() ? LOAD(0, q, p.q_off + b * p.q_sb +
-                                        head_of(R) * p.q_sh +
-                                        query_of(R) * p.q_sr + c) * p.scale
-                           : 0.0;
-    }
-
     uint row = t / TPR, lane = t % TPR;
+    uint R = R0 + row;
+    bool live = R < rows();
+    uint qb = live ? p.q_off + b * p.q_sb + head_of(R) * p.q_sh +
+                         query_of(R) * p.q_sr
+                   : 0u;
+    for (uint c = 0u; c < DPT; ++c) {
+        vec4 x = vec4(0.0);
+        for (uint i = 0u; i < 4u; ++i) {
+            uint e = (lane + c * TPR) * 4u + i;
+            if (live && e < D)
+                x[i] = LOAD(0, q, qb + e) * p.scale;
+        }
+        qv[c] = x;
+        acc[c] = vec4(0.0);
+    }
     m = NEG_INF;
     l = 0.0;
-    for (uint x = 0u; x < DPT; ++x)
-        acc[x] = 0.0;
 
     // The real keys some row of this workgroup can see: [lo, hi).
     uint last = min(R0 + BR, rows()) - 1u;
@@ -234,12 +318,11 @@ void main()
     lo = max(lo, int(k0));
     hi = min(hi, int(k1));
     for (int j0 = lo; j0 < hi; j0 += int(BC))
-        tile(uint(j0), uint(hi), row, lane);
+        tile(uint(j0), uint(hi), R, row, lane, live);
     for (uint j0 = max(p.mask_cols, k0); j0 < k1; j0 += BC)
-        tile(j0, k1, row, lane);
+        tile(j0, k1, R, row, lane, live);
 
-    uint R = R0 + row;
-    if (R >= rows())
+    if (!live)
         return;
     if (NS > 1u) {
         store_partial(R, split, lane);
@@ -249,10 +332,11 @@ void main()
     float inv = l == 0.0 ? 0.0 : 1.0 / l; // all masked: zeros; NaN stays NaN
     uint ob = p.o_off + b * p.o_sb + head_of(R) * p.o_sh +
               query_of(R) * p.o_sr;
-    for (uint x = 0u; x < DPT; ++x) {
-        uint c = lane + x * TPR;
-        if (c < D) {
-            STORE(2, o, ob + c, acc[x] * inv);
+    for (uint c = 0u; c < DPT; ++c)
+        for (uint i = 0u; i < 4u; ++i) {
+            uint e = (lane + c * TPR) * 4u + i;
+            if (e < D) {
+                STORE(2, o, ob + e, acc[c][i] * inv);
+            }
         }
-    }
 }

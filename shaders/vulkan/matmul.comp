@@ -1,22 +1,32 @@
 // matmul.comp: batched C = scale * A B^T (+ bias) (+ masks), the tiled GEMM
 // behind PROJECTION (X W^T + b), SCORES (scale Q K^T + masks, causal) and
 // WEIGHTED_SUM (P V, B given with swapped strides). One workgroup computes a
-// TM x TN tile of C, staging TK-wide slices of A and B through shared memory;
-// each invocation keeps an RM x RN block of C in registers. Tile sizes and
-// the workgroup size are specialization constants chosen from the device's
-// limits (shared memory, max workgroup size); the workgroup is
-// (TN/RN) * (TM/RM) invocations. Batch index z = b * H + h.
+// TM x TN tile of C, staging TK-wide slices of A and B through shared memory
+// (k-major, so a row of the slice is TM or TN consecutive floats); each
+// invocation keeps an RM x RN block of C in registers, RM / 4 and RN / 4
+// vec4 chunks of rows and columns strided by the workgroup's width, so one
+// step of k reads RM / 4 + RN / 4 vec4s for RM * RN FMAs (8 x 8: 0.0625
+// shared loads per FMA). Reads need no padding (a row of invocations reads
+// consecutive vec4s of Bs and one vec4 of As); the slices' rows are padded
+// by one vec4 so the transposing stores of A (and of B^T) spread over
+// banks. Global loads are vec4s along k (or along j for the weighted sum)
+// where MHA_VK_F_VEC4_A / _B say the operand is fp32 with offsets and
+// strides in whole vec4s. Tile sizes and the workgroup size are
+// specialization constants chosen from the shape and the device's limits
+// (backends/vulkan/ops.c); the workgroup is (TN/RN) * (TM/RM) invocations.
+// Batch index z = b * H + h.
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #include "dtype.glsl"
 #include "push.h"
 
-layout(constant_id = 0) const uint WG = 256u; // == (TM/RM) * (TN/RN)
+layout(constant_id = 0) const uint WG = 64u; // == (TM/RM) * (TN/RN)
 layout(constant_id = 1) const uint TM = 64u;
 layout(constant_id = 2) const uint TN = 64u;
-layout(constant_id = 3) const uint TK = 16u;
-layout(constant_id = 4) const uint RM = 4u;
-layout(constant_id = 5) const uint RN = 4u;
+layout(constant_id = 3) const uint TK = 32u; // a multiple of 4
+layout(constant_id = 4) const uint RM = 8u;  // multiples of 4
+layout(constant_id = 5) const uint RN = 8u;
 
 layout(local_size_x_id = 0) in;
 
@@ -26,43 +36,88 @@ OUT_BUFFER(2, c)
 IN_BUFFER(3, bias)
 layout(std430, binding = 4) readonly buffer BufMask { float mask[]; };
 layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
+layout(std430, binding = 0) readonly buffer BufA4 { vec4 a4[]; };
+layout(std430, binding = 1) readonly buffer BufB4 { vec4 b4[]; };
 
 MHA_PUSH_BLOCK(matmul_push, MHA_MATMUL_PUSH)
 
 #define FLAGS p.flags
 
-// Rows padded by one float so the k-major stores of the tiles do not all
-// land in one shared-memory bank.
-const uint AS = TM + 1u, BS = TN + 1u;
-shared float As[TK * AS]; // [kk][i]
-shared float Bs[TK * BS]; // [kk][j]
+const uint TY = TM / RM, TX = TN / RN; // invocations along M and N
+const uint AS4 = TM / 4u + 1u, BS4 = TN / 4u + 1u; // padded rows, vec4s
+shared vec4 As[TK * AS4]; // [kk][i / 4]
+shared vec4 Bs[TK * BS4]; // [kk][j / 4]
 
 #define NEG_INF uintBitsToFloat(0xff800000u)
+
+bool flag(uint f) { return (p.flags & f) != 0u; }
+
+// Elements idx .. idx + 3 of A (B), the first n of them; zero past n.
+vec4 a_vec(uint idx, uint n)
+{
+    if (flag(MHA_VK_F_VEC4_A) && n >= 4u)
+        return a4[idx / 4u];
+    vec4 r = vec4(0.0);
+    for (uint i = 0u; i < 4u; ++i)
+        if (i < n)
+            r[i] = LOAD(0, a, idx + i);
+    return r;
+}
+
+// Elements idx, idx + step, ... of B, the first n of them (step 1 and
+// MHA_VK_F_VEC4_B: one vec4 load).
+vec4 b_vec(uint idx, uint step, uint n)
+{
+    if (flag(MHA_VK_F_VEC4_B) && step == 1u && n >= 4u)
+        return b4[idx / 4u];
+    vec4 r = vec4(0.0);
+    for (uint i = 0u; i < 4u; ++i)
+        if (i < n)
+            r[i] = LOAD(1, bm, idx + i * step);
+    return r;
+}
+
+// Four k of row r of a tile (dst[kk][r]), k-contiguous in memory.
+void put_t(bool is_a, uint kk, uint r, vec4 x)
+{
+    for (uint i = 0u; i < 4u; ++i) {
+        if (is_a)
+            As[(kk + i) * AS4 + r / 4u][r % 4u] = x[i];
+        else
+            Bs[(kk + i) * BS4 + r / 4u][r % 4u] = x[i];
+    }
+}
+
+uint avail(uint start, uint end) { return start < end ? end - start : 0u; }
 
 void load_tiles(uint a0, uint b0, uint row0, uint col0, uint k0)
 {
     uint t = gl_LocalInvocationID.x;
-    for (uint e = t; e < TM * TK; e += WG) {
-        uint r = e / TK, kk = e % TK;
+    const uint K4 = TK / 4u;
+    for (uint e = t; e < TM * K4; e += WG) {
+        uint r = e / K4, kk = e % K4 * 4u;
         uint i = row0 + r, k = k0 + kk;
-        As[kk * AS + r] =
-            (i < p.M && k < p.K) ? LOAD(0, a, a0 + i * p.a_sr + k) : 0.0;
+        vec4 x = i < p.M ? a_vec(a0 + i * p.a_sr + k, avail(k, p.K))
+                         : vec4(0.0);
+        put_t(true, kk, r, x);
     }
     if (p.b_sk == 1u) { // B^T rows: k is contiguous
-        for (uint e = t; e < TN * TK; e += WG) {
-            uint r = e / TK, kk = e % TK;
+        for (uint e = t; e < TN * K4; e += WG) {
+            uint r = e / K4, kk = e % K4 * 4u;
             uint j = col0 + r, k = k0 + kk;
-            Bs[kk * BS + r] =
-                (j < p.N && k < p.K) ? LOAD(1, bm, b0 + j * p.b_sj + k) : 0.0;
+            vec4 x = j < p.N ? b_vec(b0 + j * p.b_sj + k, 1u, avail(k, p.K))
+                             : vec4(0.0);
+            put_t(false, kk, r, x);
         }
     } else { // B rows: j is contiguous (weighted sum)
-        for (uint e = t; e < TN * TK; e += WG) {
-            uint kk = e / TN, r = e % TN;
-            uint j = col0 + r, k = k0 + kk;
-            Bs[kk * BS + r] =
-                (j < p.N && k < p.K)
-                    ? LOAD(1, bm, b0 + j * p.b_sj + k * p.b_sk)
-                    : 0.0;
+        const uint N4 = TN / 4u;
+        for (uint e = t; e < TK * N4; e += WG) {
+            uint kk = e / N4, r4 = e % N4;
+            uint j = col0 + r4 * 4u, k = k0 + kk;
+            Bs[kk * BS4 + r4] =
+                k < p.K ? b_vec(b0 + j * p.b_sj + k * p.b_sk, p.b_sj,
+                                avail(j, p.N))
+                        : vec4(0.0);
         }
     }
 }
@@ -70,16 +125,16 @@ void load_tiles(uint a0, uint b0, uint row0, uint col0, uint k0)
 float epilogue(float v, uint zb, uint zh, uint i, uint j)
 {
     v *= p.scale;
-    if ((p.flags & MHA_VK_F_BIAS) != 0u)
+    if (flag(MHA_VK_F_BIAS))
         v += LOAD(3, bias, p.bias_off + j);
     if (j < p.mask_cols) {
-        if ((p.flags & MHA_VK_F_MASK) != 0u)
+        if (flag(MHA_VK_F_MASK))
             v += mask[p.mask_off + zb * p.mask_sb + zh * p.mask_sh +
                       i * p.mask_sr + j];
-        if ((p.flags & MHA_VK_F_KPM) != 0u)
+        if (flag(MHA_VK_F_KPM))
             v += kpm[p.kpm_off + zb * p.kpm_sb + zh * p.kpm_sh +
                      i * p.kpm_sr + j];
-        if ((p.flags & MHA_VK_F_CAUSAL) != 0u && j > i)
+        if (flag(MHA_VK_F_CAUSAL) && j > i)
             v = NEG_INF;
     }
     return v;
@@ -87,7 +142,6 @@ float epilogue(float v, uint zb, uint zh, uint i, uint j)
 
 void main()
 {
-    const uint TX = TN / RN; // invocations along a row of the tile
     uint t = gl_LocalInvocationID.x;
     uint tx = t % TX, ty = t / TX;
     uint z = gl_WorkGroupID.z;
@@ -95,38 +149,42 @@ void main()
     uint row0 = gl_WorkGroupID.y * TM, col0 = gl_WorkGroupID.x * TN;
     uint a0 = p.a_off + zb * p.a_sb + zh * p.a_sh;
     uint b0 = p.b_off + zb * p.b_sb + zh * p.b_sh;
+    const uint RM4 = RM / 4u, RN4 = RN / 4u;
 
-    float acc[RM][RN];
-    for (uint r = 0u; r < RM; ++r)
-        for (uint q = 0u; q < RN; ++q)
-            acc[r][q] = 0.0;
+    vec4 acc[RM][RN4];
+    [[unroll]] for (uint r = 0u; r < RM; ++r)
+        [[unroll]] for (uint q = 0u; q < RN4; ++q)
+            acc[r][q] = vec4(0.0);
 
     for (uint k0 = 0u; k0 < p.K; k0 += TK) {
         load_tiles(a0, b0, row0, col0, k0);
         barrier();
-        for (uint kk = 0u; kk < TK; ++kk) {
-            float av[RM], bv[RN];
-            for (uint r = 0u; r < RM; ++r)
-                av[r] = As[kk * AS + ty + r * (TM / RM)];
-            for (uint q = 0u; q < RN; ++q)
-                bv[q] = Bs[kk * BS + tx + q * TX];
-            for (uint r = 0u; r < RM; ++r)
-                for (uint q = 0u; q < RN; ++q)
-                    acc[r][q] = fma(av[r], bv[q], acc[r][q]);
+        // a loop, not unrolled TK times: lavapipe's LLVM compiles
+        // the unrolled body for seconds per pipeline
+        [[dont_unroll]] for (uint kk = 0u; kk < TK; ++kk) {
+            vec4 av[RM4], bv[RN4];
+            [[unroll]] for (uint r = 0u; r < RM4; ++r)
+                av[r] = As[kk * AS4 + ty + r * TY];
+            [[unroll]] for (uint q = 0u; q < RN4; ++q)
+                bv[q] = Bs[kk * BS4 + tx + q * TX];
+            [[unroll]] for (uint r = 0u; r < RM; ++r)
+                [[unroll]] for (uint q = 0u; q < RN4; ++q)
+                    acc[r][q] = fma(vec4(av[r / 4u][r % 4u]), bv[q],
+                                    acc[r][q]);
         }
         barrier();
     }
 
     uint c0 = p.c_off + zb * p.c_sb + zh * p.c_sh;
     for (uint r = 0u; r < RM; ++r) {
-        uint i = row0 + ty + r * (TM / RM);
+        uint i = row0 + (ty + r / 4u * TY) * 4u + r % 4u;
         if (i >= p.M)
             continue;
         for (uint q = 0u; q < RN; ++q) {
-            uint j = col0 + tx + q * TX;
+            uint j = col0 + (tx + q / 4u * TX) * 4u + q % 4u;
             if (j < p.N) {
                 STORE(2, c, c0 + i * p.c_sr + j,
-                      epilogue(acc[r][q], zb, zh, i, j));
+                      epilogue(acc[r][q / 4u][q % 4u], zb, zh, i, j));
             }
         }
     }

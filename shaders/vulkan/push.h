@@ -39,6 +39,10 @@
 #define MHA_VK_F_SINKS 32u
 #define MHA_VK_F_ALIBI 64u
 #define MHA_VK_F_KV_LEN 128u
+#define MHA_VK_F_VEC4 256u /* K and V readable as vec4s (attention.comp) */
+/* more flags of matmul: A (B) readable as vec4s (matmul.comp) */
+#define MHA_VK_F_VEC4_A 512u
+#define MHA_VK_F_VEC4_B 1024u
 /* flags of copy: a source is given (else the kernel writes zeros) */
 #define MHA_VK_F_SRC 1u
 /* flags of rope: GPT-J (interleaved) pairs, else NeoX */

@@ -86,6 +86,51 @@
  *                        divergence in nats of head h's and head g's rows:
  *                        sum_j p ln(2p/(p+q))/2 + q ln(2q/(p+q))/2
  *               A row of zeros (all keys masked) adds 0 to every column.
+ *
+ * Training (issue 18). Every tensor of these ops is f32 unless its backend
+ * says otherwise in supports().
+ * ATTENTION     may also write the row log-sum-exp a training forward
+ *   + LSE       saves: extra_dst[MHA_DST_LSE] [B,H,1,L] f32 (any strides;
+ *               absent in inference), LSE_i = m_i + ln l_i in the natural
+ *               log of the same scaled-and-masked scores s_ij the softmax
+ *               uses (p_ij = exp(s_ij - LSE_i)); sinks count in l_i; a row
+ *               with nothing attendable gets -inf. A backend that cannot
+ *               write it declines the node (supports() looks at
+ *               extra_dst[MHA_DST_LSE].buf).
+ * MATMUL        dst[a,b,m,n] = sum_k A[a,b,m,k] B[a,b,k,n]
+ *                              (+ dst[a,b,m,n] when params.accumulate)
+ *               src A [.,.,M,K], B [.,.,K,N] with any strides: a transposed
+ *               operand is a view with swapped strides, and zero strides on
+ *               the two outer dims broadcast an operand over them. dst has
+ *               unit inner stride. The backward's dX = dY W and
+ *               dW = dY^T X (rows of all batch items flattened when the
+ *               layout allows, one accumulating node per item otherwise).
+ * SUM_ROWS      dst[a,b,0,n] = sum_m src[a,b,m,n] (+ dst when
+ *               params.accumulate): bias gradients. Any src strides.
+ * ATTENTION_BACKWARD  FlashAttention-2's backward of ATTENTION for the
+ *               nn.MHA subset (no GQA, ALiBi, sinks, window, softcap, key
+ *               lengths; causal NONE or TOP_LEFT): probabilities are
+ *               recomputed from Q, K, the masks and the saved LSE, never
+ *               stored as an L x S' matrix:
+ *                 p_ij  = exp(s_ij - LSE_i)   (0 where LSE_i = -inf)
+ *                 D_i   = dO_i . O_i
+ *                 dS_ij = p_ij (dO_i . V_j - D_i)
+ *                 dQ_i  = scale sum_j dS_ij K_j     -> dst
+ *                 dK_j  = scale sum_i dS_ij Q_i     -> extra_dst[MHA_DST_DK]
+ *                 dV_j  = sum_i p_ij dO_i           -> extra_dst[MHA_DST_DV]
+ *               src Q, K, MASK, KPM, V in ATTENTION's slots and layout
+ *               (params scale, causal, mask_cols as there), O [B,H,L,d]
+ *               the forward's output, dO [B,H,L,d], LSE [B,H,1,L].
+ *               dst dQ [B,H,L,d], dK and dV [B,H,S',d]; all written, not
+ *               accumulated (the appended bias_k/bias_v rows' dK/dV rows
+ *               become those parameters' gradients in the core).
+ * ADAMW         one torch.optim.AdamW step over n parameters, in place:
+ *                 p = p (1 - lr wd);  m = b1 m + (1 - b1) g;
+ *                 v = b2 v + (1 - b2) g^2;
+ *                 p = p - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+ *               dst p [1,1,1,n]; src G, M, V [1,1,1,n], contiguous; M and
+ *               V are written in place (state). Params adam_* (bc1 and bc2
+ *               are 1 - b1^t and 1 - b2^t for step t, computed by the core).
  */
 #define MHA_OP_LIST(X)                      \
     X(PROJECTION, "projection", 3)          \
@@ -97,7 +142,11 @@
     X(MEAN_HEADS, "mean_heads", 1)          \
     X(ROPE, "rope", 2)                      \
     X(MUL, "mul", 2)                        \
-    X(HEAD_STATS, "head_stats", 1)
+    X(HEAD_STATS, "head_stats", 1)          \
+    X(MATMUL, "matmul", 2)                  \
+    X(SUM_ROWS, "sum_rows", 1)              \
+    X(ATTENTION_BACKWARD, "attention_backward", 8) \
+    X(ADAMW, "adamw", 3)
 
 typedef enum mha_op {
 #define MHA_OP_ENUM_(name, text, nsrc) MHA_OP_##name,
@@ -124,6 +173,21 @@ enum { MHA_SRC_ROPE_X = 0, MHA_SRC_ROPE_POS = 1 };
 
 /* Source slots of MUL. */
 enum { MHA_SRC_MUL_X = 0, MHA_SRC_MUL_F = 1 };
+
+/* Source slots of MATMUL. */
+enum { MHA_SRC_MM_A = 0, MHA_SRC_MM_B = 1 };
+
+/* Source slots of ATTENTION_BACKWARD past ATTENTION's Q, K, MASK, KPM, V
+ * (it has no sinks, slopes or key lengths, so it reuses their slots). */
+enum { MHA_SRC_BWD_O = 5, MHA_SRC_BWD_DO = 6, MHA_SRC_BWD_LSE = 7 };
+
+/* Source slots of ADAMW (dst is the parameter). */
+enum { MHA_SRC_ADAM_G = 0, MHA_SRC_ADAM_M = 1, MHA_SRC_ADAM_V = 2 };
+
+/* Slots of mha_node.extra_dst: ATTENTION's saved LSE, ATTENTION_BACKWARD's
+ * dK and dV. */
+enum { MHA_DST_LSE = 0, MHA_DST_DK = 0, MHA_DST_DV = 1 };
+#define MHA_MAX_EXTRA_DST 2
 
 const char *mha_op_name(mha_op op);
 int mha_op_source_count(mha_op op);
@@ -162,12 +226,19 @@ typedef struct mha_op_params {
     float rope_theta;     /* base of the frequencies (10000, 500000, ...) */
     float rope_pos_scale; /* positions are multiplied by it: 1 / the linear
                              scaling factor */
+    int32_t accumulate;   /* MATMUL, SUM_ROWS: add into dst */
+    /* ADAMW only (see the op list) */
+    float adam_lr, adam_beta1, adam_beta2, adam_eps, adam_weight_decay;
+    float adam_bc1, adam_bc2;
 } mha_op_params;
 
 typedef struct mha_node {
     mha_op op;
     mha_tdesc src[MHA_MAX_SRC];
     mha_tdesc dst;
+    /* Further outputs of the ops that have them (MHA_DST_*); absent
+     * (buf NULL) otherwise. */
+    mha_tdesc extra_dst[MHA_MAX_EXTRA_DST];
     mha_op_params params;
 } mha_node;
 
@@ -179,6 +250,16 @@ static inline bool mha_attention_is_plain(const mha_node *n)
            n->params.kv_group <= 1 && n->params.window == 0 &&
            n->params.softcap == 0.0f && !n->src[MHA_SRC_SINKS].buf &&
            !n->src[MHA_SRC_ALIBI].buf && !n->src[MHA_SRC_KV_LEN].buf;
+}
+
+/* Whether a node needs what the training ops (issue 18) add: one of
+ * those ops, or an ATTENTION that saves its LSE. A backend that has not
+ * implemented them declines such nodes. */
+static inline bool mha_node_is_training(const mha_node *n)
+{
+    return n->op == MHA_OP_MATMUL || n->op == MHA_OP_SUM_ROWS ||
+           n->op == MHA_OP_ATTENTION_BACKWARD || n->op == MHA_OP_ADAMW ||
+           (n->op == MHA_OP_ATTENTION && n->extra_dst[MHA_DST_LSE].buf);
 }
 
 /* Whether a ROPE node keeps the op's rules that do not depend on a

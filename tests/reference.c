@@ -315,6 +315,10 @@ void ref_run(const mha_node *n, double *out)
     case MHA_OP_ROPE: rope(n, out); break;
     case MHA_OP_MUL: mul(n, out); break;
     case MHA_OP_HEAD_STATS: head_stats(n, out); break;
+    case MHA_OP_MATMUL: /* the training ops: issue 18 */
+    case MHA_OP_SUM_ROWS:
+    case MHA_OP_ATTENTION_BACKWARD:
+    case MHA_OP_ADAMW:
     case MHA_OP_COUNT: break;
     }
 }

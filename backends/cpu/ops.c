@@ -116,6 +116,8 @@ static bool attention_supported(const mha_node *n)
 
 bool mha_cpu_op_supported(const mha_node *node)
 {
+    if (mha_node_is_training(node))
+        return false;
     if (node->op == MHA_OP_ROPE)
         return mha_cpu_rope_supported(node);
     if (node->op == MHA_OP_MUL)
@@ -418,6 +420,10 @@ mha_status mha_cpu_op_run(mha_cpu_exec *e, const mha_node *n)
         return mha_cpu_run_mul(e, n);
     case MHA_OP_HEAD_STATS:
         return mha_cpu_run_head_stats(e, n);
+    case MHA_OP_MATMUL:
+    case MHA_OP_SUM_ROWS:
+    case MHA_OP_ATTENTION_BACKWARD:
+    case MHA_OP_ADAMW:
     case MHA_OP_COUNT:
         break;
     }

@@ -119,7 +119,7 @@ static bool head_stats_supported(const mha_node *n)
 bool mha_cl_supports(void *d, const mha_node *node)
 {
     const mha_cl_device *dev = d;
-    if (node->op < 0 || node->op >= MHA_OP_COUNT)
+    if (node->op < 0 || node->op >= MHA_OP_COUNT || mha_node_is_training(node))
         return false;
     if (node->op == MHA_OP_ROPE)
         return rope_supported(dev, node);
@@ -622,6 +622,10 @@ mha_status mha_cl_run(void *d, const mha_node *node)
         return run_mul(dev, node);
     case MHA_OP_HEAD_STATS:
         return run_head_stats(dev, node);
+    case MHA_OP_MATMUL:
+    case MHA_OP_SUM_ROWS:
+    case MHA_OP_ATTENTION_BACKWARD:
+    case MHA_OP_ADAMW:
     case MHA_OP_COUNT:
         break;
     }

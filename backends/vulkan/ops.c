@@ -976,6 +976,8 @@ bool mha_vk_supports(mha_vk_device *d, const mha_node *n)
 
 static bool supports_op(mha_vk_device *d, const mha_node *n)
 {
+    if (mha_node_is_training(n))
+        return false;
     switch (n->op) {
     case MHA_OP_PROJECTION:
     case MHA_OP_SCORES:
@@ -1000,6 +1002,10 @@ static bool supports_op(mha_vk_device *d, const mha_node *n)
                count(&n->dst) <= UINT32_MAX;
     case MHA_OP_HEAD_STATS:
         return supports_head_stats(d, n);
+    case MHA_OP_MATMUL:
+    case MHA_OP_SUM_ROWS:
+    case MHA_OP_ATTENTION_BACKWARD:
+    case MHA_OP_ADAMW:
     case MHA_OP_COUNT:
         break;
     }
@@ -1034,6 +1040,10 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
     case MHA_OP_ROPE: return run_rope(d, n);
     case MHA_OP_MUL: return run_mul(d, n);
     case MHA_OP_HEAD_STATS: return run_head_stats(d, &n->src[0], &n->dst);
+    case MHA_OP_MATMUL:
+    case MHA_OP_SUM_ROWS:
+    case MHA_OP_ATTENTION_BACKWARD:
+    case MHA_OP_ADAMW:
     case MHA_OP_COUNT:
         break;
     }

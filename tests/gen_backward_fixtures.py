@@ -24,6 +24,11 @@
 # (softmax ignores a shift shared by every key) up to rounding, which
 # Adam's m / sqrt(v) would blow up to steps of lr in fp32 and nothing in
 # float64.
+#
+# train_example.safetensors: examples/train/train.c's run (its xorshift
+# data and weights, its loss and warm-up) for "steps" steps in float64: the
+# student's final weights as "final.<name>" (F64), for the train_example
+# test (tests/check_train_example.py).
 
 import math
 import os
@@ -288,6 +293,52 @@ def adamw_fixture(rng):
     return keep, meta
 
 
+class Xorshift:
+    """examples/train/train.c's generator: xorshift32, uniform in [-1, 1)
+    with 24 bits (exact in fp32)."""
+
+    def __init__(self, seed):
+        self.s = seed
+
+    def uniform(self, n, scale=1.0):
+        out = np.empty(n)
+        for i in range(n):
+            x = self.s
+            x ^= (x << 13) & 0xFFFFFFFF
+            x ^= x >> 17
+            x ^= (x << 5) & 0xFFFFFFFF
+            self.s = x
+            out[i] = ((x >> 8) / 16777216.0 * 2.0 - 1.0) * scale
+        return out
+
+
+def train_example_fixture(steps=20, lr=0.01, warmup=20):
+    """The example's teacher, student and data; AdamW's defaults."""
+    E, H, L, N = 16, 4, 12, 4
+    o = {"add_bias_kv": 1, "causal": 1}
+    gen = Xorshift(20240518)
+    shapes = [("in_proj_weight", (3 * E, E)), ("in_proj_bias", (3 * E,)),
+              ("out_proj.weight", (E, E)), ("out_proj.bias", (E,)),
+              ("bias_k", (1, 1, E)), ("bias_v", (1, 1, E))]
+    layers = [{k: torch.tensor(gen.uniform(int(np.prod(s)), 0.25)).reshape(s)
+               for k, s in shapes} for _ in range(2)]
+    teacher, student = layers
+    x = torch.tensor(gen.uniform(L * N * E)).reshape(L, N, E).transpose(0, 1)
+    target = forward(teacher, E, H, x, x, x, None, None, o)
+    params = {k: v.clone().requires_grad_() for k, v in student.items()}
+    opt = torch.optim.AdamW(params.values(), lr=lr)
+    for t in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (t + 1) / warmup)
+        opt.zero_grad()
+        y = forward(params, E, H, x, x, x, None, None, o)
+        ((y - target) ** 2).mean().backward()
+        opt.step()
+    tensors = [("final." + k, "F64", v.detach().numpy())
+               for k, v in params.items()]
+    return tensors, {"steps": steps, "lr": lr, "warmup": warmup}
+
+
 def main():
     args = parse_args(__doc__, DEFAULT_OUT, DEFAULT_SEED)
     rng = np.random.default_rng(args.seed)
@@ -298,7 +349,10 @@ def main():
     tensors, meta = adamw_fixture(rng)
     write_safetensors(os.path.join(args.out, "adamw.safetensors"), tensors,
                       meta)
-    print("wrote %d fixtures to %s" % (len(CASES) + 1, args.out))
+    tensors, meta = train_example_fixture()
+    write_safetensors(os.path.join(args.out, "train_example.safetensors"),
+                      tensors, meta)
+    print("wrote %d fixtures to %s" % (len(CASES) + 2, args.out))
 
 
 if __name__ == "__main__":

@@ -69,12 +69,8 @@ mha_status mha_adamw_create(mha_layer *layer, const mha_adamw_config *config,
                            : MHA_OK;
     if (st != MHA_OK)
         return st;
-    if (!out)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
-    if (layer->cfg.dtype != MHA_F32)
-        return mha_error(ctx, MHA_UNSUPPORTED,
-                         "%s: the layer is f16; training needs an f32 layer",
-                         fn);
+    if ((st = mha_train_check_create(layer, fn, out)) != MHA_OK)
+        return st;
     if (config && (st = check_config(ctx, config)) != MHA_OK)
         return st;
     mha_adamw *opt = mha_host_calloc(&ctx->host, 1, sizeof *opt);

@@ -22,20 +22,16 @@ mha_status mha_gradients_create(mha_layer *layer, mha_gradients **out)
     if (!layer)
         return MHA_INVALID_ARGUMENT;
     mha_context *ctx = layer->device->ctx;
-    if (!out)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
-    if (layer->cfg.dtype != MHA_F32)
-        return mha_error(ctx, MHA_UNSUPPORTED,
-                         "%s: the layer is f16; training needs an f32 layer",
-                         fn);
+    mha_status st = mha_train_check_create(layer, fn, out);
+    if (st != MHA_OK)
+        return st;
     mha_gradients *g = mha_host_calloc(&ctx->host, 1, sizeof *g);
     if (!g)
         return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
     g->layer = layer;
     g->heads = layer->heads;
     int64_t total = (int64_t)(layer->wbytes / 4);
-    mha_status st = mha_tensor_create(layer->device, MHA_F32, 1, &total,
-                                      &g->flat);
+    st = mha_tensor_create(layer->device, MHA_F32, 1, &total, &g->flat);
     int n = mha_layer_weight_specs(layer, g->specs);
     for (int i = 0; st == MHA_OK && i < n; i++) {
         const mha_weight_spec *s = &g->specs[i];

@@ -71,6 +71,19 @@ void mha_saved_release(mha_layer *layer)
     layer->saved = NULL;
 }
 
+mha_status mha_train_check_create(const mha_layer *layer, const char *fn,
+                                  const void *out)
+{
+    mha_context *ctx = layer->device->ctx;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    if (layer->cfg.dtype != MHA_F32)
+        return mha_error(ctx, MHA_UNSUPPORTED,
+                         "%s: the layer is f16; training needs an f32 layer",
+                         fn);
+    return MHA_OK;
+}
+
 mha_status mha_dev_zero(mha_device *device, void *buf, size_t bytes)
 {
     static const char zeros[4096];

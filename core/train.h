@@ -62,6 +62,11 @@ void mha_saved_release(mha_layer *layer);
 void mha_backward_graph_build(const mha_layer *layer, const mha_bwd_key *key,
                               mha_graph *g);
 
+/* The checks every training object's create makes: out not NULL, an f32
+ * layer (MHA_UNSUPPORTED for f16, training's ops are f32). */
+mha_status mha_train_check_create(const mha_layer *layer, const char *fn,
+                                  const void *out);
+
 /* Writes bytes zero bytes into buf on device. */
 mha_status mha_dev_zero(mha_device *device, void *buf, size_t bytes);
 

@@ -907,7 +907,8 @@ MHA_API mha_status mha_head_stats_create(mha_layer *layer,
 
 /* Runs the layer on args (as mha_layer_forward; output receives the
  * ungated result; need_weights, weights, average_attn_weights,
- * head_gates and head_outputs are ignored: the accumulator sets its own)
+ * head_gates, head_outputs and save_for_backward are ignored: the
+ * accumulator sets its own)
  * and accumulates. The per-head outputs O_h W_o,h^T (Y minus the output
  * with head h gated off) and dL/dY come back to the host, where ablation,
  * gradient importance and the cosine matrix are reduced (B*L*E floats

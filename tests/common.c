@@ -16,14 +16,31 @@ static const char *const cpu_isas[] = {"scalar", "avx2", "avx512", "neon"};
 /* Backends that implement every extension of the attention core. */
 static const char *const core_backends[] = {"cpu", "vulkan", "opencl"};
 
-int test_core_required(const test_device *td)
+/* Backends that implement the training ops (issue 18); vulkan and opencl
+ * join when their kernels land. */
+static const char *const training_backends[] = {"cpu"};
+
+/* Whether td's label names one of the n backends of list. */
+static int backend_listed(const test_device *td, const char *const *list,
+                          size_t n)
 {
     size_t len = strcspn(td->label, "/:");
-    for (size_t i = 0; i < sizeof core_backends / sizeof *core_backends; i++)
-        if (strlen(core_backends[i]) == len &&
-            strncmp(td->label, core_backends[i], len) == 0)
+    for (size_t i = 0; i < n; i++)
+        if (strlen(list[i]) == len && strncmp(td->label, list[i], len) == 0)
             return 1;
     return 0;
+}
+
+int test_core_required(const test_device *td)
+{
+    return backend_listed(td, core_backends,
+                          sizeof core_backends / sizeof *core_backends);
+}
+
+int test_training_required(const test_device *td)
+{
+    return backend_listed(td, training_backends,
+                          sizeof training_backends / sizeof *training_backends);
 }
 
 static int wanted(const char *label)

@@ -47,6 +47,11 @@ void test_remove_tree(const char *dir);
  * the backends in the list in common.c; a backend joins it when it lands. */
 int test_core_required(const test_device *td);
 
+/* Whether td's backend implements the training ops (MATMUL, SUM_ROWS,
+ * ATTENTION_BACKWARD, ADAMW, ATTENTION's LSE), so that it may not decline
+ * a training case of test_ops: the list in common.c. */
+int test_training_required(const test_device *td);
+
 typedef struct test_rng {
     uint64_t state;
 } test_rng;

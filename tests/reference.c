@@ -141,18 +141,22 @@ static void softmax_row(double *row, int64_t n)
     softmax_row_sink(row, n, -INFINITY);
 }
 
+static double sink_of(const mha_node *n, int64_t h)
+{
+    const mha_tdesc *sinks = &n->src[MHA_SRC_SINKS];
+    return sinks->buf ? get(sinks, 0, 0, 0, h) : -INFINITY;
+}
+
 static void scores(const mha_node *n, double *out, int normalise)
 {
-    const mha_tdesc *d = &n->dst, *sinks = &n->src[MHA_SRC_SINKS];
+    const mha_tdesc *d = &n->dst;
     for (int64_t b = 0; b < d->ne[0]; b++)
         for (int64_t h = 0; h < d->ne[1]; h++)
             for (int64_t i = 0; i < d->ne[2]; i++) {
                 double *row = out + idx(d, b, h, i, 0);
                 score_row(n, b, h, i, row);
                 if (normalise)
-                    softmax_row_sink(row, d->ne[3],
-                                     sinks->buf ? get(sinks, 0, 0, 0, h)
-                                                : -INFINITY);
+                    softmax_row_sink(row, d->ne[3], sink_of(n, h));
             }
 }
 
@@ -191,13 +195,36 @@ static void weighted(const mha_node *n, const double *probs,
                 }
 }
 
-static void attention(const mha_node *n, double *out)
+/* The row's log-sum-exp (core/backend.h, "ATTENTION + LSE"): sinks count
+ * in the sum; -inf with nothing attendable, NaN with a NaN. */
+static double row_lse(const double *row, int64_t n, double sink)
+{
+    double m = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < n; j++) {
+        if (isnan(row[j]))
+            return NAN;
+        m = fmax(m, row[j]);
+    }
+    if (m == -INFINITY)
+        return -INFINITY;
+    m = fmax(m, sink);
+    for (int64_t j = 0; j < n; j++)
+        sum += exp(row[j] - m);
+    return m + log(sum + exp(sink - m));
+}
+
+/* The fused attention, and its LSE into lse when not NULL. */
+static void attention(const mha_node *n, double *out, double *lse)
 {
     const mha_tdesc *o = &n->dst, *k = &n->src[MHA_SRC_K];
     size_t count = (size_t)(o->ne[0] * o->ne[1] * o->ne[2] * k->ne[2]);
     double *probs = malloc(count * sizeof *probs);
     mha_node s = *n;
     s.dst.ne[3] = k->ne[2];
+    scores(&s, probs, 0);
+    for (int64_t r = 0; lse && r < o->ne[0] * o->ne[1] * o->ne[2]; r++)
+        lse[r] = row_lse(probs + r * k->ne[2], k->ne[2],
+                         sink_of(n, r / o->ne[2] % o->ne[1]));
     scores(&s, probs, 1);
     weighted(n, probs, NULL, &n->src[MHA_SRC_V], out);
     free(probs);
@@ -302,23 +329,171 @@ static void head_stats(const mha_node *n, double *out)
         }
 }
 
+/* ---- training (issue 18) ------------------------------------------------ */
+
+/* The old value of dst when the op adds into it. */
+static double acc_init(const mha_node *n, int64_t a, int64_t b, int64_t m,
+                       int64_t c)
+{
+    return n->params.accumulate ? get(&n->dst, a, b, m, c) : 0.0;
+}
+
+static void matmul(const mha_node *n, double *out)
+{
+    const mha_tdesc *A = &n->src[MHA_SRC_MM_A], *B = &n->src[MHA_SRC_MM_B];
+    const mha_tdesc *d = &n->dst;
+    for (int64_t a = 0; a < d->ne[0]; a++)
+        for (int64_t b = 0; b < d->ne[1]; b++)
+            for (int64_t m = 0; m < d->ne[2]; m++)
+                for (int64_t c = 0; c < d->ne[3]; c++) {
+                    double s = acc_init(n, a, b, m, c);
+                    for (int64_t k = 0; k < A->ne[3]; k++)
+                        s += get(A, a, b, m, k) * get(B, a, b, k, c);
+                    out[idx(d, a, b, m, c)] = s;
+                }
+}
+
+static void sum_rows(const mha_node *n, double *out)
+{
+    const mha_tdesc *x = &n->src[0], *d = &n->dst;
+    for (int64_t a = 0; a < d->ne[0]; a++)
+        for (int64_t b = 0; b < d->ne[1]; b++)
+            for (int64_t c = 0; c < d->ne[3]; c++) {
+                double s = acc_init(n, a, b, 0, c);
+                for (int64_t m = 0; m < x->ne[2]; m++)
+                    s += get(x, a, b, m, c);
+                out[idx(d, a, b, 0, c)] = s;
+            }
+}
+
+/* FlashAttention-2's backward as core/backend.h states it, with the
+ * probabilities recomputed from the scores and the given LSE. */
+static void attention_backward_head(const mha_node *n, int64_t b, int64_t h,
+                                    double *dq, double *dk, double *dv)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    const mha_tdesc *v = &n->src[MHA_SRC_V], *o = &n->src[MHA_SRC_BWD_O];
+    const mha_tdesc *dout = &n->src[MHA_SRC_BWD_DO];
+    const mha_tdesc *lse = &n->src[MHA_SRC_BWD_LSE];
+    int64_t L = q->ne[2], S2 = k->ne[2], d = q->ne[3];
+    double scale = n->params.scale;
+    double *row = malloc((size_t)S2 * sizeof *row);
+    mha_node f = *n; /* the forward's scores: O, dO, LSE are not its
+                        sinks, slopes and lengths */
+    for (int k = MHA_SRC_SINKS; k < MHA_MAX_SRC; k++)
+        f.src[k].buf = NULL;
+    for (int64_t i = 0; i < L; i++) {
+        double l = get(lse, b, h, 0, i), D = 0;
+        score_row(&f, b, h, i, row);
+        for (int64_t c = 0; c < d; c++)
+            D += get(dout, b, h, i, c) * get(o, b, h, i, c);
+        for (int64_t j = 0; j < S2; j++) {
+            double p = l == -INFINITY ? 0.0 : exp(row[j] - l), dp = 0;
+            for (int64_t c = 0; c < d; c++)
+                dp += get(dout, b, h, i, c) * get(v, b, h, j, c);
+            double ds = p * (dp - D);
+            for (int64_t c = 0; c < d; c++) {
+                dq[idx(q, b, h, i, c)] += scale * ds * get(k, b, h, j, c);
+                dk[idx(k, b, h, j, c)] += scale * ds * get(q, b, h, i, c);
+                dv[idx(v, b, h, j, c)] += p * get(dout, b, h, i, c);
+            }
+        }
+    }
+    free(row);
+}
+
+static void attention_backward(const mha_node *n, double *dq, double *dk,
+                               double *dv)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    size_t nq = (size_t)(q->ne[0] * q->ne[1] * q->ne[2] * q->ne[3]);
+    size_t nk = (size_t)(k->ne[0] * k->ne[1] * k->ne[2] * k->ne[3]);
+    memset(dq, 0, nq * sizeof *dq);
+    memset(dk, 0, nk * sizeof *dk);
+    memset(dv, 0, nk * sizeof *dv);
+    for (int64_t b = 0; b < q->ne[0]; b++)
+        for (int64_t h = 0; h < q->ne[1]; h++)
+            attention_backward_head(n, b, h, dq, dk, dv);
+}
+
+/* torch.optim.AdamW's step (core/backend.h, ADAMW). */
+static void adamw(const mha_node *n, double *p, double *m, double *v)
+{
+    const mha_op_params *a = &n->params;
+    const mha_tdesc *g = &n->src[MHA_SRC_ADAM_G];
+    for (int64_t i = 0; i < n->dst.ne[3]; i++) {
+        double gi = get(g, 0, 0, 0, i);
+        double pi = get(&n->dst, 0, 0, 0, i) *
+                    (1.0 - (double)a->adam_lr * a->adam_weight_decay);
+        double mi = a->adam_beta1 * get(&n->src[MHA_SRC_ADAM_M], 0, 0, 0, i) +
+                    (1.0 - a->adam_beta1) * gi;
+        double vi = a->adam_beta2 * get(&n->src[MHA_SRC_ADAM_V], 0, 0, 0, i) +
+                    (1.0 - a->adam_beta2) * gi * gi;
+        p[i] = pi - (double)a->adam_lr / a->adam_bc1 * mi /
+                        (sqrt(vi) / sqrt((double)a->adam_bc2) + a->adam_eps);
+        if (m)
+            m[i] = mi;
+        if (v)
+            v[i] = vi;
+    }
+}
+
+int ref_outputs(const mha_node *n, const mha_tdesc *out[REF_MAX_OUT])
+{
+    int count = 0;
+    out[count++] = &n->dst;
+    if (n->op == MHA_OP_ADAMW) {
+        out[count++] = &n->src[MHA_SRC_ADAM_M];
+        out[count++] = &n->src[MHA_SRC_ADAM_V];
+        return count;
+    }
+    for (int k = 0; k < MHA_MAX_EXTRA_DST; k++)
+        if (n->extra_dst[k].buf)
+            out[count++] = &n->extra_dst[k];
+    return count;
+}
+
+/* Room for an output the caller does not want. */
+static double *scratch_for(const mha_tdesc *t)
+{
+    return malloc((size_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]) *
+                  sizeof(double));
+}
+
 void ref_run(const mha_node *n, double *out)
 {
+    double *all[REF_MAX_OUT] = {out};
+    ref_run_all(n, all);
+}
+
+void ref_run_all(const mha_node *n, double *const out[REF_MAX_OUT])
+{
     switch (n->op) {
-    case MHA_OP_PROJECTION: projection(n, out); break;
-    case MHA_OP_FILL_ROWS: fill_rows(n, out); break;
-    case MHA_OP_SCORES: scores(n, out, 0); break;
-    case MHA_OP_SOFTMAX: softmax(n, out); break;
-    case MHA_OP_WEIGHTED_SUM: weighted(n, NULL, &n->src[0], &n->src[1], out); break;
-    case MHA_OP_ATTENTION: attention(n, out); break;
-    case MHA_OP_MEAN_HEADS: mean_heads(n, out); break;
-    case MHA_OP_ROPE: rope(n, out); break;
-    case MHA_OP_MUL: mul(n, out); break;
-    case MHA_OP_HEAD_STATS: head_stats(n, out); break;
-    case MHA_OP_MATMUL: /* the training ops: issue 18 */
-    case MHA_OP_SUM_ROWS:
-    case MHA_OP_ATTENTION_BACKWARD:
-    case MHA_OP_ADAMW:
+    case MHA_OP_PROJECTION: projection(n, out[0]); break;
+    case MHA_OP_FILL_ROWS: fill_rows(n, out[0]); break;
+    case MHA_OP_SCORES: scores(n, out[0], 0); break;
+    case MHA_OP_SOFTMAX: softmax(n, out[0]); break;
+    case MHA_OP_WEIGHTED_SUM: weighted(n, NULL, &n->src[0], &n->src[1], out[0]); break;
+    case MHA_OP_ATTENTION:
+        attention(n, out[0], n->extra_dst[MHA_DST_LSE].buf ? out[1] : NULL);
+        break;
+    case MHA_OP_MEAN_HEADS: mean_heads(n, out[0]); break;
+    case MHA_OP_ROPE: rope(n, out[0]); break;
+    case MHA_OP_MUL: mul(n, out[0]); break;
+    case MHA_OP_HEAD_STATS: head_stats(n, out[0]); break;
+    case MHA_OP_MATMUL: matmul(n, out[0]); break;
+    case MHA_OP_SUM_ROWS: sum_rows(n, out[0]); break;
+    case MHA_OP_ATTENTION_BACKWARD: {
+        double *dk = out[1] ? out[1] : scratch_for(&n->extra_dst[MHA_DST_DK]);
+        double *dv = out[2] ? out[2] : scratch_for(&n->extra_dst[MHA_DST_DV]);
+        attention_backward(n, out[0], dk, dv);
+        if (dk != out[1])
+            free(dk);
+        if (dv != out[2])
+            free(dv);
+        break;
+    }
+    case MHA_OP_ADAMW: adamw(n, out[0], out[1], out[2]); break;
     case MHA_OP_COUNT: break;
     }
 }

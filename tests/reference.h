@@ -10,4 +10,16 @@
  * FILL_ROWS results are written the same way. */
 void ref_run(const mha_node *node, double *out);
 
+/* The tensors a node writes, in order: dst, then each present
+ * extra_dst[k] (ATTENTION's LSE, ATTENTION_BACKWARD's dK and dV), or
+ * ADAMW's M and V state (sources it writes in place). Returns how many. */
+#define REF_MAX_OUT (1 + MHA_MAX_EXTRA_DST)
+int ref_outputs(const mha_node *node, const mha_tdesc *out[REF_MAX_OUT]);
+
+/* ref_run for every output: out[k] (NULL: not wanted) receives the k-th
+ * tensor of ref_outputs in its logical shape, contiguous. An op that adds
+ * into or updates a tensor (MATMUL and SUM_ROWS with accumulate, ADAMW)
+ * reads its old value from the host memory the node points at. */
+void ref_run_all(const mha_node *node, double *const out[REF_MAX_OUT]);
+
 #endif

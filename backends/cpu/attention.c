@@ -28,7 +28,8 @@
  * partial (max, sum, accumulator) are then combined in chunk order
  * (flash-decoding), so one query still uses every core and the result is
  * the same for every thread count. fp16 Q, K, V and output are converted
- * on load and store; arithmetic is fp32. */
+ * on load and store; arithmetic is fp32. A training forward also saves
+ * each row's log-sum-exp, on every path (tile_finish). */
 #include <math.h>
 #include <string.h>
 
@@ -401,7 +402,23 @@ static void tile_walk(const attn_job *j, flash_tile *t, const tile_at *w,
     }
 }
 
-/* Adds the sink to each row's denominator, normalises and stores. */
+/* A training forward's saved LSE of tile row r (core/backend.h): m + ln l
+ * with the sink in l; -inf for a row with nothing attendable (empty: its
+ * max was still -inf before the sink's merge). */
+static void store_lse(const attn_job *j, const flash_tile *t,
+                      const tile_at *w, int64_t r, int empty)
+{
+    const mha_tdesc *lse = &j->node->extra_dst[MHA_DST_LSE];
+    float *out = (float *)row_ptr(lse, w->b, row_head(w, r), 0) +
+                 row_query(w, r) * lse->nb[3];
+    if (empty) /* l is 0, or NaN when a NaN was seen */
+        *out = t->l[r] == t->l[r] ? -INFINITY : NAN;
+    else
+        *out = t->m[r] + logf(t->l[r]);
+}
+
+/* Adds the sink to each row's denominator, saves the LSE when asked,
+ * normalises and stores. */
 static void tile_finish(const attn_job *j, flash_tile *t, const tile_at *w)
 {
     const mha_node *n = j->node;
@@ -410,11 +427,14 @@ static void tile_finish(const attn_job *j, flash_tile *t, const tile_at *w)
     int64_t d = j->d;
     for (int64_t r = 0; r < w->rows; r++) {
         int64_t h = row_head(w, r);
+        int empty = t->m[r] == -INFINITY;
         if (sinks->buf)
             merge_row(k, t, r,
                       *((const float *)row_ptr(sinks, 0, 0, 0) +
                         h * sinks->nb[3]),
                       1.0f, NULL, d);
+        if (n->extra_dst[MHA_DST_LSE].buf)
+            store_lse(j, t, w, r, empty);
         float inv = t->l[r] == 0.0f ? 0.0f : 1.0f / t->l[r];
         float *acc = t->acc + r * d;
         k->scale(d, inv, acc);

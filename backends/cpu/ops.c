@@ -1,5 +1,7 @@
 /* ops.c: every graph op of core/backend.h on the CPU but the fused
- * attention (attention.c), ROPE and MUL (rope.c). Each op is cut into
+ * attention (attention.c), ROPE and MUL (rope.c), HEAD_STATS
+ * (head_stats.c) and the training ops (matmul.c, training.c,
+ * attention_backward.c). Each op is cut into
  * independent tasks (a batch item, a head, a block of rows or columns)
  * whose arithmetic does not depend on which thread runs them or how many
  * there are: block sizes are constants of the shape, never of the thread
@@ -76,6 +78,7 @@ void mha_cpu_exec_fini(mha_cpu_exec *e)
     mha_cpu_pool_destroy(e->pool);
     mha_host_free(e->host, e->scratch.raw);
     mha_host_free(e->host, e->packed.raw);
+    mha_host_free(e->host, e->transposed.raw);
     memset(e, 0, sizeof *e);
 }
 
@@ -107,6 +110,10 @@ static bool attention_supported(const mha_node *n)
         return false;
     if (!unit_inner(&n->src[MHA_SRC_MASK]) || !unit_inner(&n->src[MHA_SRC_KPM]))
         return false;
+    /* the saved LSE, one float per row: any strides */
+    if (n->extra_dst[MHA_DST_LSE].buf &&
+        n->extra_dst[MHA_DST_LSE].dtype != MHA_F32)
+        return false;
     /* per-head values, read one at a time: any stride */
     for (int s = MHA_SRC_SINKS; s <= MHA_SRC_ALIBI; s++)
         if (present(&n->src[s]) && n->src[s].dtype != MHA_F32)
@@ -116,8 +123,12 @@ static bool attention_supported(const mha_node *n)
 
 bool mha_cpu_op_supported(const mha_node *node)
 {
-    if (mha_node_is_training(node))
-        return false;
+    if (node->op == MHA_OP_MATMUL)
+        return mha_cpu_matmul_supported(node);
+    if (node->op == MHA_OP_SUM_ROWS || node->op == MHA_OP_ADAMW)
+        return mha_cpu_training_supported(node);
+    if (node->op == MHA_OP_ATTENTION_BACKWARD)
+        return mha_cpu_attention_backward_supported(node);
     if (node->op == MHA_OP_ROPE)
         return mha_cpu_rope_supported(node);
     if (node->op == MHA_OP_MUL)
@@ -421,9 +432,12 @@ mha_status mha_cpu_op_run(mha_cpu_exec *e, const mha_node *n)
     case MHA_OP_HEAD_STATS:
         return mha_cpu_run_head_stats(e, n);
     case MHA_OP_MATMUL:
+        return mha_cpu_run_matmul(e, n);
     case MHA_OP_SUM_ROWS:
-    case MHA_OP_ATTENTION_BACKWARD:
     case MHA_OP_ADAMW:
+        return mha_cpu_run_training(e, n);
+    case MHA_OP_ATTENTION_BACKWARD:
+        return mha_cpu_run_attention_backward(e, n);
     case MHA_OP_COUNT:
         break;
     }

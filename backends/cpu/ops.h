@@ -23,6 +23,7 @@ typedef struct mha_cpu_exec {
     mha_cpu_pool *pool;
     mha_cpu_scratch scratch; /* per thread: attention tiles */
     mha_cpu_scratch packed;  /* shared: packed GEMM operands of one op */
+    mha_cpu_scratch transposed; /* shared: MATMUL's A slab, transposed */
     size_t pack_budget;      /* floats of packed K and V per attention
                                 round (MHA_CPU_PACK_BUDGET_FLOATS); tests
                                 lower it to force several rounds */
@@ -85,5 +86,18 @@ mha_status mha_cpu_run_mul(mha_cpu_exec *e, const mha_node *n);
  * strides. */
 bool mha_cpu_head_stats_supported(const mha_node *n);
 mha_status mha_cpu_run_head_stats(mha_cpu_exec *e, const mha_node *n);
+
+
+/* MATMUL (matmul.c): f32, A and B plain or transposed views. */
+bool mha_cpu_matmul_supported(const mha_node *n);
+mha_status mha_cpu_run_matmul(mha_cpu_exec *e, const mha_node *n);
+
+/* SUM_ROWS and ADAMW (training.c): f32; SUM_ROWS any source strides. */
+bool mha_cpu_training_supported(const mha_node *n);
+mha_status mha_cpu_run_training(mha_cpu_exec *e, const mha_node *n);
+
+/* ATTENTION_BACKWARD (attention_backward.c): f32, the nn.MHA subset. */
+bool mha_cpu_attention_backward_supported(const mha_node *n);
+mha_status mha_cpu_run_attention_backward(mha_cpu_exec *e, const mha_node *n);
 
 #endif

@@ -40,13 +40,8 @@
 #endif
 #define DL (D_MAX / CW) /* work items of one row */
 
-/* floatCW and its loads and stores. */
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-typedef CAT(float, CW) vecw;
-#define VLOADW CAT(vload, CW)
+/* floatCW's half loads (vecw: common.cl). */
 #define VLOAD_HALFW CAT(vload_half, CW)
-#define VSTOREW CAT(vstore, CW)
 
 /* core/backend.h's MHA_CAUSAL_BOTTOM_RIGHT */
 #define CAUSAL_BOTTOM_RIGHT 2
@@ -134,23 +129,6 @@ static vecw loadw(global const float *p, int base, int w, int c, int d,
                      load4(p, base, w, c + 4, d, f16),
                      load4(p, base, w, c + 8, d, f16),
                      load4(p, base, w, c + 12, d, f16));
-#endif
-}
-
-/* The sum of a vector's lanes, pairwise. */
-static float hsum4(float4 v)
-{
-    return (v.x + v.y) + (v.z + v.w);
-}
-
-static float hsumw(vecw v)
-{
-#if CW == 4
-    return hsum4(v);
-#elif CW == 8
-    return hsum4(v.lo + v.hi);
-#else
-    return hsum4((v.lo + v.hi).lo + (v.lo + v.hi).hi);
 #endif
 }
 

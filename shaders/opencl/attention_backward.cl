@@ -39,24 +39,6 @@
 #endif
 #define DL (D_MAX / CW) /* work items of one own row */
 
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-typedef CAT(float, CW) vecw;
-#define VLOADW CAT(vload, CW)
-
-static float hsum4(float4 v) { return (v.x + v.y) + (v.z + v.w); }
-
-static float hsumw(vecw v)
-{
-#if CW == 4
-    return hsum4(v);
-#elif CW == 8
-    return hsum4(v.lo + v.hi);
-#else
-    return hsum4((v.lo + v.hi).lo + (v.lo + v.hi).hi);
-#endif
-}
-
 /* Columns c..c+CW-1 of the row at p + base (unit stride), zeros past d. */
 static vecw row_cols(global const float *p, int base, int c, int d)
 {
@@ -225,8 +207,8 @@ kernel void attention_backward(global const float *Q, int q_off, int4 q_st,
     if (o >= no)
         return;
     float a1[CW], a2[CW];
-    CAT(vstore, CW)(acc1, 0, a1);
-    CAT(vstore, CW)(acc2, 0, a2);
+    VSTOREW(acc1, 0, a1);
+    VSTOREW(acc2, 0, a2);
     const int b1 = AT(out_off, out_st, bz, h, o0 + o, 0);
     const int b2 = AT(out2_off, out2_st, bz, h, o0 + o, 0);
     for (int k = 0; k < CW && CW * t + k < d; k++) {

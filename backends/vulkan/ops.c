@@ -1300,6 +1300,9 @@ bool mha_vk_supports(mha_vk_device *d, const mha_node *n)
         if (present(&n->src[i]))
             log_tensor(d, "src", &n->src[i]);
     log_tensor(d, "dst", &n->dst);
+    for (int i = 0; i < MHA_MAX_EXTRA_DST; ++i)
+        if (present(&n->extra_dst[i]))
+            log_tensor(d, "extra dst", &n->extra_dst[i]);
     return false;
 }
 

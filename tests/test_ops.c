@@ -953,6 +953,7 @@ CORE_CASES(DEFINE_CORE_TEST)
       F_TRANS_A | F_ACCUMULATE | F_PAD)                                      \
     X(matmul_nn_bcast_large, MATMUL, 2, 1, 130, 0, 0, 0, 96, 300,           \
       F_BCAST_B | F_PAD)                                                     \
+    X(matmul_tn_two_slabs, MATMUL, 1, 1, 2, 0, 0, 0, 70000, 64, F_TRANS_A)  \
     X(sum_rows, SUM_ROWS, 2, 3, 7, 0, 0, 0, 0, 33, 0)                        \
     X(sum_rows_acc_strided, SUM_ROWS, 1, 2, 129, 0, 0, 0, 0, 7,             \
       F_ACCUMULATE | F_TRANS_A)                                              \

@@ -1,21 +1,26 @@
 /* attention_backward.c: the CPU's fused ATTENTION_BACKWARD
  * (FlashAttention-2's backward, core/backend.h): the probabilities are
  * recomputed tile by tile from Q, K, the masks and the saved LSE, never
- * stored as an L x S' matrix, so the working memory is a few tiles per
- * thread whatever L and S'.
+ * stored as an L x S' matrix.
  *
- * Two passes, both free of races and of any reduction across tasks:
- *   keys    task (batch, head, key tile): walks the query tiles, holding
- *           the tile's dK and dV in registers' reach (scratch), and writes
- *           them once;
- *   queries task (batch, head, query tile): walks the key tiles for dQ.
- * The second pass recomputes the scores and dP (two of the five products
- * again, 7 instead of 5) rather than accumulating dQ across key tiles,
- * which would need atomics, or per-thread partial dQ rows (O(threads L d)
- * memory and a reduction whose order, and so whose bits, would depend on
- * the thread count). Every product runs on the table's packed GEMM: a
- * task packs the operands it reuses (its K and V tile, or its Q and dO
- * tile) once. */
+ * A task is one chunk of consecutive 64-key tiles of one head. For each
+ * of its key tiles it walks the query tiles (skipping those causal masks
+ * whole), holding the tile's dK and dV in scratch until it writes them
+ * once, and adds the tile's dQ terms into the chunk's own dQ rows: chunk 0
+ * into dst, the others into partial rows that a second, cheap pass adds
+ * to dst in chunk order. So the five products of FlashAttention-2 are
+ * computed once each, without atomics, and the bits do not depend on the
+ * thread count: the chunks are a constant of the shape (enough tasks over
+ * all heads, at most MAX_CHUNKS per head), and the partial sums are added
+ * in a fixed order. (Per-thread partial dQ would make the order, and the
+ * bits, depend on the scheduling; a second pass over query tiles for dQ
+ * would recompute the scores and dP, 7 products instead of 5.) Working
+ * memory is O(L): a few tiles per thread, D (one float per query), and
+ * the partial dQ, at most MAX_CHUNKS - 1 times dQ's size, for as many
+ * heads at a time as the exec's pack budget holds. Every product runs on
+ * the table's packed GEMM: a task packs its K and V tile once (K^T scaled
+ * and V^T for the scores and dP, K as is for dQ) and each query tile's Q
+ * and dO as the right operands of dK and dV. */
 #include <math.h>
 #include <string.h>
 
@@ -24,12 +29,18 @@
 /* Keys and queries per tile: multiples of every table's nr and mr. */
 enum { BK = 64, BQ = BK };
 
+/* Key chunks: tasks wanted over all heads, and at most per head. */
+enum { CHUNK_TASKS = 16, MAX_CHUNKS = 4 };
+
 typedef struct bwd_job {
     mha_cpu_exec *exec;
     const mha_node *node;
     int64_t H, L, S, S2, d, dpad;
     int64_t qtiles, ktiles;
+    int64_t chunks, chunk_tiles; /* key chunks per head, key tiles in one */
+    int64_t head0, nheads; /* heads (b * H + h) of this round */
     float *D;            /* [B*H][L] dO_i . O_i, computed first */
+    float *part;         /* the round's partial dQ of chunks 1, 2, ... */
 } bwd_job;
 
 /* Per-thread scratch of one task. */
@@ -37,10 +48,11 @@ typedef struct bwd_tile {
     float *p;   /* [BQ][BK] probabilities */
     float *ds;  /* [BQ][BK] dP, then dS */
     float *t;   /* [BK][BQ] a transposed P or dS */
-    float *acc; /* [BK][d] dK (keys pass) or [BQ][d] dQ (queries pass) */
-    float *acc2; /* [BK][d] dV (keys pass) */
+    float *acc; /* [BK][d] dK */
+    float *acc2; /* [BK][d] dV */
     float *kp, *vp; /* the tile's packed K^T and V^T, [BK x dpad] each */
     float *xp;  /* a packed right operand of d columns [BK x dpad] */
+    float *knp; /* the tile's K packed as is, [BK x dpad]: dQ's operand */
 } bwd_tile;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -54,10 +66,10 @@ static int64_t line(int64_t n) { return (n + 15) / 16 * 16; }
 static size_t tile_floats(const bwd_job *j)
 {
     return (size_t)(3 * BQ * BK + 2 * BK * line(j->d) +
-                    3 * BK * line(j->dpad));
+                    4 * BK * line(j->dpad));
 }
 
-/* Carves thread's scratch slot (BQ == BK, so the dQ rows fit acc). */
+/* Carves thread's scratch slot. */
 static bwd_tile tile_of(const bwd_job *j, int thread)
 {
     mha_cpu_exec *e = j->exec;
@@ -72,6 +84,7 @@ static bwd_tile tile_of(const bwd_job *j, int thread)
     t.kp = t.acc2 + BK * dd;
     t.vp = t.kp + BK * dp;
     t.xp = t.vp + BK * dp;
+    t.knp = t.xp + BK * dp;
     return t;
 }
 
@@ -192,51 +205,109 @@ static void store(const bwd_job *j, const mha_tdesc *t, int64_t b, int64_t h,
                (size_t)j->d * sizeof *acc);
 }
 
-/* dK and dV of key tile task % ktiles of head task / ktiles. */
-static void keys_task(void *arg, int64_t task, int thread)
+/* Where chunk c of local head lh keeps its dQ: chunk 0 in dst itself, the
+ * others in their partial rows ([L][d]); *ld is the row stride. */
+static float *dq_rows(const bwd_job *j, int64_t lh, int64_t c, int64_t b,
+                      int64_t h, int64_t *ld)
 {
-    const bwd_job *j = arg;
+    if (c == 0) {
+        *ld = j->node->dst.nb[2];
+        return mha_cpu_at(&j->node->dst, b, h, 0);
+    }
+    *ld = j->d;
+    return j->part + (size_t)((lh * (j->chunks - 1) + c - 1) * j->L * j->d);
+}
+
+/* Key tile j0 of head (b, h): dK and dV whole, and its dQ terms added
+ * into dq (row stride lddq). */
+static void key_tile(const bwd_job *j, bwd_tile *t, int64_t b, int64_t h,
+                     int64_t j0, float *dq, int64_t lddq)
+{
     const mha_node *n = j->node;
-    bwd_tile t = tile_of(j, thread);
-    int64_t bh = task / j->ktiles, b = bh / j->H, h = bh % j->H;
-    int64_t j0 = task % j->ktiles * BK, kn = min64(BK, j->S2 - j0);
-    memset(t.acc, 0, (size_t)(kn * j->d) * sizeof *t.acc);
-    memset(t.acc2, 0, (size_t)(kn * j->d) * sizeof *t.acc2);
-    pack_keys(j, &t, b, h, j0, kn);
+    const mha_cpu_kernels *k = j->exec->k;
+    int64_t kn = min64(BK, j->S2 - j0);
+    memset(t->acc, 0, (size_t)(kn * j->d) * sizeof *t->acc);
+    memset(t->acc2, 0, (size_t)(kn * j->d) * sizeof *t->acc2);
+    pack_keys(j, t, b, h, j0, kn);
+    k->pack_nn(kn, j->d, row(j, MHA_SRC_K, b, h, j0),
+               n->src[MHA_SRC_K].nb[2], t->knp);
     for (int64_t i0 = 0; i0 < j->L; i0 += BQ) {
         int64_t qn = min64(BQ, j->L - i0);
         if (tile_masked(j, i0, qn, j0, kn))
             continue;
-        tile_ds(j, &t, b, h, i0, qn, j0, kn);
-        add_transposed(j, &t, t.p, MHA_SRC_BWD_DO, b, h, i0, qn, kn, t.acc2);
-        add_transposed(j, &t, t.ds, MHA_SRC_Q, b, h, i0, qn, kn, t.acc);
+        tile_ds(j, t, b, h, i0, qn, j0, kn);
+        add_transposed(j, t, t->p, MHA_SRC_BWD_DO, b, h, i0, qn, kn, t->acc2);
+        add_transposed(j, t, t->ds, MHA_SRC_Q, b, h, i0, qn, kn, t->acc);
+        k->gemm_packed(qn, j->d, kn, t->ds, BK, t->knp, kn, NULL, 1,
+                       dq + i0 * lddq, lddq);
     }
-    store(j, &n->extra_dst[MHA_DST_DK], b, h, j0, kn, t.acc);
-    store(j, &n->extra_dst[MHA_DST_DV], b, h, j0, kn, t.acc2);
+    store(j, &n->extra_dst[MHA_DST_DK], b, h, j0, kn, t->acc);
+    store(j, &n->extra_dst[MHA_DST_DV], b, h, j0, kn, t->acc2);
 }
 
-/* dQ of query tile task % qtiles of head task / qtiles. */
-static void queries_task(void *arg, int64_t task, int thread)
+/* Chunk task / nheads of local head task % nheads (chunk-major, so the
+ * chunks of the first keys, the heaviest under causal, start first): its
+ * key tiles in order, dQ into the chunk's rows, zeroed first. */
+static void chunk_task(void *arg, int64_t task, int thread)
 {
     const bwd_job *j = arg;
-    const mha_node *n = j->node;
-    const mha_cpu_kernels *k = j->exec->k;
     bwd_tile t = tile_of(j, thread);
-    int64_t bh = task / j->qtiles, b = bh / j->H, h = bh % j->H;
+    int64_t c = task / j->nheads, lh = task % j->nheads;
+    int64_t bh = j->head0 + lh, b = bh / j->H, h = bh % j->H, ld;
+    float *dq = dq_rows(j, lh, c, b, h, &ld);
+    for (int64_t i = 0; i < j->L; i++)
+        memset(dq + i * ld, 0, (size_t)j->d * sizeof *dq);
+    int64_t kt1 = min64((c + 1) * j->chunk_tiles, j->ktiles);
+    for (int64_t kt = c * j->chunk_tiles; kt < kt1; kt++)
+        key_tile(j, &t, b, h, kt * BK, dq, ld);
+}
+
+/* Adds the partial dQ of chunks 1, 2, ... in order to dst (chunk 0's) for
+ * query tile task % qtiles of local head task / qtiles. */
+static void reduce_task(void *arg, int64_t task, int thread)
+{
+    const bwd_job *j = arg;
+    int64_t lh = task / j->qtiles, bh = j->head0 + lh;
+    int64_t b = bh / j->H, h = bh % j->H, ld;
     int64_t i0 = task % j->qtiles * BQ, qn = min64(BQ, j->L - i0);
-    memset(t.acc, 0, (size_t)(qn * j->d) * sizeof *t.acc);
-    for (int64_t j0 = 0; j0 < j->S2; j0 += BK) {
-        int64_t kn = min64(BK, j->S2 - j0);
-        if (tile_masked(j, i0, qn, j0, kn))
-            continue;
-        pack_keys(j, &t, b, h, j0, kn);
-        tile_ds(j, &t, b, h, i0, qn, j0, kn);
-        k->pack_nn(kn, j->d, row(j, MHA_SRC_K, b, h, j0),
-                   n->src[MHA_SRC_K].nb[2], t.xp);
-        k->gemm_packed(qn, j->d, kn, t.ds, BK, t.xp, kn, NULL, 1, t.acc,
-                       j->d);
+    float *dq = dq_rows(j, lh, 0, b, h, &ld);
+    (void)thread;
+    for (int64_t c = 1; c < j->chunks; c++) {
+        int64_t ldp;
+        const float *part = dq_rows(j, lh, c, b, h, &ldp);
+        for (int64_t i = i0; i < i0 + qn; i++)
+            j->exec->k->axpy(j->d, 1.0f, part + i * ldp, dq + i * ld);
     }
-    store(j, &n->dst, b, h, i0, qn, t.acc);
+}
+
+/* Key chunks per head: enough (chunk, head) tasks for a machine's threads
+ * (CHUNK_TASKS over all heads), at most MAX_CHUNKS (each past the first
+ * holds L x d floats of partial dQ) and one per key tile. A constant of
+ * the shape, never of the thread count, so the bits are the same for
+ * every thread count. */
+static void chunks_of(bwd_job *j, int64_t heads)
+{
+    int64_t want = ceil_div(CHUNK_TASKS, heads > 0 ? heads : 1);
+    int64_t most = min64(MAX_CHUNKS, j->ktiles);
+    j->chunks = want < most ? want : most;
+    if (j->chunks < 1)
+        j->chunks = 1;
+    j->chunk_tiles = ceil_div(j->ktiles, j->chunks);
+    if (j->chunk_tiles < 1)
+        j->chunk_tiles = 1;
+    j->chunks = ceil_div(j->ktiles, j->chunk_tiles);
+    if (j->chunks < 1)
+        j->chunks = 1;
+}
+
+/* Heads per round: as many as the pack budget holds partial dQ for. */
+static int64_t heads_per_round(const bwd_job *j, int64_t heads)
+{
+    size_t per_head = (size_t)((j->chunks - 1) * j->L * j->d);
+    if (per_head == 0)
+        return heads;
+    int64_t fit = (int64_t)(j->exec->pack_budget / per_head);
+    return fit < 1 ? 1 : fit < heads ? fit : heads;
 }
 
 mha_status mha_cpu_run_attention_backward(mha_cpu_exec *e, const mha_node *n)
@@ -254,16 +325,26 @@ mha_status mha_cpu_run_attention_backward(mha_cpu_exec *e, const mha_node *n)
     j.qtiles = ceil_div(j.L, BQ);
     j.ktiles = ceil_div(j.S2, BK);
     int64_t heads = n->dst.ne[0] * j.H;
+    chunks_of(&j, heads);
+    int64_t round = heads_per_round(&j, heads);
+    size_t dfloats = (size_t)line(heads * j.L);
     mha_status st = mha_cpu_scratch_reserve(e, &e->scratch, tile_floats(&j),
                                             mha_cpu_pool_threads(e->pool));
     if (st == MHA_OK)
-        st = mha_cpu_scratch_reserve(e, &e->packed, (size_t)(heads * j.L), 1);
+        st = mha_cpu_scratch_reserve(
+            e, &e->packed,
+            dfloats + (size_t)(round * (j.chunks - 1) * j.L * j.d), 1);
     if (st != MHA_OK)
         return st;
     j.D = e->packed.data;
+    j.part = j.D + dfloats;
     mha_cpu_pool_run(e->pool, heads, d_task, &j);
-    mha_cpu_pool_run(e->pool, heads * j.ktiles, keys_task, &j);
-    mha_cpu_pool_run(e->pool, heads * j.qtiles, queries_task, &j);
+    for (j.head0 = 0; j.head0 < heads; j.head0 += round) {
+        j.nheads = min64(round, heads - j.head0);
+        mha_cpu_pool_run(e->pool, j.chunks * j.nheads, chunk_task, &j);
+        if (j.chunks > 1)
+            mha_cpu_pool_run(e->pool, j.nheads * j.qtiles, reduce_task, &j);
+    }
     return MHA_OK;
 }
 

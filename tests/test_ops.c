@@ -708,7 +708,9 @@ static int check_on_device(const op_case *c, const test_device *td,
                       no_f16,
                   "%s: %s declines it, but its backend implements the "
                   "attention core", c->name, td->label);
-        cr_expect(!(c->flags & F_TRAINING) || !test_training_required(td),
+        cr_expect(!(c->flags & F_TRAINING) ||
+                      !test_training_required(td,
+                                              c->op == MHA_OP_ATTENTION),
                   "%s: %s declines it, but its backend implements the "
                   "training ops", c->name, td->label);
         cr_log_info("%s: skipped on %s, which declines it", c->name,

@@ -133,6 +133,11 @@ enum mha_vk_kernel {
     MHA_VK_K_MUL,
     MHA_VK_K_HEAD_STATS,
     MHA_VK_K_ATTENTION_SG, /* attention.comp with subgroup shuffles */
+    MHA_VK_K_GEMM_STRIDED, /* the training ops (issue 18) */
+    MHA_VK_K_SUM_ROWS,
+    MHA_VK_K_ADAMW,
+    MHA_VK_K_ATT_BWD_PRE,
+    MHA_VK_K_ATT_BWD,
     MHA_VK_K_COUNT
 };
 

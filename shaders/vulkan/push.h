@@ -131,4 +131,48 @@
 #define MHA_HEAD_STATS_PUSH(U, F)                                            \
     U(src_off) U(dst_off) U(ne[4]) U(src_nb[3]) U(dst_nb[3])
 
+/* ---- the training ops (issue 18) ---- */
+/* flags of gemm_strided and sum_rows: add into dst (params.accumulate) */
+#define MHA_VK_F_ACCUMULATE 1u
+
+/* gemm_strided.comp: C[z][i][j] = sum_k A[z][i][k] B[z][k][j] (+ C), A at
+ * i * a_sm + k * a_sk, B at k * b_sk + j * b_sn, C's rows c_sm apart
+ * (unit inner stride); z = b * H + h. */
+#define MHA_GEMM_PUSH(U, F)                                                  \
+    U(a_off) U(b_off) U(c_off) U(M) U(N) U(K) U(H)                           \
+    U(a_sb) U(a_sh) U(a_sm) U(a_sk)                                          \
+    U(b_sb) U(b_sh) U(b_sk) U(b_sn)                                          \
+    U(c_sb) U(c_sh) U(c_sm)                                                  \
+    U(flags) /* MHA_VK_F_ACCUMULATE */
+
+/* sum_rows.comp: SUM_ROWS of src (extents ne) into dst [ne0,ne1,1,ne3]. */
+#define MHA_SUM_ROWS_PUSH(U, F)                                              \
+    U(src_off) U(dst_off) U(ne[4]) U(src_nb[4]) U(dst_nb[4])                 \
+    U(flags) /* MHA_VK_F_ACCUMULATE */                                       \
+    U(total) /* ne0 * ne1 * ne3 */
+
+/* adamw.comp: ADAMW over n contiguous parameters. */
+#define MHA_ADAMW_PUSH(U, F)                                                 \
+    U(p_off) U(g_off) U(m_off) U(v_off) U(n)                                 \
+    F(lr) F(beta1) F(beta2) F(eps) F(weight_decay) F(bc1) F(bc2)
+
+/* attention_backward_pre.comp: rows = B * H * L; LSE's i stride lse_si. */
+#define MHA_ATT_BWD_PRE_PUSH(U, F)                                           \
+    U(ld_off) U(o_off) U(do_off) U(lse_off)                                  \
+    U(o_sb) U(o_sh) U(o_sr) U(do_sb) U(do_sh) U(do_sr)                       \
+    U(lse_sb) U(lse_sh) U(lse_si)                                            \
+    U(H) U(L) U(D) U(rows)
+
+/* attention_backward.comp: one batch item (its offsets here), heads and
+ * rows strided; ld_off: the item's (LSE, D) pairs [H,L,2]; out is dK (MODE
+ * 0) or dQ (MODE 1), out2 dV (MODE 0). flags: MHA_VK_F_MASK, _KPM,
+ * _CAUSAL. */
+#define MHA_ATT_BWD_PUSH(U, F)                                               \
+    U(q_off) U(k_off) U(v_off) U(do_off) U(ld_off) U(mask_off) U(kpm_off)    \
+    U(out_off) U(out2_off)                                                   \
+    U(q_sh) U(q_sr) U(k_sh) U(k_sr) U(v_sh) U(v_sr) U(do_sh) U(do_sr)        \
+    U(out_sh) U(out_sr) U(out2_sh) U(out2_sr)                                \
+    U(mask_sh) U(mask_sr) U(kpm_sh) U(kpm_sr)                                \
+    U(L) U(S) F(scale) U(flags) U(mask_cols)
+
 #endif /* MHA_VK_PUSH_H */

@@ -343,8 +343,8 @@ static mha_vk_access binding_of(const mha_tdesc *t, bool write)
     return (mha_vk_access){b->block->buf, bind_start(t), hi, write};
 }
 
-/* Kernels write exactly one binding: the copy, mean and softmax kernels
- * binding 1, matmul and attention binding 2. */
+/* Kernels write one binding: the copy, mean and softmax kernels binding
+ * 1, matmul and attention binding 2. */
 static int output_binding(int kernel)
 {
     return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ||
@@ -352,6 +352,14 @@ static int output_binding(int kernel)
                    kernel == MHA_VK_K_ATTENTION_COMBINE
                ? 2
                : 1;
+}
+
+/* Whether kernel writes t at binding i: its output and the attention's
+ * test hook (mha_vk_device's tile_visits). */
+static bool writes(const mha_vk_device *d, int kernel, const mha_tdesc *t,
+                   int i)
+{
+    return i == output_binding(kernel) || t->buf == d->tile_visits;
 }
 
 /* Binds the tensors' buffers (ts[i] NULL: the dummy) and dispatches the
@@ -367,7 +375,7 @@ static mha_status dispatch(mha_vk_device *d, int kernel, bool f16,
     mha_vk_access bind[MHA_VK_BINDINGS] = {{0}};
     for (int i = 0; i < MHA_VK_BINDINGS; ++i)
         if (ts[i] && count(ts[i]) > 0) /* empty: the dummy */
-            bind[i] = binding_of(ts[i], i == output_binding(kernel));
+            bind[i] = binding_of(ts[i], writes(d, kernel, ts[i], i));
     VkPipeline pipe;
     mha_status s = mha_vk_pipeline_get(d, kernel, f16, spec, nspec, &pipe);
     if (s != MHA_OK)
@@ -836,6 +844,12 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
                         n->params.softcap > 0.0f ? softcap : 0u, ns};
     if (att_vec4(&p, c.dh))
         p.flags |= MHA_VK_F_VEC4;
+    mha_tdesc visits = {.dtype = MHA_I32, .ne = {1, 1, 1, 1},
+                        .nb = {1, 1, 1, 1}, .buf = d->tile_visits};
+    if (d->tile_visits && !ts[8]) { /* the test hook, at KV_LEN's binding */
+        ts[8] = &visits;
+        p.flags |= MHA_VK_F_VISITS;
+    }
     mha_status s = dispatch(d, c.kernel, f16 != 0, spec, 9, ts, &p, sizeof p,
                             g);
     return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);

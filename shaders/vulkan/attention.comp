@@ -84,6 +84,10 @@ layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
 layout(std430, binding = 6) readonly buffer BufSinks { float sinks[]; };
 layout(std430, binding = 7) readonly buffer BufAlibi { float alibi[]; };
 layout(std430, binding = 8) readonly buffer BufLen { int kv_len[]; };
+// Test hook (MHA_VK_F_VISITS, never with KV_LEN): binding 8 is instead a
+// counter of the (row, key) pairs the loaded key tiles serve
+// (test_vulkan_tiles.c), which shows the tiles skipped.
+layout(std430, binding = 8) buffer BufVisits { uint visits[]; };
 // K and V as vec4s, read when MHA_VK_F_VEC4 says they are fp32 with
 // offsets and strides in whole vec4s and D % 4 == 0
 layout(std430, binding = 1) readonly buffer BufK4 { vec4 k4[]; };
@@ -214,6 +218,9 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
         Ks[e] = ok ? k_vec(kb + j * p.k_sr, c4) : vec4(0.0);
         Vs[e] = ok ? v_vec(vb + j * p.v_sr, c4) : vec4(0.0);
     }
+    if (flag(MHA_VK_F_VISITS) && gl_LocalInvocationID.x == 0u)
+        atomicAdd(visits[0], (min(R0 + BR, rows()) - R0) *
+                                 (min(j0 + BC, jend) - j0));
     barrier();
 
     [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {

@@ -40,6 +40,8 @@
 #define MHA_VK_F_ALIBI 64u
 #define MHA_VK_F_KV_LEN 128u
 #define MHA_VK_F_VEC4 256u /* K and V readable as vec4s (attention.comp) */
+/* attention.comp's test hook: count visits at binding 8 */
+#define MHA_VK_F_VISITS 2048u
 /* more flags of matmul: A (B) readable as vec4s (matmul.comp) */
 #define MHA_VK_F_VEC4_A 512u
 #define MHA_VK_F_VEC4_B 1024u

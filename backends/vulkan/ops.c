@@ -3,7 +3,9 @@
  * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX,
  * MEAN_HEADS, ATTENTION, ROPE and MUL have their own kernels (ATTENTION with too
  * few workgroups, as in decode, is split over the keys and combined by a
- * second kernel, through a scratch buffer of the device).
+ * second kernel, through a scratch buffer of the device; one that saves
+ * its row LSE for training always takes the second kernel, which writes
+ * it).
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -354,12 +356,15 @@ static int output_binding(int kernel)
                : 1;
 }
 
-/* Whether kernel writes t at binding i: its output and the attention's
- * test hook (mha_vk_device's tile_visits). */
+/* Whether kernel writes t at binding i: its output, the combine pass's
+ * LSE (binding 1) and the attention's test hook (mha_vk_device's
+ * tile_visits). */
 static bool writes(const mha_vk_device *d, int kernel, const mha_tdesc *t,
                    int i)
 {
-    return i == output_binding(kernel) || t->buf == d->tile_visits;
+    return i == output_binding(kernel) ||
+           (kernel == MHA_VK_K_ATTENTION_COMBINE && i == 1) ||
+           t->buf == d->tile_visits;
 }
 
 /* Binds the tensors' buffers (ts[i] NULL: the dummy) and dispatches the
@@ -742,7 +747,7 @@ static mha_status run_combine(mha_vk_device *d, const mha_node *n,
                               const mha_tdesc *part, uint32_t ns,
                               const attention_push *ap)
 {
-    const mha_tdesc *o = &n->dst;
+    const mha_tdesc *o = &n->dst, *lse = &n->extra_dst[MHA_DST_LSE];
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {part, NULL, o};
     ts[6] = present(&n->src[MHA_SRC_SINKS]) ? &n->src[MHA_SRC_SINKS] : NULL;
     uint32_t f16 = f16_bits(ts);
@@ -753,6 +758,14 @@ static mha_status run_combine(mha_vk_device *d, const mha_node *n,
         .total = (uint32_t)count(o),
         .flags = (ap->flags & MHA_VK_F_SINKS) | f16,
     };
+    if (present(lse)) { /* [B,H,1,L]: b, h and the query at dims 0, 1, 3 */
+        ts[1] = lse;
+        p.flags |= MHA_VK_F_LSE;
+        p.lse_off = eoff(lse);
+        p.lse_sb = st(lse, 0);
+        p.lse_sh = st(lse, 1);
+        p.lse_sr = st(lse, 3);
+    }
     uint32_t g[3], spec[3] = {COPY_WG, (uint32_t)o->ne[3], ns};
     if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
         return groups_error(d, "attention");
@@ -826,12 +839,13 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         g[2] > l->max_groups[2])
         return groups_error(d, "attention");
     mha_tdesc part;
-    if (ns > 1) {
+    bool lse = present(&n->extra_dst[MHA_DST_LSE]);
+    if (ns > 1 || lse) { /* the combine pass writes the LSE */
         mha_status s = att_partials(d, n, ns, &part);
         if (s != MHA_OK)
             return s;
         ts[2] = &part; /* the first pass writes partials, in fp32 */
-        p.flags &= ~DT_F16(2);
+        p.flags = (p.flags & ~DT_F16(2)) | MHA_VK_F_PARTIALS;
         p.o_off = eoff(&part);
         p.o_sb = st(&part, 0);
         p.o_sh = st(&part, 1);
@@ -852,7 +866,9 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
     }
     mha_status s = dispatch(d, c.kernel, f16 != 0, spec, 9, ts, &p, sizeof p,
                             g);
-    return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);
+    return s != MHA_OK || !(p.flags & MHA_VK_F_PARTIALS)
+               ? s
+               : run_combine(d, n, &part, ns, &p);
 }
 
 /* ---- rope ------------------------------------------------------------------ */
@@ -958,8 +974,10 @@ static bool supports_attention(const mha_vk_device *d, const mha_node *n)
     for (int i = 0; i < 4; ++i)
         if (!data_ok(d, t[i]) || !inner_contiguous(t[i]))
             return false;
+    const mha_tdesc *lse = &n->extra_dst[MHA_DST_LSE];
     return optional_ok(&n->src[MHA_SRC_MASK]) &&
-           optional_ok(&n->src[MHA_SRC_KPM]);
+           optional_ok(&n->src[MHA_SRC_KPM]) &&
+           (!present(lse) || tensor_ok(lse)); /* f32, any strides */
 }
 
 static bool supports_op(mha_vk_device *d, const mha_node *n);
@@ -990,7 +1008,8 @@ bool mha_vk_supports(mha_vk_device *d, const mha_node *n)
 
 static bool supports_op(mha_vk_device *d, const mha_node *n)
 {
-    if (mha_node_is_training(n))
+    /* of issue 18's training nodes, ATTENTION that saves its LSE */
+    if (mha_node_is_training(n) && n->op != MHA_OP_ATTENTION)
         return false;
     switch (n->op) {
     case MHA_OP_PROJECTION:
@@ -1041,6 +1060,9 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
             s = in_bounds(d, &n->src[i]);
     if (s == MHA_OK)
         s = in_bounds(d, &n->dst);
+    if (s == MHA_OK && n->op == MHA_OP_ATTENTION &&
+        present(&n->extra_dst[MHA_DST_LSE]))
+        s = in_bounds(d, &n->extra_dst[MHA_DST_LSE]);
     if (s != MHA_OK)
         return s;
     switch (n->op) {

@@ -43,6 +43,8 @@
 // leaves its unnormalised output, maximum and sum in the partials (bound
 // as the output, fp32) for attention_combine.comp, which also adds the
 // sink. NS depends on shapes only (S is the keys' capacity, not a length).
+// A training forward that saves the row LSE takes the same two passes
+// (MHA_VK_F_PARTIALS, even with NS == 1): the combine pass writes it.
 // D, BR, BC, TPR are specialization constants chosen from the device's
 // shared memory, workgroup and subgroup limits (BR from the rows there
 // are; with few rows, as in decode, TPR grows so a row is served by more
@@ -331,7 +333,7 @@ void main()
 
     if (!live)
         return;
-    if (NS > 1u) {
+    if (NS > 1u || flag(MHA_VK_F_PARTIALS)) {
         store_partial(R, split, lane);
         return;
     }

@@ -17,7 +17,7 @@
 #include "safetensors.h"
 
 /* Backends whose training ops (backend.h, "Training") have landed. */
-static const char *const training_backends[] = {"cpu"};
+static const char *const training_backends[] = {"cpu", "vulkan", "opencl"};
 
 static int training_required(const test_device *td)
 {

@@ -3,7 +3,9 @@
  * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX,
  * MEAN_HEADS, ATTENTION, ROPE and MUL have their own kernels (ATTENTION with too
  * few workgroups, as in decode, is split over the keys and combined by a
- * second kernel, through a scratch buffer of the device).
+ * second kernel, through a scratch buffer of the device; one that saves
+ * its row LSE for training always takes the second kernel, which writes
+ * it).
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -343,8 +345,8 @@ static mha_vk_access binding_of(const mha_tdesc *t, bool write)
     return (mha_vk_access){b->block->buf, bind_start(t), hi, write};
 }
 
-/* Kernels write exactly one binding: the copy, mean and softmax kernels
- * binding 1, matmul and attention binding 2. */
+/* Kernels write one binding: the copy, mean and softmax kernels binding
+ * 1, matmul and attention binding 2. */
 static int output_binding(int kernel)
 {
     return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ||
@@ -354,16 +356,22 @@ static int output_binding(int kernel)
                : 1;
 }
 
-/* Whether kernel writes binding b: the output_binding of the forward's
- * kernels; the training ops' own. */
-static bool writes(int kernel, int b)
+/* Whether kernel writes t at binding i: its output, the training ops'
+ * outputs, the combine pass's LSE (binding 1) and the attention's test
+ * hook (mha_vk_device's tile_visits). */
+static bool writes(const mha_vk_device *d, int kernel, const mha_tdesc *t,
+                   int i)
 {
+    if (t->buf == d->tile_visits)
+        return true;
     switch (kernel) {
-    case MHA_VK_K_GEMM_STRIDED: return b == 2;
-    case MHA_VK_K_ADAMW: return b >= 1 && b <= 3; /* p, m, v */
-    case MHA_VK_K_ATT_BWD_PRE: return b == 3;
-    case MHA_VK_K_ATT_BWD: return b >= 7;         /* dK and dV, or dQ */
-    default: return b == output_binding(kernel);
+    case MHA_VK_K_GEMM_STRIDED: return i == 2;
+    case MHA_VK_K_ADAMW: return i >= 1 && i <= 3; /* p, m, v */
+    case MHA_VK_K_ATT_BWD_PRE: return i == 3;
+    case MHA_VK_K_ATT_BWD: return i >= 7;         /* dK and dV, or dQ */
+    case MHA_VK_K_ATTENTION_COMBINE:
+        return i == 1 || i == output_binding(kernel);
+    default: return i == output_binding(kernel);
     }
 }
 
@@ -380,7 +388,7 @@ static mha_status dispatch(mha_vk_device *d, int kernel, bool f16,
     mha_vk_access bind[MHA_VK_BINDINGS] = {{0}};
     for (int i = 0; i < MHA_VK_BINDINGS; ++i)
         if (ts[i] && count(ts[i]) > 0) /* empty: the dummy */
-            bind[i] = binding_of(ts[i], writes(kernel, i));
+            bind[i] = binding_of(ts[i], writes(d, kernel, ts[i], i));
     VkPipeline pipe;
     mha_status s = mha_vk_pipeline_get(d, kernel, f16, spec, nspec, &pipe);
     if (s != MHA_OK)
@@ -747,7 +755,7 @@ static mha_status run_combine(mha_vk_device *d, const mha_node *n,
                               const mha_tdesc *part, uint32_t ns,
                               const attention_push *ap)
 {
-    const mha_tdesc *o = &n->dst;
+    const mha_tdesc *o = &n->dst, *lse = &n->extra_dst[MHA_DST_LSE];
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {part, NULL, o};
     ts[6] = present(&n->src[MHA_SRC_SINKS]) ? &n->src[MHA_SRC_SINKS] : NULL;
     uint32_t f16 = f16_bits(ts);
@@ -758,6 +766,14 @@ static mha_status run_combine(mha_vk_device *d, const mha_node *n,
         .total = (uint32_t)count(o),
         .flags = (ap->flags & MHA_VK_F_SINKS) | f16,
     };
+    if (present(lse)) { /* [B,H,1,L]: b, h and the query at dims 0, 1, 3 */
+        ts[1] = lse;
+        p.flags |= MHA_VK_F_LSE;
+        p.lse_off = eoff(lse);
+        p.lse_sb = st(lse, 0);
+        p.lse_sh = st(lse, 1);
+        p.lse_sr = st(lse, 3);
+    }
     uint32_t g[3], spec[3] = {COPY_WG, (uint32_t)o->ne[3], ns};
     if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
         return groups_error(d, "attention");
@@ -831,12 +847,13 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         g[2] > l->max_groups[2])
         return groups_error(d, "attention");
     mha_tdesc part;
-    if (ns > 1) {
+    bool lse = present(&n->extra_dst[MHA_DST_LSE]);
+    if (ns > 1 || lse) { /* the combine pass writes the LSE */
         mha_status s = att_partials(d, n, ns, &part);
         if (s != MHA_OK)
             return s;
         ts[2] = &part; /* the first pass writes partials, in fp32 */
-        p.flags &= ~DT_F16(2);
+        p.flags = (p.flags & ~DT_F16(2)) | MHA_VK_F_PARTIALS;
         p.o_off = eoff(&part);
         p.o_sb = st(&part, 0);
         p.o_sh = st(&part, 1);
@@ -849,9 +866,17 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
                         n->params.softcap > 0.0f ? softcap : 0u, ns};
     if (att_vec4(&p, c.dh))
         p.flags |= MHA_VK_F_VEC4;
+    mha_tdesc visits = {.dtype = MHA_I32, .ne = {1, 1, 1, 1},
+                        .nb = {1, 1, 1, 1}, .buf = d->tile_visits};
+    if (d->tile_visits && !ts[8]) { /* the test hook, at KV_LEN's binding */
+        ts[8] = &visits;
+        p.flags |= MHA_VK_F_VISITS;
+    }
     mha_status s = dispatch(d, c.kernel, f16 != 0, spec, 9, ts, &p, sizeof p,
                             g);
-    return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);
+    return s != MHA_OK || !(p.flags & MHA_VK_F_PARTIALS)
+               ? s
+               : run_combine(d, n, &part, ns, &p);
 }
 
 /* ---- rope ------------------------------------------------------------------ */
@@ -1273,8 +1298,10 @@ static bool supports_attention(const mha_vk_device *d, const mha_node *n)
     for (int i = 0; i < 4; ++i)
         if (!data_ok(d, t[i]) || !inner_contiguous(t[i]))
             return false;
+    const mha_tdesc *lse = &n->extra_dst[MHA_DST_LSE];
     return optional_ok(&n->src[MHA_SRC_MASK]) &&
-           optional_ok(&n->src[MHA_SRC_KPM]);
+           optional_ok(&n->src[MHA_SRC_KPM]) &&
+           (!present(lse) || tensor_ok(lse)); /* f32, any strides */
 }
 
 static bool supports_op(mha_vk_device *d, const mha_node *n);
@@ -1308,9 +1335,6 @@ bool mha_vk_supports(mha_vk_device *d, const mha_node *n)
 
 static bool supports_op(mha_vk_device *d, const mha_node *n)
 {
-    /* ATTENTION's saved LSE: attention.comp's (issue 19) */
-    if (n->op == MHA_OP_ATTENTION && present(&n->extra_dst[MHA_DST_LSE]))
-        return false;
     switch (n->op) {
     case MHA_OP_PROJECTION:
     case MHA_OP_SCORES:

@@ -216,6 +216,10 @@ typedef struct mha_vk_device {
     int fault_countdown;
     int fault_pipeline;
     int fault_submit;
+    /* Test hook: when set, fused attentions without KV_LEN add the (row,
+     * key) pairs their loaded key tiles serve to this buffer's first uint
+     * (attention.comp's MHA_VK_F_VISITS; test_vulkan_tiles.c). */
+    mha_vk_buffer *tile_visits;
 
     /* pipelines */
     VkDescriptorSetLayout set_layout;

@@ -40,6 +40,12 @@
 #define MHA_VK_F_ALIBI 64u
 #define MHA_VK_F_KV_LEN 128u
 #define MHA_VK_F_VEC4 256u /* K and V readable as vec4s (attention.comp) */
+/* attention.comp's test hook: count visits at binding 8 */
+#define MHA_VK_F_VISITS 2048u
+/* attention.comp: write the partials even with one key split (NS == 1),
+ * for attention_combine.comp to write the row LSE (MHA_VK_F_LSE) */
+#define MHA_VK_F_PARTIALS 4096u
+#define MHA_VK_F_LSE 8192u
 /* more flags of matmul: A (B) readable as vec4s (matmul.comp) */
 #define MHA_VK_F_VEC4_A 512u
 #define MHA_VK_F_VEC4_B 1024u
@@ -109,12 +115,15 @@
     U(mask_cols)
 
 /* attention_combine.comp: the partials [B,H,L,NS,D+2] (contiguous) of a
- * split-K attention into O [B,H,L,D]; total is B * H * L * D. */
+ * split-K attention into O [B,H,L,D]; total is B * H * L * D. With
+ * MHA_VK_F_LSE also the row LSE [B,H,1,L] at lse_off (fp32; strides of
+ * b, h and the query). */
 #define MHA_COMBINE_PUSH(U, F)                                               \
     U(part_off) U(o_off) U(sinks_off)                                        \
     U(o_sb) U(o_sh) U(o_sr)                                                  \
     U(H) U(L) U(total)                                                       \
-    U(flags) /* MHA_VK_F_SINKS and DT_F16 bits */
+    U(flags) /* MHA_VK_F_SINKS, MHA_VK_F_LSE and DT_F16 bits */              \
+    U(lse_off) U(lse_sb) U(lse_sh) U(lse_sr)
 
 /* rope.comp: ROPE over ne (src's B, H, T, d); positions at
  * pos_off + b * pos_sb + t * pos_st (pos_sb 0 broadcasts one row). */

@@ -103,6 +103,19 @@ static int tile_masked(const bwd_job *j, int64_t i0, int64_t qn, int64_t j0,
     return j->node->params.causal && j0 > i0 + qn - 1 && j0 + kn <= j->S;
 }
 
+/* ds[c] = scale p[c] (ds[c] - D) for c < n: blocks of 8 with a fixed trip
+ * count, which the compiler vectorises at -O2, then the rest. */
+static void ds_row(int64_t n, float scale, float D,
+                   const float *restrict p, float *restrict ds)
+{
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int u = 0; u < 8; u++)
+            ds[c + u] = scale * p[c + u] * (ds[c + u] - D);
+    for (; c < n; c++)
+        ds[c] = scale * p[c] * (ds[c] - D);
+}
+
 /* Probabilities of rows [i0, i0 + qn) against keys [j0, j0 + kn) into
  * t->p, from the packed scaled K^T in t->kp and the saved LSE; scale dS =
  * scale P (dP - D) into t->ds, from the packed V^T in t->vp (the scale of
@@ -131,8 +144,7 @@ static void tile_ds(const bwd_job *j, bwd_tile *t, int64_t b, int64_t h,
             memset(p, 0, (size_t)kn * sizeof *p);
         else
             k->exp_sum(kn, m, p);
-        for (int64_t c = 0; c < kn; c++)
-            ds[c] = scale * p[c] * (ds[c] - D[r]);
+        ds_row(kn, scale, D[r], p, ds);
     }
 }
 

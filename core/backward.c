@@ -47,7 +47,8 @@ static mha_status check_like(mha_layer *layer, const char *fn,
                          strcmp(name, "grad_output") == 0 ? "output"
                          : strcmp(name, "grad_query") == 0 ? "query"
                          : strcmp(name, "grad_key") == 0   ? "key"
-                                                           : "value");
+                         : strcmp(name, "grad_value") == 0 ? "value"
+                                                           : "head_gates");
     return MHA_OK;
 }
 
@@ -92,12 +93,21 @@ static mha_status check_args(mha_layer *layer, const char *fn,
             st = check_like(layer, fn, names[i], d[i], s->inputs[i]);
     if (st == MHA_OK && a->grads)
         st = mha_gradients_check(a->grads, layer, fn);
+    if (st == MHA_OK && a->grad_head_gates && !s->gates)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: grad_head_gates given, but the training "
+                         "forward had no head_gates",
+                         fn);
+    if (st == MHA_OK && a->grad_head_gates)
+        st = check_like(layer, fn, "grad_head_gates", a->grad_head_gates,
+                        s->gates);
     if (st != MHA_OK)
         return st;
     memset(key, 0, sizeof *key);
     key->call = s->call;
     key->grads = a->grads != NULL;
     key->accumulate = a->accumulate != 0;
+    key->dgates = a->grad_head_gates != NULL;
     for (int i = 0; i < 3; i++) {
         key->want[i] = d[i] != NULL;
         for (int j = 0; j < i; j++)
@@ -110,6 +120,9 @@ static mha_status check_args(mha_layer *layer, const char *fn,
     for (int i = 0; i < MHA_SAVED_COUNT; i++)
         ext[MHA_BUF_SAVED_Q + i] = s->buf[i];
     ext[MHA_BUF_DY] = a->grad_output->buf;
+    ext[MHA_BUF_GATES] = s->gates ? s->gates->buf : NULL;
+    ext[MHA_BUF_DGATES] = a->grad_head_gates ? a->grad_head_gates->buf
+                                             : NULL;
     ext[MHA_BUF_PARAMS] = layer->wbuf;
     ext[MHA_BUF_GRADS] = a->grads ? a->grads->flat->buf : NULL;
     return MHA_OK;

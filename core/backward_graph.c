@@ -140,6 +140,7 @@ typedef struct bwd_sources {
     int dy;       /* [N,1,L,E] */
     int params, grads; /* buffers laid out as the layer's weights */
     int mask, kpm;
+    int gates;    /* [N,H,L,d] view of head_gates, when they multiply */
 } bwd_sources;
 
 static void add_sources(mha_graph *g, const mha_layer *layer,
@@ -163,19 +164,78 @@ static void add_sources(mha_graph *g, const mha_layer *layer,
     s->params = mha_graph_buf(g, MHA_BUF_PARAMS, layer->wbytes);
     s->grads = grads ? mha_graph_buf(g, MHA_BUF_GRADS, layer->wbytes) : -1;
     s->mask = mha_graph_masks(g, call, layer->heads, &s->kpm);
+    s->gates = call->gate_mul ? mha_graph_gates(g, call, layer->heads,
+                                                layer->head_dim)
+                              : MHA_NO_TENSOR;
+}
+
+static int add_mul(mha_graph *g, int dst, int x, int f)
+{
+    return mha_graph_node(g, MHA_OP_MUL, dst, x, f, MHA_NO_TENSOR,
+                          MHA_NO_TENSOR, MHA_NO_TENSOR);
+}
+
+/* What out_proj read: O, or O times the head gates (recomputed). */
+static int attended(mha_graph *g, const mha_layer *layer,
+                    const mha_call *call, const bwd_sources *s)
+{
+    if (!call->gate_mul)
+        return s->saved[3];
+    int64_t H = layer->heads;
+    int gated = mha_graph_input(g, layer, MHA_BUF_ARENA, call, call->tgt_len,
+                                mha_layer_inner(layer));
+    add_mul(g, mha_graph_heads(g, gated, H), mha_graph_heads(g, s->saved[3], H),
+            s->gates);
+    return gated;
+}
+
+/* dL/dg of the head gates from dG = dL/d(g O) [N,1,L,I]: the sum over
+ * each head's rows and features of dG O, per batch item ([N, H] gates)
+ * or over the batch too ([H]), through SUM_ROWS over views. */
+static void gates_grad(mha_graph *g, const mha_layer *layer,
+                       const mha_call *call, const bwd_sources *s, int dG)
+{
+    int64_t N = call->batch, H = layer->heads, d = layer->head_dim;
+    int prod = mha_graph_contiguous(g, MHA_BUF_ARENA, MHA_F32, N, H,
+                                    call->tgt_len, d);
+    add_mul(g, prod, mha_graph_heads(g, dG, H),
+            mha_graph_heads(g, s->saved[3], H));
+    int rows = mha_graph_contiguous(g, MHA_BUF_ARENA, MHA_F32, N, H, 1, d);
+    add_sum_rows(g, rows, prod, 0);
+    int per = call->gates == 2
+                  ? mha_graph_contiguous(g, MHA_BUF_DGATES, MHA_F32, N, H, 1,
+                                         1)
+                  : mha_graph_contiguous(g, MHA_BUF_ARENA, MHA_F32, N, H, 1,
+                                         1);
+    add_sum_rows(g, per, transposed(g, rows), 0);
+    if (call->gates == 2)
+        return;
+    int64_t ne[4] = {1, 1, N, H}, nb[4] = {0, 0, H, 1};
+    add_sum_rows(g, mha_graph_contiguous(g, MHA_BUF_DGATES, MHA_F32, 1, 1, 1,
+                                         H),
+                 mha_graph_tensor(g, g->tensors[per].buf, MHA_F32, 0, ne, nb),
+                 0);
 }
 
 /* The fused attention backward: dQ, dK, dV (rows [N,1,T,I] in the arena)
- * from dO = dY Wo. */
+ * from dO = dY Wo (times the gates, whose gradient comes on the way). */
 static void attention_backward(mha_graph *g, const mha_layer *layer,
                                const mha_call *call, const bwd_sources *s,
-                               int dqkv[3])
+                               int dgates, int dqkv[3])
 {
     int64_t L = call->tgt_len, I = mha_layer_inner(layer), H = layer->heads;
     int64_t S2 = mha_call_keys(layer, call);
     int dO = mha_graph_input(g, layer, MHA_BUF_ARENA, call, L, I);
-    input_grad(g, dO, s->dy, mha_graph_param(g, layer, s->params, MHA_W_O),
+    int dG = call->gate_mul
+                 ? mha_graph_input(g, layer, MHA_BUF_ARENA, call, L, I)
+                 : dO;
+    input_grad(g, dG, s->dy, mha_graph_param(g, layer, s->params, MHA_W_O),
                0);
+    if (dgates)
+        gates_grad(g, layer, call, s, dG);
+    if (call->gate_mul)
+        add_mul(g, mha_graph_heads(g, dO, H), mha_graph_heads(g, dG, H),
+                s->gates);
     for (int i = 0; i < 3; i++)
         dqkv[i] = mha_graph_input(g, layer, MHA_BUF_ARENA, call,
                                   i ? S2 : L, I);
@@ -211,16 +271,16 @@ void mha_backward_graph_build(const mha_layer *layer, const mha_bwd_key *key,
     memset(g, 0, sizeof *g);
     add_sources(g, layer, call, key->grads, &s);
 
-    /* out_proj: dWo = dY^T O, dbo = sum of dY's rows */
+    /* out_proj: dWo = dY^T O (gated), dbo = sum of dY's rows */
     if (key->grads) {
         weight_grad(g, mha_graph_param(g, layer, s.grads, MHA_W_O), s.dy,
-                    s.saved[3], acc);
+                    attended(g, layer, call, &s), acc);
         if (c->bias)
             bias_grad(g, mha_graph_param(g, layer, s.grads, MHA_B_O), s.dy,
                       acc);
     }
     int d[3];
-    attention_backward(g, layer, call, &s, d);
+    attention_backward(g, layer, call, &s, key->dgates, d);
 
     /* bias_k, bias_v: their row S of dK, dV summed over the batch; the
      * add_zero_attn row after it has no parameter */

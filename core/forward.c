@@ -323,7 +323,6 @@ static mha_status training_call(mha_layer *layer, const char *fn,
     mha_context *ctx = layer->device->ctx;
     const char *no = !waits ? "enqueued or recorded forwards"
                      : a->need_weights ? "need_weights"
-                     : a->head_gates   ? "head_gates (their gradient)"
                      : layer->cfg.dtype != MHA_F32 ? "f16 layers"
                                                    : NULL;
     if (no)
@@ -332,6 +331,10 @@ static mha_status training_call(mha_layer *layer, const char *fn,
                          "support %s yet",
                          fn, no);
     call->train = 1;
+    /* every head computed (the backward needs each one's O and LSE), the
+     * gates multiplied, zeros included */
+    memset(call->skip, 0, sizeof call->skip);
+    call->gate_mul = call->gates != 0;
     return MHA_OK;
 }
 
@@ -392,7 +395,8 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
     for (int i = 0; i < FORWARD_TENSORS; i++)
         ext[roles[i]] = t[i] ? t[i]->buf : NULL;
     if (call.train &&
-        (st = mha_saved_prepare(layer, fn, &call, t, ext)) != MHA_OK)
+        (st = mha_saved_prepare(layer, fn, &call, t, a->head_gates, ext)) !=
+            MHA_OK)
         return st;
     return mha_plan_enqueue(layer, *plan, ext);
 }

@@ -110,18 +110,6 @@ static void add_skipped(mha_graph *g, const mha_call *call, int o, int probs,
                  MHA_NO_TENSOR);
 }
 
-/* The caller's head_gates ([H] or [N, H]) seen as [N,H,L,d] by strides. */
-static int add_gates(mha_graph *g, const mha_call *call, int64_t H,
-                     int64_t d)
-{
-    int64_t N = call->batch;
-    int64_t ne[4] = {N, H, call->tgt_len, d};
-    int64_t nb[4] = {call->gates == 2 ? H : 0, 1, 0, 0};
-    int buf = mha_graph_buf(g, MHA_BUF_GATES,
-                      (size_t)((call->gates == 2 ? N : 1) * H) * 4);
-    return mha_graph_tensor(g, buf, MHA_F32, 0, ne, nb);
-}
-
 /* After the attention: the copy of each head's output to head_outputs
  * ([N,H,L,d] f32, a ROPE that rotates nothing) and the gate multiply;
  * returns the [N,1,L,I] tensor out_proj reads. */
@@ -140,7 +128,7 @@ static int add_head_control(mha_graph *g, const mha_layer *layer,
     int gated = mha_graph_contiguous(g, MHA_BUF_ARENA, layer->cfg.dtype, N, 1, L,
                                H * d);
     mha_graph_node(g, MHA_OP_MUL, mha_graph_heads(g, gated, H), oh,
-             add_gates(g, call, H, d), MHA_NO_TENSOR, MHA_NO_TENSOR,
+             mha_graph_gates(g, call, H, d), MHA_NO_TENSOR, MHA_NO_TENSOR,
              MHA_NO_TENSOR);
     return gated;
 }

@@ -39,7 +39,7 @@ typedef enum mha_buf_role {
     /* the backward's dY, input gradients and weight gradients (laid out as
      * the layer's weight buffer) */
     MHA_BUF_DY, MHA_BUF_DQUERY, MHA_BUF_DKEY, MHA_BUF_DVALUE,
-    MHA_BUF_GRADS,
+    MHA_BUF_GRADS, MHA_BUF_DGATES,
     MHA_BUF_EXTERNAL_COUNT,
     MHA_BUF_ARENA = MHA_BUF_EXTERNAL_COUNT /* and every intermediate */
 } mha_buf_role;
@@ -135,5 +135,8 @@ int mha_graph_heads(mha_graph *g, int whole, int64_t H);
 /* attn_mask and key_padding_mask of call as additive [N,H,L,S] views
  * (MHA_BUF_MASK, MHA_BUF_KPM); returns the mask, sets *kpm. */
 int mha_graph_masks(mha_graph *g, const mha_call *call, int64_t H, int *kpm);
+/* The caller's head_gates ([H] or [N, H], MHA_BUF_GATES) seen as
+ * [N,H,L,d] by strides. */
+int mha_graph_gates(mha_graph *g, const mha_call *call, int64_t H, int64_t d);
 
 #endif /* MHA_CORE_GRAPH_H */

@@ -139,3 +139,14 @@ int mha_graph_masks(mha_graph *g, const mha_call *call, int64_t H,
     }
     return mask;
 }
+
+/* The caller's head_gates ([H] or [N, H]) seen as [N,H,L,d] by strides. */
+int mha_graph_gates(mha_graph *g, const mha_call *call, int64_t H, int64_t d)
+{
+    int64_t N = call->batch;
+    int64_t ne[4] = {N, H, call->tgt_len, d};
+    int64_t nb[4] = {call->gates == 2 ? H : 0, 1, 0, 0};
+    int buf = mha_graph_buf(g, MHA_BUF_GATES,
+                      (size_t)((call->gates == 2 ? N : 1) * H) * 4);
+    return mha_graph_tensor(g, buf, MHA_F32, 0, ne, nb);
+}

@@ -20,6 +20,7 @@ void mha_saved_drop_graph(mha_layer *layer)
 mha_status mha_saved_prepare(mha_layer *layer, const char *fn,
                              const mha_call *call,
                              const mha_tensor *const inputs[MHA_SAVED_INPUTS],
+                             const mha_tensor *gates,
                              void *ext[MHA_BUF_EXTERNAL_COUNT])
 {
     mha_context *ctx = layer->device->ctx;
@@ -48,6 +49,7 @@ mha_status mha_saved_prepare(mha_layer *layer, const char *fn,
     }
     s->call = *call;
     memcpy(s->inputs, inputs, sizeof s->inputs);
+    s->gates = gates;
     return MHA_OK;
 }
 

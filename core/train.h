@@ -23,6 +23,7 @@ typedef struct mha_bwd_key {
     int want[3];       /* grad_query, grad_key, grad_value given */
     int adds[3];       /* that input gradient adds into one written before
                           it (the same tensor given twice) */
+    int dgates;        /* grad_head_gates given */
 } mha_bwd_key;
 
 struct mha_saved {
@@ -30,6 +31,7 @@ struct mha_saved {
     uint64_t generation;  /* the layer's, when that forward ran */
     int valid;            /* that forward completed */
     const mha_tensor *inputs[MHA_SAVED_INPUTS];
+    const mha_tensor *gates; /* head_gates, or NULL */
     void *buf[MHA_SAVED_COUNT];
     size_t bytes[MHA_SAVED_COUNT];
     /* the last backward's graph, kept so a repeated shape allocates
@@ -42,11 +44,12 @@ struct mha_saved {
 };
 
 /* Makes (or reuses, when large enough) the saved buffers for call and
- * records the caller's input tensors; the state is invalid until
+ * records the caller's input tensors and head gates; the state is invalid until
  * mha_saved_commit. Binds the saved buffers into ext by role. */
 mha_status mha_saved_prepare(mha_layer *layer, const char *fn,
                              const mha_call *call,
                              const mha_tensor *const inputs[MHA_SAVED_INPUTS],
+                             const mha_tensor *gates,
                              void *ext[MHA_BUF_EXTERNAL_COUNT]);
 
 /* Marks the saved state valid (ok) or not, after the forward. */

@@ -958,7 +958,9 @@ MHA_API mha_status mha_head_stats_destroy(mha_head_stats *stats);
  * that forward. The next training forward replaces what was saved; an
  * ordinary forward keeps it. It needs the device's fused attention with
  * the saved LSE, and refuses (MHA_UNSUPPORTED, naming the option) what
- * the backward does not do yet: need_weights, head_gates, f16 layers. A
+ * the backward does not do yet: need_weights and f16 layers. With
+ * head_gates every head is computed (none skipped) and multiplied by its
+ * gate, so the gates have a gradient (grad_head_gates). A
  * fully masked query row has zero gradients, as its output row (the
  * forward's documented choice). The decoder layer has no backward yet. */
 
@@ -1001,6 +1003,10 @@ typedef struct mha_backward_args {
     mha_gradients *grads;  /* optional: the weights' gradients */
     int accumulate;        /* 1: add into grads (micro-batches, as autograd
                               adds into .grad); 0: overwrite them */
+    /* Optional, only after a training forward with head_gates: dL/dg, f32,
+     * the gates' shape ([H] or [N, H]); written, not added to. (Michel et
+     * al.'s head importance is its magnitude.) */
+    mha_tensor *grad_head_gates;
 } mha_backward_args;
 
 MHA_API mha_status mha_backward_args_init_sized(mha_backward_args *args,

@@ -15,7 +15,8 @@
 # value (F32; one "query" when the input is shared), the masks (F32:
 # additive, or 0/1 when "mask_bool"/"kpm_bool"), grad_output (F32), out and
 # every gradient as F64: "grad.<state_dict name>", grad_query, grad_key,
-# grad_value (grad_query alone, the sum, for a shared input). The layer's
+# grad_value (grad_query alone, the sum, for a shared input), and for the
+# gate cases head_gates (F32) and grad_head_gates (F64). The layer's
 # config and call options are metadata. "large" scales the inputs by 10:
 # scores of about 100, a saturated softmax. (At 30, scores near 1000, the
 # backward's probabilities recomputed from an fp32 row LSE, whose ulp there
@@ -71,6 +72,14 @@ CASES = {
                                     "causal": 1}),
 }
 
+# Head gates (mha_forward_args.head_gates, [H] or [N, H], one of them 0):
+# written after the others, so their data stays as it was.
+GATE_CASES = {
+    "head_gates_2d": (8, 4, 2, 3, 4, {"gates": 2}),
+    "head_gates_1d": (8, 4, 3, 3, 5, {"gates": 1, "batch_first": 1,
+                                      "causal": 1, "add_bias_kv": 1}),
+}
+
 
 def f32(a):
     """What fp32 holds, in float64."""
@@ -113,10 +122,11 @@ def lin(x, W, b):
     return y + b if b is not None else y
 
 
-def forward(w, E, H, xq, xk, xv, mask, kpm, o):
+def forward(w, E, H, xq, xk, xv, mask, kpm, o, gates=None):
     """nn.MHA in float64 on batch-major (N, T, F) inputs; mask additive
     (L, S) or (N*H, L, S), kpm additive (N, S); rows with every key masked
-    give 0. Returns Y (N, L, E)."""
+    give 0; gates ([H] or [N, H]) multiply each head's output. Returns Y
+    (N, L, E)."""
     N, L, S = xq.shape[0], xq.shape[1], xk.shape[1]
     d = E // H
     (Wq, Wk, Wv), (bq, bk, bv) = projections(w, E)
@@ -145,6 +155,8 @@ def forward(w, E, H, xq, xk, xv, mask, kpm, o):
     p = torch.softmax(torch.where(dead, torch.zeros_like(s), s), -1)
     p = p * (~dead)
     oh = p @ vh
+    if gates is not None:
+        oh = oh * gates.reshape(-1, H, 1, 1)
     out = oh.transpose(1, 2).reshape(N, L, E)
     return lin(out, w["out_proj.weight"], w.get("out_proj.bias"))
 
@@ -210,6 +222,11 @@ def make_case(E, H, N0, L, S, o, rng):
         xv = f32(rng.standard_normal((N, S, vd)) * xs)
     (mask_np, mask), (kpm_np, kpm) = make_masks(N, H, L, S, o, rng)
     dy = f32(rng.standard_normal((N, L, E)))
+    gates = None
+    if o.get("gates"):
+        g = rng.uniform(0.5, 1.5, (N, H) if o["gates"] == 2 else (H,))
+        g[..., 1] = 0.0  # head 1 gated off: computed anyway in training
+        gates = f32(g).requires_grad_()
     leaves = {k: v.clone().requires_grad_() for k, v in w.items()}
     xin = [xq.clone().requires_grad_()]
     if o.get("shared"):
@@ -217,10 +234,10 @@ def make_case(E, H, N0, L, S, o, rng):
     else:
         xin += [xk.clone().requires_grad_(), xv.clone().requires_grad_()]
         ins = tuple(xin)
-    y = forward(leaves, E, H, *ins, mask, kpm, o)
+    y = forward(leaves, E, H, *ins, mask, kpm, o, gates)
     (y * dy).sum().backward()
     dead = mask is not None and bool(torch.isneginf(mask).all(-1).any())
-    if not dead:
+    if not dead and gates is None:  # nn.MHA has no gates
         check_against_module(w, E, H, ins, mask, kpm, dy, o, y, leaves, xin)
     unb = N0 == 0
     tensors = [(k, "F32", v.numpy()) for k, v in w.items()]
@@ -238,6 +255,9 @@ def make_case(E, H, N0, L, S, o, rng):
     tensors.append(("out", "F64", to_layout(y.detach(), o, unb).numpy()))
     for k, v in leaves.items():
         tensors.append(("grad." + k, "F64", v.grad.numpy()))
+    if gates is not None:
+        tensors.append(("head_gates", "F32", gates.detach().numpy()))
+        tensors.append(("grad_head_gates", "F64", gates.grad.numpy()))
     meta = {"embed_dim": E, "num_heads": H, "kdim": kd, "vdim": vd,
             "bias": o.get("bias", 1), "add_bias_kv": o.get("add_bias_kv", 0),
             "add_zero_attn": o.get("add_zero_attn", 0),
@@ -356,7 +376,12 @@ def main():
     tensors, meta = train_example_fixture()
     write_safetensors(os.path.join(args.out, "train_example.safetensors"),
                       tensors, meta)
-    print("wrote %d fixtures to %s" % (len(CASES) + 2, args.out))
+    for name, (E, H, N, L, S, o) in GATE_CASES.items():
+        tensors, meta, _ = make_case(E, H, N, L, S, o, rng)
+        write_safetensors(os.path.join(args.out, name + ".safetensors"),
+                          tensors, meta)
+    print("wrote %d fixtures to %s" % (len(CASES) + len(GATE_CASES) + 2,
+                                       args.out))
 
 
 if __name__ == "__main__":

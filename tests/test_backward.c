@@ -1,10 +1,10 @@
 /* test_backward.c: the training API against PyTorch's float64 autograd
  * (tests/gen_backward_fixtures.py): a training forward and
  * mha_layer_backward on every device and CPU ISA, each gradient within
- * 1e-4 of the largest magnitude of its reference (fp32), for every layer
- * option and mask; accumulation; 10 AdamW steps against
- * torch.optim.AdamW (1e-5); and the bad calls, each with its status and
- * message. A device whose backend is not in training_backends may answer
+ * 1e-4 of the largest magnitude of its group's reference (fp32), for every
+ * layer option and mask, and the head gates' gradient; accumulation; 10
+ * AdamW steps against torch.optim.AdamW (1e-5); and the bad calls, each
+ * with its status and message. A device whose backend is not in training_backends may answer
  * MHA_UNSUPPORTED (logged and skipped): its backend has not landed the
  * training ops (issue 18) yet. */
 #include <criterion/criterion.h>
@@ -81,7 +81,7 @@ static double *fixture_doubles(const fixture *fx, const char *name,
 
 /* ---- one run ------------------------------------------------------------- */
 
-#define RUN_TENSORS 12
+#define RUN_TENSORS 14
 
 typedef struct run_env {
     mha_context *ctx;
@@ -168,6 +168,7 @@ static void setup(run_env *r, mha_context *ctx, const test_device *td,
     a->key_padding_mask = upload_named(r, fx, "key_padding_mask",
                                        fx->kpm_bool);
     a->is_causal = fx->causal;
+    a->head_gates = upload_named(r, fx, "head_gates", 0);
     a->output = zeros_like(r, a->query);
     a->save_for_backward = 1;
     mha_backward_args *b = &r->ba;
@@ -179,6 +180,7 @@ static void setup(run_env *r, mha_context *ctx, const test_device *td,
     cr_assert_eq(mha_gradients_create(r->layer, &r->grads), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
     b->grads = r->grads;
+    b->grad_head_gates = a->head_gates ? zeros_like(r, a->head_gates) : NULL;
 }
 
 static void teardown(run_env *r)
@@ -292,6 +294,11 @@ static int run_on(mha_context *ctx, const test_device *td, const char *name,
                      group_scale(fx, &out, 1, 1.0));
         check_gradients(fx, td->label, &r, 1.0);
         check_input_gradients(fx, td->label, &r);
+        if (r.ba.grad_head_gates) {
+            const char *dg = "grad_head_gates";
+            check_tensor(fx, td->label, r.ba.grad_head_gates, dg, 1.0,
+                         group_scale(fx, &dg, 1, 1.0));
+        }
     }
     teardown(&r);
     return ran;
@@ -317,7 +324,8 @@ static void run_fixture(const char *name)
 #define FIXTURES(X)                                                          \
     X(plain) X(causal) X(mask_f32_2d) X(mask_bool_3d) X(kpm) X(bias_kv)      \
     X(zero_attn_bias_kv) X(kdim_vdim) X(batch_first_bias_kv) X(unbatched)   \
-    X(self_shared) X(masked_row) X(no_bias) X(large) X(everything)
+    X(self_shared) X(masked_row) X(no_bias) X(large) X(everything)          \
+    X(head_gates_2d) X(head_gates_1d)
 
 #define DEFINE_FIXTURE_TEST(name)                                            \
     Test(backward, name) { run_fixture(#name); }
@@ -485,6 +493,10 @@ Test(backward, grad_output_of_wrong_shape)
     e.r.ba.grad_key = e.r.ba.grad_query;
     expect_error(&e, mha_layer_backward(e.r.layer, &e.r.ba),
                  MHA_SHAPE_MISMATCH, "grad_key");
+    e.r.ba.grad_key = NULL;
+    e.r.ba.grad_head_gates = e.r.ba.grad_query; /* no gates in that forward */
+    expect_error(&e, mha_layer_backward(e.r.layer, &e.r.ba),
+                 MHA_INVALID_ARGUMENT, "no head_gates");
     cpu_teardown(&e);
 }
 

@@ -59,6 +59,7 @@ static void grows(void)
     FIELD(mha_backward_args, grad_value);
     FIELD(mha_backward_args, grads);
     FIELD(mha_backward_args, accumulate);
+    FIELD(mha_backward_args, grad_head_gates);
     FIELD(mha_adamw_config, struct_size);
     FIELD(mha_adamw_config, beta1);
     FIELD(mha_adamw_config, beta2);

@@ -947,6 +947,15 @@ _Static_assert(sizeof(att_bwd_pre_push) <= MHA_VK_PUSH_BYTES,
 MHA_PUSH_BLOCK(att_bwd_push, MHA_ATT_BWD_PUSH)
 _Static_assert(sizeof(att_bwd_push) <= MHA_VK_PUSH_BYTES, "push constants");
 
+/* llvmpipe (lavapipe) ends a shader invocation's loops once they have run
+ * 65535 iterations in all (gallivm's loop limiter, one count for every
+ * loop of the shader), which a long reduction reaches: MATMUL's K and
+ * SUM_ROWS' rows are cut into dispatches of at most these many, each after
+ * the first adding into dst. Elsewhere the cut costs one more read and
+ * write of dst per chunk. */
+#define MM_K_CHUNK 8192u
+#define SUM_ROWS_CHUNK 32768u
+
 /* Whether operand extent a broadcasts to or equals extent n. */
 static bool outer_ok(int64_t a, int64_t n) { return a == n || a == 1; }
 
@@ -993,8 +1002,19 @@ static mha_status run_gemm(mha_vk_device *d, const mha_node *n)
     if (g[0] > d->phys->lim.max_groups[0] || g[1] > d->phys->lim.max_groups[1])
         return groups_error(d, "matmul");
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {a, b, c};
-    return dispatch(d, MHA_VK_K_GEMM_STRIDED, false, spec, 6, ts, &p,
-                    sizeof p, g);
+    uint32_t K = p.K, a0 = p.a_off, b0 = p.b_off;
+    mha_status s = MHA_OK;
+    for (uint32_t k0 = 0; s == MHA_OK && (k0 < K || k0 == 0);
+         k0 += MM_K_CHUNK) {
+        p.K = K - k0 < MM_K_CHUNK ? K - k0 : MM_K_CHUNK;
+        p.a_off = a0 + k0 * p.a_sk;
+        p.b_off = b0 + k0 * p.b_sk;
+        if (k0)
+            p.flags = MHA_VK_F_ACCUMULATE;
+        s = dispatch(d, MHA_VK_K_GEMM_STRIDED, false, spec, 6, ts, &p,
+                     sizeof p, g);
+    }
+    return s;
 }
 
 /* SUM_ROWS: fp32 src [A,B,M,N] at any strides into dst [A,B,1,N]. */
@@ -1022,8 +1042,18 @@ static mha_status run_sum_rows(mha_vk_device *d, const mha_node *n)
     if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
         return groups_error(d, "sum_rows");
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {s, t};
-    return dispatch(d, MHA_VK_K_SUM_ROWS, false, spec, 1, ts, &p, sizeof p,
-                    g);
+    uint32_t rows = p.ne[2], off = p.src_off;
+    mha_status r = MHA_OK;
+    for (uint32_t m0 = 0; r == MHA_OK && (m0 < rows || m0 == 0);
+         m0 += SUM_ROWS_CHUNK) {
+        p.ne[2] = rows - m0 < SUM_ROWS_CHUNK ? rows - m0 : SUM_ROWS_CHUNK;
+        p.src_off = off + m0 * p.src_nb[2];
+        if (m0)
+            p.flags = MHA_VK_F_ACCUMULATE;
+        r = dispatch(d, MHA_VK_K_SUM_ROWS, false, spec, 1, ts, &p, sizeof p,
+                     g);
+    }
+    return r;
 }
 
 /* A contiguous fp32 [1,1,1,n] vector (ADAMW's tensors). */
@@ -1209,9 +1239,24 @@ static att_bwd_push bwd_push(const mha_node *n, const mha_tdesc *ld,
     return p;
 }
 
+/* Streamed rows of one attention_backward.comp dispatch: as many tiles as
+ * keep an invocation's loop iterations (staging, pairs and their head-long
+ * dot products, the accumulation; estimated here, lavapipe counts about a
+ * third more) under half of lavapipe's 65535 (see MM_K_CHUNK). */
+static uint32_t bwd_chunk(const bwd_config *c)
+{
+    uint32_t d4 = (c->dh + 3) / 4;
+    uint32_t d4p = (d4 + c->tpr - 1) / c->tpr * c->tpr;
+    uint32_t pairs = (c->bs * c->bo + c->wg - 1) / c->wg;
+    uint32_t tile = 4 + (c->bs * d4p + c->wg - 1) / c->wg +
+                    pairs * (d4p + 1) + c->bs;
+    uint32_t tiles = 32768 / tile;
+    return (tiles ? tiles : 1) * c->bs;
+}
+
 /* ATTENTION_BACKWARD: the (LSE, D) pass, then per batch item dK and dV
  * (MODE 0, workgroups over key blocks) and dQ (MODE 1, over query
- * blocks). */
+ * blocks), the streamed rows in chunks of bwd_chunk. */
 static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
 {
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
@@ -1242,8 +1287,16 @@ static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
                 p.out_sh = st(&n->dst, 1);
                 p.out_sr = st(&n->dst, 2);
             }
-            s = dispatch(d, MHA_VK_K_ATT_BWD, false, spec, 6, ts, &p,
-                         sizeof p, g);
+            uint32_t flags = p.flags, chunk = bwd_chunk(&c);
+            uint32_t nstr = mode ? p.S : p.L;
+            for (p.s_lo = 0; s == MHA_OK && (p.s_lo < nstr || !p.s_lo);
+                 p.s_lo += chunk) {
+                p.s_hi = nstr - p.s_lo < chunk ? nstr : p.s_lo + chunk;
+                p.flags = flags | (p.s_lo ? MHA_VK_F_ACCUMULATE : 0u);
+                s = dispatch(d, MHA_VK_K_ATT_BWD, false, spec, 6, ts, &p,
+                             sizeof p, g);
+            }
+            p.flags = flags;
         }
     }
     return s;

@@ -23,7 +23,10 @@
 // mask_cols; the appended ones past it are visible to all). A fully
 // masked row (LSE -inf) gets p = 0, so zero gradients.
 // The batch item is the host's: a dispatch per item, its offsets in the
-// push constants (the block holds no batch strides: 128 bytes).
+// push constants (the block holds no batch strides: 128 bytes). So is a
+// very long range of streamed rows: the host cuts it into dispatches that
+// visit [s_lo, s_hi) and add into the outputs after the first (lavapipe's
+// loop limit, backends/vulkan/ops.c).
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
@@ -45,8 +48,8 @@ layout(std430, binding = 3) readonly buffer BufDO { float dout[]; };
 layout(std430, binding = 4) readonly buffer BufMask { float mask[]; };
 layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
 layout(std430, binding = 6) readonly buffer BufLD { float ld[]; };
-layout(std430, binding = 7) writeonly buffer BufOut { float out1[]; };
-layout(std430, binding = 8) writeonly buffer BufOut2 { float out2[]; };
+layout(std430, binding = 7) buffer BufOut { float out1[]; };
+layout(std430, binding = 8) buffer BufOut2 { float out2[]; };
 
 MHA_PUSH_BLOCK(att_bwd_push, MHA_ATT_BWD_PUSH)
 
@@ -198,8 +201,9 @@ void main()
         seg_e[1] = nstr;
     }
     for (uint g = 0u; g < 2u; ++g) {
-        [[dont_unroll]] for (uint s0 = seg_a[g]; s0 < seg_e[g]; s0 += BS) {
-            uint n = min(BS, seg_e[g] - s0);
+        uint sa = max(seg_a[g], p.s_lo), se = min(seg_e[g], p.s_hi);
+        [[dont_unroll]] for (uint s0 = sa; s0 < se; s0 += BS) {
+            uint n = min(BS, se - s0);
             barrier(); // the previous tile's readers are done
             stage(false, MODE == 0u ? 0u : 1u, MODE == 0u ? 3u : 2u, h, s0, n,
                   BS, MODE == 0u, 0u);
@@ -221,13 +225,16 @@ void main()
         return;
     uint b1 = p.out_off + h * p.out_sh + (o0 + o) * p.out_sr;
     uint b2 = p.out2_off + h * p.out2_sh + (o0 + o) * p.out2_sr;
+    bool add = (p.flags & MHA_VK_F_ACCUMULATE) != 0u;
     for (uint c = 0u; c < C4; ++c)
         for (uint i = 0u; i < 4u; ++i) {
             uint col = (tc + c * TPR) * 4u + i;
             if (col < DH) {
-                out1[b1 + col] = p.scale * acc1[c][i];
+                float g1 = p.scale * acc1[c][i];
+                out1[b1 + col] = add ? out1[b1 + col] + g1 : g1;
                 if (MODE == 0u)
-                    out2[b2 + col] = acc2[c][i];
+                    out2[b2 + col] = add ? out2[b2 + col] + acc2[c][i]
+                                         : acc2[c][i];
             }
         }
 }

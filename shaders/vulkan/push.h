@@ -174,14 +174,15 @@
 
 /* attention_backward.comp: one batch item (its offsets here), heads and
  * rows strided; ld_off: the item's (LSE, D) pairs [H,L,2]; out is dK (MODE
- * 0) or dQ (MODE 1), out2 dV (MODE 0). flags: MHA_VK_F_MASK, _KPM,
- * _CAUSAL. */
+ * 0) or dQ (MODE 1), out2 dV (MODE 0); only the streamed rows in
+ * [s_lo, s_hi) are visited. flags: MHA_VK_F_MASK, _KPM, _CAUSAL, and
+ * MHA_VK_F_ACCUMULATE: add into the outputs (a later chunk of rows). */
 #define MHA_ATT_BWD_PUSH(U, F)                                               \
     U(q_off) U(k_off) U(v_off) U(do_off) U(ld_off) U(mask_off) U(kpm_off)    \
     U(out_off) U(out2_off)                                                   \
     U(q_sh) U(q_sr) U(k_sh) U(k_sr) U(v_sh) U(v_sr) U(do_sh) U(do_sr)        \
     U(out_sh) U(out_sr) U(out2_sh) U(out2_sr)                                \
     U(mask_sh) U(mask_sr) U(kpm_sh) U(kpm_sr)                                \
-    U(L) U(S) F(scale) U(flags) U(mask_cols)
+    U(L) U(S) F(scale) U(flags) U(mask_cols) U(s_lo) U(s_hi)
 
 #endif /* MHA_VK_PUSH_H */

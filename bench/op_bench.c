@@ -6,8 +6,9 @@
  * through the backend's internal entry point on host arrays, as
  * attention_part.c does, and timed as the best of 3 rounds of at least
  * 0.2 s, by the wall clock and by the CPU time of the process (the ratios
- * use the latter, steadier on a shared machine); the backward's gradients
- * are checked to be finite.
+ * use the latter, steadier on a shared machine). Each MATMUL's result is
+ * compared with sgemm's (the largest difference, relative, is printed) and
+ * the backward's gradients are checked to be finite.
  *
  *   mha-op-bench [threads]   (default 0: the CPU backend's default) */
 #include <math.h>
@@ -117,6 +118,25 @@ static int sgemm_once(void *arg)
 }
 #endif
 
+#ifdef MHA_BENCH_OPENBLAS
+/* The largest difference of libmha's product from sgemm's, relative to
+ * the largest element: the check that both computed the same thing. */
+static double max_diff(op_run *r, gemm_run *g, size_t n)
+{
+    float *mine = malloc(n * sizeof *mine);
+    double diff = 0, big = 0;
+    op_once(r);
+    memcpy(mine, g->c, n * sizeof *mine);
+    sgemm_once(g);
+    for (size_t i = 0; i < n; i++) {
+        diff = fmax(diff, fabs((double)mine[i] - g->c[i]));
+        big = fmax(big, fabs((double)g->c[i]));
+    }
+    free(mine);
+    return big > 0 ? diff / big : diff;
+}
+#endif
+
 /* C [M,N] = A B, A [M,K] (ta: the transposed view of a [K,M] array). */
 static void bench_matmul(mha_cpu_exec *e, int M, int N, int K, int ta)
 {
@@ -138,6 +158,7 @@ static void bench_matmul(mha_cpu_exec *e, int M, int N, int K, int ta)
     timing tb = best_time(sgemm_once, &g);
     printf("  openblas %6.1f (%6.1f)  libmha/openblas %.2f",
            flops / tb.wall * 1e-9, flops / tb.cpu * 1e-9, tb.cpu / t.cpu);
+    printf("  max diff %.1e", max_diff(&r, &g, (size_t)M * N));
 #endif
     printf("\n");
     free(a), free(b), free(c);

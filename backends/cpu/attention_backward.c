@@ -26,7 +26,8 @@
 
 #include "ops.h"
 
-/* Keys and queries per tile: multiples of every table's nr and mr. */
+/* Keys and queries per tile: a multiple of every table's nr (the packed
+ * panels of a key tile are full). */
 enum { BK = 64, BQ = BK };
 
 /* Key chunks: tasks wanted over all heads, and at most per head. */

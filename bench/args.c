@@ -48,6 +48,13 @@ const char bench_usage[] =
     "                     sets the thread count; --warmup, --repeat and\n"
     "                     --min-time do not apply (about a minute on 2\n"
     "                     cores)\n"
+    "  --backward         time a training forward plus its backward\n"
+    "                     (weight and input gradients) instead, beside\n"
+    "                     OpenBLAS's sgemm rate and PyTorch autograd's\n"
+    "                     forward + backward in the same run; FLOPs are\n"
+    "                     the forward's plus 2x its projections' plus\n"
+    "                     2.5x its attention matmuls' (FlashAttention-2's\n"
+    "                     count); default case E512 H8 B1 L=S=2048\n"
     "  --help             print this text\n"
     "\n"
     "Exit status: 0; 1 when a result is over tolerance (FAIL) or a device\n"
@@ -151,6 +158,8 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
             o->help = 1;
         } else if (!strcmp(a, "--targets")) {
             o->targets = 1;
+        } else if (!strcmp(a, "--backward")) {
+            o->backward = 1;
         } else if (!strcmp(a, "--no-peers")) {
             o->peers = 0;
         } else if (!strcmp(a, "--dtype")) {
@@ -251,7 +260,21 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
                     "and prints a table: it cannot be combined with "
                     "--device, --preset, a custom case, --dtype, --json, "
                     "--csv or --compare");
-    if (!have_custom && !have_preset)
+    if (o->backward && (o->targets || o->compare_old || o->json_path ||
+                        o->csv_path))
+        return fail(err, errlen,
+                    "mha-bench: --backward prints its own table: it cannot "
+                    "be combined with --targets, --compare, --json or "
+                    "--csv");
+    if (o->backward && !have_custom && !have_preset) {
+        bench_case c = custom;
+        snprintf(c.name, sizeof c.name, "train-e512-l2048");
+        c.embed_dim = c.kdim = c.vdim = 512;
+        c.heads = 8;
+        c.tgt_len = c.src_len = 2048;
+        o->cases[o->ncases++] = c;
+    }
+    if (!have_custom && !have_preset && !o->backward)
         bench_preset_add("quick", o->cases, &o->ncases, BENCH_MAX_CASES);
     if (have_dtype)
         for (int i = 0; i < o->ncases; i++) {

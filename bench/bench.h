@@ -51,6 +51,13 @@ double bench_flops(const bench_case *c);
  * + w * (2E^2 + E*kdim + E*vdim + 4E) weights and biases, w = 4 (f32) or
  *                                    2 (f16 storage). */
 double bench_bytes(const bench_case *c);
+/* FLOPs of one training forward plus its backward, all batch items: the
+ * forward's, plus twice its projections' (each projection's backward is
+ * dW = dY^T X and dX = dY W), plus 2.5 times its attention matmuls'
+ * (FlashAttention-2's count: the backward recomputes Q K^T and computes
+ * dV, dP, dQ and dK): B * (3 * (4LE^2 + 2S*kdim*E + 2S*vdim*E) +
+ * 3.5 * 4LSE). */
+double bench_backward_flops(const bench_case *c);
 /* Decoder cases: keys each query attends (src_len, or the window), and
  * the K and V bytes a step reads from the cache, all sequences. */
 double bench_decoder_keys(const bench_case *c);
@@ -70,6 +77,7 @@ typedef struct bench_options {
     int peers; /* run the OpenBLAS, CLBlast and PyTorch peers; default 1 */
     int targets; /* --targets: the CPU targets table (targets.c) instead */
     int help;
+    int backward; /* --backward: time forward + backward (backward.c) */
 } bench_options;
 
 /* Parses argv into *opts (defaults first). Returns 0 (check opts->help), or
@@ -153,6 +161,13 @@ void bench_record_check(bench_result *r, bench_check chk);
 void bench_decoder_case(mha_context *ctx, mha_device *dev,
                         const bench_options *o, const bench_case *c,
                         bench_result *r);
+
+/* mha-bench --backward (backward.c): for every case, on every device of
+ * o, times a training forward plus mha_layer_backward (weight and input
+ * gradients) and prints them beside OpenBLAS's sgemm rate and PyTorch's
+ * autograd (forward + backward) measured in the same run. Returns an exit
+ * status. */
+int bench_backward_run(const bench_options *o, FILE *out);
 
 void bench_print_table(FILE *out, const bench_report *r);
 /* Return 0, or -1 with errno-style failure to write. */

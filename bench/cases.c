@@ -169,6 +169,14 @@ double bench_flops(const bench_case *c)
             2 * l * e * e);
 }
 
+double bench_backward_flops(const bench_case *c)
+{
+    double e = (double)c->embed_dim, l = (double)c->tgt_len,
+           s = (double)c->src_len, k = (double)c->kdim, v = (double)c->vdim;
+    double proj = 4 * l * e * e + 2 * s * k * e + 2 * s * v * e;
+    return (double)c->batch * (3 * proj + 3.5 * 4 * l * s * e);
+}
+
 double bench_bytes(const bench_case *c)
 {
     if (c->decoder)

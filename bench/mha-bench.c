@@ -6,8 +6,8 @@
  * and the host forward in data.c, one case on one device in device_run.c,
  * decoder cases (mha_decoder over a KV cache) in decoder.c,
  * the OpenBLAS and PyTorch rows in peers.c, the CLBlast row in
- * peer_clblast.c, and --targets (the CPU backend's targets table) in
- * targets.c. */
+ * peer_clblast.c, --targets (the CPU backend's targets table) in
+ * targets.c, and --backward (forward + backward) in backward.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +129,8 @@ int main(int argc, char **argv)
     }
     if (o.targets)
         return bench_targets_run(&o, stdout);
+    if (o.backward)
+        return bench_backward_run(&o, stdout);
     progress = isatty(2);
 
     mha_context *ctx = NULL;

@@ -142,8 +142,9 @@ static void run_torch(bench_peers *p, const bench_options *o)
         return;
     int n = snprintf(cmd, cap,
                      "/usr/bin/python3 '%s' --threads %d --warmup %d "
-                     "--repeat %d --min-time %g",
-                     script, o->threads, o->warmup, o->repeat, o->min_time);
+                     "--repeat %d --min-time %g%s",
+                     script, o->threads, o->warmup, o->repeat, o->min_time,
+                     o->backward ? " --backward" : "");
     if (have_dir == 1)
         n += snprintf(cmd + n, cap - (size_t)n, " --data-dir '%s'", dir);
     for (int i = 0; i < o->ncases && n > 0 && (size_t)n < cap; i++) {

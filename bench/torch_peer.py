@@ -9,12 +9,31 @@ inputs and weights from DIR/in<i>.f32 (raw little-endian float32: q (L,B,E),
 k (S,B,KDIM), v (S,B,VDIM), w_q [E,E], w_k [E,KDIM], w_v [E,VDIM],
 b_in [3E], w_o [E,E], b_o [E], as mha-bench's bench_case_data) and writes
 its first output to DIR/out<i>.f32 (float32, like q), so mha-bench checks
-it against the reference; without it the data is torch's own random."""
+it against the reference; without it the data is torch's own random.
+With --backward, each timed run is a training forward plus autograd's
+backward (input and weight gradients, from a fixed random dY) instead."""
 import argparse
 import json
 import math
 import sys
 import time
+
+
+def train_step(torch, m, q, k, v, mask):
+    """A training forward plus its backward from a fixed dY, as one call
+    that returns the output (gradients dropped before each)."""
+    m.train()
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    dy = torch.rand(q.shape[0], q.shape[1], m.embed_dim, dtype=q.dtype)
+
+    def step():
+        m.zero_grad(set_to_none=True)
+        for t in (q, k, v):
+            t.grad = None
+        out = m(q, k, v, need_weights=False, attn_mask=mask)[0]
+        out.backward(dy)
+        return out.detach()
+    return step
 
 
 def main():
@@ -24,6 +43,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--backward", action="store_true")
     ap.add_argument("cases", nargs="*")
     a = ap.parse_args()
     try:
@@ -79,6 +99,8 @@ def main():
                 with torch.inference_mode():
                     # attn_mask only: is_causal needs torch >= 2.0
                     return m(q, k, v, need_weights=False, attn_mask=mask)[0]
+            if a.backward:
+                fwd = train_step(torch, m, q, k, v, mask)
             out = fwd()
             first = (time.perf_counter() - t0) * 1e3
             if path:

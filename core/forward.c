@@ -9,6 +9,7 @@
 #include "interop.h"
 #include "plan.h"
 #include "tensor.h"
+#include "train.h"
 
 /* One argument as validation sees it, from a device tensor or host array. */
 typedef struct arg_view {
@@ -313,6 +314,30 @@ static mha_status head_control(mha_layer *layer, const char *fn,
                           &call->gate_mul);
 }
 
+/* A training forward (save_for_backward): refuses what the backward does
+ * not do yet, then marks the call so the graph saves into the layer. */
+static mha_status training_call(mha_layer *layer, const char *fn,
+                                const mha_forward_args *a, int waits,
+                                mha_call *call)
+{
+    mha_context *ctx = layer->device->ctx;
+    const char *no = !waits ? "enqueued or recorded forwards"
+                     : a->need_weights ? "need_weights"
+                     : layer->cfg.dtype != MHA_F32 ? "f16 layers"
+                                                   : NULL;
+    if (no)
+        return mha_error(ctx, MHA_UNSUPPORTED,
+                         "%s: save_for_backward: the backward does not "
+                         "support %s yet",
+                         fn, no);
+    call->train = 1;
+    /* every head computed (the backward needs each one's O and LSE), the
+     * gates multiplied, zeros included */
+    memset(call->skip, 0, sizeof call->skip);
+    call->gate_mul = call->gates != 0;
+    return MHA_OK;
+}
+
 /* Checks the call, finds its plan and hands every node to the backend. */
 static mha_status enqueue_forward(mha_layer *layer, const char *fn,
                                   const mha_forward_args *a, int waits,
@@ -351,6 +376,8 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
         st = check_same_device(layer, fn, t, names);
     if (st == MHA_OK)
         st = head_control(layer, fn, a, &call);
+    if (st == MHA_OK && a->save_for_backward)
+        st = training_call(layer, fn, a, waits, &call);
     int out_nd, w_nd;
     int64_t out_shape[3], w_shape[4];
     result_shapes(layer, &call, &out_nd, out_shape, &w_nd, w_shape);
@@ -367,6 +394,10 @@ static mha_status enqueue_forward(mha_layer *layer, const char *fn,
     void *ext[MHA_BUF_EXTERNAL_COUNT] = {NULL};
     for (int i = 0; i < FORWARD_TENSORS; i++)
         ext[roles[i]] = t[i] ? t[i]->buf : NULL;
+    if (call.train &&
+        (st = mha_saved_prepare(layer, fn, &call, t, a->head_gates, ext)) !=
+            MHA_OK)
+        return st;
     return mha_plan_enqueue(layer, *plan, ext);
 }
 
@@ -379,6 +410,8 @@ mha_status mha_layer_forward(mha_layer *layer, const mha_forward_args *a)
     mha_status st = enqueue_forward(layer, fn, a, 1, &plan);
     if (st == MHA_OK)
         st = mha_dev_sync(layer->device);
+    if (plan && plan->call.train)
+        mha_saved_commit(layer, st == MHA_OK);
     mha_plan_release(layer, plan);
     return mha_host_finish(&layer->device->ctx->host, fn, st);
 }

@@ -248,6 +248,7 @@ static mha_status run_weights(mha_head_stats *s, const mha_forward_args *a)
     f.weights = s->weights;
     f.head_gates = NULL;
     f.head_outputs = NULL;
+    f.save_for_backward = 0;
     mha_status st = mha_layer_forward(s->layer, &f);
     if (st != MHA_OK)
         return st;
@@ -292,6 +293,7 @@ static mha_status run_ablated(mha_head_stats *s, const mha_forward_args *a,
     f.output = s->ablated;
     f.head_gates = s->gates;
     f.head_outputs = NULL;
+    f.save_for_backward = 0;
     if (st == MHA_OK)
         st = mha_layer_forward(s->layer, &f);
     if (st == MHA_OK)

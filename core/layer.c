@@ -4,6 +4,7 @@
 
 #include "half.h"
 #include "plan.h"
+#include "train.h"
 
 #define CHUNK 4096 /* fp16 conversion goes through the stack in chunks */
 
@@ -177,6 +178,7 @@ mha_status mha_layer_destroy(mha_layer *layer)
     mha_device *device = layer->device;
     for (int i = 0; i < MHA_PLAN_CACHE; i++)
         mha_plan_destroy(layer, layer->plans[i]);
+    mha_saved_release(layer);
     mha_dev_free(device, layer->wbuf, layer->wbytes);
     device->open_objects--;
     mha_host_free(&device->ctx->host, layer->kept);
@@ -239,6 +241,7 @@ mha_status mha_layer_write_weight(mha_layer *layer, mha_wslot first,
 {
     mha_device *device = layer->device;
     size_t at = layer->woff[first] + offset;
+    layer->generation++;
     if (layer->cfg.dtype == MHA_F32)
         return mha_dev_write(device, layer->wbuf, at * 4, data, count * 4);
     uint16_t chunk[CHUNK];

@@ -28,6 +28,7 @@ typedef struct mha_weight_spec {
 #define MHA_PLAN_CACHE 4
 
 typedef struct mha_plan mha_plan;
+typedef struct mha_saved mha_saved; /* train.h */
 
 struct mha_layer {
     mha_device *device;
@@ -43,6 +44,10 @@ struct mha_layer {
     unsigned set;                 /* bit per slot that has been written */
     mha_plan *plans[MHA_PLAN_CACHE];
     uint64_t clock;               /* for least-recently-used eviction */
+    uint64_t generation; /* counts changes of the weights (written,
+                            pruned, stepped), so a backward sees whether
+                            they changed since its training forward */
+    mha_saved *saved;    /* the last training forward's state, or NULL */
 };
 
 /* Q/K/V/O width of the kept heads: heads * head_dim (E until pruned). */

@@ -100,6 +100,7 @@ static mha_status move_weights(mha_layer *layer, const int64_t *pos,
     mha_dev_free(dev, layer->wbuf, old_bytes);
     layer->wbuf = buf;
     layer->wbytes = new_bytes;
+    layer->generation++;
     return MHA_OK;
 }
 

@@ -41,44 +41,57 @@ static void lower_node(const mha_graph *g, const mha_gnode *n,
     }
     out->dst = describe(g, n->dst, bufs[g->tensors[n->dst].buf],
                         base[g->tensors[n->dst].buf]);
+    for (int e = 0; e < MHA_MAX_EXTRA_DST; e++) {
+        int t = n->extra_dst[e];
+        if (t != MHA_NO_TENSOR)
+            out->extra_dst[e] = describe(g, t, bufs[g->tensors[t].buf],
+                                         base[g->tensors[t].buf]);
+    }
 }
 
 /* Placeholders: supports() looks only at whether buf is NULL. */
-static void placeholder_bufs(const mha_plan *plan, void *bufs[],
-                             size_t base[])
+static void placeholder_bufs(const mha_graph *g, void *bufs[], size_t base[])
 {
     for (int b = 0; b < MHA_GRAPH_MAX_BUFS; b++) {
-        bufs[b] = (void *)plan;
+        bufs[b] = (void *)g;
         base[b] = 0;
     }
 }
 
 /* Replaces each run's scores, softmax and weighted sum by one ATTENTION
  * node when the weights are not wanted and the backend can run it for
- * this shape. */
-static void fuse_attention(mha_device *device, mha_plan *plan)
+ * this shape; a training forward's node also saves the row LSE, and
+ * must be fused (the backward needs that LSE): a backend that declines
+ * it is MHA_UNSUPPORTED. */
+static mha_status fuse_attention(mha_layer *layer, const char *fn,
+                                 mha_plan *plan)
 {
     mha_graph *g = &plan->graph;
     if (plan->call.need_weights)
-        return;
+        return MHA_OK;
     void *bufs[MHA_GRAPH_MAX_BUFS];
     size_t base[MHA_GRAPH_MAX_BUFS];
-    placeholder_bufs(plan, bufs, base);
+    placeholder_bufs(g, bufs, base);
     for (int r = 0; r < g->nruns; r++) {
         const mha_grun *run = &g->runs[r];
         mha_gnode fused = g->nodes[run->scores];
         fused.op = MHA_OP_ATTENTION;
         fused.src[MHA_SRC_V] = g->nodes[run->weighted_sum].src[1];
         fused.dst = g->nodes[run->weighted_sum].dst;
+        fused.extra_dst[MHA_DST_LSE] = run->lse;
         mha_node node;
         lower_node(g, &fused, bufs, base, &node);
-        if (!mha_dev_supports(device, &node))
+        if (!mha_dev_supports(layer->device, &node) && run->lse >= 0)
+            return mha_graph_unsupported(layer->device, fn, &node,
+                                         "a training forward");
+        if (!mha_dev_supports(layer->device, &node))
             continue;
         g->nodes[run->scores] = fused;
         remove_node(g, run->softmax);
         remove_node(g, run->weighted_sum);
         plan->fused = 1;
     }
+    return MHA_OK;
 }
 
 static void note_use(mha_graph *g, int tensor, int node)
@@ -135,30 +148,59 @@ static size_t place_in_arena(mha_graph *g)
     return total;
 }
 
-static mha_status check_supported(mha_layer *layer, const char *fn,
-                                  mha_plan *plan)
+mha_status mha_graph_unsupported(mha_device *device, const char *fn,
+                                 const mha_node *node, const char *what)
 {
-    mha_graph *g = &plan->graph;
+    mha_device_info info;
+    mha_device_info_of(device, &info);
+    return mha_error(device->ctx, MHA_UNSUPPORTED,
+                     "%s: %s:%d (%s) cannot run op %s%s%s for %s of this "
+                     "shape and dtype %s",
+                     fn, info.backend, info.backend_index, info.name,
+                     mha_op_name(node->op),
+                     node->op == MHA_OP_ATTENTION &&
+                             node->extra_dst[MHA_DST_LSE].buf
+                         ? " saving the row LSE" : "",
+                     mha_node_is_training(node)
+                         ? " (a training op, issue 18)" : "",
+                     what, mha_dtype_name(node->dst.dtype));
+}
+
+static mha_status check_supported(mha_device *device, const char *fn,
+                                  const mha_graph *g, const char *what)
+{
     void *bufs[MHA_GRAPH_MAX_BUFS];
     size_t base[MHA_GRAPH_MAX_BUFS];
-    placeholder_bufs(plan, bufs, base);
+    placeholder_bufs(g, bufs, base);
     for (int i = 0; i < g->nnodes; i++) {
         if (g->nodes[i].removed)
             continue;
         mha_node node;
         lower_node(g, &g->nodes[i], bufs, base, &node);
-        if (!mha_dev_supports(layer->device, &node)) {
-            mha_device_info info;
-            mha_device_info_of(layer->device, &info);
-            return mha_error(layer->device->ctx, MHA_UNSUPPORTED,
-                             "%s: %s:%d (%s) cannot run op %s for this "
-                             "shape and dtype %s",
-                             fn, info.backend, info.backend_index, info.name,
-                             mha_op_name(node.op),
-                             mha_dtype_name(layer->cfg.dtype));
-        }
+        if (!mha_dev_supports(device, &node))
+            return mha_graph_unsupported(device, fn, &node, what);
     }
     return MHA_OK;
+}
+
+mha_status mha_graph_prepare(mha_device *device, const char *fn,
+                             mha_graph *g, const char *what, void **arena,
+                             size_t *arena_bytes)
+{
+    mha_status st = check_supported(device, fn, g, what);
+    if (st != MHA_OK)
+        return st;
+    for (int i = 0; i < g->nnodes; i++) {
+        if (g->nodes[i].removed)
+            continue;
+        for (int s = 0; s < MHA_MAX_SRC; s++)
+            note_use(g, g->nodes[i].src[s], i);
+        note_use(g, g->nodes[i].dst, i);
+        for (int e = 0; e < MHA_MAX_EXTRA_DST; e++)
+            note_use(g, g->nodes[i].extra_dst[e], i);
+    }
+    *arena_bytes = place_in_arena(g);
+    return mha_dev_alloc(device, *arena_bytes, arena);
 }
 
 mha_status mha_plan_create(mha_layer *layer, const char *fn,
@@ -172,21 +214,10 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
     plan->call = *call;
     mha_graph *g = &plan->graph;
     mha_graph_build(layer, call, g);
-    fuse_attention(layer->device, plan);
-    mha_status st = check_supported(layer, fn, plan);
-    if (st != MHA_OK) {
-        mha_host_free(&ctx->host, plan);
-        return st;
-    }
-    for (int i = 0; i < g->nnodes; i++) {
-        if (g->nodes[i].removed)
-            continue;
-        for (int s = 0; s < MHA_MAX_SRC; s++)
-            note_use(g, g->nodes[i].src[s], i);
-        note_use(g, g->nodes[i].dst, i);
-    }
-    plan->arena_bytes = place_in_arena(g);
-    st = mha_dev_alloc(layer->device, plan->arena_bytes, &plan->arena);
+    mha_status st = fuse_attention(layer, fn, plan);
+    if (st == MHA_OK)
+        st = mha_graph_prepare(layer->device, fn, g, "a forward",
+                               &plan->arena, &plan->arena_bytes);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, plan);
         return st;
@@ -195,17 +226,15 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
     return MHA_OK;
 }
 
-mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
-                            void *const external[MHA_BUF_EXTERNAL_COUNT])
+mha_status mha_graph_enqueue(mha_device *device, const mha_graph *g,
+                             void *arena,
+                             void *const external[MHA_BUF_EXTERNAL_COUNT])
 {
-    const mha_graph *g = &plan->graph;
     void *bufs[MHA_GRAPH_MAX_BUFS];
     size_t base[MHA_GRAPH_MAX_BUFS];
     for (int b = 0; b < g->nbufs; b++) {
         mha_buf_role role = g->bufs[b].role;
-        bufs[b] = role == MHA_BUF_ARENA ? plan->arena
-                  : role == MHA_BUF_PARAMS ? layer->wbuf
-                                           : external[role];
+        bufs[b] = role == MHA_BUF_ARENA ? arena : external[role];
         base[b] = role == MHA_BUF_ARENA ? g->bufs[b].arena_offset : 0;
     }
     for (int i = 0; i < g->nnodes; i++) {
@@ -213,9 +242,18 @@ mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
             continue;
         mha_node node;
         lower_node(g, &g->nodes[i], bufs, base, &node);
-        mha_status st = mha_dev_run(layer->device, &node);
+        mha_status st = mha_dev_run(device, &node);
         if (st != MHA_OK)
             return st;
     }
     return MHA_OK;
+}
+
+mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
+                            void *const external[MHA_BUF_EXTERNAL_COUNT])
+{
+    void *ext[MHA_BUF_EXTERNAL_COUNT];
+    memcpy(ext, external, sizeof ext);
+    ext[MHA_BUF_PARAMS] = layer->wbuf;
+    return mha_graph_enqueue(layer->device, &plan->graph, plan->arena, ext);
 }

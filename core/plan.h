@@ -32,6 +32,26 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
 mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
                             void *const external[MHA_BUF_EXTERNAL_COUNT]);
 
+/* ---- graphs of any kind (the forward's, the backward's) ---- */
+
+/* Checks that the device runs every node of g (MHA_UNSUPPORTED naming the
+ * device, the op and what: "a forward", "a backward"), places the
+ * intermediates in one arena and allocates it. */
+mha_status mha_graph_prepare(mha_device *device, const char *fn,
+                             mha_graph *g, const char *what, void **arena,
+                             size_t *arena_bytes);
+
+/* Hands g's nodes to the device with the buffers of external roles bound
+ * from external (MHA_BUF_PARAMS included); the caller syncs. */
+mha_status mha_graph_enqueue(mha_device *device, const mha_graph *g,
+                             void *arena,
+                             void *const external[MHA_BUF_EXTERNAL_COUNT]);
+
+/* MHA_UNSUPPORTED for a node the device declines, naming the device, the
+ * op and what needed it. */
+mha_status mha_graph_unsupported(mha_device *device, const char *fn,
+                                 const mha_node *node, const char *what);
+
 /* ---- the layer's plan cache (plan_cache.c) ---- */
 
 /* The cached plan for call, made when missing in a free slot or in place

@@ -330,9 +330,9 @@ MHA_API mha_status mha_tensor_view(mha_tensor *base, size_t offset_elems,
 
 /* Mirrors torch.nn.MultiheadAttention(embed_dim, num_heads, dropout=0.0,
  * bias=True, add_bias_kv=False, add_zero_attn=False, kdim=None, vdim=None,
- * batch_first=False). Dropout is a training-time operation: libmha is for
- * inference, so dropout must be 0 (a module in eval mode ignores it; pass 0
- * whatever the module was built with). */
+ * batch_first=False). libmha applies no dropout, in inference or in
+ * training (see "Training"), so dropout must be 0 (a module in eval mode
+ * ignores it; pass 0 whatever the module was built with). */
 typedef struct mha_layer_config {
     size_t struct_size; /* sizeof, set by the init macro */
     int64_t embed_dim;  /* E, > 0 */
@@ -490,6 +490,11 @@ typedef struct mha_forward_args {
      * and out_proj (0 for a skipped head), so gradient importance needs no
      * second forward. */
     mha_tensor *head_outputs;
+    /* save_for_backward: a training forward (see "Training" below): the
+     * layer keeps what mha_layer_backward needs. Only mha_layer_forward
+     * takes it (the enqueue and record calls of mha_vulkan.h and
+     * mha_opencl.h refuse it). */
+    int save_for_backward;
 } mha_forward_args;
 
 /* Fills *args with PyTorch's defaults (need_weights = 0, see above). */
@@ -902,7 +907,8 @@ MHA_API mha_status mha_head_stats_create(mha_layer *layer,
 
 /* Runs the layer on args (as mha_layer_forward; output receives the
  * ungated result; need_weights, weights, average_attn_weights,
- * head_gates and head_outputs are ignored: the accumulator sets its own)
+ * head_gates, head_outputs and save_for_backward are ignored: the
+ * accumulator sets its own)
  * and accumulates. The per-head outputs O_h W_o,h^T (Y minus the output
  * with head h gated off) and dL/dY come back to the host, where ablation,
  * gradient importance and the cosine matrix are reduced (B*L*E floats
@@ -933,6 +939,132 @@ MHA_API int64_t mha_head_stats_heads(const mha_head_stats *stats);
 
 /* NULL does nothing. */
 MHA_API mha_status mha_head_stats_destroy(mha_head_stats *stats);
+
+/* ---- training: backward pass and AdamW ------------------------------------ */
+
+/* Training an nn.MHA layer (f32 layers; dropout stays 0):
+ *
+ *   args.save_for_backward = 1;  mha_layer_forward(layer, &args);
+ *   ... the loss's gradient dL/dY into dy ...
+ *   bw.grad_output = dy; bw.grads = grads; mha_layer_backward(layer, &bw);
+ *   mha_adamw_step(opt, grads, lr);        (lr: the caller's schedule)
+ *
+ * A training forward keeps, on the layer's device, the projections Q, K
+ * and V (with their bias_k/zero rows), the attention output O and each
+ * query row's log-sum-exp of the scores (FlashAttention-2's saved state:
+ * never the L x S' matrix, which the backward recomputes tile by tile);
+ * it references, and does not copy, the caller's query, key, value and
+ * masks, which must stay alive and unchanged until the last backward of
+ * that forward. The next training forward replaces what was saved; an
+ * ordinary forward keeps it. It needs the device's fused attention with
+ * the saved LSE, and refuses (MHA_UNSUPPORTED, naming the option) what
+ * the backward does not do yet: need_weights and f16 layers. With
+ * head_gates every head is computed (none skipped) and multiplied by its
+ * gate, so the gates have a gradient (grad_head_gates). A
+ * fully masked query row has zero gradients, as its output row (the
+ * forward's documented choice). The decoder layer has no backward yet. */
+
+/* One f32 device tensor per weight of a layer, shaped like the weight and
+ * named as in the module's state_dict: in_proj_weight (or q_proj_weight,
+ * k_proj_weight, v_proj_weight), in_proj_bias, out_proj.weight,
+ * out_proj.bias, bias_k, bias_v, as the layer has them. */
+typedef struct mha_gradients mha_gradients;
+
+/* Creates gradients for layer (kept, not owned: destroy them first),
+ * zeroed. After mha_layer_prune_heads they no longer fit the layer: a
+ * backward or step with them is MHA_BAD_STATE. */
+MHA_API mha_status mha_gradients_create(mha_layer *layer,
+                                        mha_gradients **out);
+
+/* Sets every gradient to 0 (optimizer.zero_grad(set_to_none=False)). */
+MHA_API mha_status mha_gradients_zero(mha_gradients *grads);
+
+/* The gradient of the weight called name, a tensor owned by grads (do not
+ * destroy it): download it, or use it on the device. A name this layer
+ * does not have is MHA_NOT_FOUND or MHA_INVALID_ARGUMENT, as in
+ * mha_layer_set_weight. */
+MHA_API mha_status mha_gradients_get(const mha_gradients *grads,
+                                     const char *name,
+                                     const mha_tensor **out);
+
+/* NULL does nothing. */
+MHA_API mha_status mha_gradients_destroy(mha_gradients *grads);
+
+typedef struct mha_backward_args {
+    size_t struct_size;            /* sizeof, set by the init macro */
+    const mha_tensor *grad_output; /* dL/dY: f32, the output's shape */
+    /* Optional input gradients, f32, shaped like query, key and value.
+     * They are written, not added to. The same tensor given twice or
+     * three times (self-attention on one input x: query = key = value)
+     * receives the sum, dL/dx, as autograd gives it. */
+    mha_tensor *grad_query;
+    mha_tensor *grad_key;
+    mha_tensor *grad_value;
+    mha_gradients *grads;  /* optional: the weights' gradients */
+    int accumulate;        /* 1: add into grads (micro-batches, as autograd
+                              adds into .grad); 0: overwrite them */
+    /* Optional, only after a training forward with head_gates: dL/dg, f32,
+     * the gates' shape ([H] or [N, H]); written, not added to. (Michel et
+     * al.'s head importance is its magnitude.) */
+    mha_tensor *grad_head_gates;
+} mha_backward_args;
+
+MHA_API mha_status mha_backward_args_init_sized(mha_backward_args *args,
+                                                size_t struct_size);
+#define mha_backward_args_init(args)                                         \
+    mha_backward_args_init_sized((args), sizeof *(args))
+
+/* Backpropagates grad_output through the layer's last training forward
+ * and returns when the gradients are written. Without a training forward
+ * since the layer was made, or after its weights changed (set, loaded,
+ * pruned or stepped: the layer counts generations), it is MHA_BAD_STATE;
+ * a grad_output or input gradient of the wrong shape is
+ * MHA_SHAPE_MISMATCH, naming it and the expected shape. A backend that
+ * does not run the backward's ops is MHA_UNSUPPORTED naming the op. The
+ * saved state stays: a second backward of the same forward is allowed
+ * (accumulate: twice the gradients). Repeated calls of one shape
+ * allocate nothing. */
+MHA_API mha_status mha_layer_backward(mha_layer *layer,
+                                      const mha_backward_args *args);
+
+/* torch.optim.AdamW over every weight of a layer: decoupled weight decay,
+ * bias correction; state (m, v) on the layer's device. */
+typedef struct mha_adamw mha_adamw;
+
+typedef struct mha_adamw_config {
+    size_t struct_size; /* sizeof, set by the init macro */
+    float beta1;        /* default 0.9 */
+    float beta2;        /* default 0.999 */
+    float eps;          /* default 1e-8 */
+    float weight_decay; /* default 0.01 (torch.optim.AdamW's) */
+} mha_adamw_config;
+
+MHA_API mha_status mha_adamw_config_init_sized(mha_adamw_config *config,
+                                               size_t struct_size);
+#define mha_adamw_config_init(config)                                        \
+    mha_adamw_config_init_sized((config), sizeof *(config))
+
+/* Creates an optimizer of layer's weights (kept, not owned: destroy it
+ * first) with zeroed state and step 0. config NULL: the defaults. Betas
+ * outside [0, 1), eps <= 0 or a negative weight_decay is
+ * MHA_INVALID_ARGUMENT. */
+MHA_API mha_status mha_adamw_create(mha_layer *layer,
+                                    const mha_adamw_config *config,
+                                    mha_adamw **out);
+
+/* One step t (counted from 1) at learning rate lr (>= 0; a warm-up or
+ * decay schedule is the caller's loop): for each weight p with gradient g,
+ *   p = p (1 - lr wd); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+ *   p = p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+ * on the device, in place. grads must be of the optimizer's layer. */
+MHA_API mha_status mha_adamw_step(mha_adamw *opt, const mha_gradients *grads,
+                                  float lr);
+
+/* Steps taken so far. */
+MHA_API int64_t mha_adamw_steps(const mha_adamw *opt);
+
+/* NULL does nothing. */
+MHA_API mha_status mha_adamw_destroy(mha_adamw *opt);
 
 #ifdef __cplusplus
 }

@@ -44,6 +44,28 @@ Test(args, defaults_are_quick_on_all_devices)
     cr_assert_eq(o.help, 0);
 }
 
+Test(args, backward_defaults_and_flops)
+{
+    bench_options o;
+    char err[BENCH_ERRLEN];
+    const char *a[] = {"--backward", NULL};
+    cr_assert_eq(parse(&o, err, a), 0, "%s", err);
+    cr_assert_eq(o.backward, 1);
+    cr_assert_eq(o.ncases, 1);
+    cr_assert_eq(o.cases[0].embed_dim, 512);
+    cr_assert_eq(o.cases[0].heads, 8);
+    cr_assert_eq(o.cases[0].tgt_len, 2048);
+    cr_assert_eq(o.cases[0].src_len, 2048);
+    cr_assert_eq(o.cases[0].batch, 1);
+    /* 3 x projections (4LE^2 + 4SE^2) + 3.5 x 4LSE at E512, L=S=2048 */
+    double e = 512, l = 2048;
+    cr_assert_float_eq(bench_backward_flops(&o.cases[0]),
+                       3 * 8 * l * e * e + 3.5 * 4 * l * l * e, 1.0);
+    const char *b[] = {"--backward", "--json", "x.json", NULL};
+    cr_assert_eq(parse(&o, err, b), BENCH_EXIT_USAGE);
+    cr_assert(strstr(err, "--backward"), "%s", err);
+}
+
 Test(args, good_flags)
 {
     bench_options o;

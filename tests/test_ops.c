@@ -708,7 +708,9 @@ static int check_on_device(const op_case *c, const test_device *td,
                       no_f16,
                   "%s: %s declines it, but its backend implements the "
                   "attention core", c->name, td->label);
-        cr_expect(!(c->flags & F_TRAINING) || !test_training_required(td),
+        cr_expect(!(c->flags & F_TRAINING) ||
+                      !test_training_required(td,
+                                              c->op == MHA_OP_ATTENTION),
                   "%s: %s declines it, but its backend implements the "
                   "training ops", c->name, td->label);
         cr_log_info("%s: skipped on %s, which declines it", c->name,
@@ -974,6 +976,8 @@ CORE_CASES(DEFINE_CORE_TEST)
       16, 0, 0, F_CAUSAL)                                                    \
     X(attention_backward_more_queries, ATTENTION_BACKWARD, 1, 2, 100, 20, 1, \
       16, 0, 0, F_CAUSAL | F_MASK2D | F_FULLMASK)                            \
+    X(attention_backward_long_queries, ATTENTION_BACKWARD, 1, 1, 12000, 40, \
+      0, 16, 0, 0, F_CAUSAL)                                                 \
     X(attention_lse, ATTENTION, 2, 2, 5, 7, 0, 8, 0, 0, F_LSE)               \
     X(attention_lse_causal_fullmask, ATTENTION, 1, 2, 40, 40, 0, 16, 0, 0,  \
       F_LSE | F_CAUSAL | F_MASK2D | F_FULLMASK)                              \

@@ -124,7 +124,8 @@ typedef struct mha_cl_state {
  * binary cache) once per open device. */
 typedef enum mha_cl_prog_kind {
     MHA_CL_PROG_OPS = 0,      /* gemm, softmax, copy, mean_heads, rope */
-    MHA_CL_PROG_ATTENTION = 1 /* fused attention, per head-size bucket */
+    MHA_CL_PROG_ATTENTION = 1, /* fused attention, per head-size bucket */
+    MHA_CL_PROG_ATTENTION_BWD = 2 /* its backward (issue 18), likewise */
 } mha_cl_prog_kind;
 
 typedef enum mha_cl_kernel_id {
@@ -137,15 +138,20 @@ typedef enum mha_cl_kernel_id {
     MHA_CL_K_ROPE,
     MHA_CL_K_MUL,
     MHA_CL_K_HEAD_STATS,
+    MHA_CL_K_SUM_ROWS, /* the training ops (issue 18) */
+    MHA_CL_K_ADAMW,
+    MHA_CL_K_ATT_BWD_PRE,
+    MHA_CL_K_ATT_BWD,
     MHA_CL_K_COUNT
 } mha_cl_kernel_id;
 
 typedef struct mha_cl_program {
     mha_cl_prog_kind kind;
-    int d_max; /* ATTENTION: head-size bucket; 0 otherwise */
-    int bc;    /* ATTENTION: keys per local-memory tile */
-    int br;    /* ATTENTION: query rows per workgroup */
-    int cw;    /* ATTENTION: columns per work item (4, 8 or 16) */
+    int d_max; /* ATTENTION(_BWD): head-size bucket; 0 otherwise */
+    int bc;    /* ATTENTION: keys per local-memory tile (_BWD: streamed
+                  rows per tile) */
+    int br;    /* ATTENTION: query rows per workgroup (_BWD: own rows) */
+    int cw;    /* ATTENTION(_BWD): columns per work item (4, 8 or 16) */
     cl_program program;
     cl_kernel kernels[MHA_CL_K_COUNT]; /* those this kind defines */
 } mha_cl_program;

@@ -114,13 +114,106 @@ static bool head_stats_supported(const mha_node *n)
            t->ne[3] == MHA_HEAD_STATS_COLS + s->ne[1];
 }
 
+/* ---- the training ops (issue 18) ----------------------------------------- */
+
+/* An f32 tensor of 32-bit indices (present). */
+static bool f32_ok(const mha_tdesc *t)
+{
+    return t->buf && t->dtype == MHA_F32 && fits_int32(t);
+}
+
+/* Whether operand extent a broadcasts to or equals extent n. */
+static bool outer_ok(int64_t a, int64_t n) { return a == n || a == 1; }
+
+/* MATMUL through gemm.cl: A [.,.,M,K] and B [.,.,K,N] at any strides. */
+static bool matmul_supported(const mha_node *n)
+{
+    const mha_tdesc *a = &n->src[MHA_SRC_MM_A], *b = &n->src[MHA_SRC_MM_B];
+    const mha_tdesc *c = &n->dst;
+    if (!f32_ok(a) || !f32_ok(b) || !f32_ok(c))
+        return false;
+    for (int i = 0; i < 2; i++)
+        if (!outer_ok(a->ne[i], c->ne[i]) || !outer_ok(b->ne[i], c->ne[i]))
+            return false;
+    return a->ne[2] == c->ne[2] && b->ne[3] == c->ne[3] &&
+           a->ne[3] == b->ne[2];
+}
+
+static bool sum_rows_supported(const mha_node *n)
+{
+    const mha_tdesc *s = &n->src[0], *t = &n->dst;
+    return f32_ok(s) && f32_ok(t) && t->ne[0] == s->ne[0] &&
+           t->ne[1] == s->ne[1] && t->ne[2] == 1 && t->ne[3] == s->ne[3];
+}
+
+/* A contiguous f32 [1,1,1,n] vector (ADAMW's tensors). */
+static bool vector_ok(const mha_tdesc *t, int64_t n)
+{
+    return f32_ok(t) && t->ne[0] == 1 && t->ne[1] == 1 && t->ne[2] == 1 &&
+           t->ne[3] == n && (n <= 1 || t->nb[3] == 1);
+}
+
+static bool adamw_supported(const mha_node *n)
+{
+    const int64_t len = n->dst.ne[3];
+    return vector_ok(&n->dst, len) && vector_ok(&n->src[MHA_SRC_ADAM_G], len) &&
+           vector_ok(&n->src[MHA_SRC_ADAM_M], len) &&
+           vector_ok(&n->src[MHA_SRC_ADAM_V], len);
+}
+
+/* ATTENTION_BACKWARD: the nn.MHA subset, head sizes up to MHA_CL_MAX_HEAD,
+ * f32 tensors with unit inner stride (the LSE at any strides). */
+static bool attention_backward_supported(const mha_node *n)
+{
+    const mha_op_params *a = &n->params;
+    const mha_tdesc *t[] = {&n->src[MHA_SRC_Q], &n->src[MHA_SRC_K],
+                            &n->src[MHA_SRC_V], &n->src[MHA_SRC_BWD_O],
+                            &n->src[MHA_SRC_BWD_DO], &n->dst,
+                            &n->extra_dst[MHA_DST_DK],
+                            &n->extra_dst[MHA_DST_DV]};
+    const int64_t d = n->dst.ne[3];
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        if (!f32_ok(t[i]) || (t[i]->ne[3] > 1 && t[i]->nb[3] != 1) ||
+            t[i]->ne[3] != d)
+            return false;
+    const mha_tdesc *m = &n->src[MHA_SRC_MASK], *k = &n->src[MHA_SRC_KPM];
+    return d <= MHA_CL_MAX_HEAD && a->kv_group <= 1 && a->window == 0 &&
+           a->softcap == 0.0f && a->causal != MHA_CAUSAL_BOTTOM_RIGHT &&
+           f32_ok(&n->src[MHA_SRC_BWD_LSE]) && (!m->buf || f32_ok(m)) &&
+           (!k->buf || f32_ok(k)) &&
+           n->src[MHA_SRC_BWD_LSE].ne[3] == n->dst.ne[2] &&
+           n->dst.ne[0] * n->dst.ne[1] * n->dst.ne[2] * 2 <= INT_MAX;
+}
+
+/* The training ops' supports(); -1 for the other ops. */
+static int training_supported(const mha_node *n)
+{
+    switch (n->op) {
+    case MHA_OP_MATMUL:
+        return matmul_supported(n);
+    case MHA_OP_SUM_ROWS:
+        return sum_rows_supported(n);
+    case MHA_OP_ATTENTION_BACKWARD:
+        return attention_backward_supported(n);
+    case MHA_OP_ADAMW:
+        return adamw_supported(n);
+    default:
+        return n->op == MHA_OP_ATTENTION && n->extra_dst[MHA_DST_LSE].buf
+                   ? f32_ok(&n->extra_dst[MHA_DST_LSE])
+                   : -1;
+    }
+}
+
 /* Every tensor may be f32 or f16 on its own (an f16 layer mixes them);
  * masks, slopes and sinks are f32, key lengths int32. */
 bool mha_cl_supports(void *d, const mha_node *node)
 {
     const mha_cl_device *dev = d;
-    if (node->op < 0 || node->op >= MHA_OP_COUNT || mha_node_is_training(node))
+    if (node->op < 0 || node->op >= MHA_OP_COUNT)
         return false;
+    const int training = training_supported(node);
+    if (training >= 0 && (!training || node->op != MHA_OP_ATTENTION))
+        return training;
     if (node->op == MHA_OP_ROPE)
         return rope_supported(dev, node);
     if (node->op == MHA_OP_HEAD_STATS)
@@ -469,6 +562,7 @@ static mha_status run_combine(mha_cl_device *dev, const mha_cl_program *p,
     arg(&a, sizeof part, &part);
     arg_tensor(&a, &n->dst);
     arg_tensor(&a, &n->src[MHA_SRC_SINKS]);
+    arg_tensor(&a, &n->extra_dst[MHA_DST_LSE]);
     arg_int4(&a, (int)n->dst.ne[1], (int)n->dst.ne[2], chunks,
              (int)n->dst.ne[3]);
     const mha_tdesc *t[4] = {NULL, NULL, NULL, &n->dst};
@@ -512,6 +606,7 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
     arg_tensor(&a, &n->src[MHA_SRC_SINKS]);
     arg_tensor(&a, &n->src[MHA_SRC_ALIBI]);
     arg_tensor(&a, &n->src[MHA_SRC_KV_LEN]);
+    arg_tensor(&a, &n->extra_dst[MHA_DST_LSE]); /* absent in inference */
     arg(&a, sizeof part, &part);
     cl_mem visits = dev->tile_visits ? dev->tile_visits->mem : NULL;
     arg(&a, sizeof visits, &visits);
@@ -535,6 +630,125 @@ static mha_status run_attention(mha_cl_device *dev, const mha_node *n)
     if (s != MHA_OK || chunks == 1)
         return s;
     return run_combine(dev, p, n, part, chunks);
+}
+
+/* MATMUL: gemm.cl with B's (n, k) dims swapped, dst added as X1 when
+ * accumulating (each item reads the element it then writes). */
+static mha_status run_matmul(mha_cl_device *dev, const mha_node *n)
+{
+    const gemm_call g = {.a = &n->src[MHA_SRC_MM_A],
+                         .b = &n->src[MHA_SRC_MM_B], .c = &n->dst,
+                         .x1 = n->params.accumulate ? &n->dst : NULL,
+                         .bn = 3, .bk = 2, .m = n->dst.ne[2],
+                         .n = n->dst.ne[3], .k = n->src[MHA_SRC_MM_A].ne[3],
+                         .alpha = 1.0f};
+    return run_gemm(dev, &g);
+}
+
+/* SUM_ROWS: one work item per output column. */
+static mha_status run_sum_rows(mha_cl_device *dev, const mha_node *n)
+{
+    kargs a;
+    mha_status s = kernel_of(dev, MHA_CL_K_SUM_ROWS, &a);
+    if (s != MHA_OK)
+        return s;
+    const int64_t *ne = n->src[0].ne;
+    arg_tensor(&a, &n->src[0]);
+    arg_tensor(&a, &n->dst);
+    arg_int4(&a, (int)ne[0], (int)ne[1], (int)ne[2], (int)ne[3]);
+    arg_int(&a, n->params.accumulate != 0);
+    const size_t global[3] = {round_up(ne[0] * ne[1] * ne[3],
+                                       (size_t)dev->row_wg), 1, 1};
+    const size_t local[3] = {(size_t)dev->row_wg, 1, 1};
+    return enqueue(dev, &a, "sum_rows", global, local);
+}
+
+/* A contiguous vector as (buffer, element offset). */
+static void arg_vector(kargs *a, const mha_tdesc *t)
+{
+    const mha_cl_buffer *b = t->buf;
+    arg(a, sizeof b->mem, &b->mem);
+    arg_int(a, (int)((b->base + t->offset) / 4));
+}
+
+static mha_status run_adamw(mha_cl_device *dev, const mha_node *n)
+{
+    kargs a;
+    mha_status s = kernel_of(dev, MHA_CL_K_ADAMW, &a);
+    if (s != MHA_OK)
+        return s;
+    const mha_op_params *p = &n->params;
+    arg_vector(&a, &n->dst);
+    arg_vector(&a, &n->src[MHA_SRC_ADAM_G]);
+    arg_vector(&a, &n->src[MHA_SRC_ADAM_M]);
+    arg_vector(&a, &n->src[MHA_SRC_ADAM_V]);
+    arg_int(&a, (int)n->dst.ne[3]);
+    cl_float4 hyper = {{p->adam_lr, p->adam_beta1, p->adam_beta2, p->adam_eps}};
+    cl_float4 decay = {{p->adam_weight_decay, p->adam_bc1, p->adam_bc2, 0}};
+    arg(&a, sizeof hyper, &hyper);
+    arg(&a, sizeof decay, &decay);
+    const size_t global[3] = {round_up(n->dst.ne[3], (size_t)dev->row_wg), 1,
+                              1};
+    const size_t local[3] = {(size_t)dev->row_wg, 1, 1};
+    return enqueue(dev, &a, "adamw", global, local);
+}
+
+/* attention_backward_pre: (LSE, D) of every query row into part. */
+static mha_status run_bwd_pre(mha_cl_device *dev, const mha_cl_program *p,
+                              const mha_node *n, cl_mem part)
+{
+    const int64_t *ne = n->dst.ne;
+    const int rows = (int)(ne[0] * ne[1] * ne[2]);
+    kargs a = {.api = dev->api, .k = p->kernels[MHA_CL_K_ATT_BWD_PRE]};
+    arg_tensor(&a, &n->src[MHA_SRC_BWD_O]);
+    arg_tensor(&a, &n->src[MHA_SRC_BWD_DO]);
+    arg_tensor(&a, &n->src[MHA_SRC_BWD_LSE]);
+    arg(&a, sizeof part, &part);
+    arg_int4(&a, (int)ne[1], (int)ne[2], rows, (int)ne[3]);
+    const size_t wg = (size_t)dev->row_wg;
+    const size_t global[3] = {round_up(rows, wg), 1, 1};
+    const size_t local[3] = {wg, 1, 1};
+    return enqueue(dev, &a, "attention_backward_pre", global, local);
+}
+
+/* ATTENTION_BACKWARD: (LSE, D), then dK and dV over key blocks (mode 0)
+ * and dQ over query blocks (mode 1). */
+static mha_status run_attention_backward(mha_cl_device *dev,
+                                         const mha_node *n)
+{
+    static const mha_tdesc none;
+    mha_cl_program *p = NULL;
+    mha_status s = mha_cl_program_get(dev, MHA_CL_PROG_ATTENTION_BWD,
+                                      (int)n->dst.ne[3], &p);
+    const int64_t *ne = n->dst.ne;
+    const mha_cl_buffer *scratch = NULL;
+    if (s == MHA_OK)
+        s = scratch_of(dev, (size_t)(ne[0] * ne[1] * ne[2]) * 2 * sizeof(float),
+                       &scratch);
+    if (s == MHA_OK)
+        s = run_bwd_pre(dev, p, n, scratch->mem);
+    const int S = (int)n->src[MHA_SRC_K].ne[2];
+    for (int mode = 0; mode < 2 && s == MHA_OK; mode++) {
+        kargs a = {.api = dev->api, .k = p->kernels[MHA_CL_K_ATT_BWD]};
+        const int srcs[] = {MHA_SRC_Q, MHA_SRC_K, MHA_SRC_V, MHA_SRC_BWD_DO,
+                            MHA_SRC_MASK, MHA_SRC_KPM};
+        for (int i = 0; i < 6; i++)
+            arg_tensor(&a, &n->src[srcs[i]]);
+        arg(&a, sizeof scratch->mem, &scratch->mem);
+        arg_tensor(&a, mode ? &n->dst : &n->extra_dst[MHA_DST_DK]);
+        arg_tensor(&a, mode ? &none : &n->extra_dst[MHA_DST_DV]);
+        arg_int4(&a, (int)ne[1], (int)ne[2], S, (int)ne[3]);
+        arg_int4(&a, mode, n->params.causal != 0,
+                 clamp_cols(n->params.mask_cols), 0);
+        arg(&a, sizeof(cl_float), &n->params.scale);
+        const size_t br = (size_t)p->br;
+        const size_t wg = br * (size_t)mha_cl_attention_lanes(p);
+        const size_t global[3] = {round_up(mode ? ne[2] : S, br) / br * wg,
+                                  (size_t)ne[1], (size_t)ne[0]};
+        const size_t local[3] = {wg, 1, 1};
+        s = enqueue(dev, &a, "attention_backward", global, local);
+    }
+    return s;
 }
 
 static mha_status run_rope(mha_cl_device *dev, const mha_node *n)
@@ -573,10 +787,23 @@ static mha_status run_rope(mha_cl_device *dev, const mha_node *n)
 /* A wrapped cl_mem's flags say what kernels may do with it (reading
  * CL_MEM_WRITE_ONLY memory or writing CL_MEM_READ_ONLY memory is undefined
  * in OpenCL); libmha's own buffers are CL_MEM_READ_WRITE. */
+static bool read_only(const mha_tdesc *t)
+{
+    const mha_cl_buffer *b = t->buf;
+    return b && (b->flags & CL_MEM_READ_ONLY);
+}
+
 static mha_status check_access(mha_cl_device *dev, const mha_node *node)
 {
     const char *op = mha_op_name(node->op);
-    if (((const mha_cl_buffer *)node->dst.buf)->flags & CL_MEM_READ_ONLY)
+    /* the outputs: dst, the extra ones, ADAMW's moments (in place) */
+    bool ro = read_only(&node->dst);
+    for (int i = 0; i < MHA_MAX_EXTRA_DST; i++)
+        ro = ro || read_only(&node->extra_dst[i]);
+    if (node->op == MHA_OP_ADAMW)
+        ro = ro || read_only(&node->src[MHA_SRC_ADAM_M]) ||
+             read_only(&node->src[MHA_SRC_ADAM_V]);
+    if (ro)
         return mha_host_error(dev->host, MHA_INVALID_ARGUMENT,
                               "opencl: %s writes a cl_mem created with "
                               "CL_MEM_READ_ONLY (a wrapped output or weights "
@@ -623,9 +850,13 @@ mha_status mha_cl_run(void *d, const mha_node *node)
     case MHA_OP_HEAD_STATS:
         return run_head_stats(dev, node);
     case MHA_OP_MATMUL:
+        return run_matmul(dev, node);
     case MHA_OP_SUM_ROWS:
+        return run_sum_rows(dev, node);
     case MHA_OP_ATTENTION_BACKWARD:
+        return run_attention_backward(dev, node);
     case MHA_OP_ADAMW:
+        return run_adamw(dev, node);
     case MHA_OP_COUNT:
         break;
     }

@@ -15,27 +15,36 @@
 /* ---- what each program kind is made of ---------------------------------- */
 
 typedef struct kind_spec {
-    const char *files[6];
+    const char *files[8];
     int nfiles;
     const char *kernels[MHA_CL_K_COUNT]; /* by mha_cl_kernel_id, or NULL */
 } kind_spec;
 
 static const kind_spec kind_specs[] = {
     [MHA_CL_PROG_OPS] = {{"common.cl", "gemm.cl", "softmax.cl", "copy.cl",
-                          "rope.cl", "head_stats.cl"},
-                         6,
+                          "rope.cl", "head_stats.cl", "sum_rows.cl",
+                          "adamw.cl"},
+                         8,
                          {[MHA_CL_K_GEMM] = "gemm",
                           [MHA_CL_K_SOFTMAX] = "softmax",
                           [MHA_CL_K_COPY] = "copy4d",
                           [MHA_CL_K_MEAN_HEADS] = "mean_heads",
                           [MHA_CL_K_ROPE] = "rope",
                           [MHA_CL_K_MUL] = "mul4d",
-                          [MHA_CL_K_HEAD_STATS] = "head_stats"}},
+                          [MHA_CL_K_HEAD_STATS] = "head_stats",
+                          [MHA_CL_K_SUM_ROWS] = "sum_rows",
+                          [MHA_CL_K_ADAMW] = "adamw"}},
     [MHA_CL_PROG_ATTENTION] = {{"common.cl", "attention.cl"},
                                2,
                                {[MHA_CL_K_ATTENTION] = "attention",
                                 [MHA_CL_K_ATTENTION_COMBINE] =
                                     "attention_combine"}},
+    [MHA_CL_PROG_ATTENTION_BWD] = {{"common.cl", "attention_backward.cl"},
+                                   2,
+                                   {[MHA_CL_K_ATT_BWD_PRE] =
+                                        "attention_backward_pre",
+                                    [MHA_CL_K_ATT_BWD] =
+                                        "attention_backward"}},
 };
 
 static const mha_embedded_file *find_source(const char *name)
@@ -380,7 +389,7 @@ static mha_status create_kernels(mha_cl_device *dev, mha_cl_program *p,
                                   ks->kernels[k], mha_cl_error_name(err),
                                   (int)err);
         size_t need = k == MHA_CL_K_GEMM ? (size_t)(dev->tile * dev->tile)
-                      : k == MHA_CL_K_ATTENTION
+                      : k == MHA_CL_K_ATTENTION || k == MHA_CL_K_ATT_BWD
                           ? (size_t)(p->br * mha_cl_attention_lanes(p))
                           : (size_t)dev->row_wg;
         size_t max = 0;
@@ -432,6 +441,47 @@ static void attention_shape(const mha_cl_device *dev, int d, mha_cl_program *p)
         p->bc /= 2;
 }
 
+/* Local memory of attention_backward.cl: own rows X1, X2 (BR x (D_MAX +
+ * CW)), streamed rows Y1, Y2 (BC x D_MAX), Ps and Ds (BC x BR), Lq and Dq
+ * (BC + BR), in floats. */
+static size_t attention_bwd_local_bytes(const mha_cl_program *p)
+{
+    return 4 * (size_t)(2 * p->br * (p->d_max + p->cw) +
+                        2 * p->bc * p->d_max + 2 * p->bc * p->br +
+                        2 * (p->bc + p->br));
+}
+
+/* Backward specialisation for head size d: D_MAX as the forward's, CW
+ * the device's vector width but at least D_MAX / 16 (at most 16 items
+ * an own row: an item holds two CW-wide accumulators), BR own rows (about
+ * attn_wg items), BC = BR streamed rows per tile, then BC and BR halved in
+ * turn until the tiles fit the local memory. */
+static void attention_bwd_shape(const mha_cl_device *dev, int d,
+                                mha_cl_program *p)
+{
+    const mha_cl_limits *lim = &dev->rec->limits;
+    p->d_max = 4;
+    while (p->d_max < d)
+        p->d_max *= 2;
+    p->cw = dev->attn_cw;
+    while (p->cw < 16 && p->d_max / p->cw > 16)
+        p->cw *= 2;
+    if (p->cw > p->d_max)
+        p->cw = p->d_max;
+    const int lanes = mha_cl_attention_lanes(p);
+    p->br = dev->attn_wg / lanes > 1 ? dev->attn_wg / lanes : 1;
+    while ((size_t)(p->br * lanes) > lim->max_workgroup && p->br > 1)
+        p->br /= 2;
+    p->bc = p->br;
+    while (attention_bwd_local_bytes(p) > lim->local_mem &&
+           (p->bc > 1 || p->br > 1)) {
+        if (p->bc >= p->br && p->bc > 1)
+            p->bc /= 2;
+        else
+            p->br /= 2;
+    }
+}
+
 static void format_options(const mha_cl_device *dev, const mha_cl_program *p,
                            char *out, size_t cap)
 {
@@ -439,7 +489,7 @@ static void format_options(const mha_cl_device *dev, const mha_cl_program *p,
     int n = snprintf(out, cap,
                      "-cl-std=CL1.2 -D TS=%d -D WPT=%d -D BK=%d -D ROW_WG=%d",
                      dev->tile, dev->wpt, dev->bk, dev->row_wg);
-    if (p->kind == MHA_CL_PROG_ATTENTION && n > 0 && (size_t)n < cap)
+    if (p->kind != MHA_CL_PROG_OPS && n > 0 && (size_t)n < cap)
         n += snprintf(out + n, cap - (size_t)n,
                       " -D D_MAX=%d -D BR=%d -D BC=%d -D CW=%d", p->d_max,
                       p->br, p->bc, p->cw);
@@ -471,7 +521,7 @@ void mha_cl_programs_release(mha_cl_device *dev)
 static int shrink_for(mha_cl_device *dev, mha_cl_program *want,
                       size_t allowed)
 {
-    if (want->kind == MHA_CL_PROG_ATTENTION) {
+    if (want->kind != MHA_CL_PROG_OPS) {
         const int br = want->br;
         while ((size_t)(want->br * mha_cl_attention_lanes(want)) > allowed &&
                want->br > 1)
@@ -492,6 +542,8 @@ mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
     want.kind = kind;
     if (kind == MHA_CL_PROG_ATTENTION)
         attention_shape(dev, d, &want);
+    if (kind == MHA_CL_PROG_ATTENTION_BWD)
+        attention_bwd_shape(dev, d, &want);
     for (int i = 0; i < dev->nprograms; i++) {
         mha_cl_program *p = &dev->programs[i];
         if (p->kind == kind && p->d_max == want.d_max) {
@@ -507,7 +559,8 @@ mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
     if (kind == MHA_CL_PROG_OPS)
         snprintf(what, sizeof what, "ops program");
     else
-        snprintf(what, sizeof what, "attention program (D_MAX %d)",
+        snprintf(what, sizeof what, "attention%s program (D_MAX %d)",
+                 kind == MHA_CL_PROG_ATTENTION_BWD ? " backward" : "",
                  want.d_max);
     mha_cl_program *p = &dev->programs[dev->nprograms];
     mha_status s;

@@ -3,7 +3,9 @@
  * operand strides and epilogues; FILL_ROWS is the strided copy; SOFTMAX,
  * MEAN_HEADS, ATTENTION, ROPE and MUL have their own kernels (ATTENTION with too
  * few workgroups, as in decode, is split over the keys and combined by a
- * second kernel, through a scratch buffer of the device).
+ * second kernel, through a scratch buffer of the device; one that saves
+ * its row LSE for training always takes the second kernel, which writes
+ * it).
  * Each tensor is bound as the byte range of its block it spans (from a
  * 256-byte aligned start), with its element offset in that range and its
  * element strides in push constants; run() checks that every element of every
@@ -343,8 +345,8 @@ static mha_vk_access binding_of(const mha_tdesc *t, bool write)
     return (mha_vk_access){b->block->buf, bind_start(t), hi, write};
 }
 
-/* Kernels write exactly one binding: the copy, mean and softmax kernels
- * binding 1, matmul and attention binding 2. */
+/* Kernels write one binding: the copy, mean and softmax kernels binding
+ * 1, matmul and attention binding 2. */
 static int output_binding(int kernel)
 {
     return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ||
@@ -352,6 +354,25 @@ static int output_binding(int kernel)
                    kernel == MHA_VK_K_ATTENTION_COMBINE
                ? 2
                : 1;
+}
+
+/* Whether kernel writes t at binding i: its output, the training ops'
+ * outputs, the combine pass's LSE (binding 1) and the attention's test
+ * hook (mha_vk_device's tile_visits). */
+static bool writes(const mha_vk_device *d, int kernel, const mha_tdesc *t,
+                   int i)
+{
+    if (t->buf == d->tile_visits)
+        return true;
+    switch (kernel) {
+    case MHA_VK_K_GEMM_STRIDED: return i == 2;
+    case MHA_VK_K_ADAMW: return i >= 1 && i <= 3; /* p, m, v */
+    case MHA_VK_K_ATT_BWD_PRE: return i == 3;
+    case MHA_VK_K_ATT_BWD: return i >= 7;         /* dK and dV, or dQ */
+    case MHA_VK_K_ATTENTION_COMBINE:
+        return i == 1 || i == output_binding(kernel);
+    default: return i == output_binding(kernel);
+    }
 }
 
 /* Binds the tensors' buffers (ts[i] NULL: the dummy) and dispatches the
@@ -367,7 +388,7 @@ static mha_status dispatch(mha_vk_device *d, int kernel, bool f16,
     mha_vk_access bind[MHA_VK_BINDINGS] = {{0}};
     for (int i = 0; i < MHA_VK_BINDINGS; ++i)
         if (ts[i] && count(ts[i]) > 0) /* empty: the dummy */
-            bind[i] = binding_of(ts[i], i == output_binding(kernel));
+            bind[i] = binding_of(ts[i], writes(d, kernel, ts[i], i));
     VkPipeline pipe;
     mha_status s = mha_vk_pipeline_get(d, kernel, f16, spec, nspec, &pipe);
     if (s != MHA_OK)
@@ -734,7 +755,7 @@ static mha_status run_combine(mha_vk_device *d, const mha_node *n,
                               const mha_tdesc *part, uint32_t ns,
                               const attention_push *ap)
 {
-    const mha_tdesc *o = &n->dst;
+    const mha_tdesc *o = &n->dst, *lse = &n->extra_dst[MHA_DST_LSE];
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {part, NULL, o};
     ts[6] = present(&n->src[MHA_SRC_SINKS]) ? &n->src[MHA_SRC_SINKS] : NULL;
     uint32_t f16 = f16_bits(ts);
@@ -745,6 +766,14 @@ static mha_status run_combine(mha_vk_device *d, const mha_node *n,
         .total = (uint32_t)count(o),
         .flags = (ap->flags & MHA_VK_F_SINKS) | f16,
     };
+    if (present(lse)) { /* [B,H,1,L]: b, h and the query at dims 0, 1, 3 */
+        ts[1] = lse;
+        p.flags |= MHA_VK_F_LSE;
+        p.lse_off = eoff(lse);
+        p.lse_sb = st(lse, 0);
+        p.lse_sh = st(lse, 1);
+        p.lse_sr = st(lse, 3);
+    }
     uint32_t g[3], spec[3] = {COPY_WG, (uint32_t)o->ne[3], ns};
     if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
         return groups_error(d, "attention");
@@ -818,12 +847,13 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         g[2] > l->max_groups[2])
         return groups_error(d, "attention");
     mha_tdesc part;
-    if (ns > 1) {
+    bool lse = present(&n->extra_dst[MHA_DST_LSE]);
+    if (ns > 1 || lse) { /* the combine pass writes the LSE */
         mha_status s = att_partials(d, n, ns, &part);
         if (s != MHA_OK)
             return s;
         ts[2] = &part; /* the first pass writes partials, in fp32 */
-        p.flags &= ~DT_F16(2);
+        p.flags = (p.flags & ~DT_F16(2)) | MHA_VK_F_PARTIALS;
         p.o_off = eoff(&part);
         p.o_sb = st(&part, 0);
         p.o_sh = st(&part, 1);
@@ -836,9 +866,17 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
                         n->params.softcap > 0.0f ? softcap : 0u, ns};
     if (att_vec4(&p, c.dh))
         p.flags |= MHA_VK_F_VEC4;
+    mha_tdesc visits = {.dtype = MHA_I32, .ne = {1, 1, 1, 1},
+                        .nb = {1, 1, 1, 1}, .buf = d->tile_visits};
+    if (d->tile_visits && !ts[8]) { /* the test hook, at KV_LEN's binding */
+        ts[8] = &visits;
+        p.flags |= MHA_VK_F_VISITS;
+    }
     mha_status s = dispatch(d, c.kernel, f16 != 0, spec, 9, ts, &p, sizeof p,
                             g);
-    return s != MHA_OK || ns == 1 ? s : run_combine(d, n, &part, ns, &p);
+    return s != MHA_OK || !(p.flags & MHA_VK_F_PARTIALS)
+               ? s
+               : run_combine(d, n, &part, ns, &p);
 }
 
 /* ---- rope ------------------------------------------------------------------ */
@@ -895,6 +933,375 @@ static mha_status run_rope(mha_vk_device *d, const mha_node *n)
     return dispatch(d, MHA_VK_K_ROPE, f16 != 0, spec, 1, ts, &p, sizeof p, g);
 }
 
+/* ---- the training ops (issue 18) ------------------------------------------ */
+
+MHA_PUSH_BLOCK(gemm_push, MHA_GEMM_PUSH)
+_Static_assert(sizeof(gemm_push) <= MHA_VK_PUSH_BYTES, "push constants");
+MHA_PUSH_BLOCK(sum_rows_push, MHA_SUM_ROWS_PUSH)
+_Static_assert(sizeof(sum_rows_push) <= MHA_VK_PUSH_BYTES, "push constants");
+MHA_PUSH_BLOCK(adamw_push, MHA_ADAMW_PUSH)
+_Static_assert(sizeof(adamw_push) <= MHA_VK_PUSH_BYTES, "push constants");
+MHA_PUSH_BLOCK(att_bwd_pre_push, MHA_ATT_BWD_PRE_PUSH)
+_Static_assert(sizeof(att_bwd_pre_push) <= MHA_VK_PUSH_BYTES,
+               "push constants");
+MHA_PUSH_BLOCK(att_bwd_push, MHA_ATT_BWD_PUSH)
+_Static_assert(sizeof(att_bwd_push) <= MHA_VK_PUSH_BYTES, "push constants");
+
+/* llvmpipe (lavapipe) ends a shader invocation's loops once they have run
+ * 65535 iterations in all (gallivm's loop limiter, one count for every
+ * loop of the shader), which a long reduction reaches: MATMUL's K and
+ * SUM_ROWS' rows are cut into dispatches of at most these many, each after
+ * the first adding into dst. Elsewhere the cut costs one more read and
+ * write of dst per chunk. */
+#define MM_K_CHUNK 8192u
+#define SUM_ROWS_CHUNK 32768u
+
+/* Whether operand extent a broadcasts to or equals extent n. */
+static bool outer_ok(int64_t a, int64_t n) { return a == n || a == 1; }
+
+/* MATMUL: fp32 A [.,.,M,K] and B [.,.,K,N] at any strides (outer extents
+ * dst's or 1), dst with unit inner stride; a batch of workgroups per
+ * (b, h) within the device's z limit. */
+static bool supports_gemm(const mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *a = &n->src[MHA_SRC_MM_A], *b = &n->src[MHA_SRC_MM_B];
+    const mha_tdesc *c = &n->dst;
+    mm_config cfg;
+    if (!tensor_ok(a) || !tensor_ok(b) || !tensor_ok(c) ||
+        !inner_contiguous(c) || !mm_pick(d, 1, 1, &cfg))
+        return false;
+    for (int i = 0; i < 2; ++i)
+        if (!outer_ok(a->ne[i], c->ne[i]) || !outer_ok(b->ne[i], c->ne[i]))
+            return false;
+    return a->ne[2] == c->ne[2] && b->ne[3] == c->ne[3] &&
+           a->ne[3] == b->ne[2] &&
+           (uint64_t)(c->ne[0] * c->ne[1]) <= d->phys->lim.max_groups[2];
+}
+
+static mha_status run_gemm(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *a = &n->src[MHA_SRC_MM_A], *b = &n->src[MHA_SRC_MM_B];
+    const mha_tdesc *c = &n->dst;
+    gemm_push p = {
+        .a_off = eoff(a), .b_off = eoff(b), .c_off = eoff(c),
+        .M = (uint32_t)c->ne[2], .N = (uint32_t)c->ne[3],
+        .K = (uint32_t)a->ne[3], .H = (uint32_t)c->ne[1],
+        .a_sb = st(a, 0), .a_sh = st(a, 1), .a_sm = st(a, 2), .a_sk = st(a, 3),
+        .b_sb = st(b, 0), .b_sh = st(b, 1), .b_sk = st(b, 2), .b_sn = st(b, 3),
+        .c_sb = st(c, 0), .c_sh = st(c, 1), .c_sm = st(c, 2),
+        .flags = n->params.accumulate ? MHA_VK_F_ACCUMULATE : 0u,
+    };
+    mm_config cfg;
+    if (!mm_pick(d, p.M, p.N, &cfg))
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "vulkan: no matmul tile fits %s's limits",
+                              d->phys->props.deviceName);
+    uint32_t spec[6] = {cfg.wg, cfg.tm, cfg.tn, cfg.tk, cfg.rm, cfg.rn};
+    uint32_t g[3] = {(p.N + cfg.tn - 1) / cfg.tn, (p.M + cfg.tm - 1) / cfg.tm,
+                     (uint32_t)(c->ne[0] * c->ne[1])};
+    if (g[0] > d->phys->lim.max_groups[0] || g[1] > d->phys->lim.max_groups[1])
+        return groups_error(d, "matmul");
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {a, b, c};
+    uint32_t K = p.K, a0 = p.a_off, b0 = p.b_off;
+    mha_status s = MHA_OK;
+    for (uint32_t k0 = 0; s == MHA_OK && (k0 < K || k0 == 0);
+         k0 += MM_K_CHUNK) {
+        p.K = K - k0 < MM_K_CHUNK ? K - k0 : MM_K_CHUNK;
+        p.a_off = a0 + k0 * p.a_sk;
+        p.b_off = b0 + k0 * p.b_sk;
+        if (k0)
+            p.flags = MHA_VK_F_ACCUMULATE;
+        s = dispatch(d, MHA_VK_K_GEMM_STRIDED, false, spec, 6, ts, &p,
+                     sizeof p, g);
+    }
+    return s;
+}
+
+/* SUM_ROWS: fp32 src [A,B,M,N] at any strides into dst [A,B,1,N]. */
+static bool supports_sum_rows(const mha_node *n)
+{
+    const mha_tdesc *s = &n->src[0], *t = &n->dst;
+    return tensor_ok(s) && tensor_ok(t) && t->ne[0] == s->ne[0] &&
+           t->ne[1] == s->ne[1] && t->ne[2] == 1 && t->ne[3] == s->ne[3] &&
+           count(t) <= UINT32_MAX;
+}
+
+static mha_status run_sum_rows(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *s = &n->src[0], *t = &n->dst;
+    sum_rows_push p = {.src_off = eoff(s), .dst_off = eoff(t),
+                       .flags = n->params.accumulate ? MHA_VK_F_ACCUMULATE
+                                                     : 0u,
+                       .total = (uint32_t)count(t)};
+    for (int i = 0; i < 4; ++i) {
+        p.ne[i] = (uint32_t)s->ne[i];
+        p.src_nb[i] = st(s, i);
+        p.dst_nb[i] = st(t, i);
+    }
+    uint32_t g[3], spec[1] = {COPY_WG};
+    if (!split_groups(d, (p.total + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "sum_rows");
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {s, t};
+    uint32_t rows = p.ne[2], off = p.src_off;
+    mha_status r = MHA_OK;
+    for (uint32_t m0 = 0; r == MHA_OK && (m0 < rows || m0 == 0);
+         m0 += SUM_ROWS_CHUNK) {
+        p.ne[2] = rows - m0 < SUM_ROWS_CHUNK ? rows - m0 : SUM_ROWS_CHUNK;
+        p.src_off = off + m0 * p.src_nb[2];
+        if (m0)
+            p.flags = MHA_VK_F_ACCUMULATE;
+        r = dispatch(d, MHA_VK_K_SUM_ROWS, false, spec, 1, ts, &p, sizeof p,
+                     g);
+    }
+    return r;
+}
+
+/* A contiguous fp32 [1,1,1,n] vector (ADAMW's tensors). */
+static bool vector_ok(const mha_tdesc *t, int64_t n)
+{
+    return tensor_ok(t) && inner_contiguous(t) && t->ne[0] == 1 &&
+           t->ne[1] == 1 && t->ne[2] == 1 && t->ne[3] == n;
+}
+
+static bool supports_adamw(const mha_node *n)
+{
+    int64_t len = n->dst.ne[3];
+    return vector_ok(&n->dst, len) && vector_ok(&n->src[MHA_SRC_ADAM_G], len) &&
+           vector_ok(&n->src[MHA_SRC_ADAM_M], len) &&
+           vector_ok(&n->src[MHA_SRC_ADAM_V], len);
+}
+
+static mha_status run_adamw(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *g = &n->src[MHA_SRC_ADAM_G], *m = &n->src[MHA_SRC_ADAM_M];
+    const mha_tdesc *v = &n->src[MHA_SRC_ADAM_V], *w = &n->dst;
+    const mha_op_params *o = &n->params;
+    adamw_push p = {.p_off = eoff(w), .g_off = eoff(g), .m_off = eoff(m),
+                    .v_off = eoff(v), .n = (uint32_t)w->ne[3],
+                    .lr = o->adam_lr, .beta1 = o->adam_beta1,
+                    .beta2 = o->adam_beta2, .eps = o->adam_eps,
+                    .weight_decay = o->adam_weight_decay,
+                    .bc1 = o->adam_bc1, .bc2 = o->adam_bc2};
+    uint32_t gr[3], spec[1] = {COPY_WG};
+    if (!split_groups(d, (p.n + COPY_WG - 1) / COPY_WG, gr))
+        return groups_error(d, "adamw");
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {g, w, m, v};
+    return dispatch(d, MHA_VK_K_ADAMW, false, spec, 1, ts, &p, sizeof p, gr);
+}
+
+typedef struct bwd_config {
+    uint32_t wg, dh, bo, bs, tpr;
+} bwd_config;
+
+/* Vec4 columns of its accumulators an invocation of
+ * attention_backward.comp aims to hold (two accumulators: 32 floats). */
+#define BWD_VEC4S 4u
+
+/* Shared memory of attention_backward.comp: own and streamed rows (two
+ * tensors each, padded by a vec4), the tile's p and dS, LSE and D. */
+static uint64_t bwd_smem(const bwd_config *c)
+{
+    uint32_t d4 = (c->dh + 3) / 4;
+    uint32_t rs = (d4 + c->tpr - 1) / c->tpr * c->tpr + 1;
+    return (uint64_t)(c->bo + c->bs) * 2 * rs * 16 +
+           ((uint64_t)c->bs * c->bo * 2 + (c->bs + c->bo) * 2) * 4;
+}
+
+/* The backward's tiles for head size dh: TPR invocations per own row, so
+ * each holds at most BWD_VEC4S vec4 columns; own rows filling a workgroup
+ * of up to 128 invocations; streamed tiles as tall; then the tiles halved
+ * (streamed first) until they fit the shared memory. */
+static bool bwd_pick(const mha_vk_device *d, uint32_t dh, bwd_config *c)
+{
+    if (dh == 0 || dh > 256)
+        return false;
+    uint32_t target = pow2_floor(max_wg(d) < 128 ? max_wg(d) : 128);
+    uint32_t d4 = (dh + 3) / 4, tpr = 1;
+    while ((d4 + tpr - 1) / tpr > BWD_VEC4S && tpr < target)
+        tpr *= 2;
+    *c = (bwd_config){0, dh, target / tpr, target / tpr, tpr};
+    while (bwd_smem(c) > d->phys->lim.shared_bytes) {
+        if (c->bs >= c->bo && c->bs > 1)
+            c->bs /= 2;
+        else if (c->bo > 1)
+            c->bo /= 2;
+        else
+            return false;
+    }
+    c->wg = c->bo * c->tpr;
+    return true;
+}
+
+/* Q, K, V, O, dO and the gradients: fp32 with unit inner stride. */
+static bool bwd_tensors_ok(const mha_node *n)
+{
+    const mha_tdesc *t[] = {&n->src[MHA_SRC_Q], &n->src[MHA_SRC_K],
+                            &n->src[MHA_SRC_V], &n->src[MHA_SRC_BWD_O],
+                            &n->src[MHA_SRC_BWD_DO], &n->dst,
+                            &n->extra_dst[MHA_DST_DK],
+                            &n->extra_dst[MHA_DST_DV]};
+    for (size_t i = 0; i < sizeof t / sizeof *t; ++i)
+        if (!tensor_ok(t[i]) || !inner_contiguous(t[i]))
+            return false;
+    return true;
+}
+
+/* ATTENTION_BACKWARD: the nn.MHA subset (core/backend.h), head sizes up to
+ * 256 whose tiles fit, per-item dispatches of H x row blocks. */
+static bool supports_attention_backward(const mha_vk_device *d,
+                                        const mha_node *n)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    const mha_op_params *a = &n->params;
+    bwd_config c;
+    if (a->kv_group > 1 || a->window || a->softcap != 0.0f ||
+        a->causal == MHA_CAUSAL_BOTTOM_RIGHT || !bwd_tensors_ok(n) ||
+        !tensor_ok(&n->src[MHA_SRC_BWD_LSE]) ||
+        !optional_ok(&n->src[MHA_SRC_MASK]) ||
+        !optional_ok(&n->src[MHA_SRC_KPM]) || q->ne[3] > 256 ||
+        !bwd_pick(d, (uint32_t)q->ne[3], &c))
+        return false;
+    const uint32_t *mg = d->phys->lim.max_groups;
+    int64_t rows = q->ne[2] > k->ne[2] ? q->ne[2] : k->ne[2];
+    return k->ne[3] == q->ne[3] && n->src[MHA_SRC_V].ne[2] == k->ne[2] &&
+           n->src[MHA_SRC_BWD_LSE].ne[3] == q->ne[2] &&
+           (rows + c.bo - 1) / c.bo <= mg[0] && q->ne[1] <= mg[1] &&
+           count(q) / q->ne[3] * 2 <= UINT32_MAX;
+}
+
+/* The (LSE, D) pairs of attention_backward_pre.comp: [B,H,L,2] in
+ * d->scratch, written from n's LSE, O and dO. */
+static mha_status run_bwd_pre(mha_vk_device *d, const mha_node *n,
+                              mha_tdesc *ld)
+{
+    const mha_tdesc *o = &n->src[MHA_SRC_BWD_O], *dO = &n->src[MHA_SRC_BWD_DO];
+    const mha_tdesc *lse = &n->src[MHA_SRC_BWD_LSE];
+    int64_t rows = o->ne[0] * o->ne[1] * o->ne[2];
+    mha_status s = scratch_reserve(d, (size_t)rows * 2 * 4);
+    if (s != MHA_OK)
+        return s;
+    *ld = (mha_tdesc){.dtype = MHA_F32, .ne = {1, 1, rows, 2},
+                      .nb = {rows * 2, rows * 2, 2, 1}, .buf = d->scratch};
+    att_bwd_pre_push p = {
+        .ld_off = eoff(ld), .o_off = eoff(o), .do_off = eoff(dO),
+        .lse_off = eoff(lse), .o_sb = st(o, 0), .o_sh = st(o, 1),
+        .o_sr = st(o, 2), .do_sb = st(dO, 0), .do_sh = st(dO, 1),
+        .do_sr = st(dO, 2), .lse_sb = st(lse, 0), .lse_sh = st(lse, 1),
+        .lse_si = st(lse, 3), .H = (uint32_t)o->ne[1],
+        .L = (uint32_t)o->ne[2], .D = (uint32_t)o->ne[3],
+        .rows = (uint32_t)rows,
+    };
+    uint32_t g[3], spec[1] = {COPY_WG};
+    if (!split_groups(d, (p.rows + COPY_WG - 1) / COPY_WG, g))
+        return groups_error(d, "attention_backward");
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {o, dO, lse, ld};
+    return dispatch(d, MHA_VK_K_ATT_BWD_PRE, false, spec, 1, ts, &p,
+                    sizeof p, g);
+}
+
+/* The push constants of batch item b's dispatches (MODE 0's outputs). */
+static att_bwd_push bwd_push(const mha_node *n, const mha_tdesc *ld,
+                             int64_t b)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    const mha_tdesc *v = &n->src[MHA_SRC_V], *dO = &n->src[MHA_SRC_BWD_DO];
+    const mha_tdesc *dk = &n->extra_dst[MHA_DST_DK];
+    const mha_tdesc *dv = &n->extra_dst[MHA_DST_DV];
+    const mha_tdesc *m = &n->src[MHA_SRC_MASK], *kp = &n->src[MHA_SRC_KPM];
+    uint32_t bb = (uint32_t)b, L = (uint32_t)q->ne[2];
+    att_bwd_push p = {
+        .q_off = eoff(q) + bb * st(q, 0), .k_off = eoff(k) + bb * st(k, 0),
+        .v_off = eoff(v) + bb * st(v, 0), .do_off = eoff(dO) + bb * st(dO, 0),
+        .ld_off = eoff(ld) + bb * (uint32_t)q->ne[1] * L * 2,
+        .out_off = eoff(dk) + bb * st(dk, 0),
+        .out2_off = eoff(dv) + bb * st(dv, 0),
+        .q_sh = st(q, 1), .q_sr = st(q, 2), .k_sh = st(k, 1), .k_sr = st(k, 2),
+        .v_sh = st(v, 1), .v_sr = st(v, 2), .do_sh = st(dO, 1),
+        .do_sr = st(dO, 2), .out_sh = st(dk, 1), .out_sr = st(dk, 2),
+        .out2_sh = st(dv, 1), .out2_sr = st(dv, 2),
+        .L = L, .S = (uint32_t)k->ne[2], .scale = n->params.scale,
+        .flags = n->params.causal ? MHA_VK_F_CAUSAL : 0u,
+    };
+    int64_t mc = n->params.mask_cols;
+    p.mask_cols = mc < 0 ? 0 : mc > UINT32_MAX ? UINT32_MAX : (uint32_t)mc;
+    if (present(m)) {
+        p.flags |= MHA_VK_F_MASK;
+        p.mask_off = eoff(m) + bb * st(m, 0);
+        p.mask_sh = st(m, 1);
+        p.mask_sr = st(m, 2);
+    }
+    if (present(kp)) {
+        p.flags |= MHA_VK_F_KPM;
+        p.kpm_off = eoff(kp) + bb * st(kp, 0);
+        p.kpm_sh = st(kp, 1);
+        p.kpm_sr = st(kp, 2);
+    }
+    return p;
+}
+
+/* Streamed rows of one attention_backward.comp dispatch: as many tiles as
+ * keep an invocation's loop iterations (staging, pairs and their head-long
+ * dot products, the accumulation; estimated here, lavapipe counts about a
+ * third more) under half of lavapipe's 65535 (see MM_K_CHUNK). */
+static uint32_t bwd_chunk(const bwd_config *c)
+{
+    uint32_t d4 = (c->dh + 3) / 4;
+    uint32_t d4p = (d4 + c->tpr - 1) / c->tpr * c->tpr;
+    uint32_t pairs = (c->bs * c->bo + c->wg - 1) / c->wg;
+    uint32_t tile = 4 + (c->bs * d4p + c->wg - 1) / c->wg +
+                    pairs * (d4p + 1) + c->bs;
+    uint32_t tiles = 32768 / tile;
+    return (tiles ? tiles : 1) * c->bs;
+}
+
+/* ATTENTION_BACKWARD: the (LSE, D) pass, then per batch item dK and dV
+ * (MODE 0, workgroups over key blocks) and dQ (MODE 1, over query
+ * blocks), the streamed rows in chunks of bwd_chunk. */
+static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    bwd_config c;
+    if (!bwd_pick(d, (uint32_t)q->ne[3], &c))
+        return mha_host_error(d->host, MHA_UNSUPPORTED,
+                              "vulkan: attention backward with head size "
+                              "%lld does not fit %s's shared memory",
+                              (long long)q->ne[3], d->phys->props.deviceName);
+    mha_tdesc ld;
+    mha_status s = run_bwd_pre(d, n, &ld);
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {
+        q, k, &n->src[MHA_SRC_V], &n->src[MHA_SRC_BWD_DO],
+        present(&n->src[MHA_SRC_MASK]) ? &n->src[MHA_SRC_MASK] : NULL,
+        present(&n->src[MHA_SRC_KPM]) ? &n->src[MHA_SRC_KPM] : NULL, &ld};
+    for (int64_t b = 0; b < q->ne[0] && s == MHA_OK; ++b) {
+        att_bwd_push p = bwd_push(n, &ld, b);
+        for (uint32_t mode = 0; mode < 2 && s == MHA_OK; ++mode) {
+            uint32_t rows = mode ? p.L : p.S;
+            uint32_t spec[6] = {c.wg, c.dh, c.bo, c.bs, c.tpr, mode};
+            uint32_t g[3] = {(rows + c.bo - 1) / c.bo, (uint32_t)q->ne[1], 1};
+            ts[7] = mode ? &n->dst : &n->extra_dst[MHA_DST_DK];
+            /* dV in both modes: binding 8 is declared written, so the
+             * shared dummy buffer must not stand in for it */
+            ts[8] = &n->extra_dst[MHA_DST_DV];
+            if (mode) {
+                p.out_off = eoff(&n->dst) + (uint32_t)b * st(&n->dst, 0);
+                p.out_sh = st(&n->dst, 1);
+                p.out_sr = st(&n->dst, 2);
+            }
+            uint32_t flags = p.flags, chunk = bwd_chunk(&c);
+            uint32_t nstr = mode ? p.S : p.L;
+            for (p.s_lo = 0; s == MHA_OK && (p.s_lo < nstr || !p.s_lo);
+                 p.s_lo += chunk) {
+                p.s_hi = nstr - p.s_lo < chunk ? nstr : p.s_lo + chunk;
+                p.flags = flags | (p.s_lo ? MHA_VK_F_ACCUMULATE : 0u);
+                s = dispatch(d, MHA_VK_K_ATT_BWD, false, spec, 6, ts, &p,
+                             sizeof p, g);
+            }
+            p.flags = flags;
+        }
+    }
+    return s;
+}
+
 /* ---- supports / run ----------------------------------------------------- */
 
 static bool supports_matmul(const mha_vk_device *d, const mha_node *n)
@@ -944,8 +1351,10 @@ static bool supports_attention(const mha_vk_device *d, const mha_node *n)
     for (int i = 0; i < 4; ++i)
         if (!data_ok(d, t[i]) || !inner_contiguous(t[i]))
             return false;
+    const mha_tdesc *lse = &n->extra_dst[MHA_DST_LSE];
     return optional_ok(&n->src[MHA_SRC_MASK]) &&
-           optional_ok(&n->src[MHA_SRC_KPM]);
+           optional_ok(&n->src[MHA_SRC_KPM]) &&
+           (!present(lse) || tensor_ok(lse)); /* f32, any strides */
 }
 
 static bool supports_op(mha_vk_device *d, const mha_node *n);
@@ -971,13 +1380,14 @@ bool mha_vk_supports(mha_vk_device *d, const mha_node *n)
         if (present(&n->src[i]))
             log_tensor(d, "src", &n->src[i]);
     log_tensor(d, "dst", &n->dst);
+    for (int i = 0; i < MHA_MAX_EXTRA_DST; ++i)
+        if (present(&n->extra_dst[i]))
+            log_tensor(d, "extra dst", &n->extra_dst[i]);
     return false;
 }
 
 static bool supports_op(mha_vk_device *d, const mha_node *n)
 {
-    if (mha_node_is_training(n))
-        return false;
     switch (n->op) {
     case MHA_OP_PROJECTION:
     case MHA_OP_SCORES:
@@ -1003,9 +1413,13 @@ static bool supports_op(mha_vk_device *d, const mha_node *n)
     case MHA_OP_HEAD_STATS:
         return supports_head_stats(d, n);
     case MHA_OP_MATMUL:
+        return supports_gemm(d, n);
     case MHA_OP_SUM_ROWS:
+        return supports_sum_rows(n);
     case MHA_OP_ATTENTION_BACKWARD:
+        return supports_attention_backward(d, n);
     case MHA_OP_ADAMW:
+        return supports_adamw(n);
     case MHA_OP_COUNT:
         break;
     }
@@ -1027,6 +1441,9 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
             s = in_bounds(d, &n->src[i]);
     if (s == MHA_OK)
         s = in_bounds(d, &n->dst);
+    for (int i = 0; i < MHA_MAX_EXTRA_DST && s == MHA_OK; ++i)
+        if (present(&n->extra_dst[i]))
+            s = in_bounds(d, &n->extra_dst[i]);
     if (s != MHA_OK)
         return s;
     switch (n->op) {
@@ -1040,10 +1457,10 @@ mha_status mha_vk_run(mha_vk_device *d, const mha_node *n)
     case MHA_OP_ROPE: return run_rope(d, n);
     case MHA_OP_MUL: return run_mul(d, n);
     case MHA_OP_HEAD_STATS: return run_head_stats(d, &n->src[0], &n->dst);
-    case MHA_OP_MATMUL:
-    case MHA_OP_SUM_ROWS:
-    case MHA_OP_ATTENTION_BACKWARD:
-    case MHA_OP_ADAMW:
+    case MHA_OP_MATMUL: return run_gemm(d, n);
+    case MHA_OP_SUM_ROWS: return run_sum_rows(d, n);
+    case MHA_OP_ATTENTION_BACKWARD: return run_attention_backward(d, n);
+    case MHA_OP_ADAMW: return run_adamw(d, n);
     case MHA_OP_COUNT:
         break;
     }

@@ -21,6 +21,11 @@ static const char *const kernel_files[MHA_VK_K_COUNT][2] = {
     [MHA_VK_K_MUL] = {"mul.spv", "mul_f16.spv"},
     [MHA_VK_K_HEAD_STATS] = {"head_stats.spv", NULL},
     [MHA_VK_K_ATTENTION_SG] = {"attention_sg.spv", "attention_sg_f16.spv"},
+    [MHA_VK_K_GEMM_STRIDED] = {"gemm_strided.spv", NULL},
+    [MHA_VK_K_SUM_ROWS] = {"sum_rows.spv", NULL},
+    [MHA_VK_K_ADAMW] = {"adamw.spv", NULL},
+    [MHA_VK_K_ATT_BWD_PRE] = {"attention_backward_pre.spv", NULL},
+    [MHA_VK_K_ATT_BWD] = {"attention_backward.spv", NULL},
 };
 
 /* Whether the device can load kernel k (MHA_VK_K_ATTENTION_SG declares the

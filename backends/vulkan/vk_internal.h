@@ -133,6 +133,11 @@ enum mha_vk_kernel {
     MHA_VK_K_MUL,
     MHA_VK_K_HEAD_STATS,
     MHA_VK_K_ATTENTION_SG, /* attention.comp with subgroup shuffles */
+    MHA_VK_K_GEMM_STRIDED, /* the training ops (issue 18) */
+    MHA_VK_K_SUM_ROWS,
+    MHA_VK_K_ADAMW,
+    MHA_VK_K_ATT_BWD_PRE,
+    MHA_VK_K_ATT_BWD,
     MHA_VK_K_COUNT
 };
 
@@ -211,6 +216,10 @@ typedef struct mha_vk_device {
     int fault_countdown;
     int fault_pipeline;
     int fault_submit;
+    /* Test hook: when set, fused attentions without KV_LEN add the (row,
+     * key) pairs their loaded key tiles serve to this buffer's first uint
+     * (attention.comp's MHA_VK_F_VISITS; test_vulkan_tiles.c). */
+    mha_vk_buffer *tile_visits;
 
     /* pipelines */
     VkDescriptorSetLayout set_layout;

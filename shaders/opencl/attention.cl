@@ -23,7 +23,9 @@
  * them in a fixed order, so results do not depend on scheduling.
  * Masks (f32, zero strides broadcast) and the causal and window masks
  * apply to j < mask_cols; a query row whose keys are all masked yields
- * zeros. halfmask: 0 Q, 1 K, 2 V, 3 O (masks, slopes, sinks are f32). */
+ * zeros. halfmask: 0 Q, 1 K, 2 V, 3 O (masks, slopes, sinks are f32).
+ * A training forward also writes each row's log-sum-exp (Lse, f32, absent:
+ * lse_off < 0), what the backward recomputes the probabilities from. */
 #ifndef D_MAX
 #define D_MAX 64
 #endif
@@ -38,13 +40,8 @@
 #endif
 #define DL (D_MAX / CW) /* work items of one row */
 
-/* floatCW and its loads and stores. */
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-typedef CAT(float, CW) vecw;
-#define VLOADW CAT(vload, CW)
+/* floatCW's half loads (vecw: common.cl). */
 #define VLOAD_HALFW CAT(vload_half, CW)
-#define VSTOREW CAT(vstore, CW)
 
 /* core/backend.h's MHA_CAUSAL_BOTTOM_RIGHT */
 #define CAUSAL_BOTTOM_RIGHT 2
@@ -135,23 +132,6 @@ static vecw loadw(global const float *p, int base, int w, int c, int d,
 #endif
 }
 
-/* The sum of a vector's lanes, pairwise. */
-static float hsum4(float4 v)
-{
-    return (v.x + v.y) + (v.z + v.w);
-}
-
-static float hsumw(vecw v)
-{
-#if CW == 4
-    return hsum4(v);
-#elif CW == 8
-    return hsum4(v.lo + v.hi);
-#else
-    return hsum4((v.lo + v.hi).lo + (v.lo + v.hi).hi);
-#endif
-}
-
 /* What the accumulator is multiplied by to give the output, from the row's
  * max m and sum l (in the frame of m): the sink logit joins the
  * denominator; a row with nothing attendable yields 0, a NaN propagates. */
@@ -162,6 +142,16 @@ static float out_scale(float m, float l, float sink)
     const float mm = mha_nanmax(m, sink);
     const float corr = exp(m - mm);
     return corr / (l * corr + exp(sink - mm));
+}
+
+/* The row's log-sum-exp from its max m and sum l (in the frame of m), the
+ * sink in the sum; -inf for a row with nothing attendable. */
+static float row_lse(float m, float l, float sink)
+{
+    if (m == -INFINITY)
+        return -INFINITY;
+    const float mm = mha_nanmax(m, sink);
+    return mm + log(l * exp(m - mm) + exp(sink - mm));
 }
 
 /* Floats of one partial result: max, sum, then d accumulators. */
@@ -192,6 +182,7 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
                       global const float *Sk, int s_off, int4 s_st,
                       global const float *Ak, int a_off, int4 a_st,
                       global const int *Nk, int n_off, int4 n_st,
+                      global float *Lse, int lse_off, int4 lse_st,
                       global float *Part, global int *Visits, int4 dims,
                       int4 mode, float scale, float softcap, int chunk,
                       int halfmask)
@@ -318,6 +309,8 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
         return;
     }
     const float sink = s_off >= 0 ? Sk[AT(s_off, s_st, 0, 0, 0, h)] : -INFINITY;
+    if (lse_off >= 0 && t == 0)
+        Lse[AT(lse_off, lse_st, b, h, 0, i)] = row_lse(m, l, sink);
     const float f = out_scale(m, l, sink);
     for (int k = 0; k < cn; k++)
         ST(O, AT(o_off, o_st, b, h, i, c + k), aw[k] * f, 3);
@@ -328,6 +321,7 @@ kernel void attention(global const float *Q, int q_off, int4 q_st,
 kernel void attention_combine(global const float *Part,
                               global float *O, int o_off, int4 o_st,
                               global const float *Sk, int s_off, int4 s_st,
+                              global float *Lse, int lse_off, int4 lse_st,
                               int4 dims, int halfmask)
 {
     const int c = get_global_id(0), r = get_global_id(1);
@@ -347,5 +341,7 @@ kernel void attention_combine(global const float *Part,
         acc += w * pk[2 + c];
     }
     const float sink = s_off >= 0 ? Sk[AT(s_off, s_st, 0, 0, 0, h)] : -INFINITY;
+    if (lse_off >= 0 && c == 0)
+        Lse[AT(lse_off, lse_st, b, h, 0, i)] = row_lse(m, l, sink);
     ST(O, AT(o_off, o_st, b, h, i, c), acc * out_scale(m, l, sink), 3);
 }

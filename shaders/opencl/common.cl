@@ -36,3 +36,30 @@ static inline float mha_nanmax(float a, float b)
 {
     return (b > a || isnan(b)) ? b : a;
 }
+
+#ifdef CW
+/* The attention kernels' vectors of CW floats (the columns a work item
+ * owns; their programs' build options set CW), their loads and stores,
+ * and the pairwise sum of their lanes. */
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+typedef CAT(float, CW) vecw;
+#define VLOADW CAT(vload, CW)
+#define VSTOREW CAT(vstore, CW)
+
+static float hsum4(float4 v)
+{
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+static float hsumw(vecw v)
+{
+#if CW == 4
+    return hsum4(v);
+#elif CW == 8
+    return hsum4(v.lo + v.hi);
+#else
+    return hsum4((v.lo + v.hi).lo + (v.lo + v.hi).hi);
+#endif
+}
+#endif

@@ -43,6 +43,8 @@
 // leaves its unnormalised output, maximum and sum in the partials (bound
 // as the output, fp32) for attention_combine.comp, which also adds the
 // sink. NS depends on shapes only (S is the keys' capacity, not a length).
+// A training forward that saves the row LSE takes the same two passes
+// (MHA_VK_F_PARTIALS, even with NS == 1): the combine pass writes it.
 // D, BR, BC, TPR are specialization constants chosen from the device's
 // shared memory, workgroup and subgroup limits (BR from the rows there
 // are; with few rows, as in decode, TPR grows so a row is served by more
@@ -84,6 +86,10 @@ layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
 layout(std430, binding = 6) readonly buffer BufSinks { float sinks[]; };
 layout(std430, binding = 7) readonly buffer BufAlibi { float alibi[]; };
 layout(std430, binding = 8) readonly buffer BufLen { int kv_len[]; };
+// Test hook (MHA_VK_F_VISITS, never with KV_LEN): binding 8 is instead a
+// counter of the (row, key) pairs the loaded key tiles serve
+// (test_vulkan_tiles.c), which shows the tiles skipped.
+layout(std430, binding = 8) buffer BufVisits { uint visits[]; };
 // K and V as vec4s, read when MHA_VK_F_VEC4 says they are fp32 with
 // offsets and strides in whole vec4s and D % 4 == 0
 layout(std430, binding = 1) readonly buffer BufK4 { vec4 k4[]; };
@@ -214,6 +220,9 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
         Ks[e] = ok ? k_vec(kb + j * p.k_sr, c4) : vec4(0.0);
         Vs[e] = ok ? v_vec(vb + j * p.v_sr, c4) : vec4(0.0);
     }
+    if (flag(MHA_VK_F_VISITS) && gl_LocalInvocationID.x == 0u)
+        atomicAdd(visits[0], (min(R0 + BR, rows()) - R0) *
+                                 (min(j0 + BC, jend) - j0));
     barrier();
 
     [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
@@ -324,7 +333,7 @@ void main()
 
     if (!live)
         return;
-    if (NS > 1u) {
+    if (NS > 1u || flag(MHA_VK_F_PARTIALS)) {
         store_partial(R, split, lane);
         return;
     }

@@ -4,7 +4,10 @@
 // [B, H, L, NS, D + 2] at part_off. This pass rescales them into the
 // largest maximum, adds them in split order (so the result has the same
 // bits on every run), folds in the head's sink logit and normalises. One
-// invocation per output element.
+// invocation per output element; the first of a row also writes the row's
+// log-sum-exp with MHA_VK_F_LSE (core/backend.h: the maximum of the row's
+// scores and sink plus ln of the sum in that frame; -inf for a row with
+// nothing attendable), which a training forward saves.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "dtype.glsl"
@@ -19,6 +22,7 @@ layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 0) readonly buffer BufPart { float part[]; };
 OUT_BUFFER(2, o)
+layout(std430, binding = 1) writeonly buffer BufLse { float lse[]; };
 layout(std430, binding = 6) readonly buffer BufSinks { float sinks[]; };
 
 MHA_PUSH_BLOCK(combine_push, MHA_COMBINE_PUSH)
@@ -38,7 +42,7 @@ void main()
     float m = NEG_INF;
     for (uint s = 0u; s < NS; ++s)
         m = nmax(m, part[pb + s * (D + 2u) + D]);
-    float l = 0.0, acc = 0.0;
+    float l = 0.0, acc = 0.0, frame = m;
     if (m != NEG_INF) { // else nothing attendable: the row is 0
         for (uint s = 0u; s < NS; ++s) {
             uint q = pb + s * (D + 2u);
@@ -46,9 +50,15 @@ void main()
             l = fma(w, part[q + D + 1u], l);
             acc = fma(w, part[q + c], acc);
         }
-        if ((p.flags & MHA_VK_F_SINKS) != 0u)
-            acc *= fold_sink(m, l, sinks[p.sinks_off + h]);
+        if ((p.flags & MHA_VK_F_SINKS) != 0u) {
+            float sk = sinks[p.sinks_off + h];
+            acc *= fold_sink(m, l, sk);
+            frame = nmax(m, sk); // fold_sink's frame of l
+        }
     }
+    if (c == 0u && (p.flags & MHA_VK_F_LSE) != 0u)
+        lse[p.lse_off + b * p.lse_sb + h * p.lse_sh + i * p.lse_sr] =
+            m == NEG_INF ? NEG_INF : frame + log(l);
     float inv = l == 0.0 ? 0.0 : 1.0 / l; // NaN stays NaN
     STORE(2, o, p.o_off + b * p.o_sb + h * p.o_sh + i * p.o_sr + c,
           acc * inv);

@@ -40,6 +40,12 @@
 #define MHA_VK_F_ALIBI 64u
 #define MHA_VK_F_KV_LEN 128u
 #define MHA_VK_F_VEC4 256u /* K and V readable as vec4s (attention.comp) */
+/* attention.comp's test hook: count visits at binding 8 */
+#define MHA_VK_F_VISITS 2048u
+/* attention.comp: write the partials even with one key split (NS == 1),
+ * for attention_combine.comp to write the row LSE (MHA_VK_F_LSE) */
+#define MHA_VK_F_PARTIALS 4096u
+#define MHA_VK_F_LSE 8192u
 /* more flags of matmul: A (B) readable as vec4s (matmul.comp) */
 #define MHA_VK_F_VEC4_A 512u
 #define MHA_VK_F_VEC4_B 1024u
@@ -109,12 +115,15 @@
     U(mask_cols)
 
 /* attention_combine.comp: the partials [B,H,L,NS,D+2] (contiguous) of a
- * split-K attention into O [B,H,L,D]; total is B * H * L * D. */
+ * split-K attention into O [B,H,L,D]; total is B * H * L * D. With
+ * MHA_VK_F_LSE also the row LSE [B,H,1,L] at lse_off (fp32; strides of
+ * b, h and the query). */
 #define MHA_COMBINE_PUSH(U, F)                                               \
     U(part_off) U(o_off) U(sinks_off)                                        \
     U(o_sb) U(o_sh) U(o_sr)                                                  \
     U(H) U(L) U(total)                                                       \
-    U(flags) /* MHA_VK_F_SINKS and DT_F16 bits */
+    U(flags) /* MHA_VK_F_SINKS, MHA_VK_F_LSE and DT_F16 bits */              \
+    U(lse_off) U(lse_sb) U(lse_sh) U(lse_sr)
 
 /* rope.comp: ROPE over ne (src's B, H, T, d); positions at
  * pos_off + b * pos_sb + t * pos_st (pos_sb 0 broadcasts one row). */
@@ -130,5 +139,50 @@
  * strides) into dst [B,H,1,5+H]. */
 #define MHA_HEAD_STATS_PUSH(U, F)                                            \
     U(src_off) U(dst_off) U(ne[4]) U(src_nb[3]) U(dst_nb[3])
+
+/* ---- the training ops (issue 18) ---- */
+/* flags of gemm_strided and sum_rows: add into dst (params.accumulate) */
+#define MHA_VK_F_ACCUMULATE 1u
+
+/* gemm_strided.comp: C[z][i][j] = sum_k A[z][i][k] B[z][k][j] (+ C), A at
+ * i * a_sm + k * a_sk, B at k * b_sk + j * b_sn, C's rows c_sm apart
+ * (unit inner stride); z = b * H + h. */
+#define MHA_GEMM_PUSH(U, F)                                                  \
+    U(a_off) U(b_off) U(c_off) U(M) U(N) U(K) U(H)                           \
+    U(a_sb) U(a_sh) U(a_sm) U(a_sk)                                          \
+    U(b_sb) U(b_sh) U(b_sk) U(b_sn)                                          \
+    U(c_sb) U(c_sh) U(c_sm)                                                  \
+    U(flags) /* MHA_VK_F_ACCUMULATE */
+
+/* sum_rows.comp: SUM_ROWS of src (extents ne) into dst [ne0,ne1,1,ne3]. */
+#define MHA_SUM_ROWS_PUSH(U, F)                                              \
+    U(src_off) U(dst_off) U(ne[4]) U(src_nb[4]) U(dst_nb[4])                 \
+    U(flags) /* MHA_VK_F_ACCUMULATE */                                       \
+    U(total) /* ne0 * ne1 * ne3 */
+
+/* adamw.comp: ADAMW over n contiguous parameters. */
+#define MHA_ADAMW_PUSH(U, F)                                                 \
+    U(p_off) U(g_off) U(m_off) U(v_off) U(n)                                 \
+    F(lr) F(beta1) F(beta2) F(eps) F(weight_decay) F(bc1) F(bc2)
+
+/* attention_backward_pre.comp: rows = B * H * L; LSE's i stride lse_si. */
+#define MHA_ATT_BWD_PRE_PUSH(U, F)                                           \
+    U(ld_off) U(o_off) U(do_off) U(lse_off)                                  \
+    U(o_sb) U(o_sh) U(o_sr) U(do_sb) U(do_sh) U(do_sr)                       \
+    U(lse_sb) U(lse_sh) U(lse_si)                                            \
+    U(H) U(L) U(D) U(rows)
+
+/* attention_backward.comp: one batch item (its offsets here), heads and
+ * rows strided; ld_off: the item's (LSE, D) pairs [H,L,2]; out is dK (MODE
+ * 0) or dQ (MODE 1), out2 dV (MODE 0); only the streamed rows in
+ * [s_lo, s_hi) are visited. flags: MHA_VK_F_MASK, _KPM, _CAUSAL, and
+ * MHA_VK_F_ACCUMULATE: add into the outputs (a later chunk of rows). */
+#define MHA_ATT_BWD_PUSH(U, F)                                               \
+    U(q_off) U(k_off) U(v_off) U(do_off) U(ld_off) U(mask_off) U(kpm_off)    \
+    U(out_off) U(out2_off)                                                   \
+    U(q_sh) U(q_sr) U(k_sh) U(k_sr) U(v_sh) U(v_sr) U(do_sh) U(do_sr)        \
+    U(out_sh) U(out_sr) U(out2_sh) U(out2_sr)                                \
+    U(mask_sh) U(mask_sr) U(kpm_sh) U(kpm_sr)                                \
+    U(L) U(S) F(scale) U(flags) U(mask_cols) U(s_lo) U(s_hi)
 
 #endif /* MHA_VK_PUSH_H */

@@ -304,7 +304,7 @@ typedef struct mha_device_desc {
 
 /* ---- the interface ------------------------------------------------------- */
 
-#define MHA_BACKEND_IFACE_VERSION 1
+#define MHA_BACKEND_IFACE_VERSION 2
 
 typedef struct mha_host mha_host; /* core services, see below */
 
@@ -344,7 +344,21 @@ typedef struct mha_backend_iface {
     mha_status (*run)(void *dev, const mha_node *node);
     /* Submits what was enqueued and waits for it. */
     mha_status (*sync)(void *dev);
+
+    /* Version 2: device timestamps, for profiles (core/profile.c). timer_mark
+     * enqueues timestamp number slot (0 is the first after a sync, then 1,
+     * 2, ... below MHA_TIMER_SLOTS), written when the work enqueued before
+     * it has finished; timer_read, after a sync, stores timestamps 0 to
+     * count - 1 in nanoseconds from an arbitrary origin. Both return
+     * MHA_UNSUPPORTED where the device or queue keeps no timestamps; the
+     * core then reads its host clock at each mark, which is exact for a
+     * backend whose run() finishes its work before returning (cpu). */
+    mha_status (*timer_mark)(void *dev, int slot);
+    mha_status (*timer_read)(void *dev, int count, uint64_t *ns);
 } mha_backend_iface;
+
+/* Timestamps a backend keeps between two syncs at least. */
+#define MHA_TIMER_SLOTS 256
 
 /* X(method, version that added it): every method above, in order. A
  * context refuses a backend whose version lacks one of them; a method
@@ -362,7 +376,9 @@ typedef struct mha_backend_iface {
     X(buffer_read, 1)                                                       \
     X(supports, 1)                                                          \
     X(run, 1)                                                               \
-    X(sync, 1)
+    X(sync, 1)                                                              \
+    X(timer_mark, 2)                                                        \
+    X(timer_read, 2)
 
 /* Whether the core can use iface: its version is one libmha knows (1 to
  * MHA_BACKEND_IFACE_VERSION) and every method that version has is set.

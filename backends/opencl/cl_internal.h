@@ -60,7 +60,8 @@
     X(clEnqueueMarkerWithWaitList)       \
     X(clGetEventInfo)                    \
     X(clRetainEvent)                     \
-    X(clReleaseEvent)
+    X(clReleaseEvent)                    \
+    X(clGetEventProfilingInfo)
 
 /* OpenCL 2.1's subgroup count query, hidden by the headers at 1.2; asked
  * only of 3.0 devices. */
@@ -202,6 +203,10 @@ typedef struct mha_cl_device {
     /* Test hook: when set, the fused attention adds the number of key
      * tiles it loads to this buffer's first int (test_opencl_tiles.c). */
     const struct mha_cl_buffer *tile_visits;
+    /* Profiles (timer.c): the marker of each timestamp slot; whether the
+     * queue profiles */
+    cl_event timer_events[MHA_TIMER_SLOTS];
+    int timer_profiling; /* 0: not asked yet, 1: yes, 2: no */
 } mha_cl_device;
 
 /* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from
@@ -300,6 +305,12 @@ MHA_CL_HIDDEN mha_status mha_cl_buffer_read(void *dev, void *buf,
                                             size_t offset, void *dst,
                                             size_t size);
 MHA_CL_HIDDEN mha_status mha_cl_sync(void *dev);
+
+/* The timer methods of the backend interface (timer.c). */
+MHA_CL_HIDDEN mha_status mha_cl_timer_mark(void *dev, int slot);
+MHA_CL_HIDDEN mha_status mha_cl_timer_read(void *dev, int count,
+                                           uint64_t *ns);
+MHA_CL_HIDDEN void mha_cl_timer_fini(mha_cl_device *dev);
 
 /* Queue ordering (queue.c, see mha_cl_order above). */
 MHA_CL_HIDDEN mha_status mha_cl_order_begin(mha_cl_device *dev,

@@ -106,6 +106,16 @@ static mha_status vk_sync(void *dev)
     return mha_vk_flush(d);
 }
 
+static mha_status vk_timer_mark(void *dev, int slot)
+{
+    return mha_vk_timer_mark(dev, slot);
+}
+
+static mha_status vk_timer_read(void *dev, int count, uint64_t *ns)
+{
+    return mha_vk_timer_read(dev, count, ns);
+}
+
 const mha_backend_iface mha_vulkan_backend = {
     .version = MHA_BACKEND_IFACE_VERSION,
     .name = "vulkan",
@@ -120,4 +130,6 @@ const mha_backend_iface mha_vulkan_backend = {
     .supports = vk_supports,
     .run = vk_run,
     .sync = vk_sync,
+    .timer_mark = vk_timer_mark,
+    .timer_read = vk_timer_read,
 };

@@ -240,6 +240,11 @@ typedef struct mha_node {
      * (buf NULL) otherwise. */
     mha_tdesc extra_dst[MHA_MAX_EXTRA_DST];
     mha_op_params params;
+    /* The kernel variant the tuning source chose for this node (core/
+     * tune.c; a name has_variant accepted for its op): "default" asks
+     * for the backend's built-in choice, NULL lets the backend apply its
+     * rule table by device class first. */
+    const char *variant;
 } mha_node;
 
 /* Whether an ATTENTION node uses none of the attention core's extensions
@@ -355,10 +360,18 @@ typedef struct mha_backend_iface {
      * backend whose run() finishes its work before returning (cpu). */
     mha_status (*timer_mark)(void *dev, int slot);
     mha_status (*timer_read)(void *dev, int count, uint64_t *ns);
+    /* Version 2: the kernel variants of this backend that can run op's
+     * nodes on this device (names for mha_node.variant, core/tune.c):
+     * stores the first cap names (static strings) and returns how many
+     * there are. A backend without variants returns 0. */
+    int (*variants)(void *dev, mha_op op, const char **names, int cap);
 } mha_backend_iface;
 
 /* Timestamps a backend keeps between two syncs at least. */
 #define MHA_TIMER_SLOTS 256
+
+/* Variants a backend lists for one op at most. */
+#define MHA_MAX_VARIANTS 64
 
 /* X(method, version that added it): every method above, in order. A
  * context refuses a backend whose version lacks one of them; a method
@@ -378,7 +391,8 @@ typedef struct mha_backend_iface {
     X(run, 1)                                                               \
     X(sync, 1)                                                              \
     X(timer_mark, 2)                                                        \
-    X(timer_read, 2)
+    X(timer_read, 2)                                                        \
+    X(variants, 2)
 
 /* Whether the core can use iface: its version is one libmha knows (1 to
  * MHA_BACKEND_IFACE_VERSION) and every method that version has is set.

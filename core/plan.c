@@ -174,6 +174,9 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
     mha_graph_build(layer, call, g);
     fuse_attention(layer->device, plan);
     mha_status st = check_supported(layer, fn, plan);
+    if (st == MHA_OK && mha_tune_plan(layer, call, &plan->tune) != MHA_OK)
+        st = mha_error(ctx, MHA_OUT_OF_MEMORY,
+                       "%s: out of memory reading the tuning database", fn);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, plan);
         return st;
@@ -213,6 +216,7 @@ mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
             continue;
         mha_node node;
         lower_node(g, &g->nodes[i], bufs, base, &node);
+        node.variant = mha_tune_plan_variant(&plan->tune, node.op);
         mha_status st = mha_dev_run(layer->device, &node);
         if (st != MHA_OK)
             return st;

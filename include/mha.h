@@ -306,6 +306,24 @@ MHA_API mha_status mha_device_profile_read(mha_device *device,
                                            mha_profile_entry *entries,
                                            int cap, int *count);
 
+/* ---- tuning --------------------------------------------------------------- */
+
+/* GPU backends have kernel variants: named sets of the tile sizes,
+ * workgroup shapes and reductions their kernels are specialised with. Each
+ * forward's matmul and attention nodes run the variant that the tuning
+ * database (written by mha-tune, read when a layer plans a call shape)
+ * names for the device, driver and shape class, else the one the
+ * backend's rule table names for the device's class, else the built-in
+ * choice. MHA_TUNE=off|db|rules forces a source (README, "Performance on
+ * GPUs"); MHA_TUNE_VARIANT=matmul=NAME,attention=NAME forces variants.
+ *
+ * Lists the variants of kind ("matmul" or "attention") that fit device:
+ * stores up to cap names (static strings that live as long as the
+ * library) and sets *count to how many there are (0 on the CPU backend). */
+MHA_API mha_status mha_device_variants(mha_device *device, const char *kind,
+                                       const char **names, int cap,
+                                       int *count);
+
 /* ---- device-resident tensors --------------------------------------------- */
 
 /* A tensor lives in the device's memory, so data can stay on a GPU between

@@ -255,6 +255,16 @@ static mha_status cpu_timer_read(void *dev, int count, uint64_t *ns)
     return MHA_UNSUPPORTED;
 }
 
+/* One set of kernels per ISA, chosen at open: no tuning variants. */
+static int cpu_variants(void *dev, mha_op op, const char **names, int cap)
+{
+    (void)dev;
+    (void)op;
+    (void)names;
+    (void)cap;
+    return 0;
+}
+
 const mha_backend_iface mha_cpu_backend = {
     .version = MHA_BACKEND_IFACE_VERSION,
     .name = "cpu",
@@ -271,4 +281,5 @@ const mha_backend_iface mha_cpu_backend = {
     .sync = cpu_sync,
     .timer_mark = cpu_timer_mark,
     .timer_read = cpu_timer_read,
+    .variants = cpu_variants,
 };

@@ -147,6 +147,10 @@ typedef struct mha_cl_program {
     int bc;    /* ATTENTION: keys per local-memory tile */
     int br;    /* ATTENTION: query rows per workgroup */
     int cw;    /* ATTENTION: columns per work item (4, 8 or 16) */
+    /* the device knobs it was asked for (tune.c's variants): OPS tile, wpt,
+     * bk; ATTENTION attn_cw, attn_wg; and the gemm tile it was built with
+     * (a register limit can shrink it) */
+    int knobs[3], built_tile;
     cl_program program;
     cl_kernel kernels[MHA_CL_K_COUNT]; /* those this kind defines */
 } mha_cl_program;
@@ -207,6 +211,9 @@ typedef struct mha_cl_device {
      * queue profiles */
     cl_event timer_events[MHA_TIMER_SLOTS];
     int timer_profiling; /* 0: not asked yet, 1: yes, 2: no */
+    /* tile, wpt, bk, attn_cw, attn_wg as mha_cl_device_ready chose them;
+     * a node's variant changes the knobs for its run (tune.c) */
+    int base_knobs[5];
 } mha_cl_device;
 
 /* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from
@@ -311,6 +318,13 @@ MHA_CL_HIDDEN mha_status mha_cl_timer_mark(void *dev, int slot);
 MHA_CL_HIDDEN mha_status mha_cl_timer_read(void *dev, int count,
                                            uint64_t *ns);
 MHA_CL_HIDDEN void mha_cl_timer_fini(mha_cl_device *dev);
+
+/* Kernel variants (tune.c): the backend's run and variants methods, and
+ * the knobs' defaults, saved once the device is ready. */
+MHA_CL_HIDDEN mha_status mha_cl_tune_run(void *dev, const mha_node *node);
+MHA_CL_HIDDEN int mha_cl_variants(void *dev, mha_op op, const char **names,
+                                  int cap);
+MHA_CL_HIDDEN void mha_cl_tune_save(mha_cl_device *dev);
 
 /* Queue ordering (queue.c, see mha_cl_order above). */
 MHA_CL_HIDDEN mha_status mha_cl_order_begin(mha_cl_device *dev,

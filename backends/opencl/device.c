@@ -461,6 +461,7 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
     mha_status s = mha_cl_program_get(dev, MHA_CL_PROG_OPS, 0, &prog);
     if (s != MHA_OK)
         return s;
+    mha_cl_tune_save(dev);
     mha_host_log(dev->host, MHA_LOG_INFO,
                  "opencl: %s %s (gemm tile %d, wpt %d, bk %d, row workgroup %d, "
                  "cache %s)",
@@ -521,8 +522,9 @@ const mha_backend_iface mha_opencl_backend = {
     .buffer_write = mha_cl_buffer_write,
     .buffer_read = mha_cl_buffer_read,
     .supports = mha_cl_supports,
-    .run = mha_cl_run,
+    .run = mha_cl_tune_run,
     .sync = mha_cl_sync,
     .timer_mark = mha_cl_timer_mark,
     .timer_read = mha_cl_timer_read,
+    .variants = mha_cl_variants,
 };

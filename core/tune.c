@@ -135,22 +135,28 @@ const char *mha_tune_plan_variant(const mha_tune_pick *pick, mha_op op)
     return c == 1 ? pick->matmul : c == 2 ? pick->attention : NULL;
 }
 
-/* The name MHA_TUNE_VARIANT gives op's class ("matmul=A,attention=B")
- * into out, or 0. */
-static int forced(mha_host *host, int cls, char *out, size_t size)
+/* The name MHA_TUNE_VARIANT gives a node of op ("matmul=A,attention=B";
+ * a class may be named more than once, "matmul=A,matmul=B", so that one
+ * setting names a variant of each backend: the first the device has,
+ * else the last) into out, or 0. */
+static int forced(mha_device *device, mha_op op, char *out, size_t size)
 {
-    const char *v = mha_host_getenv(host, "MHA_TUNE_VARIANT");
-    const char *key = cls == 1 ? "matmul=" : "attention=";
-    const char *at = v ? strstr(v, key) : NULL;
-    if (!at || (at != v && at[-1] != ','))
-        return 0;
-    at += strlen(key);
-    size_t n = strcspn(at, ",");
-    if (n == 0 || n >= size)
-        return 0;
-    memcpy(out, at, n);
-    out[n] = '\0';
-    return 1;
+    const char *v = mha_host_getenv(&device->ctx->host, "MHA_TUNE_VARIANT");
+    const char *key = op_class(op) == 1 ? "matmul=" : "attention=";
+    int found = 0;
+    for (const char *at = v; at && *at; at += strcspn(at, ",")) {
+        at += *at == ',';
+        size_t n = strcspn(at, ",");
+        if (strncmp(at, key, strlen(key)) != 0 || n <= strlen(key) ||
+            n - strlen(key) >= size)
+            continue;
+        memcpy(out, at + strlen(key), n - strlen(key));
+        out[n - strlen(key)] = '\0';
+        found = 1;
+        if (has_variant(device, op, out))
+            break;
+    }
+    return found;
 }
 
 const char *mha_tune_variant(mha_device *device, const mha_node *node,
@@ -160,7 +166,7 @@ const char *mha_tune_variant(mha_device *device, const mha_node *node,
     if (!cls || mha_dev_variants(device, node->op, NULL, 0) == 0)
         return node->variant;
     mha_host *host = &device->ctx->host;
-    if (forced(host, cls, buf, size)) {
+    if (forced(device, node->op, buf, size)) {
         if (has_variant(device, node->op, buf))
             return buf;
         if (!device->tune || !device->tune->warned)

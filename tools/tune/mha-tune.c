@@ -35,6 +35,8 @@ static const char usage[] =
     "  --repeat N         timed forwards per variant (default 3)\n"
     "  --force            measure shapes the database already holds\n"
     "  --json             print every measurement as JSON on stdout\n"
+    "  --list             print each device's variants (one line per\n"
+    "                     device and kind: SPEC KIND NAME...) and exit\n"
     "  --help             print this text\n";
 
 typedef struct tune_opts {
@@ -43,7 +45,7 @@ typedef struct tune_opts {
     bench_case cases[BENCH_MAX_CASES];
     int ncases;
     double budget;
-    int repeat, force, json;
+    int repeat, force, json, list;
 } tune_opts;
 
 /* One case's layer and tensors on a device. */
@@ -106,6 +108,8 @@ static int parse(int argc, char **argv, tune_opts *o)
             o->force = 1;
         } else if (!strcmp(a, "--json")) {
             o->json = 1;
+        } else if (!strcmp(a, "--list")) {
+            o->list = 1;
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
             exit(0);
@@ -377,6 +381,26 @@ static int open_devices(mha_context *ctx, const tune_opts *o,
     return n;
 }
 
+/* --list: SPEC KIND NAME... per device and kind. */
+static void list_variants(mha_device *const *devs, int n)
+{
+    static const char *const kinds[] = {"matmul", "attention"};
+    for (int i = 0; i < n; i++) {
+        mha_device_info info;
+        mha_device_info_of(devs[i], &info);
+        for (int k = 0; k < 2; k++) {
+            const char *names[MHA_MAX_VARIANTS];
+            int count = 0;
+            mha_device_variants(devs[i], kinds[k], names, MHA_MAX_VARIANTS,
+                                &count);
+            printf("%s:%d %s", info.backend, info.backend_index, kinds[k]);
+            for (int j = 0; j < count && j < MHA_MAX_VARIANTS; j++)
+                printf(" %s", names[j]);
+            printf("\n");
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     tune_opts o = {0};
@@ -403,15 +427,19 @@ int main(int argc, char **argv)
     int ndev = rc ? 0 : open_devices(ctx, &o, devs, 16);
     search s = {&o, now_s() + o.budget, NULL};
     cJSON *report = cJSON_CreateArray();
-    for (int i = 0; i < ndev; i++)
+    if (o.list)
+        list_variants(devs, ndev);
+    for (int i = 0; i < ndev && !o.list; i++)
         rc |= tune_device(ctx, devs[i], &s, &db, path, report);
-    if (o.json) {
+    if (o.json && !o.list) {
         char *text = cJSON_Print(report);
         if (text)
             printf("%s\n", text);
         cJSON_free(text);
     }
-    fprintf(stderr, "mha-tune: database %s (%d entries)\n", path, db.count);
+    if (!o.list)
+        fprintf(stderr, "mha-tune: database %s (%d entries)\n", path,
+                db.count);
     cJSON_Delete(report);
     mha_tune_db_free(&ctx->host, &db);
     for (int i = 0; i < ndev; i++)

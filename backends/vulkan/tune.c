@@ -11,19 +11,16 @@
 
 #include "vk_internal.h"
 
-typedef struct mm_variant {
+/* A variant's knobs: matmul.comp's WG, TM, TN, TK, RM, RN; attention.comp's
+ * TPR, BR, BC and 1 for shared-memory sums even where subgroup shuffles
+ * exist. */
+typedef struct variant {
     const char *name;
-    uint32_t k[6]; /* matmul.comp: WG, TM, TN, TK, RM, RN */
-} mm_variant;
-
-typedef struct att_variant {
-    const char *name;
-    uint32_t k[4]; /* attention.comp: TPR, BR, BC; 1: shared-memory sums
-                      even where subgroup shuffles exist */
-} att_variant;
+    uint32_t k[6];
+} variant;
 
 /* WG = (TM / RM) * (TN / RN), TK and RM, RN multiples of 4 (matmul.comp). */
-static const mm_variant mm_variants[] = {
+static const variant mm_variants[] = {
     {"mm128x128k16", {256, 128, 128, 16, 8, 8}},
     {"mm64x64k32", {64, 64, 64, 32, 8, 8}},
     {"mm64x64k16", {64, 64, 64, 16, 8, 8}},
@@ -34,7 +31,7 @@ static const mm_variant mm_variants[] = {
     {"mm16x16k8", {16, 16, 16, 8, 4, 4}},
 };
 
-static const att_variant att_variants[] = {
+static const variant att_variants[] = {
     {"att-t2-r32-c32", {2, 32, 32, 0}},
     {"att-t4-r16-c32", {4, 16, 32, 0}},
     {"att-t4-r16-c32-smem", {4, 16, 32, 1}},
@@ -112,26 +109,27 @@ static const char *name_for(const mha_vk_device *d, bool matmul)
     return v && strcmp(v, "default") ? v : NULL;
 }
 
-bool mha_vk_tune_matmul(const mha_vk_device *d, uint32_t k[6])
+/* The knobs of the table's variant named v into k; false for none. */
+static bool lookup(const variant *t, size_t n, const char *v, uint32_t *k,
+                   size_t nk)
 {
-    const char *v = name_for(d, true);
-    for (size_t i = 0; v && i < COUNT(mm_variants); i++)
-        if (!strcmp(mm_variants[i].name, v)) {
-            memcpy(k, mm_variants[i].k, sizeof mm_variants[i].k);
+    for (size_t i = 0; v && i < n; i++)
+        if (!strcmp(t[i].name, v)) {
+            memcpy(k, t[i].k, nk * sizeof *k);
             return true;
         }
     return false;
 }
 
+bool mha_vk_tune_matmul(const mha_vk_device *d, uint32_t k[6])
+{
+    return lookup(mm_variants, COUNT(mm_variants), name_for(d, true), k, 6);
+}
+
 bool mha_vk_tune_attention(const mha_vk_device *d, uint32_t k[4])
 {
-    const char *v = name_for(d, false);
-    for (size_t i = 0; v && i < COUNT(att_variants); i++)
-        if (!strcmp(att_variants[i].name, v)) {
-            memcpy(k, att_variants[i].k, sizeof att_variants[i].k);
-            return true;
-        }
-    return false;
+    return lookup(att_variants, COUNT(att_variants), name_for(d, false), k,
+                  4);
 }
 
 /* Whether variant i of op's table fits d (workgroup, shared memory). */

@@ -125,6 +125,7 @@ typedef struct bench_result {
     double prof_kernel_ms;    /* the sum of its nodes' times */
     struct {
         char op[24];
+        char variant[32]; /* the tuning source's pick; "-": the backend's */
         double ms;
     } prof[BENCH_PROFILE_NODES];
 } bench_result;

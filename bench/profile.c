@@ -64,6 +64,8 @@ static int profile_once(mha_device *dev, mha_layer *layer,
         node_label(slot->prof[i].op, sizeof slot->prof[i].op, e[i].op,
                    seen_attn && !is_attention_op(e[i].op));
         slot->prof[i].ms = e[i].ms;
+        snprintf(slot->prof[i].variant, sizeof slot->prof[i].variant, "%s",
+                 e[i].variant ? e[i].variant : "-");
         slot->prof_kernel_ms += e[i].ms;
     }
     slot->nprof = count;
@@ -124,13 +126,15 @@ static void print_profile(FILE *out, const bench_result *x)
             x->c.name, x->device, x->prof_device_clock ? "device" : "host",
             x->prof_wall_ms, x->prof_kernel_ms,
             x->prof_wall_ms - x->prof_kernel_ms);
-    fprintf(out, "  %3s %-16s %10s %6s\n", "#", "node", "ms", "%");
+    fprintf(out, "  %3s %-16s %10s %6s  %s\n", "#", "node", "ms", "%",
+            "variant");
     for (int i = 0; i < x->nprof; i++)
-        fprintf(out, "  %3d %-16s %10.3f %6.1f\n", i, x->prof[i].op,
+        fprintf(out, "  %3d %-16s %10.3f %6.1f  %s\n", i, x->prof[i].op,
                 x->prof[i].ms,
                 x->prof_kernel_ms > 0
                     ? 100.0 * x->prof[i].ms / x->prof_kernel_ms
-                    : 0.0);
+                    : 0.0,
+                x->prof[i].variant);
 }
 
 void bench_print_extras(FILE *out, const bench_report *r)
@@ -158,6 +162,7 @@ void bench_result_json_extras(cJSON *o, const bench_result *x)
     for (int i = 0; i < x->nprof; i++) {
         cJSON *n = cJSON_CreateObject();
         cJSON_AddStringToObject(n, "node", x->prof[i].op);
+        cJSON_AddStringToObject(n, "variant", x->prof[i].variant);
         cJSON_AddNumberToObject(n, "ms", isfinite(x->prof[i].ms)
                                              ? x->prof[i].ms
                                              : 0.0);

@@ -126,7 +126,7 @@ mha_status mha_dev_run(mha_device *device, const mha_node *node)
     mha_profile_before_run(device);
     st = mha_device_note(device, device->iface->run(device->dev, node));
     if (st == MHA_OK)
-        mha_profile_after_run(device, node->op);
+        mha_profile_after_run(device, node);
     return st;
 }
 

@@ -130,12 +130,13 @@ int mha_dev_variants(mha_device *device, mha_op op, const char **names,
  * timestamp before the first node after a wait and after each node; after
  * a wait, the times become entries. Nothing while not profiling. */
 void mha_profile_before_run(mha_device *device);
-void mha_profile_after_run(mha_device *device, mha_op op);
+void mha_profile_after_run(mha_device *device, const mha_node *node);
 void mha_profile_after_sync(mha_device *device);
 void mha_profile_free(mha_device *device);
 
 /* The variant node runs (core/tune.c): node->variant (the plan's pick) as
- * MHA_TUNE and MHA_TUNE_VARIANT change it; buf holds a forced name. */
+ * MHA_TUNE and MHA_TUNE_VARIANT change it; a static string (the backend's
+ * or "default") or NULL. buf is scratch for a forced name. */
 const char *mha_tune_variant(mha_device *device, const mha_node *node,
                              char *buf, size_t size);
 void mha_tune_free(mha_device *device);

@@ -18,6 +18,7 @@ struct mha_profile {
     int broken;     /* a mark failed: this batch is not recorded */
     uint64_t host_ns[MHA_TIMER_SLOTS];
     mha_op ops[MHA_TIMER_SLOTS]; /* ops[i]: the node that mark i ends */
+    const char *variants[MHA_TIMER_SLOTS]; /* its variant (static) */
     int count;      /* entries recorded, at most PROFILE_MAX_ENTRIES */
     int total;      /* entries finished, recorded or not */
     mha_profile_entry entries[PROFILE_MAX_ENTRIES];
@@ -59,13 +60,15 @@ void mha_profile_before_run(mha_device *device)
         mark(device, device->profile);
 }
 
-void mha_profile_after_run(mha_device *device, mha_op op)
+void mha_profile_after_run(mha_device *device, const mha_node *node)
 {
     struct mha_profile *p = device->profile;
     if (!p)
         return;
-    if (p->marks < MHA_TIMER_SLOTS)
-        p->ops[p->marks] = op;
+    if (p->marks < MHA_TIMER_SLOTS) {
+        p->ops[p->marks] = node->op;
+        p->variants[p->marks] = node->variant;
+    }
     mark(device, p);
 }
 
@@ -93,6 +96,7 @@ void mha_profile_after_sync(mha_device *device)
             .op = mha_op_name(p->ops[i]),
             .ms = (double)d * 1e-6,
             .device_clock = t == dev_ns,
+            .variant = p->variants[i],
         };
     }
     p->marks = 0;

@@ -54,14 +54,17 @@ static int op_class(mha_op op)
     }
 }
 
-static bool has_variant(mha_device *device, mha_op op, const char *name)
+/* The backend's own (static) string for variant name of op, "default"
+ * for that, or NULL when the device has no such variant. */
+static const char *has_variant(mha_device *device, mha_op op,
+                               const char *name)
 {
     const char *names[MHA_MAX_VARIANTS];
     int n = mha_dev_variants(device, op, names, MHA_MAX_VARIANTS);
     for (int i = 0; i < n && i < MHA_MAX_VARIANTS; i++)
         if (!strcmp(names[i], name))
-            return true;
-    return !strcmp(name, "default");
+            return names[i];
+    return !strcmp(name, "default") ? "default" : NULL;
 }
 
 /* The device's entries of the database, read on the first plan. */
@@ -84,12 +87,14 @@ static mha_status device_db(mha_device *device, const mha_tune_db **db)
     return MHA_OK;
 }
 
-/* name if the backend has it for op, else NULL with the reason logged. */
+/* The backend's string for name if it has it for op, else NULL with the
+ * reason logged. */
 static const char *usable(mha_device *device, mha_op op, const char *name,
                           const char *shape)
 {
-    if (has_variant(device, op, name))
-        return name;
+    const char *own = has_variant(device, op, name);
+    if (own)
+        return own;
     mha_host_log(&device->ctx->host, MHA_LOG_WARN,
                  "tuning database: variant %s (%s of %s) does not exist in "
                  "this build for %s; ignored",
@@ -167,8 +172,9 @@ const char *mha_tune_variant(mha_device *device, const mha_node *node,
         return node->variant;
     mha_host *host = &device->ctx->host;
     if (forced(device, node->op, buf, size)) {
-        if (has_variant(device, node->op, buf))
-            return buf;
+        const char *own = has_variant(device, node->op, buf);
+        if (own)
+            return own;
         if (!device->tune || !device->tune->warned)
             mha_host_log(host, MHA_LOG_WARN,
                          "MHA_TUNE_VARIANT: %s is no %s variant of %s; "

@@ -288,6 +288,10 @@ typedef struct mha_profile_entry {
     int device_clock; /* 1: the device's own timestamps (Vulkan timestamp
                          queries, OpenCL profiling events); 0: the host's
                          clock around the call, exact for the CPU backend */
+    const char *variant; /* the kernel variant the tuning source named for
+                            the node (a static string; "default": the
+                            built-in choice), NULL: the backend's rules,
+                            else its built-in choice (see "tuning") */
 } mha_profile_entry;
 
 /* Starts recording the time of every node the device runs, forgetting what

@@ -33,7 +33,7 @@ def main():
         names = [n["node"] for n in nodes]
         assert names[0] == "in_projection" and names[-1] == "out_projection", names
         assert "attention" in names, names
-        assert all(n["ms"] > 0 for n in nodes), (row["device"], nodes)
+        assert all(n["ms"] > 0 and n["variant"] for n in nodes), (row["device"], nodes)
         total = sum(n["ms"] for n in nodes)
         assert abs(total - prof["kernel_ms"]) < 1e-6 * max(1.0, total), prof
         assert total <= prof["wall_ms"], (row["device"], total, prof["wall_ms"])

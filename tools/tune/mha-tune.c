@@ -31,12 +31,18 @@ static const char usage[] =
     "  --preset NAME      a mha-bench preset (default bert-base); repeat\n"
     "  --embed-dim E --heads H --batch B --tgt-len L --src-len S --causal\n"
     "                     one shape instead (defaults E512 H8 B1 L128 S=L)\n"
+    "  --shape E,H,B,L    a self-attention shape (S = L); repeat for several\n"
     "  --budget SEC       time for all measurements (default 120)\n"
     "  --repeat N         timed forwards per variant (default 3)\n"
     "  --force            measure shapes the database already holds\n"
     "  --json             print every measurement as JSON on stdout\n"
     "  --list             print each device's variants (one line per\n"
     "                     device and kind: SPEC KIND NAME...) and exit\n"
+    "  --compare N        measure nothing new: time each case's forward\n"
+    "                     with MHA_TUNE=off (the untuned default) and\n"
+    "                     MHA_TUNE=db (the database's pick), alternating,\n"
+    "                     N rounds of --repeat forwards each, and print\n"
+    "                     both medians and the speedup\n"
     "  --help             print this text\n";
 
 typedef struct tune_opts {
@@ -45,7 +51,7 @@ typedef struct tune_opts {
     bench_case cases[BENCH_MAX_CASES];
     int ncases;
     double budget;
-    int repeat, force, json, list;
+    int repeat, force, json, list, compare;
 } tune_opts;
 
 /* One case's layer and tensors on a device. */
@@ -84,7 +90,8 @@ static int parse(int argc, char **argv, tune_opts *o)
                        : !strcmp(a, "--tgt-len") ? &c.tgt_len
                        : !strcmp(a, "--src-len") ? &c.src_len
                                                  : NULL;
-        if (dim || !strcmp(a, "--repeat") || !strcmp(a, "--budget")) {
+        if (dim || !strcmp(a, "--repeat") || !strcmp(a, "--budget") ||
+            !strcmp(a, "--compare")) {
             if (!v || parse_int(v, 1, 1 << 24, &n))
                 return fprintf(stderr, "mha-tune: %s needs a positive "
                                        "number\n", a), -1;
@@ -93,8 +100,21 @@ static int parse(int argc, char **argv, tune_opts *o)
                 *dim = n, custom = 1;
             else if (!strcmp(a, "--repeat"))
                 o->repeat = (int)n;
+            else if (!strcmp(a, "--compare"))
+                o->compare = (int)n;
             else
                 o->budget = (double)n;
+        } else if (!strcmp(a, "--shape") && v && o->ncases < BENCH_MAX_CASES) {
+            bench_case *s = &o->cases[o->ncases];
+            long long e, h, b, l;
+            if (sscanf(argv[++i], "%lld,%lld,%lld,%lld", &e, &h, &b, &l) != 4 ||
+                e < 1 || h < 1 || b < 1 || l < 1)
+                return fprintf(stderr, "mha-tune: --shape wants E,H,B,L\n"),
+                       -1;
+            *s = (bench_case){.embed_dim = e, .heads = h, .batch = b,
+                              .tgt_len = l, .src_len = l, .kdim = e,
+                              .vdim = e};
+            snprintf(s->name, sizeof s->name, "shape%d", o->ncases++);
         } else if (!strcmp(a, "--device") && v && o->ndevices < 8) {
             o->devices[o->ndevices++] = argv[++i];
         } else if (!strcmp(a, "--preset") && v) {
@@ -316,6 +336,38 @@ static cJSON *entry_report(const mha_tune_entry *e, const char *status,
     return o;
 }
 
+/* --compare: the case's forward under MHA_TUNE=off and =db, alternating
+ * rounds; prints the medians of each round's median and the speedup. */
+static void compare_case(mha_device *dev, const tune_opts *o,
+                         const bench_case *c)
+{
+    bench_case_data d;
+    tune_run r;
+    double t[2][64];
+    int n = o->compare > 64 ? 64 : o->compare, ok = 1;
+    if (bench_case_data_make(c, &d))
+        return;
+    if (run_make(dev, c, &d, &r) == MHA_OK)
+        for (int i = 0; i < n && ok; i++)
+            for (int m = 0; m < 2 && ok; m++) {
+                setenv("MHA_TUNE", m ? "db" : "off", 1);
+                t[m][i] = time_forwards(&r, o->repeat, r.out);
+                ok = t[m][i] > 0;
+            }
+    unsetenv("MHA_TUNE");
+    mha_tune_entry e;
+    entry_key(dev, c, &e);
+    if (ok) {
+        qsort(t[0], (size_t)n, sizeof **t, cmp_double);
+        qsort(t[1], (size_t)n, sizeof **t, cmp_double);
+        printf("%-8s %-26s default %10.3f ms  tuned %10.3f ms  %5.2fx\n",
+               e.backend, e.shape, t[0][n / 2], t[1][n / 2],
+               t[0][n / 2] / t[1][n / 2]);
+    }
+    run_free(&r);
+    bench_case_data_free(&d);
+}
+
 /* Tunes every case on dev, writing the database after each. */
 static int tune_device(mha_context *ctx, mha_device *dev, search *s,
                        mha_tune_db *db, const char *path, cJSON *report)
@@ -429,15 +481,18 @@ int main(int argc, char **argv)
     cJSON *report = cJSON_CreateArray();
     if (o.list)
         list_variants(devs, ndev);
-    for (int i = 0; i < ndev && !o.list; i++)
+    for (int i = 0; i < ndev && o.compare; i++)
+        for (int ci = 0; ci < o.ncases; ci++)
+            compare_case(devs[i], &o, &o.cases[ci]);
+    for (int i = 0; i < ndev && !o.list && !o.compare; i++)
         rc |= tune_device(ctx, devs[i], &s, &db, path, report);
-    if (o.json && !o.list) {
+    if (o.json && !o.list && !o.compare) {
         char *text = cJSON_Print(report);
         if (text)
             printf("%s\n", text);
         cJSON_free(text);
     }
-    if (!o.list)
+    if (!o.list && !o.compare)
         fprintf(stderr, "mha-tune: database %s (%d entries)\n", path,
                 db.count);
     cJSON_Delete(report);

@@ -3,9 +3,11 @@
  * database that libmha reads when it plans (core/tune_db.c). Per device
  * and case: the built-in default (MHA_TUNE=off), then each matmul variant,
  * then each attention variant with the best matmul (coordinate descent),
- * each forced through MHA_TUNE_VARIANT and checked against the default's
- * output; a shape class the database already holds for the device and
- * driver is skipped. Within --budget seconds in all. */
+ * each forced through MHA_TUNE_VARIANT, checked against the default's
+ * output, and timed right after the best so far, which it replaces only
+ * when 10% faster (pairs: a loaded machine drifts between measurements);
+ * a shape class the database already holds for the device and driver is
+ * skipped. Within --budget seconds in all. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,8 +25,10 @@ static const char usage[] =
     "Times libmha's kernel variants on each GPU device for the shapes of\n"
     "mha-bench presets (or one shape) and writes the fastest to the tuning\n"
     "database (tune.json in the cache directory, or MHA_TUNE_DB), keyed by\n"
-    "device, driver and shape class; libmha reads it when it plans. Shapes\n"
-    "the database holds for a device and driver are skipped.\n"
+    "device, driver and shape class; libmha reads it when it plans. Each\n"
+    "variant is timed right after the best so far and replaces it only when\n"
+    "10% faster. Shapes the database holds for a device and driver are\n"
+    "skipped.\n"
     "\n"
     "  --device SPEC      vulkan, opencl, backend:N (default: every GPU\n"
     "                     device); repeat for several\n"
@@ -253,8 +257,13 @@ typedef struct search {
     cJSON *tried; /* {"matmul=..,attention=..": ms} */
 } search;
 
+/* A variant replaces the best so far only when it is this much faster
+ * than it, timed right after it (a pair), so that the drift of a loaded
+ * machine between two measurements does not pick noise. */
+#define TUNE_MARGIN 0.9
+
 /* The fastest of kind's variants with the other part fixed (fixed is
- * "matmul=X," or ""), into best (left as is when none beats *best_ms). */
+ * "matmul=X," or ""), into best (left as is when none beats it). */
 static void sweep(search *s, tune_run *r, mha_device *dev, const char *kind,
                   const char *fixed, char *best, double *best_ms)
 {
@@ -264,11 +273,13 @@ static void sweep(search *s, tune_run *r, mha_device *dev, const char *kind,
     for (int i = 0; i < n && i < MHA_MAX_VARIANTS; i++) {
         if (now_s() > s->deadline)
             return;
-        char forced[96];
+        char forced[96], incumbent[96];
         snprintf(forced, sizeof forced, "%s%s=%s", fixed, kind, names[i]);
+        snprintf(incumbent, sizeof incumbent, "%s%s=%s", fixed, kind, best);
+        double base = time_variant(r, s->o->repeat, incumbent);
         double ms = time_variant(r, s->o->repeat, forced);
         cJSON_AddNumberToObject(s->tried, forced, ms);
-        if (ms > 0 && ms < *best_ms) {
+        if (ms > 0 && base > 0 && ms < TUNE_MARGIN * base) {
             *best_ms = ms;
             snprintf(best, 32, "%s", names[i]);
         }

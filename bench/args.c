@@ -55,7 +55,17 @@ const char bench_usage[] =
     "                     the forward's plus 2x its projections' plus\n"
     "                     2.5x its attention matmuls' (FlashAttention-2's\n"
     "                     count); default case E512 H8 B1 L=S=2048\n"
+    "  --profile          also run each case with the device's profile on:\n"
+    "                     kernel time (GPU timestamps; the host clock on\n"
+    "                     the CPU backend) beside the wall time, and the\n"
+    "                     time of each graph node (in_projection,\n"
+    "                     attention, out_projection, ...), as a table and\n"
+    "                     in the JSON\n"
     "  --help             print this text\n"
+    "\n"
+    "Causal rows also report GFLOP/s over the FLOPs needed: the attention\n"
+    "part 4*E*LS becomes 4*E*sum_{i<L} min(i+1, S) (L(L+1)/2 pairs when\n"
+    "L <= S), about half, as FlashAttention's benchmarks count it.\n"
     "\n"
     "Exit status: 0; 1 when a result is over tolerance (FAIL) or a device\n"
     "fails; 2 on a bad argument.\n";
@@ -156,6 +166,8 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
             have_custom = 1;
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             o->help = 1;
+        } else if (!strcmp(a, "--profile")) {
+            o->profile = 1;
         } else if (!strcmp(a, "--targets")) {
             o->targets = 1;
         } else if (!strcmp(a, "--backward")) {

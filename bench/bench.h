@@ -14,6 +14,7 @@
 #define BENCH_MAX_CASES 64
 #define BENCH_MAX_DEVICES 16
 #define BENCH_ERRLEN 256
+#define BENCH_PROFILE_NODES 24
 
 /* Exit statuses of mha-bench. */
 #define BENCH_EXIT_OK 0
@@ -45,6 +46,12 @@ extern const char *const bench_preset_names[];
 /* FLOPs of one forward, all batch items:
  * B * (2LE^2 + 2S*kdim*E + 2S*vdim*E + 4LSE + 2LE^2). */
 double bench_flops(const bench_case *c);
+/* FLOPs a forward needs (profile.c): bench_flops with the attention part
+ * 4LSE replaced by 4E * (query, key) pairs a query may attend: for a
+ * causal case sum_{i<L} min(i + 1, S), which is L(L+1)/2 when L <= S,
+ * about half of LS (FlashAttention's convention). Equal to bench_flops for
+ * a case that is not causal. */
+double bench_flops_needed(const bench_case *c);
 /* Bytes moved if every input, output and weight is read or written once:
  * 4 * B * (L*E + S*kdim + S*vdim)   query, key, value (fp32)
  * + 4 * B * L*E                      output (fp32)
@@ -78,6 +85,7 @@ typedef struct bench_options {
     int targets; /* --targets: the CPU targets table (targets.c) instead */
     int help;
     int backward; /* --backward: time forward + backward (backward.c) */
+    int profile; /* --profile: per-node device times (profile.c) */
 } bench_options;
 
 /* Parses argv into *opts (defaults first). Returns 0 (check opts->help), or
@@ -117,6 +125,17 @@ typedef struct bench_result {
     int checked;
     double peak_rss_mib;   /* process peak RSS after the case */
     double device_mem_mib; /* < 0: n/a */
+    /* --profile (profile.c): of the profiled forwards, the one with the
+     * median kernel time; nprof 0 when not profiled */
+    int nprof;
+    int prof_device_clock;    /* 1: device timestamps, 0: host clock */
+    double prof_wall_ms;      /* that forward's host wall time */
+    double prof_kernel_ms;    /* the sum of its nodes' times */
+    struct {
+        char op[24];
+        char variant[32]; /* the tuning source's pick; "-": the backend's */
+        double ms;
+    } prof[BENCH_PROFILE_NODES];
 } bench_result;
 
 typedef struct bench_device_desc {
@@ -170,6 +189,15 @@ void bench_decoder_case(mha_context *ctx, mha_device *dev,
 int bench_backward_run(const bench_options *o, FILE *out);
 
 void bench_print_table(FILE *out, const bench_report *r);
+/* profile.c: --profile's forwards on a layer (the rows' prof fields), and
+ * what the table and JSON add for it and for causal rows (FLOP/s over the
+ * FLOPs needed). */
+struct cJSON;
+void bench_profile_forward(const bench_options *o, mha_device *dev,
+                           mha_layer *layer, const mha_forward_args *a,
+                           bench_result *r);
+void bench_print_extras(FILE *out, const bench_report *r);
+void bench_result_json_extras(struct cJSON *o, const bench_result *x);
 /* Return 0, or -1 with errno-style failure to write. */
 int bench_write_json(const char *path, const bench_report *r);
 int bench_write_csv(const char *path, const bench_report *r);

@@ -136,6 +136,8 @@ static void run_device_case_timed(mha_context *ctx, mha_device *dev,
         r->gflops = bench_flops(c) / (r->median_ms * 1e6);
         r->gbps = bench_bytes(c) / (r->median_ms * 1e6);
     }
+    if (o->profile)
+        bench_profile_forward(o, dev, layer, &a, r);
 done:
     mha_tensor_destroy(q);
     mha_tensor_destroy(k);

@@ -264,6 +264,7 @@ int main(int argc, char **argv)
     bench_peers_notes(&peers, stderr);
 
     bench_print_table(stdout, &rep);
+    bench_print_extras(stdout, &rep);
     if (o.json_path && bench_write_json(o.json_path, &rep)) {
         fprintf(stderr, "mha-bench: cannot write --json %s\n", o.json_path);
         rc = BENCH_EXIT_FAIL;

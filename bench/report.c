@@ -253,6 +253,7 @@ int bench_write_json(const char *path, const bench_report *r)
         add_num(o, "gflops", x->gflops);
         add_num(o, "gbps", x->gbps);
         add_num(o, "ratio", x->ratio);
+        bench_result_json_extras(o, x);
         if (x->checked) {
             add_num(o, "max_abs_err", x->max_abs);
             add_num(o, "max_rel_err", x->max_rel);

@@ -115,7 +115,19 @@ mha_status mha_dev_run(mha_device *device, const mha_node *node)
     mha_status st = mha_dev_usable(device);
     if (st != MHA_OK)
         return st;
-    return mha_device_note(device, device->iface->run(device->dev, node));
+    char forced[32];
+    mha_node tuned;
+    const char *v = mha_tune_variant(device, node, forced, sizeof forced);
+    if (v != node->variant) {
+        tuned = *node;
+        tuned.variant = v;
+        node = &tuned;
+    }
+    mha_profile_before_run(device);
+    st = mha_device_note(device, device->iface->run(device->dev, node));
+    if (st == MHA_OK)
+        mha_profile_after_run(device, node);
+    return st;
 }
 
 mha_status mha_dev_sync(mha_device *device)
@@ -123,5 +135,31 @@ mha_status mha_dev_sync(mha_device *device)
     mha_status st = mha_dev_usable(device);
     if (st != MHA_OK)
         return st;
-    return mha_device_note(device, device->iface->sync(device->dev));
+    st = mha_device_note(device, device->iface->sync(device->dev));
+    if (st == MHA_OK)
+        mha_profile_after_sync(device);
+    return st;
+}
+
+/* Version 2's timers; a version-1 backend keeps no timestamps. */
+mha_status mha_dev_timer_mark(mha_device *device, int slot)
+{
+    if (device->iface->version < 2)
+        return MHA_UNSUPPORTED;
+    return device->iface->timer_mark(device->dev, slot);
+}
+
+mha_status mha_dev_timer_read(mha_device *device, int count, uint64_t *ns)
+{
+    if (device->iface->version < 2)
+        return MHA_UNSUPPORTED;
+    return device->iface->timer_read(device->dev, count, ns);
+}
+
+int mha_dev_variants(mha_device *device, mha_op op, const char **names,
+                     int cap)
+{
+    if (device->iface->version < 2)
+        return 0;
+    return device->iface->variants(device->dev, op, names, cap);
 }

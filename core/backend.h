@@ -240,6 +240,11 @@ typedef struct mha_node {
      * (buf NULL) otherwise. */
     mha_tdesc extra_dst[MHA_MAX_EXTRA_DST];
     mha_op_params params;
+    /* The kernel variant the tuning source chose for this node (core/
+     * tune.c; a name has_variant accepted for its op): "default" asks
+     * for the backend's built-in choice, NULL lets the backend apply its
+     * rule table by device class first. */
+    const char *variant;
 } mha_node;
 
 /* Whether an ATTENTION node uses none of the attention core's extensions
@@ -304,7 +309,7 @@ typedef struct mha_device_desc {
 
 /* ---- the interface ------------------------------------------------------- */
 
-#define MHA_BACKEND_IFACE_VERSION 1
+#define MHA_BACKEND_IFACE_VERSION 2
 
 typedef struct mha_host mha_host; /* core services, see below */
 
@@ -344,7 +349,29 @@ typedef struct mha_backend_iface {
     mha_status (*run)(void *dev, const mha_node *node);
     /* Submits what was enqueued and waits for it. */
     mha_status (*sync)(void *dev);
+
+    /* Version 2: device timestamps, for profiles (core/profile.c). timer_mark
+     * enqueues timestamp number slot (0 is the first after a sync, then 1,
+     * 2, ... below MHA_TIMER_SLOTS), written when the work enqueued before
+     * it has finished; timer_read, after a sync, stores timestamps 0 to
+     * count - 1 in nanoseconds from an arbitrary origin. Both return
+     * MHA_UNSUPPORTED where the device or queue keeps no timestamps; the
+     * core then reads its host clock at each mark, which is exact for a
+     * backend whose run() finishes its work before returning (cpu). */
+    mha_status (*timer_mark)(void *dev, int slot);
+    mha_status (*timer_read)(void *dev, int count, uint64_t *ns);
+    /* Version 2: the kernel variants of this backend that can run op's
+     * nodes on this device (names for mha_node.variant, core/tune.c):
+     * stores the first cap names (static strings) and returns how many
+     * there are. A backend without variants returns 0. */
+    int (*variants)(void *dev, mha_op op, const char **names, int cap);
 } mha_backend_iface;
+
+/* Timestamps a backend keeps between two syncs at least. */
+#define MHA_TIMER_SLOTS 256
+
+/* Variants a backend lists for one op at most. */
+#define MHA_MAX_VARIANTS 64
 
 /* X(method, version that added it): every method above, in order. A
  * context refuses a backend whose version lacks one of them; a method
@@ -362,7 +389,10 @@ typedef struct mha_backend_iface {
     X(buffer_read, 1)                                                       \
     X(supports, 1)                                                          \
     X(run, 1)                                                               \
-    X(sync, 1)
+    X(sync, 1)                                                              \
+    X(timer_mark, 2)                                                        \
+    X(timer_read, 2)                                                        \
+    X(variants, 2)
 
 /* Whether the core can use iface: its version is one libmha knows (1 to
  * MHA_BACKEND_IFACE_VERSION) and every method that version has is set.

@@ -168,7 +168,7 @@ mha_status mha_layer_backward(mha_layer *layer, const mha_backward_args *a)
         st = get_graph(layer, fn, &key);
     if (st == MHA_OK)
         st = mha_graph_enqueue(layer->device, &layer->saved->graph,
-                               layer->saved->arena, ext);
+                               layer->saved->arena, ext, NULL);
     if (st == MHA_OK)
         st = mha_dev_sync(layer->device);
     return mha_host_finish(&ctx->host, fn, st);

@@ -56,6 +56,8 @@ struct mha_device {
     void *alibi_buf;
     size_t alibi_bytes;
     int64_t alibi_heads; /* heads whose slopes it holds; 0: none */
+    struct mha_profile *profile; /* core/profile.c; NULL: not profiling */
+    struct mha_tune *tune; /* core/tune.c: the tuning database's entries */
 };
 
 /* Frees the device's mha_attention state (its ALiBi slopes buffer). */
@@ -117,5 +119,26 @@ mha_status mha_dev_read(mha_device *device, void *buf, size_t offset,
 bool mha_dev_supports(mha_device *device, const mha_node *node);
 mha_status mha_dev_run(mha_device *device, const mha_node *node);
 mha_status mha_dev_sync(mha_device *device);
+/* Version-2 timer methods; MHA_UNSUPPORTED for a version-1 backend. */
+mha_status mha_dev_timer_mark(mha_device *device, int slot);
+mha_status mha_dev_timer_read(mha_device *device, int count, uint64_t *ns);
+/* Version 2's variants; none for a version-1 backend. */
+int mha_dev_variants(mha_device *device, mha_op op, const char **names,
+                     int cap);
+
+/* Profiling (core/profile.c), called by mha_dev_run and mha_dev_sync: a
+ * timestamp before the first node after a wait and after each node; after
+ * a wait, the times become entries. Nothing while not profiling. */
+void mha_profile_before_run(mha_device *device);
+void mha_profile_after_run(mha_device *device, const mha_node *node);
+void mha_profile_after_sync(mha_device *device);
+void mha_profile_free(mha_device *device);
+
+/* The variant node runs (core/tune.c): node->variant (the plan's pick) as
+ * MHA_TUNE and MHA_TUNE_VARIANT change it; a static string (the backend's
+ * or "default") or NULL. buf is scratch for a forced name. */
+const char *mha_tune_variant(mha_device *device, const mha_node *node,
+                             char *buf, size_t size);
+void mha_tune_free(mha_device *device);
 
 #endif /* MHA_CORE_CONTEXT_H */

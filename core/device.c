@@ -398,6 +398,8 @@ mha_status mha_device_destroy(mha_device *device)
                          "still exist on this device; destroy them first",
                          device->open_objects);
     mha_attention_release(device);
+    mha_profile_free(device);
+    mha_tune_free(device);
     mha_backend_close(device->iface, device->dev);
     ctx->open_objects--;
     mha_host_free(&ctx->host, device);

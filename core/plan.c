@@ -218,6 +218,9 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
     if (st == MHA_OK)
         st = mha_graph_prepare(layer->device, fn, g, "a forward",
                                &plan->arena, &plan->arena_bytes);
+    if (st == MHA_OK && mha_tune_plan(layer, call, &plan->tune) != MHA_OK)
+        st = mha_error(ctx, MHA_OUT_OF_MEMORY,
+                       "%s: out of memory reading the tuning database", fn);
     if (st != MHA_OK) {
         mha_host_free(&ctx->host, plan);
         return st;
@@ -228,7 +231,8 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
 
 mha_status mha_graph_enqueue(mha_device *device, const mha_graph *g,
                              void *arena,
-                             void *const external[MHA_BUF_EXTERNAL_COUNT])
+                             void *const external[MHA_BUF_EXTERNAL_COUNT],
+                             const mha_tune_pick *tune)
 {
     void *bufs[MHA_GRAPH_MAX_BUFS];
     size_t base[MHA_GRAPH_MAX_BUFS];
@@ -242,6 +246,7 @@ mha_status mha_graph_enqueue(mha_device *device, const mha_graph *g,
             continue;
         mha_node node;
         lower_node(g, &g->nodes[i], bufs, base, &node);
+        node.variant = tune ? mha_tune_plan_variant(tune, node.op) : NULL;
         mha_status st = mha_dev_run(device, &node);
         if (st != MHA_OK)
             return st;
@@ -255,5 +260,6 @@ mha_status mha_plan_enqueue(mha_layer *layer, const mha_plan *plan,
     void *ext[MHA_BUF_EXTERNAL_COUNT];
     memcpy(ext, external, sizeof ext);
     ext[MHA_BUF_PARAMS] = layer->wbuf;
-    return mha_graph_enqueue(layer->device, &plan->graph, plan->arena, ext);
+    return mha_graph_enqueue(layer->device, &plan->graph, plan->arena, ext,
+                             &plan->tune);
 }

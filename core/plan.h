@@ -8,6 +8,12 @@
 
 #include "graph.h"
 
+/* The variants the tuning database picks for a plan's matmul and
+ * attention nodes (tune.c); NULL: none. */
+typedef struct mha_tune_pick {
+    const char *matmul, *attention;
+} mha_tune_pick;
+
 struct mha_plan {
     mha_call call;
     uint64_t last_used;
@@ -21,7 +27,18 @@ struct mha_plan {
     int has_staging;
     int pinned; /* enqueued without a wait: never evicted (see interop.h) */
     int transient; /* not in the layer's cache: freed after its call */
+    mha_tune_pick tune;
 };
+
+/* ---- tuning (tune.c) ---- */
+
+/* Looks up the tuning database for layer's shape class of call on its
+ * device (read on the first plan), as MHA_TUNE allows, into *pick.
+ * MHA_OUT_OF_MEMORY when host memory for reading it runs out. */
+mha_status mha_tune_plan(const mha_layer *layer, const mha_call *call,
+                         mha_tune_pick *pick);
+/* The variant pick gives a node of op (NULL: none). */
+const char *mha_tune_plan_variant(const mha_tune_pick *pick, mha_op op);
 
 /* Plans call for layer; fn names the public caller in messages. */
 mha_status mha_plan_create(mha_layer *layer, const char *fn,
@@ -42,10 +59,12 @@ mha_status mha_graph_prepare(mha_device *device, const char *fn,
                              size_t *arena_bytes);
 
 /* Hands g's nodes to the device with the buffers of external roles bound
- * from external (MHA_BUF_PARAMS included); the caller syncs. */
+ * from external (MHA_BUF_PARAMS included) and each node's kernel variant
+ * from tune (NULL: the backend's own choice); the caller syncs. */
 mha_status mha_graph_enqueue(mha_device *device, const mha_graph *g,
                              void *arena,
-                             void *const external[MHA_BUF_EXTERNAL_COUNT]);
+                             void *const external[MHA_BUF_EXTERNAL_COUNT],
+                             const mha_tune_pick *tune);
 
 /* MHA_UNSUPPORTED for a node the device declines, naming the device, the
  * op and what needed it. */

@@ -275,6 +275,59 @@ MHA_API mha_status mha_device_reset_peak_memory(mha_device *device);
  * nothing. */
 MHA_API mha_status mha_device_destroy(mha_device *device);
 
+/* ---- profiling ----------------------------------------------------------- */
+
+/* The time of one node (one op of a forward's graph: a projection, the
+ * attention, ...) that a device ran while profiling was on. */
+typedef struct mha_profile_entry {
+    const char *op;   /* the op's name ("projection", "attention", ...); a
+                         static string */
+    double ms;        /* from the end of the node before it (or from its
+                         start, for the first node after a wait) to its
+                         end */
+    int device_clock; /* 1: the device's own timestamps (Vulkan timestamp
+                         queries, OpenCL profiling events); 0: the host's
+                         clock around the call, exact for the CPU backend */
+    const char *variant; /* the kernel variant the tuning source named for
+                            the node (a static string; "default": the
+                            built-in choice), NULL: the backend's rules,
+                            else its built-in choice (see "tuning") */
+} mha_profile_entry;
+
+/* Starts recording the time of every node the device runs, forgetting what
+ * was recorded before (at most 4096 nodes are kept). Costs a timestamp per
+ * node; mha-bench --profile uses it. */
+MHA_API mha_status mha_device_profile_start(mha_device *device);
+
+/* Stops recording and forgets the entries. Nothing when not recording. */
+MHA_API mha_status mha_device_profile_stop(mha_device *device);
+
+/* Copies the entries of the nodes that finished since the start (those
+ * whose work a forward, a read or another call waited for), oldest first,
+ * into entries[0..cap), and sets *count to how many there are (may exceed
+ * cap). MHA_BAD_STATE when not recording. */
+MHA_API mha_status mha_device_profile_read(mha_device *device,
+                                           mha_profile_entry *entries,
+                                           int cap, int *count);
+
+/* ---- tuning --------------------------------------------------------------- */
+
+/* GPU backends have kernel variants: named sets of the tile sizes,
+ * workgroup shapes and reductions their kernels are specialised with. Each
+ * forward's matmul and attention nodes run the variant that the tuning
+ * database (written by mha-tune, read when a layer plans a call shape)
+ * names for the device, driver and shape class, else the one the
+ * backend's rule table names for the device's class, else the built-in
+ * choice. MHA_TUNE=off|db|rules forces a source (README, "Performance on
+ * GPUs"); MHA_TUNE_VARIANT=matmul=NAME,attention=NAME forces variants.
+ *
+ * Lists the variants of kind ("matmul" or "attention") that fit device:
+ * stores up to cap names (static strings that live as long as the
+ * library) and sets *count to how many there are (0 on the CPU backend). */
+MHA_API mha_status mha_device_variants(mha_device *device, const char *kind,
+                                       const char **names, int cap,
+                                       int *count);
+
 /* ---- device-resident tensors --------------------------------------------- */
 
 /* A tensor lives in the device's memory, so data can stay on a GPU between

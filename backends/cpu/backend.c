@@ -238,6 +238,33 @@ static mha_status cpu_sync(void *dev)
     return MHA_OK;
 }
 
+/* No device clock: run() finishes its work before returning, so the core's
+ * host clock around it is the node's time. */
+static mha_status cpu_timer_mark(void *dev, int slot)
+{
+    (void)dev;
+    (void)slot;
+    return MHA_UNSUPPORTED;
+}
+
+static mha_status cpu_timer_read(void *dev, int count, uint64_t *ns)
+{
+    (void)dev;
+    (void)count;
+    (void)ns;
+    return MHA_UNSUPPORTED;
+}
+
+/* One set of kernels per ISA, chosen at open: no tuning variants. */
+static int cpu_variants(void *dev, mha_op op, const char **names, int cap)
+{
+    (void)dev;
+    (void)op;
+    (void)names;
+    (void)cap;
+    return 0;
+}
+
 const mha_backend_iface mha_cpu_backend = {
     .version = MHA_BACKEND_IFACE_VERSION,
     .name = "cpu",
@@ -252,4 +279,7 @@ const mha_backend_iface mha_cpu_backend = {
     .supports = cpu_supports,
     .run = cpu_run,
     .sync = cpu_sync,
+    .timer_mark = cpu_timer_mark,
+    .timer_read = cpu_timer_read,
+    .variants = cpu_variants,
 };

@@ -60,7 +60,8 @@
     X(clEnqueueMarkerWithWaitList)       \
     X(clGetEventInfo)                    \
     X(clRetainEvent)                     \
-    X(clReleaseEvent)
+    X(clReleaseEvent)                    \
+    X(clGetEventProfilingInfo)
 
 /* OpenCL 2.1's subgroup count query, hidden by the headers at 1.2; asked
  * only of 3.0 devices. */
@@ -152,6 +153,10 @@ typedef struct mha_cl_program {
                   rows per tile) */
     int br;    /* ATTENTION: query rows per workgroup (_BWD: own rows) */
     int cw;    /* ATTENTION(_BWD): columns per work item (4, 8 or 16) */
+    /* the device knobs it was asked for (tune.c's variants): OPS tile, wpt,
+     * bk; ATTENTION attn_cw, attn_wg; and the gemm tile it was built with
+     * (a register limit can shrink it) */
+    int knobs[3], built_tile;
     cl_program program;
     cl_kernel kernels[MHA_CL_K_COUNT]; /* those this kind defines */
 } mha_cl_program;
@@ -208,6 +213,13 @@ typedef struct mha_cl_device {
     /* Test hook: when set, the fused attention adds the number of key
      * tiles it loads to this buffer's first int (test_opencl_tiles.c). */
     const struct mha_cl_buffer *tile_visits;
+    /* Profiles (timer.c): the marker of each timestamp slot; whether the
+     * queue profiles */
+    cl_event timer_events[MHA_TIMER_SLOTS];
+    int timer_profiling; /* 0: not asked yet, 1: yes, 2: no */
+    /* tile, wpt, bk, attn_cw, attn_wg as mha_cl_device_ready chose them;
+     * a node's variant changes the knobs for its run (tune.c) */
+    int base_knobs[5];
 } mha_cl_device;
 
 /* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from
@@ -306,6 +318,19 @@ MHA_CL_HIDDEN mha_status mha_cl_buffer_read(void *dev, void *buf,
                                             size_t offset, void *dst,
                                             size_t size);
 MHA_CL_HIDDEN mha_status mha_cl_sync(void *dev);
+
+/* The timer methods of the backend interface (timer.c). */
+MHA_CL_HIDDEN mha_status mha_cl_timer_mark(void *dev, int slot);
+MHA_CL_HIDDEN mha_status mha_cl_timer_read(void *dev, int count,
+                                           uint64_t *ns);
+MHA_CL_HIDDEN void mha_cl_timer_fini(mha_cl_device *dev);
+
+/* Kernel variants (tune.c): the backend's run and variants methods, and
+ * the knobs' defaults, saved once the device is ready. */
+MHA_CL_HIDDEN mha_status mha_cl_tune_run(void *dev, const mha_node *node);
+MHA_CL_HIDDEN int mha_cl_variants(void *dev, mha_op op, const char **names,
+                                  int cap);
+MHA_CL_HIDDEN void mha_cl_tune_save(mha_cl_device *dev);
 
 /* Queue ordering (queue.c, see mha_cl_order above). */
 MHA_CL_HIDDEN mha_status mha_cl_order_begin(mha_cl_device *dev,

@@ -396,6 +396,7 @@ static void cl_close(void *d)
     if (dev->queue && !dev->adopted)
         dev->api->clFinish(dev->queue);
     mha_cl_programs_release(dev);
+    mha_cl_timer_fini(dev);
     mha_cl_buffer_free(dev, dev->scratch);
     if (dev->tail)
         dev->api->clReleaseEvent(dev->tail);
@@ -413,14 +414,18 @@ static mha_status create_queue(mha_cl_device *dev)
 {
     cl_int err = CL_SUCCESS;
     /* 2.0 deprecates clCreateCommandQueue; use its successor where the
-     * device and the loader have it (detected at run time). */
+     * device and the loader have it (detected at run time). Profiling on:
+     * it timestamps each command, which costs little next to a kernel, and
+     * profiles read the times (timer.c). */
+    const cl_ulong props[] = {CL_QUEUE_PROPERTIES, CL_QUEUE_PROFILING_ENABLE,
+                              0};
     if (dev->rec->version_major >= 2 &&
         dev->api->clCreateCommandQueueWithProperties)
         dev->queue = dev->api->clCreateCommandQueueWithProperties(
-            dev->context, dev->rec->device, NULL, &err);
+            dev->context, dev->rec->device, props, &err);
     else
         dev->queue = dev->api->clCreateCommandQueue(
-            dev->context, dev->rec->device, 0, &err);
+            dev->context, dev->rec->device, CL_QUEUE_PROFILING_ENABLE, &err);
     if (!dev->queue)
         return mha_cl_fail(dev->host, "clCreateCommandQueue", err);
     return MHA_OK;
@@ -456,6 +461,7 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
     mha_status s = mha_cl_program_get(dev, MHA_CL_PROG_OPS, 0, &prog);
     if (s != MHA_OK)
         return s;
+    mha_cl_tune_save(dev);
     mha_host_log(dev->host, MHA_LOG_INFO,
                  "opencl: %s %s (gemm tile %d, wpt %d, bk %d, row workgroup %d, "
                  "cache %s)",
@@ -516,6 +522,9 @@ const mha_backend_iface mha_opencl_backend = {
     .buffer_write = mha_cl_buffer_write,
     .buffer_read = mha_cl_buffer_read,
     .supports = mha_cl_supports,
-    .run = mha_cl_run,
+    .run = mha_cl_tune_run,
     .sync = mha_cl_sync,
+    .timer_mark = mha_cl_timer_mark,
+    .timer_read = mha_cl_timer_read,
+    .variants = mha_cl_variants,
 };

@@ -544,9 +544,17 @@ mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
         attention_shape(dev, d, &want);
     if (kind == MHA_CL_PROG_ATTENTION_BWD)
         attention_bwd_shape(dev, d, &want);
+    /* The knobs a variant sets (tune.c) are part of the key. */
+    const int asked[2][3] = {{dev->tile, dev->wpt, dev->bk},
+                             {dev->attn_cw, dev->attn_wg, 0}};
+    memcpy(want.knobs, asked[kind == MHA_CL_PROG_ATTENTION],
+           sizeof want.knobs);
     for (int i = 0; i < dev->nprograms; i++) {
         mha_cl_program *p = &dev->programs[i];
-        if (p->kind == kind && p->d_max == want.d_max) {
+        if (p->kind == kind && p->d_max == want.d_max &&
+            !memcmp(p->knobs, want.knobs, sizeof want.knobs)) {
+            if (kind == MHA_CL_PROG_OPS)
+                dev->tile = p->built_tile;
             *out = p;
             return MHA_OK;
         }
@@ -584,6 +592,7 @@ mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
                      "opencl: %s retried with BR %d, gemm tile %d", what,
                      want.br, dev->tile);
     }
+    p->built_tile = dev->tile;
     dev->nprograms++;
     *out = p;
     return MHA_OK;

@@ -94,7 +94,11 @@ static bool vk_supports(void *dev, const mha_node *node)
 
 static mha_status vk_run(void *dev, const mha_node *node)
 {
-    return mha_vk_run(dev, node);
+    mha_vk_device *d = dev;
+    d->tune_node = node; /* for the pickers' variant hooks (tune.c) */
+    mha_status s = mha_vk_run(dev, node);
+    d->tune_node = NULL;
+    return s;
 }
 
 static mha_status vk_sync(void *dev)
@@ -104,6 +108,16 @@ static mha_status vk_sync(void *dev)
     if (s != MHA_OK)
         return s;
     return mha_vk_flush(d);
+}
+
+static mha_status vk_timer_mark(void *dev, int slot)
+{
+    return mha_vk_timer_mark(dev, slot);
+}
+
+static mha_status vk_timer_read(void *dev, int count, uint64_t *ns)
+{
+    return mha_vk_timer_read(dev, count, ns);
 }
 
 const mha_backend_iface mha_vulkan_backend = {
@@ -120,4 +134,7 @@ const mha_backend_iface mha_vulkan_backend = {
     .supports = vk_supports,
     .run = vk_run,
     .sync = vk_sync,
+    .timer_mark = vk_timer_mark,
+    .timer_read = vk_timer_read,
+    .variants = mha_vk_variants,
 };

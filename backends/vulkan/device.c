@@ -643,6 +643,7 @@ void mha_vk_close(mha_vk_device *d)
         if (!d->lost && !d->adopted)
             d->vk.vkDeviceWaitIdle(d->dev);
         mha_vk_submit_fini(d);
+        mha_vk_timer_fini(d);
         mha_vk_cache_close(d); /* saves what the pipelines put in it */
         mha_vk_pipelines_fini(d);
         mha_vk_memory_fini(d);

@@ -183,9 +183,23 @@ typedef struct mm_config {
  * outputs per invocation over 64 x 64 or 128 x 128 tiles (128 only when
  * there are enough tiles to fill a device), BK 32 where it fits; small
  * devices fall back to smaller tiles. */
+static bool mm_fits(const mha_vk_device *d, const mm_config *o)
+{
+    uint32_t smem = (o->tm + 4 + o->tn + 4) * o->tk * 4;
+    return o->wg <= max_wg(d) && smem <= d->phys->lim.shared_bytes;
+}
+
 static bool mm_pick(const mha_vk_device *d, uint32_t M, uint32_t N,
                     mm_config *c)
 {
+    uint32_t k[6]; /* a tuning variant first (tune.c) */
+    if (mha_vk_tune_matmul(d, k)) {
+        mm_config o = {k[0], k[1], k[2], k[3], k[4], k[5]};
+        if (mm_fits(d, &o)) {
+            *c = o;
+            return true;
+        }
+    }
     static const mm_config wide[] = {
         {256, 128, 128, 16, 8, 8}, {64, 64, 64, 32, 8, 8},
         {64, 64, 64, 16, 8, 8},
@@ -203,11 +217,9 @@ static bool mm_pick(const mha_vk_device *d, uint32_t M, uint32_t N,
     for (int k = 0; k < 3; ++k)
         for (size_t i = 0; i < 3; ++i) {
             const mm_config *o = &classes[k][i];
-            uint32_t smem = (o->tm + 4 + o->tn + 4) * o->tk * 4;
             bool big = o->tm == 128 &&
                        (uint64_t)(M / 128) * (N / 128) < 16;
-            if (!big && o->wg <= max_wg(d) &&
-                smem <= d->phys->lim.shared_bytes) {
+            if (!big && mm_fits(d, o)) {
                 *c = *o;
                 return true;
             }
@@ -247,6 +259,32 @@ static uint32_t pow2_divisor(uint32_t v) { return v & (~v + 1u); }
  * ATT_MIN_WG invocations (no more than ATT_CAUSAL_ROWS rows when causal);
  * then the widest key tile up to 32 whose K and V (and the shared-memory
  * reduction's partials) fit. */
+static uint64_t att_smem(uint32_t bc, uint32_t d4p, uint32_t br,
+                         uint32_t tpr, bool shuffles)
+{
+    return (uint64_t)bc * d4p * 2 * 16 +
+           (tpr > 1 && !shuffles ? bc * br * tpr * 4 : 0);
+}
+
+/* A tuning variant {TPR, BR, BC, shared-memory sums} (tune.c) as a
+ * configuration, when it fits: at most ATT_VEC4S vec4s an invocation,
+ * shuffles only within a subgroup. */
+static bool att_variant(const mha_vk_device *d, uint32_t dh,
+                        const uint32_t k[4], att_config *c)
+{
+    const mha_vk_limits *l = &d->phys->lim;
+    uint32_t tpr = k[0], br = k[1], bc = k[2];
+    uint32_t d4 = (dh + 3) / 4, d4p = (d4 + tpr - 1) / tpr * tpr;
+    bool shuffles = !k[3] && tpr > 1 && l->subgroup_shuffle &&
+                    tpr <= l->subgroup_size;
+    if (d4p / tpr > ATT_VEC4S || br * tpr > max_wg(d) ||
+        att_smem(bc, d4p, br, tpr, shuffles) > l->shared_bytes)
+        return false;
+    *c = (att_config){br * tpr, dh, br, bc, tpr,
+                      shuffles ? MHA_VK_K_ATTENTION_SG : MHA_VK_K_ATTENTION};
+    return true;
+}
+
 static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
                      bool causal, att_config *c)
 {
@@ -256,6 +294,9 @@ static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
     uint32_t d4 = (dh + 3) / 4;
     uint32_t target = pow2_floor(max_wg(d) < 128 ? max_wg(d) : 128);
     bool sg = l->subgroup_shuffle && l->subgroup_size >= 2;
+    uint32_t k[4]; /* a tuning variant first (tune.c) */
+    if (mha_vk_tune_attention(d, k) && att_variant(d, dh, k, c))
+        return true;
     uint32_t cap = pow2_divisor(d4);
     if (d4 / cap > ATT_VEC4S)
         cap = pow2_floor(d4);
@@ -278,9 +319,7 @@ static bool att_pick(const mha_vk_device *d, uint32_t dh, uint64_t rows,
     uint32_t d4p = (d4 + tpr - 1) / tpr * tpr; /* as attention.comp's D4P */
     for (; br >= 1; br /= 2)
         for (uint32_t bc = 32; bc >= 1; bc /= 2) {
-            uint64_t smem = (uint64_t)bc * d4p * 2 * 16 +
-                            (tpr > 1 && !shuffles ? bc * br * tpr * 4 : 0);
-            if (smem > l->shared_bytes)
+            if (att_smem(bc, d4p, br, tpr, shuffles) > l->shared_bytes)
                 continue;
             *c = (att_config){br * tpr, dh, br, bc, tpr,
                               shuffles ? MHA_VK_K_ATTENTION_SG

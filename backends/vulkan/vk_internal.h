@@ -253,6 +253,13 @@ typedef struct mha_vk_device {
     mha_vk_set_entry *sets; /* open addressing, capacity a power of 2 */
     int set_count, set_cap;
     mha_vk_desc_pools set_pools; /* FREE_DESCRIPTOR_SET_BIT ones */
+
+    /* timestamps for profiles (timer.c): made on the first mark */
+    VkQueryPool timer_pool;
+    double timer_period; /* ns per tick; 0: the queue keeps none */
+    uint64_t timer_mask; /* the queue family's timestampValidBits */
+    /* the node run() is dispatching, for the variant hooks (tune.c) */
+    const mha_node *tune_node;
 } mha_vk_device;
 
 /* ---- loader.c ---- */
@@ -348,6 +355,20 @@ bool mha_vk_cache_blob_valid(const unsigned char *head,
 /* ---- submit.c ---- */
 mha_status mha_vk_submit_init(mha_vk_device *d);
 void mha_vk_submit_fini(mha_vk_device *d);
+
+/* ---- timer.c: the timer methods of the backend interface ---- */
+mha_status mha_vk_timer_mark(mha_vk_device *d, int slot);
+mha_status mha_vk_timer_read(mha_vk_device *d, int count, uint64_t *ns);
+void mha_vk_timer_fini(mha_vk_device *d);
+
+/* ---- tune.c: kernel variants and the rule table by device class ---- */
+/* The matmul.comp constants {WG, TM, TN, TK, RM, RN} or attention.comp's
+ * {TPR, BR, BC, shared-memory sums} of the variant the node being run
+ * names (or the device's rule names); false: the picker's own choice. */
+bool mha_vk_tune_matmul(const mha_vk_device *d, uint32_t k[6]);
+bool mha_vk_tune_attention(const mha_vk_device *d, uint32_t k[4]);
+/* The backend interface's variants method. */
+int mha_vk_variants(void *dev, mha_op op, const char **names, int cap);
 /* Begins recording if needed and returns the command buffer (the
  * application's between mha_vk_redirect and mha_vk_redirect_end). */
 mha_status mha_vk_record(mha_vk_device *d, VkCommandBuffer *cmd);

@@ -1,9 +1,9 @@
 /* kernels_x86.h: the part of kernels_simd.h's vocabulary that the two x86
  * tables (kernels_avx2.c and kernels_avx512.c) share: the operations whose
- * intrinsics differ only by their _mm256_ / _mm512_ prefix, and the 8 x 8
- * transpose. Each file defines vf and MHA_X86(name) (its prefix pasted to
- * name) and includes this before kernels_simd.h, compiled with at least
- * -mavx2 -mfma. */
+ * intrinsics differ only by their _mm256_ / _mm512_ prefix, the last
+ * levels of vf_hsum_each, and the 8 x 8 transpose. Each file defines vf,
+ * VL and MHA_X86(name) (its prefix pasted to name) and includes this
+ * before kernels_simd.h, compiled with at least -mavx2 -mfma. */
 #ifndef MHA_CPU_KERNELS_X86_H
 #define MHA_CPU_KERNELS_X86_H
 
@@ -24,6 +24,31 @@ static vf vf_fnma(vf a, vf b, vf c) { return MHA_X86(fnmadd_ps)(a, b, c); }
 static vf vf_min(vf a, vf b) { return MHA_X86(min_ps)(a, b); }
 static vf vf_max(vf a, vf b) { return MHA_X86(max_ps)(a, b); }
 static vf vf_max_keep(vf v, vf acc) { return MHA_X86(max_ps)(v, acc); }
+
+/* vf_hsum_each, after each table's first levels have folded its VL
+ * inputs into four vectors b[m] whose 128-bit lane k holds 4 partial sums
+ * of input (m * VL / 4 + k): two more levels of pairwise sums inside the
+ * 128-bit lanes (the same instructions for both tables) leave the total of
+ * input (m * VL / 4 + k) in lane 4k + m. x86_hsum_order undoes that
+ * transposition by taking the inputs in its order. */
+static vf x86_sum_lanes4(const vf *b)
+{
+#define MHA_X86_PD(op, x, y)                                                  \
+    MHA_X86(castpd_ps)(MHA_X86(op)(MHA_X86(castps_pd)(x), MHA_X86(castps_pd)(y)))
+    const vf c0 = vf_add(MHA_X86_PD(unpacklo_pd, b[0], b[1]),
+                         MHA_X86_PD(unpackhi_pd, b[0], b[1]));
+    const vf c1 = vf_add(MHA_X86_PD(unpacklo_pd, b[2], b[3]),
+                         MHA_X86_PD(unpackhi_pd, b[2], b[3]));
+#undef MHA_X86_PD
+    return vf_add(MHA_X86(shuffle_ps)(c0, c1, 0x88),
+                  MHA_X86(shuffle_ps)(c0, c1, 0xDD));
+}
+
+/* Input i of the tree, for lane i of the result to be v[i]'s sum. */
+static int x86_hsum_order(int i)
+{
+    return i % (VL / 4) * 4 + i / (VL / 4);
+}
 
 /* Writes the transpose of the 8 x 8 block at src (rows lds apart) to dst
  * (rows ldd apart): dst[i][j] = src[j][i]. Unpack, shuffle, then swap

@@ -866,12 +866,18 @@ static mha_status decoder_step(mha_decoder *layer,
         st = c.pos ? check_positions(layer, &c)
                    : check_default_positions(layer, &c);
     if (st == MHA_OK)
-        st = mha_kv_make_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
+        st = mha_kv_check_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     if (st != MHA_OK)
         return st;
+    /* every node asked before a ring moves a row, so a refused step
+       leaves the cache as it was (the asking walk sees the rows before
+       the move: the nodes' dtypes and layouts, all that the devices
+       check, are the same) */
     walker w = {layer, &c, {0}, 0};
     arena_layout(layer, layer->tokens, w.off);
     st = walk(&w);
+    if (st == MHA_OK)
+        st = mha_kv_make_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     if (st == MHA_OK && !c.pos)
         st = stage_positions(&w);
     if (st != MHA_OK)

@@ -157,22 +157,33 @@ static int64_t rows_kept(const mha_kv_cache *cache, int64_t s, int64_t tokens)
     return len < w - 1 ? len : w - 1;
 }
 
-/* A ROPE copy node run on the cache's device, or MHA_UNSUPPORTED. */
-static mha_status run_copy(mha_kv_cache *cache, const char *fn,
-                           const mha_node *node)
+/* MHA_UNSUPPORTED unless the cache's device takes the ROPE copy node. */
+static mha_status check_copy(mha_kv_cache *cache, const char *fn,
+                             const mha_node *node)
 {
     if (mha_dev_supports(cache->device, node))
-        return mha_dev_run(cache->device, node);
+        return MHA_OK;
     return mha_error(cache->device->ctx, MHA_UNSUPPORTED,
                      "%s: the device cannot copy %s into a %s cache", fn,
                      mha_dtype_name(node->src[MHA_SRC_ROPE_X].dtype),
                      mha_dtype_name(cache->cfg.dtype));
 }
 
+/* A ROPE copy node run on the cache's device, or MHA_UNSUPPORTED. */
+static mha_status run_copy(mha_kv_cache *cache, const char *fn,
+                           const mha_node *node)
+{
+    mha_status st = check_copy(cache, fn, node);
+    return st == MHA_OK ? mha_dev_run(cache->device, node) : st;
+}
+
 /* Moves the last keep rows of sequence s to the front, in chunks no longer
- * than the distance moved so no node reads rows it writes. */
+ * than the distance moved so no node reads rows it writes; with run 0,
+ * only asks the device whether it takes every move (MHA_UNSUPPORTED if
+ * not), which mha_kv_make_room does before it moves anything, so a refused
+ * move leaves the cache as it was. */
 static mha_status shift(mha_kv_cache *cache, const char *fn, int64_t s,
-                        int64_t keep)
+                        int64_t keep, int run)
 {
     int64_t gap = cache->len[s] - keep;
     mha_status st = MHA_OK;
@@ -183,9 +194,10 @@ static mha_status shift(mha_kv_cache *cache, const char *fn, int64_t s,
             node.src[MHA_SRC_ROPE_X] =
                 mha_kv_view(cache, which, s, 1, gap + o, n);
             node.dst = mha_kv_view(cache, which, s, 1, o, n);
-            st = run_copy(cache, fn, &node);
+            st = run ? run_copy(cache, fn, &node)
+                     : check_copy(cache, fn, &node);
         }
-    if (st != MHA_OK)
+    if (st != MHA_OK || !run)
         return st;
     cache->start[s] += (int32_t)gap;
     return mha_kv_add_lengths(cache, s, 1, -gap);
@@ -208,11 +220,12 @@ static mha_status check_positions_left(mha_kv_cache *cache, const char *fn,
                      (long long)(seen + tokens), INT32_MAX);
 }
 
-mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
-                            int64_t first, int64_t nseq, int64_t tokens)
+mha_status mha_kv_check_room(mha_kv_cache *cache, const char *fn,
+                             int64_t first, int64_t nseq, int64_t tokens)
 {
-    for (int64_t s = first; s < first + nseq; s++) {
-        mha_status st = check_positions_left(cache, fn, s, tokens);
+    mha_status st = MHA_OK;
+    for (int64_t s = first; s < first + nseq && st == MHA_OK; s++) {
+        st = check_positions_left(cache, fn, s, tokens);
         if (st != MHA_OK)
             return st;
         int64_t keep = rows_kept(cache, s, tokens);
@@ -226,12 +239,20 @@ mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
                              cache->cfg.window ? " (a ring keeps window - 1)"
                                                : "",
                              (long long)tokens, (long long)(keep + tokens));
+        if (keep < cache->len[s])
+            st = shift(cache, fn, s, keep, 0);
     }
-    mha_status st = MHA_OK;
+    return st;
+}
+
+mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
+                            int64_t first, int64_t nseq, int64_t tokens)
+{
+    mha_status st = mha_kv_check_room(cache, fn, first, nseq, tokens);
     for (int64_t s = first; s < first + nseq && st == MHA_OK; s++) {
         int64_t keep = rows_kept(cache, s, tokens);
         if (keep < cache->len[s])
-            st = shift(cache, fn, s, keep);
+            st = shift(cache, fn, s, keep, 1);
     }
     return st;
 }
@@ -315,8 +336,11 @@ mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
     for (int i = 0; i < 2 && st == MHA_OK; i++)
         st = check_kv_tensor(cache, i ? "value" : "key", t[i], &T);
     if (st == MHA_OK)
-        st = mha_kv_make_room(cache, fn, seq, 1, T);
+        st = mha_kv_check_room(cache, fn, seq, 1, T);
+    /* every copy asked before a ring moves a row: a refused append
+       changes nothing (its rows are where they will be after the move) */
     int64_t Hkv = cache->cfg.num_kv_heads, d = cache->cfg.head_dim;
+    mha_node node[2];
     for (int i = 0; i < 2 && st == MHA_OK; i++) {
         const int64_t *sb = t[i]->strides; /* [T, Hkv, d], maybe a view */
         mha_tdesc src = {.dtype = t[i]->dtype, .ne = {1, Hkv, T, d},
@@ -324,10 +348,15 @@ mha_status mha_kv_cache_append(mha_kv_cache *cache, int64_t seq,
                          .buf = t[i]->buf,
                          .offset = t[i]->offset *
                                    mha_dtype_storage_size(t[i]->dtype)};
-        mha_node node;
-        mha_kv_copy_node(cache, i, seq, &src, &node);
-        st = run_copy(cache, fn, &node);
+        mha_kv_copy_node(cache, i, seq, &src, &node[i]);
+        node[i].dst = mha_kv_view(cache, i, seq, 1,
+                                  rows_kept(cache, seq, T), T);
+        st = check_copy(cache, fn, &node[i]);
     }
+    if (st == MHA_OK)
+        st = mha_kv_make_room(cache, fn, seq, 1, T);
+    for (int i = 0; i < 2 && st == MHA_OK; i++)
+        st = mha_dev_run(cache->device, &node[i]);
     if (st == MHA_OK)
         st = mha_kv_add_lengths(cache, seq, 1, T);
     if (st == MHA_OK)

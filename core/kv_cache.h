@@ -30,7 +30,8 @@ mha_tdesc mha_kv_view(const mha_kv_cache *cache, int which, int64_t first,
 /* The [1,1,1,nseq] MHA_I32 view of the lengths of sequences 0 .. nseq-1. */
 mha_tdesc mha_kv_lengths(const mha_kv_cache *cache, int64_t nseq);
 
-/* MHA_LIMIT_REACHED (fn names the caller), changing nothing, unless
+/* MHA_LIMIT_REACHED (fn names the caller) or MHA_UNSUPPORTED (the device
+ * refuses a ring's moves), changing nothing, unless
  * sequences first .. first+nseq-1 each have room for tokens more; a ring
  * makes room by moving its last window - 1 rows to the front (keys are
  * rotated already, and the attention's masks are relative, so only start
@@ -39,6 +40,13 @@ mha_tdesc mha_kv_lengths(const mha_kv_cache *cache, int64_t nseq);
  * MHA_LIMIT_REACHED past it. */
 mha_status mha_kv_make_room(mha_kv_cache *cache, const char *fn,
                             int64_t first, int64_t nseq, int64_t tokens);
+
+/* mha_kv_make_room's checks alone, the device's support of a ring's moves
+ * included (MHA_UNSUPPORTED), changing nothing: a caller that has more to
+ * ask of the device asks it all before the rows move, so a refused call
+ * leaves the cache as it was. mha_kv_make_room checks them too. */
+mha_status mha_kv_check_room(mha_kv_cache *cache, const char *fn,
+                             int64_t first, int64_t nseq, int64_t tokens);
 
 /* The tokens sequence seq has seen (start + rows held): the next default
  * position. */

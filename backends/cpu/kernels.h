@@ -90,7 +90,10 @@ typedef struct mha_cpu_kernels {
      * of K (V), f32 or, with kv_f16, fp16 bits widened as f16_to_f32 does
      * (no conversion pass, no packing). Key by key, every head's row of
      * that token is read once for all of its G rows, so a token-major
-     * cache is read in memory order. Any nh, G, n, d >= 0.
+     * cache is read in memory order. Any nh, G, n, d >= 0. Only rows
+     * j < n are read; a table may prefetch a few rows past n (the next
+     * block's, when the caller walks blocks in order), a hint that never
+     * faults.
      * kv_scores: s[r*lds + j] = scale * sum_{c < d} q[r*ldq + c] * K_jh[c];
      * kv_values: acc[r*ldacc + c] += sum_{j < n} p[r*ldp + j] * V_jh[c]. */
     void (*kv_scores)(int64_t nh, int64_t G, int64_t n, int64_t d,

@@ -60,6 +60,13 @@ static vf vf_max_keep(vf v, vf acc)
 }
 static float vf_hsum(vf v) { return vaddvq_f32(v); }
 static float vf_hmax(vf v) { return vmaxvq_f32(v); }
+/* Two levels of FADDP: 3 instructions for 4 sums. */
+static inline __attribute__((always_inline)) vf
+vf_hsum_each(const vf *v)
+{
+    return vpaddq_f32(vpaddq_f32(v[0], v[1]), vpaddq_f32(v[2], v[3]));
+}
+
 static vf vf_round(vf v) { return vrndnq_f32(v); }
 
 /* 2^n built in the exponent field: with exp's clamp [-88, 88.376], n = -127

@@ -132,31 +132,49 @@ static float kv_at(const void *m, int f16, int64_t ld, int64_t j, int64_t c)
                : ((const float *)m)[j * ld + c];
 }
 
+/* Query rows of a group scored together, so that each K element is
+ * widened once for up to this many rows (GQA groups are 1 to 8 rows). */
+enum { SCALAR_KV_ROWS = 8 };
+
+/* Each (row, key) sum runs over c in order, as a dot product at a time
+ * would: grouping the rows changes which loads are shared, not a bit. */
 static void scalar_kv_scores(int64_t nh, int64_t G, int64_t n, int64_t d,
                              const float *q, int64_t ldq, const void *K,
                              int64_t ldk, int64_t hs, int kv_f16, float scale,
                              float *s, int64_t lds)
 {
-    for (int64_t r = 0; r < nh * G; r++)
-        for (int64_t j = 0; j < n; j++) {
-            float acc = 0.0f;
-            for (int64_t c = 0; c < d; c++)
-                acc += q[r * ldq + c] *
-                       kv_at(K, kv_f16, ldk, j, r / G * hs + c);
-            s[r * lds + j] = scale * acc;
+    for (int64_t h = 0; h < nh; h++)
+        for (int64_t g0 = 0; g0 < G; g0 += SCALAR_KV_ROWS) {
+            const int64_t r0 = h * G + g0;
+            const int64_t rows =
+                G - g0 < SCALAR_KV_ROWS ? G - g0 : SCALAR_KV_ROWS;
+            for (int64_t j = 0; j < n; j++) {
+                float acc[SCALAR_KV_ROWS] = {0};
+                for (int64_t c = 0; c < d; c++) {
+                    const float k = kv_at(K, kv_f16, ldk, j, h * hs + c);
+                    for (int64_t g = 0; g < rows; g++)
+                        acc[g] += q[(r0 + g) * ldq + c] * k;
+                }
+                for (int64_t g = 0; g < rows; g++)
+                    s[(r0 + g) * lds + j] = scale * acc[g];
+            }
         }
 }
 
+/* Each V element is widened once and added into every row of its group;
+ * every accumulator still takes its keys in order. */
 static void scalar_kv_values(int64_t nh, int64_t G, int64_t n, int64_t d,
                              const float *p, int64_t ldp, const void *V,
                              int64_t ldv, int64_t hs, int kv_f16, float *acc,
                              int64_t ldacc)
 {
-    for (int64_t r = 0; r < nh * G; r++)
+    for (int64_t h = 0; h < nh; h++)
         for (int64_t j = 0; j < n; j++)
-            for (int64_t c = 0; c < d; c++)
-                acc[r * ldacc + c] += p[r * ldp + j] *
-                                      kv_at(V, kv_f16, ldv, j, r / G * hs + c);
+            for (int64_t c = 0; c < d; c++) {
+                const float v = kv_at(V, kv_f16, ldv, j, h * hs + c);
+                for (int64_t r = h * G; r < (h + 1) * G; r++)
+                    acc[r * ldacc + c] += p[r * ldp + j] * v;
+            }
 }
 
 static const mha_cpu_kernels scalar_table = {

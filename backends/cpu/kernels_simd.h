@@ -21,6 +21,8 @@
  *   vf_min(a, b), vf_max(a, b): a NaN in b must come out (exp's clamp)
  *   vf_max_keep(v, acc): max of the two, a NaN in v ignored
  *   vf_hsum(v), vf_hmax(v)
+ *   vf_hsum_each(v)    lane i = vf_hsum(v[i]) for the VL vectors v[0..VL)
+ *                      (summed in another order: equal within rounding)
  *   vf_round(v)        to nearest, ties to even
  *   vf_ldexp(y, n)     y * 2^n for integral n (a vf), 0 at n = -127 or
  *                      below, as the ISA can
@@ -510,32 +512,41 @@ static void simd_f16_to_f32(int64_t n, const uint16_t *x, float *y)
  * token and within a token head by head (memory order for a token-major
  * cache), and apply each to every query row of its head's group while it
  * is in registers or L1: scores take QB query rows x KP keys of dot products at
- * a time (QB*KP accumulators, each key vector loaded once for QB rows);
- * values add KV_STEP rows of V into each accumulator row per pass. fp16
+ * a time (QB*KP accumulators, each key vector loaded once for QB rows; KP
+ * is VL / QB, at least 2, so that one tile's accumulators fill whole
+ * reductions of vf_hsum_each: 4 keys with AVX-512, 2 with AVX2 and NEON);
+ * values add KV_STEP rows of V into each accumulator row per pass (8: each
+ * accumulator vector is loaded and stored once per 8 FMAs; 4 measured
+ * 5-10% slower on Zen 4, fp16 from L1 and L2). fp16
  * rows are widened vector by vector as they are loaded (vf_load_f16), so
  * no converted copy is ever written. Tile sizes, the f16 flag and whole
  * vectors against the d tail are compile-time constants of always-inlined
  * bodies, so each combination is its own straight-line loop. */
-enum { QB = 4, KP = 2, KV_STEP = 4, PF_ROWS = 8 };
+enum { QB = 4, KP = VL / QB > 2 ? VL / QB : 2, KV_STEP = 8, PF_ROWS = 8 };
 
 #define SIMD_INLINE static inline __attribute__((always_inline))
 
-/* Asks for row j + PF_ROWS (if it is one of the n) while row j is used. A
- * kv head's rows lie a whole token apart in the cache (4 KiB for Llama 3's
- * 8 x 128 f32), each on its own page, where the hardware prefetchers stop,
- * so without this every row starts with a miss to memory. Into L2, not
- * L1: rows 4 KiB apart fall into the same L1 sets and would evict each
- * other before use. Measured on Zen 4 under load (S 4096, one thread):
- * about 2x over no prefetch; 8 rows ahead beat 4, 16 and 32 in most runs,
- * and L1 prefetches lost about a third of the gain. */
+/* Asks for row j + PF_ROWS while row j is used, into L2. A kv head's rows
+ * lie a whole token apart in the cache (4 KiB for Llama 3's 8 x 128 f32),
+ * each on its own page, where the hardware prefetchers stop, so without
+ * this every row starts with a miss to memory. Into L2, not L1: rows 4 KiB
+ * apart fall into the same L1 sets and would evict each other before use.
+ * Measured on Zen 4 under load (S 4096, one thread): about 2x over no
+ * prefetch; 8 rows ahead beat 4, 16 and 32 in most runs, and L1 prefetches
+ * lost about a third of the gain. Rows past n are asked for too: the
+ * decode driver walks a chunk's key blocks in order, so they are the next
+ * call's first rows, which would otherwise each start with a miss (a cold
+ * start every 128 keys; about 5-10% of a step, more of an fp16 one, whose
+ * rows take half the time to use). A prefetch is a hint that never faults,
+ * and the address is formed as an integer, so rows past the end of the
+ * cache cost nothing. */
 SIMD_INLINE void prefetch_row(const void *M, int64_t ld, size_t es, int64_t j,
-                              int64_t n, int64_t d)
+                              int64_t d)
 {
-    if (j + PF_ROWS >= n)
-        return;
-    const char *row = (const char *)M + (size_t)((j + PF_ROWS) * ld) * es;
+    const uintptr_t row =
+        (uintptr_t)M + (uintptr_t)((j + PF_ROWS) * ld) * es;
     for (size_t off = 0; off < (size_t)d * es; off += 64)
-        __builtin_prefetch(row + off, 0, 2);
+        __builtin_prefetch((const void *)(row + off), 0, 2);
 }
 
 /* cnt (1..VL) elements from element c of an f32 or fp16 row, 0 beyond.
@@ -581,6 +592,34 @@ SIMD_INLINE void scores_step(const int rows, const int keys, const int f16,
     }
 }
 
+/* s[g*lds + t] = scale * hsum(acc[g][t]) for g < rows, t < keys. The
+ * accumulators are summed VL at a time by vf_hsum_each, one transposing
+ * reduction tree for VL of them (about 3 instructions a sum instead of the
+ * 8-10 of a vf_hsum each, which cost as much as the dot products
+ * themselves); a last partial group is padded with zero vectors. */
+SIMD_INLINE void scores_store(const int rows, const int keys,
+                              vf acc[QB][KP], float scale, float *s,
+                              int64_t lds)
+{
+    enum { NACC = QB * KP, NGROUP = (NACC + VL - 1) / VL };
+    vf all[NGROUP * VL];
+    _Alignas(64) float sums[NGROUP * VL];
+    const int n = rows * keys;
+    MHA_UNROLL
+    for (int i = 0; i < NGROUP * VL; i++)
+        all[i] = i < n ? acc[i / keys][i % keys] : vf_zero();
+    MHA_UNROLL
+    for (int i = 0; i < NGROUP * VL; i += VL)
+        if (i < n)
+            vf_store(sums + i, vf_mul(vf_set1(scale), vf_hsum_each(all + i)));
+    MHA_UNROLL
+    for (int g = 0; g < rows; g++) {
+        MHA_UNROLL
+        for (int t = 0; t < keys; t++)
+            s[g * lds + t] = sums[g * keys + t];
+    }
+}
+
 /* s[g][t] = scale * q_g . K_t for g < rows, t < keys (kr: the key rows). */
 SIMD_INLINE void scores_tile(const int rows, const int keys, const int f16,
                              int64_t d, const float *q, int64_t ldq,
@@ -599,12 +638,7 @@ SIMD_INLINE void scores_tile(const int rows, const int keys, const int f16,
         scores_step(rows, keys, f16, q, ldq, kr, c, VL, acc);
     if (c < d)
         scores_step(rows, keys, f16, q, ldq, kr, c, d - c, acc);
-    MHA_UNROLL
-    for (int g = 0; g < rows; g++) {
-        MHA_UNROLL
-        for (int t = 0; t < keys; t++)
-            s[g * lds + t] = scale * vf_hsum(acc[g][t]);
-    }
+    scores_store(rows, keys, acc, scale, s, lds);
 }
 
 /* Tiles of QB rows, then the 1..QB-1 left, for `keys` keys at kr. */
@@ -638,38 +672,40 @@ SIMD_INLINE void scores_keys(const int keys, const int f16, int64_t G,
 /* Rows j, j + 1, ... (keys of them) of kv head h into out, and a
  * prefetch of the row PF_ROWS further down for each. */
 SIMD_INLINE void head_rows(const void *M, size_t es, int64_t ld, int64_t hs,
-                           int64_t h, int64_t j, const int keys, int64_t n,
-                           int64_t d, const void **out)
+                           int64_t h, int64_t j, const int keys, int64_t d,
+                           const void **out)
 {
     const char *head = (const char *)M + (size_t)(h * hs) * es;
     MHA_UNROLL
     for (int t = 0; t < keys; t++) {
         out[t] = head + (size_t)((j + t) * ld) * es;
-        prefetch_row(head, ld, es, j + t, n, d);
+        prefetch_row(head, ld, es, j + t, d);
     }
 }
 
 /* KP keys at a time (their rows stay in L1 across the row tiles), each
- * head's in turn, then the last key of an odd n (KP is 2). */
+ * head's in turn, then the last n % KP keys one by one. */
 SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
                               int64_t n, int64_t d, const float *q,
                               int64_t ldq, const void *K, int64_t ldk,
                               int64_t hs, float scale, float *s, int64_t lds)
 {
     const size_t es = f16 ? 2 : 4;
-    for (int64_t j = 0; j < n; j += KP) {
+    for (int64_t j = 0; j < n;) {
+        const int keys = j + KP <= n ? KP : 1;
         for (int64_t h = 0; h < nh; h++) {
             const void *kr[KP];
             const float *qh = q + h * G * ldq;
             float *sh = s + h * G * lds + j;
-            if (j + KP <= n) {
-                head_rows(K, es, ldk, hs, h, j, KP, n, d, kr);
+            if (keys == KP) {
+                head_rows(K, es, ldk, hs, h, j, KP, d, kr);
                 scores_keys(KP, f16, G, d, qh, ldq, kr, scale, sh, lds);
             } else {
-                head_rows(K, es, ldk, hs, h, j, 1, n, d, kr);
+                head_rows(K, es, ldk, hs, h, j, 1, d, kr);
                 scores_keys(1, f16, G, d, qh, ldq, kr, scale, sh, lds);
             }
         }
+        j += keys;
     }
 }
 
@@ -735,10 +771,10 @@ SIMD_INLINE void kv_values_of(const int f16, int64_t nh, int64_t G,
             const float *ph = p + h * G * ldp + j;
             float *ah = acc + h * G * ldacc;
             if (keys == KV_STEP) {
-                head_rows(V, es, ldv, hs, h, j, KV_STEP, n, d, vr);
+                head_rows(V, es, ldv, hs, h, j, KV_STEP, d, vr);
                 values_keys(KV_STEP, f16, G, d, ph, ldp, vr, ah, ldacc);
             } else {
-                head_rows(V, es, ldv, hs, h, j, 1, n, d, vr);
+                head_rows(V, es, ldv, hs, h, j, 1, d, vr);
                 values_keys(1, f16, G, d, ph, ldp, vr, ah, ldacc);
             }
         }

@@ -1,9 +1,9 @@
 /* kernels_x86.h: the part of kernels_simd.h's vocabulary that the two x86
  * tables (kernels_avx2.c and kernels_avx512.c) share: the operations whose
- * intrinsics differ only by their _mm256_ / _mm512_ prefix, and the 8 x 8
- * transpose. Each file defines vf and MHA_X86(name) (its prefix pasted to
- * name) and includes this before kernels_simd.h, compiled with at least
- * -mavx2 -mfma. */
+ * intrinsics differ only by their _mm256_ / _mm512_ prefix, the last
+ * levels of vf_hsum_each, and the 8 x 8 transpose. Each file defines vf,
+ * VL and MHA_X86(name) (its prefix pasted to name) and includes this
+ * before kernels_simd.h, compiled with at least -mavx2 -mfma. */
 #ifndef MHA_CPU_KERNELS_X86_H
 #define MHA_CPU_KERNELS_X86_H
 
@@ -24,6 +24,59 @@ static vf vf_fnma(vf a, vf b, vf c) { return MHA_X86(fnmadd_ps)(a, b, c); }
 static vf vf_min(vf a, vf b) { return MHA_X86(min_ps)(a, b); }
 static vf vf_max(vf a, vf b) { return MHA_X86(max_ps)(a, b); }
 static vf vf_max_keep(vf v, vf acc) { return MHA_X86(max_ps)(v, acc); }
+
+/* ---- vf_hsum_each: a tree of pairwise sums ---------------------------------- */
+
+/* Lanes of two vectors gathered into one: a level's shuffle. */
+typedef vf (*x86_pick)(vf, vf);
+
+/* One level of vf_hsum_each's tree: out[i] = lo(x, y) + hi(x, y) for the
+ * pairs (x, y) = (in[2i], in[2i + 1]), i < n, where lo and hi gather the
+ * two halves of x's and y's partial sums that the level adds. Always
+ * inlined, so the picks are direct and inlined too. */
+static inline __attribute__((always_inline)) void
+x86_fold(vf *out, const vf *in, int n, x86_pick lo, x86_pick hi)
+{
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < n; i++)
+        out[i] = vf_add(lo(in[2 * i], in[2 * i + 1]),
+                        hi(in[2 * i], in[2 * i + 1]));
+}
+
+static vf x86_lo_pd(vf x, vf y)
+{
+    return MHA_X86(castpd_ps)(MHA_X86(unpacklo_pd)(MHA_X86(castps_pd)(x),
+                                                   MHA_X86(castps_pd)(y)));
+}
+
+static vf x86_hi_pd(vf x, vf y)
+{
+    return MHA_X86(castpd_ps)(MHA_X86(unpackhi_pd)(MHA_X86(castps_pd)(x),
+                                                   MHA_X86(castps_pd)(y)));
+}
+
+static vf x86_even_ps(vf x, vf y) { return MHA_X86(shuffle_ps)(x, y, 0x88); }
+
+static vf x86_odd_ps(vf x, vf y) { return MHA_X86(shuffle_ps)(x, y, 0xDD); }
+
+/* The tree's last two levels, the same inside each 128-bit lane for both
+ * tables: each table's first levels fold its VL inputs into four vectors
+ * b[m] whose 128-bit lane k holds 4 partial sums of input m * VL / 4 + k;
+ * these leave that input's total in lane 4k + m, a transposition that
+ * x86_hsum_order undoes by taking the inputs in its order. */
+static inline __attribute__((always_inline)) vf x86_sum_lanes4(const vf *b)
+{
+    vf c[2], r;
+    x86_fold(c, b, 2, x86_lo_pd, x86_hi_pd);
+    x86_fold(&r, c, 1, x86_even_ps, x86_odd_ps);
+    return r;
+}
+
+/* Input i of the tree, for lane i of the result to be v[i]'s sum. */
+static int x86_hsum_order(int i)
+{
+    return i % (VL / 4) * 4 + i / (VL / 4);
+}
 
 /* Writes the transpose of the 8 x 8 block at src (rows lds apart) to dst
  * (rows ldd apart): dst[i][j] = src[j][i]. Unpack, shuffle, then swap

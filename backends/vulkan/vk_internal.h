@@ -133,6 +133,8 @@ enum mha_vk_kernel {
     MHA_VK_K_MUL,
     MHA_VK_K_HEAD_STATS,
     MHA_VK_K_ATTENTION_SG, /* attention.comp with subgroup shuffles */
+    MHA_VK_K_ATTENTION_H,    /* attention.comp in fp16 arithmetic */
+    MHA_VK_K_ATTENTION_SG_H, /* the same with subgroup shuffles */
     MHA_VK_K_COUNT
 };
 

@@ -179,7 +179,8 @@ typedef struct mm_config {
 /* The matmul tile for an M x N result: the first option of the shape's
  * class that fits the device's workgroup and shared memory (k-major slices
  * padded by one vec4, matmul.comp). Results of few rows (decode, small
- * batches) get tiles 8 or 16 rows tall and wide along N; large ones 8 x 8
+ * batches) get tiles 8 or 16 rows tall and wide along N (8 for at most 8
+ * rows: a 16-row tile would compute as many rows of nothing); large ones 8 x 8
  * outputs per invocation over 64 x 64 or 128 x 128 tiles (128 only when
  * there are enough tiles to fill a device), BK 32 where it fits; small
  * devices fall back to smaller tiles. */
@@ -206,7 +207,8 @@ static bool mm_pick(const mha_vk_device *d, uint32_t M, uint32_t N,
             uint32_t smem = (o->tm + 4 + o->tn + 4) * o->tk * 4;
             bool big = o->tm == 128 &&
                        (uint64_t)(M / 128) * (N / 128) < 16;
-            if (!big && o->wg <= max_wg(d) &&
+            bool tall = classes[k] == skinny && o->tm > 8 && M <= 8;
+            if (!big && !tall && o->wg <= max_wg(d) &&
                 smem <= d->phys->lim.shared_bytes) {
                 *c = *o;
                 return true;

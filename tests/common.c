@@ -16,12 +16,9 @@ static const char *const cpu_isas[] = {"scalar", "avx2", "avx512", "neon"};
 /* Backends that implement every extension of the attention core. */
 static const char *const core_backends[] = {"cpu", "vulkan", "opencl"};
 
-/* Backends that implement the training ops (issue 18). */
+/* Backends that implement the training ops (issue 18), ATTENTION's saved
+ * LSE included. */
 static const char *const training_backends[] = {"cpu", "vulkan", "opencl"};
-
-/* Those that also write ATTENTION's saved LSE; vulkan joins with issue 19's
- * attention.comp. */
-static const char *const lse_backends[] = {"cpu", "opencl"};
 
 /* Whether td's label names one of the n backends of list. */
 static int backend_listed(const test_device *td, const char *const *list,
@@ -40,11 +37,8 @@ int test_core_required(const test_device *td)
                           sizeof core_backends / sizeof *core_backends);
 }
 
-int test_training_required(const test_device *td, int lse)
+int test_training_required(const test_device *td)
 {
-    if (lse)
-        return backend_listed(td, lse_backends,
-                              sizeof lse_backends / sizeof *lse_backends);
     return backend_listed(td, training_backends,
                           sizeof training_backends / sizeof *training_backends);
 }

@@ -48,9 +48,9 @@ void test_remove_tree(const char *dir);
 int test_core_required(const test_device *td);
 
 /* Whether td's backend implements the training ops (MATMUL, SUM_ROWS,
- * ATTENTION_BACKWARD, ADAMW; with lse, ATTENTION's saved LSE), so that it
- * may not decline a training case of test_ops: the lists in common.c. */
-int test_training_required(const test_device *td, int lse);
+ * ATTENTION_BACKWARD, ADAMW, ATTENTION's saved LSE), so that it may not
+ * decline a training case of test_ops: the list in common.c. */
+int test_training_required(const test_device *td);
 
 typedef struct test_rng {
     uint64_t state;

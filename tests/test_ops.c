@@ -708,9 +708,7 @@ static int check_on_device(const op_case *c, const test_device *td,
                       no_f16,
                   "%s: %s declines it, but its backend implements the "
                   "attention core", c->name, td->label);
-        cr_expect(!(c->flags & F_TRAINING) ||
-                      !test_training_required(td,
-                                              c->op == MHA_OP_ATTENTION),
+        cr_expect(!(c->flags & F_TRAINING) || !test_training_required(td),
                   "%s: %s declines it, but its backend implements the "
                   "training ops", c->name, td->label);
         cr_log_info("%s: skipped on %s, which declines it", c->name,
@@ -805,6 +803,7 @@ static void run_case(const op_case *c)
     X(weighted_sum_row_blocks, WEIGHTED_SUM, 1, 2, 131, 70, 0, 12, 0, 0, 0)  \
     X(attention_tiles_masks, ATTENTION, 2, 3, 100, 260, 0, 40, 0, 0,         \
       F_MASK3D | F_KPM)                                                      \
+    X(projection_tile128, PROJECTION, 1, 1, 520, 0, 0, 0, 40, 520, F_BIAS)  \
     X(projection_two_slabs, PROJECTION, 1, 1, 9, 0, 0, 0, 2100, 2050,       \
       F_BIAS)                                                                \
     X(attention_causal_blocks, ATTENTION, 1, 2, 300, 300, 2, 24, 0, 0,       \

@@ -81,7 +81,8 @@ static void copy_str(char *dst, size_t size, const char *src)
 /* MHA_VULKAN_LIMITS="shared=16384,workgroup=128,fp16=0": lowers (never
  * raises) the limits kernels are specialised from, so lavapipe can run the
  * variants mobile GPUs get. Also "subgroup=0" (no subgroup shuffles: the
- * kernels' shared-memory reductions), "range=N" (a smaller
+ * kernels' shared-memory reductions), "fp16math=0" (fp16 tensors, fp32
+ * arithmetic: no shaderFloat16 kernels), "range=N" (a smaller
  * maxStorageBufferRange), "mapped=0" (transfers through a staging
  * buffer, as on a discrete GPU) and "storage=N" (N storage buffers per
  * stage: below MHA_VK_BINDINGS the device is unusable). */
@@ -109,6 +110,8 @@ static void apply_limit_caps(mha_host *host, mha_vk_limits *lim)
             lim->max_wg = (uint32_t)v;
         else if (strcmp(key, "fp16") == 0 && v == 0)
             lim->fp16_storage = lim->fp16_math = false;
+        else if (strcmp(key, "fp16math") == 0 && v == 0)
+            lim->fp16_math = false;
         else if (strcmp(key, "subgroup") == 0 && v == 0)
             lim->subgroup_shuffle = false;
         else if (strcmp(key, "range") == 0 && v < lim->max_range)
@@ -406,15 +409,25 @@ static mha_status create_device(mha_vk_state *st, mha_vk_device *d)
         .queueCount = 1,
         .pQueuePriorities = &prio,
     };
+    /* shaderFloat16 for the fp16-arithmetic kernels (kernel_usable) */
+    VkPhysicalDeviceShaderFloat16Int8Features f16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES,
+        .shaderFloat16 = ph->lim.fp16_math,
+    };
     VkPhysicalDevice16BitStorageFeatures s16 = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
+        .pNext = ph->lim.fp16_math ? &f16 : NULL,
         .storageBuffer16BitAccess = ph->lim.fp16_storage,
     };
+    const char *f16_ext = "VK_KHR_shader_float16_int8";
+    bool ext = ph->lim.fp16_math && ph->has_fp16_ext;
     VkDeviceCreateInfo ci = {
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
         .pNext = &s16,
         .queueCreateInfoCount = 1,
         .pQueueCreateInfos = &qi,
+        .enabledExtensionCount = ext ? 1u : 0u,
+        .ppEnabledExtensionNames = ext ? &f16_ext : NULL,
     };
     VkResult r = st->fn.CreateDevice(ph->pd, &ci, NULL, &d->dev);
     if (r != VK_SUCCESS) {

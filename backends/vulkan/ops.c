@@ -179,7 +179,8 @@ typedef struct mm_config {
 /* The matmul tile for an M x N result: the first option of the shape's
  * class that fits the device's workgroup and shared memory (k-major slices
  * padded by one vec4, matmul.comp). Results of few rows (decode, small
- * batches) get tiles 8 or 16 rows tall and wide along N; large ones 8 x 8
+ * batches) get tiles 8 or 16 rows tall and wide along N (8 for at most 8
+ * rows: a 16-row tile would compute as many rows of nothing); large ones 8 x 8
  * outputs per invocation over 64 x 64 or 128 x 128 tiles (128 only when
  * there are enough tiles to fill a device), BK 32 where it fits; small
  * devices fall back to smaller tiles. */
@@ -219,7 +220,8 @@ static bool mm_pick(const mha_vk_device *d, uint32_t M, uint32_t N,
             const mm_config *o = &classes[k][i];
             bool big = o->tm == 128 &&
                        (uint64_t)(M / 128) * (N / 128) < 16;
-            if (!big && mm_fits(d, o)) {
+            bool tall = classes[k] == skinny && o->tm > 8 && M <= 8;
+            if (!big && !tall && mm_fits(d, o)) {
                 *c = *o;
                 return true;
             }
@@ -390,6 +392,8 @@ static int output_binding(int kernel)
 {
     return kernel == MHA_VK_K_MATMUL || kernel == MHA_VK_K_ATTENTION ||
                    kernel == MHA_VK_K_ATTENTION_SG ||
+                   kernel == MHA_VK_K_ATTENTION_H ||
+                   kernel == MHA_VK_K_ATTENTION_SG_H ||
                    kernel == MHA_VK_K_ATTENTION_COMBINE
                ? 2
                : 1;
@@ -837,6 +841,19 @@ static mha_status att_partials(mha_vk_device *d, const mha_node *n,
     return MHA_OK;
 }
 
+/* The fused attention's build for c on d: in fp16 arithmetic where K and
+ * V are fp16 (their DT_F16 bits in flags) and the device has shaderFloat16
+ * (MHA_VULKAN_LIMITS fp16math=0 turns it off). */
+static int att_kernel(const mha_vk_device *d, const att_config *c,
+                      uint32_t flags)
+{
+    uint32_t kv = DT_F16(1) | DT_F16(3);
+    if (!d->phys->lim.fp16_math || (flags & kv) != kv)
+        return c->kernel;
+    return c->kernel == MHA_VK_K_ATTENTION_SG ? MHA_VK_K_ATTENTION_SG_H
+                                               : MHA_VK_K_ATTENTION_H;
+}
+
 /* Whether attention.comp may read K and V as vec4s: fp32, and every
  * offset and stride in whole vec4s. */
 static bool att_vec4(const attention_push *p, uint32_t dh)
@@ -911,8 +928,8 @@ static mha_status run_attention(mha_vk_device *d, const mha_node *n)
         ts[8] = &visits;
         p.flags |= MHA_VK_F_VISITS;
     }
-    mha_status s = dispatch(d, c.kernel, f16 != 0, spec, 9, ts, &p, sizeof p,
-                            g);
+    mha_status s = dispatch(d, att_kernel(d, &c, p.flags), f16 != 0, spec, 9,
+                            ts, &p, sizeof p, g);
     return s != MHA_OK || !(p.flags & MHA_VK_F_PARTIALS)
                ? s
                : run_combine(d, n, &part, ns, &p);

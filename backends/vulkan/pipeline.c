@@ -26,13 +26,18 @@ static const char *const kernel_files[MHA_VK_K_COUNT][2] = {
     [MHA_VK_K_ADAMW] = {"adamw.spv", NULL},
     [MHA_VK_K_ATT_BWD_PRE] = {"attention_backward_pre.spv", NULL},
     [MHA_VK_K_ATT_BWD] = {"attention_backward.spv", NULL},
+    [MHA_VK_K_ATTENTION_H] = {NULL, "attention_f16m.spv"},
+    [MHA_VK_K_ATTENTION_SG_H] = {NULL, "attention_sg_f16m.spv"},
 };
 
-/* Whether the device can load kernel k (MHA_VK_K_ATTENTION_SG declares the
- * subgroup shuffle capability). */
+/* Whether the device can load kernel k (the _SG attentions declare the
+ * subgroup shuffle capability, the _H ones Float16). */
 static bool kernel_usable(const mha_vk_device *d, int k)
 {
-    return k != MHA_VK_K_ATTENTION_SG || d->phys->lim.subgroup_shuffle;
+    const mha_vk_limits *l = &d->phys->lim;
+    bool sg = k == MHA_VK_K_ATTENTION_SG || k == MHA_VK_K_ATTENTION_SG_H;
+    bool h = k == MHA_VK_K_ATTENTION_H || k == MHA_VK_K_ATTENTION_SG_H;
+    return (!sg || l->subgroup_shuffle) && (!h || l->fp16_math);
 }
 
 static const mha_embedded_file *find_spirv(const char *name)
@@ -142,8 +147,8 @@ static mha_status create_pipeline(mha_vk_device *d, int kernel, bool f16,
 {
     if (!d->modules[kernel][f16])
         return mha_host_error(d->host, MHA_UNSUPPORTED,
-                              "vulkan: %s has no fp16 build on this device",
-                              kernel_files[kernel][0]);
+                              "vulkan: %s has no %s build on this device",
+                              kernel_files[kernel][!f16], f16 ? "fp16" : "fp32");
     VkSpecializationMapEntry map[MHA_VK_MAX_SPEC];
     for (int i = 0; i < count; ++i)
         map[i] = (VkSpecializationMapEntry){(uint32_t)i,

@@ -138,6 +138,8 @@ enum mha_vk_kernel {
     MHA_VK_K_ADAMW,
     MHA_VK_K_ATT_BWD_PRE,
     MHA_VK_K_ATT_BWD,
+    MHA_VK_K_ATTENTION_H,    /* attention.comp in fp16 arithmetic */
+    MHA_VK_K_ATTENTION_SG_H, /* the same with subgroup shuffles */
     MHA_VK_K_COUNT
 };
 

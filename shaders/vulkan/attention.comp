@@ -45,6 +45,15 @@
 // sink. NS depends on shapes only (S is the keys' capacity, not a length).
 // A training forward that saves the row LSE takes the same two passes
 // (MHA_VK_F_PARTIALS, even with NS == 1): the combine pass writes it.
+// fp16 arithmetic (MHA_F16MATH, a build of the fp16 variant for devices
+// with shaderFloat16, used when K and V are fp16): the K and V tiles are
+// f16vec4s (half the shared memory and its traffic), and p.v accumulates
+// a tile's keys in f16vec4 FMAs of p / BC (p = exp(s - max) <= 1, so the
+// BC terms, each at most |V| <= 65504 / BC, cannot overflow fp16) before
+// joining the fp32 output times BC (a power of 2: exact). q.k stays fp32
+// FMAs of the fp16 K: products of fp16 values overflow fp16 (queries and
+// keys of magnitude 1e3 give NaN rows). The softmax maximum, sum and
+// scores stay fp32.
 // D, BR, BC, TPR are specialization constants chosen from the device's
 // shared memory, workgroup and subgroup limits (BR from the rows there
 // are; with few rows, as in decode, TPR grows so a row is served by more
@@ -58,6 +67,15 @@
 #endif
 #if MHA_SG
 #extension GL_KHR_shader_subgroup_shuffle : require
+#endif
+#ifndef MHA_F16MATH
+#define MHA_F16MATH 0
+#endif
+#if MHA_F16MATH
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#define TVEC f16vec4 // the K and V tiles
+#else
+#define TVEC vec4
 #endif
 #include "dtype.glsl"
 #include "online.glsl"
@@ -105,8 +123,8 @@ const uint D4 = (D + 3u) / 4u; // vec4s of a head row (zero past D)
 const uint D4P = (D4 + TPR - 1u) / TPR * TPR;
 const uint DPT = D4P / TPR; // vec4 columns per invocation
 
-shared vec4 Ks[BC * D4P];
-shared vec4 Vs[BC * D4P];
+shared TVEC Ks[BC * D4P];
+shared TVEC Vs[BC * D4P];
 #if !MHA_SG
 shared float Red[BC * WG]; // [key][invocation]: partial dot products
 #endif
@@ -217,8 +235,8 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
     for (uint e = gl_LocalInvocationID.x; e < BC * D4P; e += WG) {
         uint j = j0 + e / D4P, c4 = e % D4P;
         bool ok = j < jend && c4 < D4;
-        Ks[e] = ok ? k_vec(kb + j * p.k_sr, c4) : vec4(0.0);
-        Vs[e] = ok ? v_vec(vb + j * p.v_sr, c4) : vec4(0.0);
+        Ks[e] = TVEC(ok ? k_vec(kb + j * p.k_sr, c4) : vec4(0.0));
+        Vs[e] = TVEC(ok ? v_vec(vb + j * p.v_sr, c4) : vec4(0.0));
     }
     if (flag(MHA_VK_F_VISITS) && gl_LocalInvocationID.x == 0u)
         atomicAdd(visits[0], (min(R0 + BR, rows()) - R0) *
@@ -228,7 +246,7 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
     [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
         float x = 0.0;
         [[unroll]] for (uint c = 0u; c < DPT; ++c)
-            x += dot(qv[c], Ks[jj * D4P + lane + c * TPR]);
+            x += dot(qv[c], vec4(Ks[jj * D4P + lane + c * TPR]));
         s[jj] = x;
     }
     reduce_scores(row);
@@ -241,14 +259,30 @@ void tile(uint j0, uint jend, uint R, uint row, uint lane, bool live)
     if (mb != NEG_INF) {
         float alpha = exp(m - mb); // m == -inf gives 0
         l *= alpha;
+#if MHA_F16MATH
+        f16vec4 pv[DPT]; // this tile's p.v / BC, in fp16
+        [[unroll]] for (uint c = 0u; c < DPT; ++c)
+            pv[c] = f16vec4(0.0);
+        const float pscale = 1.0 / float(BC);
+#else
+#define pv acc // fp32: straight into the output
+        const float pscale = 1.0;
+#endif
         [[unroll]] for (uint c = 0u; c < DPT; ++c)
             acc[c] *= alpha;
         [[dont_unroll]] for (uint jj = 0u; jj < BC; ++jj) {
             float pj = exp(s[jj] - mb); // one exp per score
             l += pj;
             [[unroll]] for (uint c = 0u; c < DPT; ++c)
-                acc[c] = fma(vec4(pj), Vs[jj * D4P + lane + c * TPR], acc[c]);
+                pv[c] = fma(TVEC(pj * pscale), Vs[jj * D4P + lane + c * TPR],
+                            pv[c]);
         }
+#if MHA_F16MATH
+        [[unroll]] for (uint c = 0u; c < DPT; ++c)
+            acc[c] = fma(vec4(pv[c]), vec4(float(BC)), acc[c]);
+#else
+#undef pv
+#endif
         m = mb;
     }
     barrier();

@@ -1,14 +1,14 @@
 /* test_backward_fd.c: finite-difference checks of mha_layer_backward (the
  * fused attention backward of each backend and the layer around it),
  * independent of the PyTorch fixtures of test_backward.c. On every device
- * and CPU ISA, a tiny nn.MHA layer (E 8, H 2, L 3, S 4, N 2) with loss
+ * and CPU ISA, a tiny nn.MHA layer (E 8, H 2, L 3, S 9, N 2) with loss
  * sum(w * Y) for a fixed random w (so dY = w): sampled elements of the
  * gradients of the query, of in_proj_weight (q, k and v rows) and of
  * bias_k against central differences of the loss, each computed with the
  * device's own forward. Cases: plain, causal, a key_padding_mask that
  * masks every key of one batch item (fully masked rows: zero gradients),
  * add_bias_kv, and add_bias_kv with causal (appended keys are never
- * masked).
+ * masked), also with S 66.
  *
  * Why h = 1e-2 and 2e-3: the loss is summed in double from the fp32 output
  * (|Y| ~ 1, 48 terms), so its rounding is ~1e-6 and the difference
@@ -28,7 +28,9 @@
 
 #include "common.h"
 
-enum { E = 8, NH = 2, L = 3, S = 4, N = 2, SAMPLES = 10 };
+/* S_MAX: the long case's source length; the others have S_SHORT keys,
+ * enough for the CPU's 8-wide dS blocks. */
+enum { E = 8, NH = 2, L = 3, S_SHORT = 9, S_MAX = 70, N = 2, SAMPLES = 10 };
 
 #define FD_STEP 1e-2f /* h */
 #define FD_TOL 2e-3   /* of the gradient's largest magnitude */
@@ -36,6 +38,7 @@ enum { E = 8, NH = 2, L = 3, S = 4, N = 2, SAMPLES = 10 };
 typedef struct fd_case {
     const char *name;
     int causal, kpm, bias_kv;
+    int64_t S; /* source length */
 } fd_case;
 
 /* A tensor the differences perturb: the query or a weight, its host copy
@@ -58,7 +61,8 @@ typedef struct fd_run {
     mha_tensor *t[6]; /* query, key, value, output, dY, dquery */
     mha_tensor *kpm;
     mha_forward_args fa;
-    float query[L * N * E], key[S * N * E], value[S * N * E], w[L * N * E];
+    float query[L * N * E], key[S_MAX * N * E],
+        value[S_MAX * N * E], w[L * N * E];
     float in_w[3 * E * E], in_b[3 * E], out_w[E * E], out_b[E];
     float bias_k[E], bias_v[E];
 } fd_run;
@@ -128,22 +132,27 @@ static void setup(fd_run *r, mha_context *ctx, const test_device *td,
     fill(&rng, r->bias_k, E, 1.0f);
     fill(&rng, r->bias_v, E, 1.0f);
     fill(&rng, r->query, L * N * E, 1.0f);
-    fill(&rng, r->key, S * N * E, 1.0f);
-    fill(&rng, r->value, S * N * E, 1.0f);
+    const int64_t S = c->S;
+    fill(&rng, r->key, (size_t)(S * N * E), 1.0f);
+    fill(&rng, r->value, (size_t)(S * N * E), 1.0f);
     fill(&rng, r->w, L * N * E, 1.0f);
     push_weights(r, c);
 
     const int64_t qs[3] = {L, N, E}, ks[3] = {S, N, E}, ms[2] = {N, S};
     r->t[0] = upload(r, MHA_F32, 3, qs, r->query, sizeof r->query);
-    r->t[1] = upload(r, MHA_F32, 3, ks, r->key, sizeof r->key);
-    r->t[2] = upload(r, MHA_F32, 3, ks, r->value, sizeof r->value);
+    r->t[1] = upload(r, MHA_F32, 3, ks, r->key, (size_t)(S * N * E) * 4);
+    r->t[2] = upload(r, MHA_F32, 3, ks, r->value, (size_t)(S * N * E) * 4);
     r->t[3] = upload(r, MHA_F32, 3, qs, r->w, sizeof r->w); /* overwritten */
     r->t[4] = upload(r, MHA_F32, 3, qs, r->w, sizeof r->w);
     r->t[5] = upload(r, MHA_F32, 3, qs, r->w, sizeof r->w); /* overwritten */
     if (c->kpm) {
-        /* item 0: key 2 masked; item 1: every key (fully masked rows) */
-        const unsigned char m[N * S] = {0, 0, 1, 0, 1, 1, 1, 1};
-        r->kpm = upload(r, MHA_BOOL, 2, ms, m, sizeof m);
+        /* item 0: keys 2 and 5 masked; item 1: every key (fully masked
+         * rows) */
+        unsigned char m[N * S_MAX];
+        for (int64_t j = 0; j < S; j++)
+            m[j] = j == 2 || j == 5;
+        memset(m + S, 1, (size_t)S);
+        r->kpm = upload(r, MHA_BOOL, 2, ms, m, (size_t)(N * S));
     }
     mha_forward_args_init(&r->fa);
     r->fa.query = r->t[0];
@@ -311,15 +320,18 @@ static void run_case(const fd_case *c)
     cr_assert_gt(ran, 0, "%s: no device ran it", c->name);
 }
 
-/* name, causal, key_padding_mask, add_bias_kv */
+/* name, causal, key_padding_mask, add_bias_kv, S. The long case puts the
+ * appended bias_k in a 64-key tile past every query's diagonal, which a
+ * causal tile skip must not drop. */
 #define FD_CASES(X)                                                          \
-    X(plain, 0, 0, 0) X(causal, 1, 0, 0) X(kpm_masked_rows, 0, 1, 0)         \
-    X(bias_kv, 0, 0, 1) X(bias_kv_causal, 1, 0, 1)
+    X(plain, 0, 0, 0, S_SHORT) X(causal, 1, 0, 0, S_SHORT)                   \
+    X(kpm_masked_rows, 0, 1, 0, S_SHORT) X(bias_kv, 0, 0, 1, S_SHORT)        \
+    X(bias_kv_causal, 1, 0, 1, S_SHORT) X(bias_kv_causal_long, 1, 0, 1, 66)
 
-#define DEFINE_FD_TEST(name, causal, kpm, bias_kv)                           \
+#define DEFINE_FD_TEST(name, causal, kpm, bias_kv, S)                        \
     Test(backward_fd, name)                                                  \
     {                                                                        \
-        const fd_case c = {#name, causal, kpm, bias_kv};                     \
+        const fd_case c = {#name, causal, kpm, bias_kv, S};                  \
         run_case(&c);                                                        \
     }
 FD_CASES(DEFINE_FD_TEST)

@@ -16,7 +16,12 @@
  *  - decode (llama3-8b-decode: cache 1k, 4k, 16k tokens, f32 and f16):
  *    its attention node alone, against the time to read the cache's K and
  *    V once at the read bandwidth (the issue's bound), and the f16 cache's
- *    attention time against the f32's; the whole decoder layer step too,
+ *    attention time against the f32's. Each call reads the next of the
+ *    model's 32 layers' caches (fewer once they hold MODEL_KV_BYTES), as a
+ *    decode step does, so K and V come from DRAM as the bound assumes; the
+ *    same on one layer's cache, read again and again (partly from the
+ *    last-level cache), is printed for reference; the whole decoder layer
+ *    step too,
  *    which also reads 168 MiB of f32 projection weights, so its rows are
  *    for reference;
  *  - GQA prefill's attention node (llama3-8b-prefill, T 512, causal
@@ -68,8 +73,9 @@ static const target_case cases[NCASES] = {
                 0, 0, 0},
 };
 
-#define MAX_ROWS 48
+#define MAX_ROWS 64
 #define DECODER_CASES 6 /* the llama3-8b-decode preset */
+#define MODEL_KV_BYTES (1024.0 * 1024 * 1024) /* rotated K+V, at most */
 #define PREFILL_CASES 1 /* the llama3-8b-prefill preset */
 
 typedef struct target_row {
@@ -90,6 +96,7 @@ typedef struct targets {
     double long_dev_mib, long_rss_mib; /* 32k working memory */
     bench_case dec[DECODER_CASES];    /* S 1k, 4k, 16k; f32, f16 cache */
     bench_result dec_r[DECODER_CASES], dec_a[DECODER_CASES]; /* step, attn */
+    bench_result dec_1[DECODER_CASES]; /* attn on one layer's cache */
     int ndec;
     bench_case pre[PREFILL_CASES];
     bench_result pre_a[PREFILL_CASES]; /* attention part */
@@ -229,7 +236,7 @@ static void time_attention(targets *t, int i)
 {
     bench_options o = with_reps(t, &cases[i]);
     memset(&t->attn[i], 0, sizeof t->attn[i]);
-    if (bench_attention_part(t->ctx, &o, &t->bc[i], &t->attn[i])) {
+    if (bench_attention_part(t->ctx, &o, &t->bc[i], 1, &t->attn[i])) {
         fprintf(stderr, "mha-bench: attention part of %s failed\n",
                 cases[i].name);
         t->failed = 1;
@@ -274,9 +281,10 @@ static void run_case(targets *t, int i)
     bench_case_data_free(&d);
 }
 
-/* The attention node of decoder case c alone, into r. */
+/* The attention node of decoder case c alone, over layers caches, into
+ * r. */
 static void time_decoder_attention(targets *t, const bench_case *c,
-                                   bench_result *r)
+                                   int layers, bench_result *r)
 {
     bench_options o = *t->o;
     o.threads = t->threads;
@@ -285,7 +293,7 @@ static void time_decoder_attention(targets *t, const bench_case *c,
     o.min_time = 0.3;
     say(t, "%s: attention part...\n", c->name);
     memset(r, 0, sizeof *r);
-    if (bench_attention_part(t->ctx, &o, c, r)) {
+    if (bench_attention_part(t->ctx, &o, c, layers, r)) {
         fprintf(stderr, "mha-bench: attention part of %s failed\n", c->name);
         t->failed = 1;
     }
@@ -306,11 +314,14 @@ static void run_decoder(targets *t)
         memset(&t->dec_r[i], 0, sizeof t->dec_r[i]);
         bench_decoder_case(t->ctx, t->dev, &o, &t->dec[i], &t->dec_r[i]);
         note_failure(t, &t->dec_r[i], t->dec[i].name);
-        time_decoder_attention(t, &t->dec[i], &t->dec_a[i]);
+        time_decoder_attention(
+            t, &t->dec[i], bench_attention_layers(&t->dec[i], MODEL_KV_BYTES),
+            &t->dec_a[i]);
+        time_decoder_attention(t, &t->dec[i], 1, &t->dec_1[i]);
     }
     bench_preset_add("llama3-8b-prefill", t->pre, &t->npre, PREFILL_CASES);
     for (int i = 0; i < t->npre; i++)
-        time_decoder_attention(t, &t->pre[i], &t->pre_a[i]);
+        time_decoder_attention(t, &t->pre[i], 1, &t->pre_a[i]);
 }
 
 /* ---- the table -------------------------------------------------------------- */
@@ -448,7 +459,18 @@ static void decoder_rows(targets *t)
         snprintf(name, sizeof name, "decode attention S=%lldk %s / K+V",
                  (long long)(c->src_len / 1024), cache_of(c));
         add_row(t, met(ms > 0 && kv > 0, ms <= 1.25 * kv), "<= 1.25x", name,
-                "%.2f / %.2f ms = %.2fx", ms, kv, kv > 0 ? ms / kv : 0);
+                "%.2f / %.2f ms = %.2fx (%d layers)", ms, kv,
+                kv > 0 ? ms / kv : 0,
+                bench_attention_layers(c, MODEL_KV_BYTES));
+    }
+    for (int i = 0; i < t->ndec; i++) {
+        const bench_case *c = &t->dec[i];
+        double ms = t->dec_1[i].median_ms;
+        double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
+        snprintf(name, sizeof name, "one layer's cache S=%lldk %s / K+V",
+                 (long long)(c->src_len / 1024), cache_of(c));
+        add_row(t, "-", "reference", name, "%.2f / %.2f ms = %.2fx", ms, kv,
+                kv > 0 ? ms / kv : 0);
     }
     for (int i = 0; i < t->ndec; i++) {
         const bench_case *c = &t->dec[i];
@@ -467,6 +489,10 @@ static void decoder_rows(targets *t)
         snprintf(name, sizeof name, "decode attention f16/f32 S=%lldk", k);
         add_row(t, met(f32 > 0 && f16 > 0, f16 <= 0.6 * f32), "<= 0.6", name,
                 "%.2f (%.2f / %.2f ms)", f32 > 0 ? f16 / f32 : 0, f16, f32);
+        f32 = t->dec_1[i].median_ms, f16 = t->dec_1[i + 1].median_ms;
+        snprintf(name, sizeof name, "one layer's cache f16/f32 S=%lldk", k);
+        add_row(t, "-", "reference", name, "%.2f (%.2f / %.2f ms)",
+                f32 > 0 ? f16 / f32 : 0, f16, f32);
         snprintf(name, sizeof name, "layer step f16/f32 S=%lldk", k);
         add_row(t, "-", "reference", name, "%.2f (%.1f / %.1f ms)",
                 s32 > 0 ? s16 / s32 : 0, s16, s32);
@@ -540,9 +566,13 @@ static void print_table(targets *t, FILE *out)
                  "fused\nattention op alone (4LSE FLOPs), timed through the CPU "
                  "backend's internal entry point; medians of each case's "
                  "runs.\nDecode (llama3-8b, Hq 32, Hkv 8, d 128): \"decode "
-                 "attention\" is the attention node alone, \"layer step\" the "
-                 "whole\nstep, which also reads 168 MiB of f32 weights (+W); "
-                 "K+V is the cache's K and V bytes at the read\nbandwidth. GQA "
+                 "attention\" is the attention node alone, each call on the next "
+                 "of the model's\nlayers' caches (at most 32, together up to "
+                 "1 GiB) as a decode step reads them, from DRAM;\n\"one "
+                 "layer's cache\" reads one cache again and again (partly "
+                 "from the last-level cache);\n\"layer step\" is the "
+                 "whole step, which also reads 168 MiB of f32 weights (+W);\n"
+                 "K+V is the cache's K and V bytes at the read bandwidth. GQA "
                  "prefill (T = S = 512, causal bottom-right): 4 d Hq FLOPs per "
                  "attended (query, key)\npair, L(S-L) + L(L+1)/2 pairs.\n");
 }

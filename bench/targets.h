@@ -11,10 +11,13 @@
 
 /* Times the CPU backend's fused attention op alone (best ISA, o->threads
  * threads) on random Q, K, V for case c (batch 1; a decoder case: its
- * attention node over a cache of src_len tokens): r->runs, median_ms and
+ * attention node over a cache of src_len tokens), each call on the next of
+ * layers copies of K and V (1 to 32; more are 32): r->runs, median_ms and
  * p95_ms as bench_time_runs fills them. 0, or non-zero on a failure. */
 int bench_attention_part(mha_context *ctx, const bench_options *o,
-                         const bench_case *c, bench_result *r);
+                         const bench_case *c, int layers, bench_result *r);
+/* How many layers' K and V of case c hold at least bytes (1 to 32). */
+int bench_attention_layers(const bench_case *c, double bytes);
 
 /* Memory bandwidth in GB/s (bytes read + written per second, the best of
  * a few passes) of a STREAM-style copy of two 256 MiB arrays with threads

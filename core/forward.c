@@ -19,7 +19,6 @@ typedef struct arg_view {
     int ndim;
     const int64_t *shape;
     const void *data; /* the tensor's buffer or the array's memory */
-    size_t offset;    /* elements into data (a tensor view's) */
 } arg_view;
 
 static mha_status bad_shape(mha_context *ctx, const char *fn,
@@ -160,16 +159,10 @@ static mha_status check_masks(const mha_layer *layer, const char *fn,
 }
 
 /* Whether two present arguments are one tensor or array: the same memory
- * at the same offset, of the same shape. */
+ * (a layer takes whole tensors; mha_graph_packs compares the shapes). */
 static int same_input(const arg_view *a, const arg_view *b)
 {
-    if (!a->present || a->data != b->data || a->offset != b->offset ||
-        a->ndim != b->ndim)
-        return 0;
-    for (int i = 0; i < a->ndim; i++)
-        if (a->shape[i] != b->shape[i])
-            return 0;
-    return 1;
+    return a->present && a->data == b->data;
 }
 
 /* Everything a forward needs to know about its arguments, checked. */
@@ -255,7 +248,7 @@ mha_status mha_forward_args_init_sized(mha_forward_args *args,
 static arg_view tensor_view(const char *name, const mha_tensor *t)
 {
     arg_view v = {name, t != NULL, t ? t->dtype : MHA_F32, t ? t->ndim : 0,
-                  t ? t->shape : NULL, t ? t->buf : NULL, t ? t->offset : 0};
+                  t ? t->shape : NULL, t ? t->buf : NULL};
     return v;
 }
 
@@ -458,7 +451,7 @@ mha_status mha_host_forward_args_init_sized(mha_host_forward_args *args,
 static arg_view array_view(const char *name, const mha_host_array *a)
 {
     arg_view v = {name, a->data != NULL, a->dtype, a->ndim, a->shape,
-                  a->data, 0};
+                  a->data};
     return v;
 }
 

@@ -267,37 +267,40 @@ Test(qkv_pack, training_forward_three_projections)
     run_case(&SELF(.train = 1), 4);
 }
 
-/* The host-memory forward packs when query, key and value are one array
- * (their staging holds the query only) and matches three arrays. */
-Test(qkv_pack, host_forward)
+/* The host-memory forward with key and value the query's own array (one
+ * array when S = L: packed, its staging holds the query only; a prefix of
+ * it when S < L: a cross-attention, three projections) against a copy of
+ * those S rows: the projections run, and the outputs agree. */
+static void run_host_case(const pack_case *c, int64_t S)
 {
     mha_context *ctx;
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
     test_device devs[TEST_MAX_DEVICES];
     int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
-    pack_case c = SELF(.bias_kv = 1);
-    size_t n = (size_t)(c.L * c.N * c.E);
+    size_t n = (size_t)(c->L * c->N * c->E), ns = (size_t)(S * c->N * c->E);
+    int64_t qs[3] = {c->N, c->L, c->E}, ks[3] = {c->N, S, c->E};
     test_rng rng = {0xabcdu};
-    float *x = random_input(&rng, n), *x2 = malloc(n * sizeof *x2);
-    memcpy(x2, x, n * sizeof *x2);
+    float *x = random_input(&rng, n), *x2 = malloc(ns * sizeof *x2);
+    memcpy(x2, x, ns * sizeof *x2); /* batch-first: the key's rows */
     float *out[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
     for (int i = 0; i < nd; i++) {
         mha_device *dev = test_open(ctx, &devs[i]);
-        mha_layer *layer = make_layer(dev, &c);
-        for (int one = 0; one < 2; one++) {
+        mha_layer *layer = make_layer(dev, c);
+        for (int same = 0; same < 2; same++) {
             mha_host_forward_args a;
             mha_host_forward_args_init(&a);
-            mha_host_array in = {x, MHA_F32, 3, {c.L, c.N, c.E}};
-            a.query = a.key = a.value = in;
-            if (!one)
-                a.key.data = a.value.data = x2;
-            a.output = out[one];
+            a.query = (mha_host_array){x, MHA_F32, 3, {qs[0], qs[1], qs[2]}};
+            a.key = (mha_host_array){same ? x : x2, MHA_F32, 3,
+                                     {ks[0], ks[1], ks[2]}};
+            a.value = a.key;
+            a.output = out[same];
             a.output_count = n;
             cr_assert_eq(mha_device_profile_start(dev), MHA_OK);
             cr_assert_eq(mha_layer_forward_host(layer, &a), MHA_OK, "%s",
                          mha_context_errmsg(ctx));
-            cr_expect_eq(projections_run(dev), one ? 2 : 4, "%s, %s",
-                         devs[i].label, one ? "one array" : "three arrays");
+            cr_expect_eq(projections_run(dev), same && S == c->L ? 2 : 4,
+                         "%s, %s", devs[i].label,
+                         same ? "the query's array" : "a copy");
             cr_assert_eq(mha_device_profile_stop(dev), MHA_OK);
         }
         expect_close(devs[i].label, "host output", out[1], out[0], n, 1e-4);
@@ -311,46 +314,14 @@ Test(qkv_pack, host_forward)
     cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
 }
 
-/* Key and value a prefix of the query's array (same memory, S < L): a
- * cross-attention, three projections, as with a copy of that prefix. */
+Test(qkv_pack, host_forward)
+{
+    pack_case c = SELF(.batch_first = 1, .bias_kv = 1);
+    run_host_case(&c, c.L);
+}
+
 Test(qkv_pack, host_prefix_key_three_projections)
 {
-    mha_context *ctx;
-    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
-    test_device devs[TEST_MAX_DEVICES];
-    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
     pack_case c = SELF(.batch_first = 1);
-    int64_t S = c.L - 2;
-    size_t n = (size_t)(c.L * c.N * c.E), ns = (size_t)(S * c.N * c.E);
-    test_rng rng = {0x1234u};
-    float *x = random_input(&rng, n), *x2 = malloc(ns * sizeof *x2);
-    memcpy(x2, x, ns * sizeof *x2); /* batch-first: item 0's rows, ... */
-    float *out[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
-    for (int i = 0; i < nd; i++) {
-        mha_device *dev = test_open(ctx, &devs[i]);
-        mha_layer *layer = make_layer(dev, &c);
-        for (int same = 0; same < 2; same++) {
-            mha_host_forward_args a;
-            mha_host_forward_args_init(&a);
-            a.query = (mha_host_array){x, MHA_F32, 3, {c.N, c.L, c.E}};
-            a.key = (mha_host_array){same ? x : x2, MHA_F32, 3,
-                                     {c.N, S, c.E}};
-            a.value = a.key;
-            a.output = out[same];
-            a.output_count = n;
-            cr_assert_eq(mha_device_profile_start(dev), MHA_OK);
-            cr_assert_eq(mha_layer_forward_host(layer, &a), MHA_OK, "%s",
-                         mha_context_errmsg(ctx));
-            cr_expect_eq(projections_run(dev), 4, "%s", devs[i].label);
-            cr_assert_eq(mha_device_profile_stop(dev), MHA_OK);
-        }
-        expect_close(devs[i].label, "prefix output", out[1], out[0], n, 1e-4);
-        cr_assert_eq(mha_layer_destroy(layer), MHA_OK);
-        cr_assert_eq(mha_device_destroy(dev), MHA_OK);
-    }
-    free(out[0]);
-    free(out[1]);
-    free(x);
-    free(x2);
-    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    run_host_case(&c, c.L - 2);
 }

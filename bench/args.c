@@ -61,6 +61,10 @@ const char bench_usage[] =
     "                     time of each graph node (in_projection,\n"
     "                     attention, out_projection, ...), as a table and\n"
     "                     in the JSON\n"
+    "  --self-attention   pass one tensor as query, key and value (the\n"
+    "                     cases where S = L and kdim = vdim = E), the\n"
+    "                     self-attention whose Q, K and V libmha projects\n"
+    "                     with one product (qkv_projection in --profile)\n"
     "  --help             print this text\n"
     "\n"
     "Causal rows also report GFLOP/s over the FLOPs needed: the attention\n"
@@ -126,7 +130,7 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
     custom.heads = 4;
     custom.batch = 1;
     custom.tgt_len = 128;
-    int have_custom = 0, have_preset = 0, have_dtype = 0;
+    int have_custom = 0, have_preset = 0, have_dtype = 0, self_attn = 0;
     mha_dtype dtype = MHA_F32;
 
     for (int i = 1; i < argc; i++) {
@@ -168,6 +172,8 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
             o->help = 1;
         } else if (!strcmp(a, "--profile")) {
             o->profile = 1;
+        } else if (!strcmp(a, "--self-attention")) {
+            self_attn = 1;
         } else if (!strcmp(a, "--targets")) {
             o->targets = 1;
         } else if (!strcmp(a, "--backward")) {
@@ -288,6 +294,11 @@ int bench_parse_args(int argc, char **argv, bench_options *o, char *err,
     }
     if (!have_custom && !have_preset && !o->backward)
         bench_preset_add("quick", o->cases, &o->ncases, BENCH_MAX_CASES);
+    for (int i = 0; self_attn && i < o->ncases; i++) {
+        bench_case *c = &o->cases[i];
+        c->self_attn = !c->decoder && c->src_len == c->tgt_len &&
+                       c->kdim == c->embed_dim && c->vdim == c->embed_dim;
+    }
     if (have_dtype)
         for (int i = 0; i < o->ncases; i++) {
             if (o->cases[i].decoder)

@@ -35,6 +35,9 @@ typedef struct bench_case {
     int64_t kv_heads, head_dim, window;
     float softcap;
     mha_dtype cache_dtype;
+    /* --self-attention: query, key and value are one tensor (S = L,
+       kdim = vdim = E), so the key and value data are the query's */
+    int self_attn;
 } bench_case;
 
 /* Appends the cases of preset name ("all": every preset but quick) to

@@ -67,6 +67,10 @@ int bench_case_data_make(const bench_case *c, bench_case_data *d)
     fill(d->q, d->nq, 1.0f, &s);
     fill(d->k, d->nk, 1.0f, &s);
     fill(d->v, d->nv, 1.0f, &s);
+    if (c->self_attn) { /* S = L, kdim = vdim = E: the sizes agree */
+        memcpy(d->k, d->q, d->nq * sizeof(float));
+        memcpy(d->v, d->q, d->nq * sizeof(float));
+    }
     /* Xavier-like scales keep the scores and the output O(1). */
     fill(d->w_q, e * e, 1.0f / sqrtf((float)e), &s);
     fill(d->w_k, e * k, 1.0f / sqrtf((float)k), &s);
@@ -129,9 +133,11 @@ mha_status bench_forward_host(mha_device *dev, const bench_case *c,
         mha_host_forward_args_init(&a);
         a.query = (mha_host_array){d->q, MHA_F32, 3,
                                    {c->tgt_len, c->batch, c->embed_dim}};
-        a.key = (mha_host_array){d->k, MHA_F32, 3,
+        /* self-attention: the one array, as the caller of such a layer
+         * passes it */
+        a.key = (mha_host_array){c->self_attn ? d->q : d->k, MHA_F32, 3,
                                  {c->src_len, c->batch, c->kdim}};
-        a.value = (mha_host_array){d->v, MHA_F32, 3,
+        a.value = (mha_host_array){c->self_attn ? d->q : d->v, MHA_F32, 3,
                                    {c->src_len, c->batch, c->vdim}};
         a.is_causal = c->causal;
         a.need_weights = 0;

@@ -103,8 +103,10 @@ static void run_device_case_timed(mha_context *ctx, mha_device *dev,
     if ((st = mha_layer_create(dev, &cfg, &layer)) ||
         (st = bench_set_weights(layer, c, d)) ||
         (st = make_tensor(dev, c->tgt_len, c->batch, c->embed_dim, d->q, &q)) ||
-        (st = make_tensor(dev, c->src_len, c->batch, c->kdim, d->k, &k)) ||
-        (st = make_tensor(dev, c->src_len, c->batch, c->vdim, d->v, &v)) ||
+        (!c->self_attn &&
+         (st = make_tensor(dev, c->src_len, c->batch, c->kdim, d->k, &k))) ||
+        (!c->self_attn &&
+         (st = make_tensor(dev, c->src_len, c->batch, c->vdim, d->v, &v))) ||
         (st = make_tensor(dev, c->tgt_len, c->batch, c->embed_dim, NULL, &y))) {
         set_error(r, "error", ctx, "setup", st);
         goto done;
@@ -112,8 +114,8 @@ static void run_device_case_timed(mha_context *ctx, mha_device *dev,
     mha_forward_args a;
     mha_forward_args_init(&a);
     a.query = q;
-    a.key = k;
-    a.value = v;
+    a.key = c->self_attn ? q : k; /* self-attention: one tensor */
+    a.value = c->self_attn ? q : v;
     a.output = y;
     a.is_causal = c->causal;
     for (int i = 0; i < o->warmup; i++)

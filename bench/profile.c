@@ -26,11 +26,16 @@ double bench_flops_needed(const bench_case *c)
 
 /* The op's name, with projections named for their side of the attention
  * (the graph runs the input projections, then the attention, then the
- * output projection). */
-static void node_label(char *out, size_t n, const char *op, int seen_attn)
+ * output projection); a lone input projection is self-attention's one
+ * product over the packed in_proj_weight, making Q, K and V. */
+static void node_label(char *out, size_t n, const char *op, int seen_attn,
+                       int in_projections)
 {
     if (!strcmp(op, "projection"))
-        snprintf(out, n, "%s", seen_attn ? "out_projection" : "in_projection");
+        snprintf(out, n, "%s",
+                 seen_attn             ? "out_projection"
+                 : in_projections == 1 ? "qkv_projection"
+                                       : "in_projection");
     else
         snprintf(out, n, "%s", op);
 }
@@ -38,6 +43,15 @@ static void node_label(char *out, size_t n, const char *op, int seen_attn)
 static int is_attention_op(const char *op)
 {
     return !strcmp(op, "attention") || !strcmp(op, "scores");
+}
+
+/* Projections among the first count entries before the attention. */
+static int in_projection_count(const mha_profile_entry *e, int count)
+{
+    int n = 0;
+    for (int i = 0; i < count && !is_attention_op(e[i].op); i++)
+        n += !strcmp(e[i].op, "projection");
+    return n;
 }
 
 /* One profiled forward into slot (the op labels and times); its wall time
@@ -57,12 +71,12 @@ static int profile_once(mha_device *dev, mha_layer *layer,
     mha_device_profile_stop(dev);
     if (st != MHA_OK || count <= 0 || count > BENCH_PROFILE_NODES)
         return -1;
-    int seen_attn = 0;
+    int seen_attn = 0, in_proj = in_projection_count(e, count);
     slot->prof_kernel_ms = 0;
     for (int i = 0; i < count; i++) {
         seen_attn |= is_attention_op(e[i].op);
         node_label(slot->prof[i].op, sizeof slot->prof[i].op, e[i].op,
-                   seen_attn && !is_attention_op(e[i].op));
+                   seen_attn && !is_attention_op(e[i].op), in_proj);
         slot->prof[i].ms = e[i].ms;
         snprintf(slot->prof[i].variant, sizeof slot->prof[i].variant, "%s",
                  e[i].variant ? e[i].variant : "-");

@@ -206,6 +206,7 @@ static cJSON *case_json(const bench_case *c)
     cJSON_AddNumberToObject(o, "kdim", (double)c->kdim);
     cJSON_AddNumberToObject(o, "vdim", (double)c->vdim);
     cJSON_AddBoolToObject(o, "causal", c->causal);
+    cJSON_AddBoolToObject(o, "self_attention", c->self_attn);
     cJSON_AddStringToObject(o, "dtype", dtype_name(c->dtype));
     cJSON_AddNumberToObject(o, "flops", bench_flops(c));
     cJSON_AddNumberToObject(o, "bytes", bench_bytes(c));

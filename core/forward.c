@@ -18,6 +18,7 @@ typedef struct arg_view {
     mha_dtype dtype;
     int ndim;
     const int64_t *shape;
+    const void *data; /* the tensor's buffer or the array's memory */
 } arg_view;
 
 static mha_status bad_shape(mha_context *ctx, const char *fn,
@@ -157,6 +158,13 @@ static mha_status check_masks(const mha_layer *layer, const char *fn,
     return MHA_OK;
 }
 
+/* Whether two present arguments are one tensor or array: the same memory
+ * (a layer takes whole tensors; mha_graph_packs compares the shapes). */
+static int same_input(const arg_view *a, const arg_view *b)
+{
+    return a->present && a->data == b->data;
+}
+
 /* Everything a forward needs to know about its arguments, checked. */
 static mha_status make_call(const mha_layer *layer, const char *fn,
                             const arg_view args[5], int causal,
@@ -169,6 +177,9 @@ static mha_status make_call(const mha_layer *layer, const char *fn,
     if (st == MHA_OK)
         st = check_masks(layer, fn, &args[3], &args[4], call);
     call->causal = causal != 0;
+    /* after the checks: a bad ndim must not be read past */
+    call->same_qkv = st == MHA_OK && same_input(&args[0], &args[1]) &&
+                     same_input(&args[0], &args[2]);
     call->need_weights = need_weights != 0;
     call->average = need_weights && average != 0;
     if (st == MHA_OK) {
@@ -237,7 +248,7 @@ mha_status mha_forward_args_init_sized(mha_forward_args *args,
 static arg_view tensor_view(const char *name, const mha_tensor *t)
 {
     arg_view v = {name, t != NULL, t ? t->dtype : MHA_F32, t ? t->ndim : 0,
-                  t ? t->shape : NULL};
+                  t ? t->shape : NULL, t ? t->buf : NULL};
     return v;
 }
 
@@ -439,7 +450,8 @@ mha_status mha_host_forward_args_init_sized(mha_host_forward_args *args,
 
 static arg_view array_view(const char *name, const mha_host_array *a)
 {
-    arg_view v = {name, a->data != NULL, a->dtype, a->ndim, a->shape};
+    arg_view v = {name, a->data != NULL, a->dtype, a->ndim, a->shape,
+                  a->data};
     return v;
 }
 

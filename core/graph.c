@@ -1,7 +1,10 @@
 /* graph.c: builds the unfused MHA graph of one call shape, following
  * F.multi_head_attention_forward step by step so each node maps to one line
- * of PyTorch's math (its head split and concat are strided views here).
- * The planner (plan.c) then fuses attention where it can. */
+ * of PyTorch's math (its head split and concat are strided views here),
+ * except that self-attention may project Q, K and V with one product over
+ * the packed in_proj_weight, as PyTorch's own fast path does (fewer
+ * dispatches: per-dispatch cost dominates small shapes on GPU APIs). The
+ * planner (plan.c) then fuses attention where it can. */
 #include <math.h>
 #include <string.h>
 
@@ -47,21 +50,14 @@ static int intermediate(mha_graph *g, const mha_layer *layer,
                                 call->batch, 1, T, F);
 }
 
-/* Projects input x with slot's weight into rows [0, T) of a new [N,T',I]
- * intermediate, then appends bias_k/v and zero rows when configured. */
-static int project_kv(mha_graph *g, const mha_layer *layer,
-                      const mha_call *call, int params, int x, mha_wslot w,
-                      mha_wslot b, mha_wslot extra, mha_buf_role saved)
+/* Rows [S, S') of a [N,1,S',I] K or V: the bias_k/v row (extra's
+ * parameter) and the zero row, when configured. */
+static void append_rows(mha_graph *g, const mha_layer *layer,
+                        const mha_call *call, int params, int whole,
+                        mha_wslot extra)
 {
     const mha_layer_config *c = &layer->cfg;
-    int64_t S = call->src_len, I = mha_layer_inner(layer);
-    int64_t S2 = mha_call_keys(layer, call);
-    int whole = intermediate(g, layer, call, saved, S2, I);
-    mha_graph_node(g, MHA_OP_PROJECTION, mha_graph_rows(g, whole, 0, S),
-             x, mha_graph_param(g, layer, params, w),
-             mha_graph_param(g, layer, params, b), MHA_NO_TENSOR,
-             MHA_NO_TENSOR);
-    int64_t row = S;
+    int64_t row = call->src_len;
     if (c->add_bias_kv)
         mha_graph_node(g, MHA_OP_FILL_ROWS, mha_graph_rows(g, whole, row++, 1),
                  mha_graph_param(g, layer, params, extra), MHA_NO_TENSOR,
@@ -70,7 +66,57 @@ static int project_kv(mha_graph *g, const mha_layer *layer,
         mha_graph_node(g, MHA_OP_FILL_ROWS, mha_graph_rows(g, whole, row, 1),
                  MHA_NO_TENSOR, MHA_NO_TENSOR, MHA_NO_TENSOR, MHA_NO_TENSOR,
                  MHA_NO_TENSOR);
+}
+
+/* Projects input x with slot's weight into rows [0, T) of a new [N,T',I]
+ * intermediate, then appends bias_k/v and zero rows when configured. */
+static int project_kv(mha_graph *g, const mha_layer *layer,
+                      const mha_call *call, int params, int x, mha_wslot w,
+                      mha_wslot b, mha_wslot extra, mha_buf_role saved)
+{
+    int64_t S = call->src_len, I = mha_layer_inner(layer);
+    int64_t S2 = mha_call_keys(layer, call);
+    int whole = intermediate(g, layer, call, saved, S2, I);
+    mha_graph_node(g, MHA_OP_PROJECTION, mha_graph_rows(g, whole, 0, S),
+             x, mha_graph_param(g, layer, params, w),
+             mha_graph_param(g, layer, params, b), MHA_NO_TENSOR,
+             MHA_NO_TENSOR);
+    append_rows(g, layer, call, params, whole, extra);
     return whole;
+}
+
+/* The q, k and v slots from first (MHA_W_Q or MHA_B_Q) as one parameter:
+ * the layout keeps them adjacent (layer.h), so the packed in_proj_weight
+ * [3I, E] stacks their rows and in_proj_bias [3I] their columns. */
+static int packed_param(mha_graph *g, const mha_layer *layer, int params,
+                        mha_wslot first)
+{
+    int t = mha_graph_param(g, layer, params, first);
+    if (t != MHA_NO_TENSOR)
+        g->tensors[t].ne[first == MHA_W_Q ? 2 : 3] *= 3;
+    return t;
+}
+
+/* Self-attention: one projection of x over the packed weight into rows
+ * [0, L) of a [N,1,S',3I] intermediate whose column blocks are Q, K and V
+ * (each [N,1,.,I] with row stride 3I, so the heads are strided views as
+ * usual); K and V get their appended rows after it. */
+static void project_packed(mha_graph *g, const mha_layer *layer,
+                           const mha_call *call, int params, int x, int qkv[3])
+{
+    int64_t L = call->tgt_len, I = mha_layer_inner(layer);
+    int whole = mha_graph_contiguous(g, MHA_BUF_ARENA, layer->cfg.dtype,
+                                     call->batch, 1,
+                                     mha_call_keys(layer, call), 3 * I);
+    mha_graph_node(g, MHA_OP_PROJECTION, mha_graph_rows(g, whole, 0, L), x,
+                   packed_param(g, layer, params, MHA_W_Q),
+                   packed_param(g, layer, params, MHA_B_Q), MHA_NO_TENSOR,
+                   MHA_NO_TENSOR);
+    for (int i = 0; i < 3; i++)
+        qkv[i] = cols_of(g, whole, i * I, I);
+    qkv[0] = mha_graph_rows(g, qkv[0], 0, L);
+    append_rows(g, layer, call, params, qkv[1], MHA_BIAS_K);
+    append_rows(g, layer, call, params, qkv[2], MHA_BIAS_V);
 }
 
 /* Scores, softmax and weighted sum of heads [h0, h0 + n) (the planner may
@@ -133,7 +179,14 @@ static int add_head_control(mha_graph *g, const mha_layer *layer,
     return gated;
 }
 
-void mha_graph_build(const mha_layer *layer, const mha_call *call,
+int mha_graph_packs(const mha_layer *layer, const mha_call *call)
+{
+    const mha_layer_config *c = &layer->cfg;
+    return call->same_qkv && !call->train && c->kdim == c->embed_dim &&
+           c->vdim == c->embed_dim && call->src_len == call->tgt_len;
+}
+
+void mha_graph_build(const mha_layer *layer, const mha_call *call, int pack,
                      mha_graph *g)
 {
     const mha_layer_config *c = &layer->cfg;
@@ -143,22 +196,30 @@ void mha_graph_build(const mha_layer *layer, const mha_call *call,
     memset(g, 0, sizeof *g);
 
     int xq = mha_graph_input(g, layer, MHA_BUF_QUERY, call, L, E);
-    int xk = mha_graph_input(g, layer, MHA_BUF_KEY, call, S, c->kdim);
-    int xv = mha_graph_input(g, layer, MHA_BUF_VALUE, call, S, c->vdim);
+    int xk = pack ? xq : mha_graph_input(g, layer, MHA_BUF_KEY, call, S,
+                                         c->kdim);
+    int xv = pack ? xq : mha_graph_input(g, layer, MHA_BUF_VALUE, call, S,
+                                         c->vdim);
     int params = mha_graph_buf(g, MHA_BUF_PARAMS, layer->wbytes);
 
-    /* projection */
-    int q = intermediate(g, layer, call, MHA_BUF_SAVED_Q, L, I);
-    mha_graph_node(g, MHA_OP_PROJECTION, q, xq, mha_graph_param(g, layer, params, MHA_W_Q),
-             mha_graph_param(g, layer, params, MHA_B_Q), MHA_NO_TENSOR,
-             MHA_NO_TENSOR);
-    int k = project_kv(g, layer, call, params, xk, MHA_W_K, MHA_B_K,
-                       MHA_BIAS_K, MHA_BUF_SAVED_K);
-    int v = project_kv(g, layer, call, params, xv, MHA_W_V, MHA_B_V,
-                       MHA_BIAS_V, MHA_BUF_SAVED_V);
+    /* projection: one over the packed weight for self-attention, else
+     * one per input */
+    int qkv[3], heads[3];
+    if (pack) {
+        project_packed(g, layer, call, params, xq, qkv);
+    } else {
+        qkv[0] = intermediate(g, layer, call, MHA_BUF_SAVED_Q, L, I);
+        mha_graph_node(g, MHA_OP_PROJECTION, qkv[0], xq,
+                       mha_graph_param(g, layer, params, MHA_W_Q),
+                       mha_graph_param(g, layer, params, MHA_B_Q),
+                       MHA_NO_TENSOR, MHA_NO_TENSOR);
+        qkv[1] = project_kv(g, layer, call, params, xk, MHA_W_K, MHA_B_K,
+                            MHA_BIAS_K, MHA_BUF_SAVED_K);
+        qkv[2] = project_kv(g, layer, call, params, xv, MHA_W_V, MHA_B_V,
+                            MHA_BIAS_V, MHA_BUF_SAVED_V);
+    }
 
     /* heads: [N,H,T,d] views of the projections' rows, no copies */
-    int qkv[3] = {q, k, v}, heads[3];
     for (int i = 0; i < 3; i++)
         heads[i] = mha_graph_heads(g, qkv[i], H);
 

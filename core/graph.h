@@ -24,6 +24,9 @@ typedef struct mha_call {
                                       batch item and not computed */
     int train;        /* a training forward: Q, K, V, O and the row LSE go
                          to the layer's saved buffers (MHA_BUF_SAVED_*) */
+    int same_qkv;     /* query, key and value are one tensor or array
+                         (self-attention: S = L, kdim = vdim = E), so one
+                         projection can make Q, K and V (mha_graph_packs) */
 } mha_call;
 
 /* Buffers of a graph: the caller's, the layer's weights, and intermediates
@@ -92,8 +95,15 @@ typedef struct mha_graph {
     int nruns;
 } mha_graph;
 
-/* Builds the unfused graph of layer for call. */
-void mha_graph_build(const mha_layer *layer, const mha_call *call,
+/* Whether a graph of layer for call may project Q, K and V with one
+ * PROJECTION over the packed in_proj_weight [3I, E] (self-attention of an
+ * inference forward: a training forward keeps the three projections, whose
+ * outputs the backward reads from the layer's saved buffers). */
+int mha_graph_packs(const mha_layer *layer, const mha_call *call);
+
+/* Builds the unfused graph of layer for call; pack (mha_graph_packs):
+ * Q, K and V are column views of one [N,1,S',3I] projection. */
+void mha_graph_build(const mha_layer *layer, const mha_call *call, int pack,
                      mha_graph *graph);
 
 /* Keys including the appended bias_k and zero rows: S'. */

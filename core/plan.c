@@ -203,6 +203,20 @@ mha_status mha_graph_prepare(mha_device *device, const char *fn,
     return mha_dev_alloc(device, *arena_bytes, arena);
 }
 
+/* Builds, fuses and prepares plan's graph, with Q, K and V packed into
+ * one projection or not. */
+static mha_status plan_graph(mha_layer *layer, const char *fn,
+                             mha_plan *plan, int pack)
+{
+    mha_graph_build(layer, &plan->call, pack, &plan->graph);
+    plan->fused = 0;
+    mha_status st = fuse_attention(layer, fn, plan);
+    if (st == MHA_OK)
+        st = mha_graph_prepare(layer->device, fn, &plan->graph, "a forward",
+                               &plan->arena, &plan->arena_bytes);
+    return st;
+}
+
 mha_status mha_plan_create(mha_layer *layer, const char *fn,
                            const mha_call *call, mha_plan **out)
 {
@@ -212,12 +226,12 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
         return mha_error(ctx, MHA_OUT_OF_MEMORY,
                          "%s: out of memory planning", fn);
     plan->call = *call;
-    mha_graph *g = &plan->graph;
-    mha_graph_build(layer, call, g);
-    mha_status st = fuse_attention(layer, fn, plan);
-    if (st == MHA_OK)
-        st = mha_graph_prepare(layer->device, fn, g, "a forward",
-                               &plan->arena, &plan->arena_bytes);
+    /* a backend that declines the packed projection's strided Q, K and V
+     * views gets the three projections */
+    int pack = mha_graph_packs(layer, call);
+    mha_status st = plan_graph(layer, fn, plan, pack);
+    if (st == MHA_UNSUPPORTED && pack)
+        st = plan_graph(layer, fn, plan, 0);
     if (st == MHA_OK && mha_tune_plan(layer, call, &plan->tune) != MHA_OK)
         st = mha_error(ctx, MHA_OUT_OF_MEMORY,
                        "%s: out of memory reading the tuning database", fn);

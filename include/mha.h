@@ -509,7 +509,10 @@ MHA_API mha_status mha_layer_save_safetensors(const mha_layer *layer,
  * to nothing: its per-head attention result is 0, so its output row is
  * out_proj.bias (0 without bias), and its weights row is 0 (PyTorch gives
  * NaN on its general path and 0 on its fast path); dropout is not applied.
- * NaN and Inf in inputs propagate as in PyTorch. */
+ * NaN and Inf in inputs propagate as in PyTorch.
+ * Self-attention: pass one tensor as query, key and value (not three
+ * copies); an inference forward then projects Q, K and V with one product
+ * over in_proj_weight instead of three. */
 typedef struct mha_forward_args {
     size_t struct_size; /* sizeof, set by the init macro */
     const mha_tensor *query;
@@ -578,7 +581,9 @@ typedef struct mha_host_array {
 
 typedef struct mha_host_forward_args {
     size_t struct_size;               /* sizeof, set by the init macro */
-    mha_host_array query, key, value; /* MHA_F32 */
+    mha_host_array query, key, value; /* MHA_F32; one data pointer for
+                                         all three (self-attention): one
+                                         upload, one Q/K/V projection */
     mha_host_array key_padding_mask;  /* data NULL: none */
     mha_host_array attn_mask;         /* data NULL: none */
     int is_causal;

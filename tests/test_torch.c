@@ -2,7 +2,10 @@
  * fixture (tests/fixtures, made by gen_fixtures.py) holds a module's
  * state_dict under "mha.", the inputs, PyTorch's output and weights, and the
  * configuration; every case runs on every device and CPU ISA, through the
- * host-memory forward and through device tensors. MHA_FIXTURE_DIR points
+ * host-memory forward and through device tensors. A self-attention
+ * fixture's device forward passes one tensor as query, key and value (the
+ * packed Q/K/V projection), its host forward three arrays (three
+ * projections), so both paths meet PyTorch. MHA_FIXTURE_DIR points
  * the suite at freshly generated fixtures (the live check in CI). */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -183,16 +186,35 @@ static mha_tensor *device_input(mha_device *dev, const mha_host_array *a)
     return t;
 }
 
-/* The same forward through device tensors, results shaped as PyTorch's. */
+/* Whether array b holds a's values in a's shape (self-attention's key and
+ * value). */
+static int same_values(const mha_host_array *a, const mha_host_array *b)
+{
+    size_t n = 1;
+    if (!a->data || !b->data || a->dtype != b->dtype || a->ndim != b->ndim)
+        return 0;
+    for (int i = 0; i < a->ndim; i++) {
+        if (a->shape[i] != b->shape[i])
+            return 0;
+        n *= (size_t)a->shape[i];
+    }
+    return memcmp(a->data, b->data, n * 4) == 0;
+}
+
+/* The same forward through device tensors, results shaped as PyTorch's;
+ * self-attention's key and value are the query tensor itself. */
 static void run_device(fixture *f, mha_device *dev, mha_layer *layer,
                        const char *label)
 {
     mha_tensor *t[5];
+    int self = same_values(&f->in[0], &f->in[1]) &&
+               same_values(&f->in[0], &f->in[2]);
     for (int i = 0; i < 5; i++)
-        t[i] = device_input(dev, &f->in[i]);
+        t[i] = self && (i == 1 || i == 2) ? NULL
+                                          : device_input(dev, &f->in[i]);
     mha_forward_args a;
     mha_forward_args_init(&a);
-    a.query = t[0], a.key = t[1], a.value = t[2];
+    a.query = t[0], a.key = self ? t[0] : t[1], a.value = self ? t[0] : t[2];
     a.key_padding_mask = t[3], a.attn_mask = t[4];
     a.is_causal = f->is_causal;
     a.need_weights = f->need_weights;

@@ -236,7 +236,7 @@ mha_status mha_plan_create(mha_layer *layer, const char *fn,
         st = mha_error(ctx, MHA_OUT_OF_MEMORY,
                        "%s: out of memory reading the tuning database", fn);
     if (st != MHA_OK) {
-        mha_host_free(&ctx->host, plan);
+        mha_plan_destroy(layer, plan); /* with the arena planned before */
         return st;
     }
     *out = plan;

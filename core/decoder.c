@@ -874,19 +874,19 @@ static mha_status decoder_step(mha_decoder *layer,
     if (st == MHA_OK && (!c.pos || !record))
         st = c.pos ? check_positions(layer, &c)
                    : check_default_positions(layer, &c);
-    if (st == MHA_OK)
-        st = mha_kv_check_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     if (st != MHA_OK)
         return st;
-    /* every node asked before a ring moves a row, so a refused step
-       leaves the cache as it was (the asking walk sees the rows before
-       the move: the nodes' dtypes and layouts, all that the devices
-       check, are the same) */
     walker w = {layer, &c, {0}, 0, layer->arena, {.dtype = MHA_F32}};
     mha_decoder_layout(layer, layer->tokens, w.off);
     mha_dtrain_call tc = {c.B, c.T, c.x, c.cache, c.gates != NULL, record};
     if (c.train)
         st = mha_decoder_train_prepare(layer, &tc, &w.arena, w.off, &w.lse);
+    if (st == MHA_OK)
+        st = mha_kv_check_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
+    /* every node asked before a ring moves a row, so a refused step
+       leaves the cache as it was (the asking walk sees the rows before
+       the move: the nodes' dtypes and layouts, all that the devices
+       check, are the same) */
     if (st == MHA_OK)
         st = walk(&w);
     if (st == MHA_OK)

@@ -75,7 +75,7 @@ typedef struct mha_dtrain_call {
     const mha_tensor *x;
     const mha_kv_cache *cache;
     int gates;  /* head_gates given */
-    int record; /* mha_decoder_forward_enqueue */
+    int record; /* mha_decoder_forward_enqueue (a recorded step) */
 } mha_dtrain_call;
 
 /* Checks that the backward can follow this training forward (else

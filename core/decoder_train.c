@@ -65,7 +65,7 @@ static mha_status check_train(mha_decoder *l, const mha_dtrain_call *c)
     const mha_tensor *x = c->x;
     const char *why = unsupported_option(&l->cfg);
     if (c->record)
-        return refuse(l, "mha_decoder_forward_enqueue",
+        return refuse(l, "mha_vulkan_decoder_record",
                       "a training forward is not recorded; use "
                       "mha_decoder_forward");
     if (why)

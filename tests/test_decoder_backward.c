@@ -313,3 +313,412 @@ static void run_fixture(const char *name)
 #define DEFINE_FIXTURE_TEST(name)                                            \
     Test(decoder_backward, name) { run_fixture(#name); }
 FIXTURES(DEFINE_FIXTURE_TEST)
+
+/* ---- AdamW on a decoder layer ------------------------------------------------ */
+
+/* The first cpu device of ctx. */
+static test_device cpu_device(mha_context *ctx)
+{
+    test_device td = {"cpu", 0, NULL};
+    mha_device_info info;
+    int n = 0;
+    cr_assert_eq(mha_device_count(ctx, &n), MHA_OK);
+    for (int i = n - 1; i >= 0; i--) {
+        cr_assert_eq(mha_device_get_info(ctx, i, &info), MHA_OK);
+        if (strcmp(info.backend, "cpu") == 0)
+            td.index = i;
+    }
+    return td;
+}
+
+/* sum(dy * y) in double: the loss whose dL/dy is dy. */
+static double loss_of(const drun *r, const float *dy)
+{
+    size_t n = (size_t)(r->B * r->T * r->E);
+    float *y = download(r->y, n);
+    double l = 0.0;
+    for (size_t i = 0; i < n; i++)
+        l += (double)dy[i] * y[i];
+    free(y);
+    return l;
+}
+
+/* The llama fixture's layer on td (x, dy kept in *x, *dy). */
+static void open_llama(drun *r, mha_context *ctx, const test_device *td,
+                       fixture *fx, float **x, float **dy)
+{
+    snprintf(fx->path, sizeof fx->path,
+             "%s/decoder_backward/llama_gqa_neox.safetensors",
+             MHA_FIXTURE_DIR);
+    cr_assert_eq(mha_st_open(&ctx->host, fx->path, &fx->f), MHA_OK);
+    mha_decoder_config cfg = fixture_config(fx);
+    *x = floats_of(fx, "x");
+    *dy = floats_of(fx, "dy");
+    run_open(r, ctx, td, &cfg, (int64_t)fixture_meta(fx->f, "B"),
+             (int64_t)fixture_meta(fx->f, "T"), *x, *dy, NULL);
+    cr_assert_eq(mha_decoder_load_safetensors(r->dec, fx->path, PREFIX),
+                 MHA_OK, "%s", mha_context_errmsg(ctx));
+}
+
+/* One step from zeroed state: m^ = g, v^ = g^2, so each weight moves to
+ * w (1 - lr wd) - lr g / (|g| + eps); the step needs a new training
+ * forward, after which the loss is lower. */
+Test(decoder_backward, adamw_step)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_device td = cpu_device(ctx);
+    fixture fx;
+    float *x, *dy;
+    drun r;
+    open_llama(&r, ctx, &td, &fx, &x, &dy);
+    mha_adamw *opt = NULL;
+    cr_assert_eq(mha_decoder_adamw_create(r.dec, NULL, &opt), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    train_step(&r);
+    double before = loss_of(&r, dy);
+    const float lr = 1e-3f, wd = 0.01f, eps = 1e-8f;
+    cr_assert_eq(mha_adamw_step(opt, r.grads, lr), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    cr_expect_eq(mha_adamw_steps(opt), 1);
+    static const mha_dslot slots[4] = {MHA_D_WQ, MHA_D_WK, MHA_D_WV,
+                                       MHA_D_WO};
+    for (int k = 0; k < 4; k++) {
+        char key[96];
+        snprintf(key, sizeof key, PREFIX "%s", weight_names[k]);
+        float *w0 = floats_of(&fx, key);
+        size_t n;
+        float *g = grad_of(&r, weight_names[k], &n);
+        float *w1 = malloc(n * sizeof *w1);
+        cr_assert_eq(mha_dev_read(r.dev, r.dec->wbuf[slots[k]], 0, w1,
+                                  n * sizeof *w1),
+                     MHA_OK);
+        double worst = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double want = (double)w0[i] * (1.0 - (double)lr * wd) -
+                          (double)lr * g[i] / (fabs((double)g[i]) + eps);
+            worst = fmax(worst, fabs(w1[i] - want));
+        }
+        cr_expect_leq(worst, 1e-6, "%s after one step: error %g",
+                      weight_names[k], worst);
+        free(w0), free(g), free(w1);
+    }
+    cr_expect_eq(mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE);
+    cr_expect(strstr(mha_context_errmsg(ctx), "weights changed"), "%s",
+              mha_context_errmsg(ctx));
+    train_step(&r);
+    cr_expect_lt(loss_of(&r, dy), before, "the step did not lower the loss");
+    cr_assert_eq(mha_adamw_destroy(opt), MHA_OK);
+    run_close(&r);
+    mha_st_close(fx.f);
+    free(x), free(dy);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* ---- bad calls ------------------------------------------------------------------ */
+
+static void expect_status(mha_context *ctx, mha_status got, mha_status want,
+                          const char *needle, const char *what)
+{
+    cr_expect_eq(got, want, "%s: status %s, want %s (%s)", what,
+                 mha_status_str(got), mha_status_str(want),
+                 mha_context_errmsg(ctx));
+    cr_expect(strstr(mha_context_errmsg(ctx), needle),
+              "%s: message \"%s\" lacks \"%s\"", what,
+              mha_context_errmsg(ctx), needle);
+}
+
+Test(decoder_backward, bad_calls)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_device td = cpu_device(ctx);
+    fixture fx;
+    float *x, *dy;
+    drun r;
+    open_llama(&r, ctx, &td, &fx, &x, &dy);
+    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
+                  "no training forward", "backward before any forward");
+    /* an inference forward saves nothing, and fills the cache */
+    r.fa.save_for_backward = 0;
+    cr_assert_eq(mha_decoder_forward(r.dec, &r.fa), MHA_OK);
+    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
+                  "no training forward", "backward after an inference one");
+    r.fa.save_for_backward = 1;
+    expect_status(ctx, mha_decoder_forward(r.dec, &r.fa), MHA_UNSUPPORTED,
+                  "sequence 0 of the cache holds 7 tokens",
+                  "training forward over a filled cache");
+    train_step(&r);
+    /* wrong shapes, another layer's gradients */
+    int64_t bad[3] = {r.B, r.T + 1, r.E};
+    mha_tensor *wrong = tensor(&r, MHA_F32, 3, bad, NULL, 0);
+    r.ba.grad_output = wrong;
+    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_SHAPE_MISMATCH,
+                  "grad_output has shape [2,8,32]; expected [2,7,32]",
+                  "grad_output");
+    r.ba.grad_output = r.dy;
+    r.ba.grad_x = wrong;
+    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_SHAPE_MISMATCH,
+                  "grad_x", "grad_x");
+    r.ba.grad_x = r.dx;
+    mha_decoder *other;
+    mha_gradients *og;
+    mha_decoder_config cfg = fixture_config(&fx);
+    cr_assert_eq(mha_decoder_create(r.dev, &cfg, &other), MHA_OK);
+    cr_assert_eq(mha_decoder_gradients_create(other, &og), MHA_OK);
+    r.ba.grads = og;
+    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba),
+                  MHA_INVALID_ARGUMENT, "another layer", "other grads");
+    r.ba.grads = r.grads;
+    cr_assert_eq(mha_decoder_backward(r.dec, &r.ba), MHA_OK);
+    /* weights changed since the forward */
+    size_t n;
+    float *wq = grad_of(&r, "q_proj.weight", &n);
+    int64_t ws[2] = {cfg.num_heads * cfg.head_dim, cfg.embed_dim};
+    cr_assert_eq(mha_decoder_set_weight(r.dec, "q_proj.weight", wq, 2, ws),
+                 MHA_OK);
+    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
+                  "weights changed", "backward after set_weight");
+    /* pruning: gradients and optimizer no longer fit */
+    mha_adamw *opt;
+    cr_assert_eq(mha_decoder_adamw_create(r.dec, NULL, &opt), MHA_OK);
+    int64_t group[2] = {0, 1};
+    cr_assert_eq(mha_decoder_prune_heads(r.dec, group, 2), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    expect_status(ctx, mha_adamw_step(opt, r.grads, 1e-3f), MHA_BAD_STATE,
+                  "pruned", "step after pruning");
+    cr_assert_eq(mha_adamw_destroy(opt), MHA_OK);
+    free(wq);
+    cr_assert_eq(mha_gradients_destroy(og), MHA_OK);
+    cr_assert_eq(mha_decoder_destroy(other), MHA_OK);
+    cr_assert_eq(mha_tensor_destroy(wrong), MHA_OK);
+    run_close(&r);
+    mha_st_close(fx.f);
+    free(x), free(dy);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+/* A training forward of a layer with an option the backward lacks, or
+ * with head gates or an f16 cache: refused naming it, and a backward
+ * after it finds nothing saved. */
+static void expect_refused(mha_decoder_config cfg, mha_dtype cache_dtype,
+                           int gates, const char *needle)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_device td = cpu_device(ctx);
+    int64_t B = 1, T = 3, n = B * T * cfg.embed_dim;
+    float *x = calloc((size_t)n, sizeof *x);
+    drun r;
+    run_open(&r, ctx, &td, &cfg, B, T, x, x, NULL);
+    if (cache_dtype != MHA_F32) {
+        mha_kv_cache_destroy(r.cache);
+        mha_kv_cache_config kc;
+        mha_kv_cache_config_init(&kc);
+        kc.capacity = T, kc.num_sequences = B, kc.dtype = cache_dtype;
+        kc.num_kv_heads = cfg.num_kv_heads, kc.head_dim = cfg.head_dim;
+        cr_assert_eq(mha_kv_cache_create(r.dev, &kc, &r.cache), MHA_OK);
+        r.fa.cache = r.cache;
+    }
+    mha_dweight w[MHA_DSLOT_COUNT];
+    for (int i = 0, k = mha_decoder_weights(r.dec, w); i < k; i++) {
+        size_t len = (size_t)w[i].shape[0] * (w[i].ndim == 2
+                                                  ? (size_t)w[i].shape[1]
+                                                  : 1);
+        float *z = calloc(len, sizeof *z);
+        cr_assert_eq(mha_decoder_set_weight(r.dec, w[i].name, z, w[i].ndim,
+                                            w[i].shape),
+                     MHA_OK);
+        free(z);
+    }
+    int64_t hs[1] = {cfg.num_heads};
+    float ones[64] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+    mha_tensor *g = gates ? tensor(&r, MHA_F32, 1, hs, ones,
+                                   (size_t)cfg.num_heads * 4)
+                          : NULL;
+    r.fa.head_gates = g;
+    expect_status(ctx, mha_decoder_forward(r.dec, &r.fa), MHA_UNSUPPORTED,
+                  needle, needle);
+    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
+                  "no training forward", "backward after a refused one");
+    mha_tensor_destroy(g);
+    run_close(&r);
+    free(x);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+}
+
+Test(decoder_backward, unsupported_options_are_refused)
+{
+    mha_decoder_config c;
+    mha_decoder_config_init(&c, 16, 4);
+    c.num_kv_heads = 2;
+    mha_decoder_config v = c;
+    v.window = 2;
+    expect_refused(v, MHA_F32, 0, "window");
+    v = c, v.alibi = 1, v.rope_style = MHA_ROPE_NONE;
+    expect_refused(v, MHA_F32, 0, "alibi");
+    v = c, v.softcap = 5.0f;
+    expect_refused(v, MHA_F32, 0, "softcap");
+    v = c, v.sinks = 1;
+    expect_refused(v, MHA_F32, 0, "sinks");
+    expect_refused(c, MHA_F32, 1, "head_gates");
+    expect_refused(c, MHA_F16, 0, "f32 cache");
+}
+
+/* ---- central differences of the device's own forward ------------------------- *
+ * A layer of every supported kind at once (GQA 4/2, partial NeoX RoPE at
+ * the caller's positions, q/k/v and o biases, head_dim 4 != E/Hq 2), loss
+ * sum(dy * y) summed in double: sampled elements of dL/dx and of every
+ * weight's gradient against (L(p + h) - L(p - h)) / 2h, each forward a
+ * fresh prefill. h = 1e-2 keeps the quotient's rounding (~1e-6 / 2h) and
+ * truncation (~h^2) far below the tolerance, 2e-3 of the tensor's largest
+ * gradient. */
+#define FD_STEP 1e-2f
+#define FD_TOL 2e-3
+#define FD_SAMPLES 4
+
+typedef struct fd_layer {
+    mha_decoder_config cfg;
+    float *w[NWEIGHTS];
+    int64_t shape[NWEIGHTS][2];
+    int ndim[NWEIGHTS];
+    size_t len[NWEIGHTS];
+} fd_layer;
+
+static void fd_make(fd_layer *f, test_rng *rng)
+{
+    mha_decoder_config_init(&f->cfg, 8, 4);
+    f->cfg.num_kv_heads = 2;
+    f->cfg.head_dim = 4;
+    f->cfg.rope_dims = 2;
+    f->cfg.qkv_bias = 1;
+    f->cfg.o_bias = 1;
+    int64_t E = 8, q = 16, kv = 8;
+    const int64_t shapes[NWEIGHTS][2] = {{q, E}, {kv, E}, {kv, E}, {E, q},
+                                         {q, 0}, {kv, 0}, {kv, 0}, {E, 0}};
+    for (size_t k = 0; k < NWEIGHTS; k++) {
+        f->ndim[k] = shapes[k][1] ? 2 : 1;
+        f->shape[k][0] = shapes[k][0];
+        f->shape[k][1] = shapes[k][1];
+        f->len[k] = (size_t)shapes[k][0] * (size_t)(shapes[k][1] ? shapes[k][1]
+                                                                 : 1);
+        f->w[k] = malloc(f->len[k] * sizeof *f->w[k]);
+        for (size_t i = 0; i < f->len[k]; i++)
+            f->w[k][i] = test_normal(rng) * 0.5f;
+    }
+}
+
+static void fd_put(drun *r, const fd_layer *f, size_t k)
+{
+    cr_assert_eq(mha_decoder_set_weight(r->dec, weight_names[k], f->w[k],
+                                        f->ndim[k], f->shape[k]),
+                 MHA_OK, "%s", mha_context_errmsg(r->ctx));
+}
+
+/* The loss of a fresh prefill (an inference forward). */
+static double fd_loss(drun *r, const float *dy)
+{
+    cr_assert_eq(mha_kv_cache_clear(r->cache), MHA_OK);
+    r->fa.save_for_backward = 0;
+    cr_assert_eq(mha_decoder_forward(r->dec, &r->fa), MHA_OK, "%s",
+                 mha_context_errmsg(r->ctx));
+    return loss_of(r, dy);
+}
+
+/* The worst difference of sampled elements of p (n of them, the device
+ * holding them after set()) against grad, as a fraction of grad's
+ * largest magnitude. */
+static double fd_compare(drun *r, const float *dy, float *p, size_t n,
+                         const float *grad, void (*set)(drun *, void *),
+                         void *arg, const char *what)
+{
+    double scale = 0.0, worst = 0.0;
+    for (size_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(grad[i]));
+    cr_assert_gt(scale, 0.0, "%s: gradient is 0", what);
+    for (size_t s = 0; s < FD_SAMPLES; s++) {
+        size_t i = (s * 7 + 3) % n;
+        float keep = p[i];
+        p[i] = keep + FD_STEP;
+        set(r, arg);
+        double up = fd_loss(r, dy);
+        p[i] = keep - FD_STEP;
+        set(r, arg);
+        double down = fd_loss(r, dy);
+        p[i] = keep;
+        set(r, arg);
+        double fd = (up - down) / (2.0 * FD_STEP);
+        worst = fmax(worst, fabs(fd - grad[i]) / scale);
+        cr_expect_leq(fabs(fd - grad[i]), FD_TOL * scale,
+                      "%s[%zu] on %s: difference %g, backward %g (scale %g)",
+                      what, i, r->label, fd, (double)grad[i], scale);
+    }
+    return worst;
+}
+
+typedef struct fd_arg {
+    const fd_layer *f;
+    size_t k;
+    const float *x;
+} fd_arg;
+
+static void set_weight_arg(drun *r, void *arg)
+{
+    const fd_arg *a = arg;
+    fd_put(r, a->f, a->k);
+}
+
+static void set_x_arg(drun *r, void *arg)
+{
+    const fd_arg *a = arg;
+    cr_assert_eq(mha_tensor_upload(r->x, a->x,
+                                   (size_t)(r->B * r->T * r->E) * 4),
+                 MHA_OK);
+}
+
+static void fd_on(mha_context *ctx, const test_device *td)
+{
+    test_rng rng = {42};
+    fd_layer f;
+    fd_make(&f, &rng);
+    int64_t B = 2, T = 3, n = B * T * f.cfg.embed_dim;
+    float *x = malloc((size_t)n * sizeof *x), *dy = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = test_normal(&rng), dy[i] = test_normal(&rng);
+    const int32_t pos[6] = {3, 5, 9, 0, 1, 7};
+    drun r;
+    run_open(&r, ctx, td, &f.cfg, B, T, x, dy, pos);
+    for (size_t k = 0; k < NWEIGHTS; k++)
+        fd_put(&r, &f, k);
+    train_step(&r);
+    float *gx = download(r.dx, (size_t)n);
+    fd_arg xa = {&f, 0, x};
+    double worst = fd_compare(&r, dy, x, (size_t)n, gx, set_x_arg, &xa, "dx");
+    for (size_t k = 0; k < NWEIGHTS; k++) {
+        size_t m;
+        float *g = grad_of(&r, weight_names[k], &m);
+        fd_arg wa = {&f, k, NULL};
+        worst = fmax(worst, fd_compare(&r, dy, f.w[k], m, g, set_weight_arg,
+                                       &wa, weight_names[k]));
+        free(g);
+    }
+    fprintf(stderr, "decoder_backward %-18s %-12s worst %.1e of the scale\n",
+            "finite_differences", td->label, worst);
+    free(gx), free(x), free(dy);
+    for (size_t k = 0; k < NWEIGHTS; k++)
+        free(f.w[k]);
+    run_close(&r);
+}
+
+Test(decoder_backward, finite_differences)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_require_backends(ctx);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    for (int i = 0; i < nd; i++)
+        fd_on(ctx, &devs[i]);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    cr_assert_gt(nd, 0);
+}

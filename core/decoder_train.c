@@ -38,9 +38,12 @@ typedef struct mha_dsaved {
 
 enum { S_Q, S_K, S_V, S_O, S_POS };
 
-static size_t align_up(size_t v) { return (v + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
+static size_t align_up(size_t v)
+{
+    return (v + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+}
 
-/* ---- the training forward ------------------------------------------------- */
+/* ---- the training forward ------------------------------------------------ */
 
 static mha_status refuse(mha_decoder *l, const char *fn, const char *why)
 {
@@ -73,8 +76,9 @@ static mha_status check_train(mha_decoder *l, const mha_dtrain_call *c)
     if (c->gates)
         return refuse(l, fn, "head_gates have no backward yet");
     if (k->cfg.dtype != MHA_F32 || k->cfg.window)
-        return refuse(l, fn, "training needs a full f32 cache (not f16, "
-                             "not a ring)");
+        return refuse(l, fn,
+                      "training needs a full f32 cache (not f16, "
+                      "not a ring)");
     if (x->strides[2] != 1 || x->strides[1] != x->shape[2] ||
         x->strides[0] != x->shape[1] * x->shape[2])
         return refuse(l, fn, "x must be contiguous");
@@ -94,8 +98,8 @@ mha_status mha_decoder_train_prepare(mha_decoder *l, const mha_dtrain_call *c,
                                      mha_tdesc *lse)
 {
     mha_context *ctx = l->device->ctx;
-    if (!l->saved && !(l->saved = mha_host_calloc(&ctx->host, 1,
-                                                  sizeof *l->saved)))
+    if (!l->saved &&
+        !(l->saved = mha_host_calloc(&ctx->host, 1, sizeof *l->saved)))
         return mha_error(ctx, MHA_OUT_OF_MEMORY,
                          "mha_decoder_forward: out of memory");
     mha_dsaved *s = l->saved;
@@ -117,14 +121,15 @@ mha_status mha_decoder_train_prepare(mha_decoder *l, const mha_dtrain_call *c,
     s->lse_off = s->off[5];
     memcpy(off, s->off, sizeof s->off);
     *arena = s->buf;
-    *lse = (mha_tdesc){.dtype = MHA_F32, .ne = {c->B, H, 1, c->T},
-                       .nb = {H * c->T, c->T, c->T, 1}, .buf = s->buf,
+    *lse = (mha_tdesc){.dtype = MHA_F32,
+                       .ne = {c->B, H, 1, c->T},
+                       .nb = {H * c->T, c->T, c->T, 1},
+                       .buf = s->buf,
                        .offset = s->lse_off};
     return MHA_OK;
 }
 
-void mha_decoder_train_commit(mha_decoder *l, const mha_dtrain_call *c,
-                              int ok)
+void mha_decoder_train_commit(mha_decoder *l, const mha_dtrain_call *c, int ok)
 {
     mha_dsaved *s = l->saved;
     s->valid = ok;
@@ -145,7 +150,7 @@ void mha_decoder_train_free(mha_decoder *l)
     l->saved = NULL;
 }
 
-/* ---- the backward: tensors ------------------------------------------------ */
+/* ---- the backward: tensors ----------------------------------------------- */
 
 /* The backward's shapes and buffers. */
 typedef struct bctx {
@@ -155,7 +160,7 @@ typedef struct bctx {
     void *dy, *dx, *gbuf;       /* dY, dL/dx (or NULL), the gradients */
     const mha_gradients *grads; /* or NULL */
     int acc;
-    size_t sc[9];               /* scratch regions, bytes */
+    size_t sc[9]; /* scratch regions, bytes */
     mha_node nodes[24];
     int count;
 } bctx;
@@ -167,8 +172,10 @@ enum { R_DO, R_KX, R_VX, R_DQ, R_DKX, R_DVX, R_KR, R_DK, R_DV, R_END };
 /* [1,1,N,F] rows at byte offset off of buf. */
 static mha_tdesc rows(const bctx *b, void *buf, size_t off, int64_t F)
 {
-    mha_tdesc t = {.dtype = MHA_F32, .ne = {1, 1, b->N, F},
-                   .nb = {b->N * F, b->N * F, F, 1}, .buf = buf,
+    mha_tdesc t = {.dtype = MHA_F32,
+                   .ne = {1, 1, b->N, F},
+                   .nb = {b->N * F, b->N * F, F, 1},
+                   .buf = buf,
                    .offset = off};
     return t;
 }
@@ -187,8 +194,10 @@ static mha_tdesc transposed(mha_tdesc t)
 /* The [B,H,T,d] heads of [N, H*d] rows. */
 static mha_tdesc heads(const bctx *b, void *buf, size_t off, int64_t H)
 {
-    mha_tdesc t = {.dtype = MHA_F32, .ne = {b->B, H, b->T, b->d},
-                   .nb = {b->T * H * b->d, b->d, H * b->d, 1}, .buf = buf,
+    mha_tdesc t = {.dtype = MHA_F32,
+                   .ne = {b->B, H, b->T, b->d},
+                   .nb = {b->T * H * b->d, b->d, H * b->d, 1},
+                   .buf = buf,
                    .offset = off};
     return t;
 }
@@ -197,8 +206,11 @@ static mha_tdesc heads(const bctx *b, void *buf, size_t off, int64_t H)
  * stride) ... */
 static mha_tdesc kv_repeated(const bctx *b, void *buf, size_t off)
 {
-    mha_tdesc t = {.dtype = MHA_F32, .ne = {b->N, b->Hkv, b->g, b->d},
-                   .nb = {b->kv, b->d, 0, 1}, .buf = buf, .offset = off};
+    mha_tdesc t = {.dtype = MHA_F32,
+                   .ne = {b->N, b->Hkv, b->g, b->d},
+                   .nb = {b->kv, b->d, 0, 1},
+                   .buf = buf,
+                   .offset = off};
     return t;
 }
 
@@ -206,8 +218,10 @@ static mha_tdesc kv_repeated(const bctx *b, void *buf, size_t off)
  * g + r), the layout the repeat writes and the group sum reads. */
 static mha_tdesc q_grouped(const bctx *b, void *buf, size_t off)
 {
-    mha_tdesc t = {.dtype = MHA_F32, .ne = {b->N, b->Hkv, b->g, b->d},
-                   .nb = {b->q, b->g * b->d, b->d, 1}, .buf = buf,
+    mha_tdesc t = {.dtype = MHA_F32,
+                   .ne = {b->N, b->Hkv, b->g, b->d},
+                   .nb = {b->q, b->g * b->d, b->d, 1},
+                   .buf = buf,
                    .offset = off};
     return t;
 }
@@ -215,8 +229,10 @@ static mha_tdesc q_grouped(const bctx *b, void *buf, size_t off)
 /* A [1,1,rows,cols] weight of slot. */
 static mha_tdesc weight(const bctx *b, mha_dslot s, int64_t r, int64_t c)
 {
-    mha_tdesc t = {.dtype = MHA_F32, .ne = {1, 1, r, c},
-                   .nb = {r * c, r * c, c, 1}, .buf = b->l->wbuf[s]};
+    mha_tdesc t = {.dtype = MHA_F32,
+                   .ne = {1, 1, r, c},
+                   .nb = {r * c, r * c, c, 1},
+                   .buf = b->l->wbuf[s]};
     return t;
 }
 
@@ -226,15 +242,17 @@ static mha_tdesc grad_of(const bctx *b, mha_dslot s, int64_t r, int64_t c)
     const mha_gradients *g = b->grads;
     for (int i = 0; i < g->count; i++)
         if (g->dslot[i] == (int)s) {
-            mha_tdesc t = {.dtype = MHA_F32, .ne = {1, 1, r, c},
-                           .nb = {r * c, r * c, c, 1}, .buf = b->gbuf,
+            mha_tdesc t = {.dtype = MHA_F32,
+                           .ne = {1, 1, r, c},
+                           .nb = {r * c, r * c, c, 1},
+                           .buf = b->gbuf,
                            .offset = g->off[i] * 4};
             return t;
         }
     return (mha_tdesc){.dtype = MHA_F32}; /* not reached: every slot has one */
 }
 
-/* ---- the backward: nodes -------------------------------------------------- */
+/* ---- the backward: nodes ------------------------------------------------- */
 
 static mha_node *add(bctx *b, mha_op op)
 {
@@ -271,10 +289,11 @@ static void rope(bctx *b, mha_tdesc dst, mha_tdesc x, int dims, float sign)
     n->src[MHA_SRC_ROPE_X] = x;
     if (!dims)
         return;
-    n->src[MHA_SRC_ROPE_POS] = (mha_tdesc){
-        .dtype = MHA_I32, .ne = {1, 1, b->B, b->T},
-        .nb = {b->N, b->N, b->T, 1}, .buf = b->s->buf,
-        .offset = b->s->off[S_POS]};
+    n->src[MHA_SRC_ROPE_POS] = (mha_tdesc){.dtype = MHA_I32,
+                                           .ne = {1, 1, b->B, b->T},
+                                           .nb = {b->N, b->N, b->T, 1},
+                                           .buf = b->s->buf,
+                                           .offset = b->s->off[S_POS]};
     n->params.rope_style = (int32_t)c->rope_style;
     n->params.rope_dims = dims;
     n->params.rope_theta = c->rope_theta;
@@ -301,9 +320,8 @@ static void attention_nodes(bctx *b)
 {
     const mha_dsaved *s = b->s;
     void *sc = s->scratch;
-    int dims = b->l->cfg.rope_style != MHA_ROPE_NONE
-                   ? (int)b->l->cfg.rope_dims
-                   : 0;
+    int dims =
+        b->l->cfg.rope_style != MHA_ROPE_NONE ? (int)b->l->cfg.rope_dims : 0;
     size_t kr = dims ? b->sc[R_KR] : s->off[S_K];
     void *krbuf = dims ? sc : s->buf;
     if (dims)
@@ -315,8 +333,8 @@ static void attention_nodes(bctx *b)
     size_t vxo = grouped ? b->sc[R_VX] : s->off[S_V];
     if (grouped) {
         rope(b, q_grouped(b, sc, kxo), kv_repeated(b, krbuf, kr), 0, 0.0f);
-        rope(b, q_grouped(b, sc, vxo), kv_repeated(b, s->buf, s->off[S_V]),
-             0, 0.0f);
+        rope(b, q_grouped(b, sc, vxo), kv_repeated(b, s->buf, s->off[S_V]), 0,
+             0.0f);
     }
     size_t dkx = grouped ? b->sc[R_DKX] : b->sc[R_DK];
     size_t dvx = grouped ? b->sc[R_DVX] : b->sc[R_DV];
@@ -327,10 +345,11 @@ static void attention_nodes(bctx *b)
     n->src[MHA_SRC_V] = heads(b, vx, vxo, b->Hq);
     n->src[MHA_SRC_BWD_O] = heads(b, s->buf, s->off[S_O], b->Hq);
     n->src[MHA_SRC_BWD_DO] = heads(b, sc, b->sc[R_DO], b->Hq);
-    n->src[MHA_SRC_BWD_LSE] = (mha_tdesc){
-        .dtype = MHA_F32, .ne = {b->B, b->Hq, 1, b->T},
-        .nb = {b->Hq * b->T, b->T, b->T, 1}, .buf = s->buf,
-        .offset = s->lse_off};
+    n->src[MHA_SRC_BWD_LSE] = (mha_tdesc){.dtype = MHA_F32,
+                                          .ne = {b->B, b->Hq, 1, b->T},
+                                          .nb = {b->Hq * b->T, b->T, b->T, 1},
+                                          .buf = s->buf,
+                                          .offset = s->lse_off};
     n->extra_dst[MHA_DST_DK] = heads(b, sc, dkx, b->Hq);
     n->extra_dst[MHA_DST_DV] = heads(b, sc, dvx, b->Hq);
     n->params.scale = b->l->cfg.scale;
@@ -373,12 +392,12 @@ static void projection_nodes(bctx *b)
     }
 }
 
-/* ---- the backward: the call ----------------------------------------------- */
+/* ---- the backward: the call ---------------------------------------------- */
 
 #define BACKWARD_ARGS_V1 sizeof(mha_decoder_backward_args)
 
-mha_status mha_decoder_backward_args_init_sized(
-    mha_decoder_backward_args *args, size_t struct_size)
+mha_status mha_decoder_backward_args_init_sized(mha_decoder_backward_args *args,
+                                                size_t struct_size)
 {
     return mha_struct_init(args, struct_size, BACKWARD_ARGS_V1);
 }
@@ -490,9 +509,8 @@ mha_status mha_decoder_backward(mha_decoder *layer,
     mha_context *ctx = layer->device->ctx;
     if (!a)
         return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: args is NULL", fn);
-    mha_status st = mha_struct_check(&ctx->host, fn,
-                                     "mha_decoder_backward_args", a,
-                                     BACKWARD_ARGS_V1);
+    mha_status st = mha_struct_check(
+        &ctx->host, fn, "mha_decoder_backward_args", a, BACKWARD_ARGS_V1);
     if (st == MHA_OK)
         st = check_backward(layer, fn, a);
     if (st != MHA_OK)

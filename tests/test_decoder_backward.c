@@ -27,7 +27,7 @@ static const char *const weight_names[] = {
     "q_proj.bias",   "k_proj.bias",   "v_proj.bias",   "o_proj.bias"};
 #define NWEIGHTS (sizeof weight_names / sizeof *weight_names)
 
-/* ---- one layer on one device ---------------------------------------------- */
+/* ---- one layer on one device --------------------------------------------- */
 
 typedef struct drun {
     mha_context *ctx;
@@ -82,8 +82,8 @@ static void run_open(drun *r, mha_context *ctx, const test_device *td,
     r->dy = tensor(r, MHA_F32, 3, xs, dy, bytes);
     r->dx = tensor(r, MHA_F32, 3, xs, NULL, 0);
     r->pos = pos ? tensor(r, MHA_I32, 2, ps, pos, (size_t)(B * T) * 4) : NULL;
-    cr_assert_eq(mha_decoder_gradients_create(r->dec, &r->grads), MHA_OK,
-                 "%s", mha_context_errmsg(ctx));
+    cr_assert_eq(mha_decoder_gradients_create(r->dec, &r->grads), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
     mha_decoder_forward_args_init(&r->fa);
     r->fa.x = r->x, r->fa.positions = r->pos, r->fa.cache = r->cache;
     r->fa.output = r->y, r->fa.save_for_backward = 1;
@@ -123,8 +123,8 @@ static float *download(const mha_tensor *t, size_t n)
 static float *grad_of(const drun *r, const char *name, size_t *n)
 {
     const mha_tensor *g = NULL;
-    cr_assert_eq(mha_gradients_get(r->grads, name, &g), MHA_OK, "%s: %s",
-                 name, mha_context_errmsg(r->ctx));
+    cr_assert_eq(mha_gradients_get(r->grads, name, &g), MHA_OK, "%s: %s", name,
+                 mha_context_errmsg(r->ctx));
     mha_dtype dt;
     int nd;
     int64_t shape[MHA_MAX_DIMS], count = 1;
@@ -135,7 +135,7 @@ static float *grad_of(const drun *r, const char *name, size_t *n)
     return download(g, *n);
 }
 
-/* ---- against torch autograd ------------------------------------------------- */
+/* ---- against torch autograd ---------------------------------------------- */
 
 typedef struct fixture {
     char path[512];
@@ -175,9 +175,9 @@ static double check_close(const drun *r, const char *what, const float *got,
             worst = e, at = i;
     }
     cr_expect_leq(worst, TOL * scale,
-                  "%s on %s: error %g at %zu (got %g, want %g; scale %g)",
-                  what, r->label, worst, at, (double)got[at],
-                  factor * want[at], scale);
+                  "%s on %s: error %g at %zu (got %g, want %g; scale %g)", what,
+                  r->label, worst, at, (double)got[at], factor * want[at],
+                  scale);
     return worst / scale;
 }
 
@@ -260,8 +260,8 @@ static void fixture_on(mha_context *ctx, const test_device *td,
     drun r;
     run_open(&r, ctx, td, &cfg, B, T, x, dy,
              fixture_meta(fx->f, "default_pos") ? NULL : pos);
-    cr_assert_eq(mha_decoder_load_safetensors(r.dec, fx->path, PREFIX),
-                 MHA_OK, "%s", mha_context_errmsg(ctx));
+    cr_assert_eq(mha_decoder_load_safetensors(r.dec, fx->path, PREFIX), MHA_OK,
+                 "%s", mha_context_errmsg(ctx));
     train_step(&r);
     size_t m;
     double *y = doubles(fx, "y", &m), *dx = doubles(fx, "dx", &m);
@@ -296,8 +296,10 @@ static void run_fixture(const char *name)
     test_device devs[TEST_MAX_DEVICES];
     int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
     for (int i = 0; i < nd; i++) {
-        cr_assert(test_training_required(&devs[i]), "%s: training ops "
-                  "missing", devs[i].label);
+        cr_assert(test_training_required(&devs[i]),
+                  "%s: training ops "
+                  "missing",
+                  devs[i].label);
         fixture_on(ctx, &devs[i], name, &fx);
     }
     mha_st_close(fx.f);
@@ -306,15 +308,14 @@ static void run_fixture(const char *name)
 }
 
 /* The cases of gen_decoder_backward_fixtures.py. */
-#define FIXTURES(X)                                                          \
-    X(llama_gqa_neox) X(mqa_gptj_partial) X(qwen2_bias) X(mha_norope)        \
-    X(gqa_t1)
+#define FIXTURES(X)                                                            \
+    X(llama_gqa_neox) X(mqa_gptj_partial) X(qwen2_bias) X(mha_norope) X(gqa_t1)
 
-#define DEFINE_FIXTURE_TEST(name)                                            \
+#define DEFINE_FIXTURE_TEST(name)                                              \
     Test(decoder_backward, name) { run_fixture(#name); }
 FIXTURES(DEFINE_FIXTURE_TEST)
 
-/* ---- AdamW on a decoder layer ------------------------------------------------ */
+/* ---- AdamW on a decoder layer -------------------------------------------- */
 
 /* The first cpu device of ctx. */
 static test_device cpu_device(mha_context *ctx)
@@ -343,21 +344,37 @@ static double loss_of(const drun *r, const float *dy)
     return l;
 }
 
-/* The llama fixture's layer on td (x, dy kept in *x, *dy). */
-static void open_llama(drun *r, mha_context *ctx, const test_device *td,
-                       fixture *fx, float **x, float **dy)
+/* The llama fixture's layer on the CPU, with its x and dy. */
+typedef struct llama_env {
+    mha_context *ctx;
+    fixture fx;
+    float *x, *dy;
+    drun r;
+} llama_env;
+
+static void llama_open(llama_env *e)
 {
+    cr_assert_eq(mha_context_create(NULL, &e->ctx), MHA_OK);
+    test_device td = cpu_device(e->ctx);
+    fixture *fx = &e->fx;
     snprintf(fx->path, sizeof fx->path,
-             "%s/decoder_backward/llama_gqa_neox.safetensors",
-             MHA_FIXTURE_DIR);
-    cr_assert_eq(mha_st_open(&ctx->host, fx->path, &fx->f), MHA_OK);
+             "%s/decoder_backward/llama_gqa_neox.safetensors", MHA_FIXTURE_DIR);
+    cr_assert_eq(mha_st_open(&e->ctx->host, fx->path, &fx->f), MHA_OK);
     mha_decoder_config cfg = fixture_config(fx);
-    *x = floats_of(fx, "x");
-    *dy = floats_of(fx, "dy");
-    run_open(r, ctx, td, &cfg, (int64_t)fixture_meta(fx->f, "B"),
-             (int64_t)fixture_meta(fx->f, "T"), *x, *dy, NULL);
-    cr_assert_eq(mha_decoder_load_safetensors(r->dec, fx->path, PREFIX),
-                 MHA_OK, "%s", mha_context_errmsg(ctx));
+    e->x = floats_of(fx, "x");
+    e->dy = floats_of(fx, "dy");
+    run_open(&e->r, e->ctx, &td, &cfg, (int64_t)fixture_meta(fx->f, "B"),
+             (int64_t)fixture_meta(fx->f, "T"), e->x, e->dy, NULL);
+    cr_assert_eq(mha_decoder_load_safetensors(e->r.dec, fx->path, PREFIX),
+                 MHA_OK, "%s", mha_context_errmsg(e->ctx));
+}
+
+static void llama_close(llama_env *e)
+{
+    run_close(&e->r);
+    mha_st_close(e->fx.f);
+    free(e->x), free(e->dy);
+    cr_assert_eq(mha_context_destroy(e->ctx), MHA_OK);
 }
 
 /* One step from zeroed state: m^ = g, v^ = g^2, so each weight moves to
@@ -365,32 +382,27 @@ static void open_llama(drun *r, mha_context *ctx, const test_device *td,
  * forward, after which the loss is lower. */
 Test(decoder_backward, adamw_step)
 {
-    mha_context *ctx;
-    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
-    test_device td = cpu_device(ctx);
-    fixture fx;
-    float *x, *dy;
-    drun r;
-    open_llama(&r, ctx, &td, &fx, &x, &dy);
+    llama_env e;
+    llama_open(&e);
+    mha_context *ctx = e.ctx;
     mha_adamw *opt = NULL;
-    cr_assert_eq(mha_decoder_adamw_create(r.dec, NULL, &opt), MHA_OK, "%s",
+    cr_assert_eq(mha_decoder_adamw_create(e.r.dec, NULL, &opt), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
-    train_step(&r);
-    double before = loss_of(&r, dy);
+    train_step(&e.r);
+    double before = loss_of(&e.r, e.dy);
     const float lr = 1e-3f, wd = 0.01f, eps = 1e-8f;
-    cr_assert_eq(mha_adamw_step(opt, r.grads, lr), MHA_OK, "%s",
+    cr_assert_eq(mha_adamw_step(opt, e.r.grads, lr), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
     cr_expect_eq(mha_adamw_steps(opt), 1);
-    static const mha_dslot slots[4] = {MHA_D_WQ, MHA_D_WK, MHA_D_WV,
-                                       MHA_D_WO};
+    static const mha_dslot slots[4] = {MHA_D_WQ, MHA_D_WK, MHA_D_WV, MHA_D_WO};
     for (int k = 0; k < 4; k++) {
         char key[96];
         snprintf(key, sizeof key, PREFIX "%s", weight_names[k]);
-        float *w0 = floats_of(&fx, key);
+        float *w0 = floats_of(&e.fx, key);
         size_t n;
-        float *g = grad_of(&r, weight_names[k], &n);
+        float *g = grad_of(&e.r, weight_names[k], &n);
         float *w1 = malloc(n * sizeof *w1);
-        cr_assert_eq(mha_dev_read(r.dev, r.dec->wbuf[slots[k]], 0, w1,
+        cr_assert_eq(mha_dev_read(e.r.dev, e.r.dec->wbuf[slots[k]], 0, w1,
                                   n * sizeof *w1),
                      MHA_OK);
         double worst = 0.0;
@@ -403,19 +415,17 @@ Test(decoder_backward, adamw_step)
                       weight_names[k], worst);
         free(w0), free(g), free(w1);
     }
-    cr_expect_eq(mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE);
+    cr_expect_eq(mha_decoder_backward(e.r.dec, &e.r.ba), MHA_BAD_STATE);
     cr_expect(strstr(mha_context_errmsg(ctx), "weights changed"), "%s",
               mha_context_errmsg(ctx));
-    train_step(&r);
-    cr_expect_lt(loss_of(&r, dy), before, "the step did not lower the loss");
+    train_step(&e.r);
+    cr_expect_lt(loss_of(&e.r, e.dy), before,
+                 "the step did not lower the loss");
     cr_assert_eq(mha_adamw_destroy(opt), MHA_OK);
-    run_close(&r);
-    mha_st_close(fx.f);
-    free(x), free(dy);
-    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    llama_close(&e);
 }
 
-/* ---- bad calls ------------------------------------------------------------------ */
+/* ---- bad calls ----------------------------------------------------------- */
 
 static void expect_status(mha_context *ctx, mha_status got, mha_status want,
                           const char *needle, const char *what)
@@ -424,78 +434,71 @@ static void expect_status(mha_context *ctx, mha_status got, mha_status want,
                  mha_status_str(got), mha_status_str(want),
                  mha_context_errmsg(ctx));
     cr_expect(strstr(mha_context_errmsg(ctx), needle),
-              "%s: message \"%s\" lacks \"%s\"", what,
-              mha_context_errmsg(ctx), needle);
+              "%s: message \"%s\" lacks \"%s\"", what, mha_context_errmsg(ctx),
+              needle);
 }
 
 Test(decoder_backward, bad_calls)
 {
-    mha_context *ctx;
-    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
-    test_device td = cpu_device(ctx);
-    fixture fx;
-    float *x, *dy;
-    drun r;
-    open_llama(&r, ctx, &td, &fx, &x, &dy);
-    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
+    llama_env e;
+    llama_open(&e);
+    mha_context *ctx = e.ctx;
+    expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba), MHA_BAD_STATE,
                   "no training forward", "backward before any forward");
     /* an inference forward saves nothing, and fills the cache */
-    r.fa.save_for_backward = 0;
-    cr_assert_eq(mha_decoder_forward(r.dec, &r.fa), MHA_OK);
-    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
+    e.r.fa.save_for_backward = 0;
+    cr_assert_eq(mha_decoder_forward(e.r.dec, &e.r.fa), MHA_OK);
+    expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba), MHA_BAD_STATE,
                   "no training forward", "backward after an inference one");
-    r.fa.save_for_backward = 1;
-    expect_status(ctx, mha_decoder_forward(r.dec, &r.fa), MHA_UNSUPPORTED,
+    e.r.fa.save_for_backward = 1;
+    expect_status(ctx, mha_decoder_forward(e.r.dec, &e.r.fa), MHA_UNSUPPORTED,
                   "sequence 0 of the cache holds 7 tokens",
                   "training forward over a filled cache");
-    train_step(&r);
+    train_step(&e.r);
     /* wrong shapes, another layer's gradients */
-    int64_t bad[3] = {r.B, r.T + 1, r.E};
-    mha_tensor *wrong = tensor(&r, MHA_F32, 3, bad, NULL, 0);
-    r.ba.grad_output = wrong;
-    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_SHAPE_MISMATCH,
-                  "grad_output has shape [2,8,32]; expected [2,7,32]",
-                  "grad_output");
-    r.ba.grad_output = r.dy;
-    r.ba.grad_x = wrong;
-    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_SHAPE_MISMATCH,
-                  "grad_x", "grad_x");
-    r.ba.grad_x = r.dx;
+    int64_t bad[3] = {e.r.B, e.r.T + 1, e.r.E};
+    mha_tensor *wrong = tensor(&e.r, MHA_F32, 3, bad, NULL, 0);
+    e.r.ba.grad_output = wrong;
+    expect_status(
+        ctx, mha_decoder_backward(e.r.dec, &e.r.ba), MHA_SHAPE_MISMATCH,
+        "grad_output has shape [2,8,32]; expected [2,7,32]", "grad_output");
+    e.r.ba.grad_output = e.r.dy;
+    e.r.ba.grad_x = wrong;
+    expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba),
+                  MHA_SHAPE_MISMATCH, "grad_x", "grad_x");
+    e.r.ba.grad_x = e.r.dx;
     mha_decoder *other;
     mha_gradients *og;
-    mha_decoder_config cfg = fixture_config(&fx);
-    cr_assert_eq(mha_decoder_create(r.dev, &cfg, &other), MHA_OK);
+    mha_decoder_config cfg = fixture_config(&e.fx);
+    cr_assert_eq(mha_decoder_create(e.r.dev, &cfg, &other), MHA_OK);
     cr_assert_eq(mha_decoder_gradients_create(other, &og), MHA_OK);
-    r.ba.grads = og;
-    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba),
+    e.r.ba.grads = og;
+    expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba),
                   MHA_INVALID_ARGUMENT, "another layer", "other grads");
-    r.ba.grads = r.grads;
-    cr_assert_eq(mha_decoder_backward(r.dec, &r.ba), MHA_OK);
+    e.r.ba.grads = e.r.grads;
+    cr_assert_eq(mha_decoder_backward(e.r.dec, &e.r.ba), MHA_OK);
     /* weights changed since the forward */
     size_t n;
-    float *wq = grad_of(&r, "q_proj.weight", &n);
+    float *wq = grad_of(&e.r, "q_proj.weight", &n);
     int64_t ws[2] = {cfg.num_heads * cfg.head_dim, cfg.embed_dim};
-    cr_assert_eq(mha_decoder_set_weight(r.dec, "q_proj.weight", wq, 2, ws),
+    cr_assert_eq(mha_decoder_set_weight(e.r.dec, "q_proj.weight", wq, 2, ws),
                  MHA_OK);
-    expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
+    expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba), MHA_BAD_STATE,
                   "weights changed", "backward after set_weight");
     /* pruning: gradients and optimizer no longer fit */
     mha_adamw *opt;
-    cr_assert_eq(mha_decoder_adamw_create(r.dec, NULL, &opt), MHA_OK);
+    cr_assert_eq(mha_decoder_adamw_create(e.r.dec, NULL, &opt), MHA_OK);
     int64_t group[2] = {0, 1};
-    cr_assert_eq(mha_decoder_prune_heads(r.dec, group, 2), MHA_OK, "%s",
+    cr_assert_eq(mha_decoder_prune_heads(e.r.dec, group, 2), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
-    expect_status(ctx, mha_adamw_step(opt, r.grads, 1e-3f), MHA_BAD_STATE,
+    expect_status(ctx, mha_adamw_step(opt, e.r.grads, 1e-3f), MHA_BAD_STATE,
                   "pruned", "step after pruning");
     cr_assert_eq(mha_adamw_destroy(opt), MHA_OK);
     free(wq);
     cr_assert_eq(mha_gradients_destroy(og), MHA_OK);
     cr_assert_eq(mha_decoder_destroy(other), MHA_OK);
     cr_assert_eq(mha_tensor_destroy(wrong), MHA_OK);
-    run_close(&r);
-    mha_st_close(fx.f);
-    free(x), free(dy);
-    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    llama_close(&e);
 }
 
 /* A training forward of a layer with an option the backward lacks, or
@@ -522,20 +525,19 @@ static void expect_refused(mha_decoder_config cfg, mha_dtype cache_dtype,
     }
     mha_dweight w[MHA_DSLOT_COUNT];
     for (int i = 0, k = mha_decoder_weights(r.dec, w); i < k; i++) {
-        size_t len = (size_t)w[i].shape[0] * (w[i].ndim == 2
-                                                  ? (size_t)w[i].shape[1]
-                                                  : 1);
+        size_t len = (size_t)w[i].shape[0] *
+                     (w[i].ndim == 2 ? (size_t)w[i].shape[1] : 1);
         float *z = calloc(len, sizeof *z);
-        cr_assert_eq(mha_decoder_set_weight(r.dec, w[i].name, z, w[i].ndim,
-                                            w[i].shape),
-                     MHA_OK);
+        cr_assert_eq(
+            mha_decoder_set_weight(r.dec, w[i].name, z, w[i].ndim, w[i].shape),
+            MHA_OK);
         free(z);
     }
     int64_t hs[1] = {cfg.num_heads};
     float ones[64] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
-    mha_tensor *g = gates ? tensor(&r, MHA_F32, 1, hs, ones,
-                                   (size_t)cfg.num_heads * 4)
-                          : NULL;
+    mha_tensor *g =
+        gates ? tensor(&r, MHA_F32, 1, hs, ones, (size_t)cfg.num_heads * 4)
+              : NULL;
     r.fa.head_gates = g;
     expect_status(ctx, mha_decoder_forward(r.dec, &r.fa), MHA_UNSUPPORTED,
                   needle, needle);
@@ -565,8 +567,9 @@ Test(decoder_backward, unsupported_options_are_refused)
     expect_refused(c, MHA_F16, 0, "f32 cache");
 }
 
-/* ---- central differences of the device's own forward ------------------------- *
- * A layer of every supported kind at once (GQA 4/2, partial NeoX RoPE at
+/* ---- central differences of the device's own forward --------------------- */
+
+/* A layer of every supported kind at once (GQA 4/2, partial NeoX RoPE at
  * the caller's positions, q/k/v and o biases, head_dim 4 != E/Hq 2), loss
  * sum(dy * y) summed in double: sampled elements of dL/dx and of every
  * weight's gradient against (L(p + h) - L(p - h)) / 2h, each forward a
@@ -600,8 +603,8 @@ static void fd_make(fd_layer *f, test_rng *rng)
         f->ndim[k] = shapes[k][1] ? 2 : 1;
         f->shape[k][0] = shapes[k][0];
         f->shape[k][1] = shapes[k][1];
-        f->len[k] = (size_t)shapes[k][0] * (size_t)(shapes[k][1] ? shapes[k][1]
-                                                                 : 1);
+        f->len[k] =
+            (size_t)shapes[k][0] * (size_t)(shapes[k][1] ? shapes[k][1] : 1);
         f->w[k] = malloc(f->len[k] * sizeof *f->w[k]);
         for (size_t i = 0; i < f->len[k]; i++)
             f->w[k][i] = test_normal(rng) * 0.5f;
@@ -671,9 +674,9 @@ static void set_weight_arg(drun *r, void *arg)
 static void set_x_arg(drun *r, void *arg)
 {
     const fd_arg *a = arg;
-    cr_assert_eq(mha_tensor_upload(r->x, a->x,
-                                   (size_t)(r->B * r->T * r->E) * 4),
-                 MHA_OK);
+    cr_assert_eq(
+        mha_tensor_upload(r->x, a->x, (size_t)(r->B * r->T * r->E) * 4),
+        MHA_OK);
 }
 
 static void fd_on(mha_context *ctx, const test_device *td)

@@ -7,9 +7,11 @@
  * form through a zero stride: ATTENTION_BACKWARD has no GQA), the fused
  * attention backward over Hq heads, dK and dV summed over each kv group
  * (SUM_ROWS), RoPE undone on dQ and dK (ROPE at negated angles: the
- * inverse rotation is the transpose), then the q/k/v projections'
- * gradients. Every tensor is [B*T, features] rows or a head view of
- * them, so memory stays O(T). */
+ * inverse rotation is the transpose), the sinks' gradient (sink_nodes),
+ * then the q/k/v projections' gradients. Sinks need nothing else: the
+ * saved LSE counts them, so p_ij = exp(s_ij - LSE_i) as the op computes.
+ * Every tensor is [B*T, features] rows or a head view of them, so memory
+ * stays O(T). */
 #include <stddef.h>
 #include <string.h>
 
@@ -57,7 +59,6 @@ static const char *unsupported_option(const mha_decoder_config *c)
     return c->window    ? "the layer's window has no backward yet"
            : c->alibi   ? "the layer's alibi has no backward yet"
            : c->softcap ? "the layer's softcap has no backward yet"
-           : c->sinks   ? "the layer's sinks have no backward yet"
                         : NULL;
 }
 
@@ -152,6 +153,16 @@ void mha_decoder_train_free(mha_decoder *l)
 
 /* ---- the backward: tensors ----------------------------------------------- */
 
+/* Scratch regions: dO, Kx, Vx, dQ, dKx, dVx ([N, q] each), Kr, dK, dV
+ * ([N, kv] each); with sinks also O1, dO*O ([N, q]), ones ([N, kv]), D
+ * and a product ([N, Hq]) and the constants (kv ones, then -1). */
+enum {
+    R_DO, R_KX, R_VX, R_DQ, R_DKX, R_DVX, R_O1, R_DP,
+    R_KR, R_DK, R_DV, R_ONES,
+    R_D, R_T2,
+    R_CONST, R_END
+};
+
 /* The backward's shapes and buffers. */
 typedef struct bctx {
     mha_decoder *l;
@@ -160,14 +171,10 @@ typedef struct bctx {
     void *dy, *dx, *gbuf;       /* dY, dL/dx (or NULL), the gradients */
     const mha_gradients *grads; /* or NULL */
     int acc;
-    size_t sc[9]; /* scratch regions, bytes */
-    mha_node nodes[24];
+    size_t sc[R_END]; /* scratch regions, bytes */
+    mha_node nodes[32];
     int count;
 } bctx;
-
-/* Scratch regions: dO, Kx, Vx, dQ, dKx, dVx ([N, q] each), Kr, dK, dV
- * ([N, kv] each). */
-enum { R_DO, R_KX, R_VX, R_DQ, R_DKX, R_DVX, R_KR, R_DK, R_DV, R_END };
 
 /* [1,1,N,F] rows at byte offset off of buf. */
 static mha_tdesc rows(const bctx *b, void *buf, size_t off, int64_t F)
@@ -314,6 +321,60 @@ static void output_nodes(bctx *b)
            weight(b, MHA_D_WO, b->E, b->q), 0);
 }
 
+/* The sinks' gradient, -sum over rows i of p_i,sink D_i per head (D_i =
+ * dO_i . O_i), with the ops at hand: 1 - p_i,sink is the attention output
+ * of V = 1 (the sink carries no value), so the sum is
+ * sum_i (1 - p_i,sink) D_i - sum_i D_i. Kr holds the rotated keys. */
+static void sink_nodes(bctx *b, void *krbuf, size_t kr)
+{
+    const mha_dsaved *s = b->s;
+    void *sc = s->scratch;
+    int64_t N = b->N, H = b->Hq;
+    mha_node *n = add(b, MHA_OP_FILL_ROWS);
+    n->dst = rows(b, sc, b->sc[R_ONES], b->kv);
+    n->src[0] = mha_train_row(sc, b->sc[R_CONST] / 4, (size_t)b->kv);
+    n = add(b, MHA_OP_ATTENTION);
+    n->src[MHA_SRC_Q] = heads(b, s->buf, s->off[S_Q], H);
+    n->src[MHA_SRC_K] = heads(b, krbuf, kr, b->Hkv);
+    n->src[MHA_SRC_V] = heads(b, sc, b->sc[R_ONES], b->Hkv);
+    n->src[MHA_SRC_SINKS] = weight(b, MHA_D_SINKS, 1, H);
+    n->dst = heads(b, sc, b->sc[R_O1], H);
+    n->params.scale = b->l->cfg.scale;
+    n->params.causal = MHA_CAUSAL_TOP_LEFT;
+    n->params.mask_cols = b->T;
+    n->params.kv_group = (int32_t)b->g;
+    n = add(b, MHA_OP_MUL);
+    n->dst = rows(b, sc, b->sc[R_DP], b->q);
+    n->src[MHA_SRC_MUL_X] = rows(b, sc, b->sc[R_DO], b->q);
+    n->src[MHA_SRC_MUL_F] = rows(b, s->buf, s->off[S_O], b->q);
+    /* D: each head's d products summed, [1, N*H, d, 1] -> [1, N*H, 1, 1] */
+    mha_tdesc dp = {.dtype = MHA_F32, .ne = {1, N * H, b->d, 1},
+                    .nb = {N * b->q, b->d, 1, 1}, .buf = sc,
+                    .offset = b->sc[R_DP]};
+    mha_tdesc d = {.dtype = MHA_F32, .ne = {1, 1, N, H},
+                   .nb = {N * H, N * H, H, 1}, .buf = sc,
+                   .offset = b->sc[R_D]};
+    mha_tdesc dsum = d;
+    dsum.ne[1] = N * H, dsum.ne[2] = dsum.ne[3] = 1;
+    dsum.nb[1] = 1;
+    sum_rows(b, dsum, dp, 0);
+    mha_tdesc t2 = d, o1 = d, minus = d;
+    t2.offset = b->sc[R_T2];
+    o1.nb[2] = b->q, o1.nb[3] = b->d; /* feature 0 of each head */
+    o1.offset = b->sc[R_O1];
+    minus.nb[0] = minus.nb[1] = minus.nb[2] = minus.nb[3] = 0;
+    minus.offset = b->sc[R_CONST] + (size_t)b->kv * 4;
+    mha_tdesc gs = grad_of(b, MHA_D_SINKS, 1, H);
+    const mha_tdesc *f[2] = {&o1, &minus};
+    for (int k = 0; k < 2; k++) {
+        n = add(b, MHA_OP_MUL);
+        n->dst = t2;
+        n->src[MHA_SRC_MUL_X] = d;
+        n->src[MHA_SRC_MUL_F] = *f[k];
+        sum_rows(b, gs, t2, k ? 1 : b->acc);
+    }
+}
+
 /* dQ, dK, dV of the attention (dK, dV summed over each kv group), RoPE
  * undone on dQ and dK. */
 static void attention_nodes(bctx *b)
@@ -355,6 +416,8 @@ static void attention_nodes(bctx *b)
     n->params.scale = b->l->cfg.scale;
     n->params.causal = MHA_CAUSAL_TOP_LEFT; /* empty caches: p = i */
     n->params.mask_cols = b->T;
+    if (b->grads && b->l->cfg.sinks)
+        sink_nodes(b, krbuf, kr);
     if (grouped) {
         mha_tdesc dk = kv_repeated(b, sc, b->sc[R_DK]);
         mha_tdesc dv = kv_repeated(b, sc, b->sc[R_DV]);
@@ -457,24 +520,46 @@ static mha_status check_backward(mha_decoder *l, const char *fn,
     return st;
 }
 
+/* The sinks' constants (kv ones, then -1) into the scratch. */
+static mha_status constants(bctx *b)
+{
+    static const float minus = -1.0f;
+    float ones[256];
+    for (int i = 0; i < 256; i++)
+        ones[i] = 1.0f;
+    mha_device *dev = b->l->device;
+    void *sc = b->l->saved->scratch;
+    mha_status st = MHA_OK;
+    for (int64_t at = 0; at < b->kv && st == MHA_OK; at += 256) {
+        int64_t n = b->kv - at < 256 ? b->kv - at : 256;
+        st = mha_dev_write(dev, sc, b->sc[R_CONST] + (size_t)at * 4, ones,
+                           (size_t)n * 4);
+    }
+    if (st == MHA_OK)
+        st = mha_dev_write(dev, sc, b->sc[R_CONST] + (size_t)b->kv * 4,
+                           &minus, 4);
+    return st;
+}
+
 /* The scratch regions of b, the buffer grown when smaller. */
 static mha_status scratch(bctx *b)
 {
     mha_dsaved *s = b->l->saved;
     size_t at = 0;
     for (int r = 0; r < R_END; r++) {
+        int64_t F = r < R_KR ? b->q : r < R_D ? b->kv : b->Hq;
         b->sc[r] = at;
-        at = align_up(at + (size_t)(b->N * (r < R_KR ? b->q : b->kv)) * 4);
+        at = align_up(at + (size_t)(r == R_CONST ? b->kv + 1 : b->N * F) * 4);
     }
     if (s->scratch_bytes >= at)
-        return MHA_OK;
+        return b->l->cfg.sinks ? constants(b) : MHA_OK;
     mha_dev_free(b->l->device, s->scratch, s->scratch_bytes);
     s->scratch = NULL;
     s->scratch_bytes = 0;
     mha_status st = mha_dev_alloc(b->l->device, at, &s->scratch);
     if (st == MHA_OK)
         s->scratch_bytes = at;
-    return st;
+    return st == MHA_OK && b->l->cfg.sinks ? constants(b) : st;
 }
 
 static void setup(bctx *b, mha_decoder *l, const mha_decoder_backward_args *a)

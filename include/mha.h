@@ -1140,12 +1140,12 @@ MHA_API mha_status mha_adamw_destroy(mha_adamw *opt);
  * not copy, x, which must stay alive and unchanged until the last backward.
  * The backward covers grouped-query heads (Hkv < Hq), RoPE (both styles,
  * partial rotary, theta, scaling, the caller's positions), q/k/v and o
- * biases and any head_dim. It refuses (MHA_UNSUPPORTED, naming the reason)
- * a training forward with window, alibi, softcap or sinks, with
- * head_gates, over a cache whose sequences are not empty, over an f16 or
+ * biases, sinks (their gradient too) and any head_dim. It refuses
+ * (MHA_UNSUPPORTED, naming the reason) a training forward with window,
+ * alibi or softcap, with head_gates, over a cache whose sequences are not empty, over an f16 or
  * ring cache, with an x that is not contiguous, or recorded
  * (mha_vulkan_decoder_record). The gradients are named as the weights
- * ("q_proj.weight", ..., "o_proj.bias"; "sinks" is listed and stays 0).
+ * ("q_proj.weight", ..., "o_proj.bias", "sinks").
  * mha_gradients_zero, mha_gradients_get, mha_adamw_step and the destroys
  * take a decoder's objects as a layer's. */
 

@@ -36,6 +36,10 @@ CASES = {
     # plain multi-head (Hkv = Hq), no rotation, default positions
     "mha_norope": dict(E=12, Hq=3, Hkv=3, d=5, rope=0, rope_dims=0,
                        theta=10000.0, scaling=1.0, B=2, T=6, default_pos=1),
+    # gpt-oss: sink logits (their gradient too), GQA, biases
+    "sinks_gqa": dict(E=16, Hq=4, Hkv=2, d=8, rope=1, rope_dims=8,
+                      theta=150000.0, scaling=1.0, sinks=1, qkv_bias=1,
+                      o_bias=1, B=2, T=6),
     # one token per sequence, GQA with NeoX, default positions
     "gqa_t1": dict(E=16, Hq=4, Hkv=2, d=4, rope=1, rope_dims=4,
                    theta=10000.0, scaling=1.0, B=3, T=1, default_pos=1),

@@ -3,7 +3,8 @@
  * every device and CPU ISA: the output, dL/dx and every weight's gradient
  * against float64 torch autograd (tests/gen_decoder_backward_fixtures.py:
  * GQA, MQA, NeoX and GPT-J partial RoPE with the caller's positions, Qwen2
- * biases, head_dim != E/Hq, B 2, T 1), each within 1e-4 of its group's
+ * biases, gpt-oss sinks, head_dim != E/Hq, B 2, T 1), each within 1e-4 of
+ * its group's
  * largest magnitude, and twice that after an accumulating second backward;
  * central differences of the device's own forward; one AdamW step against
  * the formula; and the refused and bad calls, each with its status and
@@ -24,7 +25,8 @@
 
 static const char *const weight_names[] = {
     "q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
-    "q_proj.bias",   "k_proj.bias",   "v_proj.bias",   "o_proj.bias"};
+    "q_proj.bias",   "k_proj.bias",   "v_proj.bias",   "o_proj.bias",
+    "sinks"};
 #define NWEIGHTS (sizeof weight_names / sizeof *weight_names)
 
 /* ---- one layer on one device --------------------------------------------- */
@@ -237,6 +239,7 @@ static mha_decoder_config fixture_config(const fixture *fx)
     c.rope_scaling = (float)fixture_meta(fx->f, "scaling");
     c.qkv_bias = (int)fixture_meta(fx->f, "qkv_bias");
     c.o_bias = (int)fixture_meta(fx->f, "o_bias");
+    c.sinks = (int)fixture_meta(fx->f, "sinks");
     return c;
 }
 
@@ -309,7 +312,8 @@ static void run_fixture(const char *name)
 
 /* The cases of gen_decoder_backward_fixtures.py. */
 #define FIXTURES(X)                                                            \
-    X(llama_gqa_neox) X(mqa_gptj_partial) X(qwen2_bias) X(mha_norope) X(gqa_t1)
+    X(llama_gqa_neox) X(mqa_gptj_partial) X(qwen2_bias) X(mha_norope)        \
+        X(gqa_t1) X(sinks_gqa)
 
 #define DEFINE_FIXTURE_TEST(name)                                              \
     Test(decoder_backward, name) { run_fixture(#name); }
@@ -561,8 +565,6 @@ Test(decoder_backward, unsupported_options_are_refused)
     expect_refused(v, MHA_F32, 0, "alibi");
     v = c, v.softcap = 5.0f;
     expect_refused(v, MHA_F32, 0, "softcap");
-    v = c, v.sinks = 1;
-    expect_refused(v, MHA_F32, 0, "sinks");
     expect_refused(c, MHA_F32, 1, "head_gates");
     expect_refused(c, MHA_F16, 0, "f32 cache");
 }
@@ -570,7 +572,8 @@ Test(decoder_backward, unsupported_options_are_refused)
 /* ---- central differences of the device's own forward --------------------- */
 
 /* A layer of every supported kind at once (GQA 4/2, partial NeoX RoPE at
- * the caller's positions, q/k/v and o biases, head_dim 4 != E/Hq 2), loss
+ * the caller's positions, q/k/v and o biases, sinks, head_dim 4 != E/Hq
+ * 2), loss
  * sum(dy * y) summed in double: sampled elements of dL/dx and of every
  * weight's gradient against (L(p + h) - L(p - h)) / 2h, each forward a
  * fresh prefill. h = 1e-2 keeps the quotient's rounding (~1e-6 / 2h) and
@@ -596,9 +599,11 @@ static void fd_make(fd_layer *f, test_rng *rng)
     f->cfg.rope_dims = 2;
     f->cfg.qkv_bias = 1;
     f->cfg.o_bias = 1;
+    f->cfg.sinks = 1;
     int64_t E = 8, q = 16, kv = 8;
     const int64_t shapes[NWEIGHTS][2] = {{q, E}, {kv, E}, {kv, E}, {E, q},
-                                         {q, 0}, {kv, 0}, {kv, 0}, {E, 0}};
+                                         {q, 0}, {kv, 0}, {kv, 0}, {E, 0},
+                                         {4, 0}};
     for (size_t k = 0; k < NWEIGHTS; k++) {
         f->ndim[k] = shapes[k][1] ? 2 : 1;
         f->shape[k][0] = shapes[k][0];

@@ -1,14 +1,17 @@
-/* adamw.c: mha_adamw, torch.optim.AdamW over one layer's weights: its m
- * and v state in two device buffers laid out as the layer's weight buffer,
- * and a step as one ADAMW node per state_dict weight, with the bias
- * corrections of the step computed here in double. */
+/* adamw.c: mha_adamw, torch.optim.AdamW over one nn.MHA or decoder
+ * layer's weights: its m and v state in two device buffers laid out as the
+ * layer's gradients, and a step as one ADAMW node per state_dict weight,
+ * with the bias corrections of the step computed here in double. */
 #include <math.h>
 
+#include "decoder.h"
 #include "plan.h"
 #include "train.h"
 
 struct mha_adamw {
-    mha_layer *layer;
+    mha_layer *layer; /* one of layer, decoder */
+    mha_decoder *decoder;
+    mha_device *device;
     int64_t heads; /* the layer's when made: pruning invalidates */
     mha_adamw_config cfg;
     void *m, *v;
@@ -47,47 +50,39 @@ static mha_status check_config(mha_context *ctx, const mha_adamw_config *c)
 
 static void free_adamw(mha_adamw *opt)
 {
-    mha_device *device = opt->layer->device;
+    mha_device *device = opt->device;
     mha_dev_free(device, opt->m, opt->bytes);
     mha_dev_free(device, opt->v, opt->bytes);
     device->open_objects--;
     mha_host_free(&device->ctx->host, opt);
 }
 
-mha_status mha_adamw_create(mha_layer *layer, const mha_adamw_config *config,
-                            mha_adamw **out)
+/* The optimizer of opt's layer (set by the caller) over bytes of
+ * weights, config checked; frees opt on failure. */
+static mha_status make_adamw(mha_device *device, const char *fn,
+                             const mha_adamw_config *config, size_t bytes,
+                             mha_adamw *opt, mha_adamw **out)
 {
-    static const char fn[] = "mha_adamw_create";
-    if (!layer)
-        return MHA_INVALID_ARGUMENT;
-    mha_context *ctx = layer->device->ctx;
-    mha_adamw_config defaults;
-    mha_adamw_config_init(&defaults);
-    mha_status st = config ? mha_struct_check(&ctx->host, fn,
-                                              "mha_adamw_config", config,
-                                              sizeof *config)
-                           : MHA_OK;
-    if (st != MHA_OK)
+    mha_context *ctx = device->ctx;
+    mha_status st = config ? check_config(ctx, config) : MHA_OK;
+    if (st != MHA_OK) {
+        mha_host_free(&ctx->host, opt);
         return st;
-    if ((st = mha_train_check_create(layer, fn, out)) != MHA_OK)
-        return st;
-    if (config && (st = check_config(ctx, config)) != MHA_OK)
-        return st;
-    mha_adamw *opt = mha_host_calloc(&ctx->host, 1, sizeof *opt);
-    if (!opt)
-        return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
-    opt->layer = layer;
-    opt->heads = layer->heads;
-    opt->cfg = config ? *config : defaults;
-    opt->bytes = layer->wbytes;
-    layer->device->open_objects++;
-    st = mha_dev_alloc(layer->device, opt->bytes, &opt->m);
+    }
+    if (config)
+        opt->cfg = *config;
+    else
+        mha_adamw_config_init(&opt->cfg);
+    opt->device = device;
+    opt->bytes = bytes;
+    device->open_objects++;
+    st = mha_dev_alloc(device, opt->bytes, &opt->m);
     if (st == MHA_OK)
-        st = mha_dev_alloc(layer->device, opt->bytes, &opt->v);
+        st = mha_dev_alloc(device, opt->bytes, &opt->v);
     if (st == MHA_OK)
-        st = mha_dev_zero(layer->device, opt->m, opt->bytes);
+        st = mha_dev_zero(device, opt->m, opt->bytes);
     if (st == MHA_OK)
-        st = mha_dev_zero(layer->device, opt->v, opt->bytes);
+        st = mha_dev_zero(device, opt->v, opt->bytes);
     if (st != MHA_OK) {
         free_adamw(opt);
         return mha_host_finish(&ctx->host, fn, st);
@@ -97,40 +92,99 @@ mha_status mha_adamw_create(mha_layer *layer, const mha_adamw_config *config,
     return MHA_OK;
 }
 
-/* [1,1,1,n] f32 at element first of buf. */
-static mha_tdesc row(void *buf, size_t first, size_t n)
+/* The struct check and the optimizer's host memory. */
+static mha_status new_adamw(mha_context *ctx, const char *fn,
+                            const mha_adamw_config *config, mha_adamw **opt)
 {
-    mha_tdesc d = {.dtype = MHA_F32,
-                   .ne = {1, 1, 1, (int64_t)n},
-                   .nb = {(int64_t)n, (int64_t)n, (int64_t)n, 1},
-                   .buf = buf,
-                   .offset = first * 4};
-    return d;
+    mha_status st = config ? mha_struct_check(&ctx->host, fn,
+                                              "mha_adamw_config", config,
+                                              sizeof *config)
+                           : MHA_OK;
+    if (st != MHA_OK)
+        return st;
+    *opt = mha_host_calloc(&ctx->host, 1, sizeof **opt);
+    return *opt ? MHA_OK
+                : mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
+}
+
+mha_status mha_adamw_create(mha_layer *layer, const mha_adamw_config *config,
+                            mha_adamw **out)
+{
+    static const char fn[] = "mha_adamw_create";
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_adamw *opt = NULL;
+    mha_status st = new_adamw(layer->device->ctx, fn, config, &opt);
+    if (st == MHA_OK && (st = mha_train_check_create(layer, fn, out)) != MHA_OK)
+        mha_host_free(&layer->device->ctx->host, opt);
+    if (st != MHA_OK)
+        return st;
+    opt->layer = layer;
+    opt->heads = layer->heads;
+    return make_adamw(layer->device, fn, config, layer->wbytes, opt, out);
+}
+
+mha_status mha_decoder_adamw_create(mha_decoder *layer,
+                                    const mha_adamw_config *config,
+                                    mha_adamw **out)
+{
+    static const char fn[] = "mha_decoder_adamw_create";
+    if (!layer)
+        return MHA_INVALID_ARGUMENT;
+    mha_context *ctx = layer->device->ctx;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    mha_adamw *opt = NULL;
+    mha_status st = new_adamw(ctx, fn, config, &opt);
+    if (st != MHA_OK)
+        return st;
+    opt->decoder = layer;
+    opt->heads = layer->cfg.num_heads;
+    mha_dweight w[MHA_DSLOT_COUNT];
+    size_t floats = 0;
+    for (int i = 0, n = mha_decoder_weights(layer, w); i < n; i++)
+        floats += layer->wlen[w[i].slot];
+    return make_adamw(layer->device, fn, config, floats * 4, opt, out);
 }
 
 static mha_status run_step(mha_adamw *opt, const mha_gradients *grads,
                            const mha_op_params *p)
 {
-    mha_layer *layer = opt->layer;
+    mha_device *device = opt->device;
     for (int i = 0; i < grads->count; i++) {
-        const mha_weight_spec *s = &grads->specs[i];
-        size_t first = layer->woff[s->first], n = 0;
-        for (int k = 0; k < s->slots; k++)
-            n += layer->wlen[s->first + k];
+        size_t first = grads->off[i], n = grads->len[i];
         mha_node node = {.op = MHA_OP_ADAMW, .params = *p};
-        node.dst = row(layer->wbuf, first, n);
-        node.src[MHA_SRC_ADAM_G] = row(grads->flat->buf, first, n);
-        node.src[MHA_SRC_ADAM_M] = row(opt->m, first, n);
-        node.src[MHA_SRC_ADAM_V] = row(opt->v, first, n);
-        if (!mha_dev_supports(layer->device, &node))
-            return mha_graph_unsupported(layer->device,
-                                              "mha_adamw_step", &node,
-                                              "an optimizer step");
-        mha_status st = mha_dev_run(layer->device, &node);
+        node.dst = mha_gradients_param(grads, i);
+        node.src[MHA_SRC_ADAM_G] = mha_train_row(grads->flat->buf, first, n);
+        node.src[MHA_SRC_ADAM_M] = mha_train_row(opt->m, first, n);
+        node.src[MHA_SRC_ADAM_V] = mha_train_row(opt->v, first, n);
+        if (!mha_dev_supports(device, &node))
+            return mha_graph_unsupported(device, "mha_adamw_step", &node,
+                                         "an optimizer step");
+        mha_status st = mha_dev_run(device, &node);
         if (st != MHA_OK)
             return st;
     }
-    return mha_dev_sync(layer->device);
+    return mha_dev_sync(device);
+}
+
+/* grads fit opt's layer, which still has the heads opt was made for. */
+static mha_status check_step(const mha_adamw *opt, const mha_gradients *grads,
+                             const char *fn)
+{
+    mha_context *ctx = opt->device->ctx;
+    if (!grads)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: grads is NULL", fn);
+    mha_status st = opt->layer
+                        ? mha_gradients_check(grads, opt->layer, fn)
+                        : mha_decoder_gradients_check(grads, opt->decoder, fn);
+    int64_t now = opt->layer ? opt->layer->heads : opt->decoder->cfg.num_heads;
+    if (st == MHA_OK && opt->heads != now)
+        return mha_error(ctx, MHA_BAD_STATE,
+                         "%s: the optimizer was made for %lld heads and the "
+                         "layer now has %lld (pruned)",
+                         fn, (long long)opt->heads, (long long)now);
+    return st;
 }
 
 mha_status mha_adamw_step(mha_adamw *opt, const mha_gradients *grads,
@@ -139,18 +193,10 @@ mha_status mha_adamw_step(mha_adamw *opt, const mha_gradients *grads,
     static const char fn[] = "mha_adamw_step";
     if (!opt)
         return MHA_INVALID_ARGUMENT;
-    mha_layer *layer = opt->layer;
-    mha_context *ctx = layer->device->ctx;
-    if (!grads)
-        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: grads is NULL", fn);
-    mha_status st = mha_gradients_check(grads, layer, fn);
+    mha_context *ctx = opt->device->ctx;
+    mha_status st = check_step(opt, grads, fn);
     if (st != MHA_OK)
         return st;
-    if (opt->heads != layer->heads)
-        return mha_error(ctx, MHA_BAD_STATE,
-                         "%s: the optimizer was made for %lld heads and the "
-                         "layer now has %lld (pruned)",
-                         fn, (long long)opt->heads, (long long)layer->heads);
     if (!(lr >= 0.0f) || isinf(lr))
         return mha_error(ctx, MHA_INVALID_ARGUMENT,
                          "%s: lr %g; expected a finite value >= 0", fn,
@@ -166,7 +212,10 @@ mha_status mha_adamw_step(mha_adamw *opt, const mha_gradients *grads,
         .adam_bc2 = (float)(1.0 - pow((double)opt->cfg.beta2, (double)t))};
     st = run_step(opt, grads, &p);
     /* the weights may have moved even when a later node failed */
-    layer->generation++;
+    if (opt->layer)
+        opt->layer->generation++;
+    else
+        opt->decoder->generation++;
     if (st == MHA_OK)
         opt->steps = t;
     return mha_host_finish(&ctx->host, fn, st);
@@ -178,7 +227,7 @@ mha_status mha_adamw_destroy(mha_adamw *opt)
 {
     if (!opt)
         return MHA_OK;
-    mha_context *ctx = opt->layer->device->ctx;
+    mha_context *ctx = opt->device->ctx;
     free_adamw(opt);
     mha_clear_error(ctx);
     return MHA_OK;

@@ -65,8 +65,11 @@
  *               each pair (x, y) -> (x cos a_i - y sin a_i,
  *                                    y cos a_i + x sin a_i);
  *               features c >= r are copied unchanged, so rope_dims 0 is a
- *               strided copy (converting dtype: the KV cache's append).
- *               src X, POS [1,1,B,T] MHA_I32 (nb[2] 0 broadcasts one row
+ *               strided copy (converting dtype: the KV cache's append;
+ *               X may repeat rows by zero strides: the decoder backward's
+ *               GQA repeat). A negative rope_pos_scale negates the angles:
+ *               the inverse rotation, which the decoder backward applies
+ *               to dQ and dK. src X, POS [1,1,B,T] MHA_I32 (nb[2] 0 broadcasts one row
  *               of positions over the batch; absent when rope_dims is 0)
  * MUL           dst = X * F element-wise over 4-D (the head gates): X and
  *               dst of one shape, f32 or f16, any strides; F f32 of that

@@ -158,12 +158,14 @@ mha_status mha_decoder_write(mha_decoder *l, mha_dslot slot,
                                   count * 4);
     if (st == MHA_OK)
         l->set |= 1u << slot;
+    l->generation++; /* even a failed write may have moved some */
     return st;
 }
 
 static void decoder_free(mha_decoder *l)
 {
     mha_device *dev = l->device;
+    mha_decoder_train_free(l);
     for (int s = 0; s < MHA_DSLOT_COUNT; s++)
         mha_dev_free(dev, l->wbuf[s], l->wlen[s] * 4);
     mha_dev_free(dev, l->arena, l->arena_bytes);
@@ -315,6 +317,7 @@ typedef struct dcall {
     mha_kv_cache *cache;
     uint64_t skip[MHA_SKIP_WORDS]; /* query heads not computed (gates.h) */
     int gate_mul;                  /* a computed head's gate is not 1 */
+    int train;                     /* save_for_backward */
 } dcall;
 
 static mha_status check_tensor(mha_decoder *l, const char *what,
@@ -431,6 +434,9 @@ static mha_status make_call(mha_decoder *l, const mha_decoder_forward_args *a,
     memset(c, 0, sizeof *c);
     if (a->struct_size > offsetof(mha_decoder_forward_args, head_gates))
         c->gates = a->head_gates;
+    if (a->struct_size >
+        offsetof(mha_decoder_forward_args, save_for_backward))
+        c->train = a->save_for_backward != 0;
     c->x = a->x;
     c->pos = a->positions;
     c->out = a->output;
@@ -461,8 +467,7 @@ static size_t align_up(size_t v)
     return (v + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
 }
 
-/* Byte offsets of q, k, v, o and the positions in an arena of n tokens. */
-static void arena_layout(const mha_decoder *l, int64_t n, size_t off[6])
+void mha_decoder_layout(const mha_decoder *l, int64_t n, size_t off[6])
 {
     size_t q = (size_t)(n * l->cfg.num_heads * l->cfg.head_dim) * 4;
     size_t kv = (size_t)(n * l->cfg.num_kv_heads * l->cfg.head_dim) * 4;
@@ -494,7 +499,7 @@ static mha_status reserve(mha_decoder *l, int64_t tokens)
     while (n < tokens)
         n *= 2;
     size_t off[6];
-    arena_layout(l, n, off);
+    mha_decoder_layout(l, n, off);
     void *arena = NULL;
     int32_t *pos = mha_host_malloc(&ctx->host, (size_t)n * sizeof *pos);
     mha_old_arena *slot =
@@ -524,6 +529,8 @@ typedef struct walker {
     const dcall *c;
     size_t off[6]; /* arena layout for l->tokens */
     int run;       /* 0: ask supports() of every node; 1: run them */
+    void *arena;   /* l->arena, or a training forward's saved state */
+    mha_tdesc lse; /* a training forward's saved LSE [B,Hq,1,T] */
 } walker;
 
 enum { A_Q, A_K, A_V, A_O, A_POS };
@@ -550,7 +557,7 @@ static mha_tdesc arena_rows(const walker *w, int r, int64_t F)
 {
     int64_t T = w->c->T;
     mha_tdesc t = {.dtype = MHA_F32, .ne = {w->c->B, 1, T, F},
-                   .nb = {T * F, 0, F, 1}, .buf = w->l->arena,
+                   .nb = {T * F, 0, F, 1}, .buf = w->arena,
                    .offset = w->off[r]};
     return t;
 }
@@ -560,7 +567,7 @@ static mha_tdesc arena_heads(const walker *w, int r, int64_t H)
 {
     int64_t T = w->c->T, d = w->l->cfg.head_dim;
     mha_tdesc t = {.dtype = MHA_F32, .ne = {w->c->B, H, T, d},
-                   .nb = {T * H * d, d, H * d, 1}, .buf = w->l->arena,
+                   .nb = {T * H * d, d, H * d, 1}, .buf = w->arena,
                    .offset = w->off[r]};
     return t;
 }
@@ -610,7 +617,7 @@ static mha_tdesc positions(const walker *w, int64_t first, int64_t nb)
     int64_t T = w->c->T;
     const mha_tensor *p = w->c->pos;
     mha_tdesc t = {.dtype = MHA_I32, .ne = {1, 1, nb, T},
-                   .nb = {nb * T, nb * T, T, 1}, .buf = w->l->arena,
+                   .nb = {nb * T, nb * T, T, 1}, .buf = w->arena,
                    .offset = w->off[A_POS] + (size_t)(first * T) * 4};
     if (p) {
         t.nb[2] = p->strides[0];
@@ -713,6 +720,7 @@ static mha_status attend(walker *w, int64_t h0, int64_t n)
                                        h0, n);
     node.src[MHA_SRC_KV_LEN] = mha_kv_lengths(k, B);
     node.dst = head_slice(arena_heads(w, A_O, c->num_heads), h0, n);
+    node.extra_dst[MHA_DST_LSE] = head_slice(w->lse, h0, n);
     node.params.scale = c->scale;
     node.params.causal = MHA_CAUSAL_BOTTOM_RIGHT;
     node.params.mask_cols = cap;
@@ -789,15 +797,16 @@ static mha_status walk(walker *w)
     return st;
 }
 
-/* The default positions: each sequence's length + t. */
+/* The positions into the arena: the default ones (each sequence's length
+ * + t), or the caller's read back (a training forward keeps them). */
 static mha_status stage_positions(walker *w)
 {
     const dcall *c = w->c;
-    for (int64_t b = 0; b < c->B; b++)
+    for (int64_t b = 0; b < c->B && !c->pos; b++)
         for (int64_t t = 0; t < c->T; t++)
             w->l->host_pos[b * c->T + t] =
                 (int32_t)(mha_kv_length(c->cache, b) + t);
-    return mha_dev_write(w->l->device, w->l->arena, w->off[A_POS],
+    return mha_dev_write(w->l->device, w->arena, w->off[A_POS],
                          w->l->host_pos, (size_t)(c->B * c->T) * 4);
 }
 
@@ -865,20 +874,24 @@ static mha_status decoder_step(mha_decoder *layer,
     if (st == MHA_OK && (!c.pos || !record))
         st = c.pos ? check_positions(layer, &c)
                    : check_default_positions(layer, &c);
-    if (st == MHA_OK)
-        st = mha_kv_check_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     if (st != MHA_OK)
         return st;
+    walker w = {layer, &c, {0}, 0, layer->arena, {.dtype = MHA_F32}};
+    mha_decoder_layout(layer, layer->tokens, w.off);
+    mha_dtrain_call tc = {c.B, c.T, c.x, c.cache, c.gates != NULL, record};
+    if (c.train)
+        st = mha_decoder_train_prepare(layer, &tc, &w.arena, w.off, &w.lse);
+    if (st == MHA_OK)
+        st = mha_kv_check_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
     /* every node asked before a ring moves a row, so a refused step
        leaves the cache as it was (the asking walk sees the rows before
        the move: the nodes' dtypes and layouts, all that the devices
        check, are the same) */
-    walker w = {layer, &c, {0}, 0};
-    arena_layout(layer, layer->tokens, w.off);
-    st = walk(&w);
+    if (st == MHA_OK)
+        st = walk(&w);
     if (st == MHA_OK)
         st = mha_kv_make_room(c.cache, "mha_decoder_forward", 0, c.B, c.T);
-    if (st == MHA_OK && !c.pos)
+    if (st == MHA_OK && (!c.pos || c.train))
         st = stage_positions(&w);
     if (st != MHA_OK)
         return st;
@@ -890,6 +903,8 @@ static mha_status decoder_step(mha_decoder *layer,
         st = mha_dev_sync(layer->device);
     if (st != MHA_OK && c.cache->len[0] != before)
         mha_kv_add_lengths(c.cache, 0, c.B, -c.T); /* as before the call */
+    if (c.train)
+        mha_decoder_train_commit(layer, &tc, st == MHA_OK);
     if (st == MHA_OK)
         mha_clear_error(layer->device->ctx);
     return st;

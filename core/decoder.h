@@ -49,6 +49,10 @@ struct mha_decoder {
     int32_t *host_pos; /* default positions, staged */
     int recorded;      /* arena used by a recorded step */
     mha_old_arena *old;
+    uint64_t generation; /* counts changes of the weights (written,
+                            pruned, stepped) */
+    struct mha_dsaved *saved; /* the last training forward's state
+                                 (decoder_train.c), or NULL */
 };
 
 /* The weights this layer's config has (at most 9); returns the count. */
@@ -57,5 +61,37 @@ int mha_decoder_weights(const mha_decoder *layer, mha_dweight *out);
 /* Writes count floats of slot from host memory and marks it set. */
 mha_status mha_decoder_write(mha_decoder *layer, mha_dslot slot,
                              const float *data, size_t count);
+
+/* Byte offsets of q, k, v, o and the positions in an arena of n tokens
+ * (off[5]: its size). */
+void mha_decoder_layout(const mha_decoder *l, int64_t n, size_t off[6]);
+
+/* ---- training (decoder_train.c) ---- */
+
+/* What a training forward of B sequences of T tokens needs from the
+ * forward's call. */
+typedef struct mha_dtrain_call {
+    int64_t B, T;
+    const mha_tensor *x;
+    const mha_kv_cache *cache;
+    int gates;  /* head_gates given */
+    int record; /* mha_decoder_forward_enqueue (a recorded step) */
+} mha_dtrain_call;
+
+/* Checks that the backward can follow this training forward (else
+ * MHA_UNSUPPORTED naming why), makes the saved state large enough and
+ * invalid until mha_decoder_train_commit; sets the forward's arena to it:
+ * *arena, off (mha_decoder_layout of B*T tokens) and the attention's LSE
+ * [B,Hq,1,T]. */
+mha_status mha_decoder_train_prepare(mha_decoder *l, const mha_dtrain_call *c,
+                                     void **arena, size_t off[6],
+                                     mha_tdesc *lse);
+
+/* Marks the saved state valid (ok) or not after the forward of c. */
+void mha_decoder_train_commit(mha_decoder *l, const mha_dtrain_call *c,
+                              int ok);
+
+/* Frees the saved state (NULL: nothing). */
+void mha_decoder_train_free(mha_decoder *l);
 
 #endif /* MHA_CORE_DECODER_H */

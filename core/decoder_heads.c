@@ -151,9 +151,11 @@ static mha_status move_weights(mha_decoder *l, const int64_t *qpos,
 
 /* The scratch was sized for the old heads: the next forward makes it
  * anew for the kept ones (nothing recorded uses it, check_prune saw to
- * that). */
+ * that); the weights changed, so a backward needs a new training
+ * forward. */
 static void drop_arena(mha_decoder *l)
 {
+    l->generation++;
     mha_dev_free(l->device, l->arena, l->arena_bytes);
     l->arena = NULL;
     l->arena_bytes = 0;

@@ -73,15 +73,36 @@ mha_status mha_train_check_create(const mha_layer *layer, const char *fn,
 /* Writes bytes zero bytes into buf on device. */
 mha_status mha_dev_zero(mha_device *device, void *buf, size_t bytes);
 
-/* The gradients' object, shared with adamw.c. */
+/* The gradients' object, shared with adamw.c and decoder_train.c: of an
+ * nn.MHA layer or of a decoder layer (exactly one of the two), one f32
+ * buffer holding a gradient per weight at element offset off[i]. */
+#define MHA_GRAD_MAX 9
 struct mha_gradients {
     mha_layer *layer;
+    mha_decoder *decoder;
+    mha_device *device;
     int64_t heads;       /* the layer's when made: pruning invalidates */
-    mha_tensor *flat;    /* f32, laid out as the layer's weight buffer */
+    mha_tensor *flat;    /* f32; a layer's is laid out as its weight
+                            buffer */
     int count;
-    mha_weight_spec specs[8];
-    mha_tensor *views[8]; /* one per spec, shaped like the weight */
+    const char *names[MHA_GRAD_MAX];
+    size_t off[MHA_GRAD_MAX], len[MHA_GRAD_MAX]; /* elements of flat */
+    int dslot[MHA_GRAD_MAX]; /* a decoder's weight slot of each */
+    mha_tensor *views[MHA_GRAD_MAX]; /* one per weight, shaped like it */
 };
+
+/* The [1,1,1,len[i]] weight that gradient i of grads belongs to. */
+mha_tdesc mha_gradients_param(const mha_gradients *grads, int i);
+
+/* [1,1,1,n] f32 at element first of buf. */
+mha_tdesc mha_train_row(void *buf, size_t first, size_t n);
+
+/* MHA_BAD_STATE or MHA_INVALID_ARGUMENT when grads cannot be used with
+ * decoder (another layer's, or made before pruning); fn names the
+ * caller. */
+mha_status mha_decoder_gradients_check(const mha_gradients *grads,
+                                       const mha_decoder *decoder,
+                                       const char *fn);
 
 /* MHA_BAD_STATE or MHA_INVALID_ARGUMENT when grads cannot be used with
  * layer (another layer's, or made before pruning); fn names the caller. */

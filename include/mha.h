@@ -854,6 +854,9 @@ typedef struct mha_decoder_forward_args {
                                     call is made). A kv group whose query
                                     heads are all 0 for every sequence is
                                     not computed; other zeros multiply. */
+    int save_for_backward;       /* 1: a training forward, for
+                                    mha_decoder_backward (see "Training a
+                                    decoder layer" below) */
 } mha_decoder_forward_args;
 
 MHA_API mha_status mha_decoder_forward_args_init_sized(
@@ -1020,7 +1023,8 @@ MHA_API mha_status mha_head_stats_destroy(mha_head_stats *stats);
  * head_gates every head is computed (none skipped) and multiplied by its
  * gate, so the gates have a gradient (grad_head_gates). A
  * fully masked query row has zero gradients, as its output row (the
- * forward's documented choice). The decoder layer has no backward yet. */
+ * forward's documented choice). Decoder layers: "Training a decoder
+ * layer" below. */
 
 /* One f32 device tensor per weight of a layer, shaped like the weight and
  * named as in the module's state_dict: in_proj_weight (or q_proj_weight,
@@ -1123,6 +1127,66 @@ MHA_API int64_t mha_adamw_steps(const mha_adamw *opt);
 
 /* NULL does nothing. */
 MHA_API mha_status mha_adamw_destroy(mha_adamw *opt);
+
+/* ---- training a decoder layer ---------------------------------------------
+ *
+ *   mha_decoder_gradients_create(dec, &grads);
+ *   mha_decoder_adamw_create(dec, NULL, &opt);
+ *   mha_kv_cache_clear(cache);
+ *   fa.save_for_backward = 1;  mha_decoder_forward(dec, &fa);
+ *   bw.grad_output = dy; bw.grads = grads; mha_decoder_backward(dec, &bw);
+ *   mha_adamw_step(opt, grads, lr);
+ *
+ * A training forward is a prefill of sequences 0 .. B-1 that start empty
+ * in the cache (so every key a query attends is one of x's tokens and has
+ * a gradient); it appends to the cache as any forward does, and keeps on
+ * the device the rotated q, the k and v projections, the attention output,
+ * each query row's log-sum-exp and the positions; it references, and does
+ * not copy, x, which must stay alive and unchanged until the last backward.
+ * The backward covers grouped-query heads (Hkv < Hq), RoPE (both styles,
+ * partial rotary, theta, scaling, the caller's positions), q/k/v and o
+ * biases, sinks (their gradient too) and any head_dim. It refuses
+ * (MHA_UNSUPPORTED, naming the reason) a training forward with window,
+ * alibi or softcap, with head_gates, over a cache whose sequences are not empty, over an f16 or
+ * ring cache, with an x that is not contiguous, or recorded
+ * (mha_vulkan_decoder_record). The gradients are named as the weights
+ * ("q_proj.weight", ..., "o_proj.bias", "sinks").
+ * mha_gradients_zero, mha_gradients_get, mha_adamw_step and the destroys
+ * take a decoder's objects as a layer's. */
+
+/* Gradients for a decoder layer's weights (kept, not owned: destroy them
+ * first), zeroed; pruning the layer makes them MHA_BAD_STATE. */
+MHA_API mha_status mha_decoder_gradients_create(mha_decoder *layer,
+                                                mha_gradients **out);
+
+/* AdamW over a decoder layer's weights, as mha_adamw_create. */
+MHA_API mha_status mha_decoder_adamw_create(mha_decoder *layer,
+                                            const mha_adamw_config *config,
+                                            mha_adamw **out);
+
+typedef struct mha_decoder_backward_args {
+    size_t struct_size;            /* sizeof, set by the init macro */
+    const mha_tensor *grad_output; /* dL/dY: f32 [B, T, E], whole */
+    mha_tensor *grad_x;            /* optional dL/dx, f32 [B, T, E], whole;
+                                      written, not added to */
+    mha_gradients *grads;          /* optional: the weights' gradients */
+    int accumulate;                /* 1: add into grads; 0: overwrite */
+} mha_decoder_backward_args;
+
+MHA_API mha_status mha_decoder_backward_args_init_sized(
+    mha_decoder_backward_args *args, size_t struct_size);
+#define mha_decoder_backward_args_init(args)                                 \
+    mha_decoder_backward_args_init_sized((args), sizeof *(args))
+
+/* Backpropagates grad_output through the layer's last training forward
+ * (the cache is not read: what the backward needs was saved). Without a
+ * training forward, or after the weights changed (set, loaded, pruned or
+ * stepped), MHA_BAD_STATE; a gradient tensor of the wrong shape
+ * MHA_SHAPE_MISMATCH naming it and the expected shape. The saved state
+ * stays: a second backward of the same forward is allowed. Repeated calls
+ * of one shape allocate nothing. */
+MHA_API mha_status mha_decoder_backward(mha_decoder *layer,
+                                        const mha_decoder_backward_args *args);
 
 #ifdef __cplusplus
 }

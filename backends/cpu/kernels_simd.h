@@ -171,18 +171,20 @@ static float simd_exp_sum(int64_t n, float m, float *x)
 enum tile_init { INIT_ZERO, INIT_ROW, INIT_C };
 
 /* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < MR, j < NR,
- * where a_i is row i of a (stride lda) for i < mr and the last valid row
- * beyond (so only A's own memory is read), and init is 0, row[j] or
- * c[i][j]. Writes all MR x NR of c. */
-static void micro_tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
-                       const float *bp, float *c, int64_t ldc,
+ * where element k of a_i is a[i*rs + k*cs] for i < mr and that of the last
+ * valid row beyond (so only A's own memory is read): A row-major has
+ * (rs, cs) = (lda, 1), A^T stored row-major (gemm_packed_tn) (1, lda), the
+ * same arithmetic either way. init is 0, row[j] or c[i][j]. Writes all
+ * MR x NR of c. */
+static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
+                       int64_t mr, const float *bp, float *c, int64_t ldc,
                        enum tile_init init, const float *row)
 {
     const float *ar[MR];
     vf acc[MR][NV];
     MHA_UNROLL
     for (int i = 0; i < MR; i++)
-        ar[i] = a + (i < mr ? i : mr - 1) * lda;
+        ar[i] = a + (i < mr ? i : mr - 1) * rs;
     MHA_UNROLL
     for (int i = 0; i < MR; i++) {
         MHA_UNROLL
@@ -191,14 +193,14 @@ static void micro_tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
                         : init == INIT_ROW ? vf_load(row + v * VL)
                                            : vf_zero();
     }
-    for (int64_t k = 0; k < kc; k++) {
+    for (int64_t k = 0, off = 0; k < kc; k++, off += cs) {
         vf b[NV];
         MHA_UNROLL
         for (int v = 0; v < NV; v++)
             b[v] = vf_load(bp + k * NR + v * VL);
         MHA_UNROLL
         for (int i = 0; i < MR; i++) {
-            const vf x = vf_set1(ar[i][k]);
+            const vf x = vf_set1(ar[i][off]);
             MHA_UNROLL
             for (int v = 0; v < NV; v++)
                 acc[i][v] = vf_fma(x, b[v], acc[i][v]);
@@ -214,13 +216,13 @@ static void micro_tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
 
 /* One mr x nr tile of C (ldc): a full tile straight from the registers, an
  * edge tile through a zero-padded stack copy so nothing past C's window is
- * read or written. */
-static void tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
-                 const float *bp, int64_t nr, int init_c, const float *row,
-                 float *c, int64_t ldc)
+ * read or written. A's element (i, k) is a[i*rs + k*cs] (micro_tile). */
+static void tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
+                 int64_t mr, const float *bp, int64_t nr, int init_c,
+                 const float *row, float *c, int64_t ldc)
 {
     if (mr == MR && nr == NR) {
-        micro_tile(kc, a, lda, MR, bp, c, ldc,
+        micro_tile(kc, a, rs, cs, MR, bp, c, ldc,
                    init_c ? INIT_C : row ? INIT_ROW : INIT_ZERO, row);
         return;
     }
@@ -231,18 +233,19 @@ static void tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
                             : init_c           ? c[i * ldc + j]
                             : row              ? row[j]
                                                : 0.0f;
-    micro_tile(kc, a, lda, mr, bp, t, NR, INIT_C, NULL);
+    micro_tile(kc, a, rs, cs, mr, bp, t, NR, INIT_C, NULL);
     for (int64_t i = 0; i < mr; i++)
         for (int64_t j = 0; j < nr; j++)
             c[i * ldc + j] = t[i * NR + j];
 }
 
 /* Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
- * order), then panels of B, each reused from L1 by every row tile. */
-static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
-                             int64_t lda, const float *Bp, int64_t ldp,
-                             const float *bias, int accumulate, float *C,
-                             int64_t ldc)
+ * order), then panels of B, each reused from L1 by every row tile. A's
+ * element (m, k) is A[m*rs + k*cs]. */
+static void gemm_strided(int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t rs, int64_t cs, const float *Bp, int64_t ldp,
+                         const float *bias, int accumulate, float *C,
+                         int64_t ldc)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -253,12 +256,28 @@ static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
         for (int64_t n0 = 0; n0 < N; n0 += NR) {
             const float *row = !init_c && bias ? bias + n0 : NULL;
             for (int64_t m0 = 0; m0 < M; m0 += MR)
-                tile(kc, A + m0 * lda + k0, lda, min_i64(MR, M - m0),
+                tile(kc, A + m0 * rs + k0 * cs, rs, cs, min_i64(MR, M - m0),
                      Bp + n0 * ldp + k0 * NR, min_i64(NR, N - n0), init_c,
                      row, C + m0 * ldc + n0, ldc);
         }
         k0 += kc;
     } while (k0 < K);
+}
+
+static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
+                             int64_t lda, const float *Bp, int64_t ldp,
+                             const float *bias, int accumulate, float *C,
+                             int64_t ldc)
+{
+    gemm_strided(M, N, K, A, lda, 1, Bp, ldp, bias, accumulate, C, ldc);
+}
+
+static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
+                                const float *At, int64_t lda, const float *Bp,
+                                int64_t ldp, const float *bias, int accumulate,
+                                float *C, int64_t ldc)
+{
+    gemm_strided(M, N, K, At, 1, lda, Bp, ldp, bias, accumulate, C, ldc);
 }
 
 /* ---- packing --------------------------------------------------------------- */
@@ -802,6 +821,7 @@ static const mha_cpu_kernels simd_table = {
     .pack_nt = simd_pack_nt,
     .pack_nn = simd_pack_nn,
     .gemm_packed = simd_gemm_packed,
+    .gemm_packed_tn = simd_gemm_packed_tn,
     .scale = simd_scale,
     .axpy = simd_axpy,
     .scale_add = simd_scale_add,

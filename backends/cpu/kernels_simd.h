@@ -173,8 +173,8 @@ enum tile_init { INIT_ZERO, INIT_ROW, INIT_C };
 /* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < MR, j < NR,
  * where element k of a_i is a[i*rs + k*cs] for i < mr and that of the last
  * valid row beyond (so only A's own memory is read): A row-major has
- * (rs, cs) = (lda, 1), A^T stored row-major (gemm_packed_tn) (1, lda), the
- * same arithmetic either way. init is 0, row[j] or c[i][j]. Writes all
+ * (rs, cs) = (lda, 1), gemm_packed_tn's [kc][MR] copy of a block (1, MR),
+ * the same arithmetic either way. init is 0, row[j] or c[i][j]. Writes all
  * MR x NR of c. */
 static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
                        int64_t mr, const float *bp, float *c, int64_t ldc,
@@ -240,12 +240,11 @@ static void tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
 }
 
 /* Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
- * order), then panels of B, each reused from L1 by every row tile. A's
- * element (m, k) is A[m*rs + k*cs]. */
-static void gemm_strided(int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t rs, int64_t cs, const float *Bp, int64_t ldp,
-                         const float *bias, int accumulate, float *C,
-                         int64_t ldc)
+ * order), then panels of B, each reused from L1 by every row tile. */
+static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
+                             int64_t lda, const float *Bp, int64_t ldp,
+                             const float *bias, int accumulate, float *C,
+                             int64_t ldc)
 {
     if (M <= 0 || N <= 0)
         return;
@@ -256,7 +255,7 @@ static void gemm_strided(int64_t M, int64_t N, int64_t K, const float *A,
         for (int64_t n0 = 0; n0 < N; n0 += NR) {
             const float *row = !init_c && bias ? bias + n0 : NULL;
             for (int64_t m0 = 0; m0 < M; m0 += MR)
-                tile(kc, A + m0 * rs + k0 * cs, rs, cs, min_i64(MR, M - m0),
+                tile(kc, A + m0 * lda + k0, lda, 1, min_i64(MR, M - m0),
                      Bp + n0 * ldp + k0 * NR, min_i64(NR, N - n0), init_c,
                      row, C + m0 * ldc + n0, ldc);
         }
@@ -264,20 +263,46 @@ static void gemm_strided(int64_t M, int64_t N, int64_t K, const float *A,
     } while (k0 < K);
 }
 
-static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
-                             int64_t lda, const float *Bp, int64_t ldp,
-                             const float *bias, int accumulate, float *C,
-                             int64_t ldc)
+/* n <= MR floats from src to dst, whole vectors where they fit. */
+static void copy_row(int64_t n, const float *src, float *dst)
 {
-    gemm_strided(M, N, K, A, lda, 1, Bp, ldp, bias, accumulate, C, ldc);
+    for (int64_t i = 0; i < n; i += VL) {
+        if (n - i >= VL)
+            vf_store(dst + i, vf_load(src + i));
+        else
+            vf_store_n(dst + i, vf_load_n(src + i, n - i), n - i);
+    }
 }
 
+/* gemm_packed with A^T (rows lda apart) read one MR x kc block at a time
+ * into a [kc][MR] stack copy, used by every panel of B. Read in place, the
+ * kc rows of a block (a weight gradient's dY^T: a power of two apart)
+ * fall into a few cache sets and evict each other on every panel. The
+ * tiles, and so the arithmetic, are gemm_packed's. */
 static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
                                 const float *At, int64_t lda, const float *Bp,
                                 int64_t ldp, const float *bias, int accumulate,
                                 float *C, int64_t ldc)
 {
-    gemm_strided(M, N, K, At, 1, lda, Bp, ldp, bias, accumulate, C, ldc);
+    _Alignas(64) float ap[KC * MR];
+    if (M <= 0 || N <= 0)
+        return;
+    int64_t k0 = 0;
+    do {
+        const int64_t kc = min_i64(KC, K - k0);
+        const int init_c = accumulate || k0 > 0;
+        for (int64_t m0 = 0; m0 < M; m0 += MR) {
+            const int64_t mr = min_i64(MR, M - m0);
+            for (int64_t k = 0; k < kc; k++)
+                copy_row(mr, At + (k0 + k) * lda + m0, ap + k * MR);
+            for (int64_t n0 = 0; n0 < N; n0 += NR)
+                tile(kc, ap, 1, MR, mr, Bp + n0 * ldp + k0 * NR,
+                     min_i64(NR, N - n0), init_c,
+                     !init_c && bias ? bias + n0 : NULL, C + m0 * ldc + n0,
+                     ldc);
+        }
+        k0 += kc;
+    } while (k0 < K);
 }
 
 /* ---- packing --------------------------------------------------------------- */

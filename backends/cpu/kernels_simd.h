@@ -239,30 +239,6 @@ static void tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
             c[i * ldc + j] = t[i * NR + j];
 }
 
-/* Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
- * order), then panels of B, each reused from L1 by every row tile. */
-static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
-                             int64_t lda, const float *Bp, int64_t ldp,
-                             const float *bias, int accumulate, float *C,
-                             int64_t ldc)
-{
-    if (M <= 0 || N <= 0)
-        return;
-    int64_t k0 = 0;
-    do {
-        const int64_t kc = min_i64(KC, K - k0);
-        const int init_c = accumulate || k0 > 0;
-        for (int64_t n0 = 0; n0 < N; n0 += NR) {
-            const float *row = !init_c && bias ? bias + n0 : NULL;
-            for (int64_t m0 = 0; m0 < M; m0 += MR)
-                tile(kc, A + m0 * lda + k0, lda, 1, min_i64(MR, M - m0),
-                     Bp + n0 * ldp + k0 * NR, min_i64(NR, N - n0), init_c,
-                     row, C + m0 * ldc + n0, ldc);
-        }
-        k0 += kc;
-    } while (k0 < K);
-}
-
 /* n <= MR floats from src to dst, whole vectors where they fit. */
 static void copy_row(int64_t n, const float *src, float *dst)
 {
@@ -274,15 +250,18 @@ static void copy_row(int64_t n, const float *src, float *dst)
     }
 }
 
-/* gemm_packed with A^T (rows lda apart) read one MR x kc block at a time
- * into a [kc][MR] stack copy, used by every panel of B. Read in place, the
- * kc rows of a block (a weight gradient's dY^T: a power of two apart)
- * fall into a few cache sets and evict each other on every panel. The
- * tiles, and so the arithmetic, are gemm_packed's. */
-static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
-                                const float *At, int64_t lda, const float *Bp,
-                                int64_t ldp, const float *bias, int accumulate,
-                                float *C, int64_t ldc)
+/* gemm_packed (tn 0) and gemm_packed_tn (tn 1: A is A^T, rows lda apart).
+ * Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
+ * order). A row-major: then panels of B, each reused from L1 by every row
+ * tile. A^T: then row tiles, each MR x kc block of A copied once into a
+ * [kc][MR] buffer that every panel of B reads; read in place, the kc rows
+ * of a block (a weight gradient's dY^T: a power of two apart) fall into a
+ * few cache sets and evict each other on every panel. The tiles, and so
+ * the arithmetic, are the same either way. */
+static void gemm_blocks(int tn, int64_t M, int64_t N, int64_t K,
+                        const float *A, int64_t lda, const float *Bp,
+                        int64_t ldp, const float *bias, int accumulate,
+                        float *C, int64_t ldc)
 {
     _Alignas(64) float ap[KC * MR];
     if (M <= 0 || N <= 0)
@@ -291,18 +270,45 @@ static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
     do {
         const int64_t kc = min_i64(KC, K - k0);
         const int init_c = accumulate || k0 > 0;
-        for (int64_t m0 = 0; m0 < M; m0 += MR) {
-            const int64_t mr = min_i64(MR, M - m0);
-            for (int64_t k = 0; k < kc; k++)
-                copy_row(mr, At + (k0 + k) * lda + m0, ap + k * MR);
-            for (int64_t n0 = 0; n0 < N; n0 += NR)
-                tile(kc, ap, 1, MR, mr, Bp + n0 * ldp + k0 * NR,
-                     min_i64(NR, N - n0), init_c,
-                     !init_c && bias ? bias + n0 : NULL, C + m0 * ldc + n0,
-                     ldc);
+        const float *bk = Bp + k0 * NR;
+        if (tn) {
+            for (int64_t m0 = 0; m0 < M; m0 += MR) {
+                const int64_t mr = min_i64(MR, M - m0);
+                for (int64_t k = 0; k < kc; k++)
+                    copy_row(mr, A + (k0 + k) * lda + m0, ap + k * MR);
+                for (int64_t n0 = 0; n0 < N; n0 += NR)
+                    tile(kc, ap, 1, MR, mr, bk + n0 * ldp,
+                         min_i64(NR, N - n0), init_c,
+                         !init_c && bias ? bias + n0 : NULL,
+                         C + m0 * ldc + n0, ldc);
+            }
+        } else {
+            for (int64_t n0 = 0; n0 < N; n0 += NR) {
+                const float *row = !init_c && bias ? bias + n0 : NULL;
+                for (int64_t m0 = 0; m0 < M; m0 += MR)
+                    tile(kc, A + m0 * lda + k0, lda, 1, min_i64(MR, M - m0),
+                         bk + n0 * ldp, min_i64(NR, N - n0), init_c, row,
+                         C + m0 * ldc + n0, ldc);
+            }
         }
         k0 += kc;
     } while (k0 < K);
+}
+
+static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
+                             int64_t lda, const float *Bp, int64_t ldp,
+                             const float *bias, int accumulate, float *C,
+                             int64_t ldc)
+{
+    gemm_blocks(0, M, N, K, A, lda, Bp, ldp, bias, accumulate, C, ldc);
+}
+
+static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
+                                const float *At, int64_t lda, const float *Bp,
+                                int64_t ldp, const float *bias, int accumulate,
+                                float *C, int64_t ldc)
+{
+    gemm_blocks(1, M, N, K, At, lda, Bp, ldp, bias, accumulate, C, ldc);
 }
 
 /* ---- packing --------------------------------------------------------------- */

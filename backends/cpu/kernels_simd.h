@@ -250,14 +250,20 @@ static void copy_row(int64_t n, const float *src, float *dst)
     }
 }
 
+/* An A^T of at most this many floats (K x lda: 32 KiB, an L1) is read in
+ * place by gemm_packed_tn; a larger one a block at a time from a copy. */
+enum { TN_IN_PLACE = 8192 };
+
 /* gemm_packed (tn 0) and gemm_packed_tn (tn 1: A is A^T, rows lda apart).
  * Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
  * order). A row-major: then panels of B, each reused from L1 by every row
- * tile. A^T: then row tiles, each MR x kc block of A copied once into a
- * [kc][MR] buffer that every panel of B reads; read in place, the kc rows
- * of a block (a weight gradient's dY^T: a power of two apart) fall into a
- * few cache sets and evict each other on every panel. The tiles, and so
- * the arithmetic, are the same either way. */
+ * tile. A^T: then row tiles, each MR x kc block of A read by every panel
+ * of B: in place when A^T fits TN_IN_PLACE (the attention backward's P
+ * and dS tiles), else copied once into a [kc][MR] buffer, as in place the
+ * kc rows of a block (a weight gradient's dY^T: a power of two apart)
+ * fall into a few cache sets and evict each other on every panel (the
+ * copy costs about 8% at 64 x 64 x 64, where in place needs none). The
+ * tiles, and so the arithmetic, are the same either way. */
 static void gemm_blocks(int tn, int64_t M, int64_t N, int64_t K,
                         const float *A, int64_t lda, const float *Bp,
                         int64_t ldp, const float *bias, int accumulate,
@@ -274,10 +280,16 @@ static void gemm_blocks(int tn, int64_t M, int64_t N, int64_t K,
         if (tn) {
             for (int64_t m0 = 0; m0 < M; m0 += MR) {
                 const int64_t mr = min_i64(MR, M - m0);
-                for (int64_t k = 0; k < kc; k++)
-                    copy_row(mr, A + (k0 + k) * lda + m0, ap + k * MR);
+                const float *a = A + k0 * lda + m0;
+                int64_t cs = lda;
+                if (K * lda > TN_IN_PLACE) {
+                    for (int64_t k = 0; k < kc; k++)
+                        copy_row(mr, a + k * lda, ap + k * MR);
+                    a = ap;
+                    cs = MR;
+                }
                 for (int64_t n0 = 0; n0 < N; n0 += NR)
-                    tile(kc, ap, 1, MR, mr, bk + n0 * ldp,
+                    tile(kc, a, 1, cs, mr, bk + n0 * ldp,
                          min_i64(NR, N - n0), init_c,
                          !init_c && bias ? bias + n0 : NULL,
                          C + m0 * ldc + n0, ldc);

@@ -133,6 +133,18 @@ static void write_entry(fixture *f, const char *matmul, const char *attention)
     mha_tune_db_free(&f->ctx->host, &db);
 }
 
+/* fx_open, then an entry naming the device's first matmul and attention
+ * variants, which it returns in mm[0] and att[0]. */
+static void fx_open_with_entry(fixture *f, const char *mm[1],
+                               const char *att[1])
+{
+    fx_open(f);
+    int n = 0;
+    mha_device_variants(f->dev, "matmul", mm, 1, &n);
+    mha_device_variants(f->dev, "attention", att, 1, &n);
+    write_entry(f, mm[0], att[0]);
+}
+
 static void expect_log(fixture *f, const char *needle)
 {
     cr_expect(strstr(f->log.text, needle), "the log lacks \"%s\":\n%s",
@@ -191,12 +203,8 @@ Test(tune, db_round_trip_replace_and_shape_class)
 Test(tune, a_valid_entry_is_used_unless_mha_tune_says_otherwise)
 {
     fixture f;
-    fx_open(&f);
     const char *mm[1], *att[1];
-    int n = 0;
-    mha_device_variants(f.dev, "matmul", mm, 1, &n);
-    mha_device_variants(f.dev, "attention", att, 1, &n);
-    write_entry(&f, mm[0], att[0]);
+    fx_open_with_entry(&f, mm, att);
     cr_assert_eq(forward(f.dev), MHA_OK, "%s", mha_context_errmsg(f.ctx));
     char want[256];
     snprintf(want, sizeof want, "tuning database: %s on %s: matmul %s, "
@@ -323,12 +331,8 @@ Test(tune, the_database_path_follows_the_cache_dir_option)
 Test(tune, a_device_opened_with_cache_dir_reads_its_database)
 {
     fixture f;
-    fx_open(&f);
     const char *mm[1], *att[1];
-    int n = 0;
-    mha_device_variants(f.dev, "matmul", mm, 1, &n);
-    mha_device_variants(f.dev, "attention", att, 1, &n);
-    write_entry(&f, mm[0], att[0]);
+    fx_open_with_entry(&f, mm, att);
     char other[256];
     test_temp_dir(other, sizeof other);
     unsetenv("MHA_TUNE_DB");

@@ -87,10 +87,12 @@ static const rule rules[] = {
      * short key tiles. */
     {0x13B5, -1, "mm32x32k16", "att-t4-r16-c16"},
     /* No rule for CPU devices (lavapipe): the direct variants ("mmd")
-     * were measured slower there than the shared-memory tiles (Mesa
-     * 22.3's llvmpipe loads a storage buffer lane by lane with a bounds
-     * check per component, so tiles that read each element once a
-     * workgroup still win); mha-tune may pick them where they win. */
+     * were measured no faster there than the shared-memory tiles (README,
+     * "Performance on GPUs"; as we read Mesa 22.3's llvmpipe, a storage
+     * buffer load whose address varies by invocation goes lane by lane
+     * with a bounds check per component, so tiles that read each element
+     * once a workgroup still win); mha-tune may pick them where they
+     * win. */
 };
 
 static const rule *rule_of(const mha_vk_device *d)

@@ -13,13 +13,13 @@
  * loads (2 loads per WPT * WPT FMAs). A slice is read from global memory
  * along whichever of its dims is contiguous (k for X and W, n for V in
  * the weighted sum), four elements at a time (VW 2: as two float2s, VW 1:
- * as scalars). DIRECT 1 (a CPU device's variant) stages nothing: each
- * item reads its WPT rows of A and WPT columns of B four k at a time
- * straight from global memory, with no local memory and no barrier (a CPU
- * runtime such as PoCL runs a workgroup as loops split at each barrier,
- * and its local memory is the same cached DRAM, so the tiles are pure
- * copies). TS, WPT, BK, DIRECT and VW come from the device's limits or a
- * variant (backends/opencl/tune.c); zero strides broadcast. */
+ * as scalars). DIRECT 1 stages nothing: each item reads its WPT rows of
+ * A and WPT columns of B four k at a time straight from global memory,
+ * with no local memory and no barrier, for devices where local memory is
+ * the same cached DRAM and barriers split the workgroup's loops (CPU
+ * runtimes; on PoCL it measured no faster than the tiles, see
+ * backends/opencl/tune.c). TS, WPT, BK, DIRECT and VW come from the
+ * device's limits or a variant (tune.c); zero strides broadcast. */
 #ifndef TS
 #define TS 16
 #endif

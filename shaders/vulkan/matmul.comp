@@ -12,12 +12,11 @@
 // banks. Global loads are vec4s along k (or along j for the weighted sum)
 // where MHA_VK_F_VEC4_A / _B say the operand is fp32 with offsets and
 // strides in whole vec4s (VW 2: as two vec2s, VW 1: as scalars, for
-// devices that load narrower words faster). DIRECT (a CPU's variant)
-// stages nothing: each invocation reads its RM rows of A and RN columns
-// of B straight from global memory, four k a step, with no shared memory
-// and no barrier (lavapipe runs a workgroup's invocations as coroutines
-// switched at each barrier, so tiles there cost copies and switches and
-// save nothing; its caches do what shared memory does on a GPU). Tile
+// devices that load narrower words faster). DIRECT stages nothing: each
+// invocation reads its RM rows of A and RN columns of B straight from
+// global memory, four k a step, with no shared memory and no barrier, for
+// devices where those are pure cost (CPU-like caches; on lavapipe it
+// measured no faster than the tiles, see backends/vulkan/tune.c). Tile
 // sizes and the workgroup size are specialization constants chosen from
 // the shape and the device's limits (backends/vulkan/ops.c); the
 // workgroup is (TN/RN) * (TM/RM) invocations. Batch index z = b * H + h.

@@ -467,6 +467,15 @@ FILE *mha_file_open_regular(const char *path, bool follow, const char **why);
  * exists but is refused is logged (WARN) and NULL, like a missing one. */
 FILE *mha_cache_file_open(mha_host *host, const char *path);
 
+/* The cache directory every on-disk cache shares (Vulkan pipelines,
+ * OpenCL binaries, the tuning database): option (mha_device_options.
+ * cache_dir) when not NULL, else MHA_CACHE_DIR, else
+ * $XDG_CACHE_HOME/libmha, else (Windows) %LOCALAPPDATA%\libmha, else
+ * ~/.cache/libmha, into out. 1 with the path; 0 when caching is off (""
+ * or no home); -1 when the path does not fit size. */
+int mha_cache_dir_resolve(mha_host *host, const char *option, char *out,
+                          size_t size);
+
 /* Creates dir (and missing parents) with mode 0700 and tells whether it is
  * private: owned by this user and not writable by group or others. When
  * not, the reason is logged (WARN) and the caller caches nothing. dir is

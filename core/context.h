@@ -58,6 +58,9 @@ struct mha_device {
     int64_t alibi_heads; /* heads whose slopes it holds; 0: none */
     struct mha_profile *profile; /* core/profile.c; NULL: not profiling */
     struct mha_tune *tune; /* core/tune.c: the tuning database's entries */
+    char *cache_dir; /* mha_device_options.cache_dir, copied; NULL: not
+                        given (the tuning database then follows
+                        MHA_CACHE_DIR and the rest) */
 };
 
 /* Frees the device's mha_attention state (its ALiBi slopes buffer). */

@@ -268,9 +268,19 @@ static mha_status open_index(mha_context *ctx, const char *fn, int index,
     mha_device *device = mha_host_calloc(&ctx->host, 1, sizeof *device);
     if (!device)
         return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
+    /* The tuning database follows cache_dir too (core/tune.c). */
+    size_t dir_len = options->cache_dir ? strlen(options->cache_dir) + 1 : 0;
+    device->cache_dir = dir_len ? mha_host_malloc(&ctx->host, dir_len) : NULL;
+    if (dir_len && !device->cache_dir) {
+        mha_host_free(&ctx->host, device);
+        return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
+    }
+    if (dir_len)
+        memcpy(device->cache_dir, options->cache_dir, dir_len);
     mha_status st = mha_backend_open(b, e->backend_index, options,
                                      &device->dev);
     if (st != MHA_OK) {
+        mha_host_free(&ctx->host, device->cache_dir);
         mha_host_free(&ctx->host, device);
         return mha_host_finish(&ctx->host, fn, st);
     }
@@ -402,6 +412,7 @@ mha_status mha_device_destroy(mha_device *device)
     mha_tune_free(device);
     mha_backend_close(device->iface, device->dev);
     ctx->open_objects--;
+    mha_host_free(&ctx->host, device->cache_dir);
     mha_host_free(&ctx->host, device);
     mha_clear_error(ctx);
     return MHA_OK;

@@ -83,6 +83,29 @@ static void make_dirs(char *dir)
     mkdir_private(dir);
 }
 
+int mha_cache_dir_resolve(mha_host *host, const char *option, char *out,
+                          size_t size)
+{
+    const char *dir = option ? option : mha_host_getenv(host, "MHA_CACHE_DIR");
+    const char *suffix = "";
+    if (!dir) {
+        const char *xdg = mha_host_getenv(host, "XDG_CACHE_HOME");
+        const char *home = mha_host_getenv(host, "HOME");
+#if defined(_WIN32)
+        const char *local = mha_host_getenv(host, "LOCALAPPDATA");
+        if (!(xdg && xdg[0]) && local && local[0])
+            xdg = local;
+#endif
+        if (xdg && xdg[0])
+            dir = xdg, suffix = "/libmha";
+        else if (home && home[0])
+            dir = home, suffix = "/.cache/libmha";
+    }
+    if (!dir || !dir[0])
+        return 0;
+    return (size_t)snprintf(out, size, "%s%s", dir, suffix) < size ? 1 : -1;
+}
+
 bool mha_cache_dir_ready(mha_host *host, char *dir)
 {
     make_dirs(dir);

@@ -77,7 +77,8 @@ static mha_status device_db(mha_device *device, const mha_tune_db **db)
             return MHA_OUT_OF_MEMORY;
     }
     char path[4096];
-    if (!device->tune->loaded && mha_tune_db_path(host, path, sizeof path)) {
+    if (!device->tune->loaded &&
+        mha_tune_db_path(host, device->cache_dir, path, sizeof path)) {
         mha_status st = mha_tune_db_read(host, path, &device->tune->db);
         if (st != MHA_OK)
             return st;

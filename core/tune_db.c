@@ -230,23 +230,14 @@ void mha_tune_db_free(mha_host *host, mha_tune_db *db)
     memset(db, 0, sizeof *db);
 }
 
-int mha_tune_db_path(mha_host *host, char *out, size_t size)
+int mha_tune_db_path(mha_host *host, const char *cache_dir, char *out,
+                     size_t size)
 {
     const char *db = mha_host_getenv(host, "MHA_TUNE_DB");
     if (db && db[0])
         return (size_t)snprintf(out, size, "%s", db) < size;
-    const char *dir = mha_host_getenv(host, "MHA_CACHE_DIR");
-    const char *suffix = "";
-    if (!dir) {
-        const char *xdg = mha_host_getenv(host, "XDG_CACHE_HOME");
-        const char *home = mha_host_getenv(host, "HOME");
-        if (xdg && xdg[0])
-            dir = xdg, suffix = "/libmha";
-        else if (home && home[0])
-            dir = home, suffix = "/.cache/libmha";
-    }
-    if (!dir || !dir[0])
+    char dir[4096];
+    if (mha_cache_dir_resolve(host, cache_dir, dir, sizeof dir) != 1)
         return 0;
-    return (size_t)snprintf(out, size, "%s%s/%s", dir, suffix,
-                            MHA_TUNE_DB_FILE) < size;
+    return (size_t)snprintf(out, size, "%s/%s", dir, MHA_TUNE_DB_FILE) < size;
 }

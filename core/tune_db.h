@@ -63,8 +63,11 @@ int mha_tune_db_write(const char *path, const mha_tune_db *db);
 void mha_tune_db_free(mha_host *host, mha_tune_db *db);
 
 /* The database's path: MHA_TUNE_DB, else tune.json in the cache directory
- * (MHA_CACHE_DIR, else $XDG_CACHE_HOME/libmha, else ~/.cache/libmha;
- * MHA_CACHE_DIR "" disables). 0 when there is none or it is too long. */
-int mha_tune_db_path(mha_host *host, char *out, size_t size);
+ * (mha_cache_dir_resolve: cache_dir, the device's
+ * mha_device_options.cache_dir or NULL, else MHA_CACHE_DIR, else
+ * $XDG_CACHE_HOME/libmha, else ~/.cache/libmha; "" disables). 0 when
+ * there is none or it is too long. */
+int mha_tune_db_path(mha_host *host, const char *cache_dir, char *out,
+                     size_t size);
 
 #endif /* MHA_CORE_TUNE_DB_H */

@@ -228,7 +228,8 @@ typedef struct mha_device_options {
                             or NULL for the best the CPU runs; MHA_CPU_ISA
                             overrides NULL. Copied. */
     const char *cache_dir; /* GPU backends: where compiled pipelines and
-                              program binaries are cached; NULL means
+                              program binaries are cached and the tuning
+                              database (tune.json) is read; NULL means
                               MHA_CACHE_DIR, else $XDG_CACHE_HOME/libmha,
                               else ~/.cache/libmha; "" disables. Created
                               mode 0700; one another user owns or group

@@ -133,6 +133,18 @@ static void write_entry(fixture *f, const char *matmul, const char *attention)
     mha_tune_db_free(&f->ctx->host, &db);
 }
 
+/* fx_open, then an entry naming the device's first matmul and attention
+ * variants, which it returns in mm[0] and att[0]. */
+static void fx_open_with_entry(fixture *f, const char *mm[1],
+                               const char *att[1])
+{
+    fx_open(f);
+    int n = 0;
+    mha_device_variants(f->dev, "matmul", mm, 1, &n);
+    mha_device_variants(f->dev, "attention", att, 1, &n);
+    write_entry(f, mm[0], att[0]);
+}
+
 static void expect_log(fixture *f, const char *needle)
 {
     cr_expect(strstr(f->log.text, needle), "the log lacks \"%s\":\n%s",
@@ -191,12 +203,8 @@ Test(tune, db_round_trip_replace_and_shape_class)
 Test(tune, a_valid_entry_is_used_unless_mha_tune_says_otherwise)
 {
     fixture f;
-    fx_open(&f);
     const char *mm[1], *att[1];
-    int n = 0;
-    mha_device_variants(f.dev, "matmul", mm, 1, &n);
-    mha_device_variants(f.dev, "attention", att, 1, &n);
-    write_entry(&f, mm[0], att[0]);
+    fx_open_with_entry(&f, mm, att);
     cr_assert_eq(forward(f.dev), MHA_OK, "%s", mha_context_errmsg(f.ctx));
     char want[256];
     snprintf(want, sizeof want, "tuning database: %s on %s: matmul %s, "
@@ -294,5 +302,56 @@ Test(tune, the_profile_times_each_node_on_the_device_clock)
     cr_assert_eq(mha_device_profile_stop(f.dev), MHA_OK);
     cr_expect_eq(mha_device_profile_read(f.dev, e, 16, &count),
                  MHA_BAD_STATE, "read after stop");
+    fx_close(&f);
+}
+
+/* mha_device_options.cache_dir places the database as it places the
+ * pipeline cache: before MHA_CACHE_DIR, after MHA_TUNE_DB. */
+Test(tune, the_database_path_follows_the_cache_dir_option)
+{
+    fixture f;
+    fx_open(&f);
+    char path[512];
+    setenv("MHA_CACHE_DIR", "/env/cache", 1);
+    unsetenv("MHA_TUNE_DB");
+    cr_assert(mha_tune_db_path(&f.ctx->host, "/opt/cache", path, sizeof path));
+    cr_expect_str_eq(path, "/opt/cache/tune.json");
+    cr_assert(mha_tune_db_path(&f.ctx->host, NULL, path, sizeof path));
+    cr_expect_str_eq(path, "/env/cache/tune.json");
+    cr_expect(!mha_tune_db_path(&f.ctx->host, "", path, sizeof path),
+              "cache_dir \"\" gave %s", path);
+    setenv("MHA_TUNE_DB", f.path, 1);
+    cr_assert(mha_tune_db_path(&f.ctx->host, "/opt/cache", path, sizeof path));
+    cr_expect_str_eq(path, f.path);
+    fx_close(&f);
+}
+
+/* A device opened with cache_dir reads the database there, not in
+ * MHA_CACHE_DIR. */
+Test(tune, a_device_opened_with_cache_dir_reads_its_database)
+{
+    fixture f;
+    const char *mm[1], *att[1];
+    fx_open_with_entry(&f, mm, att);
+    char other[256];
+    test_temp_dir(other, sizeof other);
+    unsetenv("MHA_TUNE_DB");
+    setenv("MHA_CACHE_DIR", other, 1);
+    mha_device_options o;
+    mha_device_options_init(&o);
+    o.cache_dir = f.dir;
+    char spec[64];
+    snprintf(spec, sizeof spec, "%s:%d", f.info.backend,
+             f.info.backend_index);
+    mha_device *dev = NULL;
+    cr_assert_eq(mha_device_open(f.ctx, spec, &o, &dev), MHA_OK, "%s",
+                 mha_context_errmsg(f.ctx));
+    cr_expect_eq(forward(dev), MHA_OK, "%s", mha_context_errmsg(f.ctx));
+    char want[256];
+    snprintf(want, sizeof want, "tuning database: %s on %s: matmul %s",
+             f.shape, f.info.name, mm[0]);
+    expect_log(&f, want);
+    mha_device_destroy(dev);
+    test_remove_tree(other);
     fx_close(&f);
 }

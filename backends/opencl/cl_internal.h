@@ -154,9 +154,9 @@ typedef struct mha_cl_program {
     int br;    /* ATTENTION: query rows per workgroup (_BWD: own rows) */
     int cw;    /* ATTENTION(_BWD): columns per work item (4, 8 or 16) */
     /* the device knobs it was asked for (tune.c's variants): OPS tile, wpt,
-     * bk; ATTENTION attn_cw, attn_wg; and the gemm tile it was built with
-     * (a register limit can shrink it) */
-    int knobs[3], built_tile;
+     * bk, direct, vw; ATTENTION attn_cw, attn_wg, attn_br; and the gemm
+     * tile it was built with (a register limit can shrink it) */
+    int knobs[5], built_tile;
     cl_program program;
     cl_kernel kernels[MHA_CL_K_COUNT]; /* those this kind defines */
 } mha_cl_program;
@@ -195,9 +195,12 @@ typedef struct mha_cl_device {
     int tile;        /* gemm workgroup edge (tile x tile items) */
     int wpt;         /* gemm outputs per item along each dimension */
     int bk;          /* gemm slice depth (k per local-memory stage) */
+    int direct;      /* gemm reads global memory directly (gemm.cl DIRECT) */
+    int vw;          /* gemm's widest global load in floats (4, 2, 1) */
     int row_wg;      /* softmax / copy workgroup size */
     int attn_cw;     /* attention columns per work item (a vector width) */
     int attn_wg;     /* attention work items a group aims at */
+    int attn_br;     /* attention query rows a group; 0: attn_wg's */
     int nprograms;
     mha_cl_program programs[MHA_CL_MAX_PROGRAMS];
     /* The fused attention's partial results when it splits the keys
@@ -217,9 +220,10 @@ typedef struct mha_cl_device {
      * queue profiles */
     cl_event timer_events[MHA_TIMER_SLOTS];
     int timer_profiling; /* 0: not asked yet, 1: yes, 2: no */
-    /* tile, wpt, bk, attn_cw, attn_wg as mha_cl_device_ready chose them;
-     * a node's variant changes the knobs for its run (tune.c) */
-    int base_knobs[5];
+    /* tile, wpt, bk, direct, vw, attn_cw, attn_wg, attn_br as
+     * mha_cl_device_ready chose them; a node's variant changes the knobs
+     * for its run (tune.c) */
+    int base_knobs[8];
 } mha_cl_device;
 
 /* A buffer: libmha's own cl_mem (base 0), or a range of the caller's from

@@ -442,6 +442,7 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
      * which emulates a (mobile) GPU's limits. */
     const int cpu = dev->rec->is_cpu && !dev->rec->limits.capped;
     dev->wpt = cpu ? 16 : 8;
+    dev->vw = 4;
     choose_tile(dev, cpu ? 4 : 16);
     dev->row_wg = pow2_floor(dev->rec->limits.max_workgroup);
     if (dev->row_wg > (cpu ? 64 : 256))

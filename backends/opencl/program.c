@@ -79,36 +79,16 @@ static double now_ms(void)
 
 /* ---- the cache directory ------------------------------------------------ */
 
-static char *str_join(mha_host *host, const char *a, const char *b)
-{
-    size_t na = strlen(a), nb = strlen(b);
-    char *s = mha_host_malloc(host, na + nb + 1);
-    if (s) {
-        memcpy(s, a, na);
-        memcpy(s + na, b, nb + 1);
-    }
-    return s;
-}
-
 char *mha_cl_cache_dir(mha_host *host, const mha_device_options *options)
 {
-    const char *dir = options ? options->cache_dir : NULL;
-    if (!dir)
-        dir = mha_host_getenv(host, "MHA_CACHE_DIR");
-    if (dir)
-        return dir[0] ? str_join(host, dir, "") : NULL;
-    const char *base = mha_host_getenv(host, "XDG_CACHE_HOME");
-    if (base && base[0])
-        return str_join(host, base, "/libmha");
-#if defined(_WIN32)
-    base = mha_host_getenv(host, "LOCALAPPDATA");
-    if (base && base[0])
-        return str_join(host, base, "\\libmha");
-#endif
-    base = mha_host_getenv(host, "HOME");
-    if (base && base[0])
-        return str_join(host, base, "/.cache/libmha");
-    return NULL;
+    char dir[4096];
+    if (mha_cache_dir_resolve(host, options ? options->cache_dir : NULL, dir,
+                              sizeof dir) != 1)
+        return NULL;
+    char *s = mha_host_malloc(host, strlen(dir) + 1);
+    if (s)
+        memcpy(s, dir, strlen(dir) + 1);
+    return s;
 }
 
 /* ---- cache files ----------------------------------------------------------
@@ -434,6 +414,8 @@ static void attention_shape(const mha_cl_device *dev, int d, mha_cl_program *p)
     p->cw = dev->attn_cw < p->d_max ? dev->attn_cw : p->d_max;
     const int lanes = mha_cl_attention_lanes(p);
     p->br = dev->attn_wg / lanes > 1 ? dev->attn_wg / lanes : 1;
+    if (dev->attn_br > 0) /* a variant's rows per group */
+        p->br = dev->attn_br;
     while ((size_t)(p->br * lanes) > lim->max_workgroup && p->br > 1)
         p->br /= 2;
     p->bc = 64;
@@ -487,8 +469,10 @@ static void format_options(const mha_cl_device *dev, const mha_cl_program *p,
 {
     const char *extra = mha_host_getenv(dev->host, "MHA_OPENCL_BUILD_OPTIONS");
     int n = snprintf(out, cap,
-                     "-cl-std=CL1.2 -D TS=%d -D WPT=%d -D BK=%d -D ROW_WG=%d",
-                     dev->tile, dev->wpt, dev->bk, dev->row_wg);
+                     "-cl-std=CL1.2 -D TS=%d -D WPT=%d -D BK=%d -D ROW_WG=%d "
+                     "-D DIRECT=%d -D VW=%d",
+                     dev->tile, dev->wpt, dev->bk, dev->row_wg, dev->direct,
+                     dev->vw);
     if (p->kind != MHA_CL_PROG_OPS && n > 0 && (size_t)n < cap)
         n += snprintf(out + n, cap - (size_t)n,
                       " -D D_MAX=%d -D BR=%d -D BC=%d -D CW=%d", p->d_max,
@@ -545,8 +529,9 @@ mha_status mha_cl_program_get(mha_cl_device *dev, mha_cl_prog_kind kind,
     if (kind == MHA_CL_PROG_ATTENTION_BWD)
         attention_bwd_shape(dev, d, &want);
     /* The knobs a variant sets (tune.c) are part of the key. */
-    const int asked[2][3] = {{dev->tile, dev->wpt, dev->bk},
-                             {dev->attn_cw, dev->attn_wg, 0}};
+    const int asked[2][5] = {
+        {dev->tile, dev->wpt, dev->bk, dev->direct, dev->vw},
+        {dev->attn_cw, dev->attn_wg, dev->attn_br, 0, 0}};
     memcpy(want.knobs, asked[kind == MHA_CL_PROG_ATTENTION],
            sizeof want.knobs);
     for (int i = 0; i < dev->nprograms; i++) {

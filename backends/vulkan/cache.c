@@ -46,43 +46,18 @@ static uint32_t get_u32(const unsigned char *p)
            (uint32_t)p[3] << 24;
 }
 
-/* The cache directory by the documented precedence, or NULL (disabled). */
-static mha_status resolve_dir(mha_vk_device *d,
-                              const mha_device_options *options, char *buf,
-                              size_t size, bool *enabled)
-{
-    const char *dir = options ? options->cache_dir : NULL;
-    const char *suffix = "";
-    if (!dir)
-        dir = mha_host_getenv(d->host, "MHA_CACHE_DIR");
-    if (!dir) {
-        const char *xdg = mha_host_getenv(d->host, "XDG_CACHE_HOME");
-        const char *home = mha_host_getenv(d->host, "HOME");
-        if (xdg && xdg[0]) {
-            dir = xdg;
-            suffix = "/libmha";
-        } else if (home && home[0]) {
-            dir = home;
-            suffix = "/.cache/libmha";
-        }
-    }
-    *enabled = dir && dir[0];
-    if (!*enabled)
-        return MHA_OK;
-    if ((size_t)snprintf(buf, size, "%s%s", dir, suffix) >= size)
-        return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
-                              "vulkan: cache directory path is too long");
-    return MHA_OK;
-}
-
 static mha_status make_path(mha_vk_device *d,
                             const mha_device_options *options)
 {
     char dir[1024];
-    bool enabled;
-    mha_status s = resolve_dir(d, options, dir, sizeof dir, &enabled);
-    if (s != MHA_OK || !enabled || !mha_cache_dir_ready(d->host, dir))
-        return s;
+    int found = mha_cache_dir_resolve(d->host, options ? options->cache_dir
+                                                       : NULL,
+                                      dir, sizeof dir);
+    if (found < 0)
+        return mha_host_error(d->host, MHA_INVALID_ARGUMENT,
+                              "vulkan: cache directory path is too long");
+    if (!found || !mha_cache_dir_ready(d->host, dir))
+        return MHA_OK;
     const VkPhysicalDeviceProperties *p = &d->phys->props;
     char uuid[2 * VK_UUID_SIZE + 1];
     for (int i = 0; i < (int)VK_UUID_SIZE; ++i)

@@ -174,6 +174,8 @@ static uint32_t max_wg(const mha_vk_device *d)
 
 typedef struct mm_config {
     uint32_t wg, tm, tn, tk, rm, rn;
+    uint32_t direct; /* matmul.comp's DIRECT: global reads, no tiles */
+    uint32_t vw;     /* widest global load in floats; 0: 4 (vec4) */
 } mm_config;
 
 /* The matmul tile for an M x N result: the first option of the shape's
@@ -190,27 +192,30 @@ static bool mm_fits(const mha_vk_device *d, const mm_config *o)
     return o->wg <= max_wg(d) && smem <= d->phys->lim.shared_bytes;
 }
 
+/* direct_ok: the kernel has matmul.comp's DIRECT path (gemm_strided.comp
+ * has not: a direct variant leaves it the built-in tiles). */
 static bool mm_pick(const mha_vk_device *d, uint32_t M, uint32_t N,
-                    mm_config *c)
+                    bool direct_ok, mm_config *c)
 {
-    uint32_t k[6]; /* a tuning variant first (tune.c) */
-    if (mha_vk_tune_matmul(d, k)) {
-        mm_config o = {k[0], k[1], k[2], k[3], k[4], k[5]};
+    uint32_t k[8]; /* a tuning variant first (tune.c) */
+    if (mha_vk_tune_matmul(d, k) && (direct_ok || !k[6])) {
+        mm_config o = {k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]};
         if (mm_fits(d, &o)) {
             *c = o;
             return true;
         }
     }
     static const mm_config wide[] = {
-        {256, 128, 128, 16, 8, 8}, {64, 64, 64, 32, 8, 8},
-        {64, 64, 64, 16, 8, 8},
+        {256, 128, 128, 16, 8, 8, 0, 0}, {64, 64, 64, 32, 8, 8, 0, 0},
+        {64, 64, 64, 16, 8, 8, 0, 0},
     };
     static const mm_config skinny[] = {
-        {64, 16, 128, 32, 4, 8}, {32, 8, 128, 32, 4, 8},
-        {32, 8, 128, 16, 4, 8},
+        {64, 16, 128, 32, 4, 8, 0, 0}, {32, 8, 128, 32, 4, 8, 0, 0},
+        {32, 8, 128, 16, 4, 8, 0, 0},
     };
     static const mm_config small[] = {
-        {64, 32, 32, 16, 4, 4}, {16, 16, 16, 8, 4, 4}, {4, 8, 8, 8, 4, 4},
+        {64, 32, 32, 16, 4, 4, 0, 0}, {16, 16, 16, 8, 4, 4, 0, 0},
+        {4, 8, 8, 8, 4, 4, 0, 0},
     };
     const mm_config *classes[3] = {wide, skinny, small};
     if (M <= 16)
@@ -631,11 +636,12 @@ static mha_status mm_dispatch(mha_vk_device *d, matmul_push *p,
                               const mha_tdesc *const ts[], uint32_t batch)
 {
     mm_config c;
-    if (!mm_pick(d, p->M, p->N, &c))
+    if (!mm_pick(d, p->M, p->N, true, &c))
         return mha_host_error(d->host, MHA_UNSUPPORTED,
                               "vulkan: no matmul tile fits %s's limits",
                               d->phys->props.deviceName);
-    uint32_t spec[6] = {c.wg, c.tm, c.tn, c.tk, c.rm, c.rn};
+    uint32_t spec[8] = {c.wg, c.tm, c.tn, c.tk, c.rm, c.rn, c.direct,
+                        c.vw ? c.vw : 4};
     uint32_t g[3] = {(p->N + c.tn - 1) / c.tn, (p->M + c.tm - 1) / c.tm,
                      batch};
     const mha_vk_limits *l = &d->phys->lim;
@@ -645,7 +651,7 @@ static mha_status mm_dispatch(mha_vk_device *d, matmul_push *p,
     uint32_t f16 = f16_bits(ts);
     p->flags |= f16;
     p->flags |= mm_vec4_flags(p);
-    return dispatch(d, MHA_VK_K_MATMUL, f16 != 0, spec, 6, ts, p, sizeof *p,
+    return dispatch(d, MHA_VK_K_MATMUL, f16 != 0, spec, 8, ts, p, sizeof *p,
                     g);
 }
 
@@ -1024,7 +1030,7 @@ static bool supports_gemm(const mha_vk_device *d, const mha_node *n)
     const mha_tdesc *c = &n->dst;
     mm_config cfg;
     if (!tensor_ok(a) || !tensor_ok(b) || !tensor_ok(c) ||
-        !inner_contiguous(c) || !mm_pick(d, 1, 1, &cfg))
+        !inner_contiguous(c) || !mm_pick(d, 1, 1, false, &cfg))
         return false;
     for (int i = 0; i < 2; ++i)
         if (!outer_ok(a->ne[i], c->ne[i]) || !outer_ok(b->ne[i], c->ne[i]))
@@ -1048,7 +1054,7 @@ static mha_status run_gemm(mha_vk_device *d, const mha_node *n)
         .flags = n->params.accumulate ? MHA_VK_F_ACCUMULATE : 0u,
     };
     mm_config cfg;
-    if (!mm_pick(d, p.M, p.N, &cfg))
+    if (!mm_pick(d, p.M, p.N, false, &cfg))
         return mha_host_error(d->host, MHA_UNSUPPORTED,
                               "vulkan: no matmul tile fits %s's limits",
                               d->phys->props.deviceName);
@@ -1363,7 +1369,7 @@ static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
 static bool supports_matmul(const mha_vk_device *d, const mha_node *n)
 {
     mm_config c;
-    if (!mm_pick(d, 1, 1, &c))
+    if (!mm_pick(d, 1, 1, true, &c))
         return false;
     const mha_tdesc *a = &n->src[0], *b = &n->src[1];
     if (!data_ok(d, a) || !data_ok(d, b) || !data_ok(d, &n->dst) ||

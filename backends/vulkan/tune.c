@@ -1,6 +1,7 @@
 /* tune.c: the Vulkan backend's kernel variants: named sets of the
  * specialisation constants of matmul.comp (workgroup, tile, slice depth,
- * register block) and attention.comp (invocations per row, rows per
+ * register block, shared tiles or direct global reads, load width) and
+ * attention.comp (invocations per row, rows per
  * workgroup, keys per tile, subgroup or shared-memory reduction), which
  * the pickers in ops.c take before their built-in rule when a node names
  * one (mha_node.variant, chosen by the core's tuning database or
@@ -11,15 +12,17 @@
 
 #include "vk_internal.h"
 
-/* A variant's knobs: matmul.comp's WG, TM, TN, TK, RM, RN; attention.comp's
- * TPR, BR, BC and 1 for shared-memory sums even where subgroup shuffles
- * exist. */
+/* A variant's knobs: matmul.comp's WG, TM, TN, TK, RM, RN, DIRECT, VW
+ * (0: 4); attention.comp's TPR, BR, BC and 1 for shared-memory sums even
+ * where subgroup shuffles exist. */
 typedef struct variant {
     const char *name;
-    uint32_t k[6];
+    uint32_t k[8];
 } variant;
 
-/* WG = (TM / RM) * (TN / RN), TK and RM, RN multiples of 4 (matmul.comp). */
+/* WG = (TM / RM) * (TN / RN), TK and RM, RN multiples of 4 (matmul.comp).
+ * "mmd": DIRECT, global reads with no shared tiles (TK 4 keeps the unused
+ * shared arrays small); "v2", "v1": vec2 or scalar loads. */
 static const variant mm_variants[] = {
     {"mm128x128k16", {256, 128, 128, 16, 8, 8}},
     {"mm64x64k32", {64, 64, 64, 32, 8, 8}},
@@ -29,6 +32,13 @@ static const variant mm_variants[] = {
     {"mm32x32k16", {64, 32, 32, 16, 4, 4}},
     {"mm16x128k32", {64, 16, 128, 32, 4, 8}},
     {"mm16x16k8", {16, 16, 16, 8, 4, 4}},
+    {"mm64x64k32v2", {64, 64, 64, 32, 8, 8, 0, 2}},
+    {"mm64x64k32v1", {64, 64, 64, 32, 8, 8, 0, 1}},
+    {"mmd64x64r8", {64, 64, 64, 4, 8, 8, 1}},
+    {"mmd32x64r4x8", {64, 32, 64, 4, 4, 8, 1}},
+    {"mmd32x32r4", {64, 32, 32, 4, 4, 4, 1}},
+    {"mmd16x64r4x8", {32, 16, 64, 4, 4, 8, 1}},
+    {"mmd64x64r8v1", {64, 64, 64, 4, 8, 8, 1, 1}},
 };
 
 static const variant att_variants[] = {
@@ -76,6 +86,13 @@ static const rule rules[] = {
      * workgroups of 64 to 128, avoid register spills: small tiles and
      * short key tiles. */
     {0x13B5, -1, "mm32x32k16", "att-t4-r16-c16"},
+    /* No rule for CPU devices (lavapipe): the direct variants ("mmd")
+     * were measured no faster there than the shared-memory tiles (README,
+     * "Performance on GPUs"; as we read Mesa 22.3's llvmpipe, a storage
+     * buffer load whose address varies by invocation goes lane by lane
+     * with a bounds check per component, so tiles that read each element
+     * once a workgroup still win); mha-tune may pick them where they
+     * win. */
 };
 
 static const rule *rule_of(const mha_vk_device *d)
@@ -121,9 +138,9 @@ static bool lookup(const variant *t, size_t n, const char *v, uint32_t *k,
     return false;
 }
 
-bool mha_vk_tune_matmul(const mha_vk_device *d, uint32_t k[6])
+bool mha_vk_tune_matmul(const mha_vk_device *d, uint32_t k[8])
 {
-    return lookup(mm_variants, COUNT(mm_variants), name_for(d, true), k, 6);
+    return lookup(mm_variants, COUNT(mm_variants), name_for(d, true), k, 8);
 }
 
 bool mha_vk_tune_attention(const mha_vk_device *d, uint32_t k[4])

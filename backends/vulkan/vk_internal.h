@@ -364,10 +364,11 @@ mha_status mha_vk_timer_read(mha_vk_device *d, int count, uint64_t *ns);
 void mha_vk_timer_fini(mha_vk_device *d);
 
 /* ---- tune.c: kernel variants and the rule table by device class ---- */
-/* The matmul.comp constants {WG, TM, TN, TK, RM, RN} or attention.comp's
- * {TPR, BR, BC, shared-memory sums} of the variant the node being run
- * names (or the device's rule names); false: the picker's own choice. */
-bool mha_vk_tune_matmul(const mha_vk_device *d, uint32_t k[6]);
+/* The matmul.comp constants {WG, TM, TN, TK, RM, RN, DIRECT, VW (0: 4)}
+ * or attention.comp's {TPR, BR, BC, shared-memory sums} of the variant the
+ * node being run names (or the device's rule names); false: the picker's
+ * own choice. */
+bool mha_vk_tune_matmul(const mha_vk_device *d, uint32_t k[8]);
 bool mha_vk_tune_attention(const mha_vk_device *d, uint32_t k[4]);
 /* The backend interface's variants method. */
 int mha_vk_variants(void *dev, mha_op op, const char **names, int cap);

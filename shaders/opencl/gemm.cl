@@ -12,8 +12,14 @@
  * that an item reads its WPT rows and WPT columns of one k as two vector
  * loads (2 loads per WPT * WPT FMAs). A slice is read from global memory
  * along whichever of its dims is contiguous (k for X and W, n for V in
- * the weighted sum), four elements at a time. TS, WPT and BK come from the
- * device's limits; zero strides broadcast. */
+ * the weighted sum), four elements at a time (VW 2: as two float2s, VW 1:
+ * as scalars). DIRECT 1 stages nothing: each item reads its WPT rows of
+ * A and WPT columns of B four k at a time straight from global memory,
+ * with no local memory and no barrier, for devices where local memory is
+ * the same cached DRAM and barriers split the workgroup's loops (CPU
+ * runtimes; on PoCL it measured no faster than the tiles, see
+ * backends/opencl/tune.c). TS, WPT, BK, DIRECT and VW come from the
+ * device's limits or a variant (tune.c); zero strides broadcast. */
 #ifndef TS
 #define TS 16
 #endif
@@ -22,6 +28,12 @@
 #endif
 #ifndef BK
 #define BK 16
+#endif
+#ifndef DIRECT
+#define DIRECT 0
+#endif
+#ifndef VW
+#define VW 4 /* widest global load: 4, 2 or 1 floats */
 #endif
 #define TM (TS * WPT) /* rows and columns of C per workgroup */
 /* Local rows are TM + 4 floats: a slice written k-major from k-contiguous
@@ -45,9 +57,16 @@ static float gload1(global const float *p, int i, int f16)
  * one vector load where they are contiguous. */
 static float4 gload4(global const float *p, int base, int st, int n, int f16)
 {
+#if VW == 4
     if (st == 1 && n >= 4)
         return f16 ? vload_half4(0, (global const half *)p + base)
                    : vload4(0, p + base);
+#elif VW == 2
+    if (st == 1 && n >= 4)
+        return f16 ? (float4)(vload_half2(0, (global const half *)p + base),
+                              vload_half2(1, (global const half *)p + base))
+                   : (float4)(vload2(0, p + base), vload2(1, p + base));
+#endif
     float4 v = 0.0f;
     if (n > 0)
         v.x = gload1(p, base, f16);
@@ -88,6 +107,45 @@ static void stage(local float *T, global const float *p, int base, int sr,
     }
 }
 
+#if DIRECT
+/* Adds k0 .. k0 + 3 of the item's WPT x WPT block: A's rows m0.. (of M)
+ * read along k, B's columns n0.. (of N) along k, or (sr == 1, the
+ * weighted sum's V) four columns of one k per load. */
+static void direct_step(gvec *acc, global const float *A, int a_base,
+                        int4 a_st, int m0, int M, global const float *B,
+                        int b_base, int4 b_st, int n0, int N, int k0, int K,
+                        int halfmask)
+{
+    float a[WPT][4], b[4][WPT];
+    for (int i = 0; i < WPT; i++)
+        vstore4(gload4(A, a_base + (m0 + i) * a_st.z + k0 * a_st.w, a_st.w,
+                       m0 + i < M ? K - k0 : 0, IS_HALF(0)),
+                0, a[i]);
+    if (b_st.w == 1 || b_st.z != 1) {
+        for (int j = 0; j < WPT; j++) {
+            const float4 v =
+                gload4(B, b_base + (n0 + j) * b_st.z + k0 * b_st.w, b_st.w,
+                       n0 + j < N ? K - k0 : 0, IS_HALF(1));
+            b[0][j] = v.x;
+            b[1][j] = v.y;
+            b[2][j] = v.z;
+            b[3][j] = v.w;
+        }
+    } else {
+        for (int kk = 0; kk < 4; kk++)
+            for (int j = 0; j < WPT; j += 4)
+                vstore4(gload4(B, b_base + (n0 + j) + (k0 + kk) * b_st.w, 1,
+                               k0 + kk < K ? N - (n0 + j) : 0, IS_HALF(1)),
+                        0, b[kk] + j);
+    }
+    for (int kk = 0; kk < 4; kk++) {
+        const gvec bv = GVLOAD(0, b[kk]);
+        for (int i = 0; i < WPT; i++)
+            acc[i] = fma((gvec)a[i][kk], bv, acc[i]);
+    }
+}
+#endif
+
 __attribute__((reqd_work_group_size(TS, TS, 1)))
 kernel void gemm(global const float *A, int a_off, int4 a_st,
                  global const float *B, int b_off, int4 b_st,
@@ -98,8 +156,10 @@ kernel void gemm(global const float *A, int a_off, int4 a_st,
                  int4 dims, /* H, M, N, K */
                  float alpha, int causal, int add_cols, int halfmask)
 {
+#if !DIRECT
     local float As[BK * TP];
     local float Bs[BK * TP];
+#endif
     const int lx = get_local_id(0), ly = get_local_id(1);
     const int n0 = get_group_id(0) * TM, m0 = get_group_id(1) * TM;
     const int z = get_global_id(2);
@@ -111,6 +171,11 @@ kernel void gemm(global const float *A, int a_off, int4 a_st,
     for (int i = 0; i < WPT; i++)
         acc[i] = 0.0f;
 
+#if DIRECT
+    for (int k0 = 0; k0 < K; k0 += 4)
+        direct_step(acc, A, a_base, a_st, m0 + ly * WPT, M, B, b_base, b_st,
+                    n0 + lx * WPT, N, k0, K, halfmask);
+#else
     for (int k0 = 0; k0 < K; k0 += BK) {
         stage(As, A, a_base, a_st.z, a_st.w, m0, M, k0, K, IS_HALF(0));
         stage(Bs, B, b_base, b_st.z, b_st.w, n0, N, k0, K, IS_HALF(1));
@@ -124,6 +189,7 @@ kernel void gemm(global const float *A, int a_off, int4 a_st,
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
+#endif
 
     for (int i = 0; i < WPT; i++) {
         const int m = m0 + ly * WPT + i;

@@ -11,10 +11,15 @@
 // by one vec4 so the transposing stores of A (and of B^T) spread over
 // banks. Global loads are vec4s along k (or along j for the weighted sum)
 // where MHA_VK_F_VEC4_A / _B say the operand is fp32 with offsets and
-// strides in whole vec4s. Tile sizes and the workgroup size are
-// specialization constants chosen from the shape and the device's limits
-// (backends/vulkan/ops.c); the workgroup is (TN/RN) * (TM/RM) invocations.
-// Batch index z = b * H + h.
+// strides in whole vec4s (VW 2: as two vec2s, VW 1: as scalars, for
+// devices that load narrower words faster). DIRECT stages nothing: each
+// invocation reads its RM rows of A and RN columns of B straight from
+// global memory, four k a step, with no shared memory and no barrier, for
+// devices where those are pure cost (CPU-like caches; on lavapipe it
+// measured no faster than the tiles, see backends/vulkan/tune.c). Tile
+// sizes and the workgroup size are specialization constants chosen from
+// the shape and the device's limits (backends/vulkan/ops.c); the
+// workgroup is (TN/RN) * (TM/RM) invocations. Batch index z = b * H + h.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
@@ -27,6 +32,8 @@ layout(constant_id = 2) const uint TN = 64u;
 layout(constant_id = 3) const uint TK = 32u; // a multiple of 4
 layout(constant_id = 4) const uint RM = 8u;  // multiples of 4
 layout(constant_id = 5) const uint RN = 8u;
+layout(constant_id = 6) const uint DIRECT = 0u; // 1: global reads only
+layout(constant_id = 7) const uint VW = 4u;     // widest load: 4, 2 or 1
 
 layout(local_size_x_id = 0) in;
 
@@ -38,6 +45,8 @@ layout(std430, binding = 4) readonly buffer BufMask { float mask[]; };
 layout(std430, binding = 5) readonly buffer BufKpm { float kpm[]; };
 layout(std430, binding = 0) readonly buffer BufA4 { vec4 a4[]; };
 layout(std430, binding = 1) readonly buffer BufB4 { vec4 b4[]; };
+layout(std430, binding = 0) readonly buffer BufA2 { vec2 a2[]; };
+layout(std430, binding = 1) readonly buffer BufB2 { vec2 b2[]; };
 
 MHA_PUSH_BLOCK(matmul_push, MHA_MATMUL_PUSH)
 
@@ -55,8 +64,11 @@ bool flag(uint f) { return (p.flags & f) != 0u; }
 // Elements idx .. idx + 3 of A (B), the first n of them; zero past n.
 vec4 a_vec(uint idx, uint n)
 {
-    if (flag(MHA_VK_F_VEC4_A) && n >= 4u)
+    bool whole = flag(MHA_VK_F_VEC4_A) && n >= 4u;
+    if (whole && VW == 4u)
         return a4[idx / 4u];
+    if (whole && VW == 2u)
+        return vec4(a2[idx / 2u], a2[idx / 2u + 1u]);
     vec4 r = vec4(0.0);
     for (uint i = 0u; i < 4u; ++i)
         if (i < n)
@@ -68,8 +80,11 @@ vec4 a_vec(uint idx, uint n)
 // MHA_VK_F_VEC4_B: one vec4 load).
 vec4 b_vec(uint idx, uint step, uint n)
 {
-    if (flag(MHA_VK_F_VEC4_B) && step == 1u && n >= 4u)
+    bool whole = flag(MHA_VK_F_VEC4_B) && step == 1u && n >= 4u;
+    if (whole && VW == 4u)
         return b4[idx / 4u];
+    if (whole && VW == 2u)
+        return vec4(b2[idx / 2u], b2[idx / 2u + 1u]);
     vec4 r = vec4(0.0);
     for (uint i = 0u; i < 4u; ++i)
         if (i < n)
@@ -122,6 +137,33 @@ void load_tiles(uint a0, uint b0, uint row0, uint col0, uint k0)
     }
 }
 
+// The row (column) within the tile of an invocation's r-th row (q-th
+// column): RM / 4 (RN / 4) chunks of four, strided by the workgroup's
+// height (width).
+uint row_of(uint ty, uint r) { return (ty + r / 4u * TY) * 4u + r % 4u; }
+uint col_of(uint tx, uint q) { return (tx + q / 4u * TX) * 4u + q % 4u; }
+
+// DIRECT: k .. k + 3 of row i of A, zeros outside.
+vec4 a_direct(uint a0, uint i, uint k)
+{
+    return i < p.M ? a_vec(a0 + i * p.a_sr + k, avail(k, p.K)) : vec4(0.0);
+}
+
+// DIRECT: column j of B at k .. k + 3 where B^T rows are k-contiguous.
+vec4 bt_direct(uint b0, uint j, uint k)
+{
+    return j < p.N ? b_vec(b0 + j * p.b_sj + k, 1u, avail(k, p.K))
+                   : vec4(0.0);
+}
+
+// DIRECT: columns j .. j + 3 of row k of B (the weighted sum's V).
+vec4 b_direct(uint b0, uint j, uint k)
+{
+    return k < p.K ? b_vec(b0 + j * p.b_sj + k * p.b_sk, p.b_sj,
+                           avail(j, p.N))
+                   : vec4(0.0);
+}
+
 float epilogue(float v, uint zb, uint zh, uint i, uint j)
 {
     v *= p.scale;
@@ -156,7 +198,30 @@ void main()
         [[unroll]] for (uint q = 0u; q < RN4; ++q)
             acc[r][q] = vec4(0.0);
 
-    for (uint k0 = 0u; k0 < p.K; k0 += TK) {
+    // DIRECT: RM + RN (or RM + RN / 4 * 4) loads per 4 * RM * RN FMAs
+    [[dont_unroll]] for (uint k = 0u; DIRECT != 0u && k < p.K; k += 4u) {
+        vec4 av[RM], bv[4][RN4];
+        [[unroll]] for (uint r = 0u; r < RM; ++r)
+            av[r] = a_direct(a0, row0 + row_of(ty, r), k);
+        if (p.b_sk == 1u) {
+            [[unroll]] for (uint q = 0u; q < RN; ++q) {
+                vec4 x = bt_direct(b0, col0 + col_of(tx, q), k);
+                [[unroll]] for (uint kk = 0u; kk < 4u; ++kk)
+                    bv[kk][q / 4u][q % 4u] = x[kk];
+            }
+        } else {
+            [[unroll]] for (uint kk = 0u; kk < 4u; ++kk)
+                [[unroll]] for (uint q = 0u; q < RN4; ++q)
+                    bv[kk][q] = b_direct(b0, col0 + col_of(tx, q * 4u),
+                                         k + kk);
+        }
+        [[unroll]] for (uint kk = 0u; kk < 4u; ++kk)
+            [[unroll]] for (uint r = 0u; r < RM; ++r)
+                [[unroll]] for (uint q = 0u; q < RN4; ++q)
+                    acc[r][q] = fma(vec4(av[r][kk]), bv[kk][q], acc[r][q]);
+    }
+
+    for (uint k0 = 0u; DIRECT == 0u && k0 < p.K; k0 += TK) {
         load_tiles(a0, b0, row0, col0, k0);
         barrier();
         // a loop, not unrolled TK times: lavapipe's LLVM compiles
@@ -177,11 +242,11 @@ void main()
 
     uint c0 = p.c_off + zb * p.c_sb + zh * p.c_sh;
     for (uint r = 0u; r < RM; ++r) {
-        uint i = row0 + (ty + r / 4u * TY) * 4u + r % 4u;
+        uint i = row0 + row_of(ty, r);
         if (i >= p.M)
             continue;
         for (uint q = 0u; q < RN; ++q) {
-            uint j = col0 + (tx + q / 4u * TX) * 4u + q % 4u;
+            uint j = col0 + col_of(tx, q);
             if (j < p.N) {
                 STORE(2, c, c0 + i * p.c_sr + j,
                       epilogue(acc[r][q / 4u][q % 4u], zb, zh, i, j));

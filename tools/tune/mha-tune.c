@@ -473,7 +473,7 @@ int main(int argc, char **argv)
     if (mha_context_create(NULL, &ctx) != MHA_OK)
         return 1;
     char path[4096], dir[4096];
-    if (!mha_tune_db_path(&ctx->host, path, sizeof path)) {
+    if (!mha_tune_db_path(&ctx->host, NULL, path, sizeof path)) {
         fprintf(stderr, "mha-tune: no cache directory (MHA_CACHE_DIR is "
                         "\"\" and MHA_TUNE_DB unset)\n");
         mha_context_destroy(ctx);

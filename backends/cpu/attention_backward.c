@@ -165,7 +165,7 @@ static void tile_ds(const bwd_job *j, bwd_tile *t, int64_t b, int64_t h,
     for (int64_t r = 0; r < qn; r++) {
         int64_t i = i0 + r;
         float *p = t->p + r * BK, *ds = t->ds + r * BK;
-        float *th = t->t + r * BK; /* free until add_transposed */
+        float th[BK]; /* the row's tanh(s / softcap), for its dS */
         float m = mha_cpu_at(lse, b, h, 0)[i * lse->nb[3]];
         transform_row(j, b, h, i, j0, kn, p, th);
         if (m == -INFINITY)

@@ -22,8 +22,10 @@
  * scalars and one vector load per CW FMAs of each accumulator, and no
  * array sized by the head in a work item.
  * Causal skips whole tiles: a key block sees no query row before its
- * first key, a query block no key past its last row (for keys below
- * mask_cols; the appended keys past it are visible to all). A fully
+ * first key, a query block no key past its last row; the window likewise
+ * (no query row W or more past a key block's last key, no key W or more
+ * before a query block's first row), for keys below mask_cols (the
+ * appended keys past it are visible to all). A fully
  * masked row (LSE -inf) gets p = 0 and so zero gradients. f32 only. */
 #ifndef D_MAX
 #define D_MAX 64
@@ -148,15 +150,17 @@ kernel void attention_backward(global const float *Q, int q_off, int4 q_st,
 
     vecw acc1 = 0.0f, acc2 = 0.0f;
     /* The streamed rows that can see an own row: segments [sa, se) of the
-     * keys below mask_cols (cut by causal), then the appended ones. */
+     * keys below mask_cols (cut by causal and the window: query i sees
+     * keys j > i - W), then the appended ones. */
     const int mc = min(mask_cols, S), o1 = o0 + no;
     int seg_a[2], seg_e[2];
     if (md == 0) {
         seg_a[0] = causal && o1 <= mc ? min(o0, nstr) : 0;
-        seg_e[0] = nstr;
+        const int wend = o1 - 1 + min(window, nstr); /* past the window */
+        seg_e[0] = window > 0 && o1 <= mc ? min(wend, nstr) : nstr;
         seg_a[1] = seg_e[1] = 0;
     } else {
-        seg_a[0] = 0;
+        seg_a[0] = window > 0 ? max(o0 + 1 - window, 0) : 0;
         seg_e[0] = causal ? min(mc, o1) : mc;
         seg_a[1] = mc;
         seg_e[1] = nstr;

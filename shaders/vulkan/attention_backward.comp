@@ -19,8 +19,10 @@
 // registers and adds dS * (Q or K) and p * dO over the tile's rows: two
 // broadcast scalars and C4 vec4 loads per 4 C4 FMAs of each accumulator.
 // Causal skips whole tiles: a key block sees no query row before its
-// first key, a query block no key past its last row (keys below
-// mask_cols; the appended ones past it are visible to all). A fully
+// first key, a query block no key past its last row; the window likewise
+// (no query row W or more past a key block's last key, no key W or more
+// before a query block's first row), for keys below mask_cols (the
+// appended ones past it are visible to all). A fully
 // masked row (LSE -inf) gets p = 0, so zero gradients.
 // Softcap and window are specialisation constants (as attention.comp's),
 // the ALiBi slope a third value per query row of the (LSE, D) pass.
@@ -204,16 +206,18 @@ void main()
         acc1[c] = acc2[c] = vec4(0.0);
 
     // The streamed rows that can see an own row, as segments [sa, se):
-    // keys below mask_cols (cut by causal), then the appended ones.
+    // keys below mask_cols (cut by causal and the window: query i sees keys
+    // j > i - W), then the appended ones.
     bool causal = (p.flags & MHA_VK_F_CAUSAL) != 0u;
     uint mc = min(p.mask_cols, p.S), o1 = o0 + no;
     uint seg_a[2], seg_e[2];
     if (MODE == 0u) {
         seg_a[0] = causal && o1 <= mc ? min(o0, nstr) : 0u;
-        seg_e[0] = nstr;
+        uint wend = o1 - 1u + min(WINDOW, nstr); // past the window's rows
+        seg_e[0] = WINDOW > 0u && o1 <= mc ? min(wend, nstr) : nstr;
         seg_a[1] = seg_e[1] = 0u;
     } else {
-        seg_a[0] = 0u;
+        seg_a[0] = o0 + 1u > WINDOW && WINDOW > 0u ? o0 + 1u - WINDOW : 0u;
         seg_e[0] = causal ? min(mc, o1) : mc;
         seg_a[1] = mc;
         seg_e[1] = nstr;

@@ -1223,7 +1223,7 @@ static bool supports_attention_backward(const mha_vk_device *d,
     return k->ne[3] == q->ne[3] && n->src[MHA_SRC_V].ne[2] == k->ne[2] &&
            n->src[MHA_SRC_BWD_LSE].ne[3] == q->ne[2] &&
            (rows + c.bo - 1) / c.bo <= mg[0] && q->ne[1] <= mg[1] &&
-           count(q) / q->ne[3] * 2 <= UINT32_MAX;
+           count(q) / q->ne[3] * 3 <= UINT32_MAX;
 }
 
 /* The (LSE, D, ALiBi slope) triples of attention_backward_pre.comp:
@@ -1317,7 +1317,7 @@ static uint32_t bwd_chunk(const bwd_config *c)
     return (tiles ? tiles : 1) * c->bs;
 }
 
-/* ATTENTION_BACKWARD: the (LSE, D) pass, then per batch item dK and dV
+/* ATTENTION_BACKWARD: the (LSE, D, slope) pass, then per batch item dK and dV
  * (MODE 0, workgroups over key blocks) and dQ (MODE 1, over query
  * blocks), the streamed rows in chunks of bwd_chunk. */
 static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)

@@ -206,6 +206,37 @@ static void run_gemm_nn(table_getter get, const char *isa, int64_t M,
 
 /* ---- packed operands -------------------------------------------------------- */
 
+/* gemm_packed_tn on A^T (stored K x M, padded, NaN past its window) must
+ * give gemm_packed's C (C, from g's initial values: the bias when g->bt,
+ * else C0) bit for bit. */
+static void check_gemm_packed_tn(const mha_cpu_kernels *kt,
+                                 const gemm_check *g, const float *P,
+                                 const float *C, int64_t ldc)
+{
+    const int64_t M = g->M, K = g->K, ldat = M + 5;
+    float *At = alloc_filled(K, ldat, NAN);
+    float *C2 = alloc_filled(M, ldc, SENTINEL);
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t m = 0; m < M; m++)
+            At[k * ldat + m] = g->A[m * g->lda + k];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < g->N; n++)
+            C2[m * ldc + n] = g->bt ? SENTINEL : g->init[m * g->ldi + n];
+    kt->gemm_packed_tn(M, g->N, K - g->k0, At + g->k0 * ldat, ldat,
+                       P + g->k0 * kt->nr, K, g->bt ? g->init : NULL, !g->bt,
+                       C2, ldc);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < g->N; n++)
+            cr_assert(!memcmp(&C2[m * ldc + n], &C[m * ldc + n],
+                              sizeof(float)),
+                      "%s gemm_packed_tn M%lld N%lld K%lld: C[%lld][%lld] = "
+                      "%a, gemm_packed gives %a", g->isa, (long long)M,
+                      (long long)g->N, (long long)K, (long long)m,
+                      (long long)n, C2[m * ldc + n], C[m * ldc + n]);
+    check_untouched(C2, M, g->N, ldc, "gemm_packed_tn C");
+    free(At), free(C2);
+}
+
 /* Packs B (transposed and scaled by alpha when nt, else as is) with the
  * table's packer, checks the packer wrote exactly ceil(N/nr)*nr*K floats,
  * then multiplies rows [k0, K) of the packed block (a K range read at
@@ -243,6 +274,7 @@ static void run_gemm_packed(table_getter get, const char *isa, int64_t M,
                     k0, A, B, nt ? bias : C0, lda, ldb, nt ? 0 : ldc, nt,
                     alpha};
     check_gemm(&g, C, ldc);
+    check_gemm_packed_tn(kt, &g, P, C, ldc);
     free(A), free(B), free(P), free(C), free(C0), free(bias);
 }
 

@@ -48,7 +48,6 @@ typedef struct bwd_job {
 typedef struct bwd_tile {
     float *p;   /* [BQ][BK] probabilities */
     float *ds;  /* [BQ][BK] dP, then dS */
-    float *t;   /* [BK][BQ] a transposed P or dS */
     float *acc; /* [BK][d] dK */
     float *acc2; /* [BK][d] dV */
     float *kp, *vp; /* the tile's packed K^T and V^T, [BK x dpad] each */
@@ -66,7 +65,7 @@ static int64_t line(int64_t n) { return (n + 15) / 16 * 16; }
 
 static size_t tile_floats(const bwd_job *j)
 {
-    return (size_t)(3 * BQ * BK + 2 * BK * line(j->d) +
+    return (size_t)(2 * BQ * BK + 2 * BK * line(j->d) +
                     4 * BK * line(j->dpad));
 }
 
@@ -79,8 +78,7 @@ static bwd_tile tile_of(const bwd_job *j, int thread)
     int64_t dd = line(j->d), dp = line(j->dpad);
     t.p = p;
     t.ds = t.p + BQ * BK;
-    t.t = t.ds + BQ * BK;
-    t.acc = t.t + BQ * BK;
+    t.acc = t.ds + BQ * BK;
     t.acc2 = t.acc + BK * dd;
     t.kp = t.acc2 + BK * dd;
     t.vp = t.kp + BK * dp;
@@ -218,25 +216,16 @@ static void pack_keys(const bwd_job *j, bwd_tile *t, int64_t b, int64_t h,
                n->src[MHA_SRC_V].nb[2], 1.0f, t->vp);
 }
 
-/* t->t = x^T for x [qn][BK stride] of kn columns. */
-static void transpose(const float *x, int64_t qn, int64_t kn, float *out)
-{
-    for (int64_t r = 0; r < qn; r++)
-        for (int64_t c = 0; c < kn; c++)
-            out[c * BQ + r] = x[r * BK + c];
-}
-
-/* acc[kn][d] += x^T rows, x [qn][BK] (P or dS), rows the qn rows of slot
- * from (b, h, i0): packed, then multiplied. */
+/* acc[kn][d] += x^T rows, x [qn][BK] (P or dS) read transposed in place,
+ * rows the qn rows of slot from (b, h, i0), packed. */
 static void add_transposed(const bwd_job *j, bwd_tile *t, const float *x,
                            int slot, int64_t b, int64_t h, int64_t i0,
                            int64_t qn, int64_t kn, float *acc)
 {
     const mha_cpu_kernels *k = j->exec->k;
-    transpose(x, qn, kn, t->t);
     k->pack_nn(qn, j->d, row(j, slot, b, h, i0), j->node->src[slot].nb[2],
                t->xp);
-    k->gemm_packed(kn, j->d, qn, t->t, BQ, t->xp, qn, NULL, 1, acc, j->d);
+    k->gemm_packed_tn(kn, j->d, qn, x, BK, t->xp, qn, NULL, 1, acc, j->d);
 }
 
 /* Writes rows [i0, i0 + cnt) of t (b, h) from acc. */

@@ -104,6 +104,15 @@ typedef struct mha_cpu_kernels {
                       const float *p, int64_t ldp, const void *V,
                       int64_t ldv, int64_t hs, int kv_f16, float *acc,
                       int64_t ldacc);
+
+    /* gemm_packed with A given transposed: A[m][k] is At[k*lda + m] (At is
+     * K x M, stride lda), so a product by a transposed matrix (the
+     * backward's P^T dO, dS^T Q, dY^T X) needs no transposing copy. The
+     * same arithmetic as gemm_packed on the transposed A, bit for bit. */
+    void (*gemm_packed_tn)(int64_t M, int64_t N, int64_t K, const float *At,
+                           int64_t lda, const float *Bp, int64_t ldp,
+                           const float *bias, int accumulate, float *C,
+                           int64_t ldc);
 } mha_cpu_kernels;
 
 /* The tables. scalar is always present; the others return NULL when the

@@ -62,10 +62,11 @@ static void scalar_pack_nn(int64_t K, int64_t N, const float *B, int64_t ldb,
                 *out++ = n0 + j < N ? B[k * ldb + n0 + j] : 0.0f;
 }
 
-static void scalar_gemm_packed(int64_t M, int64_t N, int64_t K,
-                               const float *A, int64_t lda, const float *Bp,
-                               int64_t ldp, const float *bias, int accumulate,
-                               float *C, int64_t ldc)
+/* A's element (m, k) is A[m*rs + k*cs]: gemm_packed and gemm_packed_tn. */
+static void gemm_strided(int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t rs, int64_t cs, const float *Bp, int64_t ldp,
+                         const float *bias, int accumulate, float *C,
+                         int64_t ldc)
 {
     for (int64_t m = 0; m < M; m++) {
         for (int64_t n = 0; n < N; n++) {
@@ -73,10 +74,27 @@ static void scalar_gemm_packed(int64_t M, int64_t N, int64_t K,
                              n % SCALAR_NR;
             float acc = accumulate ? C[m * ldc + n] : bias ? bias[n] : 0.0f;
             for (int64_t k = 0; k < K; k++)
-                acc += A[m * lda + k] * b[k * SCALAR_NR];
+                acc += A[m * rs + k * cs] * b[k * SCALAR_NR];
             C[m * ldc + n] = acc;
         }
     }
+}
+
+static void scalar_gemm_packed(int64_t M, int64_t N, int64_t K,
+                               const float *A, int64_t lda, const float *Bp,
+                               int64_t ldp, const float *bias, int accumulate,
+                               float *C, int64_t ldc)
+{
+    gemm_strided(M, N, K, A, lda, 1, Bp, ldp, bias, accumulate, C, ldc);
+}
+
+static void scalar_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
+                                  const float *At, int64_t lda,
+                                  const float *Bp, int64_t ldp,
+                                  const float *bias, int accumulate, float *C,
+                                  int64_t ldc)
+{
+    gemm_strided(M, N, K, At, 1, lda, Bp, ldp, bias, accumulate, C, ldc);
 }
 
 static void scalar_scale(int64_t n, float alpha, float *y)
@@ -186,6 +204,7 @@ static const mha_cpu_kernels scalar_table = {
     .pack_nt = scalar_pack_nt,
     .pack_nn = scalar_pack_nn,
     .gemm_packed = scalar_gemm_packed,
+    .gemm_packed_tn = scalar_gemm_packed_tn,
     .scale = scalar_scale,
     .axpy = scalar_axpy,
     .scale_add = scalar_scale_add,

@@ -171,18 +171,20 @@ static float simd_exp_sum(int64_t n, float m, float *x)
 enum tile_init { INIT_ZERO, INIT_ROW, INIT_C };
 
 /* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < MR, j < NR,
- * where a_i is row i of a (stride lda) for i < mr and the last valid row
- * beyond (so only A's own memory is read), and init is 0, row[j] or
- * c[i][j]. Writes all MR x NR of c. */
-static void micro_tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
-                       const float *bp, float *c, int64_t ldc,
+ * where element k of a_i is a[i*rs + k*cs] for i < mr and that of the last
+ * valid row beyond (so only A's own memory is read): A row-major has
+ * (rs, cs) = (lda, 1), gemm_packed_tn's [kc][MR] copy of a block (1, MR),
+ * the same arithmetic either way. init is 0, row[j] or c[i][j]. Writes all
+ * MR x NR of c. */
+static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
+                       int64_t mr, const float *bp, float *c, int64_t ldc,
                        enum tile_init init, const float *row)
 {
     const float *ar[MR];
     vf acc[MR][NV];
     MHA_UNROLL
     for (int i = 0; i < MR; i++)
-        ar[i] = a + (i < mr ? i : mr - 1) * lda;
+        ar[i] = a + (i < mr ? i : mr - 1) * rs;
     MHA_UNROLL
     for (int i = 0; i < MR; i++) {
         MHA_UNROLL
@@ -191,14 +193,14 @@ static void micro_tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
                         : init == INIT_ROW ? vf_load(row + v * VL)
                                            : vf_zero();
     }
-    for (int64_t k = 0; k < kc; k++) {
+    for (int64_t k = 0, off = 0; k < kc; k++, off += cs) {
         vf b[NV];
         MHA_UNROLL
         for (int v = 0; v < NV; v++)
             b[v] = vf_load(bp + k * NR + v * VL);
         MHA_UNROLL
         for (int i = 0; i < MR; i++) {
-            const vf x = vf_set1(ar[i][k]);
+            const vf x = vf_set1(ar[i][off]);
             MHA_UNROLL
             for (int v = 0; v < NV; v++)
                 acc[i][v] = vf_fma(x, b[v], acc[i][v]);
@@ -214,13 +216,13 @@ static void micro_tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
 
 /* One mr x nr tile of C (ldc): a full tile straight from the registers, an
  * edge tile through a zero-padded stack copy so nothing past C's window is
- * read or written. */
-static void tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
-                 const float *bp, int64_t nr, int init_c, const float *row,
-                 float *c, int64_t ldc)
+ * read or written. A's element (i, k) is a[i*rs + k*cs] (micro_tile). */
+static void tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
+                 int64_t mr, const float *bp, int64_t nr, int init_c,
+                 const float *row, float *c, int64_t ldc)
 {
     if (mr == MR && nr == NR) {
-        micro_tile(kc, a, lda, MR, bp, c, ldc,
+        micro_tile(kc, a, rs, cs, MR, bp, c, ldc,
                    init_c ? INIT_C : row ? INIT_ROW : INIT_ZERO, row);
         return;
     }
@@ -231,34 +233,94 @@ static void tile(int64_t kc, const float *a, int64_t lda, int64_t mr,
                             : init_c           ? c[i * ldc + j]
                             : row              ? row[j]
                                                : 0.0f;
-    micro_tile(kc, a, lda, mr, bp, t, NR, INIT_C, NULL);
+    micro_tile(kc, a, rs, cs, mr, bp, t, NR, INIT_C, NULL);
     for (int64_t i = 0; i < mr; i++)
         for (int64_t j = 0; j < nr; j++)
             c[i * ldc + j] = t[i * NR + j];
 }
 
-/* Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
- * order), then panels of B, each reused from L1 by every row tile. */
-static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
-                             int64_t lda, const float *Bp, int64_t ldp,
-                             const float *bias, int accumulate, float *C,
-                             int64_t ldc)
+/* n <= MR floats from src to dst, whole vectors where they fit. */
+static void copy_row(int64_t n, const float *src, float *dst)
 {
+    for (int64_t i = 0; i < n; i += VL) {
+        if (n - i >= VL)
+            vf_store(dst + i, vf_load(src + i));
+        else
+            vf_store_n(dst + i, vf_load_n(src + i, n - i), n - i);
+    }
+}
+
+/* An A^T of at most this many floats (K x lda: 32 KiB, an L1) is read in
+ * place by gemm_packed_tn; a larger one a block at a time from a copy. */
+enum { TN_IN_PLACE = 8192 };
+
+/* gemm_packed (tn 0) and gemm_packed_tn (tn 1: A is A^T, rows lda apart).
+ * Loops: k blocks of KC outermost (C gathers the partial sums in a fixed
+ * order). A row-major: then panels of B, each reused from L1 by every row
+ * tile. A^T: then row tiles, each MR x kc block of A read by every panel
+ * of B: in place when A^T fits TN_IN_PLACE (the attention backward's P
+ * and dS tiles), else copied once into a [kc][MR] buffer, as in place the
+ * kc rows of a block (a weight gradient's dY^T: a power of two apart)
+ * fall into a few cache sets and evict each other on every panel (the
+ * copy costs about 8% at 64 x 64 x 64, where in place needs none). The
+ * tiles, and so the arithmetic, are the same either way. */
+static void gemm_blocks(int tn, int64_t M, int64_t N, int64_t K,
+                        const float *A, int64_t lda, const float *Bp,
+                        int64_t ldp, const float *bias, int accumulate,
+                        float *C, int64_t ldc)
+{
+    _Alignas(64) float ap[KC * MR];
     if (M <= 0 || N <= 0)
         return;
     int64_t k0 = 0;
     do {
         const int64_t kc = min_i64(KC, K - k0);
         const int init_c = accumulate || k0 > 0;
-        for (int64_t n0 = 0; n0 < N; n0 += NR) {
-            const float *row = !init_c && bias ? bias + n0 : NULL;
-            for (int64_t m0 = 0; m0 < M; m0 += MR)
-                tile(kc, A + m0 * lda + k0, lda, min_i64(MR, M - m0),
-                     Bp + n0 * ldp + k0 * NR, min_i64(NR, N - n0), init_c,
-                     row, C + m0 * ldc + n0, ldc);
+        const float *bk = Bp + k0 * NR;
+        if (tn) {
+            for (int64_t m0 = 0; m0 < M; m0 += MR) {
+                const int64_t mr = min_i64(MR, M - m0);
+                const float *a = A + k0 * lda + m0;
+                int64_t cs = lda;
+                if (K * lda > TN_IN_PLACE) {
+                    for (int64_t k = 0; k < kc; k++)
+                        copy_row(mr, a + k * lda, ap + k * MR);
+                    a = ap;
+                    cs = MR;
+                }
+                for (int64_t n0 = 0; n0 < N; n0 += NR)
+                    tile(kc, a, 1, cs, mr, bk + n0 * ldp,
+                         min_i64(NR, N - n0), init_c,
+                         !init_c && bias ? bias + n0 : NULL,
+                         C + m0 * ldc + n0, ldc);
+            }
+        } else {
+            for (int64_t n0 = 0; n0 < N; n0 += NR) {
+                const float *row = !init_c && bias ? bias + n0 : NULL;
+                for (int64_t m0 = 0; m0 < M; m0 += MR)
+                    tile(kc, A + m0 * lda + k0, lda, 1, min_i64(MR, M - m0),
+                         bk + n0 * ldp, min_i64(NR, N - n0), init_c, row,
+                         C + m0 * ldc + n0, ldc);
+            }
         }
         k0 += kc;
     } while (k0 < K);
+}
+
+static void simd_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A,
+                             int64_t lda, const float *Bp, int64_t ldp,
+                             const float *bias, int accumulate, float *C,
+                             int64_t ldc)
+{
+    gemm_blocks(0, M, N, K, A, lda, Bp, ldp, bias, accumulate, C, ldc);
+}
+
+static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
+                                const float *At, int64_t lda, const float *Bp,
+                                int64_t ldp, const float *bias, int accumulate,
+                                float *C, int64_t ldc)
+{
+    gemm_blocks(1, M, N, K, At, lda, Bp, ldp, bias, accumulate, C, ldc);
 }
 
 /* ---- packing --------------------------------------------------------------- */
@@ -802,6 +864,7 @@ static const mha_cpu_kernels simd_table = {
     .pack_nt = simd_pack_nt,
     .pack_nn = simd_pack_nn,
     .gemm_packed = simd_gemm_packed,
+    .gemm_packed_tn = simd_gemm_packed_tn,
     .scale = simd_scale,
     .axpy = simd_axpy,
     .scale_add = simd_scale_add,

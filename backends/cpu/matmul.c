@@ -2,8 +2,8 @@
  * dst), the backward's dX = dY W and dW = dY^T X, on the packed GEMM
  * micro-kernels of the ISA table, as the projection: B is packed in slabs
  * of K once per product (shared by all outer indices when B is broadcast
- * over them), A is read in place when its rows are contiguous and copied
- * transposed one slab at a time when it is a transposed view. Tasks are
+ * over them), A is read in place, a transposed view through the table's
+ * gemm_packed_tn (no transposing copy). Tasks are
  * (outer index, row block, column block) with sizes fixed by the shape, so
  * the bits do not depend on the thread count. */
 #include <string.h>
@@ -15,7 +15,7 @@
  * MM_PACK_COLS columns (a multiple of every nr); a packed slab holds at
  * most MM_PACK_FLOATS. */
 #define MM_PACK_FLOATS ((size_t)4 << 20)
-enum { MM_ROWS = 128, MM_COLS = 256, MM_PACK_COLS = 64, MM_T = 32 };
+enum { MM_ROWS = 128, MM_COLS = 256, MM_PACK_COLS = 64 };
 
 typedef struct mm_job {
     mha_cpu_exec *exec;
@@ -24,7 +24,6 @@ typedef struct mm_job {
     int64_t rows, row_tiles, col_tiles;
     int64_t k0, kc;         /* the slab of K */
     float *bp;              /* B's slab, packed */
-    float *at;              /* A's slab row-major [outer][M][kc], or NULL */
 } mm_job;
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -59,25 +58,6 @@ static void pack_task(void *arg, int64_t task, int thread)
                    out);
 }
 
-/* Rows [r0, r0 + MM_T) of one outer index's A slab, transposed from A's
- * columns into j->at, in MM_T x MM_T blocks that stay in cache. */
-static void transpose_task(void *arg, int64_t task, int thread)
-{
-    const mm_job *j = arg;
-    const mha_tdesc *a = &j->node->src[MHA_SRC_MM_A];
-    int64_t M = a->ne[2], blocks = ceil_div(M, MM_T);
-    int64_t o = task / blocks, r0 = task % blocks * MM_T;
-    int64_t rn = min64(MM_T, M - r0);
-    float *dst = j->at + ((size_t)o * (size_t)M + (size_t)r0) * (size_t)j->kc;
-    (void)thread;
-    for (int64_t c0 = 0; c0 < j->kc; c0 += MM_T)
-        for (int64_t c = c0; c < min64(c0 + MM_T, j->kc); c++) {
-            const float *col = elem(a, j->o0 + o, r0, j->k0 + c);
-            for (int64_t r = 0; r < rn; r++)
-                dst[r * j->kc + c] = col[r * a->nb[2]];
-        }
-}
-
 /* One block of dst += A[:, slab] Bp (the first slab starts from 0 or,
  * accumulating, from dst): task -> (outer index, row block, column
  * block). */
@@ -89,22 +69,20 @@ static void product_task(void *arg, int64_t task, int thread)
     int64_t o = task / (j->row_tiles * j->col_tiles);
     int64_t r0 = task / j->col_tiles % j->row_tiles * j->rows;
     int64_t c0 = task % j->col_tiles * MM_COLS;
-    int64_t M = d->ne[2];
-    const float *A;
-    int64_t lda;
+    int64_t M = d->ne[2], m = min64(j->rows, M - r0);
+    int64_t N = min64(MM_COLS, d->ne[3] - c0);
+    const float *A = elem(a, j->o0 + o, r0, j->k0);
+    const float *bp = j->bp + c0 * j->kc;
+    float *C = elem(d, j->o0 + o, r0, c0);
+    int acc = j->k0 > 0 || n->params.accumulate;
+    const mha_cpu_kernels *k = j->exec->k;
     (void)thread;
-    if (j->at) {
-        A = j->at + ((size_t)o * (size_t)M + (size_t)r0) * (size_t)j->kc;
-        lda = j->kc;
-    } else {
-        A = elem(a, j->o0 + o, r0, j->k0);
-        lda = a->nb[2];
-    }
-    j->exec->k->gemm_packed(min64(j->rows, M - r0),
-                            min64(MM_COLS, d->ne[3] - c0), j->kc, A, lda,
-                            j->bp + c0 * j->kc, j->kc, NULL,
-                            j->k0 > 0 || n->params.accumulate,
-                            elem(d, j->o0 + o, r0, c0), d->nb[2]);
+    if (a_rows(a))
+        k->gemm_packed(m, N, j->kc, A, a->nb[2], bp, j->kc, NULL, acc, C,
+                       d->nb[2]);
+    else
+        k->gemm_packed_tn(m, N, j->kc, A, a->nb[3], bp, j->kc, NULL, acc, C,
+                          d->nb[2]);
 }
 
 /* K = 0: dst is 0, or unchanged when accumulating. */
@@ -117,15 +95,12 @@ static void zero_task(void *arg, int64_t task, int thread)
         memset(elem(d, task, r, 0), 0, (size_t)d->ne[3] * sizeof(float));
 }
 
-/* Slab depth: all of K when a slab of B (N columns padded) and of A^T
- * (outer x M rows, when A is transposed) fit MM_PACK_FLOATS, else the
- * most that does, at least 64. */
+/* Slab depth: all of K when a slab of B (N columns padded) fits
+ * MM_PACK_FLOATS, else the most that does, at least 64. */
 static int64_t slab_depth(const mm_job *j, int64_t K)
 {
     const mha_node *n = j->node;
     int64_t per_k = ceil_div(n->dst.ne[3], MM_PACK_COLS) * MM_PACK_COLS;
-    if (!a_rows(&n->src[MHA_SRC_MM_A]))
-        per_k += j->outer * n->dst.ne[2];
     int64_t fit = (int64_t)MM_PACK_FLOATS / per_k / 64 * 64;
     return K <= fit ? K : fit < 64 ? 64 : fit;
 }
@@ -136,24 +111,17 @@ static mha_status run_group(mha_cpu_exec *e, mm_job *j)
 {
     const mha_node *n = j->node;
     const mha_tdesc *a = &n->src[MHA_SRC_MM_A];
-    int64_t M = n->dst.ne[2], N = n->dst.ne[3], K = a->ne[3];
+    int64_t N = n->dst.ne[3], K = a->ne[3];
     int64_t kc = slab_depth(j, K);
     int64_t npad = ceil_div(N, MM_PACK_COLS) * MM_PACK_COLS;
     mha_status st = mha_cpu_scratch_reserve(e, &e->packed,
                                             (size_t)(npad * kc), 1);
-    if (st == MHA_OK && !a_rows(a))
-        st = mha_cpu_scratch_reserve(e, &e->transposed,
-                                     (size_t)(j->outer * M * kc), 1);
     if (st != MHA_OK)
         return st;
     j->bp = e->packed.data;
-    j->at = a_rows(a) ? NULL : e->transposed.data;
     for (j->k0 = 0; j->k0 < K; j->k0 += j->kc) {
         j->kc = min64(kc, K - j->k0);
         mha_cpu_pool_run(e->pool, ceil_div(N, MM_PACK_COLS), pack_task, j);
-        if (j->at)
-            mha_cpu_pool_run(e->pool, j->outer * ceil_div(M, MM_T),
-                             transpose_task, j);
         mha_cpu_pool_run(e->pool, j->outer * j->row_tiles * j->col_tiles,
                          product_task, j);
     }
@@ -164,7 +132,7 @@ mha_status mha_cpu_run_matmul(mha_cpu_exec *e, const mha_node *n)
 {
     const mha_tdesc *b = &n->src[MHA_SRC_MM_B], *d = &n->dst;
     int64_t outer = d->ne[0] * d->ne[1], M = d->ne[2], N = d->ne[3];
-    mm_job j = {e, n, 0, outer, 0, 0, 0, 0, 0, NULL, NULL};
+    mm_job j = {e, n, 0, outer, 0, 0, 0, 0, 0, NULL};
     if (outer == 0 || M == 0 || N == 0)
         return MHA_OK;
     if (n->src[MHA_SRC_MM_A].ne[3] == 0) {

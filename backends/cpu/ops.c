@@ -78,7 +78,6 @@ void mha_cpu_exec_fini(mha_cpu_exec *e)
     mha_cpu_pool_destroy(e->pool);
     mha_host_free(e->host, e->scratch.raw);
     mha_host_free(e->host, e->packed.raw);
-    mha_host_free(e->host, e->transposed.raw);
     memset(e, 0, sizeof *e);
 }
 

@@ -23,7 +23,6 @@ typedef struct mha_cpu_exec {
     mha_cpu_pool *pool;
     mha_cpu_scratch scratch; /* per thread: attention tiles */
     mha_cpu_scratch packed;  /* shared: packed GEMM operands of one op */
-    mha_cpu_scratch transposed; /* shared: MATMUL's A slab, transposed */
     size_t pack_budget;      /* floats of packed K and V per attention
                                 round (MHA_CPU_PACK_BUDGET_FLOATS); tests
                                 lower it to force several rounds */

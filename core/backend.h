@@ -111,19 +111,23 @@
  * SUM_ROWS      dst[a,b,0,n] = sum_m src[a,b,m,n] (+ dst when
  *               params.accumulate): bias gradients. Any src strides.
  * ATTENTION_BACKWARD  FlashAttention-2's backward of ATTENTION for the
- *               nn.MHA subset (no GQA, ALiBi, sinks, window, softcap, key
- *               lengths; causal NONE or TOP_LEFT): probabilities are
- *               recomputed from Q, K, the masks and the saved LSE, never
- *               stored as an L x S' matrix:
+ *               nn.MHA subset plus window, softcap and ALiBi (no GQA,
+ *               sinks, key lengths; causal NONE or TOP_LEFT, so p = i):
+ *               probabilities are recomputed from Q, K, the masks and the
+ *               saved LSE, never stored as an L x S' matrix; s_ij is
+ *               ATTENTION's score (softcap, ALiBi, masks, window):
  *                 p_ij  = exp(s_ij - LSE_i)   (0 where LSE_i = -inf)
  *                 D_i   = dO_i . O_i
- *                 dS_ij = p_ij (dO_i . V_j - D_i)
+ *                 dS_ij = p_ij (dO_i . V_j - D_i), times
+ *                         1 - tanh^2(scale q.k / softcap) with softcap
  *                 dQ_i  = scale sum_j dS_ij K_j     -> dst
  *                 dK_j  = scale sum_i dS_ij Q_i     -> extra_dst[MHA_DST_DK]
  *                 dV_j  = sum_i p_ij dO_i           -> extra_dst[MHA_DST_DV]
  *               src Q, K, MASK, KPM, V in ATTENTION's slots and layout
- *               (params scale, causal, mask_cols as there), O [B,H,L,d]
- *               the forward's output, dO [B,H,L,d], LSE [B,H,1,L].
+ *               (params scale, causal, mask_cols, window, softcap as
+ *               there), O [B,H,L,d] the forward's output, dO [B,H,L,d],
+ *               LSE [B,H,1,L], ALiBi slopes [1,1,1,H] (optional; constants,
+ *               no gradient).
  *               dst dQ [B,H,L,d], dK and dV [B,H,S',d]; all written, not
  *               accumulated (the appended bias_k/bias_v rows' dK/dV rows
  *               become those parameters' gradients in the core).
@@ -148,7 +152,7 @@
     X(HEAD_STATS, "head_stats", 1)          \
     X(MATMUL, "matmul", 2)                  \
     X(SUM_ROWS, "sum_rows", 1)              \
-    X(ATTENTION_BACKWARD, "attention_backward", 8) \
+    X(ATTENTION_BACKWARD, "attention_backward", 9) \
     X(ADAMW, "adamw", 3)
 
 typedef enum mha_op {
@@ -163,7 +167,7 @@ enum { MHA_SRC_Q = 0, MHA_SRC_K = 1, MHA_SRC_MASK = 2, MHA_SRC_KPM = 3,
        MHA_SRC_V = 4, MHA_SRC_SINKS = 5, MHA_SRC_ALIBI = 6,
        MHA_SRC_KV_LEN = 7 };
 
-#define MHA_MAX_SRC 8
+#define MHA_MAX_SRC 9
 
 /* mha_op_params.causal is an mha_causal (mha.h): MHA_CAUSAL_NONE,
  * MHA_CAUSAL_TOP_LEFT or MHA_CAUSAL_BOTTOM_RIGHT. */
@@ -181,8 +185,10 @@ enum { MHA_SRC_MUL_X = 0, MHA_SRC_MUL_F = 1 };
 enum { MHA_SRC_MM_A = 0, MHA_SRC_MM_B = 1 };
 
 /* Source slots of ATTENTION_BACKWARD past ATTENTION's Q, K, MASK, KPM, V
- * (it has no sinks, slopes or key lengths, so it reuses their slots). */
-enum { MHA_SRC_BWD_O = 5, MHA_SRC_BWD_DO = 6, MHA_SRC_BWD_LSE = 7 };
+ * (it has no sinks or key lengths, so it reuses their slots and those of
+ * the slopes, which it takes in the last slot). */
+enum { MHA_SRC_BWD_O = 5, MHA_SRC_BWD_DO = 6, MHA_SRC_BWD_LSE = 7,
+       MHA_SRC_BWD_ALIBI = 8 };
 
 /* Source slots of ADAMW (dst is the parameter). */
 enum { MHA_SRC_ADAM_G = 0, MHA_SRC_ADAM_M = 1, MHA_SRC_ADAM_V = 2 };

@@ -10,6 +10,8 @@
  * inverse rotation is the transpose), the sinks' gradient (sink_nodes),
  * then the q/k/v projections' gradients. Sinks need nothing else: the
  * saved LSE counts them, so p_ij = exp(s_ij - LSE_i) as the op computes.
+ * Window, softcap and ALiBi are the attention backward's own options (the
+ * slopes are constants: no gradient).
  * Every tensor is [B*T, features] rows or a head view of them, so memory
  * stays O(T). */
 #include <stddef.h>
@@ -53,27 +55,15 @@ static mha_status refuse(mha_decoder *l, const char *fn, const char *why)
                      "%s: save_for_backward: %s", fn, why);
 }
 
-/* The options the backward does not do, named; NULL when none. */
-static const char *unsupported_option(const mha_decoder_config *c)
-{
-    return c->window    ? "the layer's window has no backward yet"
-           : c->alibi   ? "the layer's alibi has no backward yet"
-           : c->softcap ? "the layer's softcap has no backward yet"
-                        : NULL;
-}
-
 static mha_status check_train(mha_decoder *l, const mha_dtrain_call *c)
 {
     static const char fn[] = "mha_decoder_forward";
     const mha_kv_cache *k = c->cache;
     const mha_tensor *x = c->x;
-    const char *why = unsupported_option(&l->cfg);
     if (c->record)
         return refuse(l, "mha_vulkan_decoder_record",
                       "a training forward is not recorded; use "
                       "mha_decoder_forward");
-    if (why)
-        return refuse(l, fn, why);
     if (c->gates)
         return refuse(l, fn, "head_gates have no backward yet");
     if (k->cfg.dtype != MHA_F32 || k->cfg.window)
@@ -321,6 +311,17 @@ static void output_nodes(bctx *b)
            weight(b, MHA_D_WO, b->E, b->q), 0);
 }
 
+/* The layer's window, softcap and ALiBi slopes (into source slot: the
+ * forward's and the backward's differ) on an attention node n. */
+static void core_options(const bctx *b, mha_node *n, int slot)
+{
+    const mha_decoder_config *c = &b->l->cfg;
+    n->params.window = (int32_t)c->window;
+    n->params.softcap = c->softcap;
+    if (b->l->wlen[MHA_D_ALIBI])
+        n->src[slot] = weight(b, MHA_D_ALIBI, 1, b->Hq);
+}
+
 /* The sinks' gradient, -sum over rows i of p_i,sink D_i per head (D_i =
  * dO_i . O_i), with the ops at hand: 1 - p_i,sink is the attention output
  * of V = 1 (the sink carries no value), so the sum is
@@ -343,6 +344,7 @@ static void sink_nodes(bctx *b, void *krbuf, size_t kr)
     n->params.causal = MHA_CAUSAL_TOP_LEFT;
     n->params.mask_cols = b->T;
     n->params.kv_group = (int32_t)b->g;
+    core_options(b, n, MHA_SRC_ALIBI);
     n = add(b, MHA_OP_MUL);
     n->dst = rows(b, sc, b->sc[R_DP], b->q);
     n->src[MHA_SRC_MUL_X] = rows(b, sc, b->sc[R_DO], b->q);
@@ -416,6 +418,7 @@ static void attention_nodes(bctx *b)
     n->params.scale = b->l->cfg.scale;
     n->params.causal = MHA_CAUSAL_TOP_LEFT; /* empty caches: p = i */
     n->params.mask_cols = b->T;
+    core_options(b, n, MHA_SRC_BWD_ALIBI);
     if (b->grads && b->l->cfg.sinks)
         sink_nodes(b, krbuf, kr);
     if (grouped) {

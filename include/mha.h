@@ -1146,9 +1146,10 @@ MHA_API mha_status mha_adamw_destroy(mha_adamw *opt);
  * not copy, x, which must stay alive and unchanged until the last backward.
  * The backward covers grouped-query heads (Hkv < Hq), RoPE (both styles,
  * partial rotary, theta, scaling, the caller's positions), q/k/v and o
- * biases, sinks (their gradient too) and any head_dim. It refuses
- * (MHA_UNSUPPORTED, naming the reason) a training forward with window,
- * alibi or softcap, with head_gates, over a cache whose sequences are not empty, over an f16 or
+ * biases, sinks (their gradient too), window, softcap, alibi (the slopes
+ * are constants: no gradient) and any head_dim. It refuses
+ * (MHA_UNSUPPORTED, naming the reason) a training forward
+ * with head_gates, over a cache whose sequences are not empty, over an f16 or
  * ring cache, with an x that is not contiguous, or recorded
  * (mha_vulkan_decoder_record). The gradients are named as the weights
  * ("q_proj.weight", ..., "o_proj.bias", "sinks").

@@ -9,7 +9,7 @@
 #
 # The forward is gen_decoder_fixtures.py's reference (rotate_half or
 # interleaved RoPE, repeat_interleave for GQA, causal over a prefill from
-# an empty cache), run with requires_grad on x and the weights; a random
+# an empty cache, window, softcap, ALiBi, sinks), run with requires_grad on x and the weights; a random
 # upstream gradient dy is backpropagated by torch.autograd. Each file holds
 # the weights under the HF prefix, x, positions, dy, y, dx and grad.<name>
 # per weight (F64); its metadata the config (default_pos: the forward uses
@@ -43,6 +43,24 @@ CASES = {
     # one token per sequence, GQA with NeoX, default positions
     "gqa_t1": dict(E=16, Hq=4, Hkv=2, d=4, rope=1, rope_dims=4,
                    theta=10000.0, scaling=1.0, B=3, T=1, default_pos=1),
+    # Mistral: sliding window 3 (shorter than T), GQA, NeoX, theta 1e6
+    "mistral_window": dict(E=32, Hq=4, Hkv=2, d=8, rope=1, rope_dims=8,
+                           theta=1000000.0, scaling=1.0, window=3, B=2,
+                           T=9),
+    # ALiBi (BLOOM/MPT): no rotation, 5 heads (interpolated slopes)
+    "alibi_mha": dict(E=20, Hq=5, Hkv=5, d=4, rope=0, rope_dims=0,
+                      theta=10000.0, scaling=1.0, alibi=1, o_bias=1, B=2,
+                      T=6, default_pos=1),
+    # Gemma-2: logit softcap (small, so tanh bends the scores), GQA
+    "gemma2_softcap": dict(E=32, Hq=4, Hkv=2, d=16, rope=1, rope_dims=16,
+                           theta=10000.0, scaling=1.0, softcap=0.5, B=1,
+                           T=8),
+    # all at once: window, softcap, ALiBi, sinks, GPT-J RoPE, biases
+    "window_softcap_alibi_sinks": dict(E=16, Hq=4, Hkv=2, d=8, rope=2,
+                                       rope_dims=8, theta=10000.0,
+                                       scaling=1.0, window=3, softcap=1.0,
+                                       alibi=1, sinks=1, qkv_bias=1,
+                                       o_bias=1, B=2, T=7),
 }
 
 

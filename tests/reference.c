@@ -366,6 +366,21 @@ static void sum_rows(const mha_node *n, double *out)
             }
 }
 
+/* d softcap(x) / dx = 1 - tanh^2(x / c) at x = scale q_i . k_j (1 without
+ * a softcap). */
+static double softcap_slope(const mha_node *n, int64_t b, int64_t h,
+                            int64_t i, int64_t j)
+{
+    const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
+    double cap = n->params.softcap, x = 0;
+    if (cap <= 0)
+        return 1.0;
+    for (int64_t c = 0; c < q->ne[3]; c++)
+        x += get(q, b, h, i, c) * get(k, b, h, j, c);
+    double t = tanh(n->params.scale * x / cap);
+    return 1.0 - t * t;
+}
+
 /* FlashAttention-2's backward as core/backend.h states it, with the
  * probabilities recomputed from the scores and the given LSE. */
 static void attention_backward_head(const mha_node *n, int64_t b, int64_t h,
@@ -382,6 +397,7 @@ static void attention_backward_head(const mha_node *n, int64_t b, int64_t h,
                         sinks, slopes and lengths */
     for (int k = MHA_SRC_SINKS; k < MHA_MAX_SRC; k++)
         f.src[k].buf = NULL;
+    f.src[MHA_SRC_ALIBI] = n->src[MHA_SRC_BWD_ALIBI];
     for (int64_t i = 0; i < L; i++) {
         double l = get(lse, b, h, 0, i), D = 0;
         score_row(&f, b, h, i, row);
@@ -391,7 +407,7 @@ static void attention_backward_head(const mha_node *n, int64_t b, int64_t h,
             double p = l == -INFINITY ? 0.0 : exp(row[j] - l), dp = 0;
             for (int64_t c = 0; c < d; c++)
                 dp += get(dout, b, h, i, c) * get(v, b, h, j, c);
-            double ds = p * (dp - D);
+            double ds = p * (dp - D) * softcap_slope(n, b, h, i, j);
             for (int64_t c = 0; c < d; c++) {
                 dq[idx(q, b, h, i, c)] += scale * ds * get(k, b, h, j, c);
                 dk[idx(k, b, h, j, c)] += scale * ds * get(q, b, h, i, c);

@@ -267,9 +267,11 @@ static void setup_core(op_setup *s, const op_case *c)
     p->window = c->flags & F_WINDOW ? 6 : 0;
     p->softcap = c->flags & F_SOFTCAP ? 0.7f : 0.0f;
     if (c->flags & F_ALIBI) {
-        n->src[MHA_SRC_ALIBI] = *contiguous(s, 1, 1, 1, c->H);
+        int slot = n->op == MHA_OP_ATTENTION_BACKWARD ? MHA_SRC_BWD_ALIBI
+                                                      : MHA_SRC_ALIBI;
+        n->src[slot] = *contiguous(s, 1, 1, 1, c->H);
         for (int64_t h = 0; h < c->H; h++)
-            plant(s, &n->src[MHA_SRC_ALIBI], 0, 0, 0, h,
+            plant(s, &n->src[slot], 0, 0, 0, h,
                   exp2f(-8.0f * (float)(h + 1) / (float)c->H));
     }
     if (c->flags & F_SINKS) {
@@ -417,6 +419,7 @@ static void setup_training_attention(op_setup *s, const op_case *c)
     f.extra_dst[MHA_DST_LSE] = n->src[MHA_SRC_BWD_LSE];
     for (int k = MHA_SRC_SINKS; k < MHA_MAX_SRC; k++)
         f.src[k].buf = NULL;
+    f.src[MHA_SRC_ALIBI] = n->src[MHA_SRC_BWD_ALIBI];
     size_t no = count_of(&f.dst), nl = count_of(&f.extra_dst[0]);
     double *o = malloc(no * sizeof *o), *lse = malloc(nl * sizeof *lse);
     double *out[REF_MAX_OUT] = {o, lse};
@@ -563,7 +566,7 @@ static void setup(op_setup *s, const op_case *c, test_rng *r)
     if (c->op == MHA_OP_SCORES || c->op == MHA_OP_ATTENTION ||
         c->op == MHA_OP_ATTENTION_BACKWARD)
         setup_masks(s, c, r);
-    if (c->op == MHA_OP_ATTENTION)
+    if (c->op == MHA_OP_ATTENTION || c->op == MHA_OP_ATTENTION_BACKWARD)
         setup_core(s, c);
     if (c->op == MHA_OP_ATTENTION || c->op == MHA_OP_ATTENTION_BACKWARD)
         setup_training_attention(s, c);
@@ -977,6 +980,16 @@ CORE_CASES(DEFINE_CORE_TEST)
       16, 0, 0, F_CAUSAL | F_MASK2D | F_FULLMASK)                            \
     X(attention_backward_long_queries, ATTENTION_BACKWARD, 1, 1, 12000, 40, \
       0, 16, 0, 0, F_CAUSAL)                                                 \
+    X(attention_backward_window, ATTENTION_BACKWARD, 1, 2, 40, 40, 0, 16, \
+      0, 0, F_CAUSAL | F_WINDOW)                                             \
+    X(attention_backward_softcap, ATTENTION_BACKWARD, 2, 2, 7, 11, 0, 16, 0, \
+      0, F_SOFTCAP | F_KPM)                                                  \
+    X(attention_backward_alibi, ATTENTION_BACKWARD, 1, 3, 12, 12, 0, 8, 0,  \
+      0, F_ALIBI | F_CAUSAL)                                                 \
+    X(attention_backward_window_softcap_alibi, ATTENTION_BACKWARD, 1, 2, 70, \
+      70, 1, 40, 0, 0, F_CAUSAL | F_WINDOW | F_SOFTCAP | F_ALIBI | F_MASK2D) \
+    X(attention_backward_long_window, ATTENTION_BACKWARD, 1, 1, 150, 300, 0, \
+      32, 0, 0, F_WINDOW | F_SOFTCAP)                                        \
     X(attention_lse, ATTENTION, 2, 2, 5, 7, 0, 8, 0, 0, F_LSE)               \
     X(attention_lse_causal_fullmask, ATTENTION, 1, 2, 40, 40, 0, 16, 0, 0,  \
       F_LSE | F_CAUSAL | F_MASK2D | F_FULLMASK)                              \

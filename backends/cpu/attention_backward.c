@@ -93,13 +93,17 @@ static const float *row(const bwd_job *j, int slot, int64_t b, int64_t h,
     return mha_cpu_at(&j->node->src[slot], b, h, i);
 }
 
-/* Whether causal masks keys [j0, j0 + kn) for every row [i0, i0 + qn):
- * all of them past the last row and none appended (keys from S on are
- * never masked). Such a tile is skipped. */
+/* Whether causal or the window masks keys [j0, j0 + kn) for every row
+ * [i0, i0 + qn): all of them past the last row, or all before the first
+ * row's window, and none appended (keys from S on are never masked). Such
+ * a tile is skipped. */
 static int tile_masked(const bwd_job *j, int64_t i0, int64_t qn, int64_t j0,
                        int64_t kn)
 {
-    return j->node->params.causal && j0 > i0 + qn - 1 && j0 + kn <= j->S;
+    const mha_op_params *p = &j->node->params;
+    return j0 + kn <= j->S &&
+           ((p->causal && j0 > i0 + qn - 1) ||
+            (p->window > 0 && j0 + kn - 1 <= i0 - p->window));
 }
 
 /* ds[c] = scale p[c] (ds[c] - D) for c < n: blocks of 8 with a fixed trip
@@ -113,6 +117,30 @@ static void ds_row(int64_t n, float scale, float D,
             ds[c + u] = scale * p[c + u] * (ds[c + u] - D);
     for (; c < n; c++)
         ds[c] = scale * p[c] * (ds[c] - D);
+}
+
+/* The transforms of query i's scaled scores p over keys [j0, j0 + kn) in
+ * ATTENTION's order (core/backend.h): softcap (tanh(s / c) kept in th for
+ * dS), ALiBi, mask and kpm, then -inf outside causal and the window. */
+static void transform_row(const bwd_job *j, int64_t b, int64_t h, int64_t i,
+                          int64_t j0, int64_t kn, float *p, float *th)
+{
+    const mha_node *n = j->node;
+    const mha_tdesc *alibi = &n->src[MHA_SRC_BWD_ALIBI];
+    float cap = n->params.softcap;
+    if (cap > 0.0f)
+        for (int64_t c = 0; c < kn; c++) {
+            th[c] = tanhf(p[c] / cap);
+            p[c] = cap * th[c];
+        }
+    if (alibi->buf) {
+        float slope = mha_cpu_at(alibi, 0, 0, 0)[h * alibi->nb[3]];
+        for (int64_t c = 0; c < kn; c++)
+            p[c] += slope * (float)(j0 + c - i);
+    }
+    mha_cpu_mask_row(j->exec->k, n, b, h, i, j0, kn, p);
+    int64_t lo = n->params.window > 0 ? i - n->params.window + 1 : 0;
+    mha_cpu_mask_outside(n, j0, kn, lo, n->params.causal ? i + 1 : j->S2, p);
 }
 
 /* Probabilities of rows [i0, i0 + qn) against keys [j0, j0 + kn) into
@@ -135,15 +163,17 @@ static void tile_ds(const bwd_job *j, bwd_tile *t, int64_t b, int64_t h,
     for (int64_t r = 0; r < qn; r++) {
         int64_t i = i0 + r;
         float *p = t->p + r * BK, *ds = t->ds + r * BK;
+        float th[BK]; /* the row's tanh(s / softcap), for its dS */
         float m = mha_cpu_at(lse, b, h, 0)[i * lse->nb[3]];
-        mha_cpu_mask_row(k, n, b, h, i, j0, kn, p);
-        mha_cpu_mask_outside(n, j0, kn, 0, n->params.causal ? i + 1 : j->S2,
-                             p);
+        transform_row(j, b, h, i, j0, kn, p, th);
         if (m == -INFINITY)
             memset(p, 0, (size_t)kn * sizeof *p);
         else
             k->exp_sum(kn, m, p);
         ds_row(kn, scale, D[r], p, ds);
+        if (n->params.softcap > 0.0f)
+            for (int64_t c = 0; c < kn; c++)
+                ds[c] *= 1.0f - th[c] * th[c];
     }
 }
 
@@ -358,7 +388,8 @@ static bool rows_of(const mha_tdesc *t, int64_t b, int64_t h, int64_t r,
            t->ne[1] == h && t->ne[2] == r && t->ne[3] == d;
 }
 
-/* The nn.MHA subset (core/backend.h): f32, unit inner strides. */
+/* The nn.MHA subset with window, softcap and ALiBi (core/backend.h): f32,
+ * unit inner strides. */
 bool mha_cpu_attention_backward_supported(const mha_node *n)
 {
     const mha_op_params *p = &n->params;
@@ -366,8 +397,10 @@ bool mha_cpu_attention_backward_supported(const mha_node *n)
     const mha_tdesc *lse = &n->src[MHA_SRC_BWD_LSE];
     int64_t B = n->dst.ne[0], H = n->dst.ne[1], L = n->dst.ne[2];
     int64_t d = n->dst.ne[3], S2 = n->src[MHA_SRC_K].ne[2];
+    const mha_tdesc *alibi = &n->src[MHA_SRC_BWD_ALIBI];
     if (p->causal == MHA_CAUSAL_BOTTOM_RIGHT || p->kv_group > 1 ||
-        p->window != 0 || p->softcap != 0.0f)
+        p->window < 0 || p->softcap < 0.0f ||
+        (alibi->buf && alibi->dtype != MHA_F32))
         return false;
     if (!rows_of(&n->dst, B, H, L, d) ||
         !rows_of(&n->src[MHA_SRC_Q], B, H, L, d) ||

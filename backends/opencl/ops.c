@@ -161,8 +161,9 @@ static bool adamw_supported(const mha_node *n)
            vector_ok(&n->src[MHA_SRC_ADAM_V], len);
 }
 
-/* ATTENTION_BACKWARD: the nn.MHA subset, head sizes up to MHA_CL_MAX_HEAD,
- * f32 tensors with unit inner stride (the LSE at any strides). */
+/* ATTENTION_BACKWARD: the nn.MHA subset with window, softcap and ALiBi,
+ * head sizes up to MHA_CL_MAX_HEAD, f32 tensors with unit inner stride
+ * (the LSE and the slopes at any strides). */
 static bool attention_backward_supported(const mha_node *n)
 {
     const mha_op_params *a = &n->params;
@@ -177,9 +178,11 @@ static bool attention_backward_supported(const mha_node *n)
             t[i]->ne[3] != d)
             return false;
     const mha_tdesc *m = &n->src[MHA_SRC_MASK], *k = &n->src[MHA_SRC_KPM];
-    return d <= MHA_CL_MAX_HEAD && a->kv_group <= 1 && a->window == 0 &&
-           a->softcap == 0.0f && a->causal != MHA_CAUSAL_BOTTOM_RIGHT &&
+    const mha_tdesc *al = &n->src[MHA_SRC_BWD_ALIBI];
+    return d <= MHA_CL_MAX_HEAD && a->kv_group <= 1 && a->window >= 0 &&
+           a->softcap >= 0.0f && a->causal != MHA_CAUSAL_BOTTOM_RIGHT &&
            f32_ok(&n->src[MHA_SRC_BWD_LSE]) && (!m->buf || f32_ok(m)) &&
+           (!al->buf || f32_ok(al)) &&
            (!k->buf || f32_ok(k)) &&
            n->src[MHA_SRC_BWD_LSE].ne[3] == n->dst.ne[2] &&
            n->dst.ne[0] * n->dst.ne[1] * n->dst.ne[2] * 2 <= INT_MAX;
@@ -737,10 +740,12 @@ static mha_status run_attention_backward(mha_cl_device *dev,
         arg(&a, sizeof scratch->mem, &scratch->mem);
         arg_tensor(&a, mode ? &n->dst : &n->extra_dst[MHA_DST_DK]);
         arg_tensor(&a, mode ? &none : &n->extra_dst[MHA_DST_DV]);
+        arg_tensor(&a, &n->src[MHA_SRC_BWD_ALIBI]);
         arg_int4(&a, (int)ne[1], (int)ne[2], S, (int)ne[3]);
         arg_int4(&a, mode, n->params.causal != 0,
-                 clamp_cols(n->params.mask_cols), 0);
+                 clamp_cols(n->params.mask_cols), n->params.window);
         arg(&a, sizeof(cl_float), &n->params.scale);
+        arg(&a, sizeof(cl_float), &n->params.softcap);
         const size_t br = (size_t)p->br;
         const size_t wg = br * (size_t)mha_cl_attention_lanes(p);
         const size_t global[3] = {round_up(mode ? ne[2] : S, br) / br * wg,

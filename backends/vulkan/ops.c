@@ -1216,9 +1216,10 @@ static bool supports_attention_backward(const mha_vk_device *d,
     const mha_tdesc *q = &n->src[MHA_SRC_Q], *k = &n->src[MHA_SRC_K];
     const mha_op_params *a = &n->params;
     bwd_config c;
-    if (a->kv_group > 1 || a->window || a->softcap != 0.0f ||
+    if (a->kv_group > 1 || a->window < 0 || a->softcap < 0.0f ||
         a->causal == MHA_CAUSAL_BOTTOM_RIGHT || !bwd_tensors_ok(n) ||
         !tensor_ok(&n->src[MHA_SRC_BWD_LSE]) ||
+        !optional_ok(&n->src[MHA_SRC_BWD_ALIBI]) ||
         !optional_ok(&n->src[MHA_SRC_MASK]) ||
         !optional_ok(&n->src[MHA_SRC_KPM]) || q->ne[3] > 256 ||
         !bwd_pick(d, (uint32_t)q->ne[3], &c))
@@ -1228,22 +1229,23 @@ static bool supports_attention_backward(const mha_vk_device *d,
     return k->ne[3] == q->ne[3] && n->src[MHA_SRC_V].ne[2] == k->ne[2] &&
            n->src[MHA_SRC_BWD_LSE].ne[3] == q->ne[2] &&
            (rows + c.bo - 1) / c.bo <= mg[0] && q->ne[1] <= mg[1] &&
-           count(q) / q->ne[3] * 2 <= UINT32_MAX;
+           count(q) / q->ne[3] * 3 <= UINT32_MAX;
 }
 
-/* The (LSE, D) pairs of attention_backward_pre.comp: [B,H,L,2] in
- * d->scratch, written from n's LSE, O and dO. */
+/* The (LSE, D, ALiBi slope) triples of attention_backward_pre.comp:
+ * [B,H,L,3] in d->scratch, written from n's LSE, O, dO and slopes. */
 static mha_status run_bwd_pre(mha_vk_device *d, const mha_node *n,
                               mha_tdesc *ld)
 {
     const mha_tdesc *o = &n->src[MHA_SRC_BWD_O], *dO = &n->src[MHA_SRC_BWD_DO];
     const mha_tdesc *lse = &n->src[MHA_SRC_BWD_LSE];
     int64_t rows = o->ne[0] * o->ne[1] * o->ne[2];
-    mha_status s = scratch_reserve(d, (size_t)rows * 2 * 4);
+    const mha_tdesc *al = &n->src[MHA_SRC_BWD_ALIBI];
+    mha_status s = scratch_reserve(d, (size_t)rows * 3 * 4);
     if (s != MHA_OK)
         return s;
-    *ld = (mha_tdesc){.dtype = MHA_F32, .ne = {1, 1, rows, 2},
-                      .nb = {rows * 2, rows * 2, 2, 1}, .buf = d->scratch};
+    *ld = (mha_tdesc){.dtype = MHA_F32, .ne = {1, 1, rows, 3},
+                      .nb = {rows * 3, rows * 3, 3, 1}, .buf = d->scratch};
     att_bwd_pre_push p = {
         .ld_off = eoff(ld), .o_off = eoff(o), .do_off = eoff(dO),
         .lse_off = eoff(lse), .o_sb = st(o, 0), .o_sh = st(o, 1),
@@ -1251,12 +1253,17 @@ static mha_status run_bwd_pre(mha_vk_device *d, const mha_node *n,
         .do_sr = st(dO, 2), .lse_sb = st(lse, 0), .lse_sh = st(lse, 1),
         .lse_si = st(lse, 3), .H = (uint32_t)o->ne[1],
         .L = (uint32_t)o->ne[2], .D = (uint32_t)o->ne[3],
-        .rows = (uint32_t)rows,
+        .rows = (uint32_t)rows, .alibi = present(al),
     };
+    if (present(al)) {
+        p.al_off = eoff(al);
+        p.al_si = st(al, 3);
+    }
     uint32_t g[3], spec[1] = {COPY_WG};
     if (!split_groups(d, (p.rows + COPY_WG - 1) / COPY_WG, g))
         return groups_error(d, "attention_backward");
-    const mha_tdesc *ts[MHA_VK_BINDINGS] = {o, dO, lse, ld};
+    const mha_tdesc *ts[MHA_VK_BINDINGS] = {o, dO, lse, ld,
+                                            present(al) ? al : NULL};
     return dispatch(d, MHA_VK_K_ATT_BWD_PRE, false, spec, 1, ts, &p,
                     sizeof p, g);
 }
@@ -1274,7 +1281,7 @@ static att_bwd_push bwd_push(const mha_node *n, const mha_tdesc *ld,
     att_bwd_push p = {
         .q_off = eoff(q) + bb * st(q, 0), .k_off = eoff(k) + bb * st(k, 0),
         .v_off = eoff(v) + bb * st(v, 0), .do_off = eoff(dO) + bb * st(dO, 0),
-        .ld_off = eoff(ld) + bb * (uint32_t)q->ne[1] * L * 2,
+        .ld_off = eoff(ld) + bb * (uint32_t)q->ne[1] * L * 3,
         .out_off = eoff(dk) + bb * st(dk, 0),
         .out2_off = eoff(dv) + bb * st(dv, 0),
         .q_sh = st(q, 1), .q_sr = st(q, 2), .k_sh = st(k, 1), .k_sr = st(k, 2),
@@ -1316,7 +1323,7 @@ static uint32_t bwd_chunk(const bwd_config *c)
     return (tiles ? tiles : 1) * c->bs;
 }
 
-/* ATTENTION_BACKWARD: the (LSE, D) pass, then per batch item dK and dV
+/* ATTENTION_BACKWARD: the (LSE, D, slope) pass, then per batch item dK and dV
  * (MODE 0, workgroups over key blocks) and dQ (MODE 1, over query
  * blocks), the streamed rows in chunks of bwd_chunk. */
 static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
@@ -1329,6 +1336,8 @@ static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
                               "%lld does not fit %s's shared memory",
                               (long long)q->ne[3], d->phys->props.deviceName);
     mha_tdesc ld;
+    uint32_t cap;
+    memcpy(&cap, &n->params.softcap, sizeof cap);
     mha_status s = run_bwd_pre(d, n, &ld);
     const mha_tdesc *ts[MHA_VK_BINDINGS] = {
         q, k, &n->src[MHA_SRC_V], &n->src[MHA_SRC_BWD_DO],
@@ -1338,7 +1347,8 @@ static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
         att_bwd_push p = bwd_push(n, &ld, b);
         for (uint32_t mode = 0; mode < 2 && s == MHA_OK; ++mode) {
             uint32_t rows = mode ? p.L : p.S;
-            uint32_t spec[6] = {c.wg, c.dh, c.bo, c.bs, c.tpr, mode};
+            uint32_t spec[8] = {c.wg,   c.dh, c.bo, c.bs, c.tpr, mode,
+                                (uint32_t)n->params.window, cap};
             uint32_t g[3] = {(rows + c.bo - 1) / c.bo, (uint32_t)q->ne[1], 1};
             ts[7] = mode ? &n->dst : &n->extra_dst[MHA_DST_DK];
             /* dV in both modes: binding 8 is declared written, so the
@@ -1355,7 +1365,7 @@ static mha_status run_attention_backward(mha_vk_device *d, const mha_node *n)
                  p.s_lo += chunk) {
                 p.s_hi = nstr - p.s_lo < chunk ? nstr : p.s_lo + chunk;
                 p.flags = flags | (p.s_lo ? MHA_VK_F_ACCUMULATE : 0u);
-                s = dispatch(d, MHA_VK_K_ATT_BWD, false, spec, 6, ts, &p,
+                s = dispatch(d, MHA_VK_K_ATT_BWD, false, spec, 8, ts, &p,
                              sizeof p, g);
             }
             p.flags = flags;

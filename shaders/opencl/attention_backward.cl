@@ -1,6 +1,6 @@
 /* attention_backward.cl: ATTENTION_BACKWARD (core/backend.h),
- * FlashAttention-2's backward of the fused attention for the nn.MHA subset,
- * in three launches. attention_backward_pre writes each query row's
+ * FlashAttention-2's backward of the fused attention for the nn.MHA subset
+ * with window, softcap and ALiBi, in three launches. attention_backward_pre writes each query row's
  * (LSE_i, D_i = dO_i . O_i) to a scratch buffer [B,H,L,2]. Then
  * attention_backward runs twice: mode 0 gives dK and dV, a workgroup
  * owning BR keys and streaming the query rows past them in tiles of BC;
@@ -22,8 +22,10 @@
  * scalars and one vector load per CW FMAs of each accumulator, and no
  * array sized by the head in a work item.
  * Causal skips whole tiles: a key block sees no query row before its
- * first key, a query block no key past its last row (for keys below
- * mask_cols; the appended keys past it are visible to all). A fully
+ * first key, a query block no key past its last row; the window likewise
+ * (no query row W or more past a key block's last key, no key W or more
+ * before a query block's first row), for keys below mask_cols (the
+ * appended keys past it are visible to all). A fully
  * masked row (LSE -inf) gets p = 0 and so zero gradients. f32 only. */
 #ifndef D_MAX
 #define D_MAX 64
@@ -122,7 +124,9 @@ kernel void attention_backward(global const float *Q, int q_off, int4 q_st,
                                int p_off, int4 p_st, global const float *LD,
                                global float *Out, int out_off, int4 out_st,
                                global float *Out2, int out2_off, int4 out2_st,
-                               int4 dims, int4 mode, float scale)
+                               global const float *Al, int al_off, int4 al_st,
+                               int4 dims, int4 mode, float scale,
+                               float softcap)
 {
     local vecw X1[BR * (DL + 1)], X2[BR * (DL + 1)]; /* own rows */
     local vecw Y1[BC * DL], Y2[BC * DL];             /* streamed rows */
@@ -130,9 +134,11 @@ kernel void attention_backward(global const float *Q, int q_off, int4 q_st,
     local float Lq[BC + BR], Dq[BC + BR];            /* query rows' LSE, D */
     const int H = dims.x, L = dims.y, S = dims.z, d = dims.w;
     const int md = mode.x, causal = mode.y, mask_cols = mode.z;
+    const int window = mode.w;
     const int lid = get_local_id(0), o = lid / DL, t = lid % DL;
     const int h = get_group_id(1), bz = get_group_id(2);
     const int o0 = get_group_id(0) * BR;
+    const float slope = al_off >= 0 ? Al[AT(al_off, al_st, 0, 0, 0, h)] : 0.0f;
     const int nown = md ? L : S, nstr = md ? S : L;
     const int no = min(BR, nown - o0);
     const side qs = {Q, dO, q_off, do_off, q_st, do_st};
@@ -144,15 +150,17 @@ kernel void attention_backward(global const float *Q, int q_off, int4 q_st,
 
     vecw acc1 = 0.0f, acc2 = 0.0f;
     /* The streamed rows that can see an own row: segments [sa, se) of the
-     * keys below mask_cols (cut by causal), then the appended ones. */
+     * keys below mask_cols (cut by causal and the window: query i sees
+     * keys j > i - W), then the appended ones. */
     const int mc = min(mask_cols, S), o1 = o0 + no;
     int seg_a[2], seg_e[2];
     if (md == 0) {
         seg_a[0] = causal && o1 <= mc ? min(o0, nstr) : 0;
-        seg_e[0] = nstr;
+        const int wend = o1 - 1 + min(window, nstr); /* past the window */
+        seg_e[0] = window > 0 && o1 <= mc ? min(wend, nstr) : nstr;
         seg_a[1] = seg_e[1] = 0;
     } else {
-        seg_a[0] = 0;
+        seg_a[0] = window > 0 ? max(o0 + 1 - window, 0) : 0;
         seg_e[0] = causal ? min(mc, o1) : mc;
         seg_a[1] = mc;
         seg_e[1] = nstr;
@@ -178,19 +186,27 @@ kernel void attention_backward(global const float *Q, int q_off, int4 q_st,
                     const int qi = md ? BC + r : s; /* the query's slot */
                     const int i = md ? o0 + r : s0 + s;
                     const int j = md ? s0 + s : o0 + r;
-                    float sc = scale * hsumw(d1);
+                    /* softcap (its slope dcap scales dS), ALiBi, masks */
+                    float sc = scale * hsumw(d1), dcap = 1.0f;
+                    if (softcap > 0.0f) {
+                        const float th = tanh(sc / softcap);
+                        sc = softcap * th;
+                        dcap = 1.0f - th * th;
+                    }
+                    sc += slope * (float)(j - i);
                     if (j < mask_cols) {
                         if (m_off >= 0)
                             sc += Mk[AT(m_off, m_st, bz, h, i, j)];
                         if (p_off >= 0)
                             sc += Pk[AT(p_off, p_st, bz, h, i, j)];
-                        if (causal && j > i)
+                        if ((causal && j > i) ||
+                            (window > 0 && j <= i - window))
                             sc = -INFINITY;
                     }
                     const float lse = Lq[qi];
                     if (lse != -INFINITY && sc != -INFINITY) {
                         pij = exp(sc - lse);
-                        dsij = pij * (hsumw(d2) - Dq[qi]);
+                        dsij = pij * (hsumw(d2) - Dq[qi]) * dcap;
                     }
                 }
                 Ps[e] = pij;

@@ -19,9 +19,13 @@
 // registers and adds dS * (Q or K) and p * dO over the tile's rows: two
 // broadcast scalars and C4 vec4 loads per 4 C4 FMAs of each accumulator.
 // Causal skips whole tiles: a key block sees no query row before its
-// first key, a query block no key past its last row (keys below
-// mask_cols; the appended ones past it are visible to all). A fully
+// first key, a query block no key past its last row; the window likewise
+// (no query row W or more past a key block's last key, no key W or more
+// before a query block's first row), for keys below mask_cols (the
+// appended ones past it are visible to all). A fully
 // masked row (LSE -inf) gets p = 0, so zero gradients.
+// Softcap and window are specialisation constants (as attention.comp's),
+// the ALiBi slope a third value per query row of the (LSE, D) pass.
 // The batch item is the host's: a dispatch per item, its offsets in the
 // push constants (the block holds no batch strides: 128 bytes). So is a
 // very long range of streamed rows: the host cuts it into dispatches that
@@ -38,6 +42,8 @@ layout(constant_id = 2) const uint BO = 32u;  // own rows per workgroup
 layout(constant_id = 3) const uint BS = 32u;  // streamed rows per tile
 layout(constant_id = 4) const uint TPR = 4u;  // invocations per own row
 layout(constant_id = 5) const uint MODE = 0u; // 0: dK, dV; 1: dQ
+layout(constant_id = 6) const uint WINDOW = 0u;  // sliding window, 0: none
+layout(constant_id = 7) const uint SOFTCAP = 0u; // its float bits, 0: none
 
 layout(local_size_x_id = 0) in;
 
@@ -64,6 +70,8 @@ shared vec4 X1[BO * RS], X2[BO * RS]; // own: K, V (MODE 0); Q, dO (1)
 shared vec4 Y1[BS * RS], Y2[BS * RS]; // streamed: Q, dO (0); K, V (1)
 shared float Ps[BS * BO], Ds[BS * BO]; // p and dS of the tile, [s][o]
 shared float Lq[BS + BO], Dq[BS + BO]; // LSE and D of the query rows
+
+float slope; // the head's ALiBi slope (0 without), from the (LSE, D) pass
 
 // Element idx of Q, K, V or dO (0..3).
 float elem(uint which, uint idx)
@@ -117,7 +125,7 @@ void stage(bool own, uint wa, uint wb, uint h, uint r0, uint n, uint rows,
         for (uint r = t; r < rows; r += WG) {
             float lse = NEG_INF, dd = 0.0;
             if (r < n) {
-                uint l = p.ld_off + 2u * (h * p.L + r0 + r);
+                uint l = p.ld_off + 3u * (h * p.L + r0 + r);
                 lse = ld[l];
                 dd = ld[l + 1u];
             }
@@ -127,16 +135,26 @@ void stage(bool own, uint wa, uint wb, uint h, uint r0, uint n, uint rows,
 }
 
 // The score of query i and key j from their dot product, as the forward
-// (matmul.comp's SCORES epilogue) makes it: scale, masks, causal.
-float score(uint h, uint i, uint j, float dot)
+// (attention.comp) makes it: scale, softcap, ALiBi, masks, causal, window;
+// dcap is the softcap's slope 1 - tanh^2 (1 without), a factor of dS. The
+// tanh's argument is clamped as the forward's.
+float score(uint h, uint i, uint j, float dot, out float dcap)
 {
     float s = p.scale * dot;
+    dcap = 1.0;
+    if (SOFTCAP != 0u) {
+        float c = uintBitsToFloat(SOFTCAP), th = tanh(clamp(s / c, -16.0, 16.0));
+        s = isnan(s) ? s : c * th;
+        dcap = 1.0 - th * th;
+    }
+    s += slope * (float(j) - float(i));
     if (j < p.mask_cols) {
         if ((p.flags & MHA_VK_F_MASK) != 0u)
             s += mask[p.mask_off + h * p.mask_sh + i * p.mask_sr + j];
         if ((p.flags & MHA_VK_F_KPM) != 0u)
             s += kpm[p.kpm_off + h * p.kpm_sh + i * p.kpm_sr + j];
-        if ((p.flags & MHA_VK_F_CAUSAL) != 0u && j > i)
+        if (((p.flags & MHA_VK_F_CAUSAL) != 0u && j > i) ||
+            (WINDOW > 0u && j + WINDOW <= i))
             s = NEG_INF;
     }
     return s;
@@ -158,11 +176,12 @@ void probabilities(uint h, uint o0, uint no, uint s0, uint n)
             uint qi = MODE == 0u ? s : BS + o; // slot of the query row
             uint i = MODE == 0u ? s0 + s : o0 + o;
             uint j = MODE == 0u ? o0 + o : s0 + s;
-            float sc = score(h, i, j, (d1.x + d1.y) + (d1.z + d1.w));
+            float dcap;
+            float sc = score(h, i, j, (d1.x + d1.y) + (d1.z + d1.w), dcap);
             float lse = Lq[qi];
             if (lse != NEG_INF && sc != NEG_INF) {
                 pij = exp(sc - lse);
-                dsij = pij * ((d2.x + d2.y) + (d2.z + d2.w) - Dq[qi]);
+                dsij = pij * ((d2.x + d2.y) + (d2.z + d2.w) - Dq[qi]) * dcap;
             }
         }
         Ps[e] = pij;
@@ -177,6 +196,7 @@ void main()
     uint o0 = gl_WorkGroupID.x * BO;
     uint nown = MODE == 0u ? p.S : p.L, nstr = MODE == 0u ? p.L : p.S;
     uint no = min(BO, nown - o0);
+    slope = ld[p.ld_off + 3u * h * p.L + 2u];
     // own K, V (MODE 0) or Q, dO with their LSE and D (MODE 1)
     stage(true, MODE == 0u ? 1u : 0u, MODE == 0u ? 2u : 3u, h, o0, no, BO,
           MODE == 1u, BS);
@@ -186,16 +206,18 @@ void main()
         acc1[c] = acc2[c] = vec4(0.0);
 
     // The streamed rows that can see an own row, as segments [sa, se):
-    // keys below mask_cols (cut by causal), then the appended ones.
+    // keys below mask_cols (cut by causal and the window: query i sees keys
+    // j > i - W), then the appended ones.
     bool causal = (p.flags & MHA_VK_F_CAUSAL) != 0u;
     uint mc = min(p.mask_cols, p.S), o1 = o0 + no;
     uint seg_a[2], seg_e[2];
     if (MODE == 0u) {
         seg_a[0] = causal && o1 <= mc ? min(o0, nstr) : 0u;
-        seg_e[0] = nstr;
+        uint wend = o1 - 1u + min(WINDOW, nstr); // past the window's rows
+        seg_e[0] = WINDOW > 0u && o1 <= mc ? min(wend, nstr) : nstr;
         seg_a[1] = seg_e[1] = 0u;
     } else {
-        seg_a[0] = 0u;
+        seg_a[0] = o0 + 1u > WINDOW && WINDOW > 0u ? o0 + 1u - WINDOW : 0u;
         seg_e[0] = causal ? min(mc, o1) : mc;
         seg_a[1] = mc;
         seg_e[1] = nstr;

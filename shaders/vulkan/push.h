@@ -170,7 +170,7 @@
     U(ld_off) U(o_off) U(do_off) U(lse_off)                                  \
     U(o_sb) U(o_sh) U(o_sr) U(do_sb) U(do_sh) U(do_sr)                       \
     U(lse_sb) U(lse_sh) U(lse_si)                                            \
-    U(H) U(L) U(D) U(rows)
+    U(H) U(L) U(D) U(rows) U(al_off) U(al_si) U(alibi)
 
 /* attention_backward.comp: one batch item (its offsets here), heads and
  * rows strided; ld_off: the item's (LSE, D) pairs [H,L,2]; out is dK (MODE

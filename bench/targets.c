@@ -443,35 +443,41 @@ static const char *cache_of(const bench_case *c)
     return c->cache_dtype == MHA_F16 ? "f16" : "f32";
 }
 
-/* Per decode step of the llama3-8b layer: the attention node's time
+/* The attention node's time per decode step, r[i] for decoder case i,
  * against the time to read the cache's K and V once at the read bandwidth
- * (the issue's bound), then the whole layer step's against the same and
+ * (the issue's bound): the target rows (over the model's layers' caches)
+ * or the reference ones (one layer's cache). */
+static void kv_bound_rows(targets *t, const bench_result *r, const char *what,
+                          int target)
+{
+    char name[64], layers[24] = "";
+    double bw = t->stream_read * 1e6;
+    for (int i = 0; i < t->ndec; i++) {
+        const bench_case *c = &t->dec[i];
+        double ms = r[i].median_ms;
+        double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
+        snprintf(name, sizeof name, "%s S=%lldk %s / K+V", what,
+                 (long long)(c->src_len / 1024), cache_of(c));
+        if (target)
+            snprintf(layers, sizeof layers, " (%d layers)",
+                     bench_attention_layers(c, MODEL_KV_BYTES));
+        add_row(t, target ? met(ms > 0 && kv > 0, ms <= 1.25 * kv) : "-",
+                target ? "<= 1.25x" : "reference", name,
+                "%.2f / %.2f ms = %.2fx%s", ms, kv, kv > 0 ? ms / kv : 0,
+                layers);
+    }
+}
+
+/* Per decode step of the llama3-8b layer: the attention node's time
+ * against the K+V bound, then the whole layer step's against the same and
  * against K+V+weights (what a whole step must read); the f16 cache's time
  * against the f32 cache's, attention and step. */
 static void decoder_rows(targets *t)
 {
     char name[64];
     double bw = t->stream_read * 1e6;
-    for (int i = 0; i < t->ndec; i++) {
-        const bench_case *c = &t->dec[i];
-        double ms = t->dec_a[i].median_ms;
-        double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
-        snprintf(name, sizeof name, "decode attention S=%lldk %s / K+V",
-                 (long long)(c->src_len / 1024), cache_of(c));
-        add_row(t, met(ms > 0 && kv > 0, ms <= 1.25 * kv), "<= 1.25x", name,
-                "%.2f / %.2f ms = %.2fx (%d layers)", ms, kv,
-                kv > 0 ? ms / kv : 0,
-                bench_attention_layers(c, MODEL_KV_BYTES));
-    }
-    for (int i = 0; i < t->ndec; i++) {
-        const bench_case *c = &t->dec[i];
-        double ms = t->dec_1[i].median_ms;
-        double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
-        snprintf(name, sizeof name, "one layer's cache S=%lldk %s / K+V",
-                 (long long)(c->src_len / 1024), cache_of(c));
-        add_row(t, "-", "reference", name, "%.2f / %.2f ms = %.2fx", ms, kv,
-                kv > 0 ? ms / kv : 0);
-    }
+    kv_bound_rows(t, t->dec_a, "decode attention", 1);
+    kv_bound_rows(t, t->dec_1, "one layer's cache", 0);
     for (int i = 0; i < t->ndec; i++) {
         const bench_case *c = &t->dec[i];
         double ms = t->dec_r[i].median_ms;

@@ -29,7 +29,7 @@ int mha_head_runs(const uint64_t skip[MHA_SKIP_WORDS], int64_t H,
             n++;
             prev = c;
         }
-        if (n <= cap)
+        if (n >= 1 && n <= cap) /* n >= 1 always; gcc -O2 cannot see it */
             runs[n - 1].count++;
     }
     return computed;

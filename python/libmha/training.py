@@ -39,19 +39,6 @@ def _returned(t, like):
     return a
 
 
-def _own_of_layer(obj, create, what, layer, *args):
-    """Makes obj's handle with create(layer, *args, &handle), registered
-    to close with the device and before the layer (what names the call in
-    errors)."""
-    dev = obj.device
-    with dev.lock:
-        ptr = ctypes.c_void_p()
-        dev.check(create(layer.handle(what), *args, ctypes.byref(ptr)))
-        obj._ptr = ptr
-        dev.adopt(obj)
-    layer._depend(obj)
-
-
 class _Borrowed(Tensor):
     """A Tensor owned by a Gradients object: never destroyed by Python,
     closed (unusable) when its Gradients close."""
@@ -65,7 +52,7 @@ class Gradients(DeviceChild, collections.abc.Mapping):
     zeroed at creation: ``Gradients(layer)``, or the layer's own
     ``layer.grads``. A read-only mapping from the weight names of
     ``layer.weight_names()`` to NumPy arrays (``grads["out_proj.weight"]``
-    downloads one); ``tensor(name)`` is the gradient as a libmha.Tensor on
+    downloads one; another name is a KeyError); ``tensor(name)`` is the gradient as a libmha.Tensor on
     the device (no copy; closed with the gradients); ``zero()``. A
     backward with ``accumulate=True`` adds into them. Closed with their
     layer; after ``prune_heads`` they no longer fit it (BadStateError)."""
@@ -78,8 +65,8 @@ class Gradients(DeviceChild, collections.abc.Mapping):
         self.device, self.layer = layer.device, layer
         self._names = tuple(layer.weight_names())
         self._tensors = {}
-        _own_of_layer(self, getattr(self.device._lib, layer._c_gradients),
-                      "Gradients", layer)
+        self._own(getattr(self.device._lib, layer._c_gradients), "Gradients",
+                  parent=layer)
 
     def tensor(self, name):
         """The gradient of weight name as a libmha.Tensor (owned by these
@@ -106,6 +93,8 @@ class Gradients(DeviceChild, collections.abc.Mapping):
         return t
 
     def __getitem__(self, name):
+        if name not in self._names:  # a mapping's miss (dict.get works)
+            raise KeyError(name)
         return self.tensor(name).numpy()
 
     def __iter__(self):
@@ -162,8 +151,8 @@ class AdamW(DeviceChild):
                                                       ctypes.sizeof(cfg)))
             cfg.beta1, cfg.beta2 = float(betas[0]), float(betas[1])
             cfg.eps, cfg.weight_decay = float(eps), float(weight_decay)
-        _own_of_layer(self, getattr(lib, layer._c_adamw), "AdamW", layer,
-                      ctypes.byref(cfg))
+        self._own(getattr(lib, layer._c_adamw), "AdamW", ctypes.byref(cfg),
+                  parent=layer)
 
     def step(self, grads=None, lr=None):
         """One AdamW step (mha_adamw_step) of the layer's weights, in place

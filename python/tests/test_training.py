@@ -9,7 +9,7 @@ import torch
 
 import libmha
 
-from conftest import SPECS, get_device, rng
+from conftest import SPECS, get_device, random_mha, rng
 
 E, H, L, S, N = 8, 2, 5, 4, 2
 TOL = 1e-4
@@ -32,12 +32,7 @@ def close_to(got, want, what):
 
 def torch_mha(cfg, seed=0):
     """A float64 torch layer with every parameter random."""
-    torch.manual_seed(seed)
-    m = torch.nn.MultiheadAttention(E, H, **cfg).double()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return m
+    return random_mha(E, H, cfg, seed).double()
 
 
 def mha_inputs(cfg, shared, gen):
@@ -285,13 +280,20 @@ def test_bad_calls():
     layer(x, x, x, need_weights=False, save_for_backward=True)
     with pytest.raises(libmha.ShapeMismatchError, match="grad_output"):
         layer.backward(np.ones((L, N, E + 1)))
-    with pytest.raises(libmha.Error, match="grad_head_gates"):
+    with pytest.raises(libmha.InvalidArgumentError, match="no head_gates"):
         layer.backward(x, return_gates_grad=True)
-    with pytest.raises(LookupError):
+    with pytest.raises(libmha.NotFoundError, match="nope"):
         layer.grads.tensor("nope")
+    with pytest.raises(libmha.InvalidArgumentError, match="bias_k"):
+        layer.grads.tensor("bias_k")
+    with pytest.raises(KeyError):
+        layer.grads["bias_k"]
+    assert layer.grads.get("bias_k") is None
     other = libmha.MultiheadAttention.from_torch(m, "cpu")
+    with pytest.raises(libmha.InvalidArgumentError, match="another layer"):
+        layer.backward(x, grads=other.grads)
     opt = libmha.AdamW(layer)
-    with pytest.raises(libmha.Error):
+    with pytest.raises(libmha.InvalidArgumentError, match="another layer"):
         opt.step(other.grads)
     opt.step()
     with pytest.raises(libmha.BadStateError, match="weights changed"):

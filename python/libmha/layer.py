@@ -17,6 +17,7 @@ import tempfile
 import numpy as np
 
 from . import _capi
+from ._safetensors import read as read_safetensors
 from .device import resolve
 from ._handle import DeviceChild
 from .errors import InvalidArgumentError, MissingWeightError
@@ -222,11 +223,10 @@ class MultiheadAttention(Trainable, DeviceChild):
         """The weights as PyTorch's state_dict: name -> float32 NumPy array
         (through save_safetensors, so trained weights come back from the
         device)."""
-        from ._safetensors import read
         with tempfile.TemporaryDirectory(prefix="libmha-") as d:
             path = os.path.join(d, "layer.safetensors")
             self.save_safetensors(path)
-            return read(path)
+            return read_safetensors(path)
 
     def _result_shapes(self, qshape, kshape, need_weights, average):
         """PyTorch's output and weights shapes for these input shapes, or

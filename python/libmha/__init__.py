@@ -15,8 +15,12 @@ causal, window, softcap, ALiBi, sinks, key lengths),
 ``libmha.DecoderAttention`` and ``libmha.KVCache`` are a decoder model's
 self-attention layer (RoPE, GQA) over a KV cache (prefill and decode),
 ``libmha.torch.replace_attention``
-runs a PyTorch model's attention on libmha. Errors are ``libmha.Error``
-subclasses, one per libmha status. The library is found at $MHA_LIBRARY,
+runs a PyTorch model's attention on libmha. Both layers train: a forward
+with ``save_for_backward=True``, ``layer.backward(grad_output)`` into
+``layer.grads`` (``libmha.Gradients``), ``libmha.AdamW(layer).step()``;
+``Device.profile()`` times each node of a device's graph and
+``Device.variants(kind)`` lists its kernel variants. Errors are
+``libmha.Error`` subclasses, one per libmha status. The library is found at $MHA_LIBRARY,
 beside an installed package, in the source tree's build/, or through the
 dynamic loader (``libmha.library_path()`` says which).
 """
@@ -33,6 +37,7 @@ from .errors import (BadStateError, BufferTooSmallError, CorruptFileError,
                      UnsupportedError)
 from .layer import MultiheadAttention
 from .tensor import Tensor
+from .training import AdamW, Gradients
 
 __version__ = "0.1.0"
 
@@ -44,9 +49,10 @@ def version():
 
 
 __all__ = [
-    "BadStateError", "BufferTooSmallError", "CorruptFileError",
+    "AdamW", "BadStateError", "BufferTooSmallError", "CorruptFileError",
     "DecoderAttention", "Device",
     "DeviceError", "DeviceLostError", "DtypeMismatchError", "Error",
+    "Gradients",
     "InputOutputError", "InvalidArgumentError", "KVCache",
     "LibraryNotFoundError",
     "LimitReachedError", "MissingWeightError", "MultiheadAttention",

@@ -112,7 +112,8 @@ class ForwardArgs(ctypes.Structure):
                 ("output", ctypes.c_void_p),
                 ("weights", ctypes.c_void_p),
                 ("head_gates", ctypes.c_void_p),
-                ("head_outputs", ctypes.c_void_p)]
+                ("head_outputs", ctypes.c_void_p),
+                ("save_for_backward", ctypes.c_int)]
 
 
 class HostArray(ctypes.Structure):
@@ -196,7 +197,47 @@ class DecoderForwardArgs(ctypes.Structure):
                 ("x", ctypes.c_void_p),
                 ("positions", ctypes.c_void_p),
                 ("cache", ctypes.c_void_p),
-                ("output", ctypes.c_void_p)]
+                ("output", ctypes.c_void_p),
+                ("head_gates", ctypes.c_void_p),
+                ("save_for_backward", ctypes.c_int)]
+
+
+class BackwardArgs(ctypes.Structure):
+    """mha_backward_args."""
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("grad_output", ctypes.c_void_p),
+                ("grad_query", ctypes.c_void_p),
+                ("grad_key", ctypes.c_void_p),
+                ("grad_value", ctypes.c_void_p),
+                ("grads", ctypes.c_void_p),
+                ("accumulate", ctypes.c_int),
+                ("grad_head_gates", ctypes.c_void_p)]
+
+
+class DecoderBackwardArgs(ctypes.Structure):
+    """mha_decoder_backward_args."""
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("grad_output", ctypes.c_void_p),
+                ("grad_x", ctypes.c_void_p),
+                ("grads", ctypes.c_void_p),
+                ("accumulate", ctypes.c_int)]
+
+
+class AdamWConfig(ctypes.Structure):
+    """mha_adamw_config."""
+    _fields_ = [("struct_size", ctypes.c_size_t),
+                ("beta1", ctypes.c_float),
+                ("beta2", ctypes.c_float),
+                ("eps", ctypes.c_float),
+                ("weight_decay", ctypes.c_float)]
+
+
+class ProfileEntry(ctypes.Structure):
+    """mha_profile_entry (fixed size, filled by the library)."""
+    _fields_ = [("op", ctypes.c_char_p),
+                ("ms", ctypes.c_double),
+                ("device_clock", ctypes.c_int),
+                ("variant", ctypes.c_char_p)]
 
 
 #: The C structs mirrored here, by their C names (for the ABI test).
@@ -212,6 +253,10 @@ STRUCTS = {
     "mha_kv_cache_config": KVCacheConfig,
     "mha_decoder_config": DecoderConfig,
     "mha_decoder_forward_args": DecoderForwardArgs,
+    "mha_backward_args": BackwardArgs,
+    "mha_decoder_backward_args": DecoderBackwardArgs,
+    "mha_adamw_config": AdamWConfig,
+    "mha_profile_entry": ProfileEntry,
 }
 
 _vp = ctypes.c_void_p
@@ -282,6 +327,31 @@ _PROTOTYPES = {
     "mha_decoder_prune_heads": (_st, [_vp, _c_int64_p, ctypes.c_int64]),
     "mha_decoder_kept_heads": (_st, [_vp, _c_int64_p, ctypes.c_int64,
                                      _c_int64_p]),
+    "mha_tensor_get_shape": (_st, [_vp, ctypes.POINTER(ctypes.c_int),
+                                   ctypes.POINTER(ctypes.c_int), _c_int64_p]),
+    "mha_device_profile_start": (_st, [_vp]),
+    "mha_device_profile_stop": (_st, [_vp]),
+    "mha_device_profile_read": (_st, [_vp, _vp, ctypes.c_int,
+                                      ctypes.POINTER(ctypes.c_int)]),
+    "mha_device_variants": (_st, [_vp, ctypes.c_char_p,
+                                  ctypes.POINTER(ctypes.c_char_p),
+                                  ctypes.c_int,
+                                  ctypes.POINTER(ctypes.c_int)]),
+    "mha_gradients_create": (_st, [_vp, _pp]),
+    "mha_decoder_gradients_create": (_st, [_vp, _pp]),
+    "mha_gradients_zero": (_st, [_vp]),
+    "mha_gradients_get": (_st, [_vp, ctypes.c_char_p, _pp]),
+    "mha_gradients_destroy": (_st, [_vp]),
+    "mha_backward_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
+    "mha_layer_backward": (_st, [_vp, _vp]),
+    "mha_decoder_backward_args_init_sized": (_st, [_vp, ctypes.c_size_t]),
+    "mha_decoder_backward": (_st, [_vp, _vp]),
+    "mha_adamw_config_init_sized": (_st, [_vp, ctypes.c_size_t]),
+    "mha_adamw_create": (_st, [_vp, _vp, _pp]),
+    "mha_decoder_adamw_create": (_st, [_vp, _vp, _pp]),
+    "mha_adamw_step": (_st, [_vp, _vp, ctypes.c_float]),
+    "mha_adamw_steps": (ctypes.c_int64, [_vp]),
+    "mha_adamw_destroy": (_st, [_vp]),
 }
 
 _here = os.path.dirname(os.path.abspath(__file__))

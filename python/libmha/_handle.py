@@ -57,16 +57,22 @@ class DeviceChild(Handle):
         self.device.handle(what)
         return ptr
 
-    def _own(self, create, what, *args):
+    def _own(self, create, what, *args, parent=None):
         """Makes this object's handle with create(device, *args, &handle)
         (holding the device's lock), so the device closes it with itself;
-        what names the call in errors."""
+        what names the call in errors. A parent (a layer, for its
+        gradients or optimizer) is made from instead of the device and
+        closes this object before itself."""
         dev = self.device
         with dev.lock:
             ptr = ctypes.c_void_p()
-            dev.check(create(dev.handle(what), *args, ctypes.byref(ptr)))
+            made_from = parent if parent is not None else dev
+            dev.check(create(made_from.handle(what), *args,
+                             ctypes.byref(ptr)))
             self._ptr = ptr
             dev.adopt(self)
+        if parent is not None:
+            parent._depend(self)
 
     def _kept_heads(self, c_fn, what, capacity):
         """The kept heads' original indices from c_fn (mha_layer_ or

@@ -4,7 +4,9 @@ LlamaAttention and relatives) over a KV cache: prefill and decode are the
 same call.
 
 The cache and the layer live on one Device; x and the output are NumPy
-arrays, torch tensors or libmha.Tensors as for MultiheadAttention.
+arrays, torch tensors or libmha.Tensors as for MultiheadAttention. A
+prefill from empty sequences trains (``save_for_backward``, ``backward``,
+``grads``, libmha.AdamW; training.py).
 """
 import ctypes
 
@@ -17,6 +19,7 @@ from ._handle import DeviceChild
 from .errors import InvalidArgumentError, MissingWeightError
 from .layer import IncompatibleKeys, _dtype_code, _torch_tensor
 from .tensor import Tensor, shape_array
+from .training import Trainable, _returned
 
 
 def _on_device(x, dev, temps, dtype=None):
@@ -116,7 +119,7 @@ class KVCache(DeviceChild):
                     ", closed" if self.closed else ""))
 
 
-class DecoderAttention(DeviceChild):
+class DecoderAttention(Trainable, DeviceChild):
     """A decoder model's self-attention (HF LlamaAttention, Mistral, Qwen2,
     Gemma 2, gpt-oss) on a libmha device (mha_decoder).
 
@@ -135,9 +138,14 @@ class DecoderAttention(DeviceChild):
     ``load_state_dict(state_dict, prefix="")`` (e.g. a whole model's
     state_dict with prefix "model.layers.7.self_attn.") or
     ``load_safetensors(path, prefix="")``. ``forward(x, positions=None,
-    cache=cache)`` (also the call) runs new tokens through the layer."""
+    cache=cache)`` (also the call) runs new tokens through the layer;
+    with ``save_for_backward=True`` a prefill of empty sequences is a
+    training forward, and ``backward(grad_output)`` writes ``grads``
+    (libmha.Gradients under the weights' names) for ``libmha.AdamW``."""
 
     _noun = "decoder layer"
+    _c_gradients = "mha_decoder_gradients_create"
+    _c_adamw = "mha_decoder_adamw_create"
 
     def __init__(self, embed_dim, num_heads, num_kv_heads=None,
                  head_dim=None, rope="neox", rope_dims=0, rope_theta=10000.0,
@@ -239,7 +247,8 @@ class DecoderAttention(DeviceChild):
         self._prune_heads("mha_decoder_prune_heads",
                           "DecoderAttention.prune_heads", heads)
 
-    def __call__(self, x, positions=None, cache=None):
+    def __call__(self, x, positions=None, cache=None,
+                 save_for_backward=False):
         """Runs new tokens x [B, T, embed_dim] of sequences 0 .. B-1 of
         cache: projects them, rotates q and k at positions ([B, T] ints;
         None: each sequence's length + t), appends k and v to the cache,
@@ -247,14 +256,20 @@ class DecoderAttention(DeviceChild):
         result. Prefill (T > 1) and decode (T = 1) are the same call.
         Returns [B, T, embed_dim] float32 like x: NumPy, torch or a
         libmha.Tensor on the layer's device. On failure the cache is
-        unchanged."""
+        unchanged.
+
+        save_for_backward: a training forward, for ``backward``: sequences
+        0 .. B-1 must be empty in the cache (``clear()`` it; a float32
+        cache without a window); the layer keeps x on the device until
+        its next training forward, and a Tensor x must stay unchanged
+        until then."""
         if not isinstance(cache, KVCache):
             raise InvalidArgumentError(
                 "DecoderAttention.forward: cache must be a libmha.KVCache, "
                 "not %s" % type(cache).__name__, 1)
-        dev, temps = self.device, []
+        dev, temps, kept = self.device, [], []
         try:
-            tx = _on_device(x, dev, temps, np.float32)
+            tx = _on_device(x, dev, kept, np.float32)
             tp = _on_device(positions, dev, temps, np.int32)
             out = Tensor.empty(tx.shape[:-1] + (self.embed_dim,), np.float32,
                                dev)
@@ -268,9 +283,13 @@ class DecoderAttention(DeviceChild):
             a.x, a.output = tx.handle(fn), out.handle(fn)
             a.positions = tp.handle(fn) if tp is not None else None
             a.cache = cache.handle(fn)
+            a.save_for_backward = bool(save_for_backward)
             with dev.lock:
                 dev.check(lib.mha_decoder_forward(self.handle(fn),
                                                   ctypes.byref(a)))
+            if save_for_backward:
+                self._save((tx,), kept)
+                kept = []
             if isinstance(x, Tensor):
                 return out
             result = out.numpy()
@@ -279,10 +298,39 @@ class DecoderAttention(DeviceChild):
                 return torch.from_numpy(result).to(device=x.device)
             return result
         finally:
-            for t in temps:
+            for t in temps + kept:
                 t.close()
 
     forward = __call__
+
+    def backward(self, grad_output, accumulate=False, grads=None,
+                 return_input_grads=False):
+        """Backpropagates grad_output (dL/d output, [B, T, embed_dim])
+        through the last training forward (mha_decoder_backward) into
+        grads (a libmha.Gradients of this layer; None: ``self.grads``),
+        overwriting them or, with accumulate, adding into them. Returns
+        grads; with return_input_grads (grads, dL/dx), of grad_output's
+        kind. BadStateError without a training forward or after the
+        weights changed since it."""
+        dev, temps, fn = self.device, [], "DecoderAttention.backward"
+        g = self.grads if grads is None else grads
+        try:
+            dy, result = self._backward_outputs(grad_output, temps)
+            a = _capi.DecoderBackwardArgs()
+            lib = dev._lib
+            lib.mha_decoder_backward_args_init_sized(ctypes.byref(a),
+                                                     ctypes.sizeof(a))
+            a.grad_output, a.grads = dy.handle(fn), g.handle(fn)
+            a.accumulate = bool(accumulate)
+            dx = result(self._saved_shape(0)) if return_input_grads else None
+            a.grad_x = dx.handle(fn) if dx is not None else None
+            with dev.lock:
+                dev.check(lib.mha_decoder_backward(self.handle(fn),
+                                                   ctypes.byref(a)))
+            return (g, _returned(dx, grad_output)) if dx is not None else g
+        finally:
+            for t in temps:
+                t.close()
 
     def _destroy(self, lib, ptr):
         return lib.mha_decoder_destroy(ptr)

@@ -7,6 +7,8 @@ call on it, its layers and its tensors holds. The C call itself runs with
 the GIL released (ctypes), so threads on *different* Devices run in
 parallel, and threads sharing one Device take turns.
 """
+import collections
+import contextlib
 import ctypes
 import os
 import threading
@@ -15,6 +17,18 @@ import weakref
 from . import _capi
 from ._handle import Handle
 from .errors import error_for
+
+
+#: One node a device ran while profiling (mha_profile_entry): op ("projection",
+#: "attention", ...), ms (from the end of the node before it, or its start
+#: after a wait, to its end), device_clock (True: the device's timestamps;
+#: False: the host's clock around the call, exact on the CPU backend) and
+#: variant (the kernel variant the tuning source named; None: the backend's
+#: rules or built-in choice).
+ProfileEntry = collections.namedtuple("ProfileEntry",
+                                      "op ms device_clock variant")
+# mha.h: mha_device_profile_start keeps at most this many nodes.
+_PROFILE_KEPT = 4096
 
 
 def _check(ctx, status, fallback=""):
@@ -188,6 +202,63 @@ class Device(Handle):
                 self.handle("Device.memory_usage"), ctypes.byref(used),
                 ctypes.byref(peak)))
             return used.value, peak.value
+
+    def variants(self, kind):
+        """The kernel variants of kind ("matmul" or "attention") that fit
+        the device (mha_device_variants), by name; [] on the CPU backend.
+        Which one a node ran is the ``variant`` of its ``profile`` entry."""
+        lib = self._lib
+        with self.lock:
+            ptr, n = self.handle("Device.variants"), ctypes.c_int()
+            self.check(lib.mha_device_variants(ptr, kind.encode(), None, 0,
+                                               ctypes.byref(n)))
+            names = (ctypes.c_char_p * max(n.value, 1))()
+            self.check(lib.mha_device_variants(ptr, kind.encode(), names,
+                                               n.value, ctypes.byref(n)))
+        return [names[i].decode() for i in range(n.value)]
+
+    def profile_start(self):
+        """Starts timing every node the device runs (a projection, the
+        attention, ...), forgetting earlier entries; costs a timestamp per
+        node (mha_device_profile_start)."""
+        with self.lock:
+            self.check(self._lib.mha_device_profile_start(
+                self.handle("Device.profile_start")))
+
+    def profile_read(self):
+        """The ProfileEntry of every node finished since profile_start,
+        oldest first (the first 4096). BadStateError when not profiling."""
+        lib = self._lib
+        with self.lock:
+            ptr, n = self.handle("Device.profile_read"), ctypes.c_int()
+            self.check(lib.mha_device_profile_read(ptr, None, 0,
+                                                   ctypes.byref(n)))
+            cap = min(n.value, _PROFILE_KEPT)
+            entries = (_capi.ProfileEntry * max(cap, 1))()
+            self.check(lib.mha_device_profile_read(ptr, entries, cap,
+                                                   ctypes.byref(n)))
+        return [ProfileEntry(e.op.decode(), e.ms, bool(e.device_clock),
+                             e.variant.decode() if e.variant else None)
+                for e in entries[:min(n.value, cap)]]
+
+    def profile_stop(self):
+        """Stops timing and forgets the entries (nothing when not
+        profiling)."""
+        with self.lock:
+            self.check(self._lib.mha_device_profile_stop(
+                self.handle("Device.profile_stop")))
+
+    @contextlib.contextmanager
+    def profile(self):
+        """``with device.profile() as nodes: layer(x, x, x)``: nodes, a
+        list, holds the block's ProfileEntry values once it ends."""
+        nodes = []
+        self.profile_start()
+        try:
+            yield nodes
+            nodes.extend(self.profile_read())
+        finally:
+            self.profile_stop()
 
     def close(self):
         """Closes every layer and tensor on the device, then the device and

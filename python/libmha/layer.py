@@ -5,19 +5,24 @@ NumPy arrays in give NumPy arrays out (through mha_layer_forward_host),
 torch tensors in give torch tensors out, libmha.Tensor in gives
 libmha.Tensor out on the same device (mha_layer_forward, nothing copied to
 the host). Every check of shapes, dtypes and weights is libmha's own, so
-errors carry its messages.
+errors carry its messages. Training (``save_for_backward``, ``backward``,
+``grads``, libmha.AdamW) is in training.py.
 """
 import collections
 import ctypes
+import os
 import sys
+import tempfile
 
 import numpy as np
 
 from . import _capi
+from ._safetensors import read as read_safetensors
 from .device import resolve
 from ._handle import DeviceChild
 from .errors import InvalidArgumentError, MissingWeightError
 from .tensor import Tensor, c_dtype, shape_array
+from .training import Trainable, _returned
 
 IncompatibleKeys = collections.namedtuple("IncompatibleKeys",
                                           "missing_keys unexpected_keys")
@@ -65,13 +70,13 @@ def _fill(arr, a, code=None):
         arr.shape[i] = s
 
 
-class MultiheadAttention(DeviceChild):
-    """torch.nn.MultiheadAttention on a libmha device (inference only).
+class MultiheadAttention(Trainable, DeviceChild):
+    """torch.nn.MultiheadAttention on a libmha device.
 
     ``MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True,
     add_bias_kv=False, add_zero_attn=False, kdim=None, vdim=None,
     batch_first=False, device=None, dtype="float32")``: PyTorch's arguments
-    and meanings; dropout must be 0 (libmha does inference); device is a
+    and meanings; dropout must be 0 (libmha has none); device is a
     libmha.Device, a spec ("vulkan:0") or None (MHA_DEVICE, else the best
     device); dtype "float16" stores the weights and intermediates in fp16
     (devices with the "fp16-storage" feature), inputs and outputs stay
@@ -80,11 +85,15 @@ class MultiheadAttention(DeviceChild):
 
     Calling it is PyTorch's forward (see ``__call__``), with head gates
     and per-head outputs on request; ``prune_heads``, ``kept_heads`` and
-    ``save_safetensors`` remove heads for good and keep the result.
+    ``save_safetensors`` remove heads for good and keep the result;
+    ``state_dict()`` reads the weights back. Training: a forward with
+    ``save_for_backward=True``, then ``backward(grad_output)`` into
+    ``grads`` (libmha.Gradients) and ``libmha.AdamW(layer).step()``.
     ``close()`` frees the layer (also done by the garbage collector and by
-    closing its Device)."""
+    closing its Device), its gradients and optimizers first."""
 
     _noun = "layer"
+    _c_gradients, _c_adamw = "mha_gradients_create", "mha_adamw_create"
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True,
                  add_bias_kv=False, add_zero_attn=False, kdim=None, vdim=None,
@@ -210,6 +219,15 @@ class MultiheadAttention(DeviceChild):
                 self.handle("MultiheadAttention.save_safetensors"),
                 str(path).encode(), (prefix or "").encode()))
 
+    def state_dict(self):
+        """The weights as PyTorch's state_dict: name -> float32 NumPy array
+        (through save_safetensors, so trained weights come back from the
+        device)."""
+        with tempfile.TemporaryDirectory(prefix="libmha-") as d:
+            path = os.path.join(d, "layer.safetensors")
+            self.save_safetensors(path)
+            return read_safetensors(path)
+
     def _result_shapes(self, qshape, kshape, need_weights, average):
         """PyTorch's output and weights shapes for these input shapes, or
         placeholders where the ranks are wrong (libmha then says so)."""
@@ -234,10 +252,16 @@ class MultiheadAttention(DeviceChild):
 
     def __call__(self, query, key, value, key_padding_mask=None,
                  need_weights=True, attn_mask=None, average_attn_weights=True,
-                 is_causal=False, head_gates=None, return_head_outputs=False):
+                 is_causal=False, head_gates=None, return_head_outputs=False,
+                 save_for_backward=False):
         """PyTorch's forward: returns (output, weights), weights None when
         need_weights is False; (output, weights, head_outputs) with
         return_head_outputs.
+
+        save_for_backward: a training forward (need_weights=False, float32
+        layers), which ``backward`` backpropagates through; the layer keeps
+        the inputs on the device until its next training forward, and a
+        Tensor given must stay unchanged until then.
 
         head_gates [H] or [N, H] (H the kept heads): each head's attention
         output times its gate before out_proj (Michel et al. 2019); a head
@@ -256,12 +280,15 @@ class MultiheadAttention(DeviceChild):
         libmha.Tensor on the layer's device. A query row whose keys are all
         masked gives out_proj.bias and zero weights (PyTorch: NaN)."""
         device_in = any(isinstance(x, Tensor) for x in (query, key, value))
-        # the host-memory forward has no head control: those go by device
-        if device_in or head_gates is not None or return_head_outputs:
+        # the host-memory forward has no head control and does not train:
+        # those go by device
+        if (device_in or head_gates is not None or return_head_outputs
+                or save_for_backward):
             r = self._forward_device(query, key, value, key_padding_mask,
                                      need_weights, attn_mask,
                                      average_attn_weights, is_causal,
-                                     head_gates, return_head_outputs)
+                                     head_gates, return_head_outputs,
+                                     save_for_backward)
             if not device_in:
                 r = self._to_host(r, query)
             return r if return_head_outputs else r[:2]
@@ -325,9 +352,11 @@ class MultiheadAttention(DeviceChild):
         return out, w
 
     def _forward_device(self, query, key, value, kpm, need_weights, mask,
-                        average, is_causal, gates=None, want_heads=False):
+                        average, is_causal, gates=None, want_heads=False,
+                        train=False):
         dev = self.device
         temps = []
+        inputs = None  # a training forward's inputs, once it succeeded
 
         def on_device(x, is_mask=False):
             if x is None or isinstance(x, Tensor):
@@ -360,10 +389,58 @@ class MultiheadAttention(DeviceChild):
             a.weights = w.handle(fn) if w is not None else None
             a.head_gates = gates.handle(fn) if gates is not None else None
             a.head_outputs = h.handle(fn) if h is not None else None
+            a.save_for_backward = bool(train)
             with dev.lock:
                 dev.check(lib.mha_layer_forward(self.handle(fn),
                                                 ctypes.byref(a)))
+            if train:
+                inputs = (q, k, v, kpm, mask, gates)
+                self._save(inputs, temps)
             return out, w, h
+        finally:
+            if inputs is None:
+                for t in temps:
+                    t.close()
+
+    def backward(self, grad_output, accumulate=False, grads=None,
+                 return_input_grads=False, return_gates_grad=False):
+        """Backpropagates grad_output (dL/d output, the output's shape)
+        through the last training forward (mha_layer_backward) into grads
+        (a libmha.Gradients of this layer; None: ``self.grads``),
+        overwriting them, or adding into them with accumulate (as autograd
+        adds into .grad over micro-batches). Returns grads; with
+        return_input_grads also (dquery, dkey, dvalue) (for one input x
+        given as query, key and value, dL/dx is their sum); with
+        return_gates_grad also dL/d head_gates (a training forward with
+        head_gates: Michel et al.'s head importance is its magnitude).
+        Results are grad_output's kind (NumPy, torch or libmha.Tensor).
+        BadStateError without a training forward or after the weights
+        changed (set, loaded, pruned, stepped) since it."""
+        dev, temps, fn = self.device, [], "MultiheadAttention.backward"
+        g = self.grads if grads is None else grads
+        try:
+            dy, result = self._backward_outputs(grad_output, temps)
+            a = _capi.BackwardArgs()
+            lib = dev._lib
+            lib.mha_backward_args_init_sized(ctypes.byref(a), ctypes.sizeof(a))
+            a.grad_output, a.grads = dy.handle(fn), g.handle(fn)
+            a.accumulate = bool(accumulate)
+            dx = ([result(self._saved_shape(i)) for i in range(3)]
+                  if return_input_grads else None)
+            if dx is not None:
+                a.grad_query, a.grad_key, a.grad_value = (
+                    t.handle(fn) for t in dx)
+            dg = result(self._saved_shape(5)) if return_gates_grad else None
+            a.grad_head_gates = dg.handle(fn) if dg is not None else None
+            with dev.lock:
+                dev.check(lib.mha_layer_backward(self.handle(fn),
+                                                 ctypes.byref(a)))
+            extra = []
+            if dx is not None:
+                extra.append(tuple(_returned(t, grad_output) for t in dx))
+            if dg is not None:
+                extra.append(_returned(dg, grad_output))
+            return (g, *extra) if extra else g
         finally:
             for t in temps:
                 t.close()

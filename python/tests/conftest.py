@@ -68,6 +68,18 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
+def random_mha(embed_dim, num_heads, cfg, seed):
+    """A torch.nn.MultiheadAttention in eval mode with every parameter
+    random (PyTorch zeroes the biases)."""
+    import torch
+    torch.manual_seed(seed)
+    m = torch.nn.MultiheadAttention(embed_dim, num_heads, **cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return m
+
+
 def write_safetensors(path, tensors):
     """A .safetensors file (8-byte header length, JSON header, data)."""
     header, blobs, offset = {}, [], 0

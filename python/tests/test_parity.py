@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import libmha
-from conftest import FP16_SPECS, SPECS, get_device, tolerance
+from conftest import FP16_SPECS, SPECS, get_device, random_mha, tolerance
 
 E, H, L, S, N = 8, 2, 5, 4, 2
 
@@ -21,16 +21,6 @@ CONFIGS = {
     "all": {"add_bias_kv": True, "add_zero_attn": True, "kdim": 6, "vdim": 5,
             "batch_first": True},
 }
-
-
-def _torch_module(cfg, seed):
-    """A torch layer with every parameter random (PyTorch zeroes biases)."""
-    torch.manual_seed(seed)
-    m = torch.nn.MultiheadAttention(E, H, **cfg).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return m
 
 
 def _causal(l, s):
@@ -122,7 +112,7 @@ def test_parity(spec_dtype, config, kind):
     spec, dtype = spec_dtype
     device = get_device(spec)
     cfg = CONFIGS[config]
-    m = _torch_module(cfg, seed=len(config))
+    m = random_mha(E, H, cfg, seed=len(config))
     layer = libmha.MultiheadAttention.from_torch(m, device, dtype=dtype)
     gen = np.random.default_rng(1)
     tol = tolerance(dtype)

@@ -38,3 +38,7 @@ def test_readme_python_section_runs(capsys):
     assert scope["o"].shape == (1, 12, 8, 32)
     assert scope["y"].shape == (1, 10, 256)
     assert scope["cache"].length(0) == 10
+    losses = scope["losses"]
+    assert len(losses) == 30 and losses[-1] < 0.5 * losses[0], losses
+    assert scope["grads"]["out_proj.weight"].shape == (64, 64)
+    assert scope["trained"]["in_proj_weight"].shape == (192, 64)

@@ -139,6 +139,12 @@ static void grows(void)
     FIELD(mha_decoder_forward_args, cache);
     FIELD(mha_decoder_forward_args, output);
     FIELD(mha_decoder_forward_args, head_gates);
+    FIELD(mha_decoder_forward_args, save_for_backward);
+    FIELD(mha_decoder_backward_args, struct_size);
+    FIELD(mha_decoder_backward_args, grad_output);
+    FIELD(mha_decoder_backward_args, grad_x);
+    FIELD(mha_decoder_backward_args, grads);
+    FIELD(mha_decoder_backward_args, accumulate);
 }
 
 static void fixed(void)
@@ -182,6 +188,11 @@ static void fixed(void)
     FIELD(mha_head_stat, gradient_raw);
     FIELD(mha_head_stat, rows);
     FIELD(mha_head_stat, gradient_items);
+    FIXED(mha_profile_entry);
+    FIELD(mha_profile_entry, op);
+    FIELD(mha_profile_entry, ms);
+    FIELD(mha_profile_entry, device_clock);
+    FIELD(mha_profile_entry, variant);
 }
 
 static void constants(void)

@@ -1159,9 +1159,11 @@ MHA_API mha_status mha_adamw_destroy(mha_adamw *opt);
  * The backward covers grouped-query heads (Hkv < Hq), RoPE (both styles,
  * partial rotary, theta, scaling, the caller's positions), q/k/v and o
  * biases, sinks (their gradient too), window, softcap, alibi (the slopes
- * are constants: no gradient) and any head_dim. It refuses
+ * are constants: no gradient) and any head_dim, over an f32 or f16 cache
+ * (over f16, the backward rounds k and v to f16 as the cache held them, so
+ * it is the gradient of the forward that ran). It refuses
  * (MHA_UNSUPPORTED, naming the reason) a training forward
- * with head_gates, over a cache whose sequences are not empty, over an f16 or
+ * with head_gates, over a cache whose sequences are not empty, over a
  * ring cache, with an x that is not contiguous, or recorded
  * (mha_vulkan_decoder_record). The gradients are named as the weights
  * ("q_proj.weight", ..., "o_proj.bias", "sinks").

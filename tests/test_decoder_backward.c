@@ -8,7 +8,7 @@
  * largest magnitude, and twice that after an accumulating second backward;
  * central differences of the device's own forward; one AdamW step against
  * the formula; and the refused and bad calls, each with its status and
- * message. decoder_backward_f16: the fixtures over an f16 cache (1e-2)
+ * message. decoder_backward_f16: five fixtures over an f16 cache (1e-2)
  * and central differences that need the backward's f16 rounding of k and
  * v. */
 #include <criterion/criterion.h>
@@ -354,10 +354,15 @@ static void run_fixture(const char *name, mha_dtype kv)
 FIXTURES(DEFINE_FIXTURE_TEST)
 
 /* The same over an f16 cache: the forward's attention reads k and v
- * rounded to f16, the backward rounds them alike. */
+ * rounded to f16, the backward rounds them alike. The cases whose k and v
+ * paths differ (RoPE or not, partial, GQA or not, sinks, every option;
+ * each costs a process its kernels). */
+#define F16_FIXTURES(X)                                                        \
+    X(llama_gqa_neox) X(mqa_gptj_partial) X(mha_norope) X(sinks_gqa)        \
+        X(window_softcap_alibi_sinks)
 #define DEFINE_F16_TEST(name)                                                  \
     Test(decoder_backward_f16, name) { run_fixture(#name, MHA_F16); }
-FIXTURES(DEFINE_F16_TEST)
+F16_FIXTURES(DEFINE_F16_TEST)
 
 /* ---- AdamW on a decoder layer -------------------------------------------- */
 

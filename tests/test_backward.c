@@ -669,7 +669,8 @@ static void train_step(run_env *r, mha_adamw *opt, float lr)
 
 /* Steps of lr 1e-4 move a weight near 0.3 by less than half its f16 step
  * (2.4e-4): an optimizer without the f32 master would lose them. Then
- * weights loaded between steps are what the next step starts from. */
+ * weights loaded between steps are what the next step starts from. First
+ * the bad calls an f16 layer refuses as an f32 one does. */
 static void adamw_f16_on(mha_context *ctx, const test_device *td,
                          fixture *fx)
 {
@@ -677,6 +678,15 @@ static void adamw_f16_on(mha_context *ctx, const test_device *td,
     const float lr = 1e-4f;
     run_env r;
     setup(&r, ctx, td, fx);
+    /* what an f16 layer still refuses, as an f32 one */
+    cr_expect_eq(mha_layer_backward(r.layer, &r.ba), MHA_BAD_STATE, "%s",
+                 mha_context_errmsg(ctx));
+    r.fa.need_weights = 1, r.fa.weights = r.fa.output;
+    cr_expect_eq(mha_layer_forward(r.layer, &r.fa), MHA_UNSUPPORTED, "%s",
+                 mha_context_errmsg(ctx));
+    cr_expect(strstr(mha_context_errmsg(ctx), "need_weights"), "%s",
+              mha_context_errmsg(ctx));
+    r.fa.need_weights = 0, r.fa.weights = NULL;
     mha_adamw_config c;
     mha_adamw_config_init(&c);
     mha_adamw *opt = NULL;

@@ -1,7 +1,11 @@
 /* adamw.c: mha_adamw, torch.optim.AdamW over one nn.MHA or decoder
  * layer's weights: its m and v state in two device buffers laid out as the
  * layer's gradients, and a step as one ADAMW node per state_dict weight,
- * with the bias corrections of the step computed here in double. */
+ * with the bias corrections of the step computed here in double. An f16
+ * layer's optimizer steps an f32 master copy of the weights (mixed
+ * precision: updates smaller than an f16 weight's rounding step are not
+ * lost) and writes them back rounded to f16; ROPE's converting copy moves
+ * them both ways. */
 #include <math.h>
 
 #include "decoder.h"
@@ -17,6 +21,9 @@ struct mha_adamw {
     void *m, *v;
     size_t bytes;
     int64_t steps;
+    void *master;          /* f16 layer: f32 weights, bytes long, or NULL */
+    int master_ok;         /* master holds the weights of ... */
+    uint64_t master_gen;   /* ... this generation of the layer */
 };
 
 mha_status mha_adamw_config_init_sized(mha_adamw_config *config,
@@ -53,15 +60,17 @@ static void free_adamw(mha_adamw *opt)
     mha_device *device = opt->device;
     mha_dev_free(device, opt->m, opt->bytes);
     mha_dev_free(device, opt->v, opt->bytes);
+    mha_dev_free(device, opt->master, opt->bytes);
     device->open_objects--;
     mha_host_free(&device->ctx->host, opt);
 }
 
-/* The optimizer of opt's layer (set by the caller) over bytes of
- * weights, config checked; frees opt on failure. */
+/* The optimizer of opt's layer (set by the caller) over bytes of f32
+ * weights (with a master copy of them when master), config checked; frees
+ * opt on failure. */
 static mha_status make_adamw(mha_device *device, const char *fn,
                              const mha_adamw_config *config, size_t bytes,
-                             mha_adamw *opt, mha_adamw **out)
+                             int master, mha_adamw *opt, mha_adamw **out)
 {
     mha_context *ctx = device->ctx;
     mha_status st = config ? check_config(ctx, config) : MHA_OK;
@@ -83,6 +92,8 @@ static mha_status make_adamw(mha_device *device, const char *fn,
         st = mha_dev_zero(device, opt->m, opt->bytes);
     if (st == MHA_OK)
         st = mha_dev_zero(device, opt->v, opt->bytes);
+    if (st == MHA_OK && master)
+        st = mha_dev_alloc(device, opt->bytes, &opt->master);
     if (st != MHA_OK) {
         free_adamw(opt);
         return mha_host_finish(&ctx->host, fn, st);
@@ -114,14 +125,17 @@ mha_status mha_adamw_create(mha_layer *layer, const mha_adamw_config *config,
     if (!layer)
         return MHA_INVALID_ARGUMENT;
     mha_adamw *opt = NULL;
-    mha_status st = new_adamw(layer->device->ctx, fn, config, &opt);
-    if (st == MHA_OK && (st = mha_train_check_create(layer, fn, out)) != MHA_OK)
-        mha_host_free(&layer->device->ctx->host, opt);
+    mha_context *ctx = layer->device->ctx;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    mha_status st = new_adamw(ctx, fn, config, &opt);
     if (st != MHA_OK)
         return st;
     opt->layer = layer;
     opt->heads = layer->heads;
-    return make_adamw(layer->device, fn, config, layer->wbytes, opt, out);
+    return make_adamw(layer->device, fn, config,
+                      mha_layer_welems(layer) * 4,
+                      layer->cfg.dtype != MHA_F32, opt, out);
 }
 
 mha_status mha_decoder_adamw_create(mha_decoder *layer,
@@ -144,28 +158,60 @@ mha_status mha_decoder_adamw_create(mha_decoder *layer,
     size_t floats = 0;
     for (int i = 0, n = mha_decoder_weights(layer, w); i < n; i++)
         floats += layer->wlen[w[i].slot];
-    return make_adamw(layer->device, fn, config, floats * 4, opt, out);
+    return make_adamw(layer->device, fn, config, floats * 4, 0, opt, out);
+}
+
+/* Runs node on opt's device, unless it declines it. */
+static mha_status run_node(mha_adamw *opt, const mha_node *node)
+{
+    if (!mha_dev_supports(opt->device, node))
+        return mha_graph_unsupported(opt->device, "mha_adamw_step", node,
+                                     "an optimizer step");
+    return mha_dev_run(opt->device, node);
+}
+
+/* Copies the f16 layer's weights into the master (to_master) or the
+ * master, rounded, into the weights: ROPE's converting copy over the
+ * whole buffer. */
+static mha_status master_copy(mha_adamw *opt, int to_master)
+{
+    size_t n = opt->bytes / 4;
+    mha_tdesc weights = mha_train_row(opt->layer->wbuf, 0, n);
+    weights.dtype = opt->layer->cfg.dtype;
+    mha_tdesc master = mha_train_row(opt->master, 0, n);
+    mha_node node = {.op = MHA_OP_ROPE};
+    node.dst = to_master ? master : weights;
+    node.src[MHA_SRC_ROPE_X] = to_master ? weights : master;
+    return run_node(opt, &node);
 }
 
 static mha_status run_step(mha_adamw *opt, const mha_gradients *grads,
                            const mha_op_params *p)
 {
     mha_device *device = opt->device;
-    for (int i = 0; i < grads->count; i++) {
+    /* the master is read again when something else changed the weights
+       (set, loaded: the generation moved past the last step's) */
+    mha_status st = MHA_OK;
+    if (opt->master &&
+        (!opt->master_ok || opt->master_gen != opt->layer->generation))
+        st = master_copy(opt, 1);
+    opt->master_ok = 0; /* until the step is done */
+    for (int i = 0; st == MHA_OK && i < grads->count; i++) {
         size_t first = grads->off[i], n = grads->len[i];
         mha_node node = {.op = MHA_OP_ADAMW, .params = *p};
-        node.dst = mha_gradients_param(grads, i);
+        node.dst = opt->master ? mha_train_row(opt->master, first, n)
+                               : mha_gradients_param(grads, i);
         node.src[MHA_SRC_ADAM_G] = mha_train_row(grads->flat->buf, first, n);
         node.src[MHA_SRC_ADAM_M] = mha_train_row(opt->m, first, n);
         node.src[MHA_SRC_ADAM_V] = mha_train_row(opt->v, first, n);
-        if (!mha_dev_supports(device, &node))
-            return mha_graph_unsupported(device, "mha_adamw_step", &node,
-                                         "an optimizer step");
-        mha_status st = mha_dev_run(device, &node);
-        if (st != MHA_OK)
-            return st;
+        st = run_node(opt, &node);
     }
-    return mha_dev_sync(device);
+    if (st == MHA_OK && opt->master)
+        st = master_copy(opt, 0);
+    if (st == MHA_OK)
+        st = mha_dev_sync(device);
+    opt->master_ok = st == MHA_OK;
+    return st;
 }
 
 /* grads fit opt's layer, which still has the heads opt was made for. */
@@ -213,7 +259,7 @@ mha_status mha_adamw_step(mha_adamw *opt, const mha_gradients *grads,
     st = run_step(opt, grads, &p);
     /* the weights may have moved even when a later node failed */
     if (opt->layer)
-        opt->layer->generation++;
+        opt->master_gen = ++opt->layer->generation;
     else
         opt->decoder->generation++;
     if (st == MHA_OK)

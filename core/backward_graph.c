@@ -7,7 +7,10 @@
  * training forward saved Q, K, V and O so), so a weight gradient over all
  * rows of all batch items is one MATMUL over the flattened rows; only keys
  * with appended rows in batch-first layout need one product per batch
- * item, summed by SUM_ROWS. */
+ * item, summed by SUM_ROWS. An f16 layer's backward is the same graph in
+ * f32: its training forward saved f32 Q, K, V and O, its weights are
+ * first widened into the arena (ROPE's copy form), and its weight
+ * gradients are f32 (the master gradients of mixed-precision training). */
 #include <math.h>
 #include <string.h>
 
@@ -131,6 +134,43 @@ static void input_grad(mha_graph *g, int dX, int G, int W, int acc)
                                           nb), acc);
 }
 
+/* A weight or gradient of slot in buffer buf: f32, laid out by the
+ * layer's element offsets. */
+static int param(mha_graph *g, const mha_layer *layer, int buf,
+                 mha_wslot slot)
+{
+    return mha_graph_param_as(g, layer, buf, slot, MHA_F32);
+}
+
+/* dst = src converted (ROPE with rope_dims 0: a strided copy that
+ * converts the dtype). */
+static void add_copy(mha_graph *g, int dst, int src)
+{
+    mha_graph_node(g, MHA_OP_ROPE, dst, src, MHA_NO_TENSOR, MHA_NO_TENSOR,
+                   MHA_NO_TENSOR, MHA_NO_TENSOR);
+}
+
+/* [1,1,1,n] of dtype at the start of buffer buf. */
+static int whole_row(mha_graph *g, int buf, mha_dtype dtype, int64_t n)
+{
+    int64_t ne[4] = {1, 1, 1, n}, nb[4] = {n, n, n, 1};
+    return mha_graph_tensor(g, buf, dtype, 0, ne, nb);
+}
+
+/* The layer's weights as an f32 buffer: its own, or an f16 layer's
+ * widened into the arena. */
+static int f32_params(mha_graph *g, const mha_layer *layer)
+{
+    int params = mha_graph_buf(g, MHA_BUF_PARAMS, layer->wbytes);
+    if (layer->cfg.dtype == MHA_F32)
+        return params;
+    int64_t n = (int64_t)mha_layer_welems(layer);
+    int wide = mha_graph_buf(g, MHA_BUF_ARENA, (size_t)n * 4);
+    add_copy(g, whole_row(g, wide, MHA_F32, n),
+             whole_row(g, params, layer->cfg.dtype, n));
+    return wide;
+}
+
 /* The tensors the backward reads: the caller's inputs and dY, the saved
  * state, the weights, and where the weight gradients go. */
 typedef struct bwd_sources {
@@ -161,8 +201,10 @@ static void add_sources(mha_graph *g, const mha_layer *layer,
     s->lse = mha_graph_contiguous(g, MHA_BUF_SAVED_LSE, MHA_F32, call->batch,
                                   layer->heads, 1, L);
     s->dy = mha_graph_input(g, layer, MHA_BUF_DY, call, L, c->embed_dim);
-    s->params = mha_graph_buf(g, MHA_BUF_PARAMS, layer->wbytes);
-    s->grads = grads ? mha_graph_buf(g, MHA_BUF_GRADS, layer->wbytes) : -1;
+    s->params = f32_params(g, layer);
+    s->grads = grads ? mha_graph_buf(g, MHA_BUF_GRADS,
+                                     mha_layer_welems(layer) * 4)
+                     : -1;
     s->mask = mha_graph_masks(g, call, layer->heads, &s->kpm);
     s->gates = call->gate_mul ? mha_graph_gates(g, call, layer->heads,
                                                 layer->head_dim)
@@ -229,7 +271,7 @@ static void attention_backward(mha_graph *g, const mha_layer *layer,
     int dG = call->gate_mul
                  ? mha_graph_input(g, layer, MHA_BUF_ARENA, call, L, I)
                  : dO;
-    input_grad(g, dG, s->dy, mha_graph_param(g, layer, s->params, MHA_W_O),
+    input_grad(g, dG, s->dy, param(g, layer, s->params, MHA_W_O),
                0);
     if (dgates)
         gates_grad(g, layer, call, s, dG);
@@ -273,10 +315,10 @@ void mha_backward_graph_build(const mha_layer *layer, const mha_bwd_key *key,
 
     /* out_proj: dWo = dY^T O (gated), dbo = sum of dY's rows */
     if (key->grads) {
-        weight_grad(g, mha_graph_param(g, layer, s.grads, MHA_W_O), s.dy,
+        weight_grad(g, param(g, layer, s.grads, MHA_W_O), s.dy,
                     attended(g, layer, call, &s), acc);
         if (c->bias)
-            bias_grad(g, mha_graph_param(g, layer, s.grads, MHA_B_O), s.dy,
+            bias_grad(g, param(g, layer, s.grads, MHA_B_O), s.dy,
                       acc);
     }
     int d[3];
@@ -285,7 +327,7 @@ void mha_backward_graph_build(const mha_layer *layer, const mha_bwd_key *key,
     /* bias_k, bias_v: their row S of dK, dV summed over the batch; the
      * add_zero_attn row after it has no parameter */
     for (int i = 0; key->grads && c->add_bias_kv && i < 2; i++)
-        add_sum_rows(g, mha_graph_param(g, layer, s.grads, extra_slot[i]),
+        add_sum_rows(g, param(g, layer, s.grads, extra_slot[i]),
                      items_as_rows(g, mha_graph_rows(g, d[1 + i], S, 1)),
                      acc);
 
@@ -293,10 +335,10 @@ void mha_backward_graph_build(const mha_layer *layer, const mha_bwd_key *key,
     for (int i = 0; i < 3; i++) {
         int G = i ? mha_graph_rows(g, d[i], 0, S) : d[0];
         if (key->grads) {
-            weight_grad(g, mha_graph_param(g, layer, s.grads, w_slot[i]), G,
+            weight_grad(g, param(g, layer, s.grads, w_slot[i]), G,
                         s.x[i], acc);
             if (c->bias)
-                bias_grad(g, mha_graph_param(g, layer, s.grads, b_slot[i]),
+                bias_grad(g, param(g, layer, s.grads, b_slot[i]),
                           G, acc);
         }
         if (key->want[i])
@@ -304,7 +346,7 @@ void mha_backward_graph_build(const mha_layer *layer, const mha_bwd_key *key,
                        mha_graph_input(g, layer,
                                        (mha_buf_role)(MHA_BUF_DQUERY + i),
                                        call, i ? S : L, feat[i]),
-                       G, mha_graph_param(g, layer, s.params, w_slot[i]),
+                       G, param(g, layer, s.params, w_slot[i]),
                        key->adds[i]);
     }
 }

@@ -11,7 +11,13 @@
  * then the q/k/v projections' gradients. Sinks need nothing else: the
  * saved LSE counts them, so p_ij = exp(s_ij - LSE_i) as the op computes.
  * Window, softcap and ALiBi are the attention backward's own options (the
- * slopes are constants: no gradient).
+ * slopes are constants: no gradient). Over an f16 cache the forward's
+ * attention read k and v rounded to f16: the backward rounds them the same
+ * way (the rotation into f16, as the append does) before widening them for
+ * the attention backward, so the probabilities it recomputes match the
+ * saved LSE and sum_j dS_ij stays 0 (unrounded, either would be off by
+ * their rounding, which large keys amplify: 0.3% of dWq's scale at
+ * scores near 20).
  * Every tensor is [B*T, features] rows or a head view of them, so memory
  * stays O(T). */
 #include <stddef.h>
@@ -34,6 +40,7 @@ typedef struct mha_dsaved {
     size_t lse_off;
     int64_t B, T;
     const mha_tensor *x;
+    mha_dtype kv_dtype; /* the cache's: the k and v the attention read */
     uint64_t generation;
     int valid;
     void *scratch;
@@ -66,10 +73,10 @@ static mha_status check_train(mha_decoder *l, const mha_dtrain_call *c)
                       "mha_decoder_forward");
     if (c->gates)
         return refuse(l, fn, "head_gates have no backward yet");
-    if (k->cfg.dtype != MHA_F32 || k->cfg.window)
+    if (k->cfg.window)
         return refuse(l, fn,
-                      "training needs a full f32 cache (not f16, "
-                      "not a ring)");
+                      "training needs a full cache (f32 or f16, not a "
+                      "ring)");
     if (x->strides[2] != 1 || x->strides[1] != x->shape[2] ||
         x->strides[0] != x->shape[1] * x->shape[2])
         return refuse(l, fn, "x must be contiguous");
@@ -126,6 +133,7 @@ void mha_decoder_train_commit(mha_decoder *l, const mha_dtrain_call *c, int ok)
     s->valid = ok;
     s->generation = l->generation;
     s->x = c->x;
+    s->kv_dtype = c->cache->cfg.dtype;
     s->B = c->B;
     s->T = c->T;
 }
@@ -145,10 +153,11 @@ void mha_decoder_train_free(mha_decoder *l)
 
 /* Scratch regions: dO, Kx, Vx, dQ, dKx, dVx ([N, q] each), Kr, dK, dV
  * ([N, kv] each); with sinks also O1, dO*O ([N, q]), ones ([N, kv]), D
- * and a product ([N, Hq]) and the constants (kv ones, then -1). */
+ * and a product ([N, Hq]) and the constants (kv ones, then -1); over an
+ * f16 cache Vh ([N, kv], v rounded; Kr holds k rotated and rounded). */
 enum {
     R_DO, R_KX, R_VX, R_DQ, R_DKX, R_DVX, R_O1, R_DP,
-    R_KR, R_DK, R_DV, R_ONES,
+    R_KR, R_DK, R_DV, R_ONES, R_VH,
     R_D, R_T2,
     R_CONST, R_END
 };
@@ -325,8 +334,9 @@ static void core_options(const bctx *b, mha_node *n, int slot)
 /* The sinks' gradient, -sum over rows i of p_i,sink D_i per head (D_i =
  * dO_i . O_i), with the ops at hand: 1 - p_i,sink is the attention output
  * of V = 1 (the sink carries no value), so the sum is
- * sum_i (1 - p_i,sink) D_i - sum_i D_i. Kr holds the rotated keys. */
-static void sink_nodes(bctx *b, void *krbuf, size_t kr)
+ * sum_i (1 - p_i,sink) D_i - sum_i D_i. k: the keys the forward's
+ * attention read ([B,Hkv,T,d], rotated, in the cache's dtype). */
+static void sink_nodes(bctx *b, mha_tdesc k)
 {
     const mha_dsaved *s = b->s;
     void *sc = s->scratch;
@@ -336,7 +346,7 @@ static void sink_nodes(bctx *b, void *krbuf, size_t kr)
     n->src[0] = mha_train_row(sc, b->sc[R_CONST] / 4, (size_t)b->kv);
     n = add(b, MHA_OP_ATTENTION);
     n->src[MHA_SRC_Q] = heads(b, s->buf, s->off[S_Q], H);
-    n->src[MHA_SRC_K] = heads(b, krbuf, kr, b->Hkv);
+    n->src[MHA_SRC_K] = k;
     n->src[MHA_SRC_V] = heads(b, sc, b->sc[R_ONES], b->Hkv);
     n->src[MHA_SRC_SINKS] = weight(b, MHA_D_SINKS, 1, H);
     n->dst = heads(b, sc, b->sc[R_O1], H);
@@ -377,6 +387,24 @@ static void sink_nodes(bctx *b, void *krbuf, size_t kr)
     }
 }
 
+/* The [B,Hkv,T,d] kv heads of region r of the scratch in dtype. */
+static mha_tdesc kv_scratch(const bctx *b, int r, mha_dtype dtype)
+{
+    mha_tdesc t = heads(b, b->s->scratch, b->sc[r], b->Hkv);
+    t.dtype = dtype;
+    return t;
+}
+
+/* dst (f32 [N, q] rows of a scratch region) = the kv heads t repeated per
+ * query head, converted to f32. */
+static mha_tdesc expand(bctx *b, int r, mha_tdesc t)
+{
+    mha_tdesc rep = kv_repeated(b, t.buf, t.offset);
+    rep.dtype = t.dtype;
+    rope(b, q_grouped(b, b->s->scratch, b->sc[r]), rep, 0, 0.0f);
+    return heads(b, b->s->scratch, b->sc[r], b->Hq);
+}
+
 /* dQ, dK, dV of the attention (dK, dV summed over each kv group), RoPE
  * undone on dQ and dK. */
 static void attention_nodes(bctx *b)
@@ -385,27 +413,33 @@ static void attention_nodes(bctx *b)
     void *sc = s->scratch;
     int dims =
         b->l->cfg.rope_style != MHA_ROPE_NONE ? (int)b->l->cfg.rope_dims : 0;
-    size_t kr = dims ? b->sc[R_KR] : s->off[S_K];
-    void *krbuf = dims ? sc : s->buf;
-    if (dims)
-        rope(b, heads(b, sc, kr, b->Hkv), heads(b, s->buf, s->off[S_K], b->Hkv),
-             dims, 1.0f);
-    int grouped = b->g > 1;
-    void *kx = grouped ? sc : krbuf, *vx = grouped ? sc : s->buf;
-    size_t kxo = grouped ? b->sc[R_KX] : kr;
-    size_t vxo = grouped ? b->sc[R_VX] : s->off[S_V];
-    if (grouped) {
-        rope(b, q_grouped(b, sc, kxo), kv_repeated(b, krbuf, kr), 0, 0.0f);
-        rope(b, q_grouped(b, sc, vxo), kv_repeated(b, s->buf, s->off[S_V]), 0,
-             0.0f);
+    int half = s->kv_dtype != MHA_F32;
+    /* k and v as the forward's attention read them from the cache: k
+       rotated into Kr, both rounded to f16 over an f16 cache */
+    mha_tdesc k = heads(b, s->buf, s->off[S_K], b->Hkv);
+    mha_tdesc v = heads(b, s->buf, s->off[S_V], b->Hkv);
+    if (dims || half) {
+        mha_tdesc kr = kv_scratch(b, R_KR, s->kv_dtype);
+        rope(b, kr, k, dims, 1.0f);
+        k = kr;
     }
+    if (half) {
+        mha_tdesc vh = kv_scratch(b, R_VH, s->kv_dtype);
+        rope(b, vh, v, 0, 0.0f);
+        v = vh;
+    }
+    /* the attention backward's f32 K and V of Hq heads: each kv head
+       repeated over its group, widened from f16 */
+    int grouped = b->g > 1;
+    mha_tdesc kx = grouped || half ? expand(b, R_KX, k) : k;
+    mha_tdesc vx = grouped || half ? expand(b, R_VX, v) : v;
     size_t dkx = grouped ? b->sc[R_DKX] : b->sc[R_DK];
     size_t dvx = grouped ? b->sc[R_DVX] : b->sc[R_DV];
     mha_node *n = add(b, MHA_OP_ATTENTION_BACKWARD);
     n->dst = heads(b, sc, b->sc[R_DQ], b->Hq);
     n->src[MHA_SRC_Q] = heads(b, s->buf, s->off[S_Q], b->Hq);
-    n->src[MHA_SRC_K] = heads(b, kx, kxo, b->Hq);
-    n->src[MHA_SRC_V] = heads(b, vx, vxo, b->Hq);
+    n->src[MHA_SRC_K] = kx;
+    n->src[MHA_SRC_V] = vx;
     n->src[MHA_SRC_BWD_O] = heads(b, s->buf, s->off[S_O], b->Hq);
     n->src[MHA_SRC_BWD_DO] = heads(b, sc, b->sc[R_DO], b->Hq);
     n->src[MHA_SRC_BWD_LSE] = (mha_tdesc){.dtype = MHA_F32,
@@ -420,7 +454,7 @@ static void attention_nodes(bctx *b)
     n->params.mask_cols = b->T;
     core_options(b, n, MHA_SRC_BWD_ALIBI);
     if (b->grads && b->l->cfg.sinks)
-        sink_nodes(b, krbuf, kr);
+        sink_nodes(b, k);
     if (grouped) {
         mha_tdesc dk = kv_repeated(b, sc, b->sc[R_DK]);
         mha_tdesc dv = kv_repeated(b, sc, b->sc[R_DV]);
@@ -551,6 +585,8 @@ static mha_status scratch(bctx *b)
     size_t at = 0;
     for (int r = 0; r < R_END; r++) {
         int64_t F = r < R_KR ? b->q : r < R_D ? b->kv : b->Hq;
+        if (r == R_VH && s->kv_dtype == MHA_F32)
+            F = 0; /* v is read as saved */
         b->sc[r] = at;
         at = align_up(at + (size_t)(r == R_CONST ? b->kv + 1 : b->N * F) * 4);
     }

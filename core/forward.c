@@ -334,8 +334,7 @@ static mha_status training_call(mha_layer *layer, const char *fn,
     mha_context *ctx = layer->device->ctx;
     const char *no = !waits ? "enqueued or recorded forwards"
                      : a->need_weights ? "need_weights"
-                     : layer->cfg.dtype != MHA_F32 ? "f16 layers"
-                                                   : NULL;
+                                       : NULL;
     if (no)
         return mha_error(ctx, MHA_UNSUPPORTED,
                          "%s: save_for_backward: the backward does not "

@@ -62,9 +62,8 @@ mha_status mha_gradients_create(mha_layer *layer, mha_gradients **out)
     if (!layer)
         return MHA_INVALID_ARGUMENT;
     mha_context *ctx = layer->device->ctx;
-    mha_status st = mha_train_check_create(layer, fn, out);
-    if (st != MHA_OK)
-        return st;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
     mha_gradients *g = mha_host_calloc(&ctx->host, 1, sizeof *g);
     if (!g)
         return mha_error(ctx, MHA_OUT_OF_MEMORY, "%s: out of memory", fn);
@@ -80,8 +79,9 @@ mha_status mha_gradients_create(mha_layer *layer, mha_gradients **out)
         e[i] = (grad_entry){specs[i].name, layer->woff[specs[i].first], len,
                             -1, specs[i].ndim, specs[i].shape};
     }
-    return make_gradients(layer->device, fn, layer->wbytes / 4, e, n, g,
-                          out);
+    /* f32 whatever the layer's dtype: an f16 layer's master gradients */
+    return make_gradients(layer->device, fn, mha_layer_welems(layer), e, n,
+                          g, out);
 }
 
 mha_status mha_decoder_gradients_create(mha_decoder *layer,

@@ -134,6 +134,10 @@ int mha_graph_input(mha_graph *g, const mha_layer *layer, mha_buf_role role,
  * without bias. */
 int mha_graph_param(mha_graph *g, const mha_layer *layer, int params,
                     mha_wslot slot);
+/* The same in a buffer of dtype laid out by the same element offsets (the
+ * backward's f32 weights and gradients of an f16 layer). */
+int mha_graph_param_as(mha_graph *g, const mha_layer *layer, int params,
+                       mha_wslot slot, mha_dtype dtype);
 /* [N,1,rows,X] rows starting at row first of a [N,1,T,X] tensor. */
 int mha_graph_rows(mha_graph *g, int whole, int64_t first, int64_t rows);
 /* Heads [first, first + count) of a [N,H,T,X] tensor (MHA_NO_TENSOR

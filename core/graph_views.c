@@ -72,6 +72,12 @@ int mha_graph_input(mha_graph *g, const mha_layer *layer, mha_buf_role role,
 int mha_graph_param(mha_graph *g, const mha_layer *layer, int params,
                      mha_wslot slot)
 {
+    return mha_graph_param_as(g, layer, params, slot, layer->cfg.dtype);
+}
+
+int mha_graph_param_as(mha_graph *g, const mha_layer *layer, int params,
+                       mha_wslot slot, mha_dtype dtype)
+{
     if ((slot == MHA_B_Q || slot == MHA_B_K || slot == MHA_B_V ||
          slot == MHA_B_O) && !layer->cfg.bias)
         return MHA_NO_TENSOR;
@@ -79,9 +85,8 @@ int mha_graph_param(mha_graph *g, const mha_layer *layer, int params,
     mha_layer_slot_shape(layer, slot, &rows, &cols);
     int64_t ne[4] = {1, 1, rows, cols};
     int64_t nb[4] = {rows * cols, rows * cols, cols, 1};
-    size_t es = mha_dtype_storage_size(layer->cfg.dtype);
-    return mha_graph_tensor(g, params, layer->cfg.dtype, layer->woff[slot] * es, ne,
-                      nb);
+    size_t es = mha_dtype_storage_size(dtype);
+    return mha_graph_tensor(g, params, dtype, layer->woff[slot] * es, ne, nb);
 }
 
 /* [N,1,rows,E] rows starting at row `first` of a [N, T, E] buffer. */

@@ -56,6 +56,13 @@ static inline int64_t mha_layer_inner(const mha_layer *layer)
     return layer->heads * layer->head_dim;
 }
 
+/* Elements of the weight buffer (wbytes in the layer's dtype); a
+ * training object's f32 buffers laid out as the weights hold this many. */
+static inline size_t mha_layer_welems(const mha_layer *layer)
+{
+    return layer->wbytes / mha_dtype_storage_size(layer->cfg.dtype);
+}
+
 /* The 2-D shape of a slot's weight for the kept heads ([rows, cols]; a bias
  * is [1, cols]) and along which axis its heads lie, each head_dim wide:
  * 1 rows (q/k/v weights), 2 columns (out_proj.weight, the q/k/v biases,

@@ -65,11 +65,6 @@ void mha_saved_release(mha_layer *layer);
 void mha_backward_graph_build(const mha_layer *layer, const mha_bwd_key *key,
                               mha_graph *g);
 
-/* The checks every training object's create makes: out not NULL, an f32
- * layer (MHA_UNSUPPORTED for f16, training's ops are f32). */
-mha_status mha_train_check_create(const mha_layer *layer, const char *fn,
-                                  const void *out);
-
 /* Writes bytes zero bytes into buf on device. */
 mha_status mha_dev_zero(mha_device *device, void *buf, size_t bytes);
 
@@ -91,7 +86,9 @@ struct mha_gradients {
     mha_tensor *views[MHA_GRAD_MAX]; /* one per weight, shaped like it */
 };
 
-/* The [1,1,1,len[i]] weight that gradient i of grads belongs to. */
+/* The [1,1,1,len[i]] f32 weight that gradient i of grads belongs to (of
+ * an f32 layer or a decoder; an f16 layer's optimizer steps its master
+ * copy instead). */
 mha_tdesc mha_gradients_param(const mha_gradients *grads, int i);
 
 /* [1,1,1,n] f32 at element first of buf. */

@@ -1004,7 +1004,7 @@ MHA_API mha_status mha_head_stats_destroy(mha_head_stats *stats);
 
 /* ---- training: backward pass and AdamW ------------------------------------ */
 
-/* Training an nn.MHA layer (f32 layers; dropout stays 0):
+/* Training an nn.MHA layer (f32 or f16; dropout stays 0):
  *
  *   args.save_for_backward = 1;  mha_layer_forward(layer, &args);
  *   ... the loss's gradient dL/dY into dy ...
@@ -1020,15 +1020,22 @@ MHA_API mha_status mha_head_stats_destroy(mha_head_stats *stats);
  * that forward. The next training forward replaces what was saved; an
  * ordinary forward keeps it. It needs the device's fused attention with
  * the saved LSE, and refuses (MHA_UNSUPPORTED, naming the option) what
- * the backward does not do yet: need_weights and f16 layers. With
+ * the backward does not do yet: need_weights. An f16 layer trains as
+ * "fp16 storage, fp32 math": its weights stay f16 (its inputs, output
+ * and their gradients are f32, as in its forward); the training forward
+ * saves Q, K, V and O in f32 (in fp16, scores near 100 would be off by
+ * 0.05); the backward runs in f32 on an f32 copy of the weights and
+ * writes f32 gradients (mixed precision's master gradients); AdamW steps
+ * an f32 master copy and writes the weights back rounded to f16. With
  * head_gates every head is computed (none skipped) and multiplied by its
  * gate, so the gates have a gradient (grad_head_gates). A
  * fully masked query row has zero gradients, as its output row (the
  * forward's documented choice). Decoder layers: "Training a decoder
  * layer" below. */
 
-/* One f32 device tensor per weight of a layer, shaped like the weight and
- * named as in the module's state_dict: in_proj_weight (or q_proj_weight,
+/* One f32 device tensor per weight of a layer (of an f16 layer too: the
+ * f32 master gradients), shaped like the weight and named as in the
+ * module's state_dict: in_proj_weight (or q_proj_weight,
  * k_proj_weight, v_proj_weight), in_proj_bias, out_proj.weight,
  * out_proj.bias, bias_k, bias_v, as the layer has them. */
 typedef struct mha_gradients mha_gradients;
@@ -1091,7 +1098,12 @@ MHA_API mha_status mha_layer_backward(mha_layer *layer,
                                       const mha_backward_args *args);
 
 /* torch.optim.AdamW over every weight of a layer: decoupled weight decay,
- * bias correction; state (m, v) on the layer's device. */
+ * bias correction; state (m, v) on the layer's device, f32. For an f16
+ * layer the state also holds an f32 master copy of the weights: a step
+ * updates the master (read from the layer at the first step and again
+ * whenever the weights were set or loaded since the last step) and
+ * writes it back rounded to f16, so updates smaller than an f16 weight's
+ * rounding step accumulate instead of being lost. */
 typedef struct mha_adamw mha_adamw;
 
 typedef struct mha_adamw_config {
@@ -1147,9 +1159,11 @@ MHA_API mha_status mha_adamw_destroy(mha_adamw *opt);
  * The backward covers grouped-query heads (Hkv < Hq), RoPE (both styles,
  * partial rotary, theta, scaling, the caller's positions), q/k/v and o
  * biases, sinks (their gradient too), window, softcap, alibi (the slopes
- * are constants: no gradient) and any head_dim. It refuses
+ * are constants: no gradient) and any head_dim, over an f32 or f16 cache
+ * (over f16, the backward rounds k and v to f16 as the cache held them, so
+ * it is the gradient of the forward that ran). It refuses
  * (MHA_UNSUPPORTED, naming the reason) a training forward
- * with head_gates, over a cache whose sequences are not empty, over an f16 or
+ * with head_gates, over a cache whose sequences are not empty, over a
  * ring cache, with an x that is not contiguous, or recorded
  * (mha_vulkan_decoder_record). The gradients are named as the weights
  * ("q_proj.weight", ..., "o_proj.bias", "sinks").

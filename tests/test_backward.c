@@ -6,7 +6,9 @@
  * AdamW steps against torch.optim.AdamW (1e-5); and the bad calls, each
  * with its status and message. A device whose backend is not in training_backends may answer
  * MHA_UNSUPPORTED (logged and skipped): its backend has not landed the
- * training ops (issue 18) yet. */
+ * training ops (issue 18) yet. backward_f16: eight of the cases with f16
+ * layers (1e-2) on the devices with fp16 storage, and AdamW on an f16 layer
+ * against the formula on a float64 master. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -44,6 +46,7 @@ typedef struct fixture {
     mha_st_file *f;
     mha_layer_config cfg;
     int causal, shared, mask_bool, kpm_bool;
+    double tol; /* relative to a group's scale: 1e-4 f32, 1e-2 f16 */
 } fixture;
 
 static void open_fixture(mha_context *ctx, const char *name, fixture *fx)
@@ -65,6 +68,7 @@ static void open_fixture(mha_context *ctx, const char *name, fixture *fx)
     fx->shared = (int)fixture_meta(fx->f, "shared");
     fx->mask_bool = (int)fixture_meta(fx->f, "mask_bool");
     fx->kpm_bool = (int)fixture_meta(fx->f, "kpm_bool");
+    fx->tol = 1e-4;
 }
 
 /* Tensor name of the fixture as doubles (malloc'd), its element count. */
@@ -213,7 +217,7 @@ static double group_scale(const fixture *fx, const char *const *names, int n,
     return scale;
 }
 
-/* t within 1e-4 x scale of the fixture's want_name x factor. */
+/* t within fx->tol x scale of the fixture's want_name x factor. */
 static void check_tensor(const fixture *fx, const char *label,
                          const mha_tensor *t, const char *want_name,
                          double factor, double scale)
@@ -231,7 +235,7 @@ static void check_tensor(const fixture *fx, const char *label,
             at = i;
         }
     }
-    cr_expect_leq(worst, 1e-4 * fmax(scale, 1e-30),
+    cr_expect_leq(worst, fx->tol * fmax(scale, 1e-30),
                   "%s on %s: error %g at %zu (got %g, want %g; scale %g)",
                   want_name, label, worst, at, (double)got[at],
                   factor * want[at], scale);
@@ -272,6 +276,15 @@ static void check_input_gradients(const fixture *fx, const char *label,
         check_tensor(fx, label, d[i], names[i], 1.0, scale);
 }
 
+/* Whether td can hold fx's layer: f16 needs fp16 storage. */
+static int holds(mha_context *ctx, const test_device *td, const fixture *fx)
+{
+    mha_device_info info;
+    cr_assert_eq(mha_device_get_info(ctx, td->index, &info), MHA_OK);
+    return fx->cfg.dtype == MHA_F32 ||
+           (info.features & MHA_FEATURE_FP16_STORAGE);
+}
+
 /* Runs fx on td; 0 when the device may and does decline training. */
 static int run_on(mha_context *ctx, const test_device *td, const char *name,
                   const fixture *fx)
@@ -304,20 +317,30 @@ static int run_on(mha_context *ctx, const test_device *td, const char *name,
     return ran;
 }
 
-static void run_fixture(const char *name)
+/* fx on every device that can hold its layer in dtype (f16: fp16
+ * storage, 1e-2; the fixture's f64 weights are rounded to f16 by the
+ * layer), at least one of them when any can. */
+static void run_fixture(const char *name, mha_dtype dtype)
 {
     mha_context *ctx;
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
     test_require_backends(ctx);
     fixture fx;
     open_fixture(ctx, name, &fx);
+    fx.cfg.dtype = dtype;
+    fx.tol = dtype == MHA_F16 ? 1e-2 : 1e-4;
     test_device devs[TEST_MAX_DEVICES];
-    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES), ran = 0;
-    for (int i = 0; i < nd; i++)
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES), ran = 0, can = 0;
+    for (int i = 0; i < nd; i++) {
+        if (!holds(ctx, &devs[i], &fx))
+            continue;
+        can++;
         ran += run_on(ctx, &devs[i], name, &fx);
+    }
     mha_st_close(fx.f);
     cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
-    cr_assert_gt(ran, 0, "%s: no device ran it", name);
+    cr_assert(ran > 0 || (dtype == MHA_F16 && can == 0),
+              "%s: no device ran it", name);
 }
 
 /* The cases tests/gen_backward_fixtures.py writes (its CASES). */
@@ -328,8 +351,19 @@ static void run_fixture(const char *name)
     X(head_gates_2d) X(head_gates_1d)
 
 #define DEFINE_FIXTURE_TEST(name)                                            \
-    Test(backward, name) { run_fixture(#name); }
+    Test(backward, name) { run_fixture(#name, MHA_F32); }
 FIXTURES(DEFINE_FIXTURE_TEST)
+
+/* The same with an f16 layer (fp16 storage, fp32 math, f32 gradients):
+ * the cases whose weight slots, layouts or gated output differ (every
+ * case passes; each costs a process its kernels, seconds where Mesa's
+ * shader cache is off). */
+#define F16_FIXTURES(X)                                                      \
+    X(everything) X(large) X(self_shared) X(no_bias) X(unbatched)          \
+    X(masked_row) X(head_gates_2d) X(head_gates_1d)
+#define DEFINE_F16_TEST(name)                                                \
+    Test(backward_f16, name) { run_fixture(#name, MHA_F16); }
+F16_FIXTURES(DEFINE_F16_TEST)
 
 /* ---- on the CPU: accumulation, AdamW, bad calls --------------------------- */
 
@@ -534,4 +568,171 @@ Test(backward, adamw_bad_config)
     expect_error(&e, mha_gradients_get(e.r.grads, "q_proj_weight", &g),
                  MHA_INVALID_ARGUMENT, "not a weight of this layer");
     cpu_teardown(&e);
+}
+
+/* ---- f16 layers: AdamW on the f32 master ---------------------------------- */
+
+/* The weights of r's layer by state_dict name, through a save (f16 values
+ * of an f16 layer), as doubles into w (NULL where the layer has none). */
+static void read_weights(run_env *r, double *w[WEIGHT_NAMES],
+                         size_t n[WEIGHT_NAMES])
+{
+    char dir[256], path[512];
+    test_temp_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    cr_assert_eq(mha_layer_save_safetensors(r->layer, path, NULL), MHA_OK,
+                 "%s", mha_context_errmsg(r->ctx));
+    mha_st_file *f;
+    cr_assert_eq(mha_st_open(&r->ctx->host, path, &f), MHA_OK);
+    for (size_t i = 0; i < WEIGHT_NAMES; i++) {
+        const mha_st_entry *e = mha_st_find(f, weight_names[i]);
+        float *x = fixture_floats(f, weight_names[i], NULL, NULL);
+        w[i] = NULL;
+        n[i] = e ? e->count : 0;
+        if (!x)
+            continue;
+        w[i] = malloc(n[i] * sizeof *w[i]);
+        for (size_t k = 0; k < n[i]; k++)
+            w[i][k] = x[k];
+        free(x);
+    }
+    mha_st_close(f);
+    test_remove_tree(dir);
+}
+
+/* torch.optim.AdamW's step t on the host, in double, over the master p
+ * and its m, v, with the gradients r's backward left on the device (f32,
+ * whatever the layer's dtype). */
+typedef struct host_adamw {
+    double *p[WEIGHT_NAMES], *m[WEIGHT_NAMES], *v[WEIGHT_NAMES];
+    size_t n[WEIGHT_NAMES];
+} host_adamw;
+
+static void host_step(host_adamw *h, const run_env *r,
+                      const mha_adamw_config *c, int t, double lr)
+{
+    double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
+    for (size_t i = 0; i < WEIGHT_NAMES; i++) {
+        const mha_tensor *gt;
+        if (!h->p[i] ||
+            mha_gradients_get(r->grads, weight_names[i], &gt) != MHA_OK)
+            continue;
+        mha_dtype dt;
+        cr_assert_eq(mha_tensor_get_shape(gt, &dt, NULL, NULL), MHA_OK);
+        cr_assert_eq(dt, MHA_F32, "%s: gradients are f32", weight_names[i]);
+        float *g = malloc(h->n[i] * sizeof *g);
+        cr_assert_eq(mha_tensor_download(gt, g, h->n[i] * 4), MHA_OK);
+        for (size_t k = 0; k < h->n[i]; k++) {
+            double *p = &h->p[i][k], *m = &h->m[i][k], *v = &h->v[i][k];
+            *p *= 1.0 - lr * c->weight_decay;
+            *m = c->beta1 * *m + (1.0 - c->beta1) * g[k];
+            *v = c->beta2 * *v + (1.0 - c->beta2) * (double)g[k] * g[k];
+            *p -= lr / bc1 * *m / (sqrt(*v) / sqrt(bc2) + c->eps);
+        }
+        free(g);
+    }
+}
+
+/* The layer's f16 weights are the host master rounded: within one f16
+ * step (2^-10 relative; 2^-24 near 0). */
+static void expect_rounded_master(run_env *r, const host_adamw *h,
+                                  const char *label, int steps)
+{
+    double *w[WEIGHT_NAMES];
+    size_t n[WEIGHT_NAMES];
+    read_weights(r, w, n);
+    for (size_t i = 0; i < WEIGHT_NAMES; i++) {
+        if (!w[i])
+            continue;
+        double worst = 0.0;
+        for (size_t k = 0; k < n[i]; k++) {
+            double p = h->p[i][k];
+            worst = fmax(worst, fabs(w[i][k] - p) /
+                                    (fabs(p) * 0x1p-10 + 0x1p-24));
+        }
+        cr_expect_leq(worst, 1.0,
+                      "%s on %s after %d steps: %g f16 steps from the master",
+                      weight_names[i], label, steps, worst);
+        free(w[i]);
+    }
+}
+
+static void train_step(run_env *r, mha_adamw *opt, float lr)
+{
+    cr_assert_eq(mha_layer_forward(r->layer, &r->fa), MHA_OK, "%s",
+                 mha_context_errmsg(r->ctx));
+    cr_assert_eq(mha_layer_backward(r->layer, &r->ba), MHA_OK, "%s",
+                 mha_context_errmsg(r->ctx));
+    cr_assert_eq(mha_adamw_step(opt, r->grads, lr), MHA_OK, "%s",
+                 mha_context_errmsg(r->ctx));
+}
+
+/* Steps of lr 1e-4 move a weight near 0.3 by less than half its f16 step
+ * (2.4e-4): an optimizer without the f32 master would lose them. Then
+ * weights loaded between steps are what the next step starts from. First
+ * the bad calls an f16 layer refuses as an f32 one does. */
+static void adamw_f16_on(mha_context *ctx, const test_device *td,
+                         fixture *fx)
+{
+    enum { STEPS = 8 };
+    const float lr = 1e-4f;
+    run_env r;
+    setup(&r, ctx, td, fx);
+    /* what an f16 layer still refuses, as an f32 one */
+    cr_expect_eq(mha_layer_backward(r.layer, &r.ba), MHA_BAD_STATE, "%s",
+                 mha_context_errmsg(ctx));
+    r.fa.need_weights = 1, r.fa.weights = r.fa.output;
+    cr_expect_eq(mha_layer_forward(r.layer, &r.fa), MHA_UNSUPPORTED, "%s",
+                 mha_context_errmsg(ctx));
+    cr_expect(strstr(mha_context_errmsg(ctx), "need_weights"), "%s",
+              mha_context_errmsg(ctx));
+    r.fa.need_weights = 0, r.fa.weights = NULL;
+    mha_adamw_config c;
+    mha_adamw_config_init(&c);
+    mha_adamw *opt = NULL;
+    cr_assert_eq(mha_adamw_create(r.layer, &c, &opt), MHA_OK, "%s",
+                 mha_context_errmsg(ctx));
+    host_adamw h;
+    read_weights(&r, h.p, h.n);
+    for (size_t i = 0; i < WEIGHT_NAMES; i++) {
+        h.m[i] = calloc(h.n[i] + 1, sizeof(double));
+        h.v[i] = calloc(h.n[i] + 1, sizeof(double));
+    }
+    for (int t = 1; t <= STEPS; t++) {
+        train_step(&r, opt, lr);
+        host_step(&h, &r, &c, t, lr);
+    }
+    expect_rounded_master(&r, &h, td->label, STEPS);
+    cr_assert_eq(mha_layer_load_safetensors(r.layer, fx->path, NULL),
+                 MHA_OK);
+    for (size_t i = 0; i < WEIGHT_NAMES; i++)
+        free(h.p[i]);
+    read_weights(&r, h.p, h.n);
+    train_step(&r, opt, lr);
+    host_step(&h, &r, &c, STEPS + 1, lr);
+    expect_rounded_master(&r, &h, td->label, STEPS + 1);
+    for (size_t i = 0; i < WEIGHT_NAMES; i++) {
+        free(h.p[i]);
+        free(h.m[i]);
+        free(h.v[i]);
+    }
+    cr_assert_eq(mha_adamw_destroy(opt), MHA_OK);
+    teardown(&r);
+}
+
+Test(backward_f16, adamw_steps_the_f32_master)
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_require_backends(ctx);
+    fixture fx;
+    open_fixture(ctx, "adamw", &fx);
+    fx.cfg.dtype = MHA_F16;
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    for (int i = 0; i < nd; i++)
+        if (holds(ctx, &devs[i], &fx))
+            adamw_f16_on(ctx, &devs[i], &fx);
+    mha_st_close(fx.f);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
 }

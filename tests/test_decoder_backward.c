@@ -8,7 +8,9 @@
  * largest magnitude, and twice that after an accumulating second backward;
  * central differences of the device's own forward; one AdamW step against
  * the formula; and the refused and bad calls, each with its status and
- * message. */
+ * message. decoder_backward_f16: five fixtures over an f16 cache (1e-2)
+ * and central differences that need the backward's f16 rounding of k and
+ * v. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 
 #define PREFIX "model.layers.3.self_attn."
 #define TOL 1e-4
+#define TOL_F16 1e-2 /* over an f16 cache */
 
 static const char *const weight_names[] = {
     "q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
@@ -40,6 +43,7 @@ typedef struct drun {
     mha_gradients *grads;
     mha_tensor *x, *pos, *y, *dy, *dx;
     int64_t B, T, E;
+    double tol;
     mha_decoder_forward_args fa;
     mha_decoder_backward_args ba;
 } drun;
@@ -55,27 +59,40 @@ static mha_tensor *tensor(drun *r, mha_dtype dt, int nd, const int64_t *shape,
     return t;
 }
 
-/* A layer of cfg on td with a cache of B empty sequences of T tokens, x,
- * dy (host data, B*T*E floats) and positions (NULL: the default ones);
- * training forward and backward args ready, with grad_x and gradients. */
+/* r's cache for a layer of cfg: r->B sequences of capacity tokens of
+ * dtype, a ring of window when not 0; the forward args use it. */
+static void open_cache(drun *r, const mha_decoder_config *cfg,
+                       int64_t capacity, mha_dtype dtype, int64_t window)
+{
+    mha_kv_cache_config kc;
+    mha_kv_cache_config_init(&kc);
+    kc.capacity = capacity;
+    kc.num_sequences = r->B;
+    kc.num_kv_heads = cfg->num_kv_heads;
+    kc.head_dim = cfg->head_dim;
+    kc.dtype = dtype;
+    kc.window = window;
+    cr_assert_eq(mha_kv_cache_create(r->dev, &kc, &r->cache), MHA_OK, "%s",
+                 mha_context_errmsg(r->ctx));
+    r->fa.cache = r->cache;
+}
+
+/* A layer of cfg on td with a cache of B empty sequences of T tokens (kv:
+ * its dtype), x, dy (host data, B*T*E floats) and positions (NULL: the
+ * default ones); training forward and backward args ready, with grad_x
+ * and gradients. */
 static void run_open(drun *r, mha_context *ctx, const test_device *td,
                      const mha_decoder_config *cfg, int64_t B, int64_t T,
-                     const float *x, const float *dy, const int32_t *pos)
+                     const float *x, const float *dy, const int32_t *pos,
+                     mha_dtype kv)
 {
     memset(r, 0, sizeof *r);
     r->ctx = ctx;
     r->label = td->label;
     r->dev = test_open(ctx, td);
     r->B = B, r->T = T, r->E = cfg->embed_dim;
+    r->tol = kv == MHA_F32 ? TOL : TOL_F16;
     cr_assert_eq(mha_decoder_create(r->dev, cfg, &r->dec), MHA_OK, "%s",
-                 mha_context_errmsg(ctx));
-    mha_kv_cache_config kc;
-    mha_kv_cache_config_init(&kc);
-    kc.capacity = T + 2;
-    kc.num_sequences = B;
-    kc.num_kv_heads = cfg->num_kv_heads;
-    kc.head_dim = cfg->head_dim;
-    cr_assert_eq(mha_kv_cache_create(r->dev, &kc, &r->cache), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
     int64_t xs[3] = {B, T, r->E}, ps[2] = {B, T};
     size_t bytes = (size_t)(B * T * r->E) * 4;
@@ -87,7 +104,8 @@ static void run_open(drun *r, mha_context *ctx, const test_device *td,
     cr_assert_eq(mha_decoder_gradients_create(r->dec, &r->grads), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
     mha_decoder_forward_args_init(&r->fa);
-    r->fa.x = r->x, r->fa.positions = r->pos, r->fa.cache = r->cache;
+    open_cache(r, cfg, T + 2, kv, 0);
+    r->fa.x = r->x, r->fa.positions = r->pos;
     r->fa.output = r->y, r->fa.save_for_backward = 1;
     mha_decoder_backward_args_init(&r->ba);
     r->ba.grad_output = r->dy, r->ba.grad_x = r->dx, r->ba.grads = r->grads;
@@ -164,7 +182,7 @@ static double max_abs(const double *w, size_t n)
 }
 
 /* The worst |got - factor want| over the entries, as a fraction of scale
- * (asserted within TOL). */
+ * (asserted within r->tol). */
 static double check_close(const drun *r, const char *what, const float *got,
                           const double *want, size_t n, double factor,
                           double scale)
@@ -176,7 +194,7 @@ static double check_close(const drun *r, const char *what, const float *got,
         if (!(e <= worst))
             worst = e, at = i;
     }
-    cr_expect_leq(worst, TOL * scale,
+    cr_expect_leq(worst, r->tol * scale,
                   "%s on %s: error %g at %zu (got %g, want %g; scale %g)", what,
                   r->label, worst, at, (double)got[at], factor * want[at],
                   scale);
@@ -249,7 +267,7 @@ static mha_decoder_config fixture_config(const fixture *fx)
 /* Forward, backward and an accumulating second backward of the fixture
  * on td; prints the worst errors (fractions of each group's scale). */
 static void fixture_on(mha_context *ctx, const test_device *td,
-                       const char *name, const fixture *fx)
+                       const char *name, const fixture *fx, mha_dtype kv)
 {
     mha_decoder_config cfg = fixture_config(fx);
     int64_t B = (int64_t)fixture_meta(fx->f, "B");
@@ -265,7 +283,7 @@ static void fixture_on(mha_context *ctx, const test_device *td,
         pos[i] = (int32_t)p64[i];
     drun r;
     run_open(&r, ctx, td, &cfg, B, T, x, dy,
-             fixture_meta(fx->f, "default_pos") ? NULL : pos);
+             fixture_meta(fx->f, "default_pos") ? NULL : pos, kv);
     cr_assert_eq(mha_decoder_load_safetensors(r.dec, fx->path, PREFIX), MHA_OK,
                  "%s", mha_context_errmsg(ctx));
     train_step(&r);
@@ -281,15 +299,26 @@ static void fixture_on(mha_context *ctx, const test_device *td,
                  mha_context_errmsg(ctx));
     double ew2 = check_weights(&r, fx, 2.0);
     fprintf(stderr,
-            "decoder_backward %-18s %-12s y %.1e dx %.1e weights %.1e "
-            "accumulated %.1e (of the scale)\n",
-            name, td->label, ey, edx, ew, ew2);
+            "decoder_backward %-18s %-12s %s cache: y %.1e dx %.1e weights "
+            "%.1e accumulated %.1e (of the scale)\n",
+            name, td->label, kv == MHA_F32 ? "f32" : "f16", ey, edx, ew, ew2);
     free(gy), free(gdx), free(y), free(dx);
     free(x), free(dy), free(p64), free(pos);
     run_close(&r);
 }
 
-static void run_fixture(const char *name)
+/* Whether td holds an f16 cache: the cpu backend, or fp16 storage. */
+static int holds_f16_cache(mha_context *ctx, const test_device *td)
+{
+    mha_device_info info;
+    cr_assert_eq(mha_device_get_info(ctx, td->index, &info), MHA_OK);
+    return strcmp(info.backend, "cpu") == 0 ||
+           (info.features & MHA_FEATURE_FP16_STORAGE);
+}
+
+/* The fixture on every device, over a cache of dtype kv (f16: within
+ * TOL_F16, on the devices that hold one). */
+static void run_fixture(const char *name, mha_dtype kv)
 {
     mha_context *ctx;
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
@@ -306,7 +335,8 @@ static void run_fixture(const char *name)
                   "%s: training ops "
                   "missing",
                   devs[i].label);
-        fixture_on(ctx, &devs[i], name, &fx);
+        if (kv == MHA_F32 || holds_f16_cache(ctx, &devs[i]))
+            fixture_on(ctx, &devs[i], name, &fx, kv);
     }
     mha_st_close(fx.f);
     cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
@@ -320,8 +350,19 @@ static void run_fixture(const char *name)
         X(gemma2_softcap) X(window_softcap_alibi_sinks)
 
 #define DEFINE_FIXTURE_TEST(name)                                              \
-    Test(decoder_backward, name) { run_fixture(#name); }
+    Test(decoder_backward, name) { run_fixture(#name, MHA_F32); }
 FIXTURES(DEFINE_FIXTURE_TEST)
+
+/* The same over an f16 cache: the forward's attention reads k and v
+ * rounded to f16, the backward rounds them alike. The cases whose k and v
+ * paths differ (RoPE or not, partial, GQA or not, sinks, every option;
+ * each costs a process its kernels). */
+#define F16_FIXTURES(X)                                                        \
+    X(llama_gqa_neox) X(mqa_gptj_partial) X(mha_norope) X(sinks_gqa)        \
+        X(window_softcap_alibi_sinks)
+#define DEFINE_F16_TEST(name)                                                  \
+    Test(decoder_backward_f16, name) { run_fixture(#name, MHA_F16); }
+F16_FIXTURES(DEFINE_F16_TEST)
 
 /* ---- AdamW on a decoder layer -------------------------------------------- */
 
@@ -372,7 +413,7 @@ static void llama_open(llama_env *e)
     e->x = floats_of(fx, "x");
     e->dy = floats_of(fx, "dy");
     run_open(&e->r, e->ctx, &td, &cfg, (int64_t)fixture_meta(fx->f, "B"),
-             (int64_t)fixture_meta(fx->f, "T"), e->x, e->dy, NULL);
+             (int64_t)fixture_meta(fx->f, "T"), e->x, e->dy, NULL, MHA_F32);
     cr_assert_eq(mha_decoder_load_safetensors(e->r.dec, fx->path, PREFIX),
                  MHA_OK, "%s", mha_context_errmsg(e->ctx));
 }
@@ -510,9 +551,10 @@ Test(decoder_backward, bad_calls)
 }
 
 /* A training forward of a layer with an option the backward lacks, or
- * with head gates or an f16 cache: refused naming it, and a backward
+ * with head gates or over a ring cache (of window ring when not 0):
+ * refused naming it, and a backward
  * after it finds nothing saved. */
-static void expect_refused(mha_decoder_config cfg, mha_dtype cache_dtype,
+static void expect_refused(mha_decoder_config cfg, int64_t ring,
                            int gates, const char *needle)
 {
     mha_context *ctx;
@@ -521,15 +563,10 @@ static void expect_refused(mha_decoder_config cfg, mha_dtype cache_dtype,
     int64_t B = 1, T = 3, n = B * T * cfg.embed_dim;
     float *x = calloc((size_t)n, sizeof *x);
     drun r;
-    run_open(&r, ctx, &td, &cfg, B, T, x, x, NULL);
-    if (cache_dtype != MHA_F32) {
+    run_open(&r, ctx, &td, &cfg, B, T, x, x, NULL, MHA_F32);
+    if (ring) {
         mha_kv_cache_destroy(r.cache);
-        mha_kv_cache_config kc;
-        mha_kv_cache_config_init(&kc);
-        kc.capacity = T, kc.num_sequences = B, kc.dtype = cache_dtype;
-        kc.num_kv_heads = cfg.num_kv_heads, kc.head_dim = cfg.head_dim;
-        cr_assert_eq(mha_kv_cache_create(r.dev, &kc, &r.cache), MHA_OK);
-        r.fa.cache = r.cache;
+        open_cache(&r, &cfg, T, MHA_F32, ring);
     }
     mha_dweight w[MHA_DSLOT_COUNT];
     for (int i = 0, k = mha_decoder_weights(r.dec, w); i < k; i++) {
@@ -562,8 +599,9 @@ Test(decoder_backward, unsupported_options_are_refused)
     mha_decoder_config c;
     mha_decoder_config_init(&c, 16, 4);
     c.num_kv_heads = 2;
-    expect_refused(c, MHA_F32, 1, "head_gates");
-    expect_refused(c, MHA_F16, 0, "f32 cache");
+    expect_refused(c, 0, 1, "head_gates");
+    c.window = 2;
+    expect_refused(c, 2, 0, "not a ring");
 }
 
 /* ---- central differences of the device's own forward --------------------- */
@@ -635,7 +673,7 @@ static double fd_loss(drun *r, const float *dy)
  * largest magnitude. */
 static double fd_compare(drun *r, const float *dy, float *p, size_t n,
                          const float *grad, void (*set)(drun *, void *),
-                         void *arg, const char *what)
+                         void *arg, const char *what, float h, double tol)
 {
     double scale = 0.0, worst = 0.0;
     for (size_t i = 0; i < n; i++)
@@ -644,17 +682,17 @@ static double fd_compare(drun *r, const float *dy, float *p, size_t n,
     for (size_t s = 0; s < FD_SAMPLES; s++) {
         size_t i = (s * 7 + 3) % n;
         float keep = p[i];
-        p[i] = keep + FD_STEP;
+        p[i] = keep + h;
         set(r, arg);
         double up = fd_loss(r, dy);
-        p[i] = keep - FD_STEP;
+        p[i] = keep - h;
         set(r, arg);
         double down = fd_loss(r, dy);
         p[i] = keep;
         set(r, arg);
-        double fd = (up - down) / (2.0 * FD_STEP);
+        double fd = (up - down) / (2.0 * (double)h);
         worst = fmax(worst, fabs(fd - grad[i]) / scale);
-        cr_expect_leq(fabs(fd - grad[i]), FD_TOL * scale,
+        cr_expect_leq(fabs(fd - grad[i]), tol * scale,
                       "%s[%zu] on %s: difference %g, backward %g (scale %g)",
                       what, i, r->label, fd, (double)grad[i], scale);
     }
@@ -681,41 +719,66 @@ static void set_x_arg(drun *r, void *arg)
         MHA_OK);
 }
 
+/* fd_make's layer from seed (k_proj.weight times kscale) on td over a
+ * cache of dtype kv, with random x and dy (B 2, T 3; malloc'd into *x and
+ * *dy) and positions pos (NULL: the default ones), trained once. */
+static void fd_open(drun *r, mha_context *ctx, const test_device *td,
+                    fd_layer *f, uint64_t seed, float kscale,
+                    const int32_t *pos, mha_dtype kv, float **x, float **dy)
+{
+    test_rng rng = {seed};
+    fd_make(f, &rng);
+    for (size_t i = 0; i < f->len[1]; i++)
+        f->w[1][i] *= kscale;
+    int64_t B = 2, T = 3, n = B * T * f->cfg.embed_dim;
+    *x = malloc((size_t)n * sizeof **x), *dy = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++)
+        (*x)[i] = test_normal(&rng), (*dy)[i] = test_normal(&rng);
+    run_open(r, ctx, td, &f->cfg, B, T, *x, *dy, pos, kv);
+    for (size_t k = 0; k < NWEIGHTS; k++)
+        fd_put(r, f, k);
+    train_step(r);
+}
+
+static void fd_close(drun *r, fd_layer *f, float *x, float *dy)
+{
+    free(x), free(dy);
+    for (size_t k = 0; k < NWEIGHTS; k++)
+        free(f->w[k]);
+    run_close(r);
+}
+
 static void fd_on(mha_context *ctx, const test_device *td)
 {
-    test_rng rng = {42};
-    fd_layer f;
-    fd_make(&f, &rng);
-    int64_t B = 2, T = 3, n = B * T * f.cfg.embed_dim;
-    float *x = malloc((size_t)n * sizeof *x), *dy = malloc((size_t)n * 4);
-    for (int64_t i = 0; i < n; i++)
-        x[i] = test_normal(&rng), dy[i] = test_normal(&rng);
     const int32_t pos[6] = {3, 5, 9, 0, 1, 7};
+    fd_layer f;
     drun r;
-    run_open(&r, ctx, td, &f.cfg, B, T, x, dy, pos);
-    for (size_t k = 0; k < NWEIGHTS; k++)
-        fd_put(&r, &f, k);
-    train_step(&r);
+    float *x, *dy;
+    fd_open(&r, ctx, td, &f, 42, 1.0f, pos, MHA_F32, &x, &dy);
+    int64_t n = r.B * r.T * r.E;
     float *gx = download(r.dx, (size_t)n);
     fd_arg xa = {&f, 0, x};
-    double worst = fd_compare(&r, dy, x, (size_t)n, gx, set_x_arg, &xa, "dx");
+    double worst = fd_compare(&r, dy, x, (size_t)n, gx, set_x_arg, &xa, "dx",
+                              FD_STEP, FD_TOL);
     for (size_t k = 0; k < NWEIGHTS; k++) {
         size_t m;
         float *g = grad_of(&r, weight_names[k], &m);
         fd_arg wa = {&f, k, NULL};
         worst = fmax(worst, fd_compare(&r, dy, f.w[k], m, g, set_weight_arg,
-                                       &wa, weight_names[k]));
+                                       &wa, weight_names[k], FD_STEP,
+                                       FD_TOL));
         free(g);
     }
     fprintf(stderr, "decoder_backward %-18s %-12s worst %.1e of the scale\n",
             "finite_differences", td->label, worst);
-    free(gx), free(x), free(dy);
-    for (size_t k = 0; k < NWEIGHTS; k++)
-        free(f.w[k]);
-    run_close(&r);
+    free(gx);
+    fd_close(&r, &f, x, dy);
 }
 
-Test(decoder_backward, finite_differences)
+/* on(ctx, device) for every device (that holds an f16 cache, when
+ * f16_cache). */
+static void each_device(void (*on)(mha_context *, const test_device *),
+                        int f16_cache)
 {
     mha_context *ctx;
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
@@ -723,7 +786,48 @@ Test(decoder_backward, finite_differences)
     test_device devs[TEST_MAX_DEVICES];
     int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
     for (int i = 0; i < nd; i++)
-        fd_on(ctx, &devs[i]);
+        if (!f16_cache || holds_f16_cache(ctx, &devs[i]))
+            on(ctx, &devs[i]);
     cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
     cr_assert_gt(nd, 0);
+}
+
+Test(decoder_backward, finite_differences) { each_device(fd_on, 0); }
+
+/* Over an f16 cache, keys 6x larger (scores near 20, where a key's f16
+ * rounding moves a score by ~0.01): dL/dWq against differences of Wq,
+ * which leave the rounded keys as they are, so the device's forward is
+ * smooth in it: within 1e-3 of the largest (about 1e-4 here). A backward
+ * that read the unrounded keys or values misses by 3e-3 or more (keys
+ * 8x, 12x or 16x larger saturate the softmax so that the keys' rounding
+ * hides, 16x still shows the values'); h 1e-3 keeps the truncation small
+ * at these scores. */
+static void fd_f16_cache_on(mha_context *ctx, const test_device *td)
+{
+    fd_layer f;
+    drun r;
+    float *x, *dy;
+    fd_open(&r, ctx, td, &f, 7, 6.0f, NULL, MHA_F16, &x, &dy);
+    size_t m;
+    float *g = grad_of(&r, weight_names[0], &m);
+    fd_arg wa = {&f, 0, NULL};
+    double worst = fd_compare(&r, dy, f.w[0], m, g, set_weight_arg, &wa,
+                              weight_names[0], 1e-3f, 1e-3);
+    fprintf(stderr, "decoder_backward %-18s %-12s worst %.1e of the scale\n",
+            "f16 cache, Wq", td->label, worst);
+    free(g);
+    fd_close(&r, &f, x, dy);
+}
+
+Test(decoder_backward_f16, finite_differences_of_q_proj)
+{
+    /* fp32 arithmetic on fp16 tensors: a Vulkan device with fp16 math
+     * rounds the forward's p.v products, a step far larger than the
+     * differences' (the backward differentiates fp32 math) */
+    char caps[256];
+    const char *had = getenv("MHA_VULKAN_LIMITS");
+    snprintf(caps, sizeof caps, "%s%sfp16math=0", had ? had : "",
+             had ? "," : "");
+    cr_assert_eq(setenv("MHA_VULKAN_LIMITS", caps, 1), 0);
+    each_device(fd_f16_cache_on, 1);
 }

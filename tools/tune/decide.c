@@ -36,7 +36,7 @@ void tune_decide(const double *base_ms, const double *cand_ms, int rounds,
                  tune_verdict *v)
 {
     double base[MAX_ROUNDS], cand[MAX_ROUNDS], ratio[MAX_ROUNDS];
-    int n = rounds > MAX_ROUNDS ? MAX_ROUNDS : rounds;
+    int n = rounds < 0 ? 0 : rounds > MAX_ROUNDS ? MAX_ROUNDS : rounds;
     memset(v, 0, sizeof *v);
     v->rounds = n;
     for (int i = 0; i < n; i++)

@@ -26,6 +26,14 @@ static tune_verdict decide(const double *base, const double *cand, int n)
     return v;
 }
 
+/* The verdict in words is want. */
+static void expect_text(const tune_verdict *v, const char *want)
+{
+    char text[96];
+    tune_verdict_text(v, text, sizeof text);
+    cr_expect_str_eq(text, want);
+}
+
 /* A default with a 6% spread: interquartile range 97..103 over 100. */
 static const double noisy[N] = {94, 97, 100, 103, 106};
 
@@ -39,9 +47,7 @@ Test(tune_decide, a_candidate_within_the_noise_is_not_picked)
     cr_expect_float_eq(v.ratio, 1.04, 1e-9);
     cr_expect_eq(v.wins, N);
     cr_expect_not(v.picked, "a 1.04x candidate beat 6%% noise");
-    char text[96];
-    tune_verdict_text(&v, text, sizeof text);
-    cr_expect_str_eq(text, "1.04x, within noise 6% (won 5/5)");
+    expect_text(&v, "1.04x, within noise 6% (won 5/5)");
 }
 
 Test(tune_decide, a_clearly_faster_candidate_is_picked)
@@ -53,9 +59,7 @@ Test(tune_decide, a_clearly_faster_candidate_is_picked)
     cr_expect_float_eq(v.base_ms, 100, 1e-9);
     cr_expect_float_eq(v.cand_ms, 100 / 1.5, 1e-9);
     cr_expect(v.picked, "a 1.5x candidate in every round was not picked");
-    char text[96];
-    tune_verdict_text(&v, text, sizeof text);
-    cr_expect_str_eq(text, "1.50x, beyond noise 6% (won 5/5)");
+    expect_text(&v, "1.50x, beyond noise 6% (won 5/5)");
 }
 
 Test(tune_decide, the_default_s_spread_raises_the_bar)
@@ -127,9 +131,7 @@ Test(tune_decide, a_faster_median_needs_a_clear_majority)
     cr_expect_gt(v.ratio, v.needed);
     cr_expect_eq(v.wins, 3);
     cr_expect_not(v.picked, "3 wins of 5 picked the candidate");
-    char text[96];
-    tune_verdict_text(&v, text, sizeof text);
-    cr_expect_str_eq(text, "1.43x, beyond noise 5% but won only 3/5");
+    expect_text(&v, "1.43x, beyond noise 5% but won only 3/5");
     /* tied rounds are no wins */
     double tied[N] = {70, 70, 70, 100, 100};
     cr_expect_not(decide(flat, tied, N).picked, "ties made a majority");
@@ -147,9 +149,7 @@ Test(tune_decide, too_few_rounds_prove_nothing)
     cr_expect(decide(base, cand, 3).picked, "3 rounds of 2x were not enough");
     v = decide(base, cand, 0);
     cr_expect_not(v.picked);
-    char text[96];
-    tune_verdict_text(&v, text, sizeof text);
-    cr_expect_str_eq(text, "not measured (over budget)");
+    expect_text(&v, "not measured (over budget)");
 }
 
 Test(tune_decide, a_failed_forward_makes_the_verdict_unusable)
@@ -160,7 +160,5 @@ Test(tune_decide, a_failed_forward_makes_the_verdict_unusable)
     tune_verdict v = decide(noisy, cand, N);
     cr_expect_eq(v.ratio, 0);
     cr_expect_not(v.picked, "a candidate with a failed forward was picked");
-    char text[96];
-    tune_verdict_text(&v, text, sizeof text);
-    cr_expect_str_eq(text, "failed");
+    expect_text(&v, "failed");
 }

@@ -5,7 +5,11 @@
  *   {"format": "libmha-tune", "version": 1, "entries": [
  *     {"backend": "vulkan", "device": "...", "driver": "...",
  *      "shape": "E512-H8-B1-L512-S512-c0", "matmul": "mm64x64k32",
- *      "attention": "default", "ms": 12.5, "default_ms": 20.1}, ...]} */
+ *      "attention": "default", "ms": 12.5, "default_ms": 20.1,
+ *      "matmul_ratio": 1.61, "matmul_spread": 0.04,
+ *      "attention_ratio": 1.03, "attention_spread": 0.06}, ...]}
+ *
+ * The four ratio and spread fields are optional (older files lack them). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +57,23 @@ static int get_num(const cJSON *o, const char *key, double *out)
     return 1;
 }
 
+/* The optional fields of an entry: mha-tune's evidence for its pick. */
+static const char *const evidence_keys[4] = {
+    "matmul_ratio", "matmul_spread", "attention_ratio", "attention_spread"};
+
+/* The evidence fields of o into e: absent is 0, present must be a number.
+ * 1 when usable. */
+static int evidence_from(const cJSON *o, mha_tune_entry *e)
+{
+    double *at[4] = {&e->matmul_ratio, &e->matmul_spread, &e->attention_ratio,
+                     &e->attention_spread};
+    for (int i = 0; i < 4; i++)
+        if (cJSON_GetObjectItemCaseSensitive(o, evidence_keys[i]) &&
+            !get_num(o, evidence_keys[i], at[i]))
+            return 0;
+    return 1;
+}
+
 static int entry_from(const cJSON *o, mha_tune_entry *e)
 {
     memset(e, 0, sizeof *e);
@@ -63,7 +84,9 @@ static int entry_from(const cJSON *o, mha_tune_entry *e)
            get_str(o, "shape", e->shape, sizeof e->shape) &&
            get_str(o, "matmul", e->matmul, sizeof e->matmul) &&
            get_str(o, "attention", e->attention, sizeof e->attention) &&
-           get_num(o, "ms", &e->ms) && get_num(o, "default_ms", &e->default_ms);
+           get_num(o, "ms", &e->ms) &&
+           get_num(o, "default_ms", &e->default_ms) &&
+           evidence_from(o, e);
 }
 
 static const char out_of_memory[] = "out of host memory";
@@ -204,6 +227,10 @@ static cJSON *entry_json(const mha_tune_entry *e)
     cJSON_AddStringToObject(o, "attention", e->attention);
     cJSON_AddNumberToObject(o, "ms", e->ms);
     cJSON_AddNumberToObject(o, "default_ms", e->default_ms);
+    const double evidence[4] = {e->matmul_ratio, e->matmul_spread,
+                                e->attention_ratio, e->attention_spread};
+    for (int i = 0; i < 4; i++)
+        cJSON_AddNumberToObject(o, evidence_keys[i], evidence[i]);
     return o;
 }
 

@@ -24,11 +24,16 @@ void mha_tune_shape_class(const mha_tune_shape *s, char *out, size_t size);
 
 /* One winner: on backend's device (name, driver) for a shape class, the
  * matmul and attention variants ("default": the backend's built-in
- * choice), with the forward's median time and the default's, in ms. */
+ * choice), with the forward's median time and the default's, in ms. Per
+ * kind, the evidence mha-tune had: the median paired ratio (default ms /
+ * candidate ms) of the best candidate it measured, picked or not, and the
+ * default's spread in those rounds (0 when not measured; optional in the
+ * file, so databases written before them still read). */
 typedef struct mha_tune_entry {
     char backend[16], device[128], driver[128], shape[64];
     char matmul[32], attention[32];
     double ms, default_ms;
+    double matmul_ratio, matmul_spread, attention_ratio, attention_spread;
 } mha_tune_entry;
 
 typedef struct mha_tune_db {

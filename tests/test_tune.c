@@ -171,7 +171,7 @@ Test(tune, db_round_trip_replace_and_shape_class)
     fx_open(&f);
     mha_tune_db db = {0}, back = {0};
     mha_tune_entry e = {"vulkan", "dev", "drv", "E8-H2-B1-L4-S4-c0",
-                        "mmA", "attB", 1.5, 3.0};
+                        "mmA", "attB", 1.5, 3.0, 1.6, 0.04, 1.03, 0.06};
     cr_assert_eq(mha_tune_db_put(&f.ctx->host, &db, &e), MHA_OK);
     snprintf(e.matmul, sizeof e.matmul, "mmC");
     cr_assert_eq(mha_tune_db_put(&f.ctx->host, &db, &e), MHA_OK);
@@ -188,6 +188,10 @@ Test(tune, db_round_trip_replace_and_shape_class)
     cr_expect_str_eq(got->attention, "attB");
     cr_expect_eq(got->ms, 1.5);
     cr_expect_eq(got->default_ms, 3.0);
+    cr_expect(got->matmul_ratio == 1.6 && got->matmul_spread == 0.04 &&
+                  got->attention_ratio == 1.03 &&
+                  got->attention_spread == 0.06,
+              "mha-tune's evidence did not round-trip");
     cr_expect_null(mha_tune_db_find(&back, "vulkan", "dev", "drv2",
                                     "E8-H2-B1-L4-S4-c0"),
                    "another driver's entry matched");
@@ -255,6 +259,42 @@ Test(tune, a_malformed_entry_voids_the_database)
     expect_ignored("{\"format\": \"libmha-tune\", \"version\": 1, "
                    "\"entries\": [{\"backend\": \"vulkan\", \"ms\": \"x\"}]}",
                    "lacks a field");
+}
+
+Test(tune, an_evidence_field_of_the_wrong_type_voids_the_database)
+{
+    expect_ignored("{\"format\": \"libmha-tune\", \"version\": 1, "
+                   "\"entries\": [{\"backend\": \"vulkan\", \"device\": "
+                   "\"d\", \"driver\": \"v\", \"shape\": \"s\", "
+                   "\"matmul\": \"default\", \"attention\": \"default\", "
+                   "\"ms\": 1, \"default_ms\": 1, \"matmul_ratio\": \"x\"}]}",
+                   "lacks a field");
+}
+
+/* A database written before the ratio and spread fields still reads. */
+Test(tune, an_entry_without_evidence_fields_is_used)
+{
+    fixture f;
+    const char *mm[1], *att[1];
+    fx_open(&f);
+    int n = 0;
+    mha_device_variants(f.dev, "matmul", mm, 1, &n);
+    mha_device_variants(f.dev, "attention", att, 1, &n);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\"format\": \"libmha-tune\", \"version\": 1, \"entries\": "
+             "[{\"backend\": \"%s\", \"device\": \"%s\", \"driver\": "
+             "\"%s\", \"shape\": \"%s\", \"matmul\": \"%s\", "
+             "\"attention\": \"%s\", \"ms\": 1, \"default_ms\": 2}]}",
+             f.info.backend, f.info.name, f.info.driver, f.shape, mm[0],
+             att[0]);
+    write_text(f.path, text);
+    cr_assert_eq(forward(f.dev), MHA_OK, "%s", mha_context_errmsg(f.ctx));
+    char want[256];
+    snprintf(want, sizeof want, "tuning database: %s on %s: matmul %s",
+             f.shape, f.info.name, mm[0]);
+    expect_log(&f, want);
+    fx_close(&f);
 }
 
 Test(tune, an_entry_naming_a_removed_variant_is_ignored)

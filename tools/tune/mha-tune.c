@@ -1,12 +1,14 @@
 /* mha-tune: times the kernel variants of each GPU device for the shapes of
  * mha-bench's presets (or one shape) and writes the winners to the tuning
  * database that libmha reads when it plans (core/tune_db.c). Per device
- * and case: the built-in default (MHA_TUNE=off), then each matmul variant,
- * then each attention variant with the best matmul (coordinate descent),
- * each forced through MHA_TUNE_VARIANT, checked against the default's
- * output, and timed right after the best so far, which it replaces only
- * when 10% faster (pairs: a loaded machine drifts between measurements);
- * a shape class the database already holds for the device and driver is
+ * and case: each matmul variant, then each attention variant with the
+ * matmul pick (coordinate descent), each forced through MHA_TUNE_VARIANT,
+ * checked against the built-in default's output (MHA_TUNE=off), and timed
+ * against the default in paired rounds that alternate which goes first;
+ * decide.c picks a variant only when it beats the default by more than
+ * the noise those rounds measured (a loaded machine drifts and jumps
+ * between measurements), else the default stays, with the ratio seen. A
+ * shape class the database already holds for the device and driver is
  * skipped. Within --budget seconds in all. */
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "context.h"
+#include "decide.h"
 #include "peers.h"
 #include "tune_db.h"
 
@@ -23,12 +26,18 @@ static const char usage[] =
     "usage: mha-tune [options]\n"
     "\n"
     "Times libmha's kernel variants on each GPU device for the shapes of\n"
-    "mha-bench presets (or one shape) and writes the fastest to the tuning\n"
+    "mha-bench presets (or one shape) and writes the picks to the tuning\n"
     "database (tune.json in the cache directory, or MHA_TUNE_DB), keyed by\n"
     "device, driver and shape class; libmha reads it when it plans. Each\n"
-    "variant is timed right after the best so far and replaces it only when\n"
-    "10% faster. Shapes the database holds for a device and driver are\n"
-    "skipped.\n"
+    "variant is timed against the built-in default in --rounds paired\n"
+    "rounds (alternating which runs first) and is picked only when the\n"
+    "median of its per-round ratios (default ms / variant ms) beats\n"
+    "1 + max(5%, the default's spread in those rounds: interquartile range\n"
+    "over median) and it won more than 2/3 of at least 3 rounds; the best\n"
+    "of each kind must then win again in a second set of rounds. Else the\n"
+    "database records the default, with the best ratio measured (\"kept\n"
+    "default: best candidate ... 1.03x, within noise 6%\"). Shapes the\n"
+    "database holds for a device and driver are skipped.\n"
     "\n"
     "  --device SPEC      vulkan, opencl, backend:N (default: every GPU\n"
     "                     device); repeat for several\n"
@@ -36,17 +45,22 @@ static const char usage[] =
     "  --embed-dim E --heads H --batch B --tgt-len L --src-len S --causal\n"
     "                     one shape instead (defaults E512 H8 B1 L128 S=L)\n"
     "  --shape E,H,B,L    a self-attention shape (S = L); repeat for several\n"
-    "  --budget SEC       time for all measurements (default 120)\n"
-    "  --repeat N         timed forwards per variant (default 3)\n"
+    "  --budget SEC       time for all measurements (default 120); a\n"
+    "                     variant cut short gets the rounds it had\n"
+    "  --rounds N         paired rounds per variant (default 5)\n"
+    "  --repeat N         timed forwards per variant and round, their\n"
+    "                     median taken (default 1)\n"
     "  --force            measure shapes the database already holds\n"
-    "  --json             print every measurement as JSON on stdout\n"
+    "  --json             print every measurement as JSON on stdout (per\n"
+    "                     variant: ratio, spread, needed, wins, rounds,\n"
+    "                     picked)\n"
     "  --list             print each device's variants (one line per\n"
     "                     device and kind: SPEC KIND NAME...) and exit\n"
     "  --compare N        measure nothing new: time each case's forward\n"
     "                     with MHA_TUNE=off (the untuned default) and\n"
-    "                     MHA_TUNE=db (the database's pick), alternating,\n"
-    "                     N rounds of --repeat forwards each, and print\n"
-    "                     both medians and the speedup\n"
+    "                     MHA_TUNE=db (the database's pick) in N paired\n"
+    "                     rounds of --repeat forwards each, and print both\n"
+    "                     medians, the median ratio and the noise\n"
     "  --help             print this text\n";
 
 typedef struct tune_opts {
@@ -55,7 +69,7 @@ typedef struct tune_opts {
     bench_case cases[BENCH_MAX_CASES];
     int ncases;
     double budget;
-    int repeat, force, json, list, compare;
+    int repeat, rounds, force, json, list, compare;
 } tune_opts;
 
 /* One case's layer and tensors on a device. */
@@ -84,7 +98,8 @@ static int parse(int argc, char **argv, tune_opts *o)
     bench_case c = {.embed_dim = 512, .heads = 8, .batch = 1, .tgt_len = 128};
     int custom = 0;
     o->budget = 120;
-    o->repeat = 3;
+    o->repeat = 1;
+    o->rounds = 5;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long n = 0;
@@ -95,7 +110,7 @@ static int parse(int argc, char **argv, tune_opts *o)
                        : !strcmp(a, "--src-len") ? &c.src_len
                                                  : NULL;
         if (dim || !strcmp(a, "--repeat") || !strcmp(a, "--budget") ||
-            !strcmp(a, "--compare")) {
+            !strcmp(a, "--compare") || !strcmp(a, "--rounds")) {
             if (!v || parse_int(v, 1, 1 << 24, &n))
                 return fprintf(stderr, "mha-tune: %s needs a positive "
                                        "number\n", a), -1;
@@ -106,6 +121,8 @@ static int parse(int argc, char **argv, tune_opts *o)
                 o->repeat = (int)n;
             else if (!strcmp(a, "--compare"))
                 o->compare = (int)n;
+            else if (!strcmp(a, "--rounds"))
+                o->rounds = (int)n;
             else
                 o->budget = (double)n;
         } else if (!strcmp(a, "--shape") && v && o->ncases < BENCH_MAX_CASES) {
@@ -209,24 +226,65 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Median ms of repeat forwards after one untimed (kernel builds) under
- * the variants in force; out holds the result. -1 on failure. */
-static double time_forwards(tune_run *r, int repeat, float *out)
+/* Sets (on) or clears the environment variable of setting, "NAME=VALUE":
+ * the source or the variants a forward runs under. */
+static void apply(const char *setting, int on)
+{
+    char name[32];
+    size_t n = strcspn(setting, "=");
+    snprintf(name, sizeof name, "%.*s", (int)n, setting);
+    if (on)
+        setenv(name, setting + n + (setting[n] == '='), 1);
+    else
+        unsetenv(name);
+}
+
+/* One untimed forward under setting (it builds the kernels), its result
+ * into out. 0, or -1 when it fails. */
+static int warm(tune_run *r, const char *setting, float *out)
+{
+    apply(setting, 1);
+    int ok = mha_layer_forward(r->layer, &r->a) == MHA_OK &&
+             mha_tensor_download(r->y, out, r->n * sizeof(float)) == MHA_OK;
+    apply(setting, 0);
+    return ok ? 0 : -1;
+}
+
+/* Median ms of repeat forwards under setting; -1 when one fails. */
+static double time_block(tune_run *r, int repeat, const char *setting)
 {
     double t[64];
+    int ok = 1;
     repeat = repeat > 64 ? 64 : repeat;
-    if (mha_layer_forward(r->layer, &r->a) != MHA_OK)
-        return -1;
-    for (int i = 0; i < repeat; i++) {
+    apply(setting, 1);
+    for (int i = 0; i < repeat && ok; i++) {
         double t0 = now_s();
-        if (mha_layer_forward(r->layer, &r->a) != MHA_OK)
-            return -1;
+        ok = mha_layer_forward(r->layer, &r->a) == MHA_OK;
         t[i] = 1e3 * (now_s() - t0);
     }
-    if (mha_tensor_download(r->y, out, r->n * sizeof(float)) != MHA_OK)
+    apply(setting, 0);
+    if (!ok)
         return -1;
     qsort(t, (size_t)repeat, sizeof *t, cmp_double);
     return t[repeat / 2];
+}
+
+/* Up to rounds paired blocks of base and cand, while before deadline (s)
+ * and no forward fails; which runs first alternates by round, so that
+ * drift within a round favours neither. The verdict is decide.c's. */
+static void paired(tune_run *r, int repeat, int rounds, double deadline,
+                   const char *base, const char *cand, tune_verdict *v)
+{
+    double t[2][64]; /* [0] base, [1] cand */
+    int n = 0, ok = 1;
+    rounds = rounds > 64 ? 64 : rounds;
+    for (; n < rounds && ok && now_s() <= deadline; n++)
+        for (int k = 0; k < 2; k++) {
+            int which = (n + k) % 2;
+            t[which][n] = time_block(r, repeat, which ? cand : base);
+            ok = ok && t[which][n] > 0;
+        }
+    tune_decide(t[0], t[1], n, v);
 }
 
 /* Whether out agrees with the default's output (fp32 tolerance). */
@@ -241,81 +299,133 @@ static int agrees(const tune_run *r)
     return 1;
 }
 
-/* Times one forced variant set ("matmul=A,attention=B"); -1 when it fails
- * or disagrees with the default. */
-static double time_variant(tune_run *r, int repeat, const char *forced)
-{
-    setenv("MHA_TUNE_VARIANT", forced, 1);
-    double ms = time_forwards(r, repeat, r->out);
-    unsetenv("MHA_TUNE_VARIANT");
-    return ms >= 0 && agrees(r) ? ms : -1;
-}
-
 typedef struct search {
     const tune_opts *o;
     double deadline;
-    cJSON *tried; /* {"matmul=..,attention=..": ms} */
+    cJSON *tried; /* {"matmul=..,attention=..": verdict} */
 } search;
 
-/* A variant replaces the best so far only when it is this much faster
- * than it, timed right after it (a pair), so that the drift of a loaded
- * machine between two measurements does not pick noise. */
-#define TUNE_MARGIN 0.9
+/* A kind's outcome on one case: the best candidate measured (a pick,
+ * else the highest ratio) and its verdict; name "" when none was. */
+typedef struct kind_result {
+    char name[32];
+    tune_verdict v;
+} kind_result;
 
-/* The fastest of kind's variants with the other part fixed (fixed is
- * "matmul=X," or ""), into best (left as is when none beats it). */
-static void sweep(search *s, tune_run *r, mha_device *dev, const char *kind,
-                  const char *fixed, char *best, double *best_ms)
+static cJSON *verdict_json(const tune_verdict *v)
 {
-    const char *names[MHA_MAX_VARIANTS];
-    int n = 0;
-    mha_device_variants(dev, kind, names, MHA_MAX_VARIANTS, &n);
-    for (int i = 0; i < n && i < MHA_MAX_VARIANTS; i++) {
-        if (now_s() > s->deadline)
-            return;
-        char forced[96], incumbent[96];
-        snprintf(forced, sizeof forced, "%s%s=%s", fixed, kind, names[i]);
-        snprintf(incumbent, sizeof incumbent, "%s%s=%s", fixed, kind, best);
-        double base = time_variant(r, s->o->repeat, incumbent);
-        double ms = time_variant(r, s->o->repeat, forced);
-        cJSON_AddNumberToObject(s->tried, forced, ms);
-        if (ms > 0 && base > 0 && ms < TUNE_MARGIN * base) {
-            *best_ms = ms;
-            snprintf(best, 32, "%s", names[i]);
-        }
-    }
+    char text[96];
+    tune_verdict_text(v, text, sizeof text);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "ratio", v->ratio);
+    cJSON_AddNumberToObject(o, "spread", v->spread);
+    cJSON_AddNumberToObject(o, "needed", v->needed);
+    cJSON_AddNumberToObject(o, "wins", v->wins);
+    cJSON_AddNumberToObject(o, "rounds", v->rounds);
+    cJSON_AddNumberToObject(o, "ms", v->cand_ms);
+    cJSON_AddNumberToObject(o, "default_ms", v->base_ms);
+    cJSON_AddBoolToObject(o, "picked", v->picked);
+    cJSON_AddStringToObject(o, "verdict", text);
+    return o;
 }
 
-/* Tunes case c on dev into entry e (shape, winners, times). -1 when the
- * default itself does not run. */
+/* Whether verdict a beats b as a kind's best: a pick beats no pick, then
+ * the higher ratio. */
+static int better(const tune_verdict *a, const tune_verdict *b)
+{
+    return a->picked != b->picked ? a->picked : a->ratio > b->ratio;
+}
+
+#define FORCE "MHA_TUNE_VARIANT="
+
+/* Times forced (after FORCE: "matmul=X," and/or "attention=Y") against
+ * base in paired rounds, after one forward whose output must agree with
+ * the default's; says the verdict on stderr (label after the setting)
+ * and adds it to into under key. */
+static void measure(search *s, tune_run *r, const char *base,
+                    const char *forced, const char *label, cJSON *into,
+                    const char *key, tune_verdict *v)
+{
+    char text[96];
+    memset(v, 0, sizeof *v);
+    if (warm(r, forced, r->out) == 0 && agrees(r)) {
+        paired(r, s->o->repeat, s->o->rounds, s->deadline, base, forced, v);
+        tune_verdict_text(v, text, sizeof text);
+    } else {
+        snprintf(text, sizeof text, "fails, or disagrees with the default");
+    }
+    fprintf(stderr, "mha-tune:   %s%s: %s\n", forced + strlen(FORCE), label,
+            text);
+    cJSON_AddItemToObject(into, key, verdict_json(v));
+}
+
+/* Times each of kind's variants against the default of that kind (the
+ * other part fixed: "matmul=X," or "") in paired rounds, reporting each;
+ * the best into res. The best of many is partly the luckiest, so a pick
+ * must win again in a second, independent set of rounds, whose verdict
+ * res keeps; then its name goes into best. */
+static void sweep(search *s, tune_run *r, mha_device *dev, const char *kind,
+                  const char *fixed, char *best, kind_result *res)
+{
+    const char *names[MHA_MAX_VARIANTS];
+    char base[128], cand[128];
+    int n = 0;
+    snprintf(base, sizeof base, FORCE "%s%s=default", fixed, kind);
+    memset(res, 0, sizeof *res);
+    mha_device_variants(dev, kind, names, MHA_MAX_VARIANTS, &n);
+    for (int i = 0; i < n && i < MHA_MAX_VARIANTS && now_s() <= s->deadline;
+         i++) {
+        tune_verdict v;
+        snprintf(cand, sizeof cand, FORCE "%s%s=%s", fixed, kind, names[i]);
+        measure(s, r, base, cand, "", s->tried, cand + strlen(FORCE), &v);
+        if (v.ratio > 0 && (!res->name[0] || better(&v, &res->v))) {
+            res->v = v;
+            snprintf(res->name, sizeof res->name, "%s", names[i]);
+        }
+    }
+    if (!res->v.picked)
+        return;
+    snprintf(cand, sizeof cand, FORCE "%s%s=%s", fixed, kind, res->name);
+    measure(s, r, base, cand, " (confirming)",
+            cJSON_GetObjectItemCaseSensitive(s->tried, cand + strlen(FORCE)),
+            "confirmed", &res->v);
+    if (res->v.picked)
+        snprintf(best, 32, "%s", res->name);
+}
+
+/* Tunes case c on dev into entry e (shape, picks, times, evidence) and
+ * res (per kind). -1 when the default does not run or no candidate got
+ * measured (the budget ran out): nothing to record. */
 static int tune_case(search *s, mha_device *dev, const bench_case *c,
-                     mha_tune_entry *e)
+                     mha_tune_entry *e, kind_result res[2])
 {
     bench_case_data d;
     tune_run r;
+    memset(res, 0, 2 * sizeof *res);
     if (bench_case_data_make(c, &d))
         return -1;
-    int rc = -1;
-    if (run_make(dev, c, &d, &r) == MHA_OK) {
-        setenv("MHA_TUNE", "off", 1);
-        e->default_ms = time_forwards(&r, s->o->repeat, r.ref);
-        unsetenv("MHA_TUNE");
-        snprintf(e->matmul, sizeof e->matmul, "default");
-        snprintf(e->attention, sizeof e->attention, "default");
-        e->ms = e->default_ms;
-        if (e->default_ms > 0) {
-            setenv("MHA_TUNE", "off", 1); /* the unforced part: default */
-            sweep(s, &r, dev, "matmul", "", e->matmul, &e->ms);
-            char fixed[64];
-            snprintf(fixed, sizeof fixed, "matmul=%s,", e->matmul);
-            sweep(s, &r, dev, "attention", fixed, e->attention, &e->ms);
-            unsetenv("MHA_TUNE");
-            rc = 0;
-        }
+    snprintf(e->matmul, sizeof e->matmul, "default");
+    snprintf(e->attention, sizeof e->attention, "default");
+    setenv("MHA_TUNE", "off", 1); /* the unforced part: the default */
+    if (run_make(dev, c, &d, &r) == MHA_OK &&
+        warm(&r, "MHA_TUNE_VARIANT=matmul=default", r.ref) == 0) {
+        sweep(s, &r, dev, "matmul", "", e->matmul, &res[0]);
+        char fixed[64];
+        snprintf(fixed, sizeof fixed, "matmul=%s,", e->matmul);
+        sweep(s, &r, dev, "attention", fixed, e->attention, &res[1]);
     }
+    unsetenv("MHA_TUNE");
     run_free(&r);
     bench_case_data_free(&d);
-    return rc;
+    e->default_ms = res[0].v.base_ms;
+    e->ms = res[1].v.picked   ? res[1].v.cand_ms
+            : res[0].v.picked ? res[0].v.cand_ms
+                              : e->default_ms;
+    e->matmul_ratio = res[0].v.ratio;
+    e->matmul_spread = res[0].v.spread;
+    e->attention_ratio = res[1].v.ratio;
+    e->attention_spread = res[1].v.spread;
+    return res[0].name[0] ? 0 : -1;
 }
 
 static void entry_key(mha_device *dev, const bench_case *c, mha_tune_entry *e)
@@ -331,9 +441,27 @@ static void entry_key(mha_device *dev, const bench_case *c, mha_tune_entry *e)
     mha_tune_shape_class(&s, e->shape, sizeof e->shape);
 }
 
-static cJSON *entry_report(const mha_tune_entry *e, const char *status,
-                           cJSON *tried)
+/* A kind's outcome in words: "picked NAME: 1.31x, beyond noise 5% (won
+ * 5/5)" or "kept default: best candidate NAME 1.03x, within noise 6% (won
+ * 3/5)". */
+static void kind_text(const kind_result *k, char *out, size_t size)
 {
+    char v[96];
+    tune_verdict_text(&k->v, v, sizeof v);
+    if (!k->name[0])
+        snprintf(out, size, "kept default: no candidate measured");
+    else if (k->v.picked)
+        snprintf(out, size, "picked %s: %s", k->name, v);
+    else
+        snprintf(out, size, "kept default: best candidate %s %s", k->name, v);
+}
+
+/* The report of one case: its entry, and for a measured one (res) each
+ * kind's outcome and every candidate's verdict (tried, taken over). */
+static cJSON *entry_report(const mha_tune_entry *e, const char *status,
+                           cJSON *tried, const kind_result *res)
+{
+    static const char *const kinds[2] = {"matmul", "attention"};
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "backend", e->backend);
     cJSON_AddStringToObject(o, "device", e->device);
@@ -343,37 +471,44 @@ static cJSON *entry_report(const mha_tune_entry *e, const char *status,
     cJSON_AddStringToObject(o, "attention", e->attention);
     cJSON_AddNumberToObject(o, "ms", e->ms);
     cJSON_AddNumberToObject(o, "default_ms", e->default_ms);
+    cJSON_AddNumberToObject(o, "matmul_ratio", e->matmul_ratio);
+    cJSON_AddNumberToObject(o, "matmul_spread", e->matmul_spread);
+    cJSON_AddNumberToObject(o, "attention_ratio", e->attention_ratio);
+    cJSON_AddNumberToObject(o, "attention_spread", e->attention_spread);
+    for (int k = 0; res && k < 2; k++) {
+        char text[192], key[32];
+        kind_text(&res[k], text, sizeof text);
+        snprintf(key, sizeof key, "%s_verdict", kinds[k]);
+        cJSON_AddStringToObject(o, key, text);
+    }
     cJSON_AddItemToObject(o, "tried", tried ? tried : cJSON_CreateObject());
     return o;
 }
 
-/* --compare: the case's forward under MHA_TUNE=off and =db, alternating
- * rounds; prints the medians of each round's median and the speedup. */
+/* --compare: the case's forward under MHA_TUNE=off and =db in paired
+ * rounds; prints the median of each and decide.c's verdict on the pick. */
 static void compare_case(mha_device *dev, const tune_opts *o,
                          const bench_case *c)
 {
     bench_case_data d;
     tune_run r;
-    double t[2][64];
-    int n = o->compare > 64 ? 64 : o->compare, ok = 1;
+    tune_verdict v = {0};
     if (bench_case_data_make(c, &d))
         return;
-    if (run_make(dev, c, &d, &r) == MHA_OK)
-        for (int i = 0; i < n && ok; i++)
-            for (int m = 0; m < 2 && ok; m++) {
-                setenv("MHA_TUNE", m ? "db" : "off", 1);
-                t[m][i] = time_forwards(&r, o->repeat, r.out);
-                ok = t[m][i] > 0;
-            }
-    unsetenv("MHA_TUNE");
+    /* db first: the layer plans its call once, and only a plan made
+     * outside MHA_TUNE=off holds the database's pick (off then ignores it) */
+    if (run_make(dev, c, &d, &r) == MHA_OK &&
+        warm(&r, "MHA_TUNE=db", r.out) == 0 &&
+        warm(&r, "MHA_TUNE=off", r.ref) == 0)
+        paired(&r, o->repeat, o->compare, HUGE_VAL, "MHA_TUNE=off",
+               "MHA_TUNE=db", &v);
     mha_tune_entry e;
     entry_key(dev, c, &e);
-    if (ok) {
-        qsort(t[0], (size_t)n, sizeof **t, cmp_double);
-        qsort(t[1], (size_t)n, sizeof **t, cmp_double);
-        printf("%-8s %-26s default %10.3f ms  tuned %10.3f ms  %5.2fx\n",
-               e.backend, e.shape, t[0][n / 2], t[1][n / 2],
-               t[0][n / 2] / t[1][n / 2]);
+    if (v.ratio > 0) {
+        char text[96];
+        tune_verdict_text(&v, text, sizeof text);
+        printf("%-8s %-26s default %10.3f ms  tuned %10.3f ms  %s\n",
+               e.backend, e.shape, v.base_ms, v.cand_ms, text);
     }
     run_free(&r);
     bench_case_data_free(&d);
@@ -389,27 +524,39 @@ static int tune_device(mha_context *ctx, mha_device *dev, search *s,
         if (c->decoder || c->kdim != c->embed_dim || c->vdim != c->embed_dim)
             continue;
         mha_tune_entry e;
+        kind_result res[2];
         entry_key(dev, c, &e);
         const mha_tune_entry *had = mha_tune_db_find(db, e.backend, e.device,
                                                      e.driver, e.shape);
         if (had && !s->o->force) {
             fprintf(stderr, "mha-tune: %s %s: in the database, skipped\n",
                     e.backend, e.shape);
-            cJSON_AddItemToArray(report, entry_report(had, "skipped", NULL));
+            cJSON_AddItemToArray(report,
+                                 entry_report(had, "skipped", NULL, NULL));
             continue;
         }
+        fprintf(stderr, "mha-tune: %s %s: each variant against the default, "
+                        "%d paired rounds\n",
+                e.backend, e.shape, s->o->rounds);
         s->tried = cJSON_CreateObject();
-        if (now_s() > s->deadline || tune_case(s, dev, c, &e)) {
+        if (now_s() > s->deadline || tune_case(s, dev, c, &e, res)) {
             fprintf(stderr, "mha-tune: %s %s: %s\n", e.backend, e.shape,
-                    now_s() > s->deadline ? "over budget, not measured"
+                    now_s() > s->deadline ? "over budget, not recorded"
                                           : mha_context_errmsg(ctx));
             cJSON_Delete(s->tried);
             continue;
         }
+        for (int k = 0; k < 2; k++) {
+            char text[192];
+            kind_text(&res[k], text, sizeof text);
+            fprintf(stderr, "mha-tune: %s %s: %s: %s\n", e.backend, e.shape,
+                    k ? "attention" : "matmul", text);
+        }
         fprintf(stderr, "mha-tune: %s %s: matmul %s, attention %s: %.3f ms "
                         "(default %.3f ms)\n",
                 e.backend, e.shape, e.matmul, e.attention, e.ms, e.default_ms);
-        cJSON_AddItemToArray(report, entry_report(&e, "measured", s->tried));
+        cJSON_AddItemToArray(report,
+                             entry_report(&e, "measured", s->tried, res));
         int err = mha_tune_db_put(&ctx->host, db, &e) != MHA_OK
                       ? 12
                       : mha_tune_db_write(path, db);

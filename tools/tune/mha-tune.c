@@ -441,6 +441,11 @@ static void entry_key(mha_device *dev, const bench_case *c, mha_tune_entry *e)
     mha_tune_shape_class(&s, e->shape, sizeof e->shape);
 }
 
+/* A kind_text() line's room: the longest prefix, a name cut at 31
+ * characters and a 95-character verdict fit with margin, so gcc -O2's
+ * truncation check (the README's Release quick start) stays quiet. */
+#define KIND_TEXT 256
+
 /* A kind's outcome in words: "picked NAME: 1.31x, beyond noise 5% (won
  * 5/5)" or "kept default: best candidate NAME 1.03x, within noise 6% (won
  * 3/5)". */
@@ -451,9 +456,9 @@ static void kind_text(const kind_result *k, char *out, size_t size)
     if (!k->name[0])
         snprintf(out, size, "kept default: no candidate measured");
     else if (k->v.picked)
-        snprintf(out, size, "picked %s: %s", k->name, v);
+        snprintf(out, size, "picked %.31s: %s", k->name, v);
     else
-        snprintf(out, size, "kept default: best candidate %s %s", k->name, v);
+        snprintf(out, size, "kept default: best candidate %.31s %s", k->name, v);
 }
 
 /* The report of one case: its entry, and for a measured one (res) each
@@ -476,7 +481,7 @@ static cJSON *entry_report(const mha_tune_entry *e, const char *status,
     cJSON_AddNumberToObject(o, "attention_ratio", e->attention_ratio);
     cJSON_AddNumberToObject(o, "attention_spread", e->attention_spread);
     for (int k = 0; res && k < 2; k++) {
-        char text[192], key[32];
+        char text[KIND_TEXT], key[32];
         kind_text(&res[k], text, sizeof text);
         snprintf(key, sizeof key, "%s_verdict", kinds[k]);
         cJSON_AddStringToObject(o, key, text);
@@ -547,7 +552,7 @@ static int tune_device(mha_context *ctx, mha_device *dev, search *s,
             continue;
         }
         for (int k = 0; k < 2; k++) {
-            char text[192];
+            char text[KIND_TEXT];
             kind_text(&res[k], text, sizeof text);
             fprintf(stderr, "mha-tune: %s %s: %s: %s\n", e.backend, e.shape,
                     k ? "attention" : "matmul", text);

@@ -54,12 +54,13 @@ static mha_tdesc head_view(void *data, mha_dtype dt, int64_t H, int64_t T,
     return t;
 }
 
-/* rows x cols uniform values in [-1, 1), f32 or f16 bits. */
+/* rows x cols uniform values in [-1, 1), f32 or f16 bits, in memory
+ * allocated as a CPU device buffer of that size. */
 static void *random_rows(int64_t rows, int64_t cols, mha_dtype dt,
                          uint64_t seed)
 {
     size_t n = (size_t)(rows * cols), es = dt == MHA_F16 ? 2 : 4;
-    void *p = aligned_alloc(64, (n * es + 63) / 64 * 64);
+    void *p = bench_buffer_alloc(n * es);
     for (size_t i = 0; p && i < n; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
         float x = (float)((double)(seed >> 40) / (double)(1ull << 24)) * 2 - 1;

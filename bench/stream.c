@@ -3,12 +3,16 @@
  * (a sum of b's bits, what a decode step's pass over the KV cache does)
  * over arrays far larger than the caches, split across threads. Like
  * STREAM it counts the bytes read plus the bytes written and keeps the
- * best of several passes. */
+ * best of several passes. The arrays are allocated as the CPU backend
+ * allocates a KV cache (bench_buffer_alloc, here too: huge pages where the
+ * system gives them), so the bound and the decode it bounds read the same
+ * kind of memory. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "huge_pages.h"
 #include "targets.h"
 
 #define STREAM_FLOATS ((size_t)64 << 20) /* 256 MiB an array */
@@ -76,13 +80,22 @@ static int copy_pass(float *dst, const float *src, int threads)
     return rc;
 }
 
+void *bench_buffer_alloc(size_t bytes)
+{
+    size_t align = mha_cpu_buffer_align(bytes);
+    void *p = aligned_alloc(align, (bytes + align - 1) / align * align);
+    if (p)
+        mha_cpu_advise_huge(p, bytes);
+    return p;
+}
+
 /* The best of STREAM_PASSES copies (read_only: reads of b alone), GB/s. */
 static double stream_gbs(int threads, int read_only)
 {
     threads = threads < 1 ? 1 : threads > STREAM_MAX_THREADS
                                     ? STREAM_MAX_THREADS : threads;
-    float *a = malloc(STREAM_FLOATS * sizeof *a);
-    float *b = malloc(STREAM_FLOATS * sizeof *b);
+    float *a = bench_buffer_alloc(STREAM_FLOATS * sizeof *a);
+    float *b = bench_buffer_alloc(STREAM_FLOATS * sizeof *b);
     double best = 0;
     if (a && b) {
         memset(a, 0, STREAM_FLOATS * sizeof *a); /* fault the pages in */

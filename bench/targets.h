@@ -19,9 +19,15 @@ int bench_attention_part(mha_context *ctx, const bench_options *o,
 /* How many layers' K and V of case c hold at least bytes (1 to 32). */
 int bench_attention_layers(const bench_case *c, double bytes);
 
+/* bytes of host memory allocated as the CPU backend allocates a device
+ * buffer of that size (huge_pages.h: from 4 MiB on, huge-page aligned and
+ * asking for huge pages), for the arrays the bench streams: free() frees
+ * it; NULL when memory runs out. */
+void *bench_buffer_alloc(size_t bytes);
+
 /* Memory bandwidth in GB/s (bytes read + written per second, the best of
- * a few passes) of a STREAM-style copy of two 256 MiB arrays with threads
- * threads; -1 when memory or threads run out. */
+ * a few passes) of a STREAM-style copy of two 256 MiB arrays (from
+ * bench_buffer_alloc) with threads threads; -1 when memory or threads run out. */
 double bench_stream_copy_gbs(int threads);
 /* The same for a read of one 256 MiB array (bytes read per second). */
 double bench_stream_read_gbs(int threads);

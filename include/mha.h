@@ -114,7 +114,10 @@ typedef struct mha_tensor mha_tensor;
  * make the Nth allocation fail. malloc may return NULL; the call that needed
  * the memory then returns MHA_OUT_OF_MEMORY and frees what it took.
  * Exception: the JSON of safetensors headers, read and written, is made
- * by cJSON on the C heap. */
+ * by cJSON on the C heap. The cpu device's buffers of 4 MiB and more ask
+ * for 2 MiB more (to align to a 2 MiB page) and, on Linux, give the
+ * memory a transparent-huge-page hint (madvise MADV_HUGEPAGE; contents
+ * untouched). */
 typedef struct mha_allocator {
     void *(*malloc)(void *user, size_t size);
     void (*free)(void *user, void *ptr);

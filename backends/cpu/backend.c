@@ -6,9 +6,8 @@
 #include <unistd.h>
 
 #include "cpu_features.h"
+#include "huge_pages.h"
 #include "ops.h"
-
-#define BUFFER_ALIGN 64 /* a cache line: full-width SIMD loads never split */
 
 typedef struct cpu_state {
     mha_host *host;
@@ -178,11 +177,13 @@ static void cpu_close(void *dev)
     mha_host_free(host, d);
 }
 
-/* A buffer is an aligned block; the pointer malloc gave sits just before. */
+/* A buffer is an aligned block; the pointer malloc gave sits just before.
+ * A large one is huge-page aligned and asks for huge pages (huge_pages.h). */
 static mha_status cpu_buffer_alloc(void *dev, size_t size, void **buf)
 {
     cpu_device *d = dev;
-    size_t total = size + BUFFER_ALIGN + sizeof(void *);
+    size_t align = mha_cpu_buffer_align(size);
+    size_t total = size + align + sizeof(void *);
     if (total < size)
         return mha_host_error(d->exec.host, MHA_OVERFLOW,
                               "cpu: buffer of %zu bytes overflows", size);
@@ -190,9 +191,10 @@ static mha_status cpu_buffer_alloc(void *dev, size_t size, void **buf)
     if (!raw)
         return mha_host_error(d->exec.host, MHA_OUT_OF_MEMORY,
                               "cpu: out of memory allocating %zu bytes", size);
-    uintptr_t p = ((uintptr_t)raw + sizeof(void *) + BUFFER_ALIGN - 1) &
-                  ~(uintptr_t)(BUFFER_ALIGN - 1);
+    uintptr_t p = ((uintptr_t)raw + sizeof(void *) + align - 1) &
+                  ~(uintptr_t)(align - 1);
     ((void **)p)[-1] = raw;
+    mha_cpu_advise_huge((void *)p, size);
     *buf = (void *)p;
     return MHA_OK;
 }

@@ -259,7 +259,7 @@ class DecoderAttention(Trainable, DeviceChild):
         unchanged.
 
         save_for_backward: a training forward, for ``backward``: sequences
-        0 .. B-1 must be empty in the cache (``clear()`` it; a float32
+        0 .. B-1 must be empty in the cache (``clear()`` it; an f32 or f16
         cache without a window); the layer keeps x on the device until
         its next training forward, and a Tensor x must stay unchanged
         until then."""

@@ -258,8 +258,8 @@ class MultiheadAttention(Trainable, DeviceChild):
         need_weights is False; (output, weights, head_outputs) with
         return_head_outputs.
 
-        save_for_backward: a training forward (need_weights=False, float32
-        layers), which ``backward`` backpropagates through; the layer keeps
+        save_for_backward: a training forward (need_weights=False; f32 or
+        f16 layers), which ``backward`` backpropagates through; the layer keeps
         the inputs on the device until its next training forward, and a
         Tensor given must stay unchanged until then.
 

@@ -40,9 +40,10 @@ class Attention(torch.nn.Module):
                 t is not None and t.requires_grad
                 for t in (query, key, value)):
             raise UnsupportedError(
-                "libmha.torch.Attention: libmha runs inference only; the "
+                "libmha.torch.Attention: this module has no autograd; the "
                 "inputs require gradients (use torch.no_grad() or "
-                "torch.inference_mode())", 7)
+                "torch.inference_mode(), or train with libmha's own "
+                "layer.backward)", 7)
         return self.layer(query, key, value,
                           key_padding_mask=key_padding_mask,
                           need_weights=need_weights, attn_mask=attn_mask,
@@ -66,7 +67,8 @@ def replace_attention(model, device=None, dtype="float32"):
     if model.training:
         raise UnsupportedError(
             "libmha.torch.replace_attention: the model is in training mode; "
-            "libmha runs inference only (call model.eval() first)", 7)
+            "the replaced modules have no autograd (call model.eval() "
+            "first; libmha's own layers train with layer.backward)", 7)
     dev = resolve(device)
     targets = [(name, mod) for name, mod in model.named_modules()
                if isinstance(mod, torch.nn.MultiheadAttention)]

@@ -7,8 +7,6 @@
 
 #include "decide.h"
 
-#define MAX_ROUNDS 64
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -35,8 +33,8 @@ static double rel_iqr(const double *v, int n, double m)
 void tune_decide(const double *base_ms, const double *cand_ms, int rounds,
                  tune_verdict *v)
 {
-    double base[MAX_ROUNDS], cand[MAX_ROUNDS], ratio[MAX_ROUNDS];
-    int n = rounds < 0 ? 0 : rounds > MAX_ROUNDS ? MAX_ROUNDS : rounds;
+    double base[TUNE_MAX_ROUNDS], cand[TUNE_MAX_ROUNDS], ratio[TUNE_MAX_ROUNDS];
+    int n = rounds < 0 ? 0 : rounds > TUNE_MAX_ROUNDS ? TUNE_MAX_ROUNDS : rounds;
     memset(v, 0, sizeof *v);
     v->rounds = n;
     for (int i = 0; i < n; i++)

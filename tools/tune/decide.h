@@ -12,6 +12,8 @@
 #define TUNE_MIN_MARGIN 0.05
 /* Fewer paired rounds than this prove nothing (budget ran out). */
 #define TUNE_MIN_ROUNDS 3
+/* The most rounds tune_decide() reads. */
+#define TUNE_MAX_ROUNDS 64
 
 typedef struct tune_verdict {
     int rounds;    /* paired rounds used (all times > 0) */
@@ -29,7 +31,7 @@ typedef struct tune_verdict {
 /* The verdict on a candidate from rounds pairs (base_ms[i], cand_ms[i]),
  * each timed back to back in the same round. A round with a time that is
  * not > 0 (a failed forward) makes the verdict unusable: not picked,
- * ratio 0. rounds is at most 64 (more are ignored). */
+ * ratio 0. rounds is at most TUNE_MAX_ROUNDS (more are ignored). */
 void tune_decide(const double *base_ms, const double *cand_ms, int rounds,
                  tune_verdict *v);
 

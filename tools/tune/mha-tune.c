@@ -47,7 +47,7 @@ static const char usage[] =
     "  --shape E,H,B,L    a self-attention shape (S = L); repeat for several\n"
     "  --budget SEC       time for all measurements (default 120); a\n"
     "                     variant cut short gets the rounds it had\n"
-    "  --rounds N         paired rounds per variant (default 5)\n"
+    "  --rounds N         paired rounds per variant, 3 to 64 (default 5)\n"
     "  --repeat N         timed forwards per variant and round, their\n"
     "                     median taken (default 1)\n"
     "  --force            measure shapes the database already holds\n"
@@ -121,6 +121,11 @@ static int parse(int argc, char **argv, tune_opts *o)
                 o->repeat = (int)n;
             else if (!strcmp(a, "--compare"))
                 o->compare = (int)n;
+            else if (!strcmp(a, "--rounds") &&
+                     (n < TUNE_MIN_ROUNDS || n > TUNE_MAX_ROUNDS))
+                return fprintf(stderr, "mha-tune: --rounds %ld: from %d to "
+                                       "%d (fewer prove nothing)\n",
+                               n, TUNE_MIN_ROUNDS, TUNE_MAX_ROUNDS), -1;
             else if (!strcmp(a, "--rounds"))
                 o->rounds = (int)n;
             else
@@ -275,9 +280,9 @@ static double time_block(tune_run *r, int repeat, const char *setting)
 static void paired(tune_run *r, int repeat, int rounds, double deadline,
                    const char *base, const char *cand, tune_verdict *v)
 {
-    double t[2][64]; /* [0] base, [1] cand */
+    double t[2][TUNE_MAX_ROUNDS]; /* [0] base, [1] cand */
     int n = 0, ok = 1;
-    rounds = rounds > 64 ? 64 : rounds;
+    rounds = rounds > TUNE_MAX_ROUNDS ? TUNE_MAX_ROUNDS : rounds;
     for (; n < rounds && ok && now_s() <= deadline; n++)
         for (int k = 0; k < 2; k++) {
             int which = (n + k) % 2;
@@ -301,15 +306,20 @@ static int agrees(const tune_run *r)
 
 typedef struct search {
     const tune_opts *o;
+    mha_context *ctx;
     double deadline;
     cJSON *tried; /* {"matmul=..,attention=..": verdict} */
 } search;
 
 /* A kind's outcome on one case: the best candidate measured (a pick,
- * else the highest ratio) and its verdict; name "" when none was. */
+ * else the highest ratio) and its verdict in the sweep, the evidence kept;
+ * name "" when none was. A sweep pick is taken only when the confirming
+ * set of rounds (confirm, when confirming) picks it too. */
 typedef struct kind_result {
     char name[32];
     tune_verdict v;
+    tune_verdict confirm;
+    int confirming, picked;
 } kind_result;
 
 static cJSON *verdict_json(const tune_verdict *v)
@@ -362,8 +372,8 @@ static void measure(search *s, tune_run *r, const char *base,
 /* Times each of kind's variants against the default of that kind (the
  * other part fixed: "matmul=X," or "") in paired rounds, reporting each;
  * the best into res. The best of many is partly the luckiest, so a pick
- * must win again in a second, independent set of rounds, whose verdict
- * res keeps; then its name goes into best. */
+ * must win again in a second, independent set of rounds (res->confirm);
+ * then its name goes into best. The sweep's verdict stays the evidence. */
 static void sweep(search *s, tune_run *r, mha_device *dev, const char *kind,
                   const char *fixed, char *best, kind_result *res)
 {
@@ -388,22 +398,27 @@ static void sweep(search *s, tune_run *r, mha_device *dev, const char *kind,
     snprintf(cand, sizeof cand, FORCE "%s%s=%s", fixed, kind, res->name);
     measure(s, r, base, cand, " (confirming)",
             cJSON_GetObjectItemCaseSensitive(s->tried, cand + strlen(FORCE)),
-            "confirmed", &res->v);
-    if (res->v.picked)
+            "confirmed", &res->confirm);
+    res->confirming = 1;
+    res->picked = res->confirm.picked;
+    if (res->picked)
         snprintf(best, 32, "%s", res->name);
 }
 
 /* Tunes case c on dev into entry e (shape, picks, times, evidence) and
- * res (per kind). -1 when the default does not run or no candidate got
- * measured (the budget ran out): nothing to record. */
-static int tune_case(search *s, mha_device *dev, const bench_case *c,
-                     mha_tune_entry *e, kind_result res[2])
+ * res (per kind). NULL, or why there is nothing to record: the default
+ * does not run, no matmul variant ran and agreed, or the budget ran out
+ * before every round of the case (a confirmation cut short included) had
+ * run, so a later run measures it again instead of skipping it. */
+static const char *tune_case(search *s, mha_device *dev, const bench_case *c,
+                             mha_tune_entry *e, kind_result res[2])
 {
+    const char *why = NULL;
     bench_case_data d;
     tune_run r;
     memset(res, 0, 2 * sizeof *res);
     if (bench_case_data_make(c, &d))
-        return -1;
+        return "out of host memory for its data";
     snprintf(e->matmul, sizeof e->matmul, "default");
     snprintf(e->attention, sizeof e->attention, "default");
     setenv("MHA_TUNE", "off", 1); /* the unforced part: the default */
@@ -413,19 +428,25 @@ static int tune_case(search *s, mha_device *dev, const bench_case *c,
         char fixed[64];
         snprintf(fixed, sizeof fixed, "matmul=%s,", e->matmul);
         sweep(s, &r, dev, "attention", fixed, e->attention, &res[1]);
+        why = now_s() > s->deadline ? "the budget ran out during its rounds"
+              : !res[0].name[0]     ? "no matmul variant ran and agreed "
+                                      "with the default"
+                                    : NULL;
+    } else {
+        why = mha_context_errmsg(s->ctx);
     }
     unsetenv("MHA_TUNE");
     run_free(&r);
     bench_case_data_free(&d);
     e->default_ms = res[0].v.base_ms;
-    e->ms = res[1].v.picked   ? res[1].v.cand_ms
-            : res[0].v.picked ? res[0].v.cand_ms
-                              : e->default_ms;
+    e->ms = res[1].picked   ? res[1].v.cand_ms
+            : res[0].picked ? res[0].v.cand_ms
+                            : e->default_ms;
     e->matmul_ratio = res[0].v.ratio;
     e->matmul_spread = res[0].v.spread;
     e->attention_ratio = res[1].v.ratio;
     e->attention_spread = res[1].v.spread;
-    return res[0].name[0] ? 0 : -1;
+    return why;
 }
 
 static void entry_key(mha_device *dev, const bench_case *c, mha_tune_entry *e)
@@ -441,22 +462,29 @@ static void entry_key(mha_device *dev, const bench_case *c, mha_tune_entry *e)
     mha_tune_shape_class(&s, e->shape, sizeof e->shape);
 }
 
-/* A kind_text() line's room: the longest prefix, a name cut at 31
- * characters and a 95-character verdict fit with margin, so gcc -O2's
+/* A kind_text() line's room: the longest words, a name cut at 31
+ * characters and two 95-character verdicts fit with margin, so gcc -O2's
  * truncation check (the README's Release quick start) stays quiet. */
-#define KIND_TEXT 256
+#define KIND_TEXT 320
 
 /* A kind's outcome in words: "picked NAME: 1.31x, beyond noise 5% (won
- * 5/5)" or "kept default: best candidate NAME 1.03x, within noise 6% (won
- * 3/5)". */
+ * 5/5); confirmed 1.25x, beyond noise 6% (won 5/5)", "kept default: best
+ * candidate NAME 1.03x, within noise 6% (won 3/5)", or, for a sweep pick
+ * the confirming rounds did not repeat, "kept default: best candidate
+ * NAME 1.09x, beyond noise 5% (won 5/5); not confirmed: 0.98x, ...". */
 static void kind_text(const kind_result *k, char *out, size_t size)
 {
-    char v[96];
+    char v[96], cv[96];
     tune_verdict_text(&k->v, v, sizeof v);
+    tune_verdict_text(&k->confirm, cv, sizeof cv);
     if (!k->name[0])
         snprintf(out, size, "kept default: no candidate measured");
-    else if (k->v.picked)
-        snprintf(out, size, "picked %.31s: %s", k->name, v);
+    else if (k->picked)
+        snprintf(out, size, "picked %.31s: %s; confirmed %s", k->name, v, cv);
+    else if (k->confirming)
+        snprintf(out, size,
+                 "kept default: best candidate %.31s %s; not confirmed: %s",
+                 k->name, v, cv);
     else
         snprintf(out, size, "kept default: best candidate %.31s %s", k->name, v);
 }
@@ -544,10 +572,11 @@ static int tune_device(mha_context *ctx, mha_device *dev, search *s,
                         "%d paired rounds\n",
                 e.backend, e.shape, s->o->rounds);
         s->tried = cJSON_CreateObject();
-        if (now_s() > s->deadline || tune_case(s, dev, c, &e, res)) {
-            fprintf(stderr, "mha-tune: %s %s: %s\n", e.backend, e.shape,
-                    now_s() > s->deadline ? "over budget, not recorded"
-                                          : mha_context_errmsg(ctx));
+        const char *why = now_s() > s->deadline ? "over budget"
+                                                : tune_case(s, dev, c, &e, res);
+        if (why) {
+            fprintf(stderr, "mha-tune: %s %s: %s, not recorded\n", e.backend,
+                    e.shape, why);
             cJSON_Delete(s->tried);
             continue;
         }
@@ -640,7 +669,7 @@ int main(int argc, char **argv)
     int rc = slash && !mha_cache_dir_ready(&ctx->host, dir);
     mha_device *devs[16];
     int ndev = rc ? 0 : open_devices(ctx, &o, devs, 16);
-    search s = {&o, now_s() + o.budget, NULL};
+    search s = {&o, ctx, now_s() + o.budget, NULL};
     cJSON *report = cJSON_CreateArray();
     if (o.list)
         list_variants(devs, ndev);

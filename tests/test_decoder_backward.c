@@ -350,8 +350,13 @@ static void fixture_on(mha_context *ctx, const test_device *td,
     cr_assert_eq(mha_decoder_backward(r.dec, &r.ba), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
     double ew2 = check_weights(&r, fx, 2.0);
-    if (r.gates)
+    if (r.gates) {
         eg = fmax(eg, check_gates(&r, fx, dy, 0));
+        r.ba.grad_head_gates = r.dx; /* [B, T, E]: not the gates' shape */
+        cr_expect_eq(mha_decoder_backward(r.dec, &r.ba), MHA_SHAPE_MISMATCH);
+        cr_expect(strstr(mha_context_errmsg(ctx), "grad_head_gates has shape"),
+                  "%s", mha_context_errmsg(ctx));
+    }
     fprintf(stderr,
             "decoder_backward %-18s %-12s %s cache: y %.1e dx %.1e weights "
             "%.1e accumulated %.1e gates %.1e (of the scale)\n",

@@ -5,7 +5,8 @@
  * GQA, MQA, NeoX and GPT-J partial RoPE with the caller's positions, Qwen2
  * biases, gpt-oss sinks, head_dim != E/Hq, B 2, T 1, head gates [Hq]
  * and [B, Hq] with their gradient, also against central differences),
- * each within 1e-4 of its group's largest magnitude, and twice that after an accumulating second backward;
+ * each within 1e-4 of its group's largest magnitude, and twice that
+ * after an accumulating second backward;
  * central differences of the device's own forward; one AdamW step against
  * the formula; and the refused and bad calls, each with its status and
  * message. decoder_backward_f16: five fixtures over an f16 cache (1e-2)

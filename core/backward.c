@@ -17,14 +17,13 @@ mha_status mha_backward_args_init_sized(mha_backward_args *args,
     return mha_struct_init(args, struct_size, BACKWARD_ARGS_V1);
 }
 
-/* t is a whole f32 tensor of layer's device shaped as like's. */
-static mha_status check_like(mha_layer *layer, const char *fn,
-                             const char *name, const mha_tensor *t,
-                             const mha_tensor *like)
+mha_status mha_train_check_like(mha_device *device, const char *fn,
+                                const char *name, const mha_tensor *t,
+                                const mha_tensor *like)
 {
-    mha_context *ctx = layer->device->ctx;
+    mha_context *ctx = device->ctx;
     char got[96], want[96];
-    if (t->device != layer->device || t->base)
+    if (t->device != device || t->base)
         return mha_error(ctx, MHA_INVALID_ARGUMENT,
                          "%s: %s is %s", fn, name,
                          t->base ? "a view; layers take whole tensors"
@@ -85,12 +84,13 @@ static mha_status check_args(mha_layer *layer, const char *fn,
                          fn);
     /* the output has the query's shape with E features: query's own when
      * query has E features, which the layer requires */
-    mha_status st = check_like(layer, fn, "grad_output", a->grad_output,
-                               s->inputs[0]);
+    mha_status st = mha_train_check_like(layer->device, fn, "grad_output",
+                                         a->grad_output, s->inputs[0]);
     mha_tensor *const d[3] = {a->grad_query, a->grad_key, a->grad_value};
     for (int i = 0; st == MHA_OK && i < 3; i++)
         if (d[i])
-            st = check_like(layer, fn, names[i], d[i], s->inputs[i]);
+            st = mha_train_check_like(layer->device, fn, names[i], d[i],
+                                      s->inputs[i]);
     if (st == MHA_OK && a->grads)
         st = mha_gradients_check(a->grads, layer, fn);
     if (st == MHA_OK && a->grad_head_gates && !s->gates)
@@ -99,8 +99,8 @@ static mha_status check_args(mha_layer *layer, const char *fn,
                          "forward had no head_gates",
                          fn);
     if (st == MHA_OK && a->grad_head_gates)
-        st = check_like(layer, fn, "grad_head_gates", a->grad_head_gates,
-                        s->gates);
+        st = mha_train_check_like(layer->device, fn, "grad_head_gates",
+                                  a->grad_head_gates, s->gates);
     if (st != MHA_OK)
         return st;
     memset(key, 0, sizeof *key);

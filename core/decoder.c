@@ -457,6 +457,12 @@ static mha_status make_call(mha_decoder *l, const mha_decoder_forward_args *a,
         st = check_weights_set(l);
     if (st == MHA_OK && c->gates)
         st = check_gates(l, c);
+    if (c->train) {
+        /* every head computed (the backward needs each one's O and
+           LSE), the gates multiplied, zeros included */
+        memset(c->skip, 0, sizeof c->skip);
+        c->gate_mul = c->gates != NULL;
+    }
     return st;
 }
 
@@ -531,6 +537,10 @@ typedef struct walker {
     int run;       /* 0: ask supports() of every node; 1: run them */
     void *arena;   /* l->arena, or a training forward's saved state */
     mha_tdesc lse; /* a training forward's saved LSE [B,Hq,1,T] */
+    mha_tdesc gated; /* [B,1,T,q] rows of the gated attention output:
+                        O's own (gated in place), or a training forward's
+                        in the layer's arena (the saved O stays ungated,
+                        for the gates' gradient) */
 } walker;
 
 enum { A_Q, A_K, A_V, A_O, A_POS };
@@ -752,14 +762,24 @@ static mha_status attend_heads(walker *w)
     }
     if (st != MHA_OK || !w->c->gate_mul)
         return st;
-    const mha_tensor *g = w->c->gates;
     mha_node mul = {.op = MHA_OP_MUL};
-    mul.src[MHA_SRC_MUL_X] = mul.dst = arena_heads(w, A_O, H);
-    mul.src[MHA_SRC_MUL_F] = (mha_tdesc){
-        .dtype = MHA_F32, .ne = {w->c->B, H, w->c->T, d},
-        .nb = {g->ndim == 2 ? H : 0, 1, 0, 0}, .buf = g->buf,
-        .offset = g->offset * 4};
+    mul.src[MHA_SRC_MUL_X] = arena_heads(w, A_O, H);
+    mul.dst = w->gated;
+    mul.dst.ne[1] = H; /* the rows' [B,H,T,d] heads */
+    mul.dst.ne[3] = d;
+    mul.dst.nb[1] = d;
+    mul.src[MHA_SRC_MUL_F] =
+        mha_decoder_gates_view(w->c->gates, w->c->B, H, w->c->T, d);
     return step(w, &mul);
+}
+
+mha_tdesc mha_decoder_gates_view(const mha_tensor *gates, int64_t B,
+                                 int64_t H, int64_t T, int64_t d)
+{
+    mha_tdesc t = {.dtype = MHA_F32, .ne = {B, H, T, d},
+                   .nb = {gates->ndim == 2 ? H : 0, 1, 0, 0},
+                   .buf = gates->buf, .offset = gates->offset * 4};
+    return t;
 }
 
 /* Every node of the call, in order; in the run pass the cache's lengths
@@ -791,7 +811,7 @@ static mha_status walk(walker *w)
         st = mha_kv_add_lengths(call->cache, 0, call->B, T);
     if (st == MHA_OK)
         st = attend_heads(w);
-    mha_tdesc ro = arena_rows(w, A_O, q);
+    mha_tdesc ro = w->c->gate_mul ? w->gated : arena_rows(w, A_O, q);
     if (st == MHA_OK)
         st = project(w, &ro, MHA_D_WO, MHA_D_BO, E, &y);
     return st;
@@ -876,9 +896,11 @@ static mha_status decoder_step(mha_decoder *layer,
                    : check_default_positions(layer, &c);
     if (st != MHA_OK)
         return st;
-    walker w = {layer, &c, {0}, 0, layer->arena, {.dtype = MHA_F32}};
+    walker w = {layer, &c, {0}, 0, layer->arena, {.dtype = MHA_F32},
+                {.dtype = MHA_F32}};
     mha_decoder_layout(layer, layer->tokens, w.off);
-    mha_dtrain_call tc = {c.B, c.T, c.x, c.cache, c.gates != NULL, record};
+    w.gated = arena_rows(&w, A_O, layer->cfg.num_heads * layer->cfg.head_dim);
+    mha_dtrain_call tc = {c.B, c.T, c.x, c.cache, c.gates, record};
     if (c.train)
         st = mha_decoder_train_prepare(layer, &tc, &w.arena, w.off, &w.lse);
     if (st == MHA_OK)

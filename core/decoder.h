@@ -66,6 +66,11 @@ mha_status mha_decoder_write(mha_decoder *layer, mha_dslot slot,
  * (off[5]: its size). */
 void mha_decoder_layout(const mha_decoder *l, int64_t n, size_t off[6]);
 
+/* head_gates ([Hq] or [B, Hq], f32) seen as [B,Hq,T,d] by strides: the
+ * factor of the forward's multiply and of the backward's. */
+mha_tdesc mha_decoder_gates_view(const mha_tensor *gates, int64_t B,
+                                 int64_t H, int64_t T, int64_t d);
+
 /* ---- training (decoder_train.c) ---- */
 
 /* What a training forward of B sequences of T tokens needs from the
@@ -74,7 +79,7 @@ typedef struct mha_dtrain_call {
     int64_t B, T;
     const mha_tensor *x;
     const mha_kv_cache *cache;
-    int gates;  /* head_gates given */
+    const mha_tensor *gates; /* head_gates, or NULL */
     int record; /* mha_decoder_forward_enqueue (a recorded step) */
 } mha_dtrain_call;
 

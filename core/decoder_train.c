@@ -8,7 +8,10 @@
  * attention backward over Hq heads, dK and dV summed over each kv group
  * (SUM_ROWS), RoPE undone on dQ and dK (ROPE at negated angles: the
  * inverse rotation is the transpose), the sinks' gradient (sink_nodes),
- * then the q/k/v projections' gradients. Sinks need nothing else: the
+ * then the q/k/v projections' gradients. Head gates (the forward kept
+ * O ungated): o_proj read g O, recomputed (MUL) for dWo; dL/dg sums dG O
+ * over each head's features and tokens; dO = g dG (as backward_graph.c
+ * does for nn.MHA). Sinks need nothing else: the
  * saved LSE counts them, so p_ij = exp(s_ij - LSE_i) as the op computes.
  * Window, softcap and ALiBi are the attention backward's own options (the
  * slopes are constants: no gradient). Over an f16 cache the forward's
@@ -40,6 +43,7 @@ typedef struct mha_dsaved {
     size_t lse_off;
     int64_t B, T;
     const mha_tensor *x;
+    const mha_tensor *gates; /* head_gates, or NULL */
     mha_dtype kv_dtype; /* the cache's: the k and v the attention read */
     uint64_t generation;
     int valid;
@@ -71,8 +75,6 @@ static mha_status check_train(mha_decoder *l, const mha_dtrain_call *c)
         return refuse(l, "mha_vulkan_decoder_record",
                       "a training forward is not recorded; use "
                       "mha_decoder_forward");
-    if (c->gates)
-        return refuse(l, fn, "head_gates have no backward yet");
     if (k->cfg.window)
         return refuse(l, fn,
                       "training needs a full cache (f32 or f16, not a "
@@ -133,6 +135,7 @@ void mha_decoder_train_commit(mha_decoder *l, const mha_dtrain_call *c, int ok)
     s->valid = ok;
     s->generation = l->generation;
     s->x = c->x;
+    s->gates = c->gates;
     s->kv_dtype = c->cache->cfg.dtype;
     s->B = c->B;
     s->T = c->T;
@@ -154,9 +157,11 @@ void mha_decoder_train_free(mha_decoder *l)
 /* Scratch regions: dO, Kx, Vx, dQ, dKx, dVx ([N, q] each), Kr, dK, dV
  * ([N, kv] each); with sinks also O1, dO*O ([N, q]), ones ([N, kv]), D
  * and a product ([N, Hq]) and the constants (kv ones, then -1); over an
- * f16 cache Vh ([N, kv], v rounded; Kr holds k rotated and rounded). */
+ * f16 cache Vh ([N, kv], v rounded; Kr holds k rotated and rounded); with
+ * head gates the gated O and dG = dL/d(gated O) ([N, q] each; DP and D
+ * hold the gates' products too). */
 enum {
-    R_DO, R_KX, R_VX, R_DQ, R_DKX, R_DVX, R_O1, R_DP,
+    R_DO, R_KX, R_VX, R_DQ, R_DKX, R_DVX, R_O1, R_DP, R_GO, R_DG,
     R_KR, R_DK, R_DV, R_ONES, R_VH,
     R_D, R_T2,
     R_CONST, R_END
@@ -168,6 +173,7 @@ typedef struct bctx {
     const mha_dsaved *s;
     int64_t N, B, T, E, Hq, Hkv, g, d, q, kv;
     void *dy, *dx, *gbuf;       /* dY, dL/dx (or NULL), the gradients */
+    const mha_tensor *dgates;   /* dL/dg of the head gates, or NULL */
     const mha_gradients *grads; /* or NULL */
     int acc;
     size_t sc[R_END]; /* scratch regions, bytes */
@@ -306,18 +312,88 @@ static void rope(bctx *b, mha_tdesc dst, mha_tdesc x, int dims, float sign)
     n->params.rope_pos_scale = sign / c->rope_scaling;
 }
 
-/* o_proj: dWo = dY^T O, dbo = the sum of dY's rows, dO = dY Wo. */
+/* MUL of a [N, q] rows region by the head gates (their [B,Hq,T,d] view)
+ * into dst: O's gated form, or dO = dG times the gates. */
+static void gate_mul(bctx *b, int dst, mha_tdesc x)
+{
+    mha_node *n = add(b, MHA_OP_MUL);
+    n->dst = heads(b, b->s->scratch, b->sc[dst], b->Hq);
+    n->src[MHA_SRC_MUL_X] = heads(b, x.buf, x.offset, b->Hq);
+    n->src[MHA_SRC_MUL_F] =
+        mha_decoder_gates_view(b->s->gates, b->B, b->Hq, b->T, b->d);
+}
+
+/* x * O (x [N, q] rows) into DP, each head's d products summed into D:
+ * returns D, [1,1,N,Hq] (x = dO: the D_i of the softmax's backward). */
+static mha_tdesc head_dots(bctx *b, mha_tdesc x)
+{
+    const mha_dsaved *s = b->s;
+    void *sc = s->scratch;
+    int64_t N = b->N, H = b->Hq;
+    mha_node *n = add(b, MHA_OP_MUL);
+    n->dst = rows(b, sc, b->sc[R_DP], b->q);
+    n->src[MHA_SRC_MUL_X] = x;
+    n->src[MHA_SRC_MUL_F] = rows(b, s->buf, s->off[S_O], b->q);
+    /* [1, N*H, d, 1] -> [1, N*H, 1, 1] */
+    mha_tdesc dp = {.dtype = MHA_F32, .ne = {1, N * H, b->d, 1},
+                    .nb = {N * b->q, b->d, 1, 1}, .buf = sc,
+                    .offset = b->sc[R_DP]};
+    mha_tdesc d = {.dtype = MHA_F32, .ne = {1, 1, N, H},
+                   .nb = {N * H, N * H, H, 1}, .buf = sc,
+                   .offset = b->sc[R_D]};
+    mha_tdesc dsum = d;
+    dsum.ne[1] = N * H, dsum.ne[2] = dsum.ne[3] = 1;
+    dsum.nb[1] = 1;
+    sum_rows(b, dsum, dp, 0);
+    return d;
+}
+
+/* dL/dg = the sum over each head's rows and features of dG * O, per
+ * sequence ([B, Hq] gates) or over all tokens ([Hq]); written, as
+ * nn.MHA's (backward_graph.c). */
+static void gates_grad(bctx *b)
+{
+    mha_tdesc d = head_dots(b, rows(b, b->s->scratch, b->sc[R_DG], b->q));
+    int per_seq = b->s->gates->ndim == 2;
+    int64_t H = b->Hq;
+    mha_tdesc src = d, dst = {.dtype = MHA_F32,
+                              .ne = {per_seq ? b->B : 1, H, 1, 1},
+                              .nb = {H, 1, 1, 1},
+                              .buf = b->dgates->buf,
+                              .offset = b->dgates->offset * 4};
+    src.ne[0] = dst.ne[0];
+    src.ne[1] = H;
+    src.ne[2] = per_seq ? b->T : b->N;
+    src.ne[3] = 1;
+    src.nb[0] = b->T * H;
+    src.nb[1] = 1;
+    sum_rows(b, dst, src, 0);
+}
+
+/* o_proj: dWo = dY^T O (gated: G = g O, recomputed), dbo = the sum of
+ * dY's rows, dG = dY Wo; with gates their gradient, then dO = g dG. */
 static void output_nodes(bctx *b)
 {
+    void *sc = b->s->scratch;
     mha_tdesc dy = rows(b, b->dy, 0, b->E);
+    mha_tdesc o = rows(b, b->s->buf, b->s->off[S_O], b->q);
+    int gated = b->s->gates != NULL;
     if (b->grads) {
-        matmul(b, grad_of(b, MHA_D_WO, b->E, b->q), transposed(dy),
-               rows(b, b->s->buf, b->s->off[S_O], b->q), b->acc);
+        if (gated) {
+            gate_mul(b, R_GO, o);
+            o = rows(b, sc, b->sc[R_GO], b->q);
+        }
+        matmul(b, grad_of(b, MHA_D_WO, b->E, b->q), transposed(dy), o,
+               b->acc);
         if (b->l->cfg.o_bias)
             sum_rows(b, grad_of(b, MHA_D_BO, 1, b->E), dy, b->acc);
     }
-    matmul(b, rows(b, b->s->scratch, b->sc[R_DO], b->q), dy,
-           weight(b, MHA_D_WO, b->E, b->q), 0);
+    mha_tdesc dg = rows(b, sc, b->sc[gated ? R_DG : R_DO], b->q);
+    matmul(b, dg, dy, weight(b, MHA_D_WO, b->E, b->q), 0);
+    if (b->dgates)
+        gates_grad(b);
+    if (gated)
+        gate_mul(b, R_DO, dg);
 }
 
 /* The layer's window, softcap and ALiBi slopes (into source slot: the
@@ -340,7 +416,7 @@ static void sink_nodes(bctx *b, mha_tdesc k)
 {
     const mha_dsaved *s = b->s;
     void *sc = s->scratch;
-    int64_t N = b->N, H = b->Hq;
+    int64_t H = b->Hq;
     mha_node *n = add(b, MHA_OP_FILL_ROWS);
     n->dst = rows(b, sc, b->sc[R_ONES], b->kv);
     n->src[0] = mha_train_row(sc, b->sc[R_CONST] / 4, (size_t)b->kv);
@@ -355,21 +431,7 @@ static void sink_nodes(bctx *b, mha_tdesc k)
     n->params.mask_cols = b->T;
     n->params.kv_group = (int32_t)b->g;
     core_options(b, n, MHA_SRC_ALIBI);
-    n = add(b, MHA_OP_MUL);
-    n->dst = rows(b, sc, b->sc[R_DP], b->q);
-    n->src[MHA_SRC_MUL_X] = rows(b, sc, b->sc[R_DO], b->q);
-    n->src[MHA_SRC_MUL_F] = rows(b, s->buf, s->off[S_O], b->q);
-    /* D: each head's d products summed, [1, N*H, d, 1] -> [1, N*H, 1, 1] */
-    mha_tdesc dp = {.dtype = MHA_F32, .ne = {1, N * H, b->d, 1},
-                    .nb = {N * b->q, b->d, 1, 1}, .buf = sc,
-                    .offset = b->sc[R_DP]};
-    mha_tdesc d = {.dtype = MHA_F32, .ne = {1, 1, N, H},
-                   .nb = {N * H, N * H, H, 1}, .buf = sc,
-                   .offset = b->sc[R_D]};
-    mha_tdesc dsum = d;
-    dsum.ne[1] = N * H, dsum.ne[2] = dsum.ne[3] = 1;
-    dsum.nb[1] = 1;
-    sum_rows(b, dsum, dp, 0);
+    mha_tdesc d = head_dots(b, rows(b, sc, b->sc[R_DO], b->q));
     mha_tdesc t2 = d, o1 = d, minus = d;
     t2.offset = b->sc[R_T2];
     o1.nb[2] = b->q, o1.nb[3] = b->d; /* feature 0 of each head */
@@ -494,7 +556,9 @@ static void projection_nodes(bctx *b)
 
 /* ---- the backward: the call ---------------------------------------------- */
 
-#define BACKWARD_ARGS_V1 sizeof(mha_decoder_backward_args)
+/* The first version of mha_decoder_backward_args ends before
+ * grad_head_gates. */
+#define BACKWARD_ARGS_V1 offsetof(mha_decoder_backward_args, grad_head_gates)
 
 mha_status mha_decoder_backward_args_init_sized(mha_decoder_backward_args *args,
                                                 size_t struct_size)
@@ -529,6 +593,15 @@ static mha_status check_grad_tensor(mha_decoder *l, const char *fn,
     return MHA_OK;
 }
 
+/* a's grad_head_gates, NULL in a first-version struct. */
+static mha_tensor *grad_head_gates(const mha_decoder_backward_args *a)
+{
+    return a->struct_size >
+                   offsetof(mha_decoder_backward_args, grad_head_gates)
+               ? a->grad_head_gates
+               : NULL;
+}
+
 static mha_status check_backward(mha_decoder *l, const char *fn,
                                  const mha_decoder_backward_args *a)
 {
@@ -554,6 +627,15 @@ static mha_status check_backward(mha_decoder *l, const char *fn,
         st = check_grad_tensor(l, fn, "grad_x", a->grad_x);
     if (st == MHA_OK && a->grads)
         st = mha_decoder_gradients_check(a->grads, l, fn);
+    const mha_tensor *dg = grad_head_gates(a);
+    if (st == MHA_OK && dg && !s->gates)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "%s: grad_head_gates given, but the training "
+                         "forward had no head_gates",
+                         fn);
+    if (st == MHA_OK && dg)
+        st = mha_train_check_like(l->device, fn, "grad_head_gates", dg,
+                                  s->gates);
     return st;
 }
 
@@ -587,6 +669,8 @@ static mha_status scratch(bctx *b)
         int64_t F = r < R_KR ? b->q : r < R_D ? b->kv : b->Hq;
         if (r == R_VH && s->kv_dtype == MHA_F32)
             F = 0; /* v is read as saved */
+        if ((r == R_GO || r == R_DG) && !s->gates)
+            F = 0;
         b->sc[r] = at;
         at = align_up(at + (size_t)(r == R_CONST ? b->kv + 1 : b->N * F) * 4);
     }
@@ -620,6 +704,7 @@ static void setup(bctx *b, mha_decoder *l, const mha_decoder_backward_args *a)
     b->dy = a->grad_output->buf;
     b->dx = a->grad_x ? a->grad_x->buf : NULL;
     b->grads = a->grads;
+    b->dgates = grad_head_gates(a);
     b->gbuf = a->grads ? a->grads->flat->buf : NULL;
     b->acc = a->accumulate != 0;
 }

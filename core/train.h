@@ -94,6 +94,14 @@ mha_tdesc mha_gradients_param(const mha_gradients *grads, int i);
 /* [1,1,1,n] f32 at element first of buf. */
 mha_tdesc mha_train_row(void *buf, size_t first, size_t n);
 
+/* MHA_OK when t is a whole f32 tensor of device shaped as like (a
+ * training forward's tensor), else the status and message naming it
+ * (name: grad_output, grad_query, grad_key, grad_value or
+ * grad_head_gates); shared by backward.c and decoder_train.c. */
+mha_status mha_train_check_like(mha_device *device, const char *fn,
+                                const char *name, const mha_tensor *t,
+                                const mha_tensor *like);
+
 /* MHA_BAD_STATE or MHA_INVALID_ARGUMENT when grads cannot be used with
  * decoder (another layer's, or made before pruning); fn names the
  * caller. */

@@ -857,7 +857,8 @@ typedef struct mha_decoder_forward_args {
                                     mha_forward_args (read back when the
                                     call is made). A kv group whose query
                                     heads are all 0 for every sequence is
-                                    not computed; other zeros multiply. */
+                                    not computed (but in a training
+                                    forward); other zeros multiply. */
     int save_for_backward;       /* 1: a training forward, for
                                     mha_decoder_backward (see "Training a
                                     decoder layer" below) */
@@ -1164,9 +1165,13 @@ MHA_API mha_status mha_adamw_destroy(mha_adamw *opt);
  * biases, sinks (their gradient too), window, softcap, alibi (the slopes
  * are constants: no gradient) and any head_dim, over an f32 or f16 cache
  * (over f16, the backward rounds k and v to f16 as the cache held them, so
- * it is the gradient of the forward that ran). It refuses
+ * it is the gradient of the forward that ran), and head_gates: a training
+ * forward computes every head (none skipped, zeros multiply) and keeps
+ * the ungated O, so the backward gives the gates' gradient
+ * (grad_head_gates) and backpropagates through their multiply; the gates
+ * tensor is referenced as x is. It refuses
  * (MHA_UNSUPPORTED, naming the reason) a training forward
- * with head_gates, over a cache whose sequences are not empty, over a
+ * over a cache whose sequences are not empty, over a
  * ring cache, with an x that is not contiguous, or recorded
  * (mha_vulkan_decoder_record). The gradients are named as the weights
  * ("q_proj.weight", ..., "o_proj.bias", "sinks").
@@ -1190,6 +1195,10 @@ typedef struct mha_decoder_backward_args {
                                       written, not added to */
     mha_gradients *grads;          /* optional: the weights' gradients */
     int accumulate;                /* 1: add into grads; 0: overwrite */
+    /* Optional, only after a training forward with head_gates: dL/dg, f32,
+     * the gates' shape ([Hq] or [B, Hq]); written, not added to, as
+     * grad_head_gates of mha_backward_args. */
+    mha_tensor *grad_head_gates;
 } mha_decoder_backward_args;
 
 MHA_API mha_status mha_decoder_backward_args_init_sized(

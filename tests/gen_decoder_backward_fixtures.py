@@ -12,8 +12,9 @@
 # an empty cache, window, softcap, ALiBi, sinks), run with requires_grad on x and the weights; a random
 # upstream gradient dy is backpropagated by torch.autograd. Each file holds
 # the weights under the HF prefix, x, positions, dy, y, dx and grad.<name>
-# per weight (F64); its metadata the config (default_pos: the forward uses
-# the default positions 0 .. T-1).
+# per weight (F64), and with head gates head_gates and grad.head_gates;
+# its metadata the config (default_pos: the forward uses the default
+# positions 0 .. T-1).
 
 import os
 
@@ -61,6 +62,17 @@ CASES = {
                                        scaling=1.0, window=3, softcap=1.0,
                                        alibi=1, sinks=1, qkv_bias=1,
                                        o_bias=1, B=2, T=7),
+    # head gates [Hq]: kv group 0 gated off (an inference forward skips
+    # it, a training one computes it: a zero gate has a gradient too)
+    "gates_heads": dict(E=16, Hq=4, Hkv=2, d=4, rope=1, rope_dims=4,
+                        theta=10000.0, scaling=1.0, o_bias=1, B=2, T=5,
+                        gates=[0.0, 0.0, 0.7, 1.3]),
+    # head gates [B, Hq], one per sequence, GQA with sinks
+    "gates_per_sequence": dict(E=16, Hq=4, Hkv=2, d=4, rope=1, rope_dims=4,
+                               theta=10000.0, scaling=1.0, sinks=1,
+                               qkv_bias=1, B=2, T=4,
+                               gates=[[0.5, 1.0, 0.0, 1.5],
+                                      [1.2, 0.3, 0.9, 0.0]]),
 }
 
 
@@ -77,10 +89,13 @@ def generate(name, c, seed, out):
         pos = torch.arange(T)[None, :].expand(B, T)
     else:  # gaps, not from 0: RoPE sees them, the causal mask does not
         pos = torch.arange(T)[None, :] * 3 + 2 + 5 * torch.arange(B)[:, None]
+    gates = c.pop("gates", None)
+    if gates is not None:
+        gates = torch.tensor(gates, dtype=torch.float64, requires_grad=True)
     x.requires_grad_(True)
     for t in w.values():
         t.requires_grad_(True)
-    y = reference(c, w, x, pos)
+    y = reference(c, w, x, pos, gates)
     y.backward(dy)
     tensors = [(PREFIX + k, "F32", v.detach().numpy()) for k, v in w.items()]
     tensors += [("x", "F32", x.detach().numpy()),
@@ -88,6 +103,9 @@ def generate(name, c, seed, out):
                 ("dy", "F32", dy.numpy()), ("y", "F64", y.detach().numpy()),
                 ("dx", "F64", x.grad.numpy())]
     tensors += [("grad." + k, "F64", v.grad.numpy()) for k, v in w.items()]
+    if gates is not None:
+        tensors += [("head_gates", "F32", gates.detach().numpy()),
+                    ("grad.head_gates", "F64", gates.grad.numpy())]
     meta = {k: c[k] for k in sorted(c)}
     write_safetensors(os.path.join(out, name + ".safetensors"), tensors, meta)
 

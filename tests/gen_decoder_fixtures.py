@@ -74,7 +74,9 @@ def alibi_slopes(H):
     return torch.tensor(s, dtype=torch.float64)
 
 
-def reference(c, w, x, pos):
+def reference(c, w, x, pos, gates=None):
+    """gates: None, or head_gates [Hq] or [B, Hq], each head's attention
+    output times its gate before o_proj."""
     B, T, E = x.shape
     Hq, Hkv, d = c["Hq"], c["Hkv"], c["d"]
 
@@ -105,7 +107,10 @@ def reference(c, w, x, pos):
         p = torch.softmax(torch.cat((s, sink), dim=-1), dim=-1)[..., :-1]
     else:
         p = torch.softmax(s, dim=-1)
-    o = (p @ v).transpose(1, 2).reshape(B, T, Hq * d)
+    o = p @ v
+    if gates is not None:
+        o = o * gates.reshape(-1, Hq, 1, 1)
+    o = o.transpose(1, 2).reshape(B, T, Hq * d)
     y = o @ w["o_proj.weight"].T
     if c["o_bias"]:
         y = y + w["o_proj.bias"]

@@ -3,9 +3,10 @@
  * every device and CPU ISA: the output, dL/dx and every weight's gradient
  * against float64 torch autograd (tests/gen_decoder_backward_fixtures.py:
  * GQA, MQA, NeoX and GPT-J partial RoPE with the caller's positions, Qwen2
- * biases, gpt-oss sinks, head_dim != E/Hq, B 2, T 1), each within 1e-4 of
- * its group's
- * largest magnitude, and twice that after an accumulating second backward;
+ * biases, gpt-oss sinks, head_dim != E/Hq, B 2, T 1, head gates [Hq]
+ * and [B, Hq] with their gradient, also against central differences),
+ * each within 1e-4 of its group's largest magnitude, and twice that
+ * after an accumulating second backward;
  * central differences of the device's own forward; one AdamW step against
  * the formula; and the refused and bad calls, each with its status and
  * message. decoder_backward_f16: five fixtures over an f16 cache (1e-2)
@@ -42,6 +43,8 @@ typedef struct drun {
     mha_kv_cache *cache;
     mha_gradients *grads;
     mha_tensor *x, *pos, *y, *dy, *dx;
+    mha_tensor *gates, *dgates; /* head gates and their gradient, or NULL */
+    size_t ngates;
     int64_t B, T, E;
     double tol;
     mha_decoder_forward_args fa;
@@ -114,7 +117,7 @@ static void run_open(drun *r, mha_context *ctx, const test_device *td,
 static void run_close(drun *r)
 {
     cr_assert_eq(mha_gradients_destroy(r->grads), MHA_OK);
-    mha_tensor *t[] = {r->x, r->y, r->dy, r->dx, r->pos};
+    mha_tensor *t[] = {r->x, r->y, r->dy, r->dx, r->pos, r->gates, r->dgates};
     for (size_t i = 0; i < sizeof t / sizeof *t; i++)
         cr_assert_eq(mha_tensor_destroy(t[i]), MHA_OK);
     cr_assert_eq(mha_kv_cache_destroy(r->cache), MHA_OK);
@@ -264,6 +267,52 @@ static mha_decoder_config fixture_config(const fixture *fx)
     return c;
 }
 
+static void set_gates_arg(drun *r, void *arg)
+{
+    cr_assert_eq(mha_tensor_upload(r->gates, arg, r->ngates * 4), MHA_OK);
+}
+
+static double fd_compare(drun *r, const float *dy, float *p, size_t n,
+                         const float *grad, void (*set)(drun *, void *),
+                         void *arg, const char *what, float h, double tol);
+
+/* A fixture with head_gates ([Hq] or [B, Hq]): the forward gets them and
+ * the backward grad_head_gates. */
+static void gates_open(drun *r, const fixture *fx)
+{
+    const mha_st_entry *e = mha_st_find(fx->f, "head_gates");
+    if (!e)
+        return;
+    float *g = floats_of(fx, "head_gates");
+    r->gates = tensor(r, MHA_F32, e->ndim, e->shape, g, e->count * 4);
+    r->dgates = tensor(r, MHA_F32, e->ndim, e->shape, NULL, 0);
+    r->ngates = e->count;
+    r->fa.head_gates = r->gates;
+    r->ba.grad_head_gates = r->dgates;
+    free(g);
+}
+
+/* dL/dg against autograd's, and (fd) against central differences of the
+ * device's own inference forward, in which the gates are linear: within
+ * 1e-3 of the largest. */
+static double check_gates(drun *r, const fixture *fx, const float *dy,
+                          int fd)
+{
+    size_t n;
+    double *want = doubles(fx, "grad.head_gates", &n);
+    float *got = download(r->dgates, n);
+    double e = check_close(r, "grad.head_gates", got, want, n, 1.0,
+                           max_abs(want, n));
+    if (fd) {
+        float *g = floats_of(fx, "head_gates");
+        e = fmax(e, fd_compare(r, dy, g, n, got, set_gates_arg, g,
+                               "head_gates", 1e-2f, 1e-3));
+        free(g);
+    }
+    free(got), free(want);
+    return e;
+}
+
 /* Forward, backward and an accumulating second backward of the fixture
  * on td; prints the worst errors (fractions of each group's scale). */
 static void fixture_on(mha_context *ctx, const test_device *td,
@@ -286,6 +335,7 @@ static void fixture_on(mha_context *ctx, const test_device *td,
              fixture_meta(fx->f, "default_pos") ? NULL : pos, kv);
     cr_assert_eq(mha_decoder_load_safetensors(r.dec, fx->path, PREFIX), MHA_OK,
                  "%s", mha_context_errmsg(ctx));
+    gates_open(&r, fx);
     train_step(&r);
     size_t m;
     double *y = doubles(fx, "y", &m), *dx = doubles(fx, "dx", &m);
@@ -293,15 +343,26 @@ static void fixture_on(mha_context *ctx, const test_device *td,
     double ey = check_close(&r, "y", gy, y, n, 1.0, max_abs(y, n));
     double edx = check_close(&r, "dx", gdx, dx, n, 1.0, max_abs(dx, n));
     double ew = check_weights(&r, fx, 1.0);
-    /* a second backward of the same forward, accumulating: twice */
+    double eg = r.gates ? check_gates(&r, fx, dy, 1) : 0.0;
+    /* a second backward of the same forward (the differences' inference
+       forwards keep what it saved), accumulating: twice the weights'
+       gradients, the gates' written again, not added to */
     r.ba.accumulate = 1;
     cr_assert_eq(mha_decoder_backward(r.dec, &r.ba), MHA_OK, "%s",
                  mha_context_errmsg(ctx));
     double ew2 = check_weights(&r, fx, 2.0);
+    if (r.gates) {
+        eg = fmax(eg, check_gates(&r, fx, dy, 0));
+        r.ba.grad_head_gates = r.dx; /* [B, T, E]: not the gates' shape */
+        cr_expect_eq(mha_decoder_backward(r.dec, &r.ba), MHA_SHAPE_MISMATCH);
+        cr_expect(strstr(mha_context_errmsg(ctx), "grad_head_gates has shape"),
+                  "%s", mha_context_errmsg(ctx));
+    }
     fprintf(stderr,
             "decoder_backward %-18s %-12s %s cache: y %.1e dx %.1e weights "
-            "%.1e accumulated %.1e (of the scale)\n",
-            name, td->label, kv == MHA_F32 ? "f32" : "f16", ey, edx, ew, ew2);
+            "%.1e accumulated %.1e gates %.1e (of the scale)\n",
+            name, td->label, kv == MHA_F32 ? "f32" : "f16", ey, edx, ew, ew2,
+            eg);
     free(gy), free(gdx), free(y), free(dx);
     free(x), free(dy), free(p64), free(pos);
     run_close(&r);
@@ -347,7 +408,8 @@ static void run_fixture(const char *name, mha_dtype kv)
 #define FIXTURES(X)                                                            \
     X(llama_gqa_neox) X(mqa_gptj_partial) X(qwen2_bias) X(mha_norope)        \
         X(gqa_t1) X(sinks_gqa) X(mistral_window) X(alibi_mha)             \
-        X(gemma2_softcap) X(window_softcap_alibi_sinks)
+        X(gemma2_softcap) X(window_softcap_alibi_sinks) X(gates_heads)     \
+            X(gates_per_sequence)
 
 #define DEFINE_FIXTURE_TEST(name)                                              \
     Test(decoder_backward, name) { run_fixture(#name, MHA_F32); }
@@ -516,6 +578,11 @@ Test(decoder_backward, bad_calls)
     expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba),
                   MHA_SHAPE_MISMATCH, "grad_x", "grad_x");
     e.r.ba.grad_x = e.r.dx;
+    e.r.ba.grad_head_gates = wrong;
+    expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba),
+                  MHA_INVALID_ARGUMENT, "forward had no head_gates",
+                  "grad_head_gates without gates");
+    e.r.ba.grad_head_gates = NULL;
     mha_decoder *other;
     mha_gradients *og;
     mha_decoder_config cfg = fixture_config(&e.fx);
@@ -551,11 +618,10 @@ Test(decoder_backward, bad_calls)
 }
 
 /* A training forward of a layer with an option the backward lacks, or
- * with head gates or over a ring cache (of window ring when not 0):
- * refused naming it, and a backward
- * after it finds nothing saved. */
+ * over a ring cache (of window ring when not 0): refused naming it, and a
+ * backward after it finds nothing saved. */
 static void expect_refused(mha_decoder_config cfg, int64_t ring,
-                           int gates, const char *needle)
+                           const char *needle)
 {
     mha_context *ctx;
     cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
@@ -578,17 +644,10 @@ static void expect_refused(mha_decoder_config cfg, int64_t ring,
             MHA_OK);
         free(z);
     }
-    int64_t hs[1] = {cfg.num_heads};
-    float ones[64] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
-    mha_tensor *g =
-        gates ? tensor(&r, MHA_F32, 1, hs, ones, (size_t)cfg.num_heads * 4)
-              : NULL;
-    r.fa.head_gates = g;
     expect_status(ctx, mha_decoder_forward(r.dec, &r.fa), MHA_UNSUPPORTED,
                   needle, needle);
     expect_status(ctx, mha_decoder_backward(r.dec, &r.ba), MHA_BAD_STATE,
                   "no training forward", "backward after a refused one");
-    mha_tensor_destroy(g);
     run_close(&r);
     free(x);
     cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
@@ -599,9 +658,8 @@ Test(decoder_backward, unsupported_options_are_refused)
     mha_decoder_config c;
     mha_decoder_config_init(&c, 16, 4);
     c.num_kv_heads = 2;
-    expect_refused(c, 0, 1, "head_gates");
     c.window = 2;
-    expect_refused(c, 2, 0, "not a ring");
+    expect_refused(c, 2, "not a ring");
 }
 
 /* ---- central differences of the device's own forward --------------------- */

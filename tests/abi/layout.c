@@ -145,6 +145,7 @@ static void grows(void)
     FIELD(mha_decoder_backward_args, grad_x);
     FIELD(mha_decoder_backward_args, grads);
     FIELD(mha_decoder_backward_args, accumulate);
+    FIELD(mha_decoder_backward_args, grad_head_gates);
 }
 
 static void fixed(void)

@@ -167,6 +167,8 @@ enum {
     R_CONST, R_END
 };
 
+enum { BWD_MAX_NODES = 48 };
+
 /* The backward's shapes and buffers. */
 typedef struct bctx {
     mha_decoder *l;
@@ -177,8 +179,11 @@ typedef struct bctx {
     const mha_gradients *grads; /* or NULL */
     int acc;
     size_t sc[R_END]; /* scratch regions, bytes */
-    mha_node nodes[32];
-    int count;
+    /* The most nodes a backward builds is 32 (an f16 cache with RoPE, GQA,
+     * sinks, biases, head gates and grad_x), so 48 leaves room; add()
+     * past it writes the spare last slot and the backward refuses. */
+    mha_node nodes[BWD_MAX_NODES + 1];
+    int count, overflow;
 } bctx;
 
 /* [1,1,N,F] rows at byte offset off of buf. */
@@ -268,7 +273,11 @@ static mha_tdesc grad_of(const bctx *b, mha_dslot s, int64_t r, int64_t c)
 
 static mha_node *add(bctx *b, mha_op op)
 {
-    mha_node *n = &b->nodes[b->count++];
+    mha_node *n = &b->nodes[BWD_MAX_NODES];
+    if (b->count < BWD_MAX_NODES)
+        n = &b->nodes[b->count++];
+    else
+        b->overflow = 1;
     memset(n, 0, sizeof *n);
     n->op = op;
     return n;
@@ -731,6 +740,12 @@ mha_status mha_decoder_backward(mha_decoder *layer,
     output_nodes(&b);
     attention_nodes(&b);
     projection_nodes(&b);
+    if (b.overflow)
+        return mha_host_finish(&ctx->host, fn,
+                               mha_error(ctx, MHA_LIMIT_REACHED,
+                                         "%s: the backward needs more than "
+                                         "%d nodes",
+                                         fn, BWD_MAX_NODES));
     /* every node asked before any runs, so a refused backward writes
        nothing */
     for (int i = 0; i < b.count; i++)

@@ -220,7 +220,8 @@ class DecoderBackwardArgs(ctypes.Structure):
                 ("grad_output", ctypes.c_void_p),
                 ("grad_x", ctypes.c_void_p),
                 ("grads", ctypes.c_void_p),
-                ("accumulate", ctypes.c_int)]
+                ("accumulate", ctypes.c_int),
+                ("grad_head_gates", ctypes.c_void_p)]
 
 
 class AdamWConfig(ctypes.Structure):

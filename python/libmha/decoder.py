@@ -248,7 +248,7 @@ class DecoderAttention(Trainable, DeviceChild):
                           "DecoderAttention.prune_heads", heads)
 
     def __call__(self, x, positions=None, cache=None,
-                 save_for_backward=False):
+                 save_for_backward=False, head_gates=None):
         """Runs new tokens x [B, T, embed_dim] of sequences 0 .. B-1 of
         cache: projects them, rotates q and k at positions ([B, T] ints;
         None: each sequence's length + t), appends k and v to the cache,
@@ -257,6 +257,10 @@ class DecoderAttention(Trainable, DeviceChild):
         Returns [B, T, embed_dim] float32 like x: NumPy, torch or a
         libmha.Tensor on the layer's device. On failure the cache is
         unchanged.
+
+        head_gates [num_heads] or [B, num_heads] (the kept heads): each
+        head's attention output is multiplied by its gate before o_proj
+        (mha_decoder_forward_args.head_gates).
 
         save_for_backward: a training forward, for ``backward``: sequences
         0 .. B-1 must be empty in the cache (``clear()`` it; an f32 or f16
@@ -270,6 +274,7 @@ class DecoderAttention(Trainable, DeviceChild):
         dev, temps, kept = self.device, [], []
         try:
             tx = _on_device(x, dev, kept, np.float32)
+            tg = _on_device(head_gates, dev, kept, np.float32)
             tp = _on_device(positions, dev, temps, np.int32)
             out = Tensor.empty(tx.shape[:-1] + (self.embed_dim,), np.float32,
                                dev)
@@ -283,12 +288,13 @@ class DecoderAttention(Trainable, DeviceChild):
             a.x, a.output = tx.handle(fn), out.handle(fn)
             a.positions = tp.handle(fn) if tp is not None else None
             a.cache = cache.handle(fn)
+            a.head_gates = tg.handle(fn) if tg is not None else None
             a.save_for_backward = bool(save_for_backward)
             with dev.lock:
                 dev.check(lib.mha_decoder_forward(self.handle(fn),
                                                   ctypes.byref(a)))
             if save_for_backward:
-                self._save((tx,), kept)
+                self._save((tx, tg), kept)
                 kept = []
             if isinstance(x, Tensor):
                 return out
@@ -304,14 +310,15 @@ class DecoderAttention(Trainable, DeviceChild):
     forward = __call__
 
     def backward(self, grad_output, accumulate=False, grads=None,
-                 return_input_grads=False):
+                 return_input_grads=False, return_gates_grad=False):
         """Backpropagates grad_output (dL/d output, [B, T, embed_dim])
         through the last training forward (mha_decoder_backward) into
         grads (a libmha.Gradients of this layer; None: ``self.grads``),
         overwriting them or, with accumulate, adding into them. Returns
-        grads; with return_input_grads (grads, dL/dx), of grad_output's
-        kind. BadStateError without a training forward or after the
-        weights changed since it."""
+        grads; with return_input_grads also dL/dx, with return_gates_grad
+        also dL/d head_gates (written, not accumulated; a training forward
+        with head_gates), of grad_output's kind. BadStateError without a
+        training forward or after the weights changed since it."""
         dev, temps, fn = self.device, [], "DecoderAttention.backward"
         g = self.grads if grads is None else grads
         try:
@@ -324,10 +331,14 @@ class DecoderAttention(Trainable, DeviceChild):
             a.accumulate = bool(accumulate)
             dx = result(self._saved_shape(0)) if return_input_grads else None
             a.grad_x = dx.handle(fn) if dx is not None else None
+            dg = result(self._saved_shape(1)) if return_gates_grad else None
+            a.grad_head_gates = dg.handle(fn) if dg is not None else None
             with dev.lock:
                 dev.check(lib.mha_decoder_backward(self.handle(fn),
                                                    ctypes.byref(a)))
-            return (g, _returned(dx, grad_output)) if dx is not None else g
+            extra = [_returned(t, grad_output) for t in (dx, dg)
+                     if t is not None]
+            return (g, *extra) if extra else g
         finally:
             for t in temps:
                 t.close()

@@ -197,8 +197,9 @@ def decoder_weights(seed=0):
     return {k: 0.3 * r.standard_normal(s) for k, s in shapes.items()}
 
 
-def torch_decoder(x, w, theta=10000.0):
-    """HF LlamaAttention (NeoX RoPE, GQA, causal prefill) in torch."""
+def torch_decoder(x, w, theta=10000.0, gates=None):
+    """HF LlamaAttention (NeoX RoPE, GQA, causal prefill) in torch; gates
+    [B, HQ] multiply each head's attention output."""
     def proj(name, heads):
         return (x @ w[name + ".weight"].T + w[name + ".bias"]).view(
             B, T, heads, D)
@@ -217,9 +218,10 @@ def torch_decoder(x, w, theta=10000.0):
     k, v = (t.repeat_interleave(HQ // HKV, dim=2) for t in (k, v))
     s = torch.einsum("bihd,bjhd->bhij", q, k) / D ** 0.5
     s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -np.inf)
-    o = torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v).reshape(
-        B, T, HQ * D)
-    return o @ w["o_proj.weight"].T + w["o_proj.bias"]
+    o = torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v)
+    if gates is not None:
+        o = o * gates[:, None, :, None]
+    return o.reshape(B, T, HQ * D) @ w["o_proj.weight"].T + w["o_proj.bias"]
 
 
 def decoder_pair(device, seed=0):
@@ -248,6 +250,25 @@ def test_decoder_gradients_match_torch(spec):
     assert sorted(grads) == sorted(tw)
     for name in grads:
         close_to(grads[name], tw[name].grad, name)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_decoder_gates_gradient_matches_torch(spec):
+    """Per-sequence head gates: dL/dg as autograd gives it, and dx."""
+    dec, tw, cache = decoder_pair(get_device(spec), seed=2)
+    gen = rng(8)
+    x = torch.tensor(gen.standard_normal((B, T, DE)), requires_grad=True)
+    g = torch.tensor(gen.uniform(0.0, 2.0, (B, HQ)), requires_grad=True)
+    y = torch_decoder(x, tw, gates=g)
+    dy = torch.tensor(gen.standard_normal((B, T, DE)))
+    y.backward(dy)
+    out = dec(x.detach().numpy(), cache=cache, save_for_backward=True,
+              head_gates=g.detach().numpy())
+    close_to(out, y.detach().numpy(), "gated output")
+    _, dx, dg = dec.backward(dy.numpy(), return_input_grads=True,
+                             return_gates_grad=True)
+    close_to(dx, x.grad, "dx")
+    close_to(dg, g.grad, "grad_head_gates")
 
 
 def test_decoder_adamw_matches_torch(device):
@@ -319,3 +340,5 @@ def test_decoder_bad_calls():
     dec(x, cache=cache, save_for_backward=True)
     with pytest.raises(libmha.ShapeMismatchError):
         dec.backward(np.ones((B, 3, DE)))
+    with pytest.raises(libmha.InvalidArgumentError, match="no head_gates"):
+        dec.backward(x, return_gates_grad=True)

@@ -51,8 +51,10 @@ static void vm_flags_of(uintptr_t a, char *flags, size_t n)
             line[strspn(line, "0123456789abcdef")] == '-')
             inside = a >= lo && a < hi;
         else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
-            strncpy(flags, line + 8, n - 1);
-            flags[n - 1] = '\0';
+            size_t len = strcspn(line + 8, "\n");
+            len = len < n - 1 ? len : n - 1;
+            memcpy(flags, line + 8, len);
+            flags[len] = '\0';
             break;
         }
     }

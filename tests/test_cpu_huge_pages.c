@@ -120,10 +120,13 @@ Test(huge_pages, large_cpu_buffer_is_aligned_and_marked)
     uintptr_t buf = ((uintptr_t)b.raw + sizeof(void *) + 2 * MIB - 1) &
                     ~(uintptr_t)(2 * MIB - 1);
     char flags[256];
-    vm_flags_of(buf, flags, sizeof flags);
-    cr_expect(strstr(flags, " hg") != NULL, "buffer's VmFlags:%s", flags);
-    vm_flags_of(buf - 1, flags, sizeof flags);
-    cr_expect(strstr(flags, " hg") == NULL, "padding's VmFlags:%s", flags);
+    if (!getenv("MHA_TEST_EMULATED")) { /* see tests/CMakeLists.txt */
+        vm_flags_of(buf, flags, sizeof flags);
+        cr_expect(strstr(flags, " hg") != NULL, "buffer's VmFlags:%s", flags);
+        vm_flags_of(buf - 1, flags, sizeof flags);
+        cr_expect(strstr(flags, " hg") == NULL, "padding's VmFlags:%s",
+                  flags);
+    }
     mha_tensor_destroy(t);
     mha_device_destroy(dev);
     mha_context_destroy(ctx);

@@ -24,17 +24,18 @@
 
 enum { MAX_LAYERS = 32 };
 
-typedef struct attn_run {
+struct bench_attention {
     mha_cpu_exec exec;
     mha_node node;
+    void *q, *out;
     void *k[MAX_LAYERS], *v[MAX_LAYERS]; /* each layer's cache */
     int layers, next;
-} attn_run;
+};
 
 /* One call, on the next layer's K and V. */
 static int attn_once(void *arg)
 {
-    attn_run *r = arg;
+    bench_attention *r = arg;
     r->node.src[MHA_SRC_K].buf = r->k[r->next];
     r->node.src[MHA_SRC_V].buf = r->v[r->next];
     r->next = (r->next + 1) % r->layers;
@@ -104,7 +105,7 @@ int bench_attention_layers(const bench_case *c, double bytes)
 }
 
 /* Each layer's random K and V; 0, or -1 when memory runs out. */
-static int make_layers(attn_run *run, const attn_shape *sh, int layers)
+static int make_layers(bench_attention *run, const attn_shape *sh, int layers)
 {
     run->layers = layers < 1 ? 1 : layers > MAX_LAYERS ? MAX_LAYERS : layers;
     for (int i = 0; i < run->layers; i++) {
@@ -116,40 +117,66 @@ static int make_layers(attn_run *run, const attn_shape *sh, int layers)
     return 0;
 }
 
+void bench_attention_close(bench_attention *a)
+{
+    if (!a)
+        return;
+    mha_cpu_exec_fini(&a->exec);
+    for (int i = 0; i < a->layers; i++)
+        free(a->k[i]), free(a->v[i]);
+    free(a->q), free(a->out);
+    free(a);
+}
+
+int bench_attention_open(mha_context *ctx, const bench_case *c, int layers,
+                         int threads, bench_attention **out)
+{
+    attn_shape sh = shape_of(c);
+    bench_attention *a = calloc(1, sizeof *a);
+    *out = NULL;
+    if (!a)
+        return -1;
+    a->q = random_rows(sh.L, sh.H * sh.d, MHA_F32, 1);
+    a->out = random_rows(sh.L, sh.H * sh.d, MHA_F32, 4);
+    if (!a->q || !a->out || make_layers(a, &sh, layers) ||
+        mha_cpu_exec_init(&a->exec, &ctx->host, mha_cpu_kernels_named(NULL),
+                          threads) != MHA_OK) {
+        bench_attention_close(a);
+        return -1;
+    }
+    a->node.op = MHA_OP_ATTENTION;
+    a->node.src[MHA_SRC_Q] = head_view(a->q, MHA_F32, sh.H, sh.L, sh.d);
+    a->node.src[MHA_SRC_K] = head_view(NULL, sh.kv, sh.Hkv, sh.S, sh.d);
+    a->node.src[MHA_SRC_V] = head_view(NULL, sh.kv, sh.Hkv, sh.S, sh.d);
+    a->node.dst = head_view(a->out, MHA_F32, sh.H, sh.L, sh.d);
+    a->node.params.scale = 1.0f / sqrtf((float)sh.d);
+    a->node.params.causal = sh.causal;
+    a->node.params.mask_cols = sh.S;
+    a->node.params.kv_group = (int32_t)(sh.H / sh.Hkv);
+    if (c->decoder) {
+        a->node.params.window = c->window;
+        a->node.params.softcap = c->softcap;
+    }
+    *out = a;
+    return 0;
+}
+
+int bench_attention_time(bench_attention *a, const bench_options *o,
+                         bench_result *r)
+{
+    for (int i = 0; i < o->warmup; i++)
+        if (attn_once(a))
+            return -1;
+    return bench_time_runs(o, attn_once, a, r);
+}
+
 int bench_attention_part(mha_context *ctx, const bench_options *o,
                          const bench_case *c, int layers, bench_result *r)
 {
-    attn_shape sh = shape_of(c);
-    void *q = random_rows(sh.L, sh.H * sh.d, MHA_F32, 1);
-    void *out = random_rows(sh.L, sh.H * sh.d, MHA_F32, 4);
-    attn_run run;
-    memset(&run, 0, sizeof run);
-    int rc = -1;
-    if (!q || !out || make_layers(&run, &sh, layers) ||
-        mha_cpu_exec_init(&run.exec, &ctx->host, mha_cpu_kernels_named(NULL),
-                          o->threads) != MHA_OK)
-        goto done;
-    run.node.op = MHA_OP_ATTENTION;
-    run.node.src[MHA_SRC_Q] = head_view(q, MHA_F32, sh.H, sh.L, sh.d);
-    run.node.src[MHA_SRC_K] = head_view(NULL, sh.kv, sh.Hkv, sh.S, sh.d);
-    run.node.src[MHA_SRC_V] = head_view(NULL, sh.kv, sh.Hkv, sh.S, sh.d);
-    run.node.dst = head_view(out, MHA_F32, sh.H, sh.L, sh.d);
-    run.node.params.scale = 1.0f / sqrtf((float)sh.d);
-    run.node.params.causal = sh.causal;
-    run.node.params.mask_cols = sh.S;
-    run.node.params.kv_group = (int32_t)(sh.H / sh.Hkv);
-    if (c->decoder) {
-        run.node.params.window = c->window;
-        run.node.params.softcap = c->softcap;
-    }
-    for (int i = 0; i < o->warmup; i++)
-        if (attn_once(&run))
-            goto done;
-    rc = bench_time_runs(o, attn_once, &run, r);
-done:
-    mha_cpu_exec_fini(&run.exec);
-    for (int i = 0; i < run.layers; i++)
-        free(run.k[i]), free(run.v[i]);
-    free(q), free(out);
+    bench_attention *a;
+    if (bench_attention_open(ctx, c, layers, o->threads, &a))
+        return -1;
+    int rc = bench_attention_time(a, o, r);
+    bench_attention_close(a);
     return rc;
 }

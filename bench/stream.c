@@ -89,39 +89,71 @@ void *bench_buffer_alloc(size_t bytes)
     return p;
 }
 
-/* The best of STREAM_PASSES copies (read_only: reads of b alone), GB/s. */
-static double stream_gbs(int threads, int read_only)
+struct bench_stream {
+    float *a; /* NULL: a reader */
+    float *b;
+};
+
+void bench_stream_close(bench_stream *s)
+{
+    if (!s)
+        return;
+    free(s->a);
+    free(s->b);
+    free(s);
+}
+
+bench_stream *bench_stream_open(int copy)
+{
+    bench_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->b = bench_buffer_alloc(STREAM_FLOATS * sizeof *s->b);
+    if (copy)
+        s->a = bench_buffer_alloc(STREAM_FLOATS * sizeof *s->a);
+    if (!s->b || (copy && !s->a)) {
+        bench_stream_close(s);
+        return NULL;
+    }
+    if (s->a)
+        memset(s->a, 0, STREAM_FLOATS * sizeof *s->a); /* fault the pages in */
+    for (size_t i = 0; i < STREAM_FLOATS; i++)
+        s->b[i] = (float)(i & 1023);
+    return s;
+}
+
+double bench_stream_gbs(bench_stream *s, int threads, int passes)
 {
     threads = threads < 1 ? 1 : threads > STREAM_MAX_THREADS
                                     ? STREAM_MAX_THREADS : threads;
-    float *a = bench_buffer_alloc(STREAM_FLOATS * sizeof *a);
-    float *b = bench_buffer_alloc(STREAM_FLOATS * sizeof *b);
     double best = 0;
-    if (a && b) {
-        memset(a, 0, STREAM_FLOATS * sizeof *a); /* fault the pages in */
-        for (size_t i = 0; i < STREAM_FLOATS; i++)
-            b[i] = (float)(i & 1023);
-        for (int pass = 0; pass < STREAM_PASSES; pass++) {
-            double t0 = bench_now();
-            if (copy_pass(read_only ? NULL : a, b, threads))
-                break;
-            double s = bench_now() - t0;
-            double gbs = (read_only ? 1.0 : 2.0) *
-                         (double)(STREAM_FLOATS * sizeof *a) / s / 1e9;
-            best = gbs > best ? gbs : best;
-        }
+    for (int pass = 0; pass < passes; pass++) {
+        double t0 = bench_now();
+        if (copy_pass(s->a, s->b, threads))
+            return -1;
+        double sec = bench_now() - t0;
+        double gbs = (s->a ? 2.0 : 1.0) *
+                     (double)(STREAM_FLOATS * sizeof *s->b) / sec / 1e9;
+        best = gbs > best ? gbs : best;
     }
-    free(a);
-    free(b);
     return best > 0 ? best : -1;
+}
+
+/* The best of STREAM_PASSES copies (or reads), on arrays of their own. */
+static double stream_gbs(int threads, int copy)
+{
+    bench_stream *s = bench_stream_open(copy);
+    double gbs = s ? bench_stream_gbs(s, threads, STREAM_PASSES) : -1;
+    bench_stream_close(s);
+    return gbs;
 }
 
 double bench_stream_copy_gbs(int threads)
 {
-    return stream_gbs(threads, 0);
+    return stream_gbs(threads, 1);
 }
 
 double bench_stream_read_gbs(int threads)
 {
-    return stream_gbs(threads, 1);
+    return stream_gbs(threads, 0);
 }

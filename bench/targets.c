@@ -21,12 +21,15 @@
  *    decode step does, so K and V come from DRAM as the bound assumes; the
  *    same on one layer's cache, read again and again (partly from the
  *    last-level cache), is printed for reference; the whole decoder layer
- *    step too,
- *    which also reads 168 MiB of f32 projection weights, so its rows are
- *    for reference;
+ *    step too, which also reads 168 MiB of f32 projection weights, so its
+ *    rows are for reference;
  *  - GQA prefill's attention node (llama3-8b-prefill, T 512, causal
  *    bottom-right) against sgemm, counting only the FLOPs causal needs;
  *  - 1 thread against --threads on the prefill cases.
+ * The decode and GQA prefill targets are paired (struct paired): this
+ * machine's bandwidth and load drift within a run (a STREAM read of 27 GB/s
+ * at the start and 55 a minute later), so each is the median of rounds
+ * that time the case right after its own reference.
  * Every forward but the 32k and decode ones is checked against the
  * OpenBLAS-composed forward first. Timing is reported, never a pass/fail:
  * the exit status is 1 only when a measurement fails or a check is over
@@ -35,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "peers.h"
@@ -77,6 +81,15 @@ static const target_case cases[NCASES] = {
 #define DECODER_CASES 6 /* the llama3-8b-decode preset */
 #define MODEL_KV_BYTES (1024.0 * 1024 * 1024) /* rotated K+V, at most */
 #define PREFILL_CASES 1 /* the llama3-8b-prefill preset */
+#define PAIRED_ROUNDS 5
+
+/* A ratio measured in PAIRED_ROUNDS rounds, each timing its subject right
+ * after its reference, so that a shared machine whose bandwidth or load
+ * drifts during the run moves both sides of each round's ratio: the median
+ * of the rounds' ratios and their range; ref is the reference's median. */
+typedef struct paired {
+    double ratio, lo, hi, ref;
+} paired;
 
 typedef struct target_row {
     char target[64], measured[96], goal[24];
@@ -95,11 +108,15 @@ typedef struct targets {
     double sgemm, stream, stream_read; /* GFLOP/s, copy and read GB/s */
     double long_dev_mib, long_rss_mib; /* 32k working memory */
     bench_case dec[DECODER_CASES];    /* S 1k, 4k, 16k; f32, f16 cache */
-    bench_result dec_r[DECODER_CASES], dec_a[DECODER_CASES]; /* step, attn */
+    bench_result dec_r[DECODER_CASES]; /* the layer step */
+    double dec_ms[DECODER_CASES];      /* attention, median of the rounds */
+    paired dec_kv[DECODER_CASES];      /* attention / K+V bound; ref GB/s */
+    paired dec_half[DECODER_CASES / 2]; /* f16 / f32 attention */
     bench_result dec_1[DECODER_CASES]; /* attn on one layer's cache */
     int ndec;
     bench_case pre[PREFILL_CASES];
-    bench_result pre_a[PREFILL_CASES]; /* attention part */
+    double pre_ms[PREFILL_CASES]; /* attention part, median of the rounds */
+    paired pre_x[PREFILL_CASES];  /* attention GFLOP/s / sgemm; ref GFLOP/s */
     int npre;
     int failed;
     target_row rows[MAX_ROWS];
@@ -281,26 +298,160 @@ static void run_case(targets *t, int i)
     bench_case_data_free(&d);
 }
 
-/* The attention node of decoder case c alone, over layers caches, into
+/* The attention node of decoder case c alone, on one layer's cache, into
  * r. */
-static void time_decoder_attention(targets *t, const bench_case *c,
-                                   int layers, bench_result *r)
+static void time_one_layer(targets *t, const bench_case *c, bench_result *r)
 {
     bench_options o = *t->o;
     o.threads = t->threads;
     o.warmup = 2;
     o.repeat = 10;
     o.min_time = 0.3;
-    say(t, "%s: attention part...\n", c->name);
+    say(t, "%s: attention part on one layer's cache...\n", c->name);
     memset(r, 0, sizeof *r);
-    if (bench_attention_part(t->ctx, &o, c, layers, r)) {
+    if (bench_attention_part(t->ctx, &o, c, 1, r)) {
         fprintf(stderr, "mha-bench: attention part of %s failed\n", c->name);
         t->failed = 1;
     }
 }
 
-/* The decoder layer's decode step (llama3-8b-decode) on the CPU and its
- * attention alone; the prefill preset's attention alone. */
+/* FLOPs a causal bottom-right attention needs: 4 d Hq per (query, key)
+ * pair it attends; query i of L sees S - L + i + 1 keys. */
+static double prefill_attention_flops(const bench_case *c)
+{
+    double l = (double)c->tgt_len, s = (double)c->src_len;
+    double pairs = l * (s - l) + l * (l + 1) / 2;
+    return 4.0 * (double)(c->head_dim * c->heads) * pairs;
+}
+
+/* The median and range of the rounds' ratios x (sorted in place). */
+static paired paired_of(double *x, double ref)
+{
+    paired p = {0, 0, 0, ref};
+    double p95;
+    bench_stats(x, PAIRED_ROUNDS, &p.ratio, &p95);
+    p.lo = x[0];
+    p.hi = x[PAIRED_ROUNDS - 1];
+    return p;
+}
+
+static double median_of(double *x)
+{
+    double m, p95;
+    bench_stats(x, PAIRED_ROUNDS, &m, &p95);
+    return m;
+}
+
+/* Each round's timing of an attention node: its median over at least 10
+ * calls and 0.1 s. */
+static bench_options round_reps(const targets *t)
+{
+    bench_options o = *t->o;
+    o.threads = t->threads;
+    o.warmup = 1;
+    o.repeat = 10;
+    o.min_time = 0.1;
+    return o;
+}
+
+static int time_round(const targets *t, bench_attention *a, double *ms)
+{
+    bench_options o = round_reps(t);
+    bench_result r;
+    memset(&r, 0, sizeof r);
+    if (bench_attention_time(a, &o, &r) || r.median_ms <= 0)
+        return -1;
+    *ms = r.median_ms;
+    return 0;
+}
+
+/* Decoder cases i (f32 cache) and i + 1 (f16, the same length): their
+ * attention node, each call on the next of the model's layers' caches, in
+ * rounds of a STREAM read (the best of 2 passes over rd) followed by both
+ * cases; each round gives both cases' ratio to the K+V read time at that
+ * round's bandwidth, and f16 / f32. */
+static int pair_decode(targets *t, bench_stream *rd, int i)
+{
+    bench_attention *a[2] = {NULL, NULL};
+    double ms[2][PAIRED_ROUNDS], x[2][PAIRED_ROUNDS], half[PAIRED_ROUNDS];
+    double bw[PAIRED_ROUNDS];
+    int rc = -1;
+    say(t, "%s and %s: attention part, paired with STREAM reads...\n",
+        t->dec[i].name, t->dec[i + 1].name);
+    for (int k = 0; k < 2; k++)
+        if (bench_attention_open(
+                t->ctx, &t->dec[i + k],
+                bench_attention_layers(&t->dec[i + k], MODEL_KV_BYTES),
+                t->threads, &a[k]))
+            goto done;
+    for (int r = 0; r < PAIRED_ROUNDS; r++) {
+        bw[r] = bench_stream_gbs(rd, t->threads, 2);
+        if (bw[r] <= 0)
+            goto done;
+        for (int k = 0; k < 2; k++) {
+            if (time_round(t, a[k], &ms[k][r]))
+                goto done;
+            x[k][r] = ms[k][r] /
+                      (bench_decoder_kv_bytes(&t->dec[i + k]) / (bw[r] * 1e6));
+        }
+        half[r] = ms[1][r] / ms[0][r];
+    }
+    double gbs = median_of(bw);
+    for (int k = 0; k < 2; k++) {
+        t->dec_ms[i + k] = median_of(ms[k]);
+        t->dec_kv[i + k] = paired_of(x[k], gbs);
+    }
+    t->dec_half[i / 2] = paired_of(half, 0);
+    rc = 0;
+done:
+    bench_attention_close(a[0]);
+    bench_attention_close(a[1]);
+    return rc;
+}
+
+/* OpenBLAS's workers spin for a while after a call (about 2^28 cycles);
+ * a timing that starts before they sleep shares the CPU with them. */
+static void let_openblas_sleep(void)
+{
+    struct timespec pause = {0, 300 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+}
+
+/* Prefill case i's attention node in rounds of that node, then sgemm
+ * 1024^3 (then a pause for OpenBLAS's workers): each round's ratio of the
+ * node's GFLOP/s (over the FLOPs causal needs) to sgemm's. */
+static int pair_prefill(targets *t, int i)
+{
+    bench_attention *a = NULL;
+    double ms[PAIRED_ROUNDS], x[PAIRED_ROUNDS], sg[PAIRED_ROUNDS];
+    bench_options o = *t->o;
+    o.threads = t->threads;
+    o.warmup = 1;
+    o.repeat = 5;
+    o.min_time = 0;
+    say(t, "%s: attention part, paired with sgemm...\n", t->pre[i].name);
+    int rc = bench_attention_open(t->ctx, &t->pre[i], 1, t->threads, &a);
+    for (int r = 0; rc == 0 && r < PAIRED_ROUNDS; r++) {
+        rc = time_round(t, a, &ms[r]);
+        sg[r] = bench_openblas_sgemm_gflops(1024, &o);
+        let_openblas_sleep();
+        if (rc == 0 && sg[r] <= 0)
+            rc = -1;
+        if (rc == 0)
+            x[r] = prefill_attention_flops(&t->pre[i]) / (ms[r] * 1e6) / sg[r];
+    }
+    if (rc == 0) {
+        t->pre_ms[i] = median_of(ms);
+        t->pre_x[i] = paired_of(x, median_of(sg));
+    }
+    bench_attention_close(a);
+    return rc;
+}
+
+/* The decoder layer's decode step (llama3-8b-decode) on the CPU, its
+ * attention on one layer's cache, then its attention over the model's
+ * layers' caches paired with STREAM reads; the prefill preset's attention
+ * paired with sgemm. */
 static void run_decoder(targets *t)
 {
     bench_options o = *t->o;
@@ -314,14 +465,23 @@ static void run_decoder(targets *t)
         memset(&t->dec_r[i], 0, sizeof t->dec_r[i]);
         bench_decoder_case(t->ctx, t->dev, &o, &t->dec[i], &t->dec_r[i]);
         note_failure(t, &t->dec_r[i], t->dec[i].name);
-        time_decoder_attention(
-            t, &t->dec[i], bench_attention_layers(&t->dec[i], MODEL_KV_BYTES),
-            &t->dec_a[i]);
-        time_decoder_attention(t, &t->dec[i], 1, &t->dec_1[i]);
+        time_one_layer(t, &t->dec[i], &t->dec_1[i]);
     }
+    bench_stream *rd = bench_stream_open(0);
+    for (int i = 0; i + 1 < t->ndec; i += 2)
+        if (!rd || pair_decode(t, rd, i)) {
+            fprintf(stderr, "mha-bench: paired decode attention of %s failed\n",
+                    t->dec[i].name);
+            t->failed = 1;
+        }
+    bench_stream_close(rd);
     bench_preset_add("llama3-8b-prefill", t->pre, &t->npre, PREFILL_CASES);
     for (int i = 0; i < t->npre; i++)
-        time_decoder_attention(t, &t->pre[i], 1, &t->pre_a[i]);
+        if (pair_prefill(t, i)) {
+            fprintf(stderr, "mha-bench: paired prefill attention of %s failed\n",
+                    t->pre[i].name);
+            t->failed = 1;
+        }
 }
 
 /* ---- the table -------------------------------------------------------------- */
@@ -443,41 +603,46 @@ static const char *cache_of(const bench_case *c)
     return c->cache_dtype == MHA_F16 ? "f16" : "f32";
 }
 
-/* The attention node's time per decode step, r[i] for decoder case i,
+/* Per decode step of the llama3-8b layer, the attention node's time
  * against the time to read the cache's K and V once at the read bandwidth
- * (the issue's bound): the target rows (over the model's layers' caches)
- * or the reference ones (one layer's cache). */
-static void kv_bound_rows(targets *t, const bench_result *r, const char *what,
-                          int target)
+ * (the issue's bound): over the model's layers' caches, paired with STREAM
+ * reads (the target), and on one layer's cache against the reference
+ * STREAM read (for reference). */
+static void kv_bound_rows(targets *t)
 {
-    char name[64], layers[24] = "";
+    char name[64];
+    for (int i = 0; i < t->ndec; i++) {
+        const bench_case *c = &t->dec[i];
+        const paired *p = &t->dec_kv[i];
+        double kv = p->ref > 0 ? bench_decoder_kv_bytes(c) / (p->ref * 1e6) : 0;
+        snprintf(name, sizeof name, "decode attention S=%lldk %s / K+V",
+                 (long long)(c->src_len / 1024), cache_of(c));
+        add_row(t, met(p->ratio > 0, p->ratio <= 1.25), "<= 1.25x", name,
+                "%.2fx (%.2f / %.2f ms; rounds %.2f-%.2f; %d layers)",
+                p->ratio, t->dec_ms[i], kv, p->lo, p->hi,
+                bench_attention_layers(c, MODEL_KV_BYTES));
+    }
     double bw = t->stream_read * 1e6;
     for (int i = 0; i < t->ndec; i++) {
         const bench_case *c = &t->dec[i];
-        double ms = r[i].median_ms;
+        double ms = t->dec_1[i].median_ms;
         double kv = bw > 0 ? bench_decoder_kv_bytes(c) / bw : 0;
-        snprintf(name, sizeof name, "%s S=%lldk %s / K+V", what,
+        snprintf(name, sizeof name, "one layer's cache S=%lldk %s / K+V",
                  (long long)(c->src_len / 1024), cache_of(c));
-        if (target)
-            snprintf(layers, sizeof layers, " (%d layers)",
-                     bench_attention_layers(c, MODEL_KV_BYTES));
-        add_row(t, target ? met(ms > 0 && kv > 0, ms <= 1.25 * kv) : "-",
-                target ? "<= 1.25x" : "reference", name,
-                "%.2f / %.2f ms = %.2fx%s", ms, kv, kv > 0 ? ms / kv : 0,
-                layers);
+        add_row(t, "-", "reference", name, "%.2f / %.2f ms = %.2fx", ms, kv,
+                kv > 0 ? ms / kv : 0);
     }
 }
 
-/* Per decode step of the llama3-8b layer: the attention node's time
- * against the K+V bound, then the whole layer step's against the same and
- * against K+V+weights (what a whole step must read); the f16 cache's time
- * against the f32 cache's, attention and step. */
+/* The layer step's rows against the same and against K+V+weights (what a
+ * whole step must read); the f16 cache's time against the f32 cache's:
+ * the attention's paired in the same rounds (the target), one layer's
+ * cache and the step for reference. */
 static void decoder_rows(targets *t)
 {
     char name[64];
     double bw = t->stream_read * 1e6;
-    kv_bound_rows(t, t->dec_a, "decode attention", 1);
-    kv_bound_rows(t, t->dec_1, "one layer's cache", 0);
+    kv_bound_rows(t);
     for (int i = 0; i < t->ndec; i++) {
         const bench_case *c = &t->dec[i];
         double ms = t->dec_r[i].median_ms;
@@ -489,13 +654,14 @@ static void decoder_rows(targets *t)
                 ms, kv, kv > 0 ? ms / kv : 0, all > 0 ? ms / all : 0);
     }
     for (int i = 0; i + 1 < t->ndec; i += 2) {
-        double f32 = t->dec_a[i].median_ms, f16 = t->dec_a[i + 1].median_ms;
+        const paired *p = &t->dec_half[i / 2];
+        double f32 = t->dec_1[i].median_ms, f16 = t->dec_1[i + 1].median_ms;
         double s32 = t->dec_r[i].median_ms, s16 = t->dec_r[i + 1].median_ms;
         long long k = (long long)(t->dec[i].src_len / 1024);
         snprintf(name, sizeof name, "decode attention f16/f32 S=%lldk", k);
-        add_row(t, met(f32 > 0 && f16 > 0, f16 <= 0.6 * f32), "<= 0.6", name,
-                "%.2f (%.2f / %.2f ms)", f32 > 0 ? f16 / f32 : 0, f16, f32);
-        f32 = t->dec_1[i].median_ms, f16 = t->dec_1[i + 1].median_ms;
+        add_row(t, met(p->ratio > 0, p->ratio <= 0.6), "<= 0.6", name,
+                "%.2f (%.2f / %.2f ms; rounds %.2f-%.2f)", p->ratio,
+                t->dec_ms[i + 1], t->dec_ms[i], p->lo, p->hi);
         snprintf(name, sizeof name, "one layer's cache f16/f32 S=%lldk", k);
         add_row(t, "-", "reference", name, "%.2f (%.2f / %.2f ms)",
                 f32 > 0 ? f16 / f32 : 0, f16, f32);
@@ -505,27 +671,20 @@ static void decoder_rows(targets *t)
     }
 }
 
-/* FLOPs a causal bottom-right attention needs: 4 d Hq per (query, key)
- * pair it attends; query i of L sees S - L + i + 1 keys. */
-static double prefill_attention_flops(const bench_case *c)
-{
-    double l = (double)c->tgt_len, s = (double)c->src_len;
-    double pairs = l * (s - l) + l * (l + 1) / 2;
-    return 4.0 * (double)(c->head_dim * c->heads) * pairs;
-}
-
 static void prefill_attention_rows(targets *t)
 {
     for (int i = 0; i < t->npre; i++) {
         const bench_case *c = &t->pre[i];
-        double ms = t->pre_a[i].median_ms;
-        double g = ms > 0 ? prefill_attention_flops(c) / (ms * 1e6) : 0;
+        const paired *p = &t->pre_x[i];
+        double ms = t->pre_ms[i];
         char name[64];
         snprintf(name, sizeof name, "GQA prefill attention T=%lld / sgemm",
                  (long long)c->tgt_len);
-        add_row(t, met(g > 0 && t->sgemm > 0, g >= 0.85 * t->sgemm),
-                ">= 0.85x", name, "%.1f GFLOP/s = %.2fx (%.2f ms)", g,
-                t->sgemm > 0 ? g / t->sgemm : 0, ms);
+        add_row(t, met(p->ratio > 0, p->ratio >= 0.85), ">= 0.85x", name,
+                "%.2fx (%.2f ms, %.1f vs %.1f GFLOP/s; rounds %.2f-%.2f)",
+                p->ratio, ms,
+                ms > 0 ? prefill_attention_flops(c) / (ms * 1e6) : 0, p->ref,
+                p->lo, p->hi);
     }
 }
 
@@ -562,10 +721,10 @@ static void print_table(targets *t, FILE *out)
     decoder_rows(t);
     prefill_attention_rows(t);
     thread_rows(t);
-    fprintf(out, "%-38s | %-36s | %-9s | %s\n", "target", "measured", "goal",
+    fprintf(out, "%-38s | %-58s | %-9s | %s\n", "target", "measured", "goal",
             "met");
     for (int i = 0; i < t->nrows; i++)
-        fprintf(out, "%-38s | %-36s | %-9s | %s\n", t->rows[i].target,
+        fprintf(out, "%-38s | %-58s | %-9s | %s\n", t->rows[i].target,
                 t->rows[i].measured, t->rows[i].goal, t->rows[i].met);
     fprintf(out, "FLOPs as in design.md (docs/ in the source, "
                  "share/doc/libmha/ installed); the attention part is the "
@@ -580,7 +739,13 @@ static void print_table(targets *t, FILE *out)
                  "whole step, which also reads 168 MiB of f32 weights (+W);\n"
                  "K+V is the cache's K and V bytes at the read bandwidth. GQA "
                  "prefill (T = S = 512, causal bottom-right): 4 d Hq FLOPs per "
-                 "attended (query, key)\npair, L(S-L) + L(L+1)/2 pairs.\n");
+                 "attended (query, key)\npair, L(S-L) + L(L+1)/2 pairs. "
+                 "The decode attention and GQA prefill targets are the median "
+                 "of %d rounds, each\ntiming the case right after its own "
+                 "reference (a STREAM read, the best of 2 passes; sgemm "
+                 "1024^3),\nwith the rounds' range; their K+V and GFLOP/s are "
+                 "at the rounds' median reference.\n",
+            PAIRED_ROUNDS);
 }
 
 /* ---- driver -------------------------------------------------------------------- */

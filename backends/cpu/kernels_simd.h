@@ -49,6 +49,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "half.h"
 #include "kernels.h"
@@ -588,27 +589,41 @@ enum { QB = 4, KP = VL / QB > 2 ? VL / QB : 2, KV_STEP = 8, PF_ROWS = 8 };
 
 #define SIMD_INLINE static inline __attribute__((always_inline))
 
-/* Asks for row j + PF_ROWS while row j is used, into L2. A kv head's rows
- * lie a whole token apart in the cache (4 KiB for Llama 3's 8 x 128 f32),
- * each on its own page, where the hardware prefetchers stop, so without
- * this every row starts with a miss to memory. Into L2, not L1: rows 4 KiB
- * apart fall into the same L1 sets and would evict each other before use.
- * Measured on Zen 4 under load (S 4096, one thread): about 2x over no
- * prefetch; 8 rows ahead beat 4, 16 and 32 in most runs, and L1 prefetches
- * lost about a third of the gain. Rows past n are asked for too: the
- * decode driver walks a chunk's key blocks in order, so they are the next
- * call's first rows, which would otherwise each start with a miss (a cold
- * start every 128 keys; about 5-10% of a step, more of an fp16 one, whose
- * rows take half the time to use). A prefetch is a hint that never faults,
- * and the address is formed as an integer, so rows past the end of the
- * cache cost nothing. */
-SIMD_INLINE void prefetch_row(const void *M, int64_t ld, size_t es, int64_t j,
-                              int64_t d)
+/* Asks for the rows PF_ROWS further down (pf bytes past rows[t]) while
+ * rows[t] are used, into L2. A kv head's rows lie a whole token apart in
+ * the cache (4 KiB for Llama 3's 8 x 128 f32), each on its own page, where
+ * the hardware prefetchers stop, so without this every row starts with a
+ * miss to memory. Into L2, not L1: rows 4 KiB apart fall into the same L1
+ * sets and would evict each other before use. Measured on Zen 4 under load
+ * (S 4096, one thread): about 2x over no prefetch; 8 rows ahead beat 4, 16
+ * and 32 in most runs, and L1 prefetches lost about a third of the gain.
+ * The requests are spread over the steps of a row: step c (the vector at
+ * c of each row) asks for whole row c / VL, and the last step for the rows
+ * left (keys > d / VL), so a few requests go out between the loads and
+ * FMAs of every step. A burst of every row's lines before the tile, as
+ * before, was 3-12% slower at S 4k and 16k (f32 and fp16, one thread, the
+ * kernels alone, old and new alternating in one process), and one line of
+ * every row per step (rows interleaved line by line) was 2-5% slower at
+ * f32. Rows past n are asked for too: the decode driver walks a chunk's
+ * key blocks in order, so they are the next call's first rows, which would
+ * otherwise each start with a miss (a cold start every 128 keys; about
+ * 5-10% of a step, more of an fp16 one, whose rows take half the time to
+ * use). A prefetch is a hint that never faults, and the address is formed
+ * as an integer, so rows past the end of the cache cost nothing. pf 0:
+ * none (a group's later row tiles, whose rows the first one asked for). */
+SIMD_INLINE void prefetch_step(const void *const *rows, const int keys,
+                               const int f16, int64_t pf, int64_t c,
+                               int64_t d)
 {
-    const uintptr_t row =
-        (uintptr_t)M + (uintptr_t)((j + PF_ROWS) * ld) * es;
-    for (size_t off = 0; off < (size_t)d * es; off += 64)
-        __builtin_prefetch((const void *)(row + off), 0, 2);
+    const size_t bytes = (size_t)d * (f16 ? 2 : 4);
+    const int64_t first = c / VL, last = c + VL >= d ? keys : first + 1;
+    if (pf == 0)
+        return;
+    for (int64_t t = first; t < last && t < keys; t++) {
+        const uintptr_t row = (uintptr_t)rows[t] + (uintptr_t)pf;
+        for (size_t off = 0; off < bytes; off += 64)
+            __builtin_prefetch((const void *)(row + off), 0, 2);
+    }
 }
 
 /* cnt (1..VL) elements from element c of an f32 or fp16 row, 0 beyond.
@@ -638,13 +653,14 @@ SIMD_INLINE vf q_load(const float *q, const int64_t cnt)
 /* acc[g][t] += q_g[c..c+cnt) . K_t[c..c+cnt) for g < rows, t < keys. */
 SIMD_INLINE void scores_step(const int rows, const int keys, const int f16,
                              const float *q, int64_t ldq,
-                             const void *const *kr, int64_t c,
-                             const int64_t cnt, vf acc[QB][KP])
+                             const void *const *kr, int64_t pf, int64_t d,
+                             int64_t c, const int64_t cnt, vf acc[QB][KP])
 {
     vf k[KP];
     MHA_UNROLL
     for (int t = 0; t < keys; t++)
         k[t] = kv_load(kr[t], f16, c, cnt);
+    prefetch_step(kr, keys, f16, pf, c, d);
     MHA_UNROLL
     for (int g = 0; g < rows; g++) {
         const vf x = q_load(q + g * ldq + c, cnt);
@@ -658,7 +674,9 @@ SIMD_INLINE void scores_step(const int rows, const int keys, const int f16,
  * accumulators are summed VL at a time by vf_hsum_each, one transposing
  * reduction tree for VL of them (about 3 instructions a sum instead of the
  * 8-10 of a vf_hsum each, which cost as much as the dot products
- * themselves); a last partial group is padded with zero vectors. */
+ * themselves); a last partial group is padded with zero vectors. A row's
+ * keys sums are adjacent in sums and in s, so each row is one copy (one
+ * 16-byte move with AVX-512, not four scalar extracts and stores). */
 SIMD_INLINE void scores_store(const int rows, const int keys,
                               vf acc[QB][KP], float scale, float *s,
                               int64_t lds)
@@ -675,18 +693,15 @@ SIMD_INLINE void scores_store(const int rows, const int keys,
         if (i < n)
             vf_store(sums + i, vf_mul(vf_set1(scale), vf_hsum_each(all + i)));
     MHA_UNROLL
-    for (int g = 0; g < rows; g++) {
-        MHA_UNROLL
-        for (int t = 0; t < keys; t++)
-            s[g * lds + t] = sums[g * keys + t];
-    }
+    for (int g = 0; g < rows; g++)
+        memcpy(s + g * lds, sums + g * keys, sizeof *s * (size_t)keys);
 }
 
 /* s[g][t] = scale * q_g . K_t for g < rows, t < keys (kr: the key rows). */
 SIMD_INLINE void scores_tile(const int rows, const int keys, const int f16,
                              int64_t d, const float *q, int64_t ldq,
-                             const void *const *kr, float scale, float *s,
-                             int64_t lds)
+                             const void *const *kr, int64_t pf, float scale,
+                             float *s, int64_t lds)
 {
     vf acc[QB][KP];
     MHA_UNROLL
@@ -697,33 +712,33 @@ SIMD_INLINE void scores_tile(const int rows, const int keys, const int f16,
     }
     int64_t c = 0;
     for (; c + VL <= d; c += VL)
-        scores_step(rows, keys, f16, q, ldq, kr, c, VL, acc);
+        scores_step(rows, keys, f16, q, ldq, kr, pf, d, c, VL, acc);
     if (c < d)
-        scores_step(rows, keys, f16, q, ldq, kr, c, d - c, acc);
+        scores_step(rows, keys, f16, q, ldq, kr, pf, d, c, d - c, acc);
     scores_store(rows, keys, acc, scale, s, lds);
 }
 
 /* Tiles of QB rows, then the 1..QB-1 left, for `keys` keys at kr. */
 SIMD_INLINE void scores_keys(const int keys, const int f16, int64_t G,
                              int64_t d, const float *q, int64_t ldq,
-                             const void *const *kr, float scale, float *s,
-                             int64_t lds)
+                             const void *const *kr, int64_t pf, float scale,
+                             float *s, int64_t lds)
 {
     int64_t g = 0;
-    for (; g + QB <= G; g += QB)
-        scores_tile(QB, keys, f16, d, q + g * ldq, ldq, kr, scale,
+    for (; g + QB <= G; g += QB, pf = 0)
+        scores_tile(QB, keys, f16, d, q + g * ldq, ldq, kr, pf, scale,
                     s + g * lds, lds);
     switch (G - g) {
     case 3:
-        scores_tile(3, keys, f16, d, q + g * ldq, ldq, kr, scale,
+        scores_tile(3, keys, f16, d, q + g * ldq, ldq, kr, pf, scale,
                     s + g * lds, lds);
         break;
     case 2:
-        scores_tile(2, keys, f16, d, q + g * ldq, ldq, kr, scale,
+        scores_tile(2, keys, f16, d, q + g * ldq, ldq, kr, pf, scale,
                     s + g * lds, lds);
         break;
     case 1:
-        scores_tile(1, keys, f16, d, q + g * ldq, ldq, kr, scale,
+        scores_tile(1, keys, f16, d, q + g * ldq, ldq, kr, pf, scale,
                     s + g * lds, lds);
         break;
     default:
@@ -731,18 +746,15 @@ SIMD_INLINE void scores_keys(const int keys, const int f16, int64_t G,
     }
 }
 
-/* Rows j, j + 1, ... (keys of them) of kv head h into out, and a
- * prefetch of the row PF_ROWS further down for each. */
+/* Rows j, j + 1, ... (keys of them) of kv head h into out. */
 SIMD_INLINE void head_rows(const void *M, size_t es, int64_t ld, int64_t hs,
-                           int64_t h, int64_t j, const int keys, int64_t d,
+                           int64_t h, int64_t j, const int keys,
                            const void **out)
 {
     const char *head = (const char *)M + (size_t)(h * hs) * es;
     MHA_UNROLL
-    for (int t = 0; t < keys; t++) {
+    for (int t = 0; t < keys; t++)
         out[t] = head + (size_t)((j + t) * ld) * es;
-        prefetch_row(head, ld, es, j + t, d);
-    }
 }
 
 /* KP keys at a time (their rows stay in L1 across the row tiles), each
@@ -753,6 +765,7 @@ SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
                               int64_t hs, float scale, float *s, int64_t lds)
 {
     const size_t es = f16 ? 2 : 4;
+    const int64_t pf = PF_ROWS * ldk * (int64_t)es;
     for (int64_t j = 0; j < n;) {
         const int keys = j + KP <= n ? KP : 1;
         for (int64_t h = 0; h < nh; h++) {
@@ -760,11 +773,11 @@ SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
             const float *qh = q + h * G * ldq;
             float *sh = s + h * G * lds + j;
             if (keys == KP) {
-                head_rows(K, es, ldk, hs, h, j, KP, d, kr);
-                scores_keys(KP, f16, G, d, qh, ldq, kr, scale, sh, lds);
+                head_rows(K, es, ldk, hs, h, j, KP, kr);
+                scores_keys(KP, f16, G, d, qh, ldq, kr, pf, scale, sh, lds);
             } else {
-                head_rows(K, es, ldk, hs, h, j, 1, d, kr);
-                scores_keys(1, f16, G, d, qh, ldq, kr, scale, sh, lds);
+                head_rows(K, es, ldk, hs, h, j, 1, kr);
+                scores_keys(1, f16, G, d, qh, ldq, kr, pf, scale, sh, lds);
             }
         }
         j += keys;
@@ -786,13 +799,15 @@ static void simd_kv_scores(int64_t nh, int64_t G, int64_t n, int64_t d,
  * keys' V vectors loaded once, then one pass over each accumulator row. */
 SIMD_INLINE void values_step(const int keys, const int f16, int64_t G,
                              const float *p, int64_t ldp,
-                             const void *const *vr, int64_t c,
-                             const int64_t cnt, float *acc, int64_t ldacc)
+                             const void *const *vr, int64_t pf, int64_t d,
+                             int64_t c, const int64_t cnt, float *acc,
+                             int64_t ldacc)
 {
     vf v[KV_STEP];
     MHA_UNROLL
     for (int t = 0; t < keys; t++)
         v[t] = kv_load(vr[t], f16, c, cnt);
+    prefetch_step(vr, keys, f16, pf, c, d);
     for (int64_t g = 0; g < G; g++) {
         float *a = acc + g * ldacc + c;
         vf x = q_load(a, cnt);
@@ -808,14 +823,14 @@ SIMD_INLINE void values_step(const int keys, const int f16, int64_t G,
 
 SIMD_INLINE void values_keys(const int keys, const int f16, int64_t G,
                              int64_t d, const float *p, int64_t ldp,
-                             const void *const *vr, float *acc,
+                             const void *const *vr, int64_t pf, float *acc,
                              int64_t ldacc)
 {
     int64_t c = 0;
     for (; c + VL <= d; c += VL)
-        values_step(keys, f16, G, p, ldp, vr, c, VL, acc, ldacc);
+        values_step(keys, f16, G, p, ldp, vr, pf, d, c, VL, acc, ldacc);
     if (c < d)
-        values_step(keys, f16, G, p, ldp, vr, c, d - c, acc, ldacc);
+        values_step(keys, f16, G, p, ldp, vr, pf, d, c, d - c, acc, ldacc);
 }
 
 /* KV_STEP rows of V at a time, each head's in turn, then the last
@@ -826,6 +841,7 @@ SIMD_INLINE void kv_values_of(const int f16, int64_t nh, int64_t G,
                               int64_t hs, float *acc, int64_t ldacc)
 {
     const size_t es = f16 ? 2 : 4;
+    const int64_t pf = PF_ROWS * ldv * (int64_t)es;
     for (int64_t j = 0; j < n;) {
         const int keys = j + KV_STEP <= n ? KV_STEP : 1;
         for (int64_t h = 0; h < nh; h++) {
@@ -833,11 +849,11 @@ SIMD_INLINE void kv_values_of(const int f16, int64_t nh, int64_t G,
             const float *ph = p + h * G * ldp + j;
             float *ah = acc + h * G * ldacc;
             if (keys == KV_STEP) {
-                head_rows(V, es, ldv, hs, h, j, KV_STEP, d, vr);
-                values_keys(KV_STEP, f16, G, d, ph, ldp, vr, ah, ldacc);
+                head_rows(V, es, ldv, hs, h, j, KV_STEP, vr);
+                values_keys(KV_STEP, f16, G, d, ph, ldp, vr, pf, ah, ldacc);
             } else {
-                head_rows(V, es, ldv, hs, h, j, 1, d, vr);
-                values_keys(1, f16, G, d, ph, ldp, vr, ah, ldacc);
+                head_rows(V, es, ldv, hs, h, j, 1, vr);
+                values_keys(1, f16, G, d, ph, ldp, vr, pf, ah, ldacc);
             }
         }
         j += keys;

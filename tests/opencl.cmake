@@ -52,9 +52,10 @@ if(MHA_VALGRIND)
   file(WRITE ${MHA_CL_VG_SCRIPT} [=[
 file(REMOVE_RECURSE "${DIR}")
 file(MAKE_DIRECTORY "${DIR}")
-# Valgrind shows PoCL a CPU without AVX-512 (the CPUID it emulates), so
-# PoCL's kernel cache, keyed by the CPU, is always cold here: every kernel
-# is compiled by LLVM under valgrind. Unoptimised, that takes much less
+# Under valgrind PoCL finds none of the kernels the native tests left in its
+# cache (measured: valgrind emulates a CPU without AVX-512, and PoCL keys
+# the cache by the CPU), so on a fresh machine, as in CI, every kernel is
+# compiled by LLVM under valgrind. Unoptimised, that takes much less
 # (on 2 cores with cold caches: test_opencl_valgrind 87 s instead of 259 s,
 # the interop suite 165 s of CPU instead of 287 s); the host code valgrind
 # checks is the same.

@@ -12,9 +12,11 @@
  * layout (kernels.h), K transposed and pre-multiplied by the scale: every
  * query tile of every query head sharing that kv head (GQA) then runs both
  * products on packed operands. The packed copies are made for a group of
- * kv heads at a time, bounded by the exec's pack_budget
+ * kv heads at a time (a round), bounded by ROUND_FLOATS (so the round's
+ * tiles find them in L2) and the exec's pack_budget
  * (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever the head
- * count. With fewer queries than a register tile (decode) packing does not
+ * count. Where causal cuts a key block, each GEMM row tile stops at the
+ * last key its rows attend (flash_diagonal). With fewer queries than a register tile (decode) packing does not
  * pay: the products run on K and V in place through the table's decode
  * kernels (kv_scores, kv_values: each K and V row read once, fp16 widened
  * in registers), the queries of all the heads

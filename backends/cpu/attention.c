@@ -12,11 +12,9 @@
  * layout (kernels.h), K transposed and pre-multiplied by the scale: every
  * query tile of every query head sharing that kv head (GQA) then runs both
  * products on packed operands. The packed copies are made for a group of
- * kv heads at a time (a round), bounded by ROUND_FLOATS (so the round's
- * tiles find them in L2) and the exec's pack_budget
+ * kv heads at a time, bounded by the exec's pack_budget
  * (MHA_CPU_PACK_BUDGET_FLOATS), so memory stays O(S) whatever the head
- * count. Where causal cuts a key block, each GEMM row tile stops at the
- * last key its rows attend (flash_diagonal). With fewer queries than a register tile (decode) packing does not
+ * count. With fewer queries than a register tile (decode) packing does not
  * pay: the products run on K and V in place through the table's decode
  * kernels (kv_scores, kv_values: each K and V row read once, fp16 widened
  * in registers), the queries of all the heads
@@ -43,14 +41,6 @@ enum {
     QUERY_ROWS = 32,  /* queries per task, rounded up to the tile rows */
     SPLIT_BLOCKS = 4  /* key blocks per flash-decoding chunk */
 };
-
-/* Packed K and V floats per round (512 KiB, half a Zen 4 L2): a round's
- * tiles then read the panels its pack tasks just wrote from L2, where one
- * round of every head (the whole budget) wrote them out to L3 or DRAM
- * before the first tile ran. 1 thread, Zen 4: llama3-8b-prefill (Hkv 8,
- * 512 KiB per kv head) went from 8 heads per round to 1: +2%; its MHA
- * variant (32 heads) +7%. */
-#define ROUND_FLOATS ((size_t)128 << 10)
 
 typedef struct attn_job {
     mha_cpu_exec *exec;
@@ -636,16 +626,13 @@ static void job_init(attn_job *j, mha_cpu_exec *e, const mha_node *n)
                               : min64(j->qrows, j->L);
 }
 
-/* kv heads per round: as many as ROUND_FLOATS and the pack budget hold,
- * at least one. */
+/* kv heads per round: as many as the pack budget holds, at least one. */
 static int64_t heads_per_round(const attn_job *j, int64_t heads)
 {
     if (!j->packed)
         return heads;
-    size_t per_head = kp_head_floats(j) + vp_head_floats(j);
-    size_t cap = j->exec->pack_budget < ROUND_FLOATS ? j->exec->pack_budget
-                                                     : ROUND_FLOATS;
-    int64_t fit = (int64_t)(cap / per_head);
+    int64_t fit = (int64_t)(j->exec->pack_budget /
+                            (kp_head_floats(j) + vp_head_floats(j)));
     return fit < 1 ? 1 : fit < heads ? fit : heads;
 }
 

@@ -352,16 +352,13 @@ static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
 /* ---- packing --------------------------------------------------------------- */
 
 /* One panel of pack_nt: out[k][j] = B[j][k] for j < nr, 0 beyond, TB x TB
- * blocks by transposes, the ragged rest element by element. The blocks of
- * TB rows of B are walked along K before the next TB rows: each cache line
- * of those rows is then used whole while it is in L1 (rows of a power-of-
- * two ldb share a few cache sets, and NR of them evict each other). */
+ * blocks by transposes, the ragged rest element by element. */
 static void pack_nt_panel(int64_t nr, int64_t K, const float *B, int64_t ldb,
                           float *out)
 {
     const int64_t jfull = nr / TB * TB, kfull = K / TB * TB;
-    for (int64_t j = 0; j < jfull; j += TB)
-        for (int64_t k0 = 0; k0 < kfull; k0 += TB)
+    for (int64_t k0 = 0; k0 < kfull; k0 += TB)
+        for (int64_t j = 0; j < jfull; j += TB)
             transpose_block(B + j * ldb + k0, ldb, out + k0 * NR + j, NR);
     for (int64_t j = 0; j < NR; j++)
         for (int64_t k = j < jfull ? kfull : 0; k < K; k++)
@@ -369,16 +366,14 @@ static void pack_nt_panel(int64_t nr, int64_t K, const float *B, int64_t ldb,
 }
 
 
-/* Each panel is scaled right after its transposes, while it is in L1. */
 static void simd_pack_nt(int64_t N, int64_t K, const float *B, int64_t ldb,
                          float alpha, float *out)
 {
-    for (int64_t n0 = 0; n0 < N; n0 += NR) {
+    for (int64_t n0 = 0; n0 < N; n0 += NR)
         pack_nt_panel(min_i64(NR, N - n0), K, B + n0 * ldb, ldb,
                       out + n0 * K);
-        if (alpha != 1.0f)
-            simd_scale(NR * K, alpha, out + n0 * K);
-    }
+    if (alpha != 1.0f)
+        simd_scale((N + NR - 1) / NR * NR * K, alpha, out);
 }
 
 /* One panel of pack_nn: out[k][j] = B[k][j] for j < nr, 0 beyond. Rows of

@@ -261,20 +261,43 @@ static void merge_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
         k->axpy(d, c, accc, t->acc + r * d);
 }
 
+/* Raw scores of tile rows [r0, r1) against the packed K^T (already
+ * scaled) of keys [j0, j0 + cnt) into their rows of t->s. */
+static void packed_scores(const attn_job *j, flash_tile *t, const tile_at *w,
+                          int64_t r0, int64_t r1, int64_t j0, int64_t cnt)
+{
+    const float *kp = j->kp + (size_t)(w->b * j->Hkv + w->hk - j->head0) *
+                                  kp_head_floats(j) +
+                      (size_t)(j0 * j->d);
+    j->exec->k->gemm_packed(r1 - r0, cnt, j->d, t->q + r0 * t->ldq, t->ldq,
+                            kp, j->d, NULL, 0, t->s + r0 * KEY_BLOCK,
+                            KEY_BLOCK);
+}
+
+/* acc += P V for tile rows [r0, r1) and the probabilities of keys [j0, j0
+ * + cnt); the packed V block may hold more keys (its panels have that many
+ * rows). */
+static void packed_values(const attn_job *j, flash_tile *t, const tile_at *w,
+                          int64_t r0, int64_t r1, int64_t j0, int64_t cnt)
+{
+    const float *vp = j->vp + (size_t)(w->b * j->Hkv + w->hk - j->head0) *
+                                  vp_head_floats(j) +
+                      (size_t)(j0 * j->dpad);
+    j->exec->k->gemm_packed(r1 - r0, j->d, cnt, t->s + r0 * KEY_BLOCK,
+                            KEY_BLOCK, vp, block_len(j, w->b, j0), NULL, 1,
+                            t->acc + r0 * j->d, j->d);
+}
+
 /* Raw scores of the tile's rows against keys [j0, j0 + cnt) into t->s:
- * from the packed K^T (already scaled), or from K in place (f32 or f16,
- * the table's decode kernel). */
+ * from the packed K^T, or from K in place (f32 or f16, the table's decode
+ * kernel). */
 static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
                          int64_t j0, int64_t cnt)
 {
     const mha_node *n = j->node;
     const mha_cpu_kernels *k = j->exec->k;
     if (j->packed) {
-        const float *kp = j->kp + (size_t)(w->b * j->Hkv + w->hk - j->head0) *
-                                      kp_head_floats(j) +
-                          (size_t)(j0 * j->d);
-        k->gemm_packed(w->rows, cnt, j->d, t->q, t->ldq, kp, j->d, NULL, 0,
-                       t->s, KEY_BLOCK);
+        packed_scores(j, t, w, 0, w->rows, j0, cnt);
         return;
     }
     const mha_tdesc *kt = &n->src[MHA_SRC_K];
@@ -283,19 +306,14 @@ static void block_scores(const attn_job *j, flash_tile *t, const tile_at *w,
                  kt->dtype == MHA_F16, n->params.scale, t->s, KEY_BLOCK);
 }
 
-/* acc += P V for the probabilities of keys [j0, j0 + cnt); the packed V
- * block may hold more keys (its panels have that many rows). In place, V
- * is read as it is stored, f32 or f16. */
+/* acc += P V for the probabilities of keys [j0, j0 + cnt), packed, or in
+ * place, V read as it is stored, f32 or f16. */
 static void block_values(const attn_job *j, flash_tile *t, const tile_at *w,
                          int64_t j0, int64_t cnt)
 {
     const mha_cpu_kernels *k = j->exec->k;
     if (j->packed) {
-        const float *vp = j->vp + (size_t)(w->b * j->Hkv + w->hk - j->head0) *
-                                      vp_head_floats(j) +
-                          (size_t)(j0 * j->dpad);
-        k->gemm_packed(w->rows, j->d, cnt, t->s, KEY_BLOCK, vp,
-                       block_len(j, w->b, j0), NULL, 1, t->acc, j->d);
+        packed_values(j, t, w, 0, w->rows, j0, cnt);
         return;
     }
     const mha_tdesc *vt = &j->node->src[MHA_SRC_V];
@@ -333,16 +351,65 @@ static void transform_row(const attn_job *j, const tile_at *w, int64_t r,
     mha_cpu_mask_outside(n, j0, cnt, lo, hi, row);
 }
 
-static void flash_block(const attn_job *j, flash_tile *t, const tile_at *w,
-                        int64_t j0, int64_t cnt)
+/* Transforms and folds the new scores of keys [j0, j0 + cnt) of tile rows
+ * [r0, r1) into their softmax state. */
+static void softmax_rows(const attn_job *j, flash_tile *t, const tile_at *w,
+                         int64_t r0, int64_t r1, int64_t j0, int64_t cnt)
 {
     int64_t off = pos_offset(j, w->b);
-    block_scores(j, t, w, j0, cnt);
-    for (int64_t r = 0; r < w->rows; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         float *row = t->s + r * KEY_BLOCK;
         transform_row(j, w, r, row_query(w, r) + off, j0, cnt, row);
         update_row(j->exec->k, t, r, cnt, j->d);
     }
+}
+
+/* Keys of block j0 (cnt for the whole tile: block_keys) that tile rows
+ * [r0, r1) of a packed causal tile compute: up to the last one their last
+ * row attends (or none). An appended block (from S on) is computed whole. */
+static int64_t rows_keys(const attn_job *j, const tile_at *w, int64_t r1,
+                         int64_t j0, int64_t cnt)
+{
+    if (!j->node->params.causal || j0 + cnt > j->S)
+        return cnt;
+    int64_t hi = row_query(w, r1 - 1) + pos_offset(j, w->b) + 1;
+    return max64(0, min64(cnt, hi - j0));
+}
+
+/* A block that the causal diagonal cuts through a packed tile: each row
+ * tile of the GEMM (mr rows) computes only keys up to rows_keys, so both
+ * products skip most of the masked triangle (the narrow score edges take
+ * the half-wide micro-tile). At llama3-8b-prefill (T 512, d 128, 32-row
+ * tiles, 8 x 32 AVX-512 tiles) the FMAs computed over those needed fall
+ * from 1.06 to 1.02; measured there (Zen 4, 2 threads, 12 runs
+ * alternating with the whole-block path): 154.4 -> 155.7 GFLOP/s median,
+ * the MHA causal variant (Hkv 32) +2%. The keys skipped would have had
+ * probability 0. */
+static void flash_diagonal(const attn_job *j, flash_tile *t,
+                           const tile_at *w, int64_t j0, int64_t cnt)
+{
+    int64_t mr = j->exec->k->mr;
+    for (int64_t r0 = 0; r0 < w->rows; r0 += mr) {
+        int64_t r1 = min64(r0 + mr, w->rows);
+        int64_t n = rows_keys(j, w, r1, j0, cnt);
+        if (n == 0)
+            continue;
+        packed_scores(j, t, w, r0, r1, j0, n);
+        softmax_rows(j, t, w, r0, r1, j0, n);
+        packed_values(j, t, w, r0, r1, j0, n);
+    }
+}
+
+static void flash_block(const attn_job *j, flash_tile *t, const tile_at *w,
+                        int64_t j0, int64_t cnt)
+{
+    if (j->packed &&
+        rows_keys(j, w, min64(j->exec->k->mr, w->rows), j0, cnt) < cnt) {
+        flash_diagonal(j, t, w, j0, cnt);
+        return;
+    }
+    block_scores(j, t, w, j0, cnt);
+    softmax_rows(j, t, w, 0, w->rows, j0, cnt);
     block_values(j, t, w, j0, cnt);
 }
 

@@ -55,6 +55,7 @@
 #include "kernels.h"
 
 #define NR (NV * VL)
+_Static_assert(NV % 2 == 0, "micro_tile_half takes NV / 2 vectors");
 
 /* Full unrolling of the constant tile loops lets the compiler keep the
  * MR x NV accumulators in registers. */
@@ -171,15 +172,18 @@ static float simd_exp_sum(int64_t n, float m, float *x)
 
 enum tile_init { INIT_ZERO, INIT_ROW, INIT_C };
 
-/* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < MR, j < NR,
- * where element k of a_i is a[i*rs + k*cs] for i < mr and that of the last
- * valid row beyond (so only A's own memory is read): A row-major has
- * (rs, cs) = (lda, 1), gemm_packed_tn's [kc][MR] copy of a block (1, MR),
- * the same arithmetic either way. init is 0, row[j] or c[i][j]. Writes all
- * MR x NR of c. */
-static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
-                       int64_t mr, const float *bp, float *c, int64_t ldc,
-                       enum tile_init init, const float *row)
+/* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < MR,
+ * j < nv * VL (nv <= NV vectors of the panel's NR columns), where element
+ * k of a_i is a[i*rs + k*cs] for i < mr and that of the last valid row
+ * beyond (so only A's own memory is read): A row-major has (rs, cs) =
+ * (lda, 1), gemm_packed_tn's [kc][MR] copy of a block (1, MR), the same
+ * arithmetic either way. init is 0, row[j] or c[i][j]. Writes all MR x
+ * nv * VL of c. nv is a constant at each caller (always inlined), so the
+ * accumulators stay in registers. */
+static inline __attribute__((always_inline)) void
+micro_tile_nv(int nv, int64_t kc, const float *a, int64_t rs, int64_t cs,
+              int64_t mr, const float *bp, float *c, int64_t ldc,
+              enum tile_init init, const float *row)
 {
     const float *ar[MR];
     vf acc[MR][NV];
@@ -189,7 +193,7 @@ static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
     MHA_UNROLL
     for (int i = 0; i < MR; i++) {
         MHA_UNROLL
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < nv; v++)
             acc[i][v] = init == INIT_C     ? vf_load(c + i * ldc + v * VL)
                         : init == INIT_ROW ? vf_load(row + v * VL)
                                            : vf_zero();
@@ -197,27 +201,46 @@ static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
     for (int64_t k = 0, off = 0; k < kc; k++, off += cs) {
         vf b[NV];
         MHA_UNROLL
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < nv; v++)
             b[v] = vf_load(bp + k * NR + v * VL);
         MHA_UNROLL
         for (int i = 0; i < MR; i++) {
             const vf x = vf_set1(ar[i][off]);
             MHA_UNROLL
-            for (int v = 0; v < NV; v++)
+            for (int v = 0; v < nv; v++)
                 acc[i][v] = vf_fma(x, b[v], acc[i][v]);
         }
     }
     MHA_UNROLL
     for (int i = 0; i < MR; i++) {
         MHA_UNROLL
-        for (int v = 0; v < NV; v++)
+        for (int v = 0; v < nv; v++)
             vf_store(c + i * ldc + v * VL, acc[i][v]);
     }
 }
 
+/* The full tile, and the half-wide one (NV / 2 vectors: every table's NV
+ * is even) for an edge of at most NR / 2 columns. */
+static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
+                       int64_t mr, const float *bp, float *c, int64_t ldc,
+                       enum tile_init init, const float *row)
+{
+    micro_tile_nv(NV, kc, a, rs, cs, mr, bp, c, ldc, init, row);
+}
+
+static void micro_tile_half(int64_t kc, const float *a, int64_t rs,
+                            int64_t cs, int64_t mr, const float *bp,
+                            float *c, int64_t ldc)
+{
+    micro_tile_nv(NV / 2, kc, a, rs, cs, mr, bp, c, ldc, INIT_C, NULL);
+}
+
 /* One mr x nr tile of C (ldc): a full tile straight from the registers, an
  * edge tile through a zero-padded stack copy so nothing past C's window is
- * read or written. A's element (i, k) is a[i*rs + k*cs] (micro_tile). */
+ * read or written; an edge of at most NR / 2 columns computes only the
+ * half tile (the attention's causal diagonal, cut per row tile, has many:
+ * half the FMAs, the same arithmetic per element). A's element (i, k) is
+ * a[i*rs + k*cs] (micro_tile). */
 static void tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
                  int64_t mr, const float *bp, int64_t nr, int init_c,
                  const float *row, float *c, int64_t ldc)
@@ -234,7 +257,10 @@ static void tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
                             : init_c           ? c[i * ldc + j]
                             : row              ? row[j]
                                                : 0.0f;
-    micro_tile(kc, a, rs, cs, mr, bp, t, NR, INIT_C, NULL);
+    if (nr <= NR / 2)
+        micro_tile_half(kc, a, rs, cs, mr, bp, t, NR);
+    else
+        micro_tile(kc, a, rs, cs, mr, bp, t, NR, INIT_C, NULL);
     for (int64_t i = 0; i < mr; i++)
         for (int64_t j = 0; j < nr; j++)
             c[i * ldc + j] = t[i * NR + j];

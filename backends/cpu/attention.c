@@ -4,7 +4,9 @@
  * query head of one batch item; it walks the keys in KEY_BLOCK steps with
  * an online softmax (running row max and sum, the accumulator rescaled when
  * the max grows). Key blocks that no row of the tile may attend (past the
- * sequence's length, past causal, before the window) are skipped, and the
+ * sequence's length, past causal, before the window) are skipped, a block
+ * the causal diagonal cuts through in a packed tile runs per GEMM row
+ * tile, each cut at the last key its rows attend (flash_diagonal), and the
  * keys past a sequence's KV_LEN are never read. Its memory is one score
  * tile, one accumulator tile and one f16 conversion area per thread.
  *

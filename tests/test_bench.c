@@ -2,8 +2,9 @@
  * parser (good flags and every exit-2 path, as return codes), the FLOP and
  * byte formulas against hand-computed values, the output check's FAIL path
  * on a deliberately wrong output, the JSON and CSV writers read back,
- * --compare on two small reports, and the case data and the OpenBLAS,
- * CLBlast and PyTorch peers against the scalar CPU reference. */
+ * --compare on two small reports, the case data and the OpenBLAS,
+ * CLBlast and PyTorch peers against the scalar CPU reference, and the
+ * reusable attention and STREAM objects of --targets' paired rounds. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
@@ -14,6 +15,7 @@
 
 #include "bench.h"
 #include "peers.h"
+#include "targets.h"
 
 /* ---- argument parser ----------------------------------------------------- */
 
@@ -155,6 +157,41 @@ Test(args, decoder_presets)
     cr_assert_eq(parse(&o, err, w), 0, "%s", err);
     cr_expect_eq(bench_decoder_keys(&o.cases[0]), 4096.0,
                  "the window bounds the keys read");
+}
+
+/* --targets' paired rounds reuse one attention run and one STREAM array
+ * across timings: each object times again and again, and a case whose
+ * caches cannot be allocated is refused, its partial run freed. */
+Test(paired, attention_and_stream_time_again_and_again)
+{
+    bench_options o;
+    char err[BENCH_ERRLEN];
+    const char *a[] = {"--preset", "llama3-8b-decode", NULL};
+    cr_assert_eq(parse(&o, err, a), 0, "%s", err);
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    bench_attention *att;
+    cr_assert_eq(bench_attention_open(ctx, &o.cases[1], 2, 1, &att), 0);
+    o.warmup = 1, o.repeat = 2, o.min_time = 0;
+    for (int round = 0; round < 2; round++) {
+        bench_result r;
+        memset(&r, 0, sizeof r);
+        cr_assert_eq(bench_attention_time(att, &o, &r), 0);
+        cr_expect(r.runs >= 2 && r.median_ms > 0, "round %d", round);
+    }
+    bench_attention_close(att);
+    bench_case bad = o.cases[1];
+    bad.src_len = (int64_t)1 << 40; /* 4 PiB of cache: malloc refuses */
+    cr_expect_neq(bench_attention_open(ctx, &bad, 1, 1, &att), 0);
+    cr_expect_null(att);
+    mha_context_destroy(ctx);
+    for (int copy = 0; copy < 2; copy++) {
+        bench_stream *s = bench_stream_open(copy);
+        cr_assert_not_null(s);
+        cr_expect_gt(bench_stream_gbs(s, 1, 1), 0);
+        cr_expect_gt(bench_stream_gbs(s, 2, 2), 0);
+        bench_stream_close(s);
+    }
 }
 
 Test(args, help_and_compare)

@@ -61,6 +61,10 @@ _Static_assert(NV % 2 == 0, "micro_tile_half takes NV / 2 vectors");
  * MR x NV accumulators in registers. */
 #define MHA_UNROLL _Pragma("GCC unroll 16")
 
+/* Bodies whose tile sizes are arguments but constants at every caller:
+ * inlined, each caller gets its own straight-line loop. */
+#define SIMD_INLINE static inline __attribute__((always_inline))
+
 static int64_t min_i64(int64_t a, int64_t b)
 {
     return a < b ? a : b;
@@ -180,7 +184,7 @@ enum tile_init { INIT_ZERO, INIT_ROW, INIT_C };
  * arithmetic either way. init is 0, row[j] or c[i][j]. Writes all MR x
  * nv * VL of c. nv is a constant at each caller (always inlined), so the
  * accumulators stay in registers. */
-static inline __attribute__((always_inline)) void
+SIMD_INLINE void
 micro_tile_nv(int nv, int64_t kc, const float *a, int64_t rs, int64_t cs,
               int64_t mr, const float *bp, float *c, int64_t ldc,
               enum tile_init init, const float *row)
@@ -612,8 +616,6 @@ static void simd_f16_to_f32(int64_t n, const uint16_t *x, float *y)
  * vectors against the d tail are compile-time constants of always-inlined
  * bodies, so each combination is its own straight-line loop. */
 enum { QB = 4, KP = VL / QB > 2 ? VL / QB : 2, KV_STEP = 8, PF_ROWS = 8 };
-
-#define SIMD_INLINE static inline __attribute__((always_inline))
 
 /* Asks for the rows PF_ROWS further down (pf bytes past rows[t]) while
  * rows[t] are used, into L2. A kv head's rows lie a whole token apart in

@@ -325,17 +325,7 @@ static double prefill_attention_flops(const bench_case *c)
     return 4.0 * (double)(c->head_dim * c->heads) * pairs;
 }
 
-/* The median and range of the rounds' ratios x (sorted in place). */
-static paired paired_of(double *x, double ref)
-{
-    paired p = {0, 0, 0, ref};
-    double p95;
-    bench_stats(x, PAIRED_ROUNDS, &p.ratio, &p95);
-    p.lo = x[0];
-    p.hi = x[PAIRED_ROUNDS - 1];
-    return p;
-}
-
+/* The median of the rounds' values x (sorted in place). */
 static double median_of(double *x)
 {
     double m, p95;
@@ -343,21 +333,22 @@ static double median_of(double *x)
     return m;
 }
 
-/* Each round's timing of an attention node: its median over at least 10
+/* The median and range of the rounds' ratios x (sorted in place). */
+static paired paired_of(double *x, double ref)
+{
+    double m = median_of(x); /* sorts x before its ends are read */
+    return (paired){m, x[0], x[PAIRED_ROUNDS - 1], ref};
+}
+
+/* One round's timing of an attention node: its median over at least 10
  * calls and 0.1 s. */
-static bench_options round_reps(const targets *t)
+static int time_round(const targets *t, bench_attention *a, double *ms)
 {
     bench_options o = *t->o;
     o.threads = t->threads;
     o.warmup = 1;
     o.repeat = 10;
     o.min_time = 0.1;
-    return o;
-}
-
-static int time_round(const targets *t, bench_attention *a, double *ms)
-{
-    bench_options o = round_reps(t);
     bench_result r;
     memset(&r, 0, sizeof r);
     if (bench_attention_time(a, &o, &r) || r.median_ms <= 0)
@@ -434,11 +425,13 @@ static int pair_prefill(targets *t, int i)
     int rc = bench_attention_open(t->ctx, &t->pre[i], 1, t->threads, &a);
     for (int r = 0; rc == 0 && r < PAIRED_ROUNDS; r++) {
         rc = time_round(t, a, &ms[r]);
+        if (rc)
+            break;
         sg[r] = bench_openblas_sgemm_gflops(1024, &o);
         let_openblas_sleep();
-        if (rc == 0 && sg[r] <= 0)
+        if (sg[r] <= 0)
             rc = -1;
-        if (rc == 0)
+        else
             x[r] = prefill_attention_flops(&t->pre[i]) / (ms[r] * 1e6) / sg[r];
     }
     if (rc == 0) {

@@ -280,7 +280,8 @@ static void run_gemm_packed(table_getter get, const char *isa, int64_t M,
 
 /* ---- elementwise ------------------------------------------------------------ */
 
-enum elementwise { EW_SCALE, EW_AXPY, EW_SCALE_ADD };
+/* EW_SCALE in place, EW_SCALE_TO from x into y. */
+enum elementwise { EW_SCALE, EW_SCALE_TO, EW_AXPY, EW_SCALE_ADD };
 
 /* Misaligned vectors with guards that must stay untouched. */
 static void run_elementwise(table_getter get, const char *isa,
@@ -293,9 +294,12 @@ static void run_elementwise(table_getter get, const char *isa,
     fill_random(y, 1, n, n, &s);
     memcpy(y0, y, (size_t)n * sizeof(float));
     const float alpha = -1.37f;
-    static const char *const names[] = {"scale", "axpy", "scale_add"};
+    static const char *const names[] = {"scale", "scale_to", "axpy",
+                                        "scale_add"};
     if (op == EW_SCALE)
-        kt->scale(n, alpha, y);
+        kt->scale(n, alpha, y, y);
+    else if (op == EW_SCALE_TO)
+        kt->scale(n, alpha, x, y);
     else if (op == EW_AXPY)
         kt->axpy(n, alpha, x, y);
     else
@@ -304,6 +308,8 @@ static void run_elementwise(table_getter get, const char *isa,
         double yo = y0[i], ref, mag;
         if (op == EW_SCALE)
             ref = alpha * yo, mag = fabs(ref);
+        else if (op == EW_SCALE_TO)
+            ref = (double)alpha * x[i], mag = fabs(ref);
         else if (op == EW_AXPY)
             ref = yo + (double)alpha * x[i], mag = fabs(yo) + fabs(alpha * x[i]);
         else
@@ -804,6 +810,10 @@ static void run_kv_heads(table_getter get, const char *isa, int64_t G,
     Test(isa, scale_n##n)                                                   \
     {                                                                       \
         run_elementwise(mha_cpu_kernels_##isa, #isa, EW_SCALE, n);         \
+    }                                                                       \
+    Test(isa, scale_to_n##n)                                                \
+    {                                                                       \
+        run_elementwise(mha_cpu_kernels_##isa, #isa, EW_SCALE_TO, n);      \
     }                                                                       \
     Test(isa, axpy_n##n)                                                    \
     {                                                                       \

@@ -219,8 +219,11 @@ static int64_t row_head(const tile_at *w, int64_t r) { return w->h0 + r / w->qn;
 static int64_t row_query(const tile_at *w, int64_t r) { return w->i0 + r % w->qn; }
 
 /* Folds one row of new scores into the running max and sum and rescales
- * the row's accumulator (not when the max did not move: alpha is exactly
- * 1); leaves probabilities in the score row. */
+ * the row's accumulator; leaves probabilities in the score row. Not
+ * rescaled: when the max did not move (alpha is exactly 1), nor at the
+ * row's first attendable block, whose accumulator holds only 0 times
+ * values (0, or NaN from a non-finite value: scaling it by alpha 0 would
+ * leave either as it is). */
 static void update_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
                        int64_t cnt, int64_t d)
 {
@@ -234,12 +237,13 @@ static void update_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
         memset(s, 0, (size_t)cnt * sizeof *s);
         return;
     }
-    float alpha = t->m[r] == -INFINITY ? 0.0f : expf(t->m[r] - m_new);
+    int first = t->m[r] == -INFINITY;
+    float alpha = first ? 0.0f : expf(t->m[r] - m_new);
     float sum = k->exp_sum(cnt, m_new, s);
     t->l[r] = t->l[r] * alpha + sum;
     t->m[r] = m_new;
-    if (alpha != 1.0f)
-        k->scale(d, alpha, t->acc + r * d);
+    if (!first && alpha != 1.0f)
+        k->scale(d, alpha, t->acc + r * d, t->acc + r * d);
 }
 
 /* Merges a partial row (max mc, sum lc, accumulator accc or none) into row
@@ -258,7 +262,7 @@ static void merge_row(const mha_cpu_kernels *k, flash_tile *t, int64_t r,
     t->l[r] = t->l[r] * a + lc * c;
     t->m[r] = mn;
     if (a != 1.0f)
-        k->scale(d, a, t->acc + r * d);
+        k->scale(d, a, t->acc + r * d, t->acc + r * d);
     if (accc)
         k->axpy(d, c, accc, t->acc + r * d);
 }
@@ -506,13 +510,14 @@ static void tile_finish(const attn_job *j, flash_tile *t, const tile_at *w)
             store_lse(j, t, w, r, empty);
         float inv = t->l[r] == 0.0f ? 0.0f : 1.0f / t->l[r];
         float *acc = t->acc + r * d;
-        k->scale(d, inv, acc);
         char *out = row_ptr(o, w->b, h, row_query(w, r));
-        if (o->dtype == MHA_F16)
+        if (o->dtype == MHA_F16) {
+            k->scale(d, inv, acc, acc);
             for (int64_t c = 0; c < d; c++)
                 ((uint16_t *)out)[c] = mha_f32_to_f16(acc[c]);
-        else
-            memcpy(out, acc, (size_t)d * sizeof *acc);
+        } else {
+            k->scale(d, inv, acc, (float *)out); /* normalised as stored */
+        }
     }
 }
 

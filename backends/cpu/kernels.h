@@ -61,8 +61,9 @@ typedef struct mha_cpu_kernels {
                         const float *bias, int accumulate, float *C,
                         int64_t ldc);
 
-    /* y[i] = alpha * y[i] */
-    void (*scale)(int64_t n, float alpha, float *y);
+    /* y[i] = alpha * x[i]; x may be y (in place), or another array (a
+       result scaled as it is stored) */
+    void (*scale)(int64_t n, float alpha, const float *x, float *y);
 
     /* y[i] += alpha * x[i] */
     void (*axpy)(int64_t n, float alpha, const float *x, float *y);

@@ -86,14 +86,16 @@ static vf vf_load_f16(const uint16_t *p)
 #define EXP_LO (-88.0f)
 #define EXP_HI 88.3762626647949f
 
-/* Writes the transpose of the 4 x 4 block at src (rows lds apart) to dst
- * (rows ldd apart): 32-bit then 64-bit transposes of register pairs. */
-static void transpose_block(const float *src, int64_t lds, float *dst,
-                            int64_t ldd)
+/* Writes the transpose of the 4 x 4 block at src (rows lds apart) times
+ * alpha to dst (rows ldd apart): 32-bit then 64-bit transposes of
+ * register pairs. */
+static void transpose_block(const float *src, int64_t lds, float alpha,
+                            float *dst, int64_t ldd)
 {
-    const float32x4_t r0 = vld1q_f32(src), r1 = vld1q_f32(src + lds);
-    const float32x4_t r2 = vld1q_f32(src + 2 * lds);
-    const float32x4_t r3 = vld1q_f32(src + 3 * lds);
+    const float32x4_t r0 = vmulq_n_f32(vld1q_f32(src), alpha);
+    const float32x4_t r1 = vmulq_n_f32(vld1q_f32(src + lds), alpha);
+    const float32x4_t r2 = vmulq_n_f32(vld1q_f32(src + 2 * lds), alpha);
+    const float32x4_t r3 = vmulq_n_f32(vld1q_f32(src + 3 * lds), alpha);
     const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1));
     const float64x2_t t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
     const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3));

@@ -97,10 +97,10 @@ static void scalar_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
     gemm_strided(M, N, K, At, 1, lda, Bp, ldp, bias, accumulate, C, ldc);
 }
 
-static void scalar_scale(int64_t n, float alpha, float *y)
+static void scalar_scale(int64_t n, float alpha, const float *x, float *y)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] *= alpha;
+        y[i] = alpha * x[i];
 }
 
 static void scalar_axpy(int64_t n, float alpha, const float *x, float *y)

@@ -29,7 +29,8 @@
  *   EXP_LO, EXP_HI     clamp of exp's argument (see simd_exp)
  *   vf_load_f16(p)     VL fp16 values at p widened to floats, exactly
  *                      (the ISA's conversion instruction)
- *   transpose_block(src, lds, dst, ldd): dst[i*ldd + j] = src[j*lds + i]
+ *   transpose_block(src, lds, alpha, dst, ldd):
+ *                      dst[i*ldd + j] = alpha * src[j*lds + i]
  *                      for i, j < TB
  *
  * GEMM scheme: C is cut into MR x NR tiles computed by one register-
@@ -38,8 +39,11 @@
  * start from zero, the bias row or C itself, so the bias add and the
  * accumulation are the tile's epilogue, not another pass. A is read in
  * place (row tails repeat the last valid row, results discarded); B is
- * packed into panels (kernels.h). Edge tiles go through a stack copy, so
- * any M, N, K and leading dimension work. gemm_nt and gemm_nn_acc pack one
+ * packed into panels (kernels.h). Edge tiles load and store C with lane
+ * masks (vf_load_n / vf_store_n) and skip the rows past M, so any M, N, K
+ * and leading dimension work without a copy (a stack copy of every edge
+ * tile cost about 2% of GQA prefill's attention, whose causal diagonal
+ * cut per row tile makes many). gemm_nt and gemm_nn_acc pack one
  * KC x NR panel at a time into a stack buffer; callers that reuse B pack
  * it once with pack_nt / pack_nn and call gemm_packed. With fewer rows than
  * a tile packing does not pay: gemm_nt then takes dot products on B in
@@ -74,14 +78,14 @@ static int64_t min_i64(int64_t a, int64_t b)
 
 /* Each loop's last, partial vector goes through vf_load_n / vf_store_n, so
  * the tail uses the same arithmetic as the body. */
-static void simd_scale(int64_t n, float alpha, float *y)
+static void simd_scale(int64_t n, float alpha, const float *x, float *y)
 {
     const vf va = vf_set1(alpha);
     int64_t i = 0;
     for (; i + VL <= n; i += VL)
-        vf_store(y + i, vf_mul(va, vf_load(y + i)));
+        vf_store(y + i, vf_mul(va, vf_load(x + i)));
     if (i < n)
-        vf_store_n(y + i, vf_mul(va, vf_load_n(y + i, n - i)), n - i);
+        vf_store_n(y + i, vf_mul(va, vf_load_n(x + i, n - i)), n - i);
 }
 
 /* y[i] = alpha * a[i] + b[i]: axpy and scale_add, with y aliasing a or b. */
@@ -176,18 +180,40 @@ static float simd_exp_sum(int64_t n, float m, float *x)
 
 enum tile_init { INIT_ZERO, INIT_ROW, INIT_C };
 
-/* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < MR,
- * j < nv * VL (nv <= NV vectors of the panel's NR columns), where element
- * k of a_i is a[i*rs + k*cs] for i < mr and that of the last valid row
- * beyond (so only A's own memory is read): A row-major has (rs, cs) =
- * (lda, 1), gemm_packed_tn's [kc][MR] copy of a block (1, MR), the same
- * arithmetic either way. init is 0, row[j] or c[i][j]. Writes all MR x
- * nv * VL of c. nv is a constant at each caller (always inlined), so the
- * accumulators stay in registers. */
+/* Vector v of a tile row nr columns wide: its first n lanes, n = VL
+ * inside, fewer at the edge, none past it; lanes past nr are never read
+ * or written. */
+SIMD_INLINE vf load_cols(const float *p, int64_t nr, int v)
+{
+    const int64_t n = nr - v * VL;
+    return n >= VL ? vf_load(p + v * VL)
+           : n > 0 ? vf_load_n(p + v * VL, n)
+                   : vf_zero();
+}
+
+SIMD_INLINE void store_cols(float *p, int64_t nr, int v, vf x)
+{
+    const int64_t n = nr - v * VL;
+    if (n >= VL)
+        vf_store(p + v * VL, x);
+    else if (n > 0)
+        vf_store_n(p + v * VL, x, n);
+}
+
+/* c[i][j] = init + sum_{k < kc} a_i[k] * bp[k*NR + j] for i < mr, j < nr
+ * (nr <= nv * VL, nv <= NV vectors of the panel's NR columns), where
+ * element k of a_i is a[i*rs + k*cs]; rows past mr repeat the last valid
+ * one (so only A's own memory is read) and are not stored. A row-major
+ * has (rs, cs) = (lda, 1), gemm_packed_tn's [kc][MR] copy of a block (1,
+ * MR), the same arithmetic either way. init is 0, row[j] or c[i][j]. Only
+ * the mr x nr window of c (and of row) is read or written, so an edge tile
+ * needs no copy. nv is a constant at each caller (always inlined), so the
+ * accumulators stay in registers; so are mr and nr for a full tile, whose
+ * loads and stores are then whole vectors. */
 SIMD_INLINE void
 micro_tile_nv(int nv, int64_t kc, const float *a, int64_t rs, int64_t cs,
-              int64_t mr, const float *bp, float *c, int64_t ldc,
-              enum tile_init init, const float *row)
+              int64_t mr, int64_t nr, const float *bp, float *c,
+              int64_t ldc, enum tile_init init, const float *row)
 {
     const float *ar[MR];
     vf acc[MR][NV];
@@ -198,8 +224,9 @@ micro_tile_nv(int nv, int64_t kc, const float *a, int64_t rs, int64_t cs,
     for (int i = 0; i < MR; i++) {
         MHA_UNROLL
         for (int v = 0; v < nv; v++)
-            acc[i][v] = init == INIT_C     ? vf_load(c + i * ldc + v * VL)
-                        : init == INIT_ROW ? vf_load(row + v * VL)
+            acc[i][v] = init == INIT_C && i < mr
+                            ? load_cols(c + i * ldc, nr, v)
+                        : init == INIT_ROW ? load_cols(row, nr, v)
                                            : vf_zero();
     }
     for (int64_t k = 0, off = 0; k < kc; k++, off += cs) {
@@ -217,57 +244,54 @@ micro_tile_nv(int nv, int64_t kc, const float *a, int64_t rs, int64_t cs,
     }
     MHA_UNROLL
     for (int i = 0; i < MR; i++) {
+        if (i >= mr)
+            break;
         MHA_UNROLL
         for (int v = 0; v < nv; v++)
-            vf_store(c + i * ldc + v * VL, acc[i][v]);
+            store_cols(c + i * ldc, nr, v, acc[i][v]);
     }
 }
 
-/* The full tile, and the half-wide one (NV / 2 vectors: every table's NV
- * is even) for an edge of at most NR / 2 columns. */
+/* The full tile; an edge tile of up to NR columns, and one of at most NR /
+ * 2 (the half-wide tile: every table's NV is even), which computes only
+ * half the FMAs (the attention's causal diagonal, cut per row tile, has
+ * many such edges). */
 static void micro_tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
-                       int64_t mr, const float *bp, float *c, int64_t ldc,
+                       const float *bp, float *c, int64_t ldc,
                        enum tile_init init, const float *row)
 {
-    micro_tile_nv(NV, kc, a, rs, cs, mr, bp, c, ldc, init, row);
+    micro_tile_nv(NV, kc, a, rs, cs, MR, NR, bp, c, ldc, init, row);
+}
+
+static void micro_tile_edge(int64_t kc, const float *a, int64_t rs,
+                            int64_t cs, int64_t mr, int64_t nr,
+                            const float *bp, float *c, int64_t ldc,
+                            enum tile_init init, const float *row)
+{
+    micro_tile_nv(NV, kc, a, rs, cs, mr, nr, bp, c, ldc, init, row);
 }
 
 static void micro_tile_half(int64_t kc, const float *a, int64_t rs,
-                            int64_t cs, int64_t mr, const float *bp,
-                            float *c, int64_t ldc)
+                            int64_t cs, int64_t mr, int64_t nr,
+                            const float *bp, float *c, int64_t ldc,
+                            enum tile_init init, const float *row)
 {
-    micro_tile_nv(NV / 2, kc, a, rs, cs, mr, bp, c, ldc, INIT_C, NULL);
+    micro_tile_nv(NV / 2, kc, a, rs, cs, mr, nr, bp, c, ldc, init, row);
 }
 
-/* One mr x nr tile of C (ldc): a full tile straight from the registers, an
- * edge tile through a zero-padded stack copy so nothing past C's window is
- * read or written; an edge of at most NR / 2 columns computes only the
- * half tile (the attention's causal diagonal, cut per row tile, has many:
- * half the FMAs, the same arithmetic per element). A's element (i, k) is
- * a[i*rs + k*cs] (micro_tile). */
+/* One mr x nr tile of C (ldc), straight from the registers. A's element
+ * (i, k) is a[i*rs + k*cs] (micro_tile_nv). */
 static void tile(int64_t kc, const float *a, int64_t rs, int64_t cs,
                  int64_t mr, const float *bp, int64_t nr, int init_c,
                  const float *row, float *c, int64_t ldc)
 {
-    if (mr == MR && nr == NR) {
-        micro_tile(kc, a, rs, cs, MR, bp, c, ldc,
-                   init_c ? INIT_C : row ? INIT_ROW : INIT_ZERO, row);
-        return;
-    }
-    _Alignas(64) float t[MR * NR];
-    for (int64_t i = 0; i < MR; i++)
-        for (int64_t j = 0; j < NR; j++)
-            t[i * NR + j] = i >= mr || j >= nr ? 0.0f
-                            : init_c           ? c[i * ldc + j]
-                            : row              ? row[j]
-                                               : 0.0f;
-    if (nr <= NR / 2)
-        micro_tile_half(kc, a, rs, cs, mr, bp, t, NR);
+    const enum tile_init init = init_c ? INIT_C : row ? INIT_ROW : INIT_ZERO;
+    if (mr == MR && nr == NR)
+        micro_tile(kc, a, rs, cs, bp, c, ldc, init, row);
+    else if (nr <= NR / 2)
+        micro_tile_half(kc, a, rs, cs, mr, nr, bp, c, ldc, init, row);
     else
-        micro_tile(kc, a, rs, cs, mr, bp, t, NR, INIT_C, NULL);
-    for (int64_t i = 0; i < mr; i++)
-        for (int64_t j = 0; j < nr; j++)
-            c[i * ldc + j] = t[i * NR + j];
+        micro_tile_edge(kc, a, rs, cs, mr, nr, bp, c, ldc, init, row);
 }
 
 /* n <= MR floats from src to dst, whole vectors where they fit. */
@@ -356,18 +380,21 @@ static void simd_gemm_packed_tn(int64_t M, int64_t N, int64_t K,
 
 /* ---- packing --------------------------------------------------------------- */
 
-/* One panel of pack_nt: out[k][j] = B[j][k] for j < nr, 0 beyond, TB x TB
- * blocks by transposes, the ragged rest element by element. */
+/* One panel of pack_nt: out[k][j] = alpha * B[j][k] for j < nr, 0
+ * beyond, TB x TB blocks by transposes, the ragged rest element by
+ * element. Scaling as it transposes spares a second pass over the panel
+ * (the attention's K, pre-multiplied by its scale). */
 static void pack_nt_panel(int64_t nr, int64_t K, const float *B, int64_t ldb,
-                          float *out)
+                          float alpha, float *out)
 {
     const int64_t jfull = nr / TB * TB, kfull = K / TB * TB;
     for (int64_t k0 = 0; k0 < kfull; k0 += TB)
         for (int64_t j = 0; j < jfull; j += TB)
-            transpose_block(B + j * ldb + k0, ldb, out + k0 * NR + j, NR);
+            transpose_block(B + j * ldb + k0, ldb, alpha, out + k0 * NR + j,
+                            NR);
     for (int64_t j = 0; j < NR; j++)
         for (int64_t k = j < jfull ? kfull : 0; k < K; k++)
-            out[k * NR + j] = j < nr ? B[j * ldb + k] : 0.0f;
+            out[k * NR + j] = j < nr ? alpha * B[j * ldb + k] : 0.0f;
 }
 
 
@@ -375,10 +402,8 @@ static void simd_pack_nt(int64_t N, int64_t K, const float *B, int64_t ldb,
                          float alpha, float *out)
 {
     for (int64_t n0 = 0; n0 < N; n0 += NR)
-        pack_nt_panel(min_i64(NR, N - n0), K, B + n0 * ldb, ldb,
+        pack_nt_panel(min_i64(NR, N - n0), K, B + n0 * ldb, ldb, alpha,
                       out + n0 * K);
-    if (alpha != 1.0f)
-        simd_scale((N + NR - 1) / NR * NR * K, alpha, out);
 }
 
 /* One panel of pack_nn: out[k][j] = B[k][j] for j < nr, 0 beyond. Rows of
@@ -423,7 +448,7 @@ static void gemm_by_panels(int nt, int64_t M, int64_t N, int64_t K,
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = min_i64(KC, K - k0);
             if (nt)
-                pack_nt_panel(nr, kc, B + n0 * ldb + k0, ldb, bp);
+                pack_nt_panel(nr, kc, B + n0 * ldb + k0, ldb, 1.0f, bp);
             else
                 pack_nn_panel(kc, nr, B + k0 * ldb + n0, ldb, bp);
             simd_gemm_packed(M, nr, kc, A + k0, lda, bp, kc,

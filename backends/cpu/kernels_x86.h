@@ -78,17 +78,18 @@ static int x86_hsum_order(int i)
     return i % (VL / 4) * 4 + i / (VL / 4);
 }
 
-/* Writes the transpose of the 8 x 8 block at src (rows lds apart) to dst
- * (rows ldd apart): dst[i][j] = src[j][i]. Unpack, shuffle, then swap
+/* Writes the transpose of the 8 x 8 block at src (rows lds apart) times
+ * alpha to dst (rows ldd apart): dst[i][j] = alpha * src[j][i]. Unpack, shuffle, then swap
  * 128-bit halves: 24 shuffles instead of 64 scalar moves. 256-bit code for
  * both tables: a 16 x 16 transpose in ZMM registers needs more shuffles
  * per float. */
-static void transpose_block(const float *src, int64_t lds, float *dst,
-                            int64_t ldd)
+static void transpose_block(const float *src, int64_t lds, float alpha,
+                            float *dst, int64_t ldd)
 {
+    const __m256 a = _mm256_set1_ps(alpha);
     __m256 r[8], t[8], u[8];
     for (int i = 0; i < 8; i++)
-        r[i] = _mm256_loadu_ps(src + i * lds);
+        r[i] = _mm256_mul_ps(_mm256_loadu_ps(src + i * lds), a);
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);

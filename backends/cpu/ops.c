@@ -315,7 +315,7 @@ static void scores_task(void *arg, int64_t task, int thread)
                at(kk, b, h, 0), kk->nb[2], NULL, at(a, b, h, i0), a->nb[2]);
     for (int64_t i = i0; i < i0 + rows; i++) {
         float *row = at(a, b, h, i);
-        k->scale(a->ne[3], n->params.scale, row);
+        k->scale(a->ne[3], n->params.scale, row, row);
         mha_cpu_mask_row(k, n, b, h, i, 0, a->ne[3], row);
         mha_cpu_mask_outside(n, 0, a->ne[3], 0,
                              n->params.causal ? i + 1 : a->ne[3], row);
@@ -336,7 +336,7 @@ static void softmax_row(const mha_cpu_kernels *k, int64_t n, float *row)
         return;
     }
     float sum = k->exp_sum(n, m, row);
-    k->scale(n, 1.0f / sum, row);
+    k->scale(n, 1.0f / sum, row, row);
 }
 
 static void softmax_task(void *arg, int64_t task, int thread)
@@ -384,7 +384,7 @@ static void mean_heads_task(void *arg, int64_t task, int thread)
     memset(out, 0, (size_t)d->ne[3] * sizeof *out);
     for (int64_t h = 0; h < heads; h++)
         k->axpy(d->ne[3], 1.0f, at(s, b, h, i), out);
-    k->scale(d->ne[3], 1.0f / (float)heads, out);
+    k->scale(d->ne[3], 1.0f / (float)heads, out, out);
 }
 
 /* ---- dispatch --------------------------------------------------------------- */

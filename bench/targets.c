@@ -134,13 +134,16 @@ static void say(const targets *t, const char *fmt, ...)
     va_end(ap);
 }
 
-static bench_options with_reps(const targets *t, const target_case *tc)
+/* The run's options with the targets' thread count and these repetitions
+ * (each measurement sets its own). */
+static bench_options with_reps(const targets *t, int warmup, int repeat,
+                               double min_time)
 {
     bench_options o = *t->o;
     o.threads = t->threads;
-    o.warmup = tc->warmup;
-    o.repeat = tc->repeat;
-    o.min_time = tc->min_time;
+    o.warmup = warmup;
+    o.repeat = repeat;
+    o.min_time = min_time;
     return o;
 }
 
@@ -167,12 +170,8 @@ static void make_cases(targets *t)
  * CPU with a libmha timing. */
 static void run_torch(targets *t)
 {
-    bench_options o = *t->o;
+    bench_options o = with_reps(t, 2, 5, 0.5);
     int map[NCASES] = {0};
-    o.threads = t->threads;
-    o.warmup = 2;
-    o.repeat = 5;
-    o.min_time = 0.5;
     o.ncases = 0;
     for (int i = 0; i < NCASES; i++)
         if (cases[i].torch) {
@@ -193,11 +192,7 @@ static void run_torch(targets *t)
 
 static void run_references(targets *t)
 {
-    bench_options o = *t->o;
-    o.threads = t->threads;
-    o.warmup = 3;
-    o.repeat = 20;
-    o.min_time = 0.5;
+    bench_options o = with_reps(t, 3, 20, 0.5);
     say(t, "OpenBLAS sgemm 1024^3 and STREAM copy and read...\n");
     t->sgemm = bench_openblas_sgemm_gflops(1024, &o);
     t->stream = bench_stream_copy_gbs(t->threads);
@@ -233,7 +228,8 @@ static void time_forward(targets *t, int i, mha_device *dev,
                          const bench_case_data *d, bench_result *r,
                          double *rss_before)
 {
-    bench_options o = with_reps(t, &cases[i]);
+    bench_options o =
+        with_reps(t, cases[i].warmup, cases[i].repeat, cases[i].min_time);
     memset(r, 0, sizeof *r);
     r->c = t->bc[i];
     if (rss_before) {
@@ -252,7 +248,8 @@ static void time_forward(targets *t, int i, mha_device *dev,
 
 static void time_attention(targets *t, int i)
 {
-    bench_options o = with_reps(t, &cases[i]);
+    bench_options o =
+        with_reps(t, cases[i].warmup, cases[i].repeat, cases[i].min_time);
     memset(&t->attn[i], 0, sizeof t->attn[i]);
     if (bench_attention_part(t->ctx, &o, &t->bc[i], 1, &t->attn[i])) {
         fprintf(stderr, "mha-bench: attention part of %s failed\n",
@@ -303,11 +300,7 @@ static void run_case(targets *t, int i)
  * r. */
 static void time_one_layer(targets *t, const bench_case *c, bench_result *r)
 {
-    bench_options o = *t->o;
-    o.threads = t->threads;
-    o.warmup = 2;
-    o.repeat = 10;
-    o.min_time = 0.3;
+    bench_options o = with_reps(t, 2, 10, 0.3);
     say(t, "%s: attention part on one layer's cache...\n", c->name);
     memset(r, 0, sizeof *r);
     if (bench_attention_part(t->ctx, &o, c, 1, r)) {
@@ -344,11 +337,7 @@ static paired paired_of(double *x, double ref)
  * calls and 0.1 s. */
 static int time_round(const targets *t, bench_attention *a, double *ms)
 {
-    bench_options o = *t->o;
-    o.threads = t->threads;
-    o.warmup = 1;
-    o.repeat = 10;
-    o.min_time = 0.1;
+    bench_options o = with_reps(t, 1, 10, 0.1);
     bench_result r;
     memset(&r, 0, sizeof r);
     if (bench_attention_time(a, &o, &r) || r.median_ms <= 0)
@@ -416,11 +405,7 @@ static int pair_prefill(targets *t, int i)
 {
     bench_attention *a = NULL;
     double ms[PAIRED_ROUNDS], x[PAIRED_ROUNDS], sg[PAIRED_ROUNDS];
-    bench_options o = *t->o;
-    o.threads = t->threads;
-    o.warmup = 1;
-    o.repeat = 5;
-    o.min_time = 0;
+    bench_options o = with_reps(t, 1, 5, 0);
     say(t, "%s: attention part, paired with sgemm...\n", t->pre[i].name);
     int rc = bench_attention_open(t->ctx, &t->pre[i], 1, t->threads, &a);
     for (int r = 0; rc == 0 && r < PAIRED_ROUNDS; r++) {
@@ -448,11 +433,7 @@ static int pair_prefill(targets *t, int i)
  * paired with sgemm. */
 static void run_decoder(targets *t)
 {
-    bench_options o = *t->o;
-    o.threads = t->threads;
-    o.warmup = 1;
-    o.repeat = 5;
-    o.min_time = 0;
+    bench_options o = with_reps(t, 1, 5, 0);
     bench_preset_add("llama3-8b-decode", t->dec, &t->ndec, DECODER_CASES);
     for (int i = 0; i < t->ndec; i++) {
         say(t, "%s: decoder step...\n", t->dec[i].name);

@@ -79,10 +79,10 @@ static int x86_hsum_order(int i)
 }
 
 /* Writes the transpose of the 8 x 8 block at src (rows lds apart) times
- * alpha to dst (rows ldd apart): dst[i][j] = alpha * src[j][i]. Unpack, shuffle, then swap
- * 128-bit halves: 24 shuffles instead of 64 scalar moves. 256-bit code for
- * both tables: a 16 x 16 transpose in ZMM registers needs more shuffles
- * per float. */
+ * alpha to dst (rows ldd apart): dst[i][j] = alpha * src[j][i]. Unpack,
+ * shuffle, then swap 128-bit halves: 24 shuffles instead of 64 scalar
+ * moves. 256-bit code for both tables: a 16 x 16 transpose in ZMM
+ * registers needs more shuffles per float. */
 static void transpose_block(const float *src, int64_t lds, float alpha,
                             float *dst, int64_t ldd)
 {

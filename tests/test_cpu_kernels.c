@@ -761,8 +761,9 @@ static void run_kv_heads(table_getter get, const char *isa, int64_t G,
 
 /* (G, n, d) of the decode kernels: G around their row tile (4) and a
  * kv group's sizes (1, 4, 8, 32 = 8 heads x 4 queries), n around their key
- * steps (2 and 4) and a key block (128), d from 1 to 256 with every tail
- * of the 4-, 8- and 16-float vectors. */
+ * tiles (2, 3 and 4 keys; values' 8) and a key block (128), d from 1 to
+ * 256 with every tail of the 4-, 8- and 16-float vectors and of AVX2's
+ * 2-vector value tiles. */
 #define KV_CASES(X, isa)                                                    \
     X(isa, 0, 5, 8) X(isa, 3, 0, 8) X(isa, 1, 1, 1) X(isa, 1, 7, 3)        \
     X(isa, 2, 2, 7) X(isa, 3, 3, 9) X(isa, 4, 5, 15) X(isa, 5, 9, 16)      \

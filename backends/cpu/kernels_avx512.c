@@ -23,7 +23,9 @@
 #define MHA_SIMD_ISA "avx512"
 typedef __m512 vf;
 #define MHA_X86(name) _mm512_##name
-enum { VL = 16, MR = 8, NV = 2, KC = 128, TB = 8 };
+/* KP: keys per decode score tile (4 query rows each): 16 accumulators,
+ * one vf_hsum_each of 16 sums. */
+enum { VL = 16, MR = 8, NV = 2, KC = 128, TB = 8, KP = 4 };
 
 /* Opmask with the first n (0..16) lanes set. */
 static __mmask16 lanes(int64_t n)

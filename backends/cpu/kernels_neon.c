@@ -20,7 +20,9 @@
 
 #define MHA_SIMD_ISA "neon"
 typedef float32x4_t vf;
-enum { VL = 4, MR = 6, NV = 4, KC = 256, TB = 4 };
+/* KP: keys per decode score tile (4 query rows each): 8 accumulators,
+ * two vf_hsum_each of 4 sums. */
+enum { VL = 4, MR = 6, NV = 4, KC = 256, TB = 4, KP = 2 };
 
 static vf vf_zero(void) { return vdupq_n_f32(0.0f); }
 static vf vf_set1(float x) { return vdupq_n_f32(x); }
@@ -59,6 +61,9 @@ static vf vf_max_keep(vf v, vf acc)
     return vbslq_f32(vcgtq_f32(v, acc), v, acc);
 }
 static float vf_hsum(vf v) { return vaddvq_f32(v); }
+/* The x86 tables keep a loaded vector from being folded into each FMA's
+ * memory operand; AArch64's FMLA has no memory operand to fold into. */
+static vf vf_in_register(vf x) { return x; }
 static float vf_hmax(vf v) { return vmaxvq_f32(v); }
 /* Two levels of FADDP: 3 instructions for 4 sums. */
 static inline __attribute__((always_inline)) vf

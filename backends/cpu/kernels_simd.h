@@ -629,18 +629,32 @@ static void simd_f16_to_f32(int64_t n, const uint16_t *x, float *y)
 /* The decode kernels (kernels.h) walk the rows of K and V once, token by
  * token and within a token head by head (memory order for a token-major
  * cache), and apply each to every query row of its head's group while it
- * is in registers or L1: scores take QB query rows x KP keys of dot products at
- * a time (QB*KP accumulators, each key vector loaded once for QB rows; KP
- * is VL / QB, at least 2, so that one tile's accumulators fill whole
- * reductions of vf_hsum_each: 4 keys with AVX-512, 2 with AVX2 and NEON);
- * values add KV_STEP rows of V into each accumulator row per pass (8: each
- * accumulator vector is loaded and stored once per 8 FMAs; 4 measured
- * 5-10% slower on Zen 4, fp16 from L1 and L2). fp16
- * rows are widened vector by vector as they are loaded (vf_load_f16), so
- * no converted copy is ever written. Tile sizes, the f16 flag and whole
- * vectors against the d tail are compile-time constants of always-inlined
- * bodies, so each combination is its own straight-line loop. */
-enum { QB = 4, KP = VL / QB > 2 ? VL / QB : 2, KV_STEP = 8, PF_ROWS = 8 };
+ * is in registers or L1: scores take QB query rows x KP keys of dot
+ * products at a time (QB*KP accumulators, each key vector loaded once for
+ * QB rows and each query vector once for KP keys; KP is the table's: 4
+ * with AVX-512, 3 with AVX2, 2 with NEON). Values take KV_STEP keys at a
+ * time, and for each head a tile of QB accumulator rows x VC vectors stays
+ * in registers while those keys go by (each V vector loaded once for QB
+ * rows, each probability broadcast once for VC vectors). Before, each V
+ * vector was applied to every row's accumulator loaded from and stored to
+ * memory, with one broadcast per FMA: 1.3x (fp16) and 1.35x (f32) the time
+ * of this, rows from L1 and L2, and 1.2x from DRAM with 2 threads, AVX2 on
+ * Zen 3. fp16 rows are widened vector by vector as they are loaded
+ * (vf_load_f16), so no converted copy is ever written. Tile sizes, the f16
+ * flag and whole vectors against the d tail are compile-time constants of
+ * always-inlined bodies, so each combination is its own straight-line
+ * loop. */
+enum { QB = 4, KV_STEP = 8, VC = 2, PF_ROWS = 8 };
+_Static_assert(KP >= 1 && KP <= 4, "kv_scores_of has tiles of 1 to 4 keys");
+
+/* The d elements of the row at `row` into L2, a 64-byte line at a time. */
+SIMD_INLINE void prefetch_row(const char *row, const int f16, int64_t d)
+{
+    const uintptr_t at = (uintptr_t)row;
+    const size_t bytes = (size_t)d * (f16 ? 2 : 4);
+    for (size_t off = 0; off < bytes; off += 64)
+        __builtin_prefetch((const void *)(at + off), 0, 2);
+}
 
 /* Asks for the rows PF_ROWS further down (pf bytes past rows[t]) while
  * rows[t] are used, into L2. A kv head's rows lie a whole token apart in
@@ -668,15 +682,11 @@ SIMD_INLINE void prefetch_step(const void *const *rows, const int keys,
                                const int f16, int64_t pf, int64_t c,
                                int64_t d)
 {
-    const size_t bytes = (size_t)d * (f16 ? 2 : 4);
     const int64_t first = c / VL, last = c + VL >= d ? keys : first + 1;
     if (pf == 0)
         return;
-    for (int64_t t = first; t < last && t < keys; t++) {
-        const uintptr_t row = (uintptr_t)rows[t] + (uintptr_t)pf;
-        for (size_t off = 0; off < bytes; off += 64)
-            __builtin_prefetch((const void *)(row + off), 0, 2);
-    }
+    for (int64_t t = first; t < last && t < keys; t++)
+        prefetch_row((const char *)rows[t] + pf, f16, d);
 }
 
 /* cnt (1..VL) elements from element c of an f32 or fp16 row, 0 beyond.
@@ -716,7 +726,7 @@ SIMD_INLINE void scores_step(const int rows, const int keys, const int f16,
     prefetch_step(kr, keys, f16, pf, c, d);
     MHA_UNROLL
     for (int g = 0; g < rows; g++) {
-        const vf x = q_load(q + g * ldq + c, cnt);
+        const vf x = vf_in_register(q_load(q + g * ldq + c, cnt));
         MHA_UNROLL
         for (int t = 0; t < keys; t++)
             acc[g][t] = vf_fma(x, k[t], acc[g][t]);
@@ -763,11 +773,16 @@ SIMD_INLINE void scores_tile(const int rows, const int keys, const int f16,
         for (int t = 0; t < keys; t++)
             acc[g][t] = vf_zero();
     }
+    /* Only the first `keys` steps ask for rows (prefetch_step), so the
+     * steps after them are a loop without the test. */
     int64_t c = 0;
-    for (; c + VL <= d; c += VL)
+    for (; c + VL <= d && c / VL < keys; c += VL)
         scores_step(rows, keys, f16, q, ldq, kr, pf, d, c, VL, acc);
+    for (; c + VL <= d; c += VL)
+        scores_step(rows, keys, f16, q, ldq, kr, 0, d, c, VL, acc);
     if (c < d)
-        scores_step(rows, keys, f16, q, ldq, kr, pf, d, c, d - c, acc);
+        scores_step(rows, keys, f16, q, ldq, kr, c / VL < keys ? pf : 0, d,
+                    c, d - c, acc);
     scores_store(rows, keys, acc, scale, s, lds);
 }
 
@@ -810,8 +825,20 @@ SIMD_INLINE void head_rows(const void *M, size_t es, int64_t ld, int64_t hs,
         out[t] = head + (size_t)((j + t) * ld) * es;
 }
 
+/* Head h's G rows against keys j .. j + keys - 1. */
+SIMD_INLINE void scores_head(const int keys, const int f16, int64_t G,
+                             int64_t d, const float *q, int64_t ldq,
+                             const void *K, int64_t ldk, int64_t hs, int64_t h,
+                             int64_t j, int64_t pf, float scale, float *s,
+                             int64_t lds)
+{
+    const void *kr[KP];
+    head_rows(K, f16 ? 2 : 4, ldk, hs, h, j, keys, kr);
+    scores_keys(keys, f16, G, d, q, ldq, kr, pf, scale, s, lds);
+}
+
 /* KP keys at a time (their rows stay in L1 across the row tiles), each
- * head's in turn, then the last n % KP keys one by one. */
+ * head's in turn; the last n % KP keys are one tile. */
 SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
                               int64_t n, int64_t d, const float *q,
                               int64_t ldq, const void *K, int64_t ldk,
@@ -819,21 +846,24 @@ SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
 {
     const size_t es = f16 ? 2 : 4;
     const int64_t pf = PF_ROWS * ldk * (int64_t)es;
-    for (int64_t j = 0; j < n;) {
-        const int keys = j + KP <= n ? KP : 1;
+    for (int64_t j = 0; j < n; j += KP) {
+        const int64_t keys = min_i64(KP, n - j);
         for (int64_t h = 0; h < nh; h++) {
-            const void *kr[KP];
             const float *qh = q + h * G * ldq;
             float *sh = s + h * G * lds + j;
-            if (keys == KP) {
-                head_rows(K, es, ldk, hs, h, j, KP, kr);
-                scores_keys(KP, f16, G, d, qh, ldq, kr, pf, scale, sh, lds);
-            } else {
-                head_rows(K, es, ldk, hs, h, j, 1, kr);
-                scores_keys(1, f16, G, d, qh, ldq, kr, pf, scale, sh, lds);
-            }
+            if (keys == KP)
+                scores_head(KP, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
+                            scale, sh, lds);
+            else if (KP > 3 && keys == 3)
+                scores_head(3, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
+                            scale, sh, lds);
+            else if (KP > 2 && keys == 2)
+                scores_head(2, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
+                            scale, sh, lds);
+            else
+                scores_head(1, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
+                            scale, sh, lds);
         }
-        j += keys;
     }
 }
 
@@ -848,68 +878,138 @@ static void simd_kv_scores(int64_t nh, int64_t G, int64_t n, int64_t d,
         kv_scores_of(0, nh, G, n, d, q, ldq, K, ldk, hs, scale, s, lds);
 }
 
-/* acc_g[c..c+cnt) += sum_{t < keys} p_g[t] V_t[c..c+cnt) for g < G: the
- * keys' V vectors loaded once, then one pass over each accumulator row. */
-SIMD_INLINE void values_step(const int keys, const int f16, int64_t G,
-                             const float *p, int64_t ldp,
-                             const void *const *vr, int64_t pf, int64_t d,
-                             int64_t c, const int64_t cnt, float *acc,
-                             int64_t ldacc)
+/* acc_g[c, c + nv VL) += sum_{t < keys} p_g[t] V_t[c, ...) for g < rows,
+ * the last of the nv vectors cnt lanes wide. The tile's rows x nv
+ * accumulators stay in registers while the keys go by: each V vector is
+ * loaded (and widened) once for the rows, each probability broadcast once
+ * for the nv vectors, and nothing is stored until the last key. Each
+ * accumulator is one chain of `keys` FMAs; rows x VC of them in flight
+ * cover the FMA latency. Row t of V is at v + t * ldv_b bytes. */
+SIMD_INLINE void values_tile(const int rows, const int nv, const int f16,
+                             int64_t keys, const float *p, int64_t ldp,
+                             const char *v, int64_t ldv_b, int64_t c,
+                             const int64_t cnt, float *acc, int64_t ldacc)
 {
-    vf v[KV_STEP];
+    vf a[QB][VC];
     MHA_UNROLL
-    for (int t = 0; t < keys; t++)
-        v[t] = kv_load(vr[t], f16, c, cnt);
-    prefetch_step(vr, keys, f16, pf, c, d);
-    for (int64_t g = 0; g < G; g++) {
-        float *a = acc + g * ldacc + c;
-        vf x = q_load(a, cnt);
+    for (int g = 0; g < rows; g++) {
         MHA_UNROLL
-        for (int t = 0; t < keys; t++)
-            x = vf_fma(vf_set1(p[g * ldp + t]), v[t], x);
-        if (cnt == VL)
-            vf_store(a, x);
-        else
-            vf_store_n(a, x, cnt);
+        for (int i = 0; i < nv; i++)
+            a[g][i] = q_load(acc + g * ldacc + c + i * VL,
+                             i == nv - 1 ? cnt : VL);
+    }
+    for (int64_t t = 0; t < keys; t++) {
+        const char *row = v + t * ldv_b;
+        vf x[VC];
+        MHA_UNROLL
+        for (int i = 0; i < nv; i++)
+            x[i] = kv_load(row, f16, c + i * VL, i == nv - 1 ? cnt : VL);
+        MHA_UNROLL
+        for (int g = 0; g < rows; g++) {
+            const vf b = vf_set1(p[g * ldp + t]);
+            MHA_UNROLL
+            for (int i = 0; i < nv; i++)
+                a[g][i] = vf_fma(b, x[i], a[g][i]);
+        }
+    }
+    MHA_UNROLL
+    for (int g = 0; g < rows; g++) {
+        MHA_UNROLL
+        for (int i = 0; i < nv; i++) {
+            float *out = acc + g * ldacc + c + i * VL;
+            if (i < nv - 1 || cnt == VL)
+                vf_store(out, a[g][i]);
+            else
+                vf_store_n(out, a[g][i], cnt);
+        }
     }
 }
 
-SIMD_INLINE void values_keys(const int keys, const int f16, int64_t G,
-                             int64_t d, const float *p, int64_t ldp,
-                             const void *const *vr, int64_t pf, float *acc,
-                             int64_t ldacc)
+/* Rows [first, last) of those ldv_b bytes apart at v, each pf bytes
+ * further on (pf 0: none), into L2. */
+SIMD_INLINE void prefetch_rows(const char *v, int64_t ldv_b, int64_t pf,
+                               int64_t first, int64_t last, const int f16,
+                               int64_t d)
 {
-    int64_t c = 0;
-    for (; c + VL <= d; c += VL)
-        values_step(keys, f16, G, p, ldp, vr, pf, d, c, VL, acc, ldacc);
-    if (c < d)
-        values_step(keys, f16, G, p, ldp, vr, pf, d, c, d - c, acc, ldacc);
+    if (pf == 0)
+        return;
+    for (int64_t t = first; t < last; t++)
+        prefetch_row(v + t * ldv_b + pf, f16, d);
 }
 
-/* KV_STEP rows of V at a time, each head's in turn, then the last
- * n % KV_STEP one by one. */
+/* One row tile's columns: VC vectors at a time, then whole vectors one by
+ * one, then the d % VL tail. Column tile i asks for row i PF_ROWS further
+ * down (pf), and the rows left after the last tile go out together: the
+ * requests are spread over the head's work, as prefetch_step spreads the
+ * scores'; all of them before the first tile (a burst of 32 to 64 lines
+ * while 16 keys of one tile go by) was 1.19x slower (fp16 S 4k, 2 threads,
+ * the kernels alone from DRAM, Zen 3). */
+SIMD_INLINE void values_rows(const int rows, const int f16, int64_t keys,
+                             const float *p, int64_t ldp, const char *v,
+                             int64_t ldv_b, int64_t pf, int64_t d,
+                             float *acc, int64_t ldacc)
+{
+    int64_t c = 0, tile = 0;
+    for (; c + VC * VL <= d; c += VC * VL, tile++) {
+        prefetch_rows(v, ldv_b, pf, tile, min_i64(tile + 1, keys), f16, d);
+        values_tile(rows, VC, f16, keys, p, ldp, v, ldv_b, c, VL, acc, ldacc);
+    }
+    for (; c + VL <= d; c += VL, tile++) {
+        prefetch_rows(v, ldv_b, pf, tile, min_i64(tile + 1, keys), f16, d);
+        values_tile(rows, 1, f16, keys, p, ldp, v, ldv_b, c, VL, acc, ldacc);
+    }
+    if (c < d) {
+        prefetch_rows(v, ldv_b, pf, tile, min_i64(tile + 1, keys), f16, d);
+        values_tile(rows, 1, f16, keys, p, ldp, v, ldv_b, c, d - c, acc,
+                    ldacc);
+        tile++;
+    }
+    prefetch_rows(v, ldv_b, pf, tile, keys, f16, d);
+}
+
+/* A head's G rows against `keys` rows of V: tiles of QB rows, then the
+ * 1..QB-1 left (only the first tile asks for the rows ahead). */
+SIMD_INLINE void values_head(const int f16, int64_t G, int64_t keys,
+                             const float *p, int64_t ldp, const char *v,
+                             int64_t ldv_b, int64_t pf, int64_t d,
+                             float *acc, int64_t ldacc)
+{
+    int64_t g = 0;
+    for (; g + QB <= G; g += QB, pf = 0)
+        values_rows(QB, f16, keys, p + g * ldp, ldp, v, ldv_b, pf, d,
+                    acc + g * ldacc, ldacc);
+    p += g * ldp;
+    acc += g * ldacc;
+    switch (G - g) {
+    case 3:
+        values_rows(3, f16, keys, p, ldp, v, ldv_b, pf, d, acc, ldacc);
+        break;
+    case 2:
+        values_rows(2, f16, keys, p, ldp, v, ldv_b, pf, d, acc, ldacc);
+        break;
+    case 1:
+        values_rows(1, f16, keys, p, ldp, v, ldv_b, pf, d, acc, ldacc);
+        break;
+    default:
+        break;
+    }
+}
+
+/* KV_STEP keys at a time, each head's in turn, so a token-major cache is
+ * read about in memory order and a step's rows stay in L1 across the
+ * heads' column tiles. */
 SIMD_INLINE void kv_values_of(const int f16, int64_t nh, int64_t G,
                               int64_t n, int64_t d, const float *p,
                               int64_t ldp, const void *V, int64_t ldv,
                               int64_t hs, float *acc, int64_t ldacc)
 {
-    const size_t es = f16 ? 2 : 4;
-    const int64_t pf = PF_ROWS * ldv * (int64_t)es;
-    for (int64_t j = 0; j < n;) {
-        const int keys = j + KV_STEP <= n ? KV_STEP : 1;
-        for (int64_t h = 0; h < nh; h++) {
-            const void *vr[KV_STEP];
-            const float *ph = p + h * G * ldp + j;
-            float *ah = acc + h * G * ldacc;
-            if (keys == KV_STEP) {
-                head_rows(V, es, ldv, hs, h, j, KV_STEP, vr);
-                values_keys(KV_STEP, f16, G, d, ph, ldp, vr, pf, ah, ldacc);
-            } else {
-                head_rows(V, es, ldv, hs, h, j, 1, vr);
-                values_keys(1, f16, G, d, ph, ldp, vr, pf, ah, ldacc);
-            }
-        }
-        j += keys;
+    const int64_t es = f16 ? 2 : 4, ldv_b = ldv * es;
+    for (int64_t j = 0; j < n; j += KV_STEP) {
+        const int64_t keys = min_i64(KV_STEP, n - j);
+        for (int64_t h = 0; h < nh; h++)
+            values_head(f16, G, keys, p + h * G * ldp + j, ldp,
+                        (const char *)V + (j * ldv + h * hs) * es, ldv_b,
+                        PF_ROWS * ldv_b, d, acc + h * G * ldacc, ldacc);
     }
 }
 

@@ -102,6 +102,8 @@ typedef struct mha_cl_devrec {
     int c_version;                    /* OpenCL C, 12 for 1.2 */
     int is_cpu;                       /* CL_DEVICE_TYPE_CPU */
     int compute_units;                /* CL_DEVICE_MAX_COMPUTE_UNITS */
+    int float_width; /* CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT: floats a
+                        register holds (PoCL: 16 with AVX-512, 8 AVX2) */
     char name[128];
     char key[512]; /* platform, device, driver: part of the cache key */
 } mha_cl_devrec;

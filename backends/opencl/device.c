@@ -230,6 +230,8 @@ mha_status mha_cl_describe(mha_cl_state *st, cl_platform_id plat,
     int cmaj, cmin;
     parse_version(cversion, "OpenCL C ", &cmaj, &cmin);
     rec->c_version = cmaj * 10 + cmin;
+    rec->float_width =
+        (int)dev_uint(api, d, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT);
     describe_limits(st, d, ext, rec, desc);
     int subgroups = describe_features(api, d, ext, rec, desc);
     mha_host_free(st->host, ext);
@@ -431,25 +433,38 @@ static mha_status create_queue(mha_cl_device *dev)
     return MHA_OK;
 }
 
+/* The vector width of a CPU runtime's kernels (gemm's WPT, attention's
+ * CW): its native float width as one of the kernels' 4, 8, 16 (16 when
+ * unreported): 16 with AVX-512, 8 with AVX2, where a float16 is two
+ * registers and PoCL's compiler warns on every build that passing one
+ * without AVX-512 changes the ABI. */
+static int cpu_columns(int float_width)
+{
+    if (float_width <= 0 || float_width >= 16)
+        return 16;
+    return float_width >= 8 ? 8 : 4;
+}
+
 mha_status mha_cl_device_ready(mha_cl_device *dev,
                                const mha_device_options *options)
 {
     /* A CPU runtime (PoCL) runs a workgroup as loops between barriers:
      * small groups with more work per item cost less there (measured on
-     * PoCL: softmax 4x, scores 3x; gemm 4 x 4 groups of 16 x 16 outputs
-     * 1.3x faster than 8 x 8 of 8 x 8). GPUs get 16 x 16 groups of 8 x 8
+     * PoCL, AVX-512: softmax 4x, scores 3x; gemm 4 x 4 groups of 16 x 16
+     * outputs 1.3x faster than 8 x 8 of 8 x 8; items of a register's width
+     * square, cpu_columns). GPUs get 16 x 16 groups of 8 x 8
      * outputs, and 256-wide rows; so does a CPU under MHA_OPENCL_LIMITS,
      * which emulates a (mobile) GPU's limits. */
     const int cpu = dev->rec->is_cpu && !dev->rec->limits.capped;
-    dev->wpt = cpu ? 16 : 8;
+    dev->wpt = cpu ? cpu_columns(dev->rec->float_width) : 8;
     dev->vw = 4;
     choose_tile(dev, cpu ? 4 : 16);
     dev->row_wg = pow2_floor(dev->rec->limits.max_workgroup);
     if (dev->row_wg > (cpu ? 64 : 256))
         dev->row_wg = cpu ? 64 : 256;
-    /* Attention: a CPU gets 16 columns an item (one AVX-512 register) and
-     * small groups; a GPU float4s (128-bit loads), 256 items a group. */
-    dev->attn_cw = cpu ? 16 : 4;
+    /* Attention: a CPU gets a register of columns an item and small
+     * groups; a GPU float4s (128-bit loads), 256 items a group. */
+    dev->attn_cw = cpu ? cpu_columns(dev->rec->float_width) : 4;
     dev->attn_wg = cpu ? 64 : 256;
     dev->cache_dir = mha_cl_cache_dir(dev->host, options);
     if (dev->cache_dir && !mha_cache_dir_ready(dev->host, dev->cache_dir)) {

@@ -645,7 +645,6 @@ static void simd_f16_to_f32(int64_t n, const uint16_t *x, float *y)
  * always-inlined bodies, so each combination is its own straight-line
  * loop. */
 enum { QB = 4, KV_STEP = 8, VC = 2, PF_ROWS = 8 };
-_Static_assert(KP >= 1 && KP <= 4, "kv_scores_of has tiles of 1 to 4 keys");
 
 /* The d elements of the row at `row` into L2, a 64-byte line at a time. */
 SIMD_INLINE void prefetch_row(const char *row, const int f16, int64_t d)
@@ -838,7 +837,9 @@ SIMD_INLINE void scores_head(const int keys, const int f16, int64_t G,
 }
 
 /* KP keys at a time (their rows stay in L1 across the row tiles), each
- * head's in turn; the last n % KP keys are one tile. */
+ * head's in turn, then the last n % KP keys one by one (tiles of each
+ * size between made the function too big for GCC's variable tracking in
+ * a -g build, for under 1% of a 128-key block). */
 SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
                               int64_t n, int64_t d, const float *q,
                               int64_t ldq, const void *K, int64_t ldk,
@@ -854,15 +855,10 @@ SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
             if (keys == KP)
                 scores_head(KP, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
                             scale, sh, lds);
-            else if (KP > 3 && keys == 3)
-                scores_head(3, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
-                            scale, sh, lds);
-            else if (KP > 2 && keys == 2)
-                scores_head(2, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
-                            scale, sh, lds);
             else
-                scores_head(1, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
-                            scale, sh, lds);
+                for (int64_t t = 0; t < keys; t++)
+                    scores_head(1, f16, G, d, qh, ldq, K, ldk, hs, h, j + t,
+                                pf, scale, sh + t, lds);
         }
     }
 }

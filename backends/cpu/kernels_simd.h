@@ -824,18 +824,6 @@ SIMD_INLINE void head_rows(const void *M, size_t es, int64_t ld, int64_t hs,
         out[t] = head + (size_t)((j + t) * ld) * es;
 }
 
-/* Head h's G rows against keys j .. j + keys - 1. */
-SIMD_INLINE void scores_head(const int keys, const int f16, int64_t G,
-                             int64_t d, const float *q, int64_t ldq,
-                             const void *K, int64_t ldk, int64_t hs, int64_t h,
-                             int64_t j, int64_t pf, float scale, float *s,
-                             int64_t lds)
-{
-    const void *kr[KP];
-    head_rows(K, f16 ? 2 : 4, ldk, hs, h, j, keys, kr);
-    scores_keys(keys, f16, G, d, q, ldq, kr, pf, scale, s, lds);
-}
-
 /* KP keys at a time (their rows stay in L1 across the row tiles), each
  * head's in turn, then the last n % KP keys one by one (tiles of each
  * size between made the function too big for GCC's variable tracking in
@@ -847,19 +835,21 @@ SIMD_INLINE void kv_scores_of(const int f16, int64_t nh, int64_t G,
 {
     const size_t es = f16 ? 2 : 4;
     const int64_t pf = PF_ROWS * ldk * (int64_t)es;
-    for (int64_t j = 0; j < n; j += KP) {
-        const int64_t keys = min_i64(KP, n - j);
+    for (int64_t j = 0; j < n;) {
+        const int keys = j + KP <= n ? KP : 1;
         for (int64_t h = 0; h < nh; h++) {
+            const void *kr[KP];
             const float *qh = q + h * G * ldq;
             float *sh = s + h * G * lds + j;
-            if (keys == KP)
-                scores_head(KP, f16, G, d, qh, ldq, K, ldk, hs, h, j, pf,
-                            scale, sh, lds);
-            else
-                for (int64_t t = 0; t < keys; t++)
-                    scores_head(1, f16, G, d, qh, ldq, K, ldk, hs, h, j + t,
-                                pf, scale, sh + t, lds);
+            if (keys == KP) {
+                head_rows(K, es, ldk, hs, h, j, KP, kr);
+                scores_keys(KP, f16, G, d, qh, ldq, kr, pf, scale, sh, lds);
+            } else {
+                head_rows(K, es, ldk, hs, h, j, 1, kr);
+                scores_keys(1, f16, G, d, qh, ldq, kr, pf, scale, sh, lds);
+            }
         }
+        j += keys;
     }
 }
 

@@ -456,7 +456,8 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
      * outputs, and 256-wide rows; so does a CPU under MHA_OPENCL_LIMITS,
      * which emulates a (mobile) GPU's limits. */
     const int cpu = dev->rec->is_cpu && !dev->rec->limits.capped;
-    dev->wpt = cpu ? cpu_columns(dev->rec->float_width) : 8;
+    const int width = cpu_columns(dev->rec->float_width);
+    dev->wpt = cpu ? width : 8;
     dev->vw = 4;
     choose_tile(dev, cpu ? 4 : 16);
     dev->row_wg = pow2_floor(dev->rec->limits.max_workgroup);
@@ -464,7 +465,7 @@ mha_status mha_cl_device_ready(mha_cl_device *dev,
         dev->row_wg = cpu ? 64 : 256;
     /* Attention: a CPU gets a register of columns an item and small
      * groups; a GPU float4s (128-bit loads), 256 items a group. */
-    dev->attn_cw = cpu ? cpu_columns(dev->rec->float_width) : 4;
+    dev->attn_cw = cpu ? width : 4;
     dev->attn_wg = cpu ? 64 : 256;
     dev->cache_dir = mha_cl_cache_dir(dev->host, options);
     if (dev->cache_dir && !mha_cache_dir_ready(dev->host, dev->cache_dir)) {

@@ -22,18 +22,36 @@ if ((${#harnesses[@]} == 0)); then
   done
 fi
 export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-for h in "${harnesses[@]}"; do
-  work=build-fuzz/corpus/$h
+
+# fuzz_one HARNESS: runs it for $seconds; on a finding prints the log's end.
+fuzz_one() {
+  local h=$1 work=build-fuzz/corpus/$1 log=build-fuzz/fuzz_$1.log runs
   mkdir -p "$work"
-  log=build-fuzz/fuzz_$h.log
   if ! build-fuzz/tests/fuzz/fuzz_"$h" -max_total_time="$seconds" \
          -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
          -artifact_prefix=build-fuzz/ "$work" tests/fuzz/corpus/"$h" \
          >"$log" 2>&1; then
     tail -n 60 "$log"
     echo "test-fuzz: fuzz_$h failed (log: $log)"
-    exit 1
+    return 1
   fi
   runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
   echo "test-fuzz: fuzz_$h: $runs executions in ${seconds}s, no findings"
+}
+
+# One harness a core at a time: each is single-threaded, and -max_total_time
+# is wall time, so the run takes seconds x harnesses / cores.
+cores=$(nproc) running=0 failed=0
+for h in "${harnesses[@]}"; do
+  fuzz_one "$h" &
+  running=$((running + 1))
+  if ((running >= cores)); then
+    wait -n || failed=1
+    running=$((running - 1))
+  fi
 done
+while ((running > 0)); do
+  wait -n || failed=1
+  running=$((running - 1))
+done
+exit "$failed"

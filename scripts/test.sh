@@ -6,7 +6,9 @@
 #      required to have a device (a skipped Vulkan or OpenCL suite fails),
 #      Vulkan under the Khronos validation layers, fixtures regenerated live
 #      by PyTorch, the README's example built and run;
-#   asan: the same under AddressSanitizer and UBSan;
+#   asan: the same under AddressSanitizer and UBSan, less the valgrind
+#      suites and the reruns of a suite under other kernels or data
+#      (label rerun, tests/CMakeLists.txt);
 #   arm64: an AArch64 cross build run under qemu-aarch64, for the NEON kernels;
 #   abi: exported symbols and public struct layouts against
 #      tests/abi/libmha.abi (scripts/check-abi.sh);
@@ -54,7 +56,7 @@ asan() {
   cmake --build build-asan -j"$jobs" >/dev/null
   ASAN_OPTIONS=detect_leaks=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_ctest build-asan 18 -LE valgrind
+    run_ctest build-asan 18 -LE "valgrind|rerun"
 }
 
 arm64() {

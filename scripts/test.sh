@@ -7,8 +7,8 @@
 #      Vulkan under the Khronos validation layers, fixtures regenerated live
 #      by PyTorch, the README's example built and run;
 #   asan: the same under AddressSanitizer and UBSan, less the valgrind
-#      suites and the reruns of a suite under other kernels or data
-#      (label rerun, tests/CMakeLists.txt);
+#      suites, the reruns of a suite under other kernels or data (label
+#      rerun) and most of the validation layers (tests/CMakeLists.txt);
 #   arm64: an AArch64 cross build run under qemu-aarch64, for the NEON kernels;
 #   abi: exported symbols and public struct layouts against
 #      tests/abi/libmha.abi (scripts/check-abi.sh);

@@ -110,8 +110,8 @@ message(STATUS "valgrind: ${clean} processes checked, no errors")
   # The interop tests whose host code the others repeat: the event chains
   # of an out-of-order queue, teardown while work is pending, the scratch
   # kept for enqueued shapes, a refusal. Each test process starts PoCL under
-  # valgrind (15-20 s), so all 11 took 305 s of CI's time on 2 Zen 3 cores;
-  # the sanitizer build runs every one of them.
+  # valgrind (15-20 s), so all 11 took 305 s of a fresh-clone .ci/run on
+  # 2 Zen 3 cores; the sanitizer build runs every one of them.
   if(TARGET test_opencl_interop)
     set(picked frames_on_out_of_order_queue_match_host_forward
                destroy_while_pending_leaves_app_objects_usable

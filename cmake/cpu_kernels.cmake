@@ -63,14 +63,16 @@ unset(_mha_cpu_proc)
 # the GCC sanitizer build still checks them for it.
 function(mha_cpu_kernel_flags)
   if(MHA_CPU_KERNEL_X86_SIMD)
-    set(light "")
+    set(avx2 -mavx2 -mfma -mf16c)
+    set(avx512 -mavx512f -mavx2 -mfma)
     if(MHA_FUZZ)
-      set(light "-fno-sanitize=pointer-overflow")
+      list(APPEND avx2 -fno-sanitize=pointer-overflow)
+      list(APPEND avx512 -fno-sanitize=pointer-overflow)
     endif()
     set_source_files_properties("${MHA_CPU_KERNEL_DIR}/kernels_avx2.c"
-      PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;${light}")
+      PROPERTIES COMPILE_OPTIONS "${avx2}")
     set_source_files_properties("${MHA_CPU_KERNEL_DIR}/kernels_avx512.c"
-      PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx2;-mfma;${light}")
+      PROPERTIES COMPILE_OPTIONS "${avx512}")
   endif()
 endfunction()
 
@@ -79,9 +81,9 @@ mha_cpu_kernel_flags()
 # The test links mha_internal, the static archive of the library's objects,
 # whose internal symbols (the kernel tables) it reaches, so the kernel
 # sources are compiled once per build: compiled a second time for the test
-# they took half the sanitizer build's CPU time. A caller may define PkgConfig::MHA_CRITERION itself
-# beforehand (the cross build's tests/CMakeLists.txt does, with a stand-in
-# for Criterion).
+# they took half the sanitizer build's CPU time. A caller may define
+# PkgConfig::MHA_CRITERION itself beforehand (the cross build's
+# tests/CMakeLists.txt does, with a stand-in for Criterion).
 function(mha_add_cpu_kernel_test)
   if(NOT TARGET PkgConfig::MHA_CRITERION)
     find_package(PkgConfig REQUIRED)

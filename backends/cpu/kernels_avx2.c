@@ -28,8 +28,9 @@ typedef __m256 vf;
 /* KP: keys per decode score tile, 4 query rows each: 12 accumulators, 3
  * key vectors and a query vector fill the 16 registers, and 12 chains of
  * FMAs cover their latency (2 keys, 8 chains: fp16 scores 1.1x the time
- * from DRAM, 2 threads, Zen 3). */
-enum { VL = 8, MR = 6, NV = 2, KC = 256, TB = 8, KP = 3 };
+ * from DRAM, 2 threads, Zen 3). KS: lanes of a row's slot of summed
+ * scores, a 128-bit half (vf_store_slot). */
+enum { VL = 8, MR = 6, NV = 2, KC = 256, TB = 8, KP = 3, KS = 4 };
 
 /* Lane mask with the first n (0..8) lanes set, for maskload/maskstore,
  * which never touch the memory of a masked-off lane. */
@@ -88,6 +89,14 @@ static vf vf_load_f16(const uint16_t *p)
 }
 
 #include "kernels_x86.h"
+
+/* Lanes [4 slot, 4 slot + cnt) of v to p. */
+static inline __attribute__((always_inline)) void
+vf_store_slot(float *p, vf v, const int slot, const int cnt)
+{
+    x86_store4_n(p, slot ? _mm256_extractf128_ps(v, 1)
+                         : _mm256_castps256_ps128(v), cnt);
+}
 
 static vf halves_lo(vf x, vf y) { return _mm256_permute2f128_ps(x, y, 0x20); }
 static vf halves_hi(vf x, vf y) { return _mm256_permute2f128_ps(x, y, 0x31); }

@@ -24,8 +24,9 @@
 typedef __m512 vf;
 #define MHA_X86(name) _mm512_##name
 /* KP: keys per decode score tile (4 query rows each): 16 accumulators,
- * one vf_hsum_each of 16 sums. */
-enum { VL = 16, MR = 8, NV = 2, KC = 128, TB = 8, KP = 4 };
+ * one vf_hsum_each of 16 sums, a row in each 128-bit quarter (KS lanes,
+ * vf_store_slot). */
+enum { VL = 16, MR = 8, NV = 2, KC = 128, TB = 8, KP = 4, KS = 4 };
 
 /* Opmask with the first n (0..16) lanes set. */
 static __mmask16 lanes(int64_t n)
@@ -60,6 +61,27 @@ static vf vf_load_f16(const uint16_t *p)
 }
 
 #include "kernels_x86.h"
+
+/* Lanes [4 slot, 4 slot + cnt) of v to p. The quarter's index must be an
+ * immediate, hence the switch (a constant slot folds it away). */
+static inline __attribute__((always_inline)) void
+vf_store_slot(float *p, vf v, const int slot, const int cnt)
+{
+    switch (slot) {
+    case 0:
+        x86_store4_n(p, _mm512_extractf32x4_ps(v, 0), cnt);
+        break;
+    case 1:
+        x86_store4_n(p, _mm512_extractf32x4_ps(v, 1), cnt);
+        break;
+    case 2:
+        x86_store4_n(p, _mm512_extractf32x4_ps(v, 2), cnt);
+        break;
+    default:
+        x86_store4_n(p, _mm512_extractf32x4_ps(v, 3), cnt);
+        break;
+    }
+}
 
 static vf halves_lo(vf x, vf y) { return _mm512_shuffle_f32x4(x, y, 0x44); }
 static vf halves_hi(vf x, vf y) { return _mm512_shuffle_f32x4(x, y, 0xEE); }

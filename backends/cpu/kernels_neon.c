@@ -21,8 +21,9 @@
 #define MHA_SIMD_ISA "neon"
 typedef float32x4_t vf;
 /* KP: keys per decode score tile (4 query rows each): 8 accumulators,
- * two vf_hsum_each of 4 sums. */
-enum { VL = 4, MR = 6, NV = 4, KC = 256, TB = 4, KP = 2 };
+ * two vf_hsum_each of 4 sums, a row in each 64-bit half (KS lanes,
+ * vf_store_slot). */
+enum { VL = 4, MR = 6, NV = 4, KC = 256, TB = 4, KP = 2, KS = 2 };
 
 static vf vf_zero(void) { return vdupq_n_f32(0.0f); }
 static vf vf_set1(float x) { return vdupq_n_f32(x); }
@@ -43,6 +44,17 @@ static void vf_store_n(float *p, vf v, int64_t n)
     vst1q_f32(buf, v);
     for (int64_t i = 0; i < n; i++)
         p[i] = buf[i];
+}
+
+/* Lanes [2 slot, 2 slot + cnt) of v to p. */
+static inline __attribute__((always_inline)) void
+vf_store_slot(float *p, vf v, const int slot, const int cnt)
+{
+    const float32x2_t h = slot ? vget_high_f32(v) : vget_low_f32(v);
+    if (cnt == 2)
+        vst1_f32(p, h);
+    else
+        vst1_lane_f32(p, h, 0);
 }
 
 static vf vf_add(vf a, vf b) { return vaddq_f32(a, b); }

@@ -1,7 +1,8 @@
 /* kernels_x86.h: the part of kernels_simd.h's vocabulary that the two x86
  * tables (kernels_avx2.c and kernels_avx512.c) share: the operations whose
  * intrinsics differ only by their _mm256_ / _mm512_ prefix, the last
- * levels of vf_hsum_each, and the 8 x 8 transpose. Each file defines vf,
+ * levels of vf_hsum_each, a store of up to 4 lanes, and the 8 x 8
+ * transpose. Each file defines vf,
  * VL and MHA_X86(name) (its prefix pasted to name) and includes this
  * before kernels_simd.h, compiled with at least -mavx2 -mfma. */
 #ifndef MHA_CPU_KERNELS_X86_H
@@ -32,6 +33,24 @@ static inline __attribute__((always_inline)) vf vf_in_register(vf x)
 {
     __asm__("" : "+v"(x));
     return x;
+}
+
+/* The first cnt (1..4) lanes of x to p, from the register (a decode
+ * score row's slot, vf_store_slot). */
+static inline __attribute__((always_inline)) void
+x86_store4_n(float *p, __m128 x, const int cnt)
+{
+    if (cnt == 4) {
+        _mm_storeu_ps(p, x);
+        return;
+    }
+    if (cnt == 1) {
+        _mm_store_ss(p, x);
+        return;
+    }
+    _mm_storel_pi((__m64 *)p, x);
+    if (cnt == 3)
+        _mm_store_ss(p + 2, _mm_movehl_ps(x, x));
 }
 
 /* ---- vf_hsum_each: a tree of pairwise sums ---------------------------------- */

@@ -53,7 +53,6 @@
 
 #include <math.h>
 #include <stddef.h>
-#include <string.h>
 
 #include "half.h"
 #include "kernels.h"

@@ -742,6 +742,8 @@ SIMD_INLINE void scores_step(const int rows, const int keys, const int f16,
  * row's sums loaded back narrower), fp16 scores took 1.02-1.05x the time
  * (AVX2 on Zen 3, rows from L1 and L2, old and new alternating in one
  * process). The reduction tree itself is still about a tenth of it. */
+_Static_assert(KS >= KP && VL % KS == 0,
+               "a row's sums must fit one slot, and slots a vector");
 SIMD_INLINE void scores_store(const int rows, const int keys,
                               vf acc[QB][KP], float scale, float *s,
                               int64_t lds)

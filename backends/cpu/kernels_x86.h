@@ -2,9 +2,9 @@
  * tables (kernels_avx2.c and kernels_avx512.c) share: the operations whose
  * intrinsics differ only by their _mm256_ / _mm512_ prefix, the last
  * levels of vf_hsum_each, a store of up to 4 lanes, and the 8 x 8
- * transpose. Each file defines vf,
- * VL and MHA_X86(name) (its prefix pasted to name) and includes this
- * before kernels_simd.h, compiled with at least -mavx2 -mfma. */
+ * transpose. Each file defines vf, VL and MHA_X86(name) (its prefix pasted
+ * to name) and includes this before kernels_simd.h, compiled with at least
+ * -mavx2 -mfma. */
 #ifndef MHA_CPU_KERNELS_X86_H
 #define MHA_CPU_KERNELS_X86_H
 

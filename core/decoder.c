@@ -255,7 +255,7 @@ static mha_status find_weight(mha_decoder *l, const char *fn,
                      "%s: \"%s\" is not a weight of this layer (q_proj, "
                      "k_proj, v_proj, o_proj .weight; q/k/v_proj.bias with "
                      "qkv_bias, o_proj.bias with o_bias, sinks with sinks)",
-                     fn, name ? name : "(null)");
+                     fn, name);
 }
 
 static int shape_is(const mha_dweight *w, int ndim, const int64_t *shape)
@@ -276,6 +276,8 @@ mha_status mha_decoder_set_weight(mha_decoder *layer, const char *name,
     if (!layer)
         return MHA_INVALID_ARGUMENT;
     mha_context *ctx = layer->device->ctx;
+    if (!name)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: name is NULL", fn);
     mha_dweight w;
     mha_status st = find_weight(layer, fn, name, &w);
     if (st != MHA_OK)

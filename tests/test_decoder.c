@@ -671,6 +671,10 @@ Test(decoder, missing_sinks_and_wrong_shapes)
                  MHA_SHAPE_MISMATCH);
     cr_expect_eq(mha_decoder_set_weight(e.layer, "q_proj.bias", w.bq, 1, wrong),
                  MHA_NOT_FOUND, "a bias the config does not have");
+    cr_expect_eq(mha_decoder_set_weight(e.layer, NULL, w.sinks, 1, wrong),
+                 MHA_INVALID_ARGUMENT, "a NULL name is refused, not compared");
+    cr_expect(strstr(mha_context_errmsg(ctx), "name is NULL"), "%s",
+              mha_context_errmsg(ctx));
     mha_kv_cache_destroy(e.cache);
     mha_decoder_destroy(e.layer);
     free_weights(&w);

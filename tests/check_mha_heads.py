@@ -4,7 +4,8 @@ layer (statistics with random gradients and an attention dump, then prune
 by gradient and random for k = 1, 2) and validates its JSON and CSV: every
 key the README promises, shapes H and H x H, probabilities' rows summing to
 1, gradient importance of l2 norm 1, prune rows for every criterion and k
-with fewer weight bytes than the unpruned layer. Then, when matplotlib is
+with fewer weight bytes than the unpruned layer; an input whose shape's
+element count wraps is refused. Then, when matplotlib is
 installed, tools/plot_heads.py must write its six pictures. Given the
 trained model of examples/heads, the tool runs on it on cpu, vulkan and
 opencl, and every device gives the same per-head statistics.
@@ -15,6 +16,7 @@ import csv
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -84,6 +86,30 @@ def check_trained_model(tool, model, work):
                       f"{ref[k]}")
 
 
+def write_npy(path, shape, data_bytes):
+    """An f4 .npy whose header claims shape, followed by data_bytes zeros."""
+    hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }" % (shape,)
+    hdr += " " * ((64 - (10 + len(hdr) + 1) % 64) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) +
+                hdr.encode() + bytes(data_bytes))
+
+
+def check_wrapping_shapes_refused(tool, work):
+    """A shape whose element count wraps size_t (2^62 x 4; 4 x (2^62 + 1),
+    whose product wraps to 4) is refused by the reader itself, not read
+    as the few elements the wrapped count says."""
+    for i, shape in enumerate([(1 << 62, 4), (4, (1 << 62) + 1)]):
+        path = os.path.join(work, f"wrap{i}.npy")
+        write_npy(path, shape, 16)
+        r = subprocess.run([tool, "--embed-dim", "4", "--heads", "1",
+                            "--input", path, "--device", "cpu"],
+                           capture_output=True, text=True)
+        check(r.returncode != 0 and
+              "more elements than memory can hold" in r.stderr,
+              f"shape {shape}: rc {r.returncode}, {r.stderr.strip()}")
+
+
 def main():
     tool, plot, work = sys.argv[1:4]
     os.makedirs(work, exist_ok=True)
@@ -115,6 +141,7 @@ def main():
         check(len(r["pruned"]) == r["k"], "pruned list length")
         check(r["weight_bytes"] < base["weight_bytes"], "weights not smaller")
         check(r["output_change"] > 0, "pruning changed nothing")
+    check_wrapping_shapes_refused(tool, work)
     if len(sys.argv) > 4:
         check_trained_model(tool, sys.argv[4], work)
     try:

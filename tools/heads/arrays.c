@@ -80,20 +80,30 @@ static unsigned char *slurp(const char *path, size_t *size)
     return buf;
 }
 
+int heads_shape_count(int ndim, const int64_t *shape, size_t *count)
+{
+    *count = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 1 ||
+            (uint64_t)shape[i] > SIZE_MAX / sizeof(float) / *count)
+            return -1;
+        *count *= (size_t)shape[i];
+    }
+    return 0;
+}
+
 /* Fills out from count elements of type t at src with shape. */
 static int fill(heads_array *out, char t, const unsigned char *src,
                 size_t avail, int ndim, const int64_t *shape, char *err,
                 size_t n)
 {
-    size_t count = 1;
+    size_t count;
     if (ndim < 1 || ndim > MHA_MAX_DIMS)
         return fail(err, n, "%s%s: expected 1 to 4 dimensions", "array", "");
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 1)
-            return fail(err, n, "%s%s: a dimension is not positive", "array",
-                        "");
-        count *= (size_t)shape[i];
-    }
+    if (heads_shape_count(ndim, shape, &count))
+        return fail(err, n, "%s%s: a dimension is not positive, or there "
+                            "are more elements than memory can hold",
+                    "array", "");
     if (count > avail / type_size(t))
         return fail(err, n, "%s%s: the data is shorter than the shape says",
                     "array", "");

@@ -105,6 +105,8 @@ static mha_status time_alternately(mha_layer *base, mha_layer *layer,
             tl[r - 2] = now_ms() - t1;
         }
     }
+    if (st != MHA_OK) /* the times are incomplete: none is reported */
+        return st;
     row->latency_ms = median(tl, reps);
     row->ratio = row->latency_ms / median(tb, reps);
     return st;

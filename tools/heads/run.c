@@ -28,9 +28,9 @@ static int random_array(heads_array *a, int ndim, const int64_t *shape,
                         float scale, uint64_t *seed)
 {
     a->ndim = ndim;
-    a->count = 1;
-    for (int i = 0; i < ndim; i++)
-        a->count *= (size_t)(a->shape[i] = shape[i]);
+    memcpy(a->shape, shape, (size_t)ndim * sizeof *shape);
+    if (heads_shape_count(ndim, shape, &a->count))
+        return -1;
     a->data = malloc(a->count * sizeof(float));
     if (!a->data)
         return -1;

@@ -185,9 +185,11 @@ mha_status mha_decoder_create(mha_device *device,
                               mha_decoder **out)
 {
     static const char fn[] = "mha_decoder_create";
-    if (!device || !out)
+    if (!device)
         return MHA_INVALID_ARGUMENT;
     mha_context *ctx = device->ctx;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
     if (!config)
         return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: config is NULL", fn);
     mha_status st = mha_struct_check(&ctx->host, fn, "mha_decoder_config",

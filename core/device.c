@@ -182,8 +182,11 @@ void mha_release_backends(mha_context *ctx)
 
 mha_status mha_device_count(mha_context *ctx, int *count)
 {
-    if (!ctx || !count)
+    if (!ctx)
         return MHA_INVALID_ARGUMENT;
+    if (!count)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_count: count is NULL");
     *count = ctx->device_count;
     mha_clear_error(ctx);
     return MHA_OK;
@@ -222,8 +225,11 @@ static void fill_info(const mha_context *ctx, const mha_device_entry *e,
 mha_status mha_device_get_info(mha_context *ctx, int index,
                                mha_device_info *info)
 {
-    if (!ctx || !info)
+    if (!ctx)
         return MHA_INVALID_ARGUMENT;
+    if (!info)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_get_info: info is NULL");
     if (index < 0 || index >= ctx->device_count)
         return mha_error(ctx, MHA_NO_DEVICE,
                          "mha_device_get_info: index %d out of range; "
@@ -298,8 +304,11 @@ mha_status mha_device_open_index(mha_context *ctx, int index,
                                  const mha_device_options *options,
                                  mha_device **out)
 {
-    if (!ctx || !out)
+    if (!ctx)
         return MHA_INVALID_ARGUMENT;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_open_index: out is NULL");
     return open_index(ctx, "mha_device_open_index", index, options, out);
 }
 
@@ -370,8 +379,11 @@ mha_status mha_device_open(mha_context *ctx, const char *spec,
                            const mha_device_options *options,
                            mha_device **out)
 {
-    if (!ctx || !out)
+    if (!ctx)
         return MHA_INVALID_ARGUMENT;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_open: out is NULL");
     const char *origin = "spec";
     if (!spec) {
         spec = getenv("MHA_DEVICE");
@@ -390,8 +402,11 @@ mha_status mha_device_open(mha_context *ctx, const char *spec,
 
 mha_status mha_device_info_of(mha_device *device, mha_device_info *info)
 {
-    if (!device || !info)
+    if (!device)
         return MHA_INVALID_ARGUMENT;
+    if (!info)
+        return mha_error(device->ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_info_of: info is NULL");
     fill_info(device->ctx, &device->entry, device->index, info);
     mha_clear_error(device->ctx);
     return MHA_OK;

@@ -441,8 +441,11 @@ static double ratio(double a, double b) { return b > 0.0 ? a / b : 0.0; }
 mha_status mha_head_stats_get(const mha_head_stats *stats,
                               mha_head_stat *per_head, int64_t count)
 {
-    if (!stats || !per_head)
+    if (!stats)
         return MHA_INVALID_ARGUMENT;
+    if (!per_head)
+        return mha_error(stats->ctx, MHA_INVALID_ARGUMENT,
+                         "mha_head_stats_get: per_head is NULL");
     mha_status st = check_result(stats, "mha_head_stats_get", count,
                                  stats->H);
     if (st != MHA_OK)
@@ -476,8 +479,11 @@ mha_status mha_head_stats_redundancy(const mha_head_stats *stats,
                                      int64_t count)
 {
     static const char fn[] = "mha_head_stats_redundancy";
-    if (!stats || !hxh)
+    if (!stats)
         return MHA_INVALID_ARGUMENT;
+    if (!hxh)
+        return mha_error(stats->ctx, MHA_INVALID_ARGUMENT, "%s: hxh is NULL",
+                         fn);
     if (kind != MHA_REDUNDANCY_JS && kind != MHA_REDUNDANCY_COSINE)
         return mha_host_finish(&stats->ctx->host, fn,
                                mha_error(stats->ctx, MHA_INVALID_ARGUMENT,

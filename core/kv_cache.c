@@ -69,9 +69,11 @@ mha_status mha_kv_cache_create(mha_device *device,
                                mha_kv_cache **out)
 {
     static const char fn[] = "mha_kv_cache_create";
-    if (!device || !out)
+    if (!device)
         return MHA_INVALID_ARGUMENT;
     mha_context *ctx = device->ctx;
+    if (!out)
+        return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: out is NULL", fn);
     if (!config)
         return mha_error(ctx, MHA_INVALID_ARGUMENT, "%s: config is NULL", fn);
     mha_status st = mha_struct_check(&ctx->host, fn, "mha_kv_cache_config",

@@ -136,8 +136,14 @@ mha_status mha_device_profile_read(mha_device *device,
                                    mha_profile_entry *entries, int cap,
                                    int *count)
 {
-    if (!device || !count || cap < 0 || (cap > 0 && !entries))
+    if (!device)
         return MHA_INVALID_ARGUMENT;
+    if (!count || cap < 0 || (cap > 0 && !entries))
+        return mha_error(device->ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_profile_read: %s",
+                         !count  ? "count is NULL"
+                         : cap < 0 ? "cap is negative"
+                                   : "entries is NULL with cap > 0");
     const struct mha_profile *p = device->profile;
     if (!p)
         return mha_error(device->ctx, MHA_BAD_STATE,

@@ -120,8 +120,11 @@ static mha_status attach(mha_tensor *t, mha_tensor **out)
 mha_status mha_tensor_create(mha_device *device, mha_dtype dtype, int ndim,
                              const int64_t *shape, mha_tensor **out)
 {
-    if (!device || !out)
+    if (!device)
         return MHA_INVALID_ARGUMENT;
+    if (!out)
+        return mha_error(device->ctx, MHA_INVALID_ARGUMENT,
+                         "mha_tensor_create: out is NULL");
     mha_tensor *t = NULL;
     mha_status st = new_tensor(device, "mha_tensor_create", dtype, ndim,
                                shape, &t);
@@ -354,8 +357,11 @@ mha_status mha_tensor_view(mha_tensor *base, size_t offset_elems, int ndim,
                            const int64_t *shape, const int64_t *strides_elems,
                            mha_tensor **out)
 {
-    if (!base || !out)
+    if (!base)
         return MHA_INVALID_ARGUMENT;
+    if (!out)
+        return mha_error(base->device->ctx, MHA_INVALID_ARGUMENT,
+                         "mha_tensor_view: out is NULL");
     mha_tensor *t = NULL;
     int64_t strides[MHA_MAX_DIMS];
     mha_status st = new_tensor(base->device, "mha_tensor_view", base->dtype,

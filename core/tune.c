@@ -199,8 +199,15 @@ const char *mha_tune_variant(mha_device *device, const mha_node *node,
 mha_status mha_device_variants(mha_device *device, const char *kind,
                                 const char **names, int cap, int *count)
 {
-    if (!device || !kind || !count || cap < 0 || (cap > 0 && !names))
+    if (!device)
         return MHA_INVALID_ARGUMENT;
+    if (!kind || !count || cap < 0 || (cap > 0 && !names))
+        return mha_error(device->ctx, MHA_INVALID_ARGUMENT,
+                         "mha_device_variants: %s",
+                         !kind    ? "kind is NULL"
+                         : !count ? "count is NULL"
+                         : cap < 0 ? "cap is negative"
+                                   : "names is NULL with cap > 0");
     mha_op op = !strcmp(kind, "matmul")      ? MHA_OP_PROJECTION
                 : !strcmp(kind, "attention") ? MHA_OP_ATTENTION
                                              : MHA_OP_COUNT;

@@ -111,6 +111,75 @@ Test(api, null_handles_and_out_pointers_are_invalid_argument)
     cr_expect_eq(mha_context_destroy(ctx), MHA_OK);
 }
 
+/* Checks that call is refused and that ctx's message names what it should
+ * (mha.h: a failure's message names the function and the argument). */
+#define EXPECT_NAMED(ctx, call, needle)                                       \
+    do {                                                                      \
+        mha_status got_ = (call);                                             \
+        cr_expect_eq(got_, MHA_INVALID_ARGUMENT, "%s: %s", needle,           \
+                     mha_status_str(got_));                                   \
+        cr_expect(contains(mha_context_errmsg(ctx), needle),                  \
+                  "message \"%s\" lacks \"%s\"", mha_context_errmsg(ctx),    \
+                  needle);                                                    \
+    } while (0)
+
+/* On a live handle, a NULL output or count is refused with a message, not
+ * only a status. */
+Test(api, null_outputs_on_live_handles_are_named_in_the_message)
+{
+    fx f;
+    fx_init(&f, 0, 0);
+    mha_context *x = f.ctx;
+    int64_t shape[1] = {4};
+    mha_tensor *t;
+    cr_assert_eq(mha_tensor_create(f.dev, MHA_F32, 1, shape, &t), MHA_OK);
+    mha_head_stats *hs;
+    cr_assert_eq(mha_head_stats_create(f.layer, &hs), MHA_OK);
+    mha_decoder_config dc;
+    mha_decoder_config_init(&dc, 16, 2);
+    mha_kv_cache_config kc;
+    mha_kv_cache_config_init(&kc);
+    const char *names[2];
+    mha_profile_entry entries[2];
+    int n;
+    EXPECT_NAMED(x, mha_device_count(x, NULL), "mha_device_count: count is");
+    EXPECT_NAMED(x, mha_device_get_info(x, 0, NULL),
+                 "mha_device_get_info: info is NULL");
+    EXPECT_NAMED(x, mha_device_open(x, "cpu", NULL, NULL),
+                 "mha_device_open: out is NULL");
+    EXPECT_NAMED(x, mha_device_open_index(x, 0, NULL, NULL),
+                 "mha_device_open_index: out is NULL");
+    EXPECT_NAMED(x, mha_device_info_of(f.dev, NULL),
+                 "mha_device_info_of: info is NULL");
+    EXPECT_NAMED(x, mha_device_profile_read(f.dev, entries, 2, NULL),
+                 "mha_device_profile_read: count is NULL");
+    EXPECT_NAMED(x, mha_device_profile_read(f.dev, entries, -1, &n),
+                 "mha_device_profile_read: cap is negative");
+    EXPECT_NAMED(x, mha_device_profile_read(f.dev, NULL, 2, &n),
+                 "mha_device_profile_read: entries is NULL");
+    EXPECT_NAMED(x, mha_device_variants(f.dev, NULL, names, 2, &n),
+                 "mha_device_variants: kind is NULL");
+    EXPECT_NAMED(x, mha_device_variants(f.dev, "matmul", names, 2, NULL),
+                 "mha_device_variants: count is NULL");
+    EXPECT_NAMED(x, mha_device_variants(f.dev, "matmul", NULL, 2, &n),
+                 "mha_device_variants: names is NULL");
+    EXPECT_NAMED(x, mha_tensor_create(f.dev, MHA_F32, 1, shape, NULL),
+                 "mha_tensor_create: out is NULL");
+    EXPECT_NAMED(x, mha_tensor_view(t, 0, 1, shape, NULL, NULL),
+                 "mha_tensor_view: out is NULL");
+    EXPECT_NAMED(x, mha_kv_cache_create(f.dev, &kc, NULL),
+                 "mha_kv_cache_create: out is NULL");
+    EXPECT_NAMED(x, mha_decoder_create(f.dev, &dc, NULL),
+                 "mha_decoder_create: out is NULL");
+    EXPECT_NAMED(x, mha_head_stats_get(hs, NULL, 2),
+                 "mha_head_stats_get: per_head is NULL");
+    EXPECT_NAMED(x, mha_head_stats_redundancy(hs, MHA_REDUNDANCY_JS, NULL, 4),
+                 "mha_head_stats_redundancy: hxh is NULL");
+    mha_head_stats_destroy(hs);
+    mha_tensor_destroy(t);
+    fx_fini(&f);
+}
+
 Test(api, null_data_names_and_args_on_a_live_layer_are_invalid_argument)
 {
     fx f;

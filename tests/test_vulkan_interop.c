@@ -292,6 +292,12 @@ Test(vulkan_interop, wrap_checks_its_arguments)
     assert_error(ctx, mha_vulkan_tensor_wrap(s.device, &b, MHA_BOOL, 3, shape,
                                              &t),
                  MHA_DTYPE_MISMATCH, "bool");
+    assert_error(ctx, mha_vulkan_tensor_wrap(s.device, &b, MHA_F32, 3, shape,
+                                             NULL),
+                 MHA_INVALID_ARGUMENT, "mha_vulkan_tensor_wrap: out is NULL");
+    mha_vulkan_device_info shared = engine_share(&e, true);
+    assert_error(ctx, mha_vulkan_device_adopt(ctx, &shared, NULL, NULL),
+                 MHA_INVALID_ARGUMENT, "mha_vulkan_device_adopt: out is NULL");
     cr_assert_null(t);
 
     /* wrapped memory is the engine's, not counted as libmha's; emb (no

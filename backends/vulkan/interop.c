@@ -46,12 +46,13 @@ mha_status mha_vulkan_device_adopt(mha_context *ctx,
                                    const mha_device_options *options,
                                    mha_device **out)
 {
-    if (!ctx || !out)
+    if (!ctx)
         return MHA_INVALID_ARGUMENT;
     mha_host *host = mha_context_host(ctx);
-    if (!info)
+    if (!info || !out)
         return mha_host_error(host, MHA_INVALID_ARGUMENT,
-                              "mha_vulkan_device_adopt: info is NULL");
+                              "mha_vulkan_device_adopt: %s is NULL",
+                              !info ? "info" : "out");
     void *state = NULL;
     mha_status s = mha_struct_check(host, "mha_vulkan_device_adopt",
                                     "mha_vulkan_device_info", info,
@@ -115,8 +116,11 @@ mha_status mha_vulkan_tensor_wrap(mha_device *device,
                                   const int64_t *shape, mha_tensor **out)
 {
     static const char fn[] = "mha_vulkan_tensor_wrap";
-    if (!device || !out)
+    if (!device)
         return MHA_INVALID_ARGUMENT;
+    if (!out)
+        return mha_host_error(host_of(device), MHA_INVALID_ARGUMENT,
+                              "%s: out is NULL", fn);
     mha_vk_device *d = vk_device(device, fn, "device");
     if (!d)
         return MHA_INVALID_ARGUMENT;

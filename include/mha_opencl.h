@@ -59,8 +59,9 @@ extern "C" {
  *
  * libmha retains context, device and queue; mha_device_destroy releases
  * those references. mha_device_info_of reports the device with index -1.
- * MHA_NO_DEVICE when this build has no OpenCL backend or the ICD loader
- * could not be loaded; MHA_INVALID_ARGUMENT when a handle is NULL or the
+ * MHA_NO_DEVICE when this build has no OpenCL backend, ctx was created with
+ * the opencl backend left out (mha_context_options.backends), or the ICD
+ * loader could not be loaded; MHA_INVALID_ARGUMENT when a handle is NULL or the
  * driver refuses it. Handles must be live: a released one cannot be told
  * from a valid one (OpenCL's rule for every call). */
 MHA_API mha_status mha_opencl_device_adopt(mha_context *ctx,

@@ -574,6 +574,29 @@ Test(opencl_interop, adopt_rejects_null_and_foreign_handles)
     close_with_other(&r, &other);
 }
 
+/* A context that left opencl out loaded no ICD loader: adopting is refused
+ * and says why, not that the loader failed to load. */
+Test(opencl_interop, adopt_in_context_without_opencl_says_so)
+{
+    app a;
+    app_open(&a, 0);
+    mha_context_options o;
+    mha_context_options_init(&o);
+    o.backends = "cpu";
+    mha_context *cpu_only;
+    cr_assert_eq(mha_context_create(&o, &cpu_only), MHA_OK);
+    mha_device *d = NULL;
+    cr_expect_eq(mha_opencl_device_adopt(cpu_only, a.context, a.device,
+                                         a.queue, NULL, &d),
+                 MHA_NO_DEVICE);
+    cr_expect_null(d);
+    cr_expect(strstr(mha_context_errmsg(cpu_only),
+                     "left the opencl backend out"),
+              "%s", mha_context_errmsg(cpu_only));
+    mha_context_destroy(cpu_only);
+    app_close(&a);
+}
+
 Test(opencl_interop, wrap_rejects_bad_buffers)
 {
     rig r;

@@ -48,7 +48,14 @@ static mha_status runtime_of(mha_context *ctx, const char *fn,
     if (s != MHA_OK)
         return s;
     *out = state;
-    if (!*out || !(*out)->lib)
+    if (!*out)
+        return mha_host_error(mha_context_host(ctx), MHA_NO_DEVICE,
+                              "%s: this context left the opencl backend out "
+                              "(mha_context_options.backends), so it loaded "
+                              "no OpenCL ICD loader to call the runtime "
+                              "behind these handles",
+                              fn);
+    if (!(*out)->lib)
         return mha_host_error(mha_context_host(ctx), MHA_NO_DEVICE,
                               "%s: libmha could not load the OpenCL ICD "
                               "loader (libOpenCL.so.1), so it cannot call "

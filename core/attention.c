@@ -380,6 +380,33 @@ static mha_status build_node(mha_device *dev, const mha_attention_args *a,
 }
 
 /* Everything the node reads besides q, k, v and out. */
+/* out may be q itself (a query row is read before its output row is
+ * written, and by its own task only) but may share no element with any
+ * other input: k and v rows are read by every query tile while others
+ * write out (on the GPU backends a tile that finished first overwrote
+ * rows another still read: wrong results at some lengths, no error), and
+ * a partial overlap with q would let one tile's output clobber another's
+ * queries. */
+static mha_status check_out_apart(mha_context *ctx,
+                                  const mha_attention_args *a)
+{
+    const char *const names[] = {"q", "k", "v", "bias", "alibi_slopes",
+                                 "sinks", "kv_lens"};
+    const mha_tensor *in[] = {a->q,    a->k,            a->v,    a->bias,
+                              a->alibi_slopes, a->sinks, a->kv_lens};
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
+        if (!in[i] || (i == 0 && mha_tensor_same_view(a->out, in[i])))
+            continue;
+        if (mha_tensor_may_overlap(a->out, in[i]))
+            return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                             FN ": out shares memory with %s; out may be q "
+                             "itself but no part of another input (the "
+                             "attention still reads %s while it writes out)",
+                             names[i], names[i]);
+    }
+    return MHA_OK;
+}
+
 static mha_status check_extras(mha_device *dev, const mha_attention_args *a,
                                const attn_dims *dm)
 {
@@ -411,6 +438,8 @@ mha_status mha_attention(mha_device *device, const mha_attention_args *args)
         st = check_qkv(device, args, &dm);
     if (st == MHA_OK)
         st = check_extras(device, args, &dm);
+    if (st == MHA_OK)
+        st = check_out_apart(ctx, args);
     mha_node node;
     if (st == MHA_OK)
         st = build_node(device, args, &dm, &node);

@@ -324,6 +324,66 @@ static size_t view_reach(size_t offset, int ndim, const int64_t *shape,
     return last;
 }
 
+int mha_tensor_same_view(const mha_tensor *a, const mha_tensor *b)
+{
+    size_t dims = (size_t)a->ndim * sizeof(int64_t);
+    return a->buf == b->buf && a->offset == b->offset &&
+           a->ndim == b->ndim && !memcmp(a->shape, b->shape, dims) &&
+           !memcmp(a->strides, b->strides, dims);
+}
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+    while (b) {
+        int64_t r = a % b;
+        a = b;
+        b = r;
+    }
+    return a;
+}
+
+/* The width of t's innermost contiguous run (the dimensions from the
+ * innermost out whose elements follow each other, as [H, d] of a row
+ * does; 1 when the innermost stride is not 1), with the strides of the
+ * dimensions outside it (those of extent above 1) added to the running gcd
+ * *g. */
+static int64_t pitch_of(const mha_tensor *t, int64_t *g)
+{
+    int i = t->ndim - 1;
+    int64_t width = 1;
+    for (; i >= 0 && (t->strides[i] == width || t->shape[i] == 1); i--)
+        width *= t->shape[i];
+    for (; i >= 0; i--)
+        if (t->shape[i] > 1)
+            *g = gcd64(*g, t->strides[i]);
+    return width;
+}
+
+/* With every outer stride a multiple of the pitch p, an element's column
+ * (offset mod p) lies in [offset mod p, + width) if that range does not
+ * wrap: two such ranges apart mean no common element. */
+static int columns_apart(const mha_tensor *a, const mha_tensor *b)
+{
+    int64_t p = 0;
+    int64_t wa = pitch_of(a, &p), wb = pitch_of(b, &p);
+    if (p <= 0)
+        return 0;
+    int64_t ca = (int64_t)(a->offset % (size_t)p);
+    int64_t cb = (int64_t)(b->offset % (size_t)p);
+    return ca + wa <= p && cb + wb <= p && (ca + wa <= cb || cb + wb <= ca);
+}
+
+int mha_tensor_may_overlap(const mha_tensor *a, const mha_tensor *b)
+{
+    if (a->buf != b->buf)
+        return 0;
+    size_t a_last = view_reach(a->offset, a->ndim, a->shape, a->strides);
+    size_t b_last = view_reach(b->offset, b->ndim, b->shape, b->strides);
+    if (a->offset > b_last || b->offset > a_last)
+        return 0;
+    return !columns_apart(a, b);
+}
+
 static mha_status check_view(const mha_tensor *base, size_t offset_elems,
                              int ndim, const int64_t *shape,
                              const int64_t *strides)

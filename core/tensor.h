@@ -28,6 +28,16 @@ struct mha_tensor {
  * strided view). */
 int mha_tensor_is_contiguous(const mha_tensor *t);
 
+/* Whether a and b are the same elements in the same order: one buffer,
+ * offset, shape and strides. */
+int mha_tensor_same_view(const mha_tensor *a, const mha_tensor *b);
+
+/* Whether a and b may hold a common element: 0 only when they are proved
+ * apart (other buffers, spans that do not meet, or column ranges apart
+ * within a row pitch, as q, k and v views of one fused [T, 3, H, d]
+ * buffer are), so a 1 may be conservative. */
+int mha_tensor_may_overlap(const mha_tensor *a, const mha_tensor *b);
+
 /* Checks a user shape (1 to MHA_MAX_DIMS positive dimensions whose bytes fit
  * size_t) and computes its element count; fn and what name the caller and
  * the argument in the message. */

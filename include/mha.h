@@ -651,7 +651,11 @@ typedef enum mha_causal {
  *   out = softmax(s) V, whose denominator also holds exp(sinks[h]) (a logit
  *       that carries no value); a row with no key left is 0.
  * len_b is kv_lens[b], else S. Tensors may be views (mha_tensor_view) with
- * any strides but a unit innermost one; every tensor is on the device. */
+ * any strides but a unit innermost one; every tensor is on the device. out
+ * may be q itself (in place) but must share no element with another input
+ * (MHA_INVALID_ARGUMENT: the attention reads all of k and v while it
+ * writes out); views of one buffer are checked, tensors wrapped separately
+ * over one engine buffer are not. */
 typedef struct mha_attention_args {
     size_t struct_size;    /* sizeof, set by the init macro */
     const mha_tensor *q;   /* [B, L, Hq, d] (or [B, Hq, L, d]), f32 or f16 */

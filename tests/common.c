@@ -140,6 +140,19 @@ void test_require_backends(mha_context *ctx)
     }
 }
 
+void test_each_device(void (*on)(mha_context *ctx, const test_device *td))
+{
+    mha_context *ctx;
+    cr_assert_eq(mha_context_create(NULL, &ctx), MHA_OK);
+    test_require_backends(ctx);
+    test_device devs[TEST_MAX_DEVICES];
+    int nd = test_devices(ctx, devs, TEST_MAX_DEVICES);
+    for (int i = 0; i < nd; i++)
+        on(ctx, &devs[i]);
+    cr_assert_eq(mha_context_destroy(ctx), MHA_OK);
+    cr_assert_gt(nd, 0, "no device to run on (MHA_TEST_DEVICE?)");
+}
+
 float test_uniform(test_rng *r)
 {
     r->state = r->state * 6364136223846793005ull + 1442695040888963407ull;

@@ -29,6 +29,11 @@ mha_device *test_open(mha_context *ctx, const test_device *td);
  * as "vulkan,opencl") has no device, so CI can never skip one silently. */
 void test_require_backends(mha_context *ctx);
 
+/* Runs on(ctx, td) for every device of test_devices in a new context,
+ * after test_require_backends (none at all fails the test); the context
+ * is destroyed afterwards. */
+void test_each_device(void (*on)(mha_context *ctx, const test_device *td));
+
 /* Log lines of a context (INFO and up), collected for assertions. */
 typedef struct test_log {
     char text[1 << 15];

@@ -518,6 +518,97 @@ Test(attention, bad_inputs)
     }
 }
 
+/* ---- out sharing memory with an input ------------------------------------------ */
+
+enum { AL_T = 64, AL_H = 2, AL_D = 8, AL_W = 4 * AL_H * AL_D };
+
+/* A [1, T, H, d] view of the fused [1, T, AL_W] base at column col. */
+static mha_tensor *al_view(run_env *r, mha_tensor *base, int64_t col)
+{
+    const int64_t shape[4] = {1, AL_T, AL_H, AL_D},
+                  strides[4] = {AL_T * AL_W, AL_W, AL_D, 1};
+    mha_tensor *v = NULL;
+    cr_assert_eq(mha_tensor_view(base, (size_t)col, 4, shape, strides, &v),
+                 MHA_OK);
+    return keep(r, v);
+}
+
+/* On td: q, k, v and a fourth slot as column views of one fused buffer.
+ * out in the fourth slot (apart from every input) and out = q itself give
+ * the result of a separate out; out = k, out = v and out across q and k
+ * are refused with a message naming the input, as the GPU backends would
+ * otherwise return rows read after another tile overwrote them. */
+static void aliasing_on(mha_context *ctx, const test_device *td)
+{
+    mha_device *dev = test_open(ctx, td);
+    run_env r;
+    memset(&r, 0, sizeof r);
+    const int64_t fshape[3] = {1, AL_T, AL_W}, oshape[4] = {1, AL_T, AL_H,
+                                                            AL_D};
+    mha_tensor *base = keep(&r, make(dev, MHA_F32, 3, fshape));
+    mha_tensor *sep = keep(&r, make(dev, MHA_F32, 4, oshape));
+    cr_assert(base && sep, "%s: %s", td->label, mha_context_errmsg(ctx));
+    float *x = malloc(AL_T * AL_W * sizeof *x), *got = malloc(sizeof *x *
+                                                              AL_T * AL_W);
+    float want[AL_T * AL_H * AL_D];
+    test_rng rng = {7};
+    for (int i = 0; i < AL_T * AL_W; i++)
+        x[i] = test_normal(&rng);
+    mha_attention_args a;
+    mha_attention_args_init(&a);
+    a.q = al_view(&r, base, 0);
+    a.k = al_view(&r, base, AL_H * AL_D);
+    a.v = al_view(&r, base, 2 * AL_H * AL_D);
+    a.causal = MHA_CAUSAL_TOP_LEFT;
+    mha_tensor *slots[2] = {al_view(&r, base, 3 * AL_H * AL_D),
+                            (mha_tensor *)a.q};
+    cr_assert_eq(mha_tensor_upload(base, x, sizeof *x * AL_T * AL_W), MHA_OK);
+    a.out = sep;
+    cr_assert_eq(mha_attention(dev, &a), MHA_OK, "%s: %s", td->label,
+                 mha_context_errmsg(ctx));
+    cr_assert_eq(mha_tensor_download(sep, want, sizeof want), MHA_OK);
+    for (int s = 0; s < 2; s++) {
+        cr_assert_eq(mha_tensor_upload(base, x, sizeof *x * AL_T * AL_W),
+                     MHA_OK);
+        a.out = slots[s];
+        cr_assert_eq(mha_attention(dev, &a), MHA_OK, "%s, slot %d: %s",
+                     td->label, s, mha_context_errmsg(ctx));
+        cr_assert_eq(mha_tensor_download(base, got, sizeof *x * AL_T * AL_W),
+                     MHA_OK);
+        const int64_t col = s == 0 ? 3 * AL_H * AL_D : 0;
+        for (int t = 0; t < AL_T; t++)
+            for (int c = 0; c < AL_H * AL_D; c++)
+                cr_assert_float_eq(got[t * AL_W + col + c],
+                                   want[t * AL_H * AL_D + c], 1e-6f,
+                                   "%s, out %s: token %d, column %d",
+                                   td->label, s ? "= q" : "apart", t, c);
+    }
+    const struct {
+        mha_tensor *out;
+        const char *needle;
+    } refused[] = {
+        {(mha_tensor *)a.k, "out shares memory with k"},
+        {(mha_tensor *)a.v, "out shares memory with v"},
+        {al_view(&r, base, AL_D), "out shares memory with q"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        a.out = refused[i].out;
+        cr_expect_eq(mha_attention(dev, &a), MHA_INVALID_ARGUMENT, "%s: %s",
+                     td->label, refused[i].needle);
+        cr_expect(strstr(mha_context_errmsg(ctx), refused[i].needle), "%s: %s",
+                  td->label, mha_context_errmsg(ctx));
+    }
+    free(x);
+    free(got);
+    release(&r);
+    cr_assert_eq(mha_device_destroy(dev), MHA_OK);
+}
+
+Test(attention, out_sharing_an_input_is_refused_out_equal_q_runs)
+{
+    test_each_device(aliasing_on);
+}
+
 /* ---- views and tensors ----------------------------------------------------------- */
 
 Test(attention, view_bounds_and_lifetime)

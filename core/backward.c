@@ -70,6 +70,30 @@ static mha_status check_saved(mha_layer *layer, const char *fn)
     return MHA_OK;
 }
 
+/* The gradients written apart from the saved inputs and gates, which the
+ * weight gradients read after the input gradients are written (and which
+ * must stay unchanged until the last backward). */
+static mha_status check_written_apart(mha_context *ctx, const char *fn,
+                                      const mha_saved *s,
+                                      const mha_backward_args *a)
+{
+    static const char *const read_names[MHA_SAVED_INPUTS + 1] = {
+        "query", "key", "value", "key_padding_mask", "attn_mask",
+        "head_gates"};
+    static const char *const names[4] = {"grad_query", "grad_key",
+                                         "grad_value", "grad_head_gates"};
+    const mha_tensor *read[MHA_SAVED_INPUTS + 1];
+    memcpy(read, s->inputs, sizeof s->inputs);
+    read[MHA_SAVED_INPUTS] = s->gates;
+    const mha_tensor *const written[4] = {a->grad_query, a->grad_key,
+                                          a->grad_value, a->grad_head_gates};
+    mha_status st = MHA_OK;
+    for (int i = 0; st == MHA_OK && i < 4; i++)
+        st = mha_check_apart(ctx, fn, names[i], written[i], read, read_names,
+                             MHA_SAVED_INPUTS + 1);
+    return st;
+}
+
 /* Checks args and fills key and the external buffers. */
 static mha_status check_args(mha_layer *layer, const char *fn,
                              const mha_backward_args *a, mha_bwd_key *key,
@@ -101,6 +125,8 @@ static mha_status check_args(mha_layer *layer, const char *fn,
     if (st == MHA_OK && a->grad_head_gates)
         st = mha_train_check_like(layer->device, fn, "grad_head_gates",
                                   a->grad_head_gates, s->gates);
+    if (st == MHA_OK)
+        st = check_written_apart(ctx, fn, s, a);
     if (st != MHA_OK)
         return st;
     memset(key, 0, sizeof *key);

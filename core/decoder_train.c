@@ -645,6 +645,14 @@ static mha_status check_backward(mha_decoder *l, const char *fn,
     if (st == MHA_OK && dg)
         st = mha_train_check_like(l->device, fn, "grad_head_gates", dg,
                                   s->gates);
+    static const char *const read_names[2] = {"x", "head_gates"};
+    const mha_tensor *const read[2] = {s->x, s->gates};
+    if (st == MHA_OK) /* read by the weight gradients after grad_x */
+        st = mha_check_apart(ctx, fn, "grad_x", a->grad_x, read, read_names,
+                             2);
+    if (st == MHA_OK)
+        st = mha_check_apart(ctx, fn, "grad_head_gates", dg, read,
+                             read_names, 2);
     return st;
 }
 

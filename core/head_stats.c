@@ -368,6 +368,22 @@ static void accumulate(mha_head_stats *s, int have_grad)
     s->grad_items += have_grad ? B : 0;
 }
 
+/* The output apart from what the ablated runs read after the first run
+ * wrote it: the inputs, and dL/dY (downloaded after that run). */
+static mha_status check_output_apart(mha_head_stats *s,
+                                     const mha_forward_args *a,
+                                     const mha_tensor *grad)
+{
+    static const char *const names[6] = {"query", "key", "value",
+                                         "key_padding_mask", "attn_mask",
+                                         "grad_output"};
+    const mha_tensor *const read[6] = {a->query, a->key, a->value,
+                                       a->key_padding_mask, a->attn_mask,
+                                       grad};
+    return mha_check_apart(s->ctx, "mha_head_stats_add", "output", a->output,
+                           read, names, 6);
+}
+
 static mha_status add_call(mha_head_stats *s, const mha_forward_args *a,
                            const mha_tensor *grad)
 {
@@ -382,6 +398,8 @@ static mha_status add_call(mha_head_stats *s, const mha_forward_args *a,
     mha_status st = call_dims(s, a, &B, &L, &S2, &unbatched);
     if (st == MHA_OK)
         st = check_grad(s, a, grad);
+    if (st == MHA_OK)
+        st = check_output_apart(s, a, grad);
     if (st == MHA_OK && B < 1) { /* not 2-D or 3-D: the forward says why */
         st = mha_layer_forward(s->layer, a);
         return st != MHA_OK ? st

@@ -384,6 +384,21 @@ int mha_tensor_may_overlap(const mha_tensor *a, const mha_tensor *b)
     return !columns_apart(a, b);
 }
 
+mha_status mha_check_apart(mha_context *ctx, const char *fn, const char *name,
+                           const mha_tensor *written,
+                           const mha_tensor *const *read,
+                           const char *const *read_names, int n)
+{
+    for (int i = 0; written && i < n; i++)
+        if (read[i] && mha_tensor_may_overlap(written, read[i]))
+            return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                             "%s: %s shares memory with %s, which the call "
+                             "still reads after writing %s (give %s a "
+                             "tensor of its own)",
+                             fn, name, read_names[i], name, name);
+    return MHA_OK;
+}
+
 static mha_status check_view(const mha_tensor *base, size_t offset_elems,
                              int ndim, const int64_t *shape,
                              const int64_t *strides)

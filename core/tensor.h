@@ -38,6 +38,14 @@ int mha_tensor_same_view(const mha_tensor *a, const mha_tensor *b);
  * buffer are), so a 1 may be conservative. */
 int mha_tensor_may_overlap(const mha_tensor *a, const mha_tensor *b);
 
+/* MHA_INVALID_ARGUMENT naming both when written (called name), which fn
+ * writes, may share memory with one of the n tensors it still reads after
+ * writing it (read, called read_names; NULL entries are skipped). */
+mha_status mha_check_apart(mha_context *ctx, const char *fn, const char *name,
+                           const mha_tensor *written,
+                           const mha_tensor *const *read,
+                           const char *const *read_names, int n);
+
 /* Checks a user shape (1 to MHA_MAX_DIMS positive dimensions whose bytes fit
  * size_t) and computes its element count; fn and what name the caller and
  * the argument in the message. */

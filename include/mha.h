@@ -985,8 +985,10 @@ MHA_API mha_status mha_head_stats_create(mha_layer *layer,
  * per head per call). grad_output,
  * optional, is dL/dY for this output: f32, output's shape, on the
  * layer's device (otherwise MHA_SHAPE_MISMATCH, MHA_DTYPE_MISMATCH or
- * MHA_INVALID_ARGUMENT naming it). The statistics change only when the
- * call succeeds. */
+ * MHA_INVALID_ARGUMENT naming it). output may not be an input or
+ * grad_output: the ablated runs read those after the first run wrote it
+ * (MHA_INVALID_ARGUMENT). The statistics change only when the call
+ * succeeds. */
 MHA_API mha_status mha_head_stats_add(mha_head_stats *stats,
                                       const mha_forward_args *args,
                                       const mha_tensor *grad_output);
@@ -1085,6 +1087,9 @@ typedef struct mha_backward_args {
      * the gates' shape ([H] or [N, H]); written, not added to. (Michel et
      * al.'s head importance is its magnitude.) */
     mha_tensor *grad_head_gates;
+    /* No gradient may be the training forward's query, key, value, masks
+     * or head_gates: the weight gradients read those after the input
+     * gradients are written (MHA_INVALID_ARGUMENT naming both). */
 } mha_backward_args;
 
 MHA_API mha_status mha_backward_args_init_sized(mha_backward_args *args,
@@ -1201,7 +1206,8 @@ typedef struct mha_decoder_backward_args {
     int accumulate;                /* 1: add into grads; 0: overwrite */
     /* Optional, only after a training forward with head_gates: dL/dg, f32,
      * the gates' shape ([Hq] or [B, Hq]); written, not added to, as
-     * grad_head_gates of mha_backward_args. */
+     * grad_head_gates of mha_backward_args. Neither gradient may be the
+     * training forward's x or head_gates (MHA_INVALID_ARGUMENT). */
     mha_tensor *grad_head_gates;
 } mha_decoder_backward_args;
 

@@ -531,6 +531,17 @@ Test(backward, grad_output_of_wrong_shape)
     e.r.ba.grad_head_gates = e.r.ba.grad_query; /* no gates in that forward */
     expect_error(&e, mha_layer_backward(e.r.layer, &e.r.ba),
                  MHA_INVALID_ARGUMENT, "no head_gates");
+    e.r.ba.grad_head_gates = NULL;
+    /* a gradient written over an input the weight gradients read later
+     * (they were off by up to half their size) */
+    mha_tensor *dq = e.r.ba.grad_query;
+    e.r.ba.grad_query = (mha_tensor *)e.r.fa.query;
+    expect_error(&e, mha_layer_backward(e.r.layer, &e.r.ba),
+                 MHA_INVALID_ARGUMENT,
+                 "grad_query shares memory with query");
+    e.r.ba.grad_query = dq;
+    cr_assert_eq(mha_layer_backward(e.r.layer, &e.r.ba), MHA_OK, "%s",
+                 mha_context_errmsg(e.ctx));
     cpu_teardown(&e);
 }
 

@@ -583,6 +583,11 @@ Test(decoder_backward, bad_calls)
                   MHA_INVALID_ARGUMENT, "forward had no head_gates",
                   "grad_head_gates without gates");
     e.r.ba.grad_head_gates = NULL;
+    e.r.ba.grad_x = (mha_tensor *)e.r.fa.x; /* read by dW after dx */
+    expect_status(ctx, mha_decoder_backward(e.r.dec, &e.r.ba),
+                  MHA_INVALID_ARGUMENT, "grad_x shares memory with x",
+                  "grad_x over x");
+    e.r.ba.grad_x = e.r.dx;
     mha_decoder *other;
     mha_gradients *og;
     mha_decoder_config cfg = fixture_config(&e.fx);

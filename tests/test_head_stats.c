@@ -280,6 +280,11 @@ Test(head_stats, bad_input)
     mha_tensor_destroy(g);
     cr_expect_eq(mha_head_stats_add(hs, NULL, NULL), MHA_INVALID_ARGUMENT);
     expect_msg(ctx, "mha_head_stats_add: args is NULL");
+    /* an output the ablated runs would read back as their query */
+    a = c.args;
+    a.output = (mha_tensor *)a.query;
+    cr_expect_eq(mha_head_stats_add(hs, &a, NULL), MHA_INVALID_ARGUMENT);
+    expect_msg(ctx, "output shares memory with query");
     /* failures left nothing behind: still no statistics */
     cr_expect_eq(mha_head_stats_get(hs, s, 4), MHA_BAD_STATE);
     cr_assert_eq(mha_head_stats_add(hs, &c.args, NULL), MHA_OK, "%s",

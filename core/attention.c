@@ -379,7 +379,6 @@ static mha_status build_node(mha_device *dev, const mha_attention_args *a,
     return alibi_buffer(dev, dm->Hq, &s->buf);
 }
 
-/* Everything the node reads besides q, k, v and out. */
 /* out may be q itself (a query row is read before its output row is
  * written, and by its own task only) but may share no element with any
  * other input: k and v rows are read by every query tile while others
@@ -390,23 +389,21 @@ static mha_status build_node(mha_device *dev, const mha_attention_args *a,
 static mha_status check_out_apart(mha_context *ctx,
                                   const mha_attention_args *a)
 {
-    const char *const names[] = {"q", "k", "v", "bias", "alibi_slopes",
-                                 "sinks", "kv_lens"};
-    const mha_tensor *in[] = {a->q,    a->k,            a->v,    a->bias,
-                              a->alibi_slopes, a->sinks, a->kv_lens};
-    for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
-        if (!in[i] || (i == 0 && mha_tensor_same_view(a->out, in[i])))
-            continue;
-        if (mha_tensor_may_overlap(a->out, in[i]))
-            return mha_error(ctx, MHA_INVALID_ARGUMENT,
-                             FN ": out shares memory with %s; out may be q "
-                             "itself but no part of another input (the "
-                             "attention still reads %s while it writes out)",
-                             names[i], names[i]);
-    }
-    return MHA_OK;
+    static const char *const names[] = {"k",     "v",     "bias",
+                                        "alibi_slopes", "sinks", "kv_lens"};
+    const mha_tensor *const read[] = {a->k,            a->v,     a->bias,
+                                      a->alibi_slopes, a->sinks, a->kv_lens};
+    if (!mha_tensor_same_view(a->out, a->q) &&
+        mha_tensor_may_overlap(a->out, a->q))
+        return mha_error(ctx, MHA_INVALID_ARGUMENT,
+                         FN ": out shares memory with q but is not q "
+                         "itself (in place, the same view); a tile's "
+                         "output would overwrite another tile's queries");
+    return mha_check_apart(ctx, FN, "out", a->out, read, names,
+                           (int)(sizeof read / sizeof *read));
 }
 
+/* Everything the node reads besides q, k, v and out. */
 static mha_status check_extras(mha_device *dev, const mha_attention_args *a,
                                const attn_dims *dm)
 {

@@ -70,9 +70,13 @@ static mha_status check_saved(mha_layer *layer, const char *fn)
     return MHA_OK;
 }
 
+/* The gradients mha_layer_backward writes, in args order. */
+static const char *const grad_names[4] = {"grad_query", "grad_key",
+                                          "grad_value", "grad_head_gates"};
+
 /* The gradients written apart from the saved inputs and gates, which the
- * weight gradients read after the input gradients are written (and which
- * must stay unchanged until the last backward). */
+ * backward still reads after writing one (and which must stay unchanged
+ * until the last backward). */
 static mha_status check_written_apart(mha_context *ctx, const char *fn,
                                       const mha_saved *s,
                                       const mha_backward_args *a)
@@ -80,8 +84,6 @@ static mha_status check_written_apart(mha_context *ctx, const char *fn,
     static const char *const read_names[MHA_SAVED_INPUTS + 1] = {
         "query", "key", "value", "key_padding_mask", "attn_mask",
         "head_gates"};
-    static const char *const names[4] = {"grad_query", "grad_key",
-                                         "grad_value", "grad_head_gates"};
     const mha_tensor *read[MHA_SAVED_INPUTS + 1];
     memcpy(read, s->inputs, sizeof s->inputs);
     read[MHA_SAVED_INPUTS] = s->gates;
@@ -89,8 +91,8 @@ static mha_status check_written_apart(mha_context *ctx, const char *fn,
                                           a->grad_value, a->grad_head_gates};
     mha_status st = MHA_OK;
     for (int i = 0; st == MHA_OK && i < 4; i++)
-        st = mha_check_apart(ctx, fn, names[i], written[i], read, read_names,
-                             MHA_SAVED_INPUTS + 1);
+        st = mha_check_apart(ctx, fn, grad_names[i], written[i], read,
+                             read_names, MHA_SAVED_INPUTS + 1);
     return st;
 }
 
@@ -99,8 +101,6 @@ static mha_status check_args(mha_layer *layer, const char *fn,
                              const mha_backward_args *a, mha_bwd_key *key,
                              void *ext[MHA_BUF_EXTERNAL_COUNT])
 {
-    static const char *const names[3] = {"grad_query", "grad_key",
-                                         "grad_value"};
     mha_context *ctx = layer->device->ctx;
     const mha_saved *s = layer->saved;
     if (!a->grad_output)
@@ -113,7 +113,7 @@ static mha_status check_args(mha_layer *layer, const char *fn,
     mha_tensor *const d[3] = {a->grad_query, a->grad_key, a->grad_value};
     for (int i = 0; st == MHA_OK && i < 3; i++)
         if (d[i])
-            st = mha_train_check_like(layer->device, fn, names[i], d[i],
+            st = mha_train_check_like(layer->device, fn, grad_names[i], d[i],
                                       s->inputs[i]);
     if (st == MHA_OK && a->grads)
         st = mha_gradients_check(a->grads, layer, fn);

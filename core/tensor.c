@@ -342,19 +342,26 @@ static int64_t gcd64(int64_t a, int64_t b)
     return a;
 }
 
-/* The width of t's innermost contiguous run (the dimensions from the
- * innermost out whose elements follow each other, as [H, d] of a row
- * does; 1 when the innermost stride is not 1), with the strides of the
- * dimensions outside it (those of extent above 1) added to the running gcd
- * *g. */
+/* The width of t's contiguous run: the dimensions (of extent above 1, in
+ * any order) whose strides are 1, then the extent so far, and so on, so
+ * that they reach every offset in [0, width) once (d, then H of a
+ * [B, T, H, d] row, or of a [B, H, T, d] view of one); the strides of the
+ * other dimensions are added to the running gcd *g. */
 static int64_t pitch_of(const mha_tensor *t, int64_t *g)
 {
-    int i = t->ndim - 1;
+    int in_run[MHA_MAX_DIMS] = {0};
     int64_t width = 1;
-    for (; i >= 0 && (t->strides[i] == width || t->shape[i] == 1); i--)
-        width *= t->shape[i];
-    for (; i >= 0; i--)
-        if (t->shape[i] > 1)
+    for (int grew = 1; grew;) {
+        grew = 0;
+        for (int i = 0; i < t->ndim; i++)
+            if (!in_run[i] && t->shape[i] > 1 && t->strides[i] == width) {
+                in_run[i] = 1;
+                width *= t->shape[i];
+                grew = 1;
+            }
+    }
+    for (int i = 0; i < t->ndim; i++)
+        if (!in_run[i] && t->shape[i] > 1)
             *g = gcd64(*g, t->strides[i]);
     return width;
 }

@@ -1087,9 +1087,9 @@ typedef struct mha_backward_args {
      * the gates' shape ([H] or [N, H]); written, not added to. (Michel et
      * al.'s head importance is its magnitude.) */
     mha_tensor *grad_head_gates;
-    /* No gradient may be the training forward's query, key, value, masks
-     * or head_gates: the weight gradients read those after the input
-     * gradients are written (MHA_INVALID_ARGUMENT naming both). */
+    /* No gradient may share memory with the training forward's query,
+     * key, value, masks or head_gates, which the backward still reads
+     * after writing a gradient (MHA_INVALID_ARGUMENT naming both). */
 } mha_backward_args;
 
 MHA_API mha_status mha_backward_args_init_sized(mha_backward_args *args,

@@ -520,87 +520,112 @@ Test(attention, bad_inputs)
 
 /* ---- out sharing memory with an input ------------------------------------------ */
 
-enum { AL_T = 64, AL_H = 2, AL_D = 8, AL_W = 4 * AL_H * AL_D };
+enum { AL_T = 64, AL_H = 2, AL_D = 8, AL_HD = AL_H * AL_D, AL_W = 4 * AL_HD };
 
-/* A [1, T, H, d] view of the fused [1, T, AL_W] base at column col. */
-static mha_tensor *al_view(run_env *r, mha_tensor *base, int64_t col)
+/* A q-shaped view ([1, T, H, d], or [1, H, T, d] for BHTD) at offset off
+ * of a buffer of AL_W-wide token rows, the tokens row_step rows apart. */
+static mha_tensor *al_view(run_env *r, mha_tensor *base, int layout,
+                           int64_t off, int64_t row_step)
 {
-    const int64_t shape[4] = {1, AL_T, AL_H, AL_D},
-                  strides[4] = {AL_T * AL_W, AL_W, AL_D, 1};
+    const int64_t bthd[4] = {1, AL_T, AL_H, AL_D},
+                  bhtd[4] = {1, AL_H, AL_T, AL_D};
+    const int64_t st_bthd[4] = {2 * AL_T * AL_W, row_step * AL_W, AL_D, 1},
+                  st_bhtd[4] = {2 * AL_T * AL_W, AL_D, row_step * AL_W, 1};
     mha_tensor *v = NULL;
-    cr_assert_eq(mha_tensor_view(base, (size_t)col, 4, shape, strides, &v),
+    cr_assert_eq(mha_tensor_view(base, (size_t)off, 4,
+                                 layout ? bhtd : bthd,
+                                 layout ? st_bhtd : st_bthd, &v),
                  MHA_OK);
     return keep(r, v);
 }
 
-/* On td: q, k, v and a fourth slot as column views of one fused buffer.
- * out in the fourth slot (apart from every input) and out = q itself give
- * the result of a separate out; out = k, out = v and out across q and k
- * are refused with a message naming the input, as the GPU backends would
- * otherwise return rows read after another tile overwrote them. */
-static void aliasing_on(mha_context *ctx, const test_device *td)
+static void al_expect_refused(mha_context *ctx, mha_device *dev,
+                              const test_device *td, mha_attention_args *a,
+                              mha_tensor *out, const char *needle)
 {
-    mha_device *dev = test_open(ctx, td);
+    a->out = out;
+    cr_expect_eq(mha_attention(dev, a), MHA_INVALID_ARGUMENT, "%s: %s",
+                 td->label, needle);
+    cr_expect(strstr(mha_context_errmsg(ctx), needle), "%s: %s", td->label,
+              mha_context_errmsg(ctx));
+}
+
+/* On td, in layout: q, k, v and a fourth slot as column views of one
+ * fused buffer of 2T token rows (q, k, v over the first T). out in the
+ * fourth slot (apart from every input) and out = q itself give the result
+ * of a separate out; out = k, out = v, out straddling q and k, and out
+ * over k's columns of the odd rows (apart only if the row pitch were taken
+ * from out's strides alone) are refused, naming the input, as the GPU
+ * backends would otherwise return rows read after another tile overwrote
+ * them. */
+static void aliasing_in(mha_context *ctx, mha_device *dev,
+                        const test_device *td, int layout)
+{
     run_env r;
     memset(&r, 0, sizeof r);
-    const int64_t fshape[3] = {1, AL_T, AL_W}, oshape[4] = {1, AL_T, AL_H,
-                                                            AL_D};
+    const int64_t n = 2 * AL_T * AL_W, fshape[3] = {1, 2 * AL_T, AL_W};
+    const int64_t oshape[4] = {1, layout ? AL_H : AL_T, layout ? AL_T : AL_H,
+                               AL_D};
     mha_tensor *base = keep(&r, make(dev, MHA_F32, 3, fshape));
     mha_tensor *sep = keep(&r, make(dev, MHA_F32, 4, oshape));
     cr_assert(base && sep, "%s: %s", td->label, mha_context_errmsg(ctx));
-    float *x = malloc(AL_T * AL_W * sizeof *x), *got = malloc(sizeof *x *
-                                                              AL_T * AL_W);
-    float want[AL_T * AL_H * AL_D];
+    float *x = malloc((size_t)n * sizeof *x), *got = malloc(sizeof *x * n);
+    float want[AL_T * AL_HD];
     test_rng rng = {7};
-    for (int i = 0; i < AL_T * AL_W; i++)
+    for (int64_t i = 0; i < n; i++)
         x[i] = test_normal(&rng);
     mha_attention_args a;
     mha_attention_args_init(&a);
-    a.q = al_view(&r, base, 0);
-    a.k = al_view(&r, base, AL_H * AL_D);
-    a.v = al_view(&r, base, 2 * AL_H * AL_D);
+    a.layout = layout;
+    a.q = al_view(&r, base, layout, 0, 1);
+    a.k = al_view(&r, base, layout, AL_HD, 1);
+    a.v = al_view(&r, base, layout, 2 * AL_HD, 1);
     a.causal = MHA_CAUSAL_TOP_LEFT;
-    mha_tensor *slots[2] = {al_view(&r, base, 3 * AL_H * AL_D),
+    mha_tensor *slots[2] = {al_view(&r, base, layout, 3 * AL_HD, 1),
                             (mha_tensor *)a.q};
-    cr_assert_eq(mha_tensor_upload(base, x, sizeof *x * AL_T * AL_W), MHA_OK);
+    cr_assert_eq(mha_tensor_upload(base, x, sizeof *x * n), MHA_OK);
     a.out = sep;
     cr_assert_eq(mha_attention(dev, &a), MHA_OK, "%s: %s", td->label,
                  mha_context_errmsg(ctx));
     cr_assert_eq(mha_tensor_download(sep, want, sizeof want), MHA_OK);
     for (int s = 0; s < 2; s++) {
-        cr_assert_eq(mha_tensor_upload(base, x, sizeof *x * AL_T * AL_W),
-                     MHA_OK);
+        cr_assert_eq(mha_tensor_upload(base, x, sizeof *x * n), MHA_OK);
         a.out = slots[s];
         cr_assert_eq(mha_attention(dev, &a), MHA_OK, "%s, slot %d: %s",
                      td->label, s, mha_context_errmsg(ctx));
-        cr_assert_eq(mha_tensor_download(base, got, sizeof *x * AL_T * AL_W),
-                     MHA_OK);
-        const int64_t col = s == 0 ? 3 * AL_H * AL_D : 0;
+        cr_assert_eq(mha_tensor_download(base, got, sizeof *x * n), MHA_OK);
+        const int64_t col = s == 0 ? 3 * AL_HD : 0;
         for (int t = 0; t < AL_T; t++)
-            for (int c = 0; c < AL_H * AL_D; c++)
-                cr_assert_float_eq(got[t * AL_W + col + c],
-                                   want[t * AL_H * AL_D + c], 1e-6f,
-                                   "%s, out %s: token %d, column %d",
-                                   td->label, s ? "= q" : "apart", t, c);
+            for (int h = 0; h < AL_H; h++)
+                for (int c = 0; c < AL_D; c++) {
+                    int64_t sep_at = layout ? (h * AL_T + t) * AL_D + c
+                                            : (t * AL_H + h) * AL_D + c;
+                    cr_assert_float_eq(got[t * AL_W + col + h * AL_D + c],
+                                       want[sep_at], 1e-6f,
+                                       "%s, layout %d, out %s: token %d",
+                                       td->label, layout,
+                                       s ? "= q" : "apart", t);
+                }
     }
-    const struct {
-        mha_tensor *out;
-        const char *needle;
-    } refused[] = {
-        {(mha_tensor *)a.k, "out shares memory with k"},
-        {(mha_tensor *)a.v, "out shares memory with v"},
-        {al_view(&r, base, AL_D), "out shares memory with q"},
-    };
-    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
-        a.out = refused[i].out;
-        cr_expect_eq(mha_attention(dev, &a), MHA_INVALID_ARGUMENT, "%s: %s",
-                     td->label, refused[i].needle);
-        cr_expect(strstr(mha_context_errmsg(ctx), refused[i].needle), "%s: %s",
-                  td->label, mha_context_errmsg(ctx));
-    }
+    al_expect_refused(ctx, dev, td, &a, (mha_tensor *)a.k,
+                      "out shares memory with k");
+    al_expect_refused(ctx, dev, td, &a, (mha_tensor *)a.v,
+                      "out shares memory with v");
+    al_expect_refused(ctx, dev, td, &a, al_view(&r, base, layout, AL_D, 1),
+                      "out shares memory with q but is not q itself");
+    al_expect_refused(ctx, dev, td, &a,
+                      al_view(&r, base, layout, AL_W + AL_HD, 2),
+                      "out shares memory with k");
     free(x);
     free(got);
     release(&r);
+}
+
+static void aliasing_on(mha_context *ctx, const test_device *td)
+{
+    mha_device *dev = test_open(ctx, td);
+    aliasing_in(ctx, dev, td, MHA_LAYOUT_BTHD);
+    aliasing_in(ctx, dev, td, MHA_LAYOUT_BHTD);
     cr_assert_eq(mha_device_destroy(dev), MHA_OK);
 }
 

@@ -56,8 +56,9 @@ typedef struct heads_options {
 int heads_array_load(const char *spec, heads_array *out, char *err,
                      size_t errlen);
 void heads_array_free(heads_array *a);
-/* The element count of shape: 0, or -1 when a dimension is not positive
- * or the f32 array would not fit in memory (the product would wrap). */
+/* Stores the element count of shape in *count and returns 0; -1 when a
+ * dimension is not positive or the f32 array would not fit in memory
+ * (the product would wrap). */
 int heads_shape_count(int ndim, const int64_t *shape, size_t *count);
 
 /* run.c */
